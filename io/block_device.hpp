@@ -1,0 +1,77 @@
+// BlockDevice: where swap slots live. FileBlockDevice is a regular file or a block
+// device opened O_DIRECT; every offset, length and buffer address must be a multiple
+// of logical_block_size() (checked: io::Errc::misaligned, never a silent bounce).
+// FaultyBlockDevice (io/fault_injection.hpp) wraps any device for fault tests.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <span>
+#include <string>
+#include <system_error>
+
+#include "io/ring.hpp"
+#include "io/unique_fd.hpp"
+
+namespace swapvisor::io {
+
+enum class Errc {
+    misaligned = 1,      // offset, length or buffer not aligned to the logical block size
+    out_of_range,        // I/O beyond the end of the device
+    short_io,            // transfer ended early and could not be completed
+    not_file_or_block,   // path is neither a regular file nor a block device
+    too_small,           // device smaller than one unit of use
+};
+const std::error_category& io_category();
+inline std::error_code make_error_code(Errc e) { return {static_cast<int>(e), io_category()}; }
+
+// One I/O against a BlockDevice: `result` as IoOp::result.
+struct BlockIo {
+    IoKind kind = IoKind::read;
+    DevOffset offset{};
+    std::span<std::byte> buf;
+    int result = 0;
+};
+
+class BlockDevice {
+public:
+    virtual ~BlockDevice() = default;
+    virtual const std::string& path() const = 0;
+    virtual std::uint64_t size_bytes() const = 0;
+    virtual std::uint32_t logical_block_size() const = 0;
+    // Run a batch on the caller's ring. Alignment and range are checked first: a bad
+    // op gets result = -EINVAL / -ERANGE-like via its Errc and is not issued.
+    virtual Result<void> submit(Ring& ring, std::span<BlockIo> ios) = 0;
+    // Make written data durable (fdatasync equivalent through the ring).
+    virtual Result<void> flush(Ring& ring) = 0;
+};
+
+enum class OpenMode { existing, create_or_open };
+
+class FileBlockDevice final : public BlockDevice {
+public:
+    // existing: the path must exist (file or block device). create_or_open: a missing
+    // regular file is created and sized to size_bytes (fallocate); an existing file
+    // shorter than size_bytes is extended. O_DIRECT always.
+    static Result<std::unique_ptr<FileBlockDevice>> open(const std::filesystem::path& path, OpenMode mode,
+                                                         std::uint64_t size_bytes = 0);
+    const std::string& path() const override { return path_; }
+    std::uint64_t size_bytes() const override { return size_; }
+    std::uint32_t logical_block_size() const override { return block_size_; }
+    Result<void> submit(Ring& ring, std::span<BlockIo> ios) override;
+    Result<void> flush(Ring& ring) override;
+    int fd() const { return fd_.get(); }
+
+private:
+    FileBlockDevice(UniqueFd fd, std::string path, std::uint64_t size, std::uint32_t block_size);
+    UniqueFd fd_;
+    std::string path_;
+    std::uint64_t size_;
+    std::uint32_t block_size_;
+};
+
+}  // namespace swapvisor::io
+
+template <>
+struct std::is_error_code_enum<swapvisor::io::Errc> : std::true_type {};

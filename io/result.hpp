@@ -1,0 +1,56 @@
+// Result<T> = std::expected<T, Error>: how every layer below vmm/ reports failure.
+// An Error carries a std::error_code (errno values or a layer's own Errc) and the
+// name of the operation that failed, so a message can say what was being done.
+// SWV_TRY propagates an error; SWV_ASSERT aborts on a broken invariant.
+#pragma once
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <expected>
+#include <string>
+#include <system_error>
+#include <utility>
+
+namespace swapvisor {
+
+struct Error {
+    std::error_code code;
+    const char* op = "";  // static string naming the failed operation
+
+    std::string message() const { return std::string(op) + ": " + code.message(); }
+    bool is(std::errc e) const { return code == std::make_error_code(e); }
+};
+
+template <class T>
+using Result = std::expected<T, Error>;
+
+// An Error from errno (or an explicit errno value) for the named operation.
+inline std::unexpected<Error> errno_error(const char* op, int err = errno) {
+    return std::unexpected(Error{std::error_code(err, std::system_category()), op});
+}
+
+template <class E>
+    requires std::is_error_code_enum_v<E>
+inline std::unexpected<Error> make_error(E e, const char* op) {
+    return std::unexpected(Error{make_error_code(e), op});
+}
+
+[[noreturn]] inline void assert_fail(const char* expr, const char* file, int line, const char* why) {
+    std::fprintf(stderr, "swapvisor: invariant broken at %s:%d: %s (%s)\n", file, line, why, expr);
+    std::abort();
+}
+
+}  // namespace swapvisor
+
+// Evaluate a Result-returning expression; return its error from the enclosing function,
+// otherwise yield its value (GNU statement expression, as Hedron's TRY_OR_RETURN).
+#define SWV_TRY(expr)                                                  \
+    ({                                                                 \
+        auto&& swv_try_result_ = (expr);                               \
+        if (!swv_try_result_) return std::unexpected(swv_try_result_.error()); \
+        std::move(swv_try_result_).value();                            \
+    })
+
+#define SWV_ASSERT(cond, why) \
+    do { if (!(cond)) ::swapvisor::assert_fail(#cond, __FILE__, __LINE__, (why)); } while (0)
