@@ -44,9 +44,10 @@ inline std::unexpected<Error> make_error(E e, const char* op) {
 }  // namespace swapvisor
 
 // Evaluate a Result-returning expression; return its error from the enclosing function,
-// otherwise yield its value (GNU statement expression, as Hedron's TRY_OR_RETURN).
+// otherwise yield its value (GNU statement expression, as Hedron's TRY_OR_RETURN;
+// __extension__ keeps -Wpedantic quiet about it).
 #define SWV_TRY(expr)                                                  \
-    ({                                                                 \
+    __extension__ ({                                                   \
         auto&& swv_try_result_ = (expr);                               \
         if (!swv_try_result_) return std::unexpected(swv_try_result_.error()); \
         std::move(swv_try_result_).value();                            \
