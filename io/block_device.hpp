@@ -47,13 +47,27 @@ public:
     virtual Result<void> flush(Ring& ring) = 0;
 };
 
+// The checks every BlockDevice::submit runs before issuing anything: each read/write
+// op's offset, length and buffer address are multiples of dev.logical_block_size()
+// (else Errc::misaligned) and [offset, offset + len) lies inside the device (else
+// Errc::out_of_range). On failure nothing may be issued; the offending op's result is
+// -EINVAL (misaligned) or -ERANGE (out of range), every other op's is -ECANCELED.
+Result<void> check_block_io(const BlockDevice& dev, std::span<BlockIo> ios);
+
+// One finished op as a Result: ok when it moved its whole buffer (fsync: result 0),
+// else the errno it carries (op names what failed, e.g. "swap-in read").
+Result<void> io_status(const BlockIo& io, const char* op);
+
 enum class OpenMode { existing, create_or_open };
 
 class FileBlockDevice final : public BlockDevice {
 public:
-    // existing: the path must exist (file or block device). create_or_open: a missing
-    // regular file is created and sized to size_bytes (fallocate); an existing file
-    // shorter than size_bytes is extended. O_DIRECT always.
+    // existing: the path must exist (file or block device) and hold at least
+    // size_bytes. create_or_open: a missing regular file is created (mode 0600) and
+    // sized to size_bytes (fallocate, ftruncate where unsupported); an existing file
+    // shorter than size_bytes is extended; a block device must already be big enough.
+    // O_DIRECT always; block devices are opened O_EXCL (refused while mounted or
+    // claimed). size_bytes() is rounded down to whole logical blocks.
     static Result<std::unique_ptr<FileBlockDevice>> open(const std::filesystem::path& path, OpenMode mode,
                                                          std::uint64_t size_bytes = 0);
     const std::string& path() const override { return path_; }

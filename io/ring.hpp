@@ -46,6 +46,7 @@ public:
 
     unsigned entries() const;
     std::uint64_t submit_calls() const;  // io_uring_submit calls so far (batching check)
+    std::uint64_t fixed_ops() const;     // SQEs issued as READ_FIXED / WRITE_FIXED so far
 
 private:
     struct Impl;
