@@ -19,7 +19,9 @@ struct Error {
     const char* op = "";  // static string naming the failed operation
 
     std::string message() const { return std::string(op) + ": " + code.message(); }
-    bool is(std::errc e) const { return code == std::make_error_code(e); }
+    // Equivalence, not identity: errno_error codes are system_category, and a layer's
+    // Errc may map to a generic condition through its default_error_condition.
+    bool is(std::errc e) const { return code == std::make_error_condition(e); }
 };
 
 template <class T>

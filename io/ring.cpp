@@ -18,6 +18,8 @@
 #include "io/ring.hpp"
 
 #include <liburing.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -62,8 +64,10 @@ struct Ring::Impl {
         if (enabled) return {};
         // Kernel contract: IORING_REGISTER_ENABLE_RINGS on an R_DISABLED ring makes
         // the calling task the SINGLE_ISSUER owner; only it may submit afterwards.
-        int rc = io_uring_enable_rings(&ring);
-        if (rc < 0) return errno_error("io_uring enable rings", -rc);
+        // (liburing 2.3 declares io_uring_enable_rings but does not export it, so
+        // this is the raw syscall; -1 and errno on failure.)
+        if (::syscall(__NR_io_uring_register, ring.ring_fd, IORING_REGISTER_ENABLE_RINGS, nullptr, 0) != 0)
+            return errno_error("io_uring enable rings");
         enabled = true;
         return {};
     }
