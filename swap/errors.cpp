@@ -1,0 +1,31 @@
+// The swap layer's error category: messages for swap::Errc.
+#include "swap/types.hpp"
+
+namespace swapvisor::swap {
+
+namespace {
+class SwapCategory final : public std::error_category {
+public:
+    const char* name() const noexcept override { return "swap"; }
+    std::string message(int e) const override {
+        switch (static_cast<Errc>(e)) {
+            case Errc::no_space: return "no swap device has a free slot";
+            case Errc::checksum_mismatch: return "swap slot checksum mismatch";
+            case Errc::no_such_device: return "no such swap device";
+            case Errc::device_busy: return "swapoff of this device already running";
+            case Errc::would_not_fit: return "pages would not fit on other devices or in memory";
+            case Errc::stale_slot: return "virtual swap slot not allocated";
+            case Errc::io_failed: return "swap I/O failed";
+            case Errc::exists: return "already a swap device";
+        }
+        return "unknown swap error";
+    }
+};
+}  // namespace
+
+const std::error_category& swap_category() {
+    static const SwapCategory category;
+    return category;
+}
+
+}  // namespace swapvisor::swap

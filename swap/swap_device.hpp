@@ -1,0 +1,179 @@
+// SwapDevice (≈ the kernel's swap_info_struct): one block device or file in the swap
+// pool, its slot allocator and its removal state (swap/README.md#devices).
+//
+// Slots are handed out from clusters of kClusterSlots (512 slots, 2 MiB). Each
+// allocating context (a hash of the calling thread, like the kernel's per-CPU
+// cluster) owns a current cluster and takes its slots in order, so one batch of
+// allocations lands contiguously and goes out as one large write. Clusters move
+// between a free list (no slot used), a nonfull list, `current` (owned by a context)
+// and `full`.
+//
+// Invariants (under mutex_):
+//  - bitmap bit s set  <=>  slot s allocated  <=>  rmap_[s] != 0 (its VSlot).
+//  - used_ == popcount(bitmap) == sum of clusters' used counts.
+//  - A cluster is on the free list iff its state is `free` (used 0), on the nonfull
+//    list iff `nonfull`.
+//  - No slot is allocated while state_ is `removing`.
+//  - pending_writes_ counts allocate() calls whose data is not yet final (the writer
+//    still has to publish or free those slots); swapoff waits for 0 after it marks
+//    the device removing, so every allocated slot it scans holds final data.
+// The reference count (refs_) is separate: every I/O on the device holds a
+// SwapDeviceRef; the pool destroys the device only after refs_ drains to 0.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "io/block_device.hpp"
+#include "swap/types.hpp"
+
+namespace swapvisor::swap {
+
+// Byte offset of a slot on its device.
+inline io::DevOffset slot_offset(SlotIdx slot) { return io::DevOffset(std::uint64_t{slot.value()} * kSlotSize); }
+
+enum class DeviceState : std::uint8_t { active, removing };
+
+struct DeviceUsage {
+    std::uint64_t total_slots = 0;
+    std::uint64_t used_slots = 0;
+    DeviceState state = DeviceState::active;
+};
+
+// A slot that swapoff found allocated, and the vslot the reverse map names for it.
+struct UsedSlot {
+    SlotIdx slot;
+    VSlot vslot;
+};
+
+class SwapDevice {
+public:
+    static constexpr unsigned kAllocContexts = 8;
+
+    // total_slots = block->size_bytes() / kSlotSize (a partial last cluster is used).
+    SwapDevice(std::unique_ptr<io::BlockDevice> block, DeviceId id, int priority, std::string path);
+    SwapDevice(const SwapDevice&) = delete;
+    SwapDevice& operator=(const SwapDevice&) = delete;
+
+    DeviceId id() const { return id_; }
+    int priority() const { return priority_; }
+    const std::string& path() const { return path_; }
+    io::BlockDevice& block() { return *block_; }
+    std::uint64_t total_slots() const { return total_slots_; }
+    std::uint64_t cluster_count() const { return clusters_.size(); }
+    DeviceUsage usage() const;
+
+    // Allocate up to vslots.size() slots for the context (0..kAllocContexts-1),
+    // recording vslots[i] in the reverse map of the i-th slot; appends the slots to
+    // `out` and returns how many. Returns 0 if the device is removing or full. A
+    // non-zero return opens a pending write: the caller calls end_write() once its
+    // slots are published or freed.
+    std::size_t allocate(std::span<const VSlot> vslots, unsigned context, std::vector<SlotIdx>& out);
+    void end_write();
+    // Release slots (bitmap, reverse map, cluster counts).
+    void free_slots(std::span<const SlotIdx> slots);
+    // The vslot the reverse map names for an allocated slot (kNoVSlot if free).
+    VSlot reverse(SlotIdx slot) const;
+
+    // Removal (swap/README.md#removal).
+    bool begin_removal();   // active -> removing; false if already removing
+    void cancel_removal();  // removing -> active
+    void wait_writes_done();
+    // Collect allocated slots at or after `cursor` into out, scanning the bitmap a
+    // word at a time and skipping empty words; advances cursor past the last one
+    // returned. Returns how many (0: none left after cursor).
+    std::size_t scan_used(std::uint64_t& cursor, std::span<UsedSlot> out) const;
+
+    // References (get_swap_device / put_swap_device). get() is called only by the
+    // pool, under its device-table lock, so no new reference appears once the
+    // device is unpublished.
+    void get() { refs_.fetch_add(1); }
+    void put();
+    void wait_refs_drained();
+
+private:
+    enum class ClusterState : std::uint8_t { free, current, nonfull, full };
+    static constexpr std::uint32_t kNone = UINT32_MAX;
+    struct Cluster {
+        std::uint32_t used = 0;
+        std::uint32_t next = kNone;  // list links (free or nonfull list)
+        std::uint32_t prev = kNone;
+        ClusterState state = ClusterState::free;
+    };
+    struct ClusterList {
+        std::uint32_t head = kNone;
+        std::uint32_t tail = kNone;
+    };
+    struct Cursor {
+        std::uint32_t cluster = kNone;
+        std::uint32_t next = 0;  // next slot offset within the cluster to try
+    };
+
+    std::uint32_t cluster_slots(std::uint32_t c) const;
+    bool test(std::uint32_t s) const { return (bitmap_[s / 64] >> (s % 64)) & 1; }
+    void take_slot(std::uint32_t s, VSlot v);
+    std::uint32_t take_cluster();
+    void release_current(Cursor& cur);
+    void list_push(ClusterList& list, std::uint32_t c);
+    void list_remove(ClusterList& list, std::uint32_t c);
+
+    const std::unique_ptr<io::BlockDevice> block_;
+    const DeviceId id_;
+    const int priority_;
+    const std::string path_;
+    const std::uint64_t total_slots_;
+
+    // Protects: everything below up to refs_; Order: after SwapPool::devices_mutex_.
+    mutable std::mutex mutex_;
+    std::condition_variable writes_done_;
+    DeviceState state_ = DeviceState::active;
+    std::uint64_t used_ = 0;
+    std::uint64_t pending_writes_ = 0;
+    std::vector<std::uint64_t> bitmap_;   // the swap_map, one bit per slot
+    std::vector<std::uint32_t> rmap_;     // PSlot -> VSlot
+    std::vector<Cluster> clusters_;
+    ClusterList free_clusters_;
+    ClusterList nonfull_clusters_;
+    std::array<Cursor, kAllocContexts> cursors_{};
+
+    std::atomic<std::uint32_t> refs_{0};
+};
+
+// RAII device reference: the device stays alive (not destroyed by swapoff) while
+// one is held.
+class SwapDeviceRef {
+public:
+    SwapDeviceRef() = default;
+    explicit SwapDeviceRef(SwapDevice* dev) : dev_(dev) {}  // adopts a get()
+    SwapDeviceRef(SwapDeviceRef&& o) noexcept : dev_(std::exchange(o.dev_, nullptr)) {}
+    SwapDeviceRef& operator=(SwapDeviceRef&& o) noexcept {
+        if (this != &o) {
+            reset();
+            dev_ = std::exchange(o.dev_, nullptr);
+        }
+        return *this;
+    }
+    SwapDeviceRef(const SwapDeviceRef&) = delete;
+    SwapDeviceRef& operator=(const SwapDeviceRef&) = delete;
+    ~SwapDeviceRef() { reset(); }
+
+    void reset() {
+        if (dev_ != nullptr) std::exchange(dev_, nullptr)->put();
+    }
+    SwapDevice* get() const { return dev_; }
+    SwapDevice* operator->() const { return dev_; }
+    explicit operator bool() const { return dev_ != nullptr; }
+
+private:
+    SwapDevice* dev_ = nullptr;
+};
+
+}  // namespace swapvisor::swap

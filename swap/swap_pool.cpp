@@ -1,0 +1,353 @@
+// SwapPool: device table, slot placement, swap-out and swap-in (swap/README.md).
+// swapoff lives in swapoff.cpp.
+#include "swap/swap_pool.hpp"
+
+#include <xxhash.h>
+
+#include <algorithm>
+#include <thread>
+
+namespace swapvisor::swap {
+
+namespace {
+
+// The allocating context of the calling thread (the kernel uses the CPU).
+unsigned alloc_context() {
+    return static_cast<unsigned>(std::hash<std::thread::id>{}(std::this_thread::get_id()) %
+                                 SwapDevice::kAllocContexts);
+}
+
+// Result of one finished op for the pages it carried: 0 or -errno.
+int op_result(const io::BlockIo& op, bool submitted) {
+    if (submitted && op.result == static_cast<int>(op.buf.size())) return 0;
+    return op.result < 0 ? op.result : -EIO;
+}
+
+}  // namespace
+
+std::uint64_t page_checksum(const std::byte* page) { return XXH3_64bits(page, kSlotSize); }
+
+std::string canonical_swap_path(const std::filesystem::path& path) {
+    std::error_code ec;
+    std::filesystem::path canonical = std::filesystem::weakly_canonical(path, ec);
+    return ec ? path.lexically_normal().string() : canonical.string();
+}
+
+SwapPool::SwapPool(SwapPoolConfig config) : config_(config) {
+    SWV_ASSERT(config_.swapoff_batch_pages > 0 && config_.max_run_pages > 0, "SwapPool: zero batch size");
+}
+
+SwapPool::~SwapPool() = default;
+
+void SwapPool::set_eviction_sink(EvictionSink* sink) { sink_.store(sink); }
+
+Result<DeviceId> SwapPool::swapon(const std::filesystem::path& path, int priority, std::uint64_t size_bytes) {
+    std::string key = canonical_swap_path(path);
+    {
+        std::shared_lock lock(devices_mutex_);
+        if (find_locked(key) != nullptr) return make_error(Errc::exists, "swapon: path already in the swap pool");
+    }
+    std::error_code ec;
+    bool exists = std::filesystem::exists(path, ec);
+    if (!exists && size_bytes == 0) return errno_error("swapon: a missing swap file needs a size", ENOENT);
+    if (!exists && size_bytes < std::uint64_t{kClusterSlots} * kSlotSize) {
+        return make_error(io::Errc::too_small, "swapon: swap file smaller than one 2 MiB cluster");
+    }
+    auto block = SWV_TRY(io::FileBlockDevice::open(
+        path, exists ? io::OpenMode::existing : io::OpenMode::create_or_open, exists ? 0 : size_bytes));
+    return add_device(std::move(block), priority, std::move(key));
+}
+
+Result<DeviceId> SwapPool::swapon(std::unique_ptr<io::BlockDevice> device, int priority) {
+    SWV_ASSERT(device != nullptr, "swapon: null device");
+    std::string key = canonical_swap_path(device->path());
+    return add_device(std::move(device), priority, std::move(key));
+}
+
+Result<DeviceId> SwapPool::add_device(std::unique_ptr<io::BlockDevice> device, int priority, std::string key) {
+    if (device->size_bytes() / kSlotSize < kClusterSlots) {
+        return make_error(io::Errc::too_small, "swapon: device smaller than one 2 MiB cluster");
+    }
+    if (device->size_bytes() / kSlotSize > UINT32_MAX) {
+        return errno_error("swapon: device larger than 2^32 slots", EFBIG);
+    }
+    std::uint32_t block = device->logical_block_size();
+    if (block == 0 || block > kSlotSize || kSlotSize % block != 0) {
+        return make_error(io::Errc::misaligned, "swapon: logical block size does not divide 4 KiB");
+    }
+    std::unique_lock lock(devices_mutex_);
+    if (find_locked(key) != nullptr) return make_error(Errc::exists, "swapon: path already in the swap pool");
+    if (devices_.size() > UINT16_MAX) return errno_error("swapon: device ids exhausted", EMFILE);
+    // Device ids are never reused, so a stale PSlot can never name a newer device.
+    DeviceId id(static_cast<std::uint16_t>(devices_.size()));
+    auto dev = std::make_unique<SwapDevice>(std::move(device), id, priority, std::move(key));
+    // Stable among equals: a new device goes after those of the same priority.
+    auto pos = std::find_if(by_priority_.begin(), by_priority_.end(),
+                            [&](const SwapDevice* d) { return d->priority() < priority; });
+    by_priority_.insert(pos, dev.get());
+    devices_.push_back(std::move(dev));
+    return id;
+}
+
+SwapDevice* SwapPool::find_locked(const std::string& key) const {
+    for (SwapDevice* d : by_priority_) {
+        if (d->path() == key) return d;
+    }
+    return nullptr;
+}
+
+std::optional<DeviceId> SwapPool::find_device(const std::filesystem::path& path) const {
+    std::shared_lock lock(devices_mutex_);
+    SwapDevice* d = find_locked(canonical_swap_path(path));
+    return d ? std::optional(d->id()) : std::nullopt;
+}
+
+SwapDeviceRef SwapPool::get_swap_device(DeviceId id) const {
+    std::shared_lock lock(devices_mutex_);
+    if (id.value() >= devices_.size() || devices_[id.value()] == nullptr) return {};
+    SwapDevice* d = devices_[id.value()].get();
+    d->get();
+    return SwapDeviceRef(d);
+}
+
+std::size_t SwapPool::allocate_pslots(std::span<const VSlot> vslots, std::span<Placement> placements,
+                                      std::vector<Reservation>& reservations) {
+    unsigned context = alloc_context();
+    std::size_t placed = 0;
+    std::vector<SlotIdx> slots;
+    std::shared_lock lock(devices_mutex_);
+    for (std::size_t g0 = 0; g0 < by_priority_.size() && placed < vslots.size();) {
+        std::size_t g1 = g0 + 1;
+        while (g1 < by_priority_.size() && by_priority_[g1]->priority() == by_priority_[g0]->priority()) ++g1;
+        std::size_t group = g1 - g0;
+        std::size_t start = group > 1 ? rotor_.fetch_add(1) % group : 0;
+        for (std::size_t k = 0; k < group && placed < vslots.size(); ++k) {
+            SwapDevice* dev = by_priority_[g0 + (start + k) % group];
+            slots.clear();
+            std::size_t got = dev->allocate(vslots.subspan(placed), context, slots);
+            if (got == 0) continue;
+            dev->get();
+            reservations.emplace_back(SwapDeviceRef(dev));
+            for (std::size_t i = 0; i < got; ++i) placements[placed + i] = Placement{dev, slots[i]};
+            placed += got;
+        }
+        g0 = g1;
+    }
+    return placed;
+}
+
+void SwapPool::free_pslot(PSlot pslot) {
+    std::shared_lock lock(devices_mutex_);
+    SWV_ASSERT(pslot.device.value() < devices_.size() && devices_[pslot.device.value()] != nullptr,
+               "free_pslot: a vslot points at a removed device");
+    devices_[pslot.device.value()]->free_slots(std::span(&pslot.slot, 1));
+}
+
+Result<void> SwapPool::write_out(io::Ring& ring, std::span<PageOut> pages) {
+    for (PageOut& p : pages) {
+        p.vslot = kNoVSlot;
+        p.result = 0;
+    }
+    if (pages.empty()) return {};
+    const std::size_t n = pages.size();
+
+    std::vector<OwnerTag> owners(n);
+    for (std::size_t i = 0; i < n; ++i) owners[i] = pages[i].owner;
+    std::vector<VSlot> vslots(n, kNoVSlot);
+    std::size_t with_vslot = table_.allocate(owners, vslots);
+
+    std::vector<Placement> placements(n);
+    std::vector<Reservation> reservations;
+    std::size_t placed = allocate_pslots(std::span(vslots).first(with_vslot), placements, reservations);
+    for (std::size_t i = placed; i < n; ++i) {
+        pages[i].result = -ENOSPC;
+        if (i < with_vslot) {
+            table_.retire(vslots[i]);
+            table_.recycle(vslots[i]);
+        }
+    }
+    if (placed == 0) return make_error(Errc::no_space, "swap write_out: no device has a free slot");
+
+    for (std::size_t i = 0; i < placed; ++i) {
+        table_.set_target(vslots[i], PSlot{placements[i].device->id(), placements[i].slot},
+                          page_checksum(pages[i].data));
+    }
+
+    // One submit per device; pages contiguous in memory and in slots form one write.
+    std::vector<io::BlockIo> ios;
+    std::vector<std::size_t> run_first;  // ios[k] carries pages run_first[k]..run_first[k+1]
+    for (Reservation& r : reservations) {
+        SwapDevice* dev = r.ref.get();
+        ios.clear();
+        run_first.clear();
+        std::size_t prev = SIZE_MAX;
+        for (std::size_t i = 0; i < placed; ++i) {
+            if (placements[i].device != dev) continue;
+            bool extend = prev != SIZE_MAX && prev + 1 == i &&
+                          placements[i].slot.value() == placements[prev].slot.value() + 1 &&
+                          pages[i].data == pages[prev].data + kSlotSize &&
+                          ios.back().buf.size() < std::size_t{config_.max_run_pages} * kSlotSize;
+            if (extend) {
+                ios.back().buf = std::span(ios.back().buf.data(), ios.back().buf.size() + kSlotSize);
+            } else {
+                // The device only reads this buffer (IoKind::write).
+                auto* data = const_cast<std::byte*>(pages[i].data);
+                ios.push_back(io::BlockIo{io::IoKind::write, slot_offset(placements[i].slot),
+                                          std::span(data, kSlotSize), 0});
+                run_first.push_back(i);
+            }
+            prev = i;
+        }
+        bool submitted = dev->block().submit(ring, ios).has_value();
+        // Runs are made of consecutive page indices: walk them in order.
+        for (std::size_t k = 0; k < ios.size(); ++k) {
+            int result = op_result(ios[k], submitted);
+            std::size_t count = ios[k].buf.size() / kSlotSize;
+            for (std::size_t i = run_first[k]; i < run_first[k] + count; ++i) pages[i].result = result;
+        }
+    }
+
+    std::size_t ok = 0;
+    for (std::size_t i = 0; i < placed; ++i) {
+        if (pages[i].result == 0) {
+            table_.publish(vslots[i]);
+            pages[i].vslot = vslots[i];
+            ++ok;
+        } else {
+            // We hold a reference on the device: freeing through it is safe.
+            placements[i].device->free_slots(std::span(&placements[i].slot, 1));
+            table_.retire(vslots[i]);
+            table_.recycle(vslots[i]);
+        }
+    }
+    return {};  // reservations end their pending writes here
+}
+
+Result<void> SwapPool::read_in(io::Ring& ring, VSlot vslot, std::byte* dst) {
+    PageIn page{vslot, dst, 0};
+    SWV_TRY(read_in(ring, std::span(&page, 1)));
+    if (page.result != 0) return make_error(errc_of_page_result(page.result), "swap read_in");
+    return {};
+}
+
+Result<void> SwapPool::read_in(io::Ring& ring, std::span<PageIn> pages) {
+    // A page whose descriptor moved (swapoff switched it) between our lookup and the
+    // checksum check is read again from its new place.
+    constexpr int kAttempts = 4;
+    constexpr int kPending = 1;  // result marker: not resolved yet
+    for (PageIn& p : pages) p.result = kPending;
+    std::vector<VSlotInfo> infos(pages.size());
+    std::vector<std::size_t> order;
+    std::vector<io::BlockIo> ios;
+    std::vector<std::size_t> run_first;  // position in `order` of each op's first page
+
+    for (int attempt = 0; attempt < kAttempts; ++attempt) {
+        order.clear();
+        for (std::size_t i = 0; i < pages.size(); ++i) {
+            if (pages[i].result != kPending) continue;
+            infos[i] = table_.lookup(pages[i].vslot);
+            if (infos[i].state != VSlotState::valid) {
+                pages[i].result = page_result_of(Errc::stale_slot);
+                continue;
+            }
+            order.push_back(i);
+        }
+        if (order.empty()) break;
+        // Group by device, slot order within a device, so neighbours merge into runs.
+        std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+            return std::pair(infos[a].pslot.device, infos[a].pslot.slot) <
+                   std::pair(infos[b].pslot.device, infos[b].pslot.slot);
+        });
+        for (std::size_t g0 = 0; g0 < order.size();) {
+            DeviceId id = infos[order[g0]].pslot.device;
+            std::size_t g1 = g0;
+            while (g1 < order.size() && infos[order[g1]].pslot.device == id) ++g1;
+            // get_swap_device(): fails only if the device was removed after our lookup,
+            // which means the descriptor moved: retry those pages.
+            SwapDeviceRef ref = get_swap_device(id);
+            if (!ref) {
+                g0 = g1;
+                continue;
+            }
+            ios.clear();
+            run_first.clear();
+            for (std::size_t k = g0; k < g1; ++k) {
+                const PageIn& p = pages[order[k]];
+                SlotIdx slot = infos[order[k]].pslot.slot;
+                bool extend = k > g0 && slot.value() == infos[order[k - 1]].pslot.slot.value() + 1 &&
+                              p.dst == pages[order[k - 1]].dst + kSlotSize &&
+                              ios.back().buf.size() < std::size_t{config_.max_run_pages} * kSlotSize;
+                if (extend) {
+                    ios.back().buf = std::span(ios.back().buf.data(), ios.back().buf.size() + kSlotSize);
+                } else {
+                    ios.push_back(io::BlockIo{io::IoKind::read, slot_offset(slot), std::span(p.dst, kSlotSize), 0});
+                    run_first.push_back(k);
+                }
+            }
+            bool submitted = ref->block().submit(ring, ios).has_value();
+            for (std::size_t r = 0; r < ios.size(); ++r) {
+                int result = op_result(ios[r], submitted);
+                std::size_t count = ios[r].buf.size() / kSlotSize;
+                for (std::size_t k = run_first[r]; k < run_first[r] + count; ++k) {
+                    std::size_t i = order[k];
+                    if (result != 0) {
+                        pages[i].result = page_result_of(Errc::io_failed);
+                    } else if (page_checksum(pages[i].dst) == infos[i].checksum) {
+                        pages[i].result = 0;
+                    } else {
+                        VSlotInfo now = table_.lookup(pages[i].vslot);
+                        if (now.state != VSlotState::valid || now.generation != infos[i].generation) {
+                            pages[i].result = page_result_of(Errc::stale_slot);
+                        } else if (!(now.pslot == infos[i].pslot)) {
+                            pages[i].result = kPending;  // moved under us: read the new place
+                        } else {
+                            pages[i].result = page_result_of(Errc::checksum_mismatch);
+                        }
+                    }
+                }
+            }
+            g0 = g1;
+        }
+    }
+    for (PageIn& p : pages) {
+        if (p.result == kPending) p.result = page_result_of(Errc::stale_slot);
+    }
+    return {};
+}
+
+void SwapPool::free(VSlot vslot) {
+    if (vslot == kNoVSlot) return;
+    std::optional<VSlotInfo> info = table_.retire(vslot);
+    SWV_ASSERT(info.has_value(), "swap free: vslot not allocated (double free?)");
+    SWV_ASSERT(info->state == VSlotState::valid, "swap free: vslot still being written");
+    // The pslot is released before the vslot can be reused, so the reverse map never
+    // names a vslot that is already somewhere else for long; swapoff checks anyway.
+    free_pslot(info->pslot);
+    table_.recycle(vslot);
+}
+
+std::vector<DeviceStats> SwapPool::stats() const {
+    std::shared_lock lock(devices_mutex_);
+    std::vector<DeviceStats> out;
+    out.reserve(by_priority_.size());
+    for (const SwapDevice* d : by_priority_) {
+        DeviceUsage u = d->usage();
+        out.push_back(DeviceStats{d->path(), d->priority(), u.total_slots, u.used_slots,
+                                  u.state == DeviceState::removing});
+    }
+    return out;
+}
+
+std::optional<OwnerTag> SwapPool::owner_of(VSlot vslot) const {
+    VSlotInfo info = table_.lookup(vslot);
+    if (info.state != VSlotState::valid) return std::nullopt;
+    return info.owner;
+}
+
+std::optional<PSlot> SwapPool::pslot_of(VSlot vslot) const {
+    VSlotInfo info = table_.lookup(vslot);
+    if (info.state != VSlotState::valid) return std::nullopt;
+    return info.pslot;
+}
+
+}  // namespace swapvisor::swap

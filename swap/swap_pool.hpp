@@ -1,0 +1,181 @@
+// SwapPool: every swap device of one swapvisor process, the VSlot table, and the
+// swap-out / swap-in engine on top of io::Ring (swap/README.md). Guest memory of all
+// VMs shares one pool.
+//
+// A page goes out with write_out(): it gets a VSlot (what the stage-2 table stores)
+// and a PSlot on the highest-priority device with room (round-robin among equal
+// priorities); contiguous runs go out as one large write. read_in() reads a VSlot's
+// current PSlot under a device reference and verifies the checksum. swapoff()
+// removes a device live: it moves the data of each used slot to another device and
+// switches the VSlot's descriptor, so nothing above swap notices, or, when no other
+// device has room, asks the EvictionSink (guestmem) to bring the page back.
+//
+// Thread safety: every public member may be called from any thread concurrently
+// (fault threads, reclaimers of several VMs, a swapoff thread), each with its own
+// io::Ring. Locking rules: swap/README.md#locking.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <shared_mutex>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "io/block_device.hpp"
+#include "io/ring.hpp"
+#include "swap/swap_device.hpp"
+#include "swap/types.hpp"
+#include "swap/vslot_table.hpp"
+
+namespace swapvisor::swap {
+
+// xxh3-64 of one 4 KiB page: the checksum a VSlot descriptor keeps.
+std::uint64_t page_checksum(const std::byte* page);
+// The name a device is known by in the pool (weakly canonical path): swapon and
+// swapoff of "a/../swap.img" and "swap.img" name the same device.
+std::string canonical_swap_path(const std::filesystem::path& path);
+
+// Upward interface (defined here, implemented by guestmem): used by swapoff when no
+// other device has room, to bring a page back into guest memory.
+class EvictionSink {
+public:
+    virtual ~EvictionSink() = default;
+    // How many pages guest memory could take back now (host budget minus resident).
+    virtual std::uint64_t bring_back_capacity() const = 0;
+    // Make the page `owner` (currently swapped at vslot) resident again by reading it
+    // through SwapPool::read_in and then releasing the vslot; return true if done,
+    // false if the page no longer refers to vslot (raced with a fault/discard:
+    // nothing to do). Called with no swap lock held.
+    virtual Result<bool> bring_back(OwnerTag owner, VSlot vslot, io::Ring& ring) = 0;
+};
+
+struct PageOut {
+    const std::byte* data;     // 4 KiB, page aligned
+    OwnerTag owner;
+    VSlot vslot = kNoVSlot;    // out
+    int result = 0;            // out: 0 or -errno (page_result_of / errc_of_page_result)
+};
+
+struct DeviceStats {
+    std::string path;
+    int priority;
+    std::uint64_t total_slots, used_slots;
+    bool removing;
+};
+
+struct SwapoffProgress {
+    std::uint64_t done, total;
+};
+
+struct SwapoffReport {
+    std::uint64_t pages_moved, pages_brought_back, pages_skipped /*freed concurrently*/;
+    double elapsed_ms;
+};
+
+struct SwapPoolConfig {
+    std::uint32_t swapoff_batch_pages = 128;  // slots read / written per swapoff round
+    std::uint32_t max_run_pages = 256;        // longest single write or read (1 MiB)
+};
+
+class SwapPool {
+public:
+    explicit SwapPool(SwapPoolConfig config = {});
+    ~SwapPool();
+    SwapPool(const SwapPool&) = delete;
+    SwapPool& operator=(const SwapPool&) = delete;
+
+    void set_eviction_sink(EvictionSink* sink);  // may be null
+
+    // Open (or create with size_bytes) a file / block device O_DIRECT and add it with
+    // priority. A path that exists is used as is (size_bytes ignored); a missing one
+    // is created with size_bytes. Errors: Errc::exists (already in the pool),
+    // io::Errc::too_small (less than one 2 MiB cluster), io / errno errors.
+    Result<DeviceId> swapon(const std::filesystem::path& path, int priority, std::uint64_t size_bytes);
+    // Add an already opened device (tests pass a FaultyBlockDevice).
+    Result<DeviceId> swapon(std::unique_ptr<io::BlockDevice> device, int priority);
+
+    // Live removal (swap/README.md#removal). `progress` is called after every batch
+    // from the calling thread. Errors: no_such_device, device_busy (another swapoff
+    // of it runs), would_not_fit (refused up front: nothing changed), and, mid-way,
+    // checksum_mismatch / io_failed / would_not_fit / the sink's error: the device is
+    // then active again and pages already moved stay moved.
+    Result<SwapoffReport> swapoff(const std::filesystem::path& path, io::Ring& ring,
+                                  std::function<void(SwapoffProgress)> progress = {});
+
+    // Write a batch of 4 KiB pages to newly allocated slots. Per page: vslot set and
+    // result 0 on success; on failure result < 0 and no vslot or slot is leaked.
+    // Returns an error (Errc::no_space) only if no page could get a slot.
+    Result<void> write_out(io::Ring& ring, std::span<PageOut> pages);
+
+    // Read the page behind vslot into dst (4 KiB, aligned) and verify its checksum:
+    // checksum_mismatch, io_failed or stale_slot (vslot not allocated / freed
+    // meanwhile); never silently wrong data.
+    Result<void> read_in(io::Ring& ring, VSlot vslot, std::byte* dst);
+    // Batched read_in (readahead); per-item results as in PageOut::result.
+    struct PageIn {
+        VSlot vslot;
+        std::byte* dst;
+        int result = 0;
+    };
+    Result<void> read_in(io::Ring& ring, std::span<PageIn> pages);
+
+    // Release vslot and its pslot. Freeing kNoVSlot is a no-op; freeing a vslot that
+    // is not allocated is a broken invariant (abort).
+    void free(VSlot vslot);
+
+    std::vector<DeviceStats> stats() const;
+    std::uint64_t allocated_vslots() const { return table_.allocated(); }
+    std::optional<OwnerTag> owner_of(VSlot vslot) const;
+    // Where vslot's data is now (nullopt if not allocated): for tests and tools.
+    std::optional<PSlot> pslot_of(VSlot vslot) const;
+    std::optional<DeviceId> find_device(const std::filesystem::path& path) const;
+
+private:
+    // One page being placed: its new slot (device null: no room).
+    struct Placement {
+        SwapDevice* device = nullptr;
+        SlotIdx slot{};
+    };
+    // Devices write_out / swapoff allocated on: a reference plus one pending write
+    // each, ended when the batch is published or freed.
+    struct Reservation {
+        SwapDeviceRef ref;
+        ~Reservation() {
+            if (ref) ref->end_write();
+        }
+        explicit Reservation(SwapDeviceRef r) : ref(std::move(r)) {}
+        Reservation(Reservation&&) = default;
+        Reservation& operator=(Reservation&&) = delete;
+    };
+    struct Batch;  // swapoff working set (swapoff.cpp)
+
+    Result<DeviceId> add_device(std::unique_ptr<io::BlockDevice> device, int priority, std::string key);
+    SwapDevice* find_locked(const std::string& key) const;
+    // get_swap_device(): a reference, or none if the device is gone.
+    SwapDeviceRef get_swap_device(DeviceId id) const;
+    // Place vslots[i] on devices by priority; fills placements, returns how many got a
+    // slot. Takes devices_mutex_ shared.
+    std::size_t allocate_pslots(std::span<const VSlot> vslots, std::span<Placement> placements,
+                                std::vector<Reservation>& reservations);
+    void free_pslot(PSlot pslot);
+    Result<void> swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& batch, std::span<const UsedSlot> candidates,
+                               SwapoffReport& report);
+
+    const SwapPoolConfig config_;
+    VSlotTable table_;
+    std::atomic<EvictionSink*> sink_{nullptr};
+    std::atomic<std::uint64_t> rotor_{0};  // round-robin among equal priorities
+
+    // Protects: devices_, by_priority_; Order: before SwapDevice::mutex_; never held
+    // with a VSlotTable lock or across I/O or an EvictionSink call.
+    mutable std::shared_mutex devices_mutex_;
+    std::vector<std::unique_ptr<SwapDevice>> devices_;  // indexed by DeviceId; null once removed
+    std::vector<SwapDevice*> by_priority_;              // published devices, highest priority first
+};
+
+}  // namespace swapvisor::swap

@@ -1,0 +1,280 @@
+// SwapPool::swapoff: live removal of one device (swap/README.md#removal).
+//
+// Mark the device removing (no new slots on it), refuse up front if its used slots
+// fit neither on the other active devices nor in guest memory, wait for writes that
+// had already allocated on it, then walk only its allocated slots (bitmap word scan)
+// in batches: read the old slots, write them to slots on other devices, switch each
+// VSlot descriptor with a compare-and-swap on its generation, free the old slots.
+// Pages for which no device has room are handed to the EvictionSink. When no slot is
+// used any more, unpublish the device, wait for its references to drain, close it.
+#include <chrono>
+#include <thread>
+#include <unordered_set>
+
+#include "io/unique_fd.hpp"
+#include "swap/swap_pool.hpp"
+
+namespace swapvisor::swap {
+
+namespace {
+
+// Passes over the bitmap that found nothing to do before swapoff gives up (a slot
+// whose free is in progress drains within microseconds; this is only a safety net
+// against a sink that claims to have brought a page back but did not free it).
+constexpr int kMaxStalledPasses = 5000;
+
+// Puts the device back to active unless removal completed.
+class RemovalGuard {
+public:
+    explicit RemovalGuard(SwapDevice* dev) : dev_(dev) {}
+    ~RemovalGuard() {
+        if (dev_ != nullptr) dev_->cancel_removal();
+    }
+    void cancel() { dev_ = nullptr; }
+
+private:
+    SwapDevice* dev_;
+};
+
+}  // namespace
+
+struct SwapPool::Batch {
+    struct Item {
+        SlotIdx old_slot;
+        VSlot vslot;
+        VSlotInfo info;
+        std::byte* buf;
+        bool live = true;
+    };
+    std::vector<UsedSlot> candidates;
+    io::Mapping bounce;  // O_DIRECT-aligned staging for one batch
+    std::vector<Item> items;
+    // Slots counted as skipped (freed concurrently): each counted once even if a
+    // later pass sees its bit again before the concurrent free clears it.
+    std::unordered_set<std::uint32_t> skipped;
+};
+
+Result<SwapoffReport> SwapPool::swapoff(const std::filesystem::path& path, io::Ring& ring,
+                                        std::function<void(SwapoffProgress)> progress) {
+    const auto start = std::chrono::steady_clock::now();
+    const std::string key = canonical_swap_path(path);
+
+    SwapDevice* dev = nullptr;
+    SwapDeviceRef self;
+    std::uint64_t used_here = 0;
+    std::uint64_t free_elsewhere = 0;
+    {
+        // Exclusive: no allocation runs while we pick the device and count room, so
+        // the refusal below is decided on a consistent picture.
+        std::unique_lock lock(devices_mutex_);
+        dev = find_locked(key);
+        if (dev == nullptr) return make_error(Errc::no_such_device, "swapoff: not a swap device");
+        if (!dev->begin_removal()) return make_error(Errc::device_busy, "swapoff: already being removed");
+        dev->get();
+        self = SwapDeviceRef(dev);
+        used_here = dev->usage().used_slots;
+        for (const SwapDevice* other : by_priority_) {
+            if (other == dev) continue;
+            DeviceUsage u = other->usage();
+            if (u.state == DeviceState::active) free_elsewhere += u.total_slots - u.used_slots;
+        }
+    }
+    RemovalGuard guard(dev);
+
+    if (used_here > free_elsewhere) {
+        // Asked without any swap lock held: the sink takes guest memory locks.
+        EvictionSink* sink = sink_.load();
+        if (sink == nullptr || used_here - free_elsewhere > sink->bring_back_capacity()) {
+            return make_error(Errc::would_not_fit, "swapoff: used slots fit neither on other devices nor in memory");
+        }
+    }
+
+    dev->wait_writes_done();
+    const std::uint64_t total = dev->usage().used_slots;
+
+    Batch batch;
+    batch.candidates.resize(config_.swapoff_batch_pages);
+    batch.bounce = SWV_TRY(io::Mapping::anonymous(std::size_t{config_.swapoff_batch_pages} * kSlotSize));
+    SwapoffReport report{0, 0, 0, 0.0};
+    auto done = [&] { return report.pages_moved + report.pages_brought_back + report.pages_skipped; };
+
+    for (int stalled = 0;;) {
+        const std::uint64_t done_before = done();
+        std::uint64_t cursor = 0;
+        for (;;) {
+            std::size_t n = dev->scan_used(cursor, batch.candidates);
+            if (n == 0) break;
+            SWV_TRY(swapoff_batch(*dev, ring, batch, std::span(batch.candidates).first(n), report));
+            if (progress) progress(SwapoffProgress{done(), std::max(total, done())});
+        }
+        if (dev->usage().used_slots == 0) break;
+        // Bits left: frees still in progress. Let them finish, then scan again.
+        if (done() == done_before) {
+            if (++stalled > kMaxStalledPasses) {
+                return make_error(Errc::device_busy, "swapoff: used slots do not drain");
+            }
+            std::this_thread::sleep_for(std::chrono::microseconds(200));
+        } else {
+            stalled = 0;
+        }
+    }
+
+    std::unique_ptr<SwapDevice> owned;
+    {
+        std::unique_lock lock(devices_mutex_);
+        SWV_ASSERT(dev->usage().used_slots == 0, "swapoff: slot allocated on a removing device");
+        std::erase(by_priority_, dev);
+        owned = std::move(devices_[dev->id().value()]);
+    }
+    guard.cancel();
+    self.reset();
+    // No new reference can appear (the device is unpublished); wait for readers that
+    // took one before (swap/README.md#removal).
+    owned->wait_refs_drained();
+    owned.reset();
+
+    report.elapsed_ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    if (progress) progress(SwapoffProgress{done(), std::max(total, done())});
+    return report;
+}
+
+Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& batch,
+                                     std::span<const UsedSlot> candidates, SwapoffReport& report) {
+    auto skip = [&](SlotIdx slot) {
+        if (batch.skipped.insert(slot.value()).second) report.pages_skipped++;
+    };
+    auto changed = [&](const Batch::Item& item) {
+        VSlotInfo now = table_.lookup(item.vslot);
+        return now.state != VSlotState::valid || now.generation != item.info.generation ||
+               !(now.pslot == item.info.pslot);
+    };
+
+    // 1. Reverse map -> descriptor: keep the slots whose vslot still points here.
+    batch.items.clear();
+    for (const UsedSlot& c : candidates) {
+        VSlotInfo info = table_.lookup(c.vslot);
+        if (c.vslot == kNoVSlot || info.state != VSlotState::valid || !(info.pslot == PSlot{dev.id(), c.slot})) {
+            skip(c.slot);  // being freed: its bit clears when the free completes
+            continue;
+        }
+        std::byte* buf = batch.bounce.data() + batch.items.size() * kSlotSize;
+        batch.items.push_back(Batch::Item{c.slot, c.vslot, info, buf, true});
+    }
+    if (batch.items.empty()) return {};
+
+    // 2. Read the old slots: slots ascending, staging contiguous, so runs merge.
+    std::vector<io::BlockIo> ios;
+    std::vector<std::size_t> run_first;
+    for (std::size_t k = 0; k < batch.items.size(); ++k) {
+        const Batch::Item& item = batch.items[k];
+        if (k > 0 && item.old_slot.value() == batch.items[k - 1].old_slot.value() + 1 &&
+            ios.back().buf.size() < std::size_t{config_.max_run_pages} * kSlotSize) {
+            ios.back().buf = std::span(ios.back().buf.data(), ios.back().buf.size() + kSlotSize);
+        } else {
+            ios.push_back(io::BlockIo{io::IoKind::read, slot_offset(item.old_slot), std::span(item.buf, kSlotSize), 0});
+            run_first.push_back(k);
+        }
+    }
+    bool submitted = dev.block().submit(ring, ios).has_value();
+    for (std::size_t r = 0; r < ios.size(); ++r) {
+        bool ok = submitted && ios[r].result == static_cast<int>(ios[r].buf.size());
+        std::size_t count = ios[r].buf.size() / kSlotSize;
+        for (std::size_t k = run_first[r]; k < run_first[r] + count; ++k) {
+            Batch::Item& item = batch.items[k];
+            if (ok && page_checksum(item.buf) == item.info.checksum) continue;
+            if (changed(item)) {
+                item.live = false;  // freed meanwhile: nothing to move
+                skip(item.old_slot);
+                continue;
+            }
+            // Never move (or keep serving as good) data we cannot vouch for.
+            if (!ok) return make_error(Errc::io_failed, "swapoff: reading a used slot failed");
+            return make_error(Errc::checksum_mismatch, "swapoff: used slot fails its checksum");
+        }
+    }
+
+    // 3. New slots on the other devices (this one is removing: never chosen).
+    std::vector<std::size_t> live;
+    std::vector<VSlot> vslots;
+    for (std::size_t k = 0; k < batch.items.size(); ++k) {
+        if (!batch.items[k].live) continue;
+        live.push_back(k);
+        vslots.push_back(batch.items[k].vslot);
+    }
+    std::vector<Placement> placements(live.size());
+    std::vector<Reservation> reservations;
+    const std::size_t placed = allocate_pslots(vslots, placements, reservations);
+
+    // 4. Write them, one submit per target device, contiguous runs merged.
+    std::vector<int> write_result(placed, 0);
+    for (Reservation& res : reservations) {
+        SwapDevice* target = res.ref.get();
+        ios.clear();
+        run_first.clear();
+        std::size_t prev = SIZE_MAX;
+        for (std::size_t j = 0; j < placed; ++j) {
+            if (placements[j].device != target) continue;
+            std::byte* buf = batch.items[live[j]].buf;
+            bool extend = prev != SIZE_MAX && prev + 1 == j &&
+                          placements[j].slot.value() == placements[prev].slot.value() + 1 &&
+                          buf == batch.items[live[prev]].buf + kSlotSize &&
+                          ios.back().buf.size() < std::size_t{config_.max_run_pages} * kSlotSize;
+            if (extend) {
+                ios.back().buf = std::span(ios.back().buf.data(), ios.back().buf.size() + kSlotSize);
+            } else {
+                ios.push_back(io::BlockIo{io::IoKind::write, slot_offset(placements[j].slot),
+                                          std::span(buf, kSlotSize), 0});
+                run_first.push_back(j);
+            }
+            prev = j;
+        }
+        bool written = target->block().submit(ring, ios).has_value();
+        for (std::size_t r = 0; r < ios.size(); ++r) {
+            bool ok = written && ios[r].result == static_cast<int>(ios[r].buf.size());
+            std::size_t count = ios[r].buf.size() / kSlotSize;
+            for (std::size_t j = run_first[r]; j < run_first[r] + count; ++j) write_result[j] = ok ? 0 : -EIO;
+        }
+    }
+
+    // 5. Switch each descriptor iff its generation (and place) is unchanged; the old
+    //    slot is freed only after the switch, and cannot be handed out again while
+    //    the device is removing, so a reader still holding the old place reads good data.
+    bool write_failed = false;
+    std::vector<SlotIdx> old_slots;
+    for (std::size_t j = 0; j < placed; ++j) {
+        Batch::Item& item = batch.items[live[j]];
+        const Placement& to = placements[j];
+        if (write_result[j] != 0) {
+            write_failed = true;
+            to.device->free_slots(std::span(&to.slot, 1));
+            continue;
+        }
+        if (table_.switch_pslot(item.vslot, item.info.generation, PSlot{dev.id(), item.old_slot},
+                                PSlot{to.device->id(), to.slot})) {
+            old_slots.push_back(item.old_slot);
+            report.pages_moved++;
+        } else {
+            to.device->free_slots(std::span(&to.slot, 1));  // lost to a concurrent free
+            skip(item.old_slot);
+        }
+    }
+    dev.free_slots(old_slots);
+    reservations.clear();  // ends the pending writes on the targets
+    if (write_failed) return make_error(Errc::io_failed, "swapoff: writing a moved slot failed");
+
+    // 6. No room anywhere for the rest: bring those pages back into guest memory.
+    for (std::size_t j = placed; j < live.size(); ++j) {
+        const Batch::Item& item = batch.items[live[j]];
+        EvictionSink* sink = sink_.load();
+        if (sink == nullptr) {
+            return make_error(Errc::would_not_fit, "swapoff: other devices filled up and there is no eviction sink");
+        }
+        bool brought = SWV_TRY(sink->bring_back(item.info.owner, item.vslot, ring));
+        if (brought) report.pages_brought_back++;
+        else skip(item.old_slot);
+    }
+    return {};
+}
+
+}  // namespace swapvisor::swap

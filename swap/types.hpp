@@ -1,0 +1,74 @@
+// The nouns of the swap layer: devices (DeviceId), slots on a device (SlotIdx, PSlot,
+// like the kernel's swp_slot_t), virtual swap slots (VSlot, what a stage-2 entry
+// stores, like vswap's swp_entry_t), the owner tag handed back upward by swapoff, and
+// the layer's error codes. VSlot(0) is never allocated: it means "no slot".
+#pragma once
+
+#include <cerrno>
+#include <cstdint>
+#include <system_error>
+
+#include "io/result.hpp"
+#include "io/strong_int.hpp"
+
+namespace swapvisor::swap {
+
+using DeviceId = StrongInt<struct DeviceIdTag, std::uint16_t>;
+using SlotIdx = StrongInt<struct SlotIdxTag, std::uint32_t>;
+using ClusterIdx = StrongInt<struct ClusterIdxTag, std::uint32_t>;
+
+// A slot on one device.
+struct PSlot {
+    DeviceId device;
+    SlotIdx slot;
+    friend constexpr bool operator==(const PSlot&, const PSlot&) = default;
+};
+
+using VSlot = StrongInt<struct VSlotTag, std::uint32_t>;
+inline constexpr VSlot kNoVSlot{0};
+
+// Opaque to swap: guestmem packs (vm id, gfn); swapoff hands it back upward.
+using OwnerTag = std::uint64_t;
+
+inline constexpr std::uint64_t kSlotSize = 4096;
+// Slots per cluster: 512 x 4 KiB = 2 MiB, so a 2 MiB page fits one cluster.
+inline constexpr std::uint32_t kClusterSlots = 512;
+
+enum class Errc {
+    no_space = 1,        // no active device has a free slot
+    checksum_mismatch,   // data read back does not match what was written
+    no_such_device,      // swapoff of a path that is not swapped on
+    device_busy,         // a swapoff of that device is already running
+    would_not_fit,       // swapoff refused: no room elsewhere and no budget to bring pages back
+    stale_slot,          // the vslot is not (or no longer) allocated
+    io_failed,           // the device reported an I/O error
+    exists,              // swapon of a path already in the pool
+};
+const std::error_category& swap_category();
+inline std::error_code make_error_code(Errc e) { return {static_cast<int>(e), swap_category()}; }
+
+// Per-page results (PageOut::result, PageIn::result) are 0 or -errno; these are the
+// errno values the swap errors travel as, so a batch caller can get the Errc back.
+inline int page_result_of(Errc e) {
+    switch (e) {
+        case Errc::no_space: return -ENOSPC;
+        case Errc::checksum_mismatch: return -EBADMSG;
+        case Errc::stale_slot: return -ESTALE;
+        case Errc::no_such_device: return -ENODEV;
+        default: return -EIO;
+    }
+}
+inline Errc errc_of_page_result(int result) {
+    switch (result) {
+        case -ENOSPC: return Errc::no_space;
+        case -EBADMSG: return Errc::checksum_mismatch;
+        case -ESTALE: return Errc::stale_slot;
+        case -ENODEV: return Errc::no_such_device;
+        default: return Errc::io_failed;
+    }
+}
+
+}  // namespace swapvisor::swap
+
+template <>
+struct std::is_error_code_enum<swapvisor::swap::Errc> : std::true_type {};
