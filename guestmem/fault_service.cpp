@@ -1,0 +1,133 @@
+// Fault service: threads that read the VM's userfaultfd and resolve each fault from
+// the page's stage-2 entry (guestmem/README.md#faults). The entry, not the fault
+// kind, decides: a MINOR report may arrive after the page was swapped out, a
+// MISSING report after another thread already resolved it. Every resolution holds
+// the page lock, so a fault never races an eviction completion, a discard, a
+// VMM access or a swapoff bring-back on the same page.
+//
+//   zero      --MISSING-->  resident            (UFFDIO_COPY of a zero page)
+//   swapped   --MISSING-->  resident[+clean]    (read into memfd, verify, CONTINUE)
+//   inactive  --MINOR---->  resident            (CONTINUE: the access sample)
+//   writeback --MINOR---->  resident            (cancels the eviction)
+//   resident+clean --WP-->  resident            (swap copy dropped, write allowed)
+#include <poll.h>
+#include <unistd.h>
+
+#include <array>
+
+#include <spdlog/spdlog.h>
+
+#include "guestmem/errc.hpp"
+#include "guestmem/guest_memory_impl.hpp"
+
+namespace swapvisor::guestmem {
+namespace {
+
+constexpr std::size_t kEventBatch = 32;
+constexpr unsigned kRingEntries = 32;
+
+// Resolved already by someone else (EEXIST) is success: wake the waiter instead.
+Result<void> tolerate_exists(Result<void> r, Userfault& uffd, std::byte* addr) {
+    if (!r && r.error().code == make_error_code(Errc::page_exists)) return uffd.wake(addr, kPageSize);
+    return r;
+}
+
+}  // namespace
+
+void GuestMemory::Impl::fault_loop() {
+    auto ring = io::Ring::create(kRingEntries);
+    if (!ring) {
+        spdlog::critical("{}: fault thread cannot create its io_uring: {}", owner.name(), ring.error().message());
+        return;
+    }
+    std::array<uffd_msg, kEventBatch> msgs{};
+    std::array<pollfd, 2> fds{pollfd{uffd->fd(), POLLIN, 0}, pollfd{stop_event.get(), POLLIN, 0}};
+    while (!stopping.load(std::memory_order_relaxed)) {
+        // Kernel contract: poll(2) on a userfaultfd reports POLLIN while faults are pending.
+        int n = ::poll(fds.data(), fds.size(), -1);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            spdlog::critical("{}: poll on userfaultfd failed: {}", owner.name(), std::strerror(errno));
+            return;
+        }
+        if (fds[1].revents) break;
+        auto got = uffd->read_events(msgs);
+        if (!got) {
+            spdlog::critical("{}: {}", owner.name(), got.error().message());
+            return;
+        }
+        for (std::size_t i = 0; i < *got; ++i) {
+            if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;
+            handle_fault(msgs[i].arg.pagefault.address, msgs[i].arg.pagefault.flags, *ring);
+        }
+    }
+}
+
+void GuestMemory::Impl::handle_fault(std::uint64_t hva, std::uint64_t flags, io::Ring& ring) {
+    auto idx_opt = idx_of_guest_addr(hva & ~(kPageSize - 1));
+    if (!idx_opt) {
+        spdlog::error("{}: fault outside guest memory at {:#x}", owner.name(), hva);
+        return;
+    }
+    const std::uint64_t idx = *idx_opt;
+    std::byte* addr = guest_ptr(idx);
+    const bool wp_fault = flags & UFFD_PAGEFAULT_FLAG_WP;
+
+    // A fault that will add a page waits (without any page lock) while the VM is at
+    // its limit: that is what holds resident memory at the limit, not just near it.
+    if (!table.peek(idx).present()) wait_for_room();
+
+    PageLock lk(table, idx);
+    const PageEntry e = lk.entry();
+    Result<void> r;
+    switch (e.state()) {
+        case PageState::zero:
+            r = tolerate_exists(uffd->copy(addr, zero_page.data(), kPageSize, WriteProtect::no, Wake::yes), *uffd,
+                                addr);
+            if (r) {
+                page_became_present();
+                lk.set(PageEntry::make(PageState::resident));
+            }
+            break;
+        case PageState::swapped: {
+            counters.major_faults.fetch_add(1, std::memory_order_relaxed);
+            if (!swap_in_locked(lk, idx, ring, /*keep_clean=*/true)) return;  // poisoned: the guest is told
+            const PageEntry in = lk.entry();
+            r = tolerate_exists(
+                uffd->continue_(addr, kPageSize, in.clean() ? WriteProtect::yes : WriteProtect::no, Wake::yes), *uffd,
+                addr);
+            if (r) lk.set(PageEntry::make(PageState::resident, in.vslot(), in.clean()));
+            break;
+        }
+        case PageState::inactive:
+        case PageState::writeback:
+            counters.minor_faults.fetch_add(1, std::memory_order_relaxed);
+            r = tolerate_exists(
+                uffd->continue_(addr, kPageSize, e.clean() ? WriteProtect::yes : WriteProtect::no, Wake::yes), *uffd,
+                addr);
+            // From writeback the slot being written is not in the entry: the completion
+            // sees the state moved and frees it.
+            if (r) lk.set(PageEntry::make(PageState::resident, e.vslot(), e.clean()));
+            break;
+        case PageState::resident:
+            if (wp_fault) {
+                counters.wp_faults.fetch_add(1, std::memory_order_relaxed);
+                if (e.clean()) free_vslot(e.vslot());
+                lk.set(PageEntry::make(PageState::resident));
+                r = uffd->write_protect(addr, kPageSize, WriteProtect::no, Wake::yes);
+            } else {
+                r = uffd->wake(addr, kPageSize);  // another thread resolved it first
+            }
+            break;
+        case PageState::lost:
+            // Re-arm the poison (a discard-less retry) so the access errors again.
+            if (uffd->has(UFFD_FEATURE_POISON)) r = tolerate_exists(uffd->poison(addr, kPageSize, Wake::yes), *uffd, addr);
+            break;
+        case PageState::reading:
+            SWV_ASSERT(false, "reading state seen by a lock holder");
+    }
+    if (!r) spdlog::error("{}: resolving fault at GPA {:#x} ({}): {}", owner.name(), gpa_of_idx(idx).value(),
+                          to_string(e.state()), r.error().message());
+}
+
+}  // namespace swapvisor::guestmem

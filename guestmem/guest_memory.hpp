@@ -1,0 +1,121 @@
+// GuestMemory: one VM's RAM. Each region is a memfd mapped twice: the guest view
+// (given to KVM, registered with userfaultfd MISSING + MINOR) and the VMM view (only
+// swapvisor touches it: swap-out buffers, loader and device access). The stage-2
+// table (guestmem/stage2.hpp) holds one 8-byte entry per guest page; fault-service
+// threads resolve userfaultfd faults from it and a reclaimer keeps the VM under its
+// resident limit (guestmem/README.md). Devices and the loader never touch the guest
+// view: they call read/write/discard here, which make the page present first.
+//
+// Guest-physical layout (so that 32-bit devices fit below 4 GiB):
+//
+//   0 ............ min(memory, 3 GiB)      low RAM region
+//   3 GiB ........ 4 GiB                   hole: virtio-mmio at 0xd0000000, ...
+//   4 GiB ........ 4 GiB + rest            high RAM region (only if memory > 3 GiB)
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "guestmem/addr.hpp"
+#include "guestmem/stage2.hpp"
+#include "io/result.hpp"
+
+namespace swapvisor::swap { class SwapPool; }
+
+namespace swapvisor::guestmem {
+
+inline constexpr std::uint64_t kLowRamEnd = 0xC000'0000ULL;   // 3 GiB
+inline constexpr std::uint64_t kHighRamBase = 0x1'0000'0000ULL;  // 4 GiB
+
+using VmId = std::uint16_t;
+class HostMemory;
+class GuestMemory;
+struct MemoryConfig;
+
+// Build one VM's memory (HostMemory::create_vm is the usual way; host may be null).
+Result<std::unique_ptr<GuestMemory>> create_guest_memory(const MemoryConfig& config, VmId id, HostMemory* host,
+                                                          swap::SwapPool* pool);
+
+struct MemoryConfig {
+    std::string name = "vm0";
+    std::uint64_t memory_bytes = 0;      // multiple of 2 MiB
+    std::uint64_t resident_limit = 0;    // 0 = no per-VM limit
+    unsigned fault_threads = 1;
+};
+
+// One RAM region as KVM sees it.
+struct RegionView {
+    Gpa base;
+    std::uint64_t size;
+    std::byte* guest_view;  // host address registered as the KVM memslot
+};
+
+struct MemStats {
+    std::string name;
+    std::uint64_t memory_bytes = 0;
+    std::uint64_t resident_limit = 0;
+    std::uint64_t resident_bytes = 0;
+    std::uint64_t resident_bytes_peak = 0;
+    std::uint64_t swapped_bytes = 0;
+    std::uint64_t swap_out_pages = 0;
+    std::uint64_t swap_in_pages = 0;
+    std::uint64_t major_faults = 0;
+    std::uint64_t minor_faults = 0;
+    std::uint64_t zero_pages = 0;       // evicted as zero without any write
+    std::uint64_t clean_drops = 0;      // evicted again without a write (clean copy in swap)
+    std::uint64_t discarded_pages = 0;
+    std::uint64_t lost_pages = 0;       // swap-in failed: page poisoned, VM told
+    std::uint64_t wp_faults = 0;        // first write to a clean page (its swap copy dropped)
+    std::uint64_t throttle_waits = 0;   // faults that waited for the reclaimer
+    std::uint64_t limit_overshoots = 0; // waits that gave up (swap full): ran over the limit
+};
+
+class GuestMemory {
+public:
+    ~GuestMemory();
+    GuestMemory(const GuestMemory&) = delete;
+    GuestMemory& operator=(const GuestMemory&) = delete;
+
+    std::span<const RegionView> regions() const { return views_; }
+    std::uint64_t memory_bytes() const { return config_.memory_bytes; }
+    const std::string& name() const { return config_.name; }
+    VmId id() const { return id_; }
+
+    // Copy bytes into / out of guest memory through the VMM view, swapping pages in
+    // first where needed. Ranges must lie inside RAM.
+    Result<void> write(Gpa gpa, std::span<const std::byte> bytes);
+    Result<void> read(Gpa gpa, std::span<std::byte> bytes);
+    // Drop the pages of a page-aligned range: the next touch reads zeros.
+    Result<void> discard(GpaRange range);
+
+    // Start the fault-service and reclaim threads (after the loader has written the image).
+    Result<void> start();
+    // Stop them (VM exit). Idempotent.
+    void stop();
+
+    void set_resident_limit(std::uint64_t bytes);
+    MemStats stats() const;
+
+    // Introspection for tests and leak checks: the stage-2 entry of a page, and how
+    // many VSlots this VM's entries refer to (swapped pages + clean copies).
+    PageEntry entry(Gpa gpa) const;
+    std::uint64_t referenced_vslots() const;
+
+    struct Impl;
+
+private:
+    friend class HostMemory;
+    friend Result<std::unique_ptr<GuestMemory>> create_guest_memory(const MemoryConfig&, VmId, HostMemory*,
+                                                                     swap::SwapPool*);
+    GuestMemory(MemoryConfig config, VmId id);
+    MemoryConfig config_;
+    VmId id_;
+    std::vector<RegionView> views_;
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace swapvisor::guestmem
