@@ -8,8 +8,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cstdio>
-
 #include "tests/io/io_test_util.hpp"
 
 namespace swapvisor::io {
@@ -238,51 +236,34 @@ protected:
         ASSERT_TRUE(r);
         ring_.emplace(std::move(*r));
         backing_ = dir_.file("loop.img");
-        {
-            UniqueFd fd(::open(backing_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
-            ASSERT_TRUE(fd.valid());
-            ASSERT_EQ(::ftruncate(fd.get(), kSize), 0);
-        }
-        std::string cmd = "losetup -f --show " + backing_.string() + " 2>&1";
-        FILE* p = ::popen(cmd.c_str(), "r");
-        ASSERT_NE(p, nullptr);
-        char line[256] = {};
-        std::string out = std::fgets(line, sizeof line, p) != nullptr ? line : "";
-        int rc = ::pclose(p);
-        while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
-        if (rc != 0 || out.rfind("/dev/loop", 0) != 0)
-            GTEST_SKIP() << "*** losetup failed (" << out << "): the loop block device test did NOT run ***";
-        loop_ = out;
-    }
-    void TearDown() override {
-        if (!loop_.empty()) {
-            std::string cmd = "losetup -d " + loop_;
-            EXPECT_EQ(std::system(cmd.c_str()), 0) << "could not detach " << loop_;
-        }
+        ASSERT_TRUE(test::make_sparse_file(backing_, kSize));
+        loop_.emplace(backing_);
+        if (!loop_->attached())
+            GTEST_SKIP() << "*** losetup failed (" << loop_->error() << "): the loop block device test did NOT run ***";
     }
     static constexpr std::uint64_t kSize = 16 << 20;
     test::TempDir dir_;
     std::filesystem::path backing_;
-    std::string loop_;
+    std::optional<test::LoopAttach> loop_;  // detached before dir_ is removed
     std::optional<Ring> ring_;
 };
 
 TEST_F(LoopDevice, OpensAsABlockDeviceAndRoundTrips) {
     std::uint64_t sector = 0;
     {
-        auto dev = FileBlockDevice::open(loop_, OpenMode::existing);
+        auto dev = FileBlockDevice::open(loop_->dev(), OpenMode::existing);
         ASSERT_TRUE(dev) << dev.error().message();
         EXPECT_EQ((*dev)->size_bytes(), kSize);
         sector = (*dev)->logical_block_size();
         EXPECT_TRUE(sector == 512 || sector == 4096) << sector;
 
         // A second exclusive open is refused while the first holds the device.
-        auto twice = FileBlockDevice::open(loop_, OpenMode::existing);
+        auto twice = FileBlockDevice::open(loop_->dev(), OpenMode::existing);
         ASSERT_FALSE(twice);
         EXPECT_TRUE(twice.error().is(std::errc::device_or_resource_busy)) << twice.error().message();
 
         // A block device that is too small for the request is refused.
-        auto big = FileBlockDevice::open(loop_, OpenMode::create_or_open, 2 * kSize);
+        auto big = FileBlockDevice::open(loop_->dev(), OpenMode::create_or_open, 2 * kSize);
         ASSERT_FALSE(big);
 
         Mapping out = test::aligned_buffer(64 * kBlock);

@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <string>
@@ -76,6 +77,51 @@ inline Mapping aligned_buffer(std::size_t len) {
     auto m = Mapping::anonymous(len);
     if (!m) std::abort();
     return std::move(*m);
+}
+
+// A loop block device over a backing file (`losetup -f --show`), detached on
+// destruction. attached() is false, with the reason in error(), where losetup
+// fails (no root, no loop driver, no free device).
+class LoopAttach {
+public:
+    explicit LoopAttach(const std::filesystem::path& backing) {
+        std::string cmd = "losetup -f --show '" + backing.string() + "' 2>&1";
+        FILE* p = ::popen(cmd.c_str(), "r");
+        if (p == nullptr) {
+            error_ = "popen failed";
+            return;
+        }
+        char line[256] = {};
+        std::string out = std::fgets(line, sizeof line, p) != nullptr ? line : "";
+        int rc = ::pclose(p);
+        while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+        if (rc != 0 || out.rfind("/dev/loop", 0) != 0) {
+            error_ = out.empty() ? "losetup exited with " + std::to_string(rc) : out;
+            return;
+        }
+        dev_ = out;
+    }
+    ~LoopAttach() {
+        if (!dev_.empty()) {
+            std::string cmd = "losetup -d " + dev_;
+            if (std::system(cmd.c_str()) != 0) ADD_FAILURE() << "could not detach " << dev_;
+        }
+    }
+    LoopAttach(const LoopAttach&) = delete;
+    LoopAttach& operator=(const LoopAttach&) = delete;
+    bool attached() const { return !dev_.empty(); }
+    const std::string& dev() const { return dev_; }
+    const std::string& error() const { return error_; }
+
+private:
+    std::string dev_;
+    std::string error_;
+};
+
+// A sparse file of `size` bytes (buffered, for backing loop devices).
+inline bool make_sparse_file(const std::filesystem::path& p, std::uint64_t size) {
+    UniqueFd fd(::open(p.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+    return fd.valid() && ::ftruncate(fd.get(), static_cast<off_t>(size)) == 0;
 }
 
 inline bool io_uring_absent(const Error& e) {
