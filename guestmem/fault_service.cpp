@@ -26,9 +26,9 @@ namespace {
 constexpr std::size_t kEventBatch = 32;
 constexpr unsigned kRingEntries = 32;
 
-// Resolved already by someone else (EEXIST) is success: wake the waiter instead.
-Result<void> tolerate_exists(Result<void> r, Userfault& uffd, std::byte* addr) {
-    if (!r && r.error().code == make_error_code(Errc::page_exists)) return uffd.wake(addr, kPageSize);
+// Resolved already by someone else (EEXIST) is success: the wake below suffices.
+Result<void> tolerate_exists(Result<void> r, Userfault&, std::byte*) {
+    if (!r && r.error().code == make_error_code(Errc::page_exists)) return {};
     return r;
 }
 
@@ -77,12 +77,17 @@ void GuestMemory::Impl::handle_fault(std::uint64_t hva, std::uint64_t flags, io:
     // its limit: that is what holds resident memory at the limit, not just near it.
     if (!table.peek(idx).present()) wait_for_room();
 
+    // Resolve without waking, publish the new entry, then wake: when the faulting
+    // thread resumes, the stage-2 entry already says what it will find.
+    Result<void> r;
+    PageState was;
+    {
     PageLock lk(table, idx);
     const PageEntry e = lk.entry();
-    Result<void> r;
+    was = e.state();
     switch (e.state()) {
         case PageState::zero:
-            r = tolerate_exists(uffd->copy(addr, zero_page.data(), kPageSize, WriteProtect::no, Wake::yes), *uffd,
+            r = tolerate_exists(uffd->copy(addr, zero_page.data(), kPageSize, WriteProtect::no, Wake::no), *uffd,
                                 addr);
             if (r) {
                 page_became_present();
@@ -91,10 +96,10 @@ void GuestMemory::Impl::handle_fault(std::uint64_t hva, std::uint64_t flags, io:
             break;
         case PageState::swapped: {
             counters.major_faults.fetch_add(1, std::memory_order_relaxed);
-            if (!swap_in_locked(lk, idx, ring, /*keep_clean=*/true)) return;  // poisoned: the guest is told
+            if (!swap_in_locked(lk, idx, ring, /*keep_clean=*/true)) break;  // poisoned (and woken): the guest is told
             const PageEntry in = lk.entry();
             r = tolerate_exists(
-                uffd->continue_(addr, kPageSize, in.clean() ? WriteProtect::yes : WriteProtect::no, Wake::yes), *uffd,
+                uffd->continue_(addr, kPageSize, in.clean() ? WriteProtect::yes : WriteProtect::no, Wake::no), *uffd,
                 addr);
             if (r) lk.set(PageEntry::make(PageState::resident, in.vslot(), in.clean()));
             break;
@@ -103,7 +108,7 @@ void GuestMemory::Impl::handle_fault(std::uint64_t hva, std::uint64_t flags, io:
         case PageState::writeback:
             counters.minor_faults.fetch_add(1, std::memory_order_relaxed);
             r = tolerate_exists(
-                uffd->continue_(addr, kPageSize, e.clean() ? WriteProtect::yes : WriteProtect::no, Wake::yes), *uffd,
+                uffd->continue_(addr, kPageSize, e.clean() ? WriteProtect::yes : WriteProtect::no, Wake::no), *uffd,
                 addr);
             // From writeback the slot being written is not in the entry: the completion
             // sees the state moved and frees it.
@@ -114,20 +119,22 @@ void GuestMemory::Impl::handle_fault(std::uint64_t hva, std::uint64_t flags, io:
                 counters.wp_faults.fetch_add(1, std::memory_order_relaxed);
                 if (e.clean()) free_vslot(e.vslot());
                 lk.set(PageEntry::make(PageState::resident));
-                r = uffd->write_protect(addr, kPageSize, WriteProtect::no, Wake::yes);
+                r = uffd->write_protect(addr, kPageSize, WriteProtect::no, Wake::no);
             } else {
-                r = uffd->wake(addr, kPageSize);  // another thread resolved it first
+                // Another thread resolved it first: the wake below is all it needs.
             }
             break;
         case PageState::lost:
             // Re-arm the poison (a discard-less retry) so the access errors again.
-            if (uffd->has(UFFD_FEATURE_POISON)) r = tolerate_exists(uffd->poison(addr, kPageSize, Wake::yes), *uffd, addr);
+            if (uffd->has(UFFD_FEATURE_POISON)) r = tolerate_exists(uffd->poison(addr, kPageSize, Wake::no), *uffd, addr);
             break;
         case PageState::reading:
             SWV_ASSERT(false, "reading state seen by a lock holder");
     }
+    }
+    if (r) r = uffd->wake(addr, kPageSize);
     if (!r) spdlog::error("{}: resolving fault at GPA {:#x} ({}): {}", owner.name(), gpa_of_idx(idx).value(),
-                          to_string(e.state()), r.error().message());
+                          to_string(was), r.error().message());
 }
 
 }  // namespace swapvisor::guestmem
