@@ -1,0 +1,99 @@
+/*
+ * Ring-3 runtime of the swapvisor example guests: serial output, formatted
+ * printing, the PVH command line and memory map, TSC timing and the debug exit.
+ *
+ * Role: everything a guest program (hello.c, memtouch.c) may call. The program
+ * defines `int main(void)`; entry.S enters ring 3 (IOPL 3, interrupts off) and
+ * rt_start() parses hvm_start_info, then calls main() and exit()s with its
+ * return value.
+ *
+ * Invariants (examples/README.md):
+ *  - all guest code runs in ring 3 with IOPL 3; port I/O is direct `in`/`out`.
+ *  - physical == virtual; [0, rt_mapped_limit()) is identity mapped, RW, user.
+ *  - memory below rt_free_start() belongs to the runtime (image, stacks,
+ *    page tables); programs must not write it.
+ *  - single vCPU, no interrupts: nothing here is reentrant or locked.
+ */
+#ifndef SWAPVISOR_EXAMPLES_RUNTIME_RT_H
+#define SWAPVISOR_EXAMPLES_RUNTIME_RT_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define RT_PAGE_SIZE ((uint64_t)4096)
+#define RT_MIB ((uint64_t)1 << 20)
+#define RT_E820_RAM 1u
+
+/* Port numbers of the guest interface (docs: DESIGN.md section 6). */
+#define RT_PORT_COM1 0x3f8
+#define RT_PORT_DEBUG_EXIT 0xf4
+
+/* One hvm_memmap_table_entry of the PVH memory map. */
+struct rt_mem_range {
+  uint64_t addr;
+  uint64_t size;
+  uint32_t type; /* RT_E820_RAM = usable RAM */
+  uint32_t reserved;
+};
+
+/* ---- port I/O (ring 3, IOPL 3) ---- */
+static inline void rt_outb(uint16_t port, uint8_t v) {
+  __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port));
+}
+static inline void rt_outl(uint16_t port, uint32_t v) {
+  __asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(port));
+}
+static inline uint8_t rt_inb(uint16_t port) {
+  uint8_t v;
+  __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
+  return v;
+}
+static inline uint64_t rt_rdtsc(void) {
+  uint32_t lo, hi;
+  __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+  return ((uint64_t)hi << 32) | lo;
+}
+static inline void rt_pause(void) { __asm__ volatile("pause"); }
+
+/* ---- console (COM1) ---- */
+void rt_putc(char c);
+void rt_puts(const char* s); /* no newline appended */
+int rt_printf(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+int rt_vprintf(const char* fmt, va_list ap);
+
+/* ---- command line: space-separated `key=value` words ---- */
+const char* rt_cmdline(void); /* the raw command line, "" if none */
+/* Value of the last `key=<n>` word (decimal or 0x-hex), else `def`. A value
+ * that is not a number ends the VM with exit(2) and an error line. */
+uint64_t arg_u64(const char* key, uint64_t def);
+/* Value of the last `key=<s>` word, else `def`. Valid for the whole run. */
+const char* arg_str(const char* key, const char* def);
+
+/* ---- memory ---- */
+size_t rt_memmap_count(void);
+const struct rt_mem_range* rt_memmap(void); /* rt_memmap_count() entries */
+uint64_t rt_free_start(void);   /* first byte not used by the runtime, 4K-aligned */
+uint64_t rt_mapped_limit(void); /* end of the identity map */
+
+/* ---- time ---- */
+/* TSC ticks per second, calibrated against PIT channel 2 on the first call
+ * (~20 ms); 0 when calibration failed (no PIT, or too noisy). */
+uint64_t rt_tsc_hz(void);
+
+/* ---- exit: a 32-bit write of `code` to the debug-exit port ---- */
+__attribute__((noreturn)) void exit(int code);
+
+/* ---- freestanding string helpers (also what gcc may call) ---- */
+void* memset(void* dst, int c, size_t n);
+void* memcpy(void* dst, const void* src, size_t n);
+void* memmove(void* dst, const void* src, size_t n);
+int memcmp(const void* a, const void* b, size_t n);
+size_t strlen(const char* s);
+int strcmp(const char* a, const char* b);
+
+/* Defined by the guest program. */
+int main(void);
+
+#endif
