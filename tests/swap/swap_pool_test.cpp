@@ -1,0 +1,467 @@
+// SwapPool swap-out / swap-in on real io_uring and real O_DIRECT files: round trips
+// with every page verified, placement (priority, round-robin, clusters), one large
+// write per contiguous run, checksum and I/O error detection through
+// FaultyBlockDevice and on-disk corruption, free/reuse, swapon rules, and threads.
+#include "swap/swap_pool.hpp"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <thread>
+
+#include "tests/swap/swap_test_util.hpp"
+
+namespace swapvisor::swap {
+namespace {
+
+using test::kClusterBytes;
+using test::Pages;
+
+bool is(const Error& e, Errc c) { return e.code == make_error_code(c); }
+
+// Records every op a FaultyBlockDevice sees (kind, offset, length).
+struct OpLog {
+    struct Op {
+        io::IoKind kind;
+        std::uint64_t offset;
+        std::size_t len;
+    };
+    std::mutex mu;
+    std::vector<Op> ops;
+    void attach(io::FaultPlan& plan) {
+        plan.add(io::FaultRule{io::FaultMatch::any, {}, {}, 0, {}, io::fault::Gate{[this](const io::BlockIo& io) {
+                                   std::lock_guard lock(mu);
+                                   ops.push_back(Op{io.kind, io.offset.value(), io.buf.size()});
+                               }}});
+    }
+    std::vector<Op> take(io::IoKind kind) {
+        std::lock_guard lock(mu);
+        std::vector<Op> out;
+        for (const Op& op : ops)
+            if (op.kind == kind) out.push_back(op);
+        ops.clear();
+        return out;
+    }
+};
+
+TEST(PrivilegedSwapPool, RoundTripOfManyPagesVerifiesEveryPage) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    SwapPool pool;
+    ASSERT_TRUE(pool.swapon(dir.file("swap0"), 0, 4 * kClusterBytes));
+    constexpr std::size_t kN = 1500;
+    Pages pages(kN);
+    for (std::size_t i = 0; i < kN; ++i) test::fill_page(pages[i], i);
+    std::vector<VSlot> v(kN);
+    for (std::size_t first = 0; first < kN; first += 100) {
+        auto batch = test::page_outs(pages, first, 100);
+        ASSERT_TRUE(pool.write_out(ring, batch));
+        for (std::size_t i = 0; i < batch.size(); ++i) {
+            ASSERT_EQ(batch[i].result, 0);
+            ASSERT_NE(batch[i].vslot, kNoVSlot);
+            v[first + i] = batch[i].vslot;
+        }
+    }
+    EXPECT_EQ(pool.allocated_vslots(), kN);
+    EXPECT_EQ(pool.stats().at(0).used_slots, kN);
+
+    Pages back(kN);
+    for (std::size_t i = 0; i < kN; i += 2) {  // single reads
+        ASSERT_TRUE(pool.read_in(ring, v[i], back[i])) << i;
+        ASSERT_TRUE(test::verify_page(back[i], i)) << i;
+        EXPECT_EQ(pool.owner_of(v[i]), std::optional<OwnerTag>(i));
+    }
+    std::vector<SwapPool::PageIn> in;  // batched reads, in reverse order
+    for (std::size_t i = kN - 1; i < kN; i -= 2) in.push_back(SwapPool::PageIn{v[i], back[i]});
+    ASSERT_TRUE(pool.read_in(ring, in));
+    for (const auto& p : in) EXPECT_EQ(p.result, 0);
+    for (std::size_t i = 1; i < kN; i += 2) ASSERT_TRUE(test::verify_page(back[i], i)) << i;
+
+    for (VSlot s : v) pool.free(s);
+    EXPECT_EQ(pool.allocated_vslots(), 0u);
+    EXPECT_EQ(pool.stats().at(0).used_slots, 0u);
+}
+
+TEST(PrivilegedSwapPool, HighestPriorityFirstThenLower) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    SwapPool pool;
+    auto low = pool.swapon(dir.file("low"), 5, kClusterBytes);
+    auto high = pool.swapon(dir.file("high"), 10, kClusterBytes);
+    ASSERT_TRUE(low && high);
+    Pages pages(600);
+    for (std::size_t i = 0; i < 600; ++i) test::fill_page(pages[i], i);
+    auto batch = test::page_outs(pages, 0, 600);
+    ASSERT_TRUE(pool.write_out(ring, batch));
+    for (std::size_t i = 0; i < 600; ++i) {
+        ASSERT_EQ(batch[i].result, 0);
+        auto p = pool.pslot_of(batch[i].vslot);
+        ASSERT_TRUE(p);
+        if (i < kClusterSlots) {
+            EXPECT_EQ(p->device, *high);
+            EXPECT_EQ(p->slot.value(), i);  // contiguous from the start of the cluster
+        } else {
+            EXPECT_EQ(p->device, *low);
+        }
+    }
+    auto stats = pool.stats();
+    ASSERT_EQ(stats.size(), 2u);
+    EXPECT_EQ(stats[0].priority, 10);
+    EXPECT_EQ(stats[0].used_slots, kClusterSlots);
+    EXPECT_EQ(stats[1].used_slots, 600 - kClusterSlots);
+    Pages back(1);
+    ASSERT_TRUE(pool.read_in(ring, batch[599].vslot, back[0]));
+    EXPECT_TRUE(test::verify_page(back[0], 599));
+}
+
+TEST(PrivilegedSwapPool, RoundRobinAmongEqualPriorities) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    SwapPool pool;
+    ASSERT_TRUE(pool.swapon(dir.file("a"), 1, 2 * kClusterBytes));
+    ASSERT_TRUE(pool.swapon(dir.file("b"), 1, 2 * kClusterBytes));
+    Pages pages(8);
+    std::vector<DeviceId> used;
+    for (int round = 0; round < 6; ++round) {
+        auto batch = test::page_outs(pages, 0, 8, round * 8);
+        ASSERT_TRUE(pool.write_out(ring, batch));
+        DeviceId dev = pool.pslot_of(batch[0].vslot)->device;
+        for (std::size_t i = 0; i < 8; ++i) {  // a batch stays on one device, contiguous
+            EXPECT_EQ(pool.pslot_of(batch[i].vslot)->device, dev);
+            EXPECT_EQ(pool.pslot_of(batch[i].vslot)->slot.value(), pool.pslot_of(batch[0].vslot)->slot.value() + i);
+        }
+        used.push_back(dev);
+    }
+    for (std::size_t r = 1; r < used.size(); ++r) EXPECT_NE(used[r], used[r - 1]) << r;
+    auto stats = pool.stats();
+    EXPECT_EQ(stats[0].used_slots, 24u);
+    EXPECT_EQ(stats[1].used_slots, 24u);
+}
+
+TEST(PrivilegedSwapPool, NoDeviceOrFullDeviceIsNoSpaceAndLeaksNothing) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    SwapPool pool;
+    Pages pages(kClusterSlots + 3);
+    auto one = test::page_outs(pages, 0, 1);
+    auto r = pool.write_out(ring, one);
+    ASSERT_FALSE(r);
+    EXPECT_TRUE(is(r.error(), Errc::no_space));
+    EXPECT_EQ(one[0].result, -ENOSPC);
+    EXPECT_EQ(pool.allocated_vslots(), 0u);
+
+    ASSERT_TRUE(pool.swapon(dir.file("s"), 0, kClusterBytes));
+    auto fill = test::page_outs(pages, 0, kClusterSlots);
+    ASSERT_TRUE(pool.write_out(ring, fill));
+    auto more = test::page_outs(pages, kClusterSlots, 3);
+    r = pool.write_out(ring, more);
+    ASSERT_FALSE(r);
+    EXPECT_TRUE(is(r.error(), Errc::no_space));
+    for (auto& p : more) {
+        EXPECT_EQ(p.result, -ENOSPC);
+        EXPECT_EQ(p.vslot, kNoVSlot);
+    }
+    EXPECT_EQ(pool.allocated_vslots(), kClusterSlots);
+
+    // Two free slots, three pages: two go out, one fails, the call succeeds.
+    pool.free(fill[10].vslot);
+    pool.free(fill[400].vslot);
+    for (std::size_t i = 0; i < 3; ++i) test::fill_page(pages[kClusterSlots + i], 9000 + i);
+    more = test::page_outs(pages, kClusterSlots, 3, 9000 - kClusterSlots);
+    ASSERT_TRUE(pool.write_out(ring, more));
+    EXPECT_EQ(more[0].result, 0);
+    EXPECT_EQ(more[1].result, 0);
+    EXPECT_EQ(more[2].result, -ENOSPC);
+    EXPECT_EQ(more[2].vslot, kNoVSlot);
+    EXPECT_EQ(pool.allocated_vslots(), kClusterSlots);
+    std::set<std::uint32_t> reused{pool.pslot_of(more[0].vslot)->slot.value(), pool.pslot_of(more[1].vslot)->slot.value()};
+    EXPECT_EQ(reused, (std::set<std::uint32_t>{10, 400}));
+    Pages back(1);
+    ASSERT_TRUE(pool.read_in(ring, more[1].vslot, back[0]));
+    EXPECT_TRUE(test::verify_page(back[0], 9001));
+}
+
+TEST(PrivilegedSwapPool, ContiguousRunGoesOutAsOneLargeWrite) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    auto plan = std::make_shared<io::FaultPlan>();
+    OpLog log;
+    log.attach(*plan);
+    SwapPool pool;
+    ASSERT_TRUE(pool.swapon(test::faulty_file(dir.file("s"), 2 * kClusterBytes, plan), 0));
+    Pages pages(128);
+    for (std::size_t i = 0; i < 128; ++i) test::fill_page(pages[i], i);
+
+    std::uint64_t submits = ring.submit_calls();
+    auto batch = test::page_outs(pages, 0, 64);
+    ASSERT_TRUE(pool.write_out(ring, batch));
+    EXPECT_EQ(ring.submit_calls() - submits, 1u);
+    auto ops = log.take(io::IoKind::write);
+    ASSERT_EQ(ops.size(), 1u);
+    EXPECT_EQ(ops[0].len, 64 * kSlotSize);
+    EXPECT_EQ(ops[0].offset, 0u);
+
+    // Not contiguous in memory (every other page): one op per page.
+    std::vector<PageOut> sparse;
+    for (std::size_t i = 64; i < 128; i += 2) sparse.push_back(PageOut{pages[i], i});
+    ASSERT_TRUE(pool.write_out(ring, sparse));
+    EXPECT_EQ(log.take(io::IoKind::write).size(), 32u);
+
+    // Reading the first run back into contiguous memory is one op too.
+    Pages back(64);
+    std::vector<SwapPool::PageIn> in;
+    for (std::size_t i = 0; i < 64; ++i) in.push_back(SwapPool::PageIn{batch[i].vslot, back[i]});
+    ASSERT_TRUE(pool.read_in(ring, in));
+    auto reads = log.take(io::IoKind::read);
+    ASSERT_EQ(reads.size(), 1u);
+    EXPECT_EQ(reads[0].len, 64 * kSlotSize);
+    for (std::size_t i = 0; i < 64; ++i) {
+        EXPECT_EQ(in[i].result, 0);
+        EXPECT_TRUE(test::verify_page(back[i], i)) << i;
+    }
+    for (const auto& p : sparse) {
+        Pages one(1);
+        ASSERT_TRUE(pool.read_in(ring, p.vslot, one[0]));
+        EXPECT_TRUE(test::verify_page(one[0], p.owner));
+    }
+}
+
+TEST(PrivilegedSwapPool, RunLengthIsCappedByConfig) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    auto plan = std::make_shared<io::FaultPlan>();
+    OpLog log;
+    log.attach(*plan);
+    SwapPool pool(SwapPoolConfig{.swapoff_batch_pages = 32, .max_run_pages = 16});
+    ASSERT_TRUE(pool.swapon(test::faulty_file(dir.file("s"), kClusterBytes, plan), 0));
+    Pages pages(64);
+    auto batch = test::page_outs(pages, 0, 64);
+    ASSERT_TRUE(pool.write_out(ring, batch));
+    auto ops = log.take(io::IoKind::write);
+    ASSERT_EQ(ops.size(), 4u);
+    for (const auto& op : ops) EXPECT_EQ(op.len, 16 * kSlotSize);
+}
+
+TEST(PrivilegedSwapPool, CorruptedSlotOnDiskIsAChecksumMismatch) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    SwapPool pool;
+    ASSERT_TRUE(pool.swapon(dir.file("s"), 0, kClusterBytes));
+    Pages pages(10);
+    for (std::size_t i = 0; i < 10; ++i) test::fill_page(pages[i], i);
+    auto batch = test::page_outs(pages, 0, 10);
+    ASSERT_TRUE(pool.write_out(ring, batch));
+    test::corrupt_slot(dir.file("s"), pool.pslot_of(batch[5].vslot)->slot);
+
+    Pages back(10);
+    auto r = pool.read_in(ring, batch[5].vslot, back[5]);
+    ASSERT_FALSE(r);
+    EXPECT_TRUE(is(r.error(), Errc::checksum_mismatch)) << r.error().message();
+
+    std::vector<SwapPool::PageIn> in;
+    for (std::size_t i = 0; i < 10; ++i) in.push_back(SwapPool::PageIn{batch[i].vslot, back[i]});
+    ASSERT_TRUE(pool.read_in(ring, in));
+    for (std::size_t i = 0; i < 10; ++i) {
+        if (i == 5) {
+            EXPECT_EQ(in[i].result, -EBADMSG);
+            EXPECT_EQ(errc_of_page_result(in[i].result), Errc::checksum_mismatch);
+        } else {
+            EXPECT_EQ(in[i].result, 0);
+            EXPECT_TRUE(test::verify_page(back[i], i));
+        }
+    }
+}
+
+TEST(PrivilegedSwapPool, WriteErrorsFailTheirPagesAndLeakNoSlot) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    auto plan = std::make_shared<io::FaultPlan>();
+    SwapPool pool;
+    ASSERT_TRUE(pool.swapon(test::faulty_file(dir.file("s"), kClusterBytes, plan), 0));
+    Pages pages(32);
+    for (std::size_t i = 0; i < 32; ++i) test::fill_page(pages[i], i);
+
+    // A whole run fails.
+    auto eio = plan->add(io::FaultRule{io::FaultMatch::write, {}, {}, 0, 1, io::fault::Eio{}});
+    auto batch = test::page_outs(pages, 0, 16);
+    ASSERT_TRUE(pool.write_out(ring, batch));
+    EXPECT_EQ(plan->hits(eio), 1u);
+    for (auto& p : batch) {
+        EXPECT_EQ(p.result, -EIO);
+        EXPECT_EQ(p.vslot, kNoVSlot);
+    }
+    EXPECT_EQ(pool.allocated_vslots(), 0u);
+    EXPECT_EQ(pool.stats()[0].used_slots, 0u);
+
+    // Separate ops (every other page); only the one overlapping slot 16+3 fails, and
+    // a torn (short) write is a failure too.
+    std::vector<PageOut> sparse;
+    for (std::size_t i = 0; i < 32; i += 2) sparse.push_back(PageOut{pages[i], i});
+    auto fail_at = io::DevOffset((16 + 3) * kSlotSize);
+    plan->add(io::FaultRule{io::FaultMatch::write, fail_at, fail_at + kSlotSize, 0, 1, io::fault::Eio{}});
+    auto torn_at = io::DevOffset((16 + 6) * kSlotSize);
+    plan->add(io::FaultRule{io::FaultMatch::write, torn_at, torn_at + kSlotSize, 0, 1, io::fault::ShortIo{512}});
+    ASSERT_TRUE(pool.write_out(ring, sparse));
+    std::size_t ok = 0;
+    for (std::size_t i = 0; i < sparse.size(); ++i) {
+        if (i == 3 || i == 6) {
+            EXPECT_LT(sparse[i].result, 0) << i;
+            EXPECT_EQ(sparse[i].vslot, kNoVSlot);
+        } else {
+            EXPECT_EQ(sparse[i].result, 0) << i;
+            Pages back(1);
+            ASSERT_TRUE(pool.read_in(ring, sparse[i].vslot, back[0]));
+            EXPECT_TRUE(test::verify_page(back[0], sparse[i].owner));
+            ++ok;
+        }
+    }
+    EXPECT_EQ(pool.allocated_vslots(), ok);
+    EXPECT_EQ(pool.stats()[0].used_slots, ok);
+}
+
+TEST(PrivilegedSwapPool, ReadErrorIsIoFailedNeverData) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    auto plan = std::make_shared<io::FaultPlan>();
+    SwapPool pool;
+    ASSERT_TRUE(pool.swapon(test::faulty_file(dir.file("s"), kClusterBytes, plan), 0));
+    Pages pages(4);
+    for (std::size_t i = 0; i < 4; ++i) test::fill_page(pages[i], i);
+    auto batch = test::page_outs(pages, 0, 4);
+    ASSERT_TRUE(pool.write_out(ring, batch));
+    auto rule = plan->add(io::FaultRule{io::FaultMatch::read, {}, {}, 0, 1, io::fault::Eio{}});
+    Pages back(4);
+    auto r = pool.read_in(ring, batch[2].vslot, back[2]);
+    ASSERT_FALSE(r);
+    EXPECT_TRUE(is(r.error(), Errc::io_failed));
+    EXPECT_EQ(plan->hits(rule), 1u);
+    plan->add(io::FaultRule{io::FaultMatch::read, {}, {}, 0, 1, io::fault::ShortIo{1024}});
+    r = pool.read_in(ring, batch[2].vslot, back[2]);
+    ASSERT_FALSE(r);
+    EXPECT_TRUE(is(r.error(), Errc::io_failed));
+    ASSERT_TRUE(pool.read_in(ring, batch[2].vslot, back[2]));  // rules used up
+    EXPECT_TRUE(test::verify_page(back[2], 2));
+}
+
+TEST(PrivilegedSwapPool, FreedVSlotIsStaleAndItsSlotIsReused) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    SwapPool pool;
+    ASSERT_TRUE(pool.swapon(dir.file("s"), 0, kClusterBytes));
+    Pages pages(kClusterSlots);
+    auto batch = test::page_outs(pages, 0, kClusterSlots);
+    ASSERT_TRUE(pool.write_out(ring, batch));
+    VSlot gone = batch[77].vslot;
+    SlotIdx slot = pool.pslot_of(gone)->slot;
+    pool.free(gone);
+    pool.free(kNoVSlot);  // no-op
+    EXPECT_FALSE(pool.owner_of(gone));
+    EXPECT_FALSE(pool.pslot_of(gone));
+    Pages back(1);
+    auto r = pool.read_in(ring, gone, back[0]);
+    ASSERT_FALSE(r);
+    EXPECT_TRUE(is(r.error(), Errc::stale_slot));
+    EXPECT_EQ(pool.stats()[0].used_slots, kClusterSlots - 1);
+
+    test::fill_page(pages[0], 4242);
+    std::vector<PageOut> again{PageOut{pages[0], 4242}};
+    ASSERT_TRUE(pool.write_out(ring, again));
+    EXPECT_EQ(pool.pslot_of(again[0].vslot)->slot, slot);
+    ASSERT_TRUE(pool.read_in(ring, again[0].vslot, back[0]));
+    EXPECT_TRUE(test::verify_page(back[0], 4242));
+    EXPECT_EQ(pool.owner_of(again[0].vslot), std::optional<OwnerTag>(4242));
+}
+
+TEST(PrivilegedSwapPool, SwaponCreatesRejectsDuplicatesAndTooSmall) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    SwapPool pool;
+    auto id = pool.swapon(dir.file("s"), 3, 3 * kClusterBytes);
+    ASSERT_TRUE(id) << id.error().message();
+    EXPECT_EQ(std::filesystem::file_size(dir.file("s")), 3 * kClusterBytes);
+    auto dup = pool.swapon(dir.path() / "." / "s", 3, 3 * kClusterBytes);
+    ASSERT_FALSE(dup);
+    EXPECT_TRUE(is(dup.error(), Errc::exists));
+    auto dup2 = pool.swapon(test::open_file(dir.file("s"), 0), 1);
+    ASSERT_FALSE(dup2);
+    EXPECT_TRUE(is(dup2.error(), Errc::exists));
+    EXPECT_EQ(pool.find_device(dir.file("s")), std::optional(*id));
+
+    // An existing file is used as is, whatever size is asked.
+    ASSERT_TRUE(test::open_file(dir.file("old"), 2 * kClusterBytes));
+    ASSERT_TRUE(pool.swapon(dir.file("old"), 0, 10 * kClusterBytes));
+    EXPECT_EQ(std::filesystem::file_size(dir.file("old")), 2 * kClusterBytes);
+
+    auto small = pool.swapon(dir.file("small"), 0, kClusterBytes - kSlotSize);
+    ASSERT_FALSE(small);
+    EXPECT_EQ(small.error().code, make_error_code(io::Errc::too_small)) << small.error().message();
+    ASSERT_TRUE(test::open_file(dir.file("small2"), kClusterBytes / 2));
+    small = pool.swapon(dir.file("small2"), 0, 0);
+    ASSERT_FALSE(small);
+    EXPECT_EQ(small.error().code, make_error_code(io::Errc::too_small));
+    EXPECT_FALSE(pool.swapon(dir.file("missing"), 0, 0));
+
+    auto stats = pool.stats();
+    ASSERT_EQ(stats.size(), 2u);
+    EXPECT_EQ(stats[0].path, std::filesystem::weakly_canonical(dir.file("s")).string());
+    EXPECT_EQ(stats[0].total_slots, 3u * kClusterSlots);
+    EXPECT_EQ(stats[1].total_slots, 2u * kClusterSlots);
+    EXPECT_FALSE(stats[0].removing);
+}
+
+TEST(PrivilegedSwapPool, ThreadsWriteReadAndFreeConcurrently) {
+    test::TempDir dir;
+    SwapPool pool;
+    ASSERT_TRUE(pool.swapon(dir.file("a"), 0, 2 * kClusterBytes));
+    ASSERT_TRUE(pool.swapon(dir.file("b"), 0, 2 * kClusterBytes));
+    constexpr int kThreads = 3;
+    std::atomic<int> failures{0};
+    std::atomic<bool> skipped{false};
+    std::vector<std::vector<VSlot>> kept(kThreads);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+        threads.emplace_back([&, t] {
+            auto ring = io::Ring::create(32);
+            if (!ring) {
+                skipped = true;
+                return;
+            }
+            Pages pages(16), back(16);
+            for (int round = 0; round < 40; ++round) {
+                std::uint64_t base = (std::uint64_t(t) << 32) | (std::uint64_t(round) << 8);
+                for (std::size_t i = 0; i < 16; ++i) test::fill_page(pages[i], base + i);
+                auto batch = test::page_outs(pages, 0, 16, base);
+                if (!pool.write_out(*ring, batch)) {
+                    failures++;
+                    continue;
+                }
+                std::vector<SwapPool::PageIn> in;
+                for (std::size_t i = 0; i < 16; ++i) {
+                    if (batch[i].result != 0) failures++;
+                    else in.push_back(SwapPool::PageIn{batch[i].vslot, back[i]});
+                }
+                if (!pool.read_in(*ring, in)) failures++;
+                for (std::size_t i = 0; i < in.size(); ++i) {
+                    if (in[i].result != 0 || !test::verify_page(back[i], base + i)) failures++;
+                    if (i % 2 == 0) pool.free(in[i].vslot);
+                    else kept[t].push_back(in[i].vslot);
+                }
+            }
+        });
+    }
+    for (auto& th : threads) th.join();
+    if (skipped) GTEST_SKIP() << "*** io_uring is unavailable here: this test did NOT run ***";
+    EXPECT_EQ(failures.load(), 0);
+    std::size_t live = 0;
+    for (auto& k : kept) live += k.size();
+    EXPECT_EQ(pool.allocated_vslots(), live);
+    std::uint64_t used = 0;
+    for (auto& s : pool.stats()) used += s.used_slots;
+    EXPECT_EQ(used, live);
+    for (auto& k : kept)
+        for (VSlot v : k) pool.free(v);
+    EXPECT_EQ(pool.allocated_vslots(), 0u);
+}
+
+}  // namespace
+}  // namespace swapvisor::swap
