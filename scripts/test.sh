@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): install dependencies, build, run every test.
+#  1. a RelWithDebInfo build and the whole ctest suite (unit, real KVM + userfaultfd +
+#     io_uring integration, script tests);
+#  2. an ASan+UBSan build of the layer unit tests (io, swap, guestmem, control).
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+bash scripts/install-deps.sh
+for dev in /dev/kvm; do
+  [ -e "$dev" ] || echo "WARNING: $dev is absent: tests that need it will SKIP (loudly)"
+done
+bash scripts/build.sh "$here/build" -DSWV_BUILD_BENCH=ON
+(cd build && ctest --output-on-failure --timeout 900 -j1)
+bash scripts/build.sh "$here/build-asan" -DSWV_SANITIZE=ON -DSWV_BUILD_BENCH=OFF -DCMAKE_BUILD_TYPE=Debug
+(cd build-asan && ctest --output-on-failure --timeout 900 -j1 -L 'io|swap|guestmem|control')
+echo "test.sh: all suites passed"
