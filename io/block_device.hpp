@@ -40,8 +40,10 @@ public:
     virtual const std::string& path() const = 0;
     virtual std::uint64_t size_bytes() const = 0;
     virtual std::uint32_t logical_block_size() const = 0;
-    // Run a batch on the caller's ring. Alignment and range are checked first: a bad
-    // op gets result = -EINVAL / -ERANGE-like via its Errc and is not issued.
+    // Run a batch on the caller's ring. Alignment and range are checked first
+    // (check_block_io): if any op is bad, NOTHING is issued and the Errc is returned.
+    // Otherwise every op gets its own result (bytes or -errno; see io_status) and the
+    // call fails only if the ring does.
     virtual Result<void> submit(Ring& ring, std::span<BlockIo> ios) = 0;
     // Make written data durable (fdatasync equivalent through the ring).
     virtual Result<void> flush(Ring& ring) = 0;

@@ -223,7 +223,6 @@ Result<void> Ring::run(std::span<IoOp> ops) {
             auto room = static_cast<unsigned>(std::min<std::size_t>(remaining, std::max(1u, entries / 2)));
             want = in_flight + room > entries ? in_flight + room - entries : 0;
         }
-        want = std::min(want, in_flight - ready);  // unsubmitted SQEs never complete
         if (ready > 0 && !failure) {
             // Kernel contract: io_uring_enter submits the SQ entries, then waits for
             // `want` CQEs; it returns an error only if it submitted nothing.
@@ -253,7 +252,10 @@ Result<void> Ring::run(std::span<IoOp> ops) {
     return {};
 }
 
-unsigned Ring::entries() const { return impl_->entries(); }
+unsigned Ring::entries() const {
+    SWV_ASSERT(impl_, "use of a moved-from Ring");
+    return impl_->entries();
+}
 std::uint64_t Ring::submit_calls() const { return impl_->submit_calls; }
 std::uint64_t Ring::fixed_ops() const { return impl_->fixed_ops; }
 

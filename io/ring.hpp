@@ -1,8 +1,8 @@
 // Ring: one io_uring (through liburing, which only ring.cpp includes). A Ring is
 // owned and used by exactly one thread (io/README.md#threads): threads that need
 // I/O own their own Ring. run() submits a whole batch with one io_uring_submit per
-// ring-full and reaps every completion before it returns; buffers inside the
-// registered arena use the fixed-buffer opcodes.
+// ring-full (then per half ring freed) and reaps every completion before it returns;
+// buffers inside the registered arena use the fixed-buffer opcodes.
 #pragma once
 
 #include <cstdint>
