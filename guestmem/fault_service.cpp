@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <vector>
 
 #include <spdlog/spdlog.h>
 
@@ -24,6 +25,7 @@ namespace swapvisor::guestmem {
 namespace {
 
 constexpr std::size_t kEventBatch = 32;
+constexpr std::uint64_t kReadaheadPages = 16;
 constexpr unsigned kRingEntries = 32;
 
 // Resolved already by someone else (EEXIST) is success: the wake below suffices.
@@ -133,8 +135,56 @@ void GuestMemory::Impl::handle_fault(std::uint64_t hva, std::uint64_t flags, io:
     }
     }
     if (r) r = uffd->wake(addr, kPageSize);
+    if (r && was == PageState::swapped) readahead_after(idx, ring);
     if (!r) spdlog::error("{}: resolving fault at GPA {:#x} ({}): {}", owner.name(), gpa_of_idx(idx).value(),
                           to_string(was), r.error().message());
+}
+
+}  // namespace swapvisor::guestmem
+
+namespace swapvisor::guestmem {
+
+// Readahead (guestmem/README.md#readahead): when swap-ins follow each other in
+// ascending guest order, read the next swapped pages of the run in one batch into
+// the memfd as inactive clean pages. A later touch is then a MINOR fault, and an
+// unused page is dropped again without a write. Runs after the faulting thread was
+// woken, so the guest never waits for it; skipped while the VM is at its limit.
+void GuestMemory::Impl::readahead_after(std::uint64_t idx, io::Ring& ring) {
+    thread_local std::uint64_t last_swapin = ~0ULL;
+    const bool sequential = idx == last_swapin + 1 || (last_swapin != ~0ULL && idx > last_swapin && idx - last_swapin <= kReadaheadPages);
+    last_swapin = idx;
+    if (!sequential || !wp_tracking || over_limit()) return;
+    const Region& region = region_of(idx);
+    std::vector<std::uint64_t> locked;
+    std::vector<swap::SwapPool::PageIn> ins;
+    for (std::uint64_t n = idx + 1; n < region.first_idx + region.pages && locked.size() < kReadaheadPages; ++n) {
+        auto e = table.try_lock(n);
+        if (!e) break;
+        if (e->state() != PageState::swapped) {
+            table.unlock(n, *e);
+            break;
+        }
+        locked.push_back(n);
+        ins.push_back(swap::SwapPool::PageIn{e->vslot(), vmm_ptr(n)});
+    }
+    if (ins.empty()) return;
+    auto batch = pool->read_in(ring, ins);
+    for (std::size_t k = 0; k < locked.size(); ++k) {
+        const std::uint64_t n = locked[k];
+        if (batch && ins[k].result == 0) {
+            counters.swapped_pages.fetch_sub(1);
+            counters.swap_in_pages.fetch_add(1, std::memory_order_relaxed);
+            counters.readahead_pages.fetch_add(1, std::memory_order_relaxed);
+            page_became_present();
+            table.unlock(n, PageEntry::make(PageState::inactive, ins[k].vslot, true));
+        } else {
+            // Whatever landed in the memfd is not trusted: drop it, keep the page
+            // swapped; a real fault will retry and report a failure properly.
+            (void)punch(n, 1);
+            table.unlock(n, PageEntry::make(PageState::swapped, ins[k].vslot));
+        }
+        last_swapin = n;
+    }
 }
 
 }  // namespace swapvisor::guestmem

@@ -418,6 +418,7 @@ MemStats GuestMemory::stats() const {
     s.discarded_pages = c.discarded_pages.load();
     s.lost_pages = c.lost_pages.load();
     s.throttle_waits = c.throttle_waits.load();
+    s.readahead_pages = c.readahead_pages.load();
     s.limit_overshoots = c.limit_overshoots.load();
     return s;
 }

@@ -71,6 +71,7 @@ struct MemStats {
     std::uint64_t lost_pages = 0;       // swap-in failed: page poisoned, VM told
     std::uint64_t wp_faults = 0;        // first write to a clean page (its swap copy dropped)
     std::uint64_t throttle_waits = 0;   // faults that waited for the reclaimer
+    std::uint64_t readahead_pages = 0;  // swapped in ahead of a sequential run
     std::uint64_t limit_overshoots = 0; // waits that gave up (swap full): ran over the limit
 };
 

@@ -51,6 +51,7 @@ struct Counters {
     std::atomic<std::uint64_t> discarded_pages{0};
     std::atomic<std::uint64_t> lost_pages{0};
     std::atomic<std::uint64_t> throttle_waits{0};
+    std::atomic<std::uint64_t> readahead_pages{0};
     std::atomic<std::uint64_t> limit_overshoots{0};
 };
 
@@ -110,6 +111,7 @@ struct GuestMemory::Impl {
     // --- threads ----------------------------------------------------------------
     void fault_loop();
     void handle_fault(std::uint64_t hva, std::uint64_t flags, io::Ring& ring);
+    void readahead_after(std::uint64_t idx, io::Ring& ring);
     void reclaim_loop();
     std::uint64_t reclaim_pass(io::Ring& ring);
 };
