@@ -1,0 +1,495 @@
+// Live swapoff on real io_uring and real files: everything moved and verified,
+// refusal that changes nothing, bringing pages back through an EvictionSink, two
+// swapoffs of one device, and races with free(), read_in() and write_out() made
+// deterministic by FaultPlan gates that hold one I/O at the critical moment.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <thread>
+
+#include "swap/swap_pool.hpp"
+#include "tests/swap/swap_test_util.hpp"
+
+namespace swapvisor::swap {
+namespace {
+
+using test::kClusterBytes;
+using test::Pages;
+
+bool is(const Error& e, Errc c) { return e.code == make_error_code(c); }
+
+// Writes pages [0, n) with ids = owners = index; returns their vslots.
+std::vector<VSlot> fill_pool(SwapPool& pool, io::Ring& ring, std::size_t n, std::uint64_t id_base = 0) {
+    Pages pages(n);
+    std::vector<VSlot> v;
+    for (std::size_t first = 0; first < n; first += 128) {
+        std::size_t count = std::min<std::size_t>(128, n - first);
+        for (std::size_t i = first; i < first + count; ++i) test::fill_page(pages[i], id_base + i);
+        auto batch = test::page_outs(pages, first, count, id_base);
+        EXPECT_TRUE(pool.write_out(ring, batch));
+        for (auto& p : batch) {
+            EXPECT_EQ(p.result, 0);
+            v.push_back(p.vslot);
+        }
+    }
+    return v;
+}
+
+// Every live vslot reads back as the page it was written as (id = owner).
+void verify_all(SwapPool& pool, io::Ring& ring, const std::vector<VSlot>& live) {
+    Pages back(1);
+    for (VSlot v : live) {
+        auto owner = pool.owner_of(v);
+        ASSERT_TRUE(owner) << v.value();
+        auto r = pool.read_in(ring, v, back[0]);
+        ASSERT_TRUE(r) << v.value() << ": " << r.error().message();
+        ASSERT_TRUE(test::verify_page(back[0], *owner)) << v.value();
+    }
+}
+
+const DeviceStats* stats_of(const std::vector<DeviceStats>& stats, const std::filesystem::path& p) {
+    for (const auto& s : stats)
+        if (s.path == std::filesystem::weakly_canonical(p).string()) return &s;
+    return nullptr;
+}
+
+TEST(PrivilegedSwapoff, MovesEveryUsedSlotToAnotherDevice) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    SwapPool pool;
+    ASSERT_TRUE(pool.swapon(dir.file("a"), 10, 3 * kClusterBytes));
+    auto b = pool.swapon(dir.file("b"), 0, 4 * kClusterBytes);
+    ASSERT_TRUE(b);
+    auto v = fill_pool(pool, ring, 1000);
+    std::vector<VSlot> live;
+    for (std::size_t i = 0; i < v.size(); ++i) {
+        if (i % 7 == 3) pool.free(v[i]);  // holes in the bitmap
+        else live.push_back(v[i]);
+    }
+    ASSERT_EQ(stats_of(pool.stats(), dir.file("a"))->used_slots, live.size());
+
+    std::vector<SwapoffProgress> progress;
+    auto report = pool.swapoff(dir.file("a"), ring, [&](SwapoffProgress p) { progress.push_back(p); });
+    ASSERT_TRUE(report) << report.error().message();
+    EXPECT_EQ(report->pages_moved, live.size());
+    EXPECT_EQ(report->pages_brought_back, 0u);
+    EXPECT_EQ(report->pages_skipped, 0u);
+    EXPECT_GE(report->elapsed_ms, 0.0);
+    ASSERT_GE(progress.size(), 2u);
+    EXPECT_EQ(progress.back().done, live.size());
+    EXPECT_EQ(progress.back().total, live.size());
+
+    auto stats = pool.stats();
+    ASSERT_EQ(stats.size(), 1u);
+    EXPECT_EQ(stats[0].used_slots, live.size());
+    for (VSlot s : live) EXPECT_EQ(pool.pslot_of(s)->device, *b);
+    verify_all(pool, ring, live);
+    EXPECT_EQ(pool.allocated_vslots(), live.size());
+    EXPECT_FALSE(pool.find_device(dir.file("a")));
+    // The path can be swapped on again.
+    ASSERT_TRUE(pool.swapon(dir.file("a"), 10, 0));
+}
+
+TEST(PrivilegedSwapoff, EmptyDeviceAndUnknownPath) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    SwapPool pool;
+    ASSERT_TRUE(pool.swapon(dir.file("a"), 0, kClusterBytes));
+    auto r = pool.swapoff(dir.file("nope"), ring);
+    ASSERT_FALSE(r);
+    EXPECT_TRUE(is(r.error(), Errc::no_such_device));
+    auto report = pool.swapoff(dir.file("a"), ring);
+    ASSERT_TRUE(report);
+    EXPECT_EQ(report->pages_moved + report->pages_brought_back + report->pages_skipped, 0u);
+    EXPECT_TRUE(pool.stats().empty());
+    r = pool.swapoff(dir.file("a"), ring);
+    ASSERT_FALSE(r);
+    EXPECT_TRUE(is(r.error(), Errc::no_such_device));
+}
+
+TEST(PrivilegedSwapoff, RefusedUpFrontWhenNothingHasRoomAndChangesNothing) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    SwapPool pool;
+    auto a = pool.swapon(dir.file("a"), 10, 2 * kClusterBytes);
+    ASSERT_TRUE(a);
+    ASSERT_TRUE(pool.swapon(dir.file("b"), 0, kClusterBytes));
+    auto v = fill_pool(pool, ring, 700);  // 700 used on a, 512 free on b
+    auto before = pool.stats();
+
+    auto r = pool.swapoff(dir.file("a"), ring);
+    ASSERT_FALSE(r);
+    EXPECT_TRUE(is(r.error(), Errc::would_not_fit)) << r.error().message();
+
+    test::MemorySink small(pool, 100);  // 188 would have to come back
+    pool.set_eviction_sink(&small);
+    r = pool.swapoff(dir.file("a"), ring);
+    ASSERT_FALSE(r);
+    EXPECT_TRUE(is(r.error(), Errc::would_not_fit));
+    EXPECT_EQ(small.resident_count(), 0u);
+    pool.set_eviction_sink(nullptr);
+
+    auto after = pool.stats();
+    ASSERT_EQ(after.size(), before.size());
+    for (std::size_t i = 0; i < after.size(); ++i) {
+        EXPECT_EQ(after[i].path, before[i].path);
+        EXPECT_EQ(after[i].used_slots, before[i].used_slots);
+        EXPECT_FALSE(after[i].removing);
+    }
+    for (VSlot s : v) EXPECT_EQ(pool.pslot_of(s)->device, *a);
+    verify_all(pool, ring, v);
+    // Still active: new pages go to a (highest priority) again.
+    Pages one(1);
+    std::vector<PageOut> out{PageOut{one[0], 1}};
+    ASSERT_TRUE(pool.write_out(ring, out));
+    EXPECT_EQ(pool.pslot_of(out[0].vslot)->device, *a);
+    pool.free(out[0].vslot);
+    EXPECT_EQ(pool.allocated_vslots(), v.size());
+}
+
+TEST(PrivilegedSwapoff, BringsBackThroughTheSinkWhatDoesNotFitElsewhere) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    SwapPool pool;
+    ASSERT_TRUE(pool.swapon(dir.file("a"), 10, 2 * kClusterBytes));
+    auto b = pool.swapon(dir.file("b"), 0, kClusterBytes);
+    ASSERT_TRUE(b);
+    auto v = fill_pool(pool, ring, 700);
+    test::MemorySink sink(pool, 300);
+    for (std::size_t i = 0; i < v.size(); ++i) sink.set_swapped(i, v[i]);
+    pool.set_eviction_sink(&sink);
+
+    auto report = pool.swapoff(dir.file("a"), ring);
+    ASSERT_TRUE(report) << report.error().message();
+    EXPECT_EQ(report->pages_moved, kClusterSlots);
+    EXPECT_EQ(report->pages_brought_back, 700 - kClusterSlots);
+    EXPECT_EQ(report->pages_skipped, 0u);
+    EXPECT_EQ(sink.resident_count(), 700 - kClusterSlots);
+
+    std::vector<VSlot> still;
+    for (std::size_t i = 0; i < v.size(); ++i) {
+        if (auto page = sink.resident(i)) {
+            EXPECT_TRUE(test::verify_page(page->data(), i)) << i;
+            EXPECT_FALSE(pool.owner_of(v[i]));  // released by bring_back
+        } else {
+            EXPECT_EQ(pool.pslot_of(v[i])->device, *b);
+            still.push_back(v[i]);
+        }
+    }
+    EXPECT_EQ(still.size(), kClusterSlots);
+    verify_all(pool, ring, still);
+    EXPECT_EQ(pool.allocated_vslots(), still.size());
+    pool.set_eviction_sink(nullptr);
+}
+
+TEST(PrivilegedSwapoff, WithNoOtherDeviceEverythingComesBack) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    SwapPool pool;
+    ASSERT_TRUE(pool.swapon(dir.file("a"), 0, kClusterBytes));
+    auto v = fill_pool(pool, ring, 50);
+    test::MemorySink sink(pool, 50);
+    for (std::size_t i = 0; i < v.size(); ++i) sink.set_swapped(i, v[i]);
+    pool.set_eviction_sink(&sink);
+    auto report = pool.swapoff(dir.file("a"), ring);
+    ASSERT_TRUE(report) << report.error().message();
+    EXPECT_EQ(report->pages_brought_back, 50u);
+    for (std::size_t i = 0; i < 50; ++i) EXPECT_TRUE(test::verify_page(sink.resident(i)->data(), i));
+    EXPECT_EQ(pool.allocated_vslots(), 0u);
+    EXPECT_TRUE(pool.stats().empty());
+    pool.set_eviction_sink(nullptr);
+}
+
+TEST(PrivilegedSwapoff, TwoSwapoffsOfOneDeviceExactlyOneWins) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    auto plan = std::make_shared<io::FaultPlan>();
+    SwapPool pool;
+    ASSERT_TRUE(pool.swapon(test::faulty_file(dir.file("a"), kClusterBytes, plan), 10));
+    ASSERT_TRUE(pool.swapon(dir.file("b"), 0, kClusterBytes));
+    auto v = fill_pool(pool, ring, 200);
+
+    // Deterministic: hold the first swapoff inside its first read of a.
+    test::Latch latch;
+    test::hold_once(*plan, io::FaultMatch::read, latch);
+    Result<SwapoffReport> first = std::unexpected(Error{});
+    std::thread t([&] {
+        auto r = io::Ring::create(32);
+        ASSERT_TRUE(r);
+        first = pool.swapoff(dir.file("a"), *r);
+    });
+    latch.wait_entered();
+    EXPECT_TRUE(stats_of(pool.stats(), dir.file("a"))->removing);
+    auto second = pool.swapoff(dir.file("a"), ring);
+    ASSERT_FALSE(second);
+    EXPECT_TRUE(is(second.error(), Errc::device_busy)) << second.error().message();
+    latch.open();
+    t.join();
+    ASSERT_TRUE(first) << first.error().message();
+    EXPECT_EQ(first->pages_moved, 200u);
+    auto third = pool.swapoff(dir.file("a"), ring);
+    ASSERT_FALSE(third);
+    EXPECT_TRUE(is(third.error(), Errc::no_such_device));
+    verify_all(pool, ring, v);
+
+    // Free-running: two threads at once, exactly one wins.
+    ASSERT_TRUE(pool.swapon(dir.file("c"), 10, kClusterBytes));
+    auto w = fill_pool(pool, ring, 100, 1000);
+    std::atomic<int> wins{0}, losses{0};
+    std::vector<std::thread> racers;
+    for (int i = 0; i < 2; ++i) {
+        racers.emplace_back([&] {
+            auto r = io::Ring::create(32);
+            ASSERT_TRUE(r);
+            auto rep = pool.swapoff(dir.file("c"), *r);
+            if (rep) wins++;
+            else if (is(rep.error(), Errc::device_busy) || is(rep.error(), Errc::no_such_device)) losses++;
+        });
+    }
+    for (auto& r : racers) r.join();
+    EXPECT_EQ(wins.load(), 1);
+    EXPECT_EQ(losses.load(), 1);
+    verify_all(pool, ring, w);
+    EXPECT_EQ(pool.allocated_vslots(), v.size() + w.size());
+}
+
+TEST(PrivilegedSwapoff, RacesWithFreeBeforeTheReadAndBeforeTheSwitch) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    auto plan_a = std::make_shared<io::FaultPlan>();
+    auto plan_b = std::make_shared<io::FaultPlan>();
+    SwapPool pool;
+    ASSERT_TRUE(pool.swapon(test::faulty_file(dir.file("a"), kClusterBytes, plan_a), 10));
+    ASSERT_TRUE(pool.swapon(test::faulty_file(dir.file("b"), kClusterBytes, plan_b), 0));
+    auto v = fill_pool(pool, ring, 256);  // two swapoff batches of 128
+
+    // Hold swapoff (1) in its first read of a: batch 1 is resolved, its slots not yet
+    // read; (2) in its first write to b: batch 1 is read and copied, not switched.
+    test::Latch in_read, in_write;
+    test::hold_once(*plan_a, io::FaultMatch::read, in_read);
+    test::hold_once(*plan_b, io::FaultMatch::write, in_write);
+    Result<SwapoffReport> report = std::unexpected(Error{});
+    std::thread t([&] {
+        auto r = io::Ring::create(32);
+        ASSERT_TRUE(r);
+        report = pool.swapoff(dir.file("a"), *r);
+    });
+    std::set<std::size_t> freed;
+    in_read.wait_entered();
+    for (std::size_t i = 0; i < 10; ++i) freed.insert(i);            // batch 1, before the read
+    for (std::size_t i = 200; i < 210; ++i) freed.insert(i);         // batch 2, before its scan
+    for (std::size_t i : freed) pool.free(v[i]);
+    in_read.open();
+    in_write.wait_entered();
+    for (std::size_t i = 20; i < 30; ++i) {                          // batch 1, before the switch
+        pool.free(v[i]);
+        freed.insert(i);
+    }
+    in_write.open();
+    t.join();
+    ASSERT_TRUE(report) << report.error().message();
+    EXPECT_EQ(report->pages_moved, 256 - freed.size());
+    EXPECT_EQ(report->pages_skipped, 20u);  // the batch-1 pages; batch 2's frees were never seen
+    std::vector<VSlot> live;
+    for (std::size_t i = 0; i < v.size(); ++i)
+        if (!freed.count(i)) live.push_back(v[i]);
+    verify_all(pool, ring, live);
+    EXPECT_EQ(pool.allocated_vslots(), live.size());
+    auto stats = pool.stats();
+    ASSERT_EQ(stats.size(), 1u);
+    EXPECT_EQ(stats[0].used_slots, live.size());  // the lost-race copies were freed
+}
+
+TEST(PrivilegedSwapoff, WaitsForAReaderHoldingTheOldDevice) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    auto plan = std::make_shared<io::FaultPlan>();
+    SwapPool pool;
+    ASSERT_TRUE(pool.swapon(test::faulty_file(dir.file("a"), kClusterBytes, plan), 10));
+    auto b = pool.swapon(dir.file("b"), 0, kClusterBytes);
+    auto v = fill_pool(pool, ring, 300);
+    const VSlot target = v[5];
+    const SlotIdx old_slot = pool.pslot_of(target)->slot;
+
+    // The reader looks up vslot 5 (on a), takes a device reference, and is held
+    // just before its read of the old slot.
+    test::Latch reader_held;
+    auto at = slot_offset(old_slot);
+    test::hold_once(*plan, io::FaultMatch::read, reader_held, at, at + kSlotSize);
+    Pages page(1);
+    Result<void> read = std::unexpected(Error{});
+    std::thread reader([&] {
+        auto r = io::Ring::create(8);
+        ASSERT_TRUE(r);
+        read = pool.read_in(*r, target, page[0]);
+    });
+    reader_held.wait_entered();
+
+    std::mutex mu;
+    std::condition_variable cv;
+    bool all_moved = false, finished = false;
+    Result<SwapoffReport> report = std::unexpected(Error{});
+    std::thread off([&] {
+        auto r = io::Ring::create(32);
+        ASSERT_TRUE(r);
+        auto rep = pool.swapoff(dir.file("a"), *r, [&](SwapoffProgress p) {
+            std::lock_guard lock(mu);
+            if (p.done == p.total) all_moved = true;
+            cv.notify_all();
+        });
+        std::lock_guard lock(mu);
+        report = std::move(rep);
+        finished = true;
+        cv.notify_all();
+    });
+    {
+        std::unique_lock lock(mu);
+        cv.wait(lock, [&] { return all_moved || finished; });
+        // Every slot moved, but the reader's reference keeps the device alive.
+        EXPECT_FALSE(finished);
+    }
+    EXPECT_EQ(pool.pslot_of(target)->device, *b);  // descriptor switched under the reader
+    auto a_stats = stats_of(pool.stats(), dir.file("a"));
+    ASSERT_NE(a_stats, nullptr);
+    EXPECT_EQ(a_stats->used_slots, 0u);
+    EXPECT_TRUE(a_stats->removing);
+
+    reader_held.open();
+    reader.join();
+    off.join();
+    ASSERT_TRUE(read) << read.error().message();
+    EXPECT_TRUE(test::verify_page(page[0], 5));  // the old slot was not reused
+    ASSERT_TRUE(report) << report.error().message();
+    EXPECT_EQ(report->pages_moved, 300u);
+    verify_all(pool, ring, v);
+    EXPECT_EQ(pool.allocated_vslots(), v.size());
+}
+
+TEST(PrivilegedSwapoff, WaitsForAWriteInFlightOnTheDeviceAndMovesItsPages) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    auto plan = std::make_shared<io::FaultPlan>();
+    SwapPool pool;
+    ASSERT_TRUE(pool.swapon(test::faulty_file(dir.file("a"), kClusterBytes, plan), 10));
+    auto b = pool.swapon(dir.file("b"), 0, kClusterBytes);
+    auto v = fill_pool(pool, ring, 40);
+
+    test::Latch writer_held;
+    test::hold_once(*plan, io::FaultMatch::write, writer_held);
+    Pages pages(8);
+    for (std::size_t i = 0; i < 8; ++i) test::fill_page(pages[i], 500 + i);
+    auto batch = test::page_outs(pages, 0, 8, 500);
+    std::thread writer([&] {
+        auto r = io::Ring::create(8);
+        ASSERT_TRUE(r);
+        EXPECT_TRUE(pool.write_out(*r, batch));
+    });
+    writer_held.wait_entered();  // slots on a allocated, data not written
+
+    Result<SwapoffReport> report = std::unexpected(Error{});
+    std::thread off([&] {
+        auto r = io::Ring::create(32);
+        ASSERT_TRUE(r);
+        report = pool.swapoff(dir.file("a"), *r);
+    });
+    // swapoff has marked a removing (and now waits for the write); new writes avoid a.
+    while (!stats_of(pool.stats(), dir.file("a"))->removing) std::this_thread::yield();
+    Pages one(1);
+    test::fill_page(one[0], 999);
+    std::vector<PageOut> other{PageOut{one[0], 999}};
+    ASSERT_TRUE(pool.write_out(ring, other));
+    EXPECT_EQ(pool.pslot_of(other[0].vslot)->device, *b);
+
+    writer_held.open();
+    writer.join();
+    off.join();
+    ASSERT_TRUE(report) << report.error().message();
+    EXPECT_EQ(report->pages_moved, 48u);
+    for (auto& p : batch) {
+        ASSERT_EQ(p.result, 0);
+        v.push_back(p.vslot);
+    }
+    v.push_back(other[0].vslot);
+    for (VSlot s : v) EXPECT_EQ(pool.pslot_of(s)->device, *b);
+    verify_all(pool, ring, v);
+    EXPECT_EQ(pool.allocated_vslots(), v.size());
+}
+
+TEST(PrivilegedSwapoff, ChecksumMismatchAbortsAndLeavesTheDeviceActive) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    SwapPool pool;
+    auto a = pool.swapon(dir.file("a"), 10, kClusterBytes);
+    auto b = pool.swapon(dir.file("b"), 0, kClusterBytes);
+    auto v = fill_pool(pool, ring, 300);
+    test::corrupt_slot(dir.file("a"), pool.pslot_of(v[200])->slot);  // in the second batch
+
+    auto r = pool.swapoff(dir.file("a"), ring);
+    ASSERT_FALSE(r);
+    EXPECT_TRUE(is(r.error(), Errc::checksum_mismatch)) << r.error().message();
+    auto stats = pool.stats();
+    ASSERT_EQ(stats.size(), 2u);
+    EXPECT_FALSE(stats_of(stats, dir.file("a"))->removing);
+    EXPECT_EQ(stats_of(stats, dir.file("a"))->used_slots, 300u - 128u);  // batch 1 stayed moved
+    EXPECT_EQ(stats_of(stats, dir.file("b"))->used_slots, 128u);
+    for (std::size_t i = 0; i < 128; ++i) EXPECT_EQ(pool.pslot_of(v[i])->device, *b);
+
+    std::vector<VSlot> good;
+    for (std::size_t i = 0; i < v.size(); ++i)
+        if (i != 200) good.push_back(v[i]);
+    verify_all(pool, ring, good);
+    Pages back(1);
+    auto bad = pool.read_in(ring, v[200], back[0]);
+    ASSERT_FALSE(bad);
+    EXPECT_TRUE(is(bad.error(), Errc::checksum_mismatch));
+    // Active again: a takes new pages.
+    std::vector<PageOut> out{PageOut{back[0], 7}};
+    ASSERT_TRUE(pool.write_out(ring, out));
+    EXPECT_EQ(pool.pslot_of(out[0].vslot)->device, *a);
+    pool.free(out[0].vslot);
+    EXPECT_EQ(pool.allocated_vslots(), v.size());
+}
+
+TEST(PrivilegedSwapoff, ReadErrorAbortsAndARetrySucceeds) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    auto plan = std::make_shared<io::FaultPlan>();
+    SwapPool pool;
+    ASSERT_TRUE(pool.swapon(test::faulty_file(dir.file("a"), kClusterBytes, plan), 10));
+    ASSERT_TRUE(pool.swapon(dir.file("b"), 0, kClusterBytes));
+    auto v = fill_pool(pool, ring, 64);
+    plan->add(io::FaultRule{io::FaultMatch::read, {}, {}, 0, 1, io::fault::Eio{}});
+    auto r = pool.swapoff(dir.file("a"), ring);
+    ASSERT_FALSE(r);
+    EXPECT_TRUE(is(r.error(), Errc::io_failed)) << r.error().message();
+    EXPECT_FALSE(stats_of(pool.stats(), dir.file("a"))->removing);
+    verify_all(pool, ring, v);
+
+    auto again = pool.swapoff(dir.file("a"), ring);
+    ASSERT_TRUE(again) << again.error().message();
+    EXPECT_EQ(again->pages_moved, 64u);
+    verify_all(pool, ring, v);
+    EXPECT_EQ(pool.allocated_vslots(), v.size());
+}
+
+TEST(PrivilegedSwapoff, WriteErrorOnTheTargetAbortsWithoutLosingData) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    auto plan_b = std::make_shared<io::FaultPlan>();
+    SwapPool pool;
+    ASSERT_TRUE(pool.swapon(dir.file("a"), 10, kClusterBytes));
+    ASSERT_TRUE(pool.swapon(test::faulty_file(dir.file("b"), kClusterBytes, plan_b), 0));
+    auto v = fill_pool(pool, ring, 64);
+    plan_b->add(io::FaultRule{io::FaultMatch::write, {}, {}, 0, 1, io::fault::Eio{}});
+    auto r = pool.swapoff(dir.file("a"), ring);
+    ASSERT_FALSE(r);
+    EXPECT_TRUE(is(r.error(), Errc::io_failed));
+    EXPECT_EQ(stats_of(pool.stats(), dir.file("b"))->used_slots, 0u);  // failed copies freed
+    verify_all(pool, ring, v);
+    ASSERT_TRUE(pool.swapoff(dir.file("a"), ring));
+    verify_all(pool, ring, v);
+    EXPECT_EQ(pool.allocated_vslots(), v.size());
+}
+
+}  // namespace
+}  // namespace swapvisor::swap
