@@ -32,9 +32,9 @@ int main(void) {
             ram / RT_MIB, rt_free_start(), rt_mapped_limit());
   uint64_t hz = rt_tsc_hz();
   if (hz) {
-    rt_printf("hello: TSC %lu kHz (PIT calibration)\n", hz / 1000);
+    rt_printf("hello: TSC %lu kHz (%s)\n", hz / 1000, rt_tsc_source());
   } else {
-    rt_printf("hello: TSC calibration failed (no PIT?)\n");
+    rt_printf("hello: TSC frequency unknown (no PIT, no CPUID frequency leaf)\n");
   }
   rt_printf("RESULT {\"guest\":\"hello\",\"ok\":true}\n");
   return 0;

@@ -2,7 +2,8 @@
  * memtouch: the swapvisor memory workload and checker.
  *
  * Parameters (guest command line): mib=N passes=P mode=seq|rand seed=S,
- * defaults mib=64 passes=2 mode=seq seed=1.
+ * defaults mib=64 passes=2 mode=seq seed=1; corrupt=K is a self-test that
+ * damages K pages after pass 1 (expect errors=K).
  *
  * It takes N MiB of RAM from the PVH memory map above the runtime (and above
  * 2 MiB), possibly split over several ranges (e.g. around the 3-4 GiB hole).
@@ -38,6 +39,7 @@ static size_t g_nseg;
 static uint64_t g_seed;
 static uint64_t g_errors;   /* pages with at least one wrong word */
 static uint64_t g_reported; /* wrong words printed so far */
+static uint64_t g_corrupt;  /* corrupt=K: self-test, damage K pages after pass 1 */
 
 /* splitmix64's finalizer: a cheap, well-mixing bijection on 64 bits. */
 static inline uint64_t mix64(uint64_t z) {
@@ -215,11 +217,26 @@ static void sweep(uint64_t pages, bool random, uint64_t sweep_no, uint64_t check
   }
 }
 
+/* The self-test behind corrupt=K: flips one word in each of K pages spread
+ * over the run (after pass 1 wrote them), so the checker must report exactly
+ * K bad pages, ok false and exit 1. Proves a harness can see a failure. */
+static void corrupt_pages(uint64_t pages) {
+  uint64_t k = g_corrupt < pages ? g_corrupt : pages;
+  for (uint64_t i = 0; i < k; ++i) {
+    uint64_t index = i * (pages / k);
+    uint64_t gfn = gfn_of_index(index);
+    uint64_t* words = (uint64_t*)(uintptr_t)(gfn * RT_PAGE_SIZE);
+    words[(i * 97) % WORDS_PER_PAGE] ^= 1ull << (i % 64);
+  }
+  rt_printf("memtouch: self-test: corrupted one word in each of %lu pages\n", k);
+}
+
 int main(void) {
   uint64_t mib = arg_u64("mib", 64);
   uint64_t passes = arg_u64("passes", 2);
   const char* mode = arg_str("mode", "seq");
   g_seed = arg_u64("seed", 1);
+  g_corrupt = arg_u64("corrupt", 0);
   bool random = strcmp(mode, "rand") == 0;
   if (!random && strcmp(mode, "seq") != 0) {
     rt_printf("memtouch: error: mode=%s is not seq or rand\n", mode);
@@ -264,6 +281,7 @@ int main(void) {
     }
     print_rate(mib, t1 - t0, hz);
     rt_printf(", %lu bad pages\n", g_errors - errors_before);
+    if (pass == 1 && g_corrupt) corrupt_pages(pages);
   }
   uint64_t cycles = rt_rdtsc() - start;
 

@@ -320,54 +320,176 @@ uint64_t rt_mapped_limit(void) { return g_mapped_limit; }
 /* ------------------------------------------------------------- TSC */
 
 #define PIT_HZ 1193182u
+#define PIT_CH0 0x40
 #define PIT_CH2 0x42
 #define PIT_CMD 0x43
 #define PORT_61 0x61     /* bit 0: gate 2, bit 1: speaker, bit 5: OUT2 */
 #define CAL_MS 20u
+#define CAL_TICKS (PIT_HZ * CAL_MS / 1000u)
 #define CAL_MIN_LOOPS 16 /* fewer polls than this: the PIT is not counting */
 #define CAL_MAX_LOOPS 50000000ull
 
-/* One measurement as Linux's pit_calibrate_tsc(): PIT channel 2 in mode 0
- * counts CAL_MS down; poll OUT2 and read the TSC. Returns Hz or 0. */
-static uint64_t pit_calibrate_once(void) {
-  const uint32_t latch = PIT_HZ * CAL_MS / 1000u;
+static const char* g_tsc_source = "none";
+
+/* Accepts a measured frequency only within 100 MHz .. 20 GHz. */
+static uint64_t plausible_hz(uint64_t hz) {
+  return hz >= 100000000ull && hz <= 20000000000ull ? hz : 0;
+}
+
+/* Outcome of one calibration run: Hz > 0, or one of these. */
+#define CAL_RETRY 0          /* disturbed (vCPU preempted): try again */
+#define CAL_UNAVAILABLE (-1) /* this timer does not exist or does not count */
+
+/* Linux's pit_calibrate_tsc(): PIT channel 2 in mode 0 counts CAL_MS down,
+ * gated by port 0x61 bit 0; poll OUT2 (port 0x61 bit 5) and read the TSC.
+ * Needs the speaker port (a PC's, or KVM's in-kernel PIT without
+ * KVM_PIT_SPEAKER_DUMMY). */
+static int64_t pit_ch2_calibrate_once(void) {
   uint8_t p61 = rt_inb(PORT_61);
+  if (p61 == 0xff) return CAL_UNAVAILABLE; /* nothing decodes the port */
   rt_outb(PORT_61, (uint8_t)((p61 & ~0x02) | 0x01)); /* gate high, speaker off */
   rt_outb(PIT_CMD, 0xb0);                            /* ch 2, lo/hi, mode 0, binary */
-  rt_outb(PIT_CH2, (uint8_t)(latch & 0xff));
-  rt_outb(PIT_CH2, (uint8_t)(latch >> 8));
-
+  rt_outb(PIT_CH2, (uint8_t)(CAL_TICKS & 0xff));
+  uint64_t t0 = rt_rdtsc();
+  rt_outb(PIT_CH2, (uint8_t)(CAL_TICKS >> 8)); /* counting starts here */
   uint64_t t1 = rt_rdtsc();
   uint64_t prev = t1;
   uint64_t t2 = t1;
-  uint64_t max_step = 0;
   uint64_t loops = 0;
   while ((rt_inb(PORT_61) & 0x20) == 0) {
-    t2 = rt_rdtsc();
-    if (t2 - prev > max_step) max_step = t2 - prev;
     prev = t2;
+    t2 = rt_rdtsc();
     if (++loops > CAL_MAX_LOOPS) break;
   }
+  /* OUT2 rose after the poll that followed `prev` began and before the
+   * final poll ended (t3). */
+  uint64_t t3 = rt_rdtsc();
   rt_outb(PORT_61, p61);
-  if (loops < CAL_MIN_LOOPS || loops > CAL_MAX_LOOPS) return 0;
-  uint64_t delta = t2 - t1;
-  /* One poll that took over 2% of the window (a preempted vCPU) spoils it. */
-  if (max_step * 50 > delta) return 0;
-  uint64_t hz = delta * 1000u / CAL_MS;
-  if (hz < 100000000ull || hz > 20000000000ull) return 0; /* 100 MHz .. 20 GHz */
-  return hz;
+  if (loops < CAL_MIN_LOOPS || loops > CAL_MAX_LOOPS) return CAL_UNAVAILABLE;
+  /* Unlike Linux, which drops a run with any slow poll, only the two end
+   * points matter: a vCPU preempted in between does not change the result
+   * (this host preempts for ~4 ms in most 20 ms windows). */
+  uint64_t start = t0 + (t1 - t0) / 2;
+  uint64_t end = prev + (t3 - prev) / 2;
+  uint64_t delta = end - start;
+  if (((t1 - t0) + (t3 - prev)) * 100 > delta) return CAL_RETRY;
+  return (int64_t)plausible_hz(delta * 1000u / CAL_MS);
+}
+
+/* Latches and reads the PIT channel 0 count. *tsc = TSC at the latch command
+ * (midpoint), *window = the TSC ticks that command took (its uncertainty). */
+static uint16_t pit_ch0_read(uint64_t* tsc, uint64_t* window) {
+  uint64_t a = rt_rdtsc();
+  rt_outb(PIT_CMD, 0x00); /* counter latch, channel 0 */
+  uint64_t b = rt_rdtsc();
+  uint8_t lo = rt_inb(PIT_CH0);
+  uint8_t hi = rt_inb(PIT_CH0);
+  *tsc = a + (b - a) / 2;
+  *window = b - a;
+  return (uint16_t)(lo | hi << 8);
+}
+
+/* Without the speaker port (e.g. QEMU microvm): channel 0, whose gate is
+ * always high, counts down from 0xffff in mode 0; compare TSC and count after
+ * CAL_TICKS ticks. Both end points must come from a quick latch command (at
+ * most 4x the quickest seen, and under 1% of the interval). Interrupts are
+ * off, so channel 0's IRQ 0 is never taken. */
+static int64_t pit_ch0_calibrate_once(void) {
+  rt_outb(PIT_CMD, 0x30); /* ch 0, lo/hi, mode 0, binary */
+  rt_outb(PIT_CH0, 0xff);
+  rt_outb(PIT_CH0, 0xff);
+  uint64_t t1, w1;
+  uint16_t c1 = pit_ch0_read(&t1, &w1);
+  uint64_t min_window = w1;
+  uint16_t prev = c1;
+  int same = 0;
+  for (uint64_t loops = 0; loops < CAL_MAX_LOOPS; ++loops) {
+    uint64_t t2, w2;
+    uint16_t c = pit_ch0_read(&t2, &w2);
+    if (c > prev) return loops < CAL_MIN_LOOPS ? CAL_UNAVAILABLE : CAL_RETRY; /* wrapped */
+    same = c == prev ? same + 1 : 0;
+    if (same > 100) return CAL_UNAVAILABLE; /* not counting */
+    prev = c;
+    if (w2 < min_window) min_window = w2;
+    if (loops < CAL_MIN_LOOPS) {
+      if (w2 <= min_window) { /* (re)start from the quickest early reading */
+        c1 = c;
+        t1 = t2;
+        w1 = w2;
+      }
+      continue;
+    }
+    if ((uint32_t)(c1 - c) < CAL_TICKS || w2 > 4 * min_window) continue;
+    uint64_t dt = t2 - t1;
+    if (w1 > 4 * min_window || (w1 + w2) * 100 > dt) return CAL_RETRY;
+    return (int64_t)plausible_hz(dt * PIT_HZ / (uint32_t)(c1 - c));
+  }
+  return CAL_UNAVAILABLE;
+}
+
+/* Hypervisor-reported frequencies: leaf 0x40000010 (VMware/KVM timing leaf,
+ * EAX = TSC kHz) or leaf 0x15 (TSC/crystal ratio and crystal Hz). */
+static void cpuid(uint32_t leaf, uint32_t r[4]) {
+  __asm__ volatile("cpuid" : "=a"(r[0]), "=b"(r[1]), "=c"(r[2]), "=d"(r[3]) : "a"(leaf), "c"(0));
+}
+
+static uint64_t cpuid_tsc_hz(const char** source) {
+  uint32_t r[4];
+  cpuid(1, r);
+  if (r[2] & (1u << 31)) { /* running under a hypervisor */
+    cpuid(0x40000000, r);
+    if (r[0] >= 0x40000010 && r[0] < 0x40010000) {
+      cpuid(0x40000010, r);
+      if (plausible_hz((uint64_t)r[0] * 1000)) {
+        *source = "cpuid 0x40000010";
+        return (uint64_t)r[0] * 1000;
+      }
+    }
+  }
+  cpuid(0, r);
+  if (r[0] >= 0x15) {
+    cpuid(0x15, r);
+    if (r[0] && r[1] && r[2] && plausible_hz((uint64_t)r[2] * r[1] / r[0])) {
+      *source = "cpuid 0x15";
+      return (uint64_t)r[2] * r[1] / r[0];
+    }
+  }
+  return 0;
 }
 
 uint64_t rt_tsc_hz(void) {
-  if (!g_tsc_calibrated) {
-    g_tsc_calibrated = true;
-    /* Keep the lowest of up to 3 good runs: delays only make a run longer. */
-    for (int i = 0; i < 3; ++i) {
-      uint64_t hz = pit_calibrate_once();
-      if (hz && (!g_tsc_hz || hz < g_tsc_hz)) g_tsc_hz = hz;
+  if (g_tsc_calibrated) return g_tsc_hz;
+  g_tsc_calibrated = true;
+  int64_t (*const methods[])(void) = {pit_ch2_calibrate_once, pit_ch0_calibrate_once};
+  const char* const names[] = {"PIT channel 2", "PIT channel 0"};
+  for (int m = 0; m < 2 && !g_tsc_hz; ++m) {
+    /* Median of 3 good runs (up to 8 tries): one preempted run can't skew it. */
+    uint64_t good[3];
+    int n = 0;
+    for (int i = 0; i < 8 && n < 3; ++i) {
+      int64_t hz = methods[m]();
+      if (hz == CAL_UNAVAILABLE) break;
+      if (hz > 0) good[n++] = (uint64_t)hz;
+    }
+    for (int i = 1; i < n; ++i) { /* insertion sort */
+      for (int j = i; j > 0 && good[j - 1] > good[j]; --j) {
+        uint64_t t = good[j];
+        good[j] = good[j - 1];
+        good[j - 1] = t;
+      }
+    }
+    if (n) {
+      g_tsc_hz = good[(n - 1) / 2];
+      g_tsc_source = names[m];
     }
   }
+  if (!g_tsc_hz) g_tsc_hz = cpuid_tsc_hz(&g_tsc_source);
   return g_tsc_hz;
+}
+
+const char* rt_tsc_source(void) {
+  rt_tsc_hz();
+  return g_tsc_source;
 }
 
 /* ------------------------------------------------------------- start */

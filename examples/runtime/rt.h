@@ -78,9 +78,13 @@ uint64_t rt_free_start(void);   /* first byte not used by the runtime, 4K-aligne
 uint64_t rt_mapped_limit(void); /* end of the identity map */
 
 /* ---- time ---- */
-/* TSC ticks per second, calibrated against PIT channel 2 on the first call
- * (~20 ms); 0 when calibration failed (no PIT, or too noisy). */
+/* TSC ticks per second, measured on the first call (~20-60 ms): against PIT
+ * channel 2 gated by port 0x61 as Linux does, else against PIT channel 0
+ * (machines without the speaker port, e.g. QEMU microvm), else taken from the
+ * hypervisor's CPUID 0x40000010 or CPUID 0x15. 0 when all of them fail. */
 uint64_t rt_tsc_hz(void);
+/* Which method rt_tsc_hz() used: "PIT channel 2", ..., or "none". */
+const char* rt_tsc_source(void);
 
 /* ---- exit: a 32-bit write of `code` to the debug-exit port ---- */
 __attribute__((noreturn)) void exit(int code);
