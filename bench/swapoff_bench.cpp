@@ -1,0 +1,327 @@
+// swapoff_bench: time of a live swapoff against the number of used slots on the
+// device being removed, and its independence from the number of VMs and from how
+// much guest memory is mapped (DESIGN.md section 4: "linear in the used slots of
+// that device and independent of total guest memory and of the number of VMs").
+//
+// Two swap files on a real disk: A (removed) and B (receives the data). Only A is
+// swapped on while it is filled; B is swapped on just before swapoff(A).
+//
+// Part 1, sweep over K used slots (16Ki, 64Ki, 256Ki, 1Mi by default). A is filled
+// with pool.write_out batches of 64 pages whose OwnerTags name real pages of a
+// real, started VM (tag = vm id << 48 | page index, guestmem's packing), so the
+// bring-back path would stay valid; it is not taken because B has room. This is the
+// same data swapoff sees after a reclaimer pushed pages out, made in seconds instead
+// of minutes (the reclaim fill of part 2 at 64Ki cross-checks it).
+//
+// Part 2, K = 64Ki used slots made by the real path: VMs whose pages a host thread
+// writes through the guest view while the reclaimer pushes them out (their stage-2
+// entries really refer to the slots). 1 VM x 1 GiB, 4 VMs x 1 GiB, 1 VM x 8 GiB
+// (memfd-backed: mapped, never touched beyond the filled part).
+//
+// Each case checks, after swapoff, that every slot moved (pages_moved == used) and
+// that sampled pages read back with a good checksum from B. Prints a table and one
+// JSON line (prefix "JSON ").
+#include <unistd.h>
+
+#include <cinttypes>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "bench/bench_util.hpp"
+#include "guestmem/host_memory.hpp"
+#include "io/ring.hpp"
+#include "io/unique_fd.hpp"
+#include "swap/swap_pool.hpp"
+
+using namespace swapvisor;
+using swapvisor::bench::Clock;
+using swapvisor::bench::JsonLine;
+
+namespace {
+
+constexpr std::uint64_t kPage = guestmem::kPageSize;
+constexpr std::uint64_t kMiB = 1 << 20;
+constexpr std::uint64_t kGiB = kMiB << 10;
+constexpr std::size_t kBatchPages = 64;
+constexpr std::uint32_t kVmShift = 48;  // guestmem/guest_memory.cpp owner_tag()
+
+constexpr const char* kUsage =
+    "usage: swapoff_bench [--dir DIR] [--sizes K,K,...] [--compare-slots K] [--skip-compare 1]\n"
+    "  --dir            directory on a real disk for the two swap files (default /var/tmp)\n"
+    "  --sizes          used-slot counts of the sweep (default 16384,65536,262144,1048576)\n"
+    "  --compare-slots  used slots for the VM-count / memory-size comparison (default 65536)\n"
+    "  --skip-compare   1: run only the sweep\n";
+
+struct Fail {};
+template <typename T>
+T need(Result<T> r, const char* what) {
+    if (!r) {
+        std::fprintf(stderr, "swapoff_bench: %s: %s\n", what, r.error().message().c_str());
+        throw Fail{};
+    }
+    if constexpr (!std::is_void_v<T>) return std::move(*r);
+}
+
+std::uint64_t round_cluster(std::uint64_t bytes) { return (bytes + 2 * kMiB - 1) / (2 * kMiB) * (2 * kMiB); }
+
+std::uint64_t pattern(std::uint64_t page, std::uint64_t word) {
+    std::uint64_t x = page * 0x9E3779B97F4A7C15ULL ^ (word << 17);
+    x ^= x >> 31;
+    return x | 1;
+}
+
+struct Case {
+    std::string name;
+    std::string fill;  // "write_out" or "reclaim"
+    unsigned vms = 1;
+    std::uint64_t vm_bytes = 0;
+    std::uint64_t used_slots = 0;  // on A when swapoff starts
+    double fill_s = 0;
+    double swapoff_ms = 0;
+    swap::SwapoffReport report{};
+    std::uint64_t verified = 0, bad = 0;
+    double ns_per_slot() const { return used_slots ? swapoff_ms * 1e6 / static_cast<double>(used_slots) : 0; }
+};
+
+std::uint64_t used_on(const swap::SwapPool& pool, const std::filesystem::path& path) {
+    std::string key = swap::canonical_swap_path(path);
+    for (const auto& d : pool.stats())
+        if (d.path == key) return d.used_slots;
+    return 0;
+}
+
+// swapon B, time swapoff(A), verify a sample of the moved pages.
+void swapoff_and_check(Case& c, swap::SwapPool& pool, const std::filesystem::path& a, const std::filesystem::path& b,
+                       std::uint64_t b_bytes, const std::vector<swap::VSlot>& sample) {
+    need(pool.swapon(b, 0, b_bytes), "swapon B");
+    io::Ring ring = need(io::Ring::create(64), "ring");
+    c.used_slots = used_on(pool, a);
+    auto t0 = Clock::now();
+    c.report = need(pool.swapoff(a, ring), "swapoff A");
+    c.swapoff_ms = bench::seconds_since(t0) * 1e3;
+    io::Mapping page = need(io::Mapping::anonymous(kPage), "page");
+    for (swap::VSlot v : sample) {
+        ++c.verified;
+        if (!pool.read_in(ring, v, page.data())) ++c.bad;
+    }
+    if (c.report.pages_moved != c.used_slots) {
+        std::fprintf(stderr, "swapoff_bench: %s: moved %" PRIu64 " of %" PRIu64 " used slots\n", c.name.c_str(),
+                     c.report.pages_moved, c.used_slots);
+        ++c.bad;
+    }
+}
+
+// Part 1: K slots on A by write_out batches owned by pages of one real VM.
+Case run_write_out_case(const std::filesystem::path& work, std::uint64_t k) {
+    Case c;
+    c.name = "sweep K=" + std::to_string(k);
+    c.fill = "write_out";
+    c.vm_bytes = std::max<std::uint64_t>(round_cluster(k * kPage), kGiB);
+    const std::uint64_t dev_bytes = round_cluster(k * kPage) + 2 * kMiB;
+    auto a = work / "a.swap", b = work / "b.swap";
+    {
+        swap::SwapPool pool;
+        guestmem::HostMemory host(pool, 0);
+        auto* vm = need(host.create_vm(guestmem::MemoryConfig{.name = "owner", .memory_bytes = c.vm_bytes}),
+                        "create_vm");
+        need(vm->start(), "vm start");
+        need(pool.swapon(a, 0, dev_bytes), "swapon A");
+        io::Ring ring = need(io::Ring::create(64), "ring");
+        io::Mapping buf = need(io::Mapping::anonymous(kBatchPages * kPage), "buffer");
+        need(ring.register_arena(buf.span()), "register_arena");
+        for (std::size_t i = 0; i < kBatchPages; ++i) {
+            auto* w = reinterpret_cast<std::uint64_t*>(buf.data() + i * kPage);
+            for (std::uint64_t j = 0; j < kPage / 8; ++j) w[j] = pattern(i, j);
+        }
+        std::vector<swap::PageOut> outs(kBatchPages);
+        std::vector<swap::VSlot> sample;
+        std::mt19937_64 rng(k);
+        const std::uint64_t tag_base = std::uint64_t{vm->id()} << kVmShift;
+        auto t0 = Clock::now();
+        for (std::uint64_t first = 0; first < k; first += kBatchPages) {
+            std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(kBatchPages, k - first));
+            for (std::size_t i = 0; i < n; ++i) {
+                // Distinct content per page: word 0 carries the page index.
+                reinterpret_cast<std::uint64_t*>(buf.data() + i * kPage)[0] = first + i;
+                outs[i] = swap::PageOut{buf.data() + i * kPage, tag_base | (first + i)};
+            }
+            auto batch = std::span(outs).first(n);
+            need(pool.write_out(ring, batch), "write_out");
+            for (auto& o : batch) {
+                if (o.result != 0) {
+                    std::fprintf(stderr, "swapoff_bench: write_out page result %d\n", o.result);
+                    throw Fail{};
+                }
+                if (rng() % 64 == 0) sample.push_back(o.vslot);
+            }
+        }
+        c.fill_s = bench::seconds_since(t0);
+        swapoff_and_check(c, pool, a, b, dev_bytes, sample);
+        vm->stop();
+    }
+    std::filesystem::remove(a);
+    std::filesystem::remove(b);
+    return c;
+}
+
+// Part 2: ~k slots on A made by the reclaimer of `vms` VMs of vm_bytes each.
+Case run_reclaim_case(const std::filesystem::path& work, std::string name, std::uint64_t k, unsigned vms,
+                      std::uint64_t vm_bytes) {
+    Case c;
+    c.name = std::move(name);
+    c.fill = "reclaim";
+    c.vms = vms;
+    c.vm_bytes = vm_bytes;
+    constexpr std::uint64_t kLimit = 16 * kMiB;
+    const std::uint64_t per_vm_pages = k / vms + kLimit / kPage;  // what stays resident is not swapped
+    const std::uint64_t dev_bytes = round_cluster(k * kPage) + 64 * kMiB;
+    auto a = work / "a.swap", b = work / "b.swap";
+    {
+        swap::SwapPool pool;
+        need(pool.swapon(a, 0, dev_bytes), "swapon A");
+        guestmem::HostMemory host(pool, 0);
+        std::vector<guestmem::GuestMemory*> list;
+        for (unsigned i = 0; i < vms; ++i) {
+            auto* vm = need(host.create_vm(guestmem::MemoryConfig{.name = "vm" + std::to_string(i),
+                                                                  .memory_bytes = vm_bytes,
+                                                                  .resident_limit = kLimit}),
+                            "create_vm");
+            need(vm->start(), "vm start");
+            list.push_back(vm);
+        }
+        auto t0 = Clock::now();
+        for (auto* vm : list) {
+            std::byte* g = vm->regions()[0].guest_view;
+            for (std::uint64_t p = 0; p < per_vm_pages; ++p) {
+                auto* w = reinterpret_cast<volatile std::uint64_t*>(g + p * kPage);
+                for (std::uint64_t j = 0; j < kPage / 8; ++j) w[j] = pattern(p, j);
+            }
+        }
+        // Let every reclaimer finish (at most 20 s).
+        for (int i = 0; i < 2000; ++i) {
+            bool done = true;
+            for (auto* vm : list) done = done && vm->stats().resident_bytes <= kLimit;
+            if (done) break;
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+        c.fill_s = bench::seconds_since(t0);
+        swapoff_and_check(c, pool, a, b, dev_bytes, {});
+        // Every page must still read back right after the move (through the faults).
+        for (auto* vm : list) {
+            const std::byte* g = vm->regions()[0].guest_view;
+            for (std::uint64_t p = 0; p < per_vm_pages; p += 61) {
+                ++c.verified;
+                if (reinterpret_cast<const volatile std::uint64_t*>(g + p * kPage)[3] != pattern(p, 3)) ++c.bad;
+            }
+            vm->stop();
+        }
+    }
+    std::filesystem::remove(a);
+    std::filesystem::remove(b);
+    return c;
+}
+
+std::vector<std::uint64_t> parse_sizes(const std::string& s) {
+    std::vector<std::uint64_t> out;
+    std::stringstream ss(s);
+    std::string item;
+    while (std::getline(ss, item, ',')) out.push_back(std::stoull(item, nullptr, 0));
+    return out;
+}
+
+int run(int argc, char** argv) {
+    bench::Flags flags(argc, argv);
+    std::filesystem::path dir = flags.str("dir", "/var/tmp");
+    std::string sizes_s = flags.str("sizes", "16384,65536,262144,1048576");
+    const std::uint64_t compare = flags.u64("compare-slots", 65536);
+    const bool skip_compare = flags.u64("skip-compare", 0) != 0;
+    if (!flags.ok(kUsage)) return 2;
+    if (!bench::on_real_disk(dir)) return 2;
+    std::filesystem::path work = dir / ("swv-swapoff-bench-" + std::to_string(getpid()));
+    std::filesystem::create_directories(work);
+    struct Cleanup {
+        std::filesystem::path p;
+        ~Cleanup() {
+            std::error_code ec;
+            std::filesystem::remove_all(p, ec);
+        }
+    } cleanup{work};
+
+    std::vector<Case> cases;
+    std::vector<std::string> skipped;
+    for (std::uint64_t k : parse_sizes(sizes_s)) {
+        // A and B each hold k slots, plus slack for metadata and other writers.
+        std::uint64_t need_bytes = 2 * (round_cluster(k * kPage) + 2 * kMiB) + 256 * kMiB;
+        std::uint64_t have = bench::free_bytes(dir);
+        if (have < need_bytes) {
+            std::string why = "K=" + std::to_string(k) + " skipped: needs " + std::to_string(need_bytes / kMiB) +
+                              " MiB free in " + dir.string() + ", have " + std::to_string(have / kMiB) + " MiB";
+            std::printf("%s\n", why.c_str());
+            skipped.push_back(why);
+            continue;
+        }
+        std::printf("sweep K=%" PRIu64 " ...\n", k);
+        std::fflush(stdout);
+        cases.push_back(run_write_out_case(work, k));
+    }
+    if (!skip_compare) {
+        struct Spec {
+            const char* name;
+            unsigned vms;
+            std::uint64_t bytes;
+        };
+        for (Spec s : {Spec{"1 VM x 1 GiB", 1, kGiB}, Spec{"4 VMs x 1 GiB", 4, kGiB}, Spec{"1 VM x 8 GiB", 1, 8 * kGiB}}) {
+            std::printf("compare %s, K~%" PRIu64 " (reclaim fill) ...\n", s.name, compare);
+            std::fflush(stdout);
+            cases.push_back(run_reclaim_case(work, s.name, compare, s.vms, s.bytes));
+        }
+    }
+
+    std::printf("\n%-16s %-9s %4s %8s %10s %8s %11s %10s %8s %6s\n", "case", "fill", "VMs", "mem GiB", "used slots",
+                "fill s", "swapoff ms", "ns/slot", "MiB/s", "bad");
+    std::uint64_t bad = 0;
+    std::string arr;
+    for (const Case& c : cases) {
+        double mib_s = c.swapoff_ms > 0 ? static_cast<double>(c.used_slots * kPage) / kMiB / (c.swapoff_ms / 1e3) : 0;
+        std::printf("%-16s %-9s %4u %8.1f %10" PRIu64 " %8.2f %11.1f %10.0f %8.1f %6" PRIu64 "\n", c.name.c_str(),
+                    c.fill.c_str(), c.vms, static_cast<double>(c.vm_bytes) / kGiB, c.used_slots, c.fill_s,
+                    c.swapoff_ms, c.ns_per_slot(), mib_s, c.bad);
+        bad += c.bad;
+        JsonLine j;
+        j.str("case", c.name)
+            .str("fill", c.fill)
+            .integer("vms", c.vms)
+            .integer("vm_bytes", c.vm_bytes)
+            .integer("used_slots", c.used_slots)
+            .num("swapoff_ms", c.swapoff_ms)
+            .num("ns_per_slot", c.ns_per_slot())
+            .integer("pages_moved", c.report.pages_moved)
+            .integer("pages_brought_back", c.report.pages_brought_back)
+            .integer("verified", c.verified)
+            .integer("bad", c.bad);
+        arr += (arr.empty() ? "" : ",") + j.text();
+    }
+    for (const auto& s : skipped) std::printf("%s\n", s.c_str());
+    std::string skipped_json;
+    for (const auto& s : skipped) skipped_json += (skipped_json.empty() ? "\"" : ",\"") + s + "\"";
+    JsonLine top;
+    top.str("bench", "swapoff_bench").str("dir", dir.string()).raw("cases", "[" + arr + "]").raw(
+        "skipped", "[" + skipped_json + "]");
+    std::printf("JSON %s\n", top.text().c_str());
+    return bad == 0 ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    try {
+        return run(argc, argv);
+    } catch (const Fail&) {
+        return 1;
+    }
+}
