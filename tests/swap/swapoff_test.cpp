@@ -365,6 +365,51 @@ TEST(PrivilegedSwapoff, WaitsForAReaderHoldingTheOldDevice) {
     EXPECT_EQ(pool.allocated_vslots(), v.size());
 }
 
+TEST(PrivilegedSwapoff, ReaderOfAMovedAndReusedSlotRetriesAtTheNewPlace) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    auto plan = std::make_shared<io::FaultPlan>();
+    SwapPool pool;
+    auto a = pool.swapon(test::faulty_file(dir.file("a"), kClusterBytes, plan), 10);
+    auto b = pool.swapon(dir.file("b"), 0, kClusterBytes);
+    auto v = fill_pool(pool, ring, kClusterSlots);  // a is full
+    const VSlot target = v[5];
+    auto at = slot_offset(pool.pslot_of(target)->slot);
+
+    // Reader held before reading slot 5 of a.
+    test::Latch reader_held;
+    test::hold_once(*plan, io::FaultMatch::read, reader_held, at, at + kSlotSize);
+    Pages page(1);
+    Result<void> read = std::unexpected(Error{});
+    std::thread reader([&] {
+        auto r = io::Ring::create(8);
+        ASSERT_TRUE(r);
+        read = pool.read_in(*r, target, page[0]);
+    });
+    reader_held.wait_entered();
+
+    // swapoff moves batch 1 (slot 5 included) to b, then aborts on a corrupt slot in
+    // batch 2: a is active again with slots 0..127 free.
+    test::corrupt_slot(dir.file("a"), pool.pslot_of(v[200])->slot);
+    auto r = pool.swapoff(dir.file("a"), ring);
+    ASSERT_FALSE(r);
+    EXPECT_TRUE(is(r.error(), Errc::checksum_mismatch));
+    EXPECT_EQ(pool.pslot_of(target)->device, *b);
+    // New pages reuse a's freed slots, slot 5 among them.
+    auto fresh = fill_pool(pool, ring, 128, 10'000);
+    std::set<std::uint32_t> on_a;
+    for (VSlot s : fresh)
+        if (pool.pslot_of(s)->device == *a) on_a.insert(pool.pslot_of(s)->slot.value());
+    EXPECT_TRUE(on_a.count(static_cast<std::uint32_t>(at.value() / kSlotSize)));
+
+    // The reader now reads someone else's page at the old place: the checksum
+    // catches it, the descriptor shows the move, and it reads the new place.
+    reader_held.open();
+    reader.join();
+    ASSERT_TRUE(read) << read.error().message();
+    EXPECT_TRUE(test::verify_page(page[0], 5));
+}
+
 TEST(PrivilegedSwapoff, WaitsForAWriteInFlightOnTheDeviceAndMovesItsPages) {
     SWV_SWAP_RING_OR_SKIP(ring);
     test::TempDir dir;
@@ -405,6 +450,7 @@ TEST(PrivilegedSwapoff, WaitsForAWriteInFlightOnTheDeviceAndMovesItsPages) {
     off.join();
     ASSERT_TRUE(report) << report.error().message();
     EXPECT_EQ(report->pages_moved, 48u);
+    EXPECT_EQ(report->pages_skipped, 0u);  // it waited for the write instead of skipping its slots
     for (auto& p : batch) {
         ASSERT_EQ(p.result, 0);
         v.push_back(p.vslot);
