@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# qemu_boot_test.sh <build dir>: boots the example guests under QEMU (microvm,
+# KVM) as an outside check that they follow the PVH boot protocol and the
+# swapvisor guest interface (COM1 output, RESULT line, debug-exit port).
+#
+# QEMU's isa-debug-exit turns the guest's value v into exit status (v<<1)|1,
+# so exit(0) is status 1 and exit(1) is status 3 here (swapvisor itself exits
+# with v unchanged). Exit 77 (ctest: skipped) only when qemu-system-x86_64 or
+# /dev/kvm is absent. Needs the targets `hello` and `memtouch` built.
+set -u
+
+build=${1:?usage: qemu_boot_test.sh <build dir>}
+hello=$build/examples/hello.elf
+memtouch=$build/examples/memtouch.elf
+qemu=$(command -v qemu-system-x86_64 || true)
+
+if [[ -z $qemu ]]; then
+  echo "SKIPPED: qemu-system-x86_64 is not installed; the PVH boot check did not run" >&2
+  exit 77
+fi
+if [[ ! -r /dev/kvm || ! -w /dev/kvm ]]; then
+  echo "SKIPPED: /dev/kvm is absent or not accessible; the PVH boot check did not run" >&2
+  exit 77
+fi
+for elf in "$hello" "$memtouch"; do
+  if [[ ! -f $elf ]]; then
+    echo "FAIL: $elf is missing (build the targets hello and memtouch)" >&2
+    exit 1
+  fi
+done
+
+log_dir=$(mktemp -d)
+trap 'rm -rf "$log_dir"' EXIT
+failures=0
+
+# boot <name> <elf> <cmdline> <expected status> <RESULT regex...>
+boot() {
+  local name=$1 elf=$2 cmdline=$3 want_status=$4
+  shift 4
+  local log=$log_dir/$name.log status
+  timeout 120 "$qemu" -M microvm -accel kvm -cpu host -m 512M \
+    -nographic -no-reboot -kernel "$elf" -append "$cmdline" \
+    -device isa-debug-exit,iobase=0xf4,iosize=0x04 </dev/null >"$log" 2>&1
+  status=$?
+  local result
+  result=$(grep -a '^RESULT ' "$log" | tail -n 1 | tr -d '\r')
+  local ok=1
+  if [[ $status -ne $want_status ]]; then
+    echo "FAIL [$name]: QEMU exit status $status, want $want_status (guest exit $(( (want_status - 1) >> 1 )))" >&2
+    ok=0
+  fi
+  if [[ -z $result ]]; then
+    echo "FAIL [$name]: no RESULT line on the serial console" >&2
+    ok=0
+  fi
+  local re
+  for re in "$@"; do
+    if ! [[ $result =~ $re ]]; then
+      echo "FAIL [$name]: RESULT line does not match /$re/: $result" >&2
+      ok=0
+    fi
+  done
+  if [[ $ok -eq 1 ]]; then
+    echo "PASS [$name]: $result"
+  else
+    echo "----- serial log of $name -----" >&2
+    cat "$log" >&2
+    echo "-------------------------------" >&2
+    failures=$((failures + 1))
+  fi
+}
+
+boot hello "$hello" "greeting=yes" 1 \
+  '^RESULT \{"guest":"hello","ok":true\}$'
+boot memtouch-seq "$memtouch" "mib=64 passes=2" 1 \
+  '"guest":"memtouch"' '"ok":true' '"pages":16384' '"passes":2' '"errors":0' '"mib_per_s":[0-9]+(\.[0-9])?\}$'
+boot memtouch-rand "$memtouch" "mib=64 passes=2 mode=rand seed=3" 1 \
+  '"ok":true' '"pages":16384' '"errors":0'
+# The checker must be able to fail: 5 damaged pages -> ok false, exit(1).
+boot memtouch-corrupt "$memtouch" "mib=16 passes=2 corrupt=5" 3 \
+  '"ok":false' '"pages":4096' '"errors":5'
+# Too much memory for the VM: an error line and exit(2), no RESULT needed.
+log=$log_dir/toobig.log
+timeout 60 "$qemu" -M microvm -accel kvm -cpu host -m 512M -nographic -no-reboot \
+  -kernel "$memtouch" -append "mib=1024" -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
+  </dev/null >"$log" 2>&1
+status=$?
+if [[ $status -eq 5 ]] && grep -aq 'does not fit' "$log"; then
+  echo "PASS [memtouch-toobig]: status 5 (exit 2) and an error line"
+else
+  echo "FAIL [memtouch-toobig]: status $status, want 5 with 'does not fit'" >&2
+  cat "$log" >&2
+  failures=$((failures + 1))
+fi
+
+if [[ $failures -ne 0 ]]; then
+  echo "qemu_boot_test: $failures check(s) failed" >&2
+  exit 1
+fi
+echo "qemu_boot_test: all checks passed"
