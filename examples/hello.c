@@ -18,7 +18,11 @@ static const char* range_type_name(uint32_t type) {
 }
 
 int main(void) {
-  rt_printf("hello: swapvisor example guest, ring 3 with IOPL 3\n");
+  uint16_t cs;
+  __asm__ volatile("mov %%cs, %0" : "=r"(cs));
+  unsigned iopl = (unsigned)(rt_rflags() >> 12) & 3;
+  rt_printf("hello: swapvisor example guest in ring %u, RFLAGS.IOPL %u%s\n", cs & 3u, iopl,
+            iopl == 3 ? "" : " (ports via the TSS I/O bitmap)");
   rt_printf("hello: cmdline \"%s\"\n", rt_cmdline());
   const struct rt_mem_range* m = rt_memmap();
   uint64_t ram = 0;

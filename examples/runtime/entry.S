@@ -1,13 +1,14 @@
 /*
  * PVH entry of the swapvisor example guests: 32-bit protected mode -> long mode
- * -> ring 3 (IOPL 3), where the whole guest program runs.
+ * -> ring 3 (IOPL 3 plus an all-ports TSS I/O bitmap), where the whole guest
+ * program runs.
  *
  * Role: the only ring-0 code of a guest. On the nested-KVM hosts swapvisor is
  * developed on, guest ring-0 code is emulated instruction by instruction (every
  * memory access traps, ~5 us each), so this file does almost no memory writes:
- * the GDT, the TSS (with an all-ports I/O bitmap), the page tables (an identity map of 512 GiB with 1 GiB pages,
- * or of 4 GiB with 2 MiB pages) and the IRETQ frame are all assembled into the
- * image by the assembler and the linker. Ring 0 only loads registers, with one
+ * the GDT, the TSS with its I/O bitmap, the page tables (an identity map of
+ * 512 GiB with 1 GiB pages, or of 4 GiB with 2 MiB pages) and the IRETQ frame
+ * are all assembled into the image by the assembler and the linker. Ring 0 only loads registers, with one
  * exception: without CPUID pdpe1gb (2 MiB fallback) it writes page directories
  * for RAM above 4 GiB (1 KiB of writes per GiB) after the image.
  *

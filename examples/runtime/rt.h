@@ -8,7 +8,8 @@
  * return value.
  *
  * Invariants (examples/README.md):
- *  - all guest code runs in ring 3 with IOPL 3; port I/O is direct `in`/`out`.
+ *  - all guest code runs in ring 3; port I/O is direct `in`/`out`, allowed by
+ *    IOPL 3 or, where the host clears IOPL in ring 3, by the TSS I/O bitmap.
  *  - physical == virtual; [0, rt_mapped_limit()) is identity mapped, RW, user.
  *  - memory below rt_free_start() belongs to the runtime (image, stacks,
  *    page tables); programs must not write it.
@@ -56,6 +57,11 @@ static inline uint64_t rt_rdtsc(void) {
   return ((uint64_t)hi << 32) | lo;
 }
 static inline void rt_pause(void) { __asm__ volatile("pause"); }
+static inline uint64_t rt_rflags(void) {
+  uint64_t f;
+  __asm__ volatile("pushfq; popq %0" : "=r"(f));
+  return f;
+}
 
 /* ---- console (COM1) ---- */
 void rt_putc(char c);
