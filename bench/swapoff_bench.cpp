@@ -23,7 +23,9 @@
 // JSON line (prefix "JSON ").
 #include <unistd.h>
 
+#include <algorithm>
 #include <cinttypes>
+#include <ctime>
 #include <cstdio>
 #include <filesystem>
 #include <random>
@@ -49,13 +51,15 @@ constexpr std::uint64_t kMiB = 1 << 20;
 constexpr std::uint64_t kGiB = kMiB << 10;
 constexpr std::size_t kBatchPages = 64;
 constexpr std::uint32_t kVmShift = 48;  // guestmem/guest_memory.cpp owner_tag()
+constexpr std::uint64_t kBigCase = 1 << 20;  // slots from which a sweep case runs once
 
 constexpr const char* kUsage =
-    "usage: swapoff_bench [--dir DIR] [--sizes K,K,...] [--compare-slots K] [--skip-compare 1]\n"
+    "usage: swapoff_bench [--dir DIR] [--sizes K,K,...] [--compare-slots K] [--skip-compare 1] [--reps N]\n"
     "  --dir            directory on a real disk for the two swap files (default /var/tmp)\n"
     "  --sizes          used-slot counts of the sweep (default 16384,65536,262144,1048576)\n"
     "  --compare-slots  used slots for the VM-count / memory-size comparison (default 65536)\n"
-    "  --skip-compare   1: run only the sweep\n";
+    "  --skip-compare   1: run only the sweep\n"
+    "  --reps           runs per case, the median is reported (default 3; K >= 1Mi runs once)\n";
 
 struct Fail {};
 template <typename T>
@@ -82,11 +86,22 @@ struct Case {
     std::uint64_t vm_bytes = 0;
     std::uint64_t used_slots = 0;  // on A when swapoff starts
     double fill_s = 0;
-    double swapoff_ms = 0;
+    double swapoff_ms = 0;      // wall time
+    double swapoff_cpu_ms = 0;  // CPU time of the thread running swapoff (disk waits excluded)
     swap::SwapoffReport report{};
     std::uint64_t verified = 0, bad = 0;
     double ns_per_slot() const { return used_slots ? swapoff_ms * 1e6 / static_cast<double>(used_slots) : 0; }
+    double cpu_ns_per_slot() const {
+        return used_slots ? swapoff_cpu_ms * 1e6 / static_cast<double>(used_slots) : 0;
+    }
 };
+
+double thread_cpu_ms() {
+    timespec ts{};
+    // Kernel contract: CLOCK_THREAD_CPUTIME_ID counts user + system time of this thread only.
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return static_cast<double>(ts.tv_sec) * 1e3 + static_cast<double>(ts.tv_nsec) / 1e6;
+}
 
 std::uint64_t used_on(const swap::SwapPool& pool, const std::filesystem::path& path) {
     std::string key = swap::canonical_swap_path(path);
@@ -101,9 +116,11 @@ void swapoff_and_check(Case& c, swap::SwapPool& pool, const std::filesystem::pat
     need(pool.swapon(b, 0, b_bytes), "swapon B");
     io::Ring ring = need(io::Ring::create(64), "ring");
     c.used_slots = used_on(pool, a);
+    double cpu0 = thread_cpu_ms();
     auto t0 = Clock::now();
     c.report = need(pool.swapoff(a, ring), "swapoff A");
     c.swapoff_ms = bench::seconds_since(t0) * 1e3;
+    c.swapoff_cpu_ms = thread_cpu_ms() - cpu0;
     io::Mapping page = need(io::Mapping::anonymous(kPage), "page");
     for (swap::VSlot v : sample) {
         ++c.verified;
@@ -234,12 +251,32 @@ std::vector<std::uint64_t> parse_sizes(const std::string& s) {
     return out;
 }
 
+// One case run `reps` times: the median run (by wall time) stands for it.
+struct Row {
+    Case median;
+    double min_ms = 0, max_ms = 0;
+    unsigned reps = 0;
+    std::uint64_t bad = 0;
+};
+
+Row summarize(std::vector<Case> runs) {
+    Row r;
+    r.reps = static_cast<unsigned>(runs.size());
+    for (const Case& c : runs) r.bad += c.bad;
+    std::sort(runs.begin(), runs.end(), [](const Case& x, const Case& y) { return x.swapoff_ms < y.swapoff_ms; });
+    r.min_ms = runs.front().swapoff_ms;
+    r.max_ms = runs.back().swapoff_ms;
+    r.median = runs[runs.size() / 2];
+    return r;
+}
+
 int run(int argc, char** argv) {
     bench::Flags flags(argc, argv);
     std::filesystem::path dir = flags.str("dir", "/var/tmp");
     std::string sizes_s = flags.str("sizes", "16384,65536,262144,1048576");
     const std::uint64_t compare = flags.u64("compare-slots", 65536);
     const bool skip_compare = flags.u64("skip-compare", 0) != 0;
+    const unsigned reps = static_cast<unsigned>(std::max<std::uint64_t>(1, flags.u64("reps", 3)));
     if (!flags.ok(kUsage)) return 2;
     if (!bench::on_real_disk(dir)) return 2;
     std::filesystem::path work = dir / ("swv-swapoff-bench-" + std::to_string(getpid()));
@@ -252,8 +289,8 @@ int run(int argc, char** argv) {
         }
     } cleanup{work};
 
-    std::vector<Case> cases;
-    std::vector<std::string> skipped;
+    std::vector<Row> rows;
+    std::vector<std::string> notes;
     for (std::uint64_t k : parse_sizes(sizes_s)) {
         // A and B each hold k slots, plus slack for metadata and other writers.
         std::uint64_t need_bytes = 2 * (round_cluster(k * kPage) + 2 * kMiB) + 256 * kMiB;
@@ -262,12 +299,20 @@ int run(int argc, char** argv) {
             std::string why = "K=" + std::to_string(k) + " skipped: needs " + std::to_string(need_bytes / kMiB) +
                               " MiB free in " + dir.string() + ", have " + std::to_string(have / kMiB) + " MiB";
             std::printf("%s\n", why.c_str());
-            skipped.push_back(why);
+            notes.push_back(why);
             continue;
         }
-        std::printf("sweep K=%" PRIu64 " ...\n", k);
-        std::fflush(stdout);
-        cases.push_back(run_write_out_case(work, k));
+        // Each repetition of the 4 GiB case writes 4 GiB and moves 4 GiB: once is enough.
+        unsigned n = k >= kBigCase ? 1 : reps;
+        if (n != reps) notes.push_back("K=" + std::to_string(k) + " ran once (--reps applies below " +
+                                       std::to_string(kBigCase) + " slots)");
+        std::vector<Case> runs;
+        for (unsigned r = 0; r < n; ++r) {
+            std::printf("sweep K=%" PRIu64 " run %u/%u ...\n", k, r + 1, n);
+            std::fflush(stdout);
+            runs.push_back(run_write_out_case(work, k));
+        }
+        rows.push_back(summarize(std::move(runs)));
     }
     if (!skip_compare) {
         struct Spec {
@@ -276,42 +321,54 @@ int run(int argc, char** argv) {
             std::uint64_t bytes;
         };
         for (Spec s : {Spec{"1 VM x 1 GiB", 1, kGiB}, Spec{"4 VMs x 1 GiB", 4, kGiB}, Spec{"1 VM x 8 GiB", 1, 8 * kGiB}}) {
-            std::printf("compare %s, K~%" PRIu64 " (reclaim fill) ...\n", s.name, compare);
-            std::fflush(stdout);
-            cases.push_back(run_reclaim_case(work, s.name, compare, s.vms, s.bytes));
+            std::vector<Case> runs;
+            for (unsigned r = 0; r < reps; ++r) {
+                std::printf("compare %s, K~%" PRIu64 " (reclaim fill) run %u/%u ...\n", s.name, compare, r + 1, reps);
+                std::fflush(stdout);
+                runs.push_back(run_reclaim_case(work, s.name, compare, s.vms, s.bytes));
+            }
+            rows.push_back(summarize(std::move(runs)));
         }
     }
 
-    std::printf("\n%-16s %-9s %4s %8s %10s %8s %11s %10s %8s %6s\n", "case", "fill", "VMs", "mem GiB", "used slots",
-                "fill s", "swapoff ms", "ns/slot", "MiB/s", "bad");
+    std::printf("\nmedian of N runs by swapoff wall time; ns/slot = wall / used slots; cpu ns/slot = CPU time of the\n"
+                "swapoff thread / used slots (what the algorithm costs without disk waits)\n");
+    std::printf("%-14s %-9s %3s %4s %10s %7s %10s %10s %10s %8s %8s %8s %4s\n", "case", "fill", "VMs", "GiB",
+                "used slots", "fill s", "swapoff ms", "min ms", "max ms", "ns/slot", "cpu ns", "MiB/s", "bad");
     std::uint64_t bad = 0;
     std::string arr;
-    for (const Case& c : cases) {
+    for (const Row& row : rows) {
+        const Case& c = row.median;
         double mib_s = c.swapoff_ms > 0 ? static_cast<double>(c.used_slots * kPage) / kMiB / (c.swapoff_ms / 1e3) : 0;
-        std::printf("%-16s %-9s %4u %8.1f %10" PRIu64 " %8.2f %11.1f %10.0f %8.1f %6" PRIu64 "\n", c.name.c_str(),
-                    c.fill.c_str(), c.vms, static_cast<double>(c.vm_bytes) / kGiB, c.used_slots, c.fill_s,
-                    c.swapoff_ms, c.ns_per_slot(), mib_s, c.bad);
-        bad += c.bad;
+        std::printf("%-14s %-9s %3u %4.0f %10" PRIu64 " %7.2f %10.1f %10.1f %10.1f %8.0f %8.0f %8.1f %4" PRIu64 "\n",
+                    c.name.c_str(), c.fill.c_str(), c.vms, static_cast<double>(c.vm_bytes) / kGiB, c.used_slots,
+                    c.fill_s, c.swapoff_ms, row.min_ms, row.max_ms, c.ns_per_slot(), c.cpu_ns_per_slot(), mib_s,
+                    row.bad);
+        bad += row.bad;
         JsonLine j;
         j.str("case", c.name)
             .str("fill", c.fill)
             .integer("vms", c.vms)
             .integer("vm_bytes", c.vm_bytes)
             .integer("used_slots", c.used_slots)
+            .integer("reps", row.reps)
             .num("swapoff_ms", c.swapoff_ms)
+            .num("swapoff_min_ms", row.min_ms)
+            .num("swapoff_max_ms", row.max_ms)
             .num("ns_per_slot", c.ns_per_slot())
+            .num("cpu_ns_per_slot", c.cpu_ns_per_slot())
+            .num("mib_per_s", mib_s)
             .integer("pages_moved", c.report.pages_moved)
             .integer("pages_brought_back", c.report.pages_brought_back)
-            .integer("verified", c.verified)
-            .integer("bad", c.bad);
+            .integer("bad", row.bad);
         arr += (arr.empty() ? "" : ",") + j.text();
     }
-    for (const auto& s : skipped) std::printf("%s\n", s.c_str());
-    std::string skipped_json;
-    for (const auto& s : skipped) skipped_json += (skipped_json.empty() ? "\"" : ",\"") + s + "\"";
+    for (const auto& s : notes) std::printf("note: %s\n", s.c_str());
+    std::string notes_json;
+    for (const auto& s : notes) notes_json += (notes_json.empty() ? "\"" : ",\"") + s + "\"";
     JsonLine top;
     top.str("bench", "swapoff_bench").str("dir", dir.string()).raw("cases", "[" + arr + "]").raw(
-        "skipped", "[" + skipped_json + "]");
+        "notes", "[" + notes_json + "]");
     std::printf("JSON %s\n", top.text().c_str());
     return bad == 0 ? 0 : 1;
 }
