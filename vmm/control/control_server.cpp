@@ -1,0 +1,542 @@
+// ControlServer: see control_server.hpp. The only file of the project that includes
+// Boost.Asio (STYLE.md §1).
+//
+// Threads and ownership (README.md#threads):
+//   - the control thread runs io_context: it owns the acceptor, every Connection and
+//     its buffers, and runs the quick commands (status, stats, set-limit,
+//     set-budget), which only read counters or store a limit;
+//   - one worker thread per swapon / swapoff owns its own io::Ring; it never touches
+//     a Connection, it posts lines to the control thread instead;
+//   - the thread that calls start() / stop() owns the Impl's lifecycle.
+// Exceptions (Asio, nlohmann, bad_alloc) are caught per request and per worker and
+// become error replies; none crosses a completion handler.
+#include "vmm/control/control_server.hpp"
+
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <list>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_set>
+
+#include <boost/asio.hpp>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "io/ring.hpp"
+#include "io/unique_fd.hpp"
+#include "vmm/control/stats_json.hpp"
+
+namespace swapvisor::vmm::control {
+
+namespace asio = boost::asio;
+using Local = asio::local::stream_protocol;
+using nlohmann::json;
+
+namespace {
+
+constexpr int kListenBacklog = 64;
+constexpr std::size_t kReadChunk = 4096;
+constexpr auto kAcceptBackoff = std::chrono::milliseconds(100);
+
+std::string error_text(const Error& error) { return error.message(); }
+
+// A long-running command: its thread and whether it has finished (then joinable
+// without waiting).
+struct Worker {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> done;
+};
+
+}  // namespace
+
+class Connection;
+
+struct ControlServer::Impl {
+    Impl(guestmem::HostMemory& h, ControlServerConfig c) : host(h), config(std::move(c)) {}
+
+    void accept();
+    void reject(Local::socket& socket, std::string_view why);
+    // Run fn on a new worker thread; false if stopping or too many run already.
+    bool spawn_worker(std::function<void()> fn);
+    void join_workers();
+    // Post one line to a connection from any thread.
+    void post_line(const std::shared_ptr<Connection>& conn, std::string line);
+
+    guestmem::HostMemory& host;
+    const ControlServerConfig config;
+
+    // Declared first: destroyed last, after every socket and timer bound to it.
+    asio::io_context io{1};
+    Local::acceptor acceptor{io};
+    asio::steady_timer accept_backoff{io};
+    std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
+    // Control thread only (and the destructor, after the thread is joined).
+    std::unordered_set<std::shared_ptr<Connection>> connections;
+
+    // Protects: workers, stopping; Order: leaf (never held while posting to io or
+    // joining a worker that has not finished).
+    std::mutex workers_mutex;
+    std::list<Worker> workers;
+    bool stopping = false;
+
+    // Lifecycle: the start() / stop() caller only.
+    std::thread thread;
+    bool started = false;
+    bool stopped = false;
+    bool own_socket_file = false;
+    dev_t socket_dev = 0;
+    ino_t socket_ino = 0;
+};
+
+// One client. Lives in Impl::connections while open; handlers and workers keep it
+// alive through shared_ptrs after close(), when every send is a no-op.
+class Connection : public std::enable_shared_from_this<Connection> {
+public:
+    Connection(ControlServer::Impl& server, Local::socket socket) : server_(server), socket_(std::move(socket)) {}
+
+    void start() {
+        ucred cred{};
+        socklen_t len = sizeof cred;
+        // Kernel contract: SO_PEERCRED on a connected AF_UNIX stream socket returns the
+        // credentials the peer had at connect(); they cannot be changed afterwards.
+        if (getsockopt(socket_.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+            send_line(to_line(error_reply(nullptr, ReplyCode::permission, "cannot read the peer's credentials")));
+            close_after_flush();
+            return;
+        }
+        uid_t self = geteuid();
+        if (cred.uid != self && cred.uid != 0) {
+            spdlog::warn("control: refusing uid {} (pid {}): only uid {} or root may connect", cred.uid, cred.pid, self);
+            send_line(to_line(error_reply(nullptr, ReplyCode::permission,
+                                          fmt::format("uid {} may not use this socket", cred.uid))));
+            close_after_flush();
+            return;
+        }
+        read();
+    }
+
+    // Queue one protocol line; drops the connection if its queue would overflow.
+    void send_line(std::string line) {
+        if (closed_ || closing_) return;
+        if (out_bytes_ + line.size() > server_.config.max_output_bytes) {
+            spdlog::warn("control: dropping a client that does not read its replies ({} bytes queued)", out_bytes_);
+            close();
+            return;
+        }
+        out_bytes_ += line.size();
+        out_.push_back(std::move(line));
+        if (!writing_) write();
+    }
+    void send(const json& object) { send_line(to_line(object)); }
+
+    void close() {
+        if (closed_) return;
+        closed_ = true;
+        boost::system::error_code ignored;
+        socket_.close(ignored);  // cancels the pending read / write
+        out_.clear();
+        out_bytes_ = 0;
+        server_.connections.erase(shared_from_this());
+    }
+
+private:
+    void close_after_flush() {
+        closing_ = true;
+        if (!writing_) close();
+    }
+
+    void read() {
+        socket_.async_read_some(asio::buffer(buf_), [self = shared_from_this()](boost::system::error_code ec,
+                                                                                std::size_t n) { self->on_read(ec, n); });
+    }
+
+    void on_read(boost::system::error_code ec, std::size_t n) {
+        if (closed_) return;
+        if (ec) {
+            // EOF (possibly mid-line: a truncated request is dropped unanswered) or a
+            // reset. Replies still queued are abandoned: nobody will read them.
+            close();
+            return;
+        }
+        pending_.append(buf_.data(), n);
+        handle_lines();
+        if (!closed_ && !closing_) read();
+    }
+
+    void handle_lines() {
+        std::size_t start = 0;
+        while (!closed_ && !closing_) {
+            std::size_t nl = pending_.find('\n', scanned_);
+            if (nl == std::string::npos) break;
+            if (nl - start > server_.config.max_line_bytes) {
+                too_large();
+                return;
+            }
+            handle_line(std::string_view(pending_).substr(start, nl - start));
+            start = nl + 1;
+            scanned_ = start;
+        }
+        if (closed_ || closing_) return;
+        pending_.erase(0, start);
+        scanned_ = pending_.size();
+        if (pending_.size() > server_.config.max_line_bytes) too_large();
+    }
+
+    void too_large() {
+        send(error_reply(nullptr, ReplyCode::too_large,
+                         fmt::format("request line longer than {} bytes", server_.config.max_line_bytes)));
+        pending_.clear();
+        close_after_flush();
+    }
+
+    void handle_line(std::string_view line) {
+        auto request = parse_request(line);
+        if (!request) {
+            send(error_reply(request.error().id, request.error().code, request.error().message));
+            return;
+        }
+        try {
+            std::visit([&](auto& cmd) { run(request->id, cmd); }, request->command);
+        } catch (const std::exception& e) {
+            // nlohmann / Asio / bad_alloc inside a command: the request fails, the
+            // server and the VMs carry on.
+            send(error_reply(request->id, ReplyCode::io_error, fmt::format("internal error: {}", e.what())));
+        }
+    }
+
+    void run(const json& id, const StatusCmd& cmd) {
+        json reply = ok_reply(id);
+        reply.update(stats_json(server_.host, cmd.detail));
+        send(reply);
+    }
+
+    void run(const json& id, const SetLimitCmd& cmd) {
+        guestmem::GuestMemory* vm = server_.host.find(cmd.vm);
+        if (vm == nullptr) {
+            send(error_reply(id, ReplyCode::no_such_vm, fmt::format("no VM named \"{}\"", cmd.vm)));
+            return;
+        }
+        vm->set_resident_limit(cmd.bytes);
+        json reply = ok_reply(id);
+        reply["vm"] = cmd.vm;
+        reply["resident_limit"] = cmd.bytes;
+        send(reply);
+    }
+
+    void run(const json& id, const SetBudgetCmd& cmd) {
+        server_.host.set_budget(cmd.bytes);
+        json reply = ok_reply(id);
+        reply["budget_bytes"] = cmd.bytes;
+        send(reply);
+    }
+
+    // swapon opens (maybe creates and sizes) a file: off the control thread.
+    void run(const json& id, const SwaponCmd& cmd) {
+        ControlServer::Impl& server = server_;
+        spawn(id, [&server, conn = shared_from_this(), id, cmd] {
+            auto device = server.host.pool().swapon(cmd.path, cmd.priority, cmd.size_bytes);
+            json reply;
+            if (device) {
+                reply = ok_reply(id);
+                reply["path"] = swap::canonical_swap_path(cmd.path);
+                reply["device"] = device->value();
+                reply["priority"] = cmd.priority;
+            } else {
+                reply = error_reply(id, reply_code_of(device.error()), error_text(device.error()));
+            }
+            server.post_line(conn, to_line(reply));
+        });
+    }
+
+    // swapoff may take seconds: a worker with its own ring; progress is throttled
+    // to one line per progress_interval (the first always goes out).
+    void run(const json& id, const SwapoffCmd& cmd) {
+        ControlServer::Impl& server = server_;
+        spawn(id, [&server, conn = shared_from_this(), id, cmd] {
+            auto ring = io::Ring::create(server.config.ring_entries);
+            if (!ring) {
+                server.post_line(conn, to_line(error_reply(id, ReplyCode::io_error, error_text(ring.error()))));
+                return;
+            }
+            std::optional<std::chrono::steady_clock::time_point> last;
+            auto report = server.host.pool().swapoff(cmd.path, *ring, [&](swap::SwapoffProgress p) {
+                auto now = std::chrono::steady_clock::now();
+                if (last && now - *last < server.config.progress_interval) return;
+                last = now;
+                server.post_line(conn, to_line(progress_line(id, p.done, p.total)));
+            });
+            json reply;
+            if (report) {
+                reply = ok_reply(id);
+                reply["path"] = swap::canonical_swap_path(cmd.path);
+                reply["pages_moved"] = report->pages_moved;
+                reply["pages_brought_back"] = report->pages_brought_back;
+                reply["pages_skipped"] = report->pages_skipped;
+                reply["elapsed_ms"] = static_cast<std::uint64_t>(report->elapsed_ms + 0.5);
+            } else {
+                reply = error_reply(id, reply_code_of(report.error()), error_text(report.error()));
+            }
+            server.post_line(conn, to_line(reply));
+        });
+    }
+
+    void spawn(const json& id, std::function<void()> body) {
+        auto guarded = [&server = server_, conn = shared_from_this(), id, body = std::move(body)] {
+            try {
+                body();
+            } catch (const std::exception& e) {
+                server.post_line(conn, to_line(error_reply(id, ReplyCode::io_error,
+                                                           fmt::format("internal error: {}", e.what()))));
+            }
+        };
+        if (!server_.spawn_worker(std::move(guarded))) {
+            send(error_reply(id, ReplyCode::busy, "too many swapon / swapoff commands running (or shutting down)"));
+        }
+    }
+
+    void write() {
+        writing_ = true;
+        asio::async_write(socket_, asio::buffer(out_.front()),
+                          [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
+                              self->on_written(ec);
+                          });
+    }
+
+    void on_written(boost::system::error_code ec) {
+        writing_ = false;
+        if (closed_) return;
+        if (ec) {
+            close();
+            return;
+        }
+        out_bytes_ -= out_.front().size();
+        out_.pop_front();
+        if (!out_.empty()) write();
+        else if (closing_) close();
+    }
+
+    ControlServer::Impl& server_;
+    Local::socket socket_;
+    std::array<char, kReadChunk> buf_{};
+    std::string pending_;      // bytes received, not yet a complete line
+    std::size_t scanned_ = 0;  // pending_[0, scanned_) holds no '\n'
+    std::deque<std::string> out_;
+    std::size_t out_bytes_ = 0;
+    bool writing_ = false;     // an async_write of out_.front() is in flight
+    bool closing_ = false;     // no more reads or sends; close once out_ drains
+    bool closed_ = false;
+};
+
+void ControlServer::Impl::accept() {
+    acceptor.async_accept([this](boost::system::error_code ec, Local::socket socket) {
+        if (!acceptor.is_open()) return;
+        if (ec) {
+            // EMFILE and friends: back off instead of spinning on a full fd table.
+            spdlog::warn("control: accept failed: {}", ec.message());
+            accept_backoff.expires_after(kAcceptBackoff);
+            accept_backoff.async_wait([this](boost::system::error_code wait_ec) {
+                if (!wait_ec && acceptor.is_open()) accept();
+            });
+            return;
+        }
+        if (connections.size() >= config.max_connections) {
+            reject(socket, "too many control connections");
+        } else {
+            auto conn = std::make_shared<Connection>(*this, std::move(socket));
+            connections.insert(conn);
+            conn->start();
+        }
+        accept();
+    });
+}
+
+void ControlServer::Impl::reject(Local::socket& socket, std::string_view why) {
+    std::string line = to_line(error_reply(nullptr, ReplyCode::busy, why));
+    // Kernel contract: a non-blocking send into a fresh socket's empty buffer takes a
+    // short line whole or fails; either way the socket is closed right after.
+    [[maybe_unused]] ssize_t n = ::send(socket.native_handle(), line.data(), line.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    boost::system::error_code ignored;
+    socket.close(ignored);
+}
+
+bool ControlServer::Impl::spawn_worker(std::function<void()> fn) {
+    std::lock_guard lock(workers_mutex);
+    if (stopping) return false;
+    for (auto it = workers.begin(); it != workers.end();) {
+        if (it->done->load()) {
+            it->thread.join();  // finished: returns at once
+            it = workers.erase(it);
+        } else {
+            ++it;
+        }
+    }
+    if (workers.size() >= config.max_workers) return false;
+    auto done = std::make_shared<std::atomic<bool>>(false);
+    workers.push_back(Worker{std::thread([fn = std::move(fn), done] {
+                                 fn();
+                                 done->store(true);
+                             }),
+                             done});
+    return true;
+}
+
+void ControlServer::Impl::join_workers() {
+    std::list<Worker> running;
+    {
+        std::lock_guard lock(workers_mutex);
+        stopping = true;
+        running.swap(workers);
+    }
+    for (Worker& w : running) w.thread.join();
+}
+
+void ControlServer::Impl::post_line(const std::shared_ptr<Connection>& conn, std::string line) {
+    asio::post(io, [conn, line = std::move(line)]() mutable { conn->send_line(std::move(line)); });
+}
+
+ControlServer::ControlServer(guestmem::HostMemory& host, ControlServerConfig config)
+    : impl_(std::make_unique<Impl>(host, std::move(config))) {}
+
+ControlServer::~ControlServer() { stop(); }
+
+const std::filesystem::path& ControlServer::socket_path() const { return impl_->config.socket_path; }
+
+namespace {
+
+// What is at path now: nothing (remove nothing), a stale socket (removed), or a
+// reason to refuse.
+Result<void> clear_stale_socket(const std::string& path) {
+    struct stat st {};
+    // Kernel contract: lstat does not follow a symlink, so a link to some file is
+    // "not a socket" and never unlinked through.
+    if (lstat(path.c_str(), &st) != 0) {
+        if (errno == ENOENT) return {};
+        return errno_error("control socket: lstat");
+    }
+    if (!S_ISSOCK(st.st_mode)) return errno_error("control socket: the path exists and is not a socket", EEXIST);
+    // Kernel contract: socket() with SOCK_NONBLOCK makes connect() to an AF_UNIX
+    // listener with a full backlog fail with EAGAIN instead of blocking.
+    io::UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    if (!probe.valid()) return errno_error("control socket: socket");
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+    // Kernel contract: connect to a socket file nobody listens on fails with
+    // ECONNREFUSED; that is the only case in which the file is ours to remove.
+    if (::connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0 || errno == EAGAIN) {
+        return errno_error("control socket: another server listens on the path", EADDRINUSE);
+    }
+    if (errno != ECONNREFUSED) return errno_error("control socket: probing the existing socket");
+    if (unlink(path.c_str()) != 0 && errno != ENOENT) return errno_error("control socket: removing a stale socket");
+    return {};
+}
+
+}  // namespace
+
+Result<void> ControlServer::start() {
+    Impl& s = *impl_;
+    if (s.started) return errno_error("ControlServer::start: already started", EALREADY);
+    const std::string path = s.config.socket_path.string();
+    if (path.empty() || path.size() >= sizeof(sockaddr_un::sun_path)) {
+        return errno_error("control socket: path empty or longer than sun_path", ENAMETOOLONG);
+    }
+    SWV_TRY(clear_stale_socket(path));
+
+    io::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (!fd.valid()) return errno_error("control socket: socket");
+    // Kernel contract: unix_bind() creates the socket file with the socket inode's
+    // mode minus the umask, so after this fchmod the file is born 0600 (no window
+    // in which another user could connect; and nobody can before listen()).
+    if (fchmod(fd.get(), 0600) != 0) return errno_error("control socket: fchmod");
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+    // Kernel contract: bind creates the socket file; it fails with EADDRINUSE if
+    // the path appeared meanwhile (nothing is overwritten).
+    if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
+        return errno_error("control socket: bind");
+    }
+    auto remove_file = [&] { unlink(path.c_str()); };
+    struct stat st {};
+    // Kernel contract: chmod on the bound path sets the file's mode whatever the
+    // umask or the socket inode did; lstat then names the file we created, so stop()
+    // removes only that one.
+    if (chmod(path.c_str(), 0600) != 0 || lstat(path.c_str(), &st) != 0) {
+        auto error = errno_error("control socket: chmod");
+        remove_file();
+        return error;
+    }
+    // Kernel contract: listen makes the bound socket accept connections.
+    if (::listen(fd.get(), kListenBacklog) != 0) {
+        auto error = errno_error("control socket: listen");
+        remove_file();
+        return error;
+    }
+    boost::system::error_code ec;
+    s.acceptor.assign(Local(), fd.get(), ec);
+    if (ec) {
+        remove_file();
+        return errno_error("control socket: asio assign", ec.value());
+    }
+    fd.release();  // the acceptor owns it now
+    s.own_socket_file = true;
+    s.socket_dev = st.st_dev;
+    s.socket_ino = st.st_ino;
+    s.started = true;
+
+    s.work.emplace(s.io.get_executor());
+    s.accept();
+    s.thread = std::thread([&s] {
+        for (;;) {
+            try {
+                s.io.run();
+                return;
+            } catch (const std::exception& e) {
+                spdlog::error("control: handler failed: {}", e.what());
+            }
+        }
+    });
+    spdlog::info("control: listening on {}", path);
+    return {};
+}
+
+void ControlServer::stop() {
+    Impl& s = *impl_;
+    if (!s.started || s.stopped) return;
+    s.stopped = true;
+    asio::post(s.io, [&s] {
+        boost::system::error_code ignored;
+        s.acceptor.close(ignored);
+        s.accept_backoff.cancel();
+        auto open = s.connections;  // close() erases from the set
+        for (const auto& conn : open) conn->close();
+    });
+    // Workers post their last lines to the still running control thread (to closed
+    // connections: dropped). A running swapoff is not interrupted: it finishes its
+    // device, so the pool is never left half removed.
+    s.join_workers();
+    // With the acceptor and every socket closed, the pending handlers complete as
+    // aborted and run() returns on its own once the work guard is gone.
+    s.work.reset();
+    s.thread.join();
+    if (s.own_socket_file) {
+        struct stat st {};
+        const std::string path = s.config.socket_path.string();
+        if (lstat(path.c_str(), &st) == 0 && st.st_dev == s.socket_dev && st.st_ino == s.socket_ino) {
+            unlink(path.c_str());
+        }
+    }
+}
+
+}  // namespace swapvisor::vmm::control

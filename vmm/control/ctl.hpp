@@ -1,0 +1,53 @@
+// `swapvisor ctl`: the command-line client of the control socket (DESIGN.md §6,
+// vmm/control/README.md#ctl). add_ctl_subcommand() defines the CLI11 subcommand
+// and fills a CtlOptions; main() then calls run_ctl(), which sends one request,
+// reads its progress lines and its reply with plain blocking socket I/O, and prints
+// them for a human (a table, a progress bar on a terminal) or, with --json, as the
+// raw reply lines.
+//
+// Exit status: 0 the reply was ok, 1 an error reply (its message on stderr),
+// 2 no connection or the server went away before replying (naming the socket).
+#pragma once
+
+#include <iosfwd>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace CLI { class App; }
+
+namespace swapvisor::vmm::control {
+
+inline constexpr int kCtlExitOk = 0;
+inline constexpr int kCtlExitErrorReply = 1;
+inline constexpr int kCtlExitNoConnection = 2;
+
+enum class CtlCommand { none, status, stats, swapon, swapoff, set_limit, set_budget };
+// Redraw a progress bar for swapoff: on a terminal (stdout is a tty and `out` is
+// std::cout), always, or never.
+enum class ProgressBar { auto_detect, on, off };
+
+struct CtlOptions {
+    std::string socket;
+    bool json = false;
+    CtlCommand command = CtlCommand::none;
+    std::string path;        // swapon, swapoff
+    int priority = 0;        // swapon
+    std::string size;        // swapon (empty: the file must exist); SIZE text, e.g. "2G"
+    std::string vm;          // set-limit
+    std::string bytes;       // set-limit, set-budget: SIZE text ("0": no limit)
+    ProgressBar progress = ProgressBar::auto_detect;
+};
+
+// `ctl --socket S [--json] <status|stats|swapon PATH [--priority N] [--size SIZE]|
+// swapoff PATH|set-limit VM SIZE|set-budget SIZE>`; SIZE arguments are validated
+// while parsing. options.command stays `none` unless `ctl` was given.
+void add_ctl_subcommand(CLI::App& app, CtlOptions& options);
+
+// The request run_ctl sends (sizes already parsed; the server accepts both).
+nlohmann::json ctl_request(const CtlOptions& options, int id);
+
+int run_ctl(const CtlOptions& options);
+int run_ctl(const CtlOptions& options, std::ostream& out, std::ostream& err);
+
+}  // namespace swapvisor::vmm::control

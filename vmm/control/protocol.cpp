@@ -1,0 +1,213 @@
+// The control protocol: see protocol.hpp. Everything here is pure (no I/O, no
+// state), so the request parser can be fed any bytes in tests.
+#include "vmm/control/protocol.hpp"
+
+#include <cerrno>
+#include <charconv>
+#include <limits>
+
+#include <fmt/format.h>
+
+#include "io/block_device.hpp"
+#include "swap/types.hpp"
+
+namespace swapvisor::vmm::control {
+
+using nlohmann::json;
+
+std::string_view code_name(ReplyCode code) {
+    switch (code) {
+        case ReplyCode::bad_json: return "bad_json";
+        case ReplyCode::bad_request: return "bad_request";
+        case ReplyCode::unknown_command: return "unknown_command";
+        case ReplyCode::too_large: return "too_large";
+        case ReplyCode::no_such_device: return "no_such_device";
+        case ReplyCode::device_busy: return "device_busy";
+        case ReplyCode::would_not_fit: return "would_not_fit";
+        case ReplyCode::exists: return "exists";
+        case ReplyCode::io_error: return "io_error";
+        case ReplyCode::permission: return "permission";
+        case ReplyCode::no_such_vm: return "no_such_vm";
+        case ReplyCode::busy: return "busy";
+    }
+    return "io_error";
+}
+
+ReplyCode reply_code_of(const Error& error) {
+    const std::error_code& code = error.code;
+    if (code.category() == swap::swap_category()) {
+        switch (static_cast<swap::Errc>(code.value())) {
+            case swap::Errc::no_such_device: return ReplyCode::no_such_device;
+            case swap::Errc::device_busy: return ReplyCode::device_busy;
+            case swap::Errc::would_not_fit: return ReplyCode::would_not_fit;
+            case swap::Errc::exists: return ReplyCode::exists;
+            default: return ReplyCode::io_error;
+        }
+    }
+    if (code.category() == io::io_category()) {
+        // A device smaller than one cluster, or one with an odd block size: the
+        // request named something unusable, not a failing disk.
+        switch (static_cast<io::Errc>(code.value())) {
+            case io::Errc::too_small:
+            case io::Errc::not_file_or_block:
+            case io::Errc::misaligned: return ReplyCode::bad_request;
+            default: return ReplyCode::io_error;
+        }
+    }
+    if (error.is(std::errc::no_such_file_or_directory) || error.is(std::errc::no_such_device)) {
+        return ReplyCode::no_such_device;
+    }
+    if (error.is(std::errc::permission_denied) || error.is(std::errc::operation_not_permitted)) {
+        return ReplyCode::permission;
+    }
+    if (error.is(std::errc::file_exists)) return ReplyCode::exists;
+    return ReplyCode::io_error;
+}
+
+std::expected<std::uint64_t, std::string> parse_size(std::string_view text) {
+    if (text.empty()) return std::unexpected(std::string("empty size"));
+    std::size_t digits = 0;
+    while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
+    if (digits == 0) {
+        return std::unexpected(fmt::format("'{}' is not a size (a number with an optional K, M, G or T suffix, "
+                                           "e.g. 512M)",
+                                           text));
+    }
+    std::uint64_t number = 0;
+    auto [ptr, ec] = std::from_chars(text.data(), text.data() + digits, number);
+    if (ec != std::errc() || ptr != text.data() + digits) return std::unexpected(fmt::format("size '{}' is too large", text));
+    std::string suffix;
+    for (char c : text.substr(digits)) suffix += static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
+    if (suffix.size() == 3 && suffix.ends_with("ib")) suffix.resize(1);
+    unsigned shift = 0;
+    if (suffix.empty() || suffix == "b") shift = 0;
+    else if (suffix == "k") shift = 10;
+    else if (suffix == "m") shift = 20;
+    else if (suffix == "g") shift = 30;
+    else if (suffix == "t") shift = 40;
+    else {
+        return std::unexpected(fmt::format("size '{}' has an unknown suffix (use K, M, G, T; powers of 1024)", text));
+    }
+    if (shift != 0 && number > (std::numeric_limits<std::uint64_t>::max() >> shift)) {
+        return std::unexpected(fmt::format("size '{}' overflows 64 bits", text));
+    }
+    return number << shift;
+}
+
+namespace {
+
+std::unexpected<RequestError> bad(const json& id, ReplyCode code, std::string message) {
+    return std::unexpected(RequestError{id, code, std::move(message)});
+}
+
+// A required non-empty string field.
+std::expected<std::string, std::string> string_field(const json& request, const char* name) {
+    auto it = request.find(name);
+    if (it == request.end()) return std::unexpected(fmt::format("missing field \"{}\"", name));
+    if (!it->is_string()) return std::unexpected(fmt::format("field \"{}\" must be a string", name));
+    std::string value = it->get<std::string>();
+    if (value.empty()) return std::unexpected(fmt::format("field \"{}\" is empty", name));
+    return value;
+}
+
+// A byte count: a non-negative JSON integer, or a size string such as "2G".
+std::expected<std::uint64_t, std::string> size_value(const json& value, const char* name) {
+    if (value.is_number_unsigned()) return value.get<std::uint64_t>();
+    if (value.is_number_integer()) return std::unexpected(fmt::format("field \"{}\" is negative", name));
+    if (value.is_string()) {
+        auto size = parse_size(value.get_ref<const std::string&>());
+        if (!size) return std::unexpected(fmt::format("field \"{}\": {}", name, size.error()));
+        return *size;
+    }
+    return std::unexpected(fmt::format("field \"{}\" must be a byte count (integer) or a size string like \"2G\"", name));
+}
+
+std::expected<std::uint64_t, std::string> size_field(const json& request, const char* name) {
+    auto it = request.find(name);
+    if (it == request.end()) return std::unexpected(fmt::format("missing field \"{}\"", name));
+    return size_value(*it, name);
+}
+
+}  // namespace
+
+std::expected<Request, RequestError> parse_request(std::string_view line) {
+    if (line.ends_with('\r')) line.remove_suffix(1);
+    json request = json::parse(line.begin(), line.end(), nullptr, /*allow_exceptions=*/false);
+    if (request.is_discarded()) return bad(nullptr, ReplyCode::bad_json, "the line is not valid JSON");
+    if (!request.is_object()) return bad(nullptr, ReplyCode::bad_json, "a request must be one JSON object");
+
+    auto id_it = request.find("id");
+    if (id_it == request.end()) return bad(nullptr, ReplyCode::bad_request, "missing field \"id\"");
+    if (!id_it->is_number_integer() && !id_it->is_string()) {
+        return bad(nullptr, ReplyCode::bad_request, "field \"id\" must be an integer or a string");
+    }
+    const json id = *id_it;
+
+    auto cmd_it = request.find("cmd");
+    if (cmd_it == request.end()) return bad(id, ReplyCode::bad_request, "missing field \"cmd\"");
+    if (!cmd_it->is_string()) return bad(id, ReplyCode::bad_request, "field \"cmd\" must be a string");
+    const std::string& cmd = cmd_it->get_ref<const std::string&>();
+
+    if (cmd == "status") return Request{id, StatusCmd{StatsDetail::summary}};
+    if (cmd == "stats") return Request{id, StatusCmd{StatsDetail::full}};
+    if (cmd == "swapon") {
+        SwaponCmd swapon;
+        auto path = string_field(request, "path");
+        if (!path) return bad(id, ReplyCode::bad_request, path.error());
+        swapon.path = std::move(*path);
+        if (auto it = request.find("priority"); it != request.end()) {
+            if (!it->is_number_integer()) return bad(id, ReplyCode::bad_request, "field \"priority\" must be an integer");
+            std::int64_t priority = it->get<std::int64_t>();
+            if (it->is_number_unsigned() && it->get<std::uint64_t>() > 32767) priority = 32768;
+            if (priority < -1 || priority > 32767) {
+                return bad(id, ReplyCode::bad_request, "field \"priority\" must lie in -1..32767");
+            }
+            swapon.priority = static_cast<int>(priority);
+        }
+        if (auto it = request.find("size"); it != request.end()) {
+            auto size = size_value(*it, "size");
+            if (!size) return bad(id, ReplyCode::bad_request, size.error());
+            swapon.size_bytes = *size;
+        }
+        return Request{id, std::move(swapon)};
+    }
+    if (cmd == "swapoff") {
+        auto path = string_field(request, "path");
+        if (!path) return bad(id, ReplyCode::bad_request, path.error());
+        return Request{id, SwapoffCmd{std::move(*path)}};
+    }
+    if (cmd == "set-limit") {
+        auto vm = string_field(request, "vm");
+        if (!vm) return bad(id, ReplyCode::bad_request, vm.error());
+        auto bytes = size_field(request, "bytes");
+        if (!bytes) return bad(id, ReplyCode::bad_request, bytes.error());
+        return Request{id, SetLimitCmd{std::move(*vm), *bytes}};
+    }
+    if (cmd == "set-budget") {
+        auto bytes = size_field(request, "bytes");
+        if (!bytes) return bad(id, ReplyCode::bad_request, bytes.error());
+        return Request{id, SetBudgetCmd{*bytes}};
+    }
+    return bad(id, ReplyCode::unknown_command,
+               fmt::format("unknown command \"{}\" (status, stats, swapon, swapoff, set-limit, set-budget)", cmd));
+}
+
+json ok_reply(const json& id) { return json{{"id", id}, {"ok", true}}; }
+
+json error_reply(const json& id, ReplyCode code, std::string_view message) {
+    return json{{"id", id},
+                {"ok", false},
+                {"error", {{"code", std::string(code_name(code))}, {"message", std::string(message)}}}};
+}
+
+json progress_line(const json& id, std::uint64_t done, std::uint64_t total) {
+    return json{{"id", id}, {"progress", {{"done", done}, {"total", total}}}};
+}
+
+std::string to_line(const json& object) {
+    std::string line = object.dump(-1, ' ', false, json::error_handler_t::replace);
+    line += '\n';
+    return line;
+}
+
+}  // namespace swapvisor::vmm::control

@@ -1,0 +1,96 @@
+// The control socket's wire protocol (vmm/control/README.md#protocol), without any
+// I/O: turning one request line into a typed Request, the stable error codes a reply
+// carries, and the reply / progress lines. The server (control_server.cpp) and the
+// `swapvisor ctl` client (ctl.cpp) share it, so both sides agree on every name.
+//
+// Invariants: parse_request never throws and never trusts the line (any bytes, any
+// JSON type); every reply line is one JSON object, serialised with invalid UTF-8
+// replaced (a request may echo garbage back in a message), and ends in '\n'.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <expected>
+#include <string>
+#include <string_view>
+#include <variant>
+
+#include <nlohmann/json.hpp>
+
+#include "io/result.hpp"
+
+namespace swapvisor::vmm::control {
+
+// Longest request line accepted (without its '\n'); longer: too_large, then close.
+inline constexpr std::size_t kMaxLineBytes = 64 * 1024;
+
+// The stable error codes of a reply's error.code (README.md#error-codes).
+enum class ReplyCode {
+    bad_json,         // the line is not one JSON object
+    bad_request,      // missing / ill-typed field, or a bad value (size, priority)
+    unknown_command,  // "cmd" names no command
+    too_large,        // line over kMaxLineBytes (the connection is then closed)
+    no_such_device,   // swapoff of a path not in the pool; swapon of a missing path
+    device_busy,      // a swapoff of that device is already running
+    would_not_fit,    // swapoff refused: no room elsewhere and no budget
+    exists,           // swapon of a path already in the pool
+    io_error,         // the swap layer or the file system failed
+    permission,       // peer uid not allowed, or EACCES / EPERM from the system
+    no_such_vm,       // set-limit of an unknown VM name
+    busy,             // too many long commands or connections at once; retry later
+};
+std::string_view code_name(ReplyCode code);
+// The reply code for an error from the layers below (swap::Errc, io::Errc, errno).
+ReplyCode reply_code_of(const Error& error);
+
+// "1048576", "512M", "4G", "2GiB", "64k" (binary units; "B" alone means bytes), or a
+// message saying what is wrong. Same grammar as `swapvisor run --memory`.
+std::expected<std::uint64_t, std::string> parse_size(std::string_view text);
+
+// Which counters stats_json reports: `status` wants the summary, `stats` and
+// --stats-json every counter.
+enum class StatsDetail { summary, full };
+
+struct StatusCmd {
+    StatsDetail detail = StatsDetail::summary;
+};
+struct SwaponCmd {
+    std::string path;
+    int priority = 0;
+    std::uint64_t size_bytes = 0;  // 0: the path must exist
+};
+struct SwapoffCmd {
+    std::string path;
+};
+struct SetLimitCmd {
+    std::string vm;
+    std::uint64_t bytes = 0;  // 0: no per-VM limit
+};
+struct SetBudgetCmd {
+    std::uint64_t bytes = 0;  // 0: no host budget
+};
+using Command = std::variant<StatusCmd, SwaponCmd, SwapoffCmd, SetLimitCmd, SetBudgetCmd>;
+
+// A request id is a JSON integer or string, echoed back verbatim; null when the
+// request had none usable (its error reply then carries "id":null).
+struct Request {
+    nlohmann::json id;
+    Command command;
+};
+struct RequestError {
+    nlohmann::json id;  // null if the id itself was missing or ill-typed
+    ReplyCode code;
+    std::string message;
+};
+
+// One line, without its '\n' (a trailing '\r' is tolerated).
+std::expected<Request, RequestError> parse_request(std::string_view line);
+
+nlohmann::json ok_reply(const nlohmann::json& id);
+nlohmann::json error_reply(const nlohmann::json& id, ReplyCode code, std::string_view message);
+nlohmann::json progress_line(const nlohmann::json& id, std::uint64_t done, std::uint64_t total);
+
+// Serialise one object as a protocol line: compact, invalid UTF-8 replaced, '\n'.
+std::string to_line(const nlohmann::json& object);
+
+}  // namespace swapvisor::vmm::control

@@ -1,0 +1,26 @@
+// stats_json: the counters of one swapvisor process as JSON, in the one shape that
+// both the control socket's `status` / `stats` replies and `swapvisor run
+// --stats-json FILE` use (vmm/control/README.md#status):
+//
+//   {"vms":  [{"name", "memory_bytes", "resident_bytes", "resident_bytes_peak",
+//              "swapped_bytes", "swap_out_pages", "swap_in_pages", "major_faults",
+//              "minor_faults", "zero_pages", "discarded_pages", "resident_limit",
+//              full only: "clean_drops", "lost_pages", "wp_faults",
+//                         "throttle_waits", "limit_overshoots"}],
+//    "swap": [{"path", "priority", "total_slots", "used_slots", "removing"}],
+//    "host": {"budget_bytes", "resident_bytes", full only: "allocated_vslots"}}
+//
+// It only reads counters (atomics and short shared locks), so the control thread
+// may call it while VMs run.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include "guestmem/host_memory.hpp"
+#include "vmm/control/protocol.hpp"
+
+namespace swapvisor::vmm::control {
+
+nlohmann::json stats_json(guestmem::HostMemory& host, StatsDetail detail = StatsDetail::full);
+
+}  // namespace swapvisor::vmm::control
