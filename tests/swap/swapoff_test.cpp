@@ -47,10 +47,10 @@ void verify_all(SwapPool& pool, io::Ring& ring, const std::vector<VSlot>& live) 
     }
 }
 
-const DeviceStats* stats_of(const std::vector<DeviceStats>& stats, const std::filesystem::path& p) {
+std::optional<DeviceStats> stats_of(const std::vector<DeviceStats>& stats, const std::filesystem::path& p) {
     for (const auto& s : stats)
-        if (s.path == std::filesystem::weakly_canonical(p).string()) return &s;
-    return nullptr;
+        if (s.path == std::filesystem::weakly_canonical(p).string()) return s;
+    return std::nullopt;
 }
 
 TEST(PrivilegedSwapoff, MovesEveryUsedSlotToAnotherDevice) {
@@ -350,7 +350,7 @@ TEST(PrivilegedSwapoff, WaitsForAReaderHoldingTheOldDevice) {
     }
     EXPECT_EQ(pool.pslot_of(target)->device, *b);  // descriptor switched under the reader
     auto a_stats = stats_of(pool.stats(), dir.file("a"));
-    ASSERT_NE(a_stats, nullptr);
+    ASSERT_TRUE(a_stats);
     EXPECT_EQ(a_stats->used_slots, 0u);
     EXPECT_TRUE(a_stats->removing);
 
