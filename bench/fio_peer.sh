@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# fio_peer.sh DIR: what the disk under DIR does with the same kind of I/O swapvisor
+# issues, through the same interface (io_uring, O_DIRECT), so swap_bench's numbers
+# can be read against the device's own:
+#   - 4 KiB random read at queue depth 1: clat p50/p99 in us (peer of a swap-in
+#     fault: one page read, nothing else in flight; compare swap_bench B1/B2);
+#   - 1 MiB sequential write at QD1 and at QD8: MiB/s (peer of swap-out: swapvisor
+#     writes contiguous runs of up to 1 MiB; compare swap_bench A1/A2).
+# Prints a table and one JSON line (prefix "JSON "). Env: FIO_RUNTIME (s, default 10),
+# FIO_SIZE (file size, default 1G).
+set -euo pipefail
+
+dir=${1:?usage: fio_peer.sh DIR}
+runtime=${FIO_RUNTIME:-10}
+size=${FIO_SIZE:-1G}
+command -v fio >/dev/null || { echo "fio_peer: fio not installed" >&2; exit 77; }
+fstype=$(stat -f -c %T "$dir")
+if [[ $fstype == tmpfs || $fstype == ramfs ]]; then
+  echo "fio_peer: $dir is on $fstype: need a real disk" >&2
+  exit 2
+fi
+
+file="$dir/swv-fio-peer-$$.dat"
+out=$(mktemp -d)
+trap 'rm -f "$file"; rm -rf "$out"' EXIT
+
+common=(--filename="$file" --size="$size" --ioengine=io_uring --direct=1 --time_based
+        --runtime="$runtime" --ramp_time=1 --output-format=json)
+
+# Lay the file out with real data first, so reads hit written blocks (as swap-ins do).
+fio --name=layout --filename="$file" --size="$size" --ioengine=io_uring --direct=1 --rw=write \
+    --bs=1M --iodepth=8 --output-format=json >/dev/null
+fio --name=randread4k "${common[@]}" --rw=randread --bs=4k --iodepth=1 >"$out/rr.json"
+fio --name=seqwrite1m_qd1 "${common[@]}" --rw=write --bs=1M --iodepth=1 >"$out/sw1.json"
+fio --name=seqwrite1m_qd8 "${common[@]}" --rw=write --bs=1M --iodepth=8 >"$out/sw8.json"
+
+python3 - "$out" "$dir" <<'PY'
+import json, sys
+out, d = sys.argv[1], sys.argv[2]
+def job(name):
+    with open(f"{out}/{name}.json") as f:
+        return json.load(f)["jobs"][0]
+rr = job("rr")["read"]
+pct = rr["clat_ns"]["percentile"]
+res = {
+    "bench": "fio_peer", "dir": d,
+    "randread_4k_qd1_iops": round(rr["iops"], 1),
+    "randread_4k_qd1_clat_p50_us": pct["50.000000"] / 1000,
+    "randread_4k_qd1_clat_p99_us": pct["99.000000"] / 1000,
+    "randread_4k_qd1_clat_mean_us": round(rr["clat_ns"]["mean"] / 1000, 1),
+    "seqwrite_1m_qd1_mib_s": round(job("sw1")["write"]["bw_bytes"] / 2**20, 1),
+    "seqwrite_1m_qd8_mib_s": round(job("sw8")["write"]["bw_bytes"] / 2**20, 1),
+}
+print(f"{'metric':40} {'value':>10}")
+for k, v in res.items():
+    if k not in ("bench", "dir"):
+        print(f"{k:40} {v:>10}")
+print("JSON " + json.dumps(res, separators=(",", ":")))
+PY

@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# guest_overcommit.sh BUILD [DIR]: the memtouch guest under memory overcommit, run by
+# swapvisor and by QEMU + the Linux kernel's swap, side by side, on the same disk.
+#
+#   swapvisor, limited : BUILD/swapvisor run --kernel BUILD/examples/memtouch.elf
+#                        --memory 1G --resident-limit 192M --swap DIR/a.swap,size=2G
+#                        --cmdline "mib=768 passes=3" --stats-json FILE
+#   swapvisor, no limit: the same without --resident-limit and --swap
+#   QEMU, limited      : qemu-system-x86_64 -M microvm -accel kvm -cpu host -m 1G
+#                        -nographic -no-reboot -kernel memtouch.elf -append "mib=768 passes=3"
+#                        -device isa-debug-exit,iobase=0xf4,iosize=0x04
+#                        in cgroup v1 memory cgroup swvbench-qemu limited to 192 MiB +
+#                        QEMU's own overhead, with a 2 GiB kernel swap file in DIR
+#   QEMU, no limit     : the same outside any limit
+#
+# QEMU's overhead is measured, not guessed: QEMU runs memtouch with mib=1 in an
+# unlimited cgroup first, and its peak charge (memory.max_usage_in_bytes: QEMU's
+# own RSS, page tables, the guest's few touched MiB, and page cache it read) is added
+# to the 192 MiB (override with QEMU_OVERHEAD_MIB). So both VMMs get 192 MiB for guest
+# pages. Reports wall time and the guest's RESULT mib_per_s for each run; a table and
+# one JSON line (prefix "JSON "). Env: MIB (768), PASSES (3), MEMORY (1G),
+# LIMIT_MIB (192), SWAP_SIZE (2G). The QEMU rows need root and cgroup v1 memory; when
+# absent they are reported as skipped. Always cleans up (trap).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/kswap_lib.sh"
+
+build=$(readlink -f "${1:?usage: guest_overcommit.sh BUILD [DIR]}")
+dir=$(readlink -f "${2:-/var/tmp}")
+mib=${MIB:-768}
+passes=${PASSES:-3}
+memory=${MEMORY:-1G}
+limit_mib=${LIMIT_MIB:-192}
+swap_size=${SWAP_SIZE:-2G}
+swapvisor=$build/swapvisor
+guest=$build/examples/memtouch.elf
+qemu=$(command -v qemu-system-x86_64 || true)
+kswap_require_disk "$dir"
+[[ -f $guest ]] || { echo "$0: $guest missing: build the memtouch target" >&2; exit 2; }
+
+work=$(mktemp -d "$dir/swv-overcommit-XXXXXX")
+cg=swvbench-qemu
+kswap_file=$work/kernel.swap
+cleanup() {
+  cg_destroy "$cg" 2>/dev/null || true
+  kswap_off "$kswap_file" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+results=()   # one JSON object per run
+
+# run_case NAME VMM LIMIT_MIB EXPECTED_EXIT CMD...: run, time, parse RESULT.
+run_case() {
+  local name=$1 vmm=$2 lim=$3 expect=$4
+  shift 4
+  local out=$work/$name.out rc=0 t0 t1
+  echo "== $name: $*" >&2
+  t0=$(date +%s%N)
+  "$@" >"$out" 2>&1 </dev/null || rc=$?
+  t1=$(date +%s%N)
+  local extra=${EXTRA_JSON:-"{}"}
+  results+=("$(python3 - "$name" "$vmm" "$lim" "$rc" "$expect" "$((t1 - t0))" "$out" "$extra" <<'PY'
+import json, sys
+name, vmm, lim, rc, expect, ns, out, extra = sys.argv[1:]
+result = None
+for line in open(out, errors="replace"):
+    if line.startswith("RESULT "):
+        try:
+            result = json.loads(line[7:])
+        except ValueError:
+            pass
+r = {"run": name, "vmm": vmm, "limit_mib": int(lim), "exit": int(rc),
+     "ok": int(rc) == int(expect) and bool(result and result.get("ok")),
+     "wall_s": round(int(ns) / 1e9, 2),
+     "mib_per_s": result.get("mib_per_s") if result else None,
+     "errors": result.get("errors") if result else None}
+r.update(json.loads(extra))
+print(json.dumps(r, separators=(",", ":")))
+PY
+)")
+  if [[ $rc != "$expect" ]]; then
+    echo "$0: $name exited $rc (expected $expect); last lines:" >&2
+    tail -5 "$out" >&2
+  fi
+}
+
+# swapvisor stats (from --stats-json) worth showing next to the kernel's.
+sv_stats() {
+  python3 - "$1" <<'PY'
+import json, sys
+try:
+    s = json.load(open(sys.argv[1]))
+except (OSError, ValueError):
+    print("{}"); sys.exit()
+print(json.dumps({k: s.get(k) for k in ("swap_out_pages", "swap_in_pages", "major_faults",
+                                        "resident_bytes_peak")}, separators=(",", ":")))
+PY
+}
+
+# ---- swapvisor -----------------------------------------------------------------
+if [[ -x $swapvisor ]]; then
+  run_case swapvisor_limited swapvisor "$limit_mib" 0 "$swapvisor" run --kernel "$guest" --memory "$memory" \
+    --resident-limit "${limit_mib}M" --swap "$work/a.swap,size=$swap_size" \
+    --cmdline "mib=$mib passes=$passes" --stats-json "$work/sv_limited.json"
+  last=${results[-1]}
+  results[-1]=$(python3 -c 'import json,sys; a=json.loads(sys.argv[1]); a.update(json.loads(sys.argv[2])); print(json.dumps(a,separators=(",",":")))' \
+    "$last" "$(sv_stats "$work/sv_limited.json")")
+  rm -f "$work/a.swap"
+  run_case swapvisor_nolimit swapvisor 0 0 "$swapvisor" run --kernel "$guest" --memory "$memory" \
+    --cmdline "mib=$mib passes=$passes" --stats-json "$work/sv_nolimit.json"
+else
+  echo "$0: $swapvisor not built: swapvisor rows skipped" >&2
+  results+=('{"run":"swapvisor","skipped":"binary not built"}')
+fi
+
+# ---- QEMU + kernel swap ------------------------------------------------------------
+qemu_cmd=("$qemu" -M microvm -accel kvm -cpu host -m "$memory" -nographic -no-reboot
+          -kernel "$guest" -device isa-debug-exit,iobase=0xf4,iosize=0x04)
+# isa-debug-exit makes QEMU exit with (code << 1) | 1: guest exit 0 -> 1.
+if [[ -z $qemu ]]; then
+  results+=('{"run":"qemu","skipped":"qemu-system-x86_64 not installed"}')
+else
+  run_case qemu_nolimit qemu 0 1 "${qemu_cmd[@]}" -append "mib=$mib passes=$passes"
+  if [[ $(id -u) == 0 && -f $KSWAP_CG_ROOT/memory.limit_in_bytes ]]; then
+    if [[ -n ${QEMU_OVERHEAD_MIB:-} ]]; then
+      overhead_mib=$QEMU_OVERHEAD_MIB
+    else
+      cg_create "$cg" -1
+      cg_exec "$cg" "${qemu_cmd[@]}" -append "mib=1 passes=1" >"$work/probe.out" 2>&1 </dev/null || true
+      overhead_mib=$(( ($(cat "$KSWAP_CG_ROOT/$cg/memory.max_usage_in_bytes") + (1 << 20) - 1) >> 20 ))
+      cg_destroy "$cg"
+    fi
+    echo "QEMU overhead: $overhead_mib MiB (cgroup limit $((limit_mib + overhead_mib)) MiB)" >&2
+    kswap_on "$kswap_file" $(( $(numfmt --from=iec "$swap_size") >> 20 ))
+    cg_create "$cg" $(( (limit_mib + overhead_mib) << 20 ))
+    run_case qemu_limited qemu "$((limit_mib + overhead_mib))" 1 cg_exec "$cg" "${qemu_cmd[@]}" \
+      -append "mib=$mib passes=$passes"
+    stat=$KSWAP_CG_ROOT/$cg/memory.stat
+    last=${results[-1]}
+    results[-1]=$(python3 - "$last" "$overhead_mib" "$stat" "$KSWAP_CG_ROOT/$cg/memory.max_usage_in_bytes" <<'PY'
+import json, sys
+r = json.loads(sys.argv[1])
+st = dict(l.split() for l in open(sys.argv[3]))
+r.update({"qemu_overhead_mib": int(sys.argv[2]),
+          "pgmajfault": int(st.get("total_pgmajfault", st.get("pgmajfault", 0))),
+          "max_usage_mib": int(open(sys.argv[4]).read()) >> 20})
+print(json.dumps(r, separators=(",", ":")))
+PY
+)
+    cg_destroy "$cg"
+    kswap_off "$kswap_file"
+  else
+    results+=('{"run":"qemu_limited","skipped":"needs root and cgroup v1 memory"}')
+  fi
+fi
+
+python3 - "${results[@]}" <<'PY'
+import json, sys
+rows = [json.loads(a) for a in sys.argv[1:]]
+print(f"{'run':20} {'limit MiB':>9} {'exit':>4} {'ok':>5} {'wall s':>7} {'mib_per_s':>9}  notes")
+for r in rows:
+    if "skipped" in r:
+        print(f"{r['run']:20} skipped: {r['skipped']}")
+        continue
+    notes = {k: v for k, v in r.items() if k not in ("run", "vmm", "limit_mib", "exit", "ok", "wall_s", "mib_per_s", "errors")}
+    print(f"{r['run']:20} {r['limit_mib']:>9} {r['exit']:>4} {str(r['ok']):>5} {r['wall_s']:>7} {str(r['mib_per_s']):>9}  {json.dumps(notes) if notes else ''}")
+print("JSON " + json.dumps({"bench": "guest_overcommit", "runs": rows}, separators=(",", ":")))
+PY

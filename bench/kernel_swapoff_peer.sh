@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# kernel_swapoff_peer.sh DIR SIZE_MIB [BUILD]: the Linux kernel's own swapoff of
+# SIZE_MIB of swapped-out data on the disk under DIR, the peer of swapoff_bench.
+#
+#   1. a swap file of SIZE_MIB + 64 MiB in DIR (fallocate, mkswap, swapon);
+#   2. a cgroup v1 memory cgroup swvbench limited to CG_LIMIT_MIB (default 64);
+#   3. BUILD/bench/memhog (bench/memhog.c) in it writes SIZE_MIB of non-zero,
+#      page-distinct data: the kernel swaps all but ~CG_LIMIT_MIB of it out;
+#   4. /proc/swaps gives the used pages; the cgroup limit is lifted (the kernel's
+#      swapoff brings every page back into RAM, its only mode, and charges it to the
+#      cgroup); then `swapoff FILE` is timed: ms and ns per page;
+#   5. memhog re-reads every page and checks it.
+# Always cleans up (trap): kills memhog, swapoff, removes the cgroup and the file.
+# Exit 77 when cgroup v1 memory is absent or not root. Prints a table + JSON line.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/kswap_lib.sh"
+
+dir=${1:?usage: kernel_swapoff_peer.sh DIR SIZE_MIB [BUILD]}
+mib=${2:?usage: kernel_swapoff_peer.sh DIR SIZE_MIB [BUILD]}
+build=${3:-$here/../build-bench}
+limit_mib=${CG_LIMIT_MIB:-64}
+memhog=$build/bench/memhog
+[[ -x $memhog ]] || { echo "$0: $memhog missing: build the memhog target" >&2; exit 2; }
+
+kswap_require
+kswap_require_disk "$dir"
+need_kib=$(( (mib + 64 + 256) * 1024 ))
+have_kib=$(df -Pk "$dir" | awk 'NR == 2 { print $4 }')
+if (( have_kib < need_kib )); then
+  echo "$0: $dir has $((have_kib / 1024)) MiB free, need $((need_kib / 1024)) MiB" >&2
+  exit 2
+fi
+
+cg=swvbench
+file=$(readlink -f "$dir")/swv-kswap-$$.swap
+log=$(mktemp)
+hog=""
+cleanup() {
+  [[ -n $hog ]] && kill -KILL "$hog" 2>/dev/null && wait "$hog" 2>/dev/null
+  cg_destroy "$cg"
+  kswap_off "$file"
+  rm -f "$log"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+kswap_on "$file" $((mib + 64))
+cg_create "$cg" $((limit_mib << 20))
+cg_exec "$cg" "$memhog" "$mib" >"$log" 2>&1 &
+hog=$!
+t0=$(date +%s%N)
+until grep -q '^filled' "$log"; do
+  kill -0 "$hog" 2>/dev/null || { echo "$0: memhog died:" >&2; cat "$log" >&2; exit 1; }
+  sleep 0.2
+done
+fill_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+used_kib=$(kswap_used_kib "$file")
+used_pages=$(( used_kib / 4 ))
+(( used_pages > 0 )) || { echo "$0: nothing was swapped out" >&2; exit 1; }
+
+cg_set_limit "$cg" -1
+sync
+t0=$(date +%s%N)
+swapoff "$file"
+t1=$(date +%s%N)
+ns=$(( t1 - t0 ))
+
+kill -USR1 "$hog"
+until grep -q '^verified' "$log"; do sleep 0.1; done
+errors=$(sed -n 's/^verified errors=//p' "$log")
+
+python3 - "$dir" "$mib" "$limit_mib" "$used_pages" "$ns" "$fill_ms" "$errors" <<'PY'
+import json, sys
+d, mib, limit, used, ns, fill_ms, errors = sys.argv[1], *map(int, sys.argv[2:])
+res = {"bench": "kernel_swapoff_peer", "dir": d, "size_mib": mib, "cgroup_limit_mib": limit,
+       "used_pages": used, "fill_ms": fill_ms, "swapoff_ms": round(ns / 1e6, 1),
+       "ns_per_page": round(ns / used), "mib_per_s": round(used * 4096 / 2**20 / (ns / 1e9), 1),
+       "verify_errors": errors}
+print(f"{'metric':24} {'value':>12}")
+for k, v in res.items():
+    if k not in ("bench", "dir"):
+        print(f"{k:24} {v:>12}")
+print("JSON " + json.dumps(res, separators=(",", ":")))
+PY
+[[ $errors == 0 ]]
