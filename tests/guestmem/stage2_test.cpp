@@ -1,0 +1,225 @@
+// Stage2 and PageEntry: the bit layout of a stage-2 entry, and the per-entry lock bit
+// that makes one thread at a time the owner of a page (guestmem/README.md#lock-bit).
+// The lock tests use real threads: a waiter must really sleep until the owner
+// publishes, every waiter must be woken, and a value published under the lock must
+// never be lost when many threads update the same entry.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <future>
+#include <thread>
+#include <vector>
+
+#include "guestmem/stage2.hpp"
+#include "tests/guestmem/thread_probe.hpp"
+
+using namespace swapvisor;
+using namespace swapvisor::guestmem;
+using swapvisor::testing::current_tid;
+using swapvisor::testing::wait_until_blocked;
+
+namespace {
+
+constexpr PageState kAllStates[] = {PageState::zero,    PageState::resident, PageState::inactive, PageState::writeback,
+                                    PageState::swapped, PageState::reading,  PageState::lost};
+
+}  // namespace
+
+TEST(PageEntryTest, DefaultIsUnlockedZeroWithoutSlot) {
+    PageEntry e;
+    EXPECT_EQ(e.raw(), 0u);
+    EXPECT_EQ(e.state(), PageState::zero);
+    EXPECT_EQ(e.vslot(), swap::kNoVSlot);
+    EXPECT_FALSE(e.locked());
+    EXPECT_FALSE(e.clean());
+    EXPECT_FALSE(e.present());
+}
+
+TEST(PageEntryTest, EveryStateRoundTripsWithSlotAndCleanBit) {
+    for (PageState s : kAllStates) {
+        for (std::uint32_t v : {0u, 1u, 0x1234'5678u, 0xFFFF'FFFFu}) {
+            for (bool clean : {false, true}) {
+                PageEntry e = PageEntry::make(s, swap::VSlot(v), clean);
+                EXPECT_EQ(e.state(), s) << to_string(s);
+                EXPECT_EQ(e.vslot().value(), v);
+                EXPECT_EQ(e.clean(), clean);
+                EXPECT_FALSE(e.locked()) << "make() must never produce a locked value";
+                // The documented layout: state in bits 0-2, LCK 3, CLN 4, VSlot 32-63.
+                EXPECT_EQ(e.raw() & PageEntry::kStateMask, static_cast<std::uint64_t>(s));
+                EXPECT_EQ(e.raw() >> 32, v);
+                EXPECT_EQ((e.raw() & PageEntry::kClean) != 0, clean);
+                EXPECT_EQ(e.raw() & 0xFFFF'FFE0u, 0u) << "reserved bits 5-31 must stay clear";
+            }
+        }
+    }
+}
+
+TEST(PageEntryTest, PresentIsExactlyTheStatesHoldingMemory) {
+    EXPECT_FALSE(PageEntry::make(PageState::zero).present());
+    EXPECT_TRUE(PageEntry::make(PageState::resident).present());
+    EXPECT_TRUE(PageEntry::make(PageState::inactive).present());
+    EXPECT_TRUE(PageEntry::make(PageState::writeback).present());
+    EXPECT_FALSE(PageEntry::make(PageState::swapped, swap::VSlot(7)).present());
+    EXPECT_TRUE(PageEntry::make(PageState::reading).present());
+    EXPECT_FALSE(PageEntry::make(PageState::lost).present());
+}
+
+TEST(PageEntryTest, StatesHaveDistinctNames) {
+    std::vector<std::string> names;
+    for (PageState s : kAllStates) names.emplace_back(to_string(s));
+    for (std::size_t i = 0; i < names.size(); ++i)
+        for (std::size_t j = i + 1; j < names.size(); ++j) EXPECT_NE(names[i], names[j]);
+    EXPECT_STREQ(to_string(PageState::writeback), "writeback");
+}
+
+TEST(Stage2Test, TableStartsZeroAndSizedToPages) {
+    Stage2 t(1000);
+    EXPECT_EQ(t.pages(), 1000u);
+    EXPECT_EQ(Stage2::bytes_per_page(), 8u);
+    for (std::uint64_t i = 0; i < t.pages(); ++i) ASSERT_EQ(t.peek(i).raw(), 0u);
+}
+
+TEST(Stage2Test, LockReturnsOldValueAndUnlockPublishesNew) {
+    Stage2 t(4);
+    PageEntry old = t.lock(2);
+    EXPECT_EQ(old.state(), PageState::zero);
+    EXPECT_FALSE(old.locked()) << "lock() returns the value without the lock bit";
+    EXPECT_TRUE(t.peek(2).locked());
+    EXPECT_FALSE(t.peek(1).locked()) << "locks are per entry";
+    t.unlock(2, PageEntry::make(PageState::swapped, swap::VSlot(42)));
+    PageEntry now = t.peek(2);
+    EXPECT_FALSE(now.locked());
+    EXPECT_EQ(now.state(), PageState::swapped);
+    EXPECT_EQ(now.vslot().value(), 42u);
+}
+
+TEST(Stage2Test, UnlockClearsALockBitPassedByMistake) {
+    Stage2 t(1);
+    PageEntry held = t.lock(0);
+    t.unlock(0, PageEntry(held.raw() | PageEntry::kLock));
+    EXPECT_FALSE(t.peek(0).locked());
+    EXPECT_TRUE(t.try_lock(0).has_value());
+}
+
+TEST(Stage2Test, TryLockFailsWhileHeldAndSucceedsAfter) {
+    Stage2 t(2);
+    ASSERT_TRUE(t.try_lock(0).has_value());
+    EXPECT_FALSE(t.try_lock(0).has_value());
+    EXPECT_TRUE(t.try_lock(1).has_value());
+    // From another thread too: the bit is the owner, not the thread.
+    std::thread([&] { EXPECT_FALSE(t.try_lock(0).has_value()); }).join();
+    t.unlock(0, PageEntry::make(PageState::inactive));
+    auto v = t.try_lock(0);
+    ASSERT_TRUE(v.has_value());
+    EXPECT_EQ(v->state(), PageState::inactive);
+    t.unlock(0, *v);
+    t.unlock(1, PageEntry());
+}
+
+TEST(Stage2Test, PageLockUnlocksWithSetValueOrOriginal) {
+    Stage2 t(1);
+    t.lock(0);
+    t.unlock(0, PageEntry::make(PageState::inactive, swap::VSlot(9), true));
+    {
+        PageLock lk(t, 0);
+        EXPECT_TRUE(t.peek(0).locked());
+        EXPECT_EQ(lk.entry().vslot().value(), 9u);
+    }
+    EXPECT_EQ(t.peek(0).raw(), PageEntry::make(PageState::inactive, swap::VSlot(9), true).raw())
+        << "an unset PageLock must restore the value it was locked with";
+    {
+        PageLock lk(t, 0);
+        lk.set(PageEntry::make(PageState::resident));
+        EXPECT_EQ(lk.entry().state(), PageState::resident);
+    }
+    EXPECT_EQ(t.peek(0).raw(), PageEntry::make(PageState::resident).raw());
+    // Adopting an already held lock (the reclaimer's try_lock then PageLock pattern).
+    auto held = t.try_lock(0);
+    ASSERT_TRUE(held);
+    { PageLock lk(t, 0, *held); }
+    EXPECT_FALSE(t.peek(0).locked());
+}
+
+TEST(Stage2Test, WaiterSleepsUntilOwnerPublishesAndSeesTheNewValue) {
+    Stage2 t(1);
+    t.lock(0);
+    std::atomic<pid_t> tid{0};
+    std::atomic<bool> published{false};
+    auto waiter = std::async(std::launch::async, [&] {
+        tid = current_tid();
+        PageEntry got = t.lock(0);
+        bool after = published.load();
+        t.unlock(0, got);
+        return std::pair(got, after);
+    });
+    ASSERT_TRUE(swapvisor::testing::wait_until([&] { return tid.load() != 0; }));
+    ASSERT_TRUE(wait_until_blocked(tid)) << "the waiter never went to sleep on the held entry";
+    EXPECT_EQ(waiter.wait_for(std::chrono::milliseconds(0)), std::future_status::timeout)
+        << "lock() returned while another owner held the entry";
+    published = true;
+    t.unlock(0, PageEntry::make(PageState::swapped, swap::VSlot(77)));
+    ASSERT_EQ(waiter.wait_for(std::chrono::seconds(5)), std::future_status::ready) << "waiter never woken";
+    auto [got, after] = waiter.get();
+    EXPECT_TRUE(after);
+    EXPECT_EQ(got.state(), PageState::swapped);
+    EXPECT_EQ(got.vslot().value(), 77u);
+}
+
+TEST(Stage2Test, EveryWaiterIsWokenAndEachGetsItsTurn) {
+    constexpr int kWaiters = 4;
+    Stage2 t(1);
+    t.lock(0);
+    std::vector<std::atomic<pid_t>> tids(kWaiters);
+    std::vector<std::future<void>> done;
+    for (int i = 0; i < kWaiters; ++i) {
+        done.push_back(std::async(std::launch::async, [&, i] {
+            tids[i] = current_tid();
+            PageEntry e = t.lock(0);
+            t.unlock(0, PageEntry::make(PageState::resident, swap::VSlot(e.vslot().value() + 1)));
+        }));
+    }
+    for (int i = 0; i < kWaiters; ++i) {
+        ASSERT_TRUE(swapvisor::testing::wait_until([&] { return tids[i].load() != 0; }));
+        ASSERT_TRUE(wait_until_blocked(tids[i])) << "waiter " << i << " never slept";
+    }
+    t.unlock(0, PageEntry::make(PageState::inactive, swap::VSlot(100)));
+    for (auto& f : done) ASSERT_EQ(f.wait_for(std::chrono::seconds(5)), std::future_status::ready) << "lost wake-up";
+    EXPECT_EQ(t.peek(0).vslot().value(), 100u + kWaiters);
+    EXPECT_FALSE(t.peek(0).locked());
+}
+
+TEST(Stage2Test, ContendedUpdatesAreNeverLost) {
+    // Several threads do read-modify-write through the lock on a few shared entries,
+    // mixing lock() and try_lock(); neighbours of the contended entries must not move.
+    constexpr int kThreads = 4;
+    constexpr int kRounds = 20000;
+    constexpr std::uint64_t kEntries = 3;
+    Stage2 t(kEntries + 2);  // entries 0 and kEntries+1 are guards
+    std::vector<std::thread> threads;
+    for (int th = 0; th < kThreads; ++th) {
+        threads.emplace_back([&, th] {
+            for (int r = 0; r < kRounds; ++r) {
+                std::uint64_t idx = 1 + static_cast<std::uint64_t>(r + th) % kEntries;
+                PageEntry e;
+                if (r % 3 == 0) {
+                    auto v = t.try_lock(idx);
+                    e = v ? *v : t.lock(idx);
+                } else {
+                    e = t.lock(idx);
+                }
+                // Publish a different state each time so a torn or lost store shows.
+                auto next = static_cast<PageState>((static_cast<int>(e.state()) + 1) % 5);
+                t.unlock(idx, PageEntry::make(next, swap::VSlot(e.vslot().value() + 1), r % 2 == 0));
+            }
+        });
+    }
+    for (auto& th : threads) th.join();
+    std::uint64_t total = 0;
+    for (std::uint64_t i = 1; i <= kEntries; ++i) {
+        EXPECT_FALSE(t.peek(i).locked());
+        total += t.peek(i).vslot().value();
+    }
+    EXPECT_EQ(total, std::uint64_t{kThreads} * kRounds) << "an update under the lock was lost";
+    EXPECT_EQ(t.peek(0).raw(), 0u);
+    EXPECT_EQ(t.peek(kEntries + 1).raw(), 0u);
+}
