@@ -1,0 +1,184 @@
+// The control protocol without a socket: request parsing (every malformed shape gets
+// its stable code and never throws), sizes, the error-code mapping from the layers
+// below, and the reply lines.
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "io/block_device.hpp"
+#include "swap/types.hpp"
+#include "vmm/control/protocol.hpp"
+
+using namespace swapvisor;
+using namespace swapvisor::vmm::control;
+using nlohmann::json;
+
+namespace {
+
+RequestError parse_error(std::string_view line) {
+    auto r = parse_request(line);
+    EXPECT_FALSE(r.has_value()) << line;
+    return r ? RequestError{nullptr, ReplyCode::io_error, "parsed"} : r.error();
+}
+
+}  // namespace
+
+TEST(ParseSize, AcceptsBinaryUnits) {
+    EXPECT_EQ(parse_size("0"), 0u);
+    EXPECT_EQ(parse_size("4096"), 4096u);
+    EXPECT_EQ(parse_size("64k"), 64u << 10);
+    EXPECT_EQ(parse_size("512M"), 512u << 20);
+    EXPECT_EQ(parse_size("2G"), 2ull << 30);
+    EXPECT_EQ(parse_size("2GiB"), 2ull << 30);
+    EXPECT_EQ(parse_size("1T"), 1ull << 40);
+    EXPECT_EQ(parse_size("7B"), 7u);
+}
+
+TEST(ParseSize, RejectsGarbageAndOverflow) {
+    for (const char* text : {"", "G", "-1", "1.5G", "12X", "1GB", " 1G", "99999999999999999999", "16777216T"}) {
+        EXPECT_FALSE(parse_size(text).has_value()) << text;
+    }
+}
+
+TEST(ParseRequest, EachCommandWithItsFields) {
+    auto status = parse_request(R"({"id":1,"cmd":"status"})");
+    ASSERT_TRUE(status.has_value());
+    EXPECT_EQ(status->id, 1);
+    EXPECT_EQ(std::get<StatusCmd>(status->command).detail, StatsDetail::summary);
+    auto stats = parse_request(R"({"id":"a","cmd":"stats"})");
+    ASSERT_TRUE(stats.has_value());
+    EXPECT_EQ(stats->id, "a");
+    EXPECT_EQ(std::get<StatusCmd>(stats->command).detail, StatsDetail::full);
+
+    auto swapon = parse_request(R"({"id":2,"cmd":"swapon","path":"/x","priority":5,"size":"2G"})");
+    ASSERT_TRUE(swapon.has_value());
+    auto& on = std::get<SwaponCmd>(swapon->command);
+    EXPECT_EQ(on.path, "/x");
+    EXPECT_EQ(on.priority, 5);
+    EXPECT_EQ(on.size_bytes, 2ull << 30);
+    auto swapon_bytes = parse_request(R"({"id":2,"cmd":"swapon","path":"/x","size":1048576})");
+    ASSERT_TRUE(swapon_bytes.has_value());
+    EXPECT_EQ(std::get<SwaponCmd>(swapon_bytes->command).size_bytes, 1048576u);
+    EXPECT_EQ(std::get<SwaponCmd>(swapon_bytes->command).priority, 0);
+
+    auto swapoff = parse_request("{\"id\":3,\"cmd\":\"swapoff\",\"path\":\"/dev/nvme1n1\"}\r");
+    ASSERT_TRUE(swapoff.has_value());
+    EXPECT_EQ(std::get<SwapoffCmd>(swapoff->command).path, "/dev/nvme1n1");
+
+    auto limit = parse_request(R"({"id":4,"cmd":"set-limit","vm":"vm0","bytes":"1G","extra":[1,2]})");
+    ASSERT_TRUE(limit.has_value());
+    EXPECT_EQ(std::get<SetLimitCmd>(limit->command).vm, "vm0");
+    EXPECT_EQ(std::get<SetLimitCmd>(limit->command).bytes, 1ull << 30);
+
+    auto budget = parse_request(R"({"id":5,"cmd":"set-budget","bytes":0})");
+    ASSERT_TRUE(budget.has_value());
+    EXPECT_EQ(std::get<SetBudgetCmd>(budget->command).bytes, 0u);
+}
+
+TEST(ParseRequest, NotJsonOrNotAnObjectIsBadJson) {
+    for (std::string_view line : {"", "   ", "{", "{\"id\":1,\"cmd\":\"status\"", "[1,2]", "42", "\"status\"", "null",
+                                  "{\"id\":1} {\"id\":2}", "{'id':1}", "{\"id\":1,\"cmd\":\"\xff\"}"}) {
+        RequestError e = parse_error(line);
+        EXPECT_EQ(e.code, ReplyCode::bad_json) << line;
+        EXPECT_TRUE(e.id.is_null());
+    }
+}
+
+TEST(ParseRequest, MissingOrIllTypedIdIsBadRequestWithNullId) {
+    for (std::string_view line : {R"({"cmd":"status"})", R"({"id":null,"cmd":"status"})", R"({"id":1.5,"cmd":"status"})",
+                                  R"({"id":{},"cmd":"status"})", R"({"id":[1],"cmd":"status"})",
+                                  R"({"id":true,"cmd":"status"})"}) {
+        RequestError e = parse_error(line);
+        EXPECT_EQ(e.code, ReplyCode::bad_request) << line;
+        EXPECT_TRUE(e.id.is_null()) << line;
+    }
+}
+
+TEST(ParseRequest, IllTypedFieldsAreBadRequestWithTheirId) {
+    for (std::string_view line : {
+             R"({"id":7})",
+             R"({"id":7,"cmd":5})",
+             R"({"id":7,"cmd":"swapoff"})",
+             R"({"id":7,"cmd":"swapoff","path":3})",
+             R"({"id":7,"cmd":"swapoff","path":""})",
+             R"({"id":7,"cmd":"swapon","path":"/x","priority":"high"})",
+             R"({"id":7,"cmd":"swapon","path":"/x","priority":40000})",
+             R"({"id":7,"cmd":"swapon","path":"/x","priority":-2})",
+             R"({"id":7,"cmd":"swapon","path":"/x","priority":18446744073709551615})",
+             R"({"id":7,"cmd":"swapon","path":"/x","size":-4096})",
+             R"({"id":7,"cmd":"swapon","path":"/x","size":"lots"})",
+             R"({"id":7,"cmd":"swapon","path":"/x","size":1.5})",
+             R"({"id":7,"cmd":"set-limit","bytes":1})",
+             R"({"id":7,"cmd":"set-limit","vm":"vm0"})",
+             R"({"id":7,"cmd":"set-limit","vm":"vm0","bytes":null})",
+             R"({"id":7,"cmd":"set-limit","vm":["vm0"],"bytes":1})",
+             R"({"id":7,"cmd":"set-budget"})",
+             R"({"id":7,"cmd":"set-budget","bytes":"12X"})",
+             R"({"id":7,"cmd":"set-budget","bytes":true})",
+         }) {
+        RequestError e = parse_error(line);
+        EXPECT_EQ(e.code, ReplyCode::bad_request) << line;
+        EXPECT_EQ(e.id, 7) << line;
+        EXPECT_FALSE(e.message.empty());
+    }
+}
+
+TEST(ParseRequest, UnknownCommand) {
+    RequestError e = parse_error(R"({"id":"x","cmd":"reboot"})");
+    EXPECT_EQ(e.code, ReplyCode::unknown_command);
+    EXPECT_EQ(e.id, "x");
+    EXPECT_NE(e.message.find("reboot"), std::string::npos);
+}
+
+TEST(ParseRequest, RandomBytesNeverThrowAndNeverParse) {
+    std::mt19937_64 rng(12345);
+    for (int i = 0; i < 2000; ++i) {
+        std::string line(rng() % 200, '\0');
+        for (char& c : line) c = static_cast<char>(rng());
+        if (!line.empty()) line[0] = static_cast<char>(0x80 | (rng() & 0x7f));  // never valid JSON start
+        auto r = parse_request(line);
+        ASSERT_FALSE(r.has_value());
+        EXPECT_EQ(r.error().code, ReplyCode::bad_json);
+    }
+}
+
+TEST(ParseRequest, DeepNestingIsRejectedWithoutCrashing) {
+    std::string deep(60000, '[');
+    EXPECT_EQ(parse_error(deep).code, ReplyCode::bad_json);
+    std::string closed = std::string(20000, '[') + std::string(20000, ']');
+    EXPECT_EQ(parse_error(closed).code, ReplyCode::bad_json);  // valid JSON, not an object
+    std::string in_object = "{\"id\":1,\"cmd\":\"status\",\"x\":" + std::string(20000, '[') + std::string(20000, ']') + "}";
+    EXPECT_TRUE(parse_request(in_object).has_value());
+}
+
+TEST(ReplyCode, MapsLowerLayerErrors) {
+    EXPECT_EQ(reply_code_of(Error{make_error_code(swap::Errc::no_such_device), "x"}), ReplyCode::no_such_device);
+    EXPECT_EQ(reply_code_of(Error{make_error_code(swap::Errc::device_busy), "x"}), ReplyCode::device_busy);
+    EXPECT_EQ(reply_code_of(Error{make_error_code(swap::Errc::would_not_fit), "x"}), ReplyCode::would_not_fit);
+    EXPECT_EQ(reply_code_of(Error{make_error_code(swap::Errc::exists), "x"}), ReplyCode::exists);
+    EXPECT_EQ(reply_code_of(Error{make_error_code(swap::Errc::io_failed), "x"}), ReplyCode::io_error);
+    EXPECT_EQ(reply_code_of(Error{make_error_code(swap::Errc::checksum_mismatch), "x"}), ReplyCode::io_error);
+    EXPECT_EQ(reply_code_of(Error{make_error_code(io::Errc::too_small), "x"}), ReplyCode::bad_request);
+    EXPECT_EQ(reply_code_of(errno_error("x", ENOENT).error()), ReplyCode::no_such_device);
+    EXPECT_EQ(reply_code_of(errno_error("x", EACCES).error()), ReplyCode::permission);
+    EXPECT_EQ(reply_code_of(errno_error("x", EPERM).error()), ReplyCode::permission);
+    EXPECT_EQ(reply_code_of(errno_error("x", EIO).error()), ReplyCode::io_error);
+    EXPECT_EQ(reply_code_of(errno_error("x", ENOSPC).error()), ReplyCode::io_error);
+}
+
+TEST(ReplyLines, ShapeAndInvalidUtf8Replaced) {
+    EXPECT_EQ(to_line(ok_reply(3)), "{\"id\":3,\"ok\":true}\n");
+    json e = json::parse(to_line(error_reply(nullptr, ReplyCode::too_large, "long")));
+    EXPECT_TRUE(e["id"].is_null());
+    EXPECT_EQ(e["ok"], false);
+    EXPECT_EQ(e["error"]["code"], "too_large");
+    EXPECT_EQ(e["error"]["message"], "long");
+    std::string line = to_line(error_reply(1, ReplyCode::unknown_command, "cmd \xff\xfe"));
+    EXPECT_EQ(line.back(), '\n');
+    EXPECT_EQ(line.find('\n'), line.size() - 1);
+    EXPECT_FALSE(json::parse(line, nullptr, false).is_discarded());
+    json p = json::parse(to_line(progress_line("s", 5, 9)));
+    EXPECT_EQ(p["id"], "s");
+    EXPECT_EQ(p["progress"]["done"], 5);
+    EXPECT_EQ(p["progress"]["total"], 9);
+}
