@@ -136,6 +136,7 @@ void GuestMemory::Impl::handle_fault(std::uint64_t hva, std::uint64_t flags, io:
     }
     if (r) r = uffd->wake(addr, kPageSize);
     if (r && was == PageState::swapped) readahead_after(idx, ring);
+    if (r && was == PageState::zero) zero_fault_around(idx);
     if (!r) spdlog::error("{}: resolving fault at GPA {:#x} ({}): {}", owner.name(), gpa_of_idx(idx).value(),
                           to_string(was), r.error().message());
 }
@@ -169,6 +170,12 @@ void GuestMemory::Impl::readahead_after(std::uint64_t idx, io::Ring& ring) {
     }
     if (ins.empty()) return;
     auto batch = pool->read_in(ring, ins);
+    // Map the verified prefix of the run write-protected in one ioctl: reading it
+    // then costs the guest no fault at all, writing it one WP fault.
+    std::size_t good = 0;
+    while (good < ins.size() && batch && ins[good].result == 0) ++good;
+    const bool mapped = good > 0 && uffd->continue_(guest_ptr(locked[0]), good * kPageSize, WriteProtect::yes,
+                                                    Wake::no).has_value();
     for (std::size_t k = 0; k < locked.size(); ++k) {
         const std::uint64_t n = locked[k];
         if (batch && ins[k].result == 0) {
@@ -176,7 +183,8 @@ void GuestMemory::Impl::readahead_after(std::uint64_t idx, io::Ring& ring) {
             counters.swap_in_pages.fetch_add(1, std::memory_order_relaxed);
             counters.readahead_pages.fetch_add(1, std::memory_order_relaxed);
             page_became_present();
-            table.unlock(n, PageEntry::make(PageState::inactive, ins[k].vslot, true));
+            const PageState now = mapped && k < good ? PageState::resident : PageState::inactive;
+            table.unlock(n, PageEntry::make(now, ins[k].vslot, true));
         } else {
             // Whatever landed in the memfd is not trusted: drop it, keep the page
             // swapped; a real fault will retry and report a failure properly.
@@ -185,6 +193,41 @@ void GuestMemory::Impl::readahead_after(std::uint64_t idx, io::Ring& ring) {
         }
         last_swapin = n;
     }
+}
+
+}  // namespace swapvisor::guestmem
+
+namespace swapvisor::guestmem {
+
+// Zero fault-around: a first touch that follows the previous one in guest order
+// (a guest filling memory) resolves the next never-touched pages of the run with a
+// single UFFDIO_COPY, so a sequential fill takes one fault per kFaultAroundPages.
+// Pages that stay unused are found all-zero by the reclaimer and dropped without a
+// write. Skipped while the VM is at its limit.
+void GuestMemory::Impl::zero_fault_around(std::uint64_t idx) {
+    thread_local std::uint64_t last_zero = ~0ULL;
+    const bool sequential = idx == last_zero + 1;
+    last_zero = idx;
+    if (!sequential || over_limit()) return;
+    const Region& region = region_of(idx);
+    std::vector<std::uint64_t> locked;
+    for (std::uint64_t n = idx + 1; n < region.first_idx + region.pages && locked.size() < kFaultAroundPages; ++n) {
+        auto e = table.try_lock(n);
+        if (!e) break;
+        if (e->state() != PageState::zero) {
+            table.unlock(n, *e);
+            break;
+        }
+        locked.push_back(n);
+    }
+    if (locked.empty()) return;
+    auto r = uffd->copy(guest_ptr(locked[0]), zero_page.data(), locked.size() * kPageSize, WriteProtect::no, Wake::no);
+    if (!r) (void)punch(locked[0], locked.size());  // whatever part landed is dropped again: still zero
+    for (std::uint64_t n : locked) {
+        if (r) page_became_present();
+        table.unlock(n, PageEntry::make(r ? PageState::resident : PageState::zero));
+    }
+    last_zero = locked.back();
 }
 
 }  // namespace swapvisor::guestmem

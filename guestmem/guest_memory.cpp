@@ -94,7 +94,7 @@ Result<std::unique_ptr<GuestMemory>> create_guest_memory(const MemoryConfig& con
         impl.regions.push_back(std::move(r));
     }
 
-    impl.zero_page = SWV_TRY(io::Mapping::anonymous(kPageSize));
+    impl.zero_page = SWV_TRY(io::Mapping::anonymous(kFaultAroundPages * kPageSize));
     // Kernel contract: eventfd(2) — a counter the fault threads poll next to the uffd.
     int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (efd < 0) return errno_error("eventfd");

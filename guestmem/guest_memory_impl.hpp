@@ -37,6 +37,8 @@ struct Region {
     std::uint64_t first_idx = 0;  // stage-2 index of the region's first page
 };
 
+inline constexpr std::uint64_t kFaultAroundPages = 16;
+
 struct Counters {
     std::atomic<std::uint64_t> resident_pages{0};   // present in a memfd
     std::atomic<std::uint64_t> resident_peak{0};
@@ -65,7 +67,7 @@ struct GuestMemory::Impl {
     Stage2 table;
     std::optional<Userfault> uffd;
     bool wp_tracking = false;  // clean copies kept write-protected (UFFD WP on shmem)
-    io::Mapping zero_page;     // source of UFFDIO_COPY for never-touched pages
+    io::Mapping zero_page;     // kFaultAroundPages zero pages: UFFDIO_COPY source for never-touched pages
     io::UniqueFd stop_event;   // eventfd that wakes the fault threads on stop
     std::atomic<std::uint64_t> limit_pages{0};  // 0 = unlimited
     Counters counters;
@@ -112,6 +114,7 @@ struct GuestMemory::Impl {
     void fault_loop();
     void handle_fault(std::uint64_t hva, std::uint64_t flags, io::Ring& ring);
     void readahead_after(std::uint64_t idx, io::Ring& ring);
+    void zero_fault_around(std::uint64_t idx);
     void reclaim_loop();
     std::uint64_t reclaim_pass(io::Ring& ring);
 };
