@@ -541,3 +541,82 @@ TEST(PrivilegedSwapoff, WriteErrorOnTheTargetAbortsWithoutLosingData) {
 
 }  // namespace
 }  // namespace swapvisor::swap
+
+namespace swapvisor::swap {
+namespace {
+
+// Free-running: two workers write, read back (verifying every page) and free while
+// the main thread swaps devices off and on again. Every read must return the page
+// that was written, and at rest nothing leaks.
+TEST(PrivilegedSwapoff, StressWithConcurrentWritersReadersAndFrees) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    SwapPool pool;
+    ASSERT_TRUE(pool.swapon(dir.file("a"), 10, 2 * kClusterBytes));
+    ASSERT_TRUE(pool.swapon(dir.file("b"), 0, 2 * kClusterBytes));
+    ASSERT_TRUE(pool.swapon(dir.file("c"), 0, 2 * kClusterBytes));
+    std::atomic<bool> stop{false};
+    std::atomic<int> bad{0};
+    std::vector<std::vector<VSlot>> kept(2);
+    std::vector<std::thread> workers;
+    for (int t = 0; t < 2; ++t) {
+        workers.emplace_back([&, t] {
+            auto r = io::Ring::create(32);
+            if (!r) {
+                bad++;
+                return;
+            }
+            Pages pages(8), back(8);
+            std::vector<std::pair<VSlot, std::uint64_t>> held;
+            for (std::uint64_t round = 0; !stop.load() || round < 20; ++round) {
+                std::uint64_t base = (std::uint64_t(t + 1) << 40) | (round << 4);
+                for (std::size_t i = 0; i < 8; ++i) test::fill_page(pages[i], base + i);
+                auto batch = test::page_outs(pages, 0, 8, base);
+                if (pool.write_out(*r, batch)) {
+                    for (auto& p : batch)
+                        if (p.result == 0) held.emplace_back(p.vslot, p.owner);
+                }
+                // Read back (batched) the most recent pages and some old ones.
+                std::vector<SwapPool::PageIn> in;
+                std::vector<std::uint64_t> ids;
+                for (std::size_t k = 0; k < 8 && k < held.size(); ++k) {
+                    auto& [v, id] = held[(round * 5 + k * 13) % held.size()];
+                    in.push_back(SwapPool::PageIn{v, back[k]});
+                    ids.push_back(id);
+                }
+                if (!pool.read_in(*r, in)) bad++;
+                for (std::size_t k = 0; k < in.size(); ++k)
+                    if (in[k].result != 0 || !test::verify_page(back[k], ids[k])) bad++;
+                // Keep the set bounded: free the oldest beyond 300.
+                while (held.size() > 300) {
+                    pool.free(held.front().first);
+                    held.erase(held.begin());
+                }
+            }
+            for (auto& [v, id] : held) kept[t].push_back(v);
+        });
+    }
+    std::uint64_t moved = 0;
+    for (const char* name : {"a", "b", "a", "c", "a", "b"}) {
+        // Let the workers put some pages out first.
+        while (pool.allocated_vslots() < 200 && bad.load() == 0) std::this_thread::yield();
+        auto report = pool.swapoff(dir.file(name), ring);
+        EXPECT_TRUE(report) << name << ": " << report.error().message();
+        if (report) moved += report->pages_moved;
+        ASSERT_TRUE(pool.swapon(dir.file(name), name[0] == 'a' ? 10 : 0, 0));
+    }
+    EXPECT_GT(moved, 0u);
+    stop = true;
+    for (auto& w : workers) w.join();
+    EXPECT_EQ(bad.load(), 0);
+    std::vector<VSlot> live;
+    for (auto& k : kept) live.insert(live.end(), k.begin(), k.end());
+    verify_all(pool, ring, live);
+    EXPECT_EQ(pool.allocated_vslots(), live.size());
+    std::uint64_t used = 0;
+    for (auto& s : pool.stats()) used += s.used_slots;
+    EXPECT_EQ(used, live.size());
+}
+
+}  // namespace
+}  // namespace swapvisor::swap
