@@ -4,6 +4,7 @@
 
 namespace swapvisor::swap {
 
+// Constructor and destructor run with no other thread around: relaxed is enough.
 VSlotTable::VSlotTable() : chunks_(new std::atomic<Descriptor*>[kMaxChunks]) {
     for (std::uint32_t i = 0; i < kMaxChunks; ++i) chunks_[i].store(nullptr, std::memory_order_relaxed);
 }
@@ -33,6 +34,7 @@ std::size_t VSlotTable::allocate(std::span<const OwnerTag> owners, std::span<VSl
                 if (next_ > UINT32_MAX) break;  // 32-bit space exhausted
                 v = static_cast<std::uint32_t>(next_++);
                 std::uint32_t chunk = v >> kChunkShift;
+                // Relaxed: chunks_ is only written under alloc_mutex_, which we hold.
                 if (chunks_[chunk].load(std::memory_order_relaxed) == nullptr) {
                     // Release pairs with the acquire load in find().
                     chunks_[chunk].store(new Descriptor[kChunkSize](), std::memory_order_release);

@@ -77,6 +77,8 @@ inline std::unique_ptr<io::BlockDevice> faulty_file(const std::filesystem::path&
 // Overwrite one slot of a swap file behind the pool's back (buffered + fsync, so the
 // pool's next O_DIRECT read sees it).
 inline void corrupt_slot(const std::filesystem::path& file, SlotIdx slot) {
+    // Kernel contract: a buffered pwrite + fsync lands in the file; a later O_DIRECT
+    // read of the range first writes back any cached pages, so it sees these bytes.
     io::UniqueFd fd(::open(file.c_str(), O_WRONLY | O_CLOEXEC));
     ASSERT_TRUE(fd.valid());
     std::vector<std::byte> junk(kSlotSize, std::byte{0x5a});
