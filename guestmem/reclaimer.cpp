@@ -140,6 +140,12 @@ std::uint64_t GuestMemory::Impl::reclaim_pass(io::Ring& ring) {
             if (e.state() != PageState::writeback) {
                 // A fault, VMM write or discard took the page meanwhile: the copy is stale.
                 if (ok) free_vslot(outs[k].vslot);
+                // A discard punched the page, but write_out then read it through the
+                // VMM view (checksum, O_DIRECT write), and that read allocated a fresh
+                // page in the memfd. Punch it again so the memfd matches the entry;
+                // otherwise the next guest touch is a MINOR fault on a zero entry that
+                // UFFDIO_COPY cannot resolve (EEXIST), and the guest faults for ever.
+                if (!e.present()) (void)punch(idx, 1);
                 table.unlock(idx, e);
                 continue;
             }
