@@ -202,7 +202,12 @@ bool GuestMemory::Impl::needs_reclaim() const {
     std::uint64_t limit = effective_limit_pages();
     if (limit == 0) return false;
     std::uint64_t slack = std::clamp<std::uint64_t>(limit / 32, 64, 4096);
-    return counters.resident_pages.load(std::memory_order_relaxed) + slack / 2 > limit;
+    std::uint64_t resident = counters.resident_pages.load(std::memory_order_relaxed);
+    // There is work only above the reclaimer's target (limit - slack, floored at 0):
+    // with a limit under slack / 2 the first test alone holds even at 0 resident pages,
+    // and the reclaimer would wake, find nothing to do and spin.
+    std::uint64_t target = limit > slack ? limit - slack : 0;
+    return resident + slack / 2 > limit && resident > target;
 }
 
 void GuestMemory::Impl::wait_for_room() {
