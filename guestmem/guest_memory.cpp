@@ -359,7 +359,11 @@ Result<void> GuestMemory::discard(GpaRange range) {
                 impl.counters.swapped_pages.fetch_sub(1);
                 break;
             case PageState::lost:
-                break;  // the guest gave the page up: it may read zeros again
+                // The guest gave the page up: it may read zeros again. The poison in
+                // the guest view is a PTE marker that a hole punch keeps; only
+                // zapping the guest view removes it, so the next touch faults.
+                SWV_TRY(impl.zap_guest_view(idx, 1));
+                break;
             case PageState::reading:
                 SWV_ASSERT(false, "reading state seen by a lock holder");
         }
