@@ -5,7 +5,8 @@
 #   - 4 KiB random read at queue depth 1: clat p50/p99 in us (peer of a swap-in
 #     fault: one page read, nothing else in flight; compare swap_bench B1/B2);
 #   - 1 MiB sequential write at QD1 and at QD8: MiB/s (peer of swap-out: swapvisor
-#     writes contiguous runs of up to 1 MiB; compare swap_bench A1/A2).
+#     writes contiguous runs of up to 1 MiB; compare swap_bench A1/A2), and 256 KiB
+#     at QD1, the exact shape of swap_bench A2 (one 64-page batch at a time).
 # Prints a table and one JSON line (prefix "JSON "). Env: FIO_RUNTIME (s, default 10),
 # FIO_SIZE (file size, default 1G).
 set -euo pipefail
@@ -33,6 +34,7 @@ fio --name=layout --filename="$file" --size="$size" --ioengine=io_uring --direct
 fio --name=randread4k "${common[@]}" --rw=randread --bs=4k --iodepth=1 >"$out/rr.json"
 fio --name=seqwrite1m_qd1 "${common[@]}" --rw=write --bs=1M --iodepth=1 >"$out/sw1.json"
 fio --name=seqwrite1m_qd8 "${common[@]}" --rw=write --bs=1M --iodepth=8 >"$out/sw8.json"
+fio --name=seqwrite256k_qd1 "${common[@]}" --rw=write --bs=256k --iodepth=1 >"$out/sw256.json"
 
 python3 - "$out" "$dir" <<'PY'
 import json, sys
@@ -50,6 +52,7 @@ res = {
     "randread_4k_qd1_clat_mean_us": round(rr["clat_ns"]["mean"] / 1000, 1),
     "seqwrite_1m_qd1_mib_s": round(job("sw1")["write"]["bw_bytes"] / 2**20, 1),
     "seqwrite_1m_qd8_mib_s": round(job("sw8")["write"]["bw_bytes"] / 2**20, 1),
+    "seqwrite_256k_qd1_mib_s": round(job("sw256")["write"]["bw_bytes"] / 2**20, 1),
 }
 print(f"{'metric':40} {'value':>10}")
 for k, v in res.items():

@@ -36,8 +36,11 @@ fi
 cg=swvbench
 file=$(readlink -f "$dir")/swv-kswap-$$.swap
 log=$(mktemp)
-hog=""
+hog=""      # the background launcher (a subshell)
+hog_pid=""  # memhog itself, read from the cgroup
 cleanup() {
+  set +e
+  [[ -n $hog_pid ]] && kill -KILL "$hog_pid" 2>/dev/null
   [[ -n $hog ]] && kill -KILL "$hog" 2>/dev/null && wait "$hog" 2>/dev/null
   cg_destroy "$cg"
   kswap_off "$file"
@@ -56,6 +59,7 @@ until grep -q '^filled' "$log"; do
   sleep 0.2
 done
 fill_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+hog_pid=$(head -1 "$KSWAP_CG_ROOT/$cg/cgroup.procs")
 used_kib=$(kswap_used_kib "$file")
 used_pages=$(( used_kib / 4 ))
 (( used_pages > 0 )) || { echo "$0: nothing was swapped out" >&2; exit 1; }
@@ -67,8 +71,9 @@ swapoff "$file"
 t1=$(date +%s%N)
 ns=$(( t1 - t0 ))
 
-kill -USR1 "$hog"
-until grep -q '^verified' "$log"; do sleep 0.1; done
+kill -USR1 "$hog_pid"
+for _ in $(seq 600); do grep -q '^verified' "$log" && break; sleep 0.1; done
+grep -q '^verified' "$log" || { echo "$0: memhog did not verify" >&2; cat "$log" >&2; exit 1; }
 errors=$(sed -n 's/^verified errors=//p' "$log")
 
 python3 - "$dir" "$mib" "$limit_mib" "$used_pages" "$ns" "$fill_ms" "$errors" <<'PY'

@@ -333,14 +333,14 @@ int run(int argc, char** argv) {
 
     std::printf("\nmedian of N runs by swapoff wall time; ns/slot = wall / used slots; cpu ns/slot = CPU time of the\n"
                 "swapoff thread / used slots (what the algorithm costs without disk waits)\n");
-    std::printf("%-14s %-9s %3s %4s %10s %7s %10s %10s %10s %8s %8s %8s %4s\n", "case", "fill", "VMs", "GiB",
+    std::printf("%-16s %-9s %3s %4s %10s %7s %10s %10s %10s %8s %8s %8s %4s\n", "case", "fill", "VMs", "GiB",
                 "used slots", "fill s", "swapoff ms", "min ms", "max ms", "ns/slot", "cpu ns", "MiB/s", "bad");
     std::uint64_t bad = 0;
     std::string arr;
     for (const Row& row : rows) {
         const Case& c = row.median;
         double mib_s = c.swapoff_ms > 0 ? static_cast<double>(c.used_slots * kPage) / kMiB / (c.swapoff_ms / 1e3) : 0;
-        std::printf("%-14s %-9s %3u %4.0f %10" PRIu64 " %7.2f %10.1f %10.1f %10.1f %8.0f %8.0f %8.1f %4" PRIu64 "\n",
+        std::printf("%-16s %-9s %3u %4.0f %10" PRIu64 " %7.2f %10.1f %10.1f %10.1f %8.0f %8.0f %8.1f %4" PRIu64 "\n",
                     c.name.c_str(), c.fill.c_str(), c.vms, static_cast<double>(c.vm_bytes) / kGiB, c.used_slots,
                     c.fill_s, c.swapoff_ms, row.min_ms, row.max_ms, c.ns_per_slot(), c.cpu_ns_per_slot(), mib_s,
                     row.bad);
