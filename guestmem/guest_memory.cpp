@@ -239,9 +239,11 @@ Result<void> GuestMemory::Impl::swap_in_locked(PageLock& lk, std::uint64_t idx, 
     counters.swap_in_pages.fetch_add(1, std::memory_order_relaxed);
     if (!read) {
         // Never hand the guest stale or wrong bytes: drop what was read, poison the
-        // guest view so the next access is a memory error, and say so.
+        // guest view so the next access is a memory error, and say so. No wake here:
+        // a guest woken now would take its SIGBUS while the entry still says swapped;
+        // the fault service wakes it once `lost` is published (fault_service.cpp).
         (void)punch(idx, 1);
-        if (uffd->has(UFFD_FEATURE_POISON)) (void)uffd->poison(guest_ptr(idx), kPageSize, Wake::yes);
+        if (uffd->has(UFFD_FEATURE_POISON)) (void)uffd->poison(guest_ptr(idx), kPageSize, Wake::no);
         counters.lost_pages.fetch_add(1);
         counters.swapped_pages.fetch_sub(1);
         free_vslot(e.vslot());
