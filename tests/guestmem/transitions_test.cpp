@@ -236,7 +236,7 @@ bool all_other_threads_asleep() {
 
 }  // namespace
 
-class TransitionsTest : public ::testing::Test {
+class PrivilegedTransitionsTest : public ::testing::Test {
 protected:
     void SetUp() override {
         // Kernel contract: userfaultfd(2) fails with ENOSYS/EPERM when unavailable.
@@ -398,7 +398,7 @@ protected:
 
 // --- single transitions --------------------------------------------------------------
 
-TEST_F(TransitionsTest, ZeroToResidentOnGuestTouch) {
+TEST_F(PrivilegedTransitionsTest, ZeroToResidentOnGuestTouch) {
     make_vm();
     EXPECT_EQ(state(pg(1)), PageState::zero);
     EXPECT_EQ(stats().resident_bytes, 0u);
@@ -417,7 +417,7 @@ TEST_F(TransitionsTest, ZeroToResidentOnGuestTouch) {
     expect_slots_balanced();
 }
 
-TEST_F(TransitionsTest, ZeroToInactiveOnVmmWriteThenResidentOnMinorFault) {
+TEST_F(PrivilegedTransitionsTest, ZeroToInactiveOnVmmWriteThenResidentOnMinorFault) {
     make_vm();
     vmm_write(pg(2), 5);
     EXPECT_EQ(state(pg(2)), PageState::inactive) << "a VMM write fills the memfd, not the guest view";
@@ -437,7 +437,7 @@ TEST_F(TransitionsTest, ZeroToInactiveOnVmmWriteThenResidentOnMinorFault) {
     expect_slots_balanced();
 }
 
-TEST_F(TransitionsTest, ReclaimerDemotesResidentToInactiveAndTouchSamplesIt) {
+TEST_F(PrivilegedTransitionsTest, ReclaimerDemotesResidentToInactiveAndTouchSamplesIt) {
     // Without a swap pool the reclaimer can demote but never evict a non-zero page, so
     // the page stays inactive for the test to look at.
     auto vm = create_guest_memory(MemoryConfig{.name = "nopool", .memory_bytes = kVmBytes}, 9, nullptr, nullptr);
@@ -464,7 +464,7 @@ TEST_F(TransitionsTest, ReclaimerDemotesResidentToInactiveAndTouchSamplesIt) {
     vm_ = nullptr;
 }
 
-TEST_F(TransitionsTest, InactiveGoesThroughWritebackToSwapped) {
+TEST_F(PrivilegedTransitionsTest, InactiveGoesThroughWritebackToSwapped) {
     make_vm();
     vmm_write(pg(0), 11);
     auto writes = count(io::FaultMatch::write);
@@ -498,7 +498,7 @@ TEST_F(TransitionsTest, InactiveGoesThroughWritebackToSwapped) {
     expect_slots_balanced();
 }
 
-TEST_F(TransitionsTest, SwappedToResidentOnMissingFaultWithVerifiedChecksum) {
+TEST_F(PrivilegedTransitionsTest, SwappedToResidentOnMissingFaultWithVerifiedChecksum) {
     make_vm();
     for (std::uint64_t p = 0; p < 4; ++p) guest_fill(pg(p), 20 + p);
     ASSERT_TRUE(evict_all());
@@ -525,7 +525,7 @@ TEST_F(TransitionsTest, SwappedToResidentOnMissingFaultWithVerifiedChecksum) {
     expect_slots_balanced();
 }
 
-TEST_F(TransitionsTest, CleanPageIsEvictedAgainWithoutAWrite) {
+TEST_F(PrivilegedTransitionsTest, CleanPageIsEvictedAgainWithoutAWrite) {
     if (!kernel_has_shmem_wp()) GTEST_SKIP() << "SKIPPED LOUDLY: kernel lacks userfaultfd WP on shmem";
     make_vm();
     guest_fill(pg(0), 30);
@@ -547,7 +547,7 @@ TEST_F(TransitionsTest, CleanPageIsEvictedAgainWithoutAWrite) {
     expect_slots_balanced();
 }
 
-TEST_F(TransitionsTest, GuestWriteToCleanPageTakesWpFaultAndFreesTheCopy) {
+TEST_F(PrivilegedTransitionsTest, GuestWriteToCleanPageTakesWpFaultAndFreesTheCopy) {
     if (!kernel_has_shmem_wp()) GTEST_SKIP() << "SKIPPED LOUDLY: kernel lacks userfaultfd WP on shmem";
     make_vm();
     guest_fill(pg(0), 40);
@@ -572,7 +572,7 @@ TEST_F(TransitionsTest, GuestWriteToCleanPageTakesWpFaultAndFreesTheCopy) {
     expect_slots_balanced();
 }
 
-TEST_F(TransitionsTest, VmmWriteToCleanPageFreesTheCopyAndGuestStillWrites) {
+TEST_F(PrivilegedTransitionsTest, VmmWriteToCleanPageFreesTheCopyAndGuestStillWrites) {
     if (!kernel_has_shmem_wp()) GTEST_SKIP() << "SKIPPED LOUDLY: kernel lacks userfaultfd WP on shmem";
     make_vm();
     guest_fill(pg(0), 50);
@@ -593,7 +593,7 @@ TEST_F(TransitionsTest, VmmWriteToCleanPageFreesTheCopyAndGuestStillWrites) {
     expect_slots_balanced();
 }
 
-TEST_F(TransitionsTest, AllZeroPagesBecomeZeroWithoutAWrite) {
+TEST_F(PrivilegedTransitionsTest, AllZeroPagesBecomeZeroWithoutAWrite) {
     make_vm();
     EXPECT_TRUE(guest_sees(pg(0), zero_bytes()));  // resident, zero content
     ASSERT_TRUE(vm_->write(pg(1), zero_bytes()).has_value());  // inactive, zero content
@@ -611,7 +611,7 @@ TEST_F(TransitionsTest, AllZeroPagesBecomeZeroWithoutAWrite) {
     expect_slots_balanced();
 }
 
-TEST_F(TransitionsTest, SequentialFirstTouchesFaultAroundZeroPages) {
+TEST_F(PrivilegedTransitionsTest, SequentialFirstTouchesFaultAroundZeroPages) {
     make_vm();
     constexpr std::uint64_t kFirst = 200;
     EXPECT_TRUE(guest_sees(page(kFirst), zero_bytes()));
@@ -647,7 +647,7 @@ TEST_F(TransitionsTest, SequentialFirstTouchesFaultAroundZeroPages) {
     expect_slots_balanced();
 }
 
-TEST_F(TransitionsTest, SequentialSwapInsReadTheRunAheadAsCleanPages) {
+TEST_F(PrivilegedTransitionsTest, SequentialSwapInsReadTheRunAheadAsCleanPages) {
     if (!kernel_has_shmem_wp()) GTEST_SKIP() << "SKIPPED LOUDLY: readahead needs userfaultfd WP on shmem";
     make_vm();
     constexpr std::uint64_t kFirst = 300, kRun = 8;
@@ -690,7 +690,7 @@ TEST_F(TransitionsTest, SequentialSwapInsReadTheRunAheadAsCleanPages) {
     expect_slots_balanced();
 }
 
-TEST_F(TransitionsTest, DiscardFromEveryStateLeavesZeroAndFreesTheSlot) {
+TEST_F(PrivilegedTransitionsTest, DiscardFromEveryStateLeavesZeroAndFreesTheSlot) {
     const bool wp = kernel_has_shmem_wp();
     make_vm();
     guest_fill(pg(2), 72);
@@ -738,7 +738,7 @@ TEST_F(TransitionsTest, DiscardFromEveryStateLeavesZeroAndFreesTheSlot) {
 
 // --- races with an eviction in flight -------------------------------------------------
 
-TEST_F(TransitionsTest, GuestTouchDuringWritebackWinsAndCompletionFreesTheNewSlot) {
+TEST_F(PrivilegedTransitionsTest, GuestTouchDuringWritebackWinsAndCompletionFreesTheNewSlot) {
     make_vm();
     guest_fill(pg(0), 80);  // resident: the reclaimer demotes it, then writes it
     auto h = hold_next(io::FaultMatch::write);
@@ -763,7 +763,7 @@ TEST_F(TransitionsTest, GuestTouchDuringWritebackWinsAndCompletionFreesTheNewSlo
     expect_slots_balanced();
 }
 
-TEST_F(TransitionsTest, VmmWriteDuringWritebackWins) {
+TEST_F(PrivilegedTransitionsTest, VmmWriteDuringWritebackWins) {
     make_vm();
     vmm_write(pg(0), 90);
     auto h = hold_next(io::FaultMatch::write);
@@ -782,7 +782,7 @@ TEST_F(TransitionsTest, VmmWriteDuringWritebackWins) {
     expect_slots_balanced();
 }
 
-TEST_F(TransitionsTest, DiscardDuringWritebackLeavesZeroAndCompletionFreesTheSlot) {
+TEST_F(PrivilegedTransitionsTest, DiscardDuringWritebackLeavesZeroAndCompletionFreesTheSlot) {
     make_vm();
     vmm_write(pg(0), 100);
     auto h = hold_next(io::FaultMatch::write);
@@ -809,7 +809,7 @@ TEST_F(TransitionsTest, DiscardDuringWritebackLeavesZeroAndCompletionFreesTheSlo
 
 // --- races on swap-in -------------------------------------------------------------------
 
-TEST_F(TransitionsTest, TwoGuestThreadsFaultingOneSwappedPageShareOneSwapIn) {
+TEST_F(PrivilegedTransitionsTest, TwoGuestThreadsFaultingOneSwappedPageShareOneSwapIn) {
     make_vm(kVmBytes, /*fault_threads=*/2);
     guest_fill(pg(0), 110);
     ASSERT_TRUE(evict_all());
@@ -835,7 +835,7 @@ TEST_F(TransitionsTest, TwoGuestThreadsFaultingOneSwappedPageShareOneSwapIn) {
     expect_slots_balanced();
 }
 
-TEST_F(TransitionsTest, SwapInReadErrorLosesThePageAndTheGuestGetsSigbus) {
+TEST_F(PrivilegedTransitionsTest, SwapInReadErrorLosesThePageAndTheGuestGetsSigbus) {
     make_vm();
     guest_fill(pg(0), 120);
     guest_fill(pg(1), 121);
@@ -875,7 +875,7 @@ TEST_F(TransitionsTest, SwapInReadErrorLosesThePageAndTheGuestGetsSigbus) {
     expect_slots_balanced();
 }
 
-TEST_F(TransitionsTest, ChecksumMismatchLosesThePageInsteadOfReturningWrongBytes) {
+TEST_F(PrivilegedTransitionsTest, ChecksumMismatchLosesThePageInsteadOfReturningWrongBytes) {
     make_vm();
     guest_fill(pg(0), 130);
     ASSERT_TRUE(evict_all());
@@ -907,9 +907,9 @@ TEST_F(TransitionsTest, ChecksumMismatchLosesThePageInsteadOfReturningWrongBytes
 
 // --- swap-out failures -------------------------------------------------------------------
 
-class WriteOutFailureTest : public TransitionsTest, public ::testing::WithParamInterface<int> {};
+class PrivilegedWriteOutFailureTest : public PrivilegedTransitionsTest, public ::testing::WithParamInterface<int> {};
 
-TEST_P(WriteOutFailureTest, PageStaysInactiveAndIsRetriedWithNothingLost) {
+TEST_P(PrivilegedWriteOutFailureTest, PageStaysInactiveAndIsRetriedWithNothingLost) {
     make_vm();
     guest_fill(pg(0), 140);
     io::FaultAction fail = GetParam() == EIO ? io::FaultAction{io::fault::Eio{}} : io::FaultAction{io::fault::Enospc{}};
@@ -937,12 +937,12 @@ TEST_P(WriteOutFailureTest, PageStaysInactiveAndIsRetriedWithNothingLost) {
     expect_slots_balanced();
 }
 
-INSTANTIATE_TEST_SUITE_P(Errno, WriteOutFailureTest, ::testing::Values(EIO, ENOSPC),
+INSTANTIATE_TEST_SUITE_P(Errno, PrivilegedWriteOutFailureTest, ::testing::Values(EIO, ENOSPC),
                          [](const auto& info) { return info.param == EIO ? "Eio" : "Enospc"; });
 
 // --- VM exit ------------------------------------------------------------------------------
 
-TEST_F(TransitionsTest, StopWhileWritebackIsHeldNeitherHangsNorLeaks) {
+TEST_F(PrivilegedTransitionsTest, StopWhileWritebackIsHeldNeitherHangsNorLeaks) {
     make_vm();
     vmm_write(pg(0), 150);
     auto h = hold_next(io::FaultMatch::write);
@@ -965,7 +965,7 @@ TEST_F(TransitionsTest, StopWhileWritebackIsHeldNeitherHangsNorLeaks) {
     EXPECT_EQ(pool_->allocated_vslots(), 0u);
 }
 
-TEST_F(TransitionsTest, HostDestructionWhileWritebackIsHeldNeitherHangsNorLeaks) {
+TEST_F(PrivilegedTransitionsTest, HostDestructionWhileWritebackIsHeldNeitherHangsNorLeaks) {
     make_vm();
     vmm_write(pg(0), 160);
     vmm_write(pg(1), 161);
@@ -988,7 +988,7 @@ TEST_F(TransitionsTest, HostDestructionWhileWritebackIsHeldNeitherHangsNorLeaks)
     EXPECT_EQ(pool_->allocated_vslots(), 0u) << "VM exit leaked swap slots";
 }
 
-TEST_F(TransitionsTest, StopWithFaultsInFlightAndQueuedNeitherHangsNorLeaks) {
+TEST_F(PrivilegedTransitionsTest, StopWithFaultsInFlightAndQueuedNeitherHangsNorLeaks) {
     make_vm();  // one fault thread: the second fault queues behind the first
     guest_fill(pg(0), 170);
     guest_fill(pg(1), 171);
@@ -1034,7 +1034,7 @@ TEST_F(TransitionsTest, StopWithFaultsInFlightAndQueuedNeitherHangsNorLeaks) {
 
 // --- swapoff bring-back ---------------------------------------------------------------------
 
-TEST_F(TransitionsTest, BringBackWaitsForAGuestFaultInFlight) {
+TEST_F(PrivilegedTransitionsTest, BringBackWaitsForAGuestFaultInFlight) {
     const bool wp = kernel_has_shmem_wp();
     make_vm();
     guest_fill(pg(0), 180);
@@ -1074,7 +1074,7 @@ TEST_F(TransitionsTest, BringBackWaitsForAGuestFaultInFlight) {
     expect_slots_balanced();
 }
 
-TEST_F(TransitionsTest, GuestFaultWaitsForABringBackInFlight) {
+TEST_F(PrivilegedTransitionsTest, GuestFaultWaitsForABringBackInFlight) {
     make_vm();
     guest_fill(pg(0), 190);
     ASSERT_TRUE(evict_all());
@@ -1117,7 +1117,7 @@ TEST_F(TransitionsTest, GuestFaultWaitsForABringBackInFlight) {
 
 // --- the resident limit -------------------------------------------------------------------------
 
-TEST_F(TransitionsTest, ResidentLimitHoldsWhileGuestStreamsFourTimesIt) {
+TEST_F(PrivilegedTransitionsTest, ResidentLimitHoldsWhileGuestStreamsFourTimesIt) {
     constexpr std::uint64_t kMem = 8ULL << 20, kLimit = 2ULL << 20;
     make_vm(kMem);
     vm_->set_resident_limit(kLimit);
@@ -1136,7 +1136,7 @@ TEST_F(TransitionsTest, ResidentLimitHoldsWhileGuestStreamsFourTimesIt) {
     expect_slots_balanced();
 }
 
-TEST_F(TransitionsTest, LoweringTheLimitAtRunTimeShrinksTheVm) {
+TEST_F(PrivilegedTransitionsTest, LoweringTheLimitAtRunTimeShrinksTheVm) {
     constexpr std::uint64_t kMem = 8ULL << 20, kLow = 2ULL << 20;
     make_vm(kMem);
     const std::uint64_t pages = (6ULL << 20) / kPageSize;
@@ -1156,7 +1156,7 @@ TEST_F(TransitionsTest, LoweringTheLimitAtRunTimeShrinksTheVm) {
     expect_slots_balanced();
 }
 
-TEST_F(TransitionsTest, ReclaimerSleepsWhenATinyLimitHasNothingLeftToEvict) {
+TEST_F(PrivilegedTransitionsTest, ReclaimerSleepsWhenATinyLimitHasNothingLeftToEvict) {
     make_vm();
     guest_fill(pg(0), 200);
     vm_->set_resident_limit(kPageSize);
