@@ -1,0 +1,267 @@
+// VirtioMmio: the virtio-mmio transport (virtio 1.2, section 4.2, register layout
+// version 2, no legacy) and the split virtqueue (section 2.7) that virtio devices
+// use through it. One VirtioMmio is one 4 KiB window on the MMIO bus at
+// 0xd0000000 + n * 0x1000, announced to the guest as `virtio_mmio.device=4K@<base>:<gsi>`
+// (DESIGN.md section 6). The device-specific part (VirtioDevice) supplies the
+// device id, features, config space and what a buffer on each queue means.
+//
+// Invariants:
+//  - guest memory is only ever reached through guestmem (`read` / `write` /
+//    `discard`): never a raw pointer, so a ring in a swapped-out page is swapped in
+//    and a discarded page reads zeros (DESIGN.md section 3).
+//  - everything the guest controls is validated before use: ring addresses
+//    (aligned, inside RAM), queue sizes, the available index (at most `size`
+//    ahead), descriptor indices, chain length (at most `size`, so loops end),
+//    flags (no INDIRECT: not offered; readable before writable). A malformed queue
+//    puts the device into DEVICE_NEEDS_RESET (status 0x40) and stops all its queues
+//    until the driver resets it; it never crashes or aborts the VMM.
+//  - a whole descriptor chain is read and checked before the device acts on any
+//    of it.
+//  - no offered feature other than VIRTIO_F_VERSION_1 and the device's own, so no
+//    event index, no indirect descriptors, no packed ring, no notification data.
+//
+// Memory ordering with the guest: the used element is written before the used index
+// with a release fence between; the available index is read before the ring slots
+// it covers with an acquire fence after it. guestmem copies a 2-byte index with one
+// 2-byte store/load (memcpy of a fixed small size), so the guest never sees a torn
+// index.
+//
+// Threads: vCPU threads call read()/write() concurrently; one mutex per transport
+// serialises the registers, the queues and the device callbacks (queue processing
+// runs on the vCPU that wrote QueueNotify). notify_config_change() may be called
+// from any thread (control socket).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <system_error>
+#include <vector>
+
+#include "guestmem/addr.hpp"
+#include "guestmem/guest_memory.hpp"
+#include "io/result.hpp"
+#include "vmm/devices/bus.hpp"
+
+namespace swapvisor::vmm::devices {
+
+// The MMIO window of virtio device n is [kVirtioMmioBase + n * kVirtioMmioSize, +kVirtioMmioSize).
+inline constexpr std::uint64_t kVirtioMmioBase = 0xd000'0000;
+inline constexpr std::uint64_t kVirtioMmioSize = 0x1000;
+
+inline constexpr std::uint32_t kVirtioMmioMagic = 0x7472'6976;  // "virt", little endian
+inline constexpr std::uint32_t kVirtioMmioVersion = 2;
+inline constexpr std::uint32_t kVirtioVendorId = 0x5357'5653;      // "SVWS" read as bytes
+
+inline constexpr std::uint64_t kVirtioFVersion1 = 1ULL << 32;
+
+// Device status bits (virtio 1.2, 2.1).
+inline constexpr std::uint32_t kStatusAcknowledge = 0x01;
+inline constexpr std::uint32_t kStatusDriver = 0x02;
+inline constexpr std::uint32_t kStatusDriverOk = 0x04;
+inline constexpr std::uint32_t kStatusFeaturesOk = 0x08;
+inline constexpr std::uint32_t kStatusNeedsReset = 0x40;
+inline constexpr std::uint32_t kStatusFailed = 0x80;
+
+// InterruptStatus bits.
+inline constexpr std::uint32_t kInterruptUsedBuffer = 0x1;
+inline constexpr std::uint32_t kInterruptConfigChange = 0x2;
+
+// Register offsets of the version-2 layout (all 32 bits wide):
+//
+//   0x000 MagicValue        0x030 QueueSel          0x070 Status
+//   0x004 Version           0x034 QueueNumMax       0x080/084 QueueDesc   lo/hi
+//   0x008 DeviceID          0x038 QueueNum          0x090/094 QueueDriver lo/hi (avail)
+//   0x00c VendorID          0x044 QueueReady        0x0a0/0a4 QueueDevice lo/hi (used)
+//   0x010 DeviceFeatures    0x050 QueueNotify (w)   0x0ac SHMSel, 0x0b0.. SHMLen/Base
+//   0x014 DeviceFeaturesSel 0x060 InterruptStatus   0x0c0 QueueReset
+//   0x020 DriverFeatures    0x064 InterruptACK (w)  0x0fc ConfigGeneration
+//   0x024 DriverFeaturesSel                         0x100 config space
+namespace virtio_reg {
+inline constexpr std::uint64_t kMagic = 0x000, kVersion = 0x004, kDeviceId = 0x008, kVendorId = 0x00c;
+inline constexpr std::uint64_t kDeviceFeatures = 0x010, kDeviceFeaturesSel = 0x014;
+inline constexpr std::uint64_t kDriverFeatures = 0x020, kDriverFeaturesSel = 0x024;
+inline constexpr std::uint64_t kQueueSel = 0x030, kQueueNumMax = 0x034, kQueueNum = 0x038, kQueueReady = 0x044;
+inline constexpr std::uint64_t kQueueNotify = 0x050, kInterruptStatus = 0x060, kInterruptAck = 0x064;
+inline constexpr std::uint64_t kStatus = 0x070;
+inline constexpr std::uint64_t kQueueDescLow = 0x080, kQueueDescHigh = 0x084;
+inline constexpr std::uint64_t kQueueDriverLow = 0x090, kQueueDriverHigh = 0x094;
+inline constexpr std::uint64_t kQueueDeviceLow = 0x0a0, kQueueDeviceHigh = 0x0a4;
+inline constexpr std::uint64_t kShmSel = 0x0ac, kShmLenLow = 0x0b0, kShmLenHigh = 0x0b4;
+inline constexpr std::uint64_t kShmBaseLow = 0x0b8, kShmBaseHigh = 0x0bc, kQueueReset = 0x0c0;
+inline constexpr std::uint64_t kConfigGeneration = 0x0fc, kConfig = 0x100;
+}  // namespace virtio_reg
+
+// Why a queue was found malformed (the transport then sets DEVICE_NEEDS_RESET).
+enum class VirtioErrc {
+    bad_queue_size = 1,       // zero, not a power of two, or above QueueNumMax
+    bad_ring_address,         // a ring misaligned, overflowing or not inside RAM
+    bad_avail_index,          // the driver claims more than `size` new buffers
+    bad_descriptor_index,     // a head or `next` index >= size
+    descriptor_loop,          // a chain longer than the queue: it must loop
+    indirect_descriptor,      // VIRTQ_DESC_F_INDIRECT without the feature
+    readable_after_writable,  // a device-readable descriptor after a writable one
+};
+const std::error_category& virtio_category();
+inline std::error_code make_error_code(VirtioErrc e) { return {static_cast<int>(e), virtio_category()}; }
+
+}  // namespace swapvisor::vmm::devices
+
+template <>
+struct std::is_error_code_enum<swapvisor::vmm::devices::VirtioErrc> : std::true_type {};
+
+namespace swapvisor::vmm::devices {
+
+// True if [gpa, gpa + len) lies inside one RAM region of `mem` (len 0 counts as
+// inside iff gpa is); false on overflow.
+bool ram_contains(const guestmem::GuestMemory& mem, guestmem::Gpa gpa, std::uint64_t len);
+
+// One descriptor as the driver wrote it: addr/len are the guest's raw values, not
+// yet checked against RAM (what they mean is the device's business; for a
+// free-page report they are the free range itself).
+struct VirtqDescriptor {
+    guestmem::Gpa addr;
+    std::uint32_t len;
+    bool device_writable;
+};
+
+struct DescriptorChain {
+    std::uint16_t head;  // returned to the used ring
+    std::vector<VirtqDescriptor> descriptors;
+};
+
+// A split virtqueue as the driver programmed it, with the device's cursors.
+// Not thread safe: the owning VirtioMmio's mutex serialises it.
+class SplitQueue {
+public:
+    static constexpr std::uint16_t kDescFlagNext = 1;
+    static constexpr std::uint16_t kDescFlagWrite = 2;
+    static constexpr std::uint16_t kDescFlagIndirect = 4;
+    static constexpr std::uint16_t kAvailFlagNoInterrupt = 1;
+
+    SplitQueue(guestmem::GuestMemory& mem, std::uint16_t max_size) : mem_(&mem), max_size_(max_size) {}
+
+    // Driver-programmed configuration (only changed while not ready).
+    std::uint16_t max_size() const { return max_size_; }
+    std::uint16_t size() const { return size_; }
+    bool ready() const { return ready_; }
+    std::uint64_t desc_addr() const { return desc_; }
+    std::uint64_t driver_addr() const { return driver_; }
+    std::uint64_t device_addr() const { return device_; }
+    void set_size(std::uint16_t n) { size_ = n; }
+    void set_desc_addr(std::uint64_t a) { desc_ = a; }
+    void set_driver_addr(std::uint64_t a) { driver_ = a; }
+    void set_device_addr(std::uint64_t a) { device_ = a; }
+
+    // QueueReady = 1: check size and ring placement, then start from index 0.
+    Result<void> enable();
+    void disable() { ready_ = false; }
+    // Back to the reset values (size = max, addresses 0, not ready).
+    void reset();
+
+    // The next available chain, fully read and checked; nullopt if none.
+    Result<std::optional<DescriptorChain>> pop();
+    // Return a chain to the driver with `written` bytes written into it.
+    Result<void> push_used(std::uint16_t head, std::uint32_t written);
+    // Used buffers since the last call, and whether the driver wants an interrupt
+    // for them (VIRTQ_AVAIL_F_NO_INTERRUPT clear). Resets the count.
+    Result<bool> take_interrupt_request();
+
+private:
+    Result<std::uint16_t> read_u16(std::uint64_t gpa) const;
+
+    guestmem::GuestMemory* mem_;
+    std::uint16_t max_size_;
+    std::uint16_t size_ = 0;
+    bool ready_ = false;
+    std::uint64_t desc_ = 0;    // descriptor table, 16-byte aligned, 16 * size
+    std::uint64_t driver_ = 0;  // available ring, 2-byte aligned, 6 + 2 * size
+    std::uint64_t device_ = 0;  // used ring, 4-byte aligned, 6 + 8 * size
+    std::uint16_t last_avail_ = 0;  // next available-ring slot to consume
+    std::uint16_t next_used_ = 0;   // used index to publish next
+    std::uint32_t used_since_interrupt_ = 0;
+};
+
+// The device-specific half of a virtio device. Called with the transport's mutex
+// held, so implementations need no lock for state only these calls touch.
+class VirtioDevice {
+public:
+    virtual ~VirtioDevice() = default;
+    virtual std::uint32_t device_id() const = 0;
+    // Offered features, including kVirtioFVersion1.
+    virtual std::uint64_t device_features() const = 0;
+    // Queues that exist once `features` are negotiated (indices 0 .. n-1).
+    virtual unsigned queue_count(std::uint64_t features) const = 0;
+    virtual std::uint16_t queue_max_size() const { return 256; }
+    // Config space accesses at `offset` from 0x100 (any width; out of range reads 0).
+    virtual void read_config(std::uint64_t offset, std::span<std::byte> data) = 0;
+    virtual void write_config(std::uint64_t offset, std::span<const std::byte> data) = 0;
+    // Consume the available buffers of queue `index` (< queue_count). An error
+    // means the queue is malformed: the transport sets DEVICE_NEEDS_RESET.
+    virtual Result<void> process_queue(unsigned index, SplitQueue& queue, std::uint64_t features) = 0;
+    // Status 0 written: forget the driver's state (statistics survive).
+    virtual void reset() = 0;
+};
+
+// Level of the device's interrupt line: high while InterruptStatus is non-zero.
+enum class IrqLevel : bool { low, high };
+using IrqCallback = std::function<void(IrqLevel)>;
+
+struct VirtioMmioStats {
+    std::uint64_t notifies = 0;          // QueueNotify writes acted on
+    std::uint64_t ignored_notifies = 0;  // before DRIVER_OK / queue ready, bad index, or after NEEDS_RESET
+    std::uint64_t needs_reset = 0;       // times the device entered DEVICE_NEEDS_RESET
+    std::uint64_t interrupts = 0;        // InterruptStatus bits raised
+    std::uint64_t resets = 0;            // Status 0 written
+};
+
+class VirtioMmio final : public BusDevice {
+public:
+    // `mem` must outlive the transport. `irq` may be empty: the guest polls.
+    VirtioMmio(guestmem::GuestMemory& mem, std::shared_ptr<VirtioDevice> device, IrqCallback irq = {});
+
+    void read(std::uint64_t offset, std::span<std::byte> data) override;
+    BusAction write(std::uint64_t offset, std::span<const std::byte> data) override;
+
+    // The device's config space changed (e.g. a new balloon target): bump
+    // ConfigGeneration and raise the config-change interrupt once the driver runs.
+    void notify_config_change();
+
+    std::uint32_t status() const;
+    VirtioMmioStats stats() const;
+
+private:
+    std::uint32_t read_register(std::uint64_t offset) const;
+    void write_register(std::uint64_t offset, std::uint32_t value);
+    void write_status(std::uint32_t value);
+    void notify(std::uint32_t index);
+    void needs_reset(unsigned index, const Error& why);
+    void raise(std::uint32_t bits);
+    void reset_locked();
+    SplitQueue* selected_queue();
+    const SplitQueue* selected_queue() const;
+    unsigned existing_queues() const;
+
+    guestmem::GuestMemory& mem_;
+    std::shared_ptr<VirtioDevice> device_;
+    IrqCallback irq_;
+
+    // Protects: every member below and all calls into device_; Order: before the
+    // guestmem page locks (queue processing reads guest memory and discards pages).
+    mutable std::mutex mutex_;
+    std::vector<SplitQueue> queues_;  // device_->queue_count(all offered features) slots
+    std::uint32_t status_ = 0;
+    std::uint32_t device_features_sel_ = 0;
+    std::uint32_t driver_features_sel_ = 0;
+    std::uint64_t driver_features_ = 0;
+    std::uint32_t queue_sel_ = 0;
+    std::uint32_t interrupt_status_ = 0;
+    std::uint32_t config_generation_ = 0;
+    bool config_change_pending_ = false;  // changed before DRIVER_OK: raised at DRIVER_OK
+    VirtioMmioStats stats_;
+};
+
+}  // namespace swapvisor::vmm::devices
