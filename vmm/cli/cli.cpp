@@ -1,0 +1,118 @@
+// CLI11 wiring for `swapvisor run`. Options are read as strings and validated with
+// the parsers of config.hpp, so the messages are ours and the same as in tests.
+#include "vmm/cli/cli.hpp"
+
+#include <sstream>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+namespace swapvisor::vmm::cli {
+namespace {
+
+struct RawRun {
+    std::string kernel;
+    std::string cmdline;
+    std::string memory = "512M";
+    unsigned vcpus = 1;
+    std::string resident_limit;
+    std::vector<std::string> swaps;
+    std::string stats_json;
+    std::string control;
+    std::string name = "vm0";
+    bool balloon = false;
+};
+
+CliExit usage_error(std::string message) {
+    return CliExit{kExitUsage, "", fmt::format("swapvisor run: {}\nRun 'swapvisor run --help' for the options.\n", message)};
+}
+
+std::variant<RunConfig, CliExit> validate(const RawRun& raw) {
+    RunConfig config;
+    config.kernel = raw.kernel;
+    config.cmdline = raw.cmdline;
+    auto memory = parse_size_aligned(raw.memory, kGuestMemoryAlign, "2 MiB");
+    if (!memory) return usage_error("--memory: " + memory.error());
+    config.memory_bytes = *memory;
+    if (raw.vcpus == 0 || raw.vcpus > kMaxVcpus) {
+        return usage_error(fmt::format("--vcpus: {} is not in 1..{}", raw.vcpus, kMaxVcpus));
+    }
+    config.vcpus = raw.vcpus;
+    if (!raw.resident_limit.empty()) {
+        auto limit = parse_size_aligned(raw.resident_limit, 4096, "4 KiB");
+        if (!limit) return usage_error("--resident-limit: " + limit.error());
+        config.resident_limit = *limit;
+    }
+    for (const std::string& s : raw.swaps) {
+        auto spec = parse_swap_spec(s);
+        if (!spec) return usage_error(spec.error());
+        for (const SwapSpec& other : config.swaps) {
+            if (other.path == spec->path) return usage_error(fmt::format("--swap '{}' is given twice", s));
+        }
+        config.swaps.push_back(*spec);
+    }
+    if (!raw.stats_json.empty()) config.stats_json = raw.stats_json;
+    if (!raw.control.empty()) config.control_socket = raw.control;
+    auto name = parse_vm_name(raw.name);
+    if (!name) return usage_error("--name: " + name.error());
+    config.name = *name;
+    config.balloon = raw.balloon;
+    return config;
+}
+
+}  // namespace
+
+CliOutcome parse_command_line(const std::vector<std::string>& args) {
+    CLI::App app{"swapvisor: a KVM virtual machine monitor that overcommits guest memory onto swap devices", "swapvisor"};
+    app.require_subcommand(1);
+    app.set_help_all_flag("--help-all", "Print the help of every subcommand");
+
+    RawRun raw;
+    CLI::App* run = app.add_subcommand("run", "Boot a PVH ELF guest and run it until it exits; the exit status is "
+                                              "the guest's debug-exit code (port 0xf4)");
+    run->add_option("--kernel", raw.kernel,
+                    "Guest image: a 64-bit x86 ELF with the PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY), e.g. the "
+                    "examples/ guests or a Linux vmlinux built with CONFIG_PVH")
+        ->required()
+        ->type_name("ELF");
+    run->add_option("--cmdline", raw.cmdline, "Guest command line, passed in hvm_start_info (at most 4095 bytes)")
+        ->type_name("STR");
+    run->add_option("--memory", raw.memory,
+                    "Guest RAM: bytes or K/M/G/T (KiB/MiB/GiB/TiB), a multiple of 2 MiB; RAM above 3 GiB is placed "
+                    "above 4 GiB")
+        ->type_name("SIZE")
+        ->capture_default_str();
+    run->add_option("--vcpus", raw.vcpus, "Number of vCPUs (1..255); vCPU 0 boots, the others wait for INIT/SIPI")
+        ->type_name("N")
+        ->capture_default_str();
+    run->add_option("--resident-limit", raw.resident_limit,
+                    "Most guest RAM kept in host memory; colder pages go to swap (default: no limit)")
+        ->type_name("SIZE");
+    run->add_option("--swap", raw.swaps,
+                    "Swap device or file, repeatable: PATH[,priority=N][,size=SIZE]. Higher priority is used first "
+                    "(0..32767); a missing file is created with size=")
+        ->type_name("PATH[,priority=N][,size=SIZE]")
+        ->take_all();
+    run->add_option("--stats-json", raw.stats_json, "Write the final memory and swap counters as JSON to FILE on exit")
+        ->type_name("FILE");
+    run->add_option("--control", raw.control,
+                    "Unix control socket (mode 0600) for 'swapvisor ctl': swapon, swapoff, set-limit, stats")
+        ->type_name("SOCKET");
+    run->add_option("--name", raw.name, "VM name in logs, stats and control replies ([A-Za-z0-9._-], <= 64)")
+        ->type_name("NAME")
+        ->capture_default_str();
+    run->add_flag("--balloon", raw.balloon, "Add a virtio-balloon device with free page reporting");
+
+    std::vector<std::string> reversed(args.rbegin(), args.rend());  // CLI11 parses a reversed vector
+    std::ostringstream out;
+    std::ostringstream err;
+    try {
+        app.parse(reversed);
+    } catch (const CLI::ParseError& e) {
+        int status = app.exit(e, out, err);
+        return CliExit{status == 0 ? 0 : kExitUsage, out.str(), err.str()};
+    }
+    return validate(raw);
+}
+
+}  // namespace swapvisor::vmm::cli

@@ -1,0 +1,29 @@
+// The `swapvisor` command line (DESIGN.md §6): CLI11 definitions for the `run`
+// subcommand, and the validation that turns its strings into a RunConfig. CLI11
+// throws; parse_command_line() catches everything and returns either a config or
+// what to print and the exit status, so main() stays exception free.
+#pragma once
+
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "vmm/cli/config.hpp"
+
+namespace swapvisor::vmm::cli {
+
+inline constexpr int kExitUsage = 2;   // bad command line
+
+// Parsing ended the program: --help (status 0) or a usage error (kExitUsage).
+struct CliExit {
+    int status;
+    std::string out;  // for stdout (help)
+    std::string err;  // for stderr (errors)
+};
+
+using CliOutcome = std::variant<RunConfig, CliExit>;
+
+// args excludes the program name: {"run", "--kernel", "hello.elf"}.
+CliOutcome parse_command_line(const std::vector<std::string>& args);
+
+}  // namespace swapvisor::vmm::cli

@@ -1,0 +1,126 @@
+// The value parsers of the command line. Every rejection says what was given and
+// what is accepted, because an operator reads these messages, not a developer.
+#include "vmm/cli/config.hpp"
+
+#include <cctype>
+#include <charconv>
+#include <limits>
+
+#include <fmt/format.h>
+
+namespace swapvisor::vmm::cli {
+namespace {
+
+std::string lower(std::string_view s) {
+    std::string out(s);
+    for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return out;
+}
+
+std::string_view trim_suffix_ib(std::string_view s) {
+    // "GiB" -> "G"; "B" alone stays "B" (bytes).
+    if (s.size() == 3 && (s[1] == 'i' || s[1] == 'I') && (s[2] == 'B' || s[2] == 'b')) return s.substr(0, 1);
+    return s;
+}
+
+}  // namespace
+
+Parsed<std::uint64_t> parse_size(std::string_view text) {
+    if (text.empty()) return std::unexpected(std::string("empty size"));
+    std::size_t digits = 0;
+    while (digits < text.size() && std::isdigit(static_cast<unsigned char>(text[digits]))) ++digits;
+    if (digits == 0) {
+        return std::unexpected(fmt::format("'{}' is not a size (expected a number with an optional K, M, G or T "
+                                           "suffix, e.g. 512M)",
+                                           text));
+    }
+    std::uint64_t number = 0;
+    auto [ptr, ec] = std::from_chars(text.data(), text.data() + digits, number);
+    if (ec == std::errc::result_out_of_range) return std::unexpected(fmt::format("size '{}' is too large", text));
+    if (ec != std::errc() || ptr != text.data() + digits) {
+        return std::unexpected(fmt::format("'{}' is not a size", text));
+    }
+    std::string suffix = lower(trim_suffix_ib(text.substr(digits)));
+    unsigned shift = 0;
+    if (suffix.empty() || suffix == "b") shift = 0;
+    else if (suffix == "k") shift = 10;
+    else if (suffix == "m") shift = 20;
+    else if (suffix == "g") shift = 30;
+    else if (suffix == "t") shift = 40;
+    else {
+        return std::unexpected(fmt::format("size '{}' has an unknown suffix '{}' (use K, M, G, T or KiB, MiB, GiB, "
+                                           "TiB; all are powers of 1024)",
+                                           text, text.substr(digits)));
+    }
+    if (shift != 0 && number > (std::numeric_limits<std::uint64_t>::max() >> shift)) {
+        return std::unexpected(fmt::format("size '{}' overflows 64 bits", text));
+    }
+    return number << shift;
+}
+
+Parsed<std::uint64_t> parse_size_aligned(std::string_view text, std::uint64_t align, std::string_view align_name) {
+    auto size = parse_size(text);
+    if (!size) return size;
+    if (*size == 0) return std::unexpected(fmt::format("size '{}' is zero", text));
+    if (*size % align != 0) {
+        return std::unexpected(fmt::format("size '{}' ({} bytes) is not a multiple of {}", text, *size, align_name));
+    }
+    return size;
+}
+
+Parsed<SwapSpec> parse_swap_spec(std::string_view text) {
+    SwapSpec spec;
+    std::size_t comma = text.find(',');
+    std::string_view path = text.substr(0, comma);
+    if (path.empty()) return std::unexpected(fmt::format("--swap '{}': the path is empty", text));
+    spec.path = std::filesystem::path(std::string(path));
+    while (comma != std::string_view::npos) {
+        std::size_t start = comma + 1;
+        comma = text.find(',', start);
+        std::string_view option = text.substr(start, comma == std::string_view::npos ? comma : comma - start);
+        std::size_t eq = option.find('=');
+        if (option.empty()) return std::unexpected(fmt::format("--swap '{}': empty option after ','", text));
+        if (eq == std::string_view::npos || eq + 1 == option.size()) {
+            return std::unexpected(fmt::format("--swap '{}': option '{}' needs a value (priority=N or size=SIZE)",
+                                               text, option));
+        }
+        std::string_view key = option.substr(0, eq);
+        std::string_view value = option.substr(eq + 1);
+        if (key == "priority") {
+            if (spec.priority) return std::unexpected(fmt::format("--swap '{}': priority given twice", text));
+            int prio = -1;
+            auto [ptr, ec] = std::from_chars(value.data(), value.data() + value.size(), prio);
+            if (ec != std::errc() || ptr != value.data() + value.size() || prio < 0 || prio > 32767) {
+                return std::unexpected(
+                    fmt::format("--swap '{}': priority '{}' is not an integer in 0..32767", text, value));
+            }
+            spec.priority = prio;
+        } else if (key == "size") {
+            if (spec.size) return std::unexpected(fmt::format("--swap '{}': size given twice", text));
+            auto size = parse_size_aligned(value, 4096, "4 KiB");
+            if (!size) return std::unexpected(fmt::format("--swap '{}': {}", text, size.error()));
+            spec.size = *size;
+        } else {
+            return std::unexpected(
+                fmt::format("--swap '{}': unknown option '{}' (accepted: priority=N, size=SIZE)", text, key));
+        }
+    }
+    return spec;
+}
+
+Parsed<std::string> parse_vm_name(std::string_view text) {
+    if (text.empty() || text.size() > 64) {
+        return std::unexpected(fmt::format("VM name '{}' must be 1 to 64 characters", text));
+    }
+    if (text[0] == '.' || text[0] == '-') {
+        return std::unexpected(fmt::format("VM name '{}' must not start with '.' or '-'", text));
+    }
+    for (char c : text) {
+        if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') {
+            return std::unexpected(fmt::format("VM name '{}' may only contain letters, digits, '.', '_' and '-'", text));
+        }
+    }
+    return std::string(text);
+}
+
+}  // namespace swapvisor::vmm::cli

@@ -1,0 +1,61 @@
+// RunConfig: everything `swapvisor run` was asked to do, validated, plus the small
+// parsers the command line uses (sizes, --swap specs, VM names). They return a
+// message for the operator instead of throwing, so the CLI layer (cli.hpp) and the
+// unit tests use them directly. Sizes are binary: K = KiB = 1024 bytes.
+#pragma once
+
+#include <cstdint>
+#include <expected>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace swapvisor::vmm::cli {
+
+// A parse result carrying a human message on failure.
+template <class T>
+using Parsed = std::expected<T, std::string>;
+
+inline constexpr std::uint64_t kMiB = 1ULL << 20;
+inline constexpr std::uint64_t kGuestMemoryAlign = 2 * kMiB;  // guestmem maps RAM in 2 MiB units
+inline constexpr std::uint64_t kDefaultMemory = 512 * kMiB;
+inline constexpr unsigned kMaxVcpus = 255;   // the APIC id must fit CPUID leaf 1 EBX[31:24]
+
+// "1048576", "512M", "4G", "2GiB", "64k", "1T" (suffixes K/M/G/T, optionally followed
+// by "iB", any case for the letter; "B" alone means bytes). Errors: empty, no
+// digits, unknown suffix, overflow.
+Parsed<std::uint64_t> parse_size(std::string_view text);
+
+// parse_size plus: not zero, and a multiple of `align` (named in the message).
+Parsed<std::uint64_t> parse_size_aligned(std::string_view text, std::uint64_t align, std::string_view align_name);
+
+struct SwapSpec {
+    std::filesystem::path path;
+    std::optional<int> priority;         // 0..32767, higher first (swapon(8))
+    std::optional<std::uint64_t> size;   // create the file with this size if missing
+    bool operator==(const SwapSpec&) const = default;
+};
+
+// "PATH[,priority=N][,size=SIZE]": no empty path, no unknown or repeated key, every
+// key needs "=value".
+Parsed<SwapSpec> parse_swap_spec(std::string_view text);
+
+// VM names: 1..64 of [A-Za-z0-9._-], not starting with '.' or '-'.
+Parsed<std::string> parse_vm_name(std::string_view text);
+
+struct RunConfig {
+    std::filesystem::path kernel;
+    std::string cmdline;
+    std::uint64_t memory_bytes = kDefaultMemory;
+    unsigned vcpus = 1;
+    std::uint64_t resident_limit = 0;  // 0: no limit
+    std::vector<SwapSpec> swaps;
+    std::optional<std::filesystem::path> stats_json;
+    std::optional<std::filesystem::path> control_socket;
+    std::string name = "vm0";
+    bool balloon = false;
+};
+
+}  // namespace swapvisor::vmm::cli

@@ -1,0 +1,117 @@
+// Vm: one running guest: the KVM VM with its memslots, N vCPUs each driven by its own
+// thread, and the port-I/O and MMIO buses with the standard devices (COM1 serial,
+// debug exit). Guest memory is owned by guestmem; the Vm only registers its regions
+// as memslots, so it must be destroyed before that memory (main.cpp).
+//
+// Threads (vmm/README.md#threads): run() starts one thread per vCPU and blocks until
+// all of them have returned. vCPU 0 starts at the PVH entry; the others wait for
+// INIT/SIPI in the in-kernel LAPIC (their KVM_RUN blocks). The first vCPU that ends
+// the VM records why (VmEnd) and stops the others (vmm/README.md#stopping):
+// stopping_ is set, every vCPU's kvm_run->immediate_exit is set, then each thread
+// gets kKickSignal. A thread between its stopping_ check and KVM_RUN is caught by
+// immediate_exit; one inside KVM_RUN by the signal. Neither is ever cleared, so no
+// interleaving leaves a vCPU running.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "guestmem/guest_memory.hpp"
+#include "io/result.hpp"
+#include "vmm/devices/bus.hpp"
+#include "vmm/devices/serial.hpp"
+#include "vmm/kvm/kvm.hpp"
+#include "vmm/kvm/kvm_vm.hpp"
+#include "vmm/kvm/vcpu.hpp"
+
+namespace swapvisor::vmm {
+
+// Process exit statuses for VM ends that are not a guest debug exit (vmm/README.md#exit-codes).
+inline constexpr int kExitSetupError = 1;
+inline constexpr int kExitTripleFault = 129;
+inline constexpr int kExitInternalError = 130;
+inline constexpr int kExitFailEntry = 131;
+inline constexpr int kExitPageLost = 132;
+inline constexpr int kExitHalted = 133;
+inline constexpr int kExitSystemEvent = 134;
+inline constexpr int kExitKvmError = 135;
+inline constexpr int kExitStopped = 143;  // 128 + SIGTERM: stopped from outside
+
+enum class EndReason {
+    debug_exit,      // port 0xf4
+    triple_fault,    // KVM_EXIT_SHUTDOWN
+    internal_error,  // KVM_EXIT_INTERNAL_ERROR
+    fail_entry,      // KVM_EXIT_FAIL_ENTRY
+    page_lost,       // KVM_RUN EFAULT/EHWPOISON or SIGBUS: guest memory could not be restored
+    halted,          // KVM_EXIT_HLT (only without an in-kernel irqchip)
+    system_event,    // KVM_EXIT_SYSTEM_EVENT (PSCI-style shutdown/reset/crash)
+    kvm_error,       // KVM_RUN failed otherwise, or an unknown exit
+    stopped,         // request_stop() from outside the guest
+};
+
+struct VmEnd {
+    EndReason reason;
+    std::uint32_t exit_code;  // the guest's 32-bit value for debug_exit, else a kExit* status
+    unsigned vcpu = 0;        // the vCPU that ended the VM
+    std::string message;      // empty for a debug exit
+};
+
+struct VmSpec {
+    unsigned vcpus = 1;
+    std::span<const guestmem::RegionView> regions;  // registered as memslots in order
+};
+
+class Vm {
+public:
+    // Create the VM, its memslots, vCPUs (with CPUID) and the standard devices.
+    static Result<std::unique_ptr<Vm>> create(const kvm::Kvm& kvm, const VmSpec& spec, devices::SerialSink serial);
+    ~Vm();
+    Vm(const Vm&) = delete;
+    Vm& operator=(const Vm&) = delete;
+
+    // Put the BSP at the PVH entry (vmm/loader/pvh.hpp).
+    Result<void> set_boot_entry(std::uint32_t entry, std::uint32_t start_info_gpa);
+
+    devices::Bus& pio() { return pio_; }
+    devices::Bus& mmio() { return mmio_; }
+
+    // Run all vCPUs until the VM ends; returns why. Call once.
+    VmEnd run();
+    // End the VM from another thread (signal forwarding, control socket). The first
+    // end recorded wins.
+    void request_stop(VmEnd end);
+
+private:
+    Vm(kvm::KvmVm vm, std::vector<guestmem::RegionView> regions);
+    void vcpu_thread(unsigned index);
+    // Handle one exit; a value means the VM ends.
+    std::optional<VmEnd> handle_exit(kvm::Vcpu& vcpu, kvm::VcpuExit& exit);
+    std::optional<VmEnd> handle_run_error(kvm::Vcpu& vcpu, const Error& error);
+    void finish(VmEnd end);
+    void stop_all();
+    std::string describe_hva(const void* hva) const;
+
+    kvm::KvmVm vm_;
+    std::vector<guestmem::RegionView> regions_;
+    std::vector<kvm::Vcpu> vcpus_;  // closed before vm_ (declared after it)
+    devices::Bus pio_{"port I/O"};
+    devices::Bus mmio_{"MMIO"};
+    std::shared_ptr<devices::Serial16550> serial_;
+
+    std::atomic<bool> stopping_{false};
+    // Protects: end_; Order: leaf.
+    std::mutex end_mutex_;
+    std::optional<VmEnd> end_;
+    // Filled before any vCPU thread passes its start gate, then immutable, so
+    // stop_all() may read it from any vCPU thread without a lock.
+    std::vector<std::thread> threads_;
+};
+
+}  // namespace swapvisor::vmm
