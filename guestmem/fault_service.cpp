@@ -89,8 +89,13 @@ void GuestMemory::Impl::handle_fault(std::uint64_t hva, std::uint64_t flags, io:
     was = e.state();
     switch (e.state()) {
         case PageState::zero:
-            r = tolerate_exists(uffd->copy(addr, zero_page.data(), kPageSize, WriteProtect::no, Wake::no), *uffd,
-                                addr);
+            r = uffd->copy(addr, zero_page.data(), kPageSize, WriteProtect::no, Wake::no);
+            // EEXIST: a page appeared in the memfd without an owner — only an O_DIRECT
+            // write_out pinning a just-discarded page through the VMM view does that,
+            // and that page is freshly zeroed (its completion punches it again). Map
+            // it rather than fault for ever.
+            if (!r && r.error().code == make_error_code(Errc::page_exists))
+                r = tolerate_exists(uffd->continue_(addr, kPageSize, WriteProtect::no, Wake::no), *uffd, addr);
             if (r) {
                 page_became_present();
                 lk.set(PageEntry::make(PageState::resident));
@@ -98,7 +103,7 @@ void GuestMemory::Impl::handle_fault(std::uint64_t hva, std::uint64_t flags, io:
             break;
         case PageState::swapped: {
             counters.major_faults.fetch_add(1, std::memory_order_relaxed);
-            if (!swap_in_locked(lk, idx, ring, /*keep_clean=*/true)) break;  // poisoned (and woken): the guest is told
+            if (!swap_in_locked(lk, idx, ring, /*keep_clean=*/true)) break;  // poisoned; woken below: the guest is told
             const PageEntry in = lk.entry();
             r = tolerate_exists(
                 uffd->continue_(addr, kPageSize, in.clean() ? WriteProtect::yes : WriteProtect::no, Wake::no), *uffd,
@@ -123,12 +128,16 @@ void GuestMemory::Impl::handle_fault(std::uint64_t hva, std::uint64_t flags, io:
                 lk.set(PageEntry::make(PageState::resident));
                 r = uffd->write_protect(addr, kPageSize, WriteProtect::no, Wake::no);
             } else {
-                // Another thread resolved it first: the wake below is all it needs.
+                // Usually another thread resolved it first (EEXIST: the wake below is
+                // all it needs); if the mapping was zapped meanwhile, map it again.
+                r = tolerate_exists(
+                    uffd->continue_(addr, kPageSize, e.clean() ? WriteProtect::yes : WriteProtect::no, Wake::no),
+                    *uffd, addr);
             }
             break;
         case PageState::lost:
             // Re-arm the poison (a discard-less retry) so the access errors again.
-            if (uffd->has(UFFD_FEATURE_POISON)) r = tolerate_exists(uffd->poison(addr, kPageSize, Wake::no), *uffd, addr);
+            r = tolerate_exists(uffd->poison(addr, kPageSize, Wake::no), *uffd, addr);
             break;
         case PageState::reading:
             SWV_ASSERT(false, "reading state seen by a lock holder");
@@ -152,7 +161,7 @@ namespace swapvisor::guestmem {
 // woken, so the guest never waits for it; skipped while the VM is at its limit.
 void GuestMemory::Impl::readahead_after(std::uint64_t idx, io::Ring& ring) {
     thread_local std::uint64_t last_swapin = ~0ULL;
-    const bool sequential = idx == last_swapin + 1 || (last_swapin != ~0ULL && idx > last_swapin && idx - last_swapin <= kReadaheadPages);
+    const bool sequential = last_swapin != ~0ULL && idx > last_swapin && idx - last_swapin <= kReadaheadPages;
     last_swapin = idx;
     if (!sequential || !wp_tracking || over_limit()) return;
     const Region& region = region_of(idx);
@@ -206,7 +215,7 @@ namespace swapvisor::guestmem {
 // write. Skipped while the VM is at its limit.
 void GuestMemory::Impl::zero_fault_around(std::uint64_t idx) {
     thread_local std::uint64_t last_zero = ~0ULL;
-    const bool sequential = idx == last_zero + 1;
+    const bool sequential = last_zero != ~0ULL && idx == last_zero + 1;
     last_zero = idx;
     if (!sequential || over_limit()) return;
     const Region& region = region_of(idx);

@@ -68,8 +68,10 @@ Result<std::unique_ptr<GuestMemory>> create_guest_memory(const MemoryConfig& con
     spans.push_back({0, low});
     if (config.memory_bytes > low) spans.push_back({kHighRamBase, config.memory_bytes - low});
 
-    impl.uffd.emplace(SWV_TRY(Userfault::create(UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MINOR_SHMEM,
-                                                UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_POISON)));
+    // POISON is required: without it a page whose swap-in failed could only be shown
+    // to the guest as wrong bytes or leave the vCPU blocked for ever.
+    impl.uffd.emplace(SWV_TRY(Userfault::create(
+        UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MINOR_SHMEM | UFFD_FEATURE_POISON, UFFD_FEATURE_WP_HUGETLBFS_SHMEM)));
     impl.wp_tracking = impl.uffd->has(UFFD_FEATURE_WP_HUGETLBFS_SHMEM);
 
     std::uint64_t next_idx = 0;
@@ -235,6 +237,7 @@ Result<void> GuestMemory::Impl::swap_in_locked(PageLock& lk, std::uint64_t idx, 
     SWV_ASSERT(pool != nullptr, "swapped page without a swap pool");
     // Read straight into the memfd through the VMM view: the guest cannot see the page
     // until we map it (UFFDIO_CONTINUE) after the checksum has been verified.
+    table.publish_locked(idx, PageEntry::make(PageState::reading, e.vslot()));  // visible to observers only
     auto read = pool->read_in(ring, e.vslot(), vmm_ptr(idx));
     counters.swap_in_pages.fetch_add(1, std::memory_order_relaxed);
     if (!read) {
@@ -243,7 +246,7 @@ Result<void> GuestMemory::Impl::swap_in_locked(PageLock& lk, std::uint64_t idx, 
         // a guest woken now would take its SIGBUS while the entry still says swapped;
         // the fault service wakes it once `lost` is published (fault_service.cpp).
         (void)punch(idx, 1);
-        if (uffd->has(UFFD_FEATURE_POISON)) (void)uffd->poison(guest_ptr(idx), kPageSize, Wake::no);
+        (void)uffd->poison(guest_ptr(idx), kPageSize, Wake::no);
         counters.lost_pages.fetch_add(1);
         counters.swapped_pages.fetch_sub(1);
         free_vslot(e.vslot());

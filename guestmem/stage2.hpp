@@ -31,7 +31,7 @@ enum class PageState : std::uint8_t {
     inactive = 2,   // in the memfd, zapped from the guest view: next touch is a MINOR fault
     writeback = 3,  // being written to swap (page stays in the memfd until completion)
     swapped = 4,    // content only in swap at VSlot; hole punched
-    reading = 5,    // swap-in in flight (lock held by the reader)
+    reading = 5,    // swap-in in flight: only ever seen by peek, the reader holds the lock
     lost = 6,       // swap-in failed; poisoned in the guest view, guest gets a memory error
 };
 const char* to_string(PageState s);
@@ -78,6 +78,10 @@ public:
     // it had. With TryLock::yes returns nullopt instead of waiting.
     PageEntry lock(std::uint64_t idx);
     std::optional<PageEntry> try_lock(std::uint64_t idx);
+    // Show a new value to observers (peek) while keeping the lock.
+    void publish_locked(std::uint64_t idx, PageEntry value) {
+        entries_[idx].store(value.raw() | PageEntry::kLock, std::memory_order_release);
+    }
     // Publish a new value and release the lock; wakes waiters.
     void unlock(std::uint64_t idx, PageEntry value);
 

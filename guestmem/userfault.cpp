@@ -42,7 +42,7 @@ Result<Userfault> Userfault::create(std::uint64_t required_features, std::uint64
     if (::ioctl(fd.get(), UFFDIO_API, &probe) < 0) return errno_error("UFFDIO_API probe");
     std::uint64_t available = probe.features;
     if ((available & required_features) != required_features)
-        return make_error(Errc::unsupported, "userfaultfd features (need MISSING_SHMEM and MINOR_SHMEM)");
+        return make_error(Errc::unsupported, "userfaultfd features (need MISSING_SHMEM, MINOR_SHMEM and POISON: Linux 6.6 or later)");
 
     // The API handshake can only happen once per fd: open a fresh one for the real request.
     raw = static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));

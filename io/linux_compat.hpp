@@ -24,7 +24,7 @@
 #endif
 
 #ifndef _UFFDIO_POISON
-#define _UFFDIO_POISON (0x0A)
+#define _UFFDIO_POISON (0x08)
 struct uffdio_poison {
     struct uffdio_range range;
 #define UFFDIO_POISON_MODE_DONTWAKE ((__u64)1 << 0)
