@@ -431,7 +431,7 @@ TEST_F(ControlTest, MalformedRequestsGetCodesAndDisturbNothing) {
         {"{\"id\":1,\"cmd\":\"status\"", "bad_json", nullptr},
         {"[1,2,3]", "bad_json", nullptr},
         {"", "bad_json", nullptr},
-        {std::string("\x00\x01\xff\xfe garbage \x80", 17), "bad_json", nullptr},
+        {std::string("\x00\x01\xff\xfe garbage \x80", 14), "bad_json", nullptr},
         {"{\"id\":1,\"cmd\":\"\xc3\x28\"}", "bad_json", nullptr},
         {R"({"cmd":"status"})", "bad_request", nullptr},
         {R"({"id":{"x":1},"cmd":"status"})", "bad_request", nullptr},
