@@ -1,0 +1,168 @@
+// Command-line parsing (vmm/cli): the size, --swap and name parsers, and the whole
+// `swapvisor run` parse through CLI11, including --help and usage errors.
+#include "vmm/cli/cli.hpp"
+
+#include <gtest/gtest.h>
+
+namespace swapvisor::vmm::cli {
+namespace {
+
+TEST(CliSizeTest, AcceptedForms) {
+    EXPECT_EQ(parse_size("1048576").value(), 1048576u);
+    EXPECT_EQ(parse_size("512M").value(), 512ULL << 20);
+    EXPECT_EQ(parse_size("4G").value(), 4ULL << 30);
+    EXPECT_EQ(parse_size("2GiB").value(), 2ULL << 30);
+    EXPECT_EQ(parse_size("64k").value(), 64ULL << 10);
+    EXPECT_EQ(parse_size("1T").value(), 1ULL << 40);
+    EXPECT_EQ(parse_size("3mib").value(), 3ULL << 20);
+    EXPECT_EQ(parse_size("4096B").value(), 4096u);
+    EXPECT_EQ(parse_size("0").value(), 0u);
+}
+
+TEST(CliSizeTest, Rejections) {
+    auto has = [](const Parsed<std::uint64_t>& r, const char* fragment) {
+        return !r.has_value() && r.error().find(fragment) != std::string::npos;
+    };
+    EXPECT_TRUE(has(parse_size(""), "empty"));
+    EXPECT_TRUE(has(parse_size("M"), "not a size"));
+    EXPECT_TRUE(has(parse_size("-5M"), "not a size"));
+    EXPECT_TRUE(has(parse_size("12X"), "unknown suffix 'X'"));
+    EXPECT_TRUE(has(parse_size("12MB"), "unknown suffix 'MB'"));
+    EXPECT_TRUE(has(parse_size("1.5G"), "unknown suffix '.5G'"));
+    EXPECT_TRUE(has(parse_size("16777216T"), "overflows"));
+    EXPECT_TRUE(has(parse_size("99999999999999999999999"), "too large"));
+}
+
+TEST(CliSizeTest, Aligned) {
+    EXPECT_EQ(parse_size_aligned("4M", 2ULL << 20, "2 MiB").value(), 4ULL << 20);
+    auto zero = parse_size_aligned("0", 2ULL << 20, "2 MiB");
+    ASSERT_FALSE(zero.has_value());
+    EXPECT_NE(zero.error().find("zero"), std::string::npos);
+    auto odd = parse_size_aligned("3M", 2ULL << 20, "2 MiB");
+    ASSERT_FALSE(odd.has_value());
+    EXPECT_NE(odd.error().find("not a multiple of 2 MiB"), std::string::npos) << odd.error();
+}
+
+TEST(CliSwapSpecTest, Forms) {
+    EXPECT_EQ(parse_swap_spec("/dev/nvme0n1").value(), (SwapSpec{"/dev/nvme0n1", std::nullopt, std::nullopt}));
+    EXPECT_EQ(parse_swap_spec("/s.img,priority=5,size=1G").value(), (SwapSpec{"/s.img", 5, 1ULL << 30}));
+    EXPECT_EQ(parse_swap_spec("s.img,size=64M,priority=0").value(), (SwapSpec{"s.img", 0, 64ULL << 20}));
+}
+
+TEST(CliSwapSpecTest, StrictSubOptions) {
+    auto rejects = [](const char* spec, const char* fragment) {
+        auto r = parse_swap_spec(spec);
+        ASSERT_FALSE(r.has_value()) << spec;
+        EXPECT_NE(r.error().find(fragment), std::string::npos) << r.error();
+    };
+    rejects("", "path is empty");
+    rejects(",priority=1", "path is empty");
+    rejects("a,", "empty option");
+    rejects("a,priority", "needs a value");
+    rejects("a,priority=", "needs a value");
+    rejects("a,prio=1", "unknown option 'prio'");
+    rejects("a,priority=1,priority=2", "priority given twice");
+    rejects("a,size=1G,size=2G", "size given twice");
+    rejects("a,priority=-1", "0..32767");
+    rejects("a,priority=40000", "0..32767");
+    rejects("a,priority=1x", "0..32767");
+    rejects("a,size=100", "multiple of 4 KiB");
+    rejects("a,size=0", "zero");
+    rejects("a,size=1Q", "unknown suffix");
+}
+
+TEST(CliNameTest, Names) {
+    EXPECT_EQ(parse_vm_name("web-01.prod_a").value(), "web-01.prod_a");
+    EXPECT_FALSE(parse_vm_name("").has_value());
+    EXPECT_FALSE(parse_vm_name("-x").has_value());
+    EXPECT_FALSE(parse_vm_name("a b").has_value());
+    EXPECT_FALSE(parse_vm_name("a/b").has_value());
+    EXPECT_FALSE(parse_vm_name(std::string(65, 'a')).has_value());
+}
+
+RunConfig run_ok(std::vector<std::string> args) {
+    CliOutcome out = parse_command_line(args);
+    if (auto* e = std::get_if<CliExit>(&out)) {
+        ADD_FAILURE() << "unexpected exit " << e->status << ": " << e->err;
+        return {};
+    }
+    return std::get<RunConfig>(out);
+}
+
+CliExit run_exit(std::vector<std::string> args) {
+    CliOutcome out = parse_command_line(args);
+    if (auto* e = std::get_if<CliExit>(&out)) return *e;
+    ADD_FAILURE() << "expected the parse to end the program";
+    return {};
+}
+
+TEST(CliParseTest, Defaults) {
+    RunConfig c = run_ok({"run", "--kernel", "k.elf"});
+    EXPECT_EQ(c.kernel, "k.elf");
+    EXPECT_EQ(c.cmdline, "");
+    EXPECT_EQ(c.memory_bytes, kDefaultMemory);
+    EXPECT_EQ(c.vcpus, 1u);
+    EXPECT_EQ(c.resident_limit, 0u);
+    EXPECT_TRUE(c.swaps.empty());
+    EXPECT_FALSE(c.stats_json.has_value());
+    EXPECT_FALSE(c.control_socket.has_value());
+    EXPECT_EQ(c.name, "vm0");
+    EXPECT_FALSE(c.balloon);
+}
+
+TEST(CliParseTest, EveryOption) {
+    RunConfig c = run_ok({"run", "--kernel", "/k", "--cmdline", "console=ttyS0 a=b", "--memory", "4G", "--vcpus", "4",
+                          "--resident-limit", "1G", "--swap", "/dev/nvme0n1,priority=10", "--swap",
+                          "/var/swap.img,size=8G", "--stats-json", "/tmp/s.json", "--control", "/run/swv.sock",
+                          "--name", "vm-a", "--balloon"});
+    EXPECT_EQ(c.kernel, "/k");
+    EXPECT_EQ(c.cmdline, "console=ttyS0 a=b");
+    EXPECT_EQ(c.memory_bytes, 4ULL << 30);
+    EXPECT_EQ(c.vcpus, 4u);
+    EXPECT_EQ(c.resident_limit, 1ULL << 30);
+    ASSERT_EQ(c.swaps.size(), 2u);
+    EXPECT_EQ(c.swaps[0], (SwapSpec{"/dev/nvme0n1", 10, std::nullopt}));
+    EXPECT_EQ(c.swaps[1], (SwapSpec{"/var/swap.img", std::nullopt, 8ULL << 30}));
+    EXPECT_EQ(c.stats_json.value(), "/tmp/s.json");
+    EXPECT_EQ(c.control_socket.value(), "/run/swv.sock");
+    EXPECT_EQ(c.name, "vm-a");
+    EXPECT_TRUE(c.balloon);
+}
+
+TEST(CliParseTest, HelpExplainsEveryFlag) {
+    CliExit e = run_exit({"run", "--help"});
+    EXPECT_EQ(e.status, 0);
+    for (const char* flag : {"--kernel", "--cmdline", "--memory", "--vcpus", "--resident-limit", "--swap",
+                             "--stats-json", "--control", "--name", "--balloon"}) {
+        EXPECT_NE(e.out.find(flag), std::string::npos) << flag << " missing from:\n" << e.out;
+    }
+    EXPECT_NE(e.out.find("2 MiB"), std::string::npos);
+    CliExit top = run_exit({"--help"});
+    EXPECT_EQ(top.status, 0);
+    EXPECT_NE(top.out.find("run"), std::string::npos);
+}
+
+TEST(CliParseTest, UsageErrors) {
+    auto usage = [](std::vector<std::string> args, const char* fragment) {
+        CliExit e = run_exit(args);
+        EXPECT_EQ(e.status, kExitUsage);
+        EXPECT_NE(e.err.find(fragment), std::string::npos) << e.err;
+    };
+    usage({}, "subcommand");
+    usage({"run"}, "--kernel");
+    usage({"run", "--kernel", "k", "--memory", "3M"}, "not a multiple of 2 MiB");
+    usage({"run", "--kernel", "k", "--memory", "0"}, "zero");
+    usage({"run", "--kernel", "k", "--memory", "4X"}, "unknown suffix");
+    usage({"run", "--kernel", "k", "--vcpus", "0"}, "--vcpus");
+    usage({"run", "--kernel", "k", "--vcpus", "256"}, "--vcpus");
+    usage({"run", "--kernel", "k", "--vcpus", "two"}, "--vcpus");
+    usage({"run", "--kernel", "k", "--swap", "a,bogus=1"}, "unknown option 'bogus'");
+    usage({"run", "--kernel", "k", "--swap", "a", "--swap", "a"}, "given twice");
+    usage({"run", "--kernel", "k", "--resident-limit", "100"}, "--resident-limit");
+    usage({"run", "--kernel", "k", "--name", "bad name"}, "--name");
+    usage({"run", "--kernel", "k", "--frobnicate"}, "frobnicate");
+    usage({"ctl"}, "subcommand");  // `ctl` belongs to the control-socket work, not here
+}
+
+}  // namespace
+}  // namespace swapvisor::vmm::cli
