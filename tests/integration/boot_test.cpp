@@ -1,0 +1,152 @@
+// End-to-end boots of the built swapvisor binary (SWV_BUILD_DIR "/swapvisor") on the
+// example guests from examples/: the exit status is the guest's debug-exit code and
+// stdout carries its serial output with the `RESULT {json}` line. Also the operator
+// errors: a missing kernel and a file that is not ELF. Suites are Privileged*: they
+// need /dev/kvm and userfaultfd, and skip loudly only when /dev/kvm is absent.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+namespace {
+
+namespace fs = std::filesystem;
+
+const fs::path kBuild = SWV_BUILD_DIR;
+const fs::path kSwapvisor = kBuild / "swapvisor";
+
+struct ProcessResult {
+    int status = -1;
+    std::string out;
+    std::string err;
+};
+
+// Run the binary with args; stdout and stderr captured through temp files.
+ProcessResult run_swapvisor(const std::string& args) {
+    fs::path out = fs::temp_directory_path() / ("swv_boot_out_" + std::to_string(::getpid()));
+    fs::path err = fs::temp_directory_path() / ("swv_boot_err_" + std::to_string(::getpid()));
+    std::string cmd = "timeout 120 " + kSwapvisor.string() + " " + args + " >" + out.string() + " 2>" + err.string();
+    int rc = std::system(cmd.c_str());
+    ProcessResult r;
+    r.status = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+    auto slurp = [](const fs::path& p) {
+        std::ifstream in(p);
+        return std::string(std::istreambuf_iterator<char>(in), {});
+    };
+    r.out = slurp(out);
+    r.err = slurp(err);
+    fs::remove(out);
+    fs::remove(err);
+    return r;
+}
+
+// The JSON of the one `RESULT {...}` line, or null.
+nlohmann::json result_line(const std::string& out) {
+    std::size_t pos = out.find("RESULT ");
+    if (pos == std::string::npos) return nullptr;
+    std::size_t end = out.find('\n', pos);
+    return nlohmann::json::parse(out.substr(pos + 7, end - pos - 7), nullptr, false);
+}
+
+class PrivilegedBootTest : public ::testing::Test {
+protected:
+    void SetUp() override {
+        if (::access("/dev/kvm", R_OK | W_OK) != 0) {
+            GTEST_SKIP() << "*** /dev/kvm is not available: swapvisor boot tests SKIPPED ***";
+        }
+        ASSERT_TRUE(fs::exists(kSwapvisor)) << kSwapvisor << " not built";
+    }
+    fs::path example(const char* name) {
+        fs::path p = kBuild / "examples" / name;
+        EXPECT_TRUE(fs::exists(p)) << p << " not built (target " << name << ")";
+        return p;
+    }
+};
+
+TEST_F(PrivilegedBootTest, HelloPrintsResultAndExitsZero) {
+    ProcessResult r = run_swapvisor("run --kernel " + example("hello.elf").string() + " --cmdline 'hello from the test'");
+    EXPECT_EQ(r.status, 0) << r.err;
+    nlohmann::json res = result_line(r.out);
+    ASSERT_TRUE(res.is_object()) << r.out;
+    EXPECT_EQ(res["guest"], "hello");
+    EXPECT_EQ(res["ok"], true);
+    EXPECT_NE(r.out.find("hello from the test"), std::string::npos) << "command line not seen by the guest:\n" << r.out;
+}
+
+TEST_F(PrivilegedBootTest, HelloWithSeveralVcpusAndHighMemory) {
+    ProcessResult r = run_swapvisor("run --kernel " + example("hello.elf").string() + " --vcpus 2 --memory 4G");
+    EXPECT_EQ(r.status, 0) << r.err;
+    nlohmann::json res = result_line(r.out);
+    ASSERT_TRUE(res.is_object()) << r.out;
+    EXPECT_EQ(res["ok"], true);
+    // 4 GiB: low RAM to 3 GiB and 1 GiB above 4 GiB, the hole absent.
+    EXPECT_NE(r.out.find("0x0000000100000000 - 0x0000000140000000"), std::string::npos) << r.out;
+}
+
+TEST_F(PrivilegedBootTest, MemtouchVerifiesEveryPage) {
+    ProcessResult r = run_swapvisor("run --kernel " + example("memtouch.elf").string() + " --memory 128M");
+    EXPECT_EQ(r.status, 0) << r.err;
+    nlohmann::json res = result_line(r.out);
+    ASSERT_TRUE(res.is_object()) << r.out;
+    EXPECT_EQ(res["guest"], "memtouch");
+    EXPECT_EQ(res["ok"], true);
+    EXPECT_EQ(res["errors"], 0);
+}
+
+TEST_F(PrivilegedBootTest, MemtouchUnderOvercommitWithSwapAndStats) {
+    fs::path swap = fs::temp_directory_path() / ("swv_boot_swap_" + std::to_string(::getpid()));
+    fs::path stats = fs::temp_directory_path() / ("swv_boot_stats_" + std::to_string(::getpid()) + ".json");
+    ProcessResult r = run_swapvisor("run --kernel " + example("memtouch.elf").string() +
+                          " --memory 128M --resident-limit 32M --swap " + swap.string() +
+                          ",priority=1,size=256M --stats-json " + stats.string());
+    EXPECT_EQ(r.status, 0) << r.err;
+    nlohmann::json res = result_line(r.out);
+    ASSERT_TRUE(res.is_object()) << r.out;
+    EXPECT_EQ(res["ok"], true);
+    EXPECT_EQ(res["errors"], 0);
+    std::ifstream in(stats);
+    nlohmann::json s = nlohmann::json::parse(in, nullptr, false);
+    ASSERT_TRUE(s.is_object()) << "no stats JSON at " << stats;
+    EXPECT_GT(s["swap_out_pages"].get<std::uint64_t>(), 0u) << s.dump();
+    EXPECT_EQ(s["lost_pages"], 0);
+    EXPECT_EQ(s["exit_code"], 0);
+    fs::remove(swap);
+    fs::remove(stats);
+}
+
+TEST_F(PrivilegedBootTest, MissingKernelNamesThePath) {
+    ProcessResult r = run_swapvisor("run --kernel /nonexistent/swv/kernel.elf");
+    EXPECT_NE(r.status, 0);
+    EXPECT_NE(r.err.find("/nonexistent/swv/kernel.elf"), std::string::npos) << r.err;
+    EXPECT_EQ(r.out, "");
+}
+
+TEST_F(PrivilegedBootTest, NonElfFileIsRefusedClearly) {
+    fs::path junk = fs::temp_directory_path() / ("swv_boot_junk_" + std::to_string(::getpid()));
+    std::ofstream(junk) << "#!/bin/sh\necho not a kernel\n";
+    ProcessResult r = run_swapvisor("run --kernel " + junk.string());
+    fs::remove(junk);
+    EXPECT_NE(r.status, 0);
+    EXPECT_NE(r.err.find(junk.string()), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("not an ELF file"), std::string::npos) << r.err;
+}
+
+TEST_F(PrivilegedBootTest, UsageErrorExitsTwo) {
+    ProcessResult r = run_swapvisor("run --kernel x --memory 3M");
+    EXPECT_EQ(r.status, 2);
+    EXPECT_NE(r.err.find("2 MiB"), std::string::npos) << r.err;
+}
+
+TEST_F(PrivilegedBootTest, HelpListsTheFlags) {
+    ProcessResult r = run_swapvisor("run --help");
+    EXPECT_EQ(r.status, 0);
+    EXPECT_NE(r.out.find("--resident-limit"), std::string::npos) << r.out;
+}
+
+}  // namespace
