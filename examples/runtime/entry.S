@@ -17,6 +17,10 @@
  *    EBX = physical address of struct hvm_start_info; no stack is used or given.
  *  - every page-table entry has U/S=1, R/W=1 and A/D preset, so ring 3 can touch
  *    all mapped memory and the CPU never writes a paging structure.
+ *  - the 2 MiB at 0xd0000000 (the virtio-mmio windows) are mapped uncached
+ *    (PCD|PWT); with 1 GiB pages, GiB 3 goes through the static pd_2m page for
+ *    it, so that one 2 MiB entry can differ (swapvisor has no RAM there: its
+ *    3-4 GiB hole; elsewhere that entry would just be slow, not wrong).
  *  - ring 3 is entered at rt_user_entry with RDI = hvm_start_info address,
  *    RSI = first free physical byte after image and page tables, RDX = bytes of
  *    physical address space that are identity mapped.
@@ -32,6 +36,9 @@
 
 #define PTE_TABLE 0x27 /* present | writable | user | accessed */
 #define PTE_LEAF 0xe7  /* ... | dirty | page size */
+#define PTE_PWT 0x08   /* with PCD and the default PAT: uncached (UC) */
+#define PTE_PCD 0x10
+#define VIRTIO_MMIO_BASE 0xd0000000 /* virtio-mmio windows (DESIGN.md section 6) */
 
 #define CR0_MP (1 << 1)
 #define CR0_EM (1 << 2)
@@ -215,10 +222,14 @@ pml4:
         .quad pdpt_1g + PTE_TABLE
         .fill 511, 8, 0
 
-pdpt_1g:                                /* 512 x 1 GiB */
+pdpt_1g:                                /* 512 x 1 GiB; GiB 3 through pd_2m */
         .set addr, 0
         .rept 512
+        .if addr == 0xc0000000
+        .quad pd_2m + 0x3000 + PTE_TABLE    /* 2 MiB pages: virtio-mmio uncached */
+        .else
         .quad addr + PTE_LEAF
+        .endif
         .set addr, addr + 0x40000000
         .endr
 
@@ -232,7 +243,11 @@ pdpt_2m:                                /* GiB 0-3 static; more filled at boot *
 pd_2m:                                  /* 2048 x 2 MiB = first 4 GiB */
         .set addr, 0
         .rept 2048
+        .if addr == VIRTIO_MMIO_BASE
+        .quad addr + PTE_LEAF + PTE_PCD + PTE_PWT
+        .else
         .quad addr + PTE_LEAF
+        .endif
         .set addr, addr + 0x200000
         .endr
 
