@@ -1,6 +1,6 @@
 // swapvisor's only main(). Like Solo5's hvt_main.c it reads as the boot script:
-// parse the command line -> read the kernel -> open swap -> build guest memory ->
-// create the VM -> load the kernel -> run -> report. Every step either succeeds or
+// parse the command line -> read the kernels -> open swap -> build guest memory ->
+// create the VMs -> load the kernels -> control socket -> run -> report. Every step either succeeds or
 // ends the process with a message that names what failed (vmm/README.md#exit-codes).
 // Objects are declared in dependency order, so they are destroyed in reverse: the
 // VM (memslots, vCPUs) before guest memory, guest memory before the swap pool.
@@ -8,6 +8,8 @@
 
 #include <cstdio>
 #include <fstream>
+#include <optional>
+#include <thread>
 #include <string>
 #include <variant>
 #include <vector>
@@ -21,6 +23,9 @@
 #include "guestmem/host_memory.hpp"
 #include "swap/swap_pool.hpp"
 #include "vmm/cli/cli.hpp"
+#include "vmm/control/control_server.hpp"
+#include "vmm/control/ctl.hpp"
+#include "vmm/control/stats_json.hpp"
 #include "vmm/kvm/kvm.hpp"
 #include "vmm/loader/elf.hpp"
 #include "vmm/loader/loader.hpp"
@@ -44,32 +49,15 @@ void setup_logging() {
     spdlog::cfg::load_env_levels();
 }
 
-void write_stats_json(const std::filesystem::path& path, const swv::guestmem::GuestMemory& mem,
-                      const swv::swap::SwapPool& pool, const VmEnd& end) {
-    swv::guestmem::MemStats s = mem.stats();
-    nlohmann::json j = {
-        {"name", s.name},
-        {"exit_code", end.exit_code},
-        {"memory_bytes", s.memory_bytes},
-        {"resident_limit", s.resident_limit},
-        {"resident_bytes", s.resident_bytes},
-        {"resident_bytes_peak", s.resident_bytes_peak},
-        {"swapped_bytes", s.swapped_bytes},
-        {"swap_out_pages", s.swap_out_pages},
-        {"swap_in_pages", s.swap_in_pages},
-        {"major_faults", s.major_faults},
-        {"minor_faults", s.minor_faults},
-        {"zero_pages", s.zero_pages},
-        {"clean_drops", s.clean_drops},
-        {"discarded_pages", s.discarded_pages},
-        {"lost_pages", s.lost_pages},
-    };
-    nlohmann::json devices = nlohmann::json::array();
-    for (const swv::swap::DeviceStats& d : pool.stats()) {
-        devices.push_back({{"path", d.path}, {"priority", d.priority}, {"total_slots", d.total_slots},
-                           {"used_slots", d.used_slots}});
+// The same document the control socket's `status`/`stats` replies carry, plus each
+// VM's end: one shape for scripts, live or after the fact.
+void write_stats_json(const std::filesystem::path& path, swv::guestmem::HostMemory& host,
+                      const std::vector<std::pair<std::string, VmEnd>>& ends) {
+    nlohmann::json j = control::stats_json(host, control::StatsDetail::full);
+    for (auto& vm : j["vms"]) {
+        for (const auto& [name, end] : ends)
+            if (vm["name"] == name) vm["exit_code"] = end.exit_code;
     }
-    j["swap_devices"] = devices;
     std::ofstream out(path);
     out << j.dump(2) << "\n";
     if (!out) spdlog::error("--stats-json: cannot write {}", path.string());
@@ -89,61 +77,114 @@ int exit_status(const VmEnd& end) {
 
 }  // namespace
 
+// One guest: its memory (owned by HostMemory), its KVM VM, and how it ended.
+struct Guest {
+    cli::VmSpec spec;
+    swv::guestmem::GuestMemory* memory = nullptr;
+    std::unique_ptr<Vm> vm;
+    VmEnd end{};
+};
+
 int main(int argc, char** argv) {
     setup_logging();
 
-    // 1. Parse the command line.
+    // 1. Parse the command line (`ctl` is a client: it only talks to a socket).
     cli::CliOutcome outcome = cli::parse_command_line(std::vector<std::string>(argv + 1, argv + argc));
     if (const auto* done = std::get_if<cli::CliExit>(&outcome)) {
         std::fputs(done->out.c_str(), stdout);
         std::fputs(done->err.c_str(), stderr);
         return done->status;
     }
+    if (const auto* ctl = std::get_if<control::CtlOptions>(&outcome)) return control::run_ctl(*ctl);
     const cli::RunConfig& config = std::get<cli::RunConfig>(outcome);
-    if (config.balloon || config.control_socket) {
-        spdlog::warn("--balloon and --control are accepted but not wired in this build; ignoring them");
+    std::vector<Guest> guests;
+    for (const cli::VmSpec& spec : config.all_vms()) guests.push_back(Guest{spec});
+
+    // 2. Read and validate every kernel before reserving anything.
+    std::vector<loader::ElfImage> images;
+    for (const Guest& g : guests) {
+        auto image = loader::read_elf(g.spec.kernel);
+        if (!image) return fail(image.error().message);
+        images.push_back(std::move(*image));
     }
 
-    // 2. Read and validate the kernel before reserving anything.
-    auto image = loader::read_elf(config.kernel);
-    if (!image) return fail(image.error().message);
-
-    // 3. Open swap.
+    // 3. Open swap: one pool for every VM of this process.
     swv::swap::SwapPool pool;
     for (const cli::SwapSpec& spec : config.swaps) {
         auto id = pool.swapon(spec.path, spec.priority.value_or(0), spec.size.value_or(0));
         if (!id) return fail(fmt::format("swapon {}: {}", spec.path.string(), id.error().message()));
     }
 
-    // 4. Build guest memory.
-    swv::guestmem::HostMemory host(pool, /*budget_bytes=*/0);
-    auto mem = host.create_vm(swv::guestmem::MemoryConfig{
-        .name = config.name, .memory_bytes = config.memory_bytes, .resident_limit = config.resident_limit});
-    if (!mem) return fail(fmt::format("guest memory ({} bytes): {}", config.memory_bytes, mem.error().message()));
-    swv::guestmem::GuestMemory& memory = **mem;
+    // 4. Build guest memory under the host budget.
+    swv::guestmem::HostMemory host(pool, config.host_budget);
+    for (Guest& g : guests) {
+        auto mem = host.create_vm(swv::guestmem::MemoryConfig{
+            .name = g.spec.name, .memory_bytes = g.spec.memory_bytes, .resident_limit = g.spec.resident_limit});
+        if (!mem) {
+            return fail(fmt::format("guest memory of {} ({} bytes): {}", g.spec.name, g.spec.memory_bytes,
+                                    mem.error().message()));
+        }
+        g.memory = *mem;
+    }
+    if (pool.stats().empty()) {
+        for (const Guest& g : guests)
+            if (g.spec.resident_limit)
+                spdlog::warn("{}: --resident-limit without --swap: only zero and discarded pages can leave memory",
+                             g.spec.name);
+    }
 
-    // 5. Create the VM: KVM, memslots, vCPUs, devices.
+    // 5. Create the VMs: KVM, memslots, vCPUs, devices.
     auto kvm = kvm::Kvm::open();
     if (!kvm) return fail(fmt::format("KVM: {}", kvm.error().message()));
-    if (config.vcpus > kvm->max_vcpus()) {
-        return fail(fmt::format("--vcpus {}: this host's KVM allows at most {}", config.vcpus, kvm->max_vcpus()));
+    for (Guest& g : guests) {
+        if (g.spec.vcpus > kvm->max_vcpus()) {
+            return fail(fmt::format("{}: {} vCPUs asked, this host's KVM allows at most {}", g.spec.name,
+                                    g.spec.vcpus, kvm->max_vcpus()));
+        }
+        auto vm = Vm::create(*kvm, VmSpec{g.spec.vcpus, g.memory->regions()},
+                             devices::SerialSink::borrowed(STDOUT_FILENO));
+        if (!vm) return fail(fmt::format("creating VM {}: {}", g.spec.name, vm.error().message()));
+        g.vm = std::move(*vm);
+        if (g.spec.balloon) spdlog::warn("{}: --balloon is not wired in this build; ignoring it", g.spec.name);
     }
-    auto vm = Vm::create(*kvm, VmSpec{config.vcpus, memory.regions()}, devices::SerialSink::borrowed(STDOUT_FILENO));
-    if (!vm) return fail(fmt::format("creating the VM: {}", vm.error().message()));
 
-    // 6. Load the kernel and the PVH boot data; put the BSP at the entry.
-    auto boot = loader::load_kernel(memory, *image, config.cmdline);
-    if (!boot) return fail(boot.error().message);
-    if (auto r = (*vm)->set_boot_entry(boot->entry, boot->start_info_gpa); !r) {
-        return fail(fmt::format("setting the PVH entry state: {}", r.error().message()));
+    // 6. Load each kernel and its PVH boot data; put each BSP at its entry.
+    for (std::size_t i = 0; i < guests.size(); ++i) {
+        Guest& g = guests[i];
+        auto boot = loader::load_kernel(*g.memory, images[i], g.spec.cmdline);
+        if (!boot) return fail(boot.error().message);
+        if (auto r = g.vm->set_boot_entry(boot->entry, boot->start_info_gpa); !r)
+            return fail(fmt::format("{}: setting the PVH entry state: {}", g.spec.name, r.error().message()));
     }
 
-    // 7. Run until the guest exits.
-    if (auto r = memory.start(); !r) return fail(fmt::format("starting guest memory: {}", r.error().message()));
-    VmEnd end = (*vm)->run();
-    memory.stop();
+    // 7. The control socket: live swapon/swapoff/set-limit while the VMs run.
+    std::optional<control::ControlServer> server;
+    if (config.control_socket) {
+        server.emplace(host, control::ControlServerConfig{.socket_path = *config.control_socket});
+        if (auto r = server->start(); !r)
+            return fail(fmt::format("--control {}: {}", config.control_socket->string(), r.error().message()));
+    }
 
-    // 8. Report.
-    if (config.stats_json) write_stats_json(*config.stats_json, memory, pool, end);
-    return exit_status(end);
+    // 8. Run every VM until its guest exits.
+    for (Guest& g : guests) {
+        if (auto r = g.memory->start(); !r)
+            return fail(fmt::format("{}: starting guest memory: {}", g.spec.name, r.error().message()));
+    }
+    std::vector<std::thread> runners;
+    for (Guest& g : guests) runners.emplace_back([&g] { g.end = g.vm->run(); });
+    for (std::thread& t : runners) t.join();
+    for (Guest& g : guests) g.memory->stop();
+    if (server) server->stop();
+
+    // 9. Report: the first VM that did not end with 0 decides the exit status.
+    std::vector<std::pair<std::string, VmEnd>> ends;
+    for (const Guest& g : guests) ends.emplace_back(g.spec.name, g.end);
+    if (config.stats_json) write_stats_json(*config.stats_json, host, ends);
+    int status = 0;
+    for (const Guest& g : guests) {
+        int s = exit_status(g.end);
+        if (guests.size() > 1) spdlog::info("{}: exit status {}", g.spec.name, s);
+        if (s != 0 && status == 0) status = s;
+    }
+    return status;
 }

@@ -7,6 +7,8 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include "vmm/control/ctl.hpp"
+
 namespace swapvisor::vmm::cli {
 namespace {
 
@@ -21,13 +23,15 @@ struct RawRun {
     std::string control;
     std::string name = "vm0";
     bool balloon = false;
+    std::vector<std::string> vms;
+    std::string host_budget;
 };
 
 CliExit usage_error(std::string message) {
     return CliExit{kExitUsage, "", fmt::format("swapvisor run: {}\nRun 'swapvisor run --help' for the options.\n", message)};
 }
 
-std::variant<RunConfig, CliExit> validate(const RawRun& raw) {
+CliOutcome validate(const RawRun& raw) {
     RunConfig config;
     config.kernel = raw.kernel;
     config.cmdline = raw.cmdline;
@@ -57,6 +61,22 @@ std::variant<RunConfig, CliExit> validate(const RawRun& raw) {
     if (!name) return usage_error("--name: " + name.error());
     config.name = *name;
     config.balloon = raw.balloon;
+    for (const std::string& text : raw.vms) {
+        auto spec = parse_vm_spec(text);
+        if (!spec) return usage_error(spec.error());
+        config.more_vms.push_back(*spec);
+    }
+    if (!raw.host_budget.empty()) {
+        auto budget = parse_size_aligned(raw.host_budget, 4096, "4 KiB");
+        if (!budget) return usage_error("--host-budget: " + budget.error());
+        config.host_budget = *budget;
+    }
+    auto vms = config.all_vms();
+    if (vms.empty()) return usage_error("no VM to run: give --kernel, or one --vm per VM");
+    for (std::size_t i = 0; i < vms.size(); ++i)
+        for (std::size_t j = i + 1; j < vms.size(); ++j)
+            if (vms[i].name == vms[j].name)
+                return usage_error(fmt::format("two VMs are named '{}' (use --name / name=)", vms[i].name));
     return config;
 }
 
@@ -72,8 +92,7 @@ CliOutcome parse_command_line(const std::vector<std::string>& args) {
                                               "the guest's debug-exit code (port 0xf4)");
     run->add_option("--kernel", raw.kernel,
                     "Guest image: a 64-bit x86 ELF with the PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY), e.g. the "
-                    "examples/ guests or a Linux vmlinux built with CONFIG_PVH")
-        ->required()
+                    "examples/ guests or a Linux vmlinux built with CONFIG_PVH. Required unless --vm gives the VMs")
         ->type_name("ELF");
     run->add_option("--cmdline", raw.cmdline, "Guest command line, passed in hvm_start_info (at most 4095 bytes)")
         ->type_name("STR");
@@ -102,6 +121,19 @@ CliOutcome parse_command_line(const std::vector<std::string>& args) {
         ->type_name("NAME")
         ->capture_default_str();
     run->add_flag("--balloon", raw.balloon, "Add a virtio-balloon device with free page reporting");
+    run->add_option("--vm", raw.vms,
+                    "Another VM in this process, repeatable: name=NAME,kernel=ELF,memory=SIZE[,vcpus=N]"
+                    "[,resident-limit=SIZE][,balloon][,cmdline=REST] (cmdline= last: it takes the rest). All VMs "
+                    "share the swap pool and the host budget; the exit status is the first non-zero guest code")
+        ->type_name("SPEC")
+        ->take_all();
+    run->add_option("--host-budget", raw.host_budget,
+                    "Most guest RAM kept in host memory over all VMs together; each VM is held to its share "
+                    "(proportional to its memory) while the host is over it (default: no budget)")
+        ->type_name("SIZE");
+
+    control::CtlOptions ctl;
+    control::add_ctl_subcommand(app, ctl);
 
     std::vector<std::string> reversed(args.rbegin(), args.rend());  // CLI11 parses a reversed vector
     std::ostringstream out;
@@ -112,6 +144,7 @@ CliOutcome parse_command_line(const std::vector<std::string>& args) {
         int status = app.exit(e, out, err);
         return CliExit{status == 0 ? 0 : kExitUsage, out.str(), err.str()};
     }
+    if (ctl.command != control::CtlCommand::none) return ctl;
     return validate(raw);
 }
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "vmm/cli/config.hpp"
+#include "vmm/control/ctl.hpp"
 
 namespace swapvisor::vmm::cli {
 
@@ -21,7 +22,8 @@ struct CliExit {
     std::string err;  // for stderr (errors)
 };
 
-using CliOutcome = std::variant<RunConfig, CliExit>;
+// `run` gives a RunConfig, `ctl` its options (vmm/control/ctl.hpp).
+using CliOutcome = std::variant<RunConfig, control::CtlOptions, CliExit>;
 
 // args excludes the program name: {"run", "--kernel", "hello.elf"}.
 CliOutcome parse_command_line(const std::vector<std::string>& args);

@@ -123,4 +123,75 @@ Parsed<std::string> parse_vm_name(std::string_view text) {
     return std::string(text);
 }
 
+Parsed<VmSpec> parse_vm_spec(std::string_view text) {
+    VmSpec spec;
+    spec.name.clear();
+    bool have_memory = false, have_vcpus = false, have_limit = false;
+    std::string_view rest = text;
+    while (!rest.empty()) {
+        if (rest.starts_with("cmdline=")) {  // takes everything after it
+            spec.cmdline = std::string(rest.substr(8));
+            break;
+        }
+        std::size_t comma = rest.find(',');
+        std::string_view option = rest.substr(0, comma);
+        rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
+        if (option.empty()) return std::unexpected(fmt::format("--vm '{}': empty option", text));
+        if (option == "balloon") {
+            spec.balloon = true;
+            continue;
+        }
+        std::size_t eq = option.find('=');
+        if (eq == std::string_view::npos || eq + 1 == option.size())
+            return std::unexpected(fmt::format("--vm '{}': option '{}' needs a value", text, option));
+        std::string_view key = option.substr(0, eq);
+        std::string_view value = option.substr(eq + 1);
+        if (key == "name") {
+            if (!spec.name.empty()) return std::unexpected(fmt::format("--vm '{}': name given twice", text));
+            auto name = parse_vm_name(value);
+            if (!name) return std::unexpected(fmt::format("--vm '{}': {}", text, name.error()));
+            spec.name = *name;
+        } else if (key == "kernel") {
+            if (!spec.kernel.empty()) return std::unexpected(fmt::format("--vm '{}': kernel given twice", text));
+            spec.kernel = std::filesystem::path(std::string(value));
+        } else if (key == "memory") {
+            if (have_memory) return std::unexpected(fmt::format("--vm '{}': memory given twice", text));
+            auto size = parse_size_aligned(value, kGuestMemoryAlign, "2 MiB");
+            if (!size) return std::unexpected(fmt::format("--vm '{}': memory: {}", text, size.error()));
+            spec.memory_bytes = *size;
+            have_memory = true;
+        } else if (key == "resident-limit") {
+            if (have_limit) return std::unexpected(fmt::format("--vm '{}': resident-limit given twice", text));
+            auto size = parse_size_aligned(value, 4096, "4 KiB");
+            if (!size) return std::unexpected(fmt::format("--vm '{}': resident-limit: {}", text, size.error()));
+            spec.resident_limit = *size;
+            have_limit = true;
+        } else if (key == "vcpus") {
+            if (have_vcpus) return std::unexpected(fmt::format("--vm '{}': vcpus given twice", text));
+            unsigned n = 0;
+            auto [ptr, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
+            if (ec != std::errc() || ptr != value.data() + value.size() || n == 0 || n > kMaxVcpus)
+                return std::unexpected(fmt::format("--vm '{}': vcpus '{}' is not in 1..{}", text, value, kMaxVcpus));
+            spec.vcpus = n;
+            have_vcpus = true;
+        } else {
+            return std::unexpected(fmt::format(
+                "--vm '{}': unknown option '{}' (accepted: name, kernel, memory, vcpus, resident-limit, balloon, "
+                "cmdline)",
+                text, key));
+        }
+    }
+    if (spec.name.empty()) return std::unexpected(fmt::format("--vm '{}': name= is required", text));
+    if (spec.kernel.empty()) return std::unexpected(fmt::format("--vm '{}': kernel= is required", text));
+    return spec;
+}
+
+std::vector<VmSpec> RunConfig::all_vms() const {
+    std::vector<VmSpec> vms;
+    if (!kernel.empty())
+        vms.push_back(VmSpec{name, kernel, cmdline, memory_bytes, vcpus, resident_limit, balloon});
+    vms.insert(vms.end(), more_vms.begin(), more_vms.end());
+    return vms;
+}
+
 }  // namespace swapvisor::vmm::cli

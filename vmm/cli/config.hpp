@@ -45,6 +45,22 @@ Parsed<SwapSpec> parse_swap_spec(std::string_view text);
 // VM names: 1..64 of [A-Za-z0-9._-], not starting with '.' or '-'.
 Parsed<std::string> parse_vm_name(std::string_view text);
 
+// One VM of a multi-VM host: `--vm name=N,kernel=ELF,memory=SIZE[,vcpus=N]
+// [,resident-limit=SIZE][,balloon][,cmdline=REST]`. cmdline= must come last and
+// takes the rest of the text, commas and spaces included.
+struct VmSpec {
+    std::string name;
+    std::filesystem::path kernel;
+    std::string cmdline;
+    std::uint64_t memory_bytes = kDefaultMemory;
+    unsigned vcpus = 1;
+    std::uint64_t resident_limit = 0;  // 0: no limit
+    bool balloon = false;
+    bool operator==(const VmSpec&) const = default;
+};
+
+Parsed<VmSpec> parse_vm_spec(std::string_view text);
+
 struct RunConfig {
     std::filesystem::path kernel;
     std::string cmdline;
@@ -56,6 +72,13 @@ struct RunConfig {
     std::optional<std::filesystem::path> control_socket;
     std::string name = "vm0";
     bool balloon = false;
+    // More VMs in the same process (--vm), sharing the swap pool and the host budget.
+    std::vector<VmSpec> more_vms;
+    std::uint64_t host_budget = 0;     // 0: only per-VM limits
+
+    // Every VM to run: the one the top-level flags describe (if --kernel was given),
+    // then each --vm.
+    std::vector<VmSpec> all_vms() const;
 };
 
 }  // namespace swapvisor::vmm::cli
