@@ -675,7 +675,9 @@ TEST(CtlCommandLine, ParsesEverySubcommand) {
 
     EXPECT_THROW(parse({"ctl", "--socket", "s", "set-budget", "lots"}), CLI::ValidationError);
     EXPECT_THROW(parse({"ctl", "--socket", "s", "swapon", "/x", "--priority", "99999"}), CLI::ValidationError);
-    EXPECT_THROW(parse({"ctl", "status"}), CLI::RequiredError);
+    // --socket is checked after parsing (cli.cpp), so a missing one is a usage error
+    // there (tests/vmm/cli_test.cpp) and not hidden behind CLI11's required check.
+    EXPECT_TRUE(parse({"ctl", "status"}).socket.empty());
     EXPECT_THROW(parse({"ctl", "--socket", "s"}), CLI::RequiredError);
     EXPECT_THROW(parse({"ctl", "--socket", "s", "set-limit", "vm0"}), CLI::RequiredError);
 }

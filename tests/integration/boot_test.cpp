@@ -113,9 +113,14 @@ TEST_F(PrivilegedBootTest, MemtouchUnderOvercommitWithSwapAndStats) {
     std::ifstream in(stats);
     nlohmann::json s = nlohmann::json::parse(in, nullptr, false);
     ASSERT_TRUE(s.is_object()) << "no stats JSON at " << stats;
-    EXPECT_GT(s["swap_out_pages"].get<std::uint64_t>(), 0u) << s.dump();
-    EXPECT_EQ(s["lost_pages"], 0);
-    EXPECT_EQ(s["exit_code"], 0);
+    ASSERT_EQ(s["vms"].size(), 1u) << s.dump();
+    const nlohmann::json& vm = s["vms"][0];
+    EXPECT_GT(vm["swap_out_pages"].get<std::uint64_t>(), 0u) << s.dump();
+    EXPECT_EQ(vm["lost_pages"], 0);
+    EXPECT_EQ(vm["exit_code"], 0);
+    EXPECT_LE(vm["resident_bytes_peak"].get<std::uint64_t>(), (32u << 20) * 11 / 10);
+    ASSERT_EQ(s["swap"].size(), 1u);
+    EXPECT_EQ(s["swap"][0]["used_slots"], s["host"]["allocated_vslots"]);
     fs::remove(swap);
     fs::remove(stats);
 }

@@ -150,6 +150,11 @@ TEST(CliParseTest, UsageErrors) {
     };
     usage({}, "subcommand");
     usage({"run"}, "--kernel");
+    usage({"ctl", "status"}, "--socket");
+    usage({"run", "--vm", "name=a,memory=1G"}, "kernel= is required");
+    usage({"run", "--vm", "name=a,kernel=k,colour=red"}, "unknown option 'colour'");
+    usage({"run", "--kernel", "k", "--vm", "name=vm0,kernel=k"}, "two VMs are named 'vm0'");
+    usage({"run", "--kernel", "k", "--host-budget", "1X"}, "--host-budget");
     usage({"run", "--kernel", "k", "--memory", "3M"}, "not a multiple of 2 MiB");
     usage({"run", "--kernel", "k", "--memory", "0"}, "zero");
     usage({"run", "--kernel", "k", "--memory", "4X"}, "unknown suffix");
@@ -162,6 +167,25 @@ TEST(CliParseTest, UsageErrors) {
     usage({"run", "--kernel", "k", "--name", "bad name"}, "--name");
     usage({"run", "--kernel", "k", "--frobnicate"}, "frobnicate");
     usage({"ctl"}, "subcommand");  // `ctl` belongs to the control-socket work, not here
+}
+
+TEST(CliParseTest, SeveralVmsShareOneProcess) {
+    auto outcome = parse_command_line({"run", "--kernel", "a.elf", "--name", "a", "--memory", "1G", "--host-budget",
+                                       "512M", "--vm",
+                                       "name=b,kernel=b.elf,memory=2G,vcpus=2,resident-limit=128M,balloon,"
+                                       "cmdline=mib=100 passes=2,x=y"});
+    ASSERT_TRUE(std::holds_alternative<RunConfig>(outcome));
+    const RunConfig& c = std::get<RunConfig>(outcome);
+    EXPECT_EQ(c.host_budget, 512ULL << 20);
+    auto vms = c.all_vms();
+    ASSERT_EQ(vms.size(), 2u);
+    EXPECT_EQ(vms[0].name, "a");
+    EXPECT_EQ(vms[0].memory_bytes, 1ULL << 30);
+    EXPECT_EQ(vms[1], (VmSpec{"b", "b.elf", "mib=100 passes=2,x=y", 2ULL << 30, 2, 128ULL << 20, true}));
+    // --vm alone (no top-level --kernel) is enough.
+    auto only = parse_command_line({"run", "--vm", "name=c,kernel=c.elf"});
+    ASSERT_TRUE(std::holds_alternative<RunConfig>(only));
+    EXPECT_EQ(std::get<RunConfig>(only).all_vms().size(), 1u);
 }
 
 }  // namespace

@@ -144,7 +144,11 @@ CliOutcome parse_command_line(const std::vector<std::string>& args) {
         int status = app.exit(e, out, err);
         return CliExit{status == 0 ? 0 : kExitUsage, out.str(), err.str()};
     }
-    if (ctl.command != control::CtlCommand::none) return ctl;
+    if (ctl.command != control::CtlCommand::none) {
+        if (ctl.socket.empty())
+            return CliExit{kExitUsage, "", "swapvisor ctl: --socket SOCKET is required\n"};
+        return ctl;
+    }
     return validate(raw);
 }
 

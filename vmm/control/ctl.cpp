@@ -182,7 +182,9 @@ bool send_all(int fd, std::string_view data) {
 
 void add_ctl_subcommand(CLI::App& app, CtlOptions& o) {
     CLI::App* ctl = app.add_subcommand("ctl", "Talk to a running swapvisor through its control socket");
-    ctl->add_option("--socket", o.socket, "Control socket path (swapvisor run --control)")->required();
+    // Checked after parsing (cli.cpp): CLI11 2.x reports a required option of a
+    // subcommand that was never given, which hides the real usage error.
+    ctl->add_option("--socket", o.socket, "Control socket path (swapvisor run --control); required");
     ctl->add_flag("--json", o.json, "Print the raw JSON reply lines");
     ctl->require_subcommand(1);
     ctl->fallthrough();  // `ctl status --json` as well as `ctl --json status`
