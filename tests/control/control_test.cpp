@@ -643,6 +643,10 @@ TEST_F(ControlTest, CtlClientHumanAndJsonOutput) {
     err.str("");
     EXPECT_EQ(run_ctl(nowhere, out, err), kCtlExitNoConnection);
     EXPECT_NE(err.str().find((dir_ / "missing.sock").string()), std::string::npos) << err.str();
+    CtlOptions no_socket{.command = CtlCommand::status};
+    err.str("");
+    EXPECT_EQ(run_ctl(no_socket, out, err), kCtlExitNoConnection);
+    EXPECT_NE(err.str().find("--socket"), std::string::npos) << err.str();
 }
 
 TEST(CtlCommandLine, ParsesEverySubcommand) {

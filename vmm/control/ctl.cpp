@@ -151,7 +151,8 @@ void draw_progress(std::ostream& out, std::uint64_t done, std::uint64_t total) {
 // A connected socket to path, or the reason it is not.
 std::expected<io::UniqueFd, std::string> connect_to(const std::string& path) {
     sockaddr_un addr{};
-    if (path.empty() || path.size() >= sizeof addr.sun_path) return std::unexpected(std::string("path too long"));
+    if (path.empty()) return std::unexpected(std::string("no socket path given (--socket)"));
+    if (path.size() >= sizeof addr.sun_path) return std::unexpected(std::string("path longer than a Unix socket allows"));
     io::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!fd.valid()) return std::unexpected(std::string(std::strerror(errno)));
     addr.sun_family = AF_UNIX;

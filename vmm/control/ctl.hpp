@@ -41,7 +41,9 @@ struct CtlOptions {
 
 // `ctl --socket S [--json] <status|stats|swapon PATH [--priority N] [--size SIZE]|
 // swapoff PATH|set-limit VM SIZE|set-budget SIZE>`; SIZE arguments are validated
-// while parsing. options.command stays `none` unless `ctl` was given.
+// while parsing. options.command stays `none` unless `ctl` was given. --socket is
+// not marked required (CLI11 would then report it even when `ctl` is absent): the
+// caller checks it after parsing (vmm/cli/cli.cpp); run_ctl reports an empty one.
 void add_ctl_subcommand(CLI::App& app, CtlOptions& options);
 
 // The request run_ctl sends (sizes already parsed; the server accepts both).
