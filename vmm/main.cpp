@@ -8,6 +8,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <optional>
 #include <thread>
 #include <string>
@@ -26,6 +27,8 @@
 #include "vmm/control/control_server.hpp"
 #include "vmm/control/ctl.hpp"
 #include "vmm/control/stats_json.hpp"
+#include "vmm/devices/virtio_balloon.hpp"
+#include "vmm/devices/virtio_mmio.hpp"
 #include "vmm/kvm/kvm.hpp"
 #include "vmm/loader/elf.hpp"
 #include "vmm/loader/loader.hpp"
@@ -49,14 +52,25 @@ void setup_logging() {
     spdlog::cfg::load_env_levels();
 }
 
+// --balloon: the virtio-balloon takes the first virtio-mmio window; its interrupt
+// line is ISA IRQ 5 (DESIGN.md section 6, vmm/devices/README.md).
+constexpr std::uint32_t kBalloonGsi = 5;
+
 // The same document the control socket's `status`/`stats` replies carry, plus each
-// VM's end: one shape for scripts, live or after the fact.
+// VM's end and balloon counters: one shape for scripts, live or after the fact.
 void write_stats_json(const std::filesystem::path& path, swv::guestmem::HostMemory& host,
-                      const std::vector<std::pair<std::string, VmEnd>>& ends) {
+                      const std::vector<std::pair<std::string, VmEnd>>& ends,
+                      const std::map<std::string, devices::BalloonStats>& balloons) {
     nlohmann::json j = control::stats_json(host, control::StatsDetail::full);
     for (auto& vm : j["vms"]) {
         for (const auto& [name, end] : ends)
             if (vm["name"] == name) vm["exit_code"] = end.exit_code;
+        auto b = balloons.find(vm["name"].get<std::string>());
+        if (b == balloons.end()) continue;
+        vm["balloon"] = {{"reported_pages", b->second.reported_pages}, {"reported_ranges", b->second.reported_ranges},
+                         {"refused_ranges", b->second.refused_ranges}, {"inflated_pages", b->second.inflated_pages},
+                         {"deflated_pages", b->second.deflated_pages}, {"discard_errors", b->second.discard_errors},
+                         {"target_pages", b->second.target_pages},     {"actual_pages", b->second.actual_pages}};
     }
     std::ofstream out(path);
     out << j.dump(2) << "\n";
@@ -82,6 +96,7 @@ struct Guest {
     cli::VmSpec spec;
     swv::guestmem::GuestMemory* memory = nullptr;
     std::unique_ptr<Vm> vm;
+    std::shared_ptr<devices::VirtioBalloon> balloon;  // --balloon; the MMIO bus owns its transport
     VmEnd end{};
 };
 
@@ -145,7 +160,17 @@ int main(int argc, char** argv) {
                              devices::SerialSink::borrowed(STDOUT_FILENO));
         if (!vm) return fail(fmt::format("creating VM {}: {}", g.spec.name, vm.error().message()));
         g.vm = std::move(*vm);
-        if (g.spec.balloon) spdlog::warn("{}: --balloon is not wired in this build; ignoring it", g.spec.name);
+        // --balloon: virtio-balloon with free page reporting in the first virtio-mmio
+        // window, announced on the guest command line in Linux's form. No interrupt
+        // line yet: the example guests poll the used ring (vmm/devices/README.md).
+        if (g.spec.balloon) {
+            g.balloon = std::make_shared<devices::VirtioBalloon>(*g.memory);
+            auto transport = std::make_shared<devices::VirtioMmio>(*g.memory, g.balloon);
+            if (auto r = g.vm->mmio().insert(devices::kVirtioMmioBase, devices::kVirtioMmioSize, transport); !r)
+                return fail(fmt::format("{}: virtio-balloon window: {}", g.spec.name, r.error().message()));
+            g.spec.cmdline += fmt::format("{}virtio_mmio.device=4K@{:#x}:{}", g.spec.cmdline.empty() ? "" : " ",
+                                          devices::kVirtioMmioBase, kBalloonGsi);
+        }
     }
 
     // 6. Load each kernel and its PVH boot data; put each BSP at its entry.
@@ -179,7 +204,10 @@ int main(int argc, char** argv) {
     // 9. Report: the first VM that did not end with 0 decides the exit status.
     std::vector<std::pair<std::string, VmEnd>> ends;
     for (const Guest& g : guests) ends.emplace_back(g.spec.name, g.end);
-    if (config.stats_json) write_stats_json(*config.stats_json, host, ends);
+    std::map<std::string, devices::BalloonStats> balloons;
+    for (const Guest& g : guests)
+        if (g.balloon) balloons.emplace(g.spec.name, g.balloon->stats());
+    if (config.stats_json) write_stats_json(*config.stats_json, host, ends, balloons);
     int status = 0;
     for (const Guest& g : guests) {
         int s = exit_status(g.end);
