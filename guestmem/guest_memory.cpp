@@ -407,8 +407,7 @@ void GuestMemory::stop() {
 }
 
 void GuestMemory::set_resident_limit(std::uint64_t bytes) {
-    impl_->limit_pages = bytes / kPageSize;
-    config_.resident_limit = bytes;
+    impl_->limit_pages = bytes / kPageSize;  // the one copy readers use (config_ keeps the launch value)
     impl_->reclaim_wake.notify_one();
     impl_->room_freed.notify_all();
 }

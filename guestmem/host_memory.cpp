@@ -20,9 +20,14 @@ HostMemory::HostMemory(swap::SwapPool& pool, std::uint64_t budget_bytes) : pool_
 
 HostMemory::~HostMemory() {
     pool_.set_eviction_sink(nullptr);
-    std::lock_guard lk(mutex_);
-    for (auto& vm : vms_) vm->stop();
-    vms_.clear();
+    // Stop without holding mutex_: a reclaimer being joined may be inside vms()
+    // (share_pages) waiting for it.
+    for (GuestMemory* vm : vms()) vm->stop();
+    std::vector<std::unique_ptr<GuestMemory>> doomed;
+    {
+        std::lock_guard lk(mutex_);
+        doomed.swap(vms_);
+    }
 }
 
 Result<GuestMemory*> HostMemory::create_vm(const MemoryConfig& config) {

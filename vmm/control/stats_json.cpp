@@ -31,6 +31,10 @@ nlohmann::json stats_json(guestmem::HostMemory& host, StatsDetail detail) {
             v["wp_faults"] = s.wp_faults;
             v["throttle_waits"] = s.throttle_waits;
             v["limit_overshoots"] = s.limit_overshoots;
+            v["readahead_pages"] = s.readahead_pages;
+            // A scan of the VM's stage-2 table: slots its pages refer to (leak checks:
+            // the sum over VMs equals host.allocated_vslots at rest).
+            v["referenced_vslots"] = vm->referenced_vslots();
         }
         vms.push_back(std::move(v));
     }

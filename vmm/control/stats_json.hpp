@@ -6,7 +6,8 @@
 //              "swapped_bytes", "swap_out_pages", "swap_in_pages", "major_faults",
 //              "minor_faults", "zero_pages", "discarded_pages", "resident_limit",
 //              full only: "clean_drops", "lost_pages", "wp_faults",
-//                         "throttle_waits", "limit_overshoots"}],
+//                         "throttle_waits", "limit_overshoots", "readahead_pages",
+//                         "referenced_vslots" (a stage-2 scan: sum == allocated_vslots at rest)}],
 //    "swap": [{"path", "priority", "total_slots", "used_slots", "removing"}],
 //    "host": {"budget_bytes", "resident_bytes", full only: "allocated_vslots"}}
 //
