@@ -8,55 +8,11 @@
 
 #include <fmt/format.h>
 
+#include "vmm/control/protocol.hpp"
+
 namespace swapvisor::vmm::cli {
-namespace {
 
-std::string lower(std::string_view s) {
-    std::string out(s);
-    for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    return out;
-}
-
-std::string_view trim_suffix_ib(std::string_view s) {
-    // "GiB" -> "G"; "B" alone stays "B" (bytes).
-    if (s.size() == 3 && (s[1] == 'i' || s[1] == 'I') && (s[2] == 'B' || s[2] == 'b')) return s.substr(0, 1);
-    return s;
-}
-
-}  // namespace
-
-Parsed<std::uint64_t> parse_size(std::string_view text) {
-    if (text.empty()) return std::unexpected(std::string("empty size"));
-    std::size_t digits = 0;
-    while (digits < text.size() && std::isdigit(static_cast<unsigned char>(text[digits]))) ++digits;
-    if (digits == 0) {
-        return std::unexpected(fmt::format("'{}' is not a size (expected a number with an optional K, M, G or T "
-                                           "suffix, e.g. 512M)",
-                                           text));
-    }
-    std::uint64_t number = 0;
-    auto [ptr, ec] = std::from_chars(text.data(), text.data() + digits, number);
-    if (ec == std::errc::result_out_of_range) return std::unexpected(fmt::format("size '{}' is too large", text));
-    if (ec != std::errc() || ptr != text.data() + digits) {
-        return std::unexpected(fmt::format("'{}' is not a size", text));
-    }
-    std::string suffix = lower(trim_suffix_ib(text.substr(digits)));
-    unsigned shift = 0;
-    if (suffix.empty() || suffix == "b") shift = 0;
-    else if (suffix == "k") shift = 10;
-    else if (suffix == "m") shift = 20;
-    else if (suffix == "g") shift = 30;
-    else if (suffix == "t") shift = 40;
-    else {
-        return std::unexpected(fmt::format("size '{}' has an unknown suffix '{}' (use K, M, G, T or KiB, MiB, GiB, "
-                                           "TiB; all are powers of 1024)",
-                                           text, text.substr(digits)));
-    }
-    if (shift != 0 && number > (std::numeric_limits<std::uint64_t>::max() >> shift)) {
-        return std::unexpected(fmt::format("size '{}' overflows 64 bits", text));
-    }
-    return number << shift;
-}
+Parsed<std::uint64_t> parse_size(std::string_view text) { return control::parse_size(text); }
 
 Parsed<std::uint64_t> parse_size_aligned(std::string_view text, std::uint64_t align, std::string_view align_name) {
     auto size = parse_size(text);

@@ -64,21 +64,25 @@ ReplyCode reply_code_of(const Error& error) {
     return ReplyCode::io_error;
 }
 
+// The one size grammar of swapvisor (CLI flags, ctl arguments, JSON requests).
 std::expected<std::uint64_t, std::string> parse_size(std::string_view text) {
     if (text.empty()) return std::unexpected(std::string("empty size"));
     std::size_t digits = 0;
-    while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
+    while (digits < text.size() && (text[digits] >= '0' && text[digits] <= '9')) ++digits;
     if (digits == 0) {
-        return std::unexpected(fmt::format("'{}' is not a size (a number with an optional K, M, G or T suffix, "
-                                           "e.g. 512M)",
+        return std::unexpected(fmt::format("'{}' is not a size (expected a number with an optional K, M, G or T "
+                                           "suffix, e.g. 512M)",
                                            text));
     }
     std::uint64_t number = 0;
     auto [ptr, ec] = std::from_chars(text.data(), text.data() + digits, number);
-    if (ec != std::errc() || ptr != text.data() + digits) return std::unexpected(fmt::format("size '{}' is too large", text));
+    if (ec == std::errc::result_out_of_range) return std::unexpected(fmt::format("size '{}' is too large", text));
+    if (ec != std::errc() || ptr != text.data() + digits) {
+        return std::unexpected(fmt::format("'{}' is not a size", text));
+    }
     std::string suffix;
     for (char c : text.substr(digits)) suffix += static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
-    if (suffix.size() == 3 && suffix.ends_with("ib")) suffix.resize(1);
+    if (suffix.size() == 3 && suffix.ends_with("ib")) suffix.resize(1);  // KiB, MiB, ...
     unsigned shift = 0;
     if (suffix.empty() || suffix == "b") shift = 0;
     else if (suffix == "k") shift = 10;
@@ -86,7 +90,9 @@ std::expected<std::uint64_t, std::string> parse_size(std::string_view text) {
     else if (suffix == "g") shift = 30;
     else if (suffix == "t") shift = 40;
     else {
-        return std::unexpected(fmt::format("size '{}' has an unknown suffix (use K, M, G, T; powers of 1024)", text));
+        return std::unexpected(fmt::format("size '{}' has an unknown suffix '{}' (use K, M, G, T or KiB, MiB, GiB, "
+                                           "TiB; all are powers of 1024)",
+                                           text, text.substr(digits)));
     }
     if (shift != 0 && number > (std::numeric_limits<std::uint64_t>::max() >> shift)) {
         return std::unexpected(fmt::format("size '{}' overflows 64 bits", text));
