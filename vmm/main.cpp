@@ -165,7 +165,7 @@ int main(int argc, char** argv) {
         // line yet: the example guests poll the used ring (vmm/devices/README.md).
         if (g.spec.balloon) {
             g.balloon = std::make_shared<devices::VirtioBalloon>(*g.memory);
-            auto transport = std::make_shared<devices::VirtioMmio>(*g.memory, g.balloon);
+            auto transport = std::make_shared<devices::VirtioMmio>(*g.memory, g.balloon, g.vm->irq_line(kBalloonGsi));
             if (auto r = g.vm->mmio().insert(devices::kVirtioMmioBase, devices::kVirtioMmioSize, transport); !r)
                 return fail(fmt::format("{}: virtio-balloon window: {}", g.spec.name, r.error().message()));
             g.spec.cmdline += fmt::format("{}virtio_mmio.device=4K@{:#x}:{}", g.spec.cmdline.empty() ? "" : " ",

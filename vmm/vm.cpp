@@ -98,6 +98,13 @@ Result<std::unique_ptr<Vm>> Vm::create(const kvm::Kvm& kvm, const VmSpec& spec, 
     return vm;
 }
 
+devices::IrqCallback Vm::irq_line(std::uint32_t gsi) {
+    return [this, gsi](devices::IrqLevel level) {
+        if (auto r = vm_.set_irq_line(gsi, level == devices::IrqLevel::high ? 1 : 0); !r)
+            spdlog::warn("GSI {}: {}", gsi, r.error().message());
+    };
+}
+
 Result<void> Vm::set_boot_entry(std::uint32_t entry, std::uint32_t start_info_gpa) {
     return vcpus_.at(0).set_pvh_entry_state(entry, start_info_gpa);
 }

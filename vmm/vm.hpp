@@ -27,6 +27,7 @@
 #include "io/result.hpp"
 #include "vmm/devices/bus.hpp"
 #include "vmm/devices/serial.hpp"
+#include "vmm/devices/virtio_mmio.hpp"
 #include "vmm/kvm/kvm.hpp"
 #include "vmm/kvm/kvm_vm.hpp"
 #include "vmm/kvm/vcpu.hpp"
@@ -81,6 +82,8 @@ public:
 
     devices::Bus& pio() { return pio_; }
     devices::Bus& mmio() { return mmio_; }
+    // A device interrupt line on `gsi` of the in-kernel irqchip (virtio-mmio).
+    devices::IrqCallback irq_line(std::uint32_t gsi);
 
     // Run all vCPUs until the VM ends; returns why. Call once.
     VmEnd run();

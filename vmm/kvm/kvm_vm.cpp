@@ -31,6 +31,16 @@ Result<void> KvmVm::setup_platform() {
     return {};
 }
 
+Result<void> KvmVm::set_irq_line(std::uint32_t gsi, std::uint32_t level) const {
+    kvm_irq_level irq{};
+    irq.irq = gsi;
+    irq.level = level;
+    // Kernel contract: KVM_IRQ_LINE sets the level of one GSI of the in-kernel
+    // irqchip; an edge-triggered pin fires on the 0 -> 1 change.
+    if (::ioctl(fd(), KVM_IRQ_LINE, &irq) < 0) return errno_error("KVM_IRQ_LINE");
+    return {};
+}
+
 Result<void> KvmVm::add_memory_region(guestmem::Gpa gpa, std::uint64_t size, std::byte* hva) {
     const std::uint64_t page = 4096;
     if (size == 0 || gpa.value() % page != 0 || size % page != 0 ||

@@ -30,6 +30,8 @@ public:
     Result<void> add_memory_region(guestmem::Gpa gpa, std::uint64_t size, std::byte* hva);
     // Create vCPU `index` (its APIC id); index 0 is the bootstrap processor.
     Result<Vcpu> create_vcpu(unsigned index) const;
+    // Drive GSI `gsi` of the in-kernel irqchip (IOAPIC/PIC) to `level` (0 or 1).
+    Result<void> set_irq_line(std::uint32_t gsi, std::uint32_t level) const;
 
     int fd() const { return fd_.get(); }
     const Kvm& kvm() const { return *kvm_; }
