@@ -85,7 +85,7 @@ Result<SwapoffReport> SwapPool::swapoff(const std::filesystem::path& path, io::R
         // Asked without any swap lock held: the sink takes guest memory locks.
         EvictionSink* sink = sink_.load();
         if (sink == nullptr || used_here - free_elsewhere > sink->bring_back_capacity()) {
-            return make_error(Errc::would_not_fit, "swapoff: used slots fit neither on other devices nor in memory");
+            return make_error(Errc::would_not_fit, "swapoff refused up front, nothing changed");
         }
     }
 
