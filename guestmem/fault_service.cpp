@@ -124,7 +124,10 @@ void GuestMemory::Impl::handle_fault(std::uint64_t hva, std::uint64_t flags, io:
         case PageState::resident:
             if (wp_fault) {
                 counters.wp_faults.fetch_add(1, std::memory_order_relaxed);
-                if (e.clean()) free_vslot(e.vslot());
+                if (e.clean()) {
+                    free_vslot(e.vslot());
+                    note_clean_outcome(/*dirtied=*/true);
+                }
                 lk.set(PageEntry::make(PageState::resident));
                 r = uffd->write_protect(addr, kPageSize, WriteProtect::no, Wake::no);
             } else {
@@ -156,14 +159,17 @@ namespace swapvisor::guestmem {
 
 // Readahead (guestmem/README.md#readahead): when swap-ins follow each other in
 // ascending guest order, read the next swapped pages of the run in one batch into
-// the memfd as inactive clean pages. A later touch is then a MINOR fault, and an
+// the memfd and map them (clean and write-protected while clean tracking pays). A later touch is then a MINOR fault, and an
 // unused page is dropped again without a write. Runs after the faulting thread was
 // woken, so the guest never waits for it; skipped while the VM is at its limit.
 void GuestMemory::Impl::readahead_after(std::uint64_t idx, io::Ring& ring) {
     thread_local std::uint64_t last_swapin = ~0ULL;
     const bool sequential = last_swapin != ~0ULL && idx > last_swapin && idx - last_swapin <= kReadaheadPages;
     last_swapin = idx;
-    if (!sequential || !wp_tracking || over_limit()) return;
+    if (!sequential || over_limit()) return;
+    // One decision per batch: clean copies mapped write-protected, or writable with
+    // their slots freed (adaptive clean tracking, guest_memory_impl.hpp).
+    const bool clean = want_clean();
     const Region& region = region_of(idx);
     std::vector<std::uint64_t> locked;
     std::vector<swap::SwapPool::PageIn> ins;
@@ -183,8 +189,9 @@ void GuestMemory::Impl::readahead_after(std::uint64_t idx, io::Ring& ring) {
     // then costs the guest no fault at all, writing it one WP fault.
     std::size_t good = 0;
     while (good < ins.size() && batch && ins[good].result == 0) ++good;
-    const bool mapped = good > 0 && uffd->continue_(guest_ptr(locked[0]), good * kPageSize, WriteProtect::yes,
-                                                    Wake::no).has_value();
+    const bool mapped = good > 0 && uffd->continue_(guest_ptr(locked[0]), good * kPageSize,
+                                                    clean ? WriteProtect::yes : WriteProtect::no, Wake::no)
+                                        .has_value();
     for (std::size_t k = 0; k < locked.size(); ++k) {
         const std::uint64_t n = locked[k];
         if (batch && ins[k].result == 0) {
@@ -193,7 +200,12 @@ void GuestMemory::Impl::readahead_after(std::uint64_t idx, io::Ring& ring) {
             counters.readahead_pages.fetch_add(1, std::memory_order_relaxed);
             page_became_present();
             const PageState now = mapped && k < good ? PageState::resident : PageState::inactive;
-            table.unlock(n, PageEntry::make(now, ins[k].vslot, true));
+            if (clean) {
+                table.unlock(n, PageEntry::make(now, ins[k].vslot, true));
+            } else {
+                free_vslot(ins[k].vslot);
+                table.unlock(n, PageEntry::make(now));
+            }
         } else {
             // Whatever landed in the memfd is not trusted: drop it, keep the page
             // swapped; a real fault will retry and report a failure properly.

@@ -229,6 +229,25 @@ void GuestMemory::Impl::free_vslot(swap::VSlot v) {
     if (pool && v != swap::kNoVSlot) pool->free(v);
 }
 
+bool GuestMemory::Impl::want_clean() {
+    if (!wp_tracking) return false;
+    if (clean_tracking.load(std::memory_order_relaxed)) return true;
+    return clean_decisions.fetch_add(1, std::memory_order_relaxed) % kCleanSampleEvery == 0;
+}
+
+void GuestMemory::Impl::note_clean_outcome(bool dirtied) {
+    std::uint64_t d = dirtied ? window_dirtied.fetch_add(1) + 1 : window_dirtied.load();
+    std::uint64_t r = dirtied ? window_reused.load() : window_reused.fetch_add(1) + 1;
+    if (d + r < kCleanWindow) return;
+    // Hysteresis: stop tracking when >80% of copies end dirtied, resume below 50%.
+    // Racing updaters may evaluate one window twice; the decision is a hint.
+    window_dirtied = 0;
+    window_reused = 0;
+    bool tracking = clean_tracking.load(std::memory_order_relaxed);
+    if (tracking && d * 5 > (d + r) * 4) clean_tracking = false;
+    else if (!tracking && d * 2 < d + r) clean_tracking = true;
+}
+
 // --- swap-in ------------------------------------------------------------------------
 
 Result<void> GuestMemory::Impl::swap_in_locked(PageLock& lk, std::uint64_t idx, io::Ring& ring, bool keep_clean) {
@@ -257,7 +276,7 @@ Result<void> GuestMemory::Impl::swap_in_locked(PageLock& lk, std::uint64_t idx, 
     }
     counters.swapped_pages.fetch_sub(1);
     page_became_present();
-    if (keep_clean && wp_tracking) {
+    if (keep_clean && want_clean()) {
         lk.set(PageEntry::make(PageState::inactive, e.vslot(), true));
     } else {
         free_vslot(e.vslot());

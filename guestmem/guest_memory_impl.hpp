@@ -38,6 +38,8 @@ struct Region {
 };
 
 inline constexpr std::uint64_t kFaultAroundPages = 16;
+inline constexpr std::uint64_t kCleanSampleEvery = 8;
+inline constexpr std::uint64_t kCleanWindow = 1024;
 
 struct Counters {
     std::atomic<std::uint64_t> resident_pages{0};   // present in a memfd
@@ -67,6 +69,14 @@ struct GuestMemory::Impl {
     Stage2 table;
     std::optional<Userfault> uffd;
     bool wp_tracking = false;  // clean copies kept write-protected (UFFD WP on shmem)
+    // Adaptive clean tracking (guestmem/README.md#clean-copies): keeping a swap copy
+    // costs a WP fault when the guest then writes the page. While most clean copies
+    // end dirtied, swap-ins are mapped writable instead (one in kCleanSampleEvery
+    // still tracked, to notice when the workload turns read-mostly again).
+    std::atomic<bool> clean_tracking{true};
+    std::atomic<std::uint64_t> clean_decisions{0};
+    std::atomic<std::uint64_t> window_dirtied{0};   // clean copies lost to a guest write
+    std::atomic<std::uint64_t> window_reused{0};    // clean copies evicted without a write
     io::Mapping zero_page;     // kFaultAroundPages zero pages: UFFDIO_COPY source for never-touched pages
     io::UniqueFd stop_event;   // eventfd that wakes the fault threads on stop
     std::atomic<std::uint64_t> limit_pages{0};  // 0 = unlimited
@@ -109,6 +119,10 @@ struct GuestMemory::Impl {
     // guest view). On failure the page is poisoned and marked lost.
     Result<void> swap_in_locked(PageLock& lk, std::uint64_t idx, io::Ring& ring, bool keep_clean);
     void free_vslot(swap::VSlot v);
+    // Whether the next swap-in (or readahead batch) keeps its swap copy write-protected.
+    bool want_clean();
+    // One clean copy's fate: dirtied (WP fault, VMM write) or reused (evicted again).
+    void note_clean_outcome(bool dirtied);
 
     // --- threads ----------------------------------------------------------------
     void fault_loop();

@@ -190,6 +190,7 @@ std::uint64_t GuestMemory::Impl::reclaim_pass(io::Ring& ring) {
             drop.push_back(idx);
             drop_to.push_back(PageEntry::make(PageState::swapped, e.vslot()));
             counters.clean_drops.fetch_add(1, std::memory_order_relaxed);
+            note_clean_outcome(/*dirtied=*/false);
         } else if (is_zero_page(vmm_ptr(idx))) {
             drop.push_back(idx);
             drop_to.push_back(PageEntry::make(PageState::zero));
