@@ -95,7 +95,8 @@ sv_stats() {
 import json, sys
 try:
     s = json.load(open(sys.argv[1]))
-except (OSError, ValueError):
+    s = s["vms"][0] if "vms" in s else s   # --stats-json: {"vms":[...],"swap":[...],"host":{...}}
+except (OSError, ValueError, IndexError):
     print("{}"); sys.exit()
 print(json.dumps({k: s.get(k) for k in ("swap_out_pages", "swap_in_pages", "major_faults",
                                         "resident_bytes_peak")}, separators=(",", ":")))
