@@ -8,6 +8,7 @@
 
 #include <sys/statfs.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -16,6 +17,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <string>
+
+#include <unistd.h>
 #include <map>
 #include <string>
 #include <vector>
@@ -80,6 +84,25 @@ private:
 
 inline constexpr long kTmpfsMagic = 0x01021994;
 inline constexpr long kRamfsMagic = 0x858458f6;
+
+// A per-run work directory under `dir`, removed with everything in it at scope exit.
+class ScratchDir {
+public:
+    ScratchDir(const std::filesystem::path& dir, const std::string& prefix)
+        : path_(dir / (prefix + std::to_string(::getpid()))) {
+        std::filesystem::create_directories(path_);
+    }
+    ~ScratchDir() {
+        std::error_code ec;
+        std::filesystem::remove_all(path_, ec);
+    }
+    ScratchDir(const ScratchDir&) = delete;
+    ScratchDir& operator=(const ScratchDir&) = delete;
+    const std::filesystem::path& path() const { return path_; }
+
+private:
+    std::filesystem::path path_;
+};
 
 // Swap numbers on tmpfs measure memcpy, not a disk: refuse. Prints why.
 inline bool on_real_disk(const std::filesystem::path& dir) {

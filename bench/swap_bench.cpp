@@ -130,15 +130,8 @@ int run(int argc, char** argv) {
                      bench::free_bytes(dir) / kMiB, swap_bytes / kMiB + 256);
         return 2;
     }
-    std::filesystem::path work = dir / ("swv-swap-bench-" + std::to_string(getpid()));
-    std::filesystem::create_directories(work);
-    struct Cleanup {
-        std::filesystem::path p;
-        ~Cleanup() {
-            std::error_code ec;
-            std::filesystem::remove_all(p, ec);
-        }
-    } cleanup{work};
+    bench::ScratchDir scratch(dir, "swv-swap-bench-");
+    const std::filesystem::path& work = scratch.path();
 
     swap::SwapPool pool;
     need(pool.swapon(work / "a.swap", 0, swap_bytes), "swapon");

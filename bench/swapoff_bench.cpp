@@ -279,15 +279,8 @@ int run(int argc, char** argv) {
     const unsigned reps = static_cast<unsigned>(std::max<std::uint64_t>(1, flags.u64("reps", 3)));
     if (!flags.ok(kUsage)) return 2;
     if (!bench::on_real_disk(dir)) return 2;
-    std::filesystem::path work = dir / ("swv-swapoff-bench-" + std::to_string(getpid()));
-    std::filesystem::create_directories(work);
-    struct Cleanup {
-        std::filesystem::path p;
-        ~Cleanup() {
-            std::error_code ec;
-            std::filesystem::remove_all(p, ec);
-        }
-    } cleanup{work};
+    bench::ScratchDir scratch(dir, "swv-swapoff-bench-");
+    const std::filesystem::path& work = scratch.path();
 
     std::vector<Row> rows;
     std::vector<std::string> notes;
