@@ -19,7 +19,6 @@
 #include <filesystem>
 #include <string>
 
-#include <unistd.h>
 #include <map>
 #include <string>
 #include <vector>
