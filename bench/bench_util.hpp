@@ -17,8 +17,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <string>
-
 #include <map>
 #include <string>
 #include <vector>
