@@ -37,6 +37,8 @@ echo "== swapoff $dir/a.swap while the guest runs"
 "$bin" ctl --socket "$sock" swapoff "$dir/a.swap"
 echo "== status after swapoff"
 "$bin" ctl --socket "$sock" status
+echo "== swapoff of the last device: its pages fit neither elsewhere nor in 192 MiB, so it is refused"
+if "$bin" ctl --socket "$sock" swapoff "$dir/b.swap"; then echo "demo: the last device was removed"; exit 1; fi
 set +e
 wait "$vm"; rc=$?; vm=
 set -e

@@ -157,7 +157,9 @@ int main(int argc, char** argv) {
                                     g.spec.vcpus, kvm->max_vcpus()));
         }
         auto vm = Vm::create(*kvm, VmSpec{g.spec.vcpus, g.memory->regions()},
-                             devices::SerialSink::borrowed(STDOUT_FILENO));
+                             guests.size() > 1 ? devices::SerialSink::borrowed(STDOUT_FILENO).with_prefix(
+                                                     "[" + g.spec.name + "] ")
+                                               : devices::SerialSink::borrowed(STDOUT_FILENO));
         if (!vm) return fail(fmt::format("creating VM {}: {}", g.spec.name, vm.error().message()));
         g.vm = std::move(*vm);
         // --balloon: virtio-balloon with free page reporting in the first virtio-mmio

@@ -122,6 +122,15 @@ TEST_F(SerialFixture, LineBufferedOutput) {
     EXPECT_EQ(output(), "hello\nwor");
 }
 
+TEST_F(SerialFixture, PrefixStartsEveryLineOnce) {
+    ASSERT_GE(fd, 0);
+    Serial16550 serial(SerialSink::borrowed(fd).with_prefix("[a] "));
+    for (char c : std::string("one\ntwo\n\nthr")) out(serial, 0, static_cast<std::uint8_t>(c));
+    serial.flush();
+    for (char c : std::string("ee\n")) out(serial, 0, static_cast<std::uint8_t>(c));
+    EXPECT_EQ(output(), "[a] one\n[a] two\n[a] \n[a] three\n");
+}
+
 TEST_F(SerialFixture, Registers) {
     Serial16550 serial(SerialSink::borrowed(fd));
     EXPECT_EQ(in(serial, 5), 0x60);  // THR empty, transmitter idle

@@ -63,7 +63,9 @@ BusAction Serial16550::write(std::uint64_t offset, std::span<const std::byte> da
             if (dlab) {
                 dll_ = v;
             } else {
+                if (at_line_start_) buffer_ += sink_.prefix();
                 buffer_.push_back(static_cast<char>(v));
+                at_line_start_ = v == '\n';
                 if (v == '\n' || buffer_.size() >= kFlushBytes) flush_locked();
             }
             break;

@@ -29,11 +29,18 @@ public:
     static Result<SerialSink> open_file(const std::filesystem::path& path);  // append, create 0644
 
     int fd() const { return fd_; }
+    // Text put before every line (several VMs sharing one stdout: "[name] ").
+    SerialSink with_prefix(std::string prefix) && {
+        prefix_ = std::move(prefix);
+        return std::move(*this);
+    }
+    const std::string& prefix() const { return prefix_; }
 
 private:
     SerialSink(int fd, io::UniqueFd owned) : fd_(fd), owned_(std::move(owned)) {}
     int fd_;
     io::UniqueFd owned_;
+    std::string prefix_;
 };
 
 class Serial16550 final : public BusDevice {
@@ -57,6 +64,7 @@ private:
     std::mutex mutex_;
     std::uint8_t ier_ = 0, lcr_ = 0, mcr_ = 0, scr_ = 0, dll_ = 0, dlm_ = 0;
     std::string buffer_;
+    bool at_line_start_ = true;
 };
 
 }  // namespace swapvisor::vmm::devices
