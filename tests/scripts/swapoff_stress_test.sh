@@ -35,7 +35,7 @@ for _ in $(seq 1 100); do [[ -S $sock ]] && break; sleep 0.1; done
 [[ -S $sock ]] || { cat "$work/err.log"; echo "FAIL: no control socket" >&2; exit 1; }
 
 cycles=0 failures=0
-guests_done() { [[ $(grep -c '^RESULT ' "$work/out.log") -ge 2 ]]; }
+guests_done() { [[ $(grep -c 'RESULT {' "$work/out.log") -ge 2 ]]; }  # lines carry a [vm] prefix
 # ctl_step <what>: run one ctl command; returns 1 when the run is over (both guests
 # reported, so the server closing is expected), counts any other failure.
 ctl_step() {
