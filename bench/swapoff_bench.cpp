@@ -8,7 +8,7 @@
 //
 // Part 1, sweep over K used slots (16Ki, 64Ki, 256Ki, 1Mi by default). A is filled
 // with pool.write_out batches of 64 pages whose OwnerTags name real pages of a
-// real, started VM (tag = vm id << 48 | page index, guestmem's packing), so the
+// real, started VM (guestmem::pack_owner: vm id and page index), so the
 // bring-back path would stay valid; it is not taken because B has room. This is the
 // same data swapoff sees after a reclaimer pushed pages out, made in seconds instead
 // of minutes (the reclaim fill of part 2 at 64Ki cross-checks it).
@@ -50,7 +50,6 @@ constexpr std::uint64_t kPage = guestmem::kPageSize;
 constexpr std::uint64_t kMiB = 1 << 20;
 constexpr std::uint64_t kGiB = kMiB << 10;
 constexpr std::size_t kBatchPages = 64;
-constexpr std::uint32_t kVmShift = 48;  // guestmem/guest_memory.cpp owner_tag()
 constexpr std::uint64_t kBigCase = 1 << 20;  // slots from which a sweep case runs once
 
 constexpr const char* kUsage =
@@ -158,14 +157,13 @@ Case run_write_out_case(const std::filesystem::path& work, std::uint64_t k) {
         std::vector<swap::PageOut> outs(kBatchPages);
         std::vector<swap::VSlot> sample;
         std::mt19937_64 rng(k);
-        const std::uint64_t tag_base = std::uint64_t{vm->id()} << kVmShift;
         auto t0 = Clock::now();
         for (std::uint64_t first = 0; first < k; first += kBatchPages) {
             std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(kBatchPages, k - first));
             for (std::size_t i = 0; i < n; ++i) {
                 // Distinct content per page: word 0 carries the page index.
                 reinterpret_cast<std::uint64_t*>(buf.data() + i * kPage)[0] = first + i;
-                outs[i] = swap::PageOut{buf.data() + i * kPage, tag_base | (first + i)};
+                outs[i] = swap::PageOut{buf.data() + i * kPage, guestmem::pack_owner(vm->id(), first + i)};
             }
             auto batch = std::span(outs).first(n);
             need(pool.write_out(ring, batch), "write_out");

@@ -21,7 +21,6 @@ namespace swapvisor::guestmem {
 namespace {
 
 constexpr std::uint64_t kTwoMiB = 2ULL << 20;
-constexpr std::uint32_t kVmShift = 48;
 
 bool page_is_zero(const std::byte* p) {
     const auto* w = reinterpret_cast<const std::uint64_t*>(p);
@@ -144,7 +143,7 @@ Gpa GuestMemory::Impl::gpa_of_idx(std::uint64_t idx) const {
 }
 
 swap::OwnerTag GuestMemory::Impl::owner_tag(std::uint64_t idx) const {
-    return (std::uint64_t{owner.id()} << kVmShift) | idx;
+    return pack_owner(owner.id(), idx);
 }
 
 // --- memfd operations ------------------------------------------------------------

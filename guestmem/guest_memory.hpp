@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "guestmem/addr.hpp"
+#include "guestmem/owner_tag.hpp"
 #include "guestmem/stage2.hpp"
 #include "io/result.hpp"
 
@@ -31,7 +32,6 @@ namespace swapvisor::guestmem {
 inline constexpr std::uint64_t kLowRamEnd = 0xC000'0000ULL;   // 3 GiB
 inline constexpr std::uint64_t kHighRamBase = 0x1'0000'0000ULL;  // 4 GiB
 
-using VmId = std::uint16_t;
 class HostMemory;
 class GuestMemory;
 struct MemoryConfig;

@@ -9,11 +9,6 @@
 #include "guestmem/guest_memory_impl.hpp"
 
 namespace swapvisor::guestmem {
-namespace {
-constexpr std::uint32_t kVmShift = 48;
-constexpr std::uint64_t kIdxMask = (std::uint64_t{1} << kVmShift) - 1;
-}  // namespace
-
 HostMemory::HostMemory(swap::SwapPool& pool, std::uint64_t budget_bytes) : pool_(pool), budget_(budget_bytes) {
     pool_.set_eviction_sink(this);
 }
@@ -100,8 +95,8 @@ std::uint64_t HostMemory::bring_back_capacity() const {
 }
 
 Result<bool> HostMemory::bring_back(swap::OwnerTag owner, swap::VSlot vslot, io::Ring& ring) {
-    auto vm_id = static_cast<VmId>(owner >> kVmShift);
-    std::uint64_t idx = owner & kIdxMask;
+    const VmId vm_id = owner_vm(owner);
+    const std::uint64_t idx = owner_index(owner);
     GuestMemory* vm = nullptr;
     {
         std::lock_guard lk(mutex_);
