@@ -12,7 +12,9 @@ bin=$here/build/swapvisor
 dir=${SWV_DEMO_DIR:-/var/tmp/swapvisor-demo}
 rm -rf "$dir"; mkdir -p "$dir"
 sock=$dir/control.sock
-cleanup() { [ -n "${vm:-}" ] && kill "$vm" 2>/dev/null || true; }
+# On exit: stop the VM if still running and delete the swap files (logs and
+# stats.json stay in $dir).
+cleanup() { [ -n "${vm:-}" ] && kill "$vm" 2>/dev/null; wait 2>/dev/null; rm -f "$dir"/*.swap; }
 trap cleanup EXIT
 
 echo "== launching: 1 GiB guest, 192 MiB resident limit, swap a (priority 10) + b (priority 5)"
