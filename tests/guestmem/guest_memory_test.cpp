@@ -157,3 +157,30 @@ TEST_F(GuestMemoryTest, DiscardMakesPagesZeroAndFreesSlots) {
     EXPECT_FALSE(vm->discard(GpaRange{Gpa(100), kPageSize}).has_value());
     EXPECT_FALSE(vm->discard(GpaRange{Gpa(kMem), kPageSize}).has_value());
 }
+
+// Adaptive clean copies (guestmem/README.md#clean-copies): while the guest rewrites
+// every page it swaps in, keeping write-protected clean copies only costs WP faults,
+// so swapvisor stops; when it turns to reading, clean drops (no writes) come back.
+TEST_F(GuestMemoryTest, CleanTrackingFollowsTheWorkload) {
+    constexpr std::uint64_t kMem = 64 << 20, kLimit = 8 << 20;
+    GuestMemory* vm = make_vm(kMem, kLimit, 128 << 20);
+    std::byte* g = vm->regions()[0].guest_view;
+    const std::uint64_t pages = (40 << 20) / kPageSize;
+    write_pass(g, pages, 1);
+    for (std::uint64_t pass = 2; pass <= 6; ++pass) {
+        ASSERT_EQ(verify_pass(g, pages, pass - 1), 0u);
+        write_pass(g, pages, pass);
+    }
+    MemStats rw = vm->stats();
+    // Five read-then-write passes swap in ~5x pages; with tracking on every one of them
+    // would take a WP fault. The policy must have switched it off for most.
+    EXPECT_GT(rw.swap_in_pages, 4 * pages);
+    EXPECT_LT(rw.wp_faults, rw.swap_in_pages / 3) << "swap-ins " << rw.swap_in_pages;
+    // Read-only passes: the sampled clean copies are reused, tracking resumes, and
+    // evictions become clean drops instead of writes.
+    for (int i = 0; i < 4; ++i) ASSERT_EQ(verify_pass(g, pages, 6), 0u);
+    MemStats ro = vm->stats();
+    EXPECT_GT(ro.clean_drops - rw.clean_drops, pages) << "clean drops did not come back";
+    vm->stop();
+    EXPECT_EQ(pool_->allocated_vslots(), vm->referenced_vslots());
+}
