@@ -28,6 +28,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -257,9 +258,11 @@ protected:
         ASSERT_EQ(::sigaction(SIGUSR1, &usr, &old_sigusr1_), 0);
         sigbus_installed_ = true;
 
-        dir_ = std::filesystem::temp_directory_path() /
-               ("swv-tr-" + std::to_string(::getpid()) + "-" +
-                ::testing::UnitTest::GetInstance()->current_test_info()->name());
+        // Parameterized test names contain '/': keep the directory one level deep so
+        // TearDown's remove_all takes all of it.
+        std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
+        std::replace(name.begin(), name.end(), '/', '-');
+        dir_ = std::filesystem::temp_directory_path() / ("swv-tr-" + std::to_string(::getpid()) + "-" + name);
         std::filesystem::create_directories(dir_);
         swap_path_ = dir_ / "swap.img";
         plan_ = std::make_shared<io::FaultPlan>();
