@@ -41,6 +41,7 @@ GuestMemory::GuestMemory(MemoryConfig config, VmId id) : config_(std::move(confi
 GuestMemory::~GuestMemory() {
     stop();
     if (!impl_) return;
+    if (impl_->host) impl_->host->note_gone(impl_->counters.resident_pages.load());
     // VM teardown: give back every slot this VM still refers to, so the shared pool
     // leaks nothing when one VM of several exits.
     for (std::uint64_t i = 0; i < impl_->table.pages(); ++i) {
@@ -172,6 +173,7 @@ Result<void> GuestMemory::Impl::zap_guest_view(std::uint64_t first, std::uint64_
 
 void GuestMemory::Impl::page_became_present() {
     std::uint64_t now = counters.resident_pages.fetch_add(1) + 1;
+    if (host) host->note_present(1);
     std::uint64_t peak = counters.resident_peak.load(std::memory_order_relaxed);
     while (now > peak && !counters.resident_peak.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
     }
@@ -180,6 +182,7 @@ void GuestMemory::Impl::page_became_present() {
 
 void GuestMemory::Impl::pages_left_memory(std::uint64_t n) {
     counters.resident_pages.fetch_sub(n);
+    if (host) host->note_gone(n);
     room_freed.notify_all();
 }
 

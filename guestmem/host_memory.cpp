@@ -31,6 +31,7 @@ Result<GuestMemory*> HostMemory::create_vm(const MemoryConfig& config) {
         if (vm->name() == config.name) return make_error(Errc::unsupported, "create_vm: a VM with that name exists");
     auto id = static_cast<VmId>(vms_.size() + 1);
     auto vm = SWV_TRY(create_guest_memory(config, id, this, &pool_));
+    memory_bytes_.fetch_add(vm->memory_bytes(), std::memory_order_relaxed);
     vms_.push_back(std::move(vm));
     return vms_.back().get();
 }
@@ -57,9 +58,7 @@ void HostMemory::set_budget(std::uint64_t bytes) {
 std::uint64_t HostMemory::budget() const { return budget_; }
 
 std::uint64_t HostMemory::resident_bytes() const {
-    std::uint64_t sum = 0;
-    for (GuestMemory* vm : vms()) sum += vm->impl_->counters.resident_pages.load() * kPageSize;
-    return sum;
+    return resident_pages_.load(std::memory_order_relaxed) * kPageSize;
 }
 
 bool HostMemory::over_budget() const {
@@ -72,8 +71,7 @@ bool HostMemory::over_budget() const {
 std::uint64_t HostMemory::share_pages(const GuestMemory& vm) const {
     std::uint64_t budget = budget_;
     if (budget == 0 || !over_budget()) return 0;
-    std::uint64_t total = 0;
-    for (GuestMemory* v : vms()) total += v->memory_bytes();
+    const std::uint64_t total = memory_bytes_.load(std::memory_order_relaxed);
     if (total == 0) return 0;
     return static_cast<std::uint64_t>(static_cast<long double>(budget) * vm.memory_bytes() / total) / kPageSize;
 }

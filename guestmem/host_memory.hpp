@@ -35,6 +35,10 @@ public:
     // A VM's share of the budget, proportional to its memory size (0 = no budget).
     std::uint64_t share_pages(const GuestMemory& vm) const;
 
+    // Accounting hooks for GuestMemory (any thread).
+    void note_present(std::uint64_t pages) { resident_pages_.fetch_add(pages, std::memory_order_relaxed); }
+    void note_gone(std::uint64_t pages) { resident_pages_.fetch_sub(pages, std::memory_order_relaxed); }
+
     // swap::EvictionSink
     std::uint64_t bring_back_capacity() const override;
     Result<bool> bring_back(swap::OwnerTag owner, swap::VSlot vslot, io::Ring& ring) override;
@@ -42,6 +46,10 @@ public:
 private:
     swap::SwapPool& pool_;
     std::atomic<std::uint64_t> budget_;
+    // Kept by every VM's accounting (page_became_present / pages_left_memory) so the
+    // fault path's budget check reads two atomics instead of walking the VM list.
+    std::atomic<std::uint64_t> resident_pages_{0};
+    std::atomic<std::uint64_t> memory_bytes_{0};  // sum of the VMs' sizes
     // Protects: vms_ (the list, not the VMs); Order: leaf.
     mutable std::mutex mutex_;
     std::vector<std::unique_ptr<GuestMemory>> vms_;
