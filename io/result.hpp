@@ -43,7 +43,7 @@ using Result = std::expected<T, Error>;
 
 // An Error from errno (or an explicit errno value) for the named operation.
 inline std::unexpected<Error> errno_error(const char* op, int err = errno) {
-    return std::unexpected(Error{std::error_code(err, std::system_category()), op});
+    return std::unexpected(Error{std::error_code(err, std::system_category()), op, {}});
 }
 
 template <class E>
