@@ -59,6 +59,7 @@ struct PageOut {
     OwnerTag owner;
     VSlot vslot = kNoVSlot;    // out
     int result = 0;            // out: 0 or -errno (page_result_of / errc_of_page_result)
+    bool ok() const { return result == 0; }
 };
 
 struct DeviceStats {
@@ -121,6 +122,7 @@ public:
         VSlot vslot;
         std::byte* dst;
         int result = 0;
+        bool ok() const { return result == 0; }
     };
     Result<void> read_in(io::Ring& ring, std::span<PageIn> pages);
 
