@@ -1,16 +1,10 @@
-// GuestMemory: one VM's RAM. Each region is a memfd mapped twice: the guest view
-// (given to KVM, registered with userfaultfd MISSING + MINOR) and the VMM view (only
-// swapvisor touches it: swap-out buffers, loader and device access). The stage-2
-// table (guestmem/stage2.hpp) holds one 8-byte entry per guest page; fault-service
-// threads resolve userfaultfd faults from it and a reclaimer keeps the VM under its
-// resident limit (guestmem/README.md). Devices and the loader never touch the guest
-// view: they call read/write/discard here, which make the page present first.
-//
-// Guest-physical layout (so that 32-bit devices fit below 4 GiB):
-//
-//   0 ............ min(memory, 3 GiB)      low RAM region
-//   3 GiB ........ 4 GiB                   hole: virtio-mmio at 0xd0000000, ...
-//   4 GiB ........ 4 GiB + rest            high RAM region (only if memory > 3 GiB)
+// GuestMemory: one VM's RAM (guestmem/README.md). It wires the pieces together —
+// MemfdKernel (the memfds, their two views and the userfaultfd), the Stage2 table,
+// Limits (the reclaim policy) and Transitions (the page-state machine) — and runs
+// the threads that drive them: fault-service threads that resolve userfaultfd faults
+// (fault_service.cpp) and a reclaimer that keeps the VM under its limit
+// (reclaimer.cpp). Devices and the loader never touch the guest view: they call
+// read/write/discard here, which make the page present first.
 #pragma once
 
 #include <atomic>
@@ -21,24 +15,18 @@
 #include <vector>
 
 #include "guestmem/addr.hpp"
+#include "guestmem/memfd_kernel.hpp"
 #include "guestmem/owner_tag.hpp"
 #include "guestmem/stage2.hpp"
 #include "io/result.hpp"
 
+namespace swapvisor::io { class Ring; }
 namespace swapvisor::swap { class SwapPool; }
 
 namespace swapvisor::guestmem {
 
-inline constexpr std::uint64_t kLowRamEnd = 0xC000'0000ULL;   // 3 GiB
-inline constexpr std::uint64_t kHighRamBase = 0x1'0000'0000ULL;  // 4 GiB
-
-class HostMemory;
+class HostBudget;
 class GuestMemory;
-struct MemoryConfig;
-
-// Build one VM's memory (HostMemory::create_vm is the usual way; host may be null).
-Result<std::unique_ptr<GuestMemory>> create_guest_memory(const MemoryConfig& config, VmId id, HostMemory* host,
-                                                          swap::SwapPool* pool);
 
 struct MemoryConfig {
     std::string name = "vm0";
@@ -47,12 +35,10 @@ struct MemoryConfig {
     unsigned fault_threads = 1;
 };
 
-// One RAM region as KVM sees it.
-struct RegionView {
-    Gpa base;
-    std::uint64_t size;
-    std::byte* guest_view;  // host address registered as the KVM memslot
-};
+// Build one VM's memory (HostMemory::create_vm is the usual way). host: the host
+// budget this VM counts against (null: none); pool: its swap (null: no swap).
+Result<std::unique_ptr<GuestMemory>> create_guest_memory(const MemoryConfig& config, VmId id, HostBudget* host,
+                                                          swap::SwapPool* pool);
 
 struct MemStats {
     std::string name;
@@ -81,7 +67,7 @@ public:
     GuestMemory(const GuestMemory&) = delete;
     GuestMemory& operator=(const GuestMemory&) = delete;
 
-    std::span<const RegionView> regions() const { return views_; }
+    std::span<const RegionView> regions() const;
     std::uint64_t memory_bytes() const { return config_.memory_bytes; }
     const std::string& name() const { return config_.name; }
     VmId id() const { return id_; }
@@ -101,6 +87,14 @@ public:
     void set_resident_limit(std::uint64_t bytes);
     MemStats stats() const;
 
+    // Swapoff (through HostMemory): bring the page at `page` back from vslot, or drop
+    // its clean copy there; false when it no longer refers to vslot.
+    Result<bool> bring_back(PageIdx page, swap::VSlot vslot, io::Ring& ring);
+    // Pages this VM could take back without going over its own limit.
+    std::uint64_t bring_back_room() const;
+    // Wake the reclaimer (the host budget changed).
+    void kick_reclaimer();
+
     // Introspection for tests and leak checks: the stage-2 entry of a page, and how
     // many VSlots this VM's entries refer to (swapped pages + clean copies).
     PageEntry entry(Gpa gpa) const;
@@ -109,13 +103,11 @@ public:
     struct Impl;
 
 private:
-    friend class HostMemory;
-    friend Result<std::unique_ptr<GuestMemory>> create_guest_memory(const MemoryConfig&, VmId, HostMemory*,
+    friend Result<std::unique_ptr<GuestMemory>> create_guest_memory(const MemoryConfig&, VmId, HostBudget*,
                                                                      swap::SwapPool*);
     GuestMemory(MemoryConfig config, VmId id);
     MemoryConfig config_;
     VmId id_;
-    std::vector<RegionView> views_;
     std::unique_ptr<Impl> impl_;
 };
 

@@ -1,6 +1,8 @@
 // Stage2: see stage2.hpp.
 #include "guestmem/stage2.hpp"
 
+#include <sys/mman.h>
+
 #include <optional>
 
 namespace swapvisor::guestmem {
@@ -18,13 +20,19 @@ const char* to_string(PageState s) {
     return "?";
 }
 
-Stage2::Stage2(std::uint64_t pages)
-    : pages_(pages), entries_(std::make_unique<std::atomic<std::uint64_t>[]>(pages)) {
-    for (std::uint64_t i = 0; i < pages; ++i) entries_[i].store(0, std::memory_order_relaxed);
+Result<Stage2> Stage2::create(std::uint64_t pages) {
+    if (pages == 0) return errno_error("stage-2 table", EINVAL);
+    const std::size_t bytes = pages * bytes_per_page();
+    // Kernel contract: a private anonymous MAP_NORESERVE mapping reads as zeros (the
+    // `zero` state) and is backed page by page on first write, without charging the
+    // whole size against the overcommit limit.
+    void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) return errno_error("mmap stage-2 table");
+    return Stage2(io::Mapping(p, bytes), pages);
 }
 
-std::optional<PageEntry> Stage2::try_lock(std::uint64_t idx) {
-    auto& e = entries_[idx];
+std::optional<PageEntry> Stage2::try_lock(PageIdx idx) {
+    auto& e = at(idx);
     std::uint64_t cur = e.load(std::memory_order_relaxed);
     while (!(cur & PageEntry::kLock)) {
         // acquire pairs with the release store in unlock(): we see the previous owner's writes.
@@ -34,8 +42,8 @@ std::optional<PageEntry> Stage2::try_lock(std::uint64_t idx) {
     return std::nullopt;
 }
 
-PageEntry Stage2::lock(std::uint64_t idx) {
-    auto& e = entries_[idx];
+PageEntry Stage2::lock(PageIdx idx) {
+    auto& e = at(idx);
     for (;;) {
         if (auto v = try_lock(idx)) return *v;
         std::uint64_t cur = e.load(std::memory_order_relaxed);
@@ -43,8 +51,8 @@ PageEntry Stage2::lock(std::uint64_t idx) {
     }
 }
 
-void Stage2::unlock(std::uint64_t idx, PageEntry value) {
-    auto& e = entries_[idx];
+void Stage2::unlock(PageIdx idx, PageEntry value) {
+    auto& e = at(idx);
     // release pairs with the acquire CAS in try_lock().
     e.store(value.raw() & ~PageEntry::kLock, std::memory_order_release);
     e.notify_all();

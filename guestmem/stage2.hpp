@@ -1,26 +1,31 @@
 // Stage2: swapvisor's own guest-physical page table, one 8-byte atomic entry per
-// guest page (guestmem/README.md#stage2). An entry is owned by one thread at a time
-// through its lock bit: whoever sets LOCK may change the state and issue the
-// syscalls that go with the transition; everyone else waits (std::atomic::wait).
-// Long I/O never holds the lock: `writeback` is itself the mark that a write is in
-// flight, and its completion re-locks and checks the state did not move.
+// guest page, indexed by PageIdx (guestmem/README.md#stage2). An entry is owned by
+// one thread at a time through its lock bit: whoever sets LCK may change the state
+// and issue the kernel calls that go with the transition; everyone else waits
+// (std::atomic::wait). Only guestmem/transitions.cpp takes and releases the lock
+// (through PageLock), so every state change is one of the README's transitions.
 //
 //   63                    32 31             6   5     4     3    2    0
 //  +------------------------+---------------+-----+-----+-----+-------+
 //  |         VSlot          |   reserved    | ACC | CLN | LCK | state |
 //  +------------------------+---------------+-----+-----+-----+-------+
-//   VSlot: swapped -> where the content is; resident/inactive with CLN -> an
-//          identical copy still in swap (the page is write-protected), so
-//          evicting it again writes nothing; writeback -> the slot being written.
+//   VSlot: swapped / reading -> where the content is; resident / inactive with CLN
+//          -> an identical copy still in swap (the page is write-protected), so
+//          evicting it again writes nothing.
 //   CLN:   clean copy valid (see above). ACC: reserved for hardware-assisted sampling.
+//
+// The entries are one anonymous MAP_NORESERVE mapping: the kernel backs a 4 KiB
+// page of entries (512 guest pages) only when one of them is first written, so a
+// sparse 1 TiB guest costs only what it touches, not 2 GiB up front.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
-#include <memory>
 #include <optional>
 
+#include "guestmem/addr.hpp"
 #include "io/result.hpp"
+#include "io/unique_fd.hpp"
 #include "swap/types.hpp"
 
 namespace swapvisor::guestmem {
@@ -31,10 +36,12 @@ enum class PageState : std::uint8_t {
     inactive = 2,   // in the memfd, zapped from the guest view: next touch is a MINOR fault
     writeback = 3,  // being written to swap (page stays in the memfd until completion)
     swapped = 4,    // content only in swap at VSlot; hole punched
-    reading = 5,    // swap-in in flight: only ever seen by peek, the reader holds the lock
+    reading = 5,    // swap-in in flight: published while the reader holds the lock
     lost = 6,       // swap-in failed; poisoned in the guest view, guest gets a memory error
 };
 const char* to_string(PageState s);
+
+enum class Clean : bool { no, yes };
 
 // A decoded entry value (a snapshot; the table holds the atomic).
 class PageEntry {
@@ -45,8 +52,9 @@ public:
 
     constexpr PageEntry() = default;
     constexpr explicit PageEntry(std::uint64_t raw) : raw_(raw) {}
-    static constexpr PageEntry make(PageState s, swap::VSlot v = swap::kNoVSlot, bool clean = false) {
-        return PageEntry((std::uint64_t{v.value()} << 32) | static_cast<std::uint64_t>(s) | (clean ? kClean : 0));
+    static constexpr PageEntry make(PageState s, swap::VSlot v = swap::kNoVSlot, Clean clean = Clean::no) {
+        return PageEntry((std::uint64_t{v.value()} << 32) | static_cast<std::uint64_t>(s) |
+                         (clean == Clean::yes ? kClean : 0));
     }
 
     constexpr PageState state() const { return static_cast<PageState>(raw_ & kStateMask); }
@@ -60,54 +68,46 @@ public:
         return s == PageState::resident || s == PageState::inactive || s == PageState::writeback ||
                s == PageState::reading;
     }
+    // True if the entry refers to a VSlot this VM must free some day.
+    constexpr bool holds_vslot() const {
+        return (state() == PageState::swapped || clean()) && vslot() != swap::kNoVSlot;
+    }
+    friend constexpr bool operator==(PageEntry a, PageEntry b) = default;
 
 private:
     std::uint64_t raw_ = 0;
 };
 
-enum class TryLock : bool { no, yes };
-
 class Stage2 {
 public:
-    explicit Stage2(std::uint64_t pages);
+    // Reserves (does not back) pages entries; errors only if the address space is short.
+    static Result<Stage2> create(std::uint64_t pages);
     std::uint64_t pages() const { return pages_; }
+    bool contains(PageIdx idx) const { return idx.value() < pages_; }
 
-    PageEntry peek(std::uint64_t idx) const { return PageEntry(entries_[idx].load(std::memory_order_acquire)); }
+    PageEntry peek(PageIdx idx) const { return PageEntry(at(idx).load(std::memory_order_acquire)); }
 
-    // Take the entry's lock (waiting while another owner holds it); returns the value
-    // it had. With TryLock::yes returns nullopt instead of waiting.
-    PageEntry lock(std::uint64_t idx);
-    std::optional<PageEntry> try_lock(std::uint64_t idx);
+    // Raw lock protocol; use PageLock (transitions.hpp), which also keeps the counters.
+    // lock waits while another owner holds the entry; both return the unlocked value.
+    PageEntry lock(PageIdx idx);
+    std::optional<PageEntry> try_lock(PageIdx idx);
     // Show a new value to observers (peek) while keeping the lock.
-    void publish_locked(std::uint64_t idx, PageEntry value) {
-        entries_[idx].store(value.raw() | PageEntry::kLock, std::memory_order_release);
+    void publish_locked(PageIdx idx, PageEntry value) {
+        at(idx).store(value.raw() | PageEntry::kLock, std::memory_order_release);
     }
     // Publish a new value and release the lock; wakes waiters.
-    void unlock(std::uint64_t idx, PageEntry value);
+    void unlock(PageIdx idx, PageEntry value);
 
     static constexpr std::size_t bytes_per_page() { return sizeof(std::atomic<std::uint64_t>); }
 
 private:
+    Stage2(io::Mapping entries, std::uint64_t pages) : entries_(std::move(entries)), pages_(pages) {}
+    std::atomic<std::uint64_t>& at(PageIdx idx) const {
+        SWV_ASSERT(idx.value() < pages_, "stage-2 index out of range");
+        return reinterpret_cast<std::atomic<std::uint64_t>*>(entries_.data())[idx.value()];
+    }
+    io::Mapping entries_;
     std::uint64_t pages_;
-    std::unique_ptr<std::atomic<std::uint64_t>[]> entries_;
-};
-
-// RAII ownership of one entry: unlocks with the value set by `set` (or the value it
-// was locked with, if never set).
-class PageLock {
-public:
-    PageLock(Stage2& table, std::uint64_t idx) : table_(&table), idx_(idx), value_(table.lock(idx)) {}
-    PageLock(Stage2& table, std::uint64_t idx, PageEntry locked_value) : table_(&table), idx_(idx), value_(locked_value) {}
-    PageLock(const PageLock&) = delete;
-    PageLock& operator=(const PageLock&) = delete;
-    ~PageLock() { table_->unlock(idx_, value_); }
-    PageEntry entry() const { return value_; }
-    void set(PageEntry v) { value_ = v; }
-
-private:
-    Stage2* table_;
-    std::uint64_t idx_;
-    PageEntry value_;
 };
 
 }  // namespace swapvisor::guestmem

@@ -22,6 +22,9 @@ std::unexpected<Error> uffd_error(const char* op, int err) {
     }
 }
 
+// The kernel reports progress in bytes, or a negative errno when nothing was done.
+std::uint64_t done_pages(std::int64_t bytes) { return bytes > 0 ? static_cast<std::uint64_t>(bytes) / kPageSize : 0; }
+
 uffdio_range range_of(std::byte* addr, std::size_t len) {
     return uffdio_range{reinterpret_cast<std::uint64_t>(addr), len};
 }
@@ -66,7 +69,7 @@ Result<void> Userfault::register_range(std::byte* addr, std::size_t len, UffdReg
     return {};
 }
 
-Result<void> Userfault::copy(std::byte* dst, const std::byte* src, std::size_t len, WriteProtect wp, Wake wake) {
+Mapped Userfault::copy(std::byte* dst, const std::byte* src, std::size_t len, WriteProtect wp, Wake wake) {
     uffdio_copy c{};
     c.dst = reinterpret_cast<std::uint64_t>(dst);
     c.src = reinterpret_cast<std::uint64_t>(src);
@@ -74,19 +77,26 @@ Result<void> Userfault::copy(std::byte* dst, const std::byte* src, std::size_t l
     if (wp == WriteProtect::yes) c.mode |= UFFDIO_COPY_MODE_WP;
     if (wake == Wake::no) c.mode |= UFFDIO_COPY_MODE_DONTWAKE;
     // Kernel contract: allocates the page in the shmem file behind dst and maps it;
-    // EEXIST if a page is already there.
-    if (::ioctl(fd_.get(), UFFDIO_COPY, &c) < 0) return uffd_error("UFFDIO_COPY", errno);
-    return {};
+    // EEXIST if a page is already there. c.copy: bytes copied, even on failure.
+    if (::ioctl(fd_.get(), UFFDIO_COPY, &c) < 0) {
+        int err = errno;
+        return Mapped{done_pages(c.copy), uffd_error("UFFDIO_COPY", err)};
+    }
+    return Mapped{len / kPageSize, {}};
 }
 
-Result<void> Userfault::continue_(std::byte* addr, std::size_t len, WriteProtect wp, Wake wake) {
+Mapped Userfault::continue_(std::byte* addr, std::size_t len, WriteProtect wp, Wake wake) {
     uffdio_continue c{};
     c.range = range_of(addr, len);
     if (wp == WriteProtect::yes) c.mode |= UFFDIO_CONTINUE_MODE_WP;
     if (wake == Wake::no) c.mode |= UFFDIO_CONTINUE_MODE_DONTWAKE;
-    // Kernel contract: maps the page already in the page cache; EEXIST if mapped.
-    if (::ioctl(fd_.get(), UFFDIO_CONTINUE, &c) < 0) return uffd_error("UFFDIO_CONTINUE", errno);
-    return {};
+    // Kernel contract: maps the pages already in the page cache; EEXIST if mapped.
+    // c.mapped: bytes mapped before an error (a prefix of the range stays mapped).
+    if (::ioctl(fd_.get(), UFFDIO_CONTINUE, &c) < 0) {
+        int err = errno;
+        return Mapped{done_pages(c.mapped), uffd_error("UFFDIO_CONTINUE", err)};
+    }
+    return Mapped{len / kPageSize, {}};
 }
 
 Result<void> Userfault::wake(std::byte* addr, std::size_t len) {

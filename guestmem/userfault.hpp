@@ -8,14 +8,12 @@
 #include <cstdint>
 #include <span>
 
+#include "guestmem/page_kernel.hpp"
 #include "io/linux_compat.hpp"
 #include "io/result.hpp"
 #include "io/unique_fd.hpp"
 
 namespace swapvisor::guestmem {
-
-enum class Wake : bool { no, yes };
-enum class WriteProtect : bool { no, yes };
 
 struct UffdRegisterMode {
     bool missing = true;
@@ -35,8 +33,9 @@ public:
     bool has(std::uint64_t feature) const { return (features_ & feature) == feature; }
 
     Result<void> register_range(std::byte* addr, std::size_t len, UffdRegisterMode mode);
-    Result<void> copy(std::byte* dst, const std::byte* src, std::size_t len, WriteProtect wp, Wake wake);
-    Result<void> continue_(std::byte* addr, std::size_t len, WriteProtect wp, Wake wake);
+    // Both may map a prefix of [addr, addr + len) before failing: Mapped.pages says how much.
+    Mapped copy(std::byte* dst, const std::byte* src, std::size_t len, WriteProtect wp, Wake wake);
+    Mapped continue_(std::byte* addr, std::size_t len, WriteProtect wp, Wake wake);
     Result<void> wake(std::byte* addr, std::size_t len);
     Result<void> write_protect(std::byte* addr, std::size_t len, WriteProtect wp, Wake wake);
     Result<void> poison(std::byte* addr, std::size_t len, Wake wake);

@@ -1,0 +1,160 @@
+// Limits: see limits.hpp.
+#include "guestmem/limits.hpp"
+
+#include <algorithm>
+
+#include "guestmem/addr.hpp"
+
+namespace swapvisor::guestmem {
+
+std::uint64_t slack_pages(std::uint64_t limit) { return std::clamp<std::uint64_t>(limit / 32, 64, 4096); }
+
+// --- host budget -------------------------------------------------------------------
+
+bool HostBudget::over_budget() const {
+    const std::uint64_t budget = budget_bytes_ / kPageSize;
+    if (budget == 0) return false;
+    return resident_pages() + slack_pages(budget) / 2 > budget;
+}
+
+std::uint64_t HostBudget::share_pages(std::uint64_t vm_memory_bytes) const {
+    const std::uint64_t budget = budget_bytes_;
+    if (budget == 0 || !over_budget()) return 0;
+    const std::uint64_t total = memory_bytes_.load(std::memory_order_relaxed);
+    if (total == 0) return 0;
+    return static_cast<std::uint64_t>(static_cast<long double>(budget) * vm_memory_bytes / total) / kPageSize;
+}
+
+std::uint64_t HostBudget::room_pages() const {
+    const std::uint64_t budget = budget_bytes_ / kPageSize;
+    if (budget == 0) return ~std::uint64_t{0};
+    const std::uint64_t used = resident_pages();
+    return budget > used ? budget - used : 0;
+}
+
+// --- clean copies ---------------------------------------------------------------------
+
+bool CleanCopyPolicy::want_clean() {
+    if (!available_) return false;
+    if (tracking_.load(std::memory_order_relaxed)) return true;
+    return decisions_.fetch_add(1, std::memory_order_relaxed) % kSampleEvery == 0;
+}
+
+void CleanCopyPolicy::note(CleanOutcome outcome) {
+    const bool dirtied = outcome == CleanOutcome::dirtied;
+    const std::uint64_t d = dirtied ? dirtied_.fetch_add(1, std::memory_order_relaxed) + 1
+                                    : dirtied_.load(std::memory_order_relaxed);
+    const std::uint64_t r = dirtied ? reused_.load(std::memory_order_relaxed)
+                                    : reused_.fetch_add(1, std::memory_order_relaxed) + 1;
+    if (d + r < kWindow) return;
+    // Hysteresis: stop tracking when >80% of copies end dirtied, resume below 50%.
+    dirtied_.store(0, std::memory_order_relaxed);
+    reused_.store(0, std::memory_order_relaxed);
+    const bool tracking = tracking_.load(std::memory_order_relaxed);
+    if (tracking && d * 5 > (d + r) * 4) tracking_.store(false, std::memory_order_relaxed);
+    else if (!tracking && d * 2 < d + r) tracking_.store(true, std::memory_order_relaxed);
+}
+
+// --- one VM ---------------------------------------------------------------------------
+
+Limits::Limits(Occupancy& occupancy, HostBudget* host, std::uint64_t memory_bytes, std::uint64_t limit_bytes)
+    : occupancy_(occupancy), host_(host), memory_bytes_(memory_bytes), limit_pages_(limit_bytes / kPageSize) {}
+
+void Limits::set_limit_bytes(std::uint64_t bytes) {
+    limit_pages_ = bytes / kPageSize;
+    wake_all();
+}
+
+std::uint64_t Limits::effective_limit() const {
+    std::uint64_t limit = limit_pages_.load(std::memory_order_relaxed);
+    if (host_) {
+        const std::uint64_t share = host_->share_pages(memory_bytes_);
+        if (share && (limit == 0 || share < limit)) limit = share;
+    }
+    return limit;
+}
+
+bool Limits::over_limit() const {
+    const std::uint64_t limit = effective_limit();
+    return limit && occupancy_.resident.load(std::memory_order_relaxed) >= limit;
+}
+
+bool Limits::needs_reclaim() const {
+    const std::uint64_t limit = effective_limit();
+    if (limit == 0) return false;
+    const std::uint64_t slack = slack_pages(limit);
+    const std::uint64_t resident = occupancy_.resident.load(std::memory_order_relaxed);
+    // There is work only above the low watermark (limit - slack, floored at 0): with
+    // a limit under slack / 2 the first test alone holds even at 0 resident pages,
+    // and the reclaimer would wake, find nothing to do and spin.
+    const std::uint64_t low = limit > slack ? limit - slack : 0;
+    return resident + slack / 2 > limit && resident > low;
+}
+
+bool Limits::reclaim_done() const {
+    const std::uint64_t limit = effective_limit();
+    if (limit == 0) return true;
+    const std::uint64_t slack = slack_pages(limit);
+    const std::uint64_t low = limit > slack ? limit - slack : 0;
+    return occupancy_.resident.load(std::memory_order_relaxed) <= low;
+}
+
+std::uint64_t Limits::bring_back_room() const {
+    std::uint64_t limit = limit_pages_.load(std::memory_order_relaxed);
+    if (limit == 0) limit = memory_bytes_ / kPageSize;
+    const std::uint64_t resident = occupancy_.resident.load(std::memory_order_relaxed);
+    return limit > resident ? limit - resident : 0;
+}
+
+void Limits::pages_added(std::uint64_t n) {
+    const std::uint64_t now = occupancy_.resident.fetch_add(n) + n;
+    if (host_) host_->note_added(n);
+    // Relaxed: the peak is a statistic; only the max matters.
+    std::uint64_t peak = occupancy_.peak.load(std::memory_order_relaxed);
+    while (now > peak && !occupancy_.peak.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
+    }
+    if (needs_reclaim()) notify_sleepers(reclaim_wake_);
+}
+
+void Limits::pages_freed(std::uint64_t n) {
+    occupancy_.resident.fetch_sub(n);
+    if (host_) host_->note_freed(n);
+    notify_sleepers(room_freed_);
+}
+
+void Limits::notify_sleepers(std::condition_variable& cv) {
+    // Only take the mutex when someone sleeps: this runs on every page release.
+    if (sleepers_.load() == 0) return;
+    std::lock_guard lk(mutex_);
+    cv.notify_all();
+}
+
+bool Limits::wait_for_room(const std::atomic<bool>& stopping) {
+    if (!over_limit()) return true;
+    std::unique_lock lk(mutex_);
+    sleepers_.fetch_add(1);
+    reclaim_wake_.notify_one();
+    const bool ok = room_freed_.wait_for(lk, kThrottleBound, [&] { return stopping.load() || !over_limit(); });
+    sleepers_.fetch_sub(1);
+    return ok;
+}
+
+void Limits::wait_for_work(const std::atomic<bool>& stopping) {
+    std::unique_lock lk(mutex_);
+    sleepers_.fetch_add(1);
+    reclaim_wake_.wait_for(lk, kReclaimTick, [&] { return stopping.load() || needs_reclaim(); });
+    sleepers_.fetch_sub(1);
+}
+
+void Limits::kick_reclaimer() {
+    std::lock_guard lk(mutex_);
+    reclaim_wake_.notify_one();
+}
+
+void Limits::wake_all() {
+    std::lock_guard lk(mutex_);
+    reclaim_wake_.notify_all();
+    room_freed_.notify_all();
+}
+
+}  // namespace swapvisor::guestmem

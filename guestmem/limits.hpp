@@ -1,0 +1,145 @@
+// Limits: the one reclaim policy of guestmem (guestmem/README.md#reclaim). Every
+// question "how much may this VM hold, when does the reclaimer start and stop, may
+// this fault add a page now, how much can swapoff bring back, should a swap-in keep
+// its clean copy" is answered here, for the reclaimer, the fault path and
+// HostMemory alike.
+//
+//   resident pages
+//     ^
+//     | limit ............ a fault that adds a page waits here (throttle)
+//     | limit - slack/2 .. high watermark: the reclaimer wakes above it
+//     | limit - slack .... low watermark: the reclaimer works down to it
+//     |                    slack = clamp(limit / 32, 64, 4096) pages
+//
+// The limit in force ("effective") is the VM's own, or its share of the host budget
+// (proportional to memory size) while the host as a whole is over budget, so an idle
+// neighbour's unused share is not wasted.
+//
+// Threads: any. Occupancy is written only by PageLock (transitions.cpp); the rest are
+// atomics, plus one mutex for the two sleeps (reclaimer idle, throttled faulter).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+
+namespace swapvisor::guestmem {
+
+// Slack under a limit of `limit` pages (see the diagram).
+std::uint64_t slack_pages(std::uint64_t limit);
+
+// How much of a VM is in memory and in swap. Written only by PageLock on release,
+// from the (from, to) states of the page, so the counts match the table by
+// construction (README invariants).
+struct Occupancy {
+    std::atomic<std::uint64_t> resident{0};  // entries in a present state
+    std::atomic<std::uint64_t> peak{0};
+    std::atomic<std::uint64_t> swapped{0};   // entries in `swapped`
+};
+
+// The host budget over every VM of one process (HostMemory owns it).
+class HostBudget {
+public:
+    explicit HostBudget(std::uint64_t budget_bytes) : budget_bytes_(budget_bytes) {}
+    void set_budget(std::uint64_t bytes) { budget_bytes_ = bytes; }
+    std::uint64_t budget_bytes() const { return budget_bytes_; }
+    std::uint64_t resident_pages() const { return resident_pages_.load(std::memory_order_relaxed); }
+    // Budget in force and (nearly: slack/2) exceeded, so reclaim starts early.
+    bool over_budget() const;
+    // A VM's share while over budget (0: no budget, or not over it).
+    std::uint64_t share_pages(std::uint64_t vm_memory_bytes) const;
+    // Pages the host could still take (unbounded without a budget).
+    std::uint64_t room_pages() const;
+
+    void vm_added(std::uint64_t memory_bytes) { memory_bytes_.fetch_add(memory_bytes, std::memory_order_relaxed); }
+    void vm_removed(std::uint64_t memory_bytes) { memory_bytes_.fetch_sub(memory_bytes, std::memory_order_relaxed); }
+    // Relaxed: a statistic summed from every VM's PageLock releases; readers need no order.
+    void note_added(std::uint64_t pages) { resident_pages_.fetch_add(pages, std::memory_order_relaxed); }
+    void note_freed(std::uint64_t pages) { resident_pages_.fetch_sub(pages, std::memory_order_relaxed); }
+
+private:
+    std::atomic<std::uint64_t> budget_bytes_;
+    std::atomic<std::uint64_t> resident_pages_{0};
+    std::atomic<std::uint64_t> memory_bytes_{0};
+};
+
+// Whether a swap-in keeps its slot as a clean copy (write-protected): adaptive, per
+// VM (guestmem/README.md#clean-copies).
+enum class CleanOutcome : bool { reused, dirtied };
+class CleanCopyPolicy {
+public:
+    static constexpr std::uint64_t kWindow = 1024;     // outcomes per decision
+    static constexpr std::uint64_t kSampleEvery = 8;   // swap-ins still tracked while off
+    explicit CleanCopyPolicy(bool available) : available_(available) {}
+    bool want_clean();
+    void note(CleanOutcome outcome);
+    bool tracking() const { return tracking_.load(std::memory_order_relaxed); }
+
+private:
+    const bool available_;  // UFFD WP on shmem: without it there are no clean copies
+    // Relaxed throughout: the decision is a hint; racing updaters may evaluate one
+    // window twice.
+    std::atomic<bool> tracking_{true};
+    std::atomic<std::uint64_t> decisions_{0};
+    std::atomic<std::uint64_t> dirtied_{0};
+    std::atomic<std::uint64_t> reused_{0};
+};
+
+class Limits {
+public:
+    // How long a fault that would add a page waits for room before it runs over.
+    static constexpr std::chrono::milliseconds kThrottleBound{2000};
+    // The reclaimer re-checks this often even without a wake-up.
+    static constexpr std::chrono::milliseconds kReclaimTick{50};
+
+    Limits(Occupancy& occupancy, HostBudget* host, std::uint64_t memory_bytes, std::uint64_t limit_bytes);
+
+    void set_limit_bytes(std::uint64_t bytes);
+    std::uint64_t limit_pages() const { return limit_pages_.load(std::memory_order_relaxed); }
+    std::uint64_t memory_bytes() const { return memory_bytes_; }
+    // The VM's own limit or its host share, whichever is lower; 0 = unlimited.
+    std::uint64_t effective_limit() const;
+    // At or above the limit: a fault that adds a page must wait.
+    bool over_limit() const;
+    // Above the high watermark: the reclaimer has work.
+    bool needs_reclaim() const;
+    // At or below the low watermark (or unlimited): the reclaimer may stop.
+    bool reclaim_done() const;
+    // Pages this VM can take back (swapoff bring-back) without going over its limit.
+    std::uint64_t bring_back_room() const;
+
+    // PageLock's hooks (any thread).
+    void pages_added(std::uint64_t n);
+    void pages_freed(std::uint64_t n);
+
+    // Throttle: block a faulting thread while over the limit, bounded by
+    // kThrottleBound; returns false if it gave up (the VM runs over its limit).
+    bool wait_for_room(const std::atomic<bool>& stopping);
+    // Reclaimer: sleep until there is work, `stopping`, or a tick passes.
+    void wait_for_work(const std::atomic<bool>& stopping);
+    // Wake the reclaimer / throttled faulters (limit changed, stopping, room made).
+    void kick_reclaimer();
+    void wake_all();
+
+private:
+    Occupancy& occupancy_;
+    HostBudget* host_;  // null for a VM outside a HostMemory (tests)
+    const std::uint64_t memory_bytes_;
+    std::atomic<std::uint64_t> limit_pages_;  // 0 = unlimited
+    // Protects: nothing but the two waits (their predicates read atomics); notifies
+    // are made holding it so a wake-up between a waiter's check and its sleep is not
+    // lost. Order: leaf, never held with a page lock.
+    std::mutex mutex_;
+    std::condition_variable reclaim_wake_;  // reclaimer: there may be work
+    std::condition_variable room_freed_;    // throttled faulters: resident dropped
+    // Sleepers on either condition variable. seq_cst, pairs with the seq_cst counter
+    // updates in pages_added / pages_freed: a notifier that reads 0 here ran before
+    // the sleeper's increment, so the sleeper's predicate sees the new count.
+    std::atomic<std::uint32_t> sleepers_{0};
+    void notify_sleepers(std::condition_variable& cv);
+};
+
+}  // namespace swapvisor::guestmem

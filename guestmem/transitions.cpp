@@ -1,0 +1,417 @@
+// Transitions: see transitions.hpp and guestmem/README.md#transitions. The row
+// numbers in the comments are the README's.
+#include "guestmem/transitions.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+#include <spdlog/spdlog.h>
+
+#include "guestmem/errc.hpp"
+#include "io/ring.hpp"
+
+namespace swapvisor::guestmem {
+namespace {
+
+bool is_zero_page(const std::byte* p) {
+    const auto* w = reinterpret_cast<const std::uint64_t*>(p);
+    std::uint64_t acc = 0;
+    for (std::size_t i = 0; i < kPageSize / 8; ++i) acc |= w[i];
+    return acc == 0;
+}
+
+bool is_exists(const Result<void>& r) { return !r && r.error().code == make_error_code(Errc::page_exists); }
+
+// Resolved already by someone else (EEXIST) is success: the wake that follows suffices.
+Result<void> tolerate_exists(Result<void> r) { return is_exists(r) ? Result<void>{} : r; }
+
+WriteProtect wp_if(bool clean) { return clean ? WriteProtect::yes : WriteProtect::no; }
+Clean clean_if(bool clean) { return clean ? Clean::yes : Clean::no; }
+
+// Apply f to each maximal run of consecutive pages of `locks` (sorted ascending)
+// that stays inside one memory region: f(first, count, locks of the run).
+template <class F>
+void for_each_run(PageKernel& kernel, std::span<PageLock> locks, F&& f) {
+    std::size_t i = 0;
+    while (i < locks.size()) {
+        const PageIdx first = locks[i].idx();
+        const PageIdx end = kernel.region_end(first);
+        std::size_t j = i + 1;
+        while (j < locks.size() && locks[j].idx().value() == locks[j - 1].idx().value() + 1 && locks[j].idx() < end)
+            ++j;
+        f(first, j - i, locks.subspan(i, j - i));
+        i = j;
+    }
+}
+
+}  // namespace
+
+// --- the lock and its accounting ----------------------------------------------------
+
+PageLock::~PageLock() {
+    if (owner_) owner_->release(idx_, was_, now_);
+}
+
+PageLock& PageLock::operator=(PageLock&& o) noexcept {
+    if (this != &o) {
+        if (owner_) owner_->release(idx_, was_, now_);
+        owner_ = std::exchange(o.owner_, nullptr);
+        idx_ = o.idx_;
+        was_ = o.was_;
+        now_ = o.now_;
+    }
+    return *this;
+}
+
+Transitions::Transitions(Deps deps) : d_(std::move(deps)) {}
+
+PageLock Transitions::lock(PageIdx idx) { return PageLock(*this, idx, d_.table.lock(idx)); }
+
+std::optional<PageLock> Transitions::try_lock(PageIdx idx) {
+    auto e = d_.table.try_lock(idx);
+    if (!e) return std::nullopt;
+    return PageLock(*this, idx, *e);
+}
+
+void Transitions::release(PageIdx idx, PageEntry was, PageEntry now) {
+    SWV_ASSERT(now.state() != PageState::reading, "a page lock released in the reading state");
+    // Account before publishing: whoever locks the page next sees counts that
+    // already include it.
+    if (was.present() != now.present()) {
+        if (now.present()) d_.limits.pages_added(1);
+        else d_.limits.pages_freed(1);
+    }
+    const bool was_swapped = was.state() == PageState::swapped, now_swapped = now.state() == PageState::swapped;
+    if (!was_swapped && now_swapped) d_.occupancy.swapped.fetch_add(1);
+    if (was_swapped && !now_swapped) d_.occupancy.swapped.fetch_sub(1);
+    d_.table.unlock(idx, now);
+}
+
+void Transitions::free_vslot(swap::VSlot v) {
+    if (d_.pool && v != swap::kNoVSlot) d_.pool->free(v);
+}
+
+// --- guest faults ----------------------------------------------------------------------
+
+Result<void> Transitions::fault_zero(PageLock& lk) {  // 1
+    SWV_ASSERT(lk.entry().state() == PageState::zero, "fault_zero on a page that is not zero");
+    Result<void> r = d_.kernel.copy_zeros(lk.idx(), 1, Wake::no).status;
+    // EEXIST: a page appeared in the memfd without an owner — only an O_DIRECT
+    // write_out pinning a just-discarded page through the VMM view does that, and that
+    // page is freshly zeroed (its completion punches it again). Map it rather than
+    // fault for ever.
+    if (is_exists(r)) r = tolerate_exists(d_.kernel.continue_(lk.idx(), 1, WriteProtect::no, Wake::no).status);
+    if (r) lk.set(PageEntry::make(PageState::resident));
+    return r;
+}
+
+Result<void> Transitions::fault_minor(PageLock& lk) {  // 3, 6
+    const PageEntry e = lk.entry();
+    SWV_ASSERT(e.state() == PageState::inactive || e.state() == PageState::writeback, "minor fault on a page not in memory");
+    d_.counters.minor_faults.fetch_add(1, std::memory_order_relaxed);
+    Result<void> r = tolerate_exists(d_.kernel.continue_(lk.idx(), 1, wp_if(e.clean()), Wake::no).status);
+    // From writeback the slot being written is not in the entry: the completion sees
+    // the state moved and frees it (6).
+    if (r) lk.set(PageEntry::make(PageState::resident, e.vslot(), clean_if(e.clean())));
+    return r;
+}
+
+Result<void> Transitions::fault_swapped(PageLock& lk, io::Ring& ring) {  // 10
+    d_.counters.major_faults.fetch_add(1, std::memory_order_relaxed);
+    // A failed swap-in leaves the page lost and poisoned (12): the caller still wakes
+    // the guest, which then gets its memory error.
+    if (!swap_in(lk, ring, Clean::yes)) return {};
+    const PageEntry in = lk.entry();
+    Result<void> r = tolerate_exists(d_.kernel.continue_(lk.idx(), 1, wp_if(in.clean()), Wake::no).status);
+    if (r) lk.set(PageEntry::make(PageState::resident, in.vslot(), clean_if(in.clean())));
+    return r;
+}
+
+Result<void> Transitions::fault_write_protected(PageLock& lk) {  // 13
+    const PageEntry e = lk.entry();
+    SWV_ASSERT(e.state() == PageState::resident, "WP fault on a page that is not resident");
+    d_.counters.wp_faults.fetch_add(1, std::memory_order_relaxed);
+    if (e.clean()) {
+        free_vslot(e.vslot());
+        d_.clean.note(CleanOutcome::dirtied);
+    }
+    lk.set(PageEntry::make(PageState::resident));
+    return d_.kernel.write_protect(lk.idx(), WriteProtect::no, Wake::no);
+}
+
+Result<void> Transitions::fault_resident(PageLock& lk) {
+    // Usually another thread resolved it first (EEXIST: the wake is all it needs); if
+    // the mapping was zapped meanwhile, map it again.
+    const PageEntry e = lk.entry();
+    return tolerate_exists(d_.kernel.continue_(lk.idx(), 1, wp_if(e.clean()), Wake::no).status);
+}
+
+Result<void> Transitions::fault_lost(PageLock& lk) {
+    // Re-arm the poison (EEXIST: still armed) so the access errors again.
+    return tolerate_exists(d_.kernel.poison(lk.idx(), Wake::no));
+}
+
+void Transitions::fault_around(std::span<PageLock> run) {  // 1'
+    if (run.empty()) return;
+    const Mapped m = d_.kernel.copy_zeros(run.front().idx(), run.size(), Wake::no);
+    // The mapped prefix is resident; whatever part of the rest landed is dropped again.
+    if (m.pages < run.size()) (void)d_.kernel.punch(run[m.pages].idx(), run.size() - m.pages);
+    for (std::size_t k = 0; k < m.pages; ++k) run[k].set(PageEntry::make(PageState::resident));
+}
+
+void Transitions::read_ahead(std::span<PageLock> run, io::Ring& ring) {  // 10'
+    if (run.empty() || !d_.pool) return;
+    // One decision per batch: clean copies mapped write-protected, or writable with
+    // their slots freed (adaptive clean copies, limits.hpp).
+    const bool clean = d_.clean.want_clean();
+    std::vector<swap::SwapPool::PageIn> ins;
+    ins.reserve(run.size());
+    for (PageLock& lk : run) {
+        SWV_ASSERT(lk.entry().state() == PageState::swapped, "readahead of a page that is not swapped");
+        ins.push_back(swap::SwapPool::PageIn{lk.entry().vslot(), d_.kernel.vmm_page(lk.idx())});
+    }
+    const bool batch_ok = d_.pool->read_in(ring, ins).has_value();
+    // Map the verified prefix in one call: reading it then costs the guest no fault.
+    // The kernel may map only part of it: only what it mapped is resident.
+    std::size_t good = 0;
+    while (good < ins.size() && batch_ok && ins[good].ok()) ++good;
+    const std::uint64_t mapped = good ? d_.kernel.continue_(run.front().idx(), good, wp_if(clean), Wake::no).pages : 0;
+    for (std::size_t k = 0; k < run.size(); ++k) {
+        PageLock& lk = run[k];
+        if (!batch_ok || !ins[k].ok()) {
+            // Whatever landed in the memfd is not trusted: drop it, keep the page
+            // swapped; a real fault will retry and report a failure properly.
+            (void)d_.kernel.punch(lk.idx(), 1);
+            continue;
+        }
+        d_.counters.swap_in_pages.fetch_add(1, std::memory_order_relaxed);
+        d_.counters.readahead_pages.fetch_add(1, std::memory_order_relaxed);
+        const PageState now = k < mapped ? PageState::resident : PageState::inactive;
+        if (clean) {
+            lk.set(PageEntry::make(now, ins[k].vslot, Clean::yes));
+        } else {
+            free_vslot(ins[k].vslot);
+            lk.set(PageEntry::make(now));
+        }
+    }
+}
+
+Result<void> Transitions::wake_guest(PageIdx idx) { return d_.kernel.wake(idx, 1); }
+
+// --- swap-in and lost pages -------------------------------------------------------------
+
+Result<void> Transitions::swap_in(PageLock& lk, io::Ring& ring, Clean keep) {  // 10, 11, 11'
+    const PageEntry e = lk.entry();
+    SWV_ASSERT(e.state() == PageState::swapped, "swap-in of a page that is not swapped");
+    SWV_ASSERT(d_.pool != nullptr, "swapped page without a swap pool");
+    // Read straight into the memfd through the VMM view: the guest cannot see the
+    // page until it is mapped, after the checksum has been verified.
+    d_.table.publish_locked(lk.idx(), PageEntry::make(PageState::reading, e.vslot()));
+    auto read = d_.pool->read_in(ring, e.vslot(), d_.kernel.vmm_page(lk.idx()));
+    d_.counters.swap_in_pages.fetch_add(1, std::memory_order_relaxed);
+    if (!read) {
+        lose(lk, read.error());
+        return make_error(Errc::page_lost, "swap-in", fmt::format("GPA {:#x}", d_.kernel.gpa_of(lk.idx()).value()));
+    }
+    if (keep == Clean::yes && d_.clean.want_clean()) {
+        lk.set(PageEntry::make(PageState::inactive, e.vslot(), Clean::yes));
+    } else {
+        free_vslot(e.vslot());
+        lk.set(PageEntry::make(PageState::inactive));
+    }
+    return {};
+}
+
+void Transitions::lose(PageLock& lk, const Error& why) {  // 12
+    // Never hand the guest stale or wrong bytes: drop what was read and poison the
+    // guest view so the next access is a memory error. No wake here: a guest woken
+    // now would take its SIGBUS while the entry still says swapped.
+    (void)d_.kernel.punch(lk.idx(), 1);
+    (void)d_.kernel.poison(lk.idx(), Wake::no);
+    d_.counters.lost_pages.fetch_add(1, std::memory_order_relaxed);
+    free_vslot(lk.entry().vslot());
+    lk.set(PageEntry::make(PageState::lost));
+    spdlog::error("{}: guest page at GPA {:#x} lost: {}", d_.name, d_.kernel.gpa_of(lk.idx()).value(), why.message());
+}
+
+// --- VMM accesses ---------------------------------------------------------------------------
+
+void Transitions::vmm_write_zero(PageLock& lk) {  // 2
+    SWV_ASSERT(lk.entry().state() == PageState::zero, "vmm_write_zero on a page that is not zero");
+    // The caller's write through the VMM view allocates the memfd page.
+    lk.set(PageEntry::make(PageState::inactive));
+}
+
+Result<void> Transitions::vmm_swap_in(PageLock& lk, io::Ring& ring, Access access) {  // 11
+    return swap_in(lk, ring, access == Access::read ? Clean::yes : Clean::no);
+}
+
+void Transitions::vmm_write_writeback(PageLock& lk) {  // 6'
+    SWV_ASSERT(lk.entry().state() == PageState::writeback, "vmm_write_writeback on a page not in writeback");
+    // The copy in flight is stale: its completion sees the state moved and frees the slot.
+    lk.set(PageEntry::make(PageState::inactive));
+}
+
+void Transitions::vmm_write_clean(PageLock& lk) {  // 13'
+    const PageEntry e = lk.entry();
+    SWV_ASSERT(e.clean(), "vmm_write_clean on a page without a clean copy");
+    // The swap copy no longer matches; the guest view stays write-protected until the
+    // guest's next write fault clears it (13 without a slot).
+    free_vslot(e.vslot());
+    lk.set(PageEntry::make(e.state()));
+}
+
+// --- reclaim ----------------------------------------------------------------------------------
+
+void Transitions::deactivate(std::vector<PageLock>& resident) {  // 4
+    for_each_run(d_.kernel, resident, [&](PageIdx first, std::uint64_t count, std::span<PageLock> run) {
+        if (!d_.kernel.zap(first, count)) return;  // stays resident; the hand comes back
+        for (PageLock& lk : run) {
+            const PageEntry e = lk.entry();
+            lk.set(PageEntry::make(PageState::inactive, e.vslot(), clean_if(e.clean())));
+        }
+    });
+    resident.clear();
+}
+
+bool Transitions::drop_cold(PageLock& lk) {  // 8, 9
+    const PageEntry e = lk.entry();
+    SWV_ASSERT(e.state() == PageState::inactive, "drop_cold of a page that is not inactive");
+    if (e.clean()) {  // 9: an identical copy is in swap
+        lk.set(PageEntry::make(PageState::swapped, e.vslot()));
+        d_.counters.clean_drops.fetch_add(1, std::memory_order_relaxed);
+        d_.clean.note(CleanOutcome::reused);
+        return true;
+    }
+    if (is_zero_page(d_.kernel.vmm_page(lk.idx()))) {  // 8: nothing worth writing
+        lk.set(PageEntry::make(PageState::zero));
+        d_.counters.zero_pages.fetch_add(1, std::memory_order_relaxed);
+        return true;
+    }
+    return false;
+}
+
+Writeback Transitions::start_writeback(PageLock&& lk) {  // 5
+    SWV_ASSERT(lk.entry().state() == PageState::inactive && !lk.entry().clean(), "writeback of a page that is not dirty inactive");
+    PageLock owned(std::move(lk));
+    owned.set(PageEntry::make(PageState::writeback));
+    return Writeback{owned.idx(), swap::PageOut{d_.kernel.vmm_page(owned.idx()), owner_tag(owned.idx())}};
+}
+
+std::uint64_t Transitions::finish_writeback(std::span<Writeback> batch, bool batch_ok) {  // 7, 7'
+    std::vector<PageLock> dropped;
+    for (Writeback& wb : batch) {
+        const bool ok = batch_ok && wb.out.ok();
+        PageLock lk = lock(wb.idx);
+        const PageEntry e = lk.entry();
+        if (e.state() != PageState::writeback) {
+            // A fault, VMM write or discard took the page meanwhile: the copy is stale.
+            if (ok) free_vslot(wb.out.vslot);
+            // A discard punched the page, but write_out then read it through the VMM
+            // view (checksum, O_DIRECT write), which allocated a fresh page in the
+            // memfd. Punch it again so the memfd matches the entry; otherwise the next
+            // guest touch is a MINOR fault on a zero entry that UFFDIO_COPY cannot
+            // resolve (EEXIST).
+            if (!e.present()) (void)d_.kernel.punch(wb.idx, 1);
+            continue;
+        }
+        if (!ok) {  // 7': nothing lost, retried on a later sweep
+            lk.set(PageEntry::make(PageState::inactive));
+            continue;
+        }
+        d_.counters.swap_out_pages.fetch_add(1, std::memory_order_relaxed);
+        lk.set(PageEntry::make(PageState::swapped, wb.out.vslot));
+        dropped.push_back(std::move(lk));
+    }
+    std::sort(dropped.begin(), dropped.end(), [](const PageLock& a, const PageLock& b) { return a.idx() < b.idx(); });
+    return punch_dropped(dropped);
+}
+
+std::uint64_t Transitions::punch_dropped(std::vector<PageLock>& dropped) {
+    std::uint64_t freed = 0;
+    for_each_run(d_.kernel, dropped, [&](PageIdx first, std::uint64_t count, std::span<PageLock> run) {
+        if (auto r = d_.kernel.punch(first, count); !r) {
+            spdlog::error("{}: {}", d_.name, r.error().message());
+            // Still in memory: back to the entries they were locked with (a new slot
+            // from a completed write is freed; the page is retried later).
+            for (PageLock& lk : run) {
+                if (lk.locked_as().state() == PageState::writeback) {
+                    free_vslot(lk.entry().vslot());
+                    lk.set(PageEntry::make(PageState::inactive));
+                } else {
+                    lk.set(lk.locked_as());
+                }
+            }
+            return;
+        }
+        freed += count;
+    });
+    dropped.clear();
+    return freed;
+}
+
+// --- discard ------------------------------------------------------------------------------
+
+Result<void> Transitions::discard(PageLock& lk) {  // D
+    const PageEntry e = lk.entry();
+    switch (e.state()) {
+        case PageState::zero:
+            return {};
+        case PageState::resident:
+        case PageState::inactive:
+        case PageState::writeback:
+            // writeback: the completion sees the state moved and frees its slot.
+            SWV_TRY(d_.kernel.punch(lk.idx(), 1));
+            if (e.clean()) free_vslot(e.vslot());
+            break;
+        case PageState::swapped:
+            free_vslot(e.vslot());
+            break;
+        case PageState::lost:
+            // The guest gave the page up: it may read zeros again. The poison marker
+            // survives a punch; only zapping the guest view removes it.
+            SWV_TRY(d_.kernel.zap(lk.idx(), 1));
+            break;
+        case PageState::reading:
+            SWV_ASSERT(false, "reading state seen by a lock holder");
+    }
+    lk.set(PageEntry::make(PageState::zero));
+    d_.counters.discarded_pages.fetch_add(1, std::memory_order_relaxed);
+    return {};
+}
+
+// --- swapoff ----------------------------------------------------------------------------------
+
+Result<bool> Transitions::bring_back(PageLock& lk, swap::VSlot vslot, io::Ring& ring) {  // 11', 13'
+    const PageEntry e = lk.entry();
+    if (e.vslot() != vslot) return false;  // raced with a fault, discard or eviction
+    if (e.state() == PageState::swapped) {
+        SWV_TRY(swap_in(lk, ring, Clean::no));
+        return true;
+    }
+    if (e.clean()) {
+        // A clean copy is only an optimisation: drop it; the page stays in memory.
+        free_vslot(vslot);
+        lk.set(PageEntry::make(e.state()));
+        return true;
+    }
+    return false;
+}
+
+// --- teardown -----------------------------------------------------------------------------------
+
+void Transitions::free_all_vslots() {
+    for (std::uint64_t i = 0; i < d_.table.pages(); ++i) {
+        const PageEntry e = d_.table.peek(PageIdx(i));
+        if (e.holds_vslot()) free_vslot(e.vslot());
+    }
+}
+
+std::uint64_t Transitions::referenced_vslots() const {
+    std::uint64_t n = 0;
+    for (std::uint64_t i = 0; i < d_.table.pages(); ++i)
+        if (d_.table.peek(PageIdx(i)).holds_vslot()) ++n;
+    return n;
+}
+
+}  // namespace swapvisor::guestmem

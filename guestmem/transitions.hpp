@@ -1,0 +1,171 @@
+// Transitions: the page-state machine of guestmem, in one place. Each public
+// function is one row (or a batch of one row) of the transition table in
+// guestmem/README.md#transitions: it runs with the page's lock held (a PageLock),
+// makes the kernel calls the row needs through PageKernel, and sets the page's new
+// entry. Nothing else in guestmem changes an entry: the fault service, the
+// reclaimer, readahead, fault-around, discard and bring-back only choose rows and
+// batch them.
+//
+// The counters hold by construction: PageLock, when released, compares the entry it
+// locked with the one it publishes and moves Occupancy (resident, swapped) and the
+// host budget by that difference — no row counts by hand.
+//
+// Threads: any; each PageLock belongs to the thread that took it. Lock order: a
+// thread holds one page lock at a time and waits for no other (`try_lock` only for
+// more), except the reclaimer's writeback completion, which locks its batch in
+// ascending order (README#lock-bit).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <utility>
+#include <string>
+#include <vector>
+
+#include "guestmem/limits.hpp"
+#include "guestmem/owner_tag.hpp"
+#include "guestmem/page_kernel.hpp"
+#include "guestmem/stage2.hpp"
+#include "io/result.hpp"
+#include "swap/swap_pool.hpp"
+
+namespace swapvisor::io { class Ring; }
+
+namespace swapvisor::guestmem {
+
+class Transitions;
+
+// Event counts of one VM (statistics; the occupancy counts are in Occupancy).
+// Relaxed increments throughout: nothing orders against them.
+struct Counters {
+    std::atomic<std::uint64_t> swap_out_pages{0};
+    std::atomic<std::uint64_t> swap_in_pages{0};
+    std::atomic<std::uint64_t> major_faults{0};
+    std::atomic<std::uint64_t> minor_faults{0};
+    std::atomic<std::uint64_t> wp_faults{0};
+    std::atomic<std::uint64_t> zero_pages{0};
+    std::atomic<std::uint64_t> clean_drops{0};
+    std::atomic<std::uint64_t> discarded_pages{0};
+    std::atomic<std::uint64_t> lost_pages{0};
+    std::atomic<std::uint64_t> throttle_waits{0};
+    std::atomic<std::uint64_t> readahead_pages{0};
+    std::atomic<std::uint64_t> limit_overshoots{0};
+};
+
+// Ownership of one stage-2 entry. Released by the destructor, which publishes the
+// entry the transitions set and accounts for the change. Only Transitions sets it.
+class PageLock {
+public:
+    PageLock(PageLock&& o) noexcept : owner_(std::exchange(o.owner_, nullptr)), idx_(o.idx_), was_(o.was_), now_(o.now_) {}
+    PageLock& operator=(PageLock&& o) noexcept;  // releases the page it held first
+    PageLock(const PageLock&) = delete;
+    PageLock& operator=(const PageLock&) = delete;
+    ~PageLock();
+
+    PageIdx idx() const { return idx_; }
+    PageEntry entry() const { return now_; }      // what release will publish
+    PageEntry locked_as() const { return was_; }  // what the entry was when locked
+
+private:
+    friend class Transitions;
+    PageLock(Transitions& owner, PageIdx idx, PageEntry was) : owner_(&owner), idx_(idx), was_(was), now_(was) {}
+    void set(PageEntry e) { now_ = e; }
+    Transitions* owner_;
+    PageIdx idx_;
+    PageEntry was_;
+    PageEntry now_;
+};
+
+enum class Access : bool { read, write };
+
+// A page on its way to swap (row 5): the PageOut handed to SwapPool::write_out.
+struct Writeback {
+    PageIdx idx;
+    swap::PageOut out;
+};
+
+class Transitions {
+public:
+    struct Deps {
+        Stage2& table;
+        PageKernel& kernel;
+        swap::SwapPool* pool;  // null: no swap; only zero and clean pages leave memory
+        Limits& limits;
+        Occupancy& occupancy;
+        Counters& counters;
+        CleanCopyPolicy& clean;
+        std::string name;      // the VM, for messages
+        VmId vm;
+    };
+    explicit Transitions(Deps deps);
+
+    PageLock lock(PageIdx idx);
+    std::optional<PageLock> try_lock(PageIdx idx);
+    PageEntry peek(PageIdx idx) const { return d_.table.peek(idx); }
+    std::uint64_t pages() const { return d_.table.pages(); }
+    PageKernel& kernel() { return d_.kernel; }
+
+    // --- guest faults (fault thread). Resolve without waking: the caller releases
+    // the lock, then wakes the guest (wake_guest), so a guest that resumes and an
+    // observer of the entry agree (README#lock-bit "wake after publish").
+    Result<void> fault_zero(PageLock& lk);                      // 1   zero -> resident
+    Result<void> fault_minor(PageLock& lk);                     // 3,6 inactive|writeback -> resident
+    Result<void> fault_swapped(PageLock& lk, io::Ring& ring);   // 10  swapped -> resident[+CLN] (12 on failure)
+    Result<void> fault_write_protected(PageLock& lk);           // 13  resident+CLN -> resident
+    Result<void> fault_resident(PageLock& lk);                  // —   resolved by another thread: re-map if zapped
+    Result<void> fault_lost(PageLock& lk);                      // —   lost -> lost: poison re-armed
+    void fault_around(std::span<PageLock> zero_run);           // 1'  zero run after a first touch -> resident
+    void read_ahead(std::span<PageLock> swapped_run, io::Ring& ring);  // 10' swapped run -> resident|inactive[+CLN]
+    Result<void> wake_guest(PageIdx idx);
+
+    // --- VMM accesses (any caller): make the page's bytes usable through vmm_page().
+    void vmm_write_zero(PageLock& lk);                                     // 2   zero -> inactive
+    Result<void> vmm_swap_in(PageLock& lk, io::Ring& ring, Access access);  // 11  swapped -> inactive[+CLN on read]
+    void vmm_write_writeback(PageLock& lk);                                // 6'  writeback -> inactive
+    void vmm_write_clean(PageLock& lk);                                    // 13' +CLN -> no CLN
+
+    // --- reclaim (reclaimer thread)
+    // 4: resident -> inactive for a batch (ascending): zaps runs, releases every lock.
+    void deactivate(std::vector<PageLock>& resident);
+    // A cold inactive page: 8 (all zero -> zero) or 9 (clean copy -> swapped) set the
+    // entry and return true (the caller punches it with punch_dropped); otherwise false.
+    bool drop_cold(PageLock& lk);
+    // 5: inactive -> writeback; releases the lock (never held across swap I/O).
+    Writeback start_writeback(PageLock&& lk);
+    // 7 / 7' and the races: complete a write_out batch. Re-locks each page
+    // (ascending); a page still in writeback becomes swapped (punched) or, if its
+    // write failed, inactive again; a page that moved meanwhile keeps its new state
+    // and the fresh slot is freed. Returns the pages that left memory.
+    std::uint64_t finish_writeback(std::span<Writeback> batch, bool batch_ok);
+    // Punch the memfd under pages drop_cold / finish_writeback set to leave memory,
+    // as runs; on a failed punch they keep their old entries. Releases every lock.
+    // Returns the pages that left memory.
+    std::uint64_t punch_dropped(std::vector<PageLock>& dropped);
+
+    // --- discard (balloon reports, inflate): D any -> zero
+    Result<void> discard(PageLock& lk);
+
+    // --- swapoff: 11' swapped(vslot) -> inactive (slot freed), or a clean copy at
+    // vslot dropped (13'). False when the page no longer refers to vslot.
+    Result<bool> bring_back(PageLock& lk, swap::VSlot vslot, io::Ring& ring);
+
+    // --- teardown: free every VSlot the table refers to (threads stopped).
+    void free_all_vslots();
+    std::uint64_t referenced_vslots() const;
+
+private:
+    friend class PageLock;
+    void release(PageIdx idx, PageEntry was, PageEntry now);
+    // 10/11/11' (and 12 on failure): read into the memfd through the VMM view and
+    // verify; the page ends inactive (not mapped) with or without its clean copy.
+    Result<void> swap_in(PageLock& lk, io::Ring& ring, Clean keep);
+    void lose(PageLock& lk, const Error& why);  // 12
+    void free_vslot(swap::VSlot v);
+    swap::OwnerTag owner_tag(PageIdx idx) const { return pack_owner(d_.vm, idx.value()); }
+
+    Deps d_;
+};
+
+}  // namespace swapvisor::guestmem
