@@ -6,7 +6,7 @@
 #                        --memory 1G --resident-limit 192M --swap DIR/a.swap,size=2G
 #                        --cmdline "mib=768 passes=3" --stats-json FILE
 #   swapvisor, no limit: the same without --resident-limit and --swap
-#   QEMU, limited      : qemu-system-x86_64 -M microvm -accel kvm -cpu host -m 1G
+#   QEMU, limited      : qemu-system-x86_64 -M microvm -accel kvm -cpu host,arch-capabilities=off -m 1G
 #                        -nographic -no-reboot -kernel memtouch.elf -append "mib=768 passes=3"
 #                        -device isa-debug-exit,iobase=0xf4,iosize=0x04
 #                        in cgroup v1 memory cgroup swvbench-qemu limited to 192 MiB +
@@ -120,7 +120,7 @@ else
 fi
 
 # ---- QEMU + kernel swap ------------------------------------------------------------
-qemu_cmd=("$qemu" -M microvm -accel kvm -cpu host -m "$memory" -nographic -no-reboot
+qemu_cmd=("$qemu" -M microvm -accel kvm -cpu host,arch-capabilities=off -m "$memory" -nographic -no-reboot
           -kernel "$guest" -device isa-debug-exit,iobase=0xf4,iosize=0x04)
 # isa-debug-exit makes QEMU exit with (code << 1) | 1: guest exit 0 -> 1.
 if [[ -z $qemu ]]; then

@@ -38,7 +38,7 @@ run() {
   shift 4
   local log=$log_dir/$name.log status
   # acpi=off: microvm then names its virtio-mmio windows on the command line.
-  timeout 300 "$qemu" -M microvm,acpi=off -accel kvm -cpu host -m 512M -nographic -no-reboot \
+  timeout 300 "$qemu" -M microvm,acpi=off -accel kvm -cpu host,arch-capabilities=off -m 512M -nographic -no-reboot \
     -kernel "$balloon" -append "$cmdline" -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
     -global virtio-mmio.force-legacy=false "$@" </dev/null >"$log" 2>&1
   status=$?

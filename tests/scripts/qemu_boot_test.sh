@@ -38,7 +38,7 @@ boot() {
   local name=$1 elf=$2 cmdline=$3 want_status=$4
   shift 4
   local log=$log_dir/$name.log status
-  timeout 120 "$qemu" -M microvm -accel kvm -cpu host -m 512M \
+  timeout 120 "$qemu" -M microvm -accel kvm -cpu host,arch-capabilities=off -m 512M \
     -nographic -no-reboot -kernel "$elf" -append "$cmdline" \
     -device isa-debug-exit,iobase=0xf4,iosize=0x04 </dev/null >"$log" 2>&1
   status=$?
@@ -81,7 +81,7 @@ boot memtouch-corrupt "$memtouch" "mib=16 passes=2 corrupt=5" 3 \
   '"ok":false' '"pages":4096' '"errors":5'
 # Too much memory for the VM: an error line and exit(2), no RESULT needed.
 log=$log_dir/toobig.log
-timeout 60 "$qemu" -M microvm -accel kvm -cpu host -m 512M -nographic -no-reboot \
+timeout 60 "$qemu" -M microvm -accel kvm -cpu host,arch-capabilities=off -m 512M -nographic -no-reboot \
   -kernel "$memtouch" -append "mib=1024" -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
   </dev/null >"$log" 2>&1
 status=$?

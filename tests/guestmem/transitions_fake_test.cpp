@@ -1,0 +1,544 @@
+// Every row of the page-state machine (guestmem/transitions.hpp) and every race the
+// README lists, on FakePageKernel: no root, no userfaultfd, no threads of guestmem's
+// own. A race is an interleaving of row calls — what the threads of the real VM would
+// do in that order — so each one runs in microseconds and deterministically. Swap is
+// a real SwapPool over an in-memory FakeBlockDevice (wrapped in FaultyBlockDevice
+// when a test needs an I/O to fail or to be held). After every step the tests check
+// the invariant: each entry matches the fake kernel's model of its page, the
+// occupancy counters match the table, and at rest the pool holds exactly the slots
+// the table refers to. The real-stack versions stay in transitions_test.cpp.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <future>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "guestmem/transitions.hpp"
+#include "io/fault_injection.hpp"
+#include "io/ring.hpp"
+#include "swap/swap_pool.hpp"
+#include "tests/fakes/fake_block_device.hpp"
+#include "tests/fakes/fake_page_kernel.hpp"
+
+using namespace swapvisor;
+using namespace swapvisor::guestmem;
+using swapvisor::testing::FakeBlockDevice;
+using swapvisor::testing::FakePageKernel;
+using Op = FakePageKernel::Op;
+using View = FakePageKernel::View;
+
+namespace {
+
+constexpr std::uint64_t kPages = 64;
+constexpr std::uint64_t kRegionPages = 32;  // two regions: runs must split at 32
+
+PageIdx P(std::uint64_t i) { return PageIdx(i); }
+
+void fill(std::byte* page, std::uint64_t seed) {
+    for (std::uint64_t w = 0; w < kPageSize / 8; ++w) {
+        std::uint64_t v = (seed + 1) * 0x9E3779B97F4A7C15ULL ^ (w * 0xBF58476D1CE4E5B9ULL);
+        v |= 1;
+        std::memcpy(page + w * 8, &v, 8);
+    }
+}
+bool holds(const std::byte* page, std::uint64_t seed) {
+    std::vector<std::byte> want(kPageSize);
+    fill(want.data(), seed);
+    return std::memcmp(page, want.data(), kPageSize) == 0;
+}
+
+class FakeTransitionsTest : public ::testing::Test {
+protected:
+    void SetUp() override {
+        auto ring_or = io::Ring::create(8);
+        if (!ring_or) GTEST_SKIP() << "LOUD SKIP: io_uring unavailable here: " << ring_or.error().message();
+        ring_.emplace(std::move(*ring_or));
+        auto dev = std::make_unique<FakeBlockDevice>("fake-swap", 4ULL << 20);
+        disk_ = dev.get();
+        plan_ = std::make_shared<io::FaultPlan>();
+        ASSERT_TRUE(pool_.swapon(std::make_unique<io::FaultyBlockDevice>(std::move(dev), plan_), 0));
+    }
+
+    // The README's invariants, checked after every step.
+    void expect_consistent() {
+        std::uint64_t resident = 0, swapped = 0;
+        for (std::uint64_t i = 0; i < kPages; ++i) {
+            const PageEntry e = table_.peek(P(i));
+            EXPECT_FALSE(e.locked()) << "page " << i << " left locked";
+            EXPECT_TRUE(kernel_.consistent(P(i), e))
+                << "page " << i << ": entry " << to_string(e.state()) << (e.clean() ? "+CLN" : "")
+                << " does not match the kernel (present " << kernel_.present(P(i)) << ", view "
+                << static_cast<int>(kernel_.view(P(i))) << ")";
+            resident += e.present();
+            swapped += e.state() == PageState::swapped;
+        }
+        EXPECT_EQ(occupancy_.resident.load(), resident) << "resident counter";
+        EXPECT_EQ(occupancy_.swapped.load(), swapped) << "swapped counter";
+        EXPECT_EQ(pool_.allocated_vslots(), tr_.referenced_vslots()) << "slot leak or double use";
+    }
+
+    // --- bring a page into a state through the rows themselves -----------------------
+    void make_inactive(std::uint64_t i, std::uint64_t seed) {
+        PageLock lk = tr_.lock(P(i));
+        tr_.vmm_write_zero(lk);
+        fill(kernel_.vmm_page(P(i)), seed);
+    }
+    void make_resident(std::uint64_t i, std::uint64_t seed) {
+        make_inactive(i, seed);
+        PageLock lk = tr_.lock(P(i));
+        ASSERT_TRUE(tr_.fault_minor(lk));
+    }
+    swap::VSlot make_swapped(std::uint64_t i, std::uint64_t seed) {
+        make_inactive(i, seed);
+        Writeback wb = tr_.start_writeback(tr_.lock(P(i)));
+        write({&wb, 1});
+        EXPECT_EQ(table_.peek(P(i)).state(), PageState::swapped);
+        return table_.peek(P(i)).vslot();
+    }
+    // Swapped, then swapped in by a read: inactive with a clean copy.
+    void make_clean_inactive(std::uint64_t i, std::uint64_t seed) {
+        make_swapped(i, seed);
+        PageLock lk = tr_.lock(P(i));
+        ASSERT_TRUE(tr_.vmm_swap_in(lk, *ring_, Access::read));
+        ASSERT_TRUE(lk.entry().clean());
+    }
+    // The reclaimer's write: write_out, then the completion row.
+    std::uint64_t write(std::span<Writeback> batch) {
+        std::vector<swap::PageOut> outs;
+        for (const Writeback& wb : batch) outs.push_back(wb.out);
+        const bool ok = pool_.write_out(*ring_, outs).has_value();
+        for (std::size_t k = 0; k < batch.size(); ++k) batch[k].out = outs[k];
+        return tr_.finish_writeback(batch, ok);
+    }
+
+    FakePageKernel kernel_{kPages, kRegionPages};
+    Stage2 table_ = Stage2::create(kPages).value();
+    Occupancy occupancy_;
+    Counters counters_;
+    CleanCopyPolicy clean_{true};
+    Limits limits_{occupancy_, nullptr, kPages * kPageSize, 0};
+    swap::SwapPool pool_;
+    Transitions tr_{Transitions::Deps{table_, kernel_, &pool_, limits_, occupancy_, counters_, clean_, "fake", 1}};
+    std::optional<io::Ring> ring_;
+    FakeBlockDevice* disk_ = nullptr;
+    std::shared_ptr<io::FaultPlan> plan_;
+};
+
+// --- the lock --------------------------------------------------------------------------
+
+TEST_F(FakeTransitionsTest, AnUnchangedLockPublishesWhatItLockedAndCountsNothing) {
+    make_inactive(3, 1);
+    { PageLock lk = tr_.lock(P(3)); }
+    EXPECT_EQ(table_.peek(P(3)).state(), PageState::inactive);
+    EXPECT_EQ(occupancy_.resident.load(), 1u);
+    EXPECT_FALSE(tr_.try_lock(P(3)) == std::nullopt);
+    expect_consistent();
+}
+
+TEST_F(FakeTransitionsTest, TryLockFailsWhileAnotherOwnerHoldsThePage) {
+    PageLock held = tr_.lock(P(5));
+    std::thread([&] { EXPECT_FALSE(tr_.try_lock(P(5)).has_value()); }).join();
+}
+
+// --- rows ------------------------------------------------------------------------------
+
+TEST_F(FakeTransitionsTest, Row1ZeroFaultMapsAZeroPage) {
+    {
+        PageLock lk = tr_.lock(P(2));
+        ASSERT_TRUE(tr_.fault_zero(lk));
+    }
+    EXPECT_EQ(table_.peek(P(2)).state(), PageState::resident);
+    EXPECT_EQ(kernel_.view(P(2)), View::mapped);
+    expect_consistent();
+}
+
+TEST_F(FakeTransitionsTest, Row1ZeroFaultOnAnOwnerlessPresentPageMapsIt) {
+    // A write_out that read a just-discarded page through the VMM view allocated it:
+    // UFFDIO_COPY says EEXIST, and CONTINUE maps the (zero) page instead.
+    (void)kernel_.vmm_page(P(4));
+    {
+        PageLock lk = tr_.lock(P(4));
+        ASSERT_TRUE(tr_.fault_zero(lk));
+    }
+    EXPECT_EQ(table_.peek(P(4)).state(), PageState::resident);
+    expect_consistent();
+}
+
+TEST_F(FakeTransitionsTest, Row1FaultAroundMarksOnlyThePagesTheKernelMapped) {
+    std::vector<PageLock> run;
+    for (std::uint64_t i = 10; i < 16; ++i) run.push_back(tr_.lock(P(i)));
+    kernel_.fail_next(Op::copy_zeros, std::make_error_code(std::errc::no_such_process), 2);
+    tr_.fault_around(run);
+    run.clear();
+    EXPECT_EQ(table_.peek(P(10)).state(), PageState::resident);
+    EXPECT_EQ(table_.peek(P(11)).state(), PageState::resident);
+    for (std::uint64_t i = 12; i < 16; ++i) EXPECT_EQ(table_.peek(P(i)).state(), PageState::zero) << i;
+    expect_consistent();
+}
+
+TEST_F(FakeTransitionsTest, Row2And3VmmWriteMakesInactiveThenAMinorFaultMapsIt) {
+    make_inactive(7, 7);
+    EXPECT_EQ(table_.peek(P(7)).state(), PageState::inactive);
+    expect_consistent();
+    {
+        PageLock lk = tr_.lock(P(7));
+        ASSERT_TRUE(tr_.fault_minor(lk));
+    }
+    EXPECT_EQ(table_.peek(P(7)).state(), PageState::resident);
+    EXPECT_EQ(counters_.minor_faults.load(), 1u);
+    expect_consistent();
+}
+
+TEST_F(FakeTransitionsTest, Row4DeactivateZapsContiguousRunsButNeverAcrossARegion) {
+    for (std::uint64_t i = 29; i < 36; ++i) make_resident(i, i);
+    kernel_.clear_history();
+    std::vector<PageLock> batch;
+    for (std::uint64_t i = 29; i < 36; ++i) batch.push_back(tr_.lock(P(i)));
+    tr_.deactivate(batch);
+    const std::vector<FakePageKernel::Call> want{{Op::zap, 29, 3}, {Op::zap, 32, 4}};
+    EXPECT_EQ(kernel_.history(), want);
+    for (std::uint64_t i = 29; i < 36; ++i) EXPECT_EQ(table_.peek(P(i)).state(), PageState::inactive);
+    expect_consistent();
+}
+
+TEST_F(FakeTransitionsTest, Row4AFailedZapLeavesThePagesResident) {
+    make_resident(1, 1);
+    kernel_.fail_next(Op::zap, std::make_error_code(std::errc::invalid_argument));
+    std::vector<PageLock> batch;
+    batch.push_back(tr_.lock(P(1)));
+    tr_.deactivate(batch);
+    EXPECT_EQ(table_.peek(P(1)).state(), PageState::resident);
+    expect_consistent();
+}
+
+TEST_F(FakeTransitionsTest, Rows5And7WritebackEndsSwappedWithTheBytesInSwap) {
+    for (std::uint64_t i = 40; i < 44; ++i) make_inactive(i, 100 + i);
+    std::vector<Writeback> batch;
+    for (std::uint64_t i = 40; i < 44; ++i) batch.push_back(tr_.start_writeback(tr_.lock(P(i))));
+    EXPECT_EQ(table_.peek(P(41)).state(), PageState::writeback);
+    EXPECT_FALSE(table_.peek(P(41)).locked()) << "the lock is never held across swap I/O";
+    kernel_.clear_history();
+    EXPECT_EQ(write(batch), 4u);
+    EXPECT_EQ(kernel_.history(), (std::vector<FakePageKernel::Call>{{Op::punch, 40, 4}})) << "one punch per run";
+    EXPECT_EQ(counters_.swap_out_pages.load(), 4u);
+    expect_consistent();
+    // And back: a read swap-in returns the same bytes.
+    PageLock lk = tr_.lock(P(42));
+    ASSERT_TRUE(tr_.vmm_swap_in(lk, *ring_, Access::read));
+    EXPECT_TRUE(holds(kernel_.vmm_page(P(42)), 142));
+}
+
+TEST_F(FakeTransitionsTest, Row7FailedWriteLeavesThePageInactiveAndNothingLost) {
+    make_inactive(9, 9);
+    plan_->add(io::FaultRule{.match = io::FaultMatch::write, .action = io::fault::Eio{}});
+    Writeback wb = tr_.start_writeback(tr_.lock(P(9)));
+    EXPECT_EQ(write({&wb, 1}), 0u);
+    EXPECT_EQ(table_.peek(P(9)).state(), PageState::inactive);
+    EXPECT_TRUE(holds(kernel_.vmm_page(P(9)), 9));
+    expect_consistent();
+}
+
+TEST_F(FakeTransitionsTest, Row7AFailedPunchKeepsThePageInMemoryAndFreesTheNewSlot) {
+    make_inactive(9, 9);
+    Writeback wb = tr_.start_writeback(tr_.lock(P(9)));
+    kernel_.fail_next(Op::punch, std::make_error_code(std::errc::io_error));
+    EXPECT_EQ(write({&wb, 1}), 0u);
+    EXPECT_EQ(table_.peek(P(9)).state(), PageState::inactive);
+    expect_consistent();
+}
+
+TEST_F(FakeTransitionsTest, Row8AnAllZeroPageIsDroppedWithoutAWrite) {
+    {
+        PageLock lk = tr_.lock(P(6));
+        tr_.vmm_write_zero(lk);  // present, but nothing was written
+    }
+    std::vector<PageLock> dropped;
+    dropped.push_back(tr_.lock(P(6)));
+    ASSERT_TRUE(tr_.drop_cold(dropped.back()));
+    EXPECT_EQ(tr_.punch_dropped(dropped), 1u);
+    EXPECT_EQ(table_.peek(P(6)).state(), PageState::zero);
+    EXPECT_EQ(counters_.zero_pages.load(), 1u);
+    EXPECT_EQ(pool_.allocated_vslots(), 0u);
+    expect_consistent();
+}
+
+TEST_F(FakeTransitionsTest, Row9ACleanCopyIsDroppedWithoutAWriteKeepingItsSlot) {
+    make_clean_inactive(12, 12);
+    const swap::VSlot v = table_.peek(P(12)).vslot();
+    std::vector<PageLock> dropped;
+    dropped.push_back(tr_.lock(P(12)));
+    ASSERT_TRUE(tr_.drop_cold(dropped.back()));
+    EXPECT_EQ(tr_.punch_dropped(dropped), 1u);
+    EXPECT_EQ(table_.peek(P(12)), PageEntry::make(PageState::swapped, v));
+    EXPECT_EQ(counters_.clean_drops.load(), 1u);
+    expect_consistent();
+}
+
+TEST_F(FakeTransitionsTest, Row10MajorFaultVerifiesThenMapsWriteProtectedAndRow13FreesTheCopy) {
+    make_swapped(20, 20);
+    {
+        PageLock lk = tr_.lock(P(20));
+        ASSERT_TRUE(tr_.fault_swapped(lk, *ring_));
+    }
+    EXPECT_EQ(table_.peek(P(20)).state(), PageState::resident);
+    EXPECT_TRUE(table_.peek(P(20)).clean());
+    EXPECT_EQ(kernel_.view(P(20)), View::mapped_wp);
+    EXPECT_TRUE(holds(kernel_.vmm_page(P(20)), 20));
+    expect_consistent();
+    {
+        PageLock lk = tr_.lock(P(20));
+        ASSERT_TRUE(tr_.fault_write_protected(lk));
+    }
+    EXPECT_FALSE(table_.peek(P(20)).clean());
+    EXPECT_EQ(kernel_.view(P(20)), View::mapped);
+    EXPECT_EQ(pool_.allocated_vslots(), 0u);
+    expect_consistent();
+}
+
+TEST_F(FakeTransitionsTest, Row10ReadaheadMarksResidentOnlyWhatContinueReallyMapped) {
+    // Issue #9: UFFDIO_CONTINUE maps a prefix, then fails. Pages it mapped must be
+    // recorded as mapped (resident), the rest as inactive, or a later zap/writeback
+    // works from a wrong picture and a guest write can be lost.
+    for (std::uint64_t i = 50; i < 54; ++i) make_swapped(i, i);
+    std::vector<PageLock> run;
+    for (std::uint64_t i = 50; i < 54; ++i) run.push_back(tr_.lock(P(i)));
+    kernel_.fail_next(Op::continue_, std::make_error_code(std::errc::resource_unavailable_try_again), 2);
+    tr_.read_ahead(run, *ring_);
+    run.clear();
+    EXPECT_EQ(table_.peek(P(50)).state(), PageState::resident);
+    EXPECT_EQ(table_.peek(P(51)).state(), PageState::resident);
+    EXPECT_EQ(table_.peek(P(52)).state(), PageState::inactive);
+    EXPECT_EQ(table_.peek(P(53)).state(), PageState::inactive);
+    EXPECT_EQ(counters_.readahead_pages.load(), 4u);
+    expect_consistent();
+}
+
+TEST_F(FakeTransitionsTest, Row10ReadaheadKeepsAFailedPageSwapped) {
+    for (std::uint64_t i = 50; i < 53; ++i) make_swapped(i, i);
+    // Corrupt the middle page on "disk": its checksum no longer matches.
+    const auto where = pool_.pslot_of(table_.peek(P(51)).vslot());
+    ASSERT_TRUE(where);
+    std::memset(disk_->bytes() + std::uint64_t{where->slot.value()} * kPageSize, 0xAB, 64);
+    std::vector<PageLock> run;
+    for (std::uint64_t i = 50; i < 53; ++i) run.push_back(tr_.lock(P(i)));
+    tr_.read_ahead(run, *ring_);
+    run.clear();
+    EXPECT_EQ(table_.peek(P(50)).state(), PageState::resident);
+    EXPECT_EQ(table_.peek(P(51)).state(), PageState::swapped) << "a real fault reports the failure";
+    EXPECT_EQ(table_.peek(P(52)).state(), PageState::inactive) << "after the gap: read, not mapped";
+    expect_consistent();
+}
+
+TEST_F(FakeTransitionsTest, Row12ReadErrorLosesThePoisonsItAndFreesTheSlot) {
+    make_swapped(22, 22);
+    plan_->add(io::FaultRule{.match = io::FaultMatch::read, .action = io::fault::Eio{}});
+    {
+        PageLock lk = tr_.lock(P(22));
+        EXPECT_TRUE(tr_.fault_swapped(lk, *ring_)) << "resolved: the guest is woken to take its memory error";
+    }
+    EXPECT_EQ(table_.peek(P(22)).state(), PageState::lost);
+    EXPECT_EQ(kernel_.view(P(22)), View::poisoned);
+    EXPECT_EQ(counters_.lost_pages.load(), 1u);
+    expect_consistent();
+    // Touched again: the poison is re-armed (already there: EEXIST is fine).
+    PageLock lk = tr_.lock(P(22));
+    EXPECT_TRUE(tr_.fault_lost(lk));
+}
+
+TEST_F(FakeTransitionsTest, Row12ChecksumMismatchNeverReachesTheGuest) {
+    make_swapped(23, 23);
+    const auto where = pool_.pslot_of(table_.peek(P(23)).vslot());
+    ASSERT_TRUE(where);
+    disk_->bytes()[std::uint64_t{where->slot.value()} * kPageSize + 100] ^= std::byte{1};
+    PageLock lk = tr_.lock(P(23));
+    auto r = tr_.vmm_swap_in(lk, *ring_, Access::read);
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code, make_error_code(Errc::page_lost));
+    EXPECT_EQ(lk.entry().state(), PageState::lost);
+    EXPECT_FALSE(kernel_.present(P(23))) << "the bytes read were dropped";
+}
+
+TEST_F(FakeTransitionsTest, Row11VmmReadKeepsTheCleanCopyAndVmmWriteDropsIt) {
+    make_swapped(24, 24);
+    make_swapped(25, 25);
+    {
+        PageLock lk = tr_.lock(P(24));
+        ASSERT_TRUE(tr_.vmm_swap_in(lk, *ring_, Access::read));
+        EXPECT_TRUE(lk.entry().clean());
+    }
+    {
+        PageLock lk = tr_.lock(P(25));
+        ASSERT_TRUE(tr_.vmm_swap_in(lk, *ring_, Access::write));
+        EXPECT_FALSE(lk.entry().clean());
+    }
+    EXPECT_EQ(pool_.allocated_vslots(), 1u);
+    expect_consistent();
+    {  // 13': a VMM write to the clean page frees its copy
+        PageLock lk = tr_.lock(P(24));
+        tr_.vmm_write_clean(lk);
+    }
+    EXPECT_EQ(pool_.allocated_vslots(), 0u);
+    expect_consistent();
+}
+
+TEST_F(FakeTransitionsTest, DiscardFromEveryStateLeavesZeroAndFreesEverySlot) {
+    make_resident(30, 1);         // resident
+    make_inactive(31, 2);         // inactive
+    make_swapped(33, 3);          // swapped
+    make_clean_inactive(34, 4);   // inactive + clean copy
+    make_swapped(35, 5);          // -> lost
+    plan_->add(io::FaultRule{.match = io::FaultMatch::read, .times = 1, .action = io::fault::Eio{}});
+    {
+        PageLock lk = tr_.lock(P(35));
+        (void)tr_.fault_swapped(lk, *ring_);
+    }
+    make_inactive(32, 6);         // -> writeback
+    Writeback wb = tr_.start_writeback(tr_.lock(P(32)));
+    for (std::uint64_t i = 30; i < 37; ++i) {  // 36 stays zero
+        PageLock lk = tr_.lock(P(i));
+        ASSERT_TRUE(tr_.discard(lk)) << i;
+    }
+    EXPECT_EQ(write({&wb, 1}), 0u);  // the completion finds the page moved: frees its slot
+    for (std::uint64_t i = 30; i < 37; ++i) EXPECT_EQ(table_.peek(P(i)).state(), PageState::zero) << i;
+    EXPECT_EQ(kernel_.view(P(35)), View::unmapped) << "the poison marker is gone: the next touch reads zeros";
+    EXPECT_EQ(pool_.allocated_vslots(), 0u);
+    EXPECT_EQ(counters_.discarded_pages.load(), 6u);
+    expect_consistent();
+}
+
+// --- the races of guestmem/README.md#races ------------------------------------------------
+
+TEST_F(FakeTransitionsTest, RaceFaultDuringWritebackWinsAndTheCompletionFreesTheNewSlot) {
+    make_inactive(14, 14);
+    Writeback wb = tr_.start_writeback(tr_.lock(P(14)));
+    {
+        PageLock lk = tr_.lock(P(14));
+        ASSERT_TRUE(tr_.fault_minor(lk));  // 6
+    }
+    EXPECT_EQ(write({&wb, 1}), 0u);
+    EXPECT_EQ(table_.peek(P(14)).state(), PageState::resident);
+    EXPECT_EQ(pool_.allocated_vslots(), 0u);
+    expect_consistent();
+}
+
+TEST_F(FakeTransitionsTest, RaceVmmWriteDuringWritebackWins) {
+    make_inactive(15, 15);
+    Writeback wb = tr_.start_writeback(tr_.lock(P(15)));
+    {
+        PageLock lk = tr_.lock(P(15));
+        tr_.vmm_write_writeback(lk);  // 6'
+        fill(kernel_.vmm_page(P(15)), 999);
+    }
+    EXPECT_EQ(write({&wb, 1}), 0u);
+    EXPECT_EQ(table_.peek(P(15)).state(), PageState::inactive);
+    EXPECT_TRUE(holds(kernel_.vmm_page(P(15)), 999)) << "the newer bytes stay";
+    EXPECT_EQ(pool_.allocated_vslots(), 0u);
+    expect_consistent();
+}
+
+TEST_F(FakeTransitionsTest, RaceDiscardDuringWritebackPunchesAgainWhatTheWriteReallocated) {
+    make_inactive(16, 16);
+    Writeback wb = tr_.start_writeback(tr_.lock(P(16)));
+    {
+        PageLock lk = tr_.lock(P(16));
+        ASSERT_TRUE(tr_.discard(lk));
+    }
+    (void)kernel_.vmm_page(P(16));  // write_out reading the page through the VMM view
+    EXPECT_EQ(write({&wb, 1}), 0u);
+    EXPECT_EQ(table_.peek(P(16)).state(), PageState::zero);
+    EXPECT_FALSE(kernel_.present(P(16))) << "else the next touch is an EEXIST loop";
+    expect_consistent();
+    PageLock lk = tr_.lock(P(16));
+    EXPECT_TRUE(tr_.fault_zero(lk));
+}
+
+TEST_F(FakeTransitionsTest, RaceTwoFaultsOnOneSwappedPageShareOneRead) {
+    make_swapped(26, 26);
+    // Hold the swap-in read until the second faulter is waiting on the page lock.
+    std::promise<void> at_gate, release;
+    auto released = release.get_future().share();
+    auto gate = plan_->add(io::FaultRule{.match = io::FaultMatch::read, .times = 1,
+                                         .action = io::fault::Gate{[&](const io::BlockIo&) {
+                                             at_gate.set_value();
+                                             released.wait();
+                                         }}});
+    auto first = std::async(std::launch::async, [&] {
+        auto ring = io::Ring::create(8).value();
+        PageLock lk = tr_.lock(P(26));
+        return tr_.fault_swapped(lk, ring).has_value();
+    });
+    ASSERT_EQ(at_gate.get_future().wait_for(std::chrono::seconds(5)), std::future_status::ready);
+    EXPECT_EQ(table_.peek(P(26)).state(), PageState::reading) << "observers see the read in flight";
+    std::atomic<bool> second_locked{false};
+    auto second = std::async(std::launch::async, [&] {
+        PageLock lk = tr_.lock(P(26));
+        second_locked = true;
+        EXPECT_EQ(lk.entry().state(), PageState::resident);
+        return tr_.fault_resident(lk).has_value();
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    EXPECT_FALSE(second_locked.load()) << "the second fault must wait for the read";
+    release.set_value();
+    EXPECT_TRUE(first.get());
+    EXPECT_TRUE(second.get());
+    EXPECT_EQ(plan_->matches(gate), 1u) << "one read for both faults";
+    expect_consistent();
+}
+
+TEST_F(FakeTransitionsTest, RaceBringBackAfterAFaultDropsOnlyTheCleanCopy) {
+    const swap::VSlot v = make_swapped(27, 27);
+    {
+        PageLock lk = tr_.lock(P(27));
+        ASSERT_TRUE(tr_.fault_swapped(lk, *ring_));  // keeps a clean copy at v
+    }
+    PageLock lk = tr_.lock(P(27));
+    auto done = tr_.bring_back(lk, v, *ring_);
+    ASSERT_TRUE(done);
+    EXPECT_TRUE(*done);
+    EXPECT_EQ(lk.entry().state(), PageState::resident);
+    EXPECT_FALSE(lk.entry().clean());
+}
+
+TEST_F(FakeTransitionsTest, RaceFaultAfterABringBackIsAMinorFault) {
+    const swap::VSlot v = make_swapped(28, 28);
+    {
+        PageLock lk = tr_.lock(P(28));
+        auto done = tr_.bring_back(lk, v, *ring_);
+        ASSERT_TRUE(done && *done);
+        EXPECT_EQ(lk.entry(), PageEntry::make(PageState::inactive));
+    }
+    EXPECT_EQ(pool_.allocated_vslots(), 0u) << "bring-back frees the slot";
+    {
+        PageLock lk = tr_.lock(P(28));
+        ASSERT_TRUE(tr_.fault_minor(lk));
+    }
+    EXPECT_TRUE(holds(kernel_.vmm_page(P(28)), 28));
+    expect_consistent();
+}
+
+TEST_F(FakeTransitionsTest, RaceBringBackOfAStaleSlotDoesNothing) {
+    const swap::VSlot v = make_swapped(29, 29);
+    {
+        PageLock lk = tr_.lock(P(29));
+        ASSERT_TRUE(tr_.discard(lk));
+    }
+    PageLock lk = tr_.lock(P(29));
+    auto done = tr_.bring_back(lk, v, *ring_);
+    ASSERT_TRUE(done);
+    EXPECT_FALSE(*done);
+    EXPECT_EQ(lk.entry().state(), PageState::zero);
+}
+
+TEST_F(FakeTransitionsTest, TeardownFreesEverySlotTheTableRefersTo) {
+    make_swapped(1, 1);
+    make_clean_inactive(2, 2);
+    EXPECT_EQ(pool_.allocated_vslots(), 2u);
+    tr_.free_all_vslots();
+    EXPECT_EQ(pool_.allocated_vslots(), 0u);
+}
+
+}  // namespace
