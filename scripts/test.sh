@@ -7,6 +7,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 bash scripts/install-deps.sh
+bash scripts/check-layers.sh
 for dev in /dev/kvm; do
   [ -e "$dev" ] || echo "WARNING: $dev is absent: tests that need it will SKIP (loudly)"
 done
