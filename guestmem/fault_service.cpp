@@ -18,6 +18,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "guestmem/fault_service.hpp"
+
 #include "guestmem/errc.hpp"
 #include "guestmem/guest_memory_impl.hpp"
 
@@ -58,6 +60,28 @@ void GuestMemory::Impl::fault_loop() {
     }
 }
 
+FaultResult resolve_fault(Transitions& tr, PageIdx idx, WpFault wp, io::Ring& ring) {
+    FaultResult out{PageState::zero, {}, {}};
+    {
+        PageLock lk = tr.lock(idx);
+        out.was = lk.entry().state();
+        switch (out.was) {
+            case PageState::zero: out.resolved = tr.fault_zero(lk); break;
+            case PageState::swapped: out.resolved = tr.fault_swapped(lk, ring); break;
+            case PageState::inactive:
+            case PageState::writeback: out.resolved = tr.fault_minor(lk); break;
+            case PageState::resident:
+                out.resolved = wp == WpFault::yes ? tr.fault_write_protected(lk) : tr.fault_resident(lk);
+                break;
+            case PageState::lost: out.resolved = tr.fault_lost(lk); break;
+            case PageState::reading: SWV_ASSERT(false, "reading state seen by a lock holder");
+        }
+    }
+    // Wake after publish: the entry already says what the guest will find.
+    out.woken = tr.wake_guest(idx);
+    return out;
+}
+
 void GuestMemory::Impl::handle_fault(std::uint64_t hva, std::uint64_t flags, io::Ring& ring) {
     auto idx_opt = kernel->idx_of_guest_addr(hva & ~(kPageSize - 1));
     if (!idx_opt) {
@@ -65,43 +89,28 @@ void GuestMemory::Impl::handle_fault(std::uint64_t hva, std::uint64_t flags, io:
         return;
     }
     const PageIdx idx = *idx_opt;
-    const bool wp_fault = flags & UFFD_PAGEFAULT_FLAG_WP;
 
     // A fault that will add a page waits (without any page lock) while the VM is at
     // its limit: that is what holds resident memory at the limit, not just near it.
+    // While the limit cannot be held (Limits::cannot_hold) it runs over at full speed.
     if (!table.peek(idx).present() && limits.over_limit()) {
-        counters.throttle_waits.fetch_add(1, std::memory_order_relaxed);
-        if (!limits.wait_for_room(stopping) && counters.limit_overshoots.fetch_add(1) == 0)
-            spdlog::warn("{}: resident limit cannot be held (swap full or unavailable); running over it", name);
-    }
-
-    Result<void> r;
-    PageState was;
-    {
-        PageLock lk = tr.lock(idx);
-        was = lk.entry().state();
-        switch (was) {
-            case PageState::zero: r = tr.fault_zero(lk); break;
-            case PageState::swapped: r = tr.fault_swapped(lk, ring); break;
-            case PageState::inactive:
-            case PageState::writeback: r = tr.fault_minor(lk); break;
-            case PageState::resident: r = wp_fault ? tr.fault_write_protected(lk) : tr.fault_resident(lk); break;
-            case PageState::lost: r = tr.fault_lost(lk); break;
-            case PageState::reading: SWV_ASSERT(false, "reading state seen by a lock holder");
+        if (limits.over_reason() != OverReason::none) {
+            limits.note_overshoot();
+        } else {
+            counters.throttle_waits.fetch_add(1, std::memory_order_relaxed);
+            if (!limits.wait_for_room(stopping)) limits.note_overshoot();
         }
     }
-    // Wake after publish: the entry already says what the guest will find. A failed
-    // resolution still wakes: the guest retries the access and faults again rather
-    // than sleeping for ever.
-    const Result<void> woken = tr.wake_guest(idx);
-    if (!r) {
-        spdlog::error("{}: resolving fault at GPA {:#x} ({}): {}", name, kernel->gpa_of(idx).value(), to_string(was),
-                      r.error().message());
+
+    const FaultResult f = resolve_fault(tr, idx, (flags & UFFD_PAGEFAULT_FLAG_WP) ? WpFault::yes : WpFault::no, ring);
+    if (!f.resolved) {
+        spdlog::error("{}: resolving fault at GPA {:#x} ({}): {}", name, kernel->gpa_of(idx).value(), to_string(f.was),
+                      f.resolved.error().message());
         return;
     }
-    if (!woken) return;
-    if (was == PageState::swapped) readahead_after(idx, ring);
-    if (was == PageState::zero) zero_fault_around(idx);
+    if (!f.woken) return;
+    if (f.was == PageState::swapped) readahead_after(idx, ring);
+    if (f.was == PageState::zero) zero_fault_around(idx);
 }
 
 // Readahead (guestmem/README.md#readahead): when swap-ins follow each other in

@@ -194,7 +194,11 @@ MemStats GuestMemory::stats() const {
     s.lost_pages = c.lost_pages.load();
     s.throttle_waits = c.throttle_waits.load();
     s.readahead_pages = c.readahead_pages.load();
-    s.limit_overshoots = c.limit_overshoots.load();
+    s.limit_overshoots = impl_->limits.overshoot_events();
+    const std::uint64_t limit = impl_->limits.effective_limit();
+    const std::uint64_t resident = o.resident.load();
+    s.overshoot_bytes = limit && resident > limit ? (resident - limit) * kPageSize : 0;
+    s.limit_state = to_string(impl_->limits.over_reason());
     return s;
 }
 

@@ -58,7 +58,9 @@ struct MemStats {
     std::uint64_t wp_faults = 0;        // first write to a clean page (its swap copy dropped)
     std::uint64_t throttle_waits = 0;   // faults that waited for the reclaimer
     std::uint64_t readahead_pages = 0;  // swapped in ahead of a sequential run
-    std::uint64_t limit_overshoots = 0; // waits that gave up (swap full): ran over the limit
+    std::uint64_t limit_overshoots = 0; // pages added over a limit that could not be held
+    std::uint64_t overshoot_bytes = 0;  // resident above the limit in force, now
+    std::string limit_state;            // "held", or why not ("no swap device", "swap full", ...)
 };
 
 class GuestMemory {

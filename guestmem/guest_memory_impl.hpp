@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -55,8 +56,14 @@ struct GuestMemory::Impl {
     void readahead_after(PageIdx idx, io::Ring& ring);
     void zero_fault_around(PageIdx idx);
     // --- reclaimer (reclaimer.cpp) ---------------------------------------------------
+    enum class PassMode : bool { drop_only, full };  // drop_only: no room in swap
+    struct PassResult {
+        std::uint64_t freed = 0;                 // pages that left memory
+        std::optional<swap::Errc> write_error;   // the first write failure seen
+    };
     void reclaim_loop();
-    std::uint64_t reclaim_pass(io::Ring& ring);
+    PassResult reclaim_pass(io::Ring& ring, PassMode mode);
+    OverReason swap_verdict() const;
 };
 
 }  // namespace swapvisor::guestmem

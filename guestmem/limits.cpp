@@ -7,6 +7,17 @@
 
 namespace swapvisor::guestmem {
 
+const char* to_string(OverReason r) {
+    switch (r) {
+        case OverReason::none: return "held";
+        case OverReason::no_swap: return "no swap device";
+        case OverReason::swap_full: return "swap full";
+        case OverReason::swap_failing: return "swap writes failing";
+        case OverReason::nothing_evictable: return "nothing evictable";
+    }
+    return "?";
+}
+
 std::uint64_t slack_pages(std::uint64_t limit) { return std::clamp<std::uint64_t>(limit / 32, 64, 4096); }
 
 // --- host budget -------------------------------------------------------------------
@@ -62,6 +73,7 @@ Limits::Limits(Occupancy& occupancy, HostBudget* host, std::uint64_t memory_byte
 
 void Limits::set_limit_bytes(std::uint64_t bytes) {
     limit_pages_ = bytes / kPageSize;
+    kicked_ = true;
     wake_all();
 }
 
@@ -131,10 +143,13 @@ void Limits::notify_sleepers(std::condition_variable& cv) {
 
 bool Limits::wait_for_room(const std::atomic<bool>& stopping) {
     if (!over_limit()) return true;
+    if (over_reason_.load() != OverReason::none) return true;  // running over, at full speed
     std::unique_lock lk(mutex_);
     sleepers_.fetch_add(1);
     reclaim_wake_.notify_one();
-    const bool ok = room_freed_.wait_for(lk, kThrottleBound, [&] { return stopping.load() || !over_limit(); });
+    const bool ok = room_freed_.wait_for(lk, kThrottleBound, [&] {
+        return stopping.load() || !over_limit() || over_reason_.load() != OverReason::none;
+    });
     sleepers_.fetch_sub(1);
     return ok;
 }
@@ -142,12 +157,32 @@ bool Limits::wait_for_room(const std::atomic<bool>& stopping) {
 void Limits::wait_for_work(const std::atomic<bool>& stopping) {
     std::unique_lock lk(mutex_);
     sleepers_.fetch_add(1);
-    reclaim_wake_.wait_for(lk, kReclaimTick, [&] { return stopping.load() || needs_reclaim(); });
+    if (over_reason_.load() == OverReason::none) {
+        reclaim_wake_.wait_for(lk, kReclaimTick, [&] { return stopping.load() || needs_reclaim(); });
+    } else {
+        // Not holdable: no sweeping until a retry is due or someone says things changed.
+        reclaim_wake_.wait_for(lk, retry_, [&] { return stopping.load() || kicked_.load(); });
+        retry_ = std::min(retry_ * 2, kRetryMax);
+    }
+    kicked_ = false;
     sleepers_.fetch_sub(1);
 }
 
+bool Limits::cannot_hold(OverReason why) {
+    const OverReason before = over_reason_.exchange(why);
+    if (before == OverReason::none) {
+        std::lock_guard lk(mutex_);
+        retry_ = kRetryFirst;
+        room_freed_.notify_all();  // throttled faulters stop waiting
+    }
+    return before == OverReason::none;
+}
+
+bool Limits::held_again() { return over_reason_.exchange(OverReason::none) != OverReason::none; }
+
 void Limits::kick_reclaimer() {
     std::lock_guard lk(mutex_);
+    kicked_ = true;
     reclaim_wake_.notify_one();
 }
 

@@ -15,6 +15,13 @@
 // (proportional to memory size) while the host as a whole is over budget, so an idle
 // neighbour's unused share is not wasted.
 //
+// A limit that cannot be held (no swap device, swap full, every write failing,
+// nothing evictable) is not a reason to stall the guest: the reclaimer reports it
+// (cannot_hold), the VM then runs over its limit at full speed — faults no longer
+// wait, each page added over the limit is counted, the state and its reason are in
+// the stats — and the reclaimer retries on a back-off instead of sweeping; the limit
+// is enforced again (held_again) as soon as a retry frees something.
+//
 // Threads: any. Occupancy is written only by PageLock (transitions.cpp); the rest are
 // atomics, plus one mutex for the two sleeps (reclaimer idle, throttled faulter).
 #pragma once
@@ -88,12 +95,19 @@ private:
     std::atomic<std::uint64_t> reused_{0};
 };
 
+// Why a limit is not being held (none: it is).
+enum class OverReason : std::uint8_t { none, no_swap, swap_full, swap_failing, nothing_evictable };
+const char* to_string(OverReason r);
+
 class Limits {
 public:
     // How long a fault that would add a page waits for room before it runs over.
     static constexpr std::chrono::milliseconds kThrottleBound{2000};
     // The reclaimer re-checks this often even without a wake-up.
     static constexpr std::chrono::milliseconds kReclaimTick{50};
+    // While the limit cannot be held: first retry after kRetryFirst, doubling to kRetryMax.
+    static constexpr std::chrono::milliseconds kRetryFirst{250};
+    static constexpr std::chrono::milliseconds kRetryMax{4000};
 
     Limits(Occupancy& occupancy, HostBudget* host, std::uint64_t memory_bytes, std::uint64_t limit_bytes);
 
@@ -117,9 +131,20 @@ public:
 
     // Throttle: block a faulting thread while over the limit, bounded by
     // kThrottleBound; returns false if it gave up (the VM runs over its limit).
+    // Returns true at once while the limit cannot be held.
     bool wait_for_room(const std::atomic<bool>& stopping);
-    // Reclaimer: sleep until there is work, `stopping`, or a tick passes.
+    // Reclaimer: sleep until there is work, `stopping`, or a tick passes. While the
+    // limit cannot be held: until kicked or the retry back-off passes.
     void wait_for_work(const std::atomic<bool>& stopping);
+
+    // The reclaimer's verdicts. cannot_hold returns true when it starts an episode
+    // (log it once); held_again returns true when it ends one.
+    bool cannot_hold(OverReason why);
+    bool held_again();
+    OverReason over_reason() const { return over_reason_.load(); }
+    // Pages added while over the limit that could not be held.
+    std::uint64_t overshoot_events() const { return overshoots_.load(std::memory_order_relaxed); }
+    void note_overshoot() { overshoots_.fetch_add(1, std::memory_order_relaxed); }
     // Wake the reclaimer / throttled faulters (limit changed, stopping, room made).
     void kick_reclaimer();
     void wake_all();
@@ -139,6 +164,10 @@ private:
     // updates in pages_added / pages_freed: a notifier that reads 0 here ran before
     // the sleeper's increment, so the sleeper's predicate sees the new count.
     std::atomic<std::uint32_t> sleepers_{0};
+    std::atomic<OverReason> over_reason_{OverReason::none};
+    std::atomic<bool> kicked_{false};                 // reclaimer: retry now
+    std::chrono::milliseconds retry_{kRetryFirst};   // reclaimer thread only
+    std::atomic<std::uint64_t> overshoots_{0};
     void notify_sleepers(std::condition_variable& cv);
 };
 

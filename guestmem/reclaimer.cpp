@@ -14,6 +14,7 @@
 // lock is never held across the write: writeback is the mark.
 #include <algorithm>
 #include <chrono>
+#include <optional>
 #include <vector>
 
 #include <spdlog/spdlog.h>
@@ -26,9 +27,18 @@ namespace {
 constexpr std::size_t kBatch = 64;        // pages per write_out
 constexpr std::uint64_t kScanChunk = 512; // entries visited per pass
 constexpr unsigned kRingEntries = 64;
-constexpr auto kIdleBackoff = std::chrono::milliseconds(20);
 
 }  // namespace
+
+// Why swap cannot take a page now, from the pool's device list (none: it can).
+OverReason GuestMemory::Impl::swap_verdict() const {
+    if (!pool) return OverReason::no_swap;
+    const auto devices = pool->stats();
+    if (devices.empty()) return OverReason::no_swap;
+    for (const auto& d : devices)
+        if (!d.removing && d.used_slots < d.total_slots) return OverReason::none;
+    return OverReason::swap_full;
+}
 
 void GuestMemory::Impl::reclaim_loop() {
     auto ring = io::Ring::create(kRingEntries);
@@ -36,35 +46,60 @@ void GuestMemory::Impl::reclaim_loop() {
         spdlog::critical("{}: reclaimer cannot create its io_uring: {}", name, ring.error().message());
         return;
     }
-    auto last_warn = std::chrono::steady_clock::time_point{};
+    auto held_again = [&] {
+        if (limits.held_again()) spdlog::info("{}: resident limit held again", name);
+    };
     while (!stopping.load()) {
         limits.wait_for_work(stopping);
         if (stopping.load()) break;
-        // Work down to the low watermark.
-        std::uint64_t idle_sweeps = 0;
+        if (limits.reclaim_done()) {
+            held_again();
+            continue;
+        }
+        // Not holdable and nothing has changed that could make it so: no sweep (a
+        // sweep zaps the working set for nothing).
+        OverReason verdict = swap_verdict();
+        const bool over = limits.over_reason() != OverReason::none;
+        if (over && verdict != OverReason::none) {
+            limits.cannot_hold(verdict);
+            continue;
+        }
+        // Work down to the low watermark. Without room in swap only zero and clean
+        // pages can leave, so the sweep does not demote (zap) resident pages.
+        const PassMode mode = verdict == OverReason::none ? PassMode::full : PassMode::drop_only;
+        const std::uint64_t give_up = (mode == PassMode::full ? 2 : 1) * table.pages();
+        std::uint64_t idle = 0;
+        std::optional<swap::Errc> write_error;
         while (!stopping.load() && !limits.reclaim_done()) {
-            if (reclaim_pass(*ring)) {
-                idle_sweeps = 0;
+            const PassResult pass = reclaim_pass(*ring, mode);
+            if (pass.write_error) write_error = pass.write_error;
+            if (pass.freed) {
+                idle = 0;
+                held_again();
                 continue;
             }
-            // Two full sweeps without freeing anything: swap is full or failing. Back
-            // off instead of spinning; faulters give up waiting after their bound.
-            if (++idle_sweeps * kScanChunk > 2 * table.pages()) {
-                auto now = std::chrono::steady_clock::now();
-                if (now - last_warn > std::chrono::seconds(10)) {
-                    spdlog::warn("{}: reclaim made no progress (swap full or failing)", name);
-                    last_warn = now;
-                }
-                std::this_thread::sleep_for(kIdleBackoff);
-                break;
+            if (++idle * kScanChunk < give_up) continue;
+            // Sweeps without freeing anything: this limit cannot be held now.
+            OverReason why = verdict;
+            if (why == OverReason::none) {
+                why = !write_error ? OverReason::nothing_evictable
+                      : *write_error == swap::Errc::no_space ? OverReason::swap_full
+                                                              : OverReason::swap_failing;
             }
+            if (limits.cannot_hold(why)) {
+                spdlog::warn("{}: resident limit of {} MiB cannot be held ({}); running over it", name,
+                             limits.effective_limit() * kPageSize >> 20, to_string(why));
+            }
+            break;
         }
+        if (limits.reclaim_done()) held_again();
     }
 }
 
 // One CLOCK step over kScanChunk entries. Returns the pages that left memory.
-std::uint64_t GuestMemory::Impl::reclaim_pass(io::Ring& ring) {
+GuestMemory::Impl::PassResult GuestMemory::Impl::reclaim_pass(io::Ring& ring, PassMode mode) {
     std::uint64_t freed = 0;
+    std::optional<swap::Errc> write_error;
     const std::uint64_t pages = table.pages();
     std::vector<PageLock> demote;    // resident: zapped as runs
     std::vector<PageLock> dropped;   // cold, no write needed: punched as runs
@@ -77,8 +112,13 @@ std::uint64_t GuestMemory::Impl::reclaim_pass(io::Ring& ring) {
         std::vector<swap::PageOut> outs;
         outs.reserve(writes.size());
         for (const Writeback& wb : writes) outs.push_back(wb.out);
-        const bool batch_ok = pool->write_out(ring, outs).has_value();
-        for (std::size_t k = 0; k < writes.size(); ++k) writes[k].out = outs[k];
+        const auto batch = pool->write_out(ring, outs);
+        for (std::size_t k = 0; k < writes.size(); ++k) {
+            writes[k].out = outs[k];
+            if (!outs[k].ok() && !write_error) write_error = swap::errc_of_page_result(outs[k].result);
+        }
+        if (!batch && !write_error) write_error = swap::Errc::no_space;
+        const bool batch_ok = batch.has_value();
         freed += tr.finish_writeback(writes, batch_ok);
         writes.clear();
     };
@@ -94,13 +134,13 @@ std::uint64_t GuestMemory::Impl::reclaim_pass(io::Ring& ring) {
         if (!lk) continue;
         switch (lk->entry().state()) {
             case PageState::resident:
-                demote.push_back(std::move(*lk));  // stays locked until zapped
+                if (mode == PassMode::full) demote.push_back(std::move(*lk));  // stays locked until zapped
                 break;
             case PageState::inactive:
                 // Cold. Drop it without a write where possible.
                 if (tr.drop_cold(*lk)) {
                     dropped.push_back(std::move(*lk));
-                } else if (pool) {
+                } else if (mode == PassMode::full) {
                     writes.push_back(tr.start_writeback(std::move(*lk)));
                     if (writes.size() == kBatch) flush();
                 }
@@ -110,7 +150,7 @@ std::uint64_t GuestMemory::Impl::reclaim_pass(io::Ring& ring) {
         }
     }
     flush();
-    return freed;
+    return PassResult{freed, write_error};
 }
 
 }  // namespace swapvisor::guestmem

@@ -51,7 +51,6 @@ struct Counters {
     std::atomic<std::uint64_t> lost_pages{0};
     std::atomic<std::uint64_t> throttle_waits{0};
     std::atomic<std::uint64_t> readahead_pages{0};
-    std::atomic<std::uint64_t> limit_overshoots{0};
 };
 
 // Ownership of one stage-2 entry. Released by the destructor, which publishes the

@@ -7,7 +7,10 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstring>
+#include <future>
+#include <memory>
 #include <filesystem>
 #include <thread>
 
@@ -183,4 +186,65 @@ TEST_F(GuestMemoryTest, CleanTrackingFollowsTheWorkload) {
     EXPECT_GT(ro.clean_drops - rw.clean_drops, pages) << "clean drops did not come back";
     vm->stop();
     EXPECT_EQ(pool_->allocated_vslots(), vm->referenced_vslots());
+}
+
+namespace {
+
+// Writes every page of the guest view on a thread; false if it did not finish within
+// `bound` (the thread is then detached: a guest stuck in a fault cannot be cancelled).
+bool write_pass_within(std::byte* base, std::uint64_t pages, std::chrono::seconds bound) {
+    auto done = std::make_shared<std::promise<void>>();
+    auto finished = done->get_future();
+    std::thread([=] {
+        write_pass(base, pages, 1);
+        done->set_value();
+    }).detach();
+    return finished.wait_for(bound) == std::future_status::ready;
+}
+
+}  // namespace
+
+// Issue #9: with no room to reclaim into, every new page waited the full 2 s throttle
+// bound (an 8 MiB VM with a 1 MiB limit and no swap: 2 s per page, an hour in all).
+// A limit that cannot be held is now reported by the reclaimer and the VM runs over
+// it at full speed, counted and shown with its reason.
+TEST_F(GuestMemoryTest, PrivilegedAVmThatCannotBeHeldRunsOverItsLimitInsteadOfStalling) {
+    constexpr std::uint64_t kMem = 8ULL << 20, kLimit = 1ULL << 20;
+    GuestMemory* vm = make_vm(kMem, kLimit, 0);
+    std::byte* base = vm->regions()[0].guest_view;
+    ASSERT_TRUE(write_pass_within(base, kMem / kPageSize, std::chrono::seconds(20)))
+        << "the guest stalled on its limit";
+    EXPECT_EQ(verify_pass(base, kMem / kPageSize, 1), 0u);
+    MemStats s = vm->stats();
+    EXPECT_EQ(s.limit_state, "no swap device");
+    EXPECT_GT(s.limit_overshoots, 0u);
+    EXPECT_GT(s.overshoot_bytes, 0u);
+    EXPECT_GT(s.resident_bytes, kLimit);
+}
+
+// Swap that fills up: the limit is held while there is room, then the VM runs over it
+// ("swap full") rather than stall; every byte still verifies.
+TEST_F(GuestMemoryTest, PrivilegedWhenSwapFillsTheVmRunsOverItsLimitWithEveryByteIntact) {
+    constexpr std::uint64_t kMem = 16ULL << 20, kLimit = 2ULL << 20, kSwap = 4ULL << 20;
+    GuestMemory* vm = make_vm(kMem, kLimit, kSwap);
+    std::byte* base = vm->regions()[0].guest_view;
+    ASSERT_TRUE(write_pass_within(base, kMem / kPageSize, std::chrono::seconds(30)))
+        << "the guest stalled when swap filled up";
+    EXPECT_EQ(verify_pass(base, kMem / kPageSize, 1), 0u);
+    MemStats s = vm->stats();
+    EXPECT_EQ(s.limit_state, "swap full");
+    EXPECT_GT(s.swap_out_pages, 0u);
+}
+
+// Raising the limit above what is resident ends the episode: the limit is held again.
+TEST_F(GuestMemoryTest, PrivilegedTheLimitIsHeldAgainOnceItCanBe) {
+    constexpr std::uint64_t kMem = 8ULL << 20;
+    GuestMemory* vm = make_vm(kMem, 1ULL << 20, 0);
+    std::byte* base = vm->regions()[0].guest_view;
+    ASSERT_TRUE(write_pass_within(base, kMem / kPageSize, std::chrono::seconds(20)));
+    ASSERT_EQ(vm->stats().limit_state, "no swap device");
+    vm->set_resident_limit(64ULL << 20);
+    for (int i = 0; i < 100 && vm->stats().limit_state != "held"; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    EXPECT_EQ(vm->stats().limit_state, "held");
 }

@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "guestmem/fault_service.hpp"
 #include "guestmem/transitions.hpp"
 #include "io/fault_injection.hpp"
 #include "io/ring.hpp"
@@ -531,6 +532,39 @@ TEST_F(FakeTransitionsTest, RaceBringBackOfAStaleSlotDoesNothing) {
     ASSERT_TRUE(done);
     EXPECT_FALSE(*done);
     EXPECT_EQ(lk.entry().state(), PageState::zero);
+}
+
+// Issue #9: a fault whose resolution failed never woke the faulting thread, so its
+// vCPU slept for ever. Now it is always woken (after the entry is published) and
+// retries the access.
+TEST_F(FakeTransitionsTest, AFaultWhoseResolutionFailsStillWakesTheGuest) {
+    make_inactive(8, 8);
+    kernel_.fail_next(Op::continue_, std::make_error_code(std::errc::no_such_process));
+    kernel_.clear_history();
+    const FaultResult f = resolve_fault(tr_, P(8), WpFault::no, *ring_);
+    EXPECT_FALSE(f.resolved);
+    EXPECT_EQ(f.was, PageState::inactive);
+    EXPECT_EQ(kernel_.count(Op::wake), 1u) << "the faulting thread must be woken";
+    EXPECT_EQ(table_.peek(P(8)).state(), PageState::inactive) << "nothing mapped, nothing claimed";
+    expect_consistent();
+    // The retry resolves it.
+    EXPECT_TRUE(resolve_fault(tr_, P(8), WpFault::no, *ring_).resolved);
+    EXPECT_EQ(table_.peek(P(8)).state(), PageState::resident);
+}
+
+TEST_F(FakeTransitionsTest, FaultsChooseTheRowFromTheEntryNotTheFaultKind) {
+    make_swapped(3, 3);
+    make_inactive(4, 4);
+    EXPECT_EQ(resolve_fault(tr_, P(2), WpFault::no, *ring_).was, PageState::zero);
+    EXPECT_EQ(resolve_fault(tr_, P(3), WpFault::no, *ring_).was, PageState::swapped);
+    EXPECT_EQ(resolve_fault(tr_, P(4), WpFault::no, *ring_).was, PageState::inactive);
+    // A write to the clean page swapped in above: the WP row frees its copy.
+    EXPECT_TRUE(table_.peek(P(3)).clean());
+    EXPECT_TRUE(resolve_fault(tr_, P(3), WpFault::yes, *ring_).resolved);
+    EXPECT_FALSE(table_.peek(P(3)).clean());
+    for (std::uint64_t i : {2, 3, 4}) EXPECT_EQ(table_.peek(P(i)).state(), PageState::resident) << i;
+    EXPECT_EQ(kernel_.count(Op::wake), 4u);
+    expect_consistent();
 }
 
 TEST_F(FakeTransitionsTest, TeardownFreesEverySlotTheTableRefersTo) {
