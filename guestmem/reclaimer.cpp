@@ -87,8 +87,8 @@ void GuestMemory::Impl::reclaim_loop() {
                                                               : OverReason::swap_failing;
             }
             if (limits.cannot_hold(why)) {
-                spdlog::warn("{}: resident limit of {} MiB cannot be held ({}); running over it", name,
-                             limits.effective_limit() * kPageSize >> 20, to_string(why));
+                spdlog::warn("{}: resident limit of {} KiB cannot be held ({}); running over it", name,
+                             limits.effective_limit() * kPageSize >> 10, to_string(why));
             }
             break;
         }

@@ -441,16 +441,16 @@ TEST_F(PrivilegedTransitionsTest, ZeroToInactiveOnVmmWriteThenResidentOnMinorFau
 }
 
 TEST_F(PrivilegedTransitionsTest, ReclaimerDemotesResidentToInactiveAndTouchSamplesIt) {
-    // Without a swap pool the reclaimer can demote but never evict a non-zero page, so
-    // the page stays inactive for the test to look at.
-    auto vm = create_guest_memory(MemoryConfig{.name = "nopool", .memory_bytes = kVmBytes}, 9, nullptr, nullptr);
-    ASSERT_TRUE(vm.has_value()) << vm.error().message();
-    vm_ = vm->get();
-    ASSERT_TRUE(vm_->start().has_value());
+    // Every swap write fails, so the reclaimer demotes but can never evict the page:
+    // it stays inactive for the test to look at. (Without any swap device the
+    // reclaimer does not demote at all: zapping a working set it cannot evict only
+    // costs the guest faults; see ReclaimerWithoutSwapDoesNotZapTheWorkingSet.)
+    auto failing = plan_->add(io::FaultRule{.match = io::FaultMatch::write, .action = io::fault::Eio{}});
+    vm_ = make_vm();
     guest_fill(pg(0), 7);
     ASSERT_EQ(state(pg(0)), PageState::resident);
     vm_->set_resident_limit(kPageSize);
-    ASSERT_TRUE(st::wait_until([&] { return state(pg(0)) == PageState::inactive; }))
+    ASSERT_TRUE(st::wait_until([&] { return state(pg(0)) == PageState::inactive && plan_->hits(failing) > 0; }))
         << "reclaimer never demoted the page; state " << to_string(state(pg(0)));
     vm_->set_resident_limit(0);
     // With the limit lifted the reclaimer goes to sleep and starts no further pass.
@@ -462,6 +462,21 @@ TEST_F(PrivilegedTransitionsTest, ReclaimerDemotesResidentToInactiveAndTouchSamp
     EXPECT_TRUE(guest_sees(pg(0), 7));
     EXPECT_EQ(state(pg(0)), PageState::resident);
     EXPECT_EQ(stats().minor_faults, 1u) << "the touch after demotion is the access sample";
+    plan_->remove(failing);
+    expect_slots_balanced();
+}
+
+TEST_F(PrivilegedTransitionsTest, ReclaimerWithoutSwapDoesNotZapTheWorkingSet) {
+    auto vm = create_guest_memory(MemoryConfig{.name = "nopool", .memory_bytes = kVmBytes}, 9, nullptr, nullptr);
+    ASSERT_TRUE(vm.has_value()) << vm.error().message();
+    vm_ = vm->get();
+    ASSERT_TRUE(vm_->start().has_value());
+    guest_fill(pg(0), 7);
+    vm_->set_resident_limit(kPageSize);
+    ASSERT_TRUE(st::wait_until([&] { return stats().limit_state == "no swap device"; }));
+    EXPECT_EQ(state(pg(0)), PageState::resident) << "demoted although it could never be evicted";
+    EXPECT_TRUE(guest_sees(pg(0), 7));
+    EXPECT_EQ(stats().minor_faults, 0u);
     vm_->stop();
     vm->reset();
     vm_ = nullptr;
