@@ -11,75 +11,105 @@
 #include "vmm/control/protocol.hpp"
 
 namespace swapvisor::vmm::cli {
+namespace {
 
-Parsed<std::uint64_t> parse_size(std::string_view text) { return control::parse_size(text); }
 
-Parsed<std::uint64_t> parse_size_aligned(std::string_view text, std::uint64_t align, std::string_view align_name) {
+// The parsers' errors: `what` (the value given and why it was refused) is the context.
+std::unexpected<Error> cli_error(CliErrc code, const char* op, std::string what) {
+    return make_error(code, op, std::move(what));
+}
+
+}  // namespace
+
+const std::error_category& cli_category() {
+    struct Category final : std::error_category {
+        const char* name() const noexcept override { return "cli"; }
+        std::string message(int c) const override {
+            switch (static_cast<CliErrc>(c)) {
+                case CliErrc::bad_size: return "invalid size";
+                case CliErrc::bad_swap_spec: return "invalid --swap value";
+                case CliErrc::bad_vm_name: return "invalid VM name";
+                case CliErrc::bad_vm_spec: return "invalid --vm value";
+            }
+            return "unknown command-line error";
+        }
+    };
+    static const Category category;
+    return category;
+}
+
+Result<std::uint64_t> parse_size(std::string_view text) {
+    auto size = control::parse_size(text);
+    if (!size) return cli_error(CliErrc::bad_size, "parsing a size", size.error());
+    return *size;
+}
+
+Result<std::uint64_t> parse_size_aligned(std::string_view text, std::uint64_t align, std::string_view align_name) {
     auto size = parse_size(text);
     if (!size) return size;
-    if (*size == 0) return std::unexpected(fmt::format("size '{}' is zero", text));
+    if (*size == 0) return cli_error(CliErrc::bad_size, "parsing a size", fmt::format("size '{}' is zero", text));
     if (*size % align != 0) {
-        return std::unexpected(fmt::format("size '{}' ({} bytes) is not a multiple of {}", text, *size, align_name));
+        return cli_error(CliErrc::bad_size, "parsing a size", fmt::format("size '{}' ({} bytes) is not a multiple of {}", text, *size, align_name));
     }
     return size;
 }
 
-Parsed<SwapSpec> parse_swap_spec(std::string_view text) {
+Result<SwapSpec> parse_swap_spec(std::string_view text) {
     SwapSpec spec;
     std::size_t comma = text.find(',');
     std::string_view path = text.substr(0, comma);
-    if (path.empty()) return std::unexpected(fmt::format("--swap '{}': the path is empty", text));
+    if (path.empty()) return cli_error(CliErrc::bad_swap_spec, "parsing --swap", fmt::format("--swap '{}': the path is empty", text));
     spec.path = std::filesystem::path(std::string(path));
     while (comma != std::string_view::npos) {
         std::size_t start = comma + 1;
         comma = text.find(',', start);
         std::string_view option = text.substr(start, comma == std::string_view::npos ? comma : comma - start);
         std::size_t eq = option.find('=');
-        if (option.empty()) return std::unexpected(fmt::format("--swap '{}': empty option after ','", text));
+        if (option.empty()) return cli_error(CliErrc::bad_swap_spec, "parsing --swap", fmt::format("--swap '{}': empty option after ','", text));
         if (eq == std::string_view::npos || eq + 1 == option.size()) {
-            return std::unexpected(fmt::format("--swap '{}': option '{}' needs a value (priority=N or size=SIZE)",
+            return cli_error(CliErrc::bad_swap_spec, "parsing --swap", fmt::format("--swap '{}': option '{}' needs a value (priority=N or size=SIZE)",
                                                text, option));
         }
         std::string_view key = option.substr(0, eq);
         std::string_view value = option.substr(eq + 1);
         if (key == "priority") {
-            if (spec.priority) return std::unexpected(fmt::format("--swap '{}': priority given twice", text));
+            if (spec.priority) return cli_error(CliErrc::bad_swap_spec, "parsing --swap", fmt::format("--swap '{}': priority given twice", text));
             int prio = -1;
             auto [ptr, ec] = std::from_chars(value.data(), value.data() + value.size(), prio);
             if (ec != std::errc() || ptr != value.data() + value.size() || prio < 0 || prio > 32767) {
-                return std::unexpected(
+                return cli_error(CliErrc::bad_swap_spec, "parsing --swap",
                     fmt::format("--swap '{}': priority '{}' is not an integer in 0..32767", text, value));
             }
             spec.priority = prio;
         } else if (key == "size") {
-            if (spec.size) return std::unexpected(fmt::format("--swap '{}': size given twice", text));
+            if (spec.size) return cli_error(CliErrc::bad_swap_spec, "parsing --swap", fmt::format("--swap '{}': size given twice", text));
             auto size = parse_size_aligned(value, 4096, "4 KiB");
-            if (!size) return std::unexpected(fmt::format("--swap '{}': {}", text, size.error()));
+            if (!size) return std::unexpected(std::move(size.error()).with_context(fmt::format("--swap '{}'", text)));
             spec.size = *size;
         } else {
-            return std::unexpected(
+            return cli_error(CliErrc::bad_swap_spec, "parsing --swap",
                 fmt::format("--swap '{}': unknown option '{}' (accepted: priority=N, size=SIZE)", text, key));
         }
     }
     return spec;
 }
 
-Parsed<std::string> parse_vm_name(std::string_view text) {
+Result<std::string> parse_vm_name(std::string_view text) {
     if (text.empty() || text.size() > 64) {
-        return std::unexpected(fmt::format("VM name '{}' must be 1 to 64 characters", text));
+        return cli_error(CliErrc::bad_vm_name, "parsing a VM name", fmt::format("VM name '{}' must be 1 to 64 characters", text));
     }
     if (text[0] == '.' || text[0] == '-') {
-        return std::unexpected(fmt::format("VM name '{}' must not start with '.' or '-'", text));
+        return cli_error(CliErrc::bad_vm_name, "parsing a VM name", fmt::format("VM name '{}' must not start with '.' or '-'", text));
     }
     for (char c : text) {
         if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') {
-            return std::unexpected(fmt::format("VM name '{}' may only contain letters, digits, '.', '_' and '-'", text));
+            return cli_error(CliErrc::bad_vm_name, "parsing a VM name", fmt::format("VM name '{}' may only contain letters, digits, '.', '_' and '-'", text));
         }
     }
     return std::string(text);
 }
 
-Parsed<VmSpec> parse_vm_spec(std::string_view text) {
+Result<VmSpec> parse_vm_spec(std::string_view text) {
     VmSpec spec;
     spec.name.clear();
     bool have_memory = false, have_vcpus = false, have_limit = false;
@@ -92,53 +122,53 @@ Parsed<VmSpec> parse_vm_spec(std::string_view text) {
         std::size_t comma = rest.find(',');
         std::string_view option = rest.substr(0, comma);
         rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
-        if (option.empty()) return std::unexpected(fmt::format("--vm '{}': empty option", text));
+        if (option.empty()) return cli_error(CliErrc::bad_vm_spec, "parsing --vm", fmt::format("--vm '{}': empty option", text));
         if (option == "balloon") {
             spec.balloon = true;
             continue;
         }
         std::size_t eq = option.find('=');
         if (eq == std::string_view::npos || eq + 1 == option.size())
-            return std::unexpected(fmt::format("--vm '{}': option '{}' needs a value", text, option));
+            return cli_error(CliErrc::bad_vm_spec, "parsing --vm", fmt::format("--vm '{}': option '{}' needs a value", text, option));
         std::string_view key = option.substr(0, eq);
         std::string_view value = option.substr(eq + 1);
         if (key == "name") {
-            if (!spec.name.empty()) return std::unexpected(fmt::format("--vm '{}': name given twice", text));
+            if (!spec.name.empty()) return cli_error(CliErrc::bad_vm_spec, "parsing --vm", fmt::format("--vm '{}': name given twice", text));
             auto name = parse_vm_name(value);
-            if (!name) return std::unexpected(fmt::format("--vm '{}': {}", text, name.error()));
+            if (!name) return std::unexpected(std::move(name.error()).with_context(fmt::format("--vm '{}'", text)));
             spec.name = *name;
         } else if (key == "kernel") {
-            if (!spec.kernel.empty()) return std::unexpected(fmt::format("--vm '{}': kernel given twice", text));
+            if (!spec.kernel.empty()) return cli_error(CliErrc::bad_vm_spec, "parsing --vm", fmt::format("--vm '{}': kernel given twice", text));
             spec.kernel = std::filesystem::path(std::string(value));
         } else if (key == "memory") {
-            if (have_memory) return std::unexpected(fmt::format("--vm '{}': memory given twice", text));
+            if (have_memory) return cli_error(CliErrc::bad_vm_spec, "parsing --vm", fmt::format("--vm '{}': memory given twice", text));
             auto size = parse_size_aligned(value, kGuestMemoryAlign, "2 MiB");
-            if (!size) return std::unexpected(fmt::format("--vm '{}': memory: {}", text, size.error()));
+            if (!size) return std::unexpected(std::move(size.error()).with_context(fmt::format("--vm '{}': memory", text)));
             spec.memory_bytes = *size;
             have_memory = true;
         } else if (key == "resident-limit") {
-            if (have_limit) return std::unexpected(fmt::format("--vm '{}': resident-limit given twice", text));
+            if (have_limit) return cli_error(CliErrc::bad_vm_spec, "parsing --vm", fmt::format("--vm '{}': resident-limit given twice", text));
             auto size = parse_size_aligned(value, 4096, "4 KiB");
-            if (!size) return std::unexpected(fmt::format("--vm '{}': resident-limit: {}", text, size.error()));
+            if (!size) return std::unexpected(std::move(size.error()).with_context(fmt::format("--vm '{}': resident-limit", text)));
             spec.resident_limit = *size;
             have_limit = true;
         } else if (key == "vcpus") {
-            if (have_vcpus) return std::unexpected(fmt::format("--vm '{}': vcpus given twice", text));
+            if (have_vcpus) return cli_error(CliErrc::bad_vm_spec, "parsing --vm", fmt::format("--vm '{}': vcpus given twice", text));
             unsigned n = 0;
             auto [ptr, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
             if (ec != std::errc() || ptr != value.data() + value.size() || n == 0 || n > kMaxVcpus)
-                return std::unexpected(fmt::format("--vm '{}': vcpus '{}' is not in 1..{}", text, value, kMaxVcpus));
+                return cli_error(CliErrc::bad_vm_spec, "parsing --vm", fmt::format("--vm '{}': vcpus '{}' is not in 1..{}", text, value, kMaxVcpus));
             spec.vcpus = n;
             have_vcpus = true;
         } else {
-            return std::unexpected(fmt::format(
+            return cli_error(CliErrc::bad_vm_spec, "parsing --vm", fmt::format(
                 "--vm '{}': unknown option '{}' (accepted: name, kernel, memory, vcpus, resident-limit, balloon, "
                 "cmdline)",
                 text, key));
         }
     }
-    if (spec.name.empty()) return std::unexpected(fmt::format("--vm '{}': name= is required", text));
-    if (spec.kernel.empty()) return std::unexpected(fmt::format("--vm '{}': kernel= is required", text));
+    if (spec.name.empty()) return cli_error(CliErrc::bad_vm_spec, "parsing --vm", fmt::format("--vm '{}': name= is required", text));
+    if (spec.kernel.empty()) return cli_error(CliErrc::bad_vm_spec, "parsing --vm", fmt::format("--vm '{}': kernel= is required", text));
     return spec;
 }
 
