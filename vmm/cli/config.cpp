@@ -8,33 +8,32 @@
 
 #include <fmt/format.h>
 
+#include "vmm/error_category.hpp"
+
 #include "vmm/control/protocol.hpp"
 
 namespace swapvisor::vmm::cli {
 namespace {
-
 
 // The parsers' errors: `what` (the value given and why it was refused) is the context.
 std::unexpected<Error> cli_error(CliErrc code, const char* op, std::string what) {
     return make_error(code, op, std::move(what));
 }
 
+std::string describe(CliErrc e) {
+    switch (e) {
+        case CliErrc::bad_size: return "invalid size";
+        case CliErrc::bad_swap_spec: return "invalid --swap value";
+        case CliErrc::bad_vm_name: return "invalid VM name";
+        case CliErrc::bad_vm_spec: return "invalid --vm value";
+    }
+    return "unknown command-line error";
+}
+
 }  // namespace
 
 const std::error_category& cli_category() {
-    struct Category final : std::error_category {
-        const char* name() const noexcept override { return "cli"; }
-        std::string message(int c) const override {
-            switch (static_cast<CliErrc>(c)) {
-                case CliErrc::bad_size: return "invalid size";
-                case CliErrc::bad_swap_spec: return "invalid --swap value";
-                case CliErrc::bad_vm_name: return "invalid VM name";
-                case CliErrc::bad_vm_spec: return "invalid --vm value";
-            }
-            return "unknown command-line error";
-        }
-    };
-    static const Category category;
+    static const EnumCategory<CliErrc> category("cli", describe);
     return category;
 }
 

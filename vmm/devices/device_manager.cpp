@@ -7,23 +7,26 @@
 #include <fmt/format.h>
 
 #include "vmm/devices/debug_exit.hpp"
+#include "vmm/error_category.hpp"
 
 namespace swapvisor::vmm::devices {
 
+namespace {
+
+std::string describe(DeviceErrc e) {
+    switch (e) {
+        case DeviceErrc::no_virtio_slot:
+            return fmt::format("no free virtio-mmio slot (at most {} virtio devices, GSIs {}..{})",
+                               kMaxVirtioDevices, kFirstVirtioGsi, kLastVirtioGsi);
+        case DeviceErrc::duplicate_name: return "a device of that name already exists in this VM";
+    }
+    return "unknown device error";
+}
+
+}  // namespace
+
 const std::error_category& device_category() {
-    struct Category final : std::error_category {
-        const char* name() const noexcept override { return "devices"; }
-        std::string message(int c) const override {
-            switch (static_cast<DeviceErrc>(c)) {
-                case DeviceErrc::no_virtio_slot:
-                    return fmt::format("no free virtio-mmio slot (at most {} virtio devices, GSIs {}..{})",
-                                       kMaxVirtioDevices, kFirstVirtioGsi, kLastVirtioGsi);
-                case DeviceErrc::duplicate_name: return "a device of that name already exists in this VM";
-            }
-            return "unknown device error";
-        }
-    };
-    static const Category category;
+    static const EnumCategory<DeviceErrc> category("devices", describe);
     return category;
 }
 

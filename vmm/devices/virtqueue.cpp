@@ -5,28 +5,33 @@
 #include <atomic>
 #include <bit>
 #include <span>
+#include <string>
+
+#include "vmm/error_category.hpp"
 
 namespace swapvisor::vmm::devices {
 
 using guestmem::Gpa;
 
+namespace {
+
+std::string describe(VirtioErrc e) {
+    switch (e) {
+        case VirtioErrc::bad_queue_size: return "queue size zero, not a power of two or above the maximum";
+        case VirtioErrc::bad_ring_address: return "ring misaligned or not inside guest RAM";
+        case VirtioErrc::bad_avail_index: return "available index more than the queue size ahead";
+        case VirtioErrc::bad_descriptor_index: return "descriptor index outside the table";
+        case VirtioErrc::descriptor_loop: return "descriptor chain longer than the queue (a loop)";
+        case VirtioErrc::indirect_descriptor: return "indirect descriptor without VIRTIO_F_INDIRECT_DESC";
+        case VirtioErrc::readable_after_writable: return "device-readable descriptor after a writable one";
+    }
+    return "unknown virtio error";
+}
+
+}  // namespace
+
 const std::error_category& virtio_category() {
-    struct Category final : std::error_category {
-        const char* name() const noexcept override { return "virtio"; }
-        std::string message(int c) const override {
-            switch (static_cast<VirtioErrc>(c)) {
-                case VirtioErrc::bad_queue_size: return "queue size zero, not a power of two or above the maximum";
-                case VirtioErrc::bad_ring_address: return "ring misaligned or not inside guest RAM";
-                case VirtioErrc::bad_avail_index: return "available index more than the queue size ahead";
-                case VirtioErrc::bad_descriptor_index: return "descriptor index outside the table";
-                case VirtioErrc::descriptor_loop: return "descriptor chain longer than the queue (a loop)";
-                case VirtioErrc::indirect_descriptor: return "indirect descriptor without VIRTIO_F_INDIRECT_DESC";
-                case VirtioErrc::readable_after_writable: return "device-readable descriptor after a writable one";
-            }
-            return "unknown virtio error";
-        }
-    };
-    static const Category category;
+    static const EnumCategory<VirtioErrc> category("virtio", describe);
     return category;
 }
 
