@@ -125,14 +125,16 @@ void VirtioMmio::write_register(std::uint64_t offset, std::uint32_t value) {
     auto set_half = [](std::uint64_t old, std::uint32_t v, Half half) {
         return half == Half::high ? (old & 0xffff'ffffULL) | (std::uint64_t{v} << 32) : (old & ~0xffff'ffffULL) | v;
     };
-    auto half_of = [](bool is_high) { return is_high ? Half::high : Half::low; };
+    auto half_at = [](std::uint64_t offset, std::uint64_t high_offset) {
+        return offset == high_offset ? Half::high : Half::low;
+    };
     switch (offset) {
         case r::kDeviceFeaturesSel: device_features_sel_ = value; return;
         case r::kDriverFeaturesSel: driver_features_sel_ = value; return;
         case r::kDriverFeatures:
             // Only between DRIVER and FEATURES_OK (virtio 1.2, 3.1.1).
             if (!(status_ & kStatusDriver) || (status_ & kStatusFeaturesOk) || driver_features_sel_ > 1) return;
-            driver_features_ = set_half(driver_features_, value, half_of(driver_features_sel_ == 1));
+            driver_features_ = set_half(driver_features_, value, half_at(driver_features_sel_, 1));
             return;
         case r::kQueueSel: queue_sel_ = value; return;
         case r::kQueueNum:
@@ -141,15 +143,15 @@ void VirtioMmio::write_register(std::uint64_t offset, std::uint32_t value) {
             return;
         case r::kQueueDescLow:
         case r::kQueueDescHigh:
-            if (queue_writable) q->set_desc_addr(set_half(q->desc_addr(), value, half_of(offset == r::kQueueDescHigh)));
+            if (queue_writable) q->set_desc_addr(set_half(q->desc_addr(), value, half_at(offset, r::kQueueDescHigh)));
             return;
         case r::kQueueDriverLow:
         case r::kQueueDriverHigh:
-            if (queue_writable) q->set_driver_addr(set_half(q->driver_addr(), value, half_of(offset == r::kQueueDriverHigh)));
+            if (queue_writable) q->set_driver_addr(set_half(q->driver_addr(), value, half_at(offset, r::kQueueDriverHigh)));
             return;
         case r::kQueueDeviceLow:
         case r::kQueueDeviceHigh:
-            if (queue_writable) q->set_device_addr(set_half(q->device_addr(), value, half_of(offset == r::kQueueDeviceHigh)));
+            if (queue_writable) q->set_device_addr(set_half(q->device_addr(), value, half_at(offset, r::kQueueDeviceHigh)));
             return;
         case r::kQueueReady:
             if (!q || !(status_ & kStatusFeaturesOk) || (status_ & kStatusNeedsReset)) return;
