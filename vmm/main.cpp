@@ -8,7 +8,6 @@
 
 #include <cstdio>
 #include <fstream>
-#include <map>
 #include <optional>
 #include <thread>
 #include <string>
@@ -27,8 +26,8 @@
 #include "vmm/control/control_server.hpp"
 #include "vmm/control/ctl.hpp"
 #include "vmm/control/stats_json.hpp"
+#include "vmm/devices/device_manager.hpp"
 #include "vmm/devices/virtio_balloon.hpp"
-#include "vmm/devices/virtio_mmio.hpp"
 #include "vmm/kvm/kvm.hpp"
 #include "vmm/loader/elf.hpp"
 #include "vmm/loader/loader.hpp"
@@ -52,25 +51,15 @@ void setup_logging() {
     spdlog::cfg::load_env_levels();
 }
 
-// --balloon: the virtio-balloon takes the first virtio-mmio window; its interrupt
-// line is ISA IRQ 5 (DESIGN.md section 6, vmm/devices/README.md).
-constexpr std::uint32_t kBalloonGsi = 5;
-
-// The same document the control socket's `status`/`stats` replies carry, plus each
-// VM's end and balloon counters: one shape for scripts, live or after the fact.
+// The same document the control socket's `status`/`stats` replies carry (device
+// counters included), plus how each VM ended: one shape for scripts, live or after
+// the fact.
 void write_stats_json(const std::filesystem::path& path, swv::guestmem::HostMemory& host,
-                      const std::vector<std::pair<std::string, VmEnd>>& ends,
-                      const std::map<std::string, devices::BalloonStats>& balloons) {
-    nlohmann::json j = control::stats_json(host, control::StatsDetail::full);
+                      const control::DeviceStats& devices, const std::vector<std::pair<std::string, VmEnd>>& ends) {
+    nlohmann::json j = control::stats_json(host, devices, control::StatsDetail::full);
     for (auto& vm : j["vms"]) {
         for (const auto& [name, end] : ends)
             if (vm["name"] == name) vm["exit_code"] = end.exit_code;
-        auto b = balloons.find(vm["name"].get<std::string>());
-        if (b == balloons.end()) continue;
-        vm["balloon"] = {{"reported_pages", b->second.reported_pages}, {"reported_ranges", b->second.reported_ranges},
-                         {"refused_ranges", b->second.refused_ranges}, {"inflated_pages", b->second.inflated_pages},
-                         {"deflated_pages", b->second.deflated_pages}, {"discard_errors", b->second.discard_errors},
-                         {"target_pages", b->second.target_pages},     {"actual_pages", b->second.actual_pages}};
     }
     std::ofstream out(path);
     out << j.dump(2) << "\n";
@@ -91,12 +80,13 @@ int exit_status(const VmEnd& end) {
 
 }  // namespace
 
-// One guest: its memory (owned by HostMemory), its KVM VM, and how it ended.
+// One guest: its memory (owned by HostMemory), its KVM VM and the devices on its
+// buses, and how it ended.
 struct Guest {
     cli::VmSpec spec;
     swv::guestmem::GuestMemory* memory = nullptr;
     std::unique_ptr<Vm> vm;
-    std::shared_ptr<devices::VirtioBalloon> balloon;  // --balloon; the MMIO bus owns its transport
+    std::unique_ptr<devices::DeviceManager> devices;  // refers to vm's buses: destroyed first
     VmEnd end{};
 };
 
@@ -112,6 +102,9 @@ int main(int argc, char** argv) {
     }
     if (const auto* ctl = std::get_if<control::CtlOptions>(&outcome)) return control::run_ctl(*ctl);
     const cli::RunConfig& config = std::get<cli::RunConfig>(outcome);
+    // Device counters of every VM, filled by each VM's DeviceManager (step 5); read by
+    // the control socket and --stats-json. Declared before the guests that refer to it.
+    control::DeviceStats device_stats;
     std::vector<Guest> guests;
     for (const cli::VmSpec& spec : config.all_vms()) guests.push_back(Guest{spec});
 
@@ -119,7 +112,7 @@ int main(int argc, char** argv) {
     std::vector<loader::ElfImage> images;
     for (const Guest& g : guests) {
         auto image = loader::read_elf(g.spec.kernel);
-        if (!image) return fail(image.error().message);
+        if (!image) return fail(image.error().message());
         images.push_back(std::move(*image));
     }
 
@@ -156,30 +149,33 @@ int main(int argc, char** argv) {
             return fail(fmt::format("{}: {} vCPUs asked, this host's KVM allows at most {}", g.spec.name,
                                     g.spec.vcpus, kvm->max_vcpus()));
         }
-        auto vm = Vm::create(*kvm, VmSpec{g.spec.vcpus, g.memory->regions()},
-                             guests.size() > 1 ? devices::SerialSink::borrowed(STDOUT_FILENO).with_prefix(
-                                                     "[" + g.spec.name + "] ")
-                                               : devices::SerialSink::borrowed(STDOUT_FILENO));
+        auto vm = Vm::create(*kvm, VmSpec{g.spec.vcpus, g.memory->regions()});
         if (!vm) return fail(fmt::format("creating VM {}: {}", g.spec.name, vm.error().message()));
         g.vm = std::move(*vm);
-        // --balloon: virtio-balloon with free page reporting in the first virtio-mmio
-        // window, announced on the guest command line in Linux's form. No interrupt
-        // line yet: the example guests poll the used ring (vmm/devices/README.md).
+        // COM1 + debug exit, then each virtio device in its own window with its own
+        // interrupt line (vmm/devices/device_manager.hpp), announced on the guest
+        // command line.
+        g.devices = std::make_unique<devices::DeviceManager>(
+            g.vm->pio(), g.vm->mmio(), [vm = g.vm.get()](std::uint32_t gsi) { return vm->irq_line(gsi); },
+            device_stats, g.spec.name);
+        auto serial = guests.size() > 1
+                          ? devices::SerialSink::borrowed(STDOUT_FILENO).with_prefix("[" + g.spec.name + "] ")
+                          : devices::SerialSink::borrowed(STDOUT_FILENO);
+        if (auto r = g.devices->add_legacy(std::move(serial)); !r)
+            return fail(fmt::format("{}: {}", g.spec.name, r.error().message()));
         if (g.spec.balloon) {
-            g.balloon = std::make_shared<devices::VirtioBalloon>(*g.memory);
-            auto transport = std::make_shared<devices::VirtioMmio>(*g.memory, g.balloon, g.vm->irq_line(kBalloonGsi));
-            if (auto r = g.vm->mmio().insert(devices::kVirtioMmioBase, devices::kVirtioMmioSize, transport); !r)
-                return fail(fmt::format("{}: virtio-balloon window: {}", g.spec.name, r.error().message()));
-            g.spec.cmdline += fmt::format("{}virtio_mmio.device=4K@{:#x}:{}", g.spec.cmdline.empty() ? "" : " ",
-                                          devices::kVirtioMmioBase, kBalloonGsi);
+            auto balloon = std::make_shared<devices::VirtioBalloon>(*g.memory);
+            if (auto r = g.devices->add_virtio("balloon", *g.memory, balloon); !r)
+                return fail(fmt::format("{}: {}", g.spec.name, r.error().message()));
         }
+        g.spec.cmdline = g.devices->append_cmdline(g.spec.cmdline);
     }
 
     // 6. Load each kernel and its PVH boot data; put each BSP at its entry.
     for (std::size_t i = 0; i < guests.size(); ++i) {
         Guest& g = guests[i];
         auto boot = loader::load_kernel(*g.memory, images[i], g.spec.cmdline);
-        if (!boot) return fail(boot.error().message);
+        if (!boot) return fail(boot.error().message());
         if (auto r = g.vm->set_boot_entry(boot->entry, boot->start_info_gpa); !r)
             return fail(fmt::format("{}: setting the PVH entry state: {}", g.spec.name, r.error().message()));
     }
@@ -187,7 +183,7 @@ int main(int argc, char** argv) {
     // 7. The control socket: live swapon/swapoff/set-limit while the VMs run.
     std::optional<control::ControlServer> server;
     if (config.control_socket) {
-        server.emplace(host, control::ControlServerConfig{.socket_path = *config.control_socket});
+        server.emplace(host, device_stats, control::ControlServerConfig{.socket_path = *config.control_socket});
         if (auto r = server->start(); !r)
             return fail(fmt::format("--control {}: {}", config.control_socket->string(), r.error().message()));
     }
@@ -200,16 +196,14 @@ int main(int argc, char** argv) {
     std::vector<std::thread> runners;
     for (Guest& g : guests) runners.emplace_back([&g] { g.end = g.vm->run(); });
     for (std::thread& t : runners) t.join();
+    for (Guest& g : guests) g.devices->flush_serial();
     for (Guest& g : guests) g.memory->stop();
     if (server) server->stop();
 
     // 9. Report: the first VM that did not end with 0 decides the exit status.
     std::vector<std::pair<std::string, VmEnd>> ends;
     for (const Guest& g : guests) ends.emplace_back(g.spec.name, g.end);
-    std::map<std::string, devices::BalloonStats> balloons;
-    for (const Guest& g : guests)
-        if (g.balloon) balloons.emplace(g.spec.name, g.balloon->stats());
-    if (config.stats_json) write_stats_json(*config.stats_json, host, ends, balloons);
+    if (config.stats_json) write_stats_json(*config.stats_json, host, device_stats, ends);
     int status = 0;
     for (const Guest& g : guests) {
         int s = exit_status(g.end);

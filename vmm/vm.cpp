@@ -14,7 +14,6 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "vmm/devices/debug_exit.hpp"
 
 namespace swapvisor::vmm {
 namespace {
@@ -82,7 +81,7 @@ Vm::~Vm() {
     for (std::thread& t : threads_) SWV_ASSERT(!t.joinable(), "Vm destroyed with a running vCPU thread");
 }
 
-Result<std::unique_ptr<Vm>> Vm::create(const kvm::Kvm& kvm, const VmSpec& spec, devices::SerialSink serial) {
+Result<std::unique_ptr<Vm>> Vm::create(const kvm::Kvm& kvm, const VmSpec& spec) {
     if (spec.vcpus == 0 || spec.vcpus > kvm.max_vcpus()) return errno_error("Vm::create (vCPU count)", EINVAL);
     kvm::KvmVm kvm_vm = SWV_TRY(kvm.create_vm());
     for (const guestmem::RegionView& r : spec.regions) SWV_TRY(kvm_vm.add_memory_region(r.base, r.size, r.guest_view));
@@ -92,9 +91,6 @@ Result<std::unique_ptr<Vm>> Vm::create(const kvm::Kvm& kvm, const VmSpec& spec, 
         SWV_TRY(vcpu.set_cpuid(kvm.supported_cpuid()));
         vm->vcpus_.push_back(std::move(vcpu));
     }
-    vm->serial_ = std::make_shared<devices::Serial16550>(std::move(serial));
-    SWV_TRY(vm->pio_.insert(devices::kCom1Base, devices::kCom1Len, vm->serial_));
-    SWV_TRY(vm->pio_.insert(devices::kDebugExitPort, 1, std::make_shared<devices::DebugExit>()));
     return vm;
 }
 
@@ -127,7 +123,6 @@ VmEnd Vm::run() {
     }
     gate.count_down();
     for (std::thread& t : threads_) t.join();
-    serial_->flush();
     std::lock_guard lock(end_mutex_);
     SWV_ASSERT(end_.has_value(), "all vCPU threads returned without a recorded VM end");
     return *end_;

@@ -1,6 +1,6 @@
 // Vm: one running guest: the KVM VM with its memslots, N vCPUs each driven by its own
-// thread, and the port-I/O and MMIO buses with the standard devices (COM1 serial,
-// debug exit). Guest memory is owned by guestmem; the Vm only registers its regions
+// thread, and the port-I/O and MMIO buses. The devices on the buses (COM1, debug
+// exit, virtio) are put there by a devices::DeviceManager before run(). Guest memory is owned by guestmem; the Vm only registers its regions
 // as memslots, so it must be destroyed before that memory (main.cpp).
 //
 // Threads (vmm/README.md#threads): run() starts one thread per vCPU and blocks until
@@ -26,7 +26,6 @@
 #include "guestmem/guest_memory.hpp"
 #include "io/result.hpp"
 #include "vmm/devices/bus.hpp"
-#include "vmm/devices/serial.hpp"
 #include "vmm/devices/virtio_mmio.hpp"
 #include "vmm/kvm/kvm.hpp"
 #include "vmm/kvm/kvm_vm.hpp"
@@ -71,8 +70,8 @@ struct VmSpec {
 
 class Vm {
 public:
-    // Create the VM, its memslots, vCPUs (with CPUID) and the standard devices.
-    static Result<std::unique_ptr<Vm>> create(const kvm::Kvm& kvm, const VmSpec& spec, devices::SerialSink serial);
+    // Create the VM, its memslots and vCPUs (with CPUID); the buses start empty.
+    static Result<std::unique_ptr<Vm>> create(const kvm::Kvm& kvm, const VmSpec& spec);
     ~Vm();
     Vm(const Vm&) = delete;
     Vm& operator=(const Vm&) = delete;
@@ -106,7 +105,6 @@ private:
     std::vector<kvm::Vcpu> vcpus_;  // closed before vm_ (declared after it)
     devices::Bus pio_{"port I/O"};
     devices::Bus mmio_{"MMIO"};
-    std::shared_ptr<devices::Serial16550> serial_;
 
     std::atomic<bool> stopping_{false};
     // Protects: end_; Order: leaf.

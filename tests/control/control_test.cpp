@@ -176,7 +176,7 @@ protected:
 
     void start_server(ControlServerConfig config = {}) {
         config.socket_path = socket_;
-        server_ = std::make_unique<ControlServer>(*host_, config);
+        server_ = std::make_unique<ControlServer>(*host_, devices_, config);
         auto started = server_->start();
         ASSERT_TRUE(started.has_value()) << started.error().message();
     }
@@ -223,6 +223,7 @@ protected:
     std::unique_ptr<swap::SwapPool> pool_;
     std::unique_ptr<guestmem::HostMemory> host_;
     guestmem::GuestMemory* vm_ = nullptr;
+    DeviceStats devices_;  // the registry the server reads device counters from
     std::unique_ptr<ControlServer> server_;
 };
 
@@ -245,7 +246,7 @@ TEST_F(ControlTest, SocketIsMode0600AndRemovedOnStop) {
 TEST_F(ControlTest, RefusesNonSocketAndLiveServerButReplacesStaleSocket) {
     {
         std::ofstream(socket_) << "not a socket";
-        ControlServer s(*host_, ControlServerConfig{.socket_path = socket_});
+        ControlServer s(*host_, devices_, ControlServerConfig{.socket_path = socket_});
         auto r = s.start();
         ASSERT_FALSE(r.has_value());
         EXPECT_TRUE(r.error().is(std::errc::file_exists)) << r.error().message();
@@ -265,7 +266,7 @@ TEST_F(ControlTest, RefusesNonSocketAndLiveServerButReplacesStaleSocket) {
     Client c = connect();
     EXPECT_EQ(c.call({{"id", 1}, {"cmd", "status"}})["ok"], true);
 
-    ControlServer second(*host_, ControlServerConfig{.socket_path = socket_});
+    ControlServer second(*host_, devices_, ControlServerConfig{.socket_path = socket_});
     auto r = second.start();
     ASSERT_FALSE(r.has_value());
     EXPECT_TRUE(r.error().is(std::errc::address_in_use)) << r.error().message();
@@ -313,10 +314,36 @@ TEST_F(ControlTest, StatusAndStatsShape) {
     }
     EXPECT_TRUE(full["host"].contains("allocated_vslots"));
     // The one function behind status / stats / --stats-json.
-    json direct = stats_json(*host_);
+    json direct = stats_json(*host_, devices_);
     EXPECT_EQ(direct["vms"][0]["name"], "vm0");
     EXPECT_EQ(direct["swap"].size(), 1u);
     EXPECT_TRUE(direct["vms"][0].contains("lost_pages"));
+}
+
+// Device counters registered for a VM (as the device manager registers the
+// balloon's) appear under the device's name in status, stats and stats_json alike,
+// read at request time.
+TEST_F(ControlTest, StatusAndStatsCarryRegisteredDeviceCounters) {
+    std::atomic<std::uint64_t> reported{7};
+    ASSERT_TRUE(devices_.add("vm0", "balloon", [&reported] {
+        return Counters{{"reported_pages", reported.load()}, {"refused_ranges", 2}};
+    }).has_value());
+    ASSERT_TRUE(devices_.add("other-vm", "balloon", [] { return Counters{{"reported_pages", 99}}; }).has_value());
+    EXPECT_FALSE(devices_.add("vm0", "balloon", [] { return Counters{}; }).has_value()) << "a second vm0 balloon";
+    start_server();
+    Client c = connect();
+    for (const char* cmd : {"status", "stats"}) {
+        json r = c.call({{"id", 1}, {"cmd", cmd}});
+        ASSERT_EQ(r["ok"], true) << r.dump();
+        ASSERT_TRUE(r["vms"][0].contains("balloon")) << cmd << ": " << r.dump();
+        EXPECT_EQ(r["vms"][0]["balloon"]["reported_pages"], 7u) << cmd;
+        EXPECT_EQ(r["vms"][0]["balloon"]["refused_ranges"], 2u) << cmd;
+    }
+    reported = 12;
+    json again = c.call({{"id", 2}, {"cmd", "stats"}});
+    EXPECT_EQ(again["vms"][0]["balloon"]["reported_pages"], 12u) << "read at request time";
+    json direct = stats_json(*host_, devices_, StatsDetail::summary);
+    EXPECT_EQ(direct["vms"][0]["balloon"]["reported_pages"], 12u);
 }
 
 TEST_F(ControlTest, SwaponSwapoffRoundTripWithProgress) {

@@ -125,6 +125,35 @@ TEST_F(PrivilegedBootTest, MemtouchUnderOvercommitWithSwapAndStats) {
     fs::remove(stats);
 }
 
+// --balloon goes through the device manager: the guest's command line names the
+// first virtio-mmio window and GSI 5, and --stats-json carries the balloon's
+// counters (the same registry the control socket's status / stats read) for the VM
+// that has one and only for it.
+TEST_F(PrivilegedBootTest, BalloonIsAnnouncedAndItsCountersReachStatsJson) {
+    fs::path stats = fs::temp_directory_path() / ("swv_boot_balloon_" + std::to_string(::getpid()) + ".json");
+    const std::string hello = example("hello.elf").string();
+    ProcessResult r = run_swapvisor("run --kernel " + hello + " --cmdline 'hi' --balloon --name withb --vm name=nob,kernel=" +
+                                    hello + " --stats-json " + stats.string());
+    EXPECT_EQ(r.status, 0) << r.err;
+    EXPECT_NE(r.out.find("hi virtio_mmio.device=4K@0xd0000000:5"), std::string::npos)
+        << "guest command line without the balloon's entry:\n" << r.out;
+    std::ifstream in(stats);
+    nlohmann::json s = nlohmann::json::parse(in, nullptr, false);
+    ASSERT_TRUE(s.is_object()) << "no stats JSON at " << stats;
+    ASSERT_EQ(s["vms"].size(), 2u) << s.dump();
+    for (const nlohmann::json& vm : s["vms"]) {
+        if (vm["name"] == "withb") {
+            ASSERT_TRUE(vm.contains("balloon")) << s.dump();
+            for (const char* key : {"reported_pages", "reported_ranges", "refused_ranges", "inflated_pages",
+                                    "deflated_pages", "discard_errors", "target_pages", "actual_pages"})
+                EXPECT_TRUE(vm["balloon"].contains(key)) << key << ": " << s.dump();
+        } else {
+            EXPECT_FALSE(vm.contains("balloon")) << "a balloon counted for a VM without one: " << s.dump();
+        }
+    }
+    fs::remove(stats);
+}
+
 TEST_F(PrivilegedBootTest, MissingKernelNamesThePath) {
     ProcessResult r = run_swapvisor("run --kernel /nonexistent/swv/kernel.elf");
     EXPECT_NE(r.status, 0);

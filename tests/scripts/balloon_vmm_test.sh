@@ -6,7 +6,7 @@
 # refused bogus ranges, guestmem's discarded_pages).
 #
 # Exit 77 (ctest: skipped) only when /dev/kvm is absent, or when this swapvisor
-# says --balloon is not wired yet (vmm/main.cpp); both print why.
+# says --balloon is not wired (an old build); both print why.
 # Needs the targets `swapvisor` and `balloon` built.
 set -u
 

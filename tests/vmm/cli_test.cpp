@@ -20,8 +20,8 @@ TEST(CliSizeTest, AcceptedForms) {
 }
 
 TEST(CliSizeTest, Rejections) {
-    auto has = [](const Parsed<std::uint64_t>& r, const char* fragment) {
-        return !r.has_value() && r.error().find(fragment) != std::string::npos;
+    auto has = [](const Result<std::uint64_t>& r, const char* fragment) {
+        return !r.has_value() && r.error().message().find(fragment) != std::string::npos;
     };
     EXPECT_TRUE(has(parse_size(""), "empty"));
     EXPECT_TRUE(has(parse_size("M"), "not a size"));
@@ -37,10 +37,10 @@ TEST(CliSizeTest, Aligned) {
     EXPECT_EQ(parse_size_aligned("4M", 2ULL << 20, "2 MiB").value(), 4ULL << 20);
     auto zero = parse_size_aligned("0", 2ULL << 20, "2 MiB");
     ASSERT_FALSE(zero.has_value());
-    EXPECT_NE(zero.error().find("zero"), std::string::npos);
+    EXPECT_NE(zero.error().message().find("zero"), std::string::npos);
     auto odd = parse_size_aligned("3M", 2ULL << 20, "2 MiB");
     ASSERT_FALSE(odd.has_value());
-    EXPECT_NE(odd.error().find("not a multiple of 2 MiB"), std::string::npos) << odd.error();
+    EXPECT_NE(odd.error().message().find("not a multiple of 2 MiB"), std::string::npos) << odd.error().message();
 }
 
 TEST(CliSwapSpecTest, Forms) {
@@ -53,7 +53,7 @@ TEST(CliSwapSpecTest, StrictSubOptions) {
     auto rejects = [](const char* spec, const char* fragment) {
         auto r = parse_swap_spec(spec);
         ASSERT_FALSE(r.has_value()) << spec;
-        EXPECT_NE(r.error().find(fragment), std::string::npos) << r.error();
+        EXPECT_NE(r.error().message().find(fragment), std::string::npos) << r.error().message();
     };
     rejects("", "path is empty");
     rejects(",priority=1", "path is empty");
@@ -186,6 +186,26 @@ TEST(CliParseTest, SeveralVmsShareOneProcess) {
     auto only = parse_command_line({"run", "--vm", "name=c,kernel=c.elf"});
     ASSERT_TRUE(std::holds_alternative<RunConfig>(only));
     EXPECT_EQ(std::get<RunConfig>(only).all_vms().size(), 1u);
+}
+
+// The parsers' errors are Results in the project's error model: the code names the
+// kind of value refused, and an inner error (a bad size inside --swap or --vm) goes
+// up with its own code and the outer value added to its context.
+TEST(CliErrorModel, CodesAndContext) {
+    auto size = parse_size("12X");
+    ASSERT_FALSE(size.has_value());
+    EXPECT_EQ(size.error().code, make_error_code(CliErrc::bad_size));
+    auto swap = parse_swap_spec("a.img,priority=1,priority=2");
+    ASSERT_FALSE(swap.has_value());
+    EXPECT_EQ(swap.error().code, make_error_code(CliErrc::bad_swap_spec));
+    auto nested = parse_swap_spec("a.img,size=12X");
+    ASSERT_FALSE(nested.has_value());
+    EXPECT_EQ(nested.error().code, make_error_code(CliErrc::bad_size)) << nested.error().message();
+    EXPECT_NE(nested.error().message().find("--swap 'a.img,size=12X'"), std::string::npos) << nested.error().message();
+    EXPECT_NE(nested.error().message().find("unknown suffix 'X'"), std::string::npos) << nested.error().message();
+    auto name = parse_vm_spec("name=-x,kernel=k.elf");
+    ASSERT_FALSE(name.has_value());
+    EXPECT_EQ(name.error().code, make_error_code(CliErrc::bad_vm_name)) << name.error().message();
 }
 
 }  // namespace

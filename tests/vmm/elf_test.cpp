@@ -23,18 +23,18 @@ ElfBuilder good() {
     return b;
 }
 
-LoadResult<ElfImage> parse(const std::vector<std::byte>& bytes) { return parse_elf("guest.elf", bytes); }
+Result<ElfImage> parse(const std::vector<std::byte>& bytes) { return parse_elf("guest.elf", bytes); }
 
-void expect_error(const LoadResult<ElfImage>& r, LoadErrc code, const std::string& fragment) {
+void expect_error(const Result<ElfImage>& r, LoadErrc code, const std::string& fragment) {
     ASSERT_FALSE(r.has_value()) << "expected an error containing '" << fragment << "'";
-    EXPECT_EQ(r.error().code, code) << r.error().message;
-    EXPECT_NE(r.error().message.find("guest.elf"), std::string::npos) << r.error().message;
-    EXPECT_NE(r.error().message.find(fragment), std::string::npos) << r.error().message;
+    EXPECT_EQ(r.error().code, code) << r.error().message();
+    EXPECT_NE(r.error().message().find("guest.elf"), std::string::npos) << r.error().message();
+    EXPECT_NE(r.error().message().find(fragment), std::string::npos) << r.error().message();
 }
 
 TEST(ElfTest, GoodImageParses) {
     auto r = parse(good().build());
-    ASSERT_TRUE(r.has_value()) << r.error().message;
+    ASSERT_TRUE(r.has_value()) << r.error().message();
     EXPECT_EQ(r->pvh_entry, 0x100000u);
     ASSERT_EQ(r->segments.size(), 1u);
     EXPECT_EQ(r->segments[0].paddr, 0x100000u);
@@ -48,7 +48,7 @@ TEST(ElfTest, SegmentsAreSortedByAddress) {
     ElfBuilder b;
     b.add_segment(0x200000, 0x100, 0x100).add_segment(0x100000, 0x100, 0x100);
     auto r = parse(b.build());
-    ASSERT_TRUE(r.has_value()) << r.error().message;
+    ASSERT_TRUE(r.has_value()) << r.error().message();
     EXPECT_EQ(r->segments[0].paddr, 0x100000u);
     EXPECT_EQ(r->segments[1].paddr, 0x200000u);
 }
@@ -57,7 +57,7 @@ TEST(ElfTest, EightByteNoteDescriptorAsLinuxEmitsIt) {
     ElfBuilder b = good();
     b.note_desc_size = 8;
     auto r = parse(b.build());
-    ASSERT_TRUE(r.has_value()) << r.error().message;
+    ASSERT_TRUE(r.has_value()) << r.error().message();
     EXPECT_EQ(r->pvh_entry, 0x100000u);
 }
 
@@ -65,7 +65,7 @@ TEST(ElfTest, NoteFoundInSectionWithoutPtNote) {
     ElfBuilder b = good();
     b.note_in_section_only = true;
     auto r = parse(b.build());
-    ASSERT_TRUE(r.has_value()) << r.error().message;
+    ASSERT_TRUE(r.has_value()) << r.error().message();
     EXPECT_EQ(r->pvh_entry, 0x100000u);
 }
 
@@ -182,14 +182,14 @@ TEST(ElfTest, MissingFileNamesThePath) {
     auto r = read_elf("/nonexistent/dir/kernel.elf");
     ASSERT_FALSE(r.has_value());
     EXPECT_EQ(r.error().code, LoadErrc::cannot_open);
-    EXPECT_NE(r.error().message.find("/nonexistent/dir/kernel.elf"), std::string::npos) << r.error().message;
+    EXPECT_NE(r.error().message().find("/nonexistent/dir/kernel.elf"), std::string::npos) << r.error().message();
 }
 
 TEST(ElfTest, DirectoryRefused) {
     auto r = read_elf("/tmp");
     ASSERT_FALSE(r.has_value());
     EXPECT_EQ(r.error().code, LoadErrc::cannot_open);
-    EXPECT_NE(r.error().message.find("directory"), std::string::npos) << r.error().message;
+    EXPECT_NE(r.error().message().find("directory"), std::string::npos) << r.error().message();
 }
 
 TEST(ElfTest, ReadsFileFromDisk) {
@@ -201,7 +201,7 @@ TEST(ElfTest, ReadsFileFromDisk) {
     ::close(fd);
     auto r = read_elf(path);
     ::unlink(path);
-    ASSERT_TRUE(r.has_value()) << r.error().message;
+    ASSERT_TRUE(r.has_value()) << r.error().message();
     EXPECT_EQ(r->name, path);
     EXPECT_EQ(r->pvh_entry, 0x100000u);
 }

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "io/unique_fd.hpp"
+#include "vmm/devices/device_manager.hpp"
 
 namespace swapvisor::vmm {
 namespace {
@@ -57,14 +58,19 @@ struct GuestFixture : ::testing::Test {
     }
 
     VmEnd boot(unsigned vcpus, std::function<void(Vm&)> during = {}) {
-        auto vm = Vm::create(*kvm, VmSpec{vcpus, regions}, devices::SerialSink::borrowed(serial_fd));
+        auto vm = Vm::create(*kvm, VmSpec{vcpus, regions});
         EXPECT_TRUE(vm.has_value()) << vm.error().message();
         if (!vm) return VmEnd{EndReason::kvm_error, 0, 0, "create failed"};
+        control::DeviceStats stats;
+        devices::DeviceManager devices((*vm)->pio(), (*vm)->mmio(), {}, stats, "vm0");
+        auto wired = devices.add_legacy(devices::SerialSink::borrowed(serial_fd));
+        EXPECT_TRUE(wired.has_value()) << wired.error().message();
         auto r = (*vm)->set_boot_entry(kEntry, 0x6000);
         EXPECT_TRUE(r.has_value()) << r.error().message();
         std::thread helper;
         if (during) helper = std::thread([&] { during(**vm); });
         VmEnd end = (*vm)->run();
+        devices.flush_serial();
         if (helper.joinable()) helper.join();
         return end;
     }

@@ -36,7 +36,7 @@ CliOutcome validate(const RawRun& raw) {
     config.kernel = raw.kernel;
     config.cmdline = raw.cmdline;
     auto memory = parse_size_aligned(raw.memory, kGuestMemoryAlign, "2 MiB");
-    if (!memory) return usage_error("--memory: " + memory.error());
+    if (!memory) return usage_error(std::move(memory.error()).with_context("--memory").message());
     config.memory_bytes = *memory;
     if (raw.vcpus == 0 || raw.vcpus > kMaxVcpus) {
         return usage_error(fmt::format("--vcpus: {} is not in 1..{}", raw.vcpus, kMaxVcpus));
@@ -44,12 +44,12 @@ CliOutcome validate(const RawRun& raw) {
     config.vcpus = raw.vcpus;
     if (!raw.resident_limit.empty()) {
         auto limit = parse_size_aligned(raw.resident_limit, 4096, "4 KiB");
-        if (!limit) return usage_error("--resident-limit: " + limit.error());
+        if (!limit) return usage_error(std::move(limit.error()).with_context("--resident-limit").message());
         config.resident_limit = *limit;
     }
     for (const std::string& s : raw.swaps) {
         auto spec = parse_swap_spec(s);
-        if (!spec) return usage_error(spec.error());
+        if (!spec) return usage_error(spec.error().message());
         for (const SwapSpec& other : config.swaps) {
             if (other.path == spec->path) return usage_error(fmt::format("--swap '{}' is given twice", s));
         }
@@ -58,17 +58,17 @@ CliOutcome validate(const RawRun& raw) {
     if (!raw.stats_json.empty()) config.stats_json = raw.stats_json;
     if (!raw.control.empty()) config.control_socket = raw.control;
     auto name = parse_vm_name(raw.name);
-    if (!name) return usage_error("--name: " + name.error());
+    if (!name) return usage_error(std::move(name.error()).with_context("--name").message());
     config.name = *name;
     config.balloon = raw.balloon;
     for (const std::string& text : raw.vms) {
         auto spec = parse_vm_spec(text);
-        if (!spec) return usage_error(spec.error());
+        if (!spec) return usage_error(spec.error().message());
         config.more_vms.push_back(*spec);
     }
     if (!raw.host_budget.empty()) {
         auto budget = parse_size_aligned(raw.host_budget, 4096, "4 KiB");
-        if (!budget) return usage_error("--host-budget: " + budget.error());
+        if (!budget) return usage_error(std::move(budget.error()).with_context("--host-budget").message());
         config.host_budget = *budget;
     }
     auto vms = config.all_vms();

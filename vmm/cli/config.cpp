@@ -8,78 +8,117 @@
 
 #include <fmt/format.h>
 
+#include "vmm/error_category.hpp"
+
 #include "vmm/control/protocol.hpp"
 
 namespace swapvisor::vmm::cli {
+namespace {
 
-Parsed<std::uint64_t> parse_size(std::string_view text) { return control::parse_size(text); }
+// The parsers' errors: `what` (the value given and why it was refused) is the context.
+std::unexpected<Error> cli_error(CliErrc code, const char* op, std::string what) {
+    return make_error(code, op, std::move(what));
+}
 
-Parsed<std::uint64_t> parse_size_aligned(std::string_view text, std::uint64_t align, std::string_view align_name) {
+std::string describe(CliErrc e) {
+    switch (e) {
+        case CliErrc::bad_size: return "invalid size";
+        case CliErrc::bad_swap_spec: return "invalid --swap value";
+        case CliErrc::bad_vm_name: return "invalid VM name";
+        case CliErrc::bad_vm_spec: return "invalid --vm value";
+    }
+    return "unknown command-line error";
+}
+
+}  // namespace
+
+const std::error_category& cli_category() {
+    static const EnumCategory<CliErrc> category("cli", describe);
+    return category;
+}
+
+Result<std::uint64_t> parse_size(std::string_view text) {
+    auto size = control::parse_size(text);
+    if (!size) return cli_error(CliErrc::bad_size, "parsing a size", size.error());
+    return *size;
+}
+
+Result<std::uint64_t> parse_size_aligned(std::string_view text, std::uint64_t align, std::string_view align_name) {
     auto size = parse_size(text);
     if (!size) return size;
-    if (*size == 0) return std::unexpected(fmt::format("size '{}' is zero", text));
+    if (*size == 0) return cli_error(CliErrc::bad_size, "parsing a size", fmt::format("size '{}' is zero", text));
     if (*size % align != 0) {
-        return std::unexpected(fmt::format("size '{}' ({} bytes) is not a multiple of {}", text, *size, align_name));
+        return cli_error(CliErrc::bad_size, "parsing a size",
+                         fmt::format("size '{}' ({} bytes) is not a multiple of {}", text, *size, align_name));
     }
     return size;
 }
 
-Parsed<SwapSpec> parse_swap_spec(std::string_view text) {
+Result<SwapSpec> parse_swap_spec(std::string_view text) {
+    auto bad = [text](std::string what) {
+        return cli_error(CliErrc::bad_swap_spec, "parsing --swap", fmt::format("--swap '{}': {}", text, what));
+    };
     SwapSpec spec;
     std::size_t comma = text.find(',');
     std::string_view path = text.substr(0, comma);
-    if (path.empty()) return std::unexpected(fmt::format("--swap '{}': the path is empty", text));
+    if (path.empty()) return bad("the path is empty");
     spec.path = std::filesystem::path(std::string(path));
     while (comma != std::string_view::npos) {
         std::size_t start = comma + 1;
         comma = text.find(',', start);
         std::string_view option = text.substr(start, comma == std::string_view::npos ? comma : comma - start);
         std::size_t eq = option.find('=');
-        if (option.empty()) return std::unexpected(fmt::format("--swap '{}': empty option after ','", text));
+        if (option.empty()) return bad("empty option after ','");
         if (eq == std::string_view::npos || eq + 1 == option.size()) {
-            return std::unexpected(fmt::format("--swap '{}': option '{}' needs a value (priority=N or size=SIZE)",
-                                               text, option));
+            return bad(fmt::format("option '{}' needs a value (priority=N or size=SIZE)", option));
         }
         std::string_view key = option.substr(0, eq);
         std::string_view value = option.substr(eq + 1);
         if (key == "priority") {
-            if (spec.priority) return std::unexpected(fmt::format("--swap '{}': priority given twice", text));
+            if (spec.priority) return bad("priority given twice");
             int prio = -1;
             auto [ptr, ec] = std::from_chars(value.data(), value.data() + value.size(), prio);
             if (ec != std::errc() || ptr != value.data() + value.size() || prio < 0 || prio > 32767) {
-                return std::unexpected(
-                    fmt::format("--swap '{}': priority '{}' is not an integer in 0..32767", text, value));
+                return bad(fmt::format("priority '{}' is not an integer in 0..32767", value));
             }
             spec.priority = prio;
         } else if (key == "size") {
-            if (spec.size) return std::unexpected(fmt::format("--swap '{}': size given twice", text));
+            if (spec.size) return bad("size given twice");
             auto size = parse_size_aligned(value, 4096, "4 KiB");
-            if (!size) return std::unexpected(fmt::format("--swap '{}': {}", text, size.error()));
+            if (!size) return std::unexpected(std::move(size.error()).with_context(fmt::format("--swap '{}'", text)));
             spec.size = *size;
         } else {
-            return std::unexpected(
-                fmt::format("--swap '{}': unknown option '{}' (accepted: priority=N, size=SIZE)", text, key));
+            return bad(fmt::format("unknown option '{}' (accepted: priority=N, size=SIZE)", key));
         }
     }
     return spec;
 }
 
-Parsed<std::string> parse_vm_name(std::string_view text) {
+Result<std::string> parse_vm_name(std::string_view text) {
+    auto bad = [](std::string what) { return cli_error(CliErrc::bad_vm_name, "parsing a VM name", std::move(what)); };
     if (text.empty() || text.size() > 64) {
-        return std::unexpected(fmt::format("VM name '{}' must be 1 to 64 characters", text));
+        return bad(fmt::format("VM name '{}' must be 1 to 64 characters", text));
     }
     if (text[0] == '.' || text[0] == '-') {
-        return std::unexpected(fmt::format("VM name '{}' must not start with '.' or '-'", text));
+        return bad(fmt::format("VM name '{}' must not start with '.' or '-'", text));
     }
     for (char c : text) {
         if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') {
-            return std::unexpected(fmt::format("VM name '{}' may only contain letters, digits, '.', '_' and '-'", text));
+            return bad(fmt::format("VM name '{}' may only contain letters, digits, '.', '_' and '-'", text));
         }
     }
     return std::string(text);
 }
 
-Parsed<VmSpec> parse_vm_spec(std::string_view text) {
+Result<VmSpec> parse_vm_spec(std::string_view text) {
+    auto bad = [text](std::string what) {
+        return cli_error(CliErrc::bad_vm_spec, "parsing --vm", fmt::format("--vm '{}': {}", text, what));
+    };
+    // An inner value's error keeps its code; this --vm (and the field) become context.
+    auto inner = [text](Error e, std::string_view field) {
+        return std::unexpected(std::move(e).with_context(field.empty() ? fmt::format("--vm '{}'", text)
+                                                                       : fmt::format("--vm '{}': {}", text, field)));
+    };
     VmSpec spec;
     spec.name.clear();
     bool have_memory = false, have_vcpus = false, have_limit = false;
@@ -92,53 +131,51 @@ Parsed<VmSpec> parse_vm_spec(std::string_view text) {
         std::size_t comma = rest.find(',');
         std::string_view option = rest.substr(0, comma);
         rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
-        if (option.empty()) return std::unexpected(fmt::format("--vm '{}': empty option", text));
+        if (option.empty()) return bad("empty option");
         if (option == "balloon") {
             spec.balloon = true;
             continue;
         }
         std::size_t eq = option.find('=');
         if (eq == std::string_view::npos || eq + 1 == option.size())
-            return std::unexpected(fmt::format("--vm '{}': option '{}' needs a value", text, option));
+            return bad(fmt::format("option '{}' needs a value", option));
         std::string_view key = option.substr(0, eq);
         std::string_view value = option.substr(eq + 1);
         if (key == "name") {
-            if (!spec.name.empty()) return std::unexpected(fmt::format("--vm '{}': name given twice", text));
+            if (!spec.name.empty()) return bad("name given twice");
             auto name = parse_vm_name(value);
-            if (!name) return std::unexpected(fmt::format("--vm '{}': {}", text, name.error()));
+            if (!name) return inner(std::move(name.error()), "");
             spec.name = *name;
         } else if (key == "kernel") {
-            if (!spec.kernel.empty()) return std::unexpected(fmt::format("--vm '{}': kernel given twice", text));
+            if (!spec.kernel.empty()) return bad("kernel given twice");
             spec.kernel = std::filesystem::path(std::string(value));
         } else if (key == "memory") {
-            if (have_memory) return std::unexpected(fmt::format("--vm '{}': memory given twice", text));
+            if (have_memory) return bad("memory given twice");
             auto size = parse_size_aligned(value, kGuestMemoryAlign, "2 MiB");
-            if (!size) return std::unexpected(fmt::format("--vm '{}': memory: {}", text, size.error()));
+            if (!size) return inner(std::move(size.error()), "memory");
             spec.memory_bytes = *size;
             have_memory = true;
         } else if (key == "resident-limit") {
-            if (have_limit) return std::unexpected(fmt::format("--vm '{}': resident-limit given twice", text));
+            if (have_limit) return bad("resident-limit given twice");
             auto size = parse_size_aligned(value, 4096, "4 KiB");
-            if (!size) return std::unexpected(fmt::format("--vm '{}': resident-limit: {}", text, size.error()));
+            if (!size) return inner(std::move(size.error()), "resident-limit");
             spec.resident_limit = *size;
             have_limit = true;
         } else if (key == "vcpus") {
-            if (have_vcpus) return std::unexpected(fmt::format("--vm '{}': vcpus given twice", text));
+            if (have_vcpus) return bad("vcpus given twice");
             unsigned n = 0;
             auto [ptr, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
             if (ec != std::errc() || ptr != value.data() + value.size() || n == 0 || n > kMaxVcpus)
-                return std::unexpected(fmt::format("--vm '{}': vcpus '{}' is not in 1..{}", text, value, kMaxVcpus));
+                return bad(fmt::format("vcpus '{}' is not in 1..{}", value, kMaxVcpus));
             spec.vcpus = n;
             have_vcpus = true;
         } else {
-            return std::unexpected(fmt::format(
-                "--vm '{}': unknown option '{}' (accepted: name, kernel, memory, vcpus, resident-limit, balloon, "
-                "cmdline)",
-                text, key));
+            return bad(fmt::format(
+                "unknown option '{}' (accepted: name, kernel, memory, vcpus, resident-limit, balloon, cmdline)", key));
         }
     }
-    if (spec.name.empty()) return std::unexpected(fmt::format("--vm '{}': name= is required", text));
-    if (spec.kernel.empty()) return std::unexpected(fmt::format("--vm '{}': kernel= is required", text));
+    if (spec.name.empty()) return bad("name= is required");
+    if (spec.kernel.empty()) return bad("kernel= is required");
     return spec;
 }
 

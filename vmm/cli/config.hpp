@@ -1,22 +1,38 @@
 // RunConfig: everything `swapvisor run` was asked to do, validated, plus the small
 // parsers the command line uses (sizes, --swap specs, VM names). They return a
-// message for the operator instead of throwing, so the CLI layer (cli.hpp) and the
-// unit tests use them directly. Sizes are binary: K = KiB = 1024 bytes.
+// Result (io/result.hpp) instead of throwing, so the CLI layer (cli.hpp) and the
+// unit tests use them directly: the code (CliErrc) says which kind of value was
+// refused, the context quotes what was given and why, for the operator.
+// Sizes are binary: K = KiB = 1024 bytes.
 #pragma once
 
 #include <cstdint>
-#include <expected>
+#include <system_error>
 #include <filesystem>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "io/result.hpp"
+
 namespace swapvisor::vmm::cli {
 
-// A parse result carrying a human message on failure.
-template <class T>
-using Parsed = std::expected<T, std::string>;
+enum class CliErrc {
+    bad_size = 1,   // a SIZE argument
+    bad_swap_spec,  // a --swap PATH[,priority=N][,size=SIZE]
+    bad_vm_name,    // --name or name=
+    bad_vm_spec,    // a --vm name=..,kernel=..
+};
+const std::error_category& cli_category();
+inline std::error_code make_error_code(CliErrc e) { return {static_cast<int>(e), cli_category()}; }
+
+}  // namespace swapvisor::vmm::cli
+
+template <>
+struct std::is_error_code_enum<swapvisor::vmm::cli::CliErrc> : std::true_type {};
+
+namespace swapvisor::vmm::cli {
 
 inline constexpr std::uint64_t kMiB = 1ULL << 20;
 inline constexpr std::uint64_t kGuestMemoryAlign = 2 * kMiB;  // guestmem maps RAM in 2 MiB units
@@ -26,10 +42,10 @@ inline constexpr unsigned kMaxVcpus = 255;   // the APIC id must fit CPUID leaf 
 // "1048576", "512M", "4G", "2GiB", "64k", "1T" (suffixes K/M/G/T, optionally followed
 // by "iB", any case for the letter; "B" alone means bytes). Errors: empty, no
 // digits, unknown suffix, overflow.
-Parsed<std::uint64_t> parse_size(std::string_view text);
+Result<std::uint64_t> parse_size(std::string_view text);
 
 // parse_size plus: not zero, and a multiple of `align` (named in the message).
-Parsed<std::uint64_t> parse_size_aligned(std::string_view text, std::uint64_t align, std::string_view align_name);
+Result<std::uint64_t> parse_size_aligned(std::string_view text, std::uint64_t align, std::string_view align_name);
 
 struct SwapSpec {
     std::filesystem::path path;
@@ -40,10 +56,10 @@ struct SwapSpec {
 
 // "PATH[,priority=N][,size=SIZE]": no empty path, no unknown or repeated key, every
 // key needs "=value".
-Parsed<SwapSpec> parse_swap_spec(std::string_view text);
+Result<SwapSpec> parse_swap_spec(std::string_view text);
 
 // VM names: 1..64 of [A-Za-z0-9._-], not starting with '.' or '-'.
-Parsed<std::string> parse_vm_name(std::string_view text);
+Result<std::string> parse_vm_name(std::string_view text);
 
 // One VM of a multi-VM host: `--vm name=N,kernel=ELF,memory=SIZE[,vcpus=N]
 // [,resident-limit=SIZE][,balloon][,cmdline=REST]`. cmdline= must come last and
@@ -59,7 +75,7 @@ struct VmSpec {
     bool operator==(const VmSpec&) const = default;
 };
 
-Parsed<VmSpec> parse_vm_spec(std::string_view text);
+Result<VmSpec> parse_vm_spec(std::string_view text);
 
 struct RunConfig {
     std::filesystem::path kernel;

@@ -49,8 +49,6 @@ constexpr int kListenBacklog = 64;
 constexpr std::size_t kReadChunk = 4096;
 constexpr auto kAcceptBackoff = std::chrono::milliseconds(100);
 
-std::string error_text(const Error& error) { return error.message(); }
-
 // A long-running command: its thread and whether it has finished (then joinable
 // without waiting).
 struct Worker {
@@ -63,7 +61,8 @@ struct Worker {
 class Connection;
 
 struct ControlServer::Impl {
-    Impl(guestmem::HostMemory& h, ControlServerConfig c) : host(h), config(std::move(c)) {}
+    Impl(guestmem::HostMemory& h, const DeviceStats& d, ControlServerConfig c)
+        : host(h), devices(d), config(std::move(c)) {}
 
     void accept();
     void reject(Local::socket& socket, std::string_view why);
@@ -74,6 +73,7 @@ struct ControlServer::Impl {
     void post_line(const std::shared_ptr<Connection>& conn, std::string line);
 
     guestmem::HostMemory& host;
+    const DeviceStats& devices;
     const ControlServerConfig config;
 
     // Declared first: destroyed last, after every socket and timer bound to it.
@@ -217,7 +217,7 @@ private:
 
     void run(const json& id, const StatusCmd& cmd) {
         json reply = ok_reply(id);
-        reply.update(stats_json(server_.host, cmd.detail));
+        reply.update(stats_json(server_.host, server_.devices, cmd.detail));
         send(reply);
     }
 
@@ -253,7 +253,7 @@ private:
                 reply["device"] = device->value();
                 reply["priority"] = cmd.priority;
             } else {
-                reply = error_reply(id, reply_code_of(device.error()), error_text(device.error()));
+                reply = error_reply(id, reply_code_of(device.error()), device.error().message());
             }
             server.post_line(conn, to_line(reply));
         });
@@ -266,7 +266,7 @@ private:
         spawn(id, [&server, conn = shared_from_this(), id, cmd] {
             auto ring = io::Ring::create(server.config.ring_entries);
             if (!ring) {
-                server.post_line(conn, to_line(error_reply(id, ReplyCode::io_error, error_text(ring.error()))));
+                server.post_line(conn, to_line(error_reply(id, ReplyCode::io_error, ring.error().message())));
                 return;
             }
             std::optional<std::chrono::steady_clock::time_point> last;
@@ -285,7 +285,7 @@ private:
                 reply["pages_skipped"] = report->pages_skipped;
                 reply["elapsed_ms"] = static_cast<std::uint64_t>(report->elapsed_ms + 0.5);
             } else {
-                reply = error_reply(id, reply_code_of(report.error()), error_text(report.error()));
+                reply = error_reply(id, reply_code_of(report.error()), report.error().message());
             }
             server.post_line(conn, to_line(reply));
         });
@@ -405,8 +405,8 @@ void ControlServer::Impl::post_line(const std::shared_ptr<Connection>& conn, std
     asio::post(io, [conn, line = std::move(line)]() mutable { conn->send_line(std::move(line)); });
 }
 
-ControlServer::ControlServer(guestmem::HostMemory& host, ControlServerConfig config)
-    : impl_(std::make_unique<Impl>(host, std::move(config))) {}
+ControlServer::ControlServer(guestmem::HostMemory& host, const DeviceStats& devices, ControlServerConfig config)
+    : impl_(std::make_unique<Impl>(host, devices, std::move(config))) {}
 
 ControlServer::~ControlServer() { stop(); }
 

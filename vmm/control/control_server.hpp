@@ -23,6 +23,7 @@
 
 #include "guestmem/host_memory.hpp"
 #include "io/result.hpp"
+#include "vmm/control/device_stats.hpp"
 #include "vmm/control/protocol.hpp"
 
 namespace swapvisor::vmm::control {
@@ -39,7 +40,8 @@ struct ControlServerConfig {
 
 class ControlServer {
 public:
-    ControlServer(guestmem::HostMemory& host, ControlServerConfig config);
+    // `devices` (the device counters status / stats show) must outlive the server.
+    ControlServer(guestmem::HostMemory& host, const DeviceStats& devices, ControlServerConfig config);
     ~ControlServer();  // stop()
     ControlServer(const ControlServer&) = delete;
     ControlServer& operator=(const ControlServer&) = delete;

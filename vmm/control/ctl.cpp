@@ -75,7 +75,7 @@ std::string str(const json& object, const char* key) {
 
 std::string limit_text(std::uint64_t bytes) { return bytes == 0 ? "none" : human_bytes(bytes); }
 
-void print_status(const json& reply, bool full, std::ostream& out) {
+void print_status(const json& reply, StatsDetail detail, std::ostream& out) {
     const json empty = json::array();
     const json& vms = reply.contains("vms") && reply["vms"].is_array() ? reply["vms"] : empty;
     const json& swaps = reply.contains("swap") && reply["swap"].is_array() ? reply["swap"] : empty;
@@ -103,7 +103,7 @@ void print_status(const json& reply, bool full, std::ostream& out) {
         out << fmt::format("\nhost: resident {}, budget {}\n", human_bytes(u64(host, "resident_bytes")),
                            limit_text(u64(host, "budget_bytes")));
     }
-    if (!full) return;
+    if (detail != StatsDetail::full) return;
     for (const json& vm : vms) {
         out << fmt::format("\n{}:\n", str(vm, "name"));
         for (const auto& [key, value] : vm.items()) {
@@ -115,8 +115,8 @@ void print_status(const json& reply, bool full, std::ostream& out) {
 
 void print_result(const CtlOptions& options, const json& reply, std::ostream& out) {
     switch (options.command) {
-        case CtlCommand::status: print_status(reply, false, out); break;
-        case CtlCommand::stats: print_status(reply, true, out); break;
+        case CtlCommand::status: print_status(reply, StatsDetail::summary, out); break;
+        case CtlCommand::stats: print_status(reply, StatsDetail::full, out); break;
         case CtlCommand::swapon:
             out << fmt::format("swapon {}: device {}, priority {}\n", str(reply, "path"), u64(reply, "device"),
                                options.priority);

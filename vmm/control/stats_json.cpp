@@ -6,7 +6,7 @@ namespace swapvisor::vmm::control {
 
 using nlohmann::json;
 
-nlohmann::json stats_json(guestmem::HostMemory& host, StatsDetail detail) {
+nlohmann::json stats_json(guestmem::HostMemory& host, const DeviceStats& devices, StatsDetail detail) {
     const bool full = detail == StatsDetail::full;
     json vms = json::array();
     for (guestmem::GuestMemory* vm : host.vms()) {
@@ -35,6 +35,11 @@ nlohmann::json stats_json(guestmem::HostMemory& host, StatsDetail detail) {
             // A scan of the VM's stage-2 table: slots its pages refer to (leak checks:
             // the sum over VMs equals host.allocated_vslots at rest).
             v["referenced_vslots"] = vm->referenced_vslots();
+        }
+        for (const DeviceCounters& d : devices.read(s.name)) {
+            json counters = json::object();
+            for (const Counter& c : d.counters) counters[std::string(c.name)] = c.value;
+            v[d.device] = std::move(counters);
         }
         vms.push_back(std::move(v));
     }

@@ -18,10 +18,12 @@
 #include <nlohmann/json.hpp>
 
 #include "guestmem/host_memory.hpp"
+#include "vmm/control/device_stats.hpp"
 #include "vmm/control/protocol.hpp"
 
 namespace swapvisor::vmm::control {
 
-nlohmann::json stats_json(guestmem::HostMemory& host, StatsDetail detail = StatsDetail::full);
+nlohmann::json stats_json(guestmem::HostMemory& host, const DeviceStats& devices,
+                          StatsDetail detail = StatsDetail::full);
 
 }  // namespace swapvisor::vmm::control

@@ -184,4 +184,12 @@ BalloonStats VirtioBalloon::stats() const {
     return s;
 }
 
+control::Counters VirtioBalloon::counters() const {
+    const BalloonStats s = stats();
+    return {{"reported_pages", s.reported_pages}, {"reported_ranges", s.reported_ranges},
+            {"refused_ranges", s.refused_ranges}, {"inflated_pages", s.inflated_pages},
+            {"deflated_pages", s.deflated_pages}, {"discard_errors", s.discard_errors},
+            {"target_pages", s.target_pages},     {"actual_pages", s.actual_pages}};
+}
+
 }  // namespace swapvisor::vmm::devices

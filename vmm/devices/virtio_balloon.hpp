@@ -80,6 +80,9 @@ public:
     void write_config(std::uint64_t offset, std::span<const std::byte> data) override;
     Result<void> process_queue(unsigned index, SplitQueue& queue, std::uint64_t features) override;
     void reset() override;
+    // BalloonStats as named counters: the "balloon" object of status / stats /
+    // --stats-json (field names are part of the control protocol).
+    control::Counters counters() const override;
 
     // The host's wish: how many pages the guest should give up (config num_pages).
     void set_target_pages(std::uint32_t pages) { target_pages_.store(pages); }

@@ -1,48 +1,15 @@
-// VirtioMmio and SplitQueue: register decoding, feature negotiation, the queue
-// checks and the split-ring walk (vmm/devices/virtio_mmio.hpp for the invariants).
+// VirtioMmio: register decoding, feature negotiation, DEVICE_NEEDS_RESET and the
+// interrupt status (vmm/devices/virtio_mmio.hpp for the invariants; the rings
+// themselves are virtqueue.cpp).
 #include "vmm/devices/virtio_mmio.hpp"
 
 #include <algorithm>
 #include <atomic>
-#include <bit>
 #include <cstring>
 
 #include <spdlog/spdlog.h>
 
 namespace swapvisor::vmm::devices {
-
-using guestmem::Gpa;
-
-const std::error_category& virtio_category() {
-    struct Category final : std::error_category {
-        const char* name() const noexcept override { return "virtio"; }
-        std::string message(int c) const override {
-            switch (static_cast<VirtioErrc>(c)) {
-                case VirtioErrc::bad_queue_size: return "queue size zero, not a power of two or above the maximum";
-                case VirtioErrc::bad_ring_address: return "ring misaligned or not inside guest RAM";
-                case VirtioErrc::bad_avail_index: return "available index more than the queue size ahead";
-                case VirtioErrc::bad_descriptor_index: return "descriptor index outside the table";
-                case VirtioErrc::descriptor_loop: return "descriptor chain longer than the queue (a loop)";
-                case VirtioErrc::indirect_descriptor: return "indirect descriptor without VIRTIO_F_INDIRECT_DESC";
-                case VirtioErrc::readable_after_writable: return "device-readable descriptor after a writable one";
-            }
-            return "unknown virtio error";
-        }
-    };
-    static const Category category;
-    return category;
-}
-
-bool ram_contains(const guestmem::GuestMemory& mem, Gpa gpa, std::uint64_t len) {
-    auto end = gpa.checked_add(len);
-    if (!end) return false;
-    for (const guestmem::RegionView& r : mem.regions()) {
-        std::uint64_t rbase = r.base.value();
-        std::uint64_t rend = rbase + r.size;
-        if (gpa.value() >= rbase && end->value() <= rend && (len != 0 || gpa.value() < rend)) return true;
-    }
-    return false;
-}
 
 namespace {
 
@@ -57,13 +24,6 @@ void store_le(std::span<std::byte> data, std::uint32_t v) {
     for (std::size_t i = 0; i < data.size(); ++i) data[i] = i < 4 ? static_cast<std::byte>(v >> (8 * i)) : std::byte{0};
 }
 
-// Ring sizes in bytes (virtio 1.2, 2.7): descriptor table, available ring (flags,
-// idx, ring[size], used_event), used ring (flags, idx, ring[size] of {id, len},
-// avail_event).
-constexpr std::uint64_t kDescBytes = 16;
-std::uint64_t avail_bytes(std::uint16_t size) { return 6 + 2 * std::uint64_t{size}; }
-std::uint64_t used_bytes(std::uint16_t size) { return 6 + 8 * std::uint64_t{size}; }
-
 // A guest that misbehaves in a loop must not flood the log.
 bool log_budget() {
     static std::atomic<unsigned> left{32};  // relaxed: a log throttle, orders nothing
@@ -74,106 +34,6 @@ bool log_budget() {
 }
 
 }  // namespace
-
-// --- SplitQueue --------------------------------------------------------------------------
-
-Result<void> SplitQueue::enable() {
-    if (size_ == 0 || size_ > max_size_ || !std::has_single_bit(size_))
-        return make_error(VirtioErrc::bad_queue_size, "virtqueue enable");
-    bool placed = desc_ % 16 == 0 && driver_ % 2 == 0 && device_ % 4 == 0 &&
-                  ram_contains(*mem_, Gpa(desc_), kDescBytes * size_) &&
-                  ram_contains(*mem_, Gpa(driver_), avail_bytes(size_)) &&
-                  ram_contains(*mem_, Gpa(device_), used_bytes(size_));
-    if (!placed) return make_error(VirtioErrc::bad_ring_address, "virtqueue enable");
-    last_avail_ = 0;
-    next_used_ = 0;
-    used_since_interrupt_ = 0;
-    ready_ = true;
-    return {};
-}
-
-void SplitQueue::reset() {
-    size_ = max_size_;
-    ready_ = false;
-    desc_ = driver_ = device_ = 0;
-    last_avail_ = next_used_ = 0;
-    used_since_interrupt_ = 0;
-}
-
-Result<std::uint16_t> SplitQueue::read_u16(std::uint64_t gpa) const {
-    std::uint16_t v = 0;
-    SWV_TRY(mem_->read(Gpa(gpa), std::as_writable_bytes(std::span(&v, 1))));
-    return v;
-}
-
-Result<std::optional<DescriptorChain>> SplitQueue::pop() {
-    SWV_ASSERT(ready_, "pop from a queue that is not ready");
-    std::uint16_t avail_idx = SWV_TRY(read_u16(driver_ + 2));
-    // Pairs with the driver's write barrier between filling ring slots and idx.
-    std::atomic_thread_fence(std::memory_order_acquire);
-    std::uint16_t pending = static_cast<std::uint16_t>(avail_idx - last_avail_);
-    if (pending == 0) return std::optional<DescriptorChain>{};
-    if (pending > size_) return make_error(VirtioErrc::bad_avail_index, "virtqueue pop");
-
-    std::uint16_t head = SWV_TRY(read_u16(driver_ + 4 + 2 * std::uint64_t{static_cast<std::uint16_t>(last_avail_ % size_)}));
-    if (head >= size_) return make_error(VirtioErrc::bad_descriptor_index, "virtqueue pop");
-
-    DescriptorChain chain{head, {}};
-    std::uint16_t idx = head;
-    bool seen_writable = false;
-    for (;;) {
-        // A chain visits each descriptor at most once, so more than `size` steps is a loop.
-        if (chain.descriptors.size() >= size_) return make_error(VirtioErrc::descriptor_loop, "virtqueue pop");
-        struct {
-            std::uint64_t addr;
-            std::uint32_t len;
-            std::uint16_t flags;
-            std::uint16_t next;
-        } raw;
-        static_assert(sizeof raw == kDescBytes);
-        SWV_TRY(mem_->read(Gpa(desc_ + kDescBytes * idx), std::as_writable_bytes(std::span(&raw, 1))));
-        if (raw.flags & kDescFlagIndirect) return make_error(VirtioErrc::indirect_descriptor, "virtqueue pop");
-        bool writable = raw.flags & kDescFlagWrite;
-        if (!writable && seen_writable) return make_error(VirtioErrc::readable_after_writable, "virtqueue pop");
-        seen_writable = seen_writable || writable;
-        chain.descriptors.push_back(VirtqDescriptor{Gpa(raw.addr), raw.len, writable});
-        if (!(raw.flags & kDescFlagNext)) break;
-        if (raw.next >= size_) return make_error(VirtioErrc::bad_descriptor_index, "virtqueue pop");
-        idx = raw.next;
-    }
-    ++last_avail_;
-    return std::optional<DescriptorChain>(std::move(chain));
-}
-
-Result<void> SplitQueue::push_used(std::uint16_t head, std::uint32_t written) {
-    SWV_ASSERT(ready_, "push to a queue that is not ready");
-    struct {
-        std::uint32_t id;
-        std::uint32_t len;
-    } elem{head, written};
-    std::uint64_t slot = static_cast<std::uint16_t>(next_used_ % size_);
-    SWV_TRY(mem_->write(Gpa(device_ + 4 + 8 * slot), std::as_bytes(std::span(&elem, 1))));
-    // The element must be visible before the index that publishes it (pairs with the
-    // driver's read barrier after reading used->idx).
-    std::atomic_thread_fence(std::memory_order_release);
-    ++next_used_;
-    std::uint16_t idx = next_used_;
-    SWV_TRY(mem_->write(Gpa(device_ + 2), std::as_bytes(std::span(&idx, 1))));
-    ++used_since_interrupt_;
-    return {};
-}
-
-Result<bool> SplitQueue::take_interrupt_request() {
-    if (used_since_interrupt_ == 0) return false;
-    used_since_interrupt_ = 0;
-    // The used index is published before the driver's flags are read (a full fence:
-    // the driver may set NO_INTERRUPT concurrently and then re-check the used ring).
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    std::uint16_t flags = SWV_TRY(read_u16(driver_));
-    return !(flags & kAvailFlagNoInterrupt);
-}
-
-// --- VirtioMmio --------------------------------------------------------------------------
 
 VirtioMmio::VirtioMmio(guestmem::GuestMemory& mem, std::shared_ptr<VirtioDevice> device, IrqCallback irq)
     : mem_(mem), device_(std::move(device)), irq_(std::move(irq)) {
@@ -260,8 +120,13 @@ void VirtioMmio::write_register(std::uint64_t offset, std::uint32_t value) {
     // ready, and not once the device has given up (NEEDS_RESET).
     SplitQueue* q = selected_queue();
     bool queue_writable = q && !q->ready() && (status_ & kStatusFeaturesOk) && !(status_ & kStatusNeedsReset);
-    auto set_half = [](std::uint64_t old, std::uint32_t v, bool high) {
-        return high ? (old & 0xffff'ffffULL) | (std::uint64_t{v} << 32) : (old & ~0xffff'ffffULL) | v;
+    // A 64-bit address is written as two 32-bit registers; `half` says which.
+    enum class Half : bool { low, high };
+    auto set_half = [](std::uint64_t old, std::uint32_t v, Half half) {
+        return half == Half::high ? (old & 0xffff'ffffULL) | (std::uint64_t{v} << 32) : (old & ~0xffff'ffffULL) | v;
+    };
+    auto half_at = [](std::uint64_t offset, std::uint64_t high_offset) {
+        return offset == high_offset ? Half::high : Half::low;
     };
     switch (offset) {
         case r::kDeviceFeaturesSel: device_features_sel_ = value; return;
@@ -269,7 +134,7 @@ void VirtioMmio::write_register(std::uint64_t offset, std::uint32_t value) {
         case r::kDriverFeatures:
             // Only between DRIVER and FEATURES_OK (virtio 1.2, 3.1.1).
             if (!(status_ & kStatusDriver) || (status_ & kStatusFeaturesOk) || driver_features_sel_ > 1) return;
-            driver_features_ = set_half(driver_features_, value, driver_features_sel_ == 1);
+            driver_features_ = set_half(driver_features_, value, half_at(driver_features_sel_, 1));
             return;
         case r::kQueueSel: queue_sel_ = value; return;
         case r::kQueueNum:
@@ -278,15 +143,15 @@ void VirtioMmio::write_register(std::uint64_t offset, std::uint32_t value) {
             return;
         case r::kQueueDescLow:
         case r::kQueueDescHigh:
-            if (queue_writable) q->set_desc_addr(set_half(q->desc_addr(), value, offset == r::kQueueDescHigh));
+            if (queue_writable) q->set_desc_addr(set_half(q->desc_addr(), value, half_at(offset, r::kQueueDescHigh)));
             return;
         case r::kQueueDriverLow:
         case r::kQueueDriverHigh:
-            if (queue_writable) q->set_driver_addr(set_half(q->driver_addr(), value, offset == r::kQueueDriverHigh));
+            if (queue_writable) q->set_driver_addr(set_half(q->driver_addr(), value, half_at(offset, r::kQueueDriverHigh)));
             return;
         case r::kQueueDeviceLow:
         case r::kQueueDeviceHigh:
-            if (queue_writable) q->set_device_addr(set_half(q->device_addr(), value, offset == r::kQueueDeviceHigh));
+            if (queue_writable) q->set_device_addr(set_half(q->device_addr(), value, half_at(offset, r::kQueueDeviceHigh)));
             return;
         case r::kQueueReady:
             if (!q || !(status_ & kStatusFeaturesOk) || (status_ & kStatusNeedsReset)) return;

@@ -1,30 +1,19 @@
 // VirtioMmio: the virtio-mmio transport (virtio 1.2, section 4.2, register layout
-// version 2, no legacy) and the split virtqueue (section 2.7) that virtio devices
-// use through it. One VirtioMmio is one 4 KiB window on the MMIO bus at
-// 0xd0000000 + n * 0x1000, announced to the guest as `virtio_mmio.device=4K@<base>:<gsi>`
-// (DESIGN.md section 6). The device-specific part (VirtioDevice) supplies the
-// device id, features, config space and what a buffer on each queue means.
+// version 2, no legacy). One VirtioMmio is one 4 KiB window on the MMIO bus; the
+// device manager (device_manager.hpp) picks the window (0xd0000000 + n * 0x1000)
+// and the interrupt line and announces it as `virtio_mmio.device=4K@<base>:<gsi>`
+// (DESIGN.md section 6). The rings are SplitQueue (virtqueue.hpp); the
+// device-specific part (VirtioDevice) supplies the device id, features, config
+// space and what a buffer on each queue means.
 //
 // Invariants:
-//  - guest memory is only ever reached through guestmem (`read` / `write` /
-//    `discard`): never a raw pointer, so a ring in a swapped-out page is swapped in
-//    and a discarded page reads zeros (DESIGN.md section 3).
-//  - everything the guest controls is validated before use: ring addresses
-//    (aligned, inside RAM), queue sizes, the available index (at most `size`
-//    ahead), descriptor indices, chain length (at most `size`, so loops end),
-//    flags (no INDIRECT: not offered; readable before writable). A malformed queue
-//    puts the device into DEVICE_NEEDS_RESET (status 0x40) and stops all its queues
-//    until the driver resets it; it never crashes or aborts the VMM.
-//  - a whole descriptor chain is read and checked before the device acts on any
-//    of it.
+//  - a malformed queue (any SplitQueue error) puts the device into
+//    DEVICE_NEEDS_RESET (status 0x40) and stops all its queues until the driver
+//    resets it; it never crashes or aborts the VMM.
+//  - features may change only between DRIVER and FEATURES_OK; queue registers only
+//    after FEATURES_OK while that queue is not ready.
 //  - no offered feature other than VIRTIO_F_VERSION_1 and the device's own, so no
 //    event index, no indirect descriptors, no packed ring, no notification data.
-//
-// Memory ordering with the guest: the used element is written before the used index
-// with a release fence between; the available index is read before the ring slots
-// it covers with an acquire fence after it. guestmem copies a 2-byte index with one
-// 2-byte store/load (memcpy of a fixed small size), so the guest never sees a torn
-// index.
 //
 // Threads: vCPU threads call read()/write() concurrently; one mutex per transport
 // serialises the registers, the queues and the device callbacks (queue processing
@@ -44,7 +33,9 @@
 #include "guestmem/addr.hpp"
 #include "guestmem/guest_memory.hpp"
 #include "io/result.hpp"
+#include "vmm/control/device_stats.hpp"
 #include "vmm/devices/bus.hpp"
+#include "vmm/devices/virtqueue.hpp"
 
 namespace swapvisor::vmm::devices {
 
@@ -95,96 +86,6 @@ inline constexpr std::uint64_t kShmBaseLow = 0x0b8, kShmBaseHigh = 0x0bc, kQueue
 inline constexpr std::uint64_t kConfigGeneration = 0x0fc, kConfig = 0x100;
 }  // namespace virtio_reg
 
-// Why a queue was found malformed (the transport then sets DEVICE_NEEDS_RESET).
-enum class VirtioErrc {
-    bad_queue_size = 1,       // zero, not a power of two, or above QueueNumMax
-    bad_ring_address,         // a ring misaligned, overflowing or not inside RAM
-    bad_avail_index,          // the driver claims more than `size` new buffers
-    bad_descriptor_index,     // a head or `next` index >= size
-    descriptor_loop,          // a chain longer than the queue: it must loop
-    indirect_descriptor,      // VIRTQ_DESC_F_INDIRECT without the feature
-    readable_after_writable,  // a device-readable descriptor after a writable one
-};
-const std::error_category& virtio_category();
-inline std::error_code make_error_code(VirtioErrc e) { return {static_cast<int>(e), virtio_category()}; }
-
-}  // namespace swapvisor::vmm::devices
-
-template <>
-struct std::is_error_code_enum<swapvisor::vmm::devices::VirtioErrc> : std::true_type {};
-
-namespace swapvisor::vmm::devices {
-
-// True if [gpa, gpa + len) lies inside one RAM region of `mem` (len 0 counts as
-// inside iff gpa is); false on overflow.
-bool ram_contains(const guestmem::GuestMemory& mem, guestmem::Gpa gpa, std::uint64_t len);
-
-// One descriptor as the driver wrote it: addr/len are the guest's raw values, not
-// yet checked against RAM (what they mean is the device's business; for a
-// free-page report they are the free range itself).
-struct VirtqDescriptor {
-    guestmem::Gpa addr;
-    std::uint32_t len;
-    bool device_writable;
-};
-
-struct DescriptorChain {
-    std::uint16_t head;  // returned to the used ring
-    std::vector<VirtqDescriptor> descriptors;
-};
-
-// A split virtqueue as the driver programmed it, with the device's cursors.
-// Not thread safe: the owning VirtioMmio's mutex serialises it.
-class SplitQueue {
-public:
-    static constexpr std::uint16_t kDescFlagNext = 1;
-    static constexpr std::uint16_t kDescFlagWrite = 2;
-    static constexpr std::uint16_t kDescFlagIndirect = 4;
-    static constexpr std::uint16_t kAvailFlagNoInterrupt = 1;
-
-    SplitQueue(guestmem::GuestMemory& mem, std::uint16_t max_size) : mem_(&mem), max_size_(max_size) {}
-
-    // Driver-programmed configuration (only changed while not ready).
-    std::uint16_t max_size() const { return max_size_; }
-    std::uint16_t size() const { return size_; }
-    bool ready() const { return ready_; }
-    std::uint64_t desc_addr() const { return desc_; }
-    std::uint64_t driver_addr() const { return driver_; }
-    std::uint64_t device_addr() const { return device_; }
-    void set_size(std::uint16_t n) { size_ = n; }
-    void set_desc_addr(std::uint64_t a) { desc_ = a; }
-    void set_driver_addr(std::uint64_t a) { driver_ = a; }
-    void set_device_addr(std::uint64_t a) { device_ = a; }
-
-    // QueueReady = 1: check size and ring placement, then start from index 0.
-    Result<void> enable();
-    void disable() { ready_ = false; }
-    // Back to the reset values (size = max, addresses 0, not ready).
-    void reset();
-
-    // The next available chain, fully read and checked; nullopt if none.
-    Result<std::optional<DescriptorChain>> pop();
-    // Return a chain to the driver with `written` bytes written into it.
-    Result<void> push_used(std::uint16_t head, std::uint32_t written);
-    // Used buffers since the last call, and whether the driver wants an interrupt
-    // for them (VIRTQ_AVAIL_F_NO_INTERRUPT clear). Resets the count.
-    Result<bool> take_interrupt_request();
-
-private:
-    Result<std::uint16_t> read_u16(std::uint64_t gpa) const;
-
-    guestmem::GuestMemory* mem_;
-    std::uint16_t max_size_;
-    std::uint16_t size_ = 0;
-    bool ready_ = false;
-    std::uint64_t desc_ = 0;    // descriptor table, 16-byte aligned, 16 * size
-    std::uint64_t driver_ = 0;  // available ring, 2-byte aligned, 6 + 2 * size
-    std::uint64_t device_ = 0;  // used ring, 4-byte aligned, 6 + 8 * size
-    std::uint16_t last_avail_ = 0;  // next available-ring slot to consume
-    std::uint16_t next_used_ = 0;   // used index to publish next
-    std::uint32_t used_since_interrupt_ = 0;
-};
-
 // The device-specific half of a virtio device. Called with the transport's mutex
 // held, so implementations need no lock for state only these calls touch.
 class VirtioDevice {
@@ -204,6 +105,9 @@ public:
     virtual Result<void> process_queue(unsigned index, SplitQueue& queue, std::uint64_t features) = 0;
     // Status 0 written: forget the driver's state (statistics survive).
     virtual void reset() = 0;
+    // The device's counters for `status` / `stats` / --stats-json (device_stats.hpp).
+    // Called from any thread without the transport's mutex: load atomics only.
+    virtual control::Counters counters() const { return {}; }
 };
 
 // Level of the device's interrupt line: high while InterruptStatus is non-zero.

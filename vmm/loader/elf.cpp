@@ -19,8 +19,9 @@ namespace {
 
 constexpr std::uint64_t kMaxImageBytes = 1ULL << 30;
 
-std::unexpected<LoadError> fail(const std::string& name, LoadErrc code, std::string what) {
-    return std::unexpected(LoadError{code, fmt::format("{}: {}", name, what)});
+// The file name and what is wrong with it go in the context; the code says which rule.
+std::unexpected<Error> fail(const std::string& name, LoadErrc code, std::string what) {
+    return make_error(code, "reading the kernel", fmt::format("{}: {}", name, what));
 }
 
 // Does [offset, offset + len) lie inside a buffer of `size` bytes?
@@ -40,7 +41,7 @@ std::uint64_t align_up(std::uint64_t v, std::uint64_t a) { return (v + a - 1) & 
 // Walk the notes in bytes[offset, offset + size) and return the PVH entry if a
 // XEN_ELFNOTE_PHYS32_ENTRY note is present. Note header and fields are padded to
 // `align` (4 per the gABI; 8 for segments aligned so, as GNU property notes are).
-LoadResult<std::optional<std::uint32_t>> find_pvh_note(const ElfImage& img, std::uint64_t offset, std::uint64_t size,
+Result<std::optional<std::uint32_t>> find_pvh_note(const ElfImage& img, std::uint64_t offset, std::uint64_t size,
                                                         std::uint64_t align, const char* where) {
     std::span<const std::byte> bytes(img.bytes);
     if (!in_bounds(offset, size, bytes.size())) {
@@ -85,7 +86,7 @@ LoadResult<std::optional<std::uint32_t>> find_pvh_note(const ElfImage& img, std:
 
 }  // namespace
 
-LoadResult<ElfImage> parse_elf(std::string name, std::vector<std::byte> bytes_in) {
+Result<ElfImage> parse_elf(std::string name, std::vector<std::byte> bytes_in) {
     ElfImage img;
     img.name = std::move(name);
     img.bytes = std::move(bytes_in);
@@ -209,7 +210,7 @@ LoadResult<ElfImage> parse_elf(std::string name, std::vector<std::byte> bytes_in
     return img;
 }
 
-LoadResult<ElfImage> read_elf(const std::filesystem::path& path) {
+Result<ElfImage> read_elf(const std::filesystem::path& path) {
     std::string name = path.string();
     std::error_code ec;
     auto status = std::filesystem::status(path, ec);

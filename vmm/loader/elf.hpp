@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "io/result.hpp"
 #include "vmm/loader/load_error.hpp"
 
 namespace swapvisor::vmm::loader {
@@ -41,8 +42,8 @@ struct ElfImage {
 };
 
 // Parse and validate an image already in memory; `name` is used in messages.
-LoadResult<ElfImage> parse_elf(std::string name, std::vector<std::byte> bytes);
+Result<ElfImage> parse_elf(std::string name, std::vector<std::byte> bytes);
 // Read `path` (at most 1 GiB) and parse it.
-LoadResult<ElfImage> read_elf(const std::filesystem::path& path);
+Result<ElfImage> read_elf(const std::filesystem::path& path);
 
 }  // namespace swapvisor::vmm::loader

@@ -8,7 +8,7 @@
 
 namespace swapvisor::vmm::loader {
 
-LoadResult<BootEntry> load_kernel(guestmem::GuestMemory& mem, const ElfImage& image, std::string_view cmdline) {
+Result<BootEntry> load_kernel(guestmem::GuestMemory& mem, const ElfImage& image, std::string_view cmdline) {
     std::vector<guestmem::GpaRange> ram;
     for (const guestmem::RegionView& r : mem.regions()) ram.push_back(guestmem::GpaRange{r.base, r.size});
     auto plan = plan_boot(image, ram, cmdline);

@@ -32,11 +32,11 @@ struct BootEntry {
 };
 
 template <class Memory>
-LoadResult<void> apply_plan(Memory& mem, const std::string& name, const BootPlan& plan) {
+Result<void> apply_plan(Memory& mem, const std::string& name, const BootPlan& plan) {
+    // guestmem's error (its code and op) goes up with the file and the range added.
     auto failed = [&](guestmem::Gpa gpa, std::uint64_t len, const swapvisor::Error& e) {
-        return std::unexpected(LoadError{LoadErrc::memory_write,
-                                         fmt::format("{}: writing [0x{:x}, 0x{:x}) into guest memory: {}", name,
-                                                     gpa.value(), gpa.value() + len, e.message())});
+        return std::unexpected(swapvisor::Error(e).with_context(
+            fmt::format("{}: loading [0x{:x}, 0x{:x}) into guest memory", name, gpa.value(), gpa.value() + len)));
     };
     for (const BootWrite& w : plan.writes) {
         if (auto r = mem.write(w.gpa, w.bytes); !r) return failed(w.gpa, w.bytes.size(), r.error());
@@ -68,6 +68,6 @@ LoadResult<void> apply_plan(Memory& mem, const std::string& name, const BootPlan
 
 // Check `image` (from read_elf) against mem's RAM and load it with `cmdline` (boot
 // data at the fixed addresses of pvh.hpp). Errors name the file and the problem.
-LoadResult<BootEntry> load_kernel(guestmem::GuestMemory& mem, const ElfImage& image, std::string_view cmdline);
+Result<BootEntry> load_kernel(guestmem::GuestMemory& mem, const ElfImage& image, std::string_view cmdline);
 
 }  // namespace swapvisor::vmm::loader

@@ -11,8 +11,9 @@
 namespace swapvisor::vmm::loader {
 namespace {
 
-std::unexpected<LoadError> fail(const std::string& name, LoadErrc code, std::string what) {
-    return std::unexpected(LoadError{code, fmt::format("{}: {}", name, what)});
+// The file name and what is wrong with it go in the context; the code says which rule.
+std::unexpected<Error> fail(const std::string& name, LoadErrc code, std::string what) {
+    return make_error(code, "planning the boot", fmt::format("{}: {}", name, what));
 }
 
 bool overlaps(std::uint64_t a, std::uint64_t a_end, std::uint64_t b, std::uint64_t b_end) {
@@ -48,7 +49,7 @@ std::vector<HvmMemmapEntry> build_memory_map(std::span<const guestmem::GpaRange>
     return map;
 }
 
-LoadResult<BootPlan> plan_boot(const ElfImage& image, std::span<const guestmem::GpaRange> ram,
+Result<BootPlan> plan_boot(const ElfImage& image, std::span<const guestmem::GpaRange> ram,
                                std::string_view cmdline) {
     BootPlan plan;
     plan.memory_map = build_memory_map(ram);

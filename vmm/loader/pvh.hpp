@@ -40,6 +40,7 @@
 
 #include "guestmem/addr.hpp"
 #include "vmm/loader/elf.hpp"
+#include "io/result.hpp"
 #include "vmm/loader/load_error.hpp"
 
 namespace swapvisor::vmm::loader {
@@ -111,7 +112,7 @@ struct BootPlan {
 
 // Check the image against the memory map and lay out the boot data. The plan's
 // writes point into `image`: keep it alive until the plan has been loaded.
-LoadResult<BootPlan> plan_boot(const ElfImage& image, std::span<const guestmem::GpaRange> ram,
+Result<BootPlan> plan_boot(const ElfImage& image, std::span<const guestmem::GpaRange> ram,
                                std::string_view cmdline);
 
 }  // namespace swapvisor::vmm::loader
