@@ -63,6 +63,36 @@ struct MemStats {
     std::string limit_state;            // "held", or why not ("no swap device", "swap full", ...)
 };
 
+// The numeric MemStats fields by their protocol names (the control socket's
+// status/stats and --stats-json print exactly these): one list, so a new counter is
+// added here and in the struct, and every report has it.
+enum class StatLevel : bool { basic, full };  // full: only in `stats` / --stats-json
+struct MemStatField {
+    const char* name;
+    std::uint64_t MemStats::*member;
+    StatLevel level;
+};
+inline constexpr MemStatField kMemStatFields[] = {
+    {"memory_bytes", &MemStats::memory_bytes, StatLevel::basic},
+    {"resident_limit", &MemStats::resident_limit, StatLevel::basic},
+    {"resident_bytes", &MemStats::resident_bytes, StatLevel::basic},
+    {"resident_bytes_peak", &MemStats::resident_bytes_peak, StatLevel::basic},
+    {"swapped_bytes", &MemStats::swapped_bytes, StatLevel::basic},
+    {"swap_out_pages", &MemStats::swap_out_pages, StatLevel::basic},
+    {"swap_in_pages", &MemStats::swap_in_pages, StatLevel::basic},
+    {"major_faults", &MemStats::major_faults, StatLevel::basic},
+    {"minor_faults", &MemStats::minor_faults, StatLevel::basic},
+    {"zero_pages", &MemStats::zero_pages, StatLevel::basic},
+    {"discarded_pages", &MemStats::discarded_pages, StatLevel::basic},
+    {"overshoot_bytes", &MemStats::overshoot_bytes, StatLevel::basic},
+    {"clean_drops", &MemStats::clean_drops, StatLevel::full},
+    {"lost_pages", &MemStats::lost_pages, StatLevel::full},
+    {"wp_faults", &MemStats::wp_faults, StatLevel::full},
+    {"throttle_waits", &MemStats::throttle_waits, StatLevel::full},
+    {"readahead_pages", &MemStats::readahead_pages, StatLevel::full},
+    {"limit_overshoots", &MemStats::limit_overshoots, StatLevel::full},
+};
+
 class GuestMemory {
 public:
     ~GuestMemory();

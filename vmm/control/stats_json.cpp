@@ -11,27 +11,10 @@ nlohmann::json stats_json(guestmem::HostMemory& host, const DeviceStats& devices
     json vms = json::array();
     for (guestmem::GuestMemory* vm : host.vms()) {
         guestmem::MemStats s = vm->stats();
-        json v = {
-            {"name", s.name},
-            {"memory_bytes", s.memory_bytes},
-            {"resident_bytes", s.resident_bytes},
-            {"resident_bytes_peak", s.resident_bytes_peak},
-            {"swapped_bytes", s.swapped_bytes},
-            {"swap_out_pages", s.swap_out_pages},
-            {"swap_in_pages", s.swap_in_pages},
-            {"major_faults", s.major_faults},
-            {"minor_faults", s.minor_faults},
-            {"zero_pages", s.zero_pages},
-            {"discarded_pages", s.discarded_pages},
-            {"resident_limit", s.resident_limit},
-        };
+        json v = {{"name", s.name}, {"limit_state", s.limit_state}};
+        for (const guestmem::MemStatField& f : guestmem::kMemStatFields)
+            if (full || f.level == guestmem::StatLevel::basic) v[f.name] = s.*f.member;
         if (full) {
-            v["clean_drops"] = s.clean_drops;
-            v["lost_pages"] = s.lost_pages;
-            v["wp_faults"] = s.wp_faults;
-            v["throttle_waits"] = s.throttle_waits;
-            v["limit_overshoots"] = s.limit_overshoots;
-            v["readahead_pages"] = s.readahead_pages;
             // A scan of the VM's stage-2 table: slots its pages refer to (leak checks:
             // the sum over VMs equals host.allocated_vslots at rest).
             v["referenced_vslots"] = vm->referenced_vslots();
