@@ -37,6 +37,7 @@ void GuestMemory::Impl::fault_loop() {
         spdlog::critical("{}: fault thread cannot create its io_uring: {}", name, ring.error().message());
         return;
     }
+    if (on_thread_start) on_thread_start(ThreadRole::fault_service);
     std::array<uffd_msg, kEventBatch> msgs{};
     std::array<pollfd, 2> fds{pollfd{kernel->uffd_fd(), POLLIN, 0}, pollfd{stop_event.get(), POLLIN, 0}};
     while (!stopping.load(std::memory_order_relaxed)) {

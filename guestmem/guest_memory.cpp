@@ -26,7 +26,8 @@ GuestMemory::Impl::Impl(const MemoryConfig& config, VmId id, HostBudget* h, swap
       clean(kernel->write_tracking() == WriteTracking::on),
       limits(occupancy, h, config.memory_bytes, config.resident_limit),
       tr(Transitions::Deps{table, *kernel, pool, limits, occupancy, counters, clean, config.name, id}),
-      name(config.name) {}
+      name(config.name),
+      on_thread_start(config.on_thread_start) {}
 
 GuestMemory::GuestMemory(MemoryConfig config, VmId id) : config_(std::move(config)), id_(id) {}
 

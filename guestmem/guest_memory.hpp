@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -28,11 +29,19 @@ namespace swapvisor::guestmem {
 class HostBudget;
 class GuestMemory;
 
+// The threads guestmem starts, for a caller that confines each kind (vmm installs
+// a seccomp filter per role from this hook).
+enum class ThreadRole : std::uint8_t { fault_service, reclaimer };
+// Called on each such thread once its own resources (io_uring) exist, before it
+// serves anything. Must not fail: a hook that cannot confine the thread aborts.
+using ThreadStartHook = std::function<void(ThreadRole)>;
+
 struct MemoryConfig {
     std::string name = "vm0";
     std::uint64_t memory_bytes = 0;      // multiple of 2 MiB
     std::uint64_t resident_limit = 0;    // 0 = no per-VM limit
     unsigned fault_threads = 1;
+    ThreadStartHook on_thread_start;     // may be empty
 };
 
 // Build one VM's memory (HostMemory::create_vm is the usual way). host: the host

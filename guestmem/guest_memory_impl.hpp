@@ -43,6 +43,7 @@ struct GuestMemory::Impl {
     Limits limits;
     Transitions tr;
     std::string name;
+    ThreadStartHook on_thread_start;
 
     io::UniqueFd stop_event;   // eventfd that wakes the fault threads on stop
     std::atomic<bool> stopping{false};

@@ -46,6 +46,7 @@ void GuestMemory::Impl::reclaim_loop() {
         spdlog::critical("{}: reclaimer cannot create its io_uring: {}", name, ring.error().message());
         return;
     }
+    if (on_thread_start) on_thread_start(ThreadRole::reclaimer);
     auto held_again = [&] {
         if (limits.held_again()) spdlog::info("{}: resident limit held again", name);
     };

@@ -11,6 +11,9 @@
 #include <cstring>
 #include <future>
 #include <memory>
+#include <mutex>
+#include <vector>
+#include <algorithm>
 #include <filesystem>
 #include <thread>
 
@@ -247,4 +250,29 @@ TEST_F(GuestMemoryTest, PrivilegedTheLimitIsHeldAgainOnceItCanBe) {
     for (int i = 0; i < 100 && vm->stats().limit_state != "held"; ++i)
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
     EXPECT_EQ(vm->stats().limit_state, "held");
+}
+
+TEST_F(GuestMemoryTest, PrivilegedEveryThreadGuestmemStartsCallsTheStartHookWithItsRole) {
+    pool_ = std::make_unique<swap::SwapPool>();
+    host_ = std::make_unique<HostMemory>(*pool_, 0);
+    std::mutex mu;
+    std::vector<ThreadRole> roles;
+    auto vm = host_->create_vm(MemoryConfig{.name = "hooked", .memory_bytes = 2ULL << 20, .fault_threads = 2,
+                                            .on_thread_start = [&](ThreadRole r) {
+                                                std::lock_guard lk(mu);
+                                                roles.push_back(r);
+                                            }});
+    ASSERT_TRUE(vm.has_value());
+    ASSERT_TRUE((*vm)->start().has_value());
+    for (int i = 0; i < 200; ++i) {
+        {
+            std::lock_guard lk(mu);
+            if (roles.size() == 3) break;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    (*vm)->stop();
+    std::lock_guard lk(mu);
+    EXPECT_EQ(std::count(roles.begin(), roles.end(), ThreadRole::fault_service), 2);
+    EXPECT_EQ(std::count(roles.begin(), roles.end(), ThreadRole::reclaimer), 1);
 }
