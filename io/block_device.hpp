@@ -105,6 +105,9 @@ public:
     Result<void> flush(Ring& ring) override;
     std::optional<DeviceIdentity> identity() const override { return identity_; }
     FileOrigin origin() const { return origin_; }
+    // Close now and report the error (a failed close may mean lost writes); the
+    // destructor is the fallback.
+    Result<void> close() { return fd_.close(); }
     int fd() const { return fd_.get(); }
 
 private:

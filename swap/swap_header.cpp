@@ -97,4 +97,32 @@ Result<void> write_header(io::BlockDevice& device, const SwapHeader& header) {
     return device.flush(pio.ring);
 }
 
+Result<SwapHeader> mkswap(const std::filesystem::path& path, std::uint64_t size_bytes) {
+    const std::string name = path.string();
+    if (size_bytes != 0 && size_bytes < std::uint64_t{kClusterSlots} * kSlotSize)
+        return make_error(io::Errc::too_small, "mkswap: swap size smaller than one 2 MiB cluster", name);
+    std::error_code ec;
+    const bool exists = std::filesystem::exists(path, ec);
+    if (!exists && size_bytes == 0)
+        return with_context<SwapHeader>(errno_error("mkswap: a new swap file needs --size", ENOENT), name);
+    auto block = SWV_TRY(io::FileBlockDevice::open(path, exists ? io::OpenMode::existing : io::OpenMode::create_or_open,
+                                                   exists ? 0 : size_bytes + kHeaderBytes));
+    const std::uint64_t slots = slots_after_header(block->size_bytes());
+    if (size_bytes != 0 && size_bytes != slots * kSlotSize) {
+        return make_error(Errc::size_mismatch, "mkswap",
+                          name + ": --size asks for " + std::to_string(size_bytes) + " bytes of swap, the device holds " +
+                              std::to_string(slots * kSlotSize) + " after its 4 KiB header");
+    }
+    if (slots < kClusterSlots)
+        return make_error(io::Errc::too_small, "mkswap: device smaller than its header and one 2 MiB cluster", name);
+    SwapHeader header = SWV_TRY(new_header(block->size_bytes()));
+    Result<void> written = write_header(*block, header);
+    if (!written) {
+        if (block->origin() == io::FileOrigin::created) std::filesystem::remove(path, ec);
+        return with_context<SwapHeader>(std::unexpected(written.error()), name);
+    }
+    SWV_TRY(with_context(block->close(), name));
+    return header;
+}
+
 }  // namespace swapvisor::swap

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "vmm/cli/config.hpp"
+#include "vmm/cli/mkswap.hpp"
 #include "vmm/control/ctl.hpp"
 
 namespace swapvisor::vmm::cli {
@@ -22,8 +23,8 @@ struct CliExit {
     std::string err;  // for stderr (errors)
 };
 
-// `run` gives a RunConfig, `ctl` its options (vmm/control/ctl.hpp).
-using CliOutcome = std::variant<RunConfig, control::CtlOptions, CliExit>;
+// `run` gives a RunConfig, `ctl` its options (vmm/control/ctl.hpp), `mkswap` its.
+using CliOutcome = std::variant<RunConfig, control::CtlOptions, MkswapOptions, CliExit>;
 
 // args excludes the program name: {"run", "--kernel", "hello.elf"}.
 CliOutcome parse_command_line(const std::vector<std::string>& args);

@@ -2,8 +2,13 @@
 // what is accepted, because an operator reads these messages, not a developer.
 #include "vmm/cli/config.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cctype>
 #include <charconv>
+#include <cstring>
 #include <limits>
 
 #include <fmt/format.h>
@@ -24,8 +29,62 @@ Parsed<std::uint64_t> parse_size_aligned(std::string_view text, std::uint64_t al
     return size;
 }
 
+Parsed<std::uint64_t> parse_guest_memory(std::string_view text) {
+    auto size = parse_size_aligned(text, kGuestMemoryAlign, "2 MiB");
+    if (!size) return size;
+    if (*size > kMaxGuestMemory) {
+        return std::unexpected(fmt::format("size '{}' ({} bytes) is more than this host can map for one guest: at most "
+                                           "{} bytes (3 GiB + 8 TiB - 2 MiB: KVM's largest memory slot)",
+                                           text, *size, kMaxGuestMemory));
+    }
+    return size;
+}
+
+Parsed<std::uint64_t> parse_memory_limit(std::string_view text, std::string_view what) {
+    auto size = parse_size(text);
+    if (!size) return size;
+    if (*size % 4096 != 0) {
+        return std::unexpected(fmt::format("size '{}' ({} bytes) is not a multiple of 4 KiB", text, *size));
+    }
+    if (auto low = control::check_memory_limit(*size, what); !low.empty()) return std::unexpected(low);
+    return size;
+}
+
+Parsed<void> check_kernel_file(const std::filesystem::path& path) {
+    struct stat st {};
+    // Kernel contract: stat follows symlinks and never opens the file, so a FIFO or
+    // a device is recognised without blocking on it or touching it.
+    if (::stat(path.c_str(), &st) != 0) {
+        return std::unexpected(fmt::format("kernel '{}': {}", path.string(), std::strerror(errno)));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        return std::unexpected(fmt::format("kernel '{}' is not a regular file (a FIFO, device or directory)", path.string()));
+    }
+    return {};
+}
+
+Parsed<void> check_output_file(const std::filesystem::path& path) {
+    struct stat st {};
+    // Kernel contract: stat / access(W_OK) answer for the real uid, before the file
+    // is created; the write at exit can still fail (disk full), but never because the
+    // directory was mistyped.
+    if (::stat(path.c_str(), &st) == 0) {
+        if (S_ISDIR(st.st_mode)) return std::unexpected(fmt::format("'{}' is a directory", path.string()));
+        if (::access(path.c_str(), W_OK) != 0)
+            return std::unexpected(fmt::format("'{}' is not writable: {}", path.string(), std::strerror(errno)));
+        return {};
+    }
+    std::filesystem::path dir = std::filesystem::absolute(path).parent_path();
+    if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+        return std::unexpected(fmt::format("directory '{}' of '{}' does not exist", dir.string(), path.string()));
+    if (::access(dir.c_str(), W_OK) != 0)
+        return std::unexpected(fmt::format("directory '{}' is not writable: {}", dir.string(), std::strerror(errno)));
+    return {};
+}
+
 Parsed<SwapSpec> parse_swap_spec(std::string_view text) {
     SwapSpec spec;
+    bool have_format = false;
     std::size_t comma = text.find(',');
     std::string_view path = text.substr(0, comma);
     if (path.empty()) return std::unexpected(fmt::format("--swap '{}': the path is empty", text));
@@ -37,8 +96,8 @@ Parsed<SwapSpec> parse_swap_spec(std::string_view text) {
         std::size_t eq = option.find('=');
         if (option.empty()) return std::unexpected(fmt::format("--swap '{}': empty option after ','", text));
         if (eq == std::string_view::npos || eq + 1 == option.size()) {
-            return std::unexpected(fmt::format("--swap '{}': option '{}' needs a value (priority=N or size=SIZE)",
-                                               text, option));
+            return std::unexpected(fmt::format(
+                "--swap '{}': option '{}' needs a value (priority=N, size=SIZE or format=yes)", text, option));
         }
         std::string_view key = option.substr(0, eq);
         std::string_view value = option.substr(eq + 1);
@@ -56,9 +115,15 @@ Parsed<SwapSpec> parse_swap_spec(std::string_view text) {
             auto size = parse_size_aligned(value, 4096, "4 KiB");
             if (!size) return std::unexpected(fmt::format("--swap '{}': {}", text, size.error()));
             spec.size = *size;
+        } else if (key == "format") {
+            if (have_format) return std::unexpected(fmt::format("--swap '{}': format given twice", text));
+            if (value != "yes" && value != "no")
+                return std::unexpected(fmt::format("--swap '{}': format '{}' must be yes or no", text, value));
+            spec.format = value == "yes" ? swap::Format::yes : swap::Format::no;
+            have_format = true;
         } else {
-            return std::unexpected(
-                fmt::format("--swap '{}': unknown option '{}' (accepted: priority=N, size=SIZE)", text, key));
+            return std::unexpected(fmt::format(
+                "--swap '{}': unknown option '{}' (accepted: priority=N, size=SIZE, format=yes)", text, key));
         }
     }
     return spec;
@@ -112,13 +177,13 @@ Parsed<VmSpec> parse_vm_spec(std::string_view text) {
             spec.kernel = std::filesystem::path(std::string(value));
         } else if (key == "memory") {
             if (have_memory) return std::unexpected(fmt::format("--vm '{}': memory given twice", text));
-            auto size = parse_size_aligned(value, kGuestMemoryAlign, "2 MiB");
+            auto size = parse_guest_memory(value);
             if (!size) return std::unexpected(fmt::format("--vm '{}': memory: {}", text, size.error()));
             spec.memory_bytes = *size;
             have_memory = true;
         } else if (key == "resident-limit") {
             if (have_limit) return std::unexpected(fmt::format("--vm '{}': resident-limit given twice", text));
-            auto size = parse_size_aligned(value, 4096, "4 KiB");
+            auto size = parse_memory_limit(value, "resident limit");
             if (!size) return std::unexpected(fmt::format("--vm '{}': resident-limit: {}", text, size.error()));
             spec.resident_limit = *size;
             have_limit = true;
