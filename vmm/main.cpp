@@ -116,6 +116,7 @@ int main(int argc, char** argv) {
     if (const auto* ctl = std::get_if<control::CtlOptions>(&outcome)) return control::run_ctl(*ctl);
     if (const auto* mk = std::get_if<cli::MkswapOptions>(&outcome)) return cli::run_mkswap(*mk, std::cout, std::cerr);
     const cli::RunConfig& config = std::get<cli::RunConfig>(outcome);
+    if (auto bad = cli::check_run_files(config)) return std::fputs(bad->err.c_str(), stderr), bad->status;
     // SIGTERM / SIGINT stop the VMs and let the epilogue run (before any thread starts).
     auto shutdown = Shutdown::install();
     if (!shutdown) return fail(fmt::format("signal handling: {}", shutdown.error().message()));

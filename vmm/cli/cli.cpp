@@ -55,10 +55,7 @@ CliOutcome validate(const RawRun& raw) {
         }
         config.swaps.push_back(*spec);
     }
-    if (!raw.stats_json.empty()) {
-        if (auto ok = check_output_file(raw.stats_json); !ok) return usage_error("--stats-json: " + ok.error());
-        config.stats_json = raw.stats_json;
-    }
+    if (!raw.stats_json.empty()) config.stats_json = raw.stats_json;
     if (!raw.control.empty()) config.control_socket = raw.control;
     auto name = parse_vm_name(raw.name);
     if (!name) return usage_error("--name: " + name.error());
@@ -80,7 +77,6 @@ CliOutcome validate(const RawRun& raw) {
         if (vm.cmdline.size() > kMaxCmdline)
             return usage_error(fmt::format("{}: the command line is {} bytes, at most {} fit the PVH start info", vm.name,
                                            vm.cmdline.size(), kMaxCmdline));
-        if (auto ok = check_kernel_file(vm.kernel); !ok) return usage_error(fmt::format("{}: {}", vm.name, ok.error()));
     }
     for (std::size_t i = 0; i < vms.size(); ++i)
         for (std::size_t j = i + 1; j < vms.size(); ++j)
@@ -90,6 +86,16 @@ CliOutcome validate(const RawRun& raw) {
 }
 
 }  // namespace
+
+std::optional<CliExit> check_run_files(const RunConfig& config) {
+    for (const VmSpec& vm : config.all_vms()) {
+        if (auto ok = check_kernel_file(vm.kernel); !ok) return usage_error(fmt::format("{}: {}", vm.name, ok.error()));
+    }
+    if (config.stats_json) {
+        if (auto ok = check_output_file(*config.stats_json); !ok) return usage_error("--stats-json: " + ok.error());
+    }
+    return std::nullopt;
+}
 
 CliOutcome parse_command_line(const std::vector<std::string>& args) {
     CLI::App app{"swapvisor: a KVM virtual machine monitor that overcommits guest memory onto swap devices", "swapvisor"};

@@ -4,6 +4,7 @@
 // what to print and the exit status, so main() stays exception free.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <variant>
 #include <vector>
@@ -28,5 +29,11 @@ using CliOutcome = std::variant<RunConfig, control::CtlOptions, MkswapOptions, C
 
 // args excludes the program name: {"run", "--kernel", "hello.elf"}.
 CliOutcome parse_command_line(const std::vector<std::string>& args);
+
+// The files a RunConfig names, checked before anything is reserved (a usage error,
+// kExitUsage, if one is wrong): every kernel is a regular file (stat only: a FIFO
+// would block the open forever), --stats-json can be written. Separate from the
+// parse so the parser stays a pure function of its arguments.
+std::optional<CliExit> check_run_files(const RunConfig& config);
 
 }  // namespace swapvisor::vmm::cli
