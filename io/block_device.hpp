@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <system_error>
@@ -22,9 +23,25 @@ enum class Errc {
     short_io,            // transfer ended early and could not be completed
     not_file_or_block,   // path is neither a regular file nor a block device
     too_small,           // device smaller than one unit of use
+    in_use,              // another process holds the device (file lock held, or block device claimed)
+    ram_backed,          // a file on tmpfs / ramfs: swapping to it would swap RAM to RAM
+    no_reservation,      // the file system cannot reserve space (no fallocate): a sparse file could hit ENOSPC
 };
 const std::error_category& io_category();
 inline std::error_code make_error_code(Errc e) { return {static_cast<int>(e), io_category()}; }
+
+// What a device is, whatever name reaches it (hard link, symlink, relative path):
+// a regular file is its (st_dev, st_ino), a block device its device number st_rdev.
+struct DeviceIdentity {
+    enum class Kind : std::uint8_t { file, block };
+    Kind kind = Kind::file;
+    std::uint64_t dev = 0;  // st_dev of a file, st_rdev of a block device
+    std::uint64_t ino = 0;  // st_ino of a file; 0 for a block device
+    bool operator==(const DeviceIdentity&) const = default;
+};
+// The identity of what path names now (stat follows symlinks): ENOENT if missing,
+// Errc::not_file_or_block if it is neither a regular file nor a block device.
+Result<DeviceIdentity> identity_of(const std::filesystem::path& path);
 
 // One I/O against a BlockDevice: `result` as IoOp::result.
 struct BlockIo {
@@ -47,6 +64,8 @@ public:
     virtual Result<void> submit(Ring& ring, std::span<BlockIo> ios) = 0;
     // Make written data durable (fdatasync equivalent through the ring).
     virtual Result<void> flush(Ring& ring) = 0;
+    // Which device this is (files and block devices); none for in-memory fakes.
+    virtual std::optional<DeviceIdentity> identity() const { return std::nullopt; }
 };
 
 // The checks every BlockDevice::submit runs before issuing anything: each read/write
@@ -61,15 +80,22 @@ Result<void> check_block_io(const BlockDevice& dev, std::span<BlockIo> ios);
 Result<void> io_status(const BlockIo& io, const char* op);
 
 enum class OpenMode { existing, create_or_open };
+// Whether FileBlockDevice::open made the file (a new file holds no one's data).
+enum class FileOrigin : bool { existing, created };
 
 class FileBlockDevice final : public BlockDevice {
 public:
     // existing: the path must exist (file or block device) and hold at least
     // size_bytes. create_or_open: a missing regular file is created (mode 0600) and
-    // sized to size_bytes (fallocate, ftruncate where unsupported); an existing file
-    // shorter than size_bytes is extended; a block device must already be big enough.
-    // O_DIRECT always; block devices are opened O_EXCL (refused while mounted or
-    // claimed). size_bytes() is rounded down to whole logical blocks.
+    // its space reserved with fallocate (Errc::no_reservation where the file system
+    // cannot: never a sparse file that fails with ENOSPC later); an existing file
+    // shorter than size_bytes is extended the same way; a block device must already
+    // be big enough. Regular files on tmpfs / ramfs are refused (Errc::ram_backed).
+    // O_DIRECT always. Ownership across processes: block devices are opened O_EXCL
+    // (refused while mounted or claimed), regular files carry an OFD write lock on
+    // the whole file for the device's life (Errc::in_use when another open file
+    // description, e.g. another swapvisor, holds it). size_bytes() is rounded down
+    // to whole logical blocks. Errors carry the path as context.
     static Result<std::unique_ptr<FileBlockDevice>> open(const std::filesystem::path& path, OpenMode mode,
                                                          std::uint64_t size_bytes = 0);
     const std::string& path() const override { return path_; }
@@ -77,14 +103,22 @@ public:
     std::uint32_t logical_block_size() const override { return block_size_; }
     Result<void> submit(Ring& ring, std::span<BlockIo> ios) override;
     Result<void> flush(Ring& ring) override;
+    std::optional<DeviceIdentity> identity() const override { return identity_; }
+    FileOrigin origin() const { return origin_; }
+    // Close now and report the error (a failed close may mean lost writes); the
+    // destructor is the fallback.
+    Result<void> close() { return fd_.close(); }
     int fd() const { return fd_.get(); }
 
 private:
-    FileBlockDevice(UniqueFd fd, std::string path, std::uint64_t size, std::uint32_t block_size);
-    UniqueFd fd_;
+    FileBlockDevice(UniqueFd fd, std::string path, std::uint64_t size, std::uint32_t block_size,
+                    DeviceIdentity identity, FileOrigin origin);
+    UniqueFd fd_;  // its OFD lock (files) lives and dies with it
     std::string path_;
     std::uint64_t size_;
     std::uint32_t block_size_;
+    DeviceIdentity identity_;
+    FileOrigin origin_;
 };
 
 }  // namespace swapvisor::io

@@ -118,6 +118,7 @@ public:
     // A flush is an op of kind fsync for the plan: eio / enospc / short_io fail it
     // without issuing; delay and gate run first.
     Result<void> flush(Ring& ring) override;
+    std::optional<DeviceIdentity> identity() const override { return inner_->identity(); }
 
     BlockDevice& inner() { return *inner_; }
     FaultPlan& plan() { return *plan_; }

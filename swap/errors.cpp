@@ -17,6 +17,13 @@ public:
             case Errc::stale_slot: return "virtual swap slot not allocated";
             case Errc::io_failed: return "swap I/O failed";
             case Errc::exists: return "already a swap device";
+            case Errc::no_signature:
+                return "no swapvisor swap signature: refusing to overwrite what may be someone's data (prepare it "
+                       "with 'swapvisor mkswap PATH', or add format=yes to erase it)";
+            case Errc::bad_header:
+                return "swapvisor swap header is corrupt, of another version, or does not match the device's size "
+                       "(run 'swapvisor mkswap PATH' again to re-create it, losing its contents)";
+            case Errc::size_mismatch: return "the size given disagrees with the size of the existing device";
         }
         return "unknown swap error";
     }

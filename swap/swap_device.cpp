@@ -3,16 +3,61 @@
 // holds a vslot stripe lock while calling in here.
 #include "swap/swap_device.hpp"
 
+#include <spdlog/spdlog.h>
+
 #include <bit>
+#include <cstring>
+
+#include "swap/swap_header.hpp"
 
 namespace swapvisor::swap {
 
+const char* state_name(DeviceState state) {
+    switch (state) {
+        case DeviceState::active: return "active";
+        case DeviceState::removing: return "removing";
+        case DeviceState::failed: return "failed";
+    }
+    return "unknown";
+}
+
+// Every I/O of the pool on this device goes through here (SwapDevice::block()), so a
+// failed write is seen where it happens, whoever issued it (write_out, swapoff), and
+// the device stops taking slots before the next batch picks it.
+class SwapDevice::WriteWatch final : public io::BlockDevice {
+public:
+    WriteWatch(SwapDevice& owner, io::BlockDevice& inner) : owner_(owner), inner_(inner) {}
+    const std::string& path() const override { return inner_.path(); }
+    std::uint64_t size_bytes() const override { return inner_.size_bytes(); }
+    std::uint32_t logical_block_size() const override { return inner_.logical_block_size(); }
+    std::optional<io::DeviceIdentity> identity() const override { return inner_.identity(); }
+    Result<void> submit(io::Ring& ring, std::span<io::BlockIo> ios) override {
+        Result<void> r = inner_.submit(ring, ios);
+        if (r) {
+            for (const io::BlockIo& io : ios)
+                if (io.kind == io::IoKind::write && (io.result == -ENOSPC || io.result == -EIO))
+                    owner_.note_write_error(io.result);
+        }
+        return r;
+    }
+    Result<void> flush(io::Ring& ring) override {
+        Result<void> r = inner_.flush(ring);
+        if (!r && r.error().is(std::errc::no_space_on_device)) owner_.note_write_error(-ENOSPC);
+        return r;
+    }
+
+private:
+    SwapDevice& owner_;
+    io::BlockDevice& inner_;
+};
+
 SwapDevice::SwapDevice(std::unique_ptr<io::BlockDevice> block, DeviceId id, int priority, std::string path)
     : block_(std::move(block)),
+      watch_(std::make_unique<WriteWatch>(*this, *block_)),
       id_(id),
       priority_(priority),
       path_(std::move(path)),
-      total_slots_(block_->size_bytes() / kSlotSize) {
+      total_slots_(slots_after_header(block_->size_bytes())) {
     SWV_ASSERT(total_slots_ >= kClusterSlots && total_slots_ <= UINT32_MAX, "SwapDevice: size out of range");
     bitmap_.assign((total_slots_ + 63) / 64, 0);
     rmap_.assign(total_slots_, 0);
@@ -27,7 +72,20 @@ std::uint32_t SwapDevice::cluster_slots(std::uint32_t c) const {
 
 DeviceUsage SwapDevice::usage() const {
     std::lock_guard lock(mutex_);
-    return DeviceUsage{total_slots_, used_, state_};
+    DeviceState shown = state_ == DeviceState::removing ? state_ : failed_ ? DeviceState::failed : state_;
+    return DeviceUsage{total_slots_, used_, shown, write_errors_, failure_};
+}
+
+void SwapDevice::note_write_error(int error) {
+    std::lock_guard lock(mutex_);
+    ++write_errors_;
+    if (error != -ENOSPC || failed_) return;
+    failed_ = true;
+    failure_ = Error{std::error_code(-error, std::system_category()), "swap-out write", path_}.message();
+    // Once per device: the reclaimer's "no progress" warnings do not name it.
+    spdlog::error("swap device {} failed: {}; no new slots are allocated on it (its pages stay readable; "
+                  "swapoff it, free space, and swapon again)",
+                  path_, failure_);
 }
 
 void SwapDevice::list_push(ClusterList& list, std::uint32_t c) {
@@ -85,7 +143,7 @@ void SwapDevice::take_slot(std::uint32_t s, VSlot v) {
 
 std::size_t SwapDevice::allocate(std::span<const VSlot> vslots, unsigned context, std::vector<SlotIdx>& out) {
     std::lock_guard lock(mutex_);
-    if (state_ != DeviceState::active) return 0;
+    if (state_ != DeviceState::active || failed_) return 0;
     std::size_t done = 0;
     Cursor& cur = cursors_[context % kAllocContexts];
     while (done < vslots.size() && used_ < total_slots_) {

@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <utility>
@@ -37,15 +38,24 @@
 
 namespace swapvisor::swap {
 
-// Byte offset of a slot on its device.
-inline io::DevOffset slot_offset(SlotIdx slot) { return io::DevOffset(std::uint64_t{slot.value()} * kSlotSize); }
+// Byte offset of a slot on its device: slots start after the header page
+// (swap_header.hpp), so a slot write can never destroy the signature.
+inline io::DevOffset slot_offset(SlotIdx slot) {
+    return io::DevOffset((std::uint64_t{slot.value()} + 1) * kSlotSize);
+}
 
-enum class DeviceState : std::uint8_t { active, removing };
+// removing: swapoff runs. failed: a write hit ENOSPC (a sparse or shrunken file, a
+// thin device out of space): no new slots are allocated on it, what it holds stays
+// readable, and swapoff can still empty it.
+enum class DeviceState : std::uint8_t { active, removing, failed };
+const char* state_name(DeviceState state);
 
 struct DeviceUsage {
     std::uint64_t total_slots = 0;
     std::uint64_t used_slots = 0;
     DeviceState state = DeviceState::active;
+    std::uint64_t write_errors = 0;  // writes that failed with ENOSPC or EIO
+    std::string failure;             // why the device failed (empty unless failed)
 };
 
 // A slot that swapoff found allocated, and the vslot the reverse map names for it.
@@ -58,7 +68,9 @@ class SwapDevice {
 public:
     static constexpr unsigned kAllocContexts = 8;
 
-    // total_slots = block->size_bytes() / kSlotSize (a partial last cluster is used).
+    // total_slots = slots after the header page (a partial last cluster is used).
+    // The device watches its own writes (WriteWatch in swap_device.cpp): an ENOSPC
+    // marks it failed.
     SwapDevice(std::unique_ptr<io::BlockDevice> block, DeviceId id, int priority, std::string path);
     SwapDevice(const SwapDevice&) = delete;
     SwapDevice& operator=(const SwapDevice&) = delete;
@@ -66,7 +78,8 @@ public:
     DeviceId id() const { return id_; }
     int priority() const { return priority_; }
     const std::string& path() const { return path_; }
-    io::BlockDevice& block() { return *block_; }
+    io::BlockDevice& block() { return *watch_; }
+    std::optional<io::DeviceIdentity> identity() const { return block_->identity(); }
     std::uint64_t total_slots() const { return total_slots_; }
     std::uint64_t cluster_count() const { return clusters_.size(); }
     DeviceUsage usage() const;
@@ -84,8 +97,11 @@ public:
     VSlot reverse(SlotIdx slot) const;
 
     // Removal (swap/README.md#removal).
-    bool begin_removal();   // active -> removing; false if already removing
-    void cancel_removal();  // removing -> active
+    bool begin_removal();   // active or failed -> removing; false if already removing
+    void cancel_removal();  // removing -> active (or failed, if it failed)
+    // A write on the device failed with `error` (-errno): counted; ENOSPC marks the
+    // device failed (once, logged with its name).
+    void note_write_error(int error);
     void wait_writes_done();
     // Collect allocated slots at or after `cursor` into out, scanning the bitmap a
     // word at a time and skipping empty words; advances cursor past the last one
@@ -125,7 +141,10 @@ private:
     void list_push(ClusterList& list, std::uint32_t c);
     void list_remove(ClusterList& list, std::uint32_t c);
 
+    class WriteWatch;
+
     const std::unique_ptr<io::BlockDevice> block_;
+    const std::unique_ptr<io::BlockDevice> watch_;  // block_ seen through WriteWatch
     const DeviceId id_;
     const int priority_;
     const std::string path_;
@@ -135,6 +154,9 @@ private:
     mutable std::mutex mutex_;
     std::condition_variable writes_done_;
     DeviceState state_ = DeviceState::active;
+    bool failed_ = false;   // sticky: survives a swapoff that is cancelled
+    std::string failure_;
+    std::uint64_t write_errors_ = 0;
     std::uint64_t used_ = 0;
     std::uint64_t pending_writes_ = 0;
     std::vector<std::uint64_t> bitmap_;   // the swap_map, one bit per slot

@@ -4,6 +4,8 @@
 
 #include <xxhash.h>
 
+#include "swap/swap_header.hpp"
+
 #include <algorithm>
 #include <thread>
 
@@ -29,8 +31,10 @@ std::uint64_t page_checksum(const std::byte* page) { return XXH3_64bits(page, kS
 
 std::string canonical_swap_path(const std::filesystem::path& path) {
     std::error_code ec;
-    std::filesystem::path canonical = std::filesystem::weakly_canonical(path, ec);
-    return ec ? path.lexically_normal().string() : canonical.string();
+    std::filesystem::path absolute = std::filesystem::absolute(path, ec);
+    if (ec) absolute = path;
+    std::filesystem::path canonical = std::filesystem::weakly_canonical(absolute, ec);
+    return ec ? absolute.lexically_normal().string() : canonical.string();
 }
 
 SwapPool::SwapPool(SwapPoolConfig config) : config_(config) {
@@ -41,21 +45,70 @@ SwapPool::~SwapPool() = default;
 
 void SwapPool::set_eviction_sink(EvictionSink* sink) { sink_.store(sink); }
 
-Result<DeviceId> SwapPool::swapon(const std::filesystem::path& path, int priority, std::uint64_t size_bytes) {
-    std::string key = canonical_swap_path(path);
+namespace {
+
+// The header an existing device must carry to be swapped on (or gets, with
+// format=yes). size_bytes: the swap space the operator asked for, 0 if none.
+Result<void> check_or_format(io::BlockDevice& block, std::uint64_t size_bytes, Format format) {
+    const std::uint64_t slots = slots_after_header(block.size_bytes());
+    if (size_bytes != 0 && size_bytes != slots * kSlotSize) {
+        return make_error(Errc::size_mismatch, "swapon",
+                          "size= asks for " + std::to_string(size_bytes) + " bytes of swap, the device holds " +
+                              std::to_string(slots * kSlotSize) + " after its 4 KiB header; leave size= out to use it as it is");
+    }
+    Result<std::optional<SwapHeader>> header = read_header(block);
+    if (format == Format::yes) {
+        // The operator asked to erase it; a header is written even over a corrupt one.
+        return write_header(block, SWV_TRY(new_header(block.size_bytes())));
+    }
+    if (!header) return std::unexpected(header.error());
+    if (!header->has_value()) return make_error(Errc::no_signature, "swapon");
+    if ((*header)->slot_count != slots) {
+        return make_error(Errc::bad_header, "swapon",
+                          "header says " + std::to_string((*header)->slot_count) + " slots, the device now holds " +
+                              std::to_string(slots));
+    }
+    return {};
+}
+
+}  // namespace
+
+Result<DeviceId> SwapPool::swapon(const std::filesystem::path& path, int priority, std::uint64_t size_bytes,
+                                  Format format) {
+    const std::string key = canonical_swap_path(path);
+    auto fail = [&](Error e) -> Result<DeviceId> { return std::unexpected(std::move(e).with_context(key)); };
+    if (size_bytes != 0 && size_bytes < std::uint64_t{kClusterSlots} * kSlotSize) {
+        return fail(make_error(io::Errc::too_small, "swapon: swap size smaller than one 2 MiB cluster").error());
+    }
+    // Same device twice, by any name: refused before the device is opened (its lock
+    // would refuse it too, with a less helpful message).
+    Result<io::DeviceIdentity> identity = io::identity_of(path);
+    const bool exists = identity.has_value();
+    if (!exists && !identity.error().is(std::errc::no_such_file_or_directory)) return fail(identity.error());
     {
         std::shared_lock lock(devices_mutex_);
-        if (find_locked(key) != nullptr) return make_error(Errc::exists, "swapon: path already in the swap pool");
+        if (auto r = refuse_duplicate_locked(key, exists ? std::optional(*identity) : std::nullopt); !r)
+            return std::unexpected(r.error());
     }
-    std::error_code ec;
-    bool exists = std::filesystem::exists(path, ec);
-    if (!exists && size_bytes == 0) return errno_error("swapon: a missing swap file needs a size", ENOENT);
-    if (!exists && size_bytes < std::uint64_t{kClusterSlots} * kSlotSize) {
-        return make_error(io::Errc::too_small, "swapon: swap file smaller than one 2 MiB cluster");
+    if (!exists && size_bytes == 0)
+        return fail(errno_error("swapon: a missing swap file needs a size (size=)", ENOENT).error());
+
+    auto block = SWV_TRY(io::FileBlockDevice::open(path, exists ? io::OpenMode::existing : io::OpenMode::create_or_open,
+                                                   exists ? 0 : size_bytes + kHeaderBytes));
+    if (block->origin() == io::FileOrigin::created) {
+        // A file we just made holds nobody's data: it gets its header now, and goes
+        // away again if that fails.
+        auto header = new_header(block->size_bytes());
+        Result<void> written = header ? write_header(*block, *header) : Result<void>(std::unexpected(header.error()));
+        if (!written) {
+            std::error_code ignored;
+            std::filesystem::remove(path, ignored);
+            return fail(written.error());
+        }
+    } else if (auto r = check_or_format(*block, size_bytes, format); !r) {
+        return fail(r.error());
     }
-    auto block = SWV_TRY(io::FileBlockDevice::open(
-        path, exists ? io::OpenMode::existing : io::OpenMode::create_or_open, exists ? 0 : size_bytes));
-    return add_device(std::move(block), priority, std::move(key));
+    return add_device(std::move(block), priority, key);
 }
 
 Result<DeviceId> SwapPool::swapon(std::unique_ptr<io::BlockDevice> device, int priority) {
@@ -65,18 +118,18 @@ Result<DeviceId> SwapPool::swapon(std::unique_ptr<io::BlockDevice> device, int p
 }
 
 Result<DeviceId> SwapPool::add_device(std::unique_ptr<io::BlockDevice> device, int priority, std::string key) {
-    if (device->size_bytes() / kSlotSize < kClusterSlots) {
-        return make_error(io::Errc::too_small, "swapon: device smaller than one 2 MiB cluster");
+    if (slots_after_header(device->size_bytes()) < kClusterSlots) {
+        return make_error(io::Errc::too_small, "swapon: device smaller than its header and one 2 MiB cluster", key);
     }
-    if (device->size_bytes() / kSlotSize > UINT32_MAX) {
+    if (slots_after_header(device->size_bytes()) > UINT32_MAX) {
         return errno_error("swapon: device larger than 2^32 slots", EFBIG);
     }
     std::uint32_t block = device->logical_block_size();
     if (block == 0 || block > kSlotSize || kSlotSize % block != 0) {
-        return make_error(io::Errc::misaligned, "swapon: logical block size does not divide 4 KiB");
+        return make_error(io::Errc::misaligned, "swapon: logical block size does not divide 4 KiB", key);
     }
     std::unique_lock lock(devices_mutex_);
-    if (find_locked(key) != nullptr) return make_error(Errc::exists, "swapon: path already in the swap pool");
+    SWV_TRY(refuse_duplicate_locked(key, device->identity()));
     if (devices_.size() > UINT16_MAX) return errno_error("swapon: device ids exhausted", EMFILE);
     // Device ids are never reused, so a stale PSlot can never name a newer device.
     DeviceId id(static_cast<std::uint16_t>(devices_.size()));
@@ -96,9 +149,38 @@ SwapDevice* SwapPool::find_locked(const std::string& key) const {
     return nullptr;
 }
 
-std::optional<DeviceId> SwapPool::find_device(const std::filesystem::path& path) const {
+SwapDevice* SwapPool::find_identity_locked(const io::DeviceIdentity& identity) const {
+    for (SwapDevice* d : by_priority_) {
+        if (d->identity() == identity) return d;
+    }
+    return nullptr;
+}
+
+Result<void> SwapPool::refuse_duplicate_locked(const std::string& key,
+                                               const std::optional<io::DeviceIdentity>& identity) const {
+    const SwapDevice* same = find_locked(key);
+    if (same == nullptr && identity) same = find_identity_locked(*identity);
+    if (same == nullptr) return {};
+    if (same->path() == key) return make_error(Errc::exists, "swapon", key + " is already in the swap pool");
+    return make_error(Errc::exists, "swapon",
+                      key + " is the same device as " + same->path() + ", already in the swap pool");
+}
+
+std::string SwapPool::resolve_name(const std::filesystem::path& path) const {
+    std::string key = canonical_swap_path(path);
+    Result<io::DeviceIdentity> identity = io::identity_of(path);  // outside the lock: may block on I/O
     std::shared_lock lock(devices_mutex_);
-    SwapDevice* d = find_locked(canonical_swap_path(path));
+    if (find_locked(key) != nullptr) return key;
+    if (identity) {
+        if (const SwapDevice* d = find_identity_locked(*identity)) return d->path();
+    }
+    return key;
+}
+
+std::optional<DeviceId> SwapPool::find_device(const std::filesystem::path& path) const {
+    std::string key = resolve_name(path);
+    std::shared_lock lock(devices_mutex_);
+    SwapDevice* d = find_locked(key);
     return d ? std::optional(d->id()) : std::nullopt;
 }
 
@@ -333,7 +415,7 @@ std::vector<DeviceStats> SwapPool::stats() const {
     for (const SwapDevice* d : by_priority_) {
         DeviceUsage u = d->usage();
         out.push_back(DeviceStats{d->path(), d->priority(), u.total_slots, u.used_slots,
-                                  u.state == DeviceState::removing});
+                                  u.state == DeviceState::removing, u.state, u.write_errors, u.failure});
     }
     return out;
 }

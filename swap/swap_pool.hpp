@@ -36,9 +36,16 @@ namespace swapvisor::swap {
 
 // xxh3-64 of one 4 KiB page: the checksum a VSlot descriptor keeps.
 std::uint64_t page_checksum(const std::byte* page);
-// The name a device is known by in the pool (weakly canonical path): swapon and
-// swapoff of "a/../swap.img" and "swap.img" name the same device.
+// The name a device is stored and shown under: the absolute, weakly canonical path
+// (relative paths are taken against the current directory first, symlinks of the
+// existing part resolved), so "a/../swap.img", "./swap.img" and "/abs/swap.img" are
+// one name. Identity (the same file or block device by any name) is separate: see
+// SwapPool::swapon.
 std::string canonical_swap_path(const std::filesystem::path& path);
+
+// swapon of a device without a swapvisor header: refuse (no), or erase it and write
+// one (yes: the operator said so, `format=yes`).
+enum class Format : bool { no, yes };
 
 // Upward interface (defined here, implemented by guestmem): used by swapoff when no
 // other device has room, to bring a page back into guest memory.
@@ -67,6 +74,9 @@ struct DeviceStats {
     int priority;
     std::uint64_t total_slots, used_slots;
     bool removing;
+    DeviceState state;
+    std::uint64_t write_errors;
+    std::string failure;  // why it failed; empty unless state == failed
 };
 
 struct SwapoffProgress {
@@ -92,11 +102,18 @@ public:
 
     void set_eviction_sink(EvictionSink* sink);  // may be null
 
-    // Open (or create with size_bytes) a file / block device O_DIRECT and add it with
-    // priority. A path that exists is used as is (size_bytes ignored); a missing one
-    // is created with size_bytes. Errors: Errc::exists (already in the pool),
-    // io::Errc::too_small (less than one 2 MiB cluster), io / errno errors.
-    Result<DeviceId> swapon(const std::filesystem::path& path, int priority, std::uint64_t size_bytes);
+    // Open (or create) a file / block device O_DIRECT and add it with priority
+    // (swap/README.md#devices). size_bytes is the swap space (slots); a missing file
+    // is created one header page larger, with its space reserved, and gets a fresh
+    // header. An existing device must carry a swapvisor header (else
+    // Errc::no_signature, unless format is yes) whose slot count matches the device
+    // and, when size_bytes is given, size_bytes (else Errc::size_mismatch).
+    // The same device by any name (hard link, symlink, relative path) twice is
+    // Errc::exists with both names. Other errors: io::Errc::too_small (less than
+    // one 2 MiB cluster of slots), io::Errc::in_use (another process owns it),
+    // io::Errc::ram_backed (tmpfs / ramfs), io / errno errors; all name the path.
+    Result<DeviceId> swapon(const std::filesystem::path& path, int priority, std::uint64_t size_bytes,
+                            Format format = Format::no);
     // Add an already opened device (tests pass a FaultyBlockDevice).
     Result<DeviceId> swapon(std::unique_ptr<io::BlockDevice> device, int priority);
 
@@ -135,7 +152,12 @@ public:
     std::optional<OwnerTag> owner_of(VSlot vslot) const;
     // Where vslot's data is now (nullopt if not allocated): for tests and tools.
     std::optional<PSlot> pslot_of(VSlot vslot) const;
+    // The device `path` names, by its pool name or by identity (any other name of
+    // the same file or block device).
     std::optional<DeviceId> find_device(const std::filesystem::path& path) const;
+    // The pool name of the device `path` names (by name or identity), or the
+    // canonical form of path if no device in the pool is it.
+    std::string resolve_name(const std::filesystem::path& path) const;
 
 private:
     // One page being placed: its new slot (device null: no room).
@@ -158,6 +180,9 @@ private:
 
     Result<DeviceId> add_device(std::unique_ptr<io::BlockDevice> device, int priority, std::string key);
     SwapDevice* find_locked(const std::string& key) const;
+    SwapDevice* find_identity_locked(const io::DeviceIdentity& identity) const;
+    // An error naming both names if `identity` is already in the pool.
+    Result<void> refuse_duplicate_locked(const std::string& key, const std::optional<io::DeviceIdentity>& identity) const;
     // get_swap_device(): a reference, or none if the device is gone.
     SwapDeviceRef get_swap_device(DeviceId id) const;
     // Place vslots[i] on devices by priority; fills placements, returns how many got a

@@ -57,7 +57,7 @@ struct SwapPool::Batch {
 Result<SwapoffReport> SwapPool::swapoff(const std::filesystem::path& path, io::Ring& ring,
                                         std::function<void(SwapoffProgress)> progress) {
     const auto start = std::chrono::steady_clock::now();
-    const std::string key = canonical_swap_path(path);
+    const std::string key = resolve_name(path);  // any name of the device
 
     SwapDevice* dev = nullptr;
     SwapDeviceRef self;

@@ -42,7 +42,10 @@ enum class Errc {
     would_not_fit,       // swapoff refused: no room elsewhere and no budget to bring pages back
     stale_slot,          // the vslot is not (or no longer) allocated
     io_failed,           // the device reported an I/O error
-    exists,              // swapon of a path already in the pool
+    exists,              // swapon of a device already in the pool (by any name)
+    no_signature,        // swapon of a device without a swapvisor header (format not asked)
+    bad_header,          // a swapvisor header that is corrupt, of another version or another size
+    size_mismatch,       // size= disagrees with the size of an existing device
 };
 const std::error_category& swap_category();
 inline std::error_code make_error_code(Errc e) { return {static_cast<int>(e), swap_category()}; }

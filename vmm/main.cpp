@@ -7,7 +7,9 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstring>
 #include <fstream>
+#include <iostream>
 #include <optional>
 #include <thread>
 #include <string>
@@ -31,6 +33,7 @@
 #include "vmm/kvm/kvm.hpp"
 #include "vmm/loader/elf.hpp"
 #include "vmm/loader/loader.hpp"
+#include "vmm/shutdown.hpp"
 #include "vmm/vm.hpp"
 
 namespace swv = swapvisor;
@@ -101,7 +104,12 @@ int main(int argc, char** argv) {
         return done->status;
     }
     if (const auto* ctl = std::get_if<control::CtlOptions>(&outcome)) return control::run_ctl(*ctl);
+    if (const auto* mk = std::get_if<cli::MkswapOptions>(&outcome)) return cli::run_mkswap(*mk, std::cout, std::cerr);
     const cli::RunConfig& config = std::get<cli::RunConfig>(outcome);
+    if (auto bad = cli::check_run_files(config)) return std::fputs(bad->err.c_str(), stderr), bad->status;
+    // SIGTERM / SIGINT stop the VMs and let the epilogue run (before any thread starts).
+    auto shutdown = Shutdown::install();
+    if (!shutdown) return fail(fmt::format("signal handling: {}", shutdown.error().message()));
     // Device counters of every VM, filled by each VM's DeviceManager (step 5); read by
     // the control socket and --stats-json. Declared before the guests that refer to it.
     control::DeviceStats device_stats;
@@ -119,7 +127,7 @@ int main(int argc, char** argv) {
     // 3. Open swap: one pool for every VM of this process.
     swv::swap::SwapPool pool;
     for (const cli::SwapSpec& spec : config.swaps) {
-        auto id = pool.swapon(spec.path, spec.priority.value_or(0), spec.size.value_or(0));
+        auto id = pool.swapon(spec.path, spec.priority.value_or(0), spec.size.value_or(0), spec.format);
         if (!id) return fail(fmt::format("swapon {}: {}", spec.path.string(), id.error().message()));
     }
 
@@ -193,6 +201,9 @@ int main(int argc, char** argv) {
         if (auto r = g.memory->start(); !r)
             return fail(fmt::format("{}: starting guest memory: {}", g.spec.name, r.error().message()));
     }
+    auto stopper = (*shutdown)->on_request([&guests](int sig) {
+        for (Guest& g : guests) g.vm->request_stop(VmEnd{EndReason::stopped, kExitStopped, 0, fmt::format("stopped by SIG{}", sigabbrev_np(sig))});
+    });
     std::vector<std::thread> runners;
     for (Guest& g : guests) runners.emplace_back([&g] { g.end = g.vm->run(); });
     for (std::thread& t : runners) t.join();
@@ -210,5 +221,5 @@ int main(int argc, char** argv) {
         if (guests.size() > 1) spdlog::info("{}: exit status {}", g.spec.name, s);
         if (s != 0 && status == 0) status = s;
     }
-    return status;
+    return (*shutdown)->signal() != 0 ? (*shutdown)->exit_status() : status;
 }

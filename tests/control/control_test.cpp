@@ -6,6 +6,8 @@
 // client (run_ctl) is tested against the same server.
 #include <gtest/gtest.h>
 
+#include "swap/swap_header.hpp"
+
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -357,7 +359,7 @@ TEST_F(ControlTest, SwaponSwapoffRoundTripWithProgress) {
     ASSERT_EQ(on["ok"], true) << on.dump();
     EXPECT_EQ(on["path"], swap::canonical_swap_path(dir_ / "b.swap"));
     EXPECT_EQ(on["priority"], 5);
-    EXPECT_EQ(std::filesystem::file_size(dir_ / "b.swap"), 64u << 20);
+    EXPECT_EQ(std::filesystem::file_size(dir_ / "b.swap"), (64u << 20) + swap::kHeaderBytes);  // + the header page
     json again = c.call({{"id", 2}, {"cmd", "swapon"}, {"path", (dir_ / "b.swap").string()}});
     EXPECT_EQ(code_of(again), "exists") << again.dump();
     EXPECT_EQ(again["id"], 2);
@@ -424,22 +426,41 @@ TEST_F(ControlTest, TwoSwapoffsOfOneDeviceExactlyOneWins) {
 TEST_F(ControlTest, SetLimitAndSetBudget) {
     start_server();
     Client c = connect();
-    json r = c.call({{"id", 1}, {"cmd", "set-limit"}, {"vm", "vm0"}, {"bytes", "8M"}});
+    json r = c.call({{"id", 1}, {"cmd", "set-limit"}, {"vm", "vm0"}, {"bytes", "32M"}});
     ASSERT_EQ(r["ok"], true) << r.dump();
-    EXPECT_EQ(r["resident_limit"], 8u << 20);
-    EXPECT_EQ(vm_->stats().resident_limit, 8u << 20);
-    r = c.call({{"id", 2}, {"cmd", "set-limit"}, {"vm", "vm0"}, {"bytes", 2 << 20}});
+    EXPECT_EQ(r["resident_limit"], 32u << 20);
+    EXPECT_EQ(vm_->stats().resident_limit, 32u << 20);
+    r = c.call({{"id", 2}, {"cmd", "set-limit"}, {"vm", "vm0"}, {"bytes", 16 << 20}});
     ASSERT_EQ(r["ok"], true);
-    EXPECT_EQ(vm_->stats().resident_limit, 2u << 20);
-    r = c.call({{"id", 3}, {"cmd", "set-limit"}, {"vm", "vm9"}, {"bytes", 1}});
+    EXPECT_EQ(vm_->stats().resident_limit, 16u << 20);
+    r = c.call({{"id", 3}, {"cmd", "set-limit"}, {"vm", "vm9"}, {"bytes", 16 << 20}});
     EXPECT_EQ(code_of(r), "no_such_vm");
-    EXPECT_EQ(vm_->stats().resident_limit, 2u << 20);
+    EXPECT_EQ(vm_->stats().resident_limit, 16u << 20);
     r = c.call({{"id", 4}, {"cmd", "set-budget"}, {"bytes", "1G"}});
     ASSERT_EQ(r["ok"], true);
     EXPECT_EQ(host_->budget(), 1u << 30);
     json s = c.call({{"id", 5}, {"cmd", "status"}});
     EXPECT_EQ(s["host"]["budget_bytes"], 1u << 30);
-    EXPECT_EQ(s["vms"][0]["resident_limit"], 2u << 20);
+    EXPECT_EQ(s["vms"][0]["resident_limit"], 16u << 20);
+}
+
+// Issue #12: `set-limit vm0 1` meant no limit at all, and a few pages livelocked the
+// VM; below the minimum is refused, naming it, and changes nothing.
+TEST_F(ControlTest, LimitsBelowTheMinimumAreRefusedNamingIt) {
+    start_server();
+    Client c = connect();
+    const std::uint64_t before = vm_->stats().resident_limit;
+    for (json bytes : {json(1), json("4K"), json((16 << 20) - 4096)}) {
+        json r = c.call({{"id", 1}, {"cmd", "set-limit"}, {"vm", "vm0"}, {"bytes", bytes}});
+        EXPECT_EQ(code_of(r), "bad_request") << r.dump();
+        EXPECT_NE(r.dump().find("16 MiB"), std::string::npos) << r.dump();
+        EXPECT_EQ(vm_->stats().resident_limit, before);
+        r = c.call({{"id", 2}, {"cmd", "set-budget"}, {"bytes", bytes}});
+        EXPECT_EQ(code_of(r), "bad_request") << r.dump();
+        EXPECT_EQ(host_->budget(), 0u);
+    }
+    json none = c.call({{"id", 3}, {"cmd", "set-limit"}, {"vm", "vm0"}, {"bytes", 0}});
+    EXPECT_EQ(none["ok"], true) << none.dump();
 }
 
 TEST_F(ControlTest, MalformedRequestsGetCodesAndDisturbNothing) {

@@ -21,6 +21,30 @@ RequestError parse_error(std::string_view line) {
     return r ? RequestError{nullptr, ReplyCode::io_error, "parsed"} : r.error();
 }
 
+// Issue #12: formatting a device is asked for explicitly, never implied; limits
+// below the minimum are refused at the protocol level.
+TEST(ProtocolBoundsTest, SwaponFormatFieldAndMinimumLimits) {
+    auto on = parse_request(R"({"id":1,"cmd":"swapon","path":"/x"})");
+    ASSERT_TRUE(on);
+    EXPECT_EQ(std::get<SwaponCmd>(on->command).format, swap::Format::no);
+    on = parse_request(R"({"id":1,"cmd":"swapon","path":"/x","format":true})");
+    ASSERT_TRUE(on);
+    EXPECT_EQ(std::get<SwaponCmd>(on->command).format, swap::Format::yes);
+    on = parse_request(R"({"id":1,"cmd":"swapon","path":"/x","format":"yes"})");
+    ASSERT_TRUE(on);
+    EXPECT_EQ(std::get<SwaponCmd>(on->command).format, swap::Format::yes);
+    auto bad = parse_request(R"({"id":1,"cmd":"swapon","path":"/x","format":1})");
+    ASSERT_FALSE(bad);
+    EXPECT_EQ(bad.error().code, ReplyCode::bad_request);
+
+    auto low = parse_request(R"({"id":1,"cmd":"set-limit","vm":"a","bytes":1})");
+    ASSERT_FALSE(low) << "set-limit of 1 byte was accepted (it meant no limit)";
+    EXPECT_NE(low.error().message.find("16 MiB"), std::string::npos) << low.error().message;
+    EXPECT_FALSE(parse_request(R"({"id":1,"cmd":"set-budget","bytes":"4K"})"));
+    EXPECT_TRUE(parse_request(R"({"id":1,"cmd":"set-budget","bytes":"16M"})"));
+    EXPECT_TRUE(parse_request(R"({"id":1,"cmd":"set-limit","vm":"a","bytes":0})"));
+}
+
 }  // namespace
 
 TEST(ParseSize, AcceptsBinaryUnits) {

@@ -21,6 +21,7 @@
 #include "guestmem/transitions.hpp"
 #include "io/fault_injection.hpp"
 #include "io/ring.hpp"
+#include "swap/swap_device.hpp"
 #include "swap/swap_pool.hpp"
 #include "tests/fakes/fake_block_device.hpp"
 #include "tests/fakes/fake_page_kernel.hpp"
@@ -323,7 +324,7 @@ TEST_F(FakeTransitionsTest, Row10ReadaheadKeepsAFailedPageSwapped) {
     // Corrupt the middle page on "disk": its checksum no longer matches.
     const auto where = pool_.pslot_of(table_.peek(P(51)).vslot());
     ASSERT_TRUE(where);
-    std::memset(disk_->bytes() + std::uint64_t{where->slot.value()} * kPageSize, 0xAB, 64);
+    std::memset(disk_->bytes() + swap::slot_offset(where->slot).value(), 0xAB, 64);
     std::vector<PageLock> run;
     for (std::uint64_t i = 50; i < 53; ++i) run.push_back(tr_.lock(P(i)));
     tr_.read_ahead(run, *ring_);
@@ -354,7 +355,7 @@ TEST_F(FakeTransitionsTest, Row12ChecksumMismatchNeverReachesTheGuest) {
     make_swapped(23, 23);
     const auto where = pool_.pslot_of(table_.peek(P(23)).vslot());
     ASSERT_TRUE(where);
-    disk_->bytes()[std::uint64_t{where->slot.value()} * kPageSize + 100] ^= std::byte{1};
+    disk_->bytes()[swap::slot_offset(where->slot).value() + 100] ^= std::byte{1};
     PageLock lk = tr_.lock(P(23));
     auto r = tr_.vmm_swap_in(lk, *ring_, Access::read);
     ASSERT_FALSE(r);

@@ -906,7 +906,7 @@ TEST_F(PrivilegedTransitionsTest, ChecksumMismatchLosesThePageInsteadOfReturning
         int fd = ::open(swap_path_.c_str(), O_RDWR | O_CLOEXEC);
         ASSERT_GE(fd, 0) << std::strerror(errno);
         auto junk = page_bytes(999);
-        off_t off = static_cast<off_t>(std::uint64_t{pslot->slot.value()} * swap::kSlotSize);
+        off_t off = static_cast<off_t>(swap::slot_offset(pslot->slot).value());  // after the header page
         ASSERT_EQ(::pwrite(fd, junk.data(), junk.size(), off), static_cast<ssize_t>(junk.size()));
         ASSERT_EQ(::fdatasync(fd), 0);
         ::close(fd);
@@ -944,6 +944,12 @@ TEST_P(PrivilegedWriteOutFailureTest, PageStaysInactiveAndIsRetriedWithNothingLo
     EXPECT_EQ(stats().resident_bytes, kPageSize);
     EXPECT_EQ(pool_->allocated_vslots(), 0u) << "a failed write must not leak its slot";
     EXPECT_TRUE(vmm_sees(pg(0), page_bytes(140)));
+    if (GetParam() == ENOSPC) {
+        // ENOSPC marks the device failed (issue #12): no more slots on it, so the
+        // retry goes to another device.
+        ASSERT_EQ(pool_->stats()[0].state, swap::DeviceState::failed);
+        ASSERT_TRUE(pool_->swapon(swap_path_.parent_path() / "spare.swap", 0, kSwapBytes));
+    }
     // Reclaim again: the retry succeeds.
     ASSERT_TRUE(evict_all());
     EXPECT_EQ(state(pg(0)), PageState::swapped);

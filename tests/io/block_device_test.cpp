@@ -61,7 +61,9 @@ TEST(FileBlockDevice, CreateOrOpenExtendsAShorterFileAndKeepsItsData) {
     auto bytes = test::read_file(path);
     EXPECT_EQ(first_mismatch(std::span(bytes).first(kBlock), 0, 9), -1);
 
-    // A larger existing file is not shrunk; its whole size is usable.
+    // A larger existing file is not shrunk; its whole size is usable (once the
+    // previous owner closed it: an open device holds the file's lock).
+    bigger->reset();
     auto same = FileBlockDevice::open(path, OpenMode::create_or_open, 4 * kBlock);
     ASSERT_TRUE(same);
     EXPECT_EQ((*same)->size_bytes(), 32u * kBlock);
@@ -100,7 +102,7 @@ TEST(FileBlockDevice, RefusesDirectoriesAndCharacterDevices) {
             auto dev = FileBlockDevice::open(p, mode, kBlock);
             ASSERT_FALSE(dev) << p;
             EXPECT_TRUE(has_errc(dev.error(), Errc::not_file_or_block)) << dev.error().message();
-            EXPECT_EQ(dev.error().message(), "open swap device: not a regular file or a block device");
+            EXPECT_EQ(dev.error().message(), "open swap device (" + p.string() + "): not a regular file or a block device");
         }
     }
 }

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <fstream>
 #include <thread>
 
 #include "tests/swap/swap_test_util.hpp"
@@ -199,7 +200,7 @@ TEST(PrivilegedSwapPool, ContiguousRunGoesOutAsOneLargeWrite) {
     auto ops = log.take(io::IoKind::write);
     ASSERT_EQ(ops.size(), 1u);
     EXPECT_EQ(ops[0].len, 64 * kSlotSize);
-    EXPECT_EQ(ops[0].offset, 0u);
+    EXPECT_EQ(ops[0].offset, kHeaderBytes);  // slot 0 follows the header page
 
     // Not contiguous in memory (every other page): one op per page.
     std::vector<PageOut> sparse;
@@ -297,9 +298,9 @@ TEST(PrivilegedSwapPool, WriteErrorsFailTheirPagesAndLeakNoSlot) {
     // a torn (short) write is a failure too.
     std::vector<PageOut> sparse;
     for (std::size_t i = 0; i < 32; i += 2) sparse.push_back(PageOut{pages[i], i});
-    auto fail_at = io::DevOffset((16 + 3) * kSlotSize);
+    auto fail_at = slot_offset(SlotIdx(16 + 3));
     plan->add(io::FaultRule{io::FaultMatch::write, fail_at, fail_at + kSlotSize, 0, 1, io::fault::Eio{}});
-    auto torn_at = io::DevOffset((16 + 6) * kSlotSize);
+    auto torn_at = slot_offset(SlotIdx(16 + 6));
     plan->add(io::FaultRule{io::FaultMatch::write, torn_at, torn_at + kSlotSize, 0, 1, io::fault::ShortIo{512}});
     ASSERT_TRUE(pool.write_out(ring, sparse));
     std::size_t ok = 0;
@@ -378,25 +379,28 @@ TEST(PrivilegedSwapPool, SwaponCreatesRejectsDuplicatesAndTooSmall) {
     SwapPool pool;
     auto id = pool.swapon(dir.file("s"), 3, 3 * kClusterBytes);
     ASSERT_TRUE(id) << id.error().message();
-    EXPECT_EQ(std::filesystem::file_size(dir.file("s")), 3 * kClusterBytes);
+    // size= is the swap space: the file is one header page larger.
+    EXPECT_EQ(std::filesystem::file_size(dir.file("s")), 3 * kClusterBytes + kHeaderBytes);
     auto dup = pool.swapon(dir.path() / "." / "s", 3, 3 * kClusterBytes);
     ASSERT_FALSE(dup);
     EXPECT_TRUE(is(dup.error(), Errc::exists));
-    auto dup2 = pool.swapon(test::open_file(dir.file("s"), 0), 1);
+    // A second open of the file is refused by the pool's lock on it.
+    auto dup2 = io::FileBlockDevice::open(dir.file("s"), io::OpenMode::existing);
     ASSERT_FALSE(dup2);
-    EXPECT_TRUE(is(dup2.error(), Errc::exists));
+    EXPECT_EQ(dup2.error().code, make_error_code(io::Errc::in_use)) << dup2.error().message();
     EXPECT_EQ(pool.find_device(dir.file("s")), std::optional(*id));
 
-    // An existing file is used as is, whatever size is asked.
-    ASSERT_TRUE(test::open_file(dir.file("old"), 2 * kClusterBytes));
-    ASSERT_TRUE(pool.swapon(dir.file("old"), 0, 10 * kClusterBytes));
-    EXPECT_EQ(std::filesystem::file_size(dir.file("old")), 2 * kClusterBytes);
+    // An existing swapvisor device is used as it is when no size is given.
+    ASSERT_TRUE(pool.swapon(dir.file("old"), 0, 2 * kClusterBytes));
+    ASSERT_TRUE(pool.swapoff(dir.file("old"), ring));
+    ASSERT_TRUE(pool.swapon(dir.file("old"), 0, 0));
+    EXPECT_EQ(std::filesystem::file_size(dir.file("old")), 2 * kClusterBytes + kHeaderBytes);
 
     auto small = pool.swapon(dir.file("small"), 0, kClusterBytes - kSlotSize);
     ASSERT_FALSE(small);
     EXPECT_EQ(small.error().code, make_error_code(io::Errc::too_small)) << small.error().message();
     ASSERT_TRUE(test::open_file(dir.file("small2"), kClusterBytes / 2));
-    small = pool.swapon(dir.file("small2"), 0, 0);
+    small = pool.swapon(dir.file("small2"), 0, 0, Format::yes);
     ASSERT_FALSE(small);
     EXPECT_EQ(small.error().code, make_error_code(io::Errc::too_small));
     EXPECT_FALSE(pool.swapon(dir.file("missing"), 0, 0));
@@ -461,6 +465,151 @@ TEST(PrivilegedSwapPool, ThreadsWriteReadAndFreeConcurrently) {
     for (auto& k : kept)
         for (VSlot v : k) pool.free(v);
     EXPECT_EQ(pool.allocated_vslots(), 0u);
+}
+
+}  // namespace
+}  // namespace swapvisor::swap
+
+namespace swapvisor::swap {
+namespace {
+
+// Issue #12: the same file reached by another name is the same device.
+TEST(PrivilegedSwapPool, SameDeviceByAnyNameIsRefusedNamingBoth) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    SwapPool pool;
+    ASSERT_TRUE(pool.swapon(dir.file("a.swap"), 0, 2 * kClusterBytes));
+    const std::string a = std::filesystem::canonical(dir.file("a.swap")).string();
+
+    std::filesystem::create_hard_link(dir.file("a.swap"), dir.file("hard.swap"));
+    auto hard = pool.swapon(dir.file("hard.swap"), 0, 0);
+    ASSERT_FALSE(hard) << "a hard link of a device in the pool was accepted";
+    EXPECT_TRUE(is(hard.error(), Errc::exists)) << hard.error().message();
+    EXPECT_NE(hard.error().message().find(a), std::string::npos) << hard.error().message();
+    EXPECT_NE(hard.error().message().find("hard.swap"), std::string::npos) << hard.error().message();
+
+    std::filesystem::create_symlink(dir.file("a.swap"), dir.file("sym.swap"));
+    auto sym = pool.swapon(dir.file("sym.swap"), 0, 0);
+    ASSERT_FALSE(sym);
+    EXPECT_TRUE(is(sym.error(), Errc::exists)) << sym.error().message();
+
+    // Any name finds it, and swapoff by the hard link's name removes it.
+    EXPECT_TRUE(pool.find_device(dir.file("hard.swap")).has_value());
+    auto off = pool.swapoff(dir.file("hard.swap"), ring);
+    ASSERT_TRUE(off) << off.error().message();
+    EXPECT_TRUE(pool.stats().empty());
+}
+
+// Issue #12: `swapon rel.swap` stores an absolute name; both names work afterwards.
+TEST(PrivilegedSwapPool, RelativePathIsStoredAbsoluteAndEitherNameWorks) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    SwapPool pool;
+    const auto cwd = std::filesystem::current_path();
+    std::filesystem::current_path(dir.path());
+    struct Restore {
+        std::filesystem::path p;
+        ~Restore() { std::filesystem::current_path(p); }
+    } restore{cwd};
+
+    ASSERT_TRUE(pool.swapon("rel.swap", 0, 2 * kClusterBytes));
+    const std::string abs = std::filesystem::canonical(dir.file("rel.swap")).string();
+    ASSERT_EQ(pool.stats().size(), 1u);
+    EXPECT_EQ(pool.stats()[0].path, abs);
+    auto again = pool.swapon(abs, 0, 0);
+    ASSERT_FALSE(again);
+    EXPECT_TRUE(is(again.error(), Errc::exists));
+    EXPECT_TRUE(pool.find_device("rel.swap").has_value());
+    EXPECT_TRUE(pool.find_device(abs).has_value());
+    ASSERT_TRUE(pool.swapoff("./rel.swap", ring));
+    ASSERT_TRUE(pool.swapon("rel.swap", 0, 0));
+    ASSERT_TRUE(pool.swapoff(abs, ring));
+}
+
+// Issue #12: a file of user data is not a swap device unless the operator says so.
+TEST(PrivilegedSwapPool, ExistingFileWithoutSignatureIsRefusedAndUntouched) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    const std::string precious(3 * kClusterBytes, 'p');
+    {
+        std::ofstream out(dir.file("precious.dat"), std::ios::binary);
+        out << precious;
+    }
+    SwapPool pool;
+    auto r = pool.swapon(dir.file("precious.dat"), 0, 0);
+    ASSERT_FALSE(r) << "a file without a swap signature was accepted";
+    EXPECT_TRUE(is(r.error(), Errc::no_signature)) << r.error().message();
+    EXPECT_NE(r.error().message().find("precious.dat"), std::string::npos) << r.error().message();
+    EXPECT_NE(r.error().message().find("mkswap"), std::string::npos) << r.error().message();
+    std::ifstream in(dir.file("precious.dat"), std::ios::binary);
+    std::string back((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    EXPECT_EQ(back, precious);
+
+    // format=yes: the operator erases it on purpose.
+    auto formatted = pool.swapon(dir.file("precious.dat"), 0, 0, Format::yes);
+    ASSERT_TRUE(formatted) << formatted.error().message();
+    EXPECT_EQ(pool.stats()[0].total_slots, 3u * kClusterSlots - 1);
+}
+
+// Issue #12: size= that disagrees with an existing device is an error, not ignored.
+TEST(PrivilegedSwapPool, SizeThatDisagreesWithAnExistingDeviceIsAnError) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    SwapPool pool;
+    ASSERT_TRUE(pool.swapon(dir.file("s"), 0, 2 * kClusterBytes));
+    ASSERT_TRUE(pool.swapoff(dir.file("s"), ring));
+    auto bigger = pool.swapon(dir.file("s"), 0, 64 * kClusterBytes);
+    ASSERT_FALSE(bigger) << "size= of an existing device was silently ignored";
+    EXPECT_TRUE(is(bigger.error(), Errc::size_mismatch)) << bigger.error().message();
+    EXPECT_TRUE(pool.swapon(dir.file("s"), 0, 2 * kClusterBytes));
+}
+
+// Issue #12: a second owner (another swapvisor) of a swap file is refused.
+TEST(PrivilegedSwapPool, SecondPoolCannotTakeAFileInUse) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    SwapPool first, second;
+    ASSERT_TRUE(first.swapon(dir.file("s"), 0, 2 * kClusterBytes));
+    auto r = second.swapon(dir.file("s"), 0, 0);
+    ASSERT_FALSE(r) << "two owners of one swap file";
+    EXPECT_EQ(r.error().code, make_error_code(io::Errc::in_use)) << r.error().message();
+    ASSERT_TRUE(first.swapoff(dir.file("s"), ring));  // lock released with the device
+    EXPECT_TRUE(second.swapon(dir.file("s"), 0, 0));
+}
+
+// Issue #12: ENOSPC from a device marks it failed and names it; swap-out goes on
+// on the other devices, and the counters show it.
+TEST(PrivilegedSwapPool, EnospcMarksTheDeviceFailedAndSwapOutGoesElsewhere) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    auto plan = std::make_shared<io::FaultPlan>();
+    plan->add(io::FaultRule{io::FaultMatch::write, {}, {}, 0, {}, io::fault::Enospc{}});
+    SwapPool pool;
+    ASSERT_TRUE(pool.swapon(test::faulty_file(dir.file("sparse"), 2 * kClusterBytes, plan), 10));
+    ASSERT_TRUE(pool.swapon(dir.file("other"), 0, 2 * kClusterBytes));
+    Pages pages(64);
+    for (std::size_t i = 0; i < pages.size(); ++i) test::fill_page(pages[i], i);
+
+    auto first = test::page_outs(pages, 0, 32);
+    ASSERT_TRUE(pool.write_out(ring, first));  // placed on the failing device: each page fails
+    for (auto& p : first) EXPECT_EQ(p.result, -ENOSPC);
+    auto stats = pool.stats();
+    ASSERT_EQ(stats.size(), 2u);
+    EXPECT_EQ(stats[0].state, DeviceState::failed);
+    EXPECT_GT(stats[0].write_errors, 0u);
+    EXPECT_NE(stats[0].failure.find("sparse"), std::string::npos) << stats[0].failure;
+    EXPECT_NE(stats[0].failure.find("No space left"), std::string::npos) << stats[0].failure;
+    EXPECT_EQ(stats[1].state, DeviceState::active);
+
+    auto second = test::page_outs(pages, 32, 32);
+    ASSERT_TRUE(pool.write_out(ring, second));
+    for (auto& p : second) {
+        ASSERT_TRUE(p.ok()) << "reclaim stays stuck on the full device";
+        EXPECT_EQ(pool.pslot_of(p.vslot)->device, DeviceId(1));
+    }
+    EXPECT_EQ(pool.stats()[0].used_slots, 0u);
+    // A failed device can still be removed.
+    ASSERT_TRUE(pool.swapoff(dir.file("sparse"), ring));
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include <mutex>
 
 #include "io/fault_injection.hpp"
+#include "swap/swap_header.hpp"
 #include "swap/swap_pool.hpp"
 #include "tests/io/io_test_util.hpp"
 
@@ -60,8 +61,11 @@ inline std::vector<PageOut> page_outs(const Pages& pages, std::size_t first, std
     return out;
 }
 
+// A file device with `size` bytes of slots (plus the header page before slot 0;
+// size 0: an existing file as it is). No header is written: the device-object
+// swapon trusts its caller.
 inline std::unique_ptr<io::BlockDevice> open_file(const std::filesystem::path& p, std::uint64_t size) {
-    auto dev = io::FileBlockDevice::open(p, io::OpenMode::create_or_open, size);
+    auto dev = io::FileBlockDevice::open(p, io::OpenMode::create_or_open, size == 0 ? 0 : size + kHeaderBytes);
     if (!dev) {
         ADD_FAILURE() << "open " << p << ": " << dev.error().message();
         return nullptr;
@@ -82,7 +86,7 @@ inline void corrupt_slot(const std::filesystem::path& file, SlotIdx slot) {
     io::UniqueFd fd(::open(file.c_str(), O_WRONLY | O_CLOEXEC));
     ASSERT_TRUE(fd.valid());
     std::vector<std::byte> junk(kSlotSize, std::byte{0x5a});
-    ASSERT_EQ(::pwrite(fd.get(), junk.data(), junk.size(), static_cast<off_t>(slot.value() * kSlotSize)),
+    ASSERT_EQ(::pwrite(fd.get(), junk.data(), junk.size(), static_cast<off_t>(slot_offset(slot).value())),
               static_cast<ssize_t>(kSlotSize));
     ASSERT_EQ(::fsync(fd.get()), 0);
 }

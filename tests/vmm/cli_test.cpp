@@ -3,6 +3,9 @@
 #include "vmm/cli/cli.hpp"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <fstream>
 
 namespace swapvisor::vmm::cli {
 namespace {
@@ -206,6 +209,66 @@ TEST(CliErrorModel, CodesAndContext) {
     auto name = parse_vm_spec("name=-x,kernel=k.elf");
     ASSERT_FALSE(name.has_value());
     EXPECT_EQ(name.error().code, make_error_code(CliErrc::bad_vm_name)) << name.error().message();
+}
+
+// Issue #12: inputs that aborted, hung or livelocked on main are usage errors (2).
+TEST(CliBoundsTest, OutOfRangeInputsAreUsageErrorsNamingTheBound) {
+    auto usage = [](std::vector<std::string> args, const char* fragment) {
+        CliExit e = run_exit(args);
+        EXPECT_EQ(e.status, kExitUsage) << e.err;
+        EXPECT_NE(e.err.find(fragment), std::string::npos) << e.err;
+    };
+    usage({"run", "--kernel", "k", "--memory", "16T"}, "more than this host can map");
+    usage({"run", "--vm", "name=a,kernel=k,memory=9T"}, "more than this host can map");
+    usage({"run", "--kernel", "k", "--resident-limit", "4K"}, "minimum of 16 MiB");
+    usage({"run", "--kernel", "k", "--host-budget", "4K"}, "minimum of 16 MiB");
+    usage({"run", "--vm", "name=a,kernel=k,resident-limit=8M"}, "minimum of 16 MiB");
+    usage({"run", "--kernel", "k", "--cmdline", std::string(5000, 'a')}, "at most 4095");
+    usage({"run", "--kernel", "k", "--swap", "a,format=maybe"}, "yes or no");
+    // The largest accepted values still parse.
+    EXPECT_EQ(run_ok({"run", "--kernel", "k", "--memory", std::to_string(kMaxGuestMemory)}).memory_bytes,
+              kMaxGuestMemory);
+    EXPECT_EQ(run_ok({"run", "--kernel", "k", "--resident-limit", "16M"}).resident_limit, 16ULL << 20);
+    EXPECT_EQ(run_ok({"run", "--kernel", "k", "--cmdline", std::string(4095, 'a')}).cmdline.size(), 4095u);
+    EXPECT_EQ(parse_swap_spec("a,format=yes").value().format, swap::Format::yes);
+}
+
+// Issue #12: a FIFO as --kernel blocked forever in open; --stats-json into a missing
+// directory was reported after the guest ran, with exit 0.
+TEST(CliBoundsTest, KernelMustBeARegularFileAndOutputsWritable) {
+    std::string tmpl = "/tmp/swv-cli-test-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
+    const std::filesystem::path dir = tmpl;
+    ASSERT_EQ(::mkfifo((dir / "fifo").c_str(), 0600), 0);
+    { std::ofstream(dir / "k.elf") << "x"; }
+    auto config = [&](std::vector<std::string> args) { return run_ok(std::move(args)); };
+
+    auto fifo = check_run_files(config({"run", "--kernel", (dir / "fifo").string()}));
+    ASSERT_TRUE(fifo.has_value());
+    EXPECT_EQ(fifo->status, kExitUsage);
+    EXPECT_NE(fifo->err.find("not a regular file"), std::string::npos) << fifo->err;
+    auto missing = check_run_files(
+        config({"run", "--kernel", (dir / "k.elf").string(), "--stats-json", (dir / "no/such/dir/s.json").string()}));
+    ASSERT_TRUE(missing.has_value());
+    EXPECT_EQ(missing->status, kExitUsage);
+    EXPECT_NE(missing->err.find("does not exist"), std::string::npos) << missing->err;
+    auto isdir = check_run_files(config({"run", "--kernel", (dir / "k.elf").string(), "--stats-json", dir.string()}));
+    ASSERT_TRUE(isdir.has_value());
+    EXPECT_FALSE(check_run_files(
+                     config({"run", "--kernel", (dir / "k.elf").string(), "--stats-json", (dir / "s.json").string()}))
+                     .has_value());
+    std::filesystem::remove_all(dir);
+}
+
+TEST(CliMkswapTest, ParsesPathAndSize) {
+    auto out = parse_command_line({"mkswap", "/x.swap", "--size", "64M"});
+    ASSERT_TRUE(std::holds_alternative<MkswapOptions>(out));
+    EXPECT_EQ(std::get<MkswapOptions>(out).path, "/x.swap");
+    EXPECT_EQ(std::get<MkswapOptions>(out).size_bytes, 64ULL << 20);
+    EXPECT_EQ(std::get<MkswapOptions>(parse_command_line({"mkswap", "/dev/sdz"})).size_bytes, 0u);
+    CliExit bad = run_exit({"mkswap", "/x", "--size", "100"});
+    EXPECT_EQ(bad.status, kExitUsage);
+    EXPECT_EQ(run_exit({"mkswap"}).status, kExitUsage);
 }
 
 }  // namespace

@@ -35,7 +35,7 @@ CliOutcome validate(const RawRun& raw) {
     RunConfig config;
     config.kernel = raw.kernel;
     config.cmdline = raw.cmdline;
-    auto memory = parse_size_aligned(raw.memory, kGuestMemoryAlign, "2 MiB");
+    auto memory = parse_guest_memory(raw.memory);
     if (!memory) return usage_error(std::move(memory.error()).with_context("--memory").message());
     config.memory_bytes = *memory;
     if (raw.vcpus == 0 || raw.vcpus > kMaxVcpus) {
@@ -43,7 +43,7 @@ CliOutcome validate(const RawRun& raw) {
     }
     config.vcpus = raw.vcpus;
     if (!raw.resident_limit.empty()) {
-        auto limit = parse_size_aligned(raw.resident_limit, 4096, "4 KiB");
+        auto limit = parse_memory_limit(raw.resident_limit, "resident limit");
         if (!limit) return usage_error(std::move(limit.error()).with_context("--resident-limit").message());
         config.resident_limit = *limit;
     }
@@ -67,12 +67,17 @@ CliOutcome validate(const RawRun& raw) {
         config.more_vms.push_back(*spec);
     }
     if (!raw.host_budget.empty()) {
-        auto budget = parse_size_aligned(raw.host_budget, 4096, "4 KiB");
+        auto budget = parse_memory_limit(raw.host_budget, "host budget");
         if (!budget) return usage_error(std::move(budget.error()).with_context("--host-budget").message());
         config.host_budget = *budget;
     }
     auto vms = config.all_vms();
     if (vms.empty()) return usage_error("no VM to run: give --kernel, or one --vm per VM");
+    for (const VmSpec& vm : vms) {
+        if (vm.cmdline.size() > kMaxCmdline)
+            return usage_error(fmt::format("{}: the command line is {} bytes, at most {} fit the PVH start info", vm.name,
+                                           vm.cmdline.size(), kMaxCmdline));
+    }
     for (std::size_t i = 0; i < vms.size(); ++i)
         for (std::size_t j = i + 1; j < vms.size(); ++j)
             if (vms[i].name == vms[j].name)
@@ -81,6 +86,16 @@ CliOutcome validate(const RawRun& raw) {
 }
 
 }  // namespace
+
+std::optional<CliExit> check_run_files(const RunConfig& config) {
+    for (const VmSpec& vm : config.all_vms()) {
+        if (auto ok = check_kernel_file(vm.kernel); !ok) return usage_error(std::move(ok.error()).with_context(vm.name).message());
+    }
+    if (config.stats_json) {
+        if (auto ok = check_output_file(*config.stats_json); !ok) return usage_error(std::move(ok.error()).with_context("--stats-json").message());
+    }
+    return std::nullopt;
+}
 
 CliOutcome parse_command_line(const std::vector<std::string>& args) {
     CLI::App app{"swapvisor: a KVM virtual machine monitor that overcommits guest memory onto swap devices", "swapvisor"};
@@ -105,12 +120,14 @@ CliOutcome parse_command_line(const std::vector<std::string>& args) {
         ->type_name("N")
         ->capture_default_str();
     run->add_option("--resident-limit", raw.resident_limit,
-                    "Most guest RAM kept in host memory; colder pages go to swap (default: no limit)")
+                    "Most guest RAM kept in host memory, at least 16M; colder pages go to swap (default: no limit)")
         ->type_name("SIZE");
     run->add_option("--swap", raw.swaps,
-                    "Swap device or file, repeatable: PATH[,priority=N][,size=SIZE]. Higher priority is used first "
-                    "(0..32767); a missing file is created with size=")
-        ->type_name("PATH[,priority=N][,size=SIZE]")
+                    "Swap device or file, repeatable: PATH[,priority=N][,size=SIZE][,format=yes]. Higher priority is "
+                    "used first (0..32767); a missing file is created with size= of swap space and a swap header. An "
+                    "existing device must carry the header ('swapvisor mkswap PATH') and match size=, unless "
+                    "format=yes erases it")
+        ->type_name("PATH[,priority=N][,size=SIZE][,format=yes]")
         ->take_all();
     run->add_option("--stats-json", raw.stats_json, "Write the final memory and swap counters as JSON to FILE on exit")
         ->type_name("FILE");
@@ -129,11 +146,14 @@ CliOutcome parse_command_line(const std::vector<std::string>& args) {
         ->take_all();
     run->add_option("--host-budget", raw.host_budget,
                     "Most guest RAM kept in host memory over all VMs together; each VM is held to its share "
-                    "(proportional to its memory) while the host is over it (default: no budget)")
+                    "(proportional to its memory) while the host is over it; at least 16M (default: no budget)")
         ->type_name("SIZE");
 
     control::CtlOptions ctl;
     control::add_ctl_subcommand(app, ctl);
+    MkswapOptions mkswap;
+    std::string mkswap_size;
+    CLI::App* mkswap_cmd = add_mkswap_subcommand(app, mkswap, mkswap_size);
 
     std::vector<std::string> reversed(args.rbegin(), args.rend());  // CLI11 parses a reversed vector
     std::ostringstream out;
@@ -148,6 +168,15 @@ CliOutcome parse_command_line(const std::vector<std::string>& args) {
         if (ctl.socket.empty())
             return CliExit{kExitUsage, "", "swapvisor ctl: --socket SOCKET is required\n"};
         return ctl;
+    }
+    if (mkswap_cmd->parsed()) {
+        if (!mkswap_size.empty()) {
+            auto size = parse_size_aligned(mkswap_size, 4096, "4 KiB");
+            if (!size)
+                return CliExit{kExitUsage, "", fmt::format("swapvisor mkswap: --size: {}\n", size.error().message())};
+            mkswap.size_bytes = *size;
+        }
+        return mkswap;
     }
     return validate(raw);
 }

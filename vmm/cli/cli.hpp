@@ -4,11 +4,13 @@
 // what to print and the exit status, so main() stays exception free.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <variant>
 #include <vector>
 
 #include "vmm/cli/config.hpp"
+#include "vmm/cli/mkswap.hpp"
 #include "vmm/control/ctl.hpp"
 
 namespace swapvisor::vmm::cli {
@@ -22,10 +24,16 @@ struct CliExit {
     std::string err;  // for stderr (errors)
 };
 
-// `run` gives a RunConfig, `ctl` its options (vmm/control/ctl.hpp).
-using CliOutcome = std::variant<RunConfig, control::CtlOptions, CliExit>;
+// `run` gives a RunConfig, `ctl` its options (vmm/control/ctl.hpp), `mkswap` its.
+using CliOutcome = std::variant<RunConfig, control::CtlOptions, MkswapOptions, CliExit>;
 
 // args excludes the program name: {"run", "--kernel", "hello.elf"}.
 CliOutcome parse_command_line(const std::vector<std::string>& args);
+
+// The files a RunConfig names, checked before anything is reserved (a usage error,
+// kExitUsage, if one is wrong): every kernel is a regular file (stat only: a FIFO
+// would block the open forever), --stats-json can be written. Separate from the
+// parse so the parser stays a pure function of its arguments.
+std::optional<CliExit> check_run_files(const RunConfig& config);
 
 }  // namespace swapvisor::vmm::cli

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "io/result.hpp"
+#include "swap/swap_pool.hpp"
 
 namespace swapvisor::vmm::cli {
 
@@ -23,6 +24,8 @@ enum class CliErrc {
     bad_swap_spec,  // a --swap PATH[,priority=N][,size=SIZE]
     bad_vm_name,    // --name or name=
     bad_vm_spec,    // a --vm name=..,kernel=..
+    out_of_range,   // a size beyond what the host can map, or below a minimum
+    bad_file,       // --kernel not a regular file, an output path not writable
 };
 const std::error_category& cli_category();
 inline std::error_code make_error_code(CliErrc e) { return {static_cast<int>(e), cli_category()}; }
@@ -38,6 +41,24 @@ inline constexpr std::uint64_t kMiB = 1ULL << 20;
 inline constexpr std::uint64_t kGuestMemoryAlign = 2 * kMiB;  // guestmem maps RAM in 2 MiB units
 inline constexpr std::uint64_t kDefaultMemory = 512 * kMiB;
 inline constexpr unsigned kMaxVcpus = 255;   // the APIC id must fit CPUID leaf 1 EBX[31:24]
+inline constexpr std::size_t kMaxCmdline = 4095;  // hvm_start_info's command line, without its NUL
+// The most guest RAM the host can map for one VM. RAM above 3 GiB is one KVM memory
+// slot, and KVM refuses a slot of more than 2^31 - 1 pages (KVM_MEM_MAX_NR_PAGES,
+// just under 8 TiB); rounded down to the 2 MiB unit. Both views of it (guest and
+// VMM, guestmem/README.md) then fit the 128 TiB of a 47-bit user address space.
+inline constexpr std::uint64_t kMaxGuestMemory =
+    0xC000'0000ULL + ((((1ULL << 31) - 1) * 4096) / kGuestMemoryAlign) * kGuestMemoryAlign;
+
+// --memory / memory=: parse_size_aligned to 2 MiB, at most kMaxGuestMemory.
+Result<std::uint64_t> parse_guest_memory(std::string_view text);
+// --resident-limit / --host-budget: 4 KiB aligned, 0 (none) or at least
+// control::kMinMemoryLimit (the same floor as the control socket).
+Result<std::uint64_t> parse_memory_limit(std::string_view text, std::string_view what);
+// The operator's files, checked before anything is reserved: a kernel must be a
+// regular file (a FIFO would block the open forever); an output file must be
+// creatable or writable (its directory exists and is writable) and not a directory.
+Result<void> check_kernel_file(const std::filesystem::path& path);
+Result<void> check_output_file(const std::filesystem::path& path);
 
 // "1048576", "512M", "4G", "2GiB", "64k", "1T" (suffixes K/M/G/T, optionally followed
 // by "iB", any case for the letter; "B" alone means bytes). Errors: empty, no
@@ -50,12 +71,13 @@ Result<std::uint64_t> parse_size_aligned(std::string_view text, std::uint64_t al
 struct SwapSpec {
     std::filesystem::path path;
     std::optional<int> priority;         // 0..32767, higher first (swapon(8))
-    std::optional<std::uint64_t> size;   // create the file with this size if missing
+    std::optional<std::uint64_t> size;   // swap space: create a missing file with it; must match an existing one
+    swap::Format format = swap::Format::no;  // format=yes: erase a device that has no swapvisor header
     bool operator==(const SwapSpec&) const = default;
 };
 
-// "PATH[,priority=N][,size=SIZE]": no empty path, no unknown or repeated key, every
-// key needs "=value".
+// "PATH[,priority=N][,size=SIZE][,format=yes|no]": no empty path, no unknown or
+// repeated key, every key needs "=value".
 Result<SwapSpec> parse_swap_spec(std::string_view text);
 
 // VM names: 1..64 of [A-Za-z0-9._-], not starting with '.' or '-'.

@@ -245,11 +245,11 @@ private:
     void run(const json& id, const SwaponCmd& cmd) {
         ControlServer::Impl& server = server_;
         spawn(id, [&server, conn = shared_from_this(), id, cmd] {
-            auto device = server.host.pool().swapon(cmd.path, cmd.priority, cmd.size_bytes);
+            auto device = server.host.pool().swapon(cmd.path, cmd.priority, cmd.size_bytes, cmd.format);
             json reply;
             if (device) {
                 reply = ok_reply(id);
-                reply["path"] = swap::canonical_swap_path(cmd.path);
+                reply["path"] = server.host.pool().resolve_name(cmd.path);
                 reply["device"] = device->value();
                 reply["priority"] = cmd.priority;
             } else {
@@ -270,6 +270,7 @@ private:
                 return;
             }
             std::optional<std::chrono::steady_clock::time_point> last;
+            const std::string name = server.host.pool().resolve_name(cmd.path);  // before it is gone
             auto report = server.host.pool().swapoff(cmd.path, *ring, [&](swap::SwapoffProgress p) {
                 auto now = std::chrono::steady_clock::now();
                 if (last && now - *last < server.config.progress_interval) return;
@@ -279,7 +280,7 @@ private:
             json reply;
             if (report) {
                 reply = ok_reply(id);
-                reply["path"] = swap::canonical_swap_path(cmd.path);
+                reply["path"] = name;
                 reply["pages_moved"] = report->pages_moved;
                 reply["pages_brought_back"] = report->pages_brought_back;
                 reply["pages_skipped"] = report->pages_skipped;

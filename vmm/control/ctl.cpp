@@ -9,6 +9,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <iostream>
 #include <string_view>
 
@@ -93,9 +94,13 @@ void print_status(const json& reply, StatsDetail detail, std::ostream& out) {
     for (const json& dev : swaps) {
         int priority = dev.contains("priority") && dev["priority"].is_number_integer() ? dev["priority"].get<int>() : 0;
         bool removing = dev.contains("removing") && dev["removing"].is_boolean() && dev["removing"].get<bool>();
+        std::string state = dev.contains("state") && dev["state"].is_string() ? dev["state"].get<std::string>()
+                            : removing                                         ? "removing"
+                                                                               : "active";
         out << fmt::format("{:<32} {:>8} {:>23} {:>9}\n", str(dev, "path"), priority,
-                           fmt::format("{}/{}", u64(dev, "used_slots"), u64(dev, "total_slots")),
-                           removing ? "removing" : "active");
+                           fmt::format("{}/{}", u64(dev, "used_slots"), u64(dev, "total_slots")), state);
+        if (dev.contains("failure") && dev["failure"].is_string() && !dev["failure"].get<std::string>().empty())
+            out << fmt::format("  {}\n", dev["failure"].get<std::string>());
     }
     if (swaps.empty()) out << "(no swap devices)\n";
     if (reply.contains("host") && reply["host"].is_object()) {
@@ -197,7 +202,12 @@ void add_ctl_subcommand(CLI::App& app, CtlOptions& o) {
     CLI::App* swapon = ctl->add_subcommand("swapon", "Add a swap file or block device");
     swapon->add_option("PATH", o.path, "File or block device")->required();
     swapon->add_option("--priority", o.priority, "Higher is used first (-1..32767)")->check(CLI::Range(-1, 32767));
-    swapon->add_option("--size", o.size, "Create a missing file with this size (e.g. 2G)")->check(size_validator());
+    swapon->add_option("--size", o.size,
+                       "Create a missing file with this much swap space (e.g. 2G); for an existing device it must "
+                       "match")
+        ->check(size_validator());
+    swapon->add_flag("--format", o.format,
+                     "Erase a device that has no swapvisor header and make it swap (its contents are lost)");
     swapon->callback([&o] { o.command = CtlCommand::swapon; });
     CLI::App* swapoff = ctl->add_subcommand("swapoff", "Remove a swap device live (moves its pages elsewhere)");
     swapoff->add_option("PATH", o.path, "A path given to swapon or --swap")->required();
@@ -211,6 +221,13 @@ void add_ctl_subcommand(CLI::App& app, CtlOptions& o) {
     set_budget->callback([&o] { o.command = CtlCommand::set_budget; });
 }
 
+// A path as the operator meant it: relative to the ctl's directory, not the server's.
+static std::string absolute_path(const std::string& path) {
+    std::error_code ec;
+    std::filesystem::path abs = std::filesystem::absolute(path, ec);
+    return ec ? path : abs.lexically_normal().string();
+}
+
 json ctl_request(const CtlOptions& options, int id) {
     json request = {{"id", id}, {"cmd", std::string(command_name(options.command))}};
     auto bytes_of = [](const std::string& text) -> json {
@@ -219,11 +236,12 @@ json ctl_request(const CtlOptions& options, int id) {
     };
     switch (options.command) {
         case CtlCommand::swapon:
-            request["path"] = options.path;
+            request["path"] = absolute_path(options.path);
             request["priority"] = options.priority;
             if (!options.size.empty()) request["size"] = bytes_of(options.size);
+            if (options.format) request["format"] = true;
             break;
-        case CtlCommand::swapoff: request["path"] = options.path; break;
+        case CtlCommand::swapoff: request["path"] = absolute_path(options.path); break;
         case CtlCommand::set_limit:
             request["vm"] = options.vm;
             request["bytes"] = bytes_of(options.bytes);

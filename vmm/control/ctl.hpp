@@ -34,6 +34,7 @@ struct CtlOptions {
     std::string path;        // swapon, swapoff
     int priority = 0;        // swapon
     std::string size;        // swapon (empty: the file must exist); SIZE text, e.g. "2G"
+    bool format = false;     // swapon --format: erase a device without a swapvisor header
     std::string vm;          // set-limit
     std::string bytes;       // set-limit, set-budget: SIZE text ("0": no limit)
     ProgressBar progress = ProgressBar::auto_detect;

@@ -41,6 +41,9 @@ ReplyCode reply_code_of(const Error& error) {
             case swap::Errc::device_busy: return ReplyCode::device_busy;
             case swap::Errc::would_not_fit: return ReplyCode::would_not_fit;
             case swap::Errc::exists: return ReplyCode::exists;
+            case swap::Errc::no_signature:
+            case swap::Errc::bad_header:
+            case swap::Errc::size_mismatch: return ReplyCode::bad_request;
             default: return ReplyCode::io_error;
         }
     }
@@ -50,7 +53,10 @@ ReplyCode reply_code_of(const Error& error) {
         switch (static_cast<io::Errc>(code.value())) {
             case io::Errc::too_small:
             case io::Errc::not_file_or_block:
+            case io::Errc::ram_backed:
+            case io::Errc::no_reservation:
             case io::Errc::misaligned: return ReplyCode::bad_request;
+            case io::Errc::in_use: return ReplyCode::device_busy;
             default: return ReplyCode::io_error;
         }
     }
@@ -62,6 +68,12 @@ ReplyCode reply_code_of(const Error& error) {
     }
     if (error.is(std::errc::file_exists)) return ReplyCode::exists;
     return ReplyCode::io_error;
+}
+
+std::string check_memory_limit(std::uint64_t bytes, std::string_view what) {
+    if (bytes == 0 || bytes >= kMinMemoryLimit) return {};
+    return fmt::format("{} of {} bytes is below the minimum of {} MiB ({} bytes); 0 means no limit", what, bytes,
+                       kMinMemoryLimit >> 20, kMinMemoryLimit);
 }
 
 // The one size grammar of swapvisor (CLI flags, ctl arguments, JSON requests).
@@ -175,6 +187,16 @@ std::expected<Request, RequestError> parse_request(std::string_view line) {
             if (!size) return bad(id, ReplyCode::bad_request, size.error());
             swapon.size_bytes = *size;
         }
+        if (auto it = request.find("format"); it != request.end()) {
+            // Erasing a device is never implied: only a literal true (or "yes") does it.
+            if (it->is_boolean()) {
+                swapon.format = it->get<bool>() ? swap::Format::yes : swap::Format::no;
+            } else if (it->is_string() && (*it == "yes" || *it == "no")) {
+                swapon.format = *it == "yes" ? swap::Format::yes : swap::Format::no;
+            } else {
+                return bad(id, ReplyCode::bad_request, "field \"format\" must be true, false, \"yes\" or \"no\"");
+            }
+        }
         return Request{id, std::move(swapon)};
     }
     if (cmd == "swapoff") {
@@ -187,11 +209,15 @@ std::expected<Request, RequestError> parse_request(std::string_view line) {
         if (!vm) return bad(id, ReplyCode::bad_request, vm.error());
         auto bytes = size_field(request, "bytes");
         if (!bytes) return bad(id, ReplyCode::bad_request, bytes.error());
+        if (auto low = check_memory_limit(*bytes, "resident limit"); !low.empty())
+            return bad(id, ReplyCode::bad_request, low);
         return Request{id, SetLimitCmd{std::move(*vm), *bytes}};
     }
     if (cmd == "set-budget") {
         auto bytes = size_field(request, "bytes");
         if (!bytes) return bad(id, ReplyCode::bad_request, bytes.error());
+        if (auto low = check_memory_limit(*bytes, "host budget"); !low.empty())
+            return bad(id, ReplyCode::bad_request, low);
         return Request{id, SetBudgetCmd{*bytes}};
     }
     return bad(id, ReplyCode::unknown_command,

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/result.hpp"
+#include "swap/swap_pool.hpp"
 
 namespace swapvisor::vmm::control {
 
@@ -47,6 +48,19 @@ ReplyCode reply_code_of(const Error& error);
 // message saying what is wrong. Same grammar as `swapvisor run --memory`.
 std::expected<std::uint64_t, std::string> parse_size(std::string_view text);
 
+// The smallest resident limit or host budget accepted (0 still means "none"), on the
+// command line and the socket alike. Below it a VM livelocks instead of running:
+// every guest instruction may need a dozen pages resident at once (code, stack, data
+// on both sides of a page boundary, four page-table levels, GDT/IDT), per vCPU, and
+// the reclaimer evicts in runs of up to 1 MiB while the CLOCK sampler needs inactive
+// pages to choose from. 16 MiB = 4096 pages leaves room for that with the largest
+// batch in flight and a working set for a handful of vCPUs; a guest that cannot
+// live in 16 MiB resident is not one to overcommit this hard.
+inline constexpr std::uint64_t kMinMemoryLimit = 16ULL << 20;
+// "" if bytes is 0 (no limit) or at least kMinMemoryLimit, else the message naming
+// the minimum (`what`: "resident limit", "host budget").
+std::string check_memory_limit(std::uint64_t bytes, std::string_view what);
+
 // Which counters stats_json reports: `status` wants the summary, `stats` and
 // --stats-json every counter.
 enum class StatsDetail { summary, full };
@@ -58,16 +72,17 @@ struct SwaponCmd {
     std::string path;
     int priority = 0;
     std::uint64_t size_bytes = 0;  // 0: the path must exist
+    swap::Format format = swap::Format::no;  // "format": true erases a device without a header
 };
 struct SwapoffCmd {
     std::string path;
 };
 struct SetLimitCmd {
     std::string vm;
-    std::uint64_t bytes = 0;  // 0: no per-VM limit
+    std::uint64_t bytes = 0;  // 0: no per-VM limit; else at least kMinMemoryLimit
 };
 struct SetBudgetCmd {
-    std::uint64_t bytes = 0;  // 0: no host budget
+    std::uint64_t bytes = 0;  // 0: no host budget; else at least kMinMemoryLimit
 };
 using Command = std::variant<StatusCmd, SwaponCmd, SwapoffCmd, SetLimitCmd, SetBudgetCmd>;
 

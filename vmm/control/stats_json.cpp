@@ -34,6 +34,9 @@ nlohmann::json stats_json(guestmem::HostMemory& host, const DeviceStats& devices
             {"total_slots", d.total_slots},
             {"used_slots", d.used_slots},
             {"removing", d.removing},
+            {"state", swap::state_name(d.state)},
+            {"write_errors", d.write_errors},
+            {"failure", d.failure},
         });
     }
     json host_json = {{"budget_bytes", host.budget()}, {"resident_bytes", host.resident_bytes()}};

@@ -1,0 +1,69 @@
+// The swapvisor swap header: the first 4 KiB page of every swap device says "this is
+// a swapvisor swap device, with this many slots", so that a mistyped --swap path is
+// refused instead of overwritten (like the kernel's mkswap signature). Slots start
+// after it: slot s lives at byte (s + 1) * 4096 (slot_offset, swap_device.hpp).
+//
+// Layout (little-endian; the rest of the page is zero; swap/README.md#header):
+//
+//   byte 0        8          12           16                  32           40          48 ... 4095
+//   +-------------+----------+------------+-------------------+------------+-----------+----------+
+//   | magic       | version  | page size  | uuid              | slot count | checksum  |  zeros   |
+//   | "SWAPVISR"  | u32 = 1  | u32 = 4096 | 16 random bytes   | u64        | xxh3-64 of|          |
+//   |             |          |            |                   |            | bytes 0-39|          |
+//   +-------------+----------+------------+-------------------+------------+-----------+----------+
+//
+// The slot count is fixed when the header is written: size of the device minus the
+// header page, in whole slots. A header whose magic is right but whose checksum,
+// version, page size or slot count is not is corrupt (Errc::bad_header), never
+// guessed at.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <span>
+
+#include "io/block_device.hpp"
+#include "io/result.hpp"
+#include "swap/types.hpp"
+
+namespace swapvisor::swap {
+
+inline constexpr std::uint64_t kHeaderBytes = kSlotSize;  // one page before slot 0
+inline constexpr std::uint32_t kHeaderVersion = 1;
+
+struct SwapHeader {
+    std::array<std::uint8_t, 16> uuid{};
+    std::uint64_t slot_count = 0;
+    bool operator==(const SwapHeader&) const = default;
+};
+
+// Slots a device of `device_bytes` holds after its header page (0 if none).
+inline std::uint64_t slots_after_header(std::uint64_t device_bytes) {
+    return device_bytes < kHeaderBytes ? 0 : (device_bytes - kHeaderBytes) / kSlotSize;
+}
+
+// A header for a device of `device_bytes` with a fresh random UUID.
+Result<SwapHeader> new_header(std::uint64_t device_bytes);
+
+// The page image of a header (page.size() == kHeaderBytes).
+void encode_header(const SwapHeader& header, std::span<std::byte> page);
+// nullopt: no swapvisor magic at all (not a swapvisor device). Errc::bad_header: the
+// magic is there but the rest does not check out.
+Result<std::optional<SwapHeader>> decode_header(std::span<const std::byte> page);
+
+// Read and decode the first page of a device (a short-lived ring of its own: swapon
+// is not a hot path).
+Result<std::optional<SwapHeader>> read_header(io::BlockDevice& device);
+// Write the header page and flush it, so a crash never leaves a half-made device.
+Result<void> write_header(io::BlockDevice& device, const SwapHeader& header);
+
+// `swapvisor mkswap PATH [--size SIZE]`: make a swap device. A missing file is
+// created with size_bytes of swap space (plus the header page, space reserved); an
+// existing file or block device gets a new header over whatever it held (that is
+// the operator's explicit request), after the same checks swapon makes (not in use,
+// not on tmpfs; size_bytes, when given, must match). Returns the header written.
+Result<SwapHeader> mkswap(const std::filesystem::path& path, std::uint64_t size_bytes);
+
+}  // namespace swapvisor::swap

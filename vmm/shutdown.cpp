@@ -1,0 +1,109 @@
+// Shutdown: the signalfd watcher thread (shutdown.hpp, vmm/README.md#shutdown).
+#include "vmm/shutdown.hpp"
+
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include <spdlog/spdlog.h>
+
+namespace swapvisor::vmm {
+
+namespace {
+
+sigset_t shutdown_signals() {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    return set;
+}
+
+}  // namespace
+
+Shutdown::Registration::~Registration() {
+    if (owner_ == nullptr) return;
+    std::lock_guard lock(owner_->mutex_);
+    owner_->stoppers_.erase(it_);
+}
+
+Result<std::unique_ptr<Shutdown>> Shutdown::install() {
+    sigset_t set = shutdown_signals();
+    // Kernel contract: a blocked signal stays pending until a signalfd read takes
+    // it; the mask is per thread and inherited by threads created later, which is
+    // why this runs in main before any other thread exists.
+    if (int err = ::pthread_sigmask(SIG_BLOCK, &set, nullptr); err != 0) return errno_error("pthread_sigmask", err);
+    // Kernel contract: signalfd reports the signals of `set` that are pending for
+    // the process or the reading thread, one signalfd_siginfo per read.
+    io::UniqueFd sfd(::signalfd(-1, &set, SFD_CLOEXEC));
+    if (!sfd.valid()) return errno_error("signalfd");
+    // Kernel contract: an eventfd becomes readable once written.
+    io::UniqueFd wake(::eventfd(0, EFD_CLOEXEC));
+    if (!wake.valid()) return errno_error("eventfd");
+    std::unique_ptr<Shutdown> s(new Shutdown(std::move(sfd), std::move(wake)));
+    s->watcher_ = std::thread([p = s.get()] { p->watch(); });
+    return s;
+}
+
+Shutdown::Shutdown(io::UniqueFd signal_fd, io::UniqueFd wake_fd)
+    : signal_fd_(std::move(signal_fd)), wake_fd_(std::move(wake_fd)) {}
+
+Shutdown::~Shutdown() {
+    std::uint64_t one = 1;
+    // Kernel contract: an 8-byte write adds to the eventfd counter and wakes poll.
+    (void)::write(wake_fd_.get(), &one, sizeof one);
+    if (watcher_.joinable()) watcher_.join();
+}
+
+Shutdown::Registration Shutdown::on_request(Stopper stop) {
+    std::lock_guard lock(mutex_);
+    if (signal_ != 0) stop(signal_);
+    stoppers_.push_back(std::move(stop));
+    return Registration(*this, std::prev(stoppers_.end()));
+}
+
+int Shutdown::signal() const {
+    std::lock_guard lock(mutex_);
+    return signal_;
+}
+
+void Shutdown::watch() {
+    for (;;) {
+        pollfd fds[2] = {{signal_fd_.get(), POLLIN, 0}, {wake_fd_.get(), POLLIN, 0}};
+        // Kernel contract: poll waits until one fd is readable; EINTR cannot happen
+        // for the blocked shutdown signals but may for others, so it is retried.
+        if (::poll(fds, 2, -1) < 0) {
+            if (errno == EINTR) continue;
+            spdlog::error("shutdown watcher: poll: {}", std::strerror(errno));
+            return;
+        }
+        if (fds[1].revents != 0) return;
+        signalfd_siginfo info{};
+        // Kernel contract: a read of a readable signalfd returns whole records.
+        if (::read(signal_fd_.get(), &info, sizeof info) != static_cast<ssize_t>(sizeof info)) continue;
+        const int sig = static_cast<int>(info.ssi_signo);
+        std::lock_guard lock(mutex_);
+        if (signal_ != 0) {
+            spdlog::warn("second SIG{}: exiting at once, without cleanup", sigabbrev_np(sig));
+            // Kernel contract: with the default action restored and the signal
+            // unblocked in this thread, raising it terminates the whole process.
+            ::signal(sig, SIG_DFL);
+            sigset_t set = shutdown_signals();
+            ::pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+            ::raise(sig);
+            return;
+        }
+        signal_ = sig;
+        spdlog::warn("SIG{} from pid {}: stopping every VM, then writing the stats and exiting with {} (send it "
+                     "again to exit at once)",
+                     sigabbrev_np(sig), info.ssi_pid, 128 + sig);
+        for (Stopper& stop : stoppers_) stop(sig);
+    }
+}
+
+}  // namespace swapvisor::vmm
