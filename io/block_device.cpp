@@ -95,7 +95,7 @@ Result<void> check_block_io(const BlockDevice& dev, std::span<BlockIo> ios) {
         if (bad) {
             for (BlockIo& other : ios) other.result = -ECANCELED;
             ios[i].result = *bad == Errc::misaligned ? -EINVAL : -ERANGE;
-            return make_error(*bad, "block io");
+            return make_error(*bad, "block io", "device " + dev.path() + ", offset " + std::to_string(off));
         }
     }
     return {};
@@ -113,6 +113,12 @@ FileBlockDevice::FileBlockDevice(UniqueFd fd, std::string path, std::uint64_t si
 
 Result<std::unique_ptr<FileBlockDevice>> FileBlockDevice::open(const std::filesystem::path& path, OpenMode mode,
                                                                std::uint64_t size_bytes) {
+    // Every error below names the device it concerns once, here.
+    return with_context(open_unnamed(path, mode, size_bytes), "device " + path.string());
+}
+
+Result<std::unique_ptr<FileBlockDevice>> FileBlockDevice::open_unnamed(const std::filesystem::path& path,
+                                                                       OpenMode mode, std::uint64_t size_bytes) {
     const char* p = path.c_str();
     int flags = O_RDWR | O_DIRECT | O_CLOEXEC;
     bool created = false;
@@ -203,7 +209,7 @@ Result<void> FileBlockDevice::flush(Ring& ring) {
     op.kind = IoKind::fsync;
     op.fd = fd_.get();
     SWV_TRY(ring.run(std::span<IoOp>(&op, 1)));
-    if (op.result < 0) return errno_error("flush swap device", -op.result);
+    if (op.result < 0) return errno_error("flush swap device", -op.result, "device " + path_);
     return {};
 }
 

@@ -81,6 +81,9 @@ public:
 
 private:
     FileBlockDevice(UniqueFd fd, std::string path, std::uint64_t size, std::uint32_t block_size);
+    // open() without the device path in its errors' context (open adds it).
+    static Result<std::unique_ptr<FileBlockDevice>> open_unnamed(const std::filesystem::path& path, OpenMode mode,
+                                                                 std::uint64_t size_bytes);
     UniqueFd fd_;
     std::string path_;
     std::uint64_t size_;

@@ -298,9 +298,9 @@ TEST(PrivilegedSwapPool, WriteErrorsFailTheirPagesAndLeakNoSlot) {
     std::vector<PageOut> sparse;
     for (std::size_t i = 0; i < 32; i += 2) sparse.push_back(PageOut{pages[i], i});
     auto fail_at = io::DevOffset((16 + 3) * kSlotSize);
-    plan->add(io::FaultRule{io::FaultMatch::write, fail_at, fail_at + kSlotSize, 0, 1, io::fault::Eio{}});
+    plan->add(io::FaultRule{io::FaultMatch::write, fail_at, fail_at.offset_by(kSlotSize), 0, 1, io::fault::Eio{}});
     auto torn_at = io::DevOffset((16 + 6) * kSlotSize);
-    plan->add(io::FaultRule{io::FaultMatch::write, torn_at, torn_at + kSlotSize, 0, 1, io::fault::ShortIo{512}});
+    plan->add(io::FaultRule{io::FaultMatch::write, torn_at, torn_at.offset_by(kSlotSize), 0, 1, io::fault::ShortIo{512}});
     ASSERT_TRUE(pool.write_out(ring, sparse));
     std::size_t ok = 0;
     for (std::size_t i = 0; i < sparse.size(); ++i) {

@@ -315,7 +315,7 @@ TEST(PrivilegedSwapoff, WaitsForAReaderHoldingTheOldDevice) {
     // just before its read of the old slot.
     test::Latch reader_held;
     auto at = slot_offset(old_slot);
-    test::hold_once(*plan, io::FaultMatch::read, reader_held, at, at + kSlotSize);
+    test::hold_once(*plan, io::FaultMatch::read, reader_held, at, at.offset_by(kSlotSize));
     Pages page(1);
     Result<void> read = std::unexpected(Error{});
     std::thread reader([&] {
@@ -380,7 +380,7 @@ TEST(PrivilegedSwapoff, ReaderOfAMovedAndReusedSlotRetriesAtTheNewPlace) {
 
     // Reader held before reading slot 5 of a.
     test::Latch reader_held;
-    test::hold_once(*plan, io::FaultMatch::read, reader_held, at, at + kSlotSize);
+    test::hold_once(*plan, io::FaultMatch::read, reader_held, at, at.offset_by(kSlotSize));
     Pages page(1);
     Result<void> read = std::unexpected(Error{});
     std::thread reader([&] {
