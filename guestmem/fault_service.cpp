@@ -188,13 +188,13 @@ void GuestMemory::Impl::readahead_after(std::uint64_t idx, io::Ring& ring) {
     // Map the verified prefix of the run write-protected in one ioctl: reading it
     // then costs the guest no fault at all, writing it one WP fault.
     std::size_t good = 0;
-    while (good < ins.size() && batch && ins[good].result == 0) ++good;
+    while (good < ins.size() && batch && ins[good].ok()) ++good;
     const bool mapped = good > 0 && uffd->continue_(guest_ptr(locked[0]), good * kPageSize,
                                                     clean ? WriteProtect::yes : WriteProtect::no, Wake::no)
                                         .has_value();
     for (std::size_t k = 0; k < locked.size(); ++k) {
         const std::uint64_t n = locked[k];
-        if (batch && ins[k].result == 0) {
+        if (batch && ins[k].ok()) {
             counters.swapped_pages.fetch_sub(1);
             counters.swap_in_pages.fetch_add(1, std::memory_order_relaxed);
             counters.readahead_pages.fetch_add(1, std::memory_order_relaxed);

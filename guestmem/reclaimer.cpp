@@ -135,7 +135,7 @@ std::uint64_t GuestMemory::Impl::reclaim_pass(io::Ring& ring) {
         Result<void> batch = pool ? pool->write_out(ring, outs) : Result<void>(make_error(swap::Errc::no_space, "write_out"));
         for (std::size_t k = 0; k < outs.size(); ++k) {
             std::uint64_t idx = write_idx[k];
-            const bool ok = batch && outs[k].result == 0;
+            const bool ok = batch && outs[k].ok();
             PageEntry e = table.lock(idx);
             if (e.state() != PageState::writeback) {
                 // A fault, VMM write or discard took the page meanwhile: the copy is stale.
