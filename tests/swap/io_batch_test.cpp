@@ -84,6 +84,19 @@ protected:
         }
     }
     io::BlockDevice* dev(int d) { return devs_[d].get(); }
+    // Append `count` pages of device d from first_slot on, buffers pages[first_page...].
+    void append(std::vector<PageIo>& batch, int d, std::uint32_t first_slot, const Pages& pages,
+                std::size_t first_page, std::uint32_t count) {
+        for (std::uint32_t i = 0; i < count; ++i) {
+            batch.push_back(PageIo{dev(d), SlotIdx(first_slot + i), pages[first_page + i]});
+        }
+    }
+    // n pages, page i filled with id i.
+    static Pages filled(std::size_t n) {
+        Pages pages(n);
+        for (std::size_t i = 0; i < n; ++i) test::fill_page(pages[i], i);
+        return pages;
+    }
     io::FaultPlan& plan(int d) { return *plans_[d]; }
     std::vector<Op>& ops(int d) { return ops_[d]; }
 
@@ -95,15 +108,13 @@ protected:
 
 TEST_F(PrivilegedIoBatch, OneBlockIoPerRunAndOneSubmitPerDevice) {
     SWV_SWAP_RING_OR_SKIP(ring);
-    Pages pages(12);
-    for (std::size_t i = 0; i < 12; ++i) test::fill_page(pages[i], i);
+    Pages pages = filled(10);
     // dev0: slots 0..5 (run split by max 4) ; dev1: slots 7,8 then 20 (gap); dev0 again: 40.
     std::vector<PageIo> batch;
-    for (std::uint32_t i = 0; i < 6; ++i) batch.push_back(PageIo{dev(0), SlotIdx(i), pages[i]});
-    batch.push_back(PageIo{dev(1), SlotIdx(7), pages[6]});
-    batch.push_back(PageIo{dev(1), SlotIdx(8), pages[7]});
-    batch.push_back(PageIo{dev(1), SlotIdx(20), pages[8]});
-    batch.push_back(PageIo{dev(0), SlotIdx(40), pages[9]});
+    append(batch, 0, 0, pages, 0, 6);
+    append(batch, 1, 7, pages, 6, 2);
+    append(batch, 1, 20, pages, 8, 1);
+    append(batch, 0, 40, pages, 9, 1);
     std::vector<std::optional<Errc>> errors(batch.size(), Errc::stale_slot);
     const std::uint64_t submits_before = ring.submit_calls();
     run_page_io(ring, io::IoKind::write, batch, 4, errors);
@@ -121,9 +132,8 @@ TEST_F(PrivilegedIoBatch, OneBlockIoPerRunAndOneSubmitPerDevice) {
     // Both runs of a device went down in one batch: one ring submission per device.
     EXPECT_EQ(ring.submit_calls() - submits_before, 2u);
 
-    // Read everything back through the builder into fresh buffers, reversed order
-    // within the read batch must not matter for correctness.
-    Pages back(12);
+    // Everything written comes back through the builder into fresh buffers.
+    Pages back(10);
     std::vector<PageIo> reads;
     for (std::size_t i = 0; i < batch.size(); ++i) reads.push_back(PageIo{batch[i].device, batch[i].slot, back[i]});
     std::vector<std::optional<Errc>> read_errors(reads.size(), Errc::stale_slot);
@@ -136,13 +146,12 @@ TEST_F(PrivilegedIoBatch, OneBlockIoPerRunAndOneSubmitPerDevice) {
 
 TEST_F(PrivilegedIoBatch, InjectedEioFailsExactlyThePagesOfItsRun) {
     SWV_SWAP_RING_OR_SKIP(ring);
-    Pages pages(10);
-    for (std::size_t i = 0; i < 10; ++i) test::fill_page(pages[i], i);
+    Pages pages = filled(10);
     // Runs: dev0 slots 0-3 | dev0 slots 10-12 (slot gap) | dev1 slots 0-2.
     std::vector<PageIo> batch;
-    for (std::uint32_t i = 0; i < 4; ++i) batch.push_back(PageIo{dev(0), SlotIdx(i), pages[i]});
-    for (std::uint32_t i = 0; i < 3; ++i) batch.push_back(PageIo{dev(0), SlotIdx(10 + i), pages[4 + i]});
-    for (std::uint32_t i = 0; i < 3; ++i) batch.push_back(PageIo{dev(1), SlotIdx(i), pages[7 + i]});
+    append(batch, 0, 0, pages, 0, 4);
+    append(batch, 0, 10, pages, 4, 3);
+    append(batch, 1, 0, pages, 7, 3);
     // EIO on whatever overlaps slot 11 of dev0: the middle run.
     const io::DevOffset bad = slot_offset(SlotIdx(11));
     auto eio = plan(0).add(io::FaultRule{io::FaultMatch::write, bad, bad.offset_by(kSlotSize), 0, {}, io::fault::Eio{}});
@@ -157,13 +166,12 @@ TEST_F(PrivilegedIoBatch, InjectedEioFailsExactlyThePagesOfItsRun) {
 
 TEST_F(PrivilegedIoBatch, TornReadFailsItsRunAndLeavesTheOthersGood) {
     SWV_SWAP_RING_OR_SKIP(ring);
-    Pages pages(6);
-    for (std::size_t i = 0; i < 6; ++i) test::fill_page(pages[i], i);
+    Pages pages = filled(6);
     // Write two runs (slots 0-2 and 5-7) with no faults, then read them back with
     // the second run torn after 512 bytes.
     std::vector<PageIo> batch;
-    for (std::uint32_t i = 0; i < 3; ++i) batch.push_back(PageIo{dev(0), SlotIdx(i), pages[i]});
-    for (std::uint32_t i = 0; i < 3; ++i) batch.push_back(PageIo{dev(0), SlotIdx(5 + i), pages[3 + i]});
+    append(batch, 0, 0, pages, 0, 3);
+    append(batch, 0, 5, pages, 3, 3);
     std::vector<std::optional<Errc>> errors(batch.size());
     run_page_io(ring, io::IoKind::write, batch, 256, errors);
     for (auto& e : errors) ASSERT_EQ(e, std::nullopt);
@@ -182,8 +190,7 @@ TEST_F(PrivilegedIoBatch, TornReadFailsItsRunAndLeavesTheOthersGood) {
 
 TEST_F(PrivilegedIoBatch, RefusedBatchFailsEveryPageOfThatDeviceOnly) {
     SWV_SWAP_RING_OR_SKIP(ring);
-    Pages pages(3);
-    for (std::size_t i = 0; i < 3; ++i) test::fill_page(pages[i], i);
+    Pages pages = filled(3);
     // dev0's last slot is in range; the slot after it is not: the device refuses
     // its whole batch, and dev1's page still goes out.
     const auto last = static_cast<std::uint32_t>(dev(0)->size_bytes() / kSlotSize - 1);
