@@ -40,6 +40,12 @@ namespace swapvisor::swap {
 // Byte offset of a slot on its device.
 inline io::DevOffset slot_offset(SlotIdx slot) { return io::DevOffset(std::uint64_t{slot.value()} * kSlotSize); }
 
+// "device PATH, slot S, vslot V": the Error::context of a failure about one slot.
+inline std::string slot_context(const std::string& device_path, SlotIdx slot, VSlot vslot) {
+    return "device " + device_path + ", slot " + std::to_string(slot.value()) + ", vslot " +
+           std::to_string(vslot.value());
+}
+
 enum class DeviceState : std::uint8_t { active, removing };
 
 struct DeviceUsage {

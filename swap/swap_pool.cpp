@@ -283,13 +283,15 @@ Result<void> SwapPool::read_in(io::Ring& ring, std::span<PageIn> pages) {
 }
 
 std::string SwapPool::describe(VSlot vslot) const {
-    std::string what = "vslot " + std::to_string(vslot.value());
     VSlotInfo info = table_.lookup(vslot);
-    if (info.state != VSlotState::valid) return what;
-    std::shared_lock lock(devices_mutex_);
-    const std::size_t dev = info.pslot.device.value();
-    if (dev < devices_.size() && devices_[dev] != nullptr) what += ", device " + devices_[dev]->path();
-    return what + ", slot " + std::to_string(info.pslot.slot.value());
+    if (info.state == VSlotState::valid) {
+        std::shared_lock lock(devices_mutex_);
+        const std::size_t dev = info.pslot.device.value();
+        if (dev < devices_.size() && devices_[dev] != nullptr) {
+            return slot_context(devices_[dev]->path(), info.pslot.slot, vslot);
+        }
+    }
+    return "vslot " + std::to_string(vslot.value());  // freed, or its device is gone
 }
 
 void SwapPool::free(VSlot vslot) {

@@ -172,7 +172,7 @@ private:
     std::size_t allocate_pslots(std::span<const VSlot> vslots, std::span<Placement> placements,
                                 std::vector<Reservation>& reservations);
     void free_pslot(PSlot pslot);
-    // "vslot V, device PATH, slot S" (as far as still known): the context of errors.
+    // slot_context() of vslot's current place, or "vslot V" once it has none.
     std::string describe(VSlot vslot) const;
     Result<void> swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& batch, std::span<const UsedSlot> candidates,
                                SwapoffReport& report);

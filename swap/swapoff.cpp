@@ -182,8 +182,7 @@ Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& bat
             continue;
         }
         // Never move (or keep serving as good) data we cannot vouch for.
-        const std::string where = "device " + dev.path() + ", slot " + std::to_string(item.old_slot.value()) +
-                                  ", vslot " + std::to_string(item.vslot.value());
+        const std::string where = slot_context(dev.path(), item.old_slot, item.vslot);
         if (errors[k]) return make_error(*errors[k], "swapoff: reading a used slot failed", where);
         return make_error(Errc::checksum_mismatch, "swapoff: used slot fails its checksum", where);
     }
@@ -218,10 +217,7 @@ Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& bat
         Batch::Item& item = batch.items[live[j]];
         const Placement& to = placements[j];
         if (errors[j]) {
-            if (!write_failed) {
-                write_failed = "device " + to.device->path() + ", slot " + std::to_string(to.slot.value()) +
-                               ", vslot " + std::to_string(item.vslot.value());
-            }
+            if (!write_failed) write_failed = slot_context(to.device->path(), to.slot, item.vslot);
             to.device->free_slots(std::span(&to.slot, 1));
             continue;
         }

@@ -334,9 +334,9 @@ TEST(PrivilegedSwapPool, ReadErrorIsIoFailedNeverData) {
     ASSERT_FALSE(r);
     EXPECT_TRUE(is(r.error(), Errc::io_failed));
     // The error says which page, device and slot it concerns.
-    EXPECT_EQ(r.error().context, "vslot " + std::to_string(batch[2].vslot.value()) + ", device " +
-                                     canonical_swap_path(dir.file("s")) + ", slot " +
-                                     std::to_string(pool.pslot_of(batch[2].vslot)->slot.value()));
+    EXPECT_EQ(r.error().context, "device " + canonical_swap_path(dir.file("s")) + ", slot " +
+                                     std::to_string(pool.pslot_of(batch[2].vslot)->slot.value()) + ", vslot " +
+                                     std::to_string(batch[2].vslot.value()));
     EXPECT_EQ(plan->hits(rule), 1u);
     plan->add(io::FaultRule{io::FaultMatch::read, {}, {}, 0, 1, io::fault::ShortIo{1024}});
     r = pool.read_in(ring, batch[2].vslot, back[2]);
@@ -364,6 +364,7 @@ TEST(PrivilegedSwapPool, FreedVSlotIsStaleAndItsSlotIsReused) {
     auto r = pool.read_in(ring, gone, back[0]);
     ASSERT_FALSE(r);
     EXPECT_TRUE(is(r.error(), Errc::stale_slot));
+    EXPECT_EQ(r.error().context, "vslot " + std::to_string(gone.value()));  // no place any more
     EXPECT_EQ(pool.stats()[0].used_slots, kClusterSlots - 1);
 
     test::fill_page(pages[0], 4242);
