@@ -94,8 +94,9 @@ DirectWrite direct_write_pass(swap::SwapPool& pool, io::Ring& ring, std::byte* b
             outs[i] = swap::PageOut{buf + i * kPage, swap::OwnerTag(b * kBatchPages + i)};
         need(pool.write_out(ring, outs), "write_out");
         for (auto& o : outs) {
-            if (o.result != 0) {
-                std::fprintf(stderr, "swap_bench: write_out page result %d\n", o.result);
+            if (!o.ok()) {
+                std::fprintf(stderr, "swap_bench: write_out page: %s\n",
+                             make_error_code(*o.error).message().c_str());
                 throw Fail{"write_out"};
             }
             taken.push_back(o.vslot);

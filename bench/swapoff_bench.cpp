@@ -168,8 +168,9 @@ Case run_write_out_case(const std::filesystem::path& work, std::uint64_t k) {
             auto batch = std::span(outs).first(n);
             need(pool.write_out(ring, batch), "write_out");
             for (auto& o : batch) {
-                if (o.result != 0) {
-                    std::fprintf(stderr, "swapoff_bench: write_out page result %d\n", o.result);
+                if (!o.ok()) {
+                    std::fprintf(stderr, "swapoff_bench: write_out page: %s\n",
+                                 make_error_code(*o.error).message().c_str());
                     throw Fail{};
                 }
                 if (rng() % 64 == 0) sample.push_back(o.vslot);

@@ -116,7 +116,7 @@ GuestMemory::Impl::PassResult GuestMemory::Impl::reclaim_pass(io::Ring& ring, Pa
         const auto batch = pool->write_out(ring, outs);
         for (std::size_t k = 0; k < writes.size(); ++k) {
             writes[k].out = outs[k];
-            if (!outs[k].ok() && !write_error) write_error = swap::errc_of_page_result(outs[k].result);
+            if (!outs[k].ok() && !write_error) write_error = outs[k].error;
         }
         if (!batch && !write_error) write_error = swap::Errc::no_space;
         const bool batch_ok = batch.has_value();

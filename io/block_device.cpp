@@ -111,7 +111,7 @@ Result<void> check_block_io(const BlockDevice& dev, std::span<BlockIo> ios) {
         if (bad) {
             for (BlockIo& other : ios) other.result = -ECANCELED;
             ios[i].result = *bad == Errc::misaligned ? -EINVAL : -ERANGE;
-            return make_error(*bad, "block io");
+            return make_error(*bad, "block io", "device " + dev.path() + ", offset " + std::to_string(off));
         }
     }
     return {};
@@ -194,13 +194,18 @@ Result<void> reserve_space(int fd, std::uint64_t size) {
 
 Result<std::unique_ptr<FileBlockDevice>> FileBlockDevice::open(const std::filesystem::path& path, OpenMode mode,
                                                                std::uint64_t size_bytes) {
+    // Every error below names the device it concerns once, here.
+    return with_context(open_unnamed(path, mode, size_bytes), "device " + path.string());
+}
+
+Result<std::unique_ptr<FileBlockDevice>> FileBlockDevice::open_unnamed(const std::filesystem::path& path,
+                                                                       OpenMode mode, std::uint64_t size_bytes) {
     const char* p = path.c_str();
     int flags = O_RDWR | O_DIRECT | O_CLOEXEC;
     FileOrigin origin = FileOrigin::existing;
     struct stat st {};
-    auto fail = [&](std::unexpected<Error> e) -> Result<std::unique_ptr<FileBlockDevice>> {
-        return std::unexpected(std::move(e.error()).with_context(path.string()));
-    };
+    // open() adds the device path to every error's context.
+    auto fail = [](std::unexpected<Error> e) -> Result<std::unique_ptr<FileBlockDevice>> { return e; };
     // Kernel contract: stat follows symlinks, so /dev/disk/by-id/... names work; the
     // type is checked before open() so that opening never has side effects on a
     // FIFO or character device.
@@ -294,7 +299,7 @@ Result<void> FileBlockDevice::flush(Ring& ring) {
     op.kind = IoKind::fsync;
     op.fd = fd_.get();
     SWV_TRY(ring.run(std::span<IoOp>(&op, 1)));
-    if (op.result < 0) return errno_error("flush swap device", -op.result);
+    if (op.result < 0) return errno_error("flush swap device", -op.result, "device " + path_);
     return {};
 }
 

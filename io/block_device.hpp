@@ -113,6 +113,9 @@ public:
 private:
     FileBlockDevice(UniqueFd fd, std::string path, std::uint64_t size, std::uint32_t block_size,
                     DeviceIdentity identity, FileOrigin origin);
+    // open() without the device path in its errors' context (open adds it).
+    static Result<std::unique_ptr<FileBlockDevice>> open_unnamed(const std::filesystem::path& path, OpenMode mode,
+                                                                 std::uint64_t size_bytes);
     UniqueFd fd_;  // its OFD lock (files) lives and dies with it
     std::string path_;
     std::uint64_t size_;

@@ -188,7 +188,7 @@ Result<void> FaultyBlockDevice::flush(Ring& ring) {
     BlockIo io{IoKind::fsync, DevOffset{0}, {}};
     FaultPlan::Decision d = plan_->decide(io);
     run_before(d, io);
-    if (d.outcome) return errno_error("flush swap device", outcome_errno(*d.outcome));
+    if (d.outcome) return errno_error("flush swap device", outcome_errno(*d.outcome), "device " + path());
     return inner_->flush(ring);
 }
 

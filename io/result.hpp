@@ -42,8 +42,8 @@ template <class T>
 using Result = std::expected<T, Error>;
 
 // An Error from errno (or an explicit errno value) for the named operation.
-inline std::unexpected<Error> errno_error(const char* op, int err = errno) {
-    return std::unexpected(Error{std::error_code(err, std::system_category()), op, {}});
+inline std::unexpected<Error> errno_error(const char* op, int err = errno, std::string context = {}) {
+    return std::unexpected(Error{std::error_code(err, std::system_category()), op, std::move(context)});
 }
 
 template <class E>

@@ -1,6 +1,11 @@
 // StrongInt<Tag, Rep>: one distinct integer type per address space or id
 // (Gpa, Gfn, VSlot, ...). No implicit conversions, no arithmetic across tags;
 // conversions between spaces are named functions next to the types.
+//
+// Arithmetic inside one space is named and checked (STYLE.md#naming, vm-memory's
+// "operators are not supported"): checked_add asks whether an offset fits,
+// offset_by asserts that it does (an overflow there is a broken invariant), and
+// distance_to is the forward distance between two values of one space.
 #pragma once
 
 #include <compare>
@@ -8,6 +13,8 @@
 #include <functional>
 #include <limits>
 #include <optional>
+
+#include "io/result.hpp"
 
 namespace swapvisor {
 
@@ -26,9 +33,22 @@ public:
         if (v_ > std::numeric_limits<Rep>::max() - n) return std::nullopt;
         return StrongInt(v_ + n);
     }
-    constexpr StrongInt operator+(Rep n) const { return StrongInt(v_ + n); }
-    constexpr Rep operator-(StrongInt o) const { return v_ - o.v_; }
-    constexpr StrongInt& operator++() { ++v_; return *this; }
+    // The value n further on; wrapping past the end of the space aborts.
+    constexpr StrongInt offset_by(Rep n) const {
+        SWV_ASSERT(v_ <= std::numeric_limits<Rep>::max() - n, "StrongInt::offset_by overflows its space");
+        return StrongInt(v_ + n);
+    }
+    // How far `to` lies after this value; `to` before this one aborts.
+    constexpr Rep distance_to(StrongInt to) const {
+        SWV_ASSERT(to.v_ >= v_, "StrongInt::distance_to: target lies before the start");
+        return to.v_ - v_;
+    }
+
+    // No unchecked arithmetic (STYLE.md#naming): deleted, so a stray `a + n` or
+    // `b - a` names the checked operation to use instead of compiling.
+    constexpr StrongInt operator+(Rep n) const = delete;
+    constexpr Rep operator-(StrongInt o) const = delete;
+    constexpr StrongInt& operator++() = delete;
 
 private:
     Rep v_{};

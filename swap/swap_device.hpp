@@ -44,6 +44,12 @@ inline io::DevOffset slot_offset(SlotIdx slot) {
     return io::DevOffset((std::uint64_t{slot.value()} + 1) * kSlotSize);
 }
 
+// "device PATH, slot S, vslot V": the Error::context of a failure about one slot.
+inline std::string slot_context(const std::string& device_path, SlotIdx slot, VSlot vslot) {
+    return "device " + device_path + ", slot " + std::to_string(slot.value()) + ", vslot " +
+           std::to_string(vslot.value());
+}
+
 // removing: swapoff runs. failed: a write hit ENOSPC (a sparse or shrunken file, a
 // thin device out of space): no new slots are allocated on it, what it holds stays
 // readable, and swapoff can still empty it.

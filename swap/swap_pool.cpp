@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <thread>
 
+#include "swap/io_batch.hpp"
+
 namespace swapvisor::swap {
 
 namespace {
@@ -17,12 +19,6 @@ namespace {
 unsigned alloc_context() {
     return static_cast<unsigned>(std::hash<std::thread::id>{}(std::this_thread::get_id()) %
                                  SwapDevice::kAllocContexts);
-}
-
-// Result of one finished op for the pages it carried: 0 or -errno.
-int op_result(const io::BlockIo& op, bool submitted) {
-    if (submitted && op.result == static_cast<int>(op.buf.size())) return 0;
-    return op.result < 0 ? op.result : -EIO;
 }
 
 }  // namespace
@@ -76,7 +72,7 @@ Result<void> check_or_format(io::BlockDevice& block, std::uint64_t size_bytes, F
 Result<DeviceId> SwapPool::swapon(const std::filesystem::path& path, int priority, std::uint64_t size_bytes,
                                   Format format) {
     const std::string key = canonical_swap_path(path);
-    auto fail = [&](Error e) -> Result<DeviceId> { return std::unexpected(std::move(e).with_context(key)); };
+    auto fail = [&](Error e) -> Result<DeviceId> { return std::unexpected(std::move(e).with_context("device " + key)); };
     if (size_bytes != 0 && size_bytes < std::uint64_t{kClusterSlots} * kSlotSize) {
         return fail(make_error(io::Errc::too_small, "swapon: swap size smaller than one 2 MiB cluster").error());
     }
@@ -119,18 +115,18 @@ Result<DeviceId> SwapPool::swapon(std::unique_ptr<io::BlockDevice> device, int p
 
 Result<DeviceId> SwapPool::add_device(std::unique_ptr<io::BlockDevice> device, int priority, std::string key) {
     if (slots_after_header(device->size_bytes()) < kClusterSlots) {
-        return make_error(io::Errc::too_small, "swapon: device smaller than its header and one 2 MiB cluster", key);
+        return make_error(io::Errc::too_small, "swapon: device smaller than its header and one 2 MiB cluster", "device " + key);
     }
     if (slots_after_header(device->size_bytes()) > UINT32_MAX) {
-        return errno_error("swapon: device larger than 2^32 slots", EFBIG);
+        return errno_error("swapon: device larger than 2^32 slots", EFBIG, "device " + key);
     }
     std::uint32_t block = device->logical_block_size();
     if (block == 0 || block > kSlotSize || kSlotSize % block != 0) {
-        return make_error(io::Errc::misaligned, "swapon: logical block size does not divide 4 KiB", key);
+        return make_error(io::Errc::misaligned, "swapon: logical block size does not divide 4 KiB", "device " + key);
     }
     std::unique_lock lock(devices_mutex_);
     SWV_TRY(refuse_duplicate_locked(key, device->identity()));
-    if (devices_.size() > UINT16_MAX) return errno_error("swapon: device ids exhausted", EMFILE);
+    if (devices_.size() > UINT16_MAX) return errno_error("swapon: device ids exhausted", EMFILE, "device " + key);
     // Device ids are never reused, so a stale PSlot can never name a newer device.
     DeviceId id(static_cast<std::uint16_t>(devices_.size()));
     auto dev = std::make_unique<SwapDevice>(std::move(device), id, priority, std::move(key));
@@ -228,7 +224,7 @@ void SwapPool::free_pslot(PSlot pslot) {
 Result<void> SwapPool::write_out(io::Ring& ring, std::span<PageOut> pages) {
     for (PageOut& p : pages) {
         p.vslot = kNoVSlot;
-        p.result = 0;
+        p.error.reset();
     }
     if (pages.empty()) return {};
     const std::size_t n = pages.size();
@@ -242,7 +238,7 @@ Result<void> SwapPool::write_out(io::Ring& ring, std::span<PageOut> pages) {
     std::vector<Reservation> reservations;
     std::size_t placed = allocate_pslots(std::span(vslots).first(with_vslot), placements, reservations);
     for (std::size_t i = placed; i < n; ++i) {
-        pages[i].result = -ENOSPC;
+        pages[i].error = Errc::no_space;
         if (i < with_vslot) {
             table_.retire(vslots[i]);
             table_.recycle(vslots[i]);
@@ -250,51 +246,23 @@ Result<void> SwapPool::write_out(io::Ring& ring, std::span<PageOut> pages) {
     }
     if (placed == 0) return make_error(Errc::no_space, "swap write_out: no device has a free slot");
 
+    // Pages are in allocation order, so slots ascend within each device and pages
+    // contiguous in memory and in slots become one write (swap/README.md#io-batches).
+    std::vector<PageIo> ios(placed);
     for (std::size_t i = 0; i < placed; ++i) {
         table_.set_target(vslots[i], PSlot{placements[i].device->id(), placements[i].slot},
                           page_checksum(pages[i].data));
+        // The device only reads this buffer (IoKind::write).
+        ios[i] = PageIo{&placements[i].device->block(), placements[i].slot, const_cast<std::byte*>(pages[i].data)};
     }
+    std::vector<std::optional<Errc>> errors(placed);
+    run_page_io(ring, io::IoKind::write, ios, config_.max_run_pages, errors);
 
-    // One submit per device; pages contiguous in memory and in slots form one write.
-    std::vector<io::BlockIo> ios;
-    std::vector<std::size_t> run_first;  // ios[k] carries pages run_first[k]..run_first[k+1]
-    for (Reservation& r : reservations) {
-        SwapDevice* dev = r.ref.get();
-        ios.clear();
-        run_first.clear();
-        std::size_t prev = SIZE_MAX;
-        for (std::size_t i = 0; i < placed; ++i) {
-            if (placements[i].device != dev) continue;
-            bool extend = prev != SIZE_MAX && prev + 1 == i &&
-                          placements[i].slot.value() == placements[prev].slot.value() + 1 &&
-                          pages[i].data == pages[prev].data + kSlotSize &&
-                          ios.back().buf.size() < std::size_t{config_.max_run_pages} * kSlotSize;
-            if (extend) {
-                ios.back().buf = std::span(ios.back().buf.data(), ios.back().buf.size() + kSlotSize);
-            } else {
-                // The device only reads this buffer (IoKind::write).
-                auto* data = const_cast<std::byte*>(pages[i].data);
-                ios.push_back(io::BlockIo{io::IoKind::write, slot_offset(placements[i].slot),
-                                          std::span(data, kSlotSize), 0});
-                run_first.push_back(i);
-            }
-            prev = i;
-        }
-        bool submitted = dev->block().submit(ring, ios).has_value();
-        // Runs are made of consecutive page indices: walk them in order.
-        for (std::size_t k = 0; k < ios.size(); ++k) {
-            int result = op_result(ios[k], submitted);
-            std::size_t count = ios[k].buf.size() / kSlotSize;
-            for (std::size_t i = run_first[k]; i < run_first[k] + count; ++i) pages[i].result = result;
-        }
-    }
-
-    std::size_t ok = 0;
     for (std::size_t i = 0; i < placed; ++i) {
-        if (pages[i].result == 0) {
+        pages[i].error = errors[i];
+        if (pages[i].ok()) {
             table_.publish(vslots[i]);
             pages[i].vslot = vslots[i];
-            ++ok;
         } else {
             // We hold a reference on the device: freeing through it is safe.
             placements[i].device->free_slots(std::span(&placements[i].slot, 1));
@@ -306,9 +274,9 @@ Result<void> SwapPool::write_out(io::Ring& ring, std::span<PageOut> pages) {
 }
 
 Result<void> SwapPool::read_in(io::Ring& ring, VSlot vslot, std::byte* dst) {
-    PageIn page{vslot, dst, 0};
+    PageIn page{vslot, dst, std::nullopt};
     SWV_TRY(read_in(ring, std::span(&page, 1)));
-    if (page.result != 0) return make_error(errc_of_page_result(page.result), "swap read_in");
+    if (page.error) return make_error(*page.error, "swap read_in", describe(vslot));
     return {};
 }
 
@@ -316,20 +284,27 @@ Result<void> SwapPool::read_in(io::Ring& ring, std::span<PageIn> pages) {
     // A page whose descriptor moved (swapoff switched it) between our lookup and the
     // checksum check is read again from its new place.
     constexpr int kAttempts = 4;
-    constexpr int kPending = 1;  // result marker: not resolved yet
-    for (PageIn& p : pages) p.result = kPending;
+    enum class Pending : bool { no, yes };
+    std::vector<Pending> pending(pages.size(), Pending::yes);
+    auto settle = [&](std::size_t i, std::optional<Errc> error) {
+        pages[i].error = error;
+        pending[i] = Pending::no;
+    };
+    for (PageIn& p : pages) p.error.reset();
     std::vector<VSlotInfo> infos(pages.size());
     std::vector<std::size_t> order;
-    std::vector<io::BlockIo> ios;
-    std::vector<std::size_t> run_first;  // position in `order` of each op's first page
+    std::vector<SwapDeviceRef> refs;
+    std::vector<PageIo> ios;
+    std::vector<std::size_t> page_of;  // ios[k] reads pages[page_of[k]]
+    std::vector<std::optional<Errc>> errors;
 
     for (int attempt = 0; attempt < kAttempts; ++attempt) {
         order.clear();
         for (std::size_t i = 0; i < pages.size(); ++i) {
-            if (pages[i].result != kPending) continue;
+            if (pending[i] == Pending::no) continue;
             infos[i] = table_.lookup(pages[i].vslot);
             if (infos[i].state != VSlotState::valid) {
-                pages[i].result = page_result_of(Errc::stale_slot);
+                settle(i, Errc::stale_slot);
                 continue;
             }
             order.push_back(i);
@@ -340,61 +315,62 @@ Result<void> SwapPool::read_in(io::Ring& ring, std::span<PageIn> pages) {
             return std::pair(infos[a].pslot.device, infos[a].pslot.slot) <
                    std::pair(infos[b].pslot.device, infos[b].pslot.slot);
         });
+        refs.clear();
+        ios.clear();
+        page_of.clear();
         for (std::size_t g0 = 0; g0 < order.size();) {
             DeviceId id = infos[order[g0]].pslot.device;
             std::size_t g1 = g0;
             while (g1 < order.size() && infos[order[g1]].pslot.device == id) ++g1;
             // get_swap_device(): fails only if the device was removed after our lookup,
-            // which means the descriptor moved: retry those pages.
-            SwapDeviceRef ref = get_swap_device(id);
-            if (!ref) {
-                g0 = g1;
-                continue;
-            }
-            ios.clear();
-            run_first.clear();
-            for (std::size_t k = g0; k < g1; ++k) {
-                const PageIn& p = pages[order[k]];
-                SlotIdx slot = infos[order[k]].pslot.slot;
-                bool extend = k > g0 && slot.value() == infos[order[k - 1]].pslot.slot.value() + 1 &&
-                              p.dst == pages[order[k - 1]].dst + kSlotSize &&
-                              ios.back().buf.size() < std::size_t{config_.max_run_pages} * kSlotSize;
-                if (extend) {
-                    ios.back().buf = std::span(ios.back().buf.data(), ios.back().buf.size() + kSlotSize);
-                } else {
-                    ios.push_back(io::BlockIo{io::IoKind::read, slot_offset(slot), std::span(p.dst, kSlotSize), 0});
-                    run_first.push_back(k);
+            // which means the descriptor moved: those pages stay pending for the next pass.
+            if (SwapDeviceRef ref = get_swap_device(id)) {
+                for (std::size_t k = g0; k < g1; ++k) {
+                    ios.push_back(PageIo{&ref->block(), infos[order[k]].pslot.slot, pages[order[k]].dst});
+                    page_of.push_back(order[k]);
                 }
-            }
-            bool submitted = ref->block().submit(ring, ios).has_value();
-            for (std::size_t r = 0; r < ios.size(); ++r) {
-                int result = op_result(ios[r], submitted);
-                std::size_t count = ios[r].buf.size() / kSlotSize;
-                for (std::size_t k = run_first[r]; k < run_first[r] + count; ++k) {
-                    std::size_t i = order[k];
-                    if (result != 0) {
-                        pages[i].result = page_result_of(Errc::io_failed);
-                    } else if (page_checksum(pages[i].dst) == infos[i].checksum) {
-                        pages[i].result = 0;
-                    } else {
-                        VSlotInfo now = table_.lookup(pages[i].vslot);
-                        if (now.state != VSlotState::valid || now.generation != infos[i].generation) {
-                            pages[i].result = page_result_of(Errc::stale_slot);
-                        } else if (!(now.pslot == infos[i].pslot)) {
-                            pages[i].result = kPending;  // moved under us: read the new place
-                        } else {
-                            pages[i].result = page_result_of(Errc::checksum_mismatch);
-                        }
-                    }
-                }
+                refs.push_back(std::move(ref));
             }
             g0 = g1;
         }
+        errors.assign(ios.size(), std::nullopt);
+        run_page_io(ring, io::IoKind::read, ios, config_.max_run_pages, errors);
+        refs.clear();  // the checksum check below reads only our buffers
+
+        for (std::size_t k = 0; k < ios.size(); ++k) {
+            const std::size_t i = page_of[k];
+            if (errors[k]) {
+                settle(i, errors[k]);
+            } else if (page_checksum(pages[i].dst) == infos[i].checksum) {
+                settle(i, std::nullopt);
+            } else {
+                VSlotInfo now = table_.lookup(pages[i].vslot);
+                if (now.state != VSlotState::valid || now.generation != infos[i].generation) {
+                    settle(i, Errc::stale_slot);
+                } else if (!(now.pslot == infos[i].pslot)) {
+                    continue;  // moved under us: read the new place on the next pass
+                } else {
+                    settle(i, Errc::checksum_mismatch);
+                }
+            }
+        }
     }
-    for (PageIn& p : pages) {
-        if (p.result == kPending) p.result = page_result_of(Errc::stale_slot);
+    for (std::size_t i = 0; i < pages.size(); ++i) {
+        if (pending[i] == Pending::yes) settle(i, Errc::stale_slot);
     }
     return {};
+}
+
+std::string SwapPool::describe(VSlot vslot) const {
+    VSlotInfo info = table_.lookup(vslot);
+    if (info.state == VSlotState::valid) {
+        std::shared_lock lock(devices_mutex_);
+        const std::size_t dev = info.pslot.device.value();
+        if (dev < devices_.size() && devices_[dev] != nullptr) {
+            return slot_context(devices_[dev]->path(), info.pslot.slot, vslot);
+        }
+    }
+    return "vslot " + std::to_string(vslot.value());  // freed, or its device is gone
 }
 
 void SwapPool::free(VSlot vslot) {

@@ -61,12 +61,22 @@ public:
     virtual Result<bool> bring_back(OwnerTag owner, VSlot vslot, io::Ring& ring) = 0;
 };
 
+// One page of a write_out batch.
 struct PageOut {
-    const std::byte* data;     // 4 KiB, page aligned
+    const std::byte* data;            // 4 KiB, page aligned
     OwnerTag owner;
-    VSlot vslot = kNoVSlot;    // out
-    int result = 0;            // out: 0 or -errno (page_result_of / errc_of_page_result)
-    bool ok() const { return result == 0; }
+    VSlot vslot = kNoVSlot;           // out: set when written
+    std::optional<Errc> error;        // out: nullopt = written (no_space, io_failed)
+    bool ok() const { return !error.has_value(); }
+};
+
+// One page of a batched read_in.
+struct PageIn {
+    VSlot vslot;
+    std::byte* dst;                   // 4 KiB, aligned
+    std::optional<Errc> error;        // out: nullopt = read and checksum verified
+                                      // (stale_slot, io_failed, checksum_mismatch)
+    bool ok() const { return !error.has_value(); }
 };
 
 struct DeviceStats {
@@ -126,7 +136,8 @@ public:
                                   std::function<void(SwapoffProgress)> progress = {});
 
     // Write a batch of 4 KiB pages to newly allocated slots. Per page: vslot set and
-    // result 0 on success; on failure result < 0 and no vslot or slot is leaked.
+    // error nullopt on success; on failure error set (no_space, io_failed) and no
+    // vslot or slot is leaked.
     // Returns an error (Errc::no_space) only if no page could get a slot.
     Result<void> write_out(io::Ring& ring, std::span<PageOut> pages);
 
@@ -134,13 +145,9 @@ public:
     // checksum_mismatch, io_failed or stale_slot (vslot not allocated / freed
     // meanwhile); never silently wrong data.
     Result<void> read_in(io::Ring& ring, VSlot vslot, std::byte* dst);
-    // Batched read_in (readahead); per-item results as in PageOut::result.
-    struct PageIn {
-        VSlot vslot;
-        std::byte* dst;
-        int result = 0;
-        bool ok() const { return result == 0; }
-    };
+    // Batched read_in (readahead): per page, PageIn::error as the single read_in's
+    // error code. Neighbouring slots read into neighbouring buffers merge into runs.
+    using PageIn = swap::PageIn;
     Result<void> read_in(io::Ring& ring, std::span<PageIn> pages);
 
     // Release vslot and its pslot. Freeing kNoVSlot is a no-op; freeing a vslot that
@@ -190,6 +197,8 @@ private:
     std::size_t allocate_pslots(std::span<const VSlot> vslots, std::span<Placement> placements,
                                 std::vector<Reservation>& reservations);
     void free_pslot(PSlot pslot);
+    // slot_context() of vslot's current place, or "vslot V" once it has none.
+    std::string describe(VSlot vslot) const;
     Result<void> swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& batch, std::span<const UsedSlot> candidates,
                                SwapoffReport& report);
 

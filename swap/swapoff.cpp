@@ -12,6 +12,7 @@
 #include <unordered_set>
 
 #include "io/unique_fd.hpp"
+#include "swap/io_batch.hpp"
 #include "swap/swap_pool.hpp"
 
 namespace swapvisor::swap {
@@ -68,8 +69,10 @@ Result<SwapoffReport> SwapPool::swapoff(const std::filesystem::path& path, io::R
         // the refusal below is decided on a consistent picture.
         std::unique_lock lock(devices_mutex_);
         dev = find_locked(key);
-        if (dev == nullptr) return make_error(Errc::no_such_device, "swapoff: not a swap device");
-        if (!dev->begin_removal()) return make_error(Errc::device_busy, "swapoff: already being removed");
+        if (dev == nullptr) return make_error(Errc::no_such_device, "swapoff: not a swap device", "device " + key);
+        if (!dev->begin_removal()) {
+            return make_error(Errc::device_busy, "swapoff: already being removed", "device " + key);
+        }
         dev->get();
         self = SwapDeviceRef(dev);
         used_here = dev->usage().used_slots;
@@ -85,7 +88,7 @@ Result<SwapoffReport> SwapPool::swapoff(const std::filesystem::path& path, io::R
         // Asked without any swap lock held: the sink takes guest memory locks.
         EvictionSink* sink = sink_.load();
         if (sink == nullptr || used_here - free_elsewhere > sink->bring_back_capacity()) {
-            return make_error(Errc::would_not_fit, "swapoff refused up front, nothing changed");
+            return make_error(Errc::would_not_fit, "swapoff refused up front, nothing changed", "device " + key);
         }
     }
 
@@ -111,7 +114,7 @@ Result<SwapoffReport> SwapPool::swapoff(const std::filesystem::path& path, io::R
         // Bits left: frees still in progress. Let them finish, then scan again.
         if (done() == done_before) {
             if (++stalled > kMaxStalledPasses) {
-                return make_error(Errc::device_busy, "swapoff: used slots do not drain");
+                return make_error(Errc::device_busy, "swapoff: used slots do not drain", "device " + key);
             }
             std::this_thread::sleep_for(std::chrono::microseconds(200));
         } else {
@@ -164,34 +167,24 @@ Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& bat
     if (batch.items.empty()) return {};
 
     // 2. Read the old slots: slots ascending, staging contiguous, so runs merge.
-    std::vector<io::BlockIo> ios;
-    std::vector<std::size_t> run_first;
+    std::vector<PageIo> ios(batch.items.size());
     for (std::size_t k = 0; k < batch.items.size(); ++k) {
-        const Batch::Item& item = batch.items[k];
-        if (k > 0 && item.old_slot.value() == batch.items[k - 1].old_slot.value() + 1 &&
-            ios.back().buf.size() < std::size_t{config_.max_run_pages} * kSlotSize) {
-            ios.back().buf = std::span(ios.back().buf.data(), ios.back().buf.size() + kSlotSize);
-        } else {
-            ios.push_back(io::BlockIo{io::IoKind::read, slot_offset(item.old_slot), std::span(item.buf, kSlotSize), 0});
-            run_first.push_back(k);
-        }
+        ios[k] = PageIo{&dev.block(), batch.items[k].old_slot, batch.items[k].buf};
     }
-    bool submitted = dev.block().submit(ring, ios).has_value();
-    for (std::size_t r = 0; r < ios.size(); ++r) {
-        bool ok = submitted && ios[r].result == static_cast<int>(ios[r].buf.size());
-        std::size_t count = ios[r].buf.size() / kSlotSize;
-        for (std::size_t k = run_first[r]; k < run_first[r] + count; ++k) {
-            Batch::Item& item = batch.items[k];
-            if (ok && page_checksum(item.buf) == item.info.checksum) continue;
-            if (changed(item)) {
-                item.live = false;  // freed meanwhile: nothing to move
-                skip(item.old_slot);
-                continue;
-            }
-            // Never move (or keep serving as good) data we cannot vouch for.
-            if (!ok) return make_error(Errc::io_failed, "swapoff: reading a used slot failed");
-            return make_error(Errc::checksum_mismatch, "swapoff: used slot fails its checksum");
+    std::vector<std::optional<Errc>> errors(ios.size());
+    run_page_io(ring, io::IoKind::read, ios, config_.max_run_pages, errors);
+    for (std::size_t k = 0; k < batch.items.size(); ++k) {
+        Batch::Item& item = batch.items[k];
+        if (!errors[k] && page_checksum(item.buf) == item.info.checksum) continue;
+        if (changed(item)) {
+            item.live = false;  // freed meanwhile: nothing to move
+            skip(item.old_slot);
+            continue;
         }
+        // Never move (or keep serving as good) data we cannot vouch for.
+        const std::string where = slot_context(dev.path(), item.old_slot, item.vslot);
+        if (errors[k]) return make_error(*errors[k], "swapoff: reading a used slot failed", where);
+        return make_error(Errc::checksum_mismatch, "swapoff: used slot fails its checksum", where);
     }
 
     // 3. New slots on the other devices (this one is removing: never chosen).
@@ -206,47 +199,25 @@ Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& bat
     std::vector<Reservation> reservations;
     const std::size_t placed = allocate_pslots(vslots, placements, reservations);
 
-    // 4. Write them, one submit per target device, contiguous runs merged.
-    std::vector<int> write_result(placed, 0);
-    for (Reservation& res : reservations) {
-        SwapDevice* target = res.ref.get();
-        ios.clear();
-        run_first.clear();
-        std::size_t prev = SIZE_MAX;
-        for (std::size_t j = 0; j < placed; ++j) {
-            if (placements[j].device != target) continue;
-            std::byte* buf = batch.items[live[j]].buf;
-            bool extend = prev != SIZE_MAX && prev + 1 == j &&
-                          placements[j].slot.value() == placements[prev].slot.value() + 1 &&
-                          buf == batch.items[live[prev]].buf + kSlotSize &&
-                          ios.back().buf.size() < std::size_t{config_.max_run_pages} * kSlotSize;
-            if (extend) {
-                ios.back().buf = std::span(ios.back().buf.data(), ios.back().buf.size() + kSlotSize);
-            } else {
-                ios.push_back(io::BlockIo{io::IoKind::write, slot_offset(placements[j].slot),
-                                          std::span(buf, kSlotSize), 0});
-                run_first.push_back(j);
-            }
-            prev = j;
-        }
-        bool written = target->block().submit(ring, ios).has_value();
-        for (std::size_t r = 0; r < ios.size(); ++r) {
-            bool ok = written && ios[r].result == static_cast<int>(ios[r].buf.size());
-            std::size_t count = ios[r].buf.size() / kSlotSize;
-            for (std::size_t j = run_first[r]; j < run_first[r] + count; ++j) write_result[j] = ok ? 0 : -EIO;
-        }
+    // 4. Write them (allocation order: slots ascend per target device, and the
+    //    staging of consecutive live items is contiguous, so runs merge).
+    ios.resize(placed);
+    for (std::size_t j = 0; j < placed; ++j) {
+        ios[j] = PageIo{&placements[j].device->block(), placements[j].slot, batch.items[live[j]].buf};
     }
+    errors.assign(placed, std::nullopt);
+    run_page_io(ring, io::IoKind::write, ios, config_.max_run_pages, errors);
 
     // 5. Switch each descriptor iff its generation (and place) is unchanged; the old
     //    slot is freed only after the switch, and cannot be handed out again while
     //    the device is removing, so a reader still holding the old place reads good data.
-    bool write_failed = false;
+    std::optional<std::string> write_failed;  // where the first failed write went
     std::vector<SlotIdx> old_slots;
     for (std::size_t j = 0; j < placed; ++j) {
         Batch::Item& item = batch.items[live[j]];
         const Placement& to = placements[j];
-        if (write_result[j] != 0) {
-            write_failed = true;
+        if (errors[j]) {
+            if (!write_failed) write_failed = slot_context(to.device->path(), to.slot, item.vslot);
             to.device->free_slots(std::span(&to.slot, 1));
             continue;
         }
@@ -261,16 +232,19 @@ Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& bat
     }
     dev.free_slots(old_slots);
     reservations.clear();  // ends the pending writes on the targets
-    if (write_failed) return make_error(Errc::io_failed, "swapoff: writing a moved slot failed");
+    if (write_failed) return make_error(Errc::io_failed, "swapoff: writing a moved slot failed", *write_failed);
 
     // 6. No room anywhere for the rest: bring those pages back into guest memory.
     for (std::size_t j = placed; j < live.size(); ++j) {
         const Batch::Item& item = batch.items[live[j]];
         EvictionSink* sink = sink_.load();
         if (sink == nullptr) {
-            return make_error(Errc::would_not_fit, "swapoff: other devices filled up and there is no eviction sink");
+            return make_error(Errc::would_not_fit, "swapoff: other devices filled up and there is no eviction sink",
+                              "device " + dev.path());
         }
-        bool brought = SWV_TRY(sink->bring_back(item.info.owner, item.vslot, ring));
+        bool brought = SWV_TRY(with_context(sink->bring_back(item.info.owner, item.vslot, ring),
+                                            "swapoff of device " + dev.path() + ", vslot " +
+                                                std::to_string(item.vslot.value())));
         if (brought) report.pages_brought_back++;
         else skip(item.old_slot);
     }

@@ -4,7 +4,6 @@
 // the layer's error codes. VSlot(0) is never allocated: it means "no slot".
 #pragma once
 
-#include <cerrno>
 #include <cstdint>
 #include <system_error>
 
@@ -15,7 +14,6 @@ namespace swapvisor::swap {
 
 using DeviceId = StrongInt<struct DeviceIdTag, std::uint16_t>;
 using SlotIdx = StrongInt<struct SlotIdxTag, std::uint32_t>;
-using ClusterIdx = StrongInt<struct ClusterIdxTag, std::uint32_t>;
 
 // A slot on one device.
 struct PSlot {
@@ -49,27 +47,6 @@ enum class Errc {
 };
 const std::error_category& swap_category();
 inline std::error_code make_error_code(Errc e) { return {static_cast<int>(e), swap_category()}; }
-
-// Per-page results (PageOut::result, PageIn::result) are 0 or -errno; these are the
-// errno values the swap errors travel as, so a batch caller can get the Errc back.
-inline int page_result_of(Errc e) {
-    switch (e) {
-        case Errc::no_space: return -ENOSPC;
-        case Errc::checksum_mismatch: return -EBADMSG;
-        case Errc::stale_slot: return -ESTALE;
-        case Errc::no_such_device: return -ENODEV;
-        default: return -EIO;
-    }
-}
-inline Errc errc_of_page_result(int result) {
-    switch (result) {
-        case -ENOSPC: return Errc::no_space;
-        case -EBADMSG: return Errc::checksum_mismatch;
-        case -ESTALE: return Errc::stale_slot;
-        case -ENODEV: return Errc::no_such_device;
-        default: return Errc::io_failed;
-    }
-}
 
 }  // namespace swapvisor::swap
 

@@ -102,7 +102,8 @@ TEST(FileBlockDevice, RefusesDirectoriesAndCharacterDevices) {
             auto dev = FileBlockDevice::open(p, mode, kBlock);
             ASSERT_FALSE(dev) << p;
             EXPECT_TRUE(has_errc(dev.error(), Errc::not_file_or_block)) << dev.error().message();
-            EXPECT_EQ(dev.error().message(), "open swap device (" + p.string() + "): not a regular file or a block device");
+            EXPECT_EQ(dev.error().message(),
+                      "open swap device (device " + p.string() + "): not a regular file or a block device");
         }
     }
 }

@@ -58,7 +58,7 @@ TEST(PrivilegedSwapPool, RoundTripOfManyPagesVerifiesEveryPage) {
         auto batch = test::page_outs(pages, first, 100);
         ASSERT_TRUE(pool.write_out(ring, batch));
         for (std::size_t i = 0; i < batch.size(); ++i) {
-            ASSERT_EQ(batch[i].result, 0);
+            ASSERT_EQ(batch[i].error, std::nullopt);
             ASSERT_NE(batch[i].vslot, kNoVSlot);
             v[first + i] = batch[i].vslot;
         }
@@ -75,7 +75,7 @@ TEST(PrivilegedSwapPool, RoundTripOfManyPagesVerifiesEveryPage) {
     std::vector<SwapPool::PageIn> in;  // batched reads, in reverse order
     for (std::size_t i = kN - 1; i < kN; i -= 2) in.push_back(SwapPool::PageIn{v[i], back[i]});
     ASSERT_TRUE(pool.read_in(ring, in));
-    for (const auto& p : in) EXPECT_EQ(p.result, 0);
+    for (const auto& p : in) EXPECT_EQ(p.error, std::nullopt);
     for (std::size_t i = 1; i < kN; i += 2) ASSERT_TRUE(test::verify_page(back[i], i)) << i;
 
     for (VSlot s : v) pool.free(s);
@@ -95,7 +95,7 @@ TEST(PrivilegedSwapPool, HighestPriorityFirstThenLower) {
     auto batch = test::page_outs(pages, 0, 600);
     ASSERT_TRUE(pool.write_out(ring, batch));
     for (std::size_t i = 0; i < 600; ++i) {
-        ASSERT_EQ(batch[i].result, 0);
+        ASSERT_EQ(batch[i].error, std::nullopt);
         auto p = pool.pslot_of(batch[i].vslot);
         ASSERT_TRUE(p);
         if (i < kClusterSlots) {
@@ -148,7 +148,7 @@ TEST(PrivilegedSwapPool, NoDeviceOrFullDeviceIsNoSpaceAndLeaksNothing) {
     auto r = pool.write_out(ring, one);
     ASSERT_FALSE(r);
     EXPECT_TRUE(is(r.error(), Errc::no_space));
-    EXPECT_EQ(one[0].result, -ENOSPC);
+    EXPECT_EQ(one[0].error, Errc::no_space);
     EXPECT_EQ(pool.allocated_vslots(), 0u);
 
     ASSERT_TRUE(pool.swapon(dir.file("s"), 0, kClusterBytes));
@@ -159,7 +159,7 @@ TEST(PrivilegedSwapPool, NoDeviceOrFullDeviceIsNoSpaceAndLeaksNothing) {
     ASSERT_FALSE(r);
     EXPECT_TRUE(is(r.error(), Errc::no_space));
     for (auto& p : more) {
-        EXPECT_EQ(p.result, -ENOSPC);
+        EXPECT_EQ(p.error, Errc::no_space);
         EXPECT_EQ(p.vslot, kNoVSlot);
     }
     EXPECT_EQ(pool.allocated_vslots(), kClusterSlots);
@@ -170,9 +170,9 @@ TEST(PrivilegedSwapPool, NoDeviceOrFullDeviceIsNoSpaceAndLeaksNothing) {
     for (std::size_t i = 0; i < 3; ++i) test::fill_page(pages[kClusterSlots + i], 9000 + i);
     more = test::page_outs(pages, kClusterSlots, 3, 9000 - kClusterSlots);
     ASSERT_TRUE(pool.write_out(ring, more));
-    EXPECT_EQ(more[0].result, 0);
-    EXPECT_EQ(more[1].result, 0);
-    EXPECT_EQ(more[2].result, -ENOSPC);
+    EXPECT_EQ(more[0].error, std::nullopt);
+    EXPECT_EQ(more[1].error, std::nullopt);
+    EXPECT_EQ(more[2].error, Errc::no_space);
     EXPECT_EQ(more[2].vslot, kNoVSlot);
     EXPECT_EQ(pool.allocated_vslots(), kClusterSlots);
     std::set<std::uint32_t> reused{pool.pslot_of(more[0].vslot)->slot.value(), pool.pslot_of(more[1].vslot)->slot.value()};
@@ -217,7 +217,7 @@ TEST(PrivilegedSwapPool, ContiguousRunGoesOutAsOneLargeWrite) {
     ASSERT_EQ(reads.size(), 1u);
     EXPECT_EQ(reads[0].len, 64 * kSlotSize);
     for (std::size_t i = 0; i < 64; ++i) {
-        EXPECT_EQ(in[i].result, 0);
+        EXPECT_EQ(in[i].error, std::nullopt);
         EXPECT_TRUE(test::verify_page(back[i], i)) << i;
     }
     for (const auto& p : sparse) {
@@ -264,10 +264,9 @@ TEST(PrivilegedSwapPool, CorruptedSlotOnDiskIsAChecksumMismatch) {
     ASSERT_TRUE(pool.read_in(ring, in));
     for (std::size_t i = 0; i < 10; ++i) {
         if (i == 5) {
-            EXPECT_EQ(in[i].result, -EBADMSG);
-            EXPECT_EQ(errc_of_page_result(in[i].result), Errc::checksum_mismatch);
+            EXPECT_EQ(in[i].error, Errc::checksum_mismatch);
         } else {
-            EXPECT_EQ(in[i].result, 0);
+            EXPECT_EQ(in[i].error, std::nullopt);
             EXPECT_TRUE(test::verify_page(back[i], i));
         }
     }
@@ -288,7 +287,7 @@ TEST(PrivilegedSwapPool, WriteErrorsFailTheirPagesAndLeakNoSlot) {
     ASSERT_TRUE(pool.write_out(ring, batch));
     EXPECT_EQ(plan->hits(eio), 1u);
     for (auto& p : batch) {
-        EXPECT_EQ(p.result, -EIO);
+        EXPECT_EQ(p.error, Errc::io_failed);
         EXPECT_EQ(p.vslot, kNoVSlot);
     }
     EXPECT_EQ(pool.allocated_vslots(), 0u);
@@ -299,17 +298,17 @@ TEST(PrivilegedSwapPool, WriteErrorsFailTheirPagesAndLeakNoSlot) {
     std::vector<PageOut> sparse;
     for (std::size_t i = 0; i < 32; i += 2) sparse.push_back(PageOut{pages[i], i});
     auto fail_at = slot_offset(SlotIdx(16 + 3));
-    plan->add(io::FaultRule{io::FaultMatch::write, fail_at, fail_at + kSlotSize, 0, 1, io::fault::Eio{}});
+    plan->add(io::FaultRule{io::FaultMatch::write, fail_at, fail_at.offset_by(kSlotSize), 0, 1, io::fault::Eio{}});
     auto torn_at = slot_offset(SlotIdx(16 + 6));
-    plan->add(io::FaultRule{io::FaultMatch::write, torn_at, torn_at + kSlotSize, 0, 1, io::fault::ShortIo{512}});
+    plan->add(io::FaultRule{io::FaultMatch::write, torn_at, torn_at.offset_by(kSlotSize), 0, 1, io::fault::ShortIo{512}});
     ASSERT_TRUE(pool.write_out(ring, sparse));
     std::size_t ok = 0;
     for (std::size_t i = 0; i < sparse.size(); ++i) {
         if (i == 3 || i == 6) {
-            EXPECT_LT(sparse[i].result, 0) << i;
+            EXPECT_EQ(sparse[i].error, Errc::io_failed) << i;
             EXPECT_EQ(sparse[i].vslot, kNoVSlot);
         } else {
-            EXPECT_EQ(sparse[i].result, 0) << i;
+            EXPECT_EQ(sparse[i].error, std::nullopt) << i;
             Pages back(1);
             ASSERT_TRUE(pool.read_in(ring, sparse[i].vslot, back[0]));
             EXPECT_TRUE(test::verify_page(back[0], sparse[i].owner));
@@ -335,6 +334,10 @@ TEST(PrivilegedSwapPool, ReadErrorIsIoFailedNeverData) {
     auto r = pool.read_in(ring, batch[2].vslot, back[2]);
     ASSERT_FALSE(r);
     EXPECT_TRUE(is(r.error(), Errc::io_failed));
+    // The error says which page, device and slot it concerns.
+    EXPECT_EQ(r.error().context, "device " + canonical_swap_path(dir.file("s")) + ", slot " +
+                                     std::to_string(pool.pslot_of(batch[2].vslot)->slot.value()) + ", vslot " +
+                                     std::to_string(batch[2].vslot.value()));
     EXPECT_EQ(plan->hits(rule), 1u);
     plan->add(io::FaultRule{io::FaultMatch::read, {}, {}, 0, 1, io::fault::ShortIo{1024}});
     r = pool.read_in(ring, batch[2].vslot, back[2]);
@@ -362,6 +365,7 @@ TEST(PrivilegedSwapPool, FreedVSlotIsStaleAndItsSlotIsReused) {
     auto r = pool.read_in(ring, gone, back[0]);
     ASSERT_FALSE(r);
     EXPECT_TRUE(is(r.error(), Errc::stale_slot));
+    EXPECT_EQ(r.error().context, "vslot " + std::to_string(gone.value()));  // no place any more
     EXPECT_EQ(pool.stats()[0].used_slots, kClusterSlots - 1);
 
     test::fill_page(pages[0], 4242);
@@ -384,6 +388,7 @@ TEST(PrivilegedSwapPool, SwaponCreatesRejectsDuplicatesAndTooSmall) {
     auto dup = pool.swapon(dir.path() / "." / "s", 3, 3 * kClusterBytes);
     ASSERT_FALSE(dup);
     EXPECT_TRUE(is(dup.error(), Errc::exists));
+    EXPECT_NE(dup.error().message().find(canonical_swap_path(dir.file("s"))), std::string::npos) << dup.error().message();
     // A second open of the file is refused by the pool's lock on it.
     auto dup2 = io::FileBlockDevice::open(dir.file("s"), io::OpenMode::existing);
     ASSERT_FALSE(dup2);
@@ -441,12 +446,12 @@ TEST(PrivilegedSwapPool, ThreadsWriteReadAndFreeConcurrently) {
                 }
                 std::vector<SwapPool::PageIn> in;
                 for (std::size_t i = 0; i < 16; ++i) {
-                    if (batch[i].result != 0) failures++;
+                    if (!batch[i].ok()) failures++;
                     else in.push_back(SwapPool::PageIn{batch[i].vslot, back[i]});
                 }
                 if (!pool.read_in(*ring, in)) failures++;
                 for (std::size_t i = 0; i < in.size(); ++i) {
-                    if (in[i].result != 0 || !test::verify_page(back[i], base + i)) failures++;
+                    if (!in[i].ok() || !test::verify_page(back[i], base + i)) failures++;
                     if (i % 2 == 0) pool.free(in[i].vslot);
                     else kept[t].push_back(in[i].vslot);
                 }
@@ -592,7 +597,7 @@ TEST(PrivilegedSwapPool, EnospcMarksTheDeviceFailedAndSwapOutGoesElsewhere) {
 
     auto first = test::page_outs(pages, 0, 32);
     ASSERT_TRUE(pool.write_out(ring, first));  // placed on the failing device: each page fails
-    for (auto& p : first) EXPECT_EQ(p.result, -ENOSPC);
+    for (auto& p : first) EXPECT_EQ(p.error, std::optional(Errc::no_space));
     auto stats = pool.stats();
     ASSERT_EQ(stats.size(), 2u);
     EXPECT_EQ(stats[0].state, DeviceState::failed);

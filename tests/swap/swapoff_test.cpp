@@ -28,7 +28,7 @@ std::vector<VSlot> fill_pool(SwapPool& pool, io::Ring& ring, std::size_t n, std:
         auto batch = test::page_outs(pages, first, count, id_base);
         EXPECT_TRUE(pool.write_out(ring, batch));
         for (auto& p : batch) {
-            EXPECT_EQ(p.result, 0);
+            EXPECT_EQ(p.error, std::nullopt);
             v.push_back(p.vslot);
         }
     }
@@ -98,6 +98,7 @@ TEST(PrivilegedSwapoff, EmptyDeviceAndUnknownPath) {
     auto r = pool.swapoff(dir.file("nope"), ring);
     ASSERT_FALSE(r);
     EXPECT_TRUE(is(r.error(), Errc::no_such_device));
+    EXPECT_EQ(r.error().context, "device " + canonical_swap_path(dir.file("nope")));
     auto report = pool.swapoff(dir.file("a"), ring);
     ASSERT_TRUE(report);
     EXPECT_EQ(report->pages_moved + report->pages_brought_back + report->pages_skipped, 0u);
@@ -315,7 +316,7 @@ TEST(PrivilegedSwapoff, WaitsForAReaderHoldingTheOldDevice) {
     // just before its read of the old slot.
     test::Latch reader_held;
     auto at = slot_offset(old_slot);
-    test::hold_once(*plan, io::FaultMatch::read, reader_held, at, at + kSlotSize);
+    test::hold_once(*plan, io::FaultMatch::read, reader_held, at, at.offset_by(kSlotSize));
     Pages page(1);
     Result<void> read = std::unexpected(Error{});
     std::thread reader([&] {
@@ -380,7 +381,7 @@ TEST(PrivilegedSwapoff, ReaderOfAMovedAndReusedSlotRetriesAtTheNewPlace) {
 
     // Reader held before reading slot 5 of a.
     test::Latch reader_held;
-    test::hold_once(*plan, io::FaultMatch::read, reader_held, at, at + kSlotSize);
+    test::hold_once(*plan, io::FaultMatch::read, reader_held, at, at.offset_by(kSlotSize));
     Pages page(1);
     Result<void> read = std::unexpected(Error{});
     std::thread reader([&] {
@@ -454,7 +455,7 @@ TEST(PrivilegedSwapoff, WaitsForAWriteInFlightOnTheDeviceAndMovesItsPages) {
     EXPECT_EQ(report->pages_moved, 48u);
     EXPECT_EQ(report->pages_skipped, 0u);  // it waited for the write instead of skipping its slots
     for (auto& p : batch) {
-        ASSERT_EQ(p.result, 0);
+        ASSERT_EQ(p.error, std::nullopt);
         v.push_back(p.vslot);
     }
     v.push_back(other[0].vslot);
@@ -470,11 +471,14 @@ TEST(PrivilegedSwapoff, ChecksumMismatchAbortsAndLeavesTheDeviceActive) {
     auto a = pool.swapon(dir.file("a"), 10, kClusterBytes);
     auto b = pool.swapon(dir.file("b"), 0, kClusterBytes);
     auto v = fill_pool(pool, ring, 300);
-    test::corrupt_slot(dir.file("a"), pool.pslot_of(v[200])->slot);  // in the second batch
+    const SlotIdx corrupted = pool.pslot_of(v[200])->slot;
+    test::corrupt_slot(dir.file("a"), corrupted);  // in the second batch
 
     auto r = pool.swapoff(dir.file("a"), ring);
     ASSERT_FALSE(r);
     EXPECT_TRUE(is(r.error(), Errc::checksum_mismatch)) << r.error().message();
+    EXPECT_EQ(r.error().context, "device " + canonical_swap_path(dir.file("a")) + ", slot " +
+                                     std::to_string(corrupted.value()) + ", vslot " + std::to_string(v[200].value()));
     auto stats = pool.stats();
     ASSERT_EQ(stats.size(), 2u);
     EXPECT_FALSE(stats_of(stats, dir.file("a"))->removing);
@@ -510,6 +514,8 @@ TEST(PrivilegedSwapoff, ReadErrorAbortsAndARetrySucceeds) {
     auto r = pool.swapoff(dir.file("a"), ring);
     ASSERT_FALSE(r);
     EXPECT_TRUE(is(r.error(), Errc::io_failed)) << r.error().message();
+    EXPECT_TRUE(r.error().context.starts_with("device " + canonical_swap_path(dir.file("a")) + ", slot "))
+        << r.error().context;
     EXPECT_FALSE(stats_of(pool.stats(), dir.file("a"))->removing);
     verify_all(pool, ring, v);
 
@@ -532,6 +538,9 @@ TEST(PrivilegedSwapoff, WriteErrorOnTheTargetAbortsWithoutLosingData) {
     auto r = pool.swapoff(dir.file("a"), ring);
     ASSERT_FALSE(r);
     EXPECT_TRUE(is(r.error(), Errc::io_failed));
+    // The target that failed is named, not the device being removed.
+    EXPECT_TRUE(r.error().context.starts_with("device " + canonical_swap_path(dir.file("b")) + ", slot "))
+        << r.error().context;
     EXPECT_EQ(stats_of(pool.stats(), dir.file("b"))->used_slots, 0u);  // failed copies freed
     verify_all(pool, ring, v);
     ASSERT_TRUE(pool.swapoff(dir.file("a"), ring));
@@ -574,7 +583,7 @@ TEST(PrivilegedSwapoff, StressWithConcurrentWritersReadersAndFrees) {
                 auto batch = test::page_outs(pages, 0, 8, base);
                 if (pool.write_out(*r, batch)) {
                     for (auto& p : batch)
-                        if (p.result == 0) held.emplace_back(p.vslot, p.owner);
+                        if (p.ok()) held.emplace_back(p.vslot, p.owner);
                 }
                 // Read back (batched) the most recent pages and some old ones.
                 std::vector<SwapPool::PageIn> in;
@@ -586,7 +595,7 @@ TEST(PrivilegedSwapoff, StressWithConcurrentWritersReadersAndFrees) {
                 }
                 if (!pool.read_in(*r, in)) bad++;
                 for (std::size_t k = 0; k < in.size(); ++k)
-                    if (in[k].result != 0 || !test::verify_page(back[k], ids[k])) bad++;
+                    if (!in[k].ok() || !test::verify_page(back[k], ids[k])) bad++;
                 // Keep the set bounded: free the oldest beyond 300.
                 while (held.size() > 300) {
                     pool.free(held.front().first);
