@@ -54,6 +54,7 @@ Result<std::unique_ptr<GuestMemory>> create_guest_memory(const MemoryConfig& con
     if (efd < 0) return errno_error("eventfd");
     mem->impl_->stop_event = io::UniqueFd(efd);
     if (host) host->vm_added(config.memory_bytes);
+    if (config.swap_quota) mem->impl_->limits.set_swap_quota_bytes(config.swap_quota);
     return mem;
 }
 
@@ -143,6 +144,12 @@ Result<bool> GuestMemory::bring_back(PageIdx page, swap::VSlot vslot, io::Ring& 
     return impl_->tr.bring_back(lk, vslot, ring);
 }
 
+bool GuestMemory::lose_page(PageIdx page, swap::VSlot vslot, const Error& why) {
+    if (!impl_->table.contains(page)) return false;
+    PageLock lk = impl_->tr.lock(page);
+    return impl_->tr.lose_swapped(lk, vslot, why);
+}
+
 std::uint64_t GuestMemory::bring_back_room() const { return impl_->limits.bring_back_room(); }
 
 void GuestMemory::kick_reclaimer() { impl_->limits.kick_reclaimer(); }
@@ -174,6 +181,8 @@ void GuestMemory::stop() {
 
 void GuestMemory::set_resident_limit(std::uint64_t bytes) { impl_->limits.set_limit_bytes(bytes); }
 
+void GuestMemory::set_swap_quota(std::uint64_t bytes) { impl_->limits.set_swap_quota_bytes(bytes); }
+
 MemStats GuestMemory::stats() const {
     const Counters& c = impl_->counters;
     const Occupancy& o = impl_->occupancy;
@@ -181,6 +190,7 @@ MemStats GuestMemory::stats() const {
     s.name = config_.name;
     s.memory_bytes = config_.memory_bytes;
     s.resident_limit = impl_->limits.limit_pages() * kPageSize;
+    s.swap_quota_bytes = impl_->limits.swap_quota_pages() * kPageSize;
     s.resident_bytes = o.resident.load() * kPageSize;
     s.resident_bytes_peak = o.peak.load() * kPageSize;
     s.swapped_bytes = o.swapped.load() * kPageSize;

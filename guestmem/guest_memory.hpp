@@ -41,6 +41,7 @@ struct MemoryConfig {
     std::uint64_t memory_bytes = 0;      // multiple of 2 MiB
     std::uint64_t resident_limit = 0;    // 0 = no per-VM limit
     unsigned fault_threads = 1;
+    std::uint64_t swap_quota = 0;        // bytes of swap this VM may fill; 0 = no quota
     ThreadStartHook on_thread_start;     // may be empty
 };
 
@@ -53,6 +54,7 @@ struct MemStats {
     std::string name;
     std::uint64_t memory_bytes = 0;
     std::uint64_t resident_limit = 0;
+    std::uint64_t swap_quota_bytes = 0;  // 0 = none
     std::uint64_t resident_bytes = 0;
     std::uint64_t resident_bytes_peak = 0;
     std::uint64_t swapped_bytes = 0;
@@ -84,6 +86,7 @@ struct MemStatField {
 inline constexpr MemStatField kMemStatFields[] = {
     {"memory_bytes", &MemStats::memory_bytes, StatLevel::basic},
     {"resident_limit", &MemStats::resident_limit, StatLevel::basic},
+    {"swap_quota_bytes", &MemStats::swap_quota_bytes, StatLevel::basic},
     {"resident_bytes", &MemStats::resident_bytes, StatLevel::basic},
     {"resident_bytes_peak", &MemStats::resident_bytes_peak, StatLevel::basic},
     {"swapped_bytes", &MemStats::swapped_bytes, StatLevel::basic},
@@ -126,6 +129,9 @@ public:
     void stop();
 
     void set_resident_limit(std::uint64_t bytes);
+    // Per-VM swap quota on the shared pool (0 = none); at it, the VM stays resident
+    // (over its limit if it must: limit_state "swap quota reached").
+    void set_swap_quota(std::uint64_t bytes);
     MemStats stats() const;
 
     // Swapoff (through HostMemory): bring the page at `page` back from vslot, or drop
@@ -133,6 +139,9 @@ public:
     Result<bool> bring_back(PageIdx page, swap::VSlot vslot, io::Ring& ring);
     // Pages this VM could take back without going over its own limit.
     std::uint64_t bring_back_room() const;
+    // Swapoff --force: the data at vslot is unreadable; the page becomes lost (or its
+    // clean copy is dropped). False when the page no longer refers to vslot.
+    bool lose_page(PageIdx page, swap::VSlot vslot, const Error& why);
     // Wake the reclaimer (the host budget changed).
     void kick_reclaimer();
 

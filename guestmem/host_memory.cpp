@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include <fmt/format.h>
+
 #include "guestmem/errc.hpp"
 
 namespace swapvisor::guestmem {
@@ -58,16 +60,35 @@ std::uint64_t HostMemory::bring_back_capacity() const {
     return std::min(room, budget_.room_pages());
 }
 
-Result<bool> HostMemory::bring_back(swap::OwnerTag owner, swap::VSlot vslot, io::Ring& ring) {
+GuestMemory* HostMemory::vm_of(swap::OwnerTag owner) const {
     const VmId vm_id = owner_vm(owner);
-    GuestMemory* vm = nullptr;
-    {
-        std::lock_guard lk(mutex_);
-        for (auto& v : vms_)
-            if (v->id() == vm_id) vm = v.get();
-    }
+    std::lock_guard lk(mutex_);
+    for (auto& v : vms_)
+        if (v->id() == vm_id) return v.get();
+    return nullptr;
+}
+
+std::uint64_t HostMemory::bring_back_room(swap::OwnerTag owner) const {
+    GuestMemory* vm = vm_of(owner);
+    return vm ? std::min(vm->bring_back_room(), budget_.room_pages()) : 0;
+}
+
+Result<bool> HostMemory::bring_back(swap::OwnerTag owner, swap::VSlot vslot, io::Ring& ring) {
+    GuestMemory* vm = vm_of(owner);
     if (!vm) return false;
+    // Issue #9: each page goes into its own VM only while that VM (and the host) has
+    // room; the sum over all VMs is not room in this one.
+    if (bring_back_room(owner) == 0) {
+        return make_error(swap::Errc::would_not_fit, "bring back a swapped page",
+                          fmt::format("{} is at its resident limit", vm->name()));
+    }
     return vm->bring_back(PageIdx(owner_index(owner)), vslot, ring);
+}
+
+Result<bool> HostMemory::lose(swap::OwnerTag owner, swap::VSlot vslot, const Error& why) {
+    GuestMemory* vm = vm_of(owner);
+    if (!vm) return false;
+    return vm->lose_page(PageIdx(owner_index(owner)), vslot, why);
 }
 
 }  // namespace swapvisor::guestmem

@@ -36,8 +36,11 @@ public:
     // swap::EvictionSink
     std::uint64_t bring_back_capacity() const override;
     Result<bool> bring_back(swap::OwnerTag owner, swap::VSlot vslot, io::Ring& ring) override;
+    std::uint64_t bring_back_room(swap::OwnerTag owner) const override;
+    Result<bool> lose(swap::OwnerTag owner, swap::VSlot vslot, const Error& why) override;
 
 private:
+    GuestMemory* vm_of(swap::OwnerTag owner) const;
     swap::SwapPool& pool_;
     HostBudget budget_;
     // Protects: vms_ (the list, not the VMs); Order: leaf.

@@ -14,6 +14,7 @@ const char* to_string(OverReason r) {
         case OverReason::swap_full: return "swap full";
         case OverReason::swap_failing: return "swap writes failing";
         case OverReason::nothing_evictable: return "nothing evictable";
+        case OverReason::swap_quota: return "swap quota reached";
     }
     return "?";
 }
@@ -75,6 +76,19 @@ void Limits::set_limit_bytes(std::uint64_t bytes) {
     limit_pages_ = bytes / kPageSize;
     kicked_ = true;
     wake_all();
+}
+
+void Limits::set_swap_quota_bytes(std::uint64_t bytes) {
+    quota_pages_ = bytes / kPageSize;
+    kicked_ = true;
+    wake_all();
+}
+
+std::uint64_t Limits::swap_quota_room() const {
+    const std::uint64_t quota = quota_pages_.load(std::memory_order_relaxed);
+    if (quota == 0) return ~std::uint64_t{0};
+    const std::uint64_t swapped = occupancy_.swapped.load(std::memory_order_relaxed);
+    return quota > swapped ? quota - swapped : 0;
 }
 
 std::uint64_t Limits::effective_limit() const {

@@ -96,7 +96,7 @@ private:
 };
 
 // Why a limit is not being held (none: it is).
-enum class OverReason : std::uint8_t { none, no_swap, swap_full, swap_failing, nothing_evictable };
+enum class OverReason : std::uint8_t { none, no_swap, swap_full, swap_failing, nothing_evictable, swap_quota };
 const char* to_string(OverReason r);
 
 class Limits {
@@ -112,6 +112,12 @@ public:
     Limits(Occupancy& occupancy, HostBudget* host, std::uint64_t memory_bytes, std::uint64_t limit_bytes);
 
     void set_limit_bytes(std::uint64_t bytes);
+    // Per-VM swap quota on the shared pool (0 = none): at most this many pages of the
+    // VM live only in swap, so one VM cannot fill the pool for all.
+    void set_swap_quota_bytes(std::uint64_t bytes);
+    std::uint64_t swap_quota_pages() const { return quota_pages_.load(std::memory_order_relaxed); }
+    // Pages the VM may still write to swap (unbounded without a quota).
+    std::uint64_t swap_quota_room() const;
     std::uint64_t limit_pages() const { return limit_pages_.load(std::memory_order_relaxed); }
     std::uint64_t memory_bytes() const { return memory_bytes_; }
     // The VM's own limit or its host share, whichever is lower; 0 = unlimited.
@@ -154,6 +160,7 @@ private:
     HostBudget* host_;  // null for a VM outside a HostMemory (tests)
     const std::uint64_t memory_bytes_;
     std::atomic<std::uint64_t> limit_pages_;  // 0 = unlimited
+    std::atomic<std::uint64_t> quota_pages_{0};  // 0 = no swap quota
     // Protects: nothing but the two waits (their predicates read atomics); notifies
     // are made holding it so a wake-up between a waiter's check and its sleep is not
     // lost. Order: leaf, never held with a page lock.

@@ -35,6 +35,7 @@ OverReason GuestMemory::Impl::swap_verdict() const {
     if (!pool) return OverReason::no_swap;
     const auto devices = pool->stats();
     if (devices.empty()) return OverReason::no_swap;
+    if (limits.swap_quota_room() == 0) return OverReason::swap_quota;
     for (const auto& d : devices)
         if (!d.removing && d.used_slots < d.total_slots) return OverReason::none;
     return OverReason::swap_full;
@@ -81,7 +82,7 @@ void GuestMemory::Impl::reclaim_loop() {
             }
             if (++idle * kScanChunk < give_up) continue;
             // Sweeps without freeing anything: this limit cannot be held now.
-            OverReason why = verdict;
+            OverReason why = swap_verdict();  // the quota or the pool may have filled meanwhile
             if (why == OverReason::none) {
                 why = !write_error ? OverReason::nothing_evictable
                       : *write_error == swap::Errc::no_space ? OverReason::swap_full
@@ -105,6 +106,7 @@ GuestMemory::Impl::PassResult GuestMemory::Impl::reclaim_pass(io::Ring& ring, Pa
     std::vector<PageLock> demote;    // resident: zapped as runs
     std::vector<PageLock> dropped;   // cold, no write needed: punched as runs
     std::vector<Writeback> writes;   // cold, dirty: written as one batch (unlocked)
+    std::uint64_t quota_room = limits.swap_quota_room();  // writes this pass may still start
 
     auto flush = [&] {
         tr.deactivate(demote);
@@ -141,7 +143,8 @@ GuestMemory::Impl::PassResult GuestMemory::Impl::reclaim_pass(io::Ring& ring, Pa
                 // Cold. Drop it without a write where possible.
                 if (tr.drop_cold(*lk)) {
                     dropped.push_back(std::move(*lk));
-                } else if (mode == PassMode::full) {
+                } else if (mode == PassMode::full && quota_room > 0) {
+                    --quota_room;
                     writes.push_back(tr.start_writeback(std::move(*lk)));
                     if (writes.size() == kBatch) flush();
                 }

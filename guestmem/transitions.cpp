@@ -398,6 +398,21 @@ Result<bool> Transitions::bring_back(PageLock& lk, swap::VSlot vslot, io::Ring& 
     return false;
 }
 
+bool Transitions::lose_swapped(PageLock& lk, swap::VSlot vslot, const Error& why) {  // 12, 13'
+    const PageEntry e = lk.entry();
+    if (e.vslot() != vslot) return false;
+    if (e.state() == PageState::swapped) {
+        lose(lk, why);
+        return true;
+    }
+    if (e.clean()) {
+        free_vslot(vslot);
+        lk.set(PageEntry::make(e.state()));
+        return true;
+    }
+    return false;
+}
+
 // --- teardown -----------------------------------------------------------------------------------
 
 void Transitions::free_all_vslots() {

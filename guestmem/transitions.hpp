@@ -150,6 +150,11 @@ public:
     // vslot dropped (13'). False when the page no longer refers to vslot.
     Result<bool> bring_back(PageLock& lk, swap::VSlot vslot, io::Ring& ring);
 
+    // --- swapoff --force of a failing device: 12 swapped(vslot) -> lost without a
+    // read, or a clean copy at vslot dropped (13'). False when the page no longer
+    // refers to vslot.
+    bool lose_swapped(PageLock& lk, swap::VSlot vslot, const Error& why);
+
     // --- teardown: free every VSlot the table refers to (threads stopped).
     void free_all_vslots();
     std::uint64_t referenced_vslots() const;

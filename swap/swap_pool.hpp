@@ -59,6 +59,16 @@ public:
     // false if the page no longer refers to vslot (raced with a fault/discard:
     // nothing to do). Called with no swap lock held.
     virtual Result<bool> bring_back(OwnerTag owner, VSlot vslot, io::Ring& ring) = 0;
+    // How many pages the owner's VM could take back now without going over its own
+    // limit or the host budget (bring_back of a page of a VM at 0 is refused with
+    // Errc::would_not_fit).
+    virtual std::uint64_t bring_back_room(OwnerTag owner) const = 0;
+    // The data at vslot cannot be read any more (a failing device swapped off with
+    // force): the owner's page becomes lost — poisoned, so the guest is stopped with a
+    // memory error only if it touches it — and vslot is released. A clean copy at
+    // vslot is only dropped (the page is in memory). False if the page no longer
+    // refers to vslot. `why` names device and slot for the log.
+    virtual Result<bool> lose(OwnerTag owner, VSlot vslot, const Error& why) = 0;
 };
 
 // One page of a write_out batch.

@@ -18,6 +18,8 @@
 #include <thread>
 
 #include "guestmem/host_memory.hpp"
+#include "guestmem/owner_tag.hpp"
+#include "io/ring.hpp"
 #include "swap/swap_pool.hpp"
 
 using namespace swapvisor;
@@ -275,4 +277,54 @@ TEST_F(GuestMemoryTest, PrivilegedEveryThreadGuestmemStartsCallsTheStartHookWith
     std::lock_guard lk(mu);
     EXPECT_EQ(std::count(roles.begin(), roles.end(), ThreadRole::fault_service), 2);
     EXPECT_EQ(std::count(roles.begin(), roles.end(), ThreadRole::reclaimer), 1);
+}
+
+// Issue #9: swapoff's bring-back summed free room over every VM, then pushed each page
+// into its owner, whatever that VM's own limit. Now a page goes back only into a VM
+// with room of its own.
+TEST_F(GuestMemoryTest, PrivilegedBringBackHonoursTheOwningVmsOwnLimit) {
+    constexpr std::uint64_t kMem = 8ULL << 20, kLimit = 1ULL << 20;
+    GuestMemory* vm = make_vm(kMem, kLimit, 16ULL << 20);
+    std::byte* base = vm->regions()[0].guest_view;
+    write_pass(base, kMem / kPageSize, 1);
+    vm->stop();  // no reclaimer from here on: what the test makes resident stays
+    std::vector<std::uint64_t> swapped;
+    for (std::uint64_t p = 0; p < kMem / kPageSize; ++p)
+        if (vm->entry(Gpa(p * kPageSize)).state() == PageState::swapped) swapped.push_back(p);
+    ASSERT_GT(swapped.size(), kLimit / kPageSize + 1);
+    // Fill the VM up to its limit through the VMM path.
+    std::vector<std::byte> buf(8);
+    std::size_t next = 0;
+    while (vm->stats().resident_bytes < kLimit) ASSERT_TRUE(vm->read(Gpa(swapped[next++] * kPageSize), buf));
+    const std::uint64_t p = swapped[next];
+    const swap::OwnerTag owner = pack_owner(vm->id(), p);
+    EXPECT_EQ(host_->bring_back_room(owner), 0u);
+    auto ring = io::Ring::create(4);
+    ASSERT_TRUE(ring);
+    auto r = host_->bring_back(owner, vm->entry(Gpa(p * kPageSize)).vslot(), *ring);
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code, make_error_code(swap::Errc::would_not_fit)) << r.error().message();
+    EXPECT_EQ(vm->entry(Gpa(p * kPageSize)).state(), PageState::swapped) << "nothing changed";
+}
+
+// Issue #10: a per-VM swap quota on the shared pool. At its quota the VM stops being
+// swapped: it stays resident, over its limit if it must, and says why.
+TEST_F(GuestMemoryTest, PrivilegedAVmAtItsSwapQuotaStaysResidentInsteadOfFillingThePool) {
+    constexpr std::uint64_t kMem = 8ULL << 20, kLimit = 1ULL << 20, kQuota = 2ULL << 20;
+    GuestMemory* vm = make_vm(kMem, kLimit, 16ULL << 20);
+    vm->set_swap_quota(kQuota);
+    std::byte* base = vm->regions()[0].guest_view;
+    ASSERT_TRUE(write_pass_within(base, kMem / kPageSize, std::chrono::seconds(20)));
+    MemStats s = vm->stats();
+    EXPECT_LE(s.swapped_bytes, kQuota);
+    EXPECT_GT(s.swapped_bytes, 0u);
+    EXPECT_EQ(s.swap_quota_bytes, kQuota);
+    EXPECT_EQ(s.limit_state, "swap quota reached");
+    EXPECT_LE(pool_->allocated_vslots() * kPageSize, kQuota + (1ULL << 20)) << "the pool was filled past the quota";
+    EXPECT_EQ(verify_pass(base, kMem / kPageSize, 1), 0u);
+    // Raising the quota lets the limit be held again.
+    vm->set_swap_quota(0);
+    for (int i = 0; i < 100 && vm->stats().limit_state != "held"; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    EXPECT_EQ(vm->stats().limit_state, "held");
 }

@@ -577,3 +577,38 @@ TEST_F(FakeTransitionsTest, TeardownFreesEverySlotTheTableRefersTo) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST_F(FakeTransitionsTest, LoseSwappedPoisonsAnUnreadablePageAndFreesItsSlot) {
+    const swap::VSlot v = make_swapped(40, 40);
+    const Error why{make_error_code(swap::Errc::io_failed), "swapoff --force", "device fake, slot 1"};
+    {
+        PageLock lk = tr_.lock(P(40));
+        EXPECT_TRUE(tr_.lose_swapped(lk, v, why));
+    }
+    EXPECT_EQ(table_.peek(P(40)).state(), PageState::lost);
+    EXPECT_EQ(kernel_.view(P(40)), View::poisoned);
+    EXPECT_EQ(counters_.lost_pages.load(), 1u);
+    expect_consistent();
+}
+
+TEST_F(FakeTransitionsTest, LoseSwappedOfACleanCopyKeepsThePage) {
+    make_clean_inactive(41, 41);
+    const swap::VSlot v = table_.peek(P(41)).vslot();
+    const Error why{make_error_code(swap::Errc::io_failed), "swapoff --force", {}};
+    {
+        PageLock lk = tr_.lock(P(41));
+        EXPECT_TRUE(tr_.lose_swapped(lk, v, why));
+        EXPECT_EQ(lk.entry(), PageEntry::make(PageState::inactive));
+    }
+    EXPECT_TRUE(holds(kernel_.vmm_page(P(41)), 41)) << "the data was in memory: nothing lost";
+    EXPECT_EQ(counters_.lost_pages.load(), 0u);
+    {
+        PageLock lk = tr_.lock(P(41));
+        EXPECT_FALSE(tr_.lose_swapped(lk, v, why)) << "a stale slot changes nothing";
+    }
+    expect_consistent();
+}
+
+}  // namespace

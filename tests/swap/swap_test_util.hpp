@@ -11,6 +11,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <map>
+#include <set>
 #include <mutex>
 
 #include "io/fault_injection.hpp"
@@ -149,6 +150,20 @@ public:
         pool_.free(vslot);
         return true;
     }
+    std::uint64_t bring_back_room(OwnerTag) const override { return bring_back_capacity(); }
+    Result<bool> lose(OwnerTag owner, VSlot vslot, const Error&) override {
+        std::lock_guard lock(mu_);
+        auto it = swapped_.find(owner);
+        if (it == swapped_.end() || it->second != vslot) return false;
+        swapped_.erase(it);
+        lost_.insert(owner);
+        pool_.free(vslot);
+        return true;
+    }
+    bool lost(OwnerTag owner) const {
+        std::lock_guard lock(mu_);
+        return lost_.contains(owner);
+    }
     // The "page table": which owner is swapped where.
     void set_swapped(OwnerTag owner, VSlot v) {
         std::lock_guard lock(mu_);
@@ -172,6 +187,7 @@ private:
     std::uint64_t capacity_;
     std::map<OwnerTag, std::vector<std::byte>> pages_;
     std::map<OwnerTag, VSlot> swapped_;
+    std::set<OwnerTag> lost_;
 };
 
 }  // namespace swapvisor::swap::test
