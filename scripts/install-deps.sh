@@ -6,6 +6,6 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   build-essential cmake pkg-config git ca-certificates python3 \
   liburing-dev libboost-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev \
-  libxxhash-dev libgtest-dev libgmock-dev libbenchmark-dev \
+  libxxhash-dev libseccomp-dev libgtest-dev libgmock-dev libbenchmark-dev \
   fio qemu-system-x86 util-linux e2fsprogs >/dev/null
 echo "install-deps: done"
