@@ -1,10 +1,14 @@
 /*
  * hello: the smallest swapvisor example guest. Prints a greeting, its command
  * line, the PVH memory map and the runtime's layout, then
- * `RESULT {"guest":"hello","ok":true}` and exits 0 through the debug-exit port.
- * It proves the boot path (PVH entry, long mode, ring 3, COM1, exit).
+ * starts every other vCPU and has each report from ring 3 on its own stack,
+ * then `RESULT {"guest":"hello","ok":true,"cpus":N}` and exits 0 through the
+ * debug-exit port. It proves the boot path (PVH entry, long mode, ring 3,
+ * COM1, AP start-up, exit). `cpus=N` caps the CPUs probed (rt.h).
  */
 #include "runtime/rt.h"
+
+#define RT_MAX_CPUS_HELLO 8 /* = RT_MAX_CPUS (runtime/layout.h) */
 
 static const char* range_type_name(uint32_t type) {
   switch (type) {
@@ -15,6 +19,26 @@ static const char* range_type_name(uint32_t type) {
     case 5: return "unusable";
     default: return "other";
   }
+}
+
+struct cpu_report {
+  unsigned ring;
+  uint64_t stack;
+  uint32_t apic_id;     /* local APIC ID register */
+  uint32_t cpuid_ebx;   /* CPUID.1 EBX (initial APIC id in bits 31-24) */
+};
+static struct cpu_report g_report[RT_MAX_CPUS_HELLO];
+
+static void report_in(unsigned cpu, void* arg) {
+  (void)arg;
+  uint16_t cs;
+  uint64_t sp;
+  uint32_t r[4];
+  __asm__ volatile("mov %%cs, %0" : "=r"(cs));
+  __asm__ volatile("mov %%rsp, %0" : "=r"(sp));
+  __asm__ volatile("cpuid" : "=a"(r[0]), "=b"(r[1]), "=c"(r[2]), "=d"(r[3]) : "a"(1), "c"(0));
+  uint32_t apic = *(volatile uint32_t*)(uintptr_t)0xfee00020ull;
+  g_report[cpu] = (struct cpu_report){cs & 3u, sp, apic >> 24, r[1]};
 }
 
 int main(void) {
@@ -40,6 +64,15 @@ int main(void) {
   } else {
     rt_printf("hello: TSC frequency unknown (no PIT, no CPUID frequency leaf)\n");
   }
-  rt_printf("RESULT {\"guest\":\"hello\",\"ok\":true}\n");
-  return 0;
+  unsigned cpus = rt_smp_start(0);
+  if (cpus > RT_MAX_CPUS_HELLO) cpus = RT_MAX_CPUS_HELLO;
+  rt_run_workers(cpus, report_in, NULL);
+  bool ok = true;
+  for (unsigned c = 0; c < cpus; ++c) {
+    rt_printf("hello: cpu %u: ring %u, stack 0x%lx, APIC id %u, CPUID.1 EBX 0x%x\n", c,
+              g_report[c].ring, g_report[c].stack, g_report[c].apic_id, g_report[c].cpuid_ebx);
+    if (g_report[c].ring != 3 || g_report[c].apic_id != c) ok = false;
+  }
+  rt_printf("RESULT {\"guest\":\"hello\",\"ok\":%s,\"cpus\":%u}\n", ok ? "true" : "false", cpus);
+  return ok ? 0 : 1;
 }

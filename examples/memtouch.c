@@ -1,9 +1,13 @@
 /*
  * memtouch: the swapvisor memory workload and checker.
  *
- * Parameters (guest command line): mib=N passes=P mode=seq|rand seed=S,
- * defaults mib=64 passes=2 mode=seq seed=1; corrupt=K is a self-test that
- * damages K pages after pass 1 (expect errors=K).
+ * Parameters (guest command line): mib=N passes=P mode=seq|rand seed=S
+ * threads=T, defaults mib=64 passes=2 mode=seq seed=1 threads=1; corrupt=K is
+ * a self-test that damages K pages after pass 1 (expect errors=K).
+ *
+ * threads=T runs T workers, one per CPU (rt_run_workers): worker w owns the
+ * page indices [w*pages/T, (w+1)*pages/T) and sweeps only those; all workers
+ * meet at a barrier after each sweep, where CPU 0 prints the sweep's line.
  *
  * It takes N MiB of RAM from the PVH memory map above the runtime (and above
  * 2 MiB), possibly split over several ranges (e.g. around the 3-4 GiB hole).
@@ -14,12 +18,13 @@
  * word is one error; the first 5 wrong words are printed.
  *
  * Output: one progress line per sweep, then
- *   RESULT {"guest":"memtouch","ok":..,"pages":..,"passes":..,"errors":..,"mib_per_s":..}
+ *   RESULT {"guest":"memtouch","ok":..,"pages":..,"passes":..,"threads":..,"errors":..,"mib_per_s":..}
  * Exit: 0 without errors, 1 with errors, 2 for bad parameters or too little RAM.
  * mib_per_s counts N MiB per sweep over P + 1 sweeps (P write sweeps and the
  * final verify) divided by the wall time of all sweeps; 0 if the TSC could not
  * be calibrated.
  */
+#include "runtime/layout.h"
 #include "runtime/rt.h"
 
 #define WORDS_PER_PAGE (RT_PAGE_SIZE / 8)
@@ -37,8 +42,8 @@ struct segment {
 static struct segment g_seg[MAX_SEGMENTS];
 static size_t g_nseg;
 static uint64_t g_seed;
-static uint64_t g_errors;   /* pages with at least one wrong word */
-static uint64_t g_reported; /* wrong words printed so far */
+static uint64_t g_errors;   /* pages with at least one wrong word (atomic: all workers) */
+static uint64_t g_reported; /* wrong words printed so far (atomic: all workers) */
 static uint64_t g_corrupt;  /* corrupt=K: self-test, damage K pages after pass 1 */
 
 /* splitmix64's finalizer: a cheap, well-mixing bijection on 64 bits. */
@@ -167,8 +172,7 @@ static void touch_page(uint64_t gfn, uint64_t check_pass, uint64_t write_pass) {
       uint64_t got = words[w];
       if (got != expected) {
         bad = true;
-        if (g_reported < MAX_REPORTED) {
-          ++g_reported;
+        if (__atomic_fetch_add(&g_reported, 1, __ATOMIC_RELAXED) < MAX_REPORTED) {
           rt_printf("memtouch: MISMATCH gfn 0x%lx word %lu expected 0x%016lx got 0x%016lx (pass %lu)\n",
                     gfn, w, expected, got, check_pass);
         }
@@ -176,7 +180,7 @@ static void touch_page(uint64_t gfn, uint64_t check_pass, uint64_t write_pass) {
     }
     if (write_pass) words[w] = pattern_word(wk, w);
   }
-  if (bad) ++g_errors;
+  if (bad) __atomic_fetch_add(&g_errors, 1, __ATOMIC_RELAXED); /* read after a barrier */
 }
 
 static void print_rate(uint64_t mib, uint64_t cycles, uint64_t hz) {
@@ -189,29 +193,29 @@ static void print_rate(uint64_t mib, uint64_t cycles, uint64_t hz) {
   rt_printf("%lu ms, %lu.%lu MiB/s", ms, rate10 / 10, rate10 % 10);
 }
 
-/* One sweep over all pages in sequential or permuted order. */
-static void sweep(uint64_t pages, bool random, uint64_t sweep_no, uint64_t check_pass,
-                  uint64_t write_pass) {
+/* One sweep over the page indices [lo, hi) in sequential or permuted order
+ * (the permutation depends on the sweep and, beyond worker 0, the worker). */
+static void sweep(uint64_t lo, uint64_t hi, bool random, uint64_t sweep_no, unsigned worker,
+                  uint64_t check_pass, uint64_t write_pass) {
   const uint64_t progress_step = 1024 * (RT_MIB / RT_PAGE_SIZE); /* a line per GiB */
+  uint64_t pages = hi - lo;
   uint64_t done = 0;
   if (!random) {
-    for (size_t s = 0; s < g_nseg; ++s) {
-      for (uint64_t i = 0; i < g_seg[s].pages; ++i) {
-        touch_page(g_seg[s].first_gfn + i, check_pass, write_pass);
-        if (++done % progress_step == 0 && done < pages) {
-          rt_printf("memtouch:   %lu/%lu MiB\n", done / 256, pages / 256);
-        }
+    for (uint64_t i = lo; i < hi; ++i) {
+      touch_page(gfn_of_index(i), check_pass, write_pass);
+      if (++done % progress_step == 0 && done < pages && worker == 0) {
+        rt_printf("memtouch:   %lu/%lu MiB\n", done / 256, pages / 256);
       }
     }
     return;
   }
   struct permutation perm;
-  permutation_init(&perm, pages, sweep_no);
+  permutation_init(&perm, pages, sweep_no + (uint64_t)worker * 0x10000);
   for (uint64_t x = 0; x <= perm.mask; ++x) {
     uint64_t index = permute(&perm, x);
     if (index >= pages) continue;
-    touch_page(gfn_of_index(index), check_pass, write_pass);
-    if (++done % progress_step == 0 && done < pages) {
+    touch_page(gfn_of_index(lo + index), check_pass, write_pass);
+    if (++done % progress_step == 0 && done < pages && worker == 0) {
       rt_printf("memtouch:   %lu/%lu MiB\n", done / 256, pages / 256);
     }
   }
@@ -231,12 +235,54 @@ static void corrupt_pages(uint64_t pages) {
   rt_printf("memtouch: self-test: corrupted one word in each of %lu pages\n", k);
 }
 
+/* What every worker needs; written by main before rt_run_workers. */
+struct job {
+  uint64_t pages;
+  uint64_t passes;
+  bool random;
+  unsigned threads;
+  uint64_t hz;
+  uint64_t cycles; /* written by worker 0: wall time of all sweeps */
+  struct rt_barrier barrier;
+};
+
+static void worker(unsigned cpu, void* arg) {
+  struct job* job = arg;
+  uint64_t lo = job->pages * cpu / job->threads;
+  uint64_t hi = job->pages * (cpu + 1) / job->threads;
+  uint64_t start = rt_rdtsc();
+  for (uint64_t pass = 1; pass <= job->passes + 1; ++pass) {
+    bool last = pass == job->passes + 1;
+    uint64_t errors_before = __atomic_load_n(&g_errors, __ATOMIC_RELAXED);
+    uint64_t t0 = rt_rdtsc();
+    sweep(lo, hi, job->random, pass, cpu, pass - 1, last ? 0 : pass);
+    rt_barrier_wait(&job->barrier); /* every slice done: the error count is complete */
+    uint64_t t1 = rt_rdtsc();
+    if (cpu == 0) {
+      uint64_t mib = job->pages / (RT_MIB / RT_PAGE_SIZE);
+      if (last) {
+        rt_printf("memtouch: final verify of pass %lu: ", job->passes);
+      } else if (pass == 1) {
+        rt_printf("memtouch: pass 1/%lu write: ", job->passes);
+      } else {
+        rt_printf("memtouch: pass %lu/%lu verify+write: ", pass, job->passes);
+      }
+      print_rate(mib, t1 - t0, job->hz);
+      rt_printf(", %lu bad pages\n", __atomic_load_n(&g_errors, __ATOMIC_RELAXED) - errors_before);
+      if (pass == 1 && g_corrupt) corrupt_pages(job->pages);
+      if (last) job->cycles = rt_rdtsc() - start;
+    }
+    rt_barrier_wait(&job->barrier); /* corruption (pass 1) precedes every verify */
+  }
+}
+
 int main(void) {
   uint64_t mib = arg_u64("mib", 64);
   uint64_t passes = arg_u64("passes", 2);
   const char* mode = arg_str("mode", "seq");
   g_seed = arg_u64("seed", 1);
   g_corrupt = arg_u64("corrupt", 0);
+  uint64_t threads64 = arg_u64("threads", 1);
   bool random = strcmp(mode, "rand") == 0;
   if (!random && strcmp(mode, "seq") != 0) {
     rt_printf("memtouch: error: mode=%s is not seq or rand\n", mode);
@@ -247,6 +293,11 @@ int main(void) {
               mib, passes);
     return 2;
   }
+  if (threads64 == 0 || threads64 > RT_MAX_CPUS) {
+    rt_printf("memtouch: error: threads=%lu is not in 1..%d\n", threads64, RT_MAX_CPUS);
+    return 2;
+  }
+  unsigned threads = (unsigned)threads64;
   uint64_t want = mib * (RT_MIB / RT_PAGE_SIZE);
   uint64_t low = 0;
   uint64_t pages = select_pages(want, &low);
@@ -264,26 +315,19 @@ int main(void) {
   }
   uint64_t hz = rt_tsc_hz();
   if (!hz) rt_printf("memtouch: warning: TSC calibration failed, mib_per_s will be 0\n");
-
-  uint64_t start = rt_rdtsc();
-  for (uint64_t pass = 1; pass <= passes + 1; ++pass) {
-    bool last = pass == passes + 1;
-    uint64_t errors_before = g_errors;
-    uint64_t t0 = rt_rdtsc();
-    sweep(pages, random, pass, pass - 1, last ? 0 : pass);
-    uint64_t t1 = rt_rdtsc();
-    if (last) {
-      rt_printf("memtouch: final verify of pass %lu: ", passes);
-    } else if (pass == 1) {
-      rt_printf("memtouch: pass 1/%lu write: ", passes);
-    } else {
-      rt_printf("memtouch: pass %lu/%lu verify+write: ", pass, passes);
+  if (threads > 1) {
+    unsigned cpus = rt_smp_start(threads);
+    if (cpus < threads) {
+      rt_printf("memtouch: error: threads=%u but only %u CPU(s) came up\n", threads, cpus);
+      return 2;
     }
-    print_rate(mib, t1 - t0, hz);
-    rt_printf(", %lu bad pages\n", g_errors - errors_before);
-    if (pass == 1 && g_corrupt) corrupt_pages(pages);
+    rt_printf("memtouch: %u workers on %u CPUs\n", threads, cpus);
   }
-  uint64_t cycles = rt_rdtsc() - start;
+
+  struct job job = {pages, passes, random, threads, hz, 0, {0}};
+  rt_barrier_init(&job.barrier, threads);
+  rt_run_workers(threads, worker, &job);
+  uint64_t cycles = job.cycles;
 
   uint64_t sweeps = passes + 1;
   uint64_t rate10 = 0;
@@ -297,8 +341,8 @@ int main(void) {
     }
   }
   bool ok = g_errors == 0;
-  rt_printf("RESULT {\"guest\":\"memtouch\",\"ok\":%s,\"pages\":%lu,\"passes\":%lu,\"errors\":%lu,"
-            "\"mib_per_s\":%lu.%lu}\n",
-            ok ? "true" : "false", pages, passes, g_errors, rate10 / 10, rate10 % 10);
+  rt_printf("RESULT {\"guest\":\"memtouch\",\"ok\":%s,\"pages\":%lu,\"passes\":%lu,\"threads\":%u,"
+            "\"errors\":%lu,\"mib_per_s\":%lu.%lu}\n",
+            ok ? "true" : "false", pages, passes, threads, g_errors, rate10 / 10, rate10 % 10);
   return ok ? 0 : 1;
 }

@@ -26,6 +26,8 @@
  *    physical address space that are identity mapped.
  */
 
+#include "layout.h"
+
 #define XEN_ELFNOTE_PHYS32_ENTRY 18
 
 #define SEL_KCODE 0x08
@@ -40,6 +42,7 @@
 #define PTE_PCD 0x10
 #define VIRTIO_MMIO_BASE 0xd0000000 /* virtio-mmio windows (DESIGN.md section 6) */
 
+#define CR0_PE (1 << 0)
 #define CR0_MP (1 << 1)
 #define CR0_EM (1 << 2)
 #define CR0_PG (1 << 31)
@@ -196,6 +199,69 @@ long_mode_entry:
         leaq iret_frame(%rip), %rsp
         iretq                           /* -> rt_user_entry, ring 3, IOPL 3, IF 0 */
 
+/*
+ * ap_long_entry: where every application processor arrives from the trampoline
+ * (64-bit, ring 0, its own GDT already loaded, so TR can be its own TSS). Reads
+ * the two words the BSP left in the trampoline page for this AP and enters
+ * ring 3 at rt_ap_user_entry exactly as the BSP did.
+ */
+ap_long_entry:
+        movl $SEL_KDATA, %eax
+        movl %eax, %ss
+        movw $SEL_TSS, %ax
+        ltr %ax
+        movl $SEL_UDATA, %eax
+        movl %eax, %ds
+        movl %eax, %es
+        movl %eax, %fs
+        movl %eax, %gs
+        movq (RT_AP_TRAMP_ADDR + (rt_ap_tramp_arg - rt_ap_tramp_start)), %rdi
+        movq (RT_AP_TRAMP_ADDR + (rt_ap_tramp_frame - rt_ap_tramp_start)), %rsp
+        iretq                           /* -> rt_ap_user_entry, ring 3 */
+
+/*
+ * AP start-up trampoline (examples/README.md#smp). Not run where it is linked:
+ * the BSP copies [rt_ap_tramp_start, rt_ap_tramp_end) to RT_AP_TRAMP_ADDR
+ * and fills the three fields at its end, then sends INIT-SIPI-SIPI with vector
+ * RT_AP_TRAMP_ADDR >> 12. The AP wakes in real mode with CS = vector << 8,
+ * IP = 0, and goes straight to long mode (PE and PG set by one CR0 write, with
+ * EFER.LME and CR4.PAE already set), on the BSP's page tables. It writes no
+ * memory: ring-0 stores are what costs here.
+ */
+        .code16
+        .balign 16
+        .globl rt_ap_tramp_start, rt_ap_tramp_end, rt_ap_tramp_gdtr, rt_ap_tramp_arg, rt_ap_tramp_frame
+rt_ap_tramp_start:
+        cli
+        cld
+        movw %cs, %ax
+        movw %ax, %ds
+        lgdtl (rt_ap_tramp_gdtr - rt_ap_tramp_start)
+        movl $pml4, %eax
+        movl %eax, %cr3
+        movl %cr4, %eax
+        orl $(CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT), %eax
+        movl %eax, %cr4
+        movl $MSR_EFER, %ecx
+        rdmsr
+        orl $EFER_LME, %eax
+        wrmsr
+        movl %cr0, %eax
+        andl $~CR0_EM, %eax
+        orl $(CR0_PE | CR0_PG | CR0_MP), %eax
+        movl %eax, %cr0
+        ljmpl $SEL_KCODE, $ap_long_entry
+        .balign 8
+rt_ap_tramp_arg:                        /* RDI for rt_ap_user_entry: the AP's block */
+        .quad 0
+rt_ap_tramp_frame:                      /* RSP: the AP's IRETQ frame */
+        .quad 0
+rt_ap_tramp_gdtr:                       /* lgdtl operand: limit, 32-bit base */
+        .word 0
+        .long 0
+rt_ap_tramp_end:
+        .code64
+
 /* ------------------------------------------------------------ 64-bit ring 3 */
         .text
         .globl rt_user_entry
@@ -212,6 +278,15 @@ rt_user_entry:
         movq %r8, %rdi
         xorl %ebp, %ebp
         call rt_start                   /* never returns */
+1:      pause
+        jmp 1b
+
+        /* Ring-3 entry of an AP: RDI = its block (smp.c); stack from its frame. */
+        .globl rt_ap_user_entry
+        .type rt_ap_user_entry, @function
+rt_ap_user_entry:
+        xorl %ebp, %ebp
+        call rt_ap_main                 /* never returns */
 1:      pause
         jmp 1b
 
@@ -253,6 +328,8 @@ pd_2m:                                  /* 2048 x 2 MiB = first 4 GiB */
 
         .section .data, "aw", @progbits
         .balign 16
+        .globl rt_gdt, rt_gdt_end
+rt_gdt:
 gdt:
         .quad 0                         /* 0x00 null */
         .quad 0x00af9a000000ffff        /* 0x08 kernel code, 64-bit */
@@ -262,6 +339,7 @@ gdt:
         .quad __tss_desc_lo             /* 0x28 TSS (computed in link.ld) */
         .quad __tss_desc_hi
 gdt_end:
+rt_gdt_end:
 
         .balign 16
 gdt_desc:

@@ -5,9 +5,10 @@
  * the memory map, provide COM1 printing, TSC calibration against PIT channel 2
  * and the debug-exit port, then run the program's main().
  *
- * Invariants: runs in ring 3 with IOPL 3 on one vCPU without interrupts, so
- * the static state below needs no locking; it is written once by rt_start()
- * (and once by rt_tsc_hz()) before anything reads it.
+ * Invariants: runs in ring 3 with IOPL 3 without interrupts. The static state
+ * below is written once by rt_start() (and once by rt_tsc_hz(), which
+ * rt_smp_start() calls before any AP runs) before anything reads it; only the
+ * console is shared by running CPUs, under g_console_lock.
  */
 #include "rt.h"
 
@@ -96,6 +97,17 @@ int strcmp(const char* a, const char* b) {
 #define LSR_THR_EMPTY 0x20
 #define LSR_POLL_LIMIT 100000 /* a missing UART must not hang the guest */
 
+/* Protects: the UART between CPUs, for one rt_puts/rt_vprintf call. */
+static uint32_t g_console_lock;
+
+static void console_lock(void) {
+  while (__atomic_exchange_n(&g_console_lock, 1, __ATOMIC_ACQUIRE)) {
+    while (__atomic_load_n(&g_console_lock, __ATOMIC_RELAXED)) rt_pause();
+  }
+}
+
+static void console_unlock(void) { __atomic_store_n(&g_console_lock, 0, __ATOMIC_RELEASE); }
+
 void rt_putc(char c) {
   for (int i = 0; i < LSR_POLL_LIMIT; ++i) {
     if (rt_inb(COM1_LSR) & LSR_THR_EMPTY) break;
@@ -105,7 +117,9 @@ void rt_putc(char c) {
 }
 
 void rt_puts(const char* s) {
+  console_lock();
   while (*s) rt_putc(*s++);
+  console_unlock();
 }
 
 /* Emits `len` chars of `s` padded to `width` (left- or right-aligned). */
@@ -120,7 +134,16 @@ static int emit_padded(const char* s, int len, int width, bool left, char pad) {
   return n;
 }
 
+static int vprintf_locked(const char* fmt, va_list ap);
+
 int rt_vprintf(const char* fmt, va_list ap) {
+  console_lock();
+  int n = vprintf_locked(fmt, ap);
+  console_unlock();
+  return n;
+}
+
+static int vprintf_locked(const char* fmt, va_list ap) {
   int total = 0;
   for (; *fmt; ++fmt) {
     if (*fmt != '%') {
@@ -511,7 +534,7 @@ __attribute__((noreturn)) void rt_start(const struct hvm_start_info* si, uint64_
                                         uint64_t mapped_limit);
 
 void rt_start(const struct hvm_start_info* si, uint64_t free_start, uint64_t mapped_limit) {
-  g_free_start = free_start;
+  g_free_start = rt_smp_reserve(free_start);
   g_mapped_limit = mapped_limit;
   if (!si || si->magic != HVM_START_MAGIC) {
     rt_printf("rt: warning: no hvm_start_info at %p (bad magic); no command line or memory map\n",

@@ -13,7 +13,11 @@
  *  - physical == virtual; [0, rt_mapped_limit()) is identity mapped, RW, user.
  *  - memory below rt_free_start() belongs to the runtime (image, stacks,
  *    page tables); programs must not write it.
- *  - single vCPU, no interrupts: nothing here is reentrant or locked.
+ *  - no interrupts. The BSP (CPU 0) runs main(); APs start only when the
+ *    program calls rt_smp_start() and then run rt_run_workers() jobs. Output
+ *    (rt_printf, rt_puts) takes a spinlock, so lines from CPUs don't mix;
+ *    rt_tsc_hz() is calibrated by rt_smp_start() before any AP runs; the rest
+ *    (arguments, memory map) is read-only after rt_start().
  */
 #ifndef SWAPVISOR_EXAMPLES_RUNTIME_RT_H
 #define SWAPVISOR_EXAMPLES_RUNTIME_RT_H
@@ -91,6 +95,30 @@ uint64_t rt_mapped_limit(void); /* end of the identity map */
 uint64_t rt_tsc_hz(void);
 /* Which method rt_tsc_hz() used: "PIT channel 2", ..., or "none". */
 const char* rt_tsc_source(void);
+
+/* ---- SMP (smp.c, examples/README.md#smp) ---- */
+/* Starts the APs once and returns the number of CPUs online (BSP included).
+ * APIC ids 1, 2, ... are started one at a time through the local APIC; ids
+ * below `want` get 5 s to arrive, later ones 200 ms, and the first missing one
+ * ends the probe. `cpus=N` on the command line caps it (at most RT_MAX_CPUS).
+ * Idle APs spin in ring 3 (no hlt there), so start them only when needed. */
+unsigned rt_smp_start(unsigned want);
+unsigned rt_cpu_count(void); /* 1 before rt_smp_start() */
+typedef void (*rt_worker_fn)(unsigned cpu, void* arg);
+/* Runs fn(cpu, arg) on CPUs 0..n-1 (the caller is CPU 0) and returns when all
+ * finished. n > rt_cpu_count() ends the VM with exit(2). */
+void rt_run_workers(unsigned n, rt_worker_fn fn, void* arg);
+/* A reusable barrier for n workers. */
+struct rt_barrier {
+  uint32_t count;
+  uint32_t generation;
+  uint32_t n;
+};
+void rt_barrier_init(struct rt_barrier* b, unsigned n);
+void rt_barrier_wait(struct rt_barrier* b);
+/* Runtime-internal: reserves the AP blocks after `free_start`, returns the new
+ * free start. */
+uint64_t rt_smp_reserve(uint64_t free_start);
 
 /* ---- exit: a 32-bit write of `code` to the debug-exit port ---- */
 __attribute__((noreturn)) void exit(int code);

@@ -34,12 +34,13 @@ trap 'rm -rf "$log_dir"' EXIT
 failures=0
 
 # boot <name> <elf> <cmdline> <expected status> <RESULT regex...>
+# (SMP=N in the environment adds -smp N.)
 boot() {
   local name=$1 elf=$2 cmdline=$3 want_status=$4
   shift 4
   local log=$log_dir/$name.log status
   timeout 120 "$qemu" -M microvm -accel kvm -cpu host,arch-capabilities=off -m 512M \
-    -nographic -no-reboot -kernel "$elf" -append "$cmdline" \
+    -smp "${SMP:-1}" -nographic -no-reboot -kernel "$elf" -append "$cmdline" \
     -device isa-debug-exit,iobase=0xf4,iosize=0x04 </dev/null >"$log" 2>&1
   status=$?
   local result
@@ -71,7 +72,15 @@ boot() {
 }
 
 boot hello "$hello" "greeting=yes" 1 \
-  '^RESULT \{"guest":"hello","ok":true\}$'
+  '^RESULT \{"guest":"hello","ok":true,"cpus":1\}$'
+# SMP: the runtime starts the APs (INIT-SIPI-SIPI) and finds exactly -smp N;
+# every CPU reports ring 3 and its own APIC id; memtouch splits its pages.
+SMP=2 boot hello-smp2 "$hello" "" 1 '^RESULT \{"guest":"hello","ok":true,"cpus":2\}$'
+SMP=3 boot hello-smp3 "$hello" "" 1 '^RESULT \{"guest":"hello","ok":true,"cpus":3\}$'
+SMP=2 boot memtouch-smp2 "$memtouch" "mib=64 passes=2 mode=rand threads=2" 1 \
+  '"ok":true' '"pages":16384' '"threads":2' '"errors":0'
+SMP=2 boot memtouch-smp2-corrupt "$memtouch" "mib=16 passes=2 threads=2 corrupt=5" 3 \
+  '"ok":false' '"threads":2' '"errors":5'
 boot memtouch-seq "$memtouch" "mib=64 passes=2" 1 \
   '"guest":"memtouch"' '"ok":true' '"pages":16384' '"passes":2' '"errors":0' '"mib_per_s":[0-9]+(\.[0-9])?\}$'
 boot memtouch-rand "$memtouch" "mib=64 passes=2 mode=rand seed=3" 1 \
