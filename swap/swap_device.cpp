@@ -320,13 +320,22 @@ std::size_t SwapDevice::scan_used(std::uint64_t& cursor, std::span<UsedSlot> out
 }
 
 void SwapDevice::put() {
-    // Wake a swapoff waiting in wait_refs_drained() (atomic wait has no missed
-    // wakeups: it re-checks the value before sleeping).
-    if (refs_.fetch_sub(1) == 1) refs_.notify_all();
+    // Not the last reference: nobody waits for this one.
+    std::uint32_t v = refs_.load();
+    while (v > 1) {
+        if (refs_.compare_exchange_weak(v, v - 1)) return;
+    }
+    // Possibly the last: drop it and wake the waiter under refs_mutex_. The waiter
+    // checks the count under the same mutex, so it cannot see 0 and destroy the
+    // device while this thread still touches it (a notify after the decrement,
+    // outside the lock, could run on a device already freed).
+    std::lock_guard lock(refs_mutex_);
+    if (refs_.fetch_sub(1) == 1) refs_drained_.notify_all();
 }
 
 void SwapDevice::wait_refs_drained() {
-    for (std::uint32_t v = refs_.load(); v != 0; v = refs_.load()) refs_.wait(v);
+    std::unique_lock lock(refs_mutex_);
+    refs_drained_.wait(lock, [&] { return refs_.load() == 0; });
 }
 
 }  // namespace swapvisor::swap

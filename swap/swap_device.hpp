@@ -208,6 +208,10 @@ private:
     std::array<Cursor, kAllocContexts> cursors_{};
 
     std::atomic<std::uint32_t> refs_{0};
+    // Protects: the 1 -> 0 step of refs_ and its wake-up (put, wait_refs_drained);
+    // Order: leaf.
+    std::mutex refs_mutex_;
+    std::condition_variable refs_drained_;
 };
 
 // RAII device reference: the device stays alive (not destroyed by swapoff) while
