@@ -2,7 +2,10 @@
 # The test command (README, .ci/run): install dependencies, build, run every test.
 #  1. a RelWithDebInfo build and the whole ctest suite (unit, real KVM + userfaultfd +
 #     io_uring integration, script tests);
-#  2. an ASan+UBSan build of the layer unit tests (io, swap, guestmem, control).
+#  2. an ASan+UBSan build of the layer unit tests (io, swap, guestmem, control);
+#  3. a ThreadSanitizer build of the concurrency suites (swap, guestmem: the parts
+#     that need no KVM).
+# Warnings are errors in every pass (SWV_WERROR=ON).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -15,7 +18,14 @@ bash scripts/build.sh "$here/build" -DSWV_BUILD_BENCH=ON
 (cd build && ctest --output-on-failure --timeout 900 -j1)
 # Only the layer test binaries under the sanitizers: the VMM, guests and benches are
 # covered by the first pass.
-cmake -S "$here" -B "$here/build-asan" -DSWV_SANITIZE=ON -DSWV_BUILD_BENCH=OFF -DCMAKE_BUILD_TYPE=Debug >/dev/null
+cmake -S "$here" -B "$here/build-asan" -DSWV_SANITIZE=ON -DSWV_WERROR=ON -DSWV_BUILD_BENCH=OFF -DCMAKE_BUILD_TYPE=Debug >/dev/null
 cmake --build "$here/build-asan" -j"$(nproc)" --target io_tests swap_tests guestmem_tests control_tests
 (cd build-asan && ctest --output-on-failure --timeout 900 -j1 -L 'io|swap|guestmem|control')
+# ThreadSanitizer over the concurrency suites. TSan needs the address-space layout it
+# was built for: without ASLR limits some kernels map the binary where TSan's shadow
+# lives, so the pass runs under setarch -R.
+cmake -S "$here" -B "$here/build-tsan" -DSWV_TSAN=ON -DSWV_WERROR=ON -DSWV_BUILD_BENCH=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build "$here/build-tsan" -j"$(nproc)" --target swap_tests guestmem_tests
+(cd build-tsan && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" setarch "$(uname -m)" -R \
+  ctest --output-on-failure --timeout 900 -j1 -L 'swap|guestmem' -LE kvm)
 echo "test.sh: all suites passed"

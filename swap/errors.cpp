@@ -24,6 +24,9 @@ public:
                 return "swapvisor swap header is corrupt, of another version, or does not match the device's size "
                        "(run 'swapvisor mkswap PATH' again to re-create it, losing its contents)";
             case Errc::size_mismatch: return "the size given disagrees with the size of the existing device";
+            case Errc::unreadable_slots:
+                return "some swapped pages cannot be read back (I/O error or checksum mismatch); nothing was lost, "
+                       "the device stays in the pool (swapoff with force takes it out, and those pages are lost)";
         }
         return "unknown swap error";
     }

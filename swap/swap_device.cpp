@@ -17,32 +17,30 @@ const char* state_name(DeviceState state) {
         case DeviceState::active: return "active";
         case DeviceState::removing: return "removing";
         case DeviceState::failed: return "failed";
+        case DeviceState::degraded: return "degraded";
     }
     return "unknown";
 }
 
 // Every I/O of the pool on this device goes through here (SwapDevice::block()), so a
-// failed write is seen where it happens, whoever issued it (write_out, swapoff), and
-// the device stops taking slots before the next batch picks it.
-class SwapDevice::WriteWatch final : public io::BlockDevice {
+// failed op is seen where it happens, whoever issued it (write_out, read_in,
+// swapoff), and the device stops taking slots before the next batch picks it.
+class SwapDevice::IoWatch final : public io::BlockDevice {
 public:
-    WriteWatch(SwapDevice& owner, io::BlockDevice& inner) : owner_(owner), inner_(inner) {}
+    IoWatch(SwapDevice& owner, io::BlockDevice& inner) : owner_(owner), inner_(inner) {}
     const std::string& path() const override { return inner_.path(); }
     std::uint64_t size_bytes() const override { return inner_.size_bytes(); }
     std::uint32_t logical_block_size() const override { return inner_.logical_block_size(); }
     std::optional<io::DeviceIdentity> identity() const override { return inner_.identity(); }
     Result<void> submit(io::Ring& ring, std::span<io::BlockIo> ios) override {
         Result<void> r = inner_.submit(ring, ios);
-        if (r) {
-            for (const io::BlockIo& io : ios)
-                if (io.kind == io::IoKind::write && (io.result == -ENOSPC || io.result == -EIO))
-                    owner_.note_write_error(io.result);
-        }
+        // A refused batch or a broken ring: no op of it moved anything.
+        for (const io::BlockIo& io : ios) owner_.note_io(io.kind, r ? io.result : -EIO, io.buf.size());
         return r;
     }
     Result<void> flush(io::Ring& ring) override {
         Result<void> r = inner_.flush(ring);
-        if (!r && r.error().is(std::errc::no_space_on_device)) owner_.note_write_error(-ENOSPC);
+        if (!r && r.error().is(std::errc::no_space_on_device)) owner_.note_io(io::IoKind::write, -ENOSPC, 1);
         return r;
     }
 
@@ -51,15 +49,19 @@ private:
     io::BlockDevice& inner_;
 };
 
-SwapDevice::SwapDevice(std::unique_ptr<io::BlockDevice> block, DeviceId id, int priority, std::string path)
+SwapDevice::SwapDevice(std::unique_ptr<io::BlockDevice> block, DeviceId id, int priority, std::string path,
+                       DeviceHealthPolicy health)
     : block_(std::move(block)),
-      watch_(std::make_unique<WriteWatch>(*this, *block_)),
+      watch_(std::make_unique<IoWatch>(*this, *block_)),
       id_(id),
       priority_(priority),
       path_(std::move(path)),
-      total_slots_(slots_after_header(block_->size_bytes())) {
+      total_slots_(slots_after_header(block_->size_bytes())),
+      health_(health) {
+    SWV_ASSERT(health_.degrade_after > 0, "SwapDevice: degrade_after must be at least 1");
     SWV_ASSERT(total_slots_ >= kClusterSlots && total_slots_ <= UINT32_MAX, "SwapDevice: size out of range");
     bitmap_.assign((total_slots_ + 63) / 64, 0);
+    bad_.assign((total_slots_ + 63) / 64, 0);
     rmap_.assign(total_slots_, 0);
     clusters_.resize((total_slots_ + kClusterSlots - 1) / kClusterSlots);
     for (std::uint32_t c = 0; c < clusters_.size(); ++c) list_push(free_clusters_, c);
@@ -72,20 +74,66 @@ std::uint32_t SwapDevice::cluster_slots(std::uint32_t c) const {
 
 DeviceUsage SwapDevice::usage() const {
     std::lock_guard lock(mutex_);
-    DeviceState shown = state_ == DeviceState::removing ? state_ : failed_ ? DeviceState::failed : state_;
-    return DeviceUsage{total_slots_, used_, shown, write_errors_, failure_};
+    DeviceState shown = state_ == DeviceState::removing ? state_
+                        : failed_                       ? DeviceState::failed
+                        : degraded_                     ? DeviceState::degraded
+                                                        : state_;
+    return DeviceUsage{total_slots_, used_, shown, write_errors_, read_errors_, bad_count_, failure_};
 }
 
-void SwapDevice::note_write_error(int error) {
+void SwapDevice::note_io(io::IoKind kind, int result, std::size_t expected) {
+    if (kind == io::IoKind::fsync) return;
     std::lock_guard lock(mutex_);
-    ++write_errors_;
-    if (error != -ENOSPC || failed_) return;
-    failed_ = true;
-    failure_ = Error{std::error_code(-error, std::system_category()), "swap-out write", path_}.message();
-    // Once per device: the reclaimer's "no progress" warnings do not name it.
-    spdlog::error("swap device {} failed: {}; no new slots are allocated on it (its pages stay readable; "
-                  "swapoff it, free space, and swapon again)",
-                  path_, failure_);
+    if (result >= 0 && static_cast<std::size_t>(result) == expected) {
+        errors_in_a_row_ = 0;
+        return;
+    }
+    note_failure_locked(kind, result);
+}
+
+void SwapDevice::note_checksum_error() {
+    std::lock_guard lock(mutex_);
+    note_failure_locked(io::IoKind::read, -EBADMSG);
+}
+
+void SwapDevice::note_failure_locked(io::IoKind kind, int result) {
+    if (kind == io::IoKind::write) ++write_errors_;
+    else ++read_errors_;
+    ++errors_in_a_row_;
+    const int error = result < 0 ? -result : EIO;  // a short transfer is an I/O error
+    if (kind == io::IoKind::write && error == ENOSPC && !failed_) {
+        failed_ = true;
+        failure_ = Error{std::error_code(ENOSPC, std::system_category()), "swap-out write", path_}.message();
+        // Once per device: the reclaimer's "no progress" warnings do not name it.
+        spdlog::error("swap device {} failed: {}; no new slots are allocated on it (its pages stay readable; "
+                      "swapoff it, free space, and swapon again)",
+                      path_, failure_);
+    } else if (errors_in_a_row_ >= health_.degrade_after && !degraded_ && !failed_) {
+        degraded_ = true;
+        failure_ = std::to_string(errors_in_a_row_) + " I/Os in a row failed, the last: " +
+                   Error{std::error_code(error, std::system_category()),
+                         kind == io::IoKind::write ? "swap-out write" : "swap-in read", path_}
+                       .message();
+        spdlog::error("swap device {} degraded: {}; no new slots are allocated on it (what it holds stays "
+                      "readable; 'swapoff --force' takes it out even with unreadable slots)",
+                      path_, failure_);
+    }
+}
+
+void SwapDevice::quarantine(SlotIdx slot) {
+    std::lock_guard lock(mutex_);
+    const std::uint32_t s = slot.value();
+    SWV_ASSERT(s < total_slots_, "quarantine: slot out of range");
+    // A slot freed meanwhile may already belong to someone else: its failure was
+    // about the old data, and it is checked again by its next I/O.
+    if (bad(s) || !test(s)) return;
+    bad_[s / 64] |= std::uint64_t{1} << (s % 64);
+    ++bad_count_;
+}
+
+bool SwapDevice::quarantined(SlotIdx slot) const {
+    std::lock_guard lock(mutex_);
+    return slot.value() < total_slots_ && bad(slot.value());
 }
 
 void SwapDevice::list_push(ClusterList& list, std::uint32_t c) {
@@ -143,10 +191,10 @@ void SwapDevice::take_slot(std::uint32_t s, VSlot v) {
 
 std::size_t SwapDevice::allocate(std::span<const VSlot> vslots, unsigned context, std::vector<SlotIdx>& out) {
     std::lock_guard lock(mutex_);
-    if (state_ != DeviceState::active || failed_) return 0;
+    if (state_ != DeviceState::active || failed_ || degraded_) return 0;
     std::size_t done = 0;
     Cursor& cur = cursors_[context % kAllocContexts];
-    while (done < vslots.size() && used_ < total_slots_) {
+    while (done < vslots.size() && used_ + quarantined_ < total_slots_) {
         if (cur.cluster == kNone) {
             cur.cluster = take_cluster();
             cur.next = 0;
@@ -156,7 +204,7 @@ std::size_t SwapDevice::allocate(std::span<const VSlot> vslots, unsigned context
         std::uint32_t limit = cluster_slots(cur.cluster);
         while (done < vslots.size() && cur.next < limit) {
             std::uint32_t s = base + cur.next++;
-            if (!test(s)) {
+            if (usable(s)) {
                 take_slot(s, vslots[done]);
                 out.push_back(SlotIdx(s));
                 ++done;
@@ -166,12 +214,12 @@ std::size_t SwapDevice::allocate(std::span<const VSlot> vslots, unsigned context
     }
     // Steal from the other contexts' current clusters: a device only reports full
     // when every slot is used.
-    for (unsigned k = 0; k < kAllocContexts && done < vslots.size() && used_ < total_slots_; ++k) {
+    for (unsigned k = 0; k < kAllocContexts && done < vslots.size() && used_ + quarantined_ < total_slots_; ++k) {
         std::uint32_t c = cursors_[k].cluster;
         if (c == kNone) continue;
         std::uint32_t base = c * kClusterSlots;
         for (std::uint32_t off = 0; off < cluster_slots(c) && done < vslots.size(); ++off) {
-            if (!test(base + off)) {
+            if (usable(base + off)) {
                 take_slot(base + off, vslots[done]);
                 out.push_back(SlotIdx(base + off));
                 ++done;
@@ -196,6 +244,12 @@ void SwapDevice::free_slots(std::span<const SlotIdx> slots) {
         bitmap_[s / 64] &= ~(std::uint64_t{1} << (s % 64));
         rmap_[s] = 0;
         used_--;
+        if (bad(s)) {
+            // Into quarantine: it stays taken in its cluster, so the cluster never
+            // offers it again.
+            ++quarantined_;
+            continue;
+        }
         std::uint32_t c = s / kClusterSlots;
         Cluster& cl = clusters_[c];
         cl.used--;
@@ -266,13 +320,22 @@ std::size_t SwapDevice::scan_used(std::uint64_t& cursor, std::span<UsedSlot> out
 }
 
 void SwapDevice::put() {
-    // Wake a swapoff waiting in wait_refs_drained() (atomic wait has no missed
-    // wakeups: it re-checks the value before sleeping).
-    if (refs_.fetch_sub(1) == 1) refs_.notify_all();
+    // Not the last reference: nobody waits for this one.
+    std::uint32_t v = refs_.load();
+    while (v > 1) {
+        if (refs_.compare_exchange_weak(v, v - 1)) return;
+    }
+    // Possibly the last: drop it and wake the waiter under refs_mutex_. The waiter
+    // checks the count under the same mutex, so it cannot see 0 and destroy the
+    // device while this thread still touches it (a notify after the decrement,
+    // outside the lock, could run on a device already freed).
+    std::lock_guard lock(refs_mutex_);
+    if (refs_.fetch_sub(1) == 1) refs_drained_.notify_all();
 }
 
 void SwapDevice::wait_refs_drained() {
-    for (std::uint32_t v = refs_.load(); v != 0; v = refs_.load()) refs_.wait(v);
+    std::unique_lock lock(refs_mutex_);
+    refs_drained_.wait(lock, [&] { return refs_.load() == 0; });
 }
 
 }  // namespace swapvisor::swap

@@ -13,7 +13,13 @@
 //  - used_ == popcount(bitmap) == sum of clusters' used counts.
 //  - A cluster is on the free list iff its state is `free` (used 0), on the nonfull
 //    list iff `nonfull`.
-//  - No slot is allocated while state_ is `removing`.
+//  - No slot is allocated while state_ is `removing`, or once the device is failed
+//    or degraded.
+//  - bad_ bit s set  <=>  slot s is quarantined: an I/O on it failed (write, read or
+//    checksum). It is never handed out again. While still allocated (a read failed,
+//    the page is still swapped there) it stays in bitmap_ and used_; once freed it
+//    counts in quarantined_ and stays counted in its cluster's used, so clusters
+//    and the "full" test treat it as taken for good.
 //  - pending_writes_ counts allocate() calls whose data is not yet final (the writer
 //    still has to publish or free those slots); swapoff waits for 0 after it marks
 //    the device removing, so every allocated slot it scans holds final data.
@@ -51,17 +57,25 @@ inline std::string slot_context(const std::string& device_path, SlotIdx slot, VS
 }
 
 // removing: swapoff runs. failed: a write hit ENOSPC (a sparse or shrunken file, a
-// thin device out of space): no new slots are allocated on it, what it holds stays
-// readable, and swapoff can still empty it.
-enum class DeviceState : std::uint8_t { active, removing, failed };
+// thin device out of space). degraded: `degrade_after` I/Os in a row failed (EIO,
+// short transfer, checksum mismatch). Failed and degraded devices get no new slots;
+// what they hold stays readable and swapoff can still empty them.
+enum class DeviceState : std::uint8_t { active, removing, failed, degraded };
 const char* state_name(DeviceState state);
 
 struct DeviceUsage {
     std::uint64_t total_slots = 0;
     std::uint64_t used_slots = 0;
     DeviceState state = DeviceState::active;
-    std::uint64_t write_errors = 0;  // writes that failed with ENOSPC or EIO
-    std::string failure;             // why the device failed (empty unless failed)
+    std::uint64_t write_errors = 0;       // write ops that failed (ENOSPC, EIO, short)
+    std::uint64_t read_errors = 0;        // read ops that failed, and checksum mismatches
+    std::uint64_t quarantined_slots = 0;  // slots never handed out again (bad_)
+    std::string failure;                  // why the device failed or degraded (else empty)
+};
+
+// How many failed I/Os in a row make a device degraded (SwapPoolConfig).
+struct DeviceHealthPolicy {
+    std::uint32_t degrade_after = 8;
 };
 
 // A slot that swapoff found allocated, and the vslot the reverse map names for it.
@@ -75,9 +89,10 @@ public:
     static constexpr unsigned kAllocContexts = 8;
 
     // total_slots = slots after the header page (a partial last cluster is used).
-    // The device watches its own writes (WriteWatch in swap_device.cpp): an ENOSPC
-    // marks it failed.
-    SwapDevice(std::unique_ptr<io::BlockDevice> block, DeviceId id, int priority, std::string path);
+    // The device watches its own I/O (IoWatch in swap_device.cpp): an ENOSPC marks
+    // it failed, health.degrade_after failures in a row degraded.
+    SwapDevice(std::unique_ptr<io::BlockDevice> block, DeviceId id, int priority, std::string path,
+               DeviceHealthPolicy health = {});
     SwapDevice(const SwapDevice&) = delete;
     SwapDevice& operator=(const SwapDevice&) = delete;
 
@@ -97,17 +112,27 @@ public:
     // slots are published or freed.
     std::size_t allocate(std::span<const VSlot> vslots, unsigned context, std::vector<SlotIdx>& out);
     void end_write();
-    // Release slots (bitmap, reverse map, cluster counts).
+    // Release slots (bitmap, reverse map, cluster counts). A quarantined slot is
+    // released into quarantine instead: it is never allocated again.
     void free_slots(std::span<const SlotIdx> slots);
+    // An I/O on this allocated slot failed, or its data failed its checksum:
+    // quarantine it (takes effect when it is freed; counted once). A slot that is
+    // free already is left alone (it may have been handed out again).
+    void quarantine(SlotIdx slot);
+    bool quarantined(SlotIdx slot) const;
+    // A read's data failed its checksum: counts as a failed read (health).
+    void note_checksum_error();
     // The vslot the reverse map names for an allocated slot (kNoVSlot if free).
     VSlot reverse(SlotIdx slot) const;
 
     // Removal (swap/README.md#removal).
     bool begin_removal();   // active or failed -> removing; false if already removing
     void cancel_removal();  // removing -> active (or failed, if it failed)
-    // A write on the device failed with `error` (-errno): counted; ENOSPC marks the
-    // device failed (once, logged with its name).
-    void note_write_error(int error);
+    // The outcome of one op on the device (`result` as in io::BlockIo, `expected`
+    // its length): failures are counted, `degrade_after` in a row mark the device
+    // degraded, ENOSPC on a write marks it failed (each once, logged with its name);
+    // a success ends the run of failures.
+    void note_io(io::IoKind kind, int result, std::size_t expected);
     void wait_writes_done();
     // Collect allocated slots at or after `cursor` into out, scanning the bitmap a
     // word at a time and skipping empty words; advances cursor past the last one
@@ -141,29 +166,39 @@ private:
 
     std::uint32_t cluster_slots(std::uint32_t c) const;
     bool test(std::uint32_t s) const { return (bitmap_[s / 64] >> (s % 64)) & 1; }
+    bool bad(std::uint32_t s) const { return (bad_[s / 64] >> (s % 64)) & 1; }
+    bool usable(std::uint32_t s) const { return !test(s) && !bad(s); }
+    void note_failure_locked(io::IoKind kind, int result);
     void take_slot(std::uint32_t s, VSlot v);
     std::uint32_t take_cluster();
     void release_current(Cursor& cur);
     void list_push(ClusterList& list, std::uint32_t c);
     void list_remove(ClusterList& list, std::uint32_t c);
 
-    class WriteWatch;
+    class IoWatch;
 
     const std::unique_ptr<io::BlockDevice> block_;
-    const std::unique_ptr<io::BlockDevice> watch_;  // block_ seen through WriteWatch
+    const std::unique_ptr<io::BlockDevice> watch_;  // block_ seen through IoWatch
     const DeviceId id_;
     const int priority_;
     const std::string path_;
     const std::uint64_t total_slots_;
+    const DeviceHealthPolicy health_;
 
     // Protects: everything below up to refs_; Order: after SwapPool::devices_mutex_.
     mutable std::mutex mutex_;
     std::condition_variable writes_done_;
     DeviceState state_ = DeviceState::active;
-    bool failed_ = false;   // sticky: survives a swapoff that is cancelled
+    bool failed_ = false;    // sticky: survives a swapoff that is cancelled
+    bool degraded_ = false;  // sticky too
     std::string failure_;
     std::uint64_t write_errors_ = 0;
+    std::uint64_t read_errors_ = 0;
+    std::uint32_t errors_in_a_row_ = 0;
     std::uint64_t used_ = 0;
+    std::uint64_t quarantined_ = 0;       // bad and no longer allocated
+    std::uint64_t bad_count_ = 0;         // popcount(bad_)
+    std::vector<std::uint64_t> bad_;      // quarantined slots, one bit per slot
     std::uint64_t pending_writes_ = 0;
     std::vector<std::uint64_t> bitmap_;   // the swap_map, one bit per slot
     std::vector<std::uint32_t> rmap_;     // PSlot -> VSlot
@@ -173,6 +208,10 @@ private:
     std::array<Cursor, kAllocContexts> cursors_{};
 
     std::atomic<std::uint32_t> refs_{0};
+    // Protects: the 1 -> 0 step of refs_ and its wake-up (put, wait_refs_drained);
+    // Order: leaf.
+    std::mutex refs_mutex_;
+    std::condition_variable refs_drained_;
 };
 
 // RAII device reference: the device stays alive (not destroyed by swapoff) while

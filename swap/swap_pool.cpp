@@ -129,7 +129,7 @@ Result<DeviceId> SwapPool::add_device(std::unique_ptr<io::BlockDevice> device, i
     if (devices_.size() > UINT16_MAX) return errno_error("swapon: device ids exhausted", EMFILE, "device " + key);
     // Device ids are never reused, so a stale PSlot can never name a newer device.
     DeviceId id(static_cast<std::uint16_t>(devices_.size()));
-    auto dev = std::make_unique<SwapDevice>(std::move(device), id, priority, std::move(key));
+    auto dev = std::make_unique<SwapDevice>(std::move(device), id, priority, std::move(key), config_.health);
     // Stable among equals: a new device goes after those of the same priority.
     auto pos = std::find_if(by_priority_.begin(), by_priority_.end(),
                             [&](const SwapDevice* d) { return d->priority() < priority; });
@@ -189,7 +189,8 @@ SwapDeviceRef SwapPool::get_swap_device(DeviceId id) const {
 }
 
 std::size_t SwapPool::allocate_pslots(std::span<const VSlot> vslots, std::span<Placement> placements,
-                                      std::vector<Reservation>& reservations) {
+                                      std::vector<Reservation>& reservations,
+                                      std::span<const SwapDevice* const> excluded) {
     unsigned context = alloc_context();
     std::size_t placed = 0;
     std::vector<SlotIdx> slots;
@@ -201,6 +202,7 @@ std::size_t SwapPool::allocate_pslots(std::span<const VSlot> vslots, std::span<P
         std::size_t start = group > 1 ? rotor_.fetch_add(1) % group : 0;
         for (std::size_t k = 0; k < group && placed < vslots.size(); ++k) {
             SwapDevice* dev = by_priority_[g0 + (start + k) % group];
+            if (std::find(excluded.begin(), excluded.end(), dev) != excluded.end()) continue;
             slots.clear();
             std::size_t got = dev->allocate(vslots.subspan(placed), context, slots);
             if (got == 0) continue;
@@ -212,6 +214,31 @@ std::size_t SwapPool::allocate_pslots(std::span<const VSlot> vslots, std::span<P
         g0 = g1;
     }
     return placed;
+}
+
+void SwapPool::quarantine_pslot(PSlot pslot) {
+    std::shared_lock lock(devices_mutex_);
+    if (pslot.device.value() < devices_.size() && devices_[pslot.device.value()] != nullptr)
+        devices_[pslot.device.value()]->quarantine(pslot.slot);
+}
+
+void SwapPool::note_checksum_error(PSlot pslot) {
+    std::shared_lock lock(devices_mutex_);
+    if (pslot.device.value() < devices_.size() && devices_[pslot.device.value()] != nullptr) {
+        devices_[pslot.device.value()]->note_checksum_error();
+        devices_[pslot.device.value()]->quarantine(pslot.slot);
+    }
+}
+
+std::uint64_t SwapPool::free_elsewhere(const SwapDevice* dev) const {
+    std::shared_lock lock(devices_mutex_);
+    std::uint64_t free = 0;
+    for (const SwapDevice* other : by_priority_) {
+        if (other == dev) continue;
+        DeviceUsage u = other->usage();
+        if (u.state == DeviceState::active) free += u.total_slots - u.used_slots - u.quarantined_slots;
+    }
+    return free;
 }
 
 void SwapPool::free_pslot(PSlot pslot) {
@@ -232,45 +259,76 @@ Result<void> SwapPool::write_out(io::Ring& ring, std::span<PageOut> pages) {
     std::vector<OwnerTag> owners(n);
     for (std::size_t i = 0; i < n; ++i) owners[i] = pages[i].owner;
     std::vector<VSlot> vslots(n, kNoVSlot);
-    std::size_t with_vslot = table_.allocate(owners, vslots);
+    const std::size_t with_vslot = table_.allocate(owners, vslots);
+    for (std::size_t i = with_vslot; i < n; ++i) pages[i].error = Errc::no_space;
 
-    std::vector<Placement> placements(n);
-    std::vector<Reservation> reservations;
-    std::size_t placed = allocate_pslots(std::span(vslots).first(with_vslot), placements, reservations);
-    for (std::size_t i = placed; i < n; ++i) {
-        pages[i].error = Errc::no_space;
-        if (i < with_vslot) {
-            table_.retire(vslots[i]);
-            table_.recycle(vslots[i]);
+    // Rounds: every page still to write is placed by priority on devices that have
+    // not failed a write of this batch; a page whose write fails goes to the next
+    // round (the next device, at once). At most one round per device.
+    std::vector<std::size_t> todo(with_vslot);  // indices into pages
+    for (std::size_t i = 0; i < with_vslot; ++i) todo[i] = i;
+    std::vector<const SwapDevice*> failed_devices;
+    std::vector<VSlot> round_vslots;
+    std::vector<Placement> placements;
+    std::vector<PageIo> ios;
+    std::vector<std::optional<Errc>> errors;
+    std::vector<std::size_t> retry;
+    bool any_placed = false;
+    while (!todo.empty()) {
+        round_vslots.clear();
+        for (std::size_t i : todo) round_vslots.push_back(vslots[i]);
+        placements.assign(todo.size(), Placement{});
+        std::vector<Reservation> reservations;  // end their pending writes at the end of the round
+        const std::size_t placed = allocate_pslots(round_vslots, placements, reservations, failed_devices);
+        for (std::size_t k = placed; k < todo.size(); ++k) {
+            const std::size_t i = todo[k];
+            // No device (left) with room: an earlier failure says more than "no space".
+            if (!pages[i].error) pages[i].error = Errc::no_space;
         }
-    }
-    if (placed == 0) return make_error(Errc::no_space, "swap write_out: no device has a free slot");
+        if (placed == 0) break;
+        any_placed = true;
 
-    // Pages are in allocation order, so slots ascend within each device and pages
-    // contiguous in memory and in slots become one write (swap/README.md#io-batches).
-    std::vector<PageIo> ios(placed);
-    for (std::size_t i = 0; i < placed; ++i) {
-        table_.set_target(vslots[i], PSlot{placements[i].device->id(), placements[i].slot},
-                          page_checksum(pages[i].data));
-        // The device only reads this buffer (IoKind::write).
-        ios[i] = PageIo{&placements[i].device->block(), placements[i].slot, const_cast<std::byte*>(pages[i].data)};
-    }
-    std::vector<std::optional<Errc>> errors(placed);
-    run_page_io(ring, io::IoKind::write, ios, config_.max_run_pages, errors);
-
-    for (std::size_t i = 0; i < placed; ++i) {
-        pages[i].error = errors[i];
-        if (pages[i].ok()) {
-            table_.publish(vslots[i]);
-            pages[i].vslot = vslots[i];
-        } else {
-            // We hold a reference on the device: freeing through it is safe.
-            placements[i].device->free_slots(std::span(&placements[i].slot, 1));
-            table_.retire(vslots[i]);
-            table_.recycle(vslots[i]);
+        // Pages are in allocation order, so slots ascend within each device and pages
+        // contiguous in memory and in slots become one write (swap/README.md#io-batches).
+        ios.resize(placed);
+        for (std::size_t k = 0; k < placed; ++k) {
+            const std::size_t i = todo[k];
+            table_.set_target(vslots[i], PSlot{placements[k].device->id(), placements[k].slot},
+                              page_checksum(pages[i].data));
+            // The device only reads this buffer (IoKind::write).
+            ios[k] = PageIo{&placements[k].device->block(), placements[k].slot, const_cast<std::byte*>(pages[i].data)};
         }
+        errors.assign(placed, std::nullopt);
+        run_page_io(ring, io::IoKind::write, ios, config_.max_run_pages, errors);
+
+        retry.clear();
+        for (std::size_t k = 0; k < placed; ++k) {
+            const std::size_t i = todo[k];
+            SwapDevice* dev = placements[k].device;
+            if (!errors[k]) {
+                table_.publish(vslots[i]);
+                pages[i].vslot = vslots[i];
+                pages[i].error.reset();
+                continue;
+            }
+            pages[i].error = errors[k];
+            // The slot that failed is never handed out again; we hold a reference on
+            // the device, so freeing through it is safe.
+            dev->quarantine(placements[k].slot);
+            dev->free_slots(std::span(&placements[k].slot, 1));
+            if (std::find(failed_devices.begin(), failed_devices.end(), dev) == failed_devices.end())
+                failed_devices.push_back(dev);
+            retry.push_back(i);
+        }
+        todo.swap(retry);
     }
-    return {};  // reservations end their pending writes here
+    for (std::size_t i = 0; i < with_vslot; ++i) {
+        if (pages[i].ok()) continue;
+        table_.retire(vslots[i]);
+        table_.recycle(vslots[i]);
+    }
+    if (!any_placed) return make_error(Errc::no_space, "swap write_out: no device has a free slot");
+    return {};
 }
 
 Result<void> SwapPool::read_in(io::Ring& ring, VSlot vslot, std::byte* dst) {
@@ -341,6 +399,7 @@ Result<void> SwapPool::read_in(io::Ring& ring, std::span<PageIn> pages) {
             const std::size_t i = page_of[k];
             if (errors[k]) {
                 settle(i, errors[k]);
+                quarantine_pslot(infos[i].pslot);  // counted by the device's IoWatch
             } else if (page_checksum(pages[i].dst) == infos[i].checksum) {
                 settle(i, std::nullopt);
             } else {
@@ -351,6 +410,7 @@ Result<void> SwapPool::read_in(io::Ring& ring, std::span<PageIn> pages) {
                     continue;  // moved under us: read the new place on the next pass
                 } else {
                     settle(i, Errc::checksum_mismatch);
+                    note_checksum_error(infos[i].pslot);
                 }
             }
         }
@@ -391,7 +451,8 @@ std::vector<DeviceStats> SwapPool::stats() const {
     for (const SwapDevice* d : by_priority_) {
         DeviceUsage u = d->usage();
         out.push_back(DeviceStats{d->path(), d->priority(), u.total_slots, u.used_slots,
-                                  u.state == DeviceState::removing, u.state, u.write_errors, u.failure});
+                                  u.state == DeviceState::removing, u.state, u.write_errors, u.failure,
+                                  u.read_errors, u.quarantined_slots});
     }
     return out;
 }

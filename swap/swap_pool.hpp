@@ -95,8 +95,10 @@ struct DeviceStats {
     std::uint64_t total_slots, used_slots;
     bool removing;
     DeviceState state;
-    std::uint64_t write_errors;
-    std::string failure;  // why it failed; empty unless state == failed
+    std::uint64_t write_errors;        // write ops that failed
+    std::string failure;               // why it failed or degraded; empty otherwise
+    std::uint64_t read_errors = 0;     // read ops that failed, and checksum mismatches
+    std::uint64_t quarantined_slots = 0;  // slots whose I/O failed: never handed out again
 };
 
 struct SwapoffProgress {
@@ -106,11 +108,18 @@ struct SwapoffProgress {
 struct SwapoffReport {
     std::uint64_t pages_moved, pages_brought_back, pages_skipped /*freed concurrently*/;
     double elapsed_ms;
+    std::uint64_t pages_lost = 0;  // unreadable slots handed to EvictionSink::lose (Force::yes)
 };
+
+// swapoff of a device with unreadable slots (EIO, checksum mismatch, device gone):
+// refuse and report them, nothing lost (no), or take the device out anyway, the
+// pages in those slots becoming lost pages of their VMs (yes).
+enum class Force : bool { no, yes };
 
 struct SwapPoolConfig {
     std::uint32_t swapoff_batch_pages = 128;  // slots read / written per swapoff round
     std::uint32_t max_run_pages = 256;        // longest single write or read (1 MiB)
+    DeviceHealthPolicy health{};              // when a device becomes degraded
 };
 
 class SwapPool {
@@ -140,14 +149,20 @@ public:
     // Live removal (swap/README.md#removal). `progress` is called after every batch
     // from the calling thread. Errors: no_such_device, device_busy (another swapoff
     // of it runs), would_not_fit (refused up front: nothing changed), and, mid-way,
-    // checksum_mismatch / io_failed / would_not_fit / the sink's error: the device is
-    // then active again and pages already moved stay moved.
+    // io_failed (a write to another device) / would_not_fit / the sink's error: the
+    // device is then active again and pages already moved stay moved.
+    // Unreadable slots (read error, checksum mismatch): with Force::no every readable
+    // slot is moved, then swapoff fails with unreadable_slots naming how many and the
+    // first (nothing lost, the device stays in the pool); with Force::yes each becomes
+    // a lost page through EvictionSink::lose (SwapoffReport::pages_lost).
     Result<SwapoffReport> swapoff(const std::filesystem::path& path, io::Ring& ring,
-                                  std::function<void(SwapoffProgress)> progress = {});
+                                  std::function<void(SwapoffProgress)> progress = {}, Force force = Force::no);
 
     // Write a batch of 4 KiB pages to newly allocated slots. Per page: vslot set and
     // error nullopt on success; on failure error set (no_space, io_failed) and no
-    // vslot or slot is leaked.
+    // vslot or slot is leaked. A page whose write failed is written again at once on
+    // the next device (one that has not failed a write of this batch); the slot that
+    // failed is quarantined (swap/README.md#health).
     // Returns an error (Errc::no_space) only if no page could get a slot.
     Result<void> write_out(io::Ring& ring, std::span<PageOut> pages);
 
@@ -204,13 +219,22 @@ private:
     SwapDeviceRef get_swap_device(DeviceId id) const;
     // Place vslots[i] on devices by priority; fills placements, returns how many got a
     // slot. Takes devices_mutex_ shared.
+    // Devices in `excluded` (failed a write of this batch) are passed over.
     std::size_t allocate_pslots(std::span<const VSlot> vslots, std::span<Placement> placements,
-                                std::vector<Reservation>& reservations);
+                                std::vector<Reservation>& reservations,
+                                std::span<const SwapDevice* const> excluded = {});
+    // A read of pslot failed or its data failed its checksum: quarantine the slot
+    // (if the device is still there).
+    void quarantine_pslot(PSlot pslot);
+    // Its data failed the checksum: counted against the device's health, quarantined.
+    void note_checksum_error(PSlot pslot);
     void free_pslot(PSlot pslot);
     // slot_context() of vslot's current place, or "vslot V" once it has none.
     std::string describe(VSlot vslot) const;
     Result<void> swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& batch, std::span<const UsedSlot> candidates,
-                               SwapoffReport& report);
+                               SwapoffReport& report, Force force);
+    // Free slots on the active devices other than `dev`.
+    std::uint64_t free_elsewhere(const SwapDevice* dev) const;
 
     const SwapPoolConfig config_;
     VSlotTable table_;

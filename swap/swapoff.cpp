@@ -5,10 +5,20 @@
 // had already allocated on it, then walk only its allocated slots (bitmap word scan)
 // in batches: read the old slots, write them to slots on other devices, switch each
 // VSlot descriptor with a compare-and-swap on its generation, free the old slots.
-// Pages for which no device has room are handed to the EvictionSink. When no slot is
-// used any more, unpublish the device, wait for its references to drain, close it.
+// Pages for which no device has room are handed to the EvictionSink: while the other
+// devices cannot take everything that is left, pages whose VM has room are brought
+// back first, so the room elsewhere goes to pages of VMs that have none. A slot that
+// cannot be read (I/O error, checksum mismatch) is quarantined; without Force it is
+// left in place and reported at the end, with Force its page is handed to
+// EvictionSink::lose. When no slot is used any more, unpublish the device, wait for
+// its references to drain, close it.
+//
+// Each slot is counted once in the report (moved, brought back, lost or skipped): a
+// slot skipped in one pass (its page was being faulted in) and moved in a later one
+// counts as moved only.
 #include <chrono>
 #include <thread>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "io/unique_fd.hpp"
@@ -46,27 +56,30 @@ struct SwapPool::Batch {
         VSlotInfo info;
         std::byte* buf;
         bool live = true;
+        std::optional<Error> unreadable;  // why its data cannot be trusted
     };
     std::vector<UsedSlot> candidates;
     io::Mapping bounce;  // O_DIRECT-aligned staging for one batch
     std::vector<Item> items;
     // Slots counted as skipped (freed concurrently): each counted once even if a
-    // later pass sees its bit again before the concurrent free clears it.
+    // later pass sees its bit again before the concurrent free clears it, and
+    // uncounted again if a later pass moves, brings back or loses it after all.
     std::unordered_set<std::uint32_t> skipped;
+    // Force::no: slots that could not be read, and why (left in place, reported).
+    std::unordered_map<std::uint32_t, Error> unreadable;
 };
 
 Result<SwapoffReport> SwapPool::swapoff(const std::filesystem::path& path, io::Ring& ring,
-                                        std::function<void(SwapoffProgress)> progress) {
+                                        std::function<void(SwapoffProgress)> progress, Force force) {
     const auto start = std::chrono::steady_clock::now();
     const std::string key = resolve_name(path);  // any name of the device
 
     SwapDevice* dev = nullptr;
     SwapDeviceRef self;
     std::uint64_t used_here = 0;
-    std::uint64_t free_elsewhere = 0;
     {
-        // Exclusive: no allocation runs while we pick the device and count room, so
-        // the refusal below is decided on a consistent picture.
+        // Exclusive: no allocation runs while we pick the device, so the refusal
+        // below is decided on a consistent picture.
         std::unique_lock lock(devices_mutex_);
         dev = find_locked(key);
         if (dev == nullptr) return make_error(Errc::no_such_device, "swapoff: not a swap device", "device " + key);
@@ -76,19 +89,37 @@ Result<SwapoffReport> SwapPool::swapoff(const std::filesystem::path& path, io::R
         dev->get();
         self = SwapDeviceRef(dev);
         used_here = dev->usage().used_slots;
-        for (const SwapDevice* other : by_priority_) {
-            if (other == dev) continue;
-            DeviceUsage u = other->usage();
-            if (u.state == DeviceState::active) free_elsewhere += u.total_slots - u.used_slots;
-        }
     }
     RemovalGuard guard(dev);
+    const std::uint64_t room_elsewhere = free_elsewhere(dev);
 
-    if (used_here > free_elsewhere) {
+    if (used_here > room_elsewhere) {
         // Asked without any swap lock held: the sink takes guest memory locks.
         EvictionSink* sink = sink_.load();
-        if (sink == nullptr || used_here - free_elsewhere > sink->bring_back_capacity()) {
+        const std::uint64_t must_come_back = used_here - room_elsewhere;
+        if (sink == nullptr || must_come_back > sink->bring_back_capacity()) {
             return make_error(Errc::would_not_fit, "swapoff refused up front, nothing changed", "device " + key);
+        }
+        // Per owner: a page whose VM has no room must go to another device, and at
+        // most the pages whose VM has room can come back.
+        std::uint64_t without_room = 0;
+        std::uint64_t with_room = 0;
+        std::uint64_t cursor = 0;
+        std::vector<UsedSlot> used(config_.swapoff_batch_pages);
+        for (std::size_t n; (n = dev->scan_used(cursor, used)) != 0;) {
+            for (std::size_t k = 0; k < n; ++k) {
+                VSlotInfo info = table_.lookup(used[k].vslot);
+                if (used[k].vslot == kNoVSlot || info.state == VSlotState::free) continue;
+                if (sink->bring_back_room(info.owner) == 0) without_room++;
+                else with_room++;
+            }
+        }
+        if (without_room > room_elsewhere || must_come_back > with_room) {
+            return make_error(Errc::would_not_fit, "swapoff refused up front, nothing changed",
+                              "device " + key + ": " + std::to_string(without_room) +
+                                  " pages belong to VMs with no room to take them back, " +
+                                  std::to_string(with_room) + " to VMs with room, " + std::to_string(room_elsewhere) +
+                                  " free slots on other devices");
         }
     }
 
@@ -99,7 +130,10 @@ Result<SwapoffReport> SwapPool::swapoff(const std::filesystem::path& path, io::R
     batch.candidates.resize(config_.swapoff_batch_pages);
     batch.bounce = SWV_TRY(io::Mapping::anonymous(std::size_t{config_.swapoff_batch_pages} * kSlotSize));
     SwapoffReport report{0, 0, 0, 0.0};
-    auto done = [&] { return report.pages_moved + report.pages_brought_back + report.pages_skipped; };
+    auto done = [&] {
+        return report.pages_moved + report.pages_brought_back + report.pages_skipped + report.pages_lost +
+               batch.unreadable.size();
+    };
 
     for (int stalled = 0;;) {
         const std::uint64_t done_before = done();
@@ -107,12 +141,26 @@ Result<SwapoffReport> SwapPool::swapoff(const std::filesystem::path& path, io::R
         for (;;) {
             std::size_t n = dev->scan_used(cursor, batch.candidates);
             if (n == 0) break;
-            SWV_TRY(swapoff_batch(*dev, ring, batch, std::span(batch.candidates).first(n), report));
+            SWV_TRY(swapoff_batch(*dev, ring, batch, std::span(batch.candidates).first(n), report, force));
             if (progress) progress(SwapoffProgress{done(), std::max(total, done())});
         }
-        if (dev->usage().used_slots == 0) break;
-        // Bits left: frees still in progress. Let them finish, then scan again.
+        const std::uint64_t left = dev->usage().used_slots;
+        if (left == 0) break;
         if (done() == done_before) {
+            // Nothing moved in a whole pass: if what is left is only unreadable slots,
+            // this is the end (Force::no); else frees are still in progress.
+            std::uint64_t unreadable_left = 0;
+            std::uint64_t scan = 0;
+            for (std::size_t n; (n = dev->scan_used(scan, batch.candidates)) != 0;) {
+                for (std::size_t k = 0; k < n; ++k) unreadable_left += batch.unreadable.contains(batch.candidates[k].slot.value());
+            }
+            if (unreadable_left != 0 && unreadable_left == left) {
+                const auto first = std::min_element(batch.unreadable.begin(), batch.unreadable.end(),
+                                                    [](const auto& a, const auto& b) { return a.first < b.first; });
+                return make_error(Errc::unreadable_slots, "swapoff refused, every readable page moved",
+                                  "device " + key + ": " + std::to_string(unreadable_left) +
+                                      " unreadable slots stay on it (first: " + first->second.message() + ")");
+            }
             if (++stalled > kMaxStalledPasses) {
                 return make_error(Errc::device_busy, "swapoff: used slots do not drain", "device " + key);
             }
@@ -121,7 +169,6 @@ Result<SwapoffReport> SwapPool::swapoff(const std::filesystem::path& path, io::R
             stalled = 0;
         }
     }
-
     std::unique_ptr<SwapDevice> owned;
     {
         std::unique_lock lock(devices_mutex_);
@@ -143,9 +190,15 @@ Result<SwapoffReport> SwapPool::swapoff(const std::filesystem::path& path, io::R
 }
 
 Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& batch,
-                                     std::span<const UsedSlot> candidates, SwapoffReport& report) {
+                                     std::span<const UsedSlot> candidates, SwapoffReport& report, Force force) {
     auto skip = [&](SlotIdx slot) {
         if (batch.skipped.insert(slot.value()).second) report.pages_skipped++;
+    };
+    // A final outcome for a slot: if an earlier pass counted it skipped, it is not
+    // any more (each slot counted once).
+    auto settled = [&](SlotIdx slot, std::uint64_t& counter) {
+        if (batch.skipped.erase(slot.value()) != 0) report.pages_skipped--;
+        counter++;
     };
     auto changed = [&](const Batch::Item& item) {
         VSlotInfo now = table_.lookup(item.vslot);
@@ -156,13 +209,14 @@ Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& bat
     // 1. Reverse map -> descriptor: keep the slots whose vslot still points here.
     batch.items.clear();
     for (const UsedSlot& c : candidates) {
+        if (batch.unreadable.contains(c.slot.value())) continue;  // Force::no: reported at the end
         VSlotInfo info = table_.lookup(c.vslot);
         if (c.vslot == kNoVSlot || info.state != VSlotState::valid || !(info.pslot == PSlot{dev.id(), c.slot})) {
             skip(c.slot);  // being freed: its bit clears when the free completes
             continue;
         }
         std::byte* buf = batch.bounce.data() + batch.items.size() * kSlotSize;
-        batch.items.push_back(Batch::Item{c.slot, c.vslot, info, buf, true});
+        batch.items.push_back(Batch::Item{c.slot, c.vslot, info, buf, true, std::nullopt});
     }
     if (batch.items.empty()) return {};
 
@@ -173,21 +227,68 @@ Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& bat
     }
     std::vector<std::optional<Errc>> errors(ios.size());
     run_page_io(ring, io::IoKind::read, ios, config_.max_run_pages, errors);
+    // A failed run says nothing about which of its slots is bad: read those pages
+    // again one by one, so one bad sector costs one page, not a whole run.
+    std::vector<std::size_t> failed;
+    for (std::size_t k = 0; k < errors.size(); ++k)
+        if (errors[k]) failed.push_back(k);
+    if (!failed.empty()) {
+        std::vector<PageIo> again(failed.size());
+        std::vector<std::optional<Errc>> again_errors(failed.size());
+        for (std::size_t f = 0; f < failed.size(); ++f) again[f] = ios[failed[f]];
+        run_page_io(ring, io::IoKind::read, again, 1, again_errors);
+        for (std::size_t f = 0; f < failed.size(); ++f) errors[failed[f]] = again_errors[f];
+    }
     for (std::size_t k = 0; k < batch.items.size(); ++k) {
         Batch::Item& item = batch.items[k];
         if (!errors[k] && page_checksum(item.buf) == item.info.checksum) continue;
+        item.live = false;
         if (changed(item)) {
-            item.live = false;  // freed meanwhile: nothing to move
-            skip(item.old_slot);
+            skip(item.old_slot);  // freed meanwhile: nothing to move
             continue;
         }
-        // Never move (or keep serving as good) data we cannot vouch for.
+        // Never move (or keep serving as good) data we cannot vouch for. The slot is
+        // quarantined; a read error was counted by the device's IoWatch already.
+        if (!errors[k]) dev.note_checksum_error();
+        dev.quarantine(item.old_slot);
         const std::string where = slot_context(dev.path(), item.old_slot, item.vslot);
-        if (errors[k]) return make_error(*errors[k], "swapoff: reading a used slot failed", where);
-        return make_error(Errc::checksum_mismatch, "swapoff: used slot fails its checksum", where);
+        Error why = errors[k] ? Error{make_error_code(*errors[k]), "swapoff: reading a used slot failed", where}
+                              : Error{make_error_code(Errc::checksum_mismatch), "swapoff: used slot fails its checksum",
+                                      where};
+        if (force == Force::no) batch.unreadable.emplace(item.old_slot.value(), std::move(why));
+        else item.unreadable = std::move(why);
     }
 
-    // 3. New slots on the other devices (this one is removing: never chosen).
+    // 3. While the other devices cannot take everything left, bring pages back whose
+    //    VM has room now (asked per page: each bring-back uses some of it), so the
+    //    room elsewhere is kept for pages of VMs that have none.
+    EvictionSink* sink = sink_.load();
+    if (sink != nullptr) {
+        const std::uint64_t left = dev.usage().used_slots;
+        const std::uint64_t stuck = force == Force::no ? batch.unreadable.size() : 0;
+        const std::uint64_t room = free_elsewhere(&dev);
+        std::uint64_t need_back = left > stuck + room ? left - stuck - room : 0;
+        for (Batch::Item& item : batch.items) {
+            if (need_back == 0) break;
+            if (!item.live || sink->bring_back_room(item.info.owner) == 0) continue;
+            item.live = false;
+            Result<bool> brought = sink->bring_back(item.info.owner, item.vslot, ring);
+            if (!brought && brought.error().code == make_error_code(Errc::would_not_fit)) {
+                item.live = true;  // its VM filled up meanwhile: place it below
+                continue;
+            }
+            if (!brought) {
+                return std::unexpected(std::move(brought.error())
+                                           .with_context("swapoff of device " + dev.path() + ", vslot " +
+                                                         std::to_string(item.vslot.value())));
+            }
+            need_back--;
+            if (*brought) settled(item.old_slot, report.pages_brought_back);
+            else skip(item.old_slot);
+        }
+    }
+
+    // 4. New slots on the other devices (this one is removing: never chosen).
     std::vector<std::size_t> live;
     std::vector<VSlot> vslots;
     for (std::size_t k = 0; k < batch.items.size(); ++k) {
@@ -199,7 +300,7 @@ Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& bat
     std::vector<Reservation> reservations;
     const std::size_t placed = allocate_pslots(vslots, placements, reservations);
 
-    // 4. Write them (allocation order: slots ascend per target device, and the
+    // 5. Write them (allocation order: slots ascend per target device, and the
     //    staging of consecutive live items is contiguous, so runs merge).
     ios.resize(placed);
     for (std::size_t j = 0; j < placed; ++j) {
@@ -208,7 +309,7 @@ Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& bat
     errors.assign(placed, std::nullopt);
     run_page_io(ring, io::IoKind::write, ios, config_.max_run_pages, errors);
 
-    // 5. Switch each descriptor iff its generation (and place) is unchanged; the old
+    // 6. Switch each descriptor iff its generation (and place) is unchanged; the old
     //    slot is freed only after the switch, and cannot be handed out again while
     //    the device is removing, so a reader still holding the old place reads good data.
     std::optional<std::string> write_failed;  // where the first failed write went
@@ -218,13 +319,14 @@ Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& bat
         const Placement& to = placements[j];
         if (errors[j]) {
             if (!write_failed) write_failed = slot_context(to.device->path(), to.slot, item.vslot);
+            to.device->quarantine(to.slot);
             to.device->free_slots(std::span(&to.slot, 1));
             continue;
         }
         if (table_.switch_pslot(item.vslot, item.info.generation, PSlot{dev.id(), item.old_slot},
                                 PSlot{to.device->id(), to.slot})) {
             old_slots.push_back(item.old_slot);
-            report.pages_moved++;
+            settled(item.old_slot, report.pages_moved);
         } else {
             to.device->free_slots(std::span(&to.slot, 1));  // lost to a concurrent free
             skip(item.old_slot);
@@ -234,10 +336,23 @@ Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& bat
     reservations.clear();  // ends the pending writes on the targets
     if (write_failed) return make_error(Errc::io_failed, "swapoff: writing a moved slot failed", *write_failed);
 
-    // 6. No room anywhere for the rest: bring those pages back into guest memory.
+    // 7. Force::yes: the pages whose slots cannot be read become lost pages.
+    for (Batch::Item& item : batch.items) {
+        if (!item.unreadable) continue;
+        if (sink == nullptr) {
+            return make_error(Errc::unreadable_slots, "swapoff --force: no guest memory to hand the lost page to",
+                              item.unreadable->context);
+        }
+        bool lost = SWV_TRY(with_context(sink->lose(item.info.owner, item.vslot, *item.unreadable),
+                                         "swapoff of device " + dev.path() + ", vslot " +
+                                             std::to_string(item.vslot.value())));
+        if (lost) settled(item.old_slot, report.pages_lost);
+        else skip(item.old_slot);
+    }
+
+    // 8. No room anywhere for the rest: bring those pages back into guest memory.
     for (std::size_t j = placed; j < live.size(); ++j) {
         const Batch::Item& item = batch.items[live[j]];
-        EvictionSink* sink = sink_.load();
         if (sink == nullptr) {
             return make_error(Errc::would_not_fit, "swapoff: other devices filled up and there is no eviction sink",
                               "device " + dev.path());
@@ -245,7 +360,7 @@ Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& bat
         bool brought = SWV_TRY(with_context(sink->bring_back(item.info.owner, item.vslot, ring),
                                             "swapoff of device " + dev.path() + ", vslot " +
                                                 std::to_string(item.vslot.value())));
-        if (brought) report.pages_brought_back++;
+        if (brought) settled(item.old_slot, report.pages_brought_back);
         else skip(item.old_slot);
     }
     return {};

@@ -44,6 +44,7 @@ enum class Errc {
     no_signature,        // swapon of a device without a swapvisor header (format not asked)
     bad_header,          // a swapvisor header that is corrupt, of another version or another size
     size_mismatch,       // size= disagrees with the size of an existing device
+    unreadable_slots,    // swapoff without force: some used slots cannot be read
 };
 const std::error_category& swap_category();
 inline std::error_code make_error_code(Errc e) { return {static_cast<int>(e), swap_category()}; }

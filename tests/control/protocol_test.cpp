@@ -21,6 +21,28 @@ RequestError parse_error(std::string_view line) {
     return r ? RequestError{nullptr, ReplyCode::io_error, "parsed"} : r.error();
 }
 
+// Issue #9: losing the pages of unreadable slots is asked for explicitly.
+TEST(ProtocolBoundsTest, SwapoffForceFieldIsExplicit) {
+    auto off = parse_request(R"({"id":1,"cmd":"swapoff","path":"/x"})");
+    ASSERT_TRUE(off);
+    EXPECT_EQ(std::get<SwapoffCmd>(off->command).force, swap::Force::no);
+    off = parse_request(R"({"id":1,"cmd":"swapoff","path":"/x","force":true})");
+    ASSERT_TRUE(off);
+    EXPECT_EQ(std::get<SwapoffCmd>(off->command).force, swap::Force::yes);
+    off = parse_request(R"({"id":1,"cmd":"swapoff","path":"/x","force":false})");
+    ASSERT_TRUE(off);
+    EXPECT_EQ(std::get<SwapoffCmd>(off->command).force, swap::Force::no);
+    for (const char* line : {R"({"id":1,"cmd":"swapoff","path":"/x","force":1})",
+                             R"({"id":1,"cmd":"swapoff","path":"/x","force":"yes"})"}) {
+        auto bad = parse_request(line);
+        ASSERT_FALSE(bad) << line;
+        EXPECT_EQ(bad.error().code, ReplyCode::bad_request);
+    }
+    EXPECT_EQ(reply_code_of(Error{make_error_code(swap::Errc::unreadable_slots), "swapoff"}),
+              ReplyCode::unreadable_slots);
+    EXPECT_EQ(code_name(ReplyCode::unreadable_slots), "unreadable_slots");
+}
+
 // Issue #12: formatting a device is asked for explicitly, never implied; limits
 // below the minimum are refused at the protocol level.
 TEST(ProtocolBoundsTest, SwaponFormatFieldAndMinimumLimits) {

@@ -596,8 +596,11 @@ TEST(PrivilegedSwapPool, EnospcMarksTheDeviceFailedAndSwapOutGoesElsewhere) {
     for (std::size_t i = 0; i < pages.size(); ++i) test::fill_page(pages[i], i);
 
     auto first = test::page_outs(pages, 0, 32);
-    ASSERT_TRUE(pool.write_out(ring, first));  // placed on the failing device: each page fails
-    for (auto& p : first) EXPECT_EQ(p.error, std::optional(Errc::no_space));
+    ASSERT_TRUE(pool.write_out(ring, first));  // failed on the full device, written on the other at once
+    for (auto& p : first) {
+        ASSERT_TRUE(p.ok()) << "a failed write must be retried on the next device";
+        EXPECT_EQ(pool.pslot_of(p.vslot)->device, DeviceId(1));
+    }
     auto stats = pool.stats();
     ASSERT_EQ(stats.size(), 2u);
     EXPECT_EQ(stats[0].state, DeviceState::failed);
@@ -615,6 +618,97 @@ TEST(PrivilegedSwapPool, EnospcMarksTheDeviceFailedAndSwapOutGoesElsewhere) {
     EXPECT_EQ(pool.stats()[0].used_slots, 0u);
     // A failed device can still be removed.
     ASSERT_TRUE(pool.swapoff(dir.file("sparse"), ring));
+}
+
+// Issue #9: the top-priority device fails every write (EIO). Each batch is written
+// on the next device at once, the failed slots are quarantined (never handed out
+// again), the device becomes degraded after DeviceHealthPolicy::degrade_after failed
+// I/Os in a row and then gets no batch at all; what it holds stays readable.
+TEST(PrivilegedSwapPool, FailingTopDeviceFailsOverQuarantinesAndDegrades) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    auto plan = std::make_shared<io::FaultPlan>();
+    SwapPool pool(SwapPoolConfig{.health = DeviceHealthPolicy{.degrade_after = 4}});
+    ASSERT_TRUE(pool.swapon(test::faulty_file(dir.file("top"), 2 * kClusterBytes, plan), 10));
+    ASSERT_TRUE(pool.swapon(dir.file("next"), 0, 2 * kClusterBytes));
+    Pages pages(256);
+    for (std::size_t i = 0; i < pages.size(); ++i) test::fill_page(pages[i], i);
+    // One page reaches the top device before it starts failing: it must stay readable.
+    auto early = test::page_outs(pages, 0, 1);
+    ASSERT_TRUE(pool.write_out(ring, early));
+    ASSERT_EQ(pool.pslot_of(early[0].vslot)->device, DeviceId(0));
+    auto eio = plan->add(io::FaultRule{io::FaultMatch::write, {}, {}, 0, {}, io::fault::Eio{}});
+
+    std::vector<VSlot> live{early[0].vslot};
+    std::uint64_t failed_in_first_batch = 0;
+    for (std::size_t first = 1; first < 256; first += 15) {
+        // Scattered pages: each one its own write, so each failure counts.
+        std::vector<PageOut> batch;
+        for (std::size_t i = first; i < std::min<std::size_t>(first + 15, 256); i += 2) batch.push_back(PageOut{pages[i], i});
+        ASSERT_TRUE(pool.write_out(ring, batch));
+        for (auto& p : batch) {
+            ASSERT_TRUE(p.ok()) << "page " << p.owner << ": reclaim made no progress";
+            EXPECT_EQ(pool.pslot_of(p.vslot)->device, DeviceId(1));
+            live.push_back(p.vslot);
+        }
+        if (first == 1) {
+            // 8 separate writes failed: at least degrade_after in a row.
+            failed_in_first_batch = plan->hits(eio);
+            EXPECT_EQ(failed_in_first_batch, batch.size());
+            EXPECT_EQ(pool.stats()[0].state, DeviceState::degraded);
+        }
+    }
+    auto stats = pool.stats();
+    EXPECT_EQ(stats[0].state, DeviceState::degraded);
+    EXPECT_NE(stats[0].failure.find("in a row"), std::string::npos) << stats[0].failure;
+    EXPECT_EQ(stats[0].write_errors, failed_in_first_batch) << "a degraded device gets no more writes";
+    EXPECT_EQ(plan->hits(eio), failed_in_first_batch);
+    EXPECT_EQ(stats[0].quarantined_slots, failed_in_first_batch);
+    EXPECT_EQ(stats[0].used_slots, 1u);
+    EXPECT_EQ(stats[1].state, DeviceState::active);
+    EXPECT_EQ(pool.allocated_vslots(), live.size());
+    Pages back(1);
+    for (VSlot v : live) {
+        ASSERT_TRUE(pool.read_in(ring, v, back[0]));
+        EXPECT_TRUE(test::verify_page(back[0], *pool.owner_of(v)));
+    }
+    // Degraded: still removable, and it moves what it holds.
+    auto off = pool.swapoff(dir.file("top"), ring);
+    ASSERT_TRUE(off) << off.error().message();
+    EXPECT_EQ(off->pages_moved, 1u);
+}
+
+// A slot whose write failed is never handed out again, even on a device that is
+// otherwise healthy (one failure does not degrade it).
+TEST(PrivilegedSwapPool, SlotWhoseWriteFailedIsQuarantined) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    auto plan = std::make_shared<io::FaultPlan>();
+    SwapPool pool;
+    ASSERT_TRUE(pool.swapon(test::faulty_file(dir.file("s"), kClusterBytes, plan), 0));
+    Pages pages(1);
+    test::fill_page(pages[0], 1);
+    plan->add(io::FaultRule{io::FaultMatch::write, {}, {}, 0, 1, io::fault::Eio{}});
+    std::vector<PageOut> one{PageOut{pages[0], 1}};
+    ASSERT_TRUE(pool.write_out(ring, one));
+    EXPECT_EQ(one[0].error, Errc::io_failed);  // no other device to retry on
+    EXPECT_EQ(pool.stats()[0].quarantined_slots, 1u);
+    EXPECT_EQ(pool.stats()[0].state, DeviceState::active);
+    // Fill every other slot: the device is full with one slot fewer, and never
+    // hands out the bad one.
+    std::set<std::uint32_t> seen;
+    for (std::uint32_t i = 0; i < kClusterSlots; ++i) {
+        std::vector<PageOut> p{PageOut{pages[0], i}};
+        ASSERT_TRUE(pool.write_out(ring, p) || i == kClusterSlots - 1);
+        if (i < kClusterSlots - 1) {
+            ASSERT_TRUE(p[0].ok()) << i;
+            seen.insert(pool.pslot_of(p[0].vslot)->slot.value());
+        } else {
+            EXPECT_EQ(p[0].error, Errc::no_space);
+        }
+    }
+    EXPECT_EQ(seen.size(), kClusterSlots - 1u);
+    EXPECT_FALSE(seen.contains(0u)) << "the slot that failed (slot 0) was handed out again";
 }
 
 }  // namespace

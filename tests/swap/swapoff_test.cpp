@@ -391,12 +391,12 @@ TEST(PrivilegedSwapoff, ReaderOfAMovedAndReusedSlotRetriesAtTheNewPlace) {
     });
     reader_held.wait_entered();
 
-    // swapoff moves batch 1 (slot 5 included) to b, then aborts on a corrupt slot in
-    // batch 2: a is active again with slots 0..127 free.
+    // swapoff moves every readable page (slot 5 included) to b, then refuses over
+    // the corrupt slot: a is active again with its other slots free.
     test::corrupt_slot(dir.file("a"), pool.pslot_of(v[200])->slot);
     auto r = pool.swapoff(dir.file("a"), ring);
     ASSERT_FALSE(r);
-    EXPECT_TRUE(is(r.error(), Errc::checksum_mismatch));
+    EXPECT_TRUE(is(r.error(), Errc::unreadable_slots));
     EXPECT_EQ(pool.pslot_of(target)->device, *b);
     // New pages reuse a's freed slots, slot 5 among them.
     auto fresh = fill_pool(pool, ring, 128, 10'000);
@@ -464,7 +464,10 @@ TEST(PrivilegedSwapoff, WaitsForAWriteInFlightOnTheDeviceAndMovesItsPages) {
     EXPECT_EQ(pool.allocated_vslots(), v.size());
 }
 
-TEST(PrivilegedSwapoff, ChecksumMismatchAbortsAndLeavesTheDeviceActive) {
+// Issue #9: a slot that fails its checksum does not stop the others from moving;
+// without force swapoff then refuses, names the slot and loses nothing; with force
+// the page becomes a lost page of its owner and the device goes.
+TEST(PrivilegedSwapoff, ChecksumMismatchWithoutForceMovesTheRestAndRefusesThenForceLosesIt) {
     SWV_SWAP_RING_OR_SKIP(ring);
     test::TempDir dir;
     SwapPool pool;
@@ -476,15 +479,18 @@ TEST(PrivilegedSwapoff, ChecksumMismatchAbortsAndLeavesTheDeviceActive) {
 
     auto r = pool.swapoff(dir.file("a"), ring);
     ASSERT_FALSE(r);
-    EXPECT_TRUE(is(r.error(), Errc::checksum_mismatch)) << r.error().message();
-    EXPECT_EQ(r.error().context, "device " + canonical_swap_path(dir.file("a")) + ", slot " +
-                                     std::to_string(corrupted.value()) + ", vslot " + std::to_string(v[200].value()));
+    EXPECT_TRUE(is(r.error(), Errc::unreadable_slots)) << r.error().message();
+    const std::string where = "device " + canonical_swap_path(dir.file("a")) + ", slot " +
+                              std::to_string(corrupted.value()) + ", vslot " + std::to_string(v[200].value());
+    EXPECT_NE(r.error().context.find("1 unreadable slots"), std::string::npos) << r.error().context;
+    EXPECT_NE(r.error().context.find(where), std::string::npos) << r.error().context;
     auto stats = pool.stats();
     ASSERT_EQ(stats.size(), 2u);
     EXPECT_FALSE(stats_of(stats, dir.file("a"))->removing);
-    EXPECT_EQ(stats_of(stats, dir.file("a"))->used_slots, 300u - 128u);  // batch 1 stayed moved
-    EXPECT_EQ(stats_of(stats, dir.file("b"))->used_slots, 128u);
-    for (std::size_t i = 0; i < 128; ++i) EXPECT_EQ(pool.pslot_of(v[i])->device, *b);
+    EXPECT_EQ(stats_of(stats, dir.file("a"))->used_slots, 1u);  // only the unreadable one stayed
+    EXPECT_EQ(stats_of(stats, dir.file("a"))->quarantined_slots, 1u);
+    EXPECT_EQ(stats_of(stats, dir.file("a"))->read_errors, 1u);
+    EXPECT_EQ(stats_of(stats, dir.file("b"))->used_slots, 299u);
 
     std::vector<VSlot> good;
     for (std::size_t i = 0; i < v.size(); ++i)
@@ -494,15 +500,34 @@ TEST(PrivilegedSwapoff, ChecksumMismatchAbortsAndLeavesTheDeviceActive) {
     auto bad = pool.read_in(ring, v[200], back[0]);
     ASSERT_FALSE(bad);
     EXPECT_TRUE(is(bad.error(), Errc::checksum_mismatch));
-    // Active again: a takes new pages.
-    std::vector<PageOut> out{PageOut{back[0], 7}};
+    // Active again: a takes new pages, never in the quarantined slot.
+    Pages more(64);
+    std::vector<PageOut> out = test::page_outs(more, 0, 64, 5000);
     ASSERT_TRUE(pool.write_out(ring, out));
-    EXPECT_EQ(pool.pslot_of(out[0].vslot)->device, *a);
-    pool.free(out[0].vslot);
+    for (auto& p : out) {
+        EXPECT_EQ(pool.pslot_of(p.vslot)->device, *a);
+        EXPECT_NE(pool.pslot_of(p.vslot)->slot, corrupted);
+        pool.free(p.vslot);
+    }
     EXPECT_EQ(pool.allocated_vslots(), v.size());
+
+    // With force: the page is lost to its owner, the device goes.
+    test::MemorySink sink(pool, 0);
+    for (std::size_t i = 0; i < v.size(); ++i) sink.set_swapped(i, v[i]);
+    pool.set_eviction_sink(&sink);
+    auto forced = pool.swapoff(dir.file("a"), ring, {}, Force::yes);
+    ASSERT_TRUE(forced) << forced.error().message();
+    EXPECT_EQ(forced->pages_lost, 1u);
+    EXPECT_EQ(forced->pages_moved, 0u);
+    EXPECT_TRUE(sink.lost(200));
+    EXPECT_EQ(pool.stats().size(), 1u);
+    verify_all(pool, ring, good);
+    EXPECT_EQ(pool.allocated_vslots(), good.size());
+    pool.set_eviction_sink(nullptr);
 }
 
-TEST(PrivilegedSwapoff, ReadErrorAbortsAndARetrySucceeds) {
+// A read error that goes away is retried page by page: nothing is unreadable.
+TEST(PrivilegedSwapoff, TransientReadErrorIsRetriedPageByPage) {
     SWV_SWAP_RING_OR_SKIP(ring);
     test::TempDir dir;
     auto plan = std::make_shared<io::FaultPlan>();
@@ -510,20 +535,147 @@ TEST(PrivilegedSwapoff, ReadErrorAbortsAndARetrySucceeds) {
     ASSERT_TRUE(pool.swapon(test::faulty_file(dir.file("a"), kClusterBytes, plan), 10));
     ASSERT_TRUE(pool.swapon(dir.file("b"), 0, kClusterBytes));
     auto v = fill_pool(pool, ring, 64);
-    plan->add(io::FaultRule{io::FaultMatch::read, {}, {}, 0, 1, io::fault::Eio{}});
+    auto once = plan->add(io::FaultRule{io::FaultMatch::read, {}, {}, 0, 1, io::fault::Eio{}});
     auto r = pool.swapoff(dir.file("a"), ring);
-    ASSERT_FALSE(r);
-    EXPECT_TRUE(is(r.error(), Errc::io_failed)) << r.error().message();
-    EXPECT_TRUE(r.error().context.starts_with("device " + canonical_swap_path(dir.file("a")) + ", slot "))
-        << r.error().context;
-    EXPECT_FALSE(stats_of(pool.stats(), dir.file("a"))->removing);
-    verify_all(pool, ring, v);
-
-    auto again = pool.swapoff(dir.file("a"), ring);
-    ASSERT_TRUE(again) << again.error().message();
-    EXPECT_EQ(again->pages_moved, 64u);
+    ASSERT_TRUE(r) << r.error().message();
+    EXPECT_EQ(plan->hits(once), 1u);
+    EXPECT_EQ(r->pages_moved, 64u);
+    EXPECT_EQ(r->pages_lost, 0u);
     verify_all(pool, ring, v);
     EXPECT_EQ(pool.allocated_vslots(), v.size());
+}
+
+// A slot that never reads (EIO every time): refused without force, naming it and
+// losing nothing; with force it is the one lost page.
+TEST(PrivilegedSwapoff, PersistentReadErrorRefusesWithoutForceAndIsLostWithForce) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    auto plan = std::make_shared<io::FaultPlan>();
+    SwapPool pool;
+    ASSERT_TRUE(pool.swapon(test::faulty_file(dir.file("a"), kClusterBytes, plan), 10));
+    ASSERT_TRUE(pool.swapon(dir.file("b"), 0, kClusterBytes));
+    auto v = fill_pool(pool, ring, 64);
+    const SlotIdx bad_slot = pool.pslot_of(v[10])->slot;
+    auto at = slot_offset(bad_slot);
+    plan->add(io::FaultRule{io::FaultMatch::read, at, at.offset_by(kSlotSize), 0, {}, io::fault::Eio{}});
+    test::MemorySink sink(pool, 0);
+    for (std::size_t i = 0; i < v.size(); ++i) sink.set_swapped(i, v[i]);
+    pool.set_eviction_sink(&sink);
+
+    auto r = pool.swapoff(dir.file("a"), ring);
+    ASSERT_FALSE(r);
+    EXPECT_TRUE(is(r.error(), Errc::unreadable_slots)) << r.error().message();
+    EXPECT_NE(r.error().context.find("slot " + std::to_string(bad_slot.value())), std::string::npos)
+        << r.error().context;
+    EXPECT_FALSE(sink.lost(10));
+    EXPECT_EQ(stats_of(pool.stats(), dir.file("a"))->used_slots, 1u);
+    EXPECT_EQ(stats_of(pool.stats(), dir.file("a"))->quarantined_slots, 1u);
+
+    auto forced = pool.swapoff(dir.file("a"), ring, {}, Force::yes);
+    ASSERT_TRUE(forced) << forced.error().message();
+    EXPECT_EQ(forced->pages_lost, 1u);
+    EXPECT_TRUE(sink.lost(10));
+    std::vector<VSlot> good;
+    for (std::size_t i = 0; i < v.size(); ++i)
+        if (i != 10) good.push_back(v[i]);
+    verify_all(pool, ring, good);
+    EXPECT_EQ(pool.allocated_vslots(), good.size());
+    pool.set_eviction_sink(nullptr);
+}
+
+// A sink whose first bring_back of one owner reports "raced" without releasing the
+// vslot (a fault was reading it): the next pass brings it back. Counted once.
+class RacingSink final : public EvictionSink {
+public:
+    explicit RacingSink(test::MemorySink& inner, OwnerTag racing) : inner_(inner), racing_(racing) {}
+    std::uint64_t bring_back_capacity() const override { return inner_.bring_back_capacity(); }
+    Result<bool> bring_back(OwnerTag owner, VSlot vslot, io::Ring& ring) override {
+        if (owner == racing_ && !raced_) {
+            raced_ = true;
+            return false;
+        }
+        return inner_.bring_back(owner, vslot, ring);
+    }
+    std::uint64_t bring_back_room(OwnerTag owner) const override { return inner_.bring_back_room(owner); }
+    Result<bool> lose(OwnerTag owner, VSlot vslot, const Error& why) override { return inner_.lose(owner, vslot, why); }
+
+private:
+    test::MemorySink& inner_;
+    OwnerTag racing_;
+    bool raced_ = false;
+};
+
+TEST(PrivilegedSwapoff, APageSkippedThenBroughtBackIsCountedOnce) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    SwapPool pool;
+    ASSERT_TRUE(pool.swapon(dir.file("a"), 0, kClusterBytes));
+    auto v = fill_pool(pool, ring, 20);
+    test::MemorySink inner(pool, 20);
+    for (std::size_t i = 0; i < v.size(); ++i) inner.set_swapped(i, v[i]);
+    RacingSink sink(inner, 7);
+    pool.set_eviction_sink(&sink);
+    auto report = pool.swapoff(dir.file("a"), ring);
+    ASSERT_TRUE(report) << report.error().message();
+    EXPECT_EQ(report->pages_brought_back, 20u);
+    EXPECT_EQ(report->pages_skipped, 0u) << "page 7 counted both skipped and brought back";
+    EXPECT_EQ(pool.allocated_vslots(), 0u);
+    pool.set_eviction_sink(nullptr);
+}
+
+// Issue #9: the up-front check is per owner. Pages of a VM with no room cannot come
+// back: if they do not fit on the other devices, refuse before anything moves.
+class RoomPerOwnerSink final : public EvictionSink {
+public:
+    explicit RoomPerOwnerSink(test::MemorySink& inner, OwnerTag first_without_room)
+        : inner_(inner), first_without_room_(first_without_room) {}
+    std::uint64_t bring_back_capacity() const override { return inner_.bring_back_capacity(); }
+    Result<bool> bring_back(OwnerTag owner, VSlot vslot, io::Ring& ring) override {
+        if (bring_back_room(owner) == 0) return make_error(Errc::would_not_fit, "test bring_back");
+        return inner_.bring_back(owner, vslot, ring);
+    }
+    std::uint64_t bring_back_room(OwnerTag owner) const override {
+        return owner >= first_without_room_ ? 0 : inner_.bring_back_room(owner);
+    }
+    Result<bool> lose(OwnerTag owner, VSlot vslot, const Error& why) override { return inner_.lose(owner, vslot, why); }
+
+private:
+    test::MemorySink& inner_;
+    OwnerTag first_without_room_;
+};
+
+TEST(PrivilegedSwapoff, UpFrontCheckIsPerOwnerAndRoomElsewhereGoesToOwnersWithout) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    SwapPool pool;
+    ASSERT_TRUE(pool.swapon(dir.file("a"), 10, 2 * kClusterBytes));
+    ASSERT_TRUE(pool.swapon(dir.file("b"), 0, kClusterBytes));
+    // 700 pages on a; b has 512 free. Owners >= 400 ("VM 2") have no room; VM 1 has.
+    auto v = fill_pool(pool, ring, 700);
+    test::MemorySink inner(pool, 1000);
+    for (std::size_t i = 0; i < v.size(); ++i) inner.set_swapped(i, v[i]);
+    {
+        // 600 pages of a VM without room cannot all go to b: refused, nothing moved,
+        // although the total capacity would suffice.
+        RoomPerOwnerSink sink(inner, 100);
+        pool.set_eviction_sink(&sink);
+        auto r = pool.swapoff(dir.file("a"), ring);
+        ASSERT_FALSE(r);
+        EXPECT_TRUE(is(r.error(), Errc::would_not_fit)) << r.error().message();
+        EXPECT_EQ(stats_of(pool.stats(), dir.file("b"))->used_slots, 0u);
+        EXPECT_EQ(inner.resident_count(), 0u);
+    }
+    {
+        // 300 pages without room fit on b; VM 1's 400 pages are brought back first
+        // where needed, so nothing fails mid-way.
+        RoomPerOwnerSink sink(inner, 400);
+        pool.set_eviction_sink(&sink);
+        auto r = pool.swapoff(dir.file("a"), ring);
+        ASSERT_TRUE(r) << r.error().message();
+        EXPECT_EQ(r->pages_moved + r->pages_brought_back, 700u);
+        for (std::size_t i = 400; i < 700; ++i) EXPECT_FALSE(inner.resident(i)) << i;
+    }
+    pool.set_eviction_sink(nullptr);
 }
 
 TEST(PrivilegedSwapoff, WriteErrorOnTheTargetAbortsWithoutLosingData) {

@@ -276,7 +276,7 @@ private:
                 if (last && now - *last < server.config.progress_interval) return;
                 last = now;
                 server.post_line(conn, to_line(progress_line(id, p.done, p.total)));
-            });
+            }, cmd.force);
             json reply;
             if (report) {
                 reply = ok_reply(id);
@@ -284,6 +284,7 @@ private:
                 reply["pages_moved"] = report->pages_moved;
                 reply["pages_brought_back"] = report->pages_brought_back;
                 reply["pages_skipped"] = report->pages_skipped;
+                reply["pages_lost"] = report->pages_lost;
                 reply["elapsed_ms"] = static_cast<std::uint64_t>(report->elapsed_ms + 0.5);
             } else {
                 reply = error_reply(id, reply_code_of(report.error()), report.error().message());

@@ -101,6 +101,9 @@ void print_status(const json& reply, StatsDetail detail, std::ostream& out) {
                            fmt::format("{}/{}", u64(dev, "used_slots"), u64(dev, "total_slots")), state);
         if (dev.contains("failure") && dev["failure"].is_string() && !dev["failure"].get<std::string>().empty())
             out << fmt::format("  {}\n", dev["failure"].get<std::string>());
+        if (u64(dev, "write_errors") + u64(dev, "read_errors") + u64(dev, "quarantined_slots") != 0)
+            out << fmt::format("  errors: {} write, {} read; {} slots quarantined\n", u64(dev, "write_errors"),
+                               u64(dev, "read_errors"), u64(dev, "quarantined_slots"));
     }
     if (swaps.empty()) out << "(no swap devices)\n";
     if (reply.contains("host") && reply["host"].is_object()) {
@@ -130,6 +133,7 @@ void print_result(const CtlOptions& options, const json& reply, std::ostream& ou
             std::string line = fmt::format("swapoff {}: moved {} pages, brought back {}", str(reply, "path"),
                                            u64(reply, "pages_moved"), u64(reply, "pages_brought_back"));
             if (std::uint64_t skipped = u64(reply, "pages_skipped")) line += fmt::format(", {} freed meanwhile", skipped);
+            if (std::uint64_t lost = u64(reply, "pages_lost")) line += fmt::format(", {} LOST (unreadable)", lost);
             out << line << fmt::format(", {} ms\n", u64(reply, "elapsed_ms"));
             break;
         }
@@ -211,6 +215,9 @@ void add_ctl_subcommand(CLI::App& app, CtlOptions& o) {
     swapon->callback([&o] { o.command = CtlCommand::swapon; });
     CLI::App* swapoff = ctl->add_subcommand("swapoff", "Remove a swap device live (moves its pages elsewhere)");
     swapoff->add_option("PATH", o.path, "A path given to swapon or --swap")->required();
+    swapoff->add_flag("--force", o.force,
+                      "Remove it even if some slots cannot be read (I/O error, checksum mismatch): their pages "
+                      "become lost pages of their VMs (a VM that touches one stops with a memory error)");
     swapoff->callback([&o] { o.command = CtlCommand::swapoff; });
     CLI::App* set_limit = ctl->add_subcommand("set-limit", "Set a VM's resident limit (0: none)");
     set_limit->add_option("VM", o.vm, "VM name")->required();
@@ -241,7 +248,10 @@ json ctl_request(const CtlOptions& options, int id) {
             if (!options.size.empty()) request["size"] = bytes_of(options.size);
             if (options.format) request["format"] = true;
             break;
-        case CtlCommand::swapoff: request["path"] = absolute_path(options.path); break;
+        case CtlCommand::swapoff:
+            request["path"] = absolute_path(options.path);
+            if (options.force) request["force"] = true;
+            break;
         case CtlCommand::set_limit:
             request["vm"] = options.vm;
             request["bytes"] = bytes_of(options.bytes);

@@ -35,13 +35,14 @@ struct CtlOptions {
     int priority = 0;        // swapon
     std::string size;        // swapon (empty: the file must exist); SIZE text, e.g. "2G"
     bool format = false;     // swapon --format: erase a device without a swapvisor header
+    bool force = false;      // swapoff --force: take out a device with unreadable slots
     std::string vm;          // set-limit
     std::string bytes;       // set-limit, set-budget: SIZE text ("0": no limit)
     ProgressBar progress = ProgressBar::auto_detect;
 };
 
 // `ctl --socket S [--json] <status|stats|swapon PATH [--priority N] [--size SIZE]|
-// swapoff PATH|set-limit VM SIZE|set-budget SIZE>`; SIZE arguments are validated
+// swapoff [--force] PATH|set-limit VM SIZE|set-budget SIZE>`; SIZE arguments are validated
 // while parsing. options.command stays `none` unless `ctl` was given. --socket is
 // not marked required (CLI11 would then report it even when `ctl` is absent): the
 // caller checks it after parsing (vmm/cli/cli.cpp); run_ctl reports an empty one.

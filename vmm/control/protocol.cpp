@@ -29,6 +29,7 @@ std::string_view code_name(ReplyCode code) {
         case ReplyCode::permission: return "permission";
         case ReplyCode::no_such_vm: return "no_such_vm";
         case ReplyCode::busy: return "busy";
+        case ReplyCode::unreadable_slots: return "unreadable_slots";
     }
     return "io_error";
 }
@@ -41,6 +42,7 @@ ReplyCode reply_code_of(const Error& error) {
             case swap::Errc::device_busy: return ReplyCode::device_busy;
             case swap::Errc::would_not_fit: return ReplyCode::would_not_fit;
             case swap::Errc::exists: return ReplyCode::exists;
+            case swap::Errc::unreadable_slots: return ReplyCode::unreadable_slots;
             case swap::Errc::no_signature:
             case swap::Errc::bad_header:
             case swap::Errc::size_mismatch: return ReplyCode::bad_request;
@@ -202,7 +204,13 @@ std::expected<Request, RequestError> parse_request(std::string_view line) {
     if (cmd == "swapoff") {
         auto path = string_field(request, "path");
         if (!path) return bad(id, ReplyCode::bad_request, path.error());
-        return Request{id, SwapoffCmd{std::move(*path)}};
+        SwapoffCmd swapoff{std::move(*path)};
+        if (auto it = request.find("force"); it != request.end()) {
+            // Losing pages is never implied: only a literal boolean is accepted.
+            if (!it->is_boolean()) return bad(id, ReplyCode::bad_request, "field \"force\" must be true or false");
+            swapoff.force = it->get<bool>() ? swap::Force::yes : swap::Force::no;
+        }
+        return Request{id, std::move(swapoff)};
     }
     if (cmd == "set-limit") {
         auto vm = string_field(request, "vm");

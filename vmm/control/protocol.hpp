@@ -39,6 +39,7 @@ enum class ReplyCode {
     permission,       // peer uid not allowed, or EACCES / EPERM from the system
     no_such_vm,       // set-limit of an unknown VM name
     busy,             // too many long commands or connections at once; retry later
+    unreadable_slots, // swapoff without force: some slots cannot be read (nothing lost)
 };
 std::string_view code_name(ReplyCode code);
 // The reply code for an error from the layers below (swap::Errc, io::Errc, errno).
@@ -76,6 +77,7 @@ struct SwaponCmd {
 };
 struct SwapoffCmd {
     std::string path;
+    swap::Force force = swap::Force::no;  // "force": true loses the pages of unreadable slots
 };
 struct SetLimitCmd {
     std::string vm;

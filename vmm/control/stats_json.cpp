@@ -36,6 +36,8 @@ nlohmann::json stats_json(guestmem::HostMemory& host, const DeviceStats& devices
             {"removing", d.removing},
             {"state", swap::state_name(d.state)},
             {"write_errors", d.write_errors},
+            {"read_errors", d.read_errors},
+            {"quarantined_slots", d.quarantined_slots},
             {"failure", d.failure},
         });
     }
