@@ -36,9 +36,15 @@ OverReason GuestMemory::Impl::swap_verdict() const {
     const auto devices = pool->stats();
     if (devices.empty()) return OverReason::no_swap;
     if (limits.swap_quota_room() == 0) return OverReason::swap_quota;
-    for (const auto& d : devices)
-        if (!d.removing && d.used_slots < d.total_slots) return OverReason::none;
-    return OverReason::swap_full;
+    bool unhealthy = false;  // devices that take no new slots: failed (ENOSPC) or degraded
+    for (const auto& d : devices) {
+        if (d.state != swap::DeviceState::active) {
+            unhealthy |= d.state != swap::DeviceState::removing;
+            continue;
+        }
+        if (d.used_slots + d.quarantined_slots < d.total_slots) return OverReason::none;
+    }
+    return unhealthy ? OverReason::swap_failing : OverReason::swap_full;
 }
 
 void GuestMemory::Impl::reclaim_loop() {
@@ -76,8 +82,10 @@ void GuestMemory::Impl::reclaim_loop() {
             const PassResult pass = reclaim_pass(*ring, mode);
             if (pass.write_error) write_error = pass.write_error;
             if (pass.freed) {
+                // Progress, but the episode ends only when the limit is really held
+                // again (reclaim_done below): a few clean drops while every write
+                // fails must not bring back 2 s throttle waits on every fault.
                 idle = 0;
-                held_again();
                 continue;
             }
             if (++idle * kScanChunk < give_up) continue;

@@ -20,6 +20,8 @@
 #include "guestmem/host_memory.hpp"
 #include "guestmem/owner_tag.hpp"
 #include "io/ring.hpp"
+#include "io/block_device.hpp"
+#include "io/fault_injection.hpp"
 #include "swap/swap_pool.hpp"
 
 using namespace swapvisor;
@@ -327,4 +329,32 @@ TEST_F(GuestMemoryTest, PrivilegedAVmAtItsSwapQuotaStaysResidentInsteadOfFilling
     for (int i = 0; i < 100 && vm->stats().limit_state != "held"; ++i)
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
     EXPECT_EQ(vm->stats().limit_state, "held");
+}
+
+// Issue #9: with the top-priority device failing every write, reclaim used to make no
+// progress while a healthy lower-priority device stayed empty. Now a failed write is
+// retried on the next device at once, and the VM keeps its limit.
+TEST_F(GuestMemoryTest, PrivilegedAVmWhoseFirstSwapDeviceFailsEveryWriteStillHoldsItsLimit) {
+    constexpr std::uint64_t kMem = 16ULL << 20, kLimit = 4ULL << 20;
+    pool_ = std::make_unique<swap::SwapPool>();
+    auto plan = std::make_shared<io::FaultPlan>();
+    plan->add(io::FaultRule{.match = io::FaultMatch::write, .action = io::fault::Eio{}});
+    auto failing = io::FileBlockDevice::open(dir_ / "failing.swap", io::OpenMode::create_or_open, 32ULL << 20);
+    ASSERT_TRUE(failing) << failing.error().message();
+    ASSERT_TRUE(pool_->swapon(std::make_unique<io::FaultyBlockDevice>(std::move(*failing), plan), 10));
+    ASSERT_TRUE(pool_->swapon(dir_ / "healthy.swap", 5, 32ULL << 20));
+    host_ = std::make_unique<HostMemory>(*pool_, 0);
+    auto vm = host_->create_vm(MemoryConfig{.name = "t", .memory_bytes = kMem, .resident_limit = kLimit});
+    ASSERT_TRUE(vm && (*vm)->start());
+    std::byte* base = (*vm)->regions()[0].guest_view;
+    ASSERT_TRUE(write_pass_within(base, kMem / kPageSize, std::chrono::seconds(30)));
+    MemStats s = (*vm)->stats();
+    EXPECT_EQ(s.limit_state, "held");
+    EXPECT_GT(s.swap_out_pages, (kMem - kLimit) / kPageSize / 2);
+    EXPECT_LE(s.resident_bytes, kLimit);
+    const auto devices = pool_->stats();
+    ASSERT_EQ(devices.size(), 2u);
+    EXPECT_EQ(devices[0].used_slots, 0u) << "nothing may live on the failing device";
+    EXPECT_GT(devices[1].used_slots, 0u);
+    EXPECT_EQ(verify_pass(base, kMem / kPageSize, 1), 0u);
 }
