@@ -16,6 +16,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include "io/nbd_device.hpp"
 #include "io/unique_fd.hpp"
 #include "vmm/control/protocol.hpp"
 
@@ -223,6 +224,7 @@ void add_ctl_subcommand(CLI::App& app, CtlOptions& o) {
 
 // A path as the operator meant it: relative to the ctl's directory, not the server's.
 static std::string absolute_path(const std::string& path) {
+    if (io::is_nbd_uri(path)) return path;  // a remote export, not a path
     std::error_code ec;
     std::filesystem::path abs = std::filesystem::absolute(path, ec);
     return ec ? path : abs.lexically_normal().string();
