@@ -196,6 +196,9 @@ public:
         nbd_handle* h = conn->get();
         if (h == nullptr) return nbd_error("NBD connect: nbd_create", uri);
         if (nbd_set_request_structured_replies(h, true) == -1) return nbd_error("NBD connect: structured replies", uri);
+        // The URI comes from the operator (command line, or the control socket, which
+        // admits only its owner's uid): it may name TLS certificate / PSK files.
+        if (nbd_set_uri_allow_local_file(h, true) == -1) return nbd_error("NBD connect: allow TLS files", uri);
         if (nbd_aio_connect_uri(h, uri.c_str()) == -1) return nbd_error("NBD connect", uri);
         int err = drive(h, deadline, [h] { return nbd_aio_is_ready(h) == 1; });
         if (err == ETIMEDOUT) return errno_error("NBD connect: no handshake before the deadline", ETIMEDOUT, uri);
