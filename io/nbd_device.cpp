@@ -206,6 +206,16 @@ public:
         return conn;
     }
     nbd_handle* get() const { return handle_.get(); }
+    // An idle connection whose socket is readable was closed by the server (NBD
+    // servers send nothing unsolicited): using it would fail a batch for nothing.
+    bool closed_while_idle() const {
+        int fd = nbd_aio_get_fd(handle_.get());
+        if (fd < 0 || nbd_aio_is_ready(handle_.get()) != 1) return true;
+        pollfd pfd{fd, POLLIN, 0};
+        // Kernel contract: poll with timeout 0 only reports the socket's state
+        // (readable: data or EOF; POLLHUP / POLLERR always reported); it never waits.
+        return ::poll(&pfd, 1, 0) != 0;
+    }
     bool ready() const { return nbd_aio_is_ready(handle_.get()) == 1 && nbd_aio_in_flight(handle_.get()) == 0; }
 
 private:
@@ -267,7 +277,12 @@ Result<std::unique_ptr<NbdDevice::Connection>> NbdDevice::checkout(Clock::time_p
         if (!idle_.empty()) {
             auto conn = std::move(idle_.back());
             idle_.pop_back();
-            return conn;
+            lock.unlock();
+            if (!conn->closed_while_idle()) return conn;
+            conn.reset();  // nbd_close outside the lock
+            lock.lock();
+            --open_count_;
+            continue;
         }
         if (open_count_ < max_connections_) break;
         if (returned_.wait_until(lock, deadline) == std::cv_status::timeout && idle_.empty() &&
@@ -295,11 +310,11 @@ Result<std::unique_ptr<NbdDevice::Connection>> NbdDevice::checkout(Clock::time_p
     return conn;
 }
 
-void NbdDevice::checkin(std::unique_ptr<Connection> conn, bool healthy) {
+void NbdDevice::checkin(std::unique_ptr<Connection> conn, ConnState state) {
     std::vector<std::unique_ptr<Connection>> closing;
     {
         std::lock_guard lock(mutex_);
-        if (healthy) {
+        if (state == ConnState::healthy) {
             idle_.push_back(std::move(conn));
         } else {
             --open_count_;
@@ -378,10 +393,10 @@ Result<void> NbdDevice::submit(Ring& /*ring*/, std::span<BlockIo> ios) {
     int drive_err = drive(h, deadline, [&] {
         return std::all_of(chunks.begin(), chunks.end(), [](const Chunk& ch) { return ch.done; });
     });
-    const bool healthy = drive_err == 0 && (*conn)->ready();
+    const ConnState state = drive_err == 0 && (*conn)->ready() ? ConnState::healthy : ConnState::broken;
     // A broken or late connection is closed here, before any result is published:
     // libnbd cannot write into a buffer after its handle is gone.
-    checkin(std::move(*conn), healthy);
+    checkin(std::move(*conn), state);
 
     std::vector<int> errors(ios.size(), 0);
     for (const Chunk& ch : chunks) {

@@ -81,6 +81,8 @@ public:
 
 private:
     class Connection;  // one libnbd handle (nbd_device.cpp)
+    // How a connection comes back from a batch.
+    enum class ConnState : bool { broken, healthy };
 
     NbdDevice(std::string uri, NbdConfig config);
     // A ready connection for one batch before `deadline`: an idle one, a new one
@@ -88,7 +90,7 @@ private:
     Result<std::unique_ptr<Connection>> checkout(std::chrono::steady_clock::time_point deadline);
     // Healthy connections go back to the pool; a broken one is closed together with
     // every idle one (they share its server, and likely its fate).
-    void checkin(std::unique_ptr<Connection> conn, bool healthy);
+    void checkin(std::unique_ptr<Connection> conn, ConnState state);
 
     std::string uri_;
     NbdConfig config_;
