@@ -201,7 +201,7 @@ void add_ctl_subcommand(CLI::App& app, CtlOptions& o) {
         o.command = CtlCommand::stats;
     });
     CLI::App* swapon = ctl->add_subcommand("swapon", "Add a swap file or block device");
-    swapon->add_option("PATH", o.path, "File or block device")->required();
+    swapon->add_option("PATH", o.path, "File, block device or NBD URI (nbd://HOST/EXPORT, nbd+unix:///EXPORT?socket=PATH)")->required();
     swapon->add_option("--priority", o.priority, "Higher is used first (-1..32767)")->check(CLI::Range(-1, 32767));
     swapon->add_option("--size", o.size,
                        "Create a missing file with this much swap space (e.g. 2G); for an existing device it must "
