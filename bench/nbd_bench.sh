@@ -21,7 +21,7 @@ build=${1:?usage: nbd_bench.sh <build dir> [mib]}
 mib=${2:-384}
 bin=$build/swapvisor
 guest=$build/examples/memtouch.elf
-for tool in nbdkit fio nbdcopy python3; do
+for tool in nbdkit nbdinfo fio nbdcopy python3; do
   command -v $tool >/dev/null || { echo "nbd_bench: $tool is not installed (scripts/install-deps.sh)" >&2; exit 1; }
 done
 [[ -w /dev/kvm ]] || { echo "nbd_bench: /dev/kvm is not accessible" >&2; exit 1; }
@@ -38,7 +38,7 @@ start_nbd() {
   rm -f "$nbd_sock"
   nbdkit --foreground --exit-with-parent -U "$nbd_sock" memory size=$((mib * 3))M 2>>"$work/nbdkit.log" &
   nbd_pid=$!
-  for _ in $(seq 1 100); do [[ -S $nbd_sock ]] && return; sleep 0.05; done
+  for _ in $(seq 1 100); do [[ -S $nbd_sock ]] && nbdinfo --size "$uri" >/dev/null 2>&1 && return; sleep 0.05; done
   echo "nbd_bench: nbdkit did not start" >&2; exit 1
 }
 

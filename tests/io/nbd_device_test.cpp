@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <spawn.h>
 #include <sys/wait.h>
 
@@ -58,8 +59,15 @@ public:
         if (::posix_spawnp(&pid_, "nbdkit", nullptr, nullptr, cargv.data(), environ) != 0) pid_ = -1;
         for (int i = 0; i < 100 && pid_ > 0 && !listening(); ++i) std::this_thread::sleep_for(50ms);
     }
+    // Accepting connections (the socket file appears at bind(), before listen()).
     bool listening() const {
-        if (port_ == 0) return std::filesystem::exists(socket_);
+        if (port_ == 0) {
+            UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+            sockaddr_un addr{};
+            addr.sun_family = AF_UNIX;
+            std::strncpy(addr.sun_path, socket_.c_str(), sizeof addr.sun_path - 1);
+            return ::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+        }
         UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
         sockaddr_in addr{};
         addr.sin_family = AF_INET;

@@ -39,11 +39,15 @@ nbd_sock=$work/nbd.sock
 uri="nbd+unix:///?socket=$nbd_sock"
 fail() { echo "FAIL: $*" >&2; tail -20 "$work/err.log" >&2; tail -5 "$work/nbdkit.log" >&2; exit 1; }
 
+nbd_ready() {  # the socket file appears at bind(), before listen(): ask the server
+  [[ -S $nbd_sock ]] || return 1
+  if command -v nbdinfo >/dev/null; then nbdinfo --size "$uri" >/dev/null 2>&1; else sleep 0.2; fi
+}
 start_nbd() {  # start_nbd <size>
   rm -f "$nbd_sock"
   nbdkit --foreground --exit-with-parent -U "$nbd_sock" memory size="$1" 2>>"$work/nbdkit.log" &
   nbd_pid=$!
-  for _ in $(seq 1 100); do [[ -S $nbd_sock ]] && return 0; sleep 0.05; done
+  for _ in $(seq 1 100); do nbd_ready && return 0; sleep 0.05; done
   fail "nbdkit did not create $nbd_sock"
 }
 stop_nbd() { kill -9 "$nbd_pid" 2>/dev/null; wait "$nbd_pid" 2>/dev/null; nbd_pid=; }
