@@ -4,6 +4,7 @@
 
 #include <xxhash.h>
 
+#include "io/nbd_device.hpp"
 #include "swap/swap_header.hpp"
 
 #include <algorithm>
@@ -26,6 +27,8 @@ unsigned alloc_context() {
 std::uint64_t page_checksum(const std::byte* page) { return XXH3_64bits(page, kSlotSize); }
 
 std::string canonical_swap_path(const std::filesystem::path& path) {
+    // An NBD URI is named by its normalised form (it is not a file system path).
+    if (io::is_nbd_uri(path.native())) return io::normalise_nbd_uri(path.native()).value_or(path.native());
     std::error_code ec;
     std::filesystem::path absolute = std::filesystem::absolute(path, ec);
     if (ec) absolute = path;
@@ -75,6 +78,17 @@ Result<DeviceId> SwapPool::swapon(const std::filesystem::path& path, int priorit
     auto fail = [&](Error e) -> Result<DeviceId> { return std::unexpected(std::move(e).with_context("device " + key)); };
     if (size_bytes != 0 && size_bytes < std::uint64_t{kClusterSlots} * kSlotSize) {
         return fail(make_error(io::Errc::too_small, "swapon: swap size smaller than one 2 MiB cluster").error());
+    }
+    if (io::is_nbd_uri(path.native())) {
+        // A remote export (io/README.md#nbd): its size is fixed by the server; the
+        // duplicate check (by normalised URI) comes before anything is written to it.
+        {
+            std::shared_lock lock(devices_mutex_);
+            if (auto r = refuse_duplicate_locked(key, std::nullopt); !r) return std::unexpected(r.error());
+        }
+        auto block = SWV_TRY(io::NbdDevice::open(path.native()));
+        if (auto r = check_or_format(*block, size_bytes, format); !r) return fail(r.error());
+        return add_device(std::move(block), priority, key);
     }
     // Same device twice, by any name: refused before the device is opened (its lock
     // would refuse it too, with a less helpful message).

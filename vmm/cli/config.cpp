@@ -13,6 +13,7 @@
 
 #include <fmt/format.h>
 
+#include "io/nbd_device.hpp"
 #include "vmm/error_category.hpp"
 
 #include "vmm/control/protocol.hpp"
@@ -127,6 +128,12 @@ Result<SwapSpec> parse_swap_spec(std::string_view text) {
     std::string_view path = text.substr(0, comma);
     if (path.empty()) return bad("the path is empty");
     spec.path = std::filesystem::path(std::string(path));
+    // A remote export: nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH
+    // (io/README.md#nbd). Checked here so a typo fails before anything starts; the
+    // options after the URI apply as to a file (size= must match the export).
+    if (io::is_nbd_uri(path)) {
+        if (auto uri = io::normalise_nbd_uri(path); !uri) return bad(uri.error().op);
+    }
     while (comma != std::string_view::npos) {
         std::size_t start = comma + 1;
         comma = text.find(',', start);

@@ -16,6 +16,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include "io/nbd_device.hpp"
 #include "io/unique_fd.hpp"
 #include "vmm/control/protocol.hpp"
 
@@ -204,7 +205,7 @@ void add_ctl_subcommand(CLI::App& app, CtlOptions& o) {
         o.command = CtlCommand::stats;
     });
     CLI::App* swapon = ctl->add_subcommand("swapon", "Add a swap file or block device");
-    swapon->add_option("PATH", o.path, "File or block device")->required();
+    swapon->add_option("PATH", o.path, "File, block device or NBD URI (nbd://HOST/EXPORT, nbd+unix:///EXPORT?socket=PATH)")->required();
     swapon->add_option("--priority", o.priority, "Higher is used first (-1..32767)")->check(CLI::Range(-1, 32767));
     swapon->add_option("--size", o.size,
                        "Create a missing file with this much swap space (e.g. 2G); for an existing device it must "
@@ -230,6 +231,7 @@ void add_ctl_subcommand(CLI::App& app, CtlOptions& o) {
 
 // A path as the operator meant it: relative to the ctl's directory, not the server's.
 static std::string absolute_path(const std::string& path) {
+    if (io::is_nbd_uri(path)) return path;  // a remote export, not a path
     std::error_code ec;
     std::filesystem::path abs = std::filesystem::absolute(path, ec);
     return ec ? path : abs.lexically_normal().string();
