@@ -2,7 +2,8 @@
 # The test command (README, .ci/run): install dependencies, build, run every test.
 #  1. a RelWithDebInfo build and the whole ctest suite (unit, real KVM + userfaultfd +
 #     io_uring integration, script tests);
-#  2. an ASan+UBSan build of the layer unit tests (io, swap, guestmem, control).
+#  2. an ASan+UBSan build of the layer unit tests (io, swap, guestmem, control);
+#  3. the libFuzzer targets (clang-16, ASan+UBSan), a short bounded run each.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -18,4 +19,6 @@ bash scripts/build.sh "$here/build" -DSWV_BUILD_BENCH=ON
 cmake -S "$here" -B "$here/build-asan" -DSWV_SANITIZE=ON -DSWV_BUILD_BENCH=OFF -DCMAKE_BUILD_TYPE=Debug >/dev/null
 cmake --build "$here/build-asan" -j"$(nproc)" --target io_tests swap_tests guestmem_tests control_tests
 (cd build-asan && ctest --output-on-failure --timeout 900 -j1 -L 'io|swap|guestmem|control')
+# The libFuzzer targets (tests/fuzz), 20 s each on their seed corpora.
+bash scripts/fuzz.sh 20
 echo "test.sh: all suites passed"

@@ -64,6 +64,11 @@ void check_plan(const ElfImage& img, const BootPlan& plan, const std::vector<gue
 
 }  // namespace
 
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+    fuzz::fuzz_guest_memory(kGuestBytes);
+    return 0;
+}
+
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     guestmem::GuestMemory& mem = fuzz::fuzz_guest_memory(kGuestBytes);
     const auto* first = reinterpret_cast<const std::byte*>(data);

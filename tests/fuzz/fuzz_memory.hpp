@@ -1,9 +1,12 @@
 // One real guestmem::GuestMemory per fuzz process (memfd + userfaultfd, as the VMM
 // builds it), for targets whose code under test reads or writes guest memory. It is
 // made once, on first use, because making one per input would cost more than the
-// input itself; targets leave it as they found it (see each target). Needs
-// userfaultfd (root or vm.unprivileged_userfaultfd=1): without it the process stops
-// with the reason, since a fuzz run that cannot reach its code proves nothing.
+// input itself; targets leave it as they found it (see each target). Call it first
+// from LLVMFuzzerInitialize: it needs userfaultfd (root or
+// vm.unprivileged_userfaultfd=1), and without it the process exits with status 77
+// (scripts/fuzz.sh: a loud skip) before any input runs, since a fuzz run that cannot
+// reach its code proves nothing. (Exiting inside LLVMFuzzerTestOneInput would be
+// reported as a crash.)
 #pragma once
 
 #include <cstdint>

@@ -79,6 +79,11 @@ std::uint16_t pop_all(SplitQueue& queue) {
 
 }  // namespace
 
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+    fuzz::fuzz_guest_memory(kGuestBytes);
+    return 0;
+}
+
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     guestmem::GuestMemory& mem = fuzz::fuzz_guest_memory(kGuestBytes);
     FuzzInput in(data, size);
