@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Install everything swapvisor needs to build, test and benchmark on Debian 12 (root).
+# Install everything swapvisor needs to build, test, fuzz and benchmark on Debian 12 (root).
+# clang-16 + libfuzzer-16-dev, not clang-14: clang 14 cannot compile libstdc++-12's
+# std::expected (our Result<T>), see tests/fuzz/README.md.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
@@ -8,5 +10,6 @@ apt-get install -y -qq --no-install-recommends \
   liburing-dev libboost-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev \
   libxxhash-dev libseccomp-dev libgtest-dev libgmock-dev libbenchmark-dev \
   fio qemu-system-x86 util-linux e2fsprogs gnuplot-nox linux-perf \
-  libnbd-dev libnbd-bin nbdkit qemu-utils gnutls-bin >/dev/null
+  libnbd-dev libnbd-bin nbdkit qemu-utils gnutls-bin \
+  clang-16 libclang-rt-16-dev libfuzzer-16-dev >/dev/null
 echo "install-deps: done"

@@ -5,6 +5,7 @@
 #  2. an ASan+UBSan build of the layer unit tests (io, swap, guestmem, control);
 #  3. a ThreadSanitizer build of the concurrency suites (swap, guestmem: the parts
 #     that need no KVM).
+#  4. the libFuzzer targets (clang-16, ASan+UBSan), a short bounded run each.
 # Warnings are errors in every pass (SWV_WERROR=ON).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,4 +29,6 @@ cmake -S "$here" -B "$here/build-tsan" -DSWV_TSAN=ON -DSWV_WERROR=ON -DSWV_BUILD
 cmake --build "$here/build-tsan" -j"$(nproc)" --target swap_tests guestmem_tests
 (cd build-tsan && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" setarch "$(uname -m)" -R \
   ctest --output-on-failure --timeout 900 -j1 -L 'swap|guestmem' -LE kvm)
+# The libFuzzer targets (tests/fuzz), 20 s each on their seed corpora.
+bash scripts/fuzz.sh 20
 echo "test.sh: all suites passed"

@@ -80,6 +80,16 @@ TEST(ParseSize, AcceptsBinaryUnits) {
     EXPECT_EQ(parse_size("7B"), 7u);
 }
 
+// Found by tests/fuzz/protocol_fuzz: "iB" follows K, M, G or T only; "2bib" was read
+// as 2 bytes ("bib" shortened to "b").
+TEST(ParseSize, IbFollowsOnlyAUnitLetter) {
+    for (const char* text : {"2bib", "2BiB", "2iB", "2xib"}) {
+        auto size = parse_size(text);
+        EXPECT_FALSE(size.has_value()) << text << " parsed as " << size.value_or(0);
+    }
+    EXPECT_EQ(parse_size("3KIB"), 3u << 10);
+}
+
 TEST(ParseSize, RejectsGarbageAndOverflow) {
     for (const char* text : {"", "G", "-1", "1.5G", "12X", "1GB", " 1G", "99999999999999999999", "16777216T"}) {
         EXPECT_FALSE(parse_size(text).has_value()) << text;

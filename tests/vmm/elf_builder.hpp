@@ -103,7 +103,7 @@ struct ElfBuilder {
             p.p_align = 4;
             std::memcpy(out.data() + ph, &p, sizeof p);
         }
-        std::memcpy(out.data() + note_off, note.data(), note.size());
+        if (!note.empty()) std::memcpy(out.data() + note_off, note.data(), note.size());  // no null source (UBSan)
         if (shnum) {
             Elf64_Shdr null_sh{};
             Elf64_Shdr note_sh{};

@@ -96,7 +96,8 @@ std::expected<std::uint64_t, std::string> parse_size(std::string_view text) {
     }
     std::string suffix;
     for (char c : text.substr(digits)) suffix += static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
-    if (suffix.size() == 3 && suffix.ends_with("ib")) suffix.resize(1);  // KiB, MiB, ...
+    // KiB, MiB, GiB, TiB; not "bib" (B means bytes and takes no "iB").
+    if (suffix.size() == 3 && suffix.ends_with("ib") && suffix[0] != 'b') suffix.resize(1);
     unsigned shift = 0;
     if (suffix.empty() || suffix == "b") shift = 0;
     else if (suffix == "k") shift = 10;
