@@ -123,15 +123,16 @@ Result<void> GuestMemory::read(Gpa gpa, std::span<std::byte> bytes) {
 
 Result<void> GuestMemory::discard(GpaRange range) {
     auto& impl = *impl_;
-    const std::string where = fmt::format("GPA {:#x} + {:#x}", range.gpa.value(), range.len);
-    if (page_offset(range.gpa) != 0 || range.len % kPageSize != 0) return make_error(Errc::misaligned, "discard", where);
-    if (!range.gpa.checked_add(range.len)) return make_error(Errc::out_of_range, "discard", where);
+    // Built only on failure: discard runs once per reported range (balloon).
+    auto where = [&] { return fmt::format("GPA {:#x} + {:#x}", range.gpa.value(), range.len); };
+    if (page_offset(range.gpa) != 0 || range.len % kPageSize != 0) return make_error(Errc::misaligned, "discard", where());
+    if (!range.gpa.checked_add(range.len)) return make_error(Errc::out_of_range, "discard", where());
     // Validate the whole range before acting on any of it.
     for (std::uint64_t off = 0; off < range.len; off += kPageSize)
-        if (!impl.kernel->idx_of(Gpa(range.gpa.value() + off))) return make_error(Errc::out_of_range, "discard", where);
+        if (!impl.kernel->idx_of(Gpa(range.gpa.value() + off))) return make_error(Errc::out_of_range, "discard", where());
     for (std::uint64_t off = 0; off < range.len; off += kPageSize) {
         PageLock lk = impl.tr.lock(*impl.kernel->idx_of(Gpa(range.gpa.value() + off)));
-        SWV_TRY(with_context(impl.tr.discard(lk), where));
+        if (auto r = impl.tr.discard(lk); !r) return std::unexpected(std::move(r.error()).with_context(where()));
     }
     return {};
 }
