@@ -27,8 +27,12 @@ cmake --build "$here/build-asan" -j"$(nproc)" --target io_tests swap_tests guest
 # lives, so the pass runs under setarch -R.
 cmake -S "$here" -B "$here/build-tsan" -DSWV_TSAN=ON -DSWV_WERROR=ON -DSWV_BUILD_BENCH=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build "$here/build-tsan" -j"$(nproc)" --target swap_tests guestmem_tests
+# The two tests whose "guest" thread takes a SIGBUS and leaves its handler with
+# siglongjmp are left out: TSan does not model a longjmp out of a signal handler (one
+# failed that way, without a report, in 1 of ~15 runs). They run in passes 1 and 2.
 (cd build-tsan && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" setarch "$(uname -m)" -R \
-  ctest --output-on-failure --timeout 900 -j1 -L 'swap|guestmem' -LE kvm)
+  ctest --output-on-failure --timeout 900 -j1 -L 'swap|guestmem' -LE kvm \
+  -E 'GuestGetsSigbus|ChecksumMismatchLosesThePage')
 # The libFuzzer targets (tests/fuzz), 20 s each on their seed corpora.
 bash scripts/fuzz.sh 20
 echo "test.sh: all suites passed"
