@@ -184,7 +184,8 @@ TEST(CliParseTest, SeveralVmsShareOneProcess) {
     ASSERT_EQ(vms.size(), 2u);
     EXPECT_EQ(vms[0].name, "a");
     EXPECT_EQ(vms[0].memory_bytes, 1ULL << 30);
-    EXPECT_EQ(vms[1], (VmSpec{"b", "b.elf", "mib=100 passes=2,x=y", 2ULL << 30, 2, 128ULL << 20, true}));
+    EXPECT_EQ(vms[1], (VmSpec{.name = "b", .kernel = "b.elf", .cmdline = "mib=100 passes=2,x=y", .memory_bytes = 2ULL << 30,
+                              .vcpus = 2, .resident_limit = 128ULL << 20, .balloon = true}));
     // --vm alone (no top-level --kernel) is enough.
     auto only = parse_command_line({"run", "--vm", "name=c,kernel=c.elf"});
     ASSERT_TRUE(std::holds_alternative<RunConfig>(only));
