@@ -99,7 +99,7 @@ Result<void> MetricsServer::start(const std::string& address) {
     Impl& s = *impl_;
     if (s.started) return errno_error("MetricsServer::start: already started", EALREADY);
     beast::error_code ec;
-    if (address.find('/') != std::string::npos) {
+    if (address.find('/') != std::string::npos || address.find(':') == std::string::npos) {
         struct stat st {};
         // Kernel contract: lstat does not follow a symlink; only a socket file is
         // replaced (a stale one from a previous run), never another file.

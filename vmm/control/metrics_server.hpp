@@ -31,7 +31,7 @@ public:
     MetricsServer& operator=(const MetricsServer&) = delete;
 
     // Listen on `address`: "127.0.0.1:PORT" (PORT 0: any free port, see port()) or a
-    // path containing '/'. EINVAL for another host than loopback or a bad port.
+    // Unix socket path (one containing '/' or no ':'). EINVAL for another host than loopback or a bad port.
     Result<void> start(const std::string& address);
     void stop();
     // The TCP port listened on (0 for a Unix socket).
