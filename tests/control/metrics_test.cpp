@@ -101,14 +101,18 @@ json call(const std::filesystem::path& socket_path, const json& request) {
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
     std::strcpy(addr.sun_path, socket_path.c_str());
-    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return json();
+    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
+        return json{{"test_error", std::string("connect: ") + std::strerror(errno)}};
+    timeval bound{.tv_sec = 30, .tv_usec = 0};
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &bound, sizeof bound);
     std::string line = request.dump() + "\n";
     if (::send(fd.get(), line.data(), line.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(line.size())) return json();
     std::string in;
     char buf[4096];
     while (in.find('\n') == std::string::npos) {
         ssize_t n = ::recv(fd.get(), buf, sizeof buf, 0);
-        if (n <= 0) return json();
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return json{{"test_error", "recv: " + (n == 0 ? std::string("EOF") : std::strerror(errno))}};
         in.append(buf, static_cast<std::size_t>(n));
     }
     return json::parse(in.substr(0, in.find('\n')));
@@ -121,13 +125,17 @@ std::string http_get(std::uint16_t port, const std::string& target) {
     addr.sin_port = htons(port);
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return {};
+    timeval bound{.tv_sec = 10, .tv_usec = 0};  // a hung server fails the test instead of hanging it
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &bound, sizeof bound);
     std::string request = "GET " + target + " HTTP/1.1\r\nHost: localhost\r\n\r\n";
     if (::send(fd.get(), request.data(), request.size(), MSG_NOSIGNAL) < 0) return {};
     std::string in;
     char buf[4096];
     for (;;) {
         ssize_t n = ::recv(fd.get(), buf, sizeof buf, 0);
-        if (n <= 0) break;
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return std::string("recv: ") + std::strerror(errno);
+        if (n == 0) break;
         in.append(buf, static_cast<std::size_t>(n));
     }
     return in;
@@ -224,14 +232,15 @@ TEST_F(MetricsTest, HttpServerAnswersMetricsOnLoopbackOnly) {
     ASSERT_TRUE(server.start("127.0.0.1:0").has_value());
     ASSERT_NE(server.port(), 0);
     std::string reply = http_get(server.port(), "/metrics");
-    ASSERT_TRUE(reply.starts_with("HTTP/1.1 200")) << reply.substr(0, 200);
+    ASSERT_TRUE(reply.starts_with("HTTP/1.1 200")) << "[" << reply.substr(0, 200) << "]";
     EXPECT_NE(reply.find("text/plain; version=0.0.4"), std::string::npos);
     auto body = reply.substr(reply.find("\r\n\r\n") + 4);
     auto samples = parse_exposition(body);
     EXPECT_TRUE(samples.contains(R"(swapvisor_vm_memory_bytes{vm="web\"1"})"));
     EXPECT_TRUE(http_get(server.port(), "/nope").starts_with("HTTP/1.1 404"));
+    const std::uint16_t port = server.port();
     server.stop();
-    EXPECT_EQ(http_get(server.port(), "/metrics"), "");
+    EXPECT_EQ(http_get(port, "/metrics"), "") << "still answering after stop()";
 }
 
 TEST_F(MetricsTest, ControlSocketRunsVmCommandsThroughTheVmHost) {

@@ -156,13 +156,14 @@ void MetricsServer::stop() {
     Impl& s = *impl_;
     if (!s.started) return;
     s.started = false;
-    asio::post(s.io, [&s] {
-        beast::error_code ignored;
-        if (s.tcp) s.tcp->close(ignored);
-        if (s.local) s.local->close(ignored);
-    });
+    // Stop the loop first (a client that never sends would keep it running), then,
+    // with no handler left running, close the listeners here: connecting afterwards
+    // is refused. Open connections close when the io_context is destroyed.
     s.io.stop();
     s.thread.join();
+    beast::error_code ignored;
+    if (s.tcp) s.tcp->close(ignored);
+    if (s.local) s.local->close(ignored);
     if (!s.socket_path.empty()) unlink(s.socket_path.c_str());
 }
 
