@@ -68,9 +68,49 @@ struct VmHost::Hosted {
 };
 
 VmHost::VmHost(const kvm::Kvm& kvm, guestmem::HostMemory& host, control::DeviceStats& stats, Release release)
-    : kvm_(kvm), host_(host), stats_(stats), release_(release) {}
+    : kvm_(kvm), host_(host), stats_(stats), release_(release), watcher_([this] { watch(); }) {}
+
+void VmHost::watch() {
+    std::map<std::string, std::string> limit_states;  // per VM
+    std::map<std::string, std::string> device_states;  // per swap device
+    std::unique_lock lock(mutex_);
+    while (!closing_) {
+        lock.unlock();
+        std::map<std::string, std::string> now;
+        for (guestmem::GuestMemory* vm : host_.vms()) {
+            guestmem::MemStats s = vm->stats();
+            auto& before = limit_states[s.name];
+            if (s.limit_state != before && !(before.empty() && s.limit_state == "held")) {
+                if (s.limit_state == "held") spdlog::info("{}: under its limit again", s.name);
+                else spdlog::warn("{}: over its limit by {} bytes: {}", s.name, s.overshoot_bytes, s.limit_state);
+            }
+            before = s.limit_state;
+            now[s.name] = s.limit_state;
+        }
+        std::erase_if(limit_states, [&](const auto& kv) { return !now.contains(kv.first); });
+        for (const swap::DeviceStats& d : host_.pool().stats()) {
+            std::string state = swap::state_name(d.state);
+            auto& before = device_states[d.path];
+            if (!before.empty() && state != before) {
+                std::string vms;
+                for (const auto& [name, st] : now) vms += (vms.empty() ? "" : ", ") + name;
+                spdlog::warn("swap device {}: {} -> {}{} (VMs: {})", d.path, before, state,
+                             d.failure.empty() ? "" : ": " + d.failure, vms.empty() ? "none" : vms);
+            }
+            before = state;
+        }
+        lock.lock();
+        changed_.wait_for(lock, std::chrono::milliseconds(500), [this] { return closing_; });
+    }
+}
 
 VmHost::~VmHost() {
+    {
+        std::lock_guard lock(mutex_);
+        closing_ = true;
+    }
+    changed_.notify_all();
+    watcher_.join();
     stop_all(VmEnd{EndReason::stopped, kExitStopped, 0, "the host is shutting down"});
     wait_all();
     std::map<std::string, std::unique_ptr<Hosted>> doomed;

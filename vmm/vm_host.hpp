@@ -92,6 +92,14 @@ private:
     mutable std::mutex mutex_;
     std::condition_variable changed_;  // a VM ended or was released
     std::map<std::string, std::unique_ptr<Hosted>> vms_;
+    bool closing_ = false;  // the watcher ends
+
+    // The event watcher: every 500 ms, one log line per change of a VM's limit
+    // state (over its limit, and why) and of a swap device's state (degraded,
+    // failed). Reads counters only. Declared last: started after, joined before,
+    // everything above.
+    void watch();
+    std::thread watcher_;
 };
 
 }  // namespace swapvisor::vmm
