@@ -65,6 +65,7 @@ struct VmHost::Hosted {
     control::VmState state = control::VmState::running;
     std::optional<VmEnd> end;
     bool released = false;
+    bool removing = false;  // a vm-remove owns it (or it is a name reserved by a create)
 };
 
 VmHost::VmHost(const kvm::Kvm& kvm, guestmem::HostMemory& host, control::DeviceStats& stats, Release release)
@@ -149,6 +150,7 @@ Result<control::VmInfo> VmHost::start(const cli::VmSpec& spec, SerialPrefix pref
         placeholder->spec = spec;
         placeholder->state = control::VmState::ended;
         placeholder->released = true;
+        placeholder->removing = true;  // not removable while being created
         placeholder->end = VmEnd{EndReason::kvm_error, kExitSetupError, 0, "being created"};
         vms_.emplace(spec.name, std::move(placeholder));
     }
@@ -248,8 +250,9 @@ void VmHost::run_vm(Hosted& vm) {
 }
 
 // The VM has ended: devices and Vm first (they point into its memory), then the
-// memory itself, which frees its VSlots. Checked: the stage-2 table referred to
-// `held` slots just before, and HostMemory no longer knows the VM after.
+// memory itself, which frees its VSlots. Checked: HostMemory held exactly this VM
+// under its name and removed it; the log line gives the slots its stage-2 table
+// referred to just before (the tests check the pool's count falls to 0 at rest).
 void VmHost::release(Hosted& vm) {
     std::unique_ptr<Vm> kvm_vm;
     std::unique_ptr<devices::DeviceManager> devices;
@@ -275,10 +278,11 @@ void VmHost::release(Hosted& vm) {
     if (memory != nullptr) {
         memory->stop();
         held = memory->referenced_vslots();
-        if (auto r = host_.remove_vm(vm.spec.name); !r)
-            spdlog::error("{}: releasing guest memory: {}", vm.spec.name, r.error().message());
+        // The name is still reserved in vms_ (a new VM cannot take it yet), so
+        // HostMemory must know it exactly until this call removes it.
+        auto removed = host_.remove_vm(vm.spec.name);
+        SWV_ASSERT(removed.has_value(), "a VM's guest memory vanished from HostMemory before its release");
     }
-    SWV_ASSERT(host_.find(vm.spec.name) == nullptr, "a released VM's guest memory is still in HostMemory");
     spdlog::info("{}: memory released ({} bytes, {} VSlots freed)", vm.spec.name, vm.spec.memory_bytes, held);
     std::lock_guard lock(mutex_);
     vm.released = true;
@@ -395,17 +399,25 @@ Result<control::VmInfo> VmHost::resume_vm(const std::string& name) {
 
 Result<void> VmHost::remove_vm(const std::string& name) {
     std::unique_ptr<Hosted> doomed;
+    Hosted* raw = nullptr;
     {
         std::lock_guard lock(mutex_);
         Hosted* vm = find(name);
-        if (vm == nullptr) return make_error(control::VmErrc::no_such_vm, "vm-remove", name);
+        if (vm == nullptr || vm->removing) return make_error(control::VmErrc::no_such_vm, "vm-remove", name);
         if (vm->state != control::VmState::ended) return make_error(control::VmErrc::running, "vm-remove", name);
         if (release_ == Release::when_ended && !vm->released)
             return make_error(control::VmErrc::running, "vm-remove (memory still being released)", name);
+        raw = vm;
+        raw->removing = true;
+    }
+    // Release while the name is still listed (a concurrent vm-create of it gets
+    // `exists`), then drop the entry.
+    if (raw->runner.joinable()) raw->runner.join();
+    release(*raw);
+    {
+        std::lock_guard lock(mutex_);
         doomed = std::move(vms_.extract(name).mapped());
     }
-    if (doomed->runner.joinable()) doomed->runner.join();
-    release(*doomed);
     spdlog::info("{}: removed", name);
     return {};
 }
