@@ -105,6 +105,8 @@ Result<void> MetricsServer::start(const std::string& address) {
         // replaced (a stale one from a previous run), never another file.
         if (lstat(address.c_str(), &st) == 0) {
             if (!S_ISSOCK(st.st_mode)) return errno_error("metrics socket: the path exists and is not a socket", EEXIST, address);
+            // Kernel contract: unlink of a socket file frees the name for bind; a
+            // live listener elsewhere keeps its socket (only its name goes).
             unlink(address.c_str());
         }
         s.local.emplace(s.io);
@@ -164,6 +166,8 @@ void MetricsServer::stop() {
     beast::error_code ignored;
     if (s.tcp) s.tcp->close(ignored);
     if (s.local) s.local->close(ignored);
+    // Kernel contract: unlink removes the socket's name only; the closed listener
+    // is gone already, so nobody can connect through a stale file.
     if (!s.socket_path.empty()) unlink(s.socket_path.c_str());
 }
 
