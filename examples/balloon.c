@@ -1,9 +1,22 @@
 /*
  * balloon: free page reporting through virtio-balloon, checked end to end.
  *
- * Parameters (guest command line): mib=N rounds=R chunk_kib=C bogus=K,
- * defaults mib=16 rounds=3 chunk_kib=2048 bogus=0; plus the
- * virtio_mmio.device= entry the VMM appends (swapvisor run --balloon).
+ * Parameters (guest command line): mib=N rounds=R chunk_kib=C bogus=K
+ * pool_mib=P cycle=0|1, defaults mib=16 rounds=3 chunk_kib=2048 bogus=0
+ * pool_mib=0 cycle=0; plus the virtio_mmio.device= entry the VMM appends
+ * (swapvisor run --balloon).
+ *
+ * Inflate / deflate (pool_mib > 0): P MiB after the workload are the balloon's
+ * pool, filled with a pattern at start. Before each round (and after the last,
+ * while it waits) the guest reads the host's target (config num_pages) and moves
+ * towards it: inflating sends the PFNs of pool pages, lowest first, on inflateq
+ * (queue 0) and never touches them again; deflating sends the highest inflated
+ * PFNs on deflateq (queue 1) and then checks that each page it got back reads as
+ * zeros (the host discarded it). `actual` is written back to the config space.
+ * At the end every pool page never inflated must still hold its pattern.
+ * cycle=1: after the rounds, keep polling until the balloon has been inflated
+ * and deflated back to 0 (bounded: about a minute), so a host can squeeze the
+ * guest and then let it finish.
  *
  * It finds the virtio-balloon device (id 5) on the command line, negotiates
  * VIRTIO_F_VERSION_1 + VIRTIO_BALLOON_F_REPORTING and sets up the reporting
@@ -40,11 +53,24 @@
 #define RING_AREA (256 * 1024)
 #define WAIT_SPINS 100000000ull
 #define MAX_REPORTED 5
+#define PFNS_PER_REQUEST 256
+#define MAX_POOL_PAGES (256u * 256u) /* 256 MiB */
+#define CONFIG_NUM_PAGES 0x100u
+#define CONFIG_ACTUAL 0x104u
+#define POOL_ROUND 0x5151ull
 
 static struct virtio_dev g_dev;
 static struct virtq g_vq;
 static uint64_t g_errors;
 static uint64_t g_printed;
+/* The inflate/deflate path: its queues, the PFN buffer, the pool. */
+static struct virtq g_inflateq, g_deflateq;
+static uint32_t* g_pfns;
+static uint64_t g_pool;            /* first pool page */
+static uint64_t g_pool_pages;
+static uint64_t g_actual;          /* pool pages [0, g_actual) are in the balloon */
+static uint64_t g_peak;            /* most pages ever in the balloon */
+static uint8_t g_returned[MAX_POOL_PAGES]; /* 1: deflated, must read zeros until reused */
 
 static inline uint64_t mix64(uint64_t z) {
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -104,6 +130,47 @@ static bool report(const struct virtq_buf* ranges, uint16_t n) {
   return true;
 }
 
+/* One PFN buffer on inflateq or deflateq, waited for. */
+static bool send_pfns(struct virtq* q, uint64_t first_page, uint32_t n) {
+  for (uint32_t i = 0; i < n; ++i) g_pfns[i] = (uint32_t)((g_pool + (first_page + i) * RT_PAGE_SIZE) >> 12);
+  struct virtq_buf buf = {(uint64_t)(uintptr_t)g_pfns, n * 4u, false};
+  int head = virtq_add(q, &buf, 1);
+  if (head < 0) return false;
+  virtq_kick(q);
+  uint32_t written = 0;
+  return virtq_wait_used(q, &written, WAIT_SPINS) == head;
+}
+
+/* Moves the balloon towards the host's target; returns the target. */
+static uint64_t balloon_poll(void) {
+  uint64_t target = virtio_read32(&g_dev, CONFIG_NUM_PAGES);
+  if (target > g_pool_pages) target = g_pool_pages;
+  while (g_actual < target) {
+    uint32_t n = (uint32_t)(target - g_actual < PFNS_PER_REQUEST ? target - g_actual : PFNS_PER_REQUEST);
+    if (!send_pfns(&g_inflateq, g_actual, n)) {
+      rt_printf("balloon: inflate request not returned\n");
+      ++g_errors;
+      break;
+    }
+    g_actual += n;
+  }
+  while (g_actual > target) {
+    uint32_t n = (uint32_t)(g_actual - target < PFNS_PER_REQUEST ? g_actual - target : PFNS_PER_REQUEST);
+    if (!send_pfns(&g_deflateq, g_actual - n, n)) {
+      rt_printf("balloon: deflate request not returned\n");
+      ++g_errors;
+      break;
+    }
+    g_actual -= n;
+    /* The host dropped what we gave it: each page must come back as zeros. */
+    g_errors += check(g_pool + g_actual * RT_PAGE_SIZE, (uint64_t)n * RT_PAGE_SIZE, 0, "deflated page");
+    for (uint32_t i = 0; i < n; ++i) g_returned[g_actual + i] = 1;
+  }
+  if (g_actual > g_peak) g_peak = g_actual;
+  virtio_write32(&g_dev, CONFIG_ACTUAL, (uint32_t)g_actual);
+  return target;
+}
+
 /* Reports [base, base + bytes) in chunk-sized ranges. Returns pages reported. */
 static uint64_t report_free(uint64_t base, uint64_t bytes, uint64_t chunk) {
   struct virtq_buf ranges[RANGES_PER_REQUEST];
@@ -161,15 +228,18 @@ int main(void) {
   uint64_t rounds = arg_u64("rounds", 3);
   uint64_t chunk = arg_u64("chunk_kib", 2048) * 1024;
   uint64_t bogus = arg_u64("bogus", 0);
+  uint64_t pool_mib = arg_u64("pool_mib", 0);
+  uint64_t cycle = arg_u64("cycle", 0);
   if (mib == 0 || mib > (1ull << 20) || rounds == 0 || rounds > 1000000 || chunk == 0 ||
-      chunk % RT_PAGE_SIZE != 0 || chunk > (1ull << 31) || bogus > RANGES_PER_REQUEST) {
+      chunk % RT_PAGE_SIZE != 0 || chunk > (1ull << 31) || bogus > RANGES_PER_REQUEST ||
+      pool_mib * (RT_MIB / RT_PAGE_SIZE) > MAX_POOL_PAGES || cycle > 1) {
     rt_printf("balloon: error: need mib >= 1, 1 <= rounds <= 1000000, chunk_kib a multiple of 4 "
-              "below 2 GiB, bogus <= %d\n", RANGES_PER_REQUEST);
+              "below 2 GiB, bogus <= %d, pool_mib <= 256, cycle 0 or 1\n", RANGES_PER_REQUEST);
     return 2;
   }
   uint64_t bytes = mib * RT_MIB;
   uint64_t ram_end = 0;
-  uint64_t area = find_ram(2 * RT_MIB + bytes, &ram_end);
+  uint64_t area = find_ram(2 * RT_MIB + bytes + pool_mib * RT_MIB, &ram_end);
   if (!area) {
     rt_printf("balloon: error: mib=%lu does not fit in one RAM range below 0x%lx\n", mib, rt_mapped_limit());
     return 2;
@@ -194,10 +264,20 @@ int main(void) {
   uint16_t qindex = 2;
   if (g_dev.offered & BALLOON_F_STATS_VQ) ++qindex;
   if (g_dev.offered & BALLOON_F_FREE_PAGE_HINT) ++qindex;
-  if (virtq_bytes(QUEUE_SIZE) > RING_AREA || virtq_setup(&g_dev, &g_vq, qindex, QUEUE_SIZE, rings) != 0) {
+  /* The ring area: reporting queue, inflateq, deflateq (64 KiB each), then the PFN buffer. */
+  if (virtq_bytes(QUEUE_SIZE) > RING_AREA / 4 || virtq_setup(&g_dev, &g_vq, qindex, QUEUE_SIZE, rings) != 0) {
     rt_printf("balloon: error: cannot set up the reporting queue %u\n", qindex);
     return 2;
   }
+  g_pool = data + bytes;
+  g_pool_pages = pool_mib * (RT_MIB / RT_PAGE_SIZE);
+  g_pfns = (uint32_t*)(uintptr_t)(rings + 3 * (RING_AREA / 4));
+  if (g_pool_pages && (virtq_setup(&g_dev, &g_inflateq, 0, QUEUE_SIZE, rings + RING_AREA / 4) != 0 ||
+                       virtq_setup(&g_dev, &g_deflateq, 1, QUEUE_SIZE, rings + 2 * (RING_AREA / 4)) != 0)) {
+    rt_printf("balloon: error: cannot set up inflateq / deflateq\n");
+    return 2;
+  }
+  if (g_pool_pages) write_pattern(g_pool, g_pool_pages * RT_PAGE_SIZE, POOL_ROUND);
   virtio_driver_ok(&g_dev);
   rt_printf("balloon: device at 0x%lx (irq %u), features 0x%lx, reporting queue %u size %u\n", g_dev.base,
             g_dev.irq, g_dev.negotiated, qindex, g_vq.size);
@@ -207,6 +287,7 @@ int main(void) {
   uint64_t reported_pages = 0;
   for (uint64_t r = 1; r <= rounds; ++r) {
     uint64_t before = g_errors;
+    if (g_pool_pages) balloon_poll();
     write_pattern(data, bytes, r);
     uint64_t bad_written = check(data, bytes, r, "written");
     if (bogus) report_bogus(bogus, data + kept, ram_end);
@@ -221,6 +302,27 @@ int main(void) {
     rt_printf("balloon: round %lu/%lu: %lu pages reported, bad pages: written %lu, kept %lu, reported %lu%s\n", r,
               rounds, half / RT_PAGE_SIZE, bad_written, bad_kept, bad_freed,
               g_errors - before > bad_written + bad_kept + bad_freed ? ", request errors" : "");
+  }
+  if (g_pool_pages) {
+    /* cycle=1: wait (bounded) until the host has inflated the balloon and let it go again. */
+    uint64_t deadline = rt_rdtsc() + 60 * rt_tsc_hz();
+    uint64_t target = balloon_poll();
+    while (cycle && (g_peak == 0 || target != 0 || g_actual != 0) && rt_rdtsc() < deadline) {
+      for (volatile uint64_t spin = 0; spin < 1000000; ++spin) {}
+      target = balloon_poll();
+    }
+    if (cycle && (g_peak == 0 || g_actual != 0)) {
+      rt_printf("balloon: the host did not inflate and deflate the balloon in time (peak %lu, now %lu)\n", g_peak,
+                g_actual);
+      ++g_errors;
+    }
+    /* Pool pages never given away hold their pattern; returned ones read zeros. */
+    uint64_t bad_pool = 0;
+    for (uint64_t i = g_actual; i < g_pool_pages; ++i)
+      bad_pool += check(g_pool + i * RT_PAGE_SIZE, RT_PAGE_SIZE, g_returned[i] ? 0 : POOL_ROUND, "pool page");
+    g_errors += bad_pool;
+    rt_printf("balloon: pool %lu pages, balloon peak %lu pages, %lu now, bad pool pages %lu\n", g_pool_pages, g_peak,
+              g_actual, bad_pool);
   }
   bool ok = g_errors == 0;
   rt_printf("RESULT {\"guest\":\"balloon\",\"ok\":%s,\"mib\":%lu,\"rounds\":%lu,\"reported_pages\":%lu,"

@@ -29,10 +29,26 @@ Result<GuestMemory*> HostMemory::create_vm(const MemoryConfig& config) {
     std::lock_guard lk(mutex_);
     for (auto& vm : vms_)
         if (vm->name() == config.name) return make_error(Errc::unsupported, "create_vm: a VM with that name exists", config.name);
-    auto id = static_cast<VmId>(vms_.size() + 1);
+    auto id = next_id_;
     auto vm = SWV_TRY(create_guest_memory(config, id, &budget_, &pool_));
+    next_id_ = static_cast<VmId>(next_id_ + 1);
     vms_.push_back(std::move(vm));
     return vms_.back().get();
+}
+
+Result<void> HostMemory::remove_vm(const std::string& name) {
+    std::unique_ptr<GuestMemory> doomed;
+    {
+        std::lock_guard lk(mutex_);
+        auto it = std::find_if(vms_.begin(), vms_.end(), [&](const auto& vm) { return vm->name() == name; });
+        if (it == vms_.end()) return errno_error("HostMemory::remove_vm (no such VM)", ENOENT, name);
+        doomed = std::move(*it);
+        vms_.erase(it);
+    }
+    // Outside mutex_: stopping joins the reclaimer, which may be inside vms().
+    doomed->stop();
+    doomed.reset();
+    return {};
 }
 
 std::vector<GuestMemory*> HostMemory::vms() const {

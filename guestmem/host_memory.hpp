@@ -24,6 +24,11 @@ public:
     ~HostMemory() override;
 
     Result<GuestMemory*> create_vm(const MemoryConfig& config);
+    // Stop the VM's memory threads and destroy its GuestMemory, which frees every
+    // VSlot its pages hold (a VM ended at run time, vmm/README.md#daemon). The caller
+    // must have ended every user of its memory (vCPUs, devices) first. Errc::not_found
+    // for an unknown name.
+    Result<void> remove_vm(const std::string& name);
     std::vector<GuestMemory*> vms() const;
     GuestMemory* find(const std::string& name) const;
     swap::SwapPool& pool() { return pool_; }
@@ -46,6 +51,8 @@ private:
     // Protects: vms_ (the list, not the VMs); Order: leaf.
     mutable std::mutex mutex_;
     std::vector<std::unique_ptr<GuestMemory>> vms_;
+    // Never reused: a removed VM's id must not name a later VM (swap owner tags).
+    VmId next_id_ = 1;
 };
 
 }  // namespace swapvisor::guestmem

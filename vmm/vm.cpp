@@ -121,6 +121,7 @@ VmEnd Vm::run() {
         // before they pass the gate.
         finish(VmEnd{EndReason::kvm_error, kExitKvmError, 0, fmt::format("cannot start vCPU threads: {}", e.what())});
     }
+    threads_ready_.store(true);
     gate.count_down();
     for (std::thread& t : threads_) t.join();
     std::lock_guard lock(end_mutex_);
@@ -140,6 +141,10 @@ void Vm::finish(VmEnd end) {
 
 void Vm::stop_all() {
     stopping_.store(true);
+    {
+        std::lock_guard lock(pause_mutex_);  // a parked vCPU sees stopping_ when woken
+    }
+    pause_cv_.notify_all();
     for (kvm::Vcpu& v : vcpus_) v.request_immediate_exit();
     for (std::thread& t : threads_) {
         // Kernel contract: pthread_kill on a thread that has not been joined is valid
@@ -161,6 +166,10 @@ void Vm::vcpu_thread(unsigned index) {
     ::pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
 
     while (!stopping_.load()) {
+        if (paused_.load()) {
+            park();
+            continue;
+        }
         auto exit = vcpu.run();
         std::optional<VmEnd> end;
         if (!exit) {
@@ -179,6 +188,42 @@ void Vm::vcpu_thread(unsigned index) {
         }
     }
     t_vcpu = nullptr;
+}
+
+// Pausing kicks with the signal only (immediate_exit is reserved for stopping and is
+// never cleared): a kick that lands between the paused_ check and KVM_RUN is lost,
+// so pause() repeats it until every thread is parked.
+bool Vm::pause(std::chrono::milliseconds bound) {
+    if (!threads_ready_.load()) return false;  // run() has not started its threads yet
+    paused_.store(true);
+    auto deadline = std::chrono::steady_clock::now() + bound;
+    for (;;) {
+        {
+            std::lock_guard lock(pause_mutex_);
+            if (parked_ == vcpus_.size() || stopping_.load()) return true;
+        }
+        if (std::chrono::steady_clock::now() >= deadline) return false;
+        for (std::thread& t : threads_) {
+            // Kernel contract: see stop_all(); a kick to a parked thread is harmless.
+            if (t.joinable()) ::pthread_kill(t.native_handle(), kick_signal());
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+}
+
+void Vm::resume() {
+    {
+        std::lock_guard lock(pause_mutex_);
+        paused_.store(false);
+    }
+    pause_cv_.notify_all();
+}
+
+void Vm::park() {
+    std::unique_lock lock(pause_mutex_);
+    ++parked_;
+    pause_cv_.wait(lock, [this] { return !paused_.load() || stopping_.load(); });
+    --parked_;
 }
 
 std::optional<VmEnd> Vm::handle_run_error(kvm::Vcpu& vcpu, const Error& error) {

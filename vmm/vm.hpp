@@ -14,6 +14,8 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -89,10 +91,17 @@ public:
     // End the VM from another thread (signal forwarding, control socket). The first
     // end recorded wins.
     void request_stop(VmEnd end);
+    // Hold every vCPU outside KVM_RUN (vm-pause) until resume(); returns once each
+    // vCPU thread is parked, or the VM ended, or `bound` passed (false then). Guest
+    // memory threads keep running (a paused VM can still be swapped and swapped off).
+    bool pause(std::chrono::milliseconds bound);
+    void resume();
+    bool paused() const { return paused_.load(); }
 
 private:
     Vm(kvm::KvmVm vm, std::vector<guestmem::RegionView> regions);
     void vcpu_thread(unsigned index);
+    void park();  // a vCPU thread waits here while paused_
     // Handle one exit; a value means the VM ends.
     std::optional<VmEnd> handle_exit(kvm::Vcpu& vcpu, kvm::VcpuExit& exit);
     std::optional<VmEnd> handle_run_error(kvm::Vcpu& vcpu, const Error& error);
@@ -107,6 +116,12 @@ private:
     devices::Bus mmio_{"MMIO"};
 
     std::atomic<bool> stopping_{false};
+    std::atomic<bool> paused_{false};
+    std::atomic<bool> threads_ready_{false};  // threads_ is filled: pause() may read it
+    // Protects: parked_ (vCPU threads waiting while paused_); Order: leaf.
+    std::mutex pause_mutex_;
+    std::condition_variable pause_cv_;
+    unsigned parked_ = 0;
     // Protects: end_; Order: leaf.
     std::mutex end_mutex_;
     std::optional<VmEnd> end_;

@@ -140,8 +140,17 @@ TEST(ParseRequest, NotJsonOrNotAnObjectIsBadJson) {
     }
 }
 
-TEST(ParseRequest, MissingOrIllTypedIdIsBadRequestWithNullId) {
-    for (std::string_view line : {R"({"cmd":"status"})", R"({"id":null,"cmd":"status"})", R"({"id":1.5,"cmd":"status"})",
+TEST(ParseRequest, ARequestWithoutAnIdIsRunAndAnsweredWithNullAsQmpDoes) {
+    for (std::string_view line : {R"({"cmd":"status"})", R"({"id":null,"cmd":"vm-list"})"}) {
+        auto r = parse_request(line);
+        ASSERT_TRUE(r.has_value()) << line;
+        EXPECT_TRUE(r->id.is_null()) << line;
+    }
+    EXPECT_TRUE(std::holds_alternative<VmListCmd>(parse_request(R"({"cmd":"vm-list"})")->command));
+}
+
+TEST(ParseRequest, IllTypedIdIsBadRequestWithNullId) {
+    for (std::string_view line : {R"({"id":1.5,"cmd":"status"})",
                                   R"({"id":{},"cmd":"status"})", R"({"id":[1],"cmd":"status"})",
                                   R"({"id":true,"cmd":"status"})"}) {
         RequestError e = parse_error(line);
@@ -237,4 +246,69 @@ TEST(ReplyLines, ShapeAndInvalidUtf8Replaced) {
     EXPECT_EQ(p["id"], "s");
     EXPECT_EQ(p["progress"]["done"], 5);
     EXPECT_EQ(p["progress"]["total"], 9);
+}
+
+TEST(ParseRequest, VmCreateNamesTheBadField) {
+    auto ok = parse_request(
+        R"({"cmd":"vm-create","name":"a","kernel":"/k","memory":"64M","vcpus":2,"resident_limit":"32M",)"
+        R"("swap_quota":"1G","balloon":true,"serial_log":"/tmp/a.log","cmdline":"x=1"})");
+    ASSERT_TRUE(ok.has_value()) << ok.error().message;
+    const auto& spec = std::get<VmCreateCmd>(ok->command).spec;
+    EXPECT_EQ(spec.name, "a");
+    EXPECT_EQ(spec.memory_bytes, 64ULL << 20);
+    EXPECT_EQ(spec.vcpus, 2u);
+    EXPECT_EQ(spec.resident_limit, 32ULL << 20);
+    EXPECT_EQ(spec.swap_quota, 1ULL << 30);
+    EXPECT_TRUE(spec.balloon);
+    EXPECT_EQ(spec.serial_log, std::filesystem::path("/tmp/a.log"));
+    EXPECT_EQ(spec.cmdline, "x=1");
+    const std::pair<std::string_view, std::string_view> cases[] = {
+        {R"({"id":1,"cmd":"vm-create","kernel":"/k","memory":"64M"})", "\"name\""},
+        {R"({"id":1,"cmd":"vm-create","name":"a","memory":"64M"})", "\"kernel\""},
+        {R"({"id":1,"cmd":"vm-create","name":"a","kernel":"/k"})", "\"memory\""},
+        {R"({"id":1,"cmd":"vm-create","name":"a","kernel":"/k","memory":"lots"})", "\"memory\""},
+        {R"({"id":1,"cmd":"vm-create","name":"a","kernel":"/k","memory":"64M","vcpus":0})", "\"vcpus\""},
+        {R"({"id":1,"cmd":"vm-create","name":"a","kernel":"/k","memory":"64M","resident_limit":"1M"})", "\"resident_limit\""},
+        {R"({"id":1,"cmd":"vm-create","name":"a","kernel":"/k","memory":"64M","swap_quota":-1})", "\"swap_quota\""},
+        {R"({"id":1,"cmd":"vm-create","name":"a","kernel":"/k","memory":"64M","balloon":"yes"})", "\"balloon\""},
+        {R"({"id":1,"cmd":"vm-create","name":"a","kernel":"/k","memory":"64M","serial_log":""})", "\"serial_log\""},
+    };
+    for (const auto& [line, field] : cases) {
+        RequestError e = parse_error(line);
+        EXPECT_EQ(e.code, ReplyCode::bad_request) << line;
+        EXPECT_EQ(e.id, 1) << line;
+        EXPECT_NE(e.message.find(field), std::string::npos) << line << " -> " << e.message;
+    }
+}
+
+TEST(ParseRequest, VmLifecycleAndBalloonAndQuotaCommands) {
+    auto stop = parse_request(R"({"id":1,"cmd":"vm-stop","vm":"a","timeout_ms":250})");
+    ASSERT_TRUE(stop.has_value());
+    EXPECT_EQ(std::get<VmStopCmd>(stop->command).timeout, std::chrono::milliseconds(250));
+    EXPECT_EQ(std::get<VmStopCmd>(parse_request(R"({"id":1,"cmd":"vm-stop","vm":"a"})")->command).timeout,
+              kDefaultStopTimeout);
+    EXPECT_EQ(parse_error(R"({"id":1,"cmd":"vm-stop","vm":"a","timeout_ms":-5})").code, ReplyCode::bad_request);
+    EXPECT_EQ(parse_error(R"({"id":1,"cmd":"vm-stop"})").code, ReplyCode::bad_request);
+    EXPECT_EQ(std::get<VmActionCmd>(parse_request(R"({"id":1,"cmd":"vm-pause","vm":"a"})")->command).action,
+              VmAction::pause);
+    EXPECT_EQ(std::get<VmActionCmd>(parse_request(R"({"id":1,"cmd":"vm-resume","vm":"a"})")->command).action,
+              VmAction::resume);
+    EXPECT_EQ(std::get<VmActionCmd>(parse_request(R"({"id":1,"cmd":"vm-remove","vm":"a"})")->command).action,
+              VmAction::remove);
+    EXPECT_EQ(std::get<SetBalloonCmd>(parse_request(R"({"id":1,"cmd":"set-balloon","vm":"a","bytes":"8M"})")->command).bytes,
+              8ULL << 20);
+    EXPECT_EQ(std::get<SetQuotaCmd>(parse_request(R"({"id":1,"cmd":"set-quota","vm":"a","bytes":"1G"})")->command).bytes,
+              1ULL << 30);
+    EXPECT_EQ(parse_error(R"({"id":1,"cmd":"set-quota","vm":"a"})").code, ReplyCode::bad_request);
+}
+
+TEST(ReplyCodes, VmErrorsMapToTheirCodes) {
+    EXPECT_EQ(reply_code_of(Error{make_error_code(VmErrc::no_such_vm), "x"}), ReplyCode::no_such_vm);
+    EXPECT_EQ(reply_code_of(Error{make_error_code(VmErrc::exists), "x"}), ReplyCode::exists);
+    EXPECT_EQ(reply_code_of(Error{make_error_code(VmErrc::running), "x"}), ReplyCode::vm_running);
+    EXPECT_EQ(reply_code_of(Error{make_error_code(VmErrc::not_running), "x"}), ReplyCode::vm_ended);
+    EXPECT_EQ(reply_code_of(Error{make_error_code(VmErrc::bad_spec), "x"}), ReplyCode::bad_request);
+    EXPECT_EQ(reply_code_of(Error{make_error_code(VmErrc::no_balloon), "x"}), ReplyCode::no_balloon);
+    EXPECT_EQ(code_name(ReplyCode::vm_running), "vm_running");
+    EXPECT_EQ(code_name(ReplyCode::unsupported), "unsupported");
 }

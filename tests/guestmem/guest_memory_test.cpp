@@ -358,3 +358,29 @@ TEST_F(GuestMemoryTest, PrivilegedAVmWhoseFirstSwapDeviceFailsEveryWriteStillHol
     EXPECT_GT(devices[1].used_slots, 0u);
     EXPECT_EQ(verify_pass(base, kMem / kPageSize, 1), 0u);
 }
+
+TEST_F(GuestMemoryTest, PrivilegedRemoveVmFreesItsSlotsAndLeavesOthersAlone) {
+    constexpr std::uint64_t kMem = 32ULL << 20, kLimit = 16ULL << 20;
+    GuestMemory* vm = make_vm(kMem, kLimit, 64ULL << 20);
+    auto other = host_->create_vm(MemoryConfig{.name = "other", .memory_bytes = 4ULL << 20});
+    ASSERT_TRUE(other.has_value()) << other.error().message();
+    ASSERT_TRUE((*other)->start().has_value());
+    std::byte* base = vm->regions()[0].guest_view;
+    ASSERT_TRUE(write_pass_within(base, kMem / kPageSize, std::chrono::seconds(20)));
+    ASSERT_GT(pool_->allocated_vslots(), 0u) << "nothing was swapped: the test proves nothing";
+    std::byte* other_base = (*other)->regions()[0].guest_view;
+    write_pass(other_base, 16, 7);
+
+    ASSERT_TRUE(host_->remove_vm("t").has_value());
+    EXPECT_EQ(host_->find("t"), nullptr);
+    EXPECT_EQ(pool_->allocated_vslots(), 0u) << "a removed VM leaked VSlots";
+    auto again = host_->remove_vm("t");
+    ASSERT_FALSE(again.has_value());
+    EXPECT_TRUE(again.error().is(std::errc::no_such_file_or_directory));
+    // The other VM is untouched, and a new VM may take the name (and never the id of a live VM).
+    EXPECT_EQ(verify_pass(other_base, 16, 7), 0u);
+    auto reborn = host_->create_vm(MemoryConfig{.name = "t", .memory_bytes = 4ULL << 20});
+    ASSERT_TRUE(reborn.has_value()) << reborn.error().message();
+    EXPECT_NE((*reborn)->id(), (*other)->id());
+    EXPECT_EQ(host_->vms().size(), 2u);
+}

@@ -184,7 +184,8 @@ TEST(CliParseTest, SeveralVmsShareOneProcess) {
     ASSERT_EQ(vms.size(), 2u);
     EXPECT_EQ(vms[0].name, "a");
     EXPECT_EQ(vms[0].memory_bytes, 1ULL << 30);
-    EXPECT_EQ(vms[1], (VmSpec{"b", "b.elf", "mib=100 passes=2,x=y", 2ULL << 30, 2, 128ULL << 20, true}));
+    EXPECT_EQ(vms[1], (VmSpec{.name = "b", .kernel = "b.elf", .cmdline = "mib=100 passes=2,x=y", .memory_bytes = 2ULL << 30,
+                              .vcpus = 2, .resident_limit = 128ULL << 20, .balloon = true}));
     // --vm alone (no top-level --kernel) is enough.
     auto only = parse_command_line({"run", "--vm", "name=c,kernel=c.elf"});
     ASSERT_TRUE(std::holds_alternative<RunConfig>(only));
@@ -272,4 +273,41 @@ TEST(CliMkswapTest, ParsesPathAndSize) {
 }
 
 }  // namespace
+
+TEST(CliParseTest, SwapQuotaAndLogLevelOnRunAndInVmSpecs) {
+    RunConfig c = run_ok({"run", "--kernel", "k.elf", "--swap-quota", "1G", "--log-level", "debug", "--vm",
+                          "name=b,kernel=b.elf,memory=64M,swap-quota=256M"});
+    EXPECT_EQ(c.swap_quota, 1ULL << 30);
+    EXPECT_EQ(c.log_level, "debug");
+    auto vms = c.all_vms();
+    ASSERT_EQ(vms.size(), 2u);
+    EXPECT_EQ(vms[0].swap_quota, 1ULL << 30);
+    EXPECT_EQ(vms[1].swap_quota, 256ULL << 20);
+    EXPECT_EQ(run_exit({"run", "--kernel", "k.elf", "--swap-quota", "lots"}).status, kExitUsage);
+    EXPECT_EQ(run_exit({"run", "--kernel", "k.elf", "--log-level", "chatty"}).status, kExitUsage);
+    auto twice = parse_vm_spec("name=b,kernel=b.elf,swap-quota=1M,swap-quota=2M");
+    ASSERT_FALSE(twice.has_value());
+    EXPECT_NE(twice.error().message().find("swap-quota given twice"), std::string::npos);
+}
+
+TEST(CliParseTest, ServeNeedsAControlSocketAndTakesSwapBudgetMetrics) {
+    CliOutcome out = parse_command_line({"serve", "--control", "/run/s.sock", "--swap", "/a.swap,size=1G",
+                                         "--swap", "/b.swap,priority=3", "--host-budget", "2G", "--metrics",
+                                         "127.0.0.1:9477", "--log-level", "warn"});
+    auto* serve = std::get_if<ServeConfig>(&out);
+    ASSERT_NE(serve, nullptr) << (std::holds_alternative<CliExit>(out) ? std::get<CliExit>(out).err : "");
+    EXPECT_EQ(serve->control_socket, "/run/s.sock");
+    ASSERT_EQ(serve->swaps.size(), 2u);
+    EXPECT_EQ(serve->swaps[1].priority, 3);
+    EXPECT_EQ(serve->host_budget, 2ULL << 30);
+    EXPECT_EQ(serve->metrics, "127.0.0.1:9477");
+    EXPECT_EQ(serve->log_level, "warn");
+    CliExit no_socket = run_exit({"serve", "--swap", "/a.swap"});
+    EXPECT_EQ(no_socket.status, kExitUsage);
+    EXPECT_NE(no_socket.err.find("--control"), std::string::npos) << no_socket.err;
+    EXPECT_EQ(run_exit({"serve", "--control", "s", "--swap", "/a,/b"}).status, kExitUsage);
+    EXPECT_EQ(run_exit({"serve", "--control", "s", "--host-budget", "1M"}).status, kExitUsage);
+    EXPECT_EQ(run_exit({"serve", "--control", "s", "--swap", "/a", "--swap", "/a"}).status, kExitUsage);
+}
+
 }  // namespace swapvisor::vmm::cli

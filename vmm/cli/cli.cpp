@@ -25,7 +25,54 @@ struct RawRun {
     bool balloon = false;
     std::vector<std::string> vms;
     std::string host_budget;
+    std::string swap_quota;
+    std::string log_level = "info";
 };
+
+struct RawServe {
+    std::string control;
+    std::vector<std::string> swaps;
+    std::string host_budget;
+    std::string metrics;
+    std::string log_level = "info";
+};
+
+const std::vector<std::string> kLogLevels = {"trace", "debug", "info", "warn", "error", "critical", "off"};
+
+CliExit serve_error(std::string message) {
+    return CliExit{kExitUsage, "",
+                   fmt::format("swapvisor serve: {}\nRun 'swapvisor serve --help' for the options.\n", message)};
+}
+
+// Every --swap, or the message naming the one that is wrong.
+std::expected<std::vector<SwapSpec>, std::string> parse_swaps(const std::vector<std::string>& texts) {
+    std::vector<SwapSpec> swaps;
+    for (const std::string& s : texts) {
+        auto spec = parse_swap_spec(s);
+        if (!spec) return std::unexpected(spec.error().message());
+        for (const SwapSpec& other : swaps)
+            if (other.path == spec->path) return std::unexpected(fmt::format("--swap '{}' is given twice", s));
+        swaps.push_back(*spec);
+    }
+    return swaps;
+}
+
+CliOutcome validate_serve(const RawServe& raw) {
+    ServeConfig config;
+    if (raw.control.empty()) return serve_error("--control SOCKET is required: the daemon is driven through it");
+    config.control_socket = raw.control;
+    auto swaps = parse_swaps(raw.swaps);
+    if (!swaps) return serve_error(swaps.error());
+    config.swaps = std::move(*swaps);
+    if (!raw.host_budget.empty()) {
+        auto budget = parse_memory_limit(raw.host_budget, "host budget");
+        if (!budget) return serve_error(std::move(budget.error()).with_context("--host-budget").message());
+        config.host_budget = *budget;
+    }
+    if (!raw.metrics.empty()) config.metrics = raw.metrics;
+    config.log_level = raw.log_level;
+    return config;
+}
 
 CliExit usage_error(std::string message) {
     return CliExit{kExitUsage, "", fmt::format("swapvisor run: {}\nRun 'swapvisor run --help' for the options.\n", message)};
@@ -47,14 +94,15 @@ CliOutcome validate(const RawRun& raw) {
         if (!limit) return usage_error(std::move(limit.error()).with_context("--resident-limit").message());
         config.resident_limit = *limit;
     }
-    for (const std::string& s : raw.swaps) {
-        auto spec = parse_swap_spec(s);
-        if (!spec) return usage_error(spec.error().message());
-        for (const SwapSpec& other : config.swaps) {
-            if (other.path == spec->path) return usage_error(fmt::format("--swap '{}' is given twice", s));
-        }
-        config.swaps.push_back(*spec);
+    auto swaps = parse_swaps(raw.swaps);
+    if (!swaps) return usage_error(swaps.error());
+    config.swaps = std::move(*swaps);
+    if (!raw.swap_quota.empty()) {
+        auto quota = parse_size(raw.swap_quota);
+        if (!quota) return usage_error(std::move(quota.error()).with_context("--swap-quota").message());
+        config.swap_quota = *quota;
     }
+    config.log_level = raw.log_level;
     if (!raw.stats_json.empty()) config.stats_json = raw.stats_json;
     if (!raw.control.empty()) config.control_socket = raw.control;
     auto name = parse_vm_name(raw.name);
@@ -144,10 +192,34 @@ CliOutcome parse_command_line(const std::vector<std::string>& args) {
                     "share the swap pool and the host budget; the exit status is the first non-zero guest code")
         ->type_name("SPEC")
         ->take_all();
+    run->add_option("--swap-quota", raw.swap_quota,
+                    "Most of the shared swap pool the --kernel VM may fill (e.g. 1G); at it the VM stays resident, "
+                    "over its limit if it must (default: no quota; --vm takes swap-quota=)")
+        ->type_name("SIZE");
+    run->add_option("--log-level", raw.log_level, "Log level: trace, debug, info, warn, error, critical, off")
+        ->check(CLI::IsMember(kLogLevels))
+        ->capture_default_str();
     run->add_option("--host-budget", raw.host_budget,
                     "Most guest RAM kept in host memory over all VMs together; each VM is held to its share "
                     "(proportional to its memory) while the host is over it; at least 16M (default: no budget)")
         ->type_name("SIZE");
+
+    RawServe raw_serve;
+    CLI::App* serve = app.add_subcommand("serve", "Run the host daemon: no VM at start; VMs are created, stopped and "
+                                                  "removed through the control socket (swapvisor ctl vm-create ...)");
+    serve->add_option("--control", raw_serve.control, "Unix control socket (mode 0600); required")
+        ->type_name("SOCKET");
+    serve->add_option("--swap", raw_serve.swaps, "Swap device or file, repeatable (as for run)")
+        ->type_name("PATH[,priority=N][,size=SIZE][,format=yes]")
+        ->take_all();
+    serve->add_option("--host-budget", raw_serve.host_budget, "Host memory budget over all VMs (as for run)")
+        ->type_name("SIZE");
+    serve->add_option("--metrics", raw_serve.metrics,
+                      "Serve Prometheus metrics over HTTP on 127.0.0.1:PORT (loopback only) or a Unix socket PATH")
+        ->type_name("ADDR");
+    serve->add_option("--log-level", raw_serve.log_level, "Log level: trace, debug, info, warn, error, critical, off")
+        ->check(CLI::IsMember(kLogLevels))
+        ->capture_default_str();
 
     control::CtlOptions ctl;
     control::add_ctl_subcommand(app, ctl);
@@ -178,6 +250,7 @@ CliOutcome parse_command_line(const std::vector<std::string>& args) {
         }
         return mkswap;
     }
+    if (serve->parsed()) return validate_serve(raw_serve);
     return validate(raw);
 }
 

@@ -24,8 +24,8 @@ struct CliExit {
     std::string err;  // for stderr (errors)
 };
 
-// `run` gives a RunConfig, `ctl` its options (vmm/control/ctl.hpp), `mkswap` its.
-using CliOutcome = std::variant<RunConfig, control::CtlOptions, MkswapOptions, CliExit>;
+// `run` gives a RunConfig, `serve` a ServeConfig, `ctl` its options (vmm/control/ctl.hpp), `mkswap` its.
+using CliOutcome = std::variant<RunConfig, ServeConfig, control::CtlOptions, MkswapOptions, CliExit>;
 
 // args excludes the program name: {"run", "--kernel", "hello.elf"}.
 CliOutcome parse_command_line(const std::vector<std::string>& args);

@@ -197,7 +197,7 @@ Result<VmSpec> parse_vm_spec(std::string_view text) {
     };
     VmSpec spec;
     spec.name.clear();
-    bool have_memory = false, have_vcpus = false, have_limit = false;
+    bool have_memory = false, have_vcpus = false, have_limit = false, have_quota = false;
     std::string_view rest = text;
     while (!rest.empty()) {
         if (rest.starts_with("cmdline=")) {  // takes everything after it
@@ -237,6 +237,12 @@ Result<VmSpec> parse_vm_spec(std::string_view text) {
             if (!size) return inner(std::move(size.error()), "resident-limit");
             spec.resident_limit = *size;
             have_limit = true;
+        } else if (key == "swap-quota") {
+            if (have_quota) return bad("swap-quota given twice");
+            auto size = parse_size(value);
+            if (!size) return inner(std::move(size.error()), "swap-quota");
+            spec.swap_quota = *size;
+            have_quota = true;
         } else if (key == "vcpus") {
             if (have_vcpus) return bad("vcpus given twice");
             unsigned n = 0;
@@ -247,7 +253,7 @@ Result<VmSpec> parse_vm_spec(std::string_view text) {
             have_vcpus = true;
         } else {
             return bad(fmt::format(
-                "unknown option '{}' (accepted: name, kernel, memory, vcpus, resident-limit, balloon, cmdline)", key));
+                "unknown option '{}' (accepted: name, kernel, memory, vcpus, resident-limit, swap-quota, balloon, cmdline)", key));
         }
     }
     if (spec.name.empty()) return bad("name= is required");
@@ -258,7 +264,9 @@ Result<VmSpec> parse_vm_spec(std::string_view text) {
 std::vector<VmSpec> RunConfig::all_vms() const {
     std::vector<VmSpec> vms;
     if (!kernel.empty())
-        vms.push_back(VmSpec{name, kernel, cmdline, memory_bytes, vcpus, resident_limit, balloon});
+        vms.push_back(VmSpec{.name = name, .kernel = kernel, .cmdline = cmdline, .memory_bytes = memory_bytes,
+                             .vcpus = vcpus, .resident_limit = resident_limit, .swap_quota = swap_quota,
+                             .balloon = balloon});
     vms.insert(vms.end(), more_vms.begin(), more_vms.end());
     return vms;
 }

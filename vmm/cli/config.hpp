@@ -93,11 +93,23 @@ struct VmSpec {
     std::uint64_t memory_bytes = kDefaultMemory;
     unsigned vcpus = 1;
     std::uint64_t resident_limit = 0;  // 0: no limit
+    std::uint64_t swap_quota = 0;      // bytes of the shared swap pool this VM may fill; 0: no quota
     bool balloon = false;
+    std::optional<std::filesystem::path> serial_log;  // none: stdout
     bool operator==(const VmSpec&) const = default;
 };
 
 Result<VmSpec> parse_vm_spec(std::string_view text);
+
+// `swapvisor serve`: the host daemon. No VM at start; VMs come and go through the
+// control socket (vm-create, vm-stop, ...), sharing the swap pool and the budget.
+struct ServeConfig {
+    std::filesystem::path control_socket;
+    std::vector<SwapSpec> swaps;
+    std::uint64_t host_budget = 0;
+    std::optional<std::string> metrics;  // "127.0.0.1:PORT" or a Unix socket path
+    std::string log_level = "info";
+};
 
 struct RunConfig {
     std::filesystem::path kernel;
@@ -105,6 +117,7 @@ struct RunConfig {
     std::uint64_t memory_bytes = kDefaultMemory;
     unsigned vcpus = 1;
     std::uint64_t resident_limit = 0;  // 0: no limit
+    std::uint64_t swap_quota = 0;      // 0: no quota
     std::vector<SwapSpec> swaps;
     std::optional<std::filesystem::path> stats_json;
     std::optional<std::filesystem::path> control_socket;
@@ -113,6 +126,7 @@ struct RunConfig {
     // More VMs in the same process (--vm), sharing the swap pool and the host budget.
     std::vector<VmSpec> more_vms;
     std::uint64_t host_budget = 0;     // 0: only per-VM limits
+    std::string log_level = "info";    // --log-level (spdlog level name)
 
     // Every VM to run: the one the top-level flags describe (if --kernel was given),
     // then each --vm.

@@ -241,6 +241,95 @@ private:
         send(reply);
     }
 
+    void run(const json& id, const SetQuotaCmd& cmd) {
+        guestmem::GuestMemory* vm = server_.host.find(cmd.vm);
+        if (vm == nullptr) {
+            send(error_reply(id, ReplyCode::no_such_vm, fmt::format("no running VM named \"{}\"", cmd.vm)));
+            return;
+        }
+        vm->set_swap_quota(cmd.bytes);
+        spdlog::info("{}: swap quota {}", cmd.vm, cmd.bytes == 0 ? std::string("none") : fmt::format("{} bytes", cmd.bytes));
+        json reply = ok_reply(id);
+        reply["vm"] = cmd.vm;
+        reply["swap_quota"] = cmd.bytes;
+        send(reply);
+    }
+
+    // The VM host's commands. Quick ones (vm-list, set-balloon: atomics and a short
+    // lock) run here; the rest may wait for a guest or free gigabytes: workers.
+    bool have_vms(const json& id) {
+        if (server_.config.vms != nullptr) return true;
+        send(error_reply(id, ReplyCode::unsupported, "this swapvisor has no VM host (use `swapvisor serve`)"));
+        return false;
+    }
+
+    void run(const json& id, const VmListCmd&) {
+        if (!have_vms(id)) return;
+        json list = json::array();
+        for (const VmInfo& info : server_.config.vms->list_vms()) list.push_back(vm_info_json(info));
+        json reply = ok_reply(id);
+        reply["vms"] = std::move(list);
+        send(reply);
+    }
+
+    void run(const json& id, const SetBalloonCmd& cmd) {
+        if (!have_vms(id)) return;
+        auto pages = server_.config.vms->set_balloon(cmd.vm, cmd.bytes);
+        if (!pages) {
+            send(error_reply(id, reply_code_of(pages.error()), pages.error().message()));
+            return;
+        }
+        json reply = ok_reply(id);
+        reply["vm"] = cmd.vm;
+        reply["target_bytes"] = *pages * 4096;
+        send(reply);
+    }
+
+    void run(const json& id, const VmCreateCmd& cmd) {
+        if (!have_vms(id)) return;
+        run_vm_worker(id, [vms = server_.config.vms, spec = cmd.spec] { return info_of(vms->create_vm(spec)); });
+    }
+
+    void run(const json& id, const VmStopCmd& cmd) {
+        if (!have_vms(id)) return;
+        run_vm_worker(id, [vms = server_.config.vms, cmd] { return info_of(vms->stop_vm(cmd.vm, cmd.timeout)); });
+    }
+
+    void run(const json& id, const VmActionCmd& cmd) {
+        if (!have_vms(id)) return;
+        VmControl* vms = server_.config.vms;
+        switch (cmd.action) {
+            case VmAction::pause: run_vm_worker(id, [vms, cmd] { return info_of(vms->pause_vm(cmd.vm)); }); break;
+            case VmAction::resume: run_vm_worker(id, [vms, cmd] { return info_of(vms->resume_vm(cmd.vm)); }); break;
+            case VmAction::remove:
+                run_vm_worker(id, [vms, cmd]() -> Result<json> {
+                    SWV_TRY(vms->remove_vm(cmd.vm));
+                    return json{{"name", cmd.vm}, {"removed", true}};
+                });
+                break;
+        }
+    }
+
+    static Result<json> info_of(Result<VmInfo> info) {
+        if (!info) return std::unexpected(std::move(info.error()));
+        return vm_info_json(*info);
+    }
+
+    void run_vm_worker(const json& id, std::function<Result<json>()> body) {
+        ControlServer::Impl& server = server_;
+        spawn(id, [&server, conn = shared_from_this(), id, body = std::move(body)] {
+            auto info = body();
+            json reply;
+            if (info) {
+                reply = ok_reply(id);
+                reply.update(*info);
+            } else {
+                reply = error_reply(id, reply_code_of(info.error()), info.error().message());
+            }
+            server.post_line(conn, to_line(reply));
+        });
+    }
+
     // swapon opens (maybe creates and sizes) a file: off the control thread.
     void run(const json& id, const SwaponCmd& cmd) {
         ControlServer::Impl& server = server_;
@@ -271,12 +360,21 @@ private:
             }
             std::optional<std::chrono::steady_clock::time_point> last;
             const std::string name = server.host.pool().resolve_name(cmd.path);  // before it is gone
+            spdlog::info("swapoff {}: started", name);
+            SwapoffBoard* board = server.config.swapoffs;
             auto report = server.host.pool().swapoff(cmd.path, *ring, [&](swap::SwapoffProgress p) {
+                if (board != nullptr) board->update(name, {p.done, p.total});
                 auto now = std::chrono::steady_clock::now();
                 if (last && now - *last < server.config.progress_interval) return;
                 last = now;
                 server.post_line(conn, to_line(progress_line(id, p.done, p.total)));
             }, cmd.force);
+            if (board != nullptr) board->finish(name);
+            if (report)
+                spdlog::info("swapoff {}: done, {} pages moved, {} brought back", name, report->pages_moved,
+                             report->pages_brought_back);
+            else
+                spdlog::warn("swapoff {}: failed: {}", name, report.error().message());
             json reply;
             if (report) {
                 reply = ok_reply(id);
@@ -303,7 +401,7 @@ private:
             }
         };
         if (!server_.spawn_worker(std::move(guarded))) {
-            send(error_reply(id, ReplyCode::busy, "too many swapon / swapoff commands running (or shutting down)"));
+            send(error_reply(id, ReplyCode::busy, "too many long commands (swapon, swapoff, vm-*) running, or shutting down"));
         }
     }
 

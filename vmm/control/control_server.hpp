@@ -24,7 +24,9 @@
 #include "guestmem/host_memory.hpp"
 #include "io/result.hpp"
 #include "vmm/control/device_stats.hpp"
+#include "vmm/control/metrics.hpp"
 #include "vmm/control/protocol.hpp"
+#include "vmm/control/vm_control.hpp"
 
 namespace swapvisor::vmm::control {
 
@@ -36,6 +38,11 @@ struct ControlServerConfig {
     std::size_t max_workers = 8;               // concurrent swapon / swapoff; more: "busy"
     unsigned ring_entries = 64;                // each worker's io::Ring
     std::chrono::milliseconds progress_interval{100};  // at most ~10 progress lines a second
+    // The VM host for vm-create / vm-stop / ... / set-balloon (must outlive the
+    // server); null: those commands answer `unsupported`.
+    VmControl* vms = nullptr;
+    // Where running swapoffs report progress for the metrics endpoint; may be null.
+    SwapoffBoard* swapoffs = nullptr;
 };
 
 class ControlServer {

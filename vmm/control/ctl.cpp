@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <iostream>
 #include <string_view>
+#include <tuple>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -46,6 +47,14 @@ std::string_view command_name(CtlCommand command) {
         case CtlCommand::swapoff: return "swapoff";
         case CtlCommand::set_limit: return "set-limit";
         case CtlCommand::set_budget: return "set-budget";
+        case CtlCommand::vm_create: return "vm-create";
+        case CtlCommand::vm_stop: return "vm-stop";
+        case CtlCommand::vm_pause: return "vm-pause";
+        case CtlCommand::vm_resume: return "vm-resume";
+        case CtlCommand::vm_remove: return "vm-remove";
+        case CtlCommand::vm_list: return "vm-list";
+        case CtlCommand::set_balloon: return "set-balloon";
+        case CtlCommand::set_quota: return "set-quota";
     }
     return "ctl";
 }
@@ -122,8 +131,39 @@ void print_status(const json& reply, StatsDetail detail, std::ostream& out) {
     }
 }
 
+std::string vm_line(const json& vm) {
+    std::string end;
+    if (vm.contains("exit_code")) {
+        end = fmt::format("{} ({})", u64(vm, "exit_code"), str(vm, "end_reason"));
+    }
+    return fmt::format("{:<16} {:>8} {:>6} {:>9} {}\n", str(vm, "name"), str(vm, "state"), u64(vm, "vcpus"),
+                       human_bytes(u64(vm, "memory_bytes")), end);
+}
+
+void print_vm_list(const json& reply, std::ostream& out) {
+    out << fmt::format("{:<16} {:>8} {:>6} {:>9} {}\n", "VM", "STATE", "VCPUS", "MEMORY", "EXIT (REASON)");
+    const json& vms = reply.contains("vms") && reply["vms"].is_array() ? reply["vms"] : json::array();
+    for (const json& vm : vms) out << vm_line(vm);
+    if (vms.empty()) out << "(no VMs)\n";
+}
+
 void print_result(const CtlOptions& options, const json& reply, std::ostream& out) {
     switch (options.command) {
+        case CtlCommand::vm_list: print_vm_list(reply, out); break;
+        case CtlCommand::vm_create:
+        case CtlCommand::vm_stop:
+        case CtlCommand::vm_pause:
+        case CtlCommand::vm_resume:
+            out << fmt::format("{:<16} {:>8} {:>6} {:>9} {}\n", "VM", "STATE", "VCPUS", "MEMORY", "EXIT (REASON)");
+            out << vm_line(reply);
+            break;
+        case CtlCommand::vm_remove: out << fmt::format("vm-remove {}: removed\n", str(reply, "name")); break;
+        case CtlCommand::set_balloon:
+            out << fmt::format("set-balloon {}: target {}\n", str(reply, "vm"), human_bytes(u64(reply, "target_bytes")));
+            break;
+        case CtlCommand::set_quota:
+            out << fmt::format("set-quota {}: swap quota {}\n", str(reply, "vm"), limit_text(u64(reply, "swap_quota")));
+            break;
         case CtlCommand::status: print_status(reply, StatsDetail::summary, out); break;
         case CtlCommand::stats: print_status(reply, StatsDetail::full, out); break;
         case CtlCommand::swapon:
@@ -227,6 +267,41 @@ void add_ctl_subcommand(CLI::App& app, CtlOptions& o) {
     CLI::App* set_budget = ctl->add_subcommand("set-budget", "Set the host memory budget over all VMs (0: none)");
     set_budget->add_option("SIZE", o.bytes, "Budget, e.g. 8G")->required()->check(size_validator());
     set_budget->callback([&o] { o.command = CtlCommand::set_budget; });
+
+    CLI::App* create = ctl->add_subcommand("vm-create", "Create and start a VM (swapvisor serve)");
+    create->add_option("NAME", o.vm, "VM name ([A-Za-z0-9._-], <= 64)")->required();
+    create->add_option("--kernel", o.kernel, "Guest image (PVH ELF)")->required();
+    create->add_option("--memory", o.memory, "Guest RAM, a multiple of 2 MiB")->check(size_validator())->capture_default_str();
+    create->add_option("--vcpus", o.vcpus, "vCPUs (1..255)")->check(CLI::Range(1, 255));
+    create->add_option("--resident-limit", o.resident_limit, "Resident limit (at least 16M)")->check(size_validator());
+    create->add_option("--swap-quota", o.swap_quota, "Most of the shared swap pool it may fill")->check(size_validator());
+    create->add_flag("--balloon", o.balloon, "Add a virtio-balloon device");
+    create->add_option("--serial-log", o.serial_log, "Append the guest's serial output to FILE");
+    create->add_option("--cmdline", o.cmdline, "Guest command line");
+    create->callback([&o] { o.command = CtlCommand::vm_create; });
+    CLI::App* stop = ctl->add_subcommand("vm-stop", "Stop a VM: let the guest exit by itself, force it after --timeout-ms");
+    stop->add_option("NAME", o.vm, "VM name")->required();
+    stop->add_option("--timeout-ms", o.timeout_ms, "Milliseconds before the VM is forced off")->check(CLI::Range(0, 600000))->capture_default_str();
+    stop->callback([&o] { o.command = CtlCommand::vm_stop; });
+    for (auto [name, help, command] : {std::tuple{"vm-pause", "Hold a VM's vCPUs", CtlCommand::vm_pause},
+                                       std::tuple{"vm-resume", "Let a paused VM run again", CtlCommand::vm_resume},
+                                       std::tuple{"vm-remove", "Forget an ended VM (its name can be used again)",
+                                                  CtlCommand::vm_remove}}) {
+        CLI::App* sub = ctl->add_subcommand(name, help);
+        sub->add_option("NAME", o.vm, "VM name")->required();
+        sub->callback([&o, command] { o.command = command; });
+    }
+    ctl->add_subcommand("vm-list", "Every VM: state, and how ended ones ended")->callback([&o] {
+        o.command = CtlCommand::vm_list;
+    });
+    CLI::App* balloon = ctl->add_subcommand("set-balloon", "Set a VM's balloon target (what the guest gives back)");
+    balloon->add_option("VM", o.vm, "VM name")->required();
+    balloon->add_option("SIZE", o.bytes, "Balloon size, e.g. 64M (0: deflate fully)")->required()->check(size_validator());
+    balloon->callback([&o] { o.command = CtlCommand::set_balloon; });
+    CLI::App* quota = ctl->add_subcommand("set-quota", "Set a VM's swap quota on the shared pool (0: none)");
+    quota->add_option("VM", o.vm, "VM name")->required();
+    quota->add_option("SIZE", o.bytes, "Swap quota, e.g. 1G")->required()->check(size_validator());
+    quota->callback([&o] { o.command = CtlCommand::set_quota; });
 }
 
 // A path as the operator meant it: relative to the ctl's directory, not the server's.
@@ -259,6 +334,29 @@ json ctl_request(const CtlOptions& options, int id) {
             request["bytes"] = bytes_of(options.bytes);
             break;
         case CtlCommand::set_budget: request["bytes"] = bytes_of(options.bytes); break;
+        case CtlCommand::set_balloon:
+        case CtlCommand::set_quota:
+            request["vm"] = options.vm;
+            request["bytes"] = bytes_of(options.bytes);
+            break;
+        case CtlCommand::vm_create:
+            request["name"] = options.vm;
+            request["kernel"] = absolute_path(options.kernel);
+            request["memory"] = bytes_of(options.memory);
+            request["vcpus"] = options.vcpus;
+            if (!options.resident_limit.empty()) request["resident_limit"] = bytes_of(options.resident_limit);
+            if (!options.swap_quota.empty()) request["swap_quota"] = bytes_of(options.swap_quota);
+            if (options.balloon) request["balloon"] = true;
+            if (!options.serial_log.empty()) request["serial_log"] = absolute_path(options.serial_log);
+            if (!options.cmdline.empty()) request["cmdline"] = options.cmdline;
+            break;
+        case CtlCommand::vm_stop:
+            request["vm"] = options.vm;
+            request["timeout_ms"] = options.timeout_ms;
+            break;
+        case CtlCommand::vm_pause:
+        case CtlCommand::vm_resume:
+        case CtlCommand::vm_remove: request["vm"] = options.vm; break;
         default: break;
     }
     return request;
@@ -268,7 +366,8 @@ int run_ctl(const CtlOptions& options) { return run_ctl(options, std::cout, std:
 
 int run_ctl(const CtlOptions& options, std::ostream& out, std::ostream& err) {
     if (options.command == CtlCommand::none) {
-        err << "swapvisor ctl: no command (status, stats, swapon, swapoff, set-limit, set-budget)\n";
+        err << "swapvisor ctl: no command (status, stats, swapon, swapoff, set-limit, set-budget, vm-create, vm-stop, "
+               "vm-pause, vm-resume, vm-remove, vm-list, set-balloon, set-quota)\n";
         return kCtlExitErrorReply;
     }
     auto fd = connect_to(options.socket);

@@ -22,7 +22,10 @@ inline constexpr int kCtlExitOk = 0;
 inline constexpr int kCtlExitErrorReply = 1;
 inline constexpr int kCtlExitNoConnection = 2;
 
-enum class CtlCommand { none, status, stats, swapon, swapoff, set_limit, set_budget };
+enum class CtlCommand {
+    none, status, stats, swapon, swapoff, set_limit, set_budget,
+    vm_create, vm_stop, vm_pause, vm_resume, vm_remove, vm_list, set_balloon, set_quota,
+};
 // Redraw a progress bar for swapoff: on a terminal (stdout is a tty and `out` is
 // std::cout), always, or never.
 enum class ProgressBar { auto_detect, on, off };
@@ -36,8 +39,18 @@ struct CtlOptions {
     std::string size;        // swapon (empty: the file must exist); SIZE text, e.g. "2G"
     bool format = false;     // swapon --format: erase a device without a swapvisor header
     bool force = false;      // swapoff --force: take out a device with unreadable slots
-    std::string vm;          // set-limit
-    std::string bytes;       // set-limit, set-budget: SIZE text ("0": no limit)
+    std::string vm;          // set-limit, vm-*, set-balloon, set-quota; vm-create: the new VM's name
+    std::string bytes;       // set-limit, set-budget, set-balloon, set-quota: SIZE text ("0": no limit)
+    // vm-create
+    std::string kernel;
+    std::string memory = "512M";
+    unsigned vcpus = 1;
+    std::string resident_limit;  // empty: none
+    std::string swap_quota;      // empty: none
+    bool balloon = false;
+    std::string serial_log;      // empty: the daemon's stdout
+    std::string cmdline;
+    unsigned timeout_ms = 5000;  // vm-stop
     ProgressBar progress = ProgressBar::auto_detect;
 };
 

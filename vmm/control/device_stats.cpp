@@ -17,6 +17,11 @@ Result<void> DeviceStats::add(std::string vm, std::string device, CounterSource 
     return {};
 }
 
+void DeviceStats::remove(std::string_view vm) {
+    std::lock_guard lock(mutex_);
+    std::erase_if(sources_, [vm](const Source& s) { return s.vm == vm; });
+}
+
 std::vector<DeviceCounters> DeviceStats::read(std::string_view vm) const {
     std::lock_guard lock(mutex_);
     std::vector<DeviceCounters> out;

@@ -42,6 +42,8 @@ public:
     // Register `source` as `device` of VM `vm`. EEXIST if that VM already has a
     // source of that name (it would overwrite the other in the JSON).
     Result<void> add(std::string vm, std::string device, CounterSource source);
+    // Drop every source of `vm` (the VM was removed; a new VM may take its name).
+    void remove(std::string_view vm);
     // Every source of `vm`, in the order added, each read now.
     std::vector<DeviceCounters> read(std::string_view vm) const;
 

@@ -30,6 +30,11 @@ std::string_view code_name(ReplyCode code) {
         case ReplyCode::no_such_vm: return "no_such_vm";
         case ReplyCode::busy: return "busy";
         case ReplyCode::unreadable_slots: return "unreadable_slots";
+        case ReplyCode::vm_running: return "vm_running";
+        case ReplyCode::vm_ended: return "vm_ended";
+        case ReplyCode::no_balloon: return "no_balloon";
+        case ReplyCode::unsupported: return "unsupported";
+        case ReplyCode::timeout: return "timeout";
     }
     return "io_error";
 }
@@ -49,6 +54,18 @@ ReplyCode reply_code_of(const Error& error) {
             default: return ReplyCode::io_error;
         }
     }
+    if (code.category() == vm_category()) {
+        switch (static_cast<VmErrc>(code.value())) {
+            case VmErrc::no_such_vm: return ReplyCode::no_such_vm;
+            case VmErrc::exists: return ReplyCode::exists;
+            case VmErrc::running: return ReplyCode::vm_running;
+            case VmErrc::not_running: return ReplyCode::vm_ended;
+            case VmErrc::bad_spec: return ReplyCode::bad_request;
+            case VmErrc::no_balloon: return ReplyCode::no_balloon;
+        }
+        return ReplyCode::io_error;
+    }
+    if (error.is(std::errc::timed_out)) return ReplyCode::timeout;
     if (code.category() == io::io_category()) {
         // A device smaller than one cluster, or one with an odd block size: the
         // request named something unusable, not a failing disk.
@@ -149,6 +166,49 @@ std::expected<std::uint64_t, std::string> size_field(const json& request, const 
     return size_value(*it, name);
 }
 
+// vm-create's fields, type-checked here; their values are range-checked by the VM
+// host, which names the field as well.
+std::expected<VmCreateSpec, std::string> parse_vm_create(const json& request) {
+    VmCreateSpec spec;
+    auto name = string_field(request, "name");
+    if (!name) return std::unexpected(name.error());
+    spec.name = std::move(*name);
+    auto kernel = string_field(request, "kernel");
+    if (!kernel) return std::unexpected(kernel.error());
+    spec.kernel = std::move(*kernel);
+    auto memory = size_field(request, "memory");
+    if (!memory) return std::unexpected(memory.error());
+    spec.memory_bytes = *memory;
+    if (auto it = request.find("cmdline"); it != request.end()) {
+        if (!it->is_string()) return std::unexpected(std::string("field \"cmdline\" must be a string"));
+        spec.cmdline = it->get<std::string>();
+    }
+    if (auto it = request.find("vcpus"); it != request.end()) {
+        if (!it->is_number_unsigned() || it->get<std::uint64_t>() == 0 || it->get<std::uint64_t>() > 255)
+            return std::unexpected(std::string("field \"vcpus\" must be an integer in 1..255"));
+        spec.vcpus = it->get<unsigned>();
+    }
+    for (auto [field, target] : {std::pair{"resident_limit", &spec.resident_limit}, std::pair{"swap_quota", &spec.swap_quota}}) {
+        auto it = request.find(field);
+        if (it == request.end()) continue;
+        auto size = size_value(*it, field);
+        if (!size) return std::unexpected(size.error());
+        *target = *size;
+    }
+    if (auto low = check_memory_limit(spec.resident_limit, "resident limit"); !low.empty())
+        return std::unexpected(fmt::format("field \"resident_limit\": {}", low));
+    if (auto it = request.find("balloon"); it != request.end()) {
+        if (!it->is_boolean()) return std::unexpected(std::string("field \"balloon\" must be true or false"));
+        spec.balloon = it->get<bool>();
+    }
+    if (auto it = request.find("serial_log"); it != request.end()) {
+        if (!it->is_string() || it->get_ref<const std::string&>().empty())
+            return std::unexpected(std::string("field \"serial_log\" must be a non-empty path"));
+        spec.serial_log = it->get<std::string>();
+    }
+    return spec;
+}
+
 }  // namespace
 
 std::expected<Request, RequestError> parse_request(std::string_view line) {
@@ -157,12 +217,12 @@ std::expected<Request, RequestError> parse_request(std::string_view line) {
     if (request.is_discarded()) return bad(nullptr, ReplyCode::bad_json, "the line is not valid JSON");
     if (!request.is_object()) return bad(nullptr, ReplyCode::bad_json, "a request must be one JSON object");
 
+    // No id is fine (QMP): the reply echoes null.
     auto id_it = request.find("id");
-    if (id_it == request.end()) return bad(nullptr, ReplyCode::bad_request, "missing field \"id\"");
-    if (!id_it->is_number_integer() && !id_it->is_string()) {
+    if (id_it != request.end() && !id_it->is_null() && !id_it->is_number_integer() && !id_it->is_string()) {
         return bad(nullptr, ReplyCode::bad_request, "field \"id\" must be an integer or a string");
     }
-    const json id = *id_it;
+    const json id = id_it == request.end() ? json(nullptr) : *id_it;
 
     auto cmd_it = request.find("cmd");
     if (cmd_it == request.end()) return bad(id, ReplyCode::bad_request, "missing field \"cmd\"");
@@ -229,8 +289,43 @@ std::expected<Request, RequestError> parse_request(std::string_view line) {
             return bad(id, ReplyCode::bad_request, low);
         return Request{id, SetBudgetCmd{*bytes}};
     }
+    if (cmd == "vm-create") {
+        auto spec = parse_vm_create(request);
+        if (!spec) return bad(id, ReplyCode::bad_request, spec.error());
+        return Request{id, VmCreateCmd{std::move(*spec)}};
+    }
+    if (cmd == "vm-stop") {
+        auto vm = string_field(request, "vm");
+        if (!vm) return bad(id, ReplyCode::bad_request, vm.error());
+        VmStopCmd stop{std::move(*vm)};
+        if (auto it = request.find("timeout_ms"); it != request.end()) {
+            if (!it->is_number_unsigned() || it->get<std::uint64_t>() > static_cast<std::uint64_t>(kMaxStopTimeout.count()))
+                return bad(id, ReplyCode::bad_request,
+                           fmt::format("field \"timeout_ms\" must be an integer in 0..{}", kMaxStopTimeout.count()));
+            stop.timeout = std::chrono::milliseconds(it->get<std::uint64_t>());
+        }
+        return Request{id, std::move(stop)};
+    }
+    for (auto [name, action] : {std::pair{"vm-pause", VmAction::pause}, std::pair{"vm-resume", VmAction::resume},
+                                std::pair{"vm-remove", VmAction::remove}}) {
+        if (cmd != name) continue;
+        auto vm = string_field(request, "vm");
+        if (!vm) return bad(id, ReplyCode::bad_request, vm.error());
+        return Request{id, VmActionCmd{std::move(*vm), action}};
+    }
+    if (cmd == "vm-list") return Request{id, VmListCmd{}};
+    if (cmd == "set-balloon" || cmd == "set-quota") {
+        auto vm = string_field(request, "vm");
+        if (!vm) return bad(id, ReplyCode::bad_request, vm.error());
+        auto bytes = size_field(request, "bytes");
+        if (!bytes) return bad(id, ReplyCode::bad_request, bytes.error());
+        if (cmd == "set-balloon") return Request{id, SetBalloonCmd{std::move(*vm), *bytes}};
+        return Request{id, SetQuotaCmd{std::move(*vm), *bytes}};
+    }
     return bad(id, ReplyCode::unknown_command,
-               fmt::format("unknown command \"{}\" (status, stats, swapon, swapoff, set-limit, set-budget)", cmd));
+               fmt::format("unknown command \"{}\" (status, stats, swapon, swapoff, set-limit, set-budget, vm-create, "
+                           "vm-stop, vm-pause, vm-resume, vm-remove, vm-list, set-balloon, set-quota)",
+                           cmd));
 }
 
 json ok_reply(const json& id) { return json{{"id", id}, {"ok", true}}; }
@@ -239,6 +334,17 @@ json error_reply(const json& id, ReplyCode code, std::string_view message) {
     return json{{"id", id},
                 {"ok", false},
                 {"error", {{"code", std::string(code_name(code))}, {"message", std::string(message)}}}};
+}
+
+json vm_info_json(const VmInfo& info) {
+    json j = {{"name", info.name}, {"state", vm_state_name(info.state)}, {"vcpus", info.vcpus},
+              {"memory_bytes", info.memory_bytes}};
+    if (info.exit_code) {
+        j["exit_code"] = *info.exit_code;
+        j["end_reason"] = info.end_reason;
+        if (!info.end_message.empty()) j["end_message"] = info.end_message;
+    }
+    return j;
 }
 
 json progress_line(const json& id, std::uint64_t done, std::uint64_t total) {

@@ -8,6 +8,7 @@
 // replaced (a request may echo garbage back in a message), and ends in '\n'.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <expected>
@@ -19,6 +20,7 @@
 
 #include "io/result.hpp"
 #include "swap/swap_pool.hpp"
+#include "vmm/control/vm_control.hpp"
 
 namespace swapvisor::vmm::control {
 
@@ -40,6 +42,11 @@ enum class ReplyCode {
     no_such_vm,       // set-limit of an unknown VM name
     busy,             // too many long commands or connections at once; retry later
     unreadable_slots, // swapoff without force: some slots cannot be read (nothing lost)
+    vm_running,       // vm-remove of a VM that has not ended
+    vm_ended,         // vm-pause / vm-resume / set-balloon of a VM that has ended
+    no_balloon,       // set-balloon of a VM without a balloon device
+    unsupported,      // a VM lifecycle command on a server without a VM host
+    timeout,          // vm-pause: the vCPUs did not stop in time (the VM runs on)
 };
 std::string_view code_name(ReplyCode code);
 // The reply code for an error from the layers below (swap::Errc, io::Errc, errno).
@@ -86,10 +93,36 @@ struct SetLimitCmd {
 struct SetBudgetCmd {
     std::uint64_t bytes = 0;  // 0: no host budget; else at least kMinMemoryLimit
 };
-using Command = std::variant<StatusCmd, SwaponCmd, SwapoffCmd, SetLimitCmd, SetBudgetCmd>;
+struct VmCreateCmd {
+    VmCreateSpec spec;
+};
+// How long vm-stop gives the guest to exit by itself before forcing it.
+inline constexpr std::chrono::milliseconds kDefaultStopTimeout{5000};
+inline constexpr std::chrono::milliseconds kMaxStopTimeout{600000};
+struct VmStopCmd {
+    std::string vm;
+    std::chrono::milliseconds timeout = kDefaultStopTimeout;
+};
+enum class VmAction { pause, resume, remove };
+struct VmActionCmd {
+    std::string vm;
+    VmAction action;
+};
+struct VmListCmd {};
+struct SetBalloonCmd {
+    std::string vm;
+    std::uint64_t bytes = 0;  // balloon target: how much the guest should give up
+};
+struct SetQuotaCmd {
+    std::string vm;
+    std::uint64_t bytes = 0;  // swap quota on the shared pool; 0: none
+};
+using Command = std::variant<StatusCmd, SwaponCmd, SwapoffCmd, SetLimitCmd, SetBudgetCmd, VmCreateCmd, VmStopCmd,
+                             VmActionCmd, VmListCmd, SetBalloonCmd, SetQuotaCmd>;
 
-// A request id is a JSON integer or string, echoed back verbatim; null when the
-// request had none usable (its error reply then carries "id":null).
+// A request id is a JSON integer or string, echoed back verbatim. It is optional,
+// as in QMP: a request without one is run and its reply carries "id":null. An id of
+// another type is refused (bad_request, "id":null).
 struct Request {
     nlohmann::json id;
     Command command;
@@ -105,6 +138,8 @@ std::expected<Request, RequestError> parse_request(std::string_view line);
 
 nlohmann::json ok_reply(const nlohmann::json& id);
 nlohmann::json error_reply(const nlohmann::json& id, ReplyCode code, std::string_view message);
+// A VmInfo as the vm-list / vm-create / vm-stop replies show it.
+nlohmann::json vm_info_json(const VmInfo& info);
 nlohmann::json progress_line(const nlohmann::json& id, std::uint64_t done, std::uint64_t total);
 
 // Serialise one object as a protocol line: compact, invalid UTF-8 replaced, '\n'.

@@ -1,0 +1,290 @@
+// The Prometheus exposition (metrics.hpp) and its HTTP server (metrics_server.hpp),
+// and the VM commands of the control socket against a recording VmControl: a real
+// SwapPool and HostMemory underneath, raw HTTP and JSON over real sockets.
+#include <gtest/gtest.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "guestmem/host_memory.hpp"
+#include "io/unique_fd.hpp"
+#include "swap/swap_pool.hpp"
+#include "vmm/control/control_server.hpp"
+#include "vmm/control/metrics.hpp"
+#include "vmm/control/metrics_server.hpp"
+#include "vmm/control/stats_json.hpp"
+
+using namespace swapvisor;
+using namespace swapvisor::vmm::control;
+using nlohmann::json;
+
+namespace {
+
+// Records what the control socket asked; answers from a small table.
+class FakeVms final : public VmControl {
+public:
+    Result<VmInfo> create_vm(const VmCreateSpec& spec) override {
+        std::lock_guard lock(mutex_);
+        if (vms_.contains(spec.name)) return make_error(VmErrc::exists, "vm-create", spec.name);
+        if (spec.memory_bytes % (2 << 20) != 0)
+            return make_error(VmErrc::bad_spec, "vm-create", "field \"memory\": not a multiple of 2 MiB");
+        created.push_back(spec);
+        vms_[spec.name] = VmInfo{.name = spec.name, .vcpus = spec.vcpus, .memory_bytes = spec.memory_bytes};
+        return vms_[spec.name];
+    }
+    Result<VmInfo> stop_vm(const std::string& name, std::chrono::milliseconds timeout) override {
+        std::lock_guard lock(mutex_);
+        auto it = vms_.find(name);
+        if (it == vms_.end()) return make_error(VmErrc::no_such_vm, "vm-stop", name);
+        last_timeout = timeout;
+        it->second.state = VmState::ended;
+        it->second.exit_code = 143;
+        it->second.end_reason = "stopped";
+        return it->second;
+    }
+    Result<VmInfo> pause_vm(const std::string& name) override { return set_state(name, VmState::paused); }
+    Result<VmInfo> resume_vm(const std::string& name) override { return set_state(name, VmState::running); }
+    Result<void> remove_vm(const std::string& name) override {
+        std::lock_guard lock(mutex_);
+        auto it = vms_.find(name);
+        if (it == vms_.end()) return make_error(VmErrc::no_such_vm, "vm-remove", name);
+        if (it->second.state != VmState::ended) return make_error(VmErrc::running, "vm-remove", name);
+        vms_.erase(it);
+        return {};
+    }
+    std::vector<VmInfo> list_vms() const override {
+        std::lock_guard lock(mutex_);
+        std::vector<VmInfo> out;
+        for (const auto& [name, info] : vms_) out.push_back(info);
+        return out;
+    }
+    Result<std::uint64_t> set_balloon(const std::string& name, std::uint64_t bytes) override {
+        std::lock_guard lock(mutex_);
+        if (!vms_.contains(name)) return make_error(VmErrc::no_such_vm, "set-balloon", name);
+        if (name != "ballooned") return make_error(VmErrc::no_balloon, "set-balloon", name);
+        return bytes / 4096;
+    }
+
+    std::vector<VmCreateSpec> created;
+    std::chrono::milliseconds last_timeout{0};
+
+private:
+    Result<VmInfo> set_state(const std::string& name, VmState state) {
+        std::lock_guard lock(mutex_);
+        auto it = vms_.find(name);
+        if (it == vms_.end()) return make_error(VmErrc::no_such_vm, "vm-pause", name);
+        if (it->second.state == VmState::ended) return make_error(VmErrc::not_running, "vm-pause", name);
+        it->second.state = state;
+        return it->second;
+    }
+    mutable std::mutex mutex_;
+    std::map<std::string, VmInfo> vms_;
+};
+
+// One request line, one reply line, over a fresh connection.
+json call(const std::filesystem::path& socket_path, const json& request) {
+    io::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strcpy(addr.sun_path, socket_path.c_str());
+    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
+        return json{{"test_error", std::string("connect: ") + std::strerror(errno)}};
+    timeval bound{.tv_sec = 30, .tv_usec = 0};
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &bound, sizeof bound);
+    std::string line = request.dump() + "\n";
+    if (::send(fd.get(), line.data(), line.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(line.size())) return json();
+    std::string in;
+    char buf[4096];
+    while (in.find('\n') == std::string::npos) {
+        ssize_t n = ::recv(fd.get(), buf, sizeof buf, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return json{{"test_error", "recv: " + (n == 0 ? std::string("EOF") : std::strerror(errno))}};
+        in.append(buf, static_cast<std::size_t>(n));
+    }
+    return json::parse(in.substr(0, in.find('\n')));
+}
+
+std::string http_get(std::uint16_t port, const std::string& target) {
+    io::UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return {};
+    timeval bound{.tv_sec = 10, .tv_usec = 0};  // a hung server fails the test instead of hanging it
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &bound, sizeof bound);
+    std::string request = "GET " + target + " HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    if (::send(fd.get(), request.data(), request.size(), MSG_NOSIGNAL) < 0) return {};
+    std::string in;
+    char buf[4096];
+    for (;;) {
+        ssize_t n = ::recv(fd.get(), buf, sizeof buf, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return std::string("recv: ") + std::strerror(errno);
+        if (n == 0) break;
+        in.append(buf, static_cast<std::size_t>(n));
+    }
+    return in;
+}
+
+// A small exposition-format parser: every sample line is `name{labels} value`;
+// returns name{labels} -> value, or fails the test on a line it cannot read.
+std::map<std::string, std::uint64_t> parse_exposition(const std::string& text) {
+    static const std::regex sample(R"(^([a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})?) ([0-9]+)$)");
+    std::map<std::string, std::uint64_t> out;
+    std::istringstream in(text);
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.starts_with("# HELP ") || line.starts_with("# TYPE ")) continue;
+        std::smatch m;
+        EXPECT_TRUE(std::regex_match(line, m, sample)) << "unparsable: " << line;
+        if (!m.empty()) out[m[1]] = std::stoull(m[5]);
+    }
+    return out;
+}
+
+class MetricsTest : public ::testing::Test {
+protected:
+    void SetUp() override {
+        if (access("/proc/sys/vm/unprivileged_userfaultfd", F_OK) != 0 && access("/dev/userfaultfd", F_OK) != 0)
+            GTEST_SKIP() << "SKIPPED LOUDLY: userfaultfd unavailable";
+        dir_ = std::filesystem::temp_directory_path() /
+               ("swv-metrics-" + std::to_string(getpid()) + "-" +
+                ::testing::UnitTest::GetInstance()->current_test_info()->name());
+        std::filesystem::remove_all(dir_);
+        std::filesystem::create_directories(dir_);
+        pool_ = std::make_unique<swap::SwapPool>();
+        ASSERT_TRUE(pool_->swapon(dir_ / "a.swap", 3, 16 << 20).has_value());
+        host_ = std::make_unique<guestmem::HostMemory>(*pool_, 0);
+        auto vm = host_->create_vm(
+            guestmem::MemoryConfig{.name = "web\"1", .memory_bytes = 8 << 20, .resident_limit = 16 << 20, .swap_quota = 1 << 20});
+        ASSERT_TRUE(vm.has_value());
+        ASSERT_TRUE(devices_.add("web\"1", "balloon", [] { return Counters{{"target_pages", 7}, {"actual_pages", 5}}; }));
+    }
+    void TearDown() override {
+        host_.reset();
+        pool_.reset();
+        std::error_code ec;
+        std::filesystem::remove_all(dir_, ec);
+    }
+    std::filesystem::path dir_;
+    std::unique_ptr<swap::SwapPool> pool_;
+    std::unique_ptr<guestmem::HostMemory> host_;
+    DeviceStats devices_;
+};
+
+}  // namespace
+
+TEST_F(MetricsTest, ExpositionCarriesTheSameNamesAsStatsJson) {
+    FakeVms vms;
+    ASSERT_TRUE(vms.create_vm(VmCreateSpec{.name = "web\"1", .memory_bytes = 8 << 20}).has_value());
+    SwapoffBoard board;
+    board.update((dir_ / "a.swap").string(), {10, 40});
+    auto samples = parse_exposition(prometheus_text(*host_, devices_, &vms, &board));
+    const std::string vm = R"({vm="web\"1"})";
+    // Every MemStats field of stats_json is a metric of the same name.
+    json stats = stats_json(*host_, devices_, StatsDetail::full);
+    for (const guestmem::MemStatField& f : guestmem::kMemStatFields) {
+        auto it = samples.find(std::string("swapvisor_vm_") + f.name + vm);
+        ASSERT_NE(it, samples.end()) << f.name;
+        EXPECT_EQ(it->second, stats["vms"][0][f.name].get<std::uint64_t>()) << f.name;
+    }
+    EXPECT_EQ(samples.at("swapvisor_vm_resident_limit" + vm), 16u << 20);
+    EXPECT_EQ(samples.at("swapvisor_vm_swap_quota_bytes" + vm), 1u << 20);
+    EXPECT_EQ(samples.at("swapvisor_vm_balloon_target_pages" + vm), 7u);
+    EXPECT_EQ(samples.at("swapvisor_vm_balloon_actual_pages" + vm), 5u);
+    EXPECT_EQ(samples.at(R"(swapvisor_vm_state{vm="web\"1",state="running"})"), 1u);
+    EXPECT_EQ(samples.at(R"(swapvisor_vm_state{vm="web\"1",state="ended"})"), 0u);
+    const std::string dev = "{path=\"" + (dir_ / "a.swap").string() + "\"}";
+    EXPECT_EQ(samples.at("swapvisor_swap_total_slots" + dev), stats["swap"][0]["total_slots"].get<std::uint64_t>());
+    EXPECT_EQ(samples.at("swapvisor_swap_priority" + dev), 3u);
+    EXPECT_EQ(samples.at("swapvisor_swap_swapoff_done_slots" + dev), 10u);
+    EXPECT_EQ(samples.at("swapvisor_swap_swapoff_total_slots" + dev), 40u);
+    EXPECT_EQ(samples.at("swapvisor_host_allocated_vslots"), 0u);
+    board.finish((dir_ / "a.swap").string());
+    samples = parse_exposition(prometheus_text(*host_, devices_, nullptr, &board));
+    EXPECT_EQ(samples.at("swapvisor_swap_swapoff_total_slots" + dev), 0u);
+    EXPECT_FALSE(samples.contains(R"(swapvisor_vm_state{vm="web\"1",state="running"})"));
+}
+
+TEST_F(MetricsTest, HttpServerAnswersMetricsOnLoopbackOnly) {
+    MetricsServer refused(*host_, devices_, nullptr);
+    auto wide = refused.start("0.0.0.0:0");
+    ASSERT_FALSE(wide.has_value());
+    EXPECT_TRUE(wide.error().is(std::errc::invalid_argument));
+    EXPECT_FALSE(refused.start("127.0.0.1:99999").has_value());
+
+    MetricsServer server(*host_, devices_, nullptr);
+    ASSERT_TRUE(server.start("127.0.0.1:0").has_value());
+    ASSERT_NE(server.port(), 0);
+    std::string reply = http_get(server.port(), "/metrics");
+    ASSERT_TRUE(reply.starts_with("HTTP/1.1 200")) << "[" << reply.substr(0, 200) << "]";
+    EXPECT_NE(reply.find("text/plain; version=0.0.4"), std::string::npos);
+    auto body = reply.substr(reply.find("\r\n\r\n") + 4);
+    auto samples = parse_exposition(body);
+    EXPECT_TRUE(samples.contains(R"(swapvisor_vm_memory_bytes{vm="web\"1"})"));
+    EXPECT_TRUE(http_get(server.port(), "/nope").starts_with("HTTP/1.1 404"));
+    const std::uint16_t port = server.port();
+    server.stop();
+    EXPECT_EQ(http_get(port, "/metrics"), "") << "still answering after stop()";
+}
+
+TEST_F(MetricsTest, ControlSocketRunsVmCommandsThroughTheVmHost) {
+    FakeVms vms;
+    ControlServer server(*host_, devices_, ControlServerConfig{.socket_path = dir_ / "c.sock", .vms = &vms});
+    ASSERT_TRUE(server.start().has_value());
+    const auto sock = dir_ / "c.sock";
+    json r = call(sock, {{"id", 1}, {"cmd", "vm-create"}, {"name", "a"}, {"kernel", "/k"}, {"memory", "64M"},
+                         {"vcpus", 2}, {"swap_quota", "1G"}});
+    ASSERT_EQ(r["ok"], true) << r.dump();
+    EXPECT_EQ(r["state"], "running");
+    ASSERT_EQ(vms.created.size(), 1u);
+    EXPECT_EQ(vms.created[0].swap_quota, 1ULL << 30);
+    EXPECT_EQ(vms.created[0].vcpus, 2u);
+    r = call(sock, {{"id", 2}, {"cmd", "vm-create"}, {"name", "a"}, {"kernel", "/k"}, {"memory", "64M"}});
+    EXPECT_EQ(r["error"]["code"], "exists") << r.dump();
+    r = call(sock, {{"id", 3}, {"cmd", "vm-create"}, {"name", "b"}, {"kernel", "/k"}, {"memory", 4097}});
+    EXPECT_EQ(r["error"]["code"], "bad_request") << r.dump();
+    EXPECT_NE(r["error"]["message"].get<std::string>().find("\"memory\""), std::string::npos);
+    EXPECT_EQ(call(sock, {{"id", 4}, {"cmd", "vm-pause"}, {"vm", "a"}})["state"], "paused");
+    EXPECT_EQ(call(sock, {{"id", 5}, {"cmd", "vm-resume"}, {"vm", "a"}})["state"], "running");
+    EXPECT_EQ(call(sock, {{"id", 6}, {"cmd", "vm-remove"}, {"vm", "a"}})["error"]["code"], "vm_running");
+    EXPECT_EQ(call(sock, {{"id", 7}, {"cmd", "set-balloon"}, {"vm", "a"}, {"bytes", "8M"}})["error"]["code"], "no_balloon");
+    r = call(sock, {{"cmd", "vm-stop"}, {"vm", "a"}, {"timeout_ms", 250}});  // no id: answered with null
+    EXPECT_TRUE(r["id"].is_null());
+    EXPECT_EQ(r["exit_code"], 143) << r.dump();
+    EXPECT_EQ(vms.last_timeout, std::chrono::milliseconds(250));
+    EXPECT_EQ(call(sock, {{"id", 8}, {"cmd", "vm-pause"}, {"vm", "a"}})["error"]["code"], "vm_ended");
+    r = call(sock, {{"id", 9}, {"cmd", "vm-list"}});
+    ASSERT_EQ(r["vms"].size(), 1u);
+    EXPECT_EQ(r["vms"][0]["end_reason"], "stopped");
+    EXPECT_EQ(call(sock, {{"id", 10}, {"cmd", "vm-remove"}, {"vm", "a"}})["removed"], true);
+    EXPECT_EQ(call(sock, {{"id", 11}, {"cmd", "vm-stop"}, {"vm", "a"}})["error"]["code"], "no_such_vm");
+    // set-quota goes to guest memory directly.
+    r = call(sock, {{"id", 12}, {"cmd", "set-quota"}, {"vm", "web\"1"}, {"bytes", "2M"}});
+    ASSERT_EQ(r["ok"], true) << r.dump();
+    EXPECT_EQ(host_->find("web\"1")->stats().swap_quota_bytes, 2u << 20);
+    EXPECT_EQ(call(sock, {{"id", 13}, {"cmd", "set-quota"}, {"vm", "zz"}, {"bytes", 0}})["error"]["code"], "no_such_vm");
+    server.stop();
+}
+
+TEST_F(MetricsTest, VmCommandsWithoutAVmHostAreUnsupported) {
+    ControlServer server(*host_, devices_, ControlServerConfig{.socket_path = dir_ / "c.sock"});
+    ASSERT_TRUE(server.start().has_value());
+    EXPECT_EQ(call(dir_ / "c.sock", {{"id", 1}, {"cmd", "vm-list"}})["error"]["code"], "unsupported");
+    server.stop();
+}

@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# daemon_test.sh <build dir>: issue 10's acceptance on the real stack. `swapvisor
+# serve` with two swap files and a metrics socket; over the control socket: three VMs
+# created (an overcommitted memtouch, a memtouch that never ends, a balloon guest),
+# the endless one stopped (forced after its timeout), removed and created again with
+# the same name; the balloon guest's balloon inflated (its resident memory must fall)
+# and deflated again; a live swapoff of the fuller file while /metrics is scraped with
+# curl and every scrape parsed; then every VM must end with 0 data errors, and at rest
+# the pool must hold no VSlot and no VM's memory. Every wait is bounded.
+# Exit 77 (skipped) only when /dev/kvm is absent.
+set -u
+build=${1:?usage: daemon_test.sh <build dir>}
+bin=$build/swapvisor
+memtouch=$build/examples/memtouch.elf
+balloon=$build/examples/balloon.elf
+if [[ ! -r /dev/kvm || ! -w /dev/kvm ]]; then
+  echo "SKIPPED: /dev/kvm is absent or not accessible; the daemon test did not run" >&2
+  exit 77
+fi
+for f in "$bin" "$memtouch" "$balloon"; do
+  [[ -f $f ]] || { echo "FAIL: $f is missing (build swapvisor, memtouch, balloon)" >&2; exit 1; }
+done
+command -v curl >/dev/null || { echo "FAIL: curl is missing (scripts/install-deps.sh)" >&2; exit 1; }
+work=$(mktemp -d /var/tmp/swv-daemon.XXXXXX)
+serve_pid=
+scraper_pid=
+cleanup() {
+  [[ -n $scraper_pid ]] && kill "$scraper_pid" 2>/dev/null
+  [[ -n $serve_pid ]] && kill "$serve_pid" 2>/dev/null
+  wait 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+sock=$work/control.sock
+metrics=$work/metrics.sock
+fail() { echo "FAIL: $*" >&2; tail -30 "$work/err.log" >&2; exit 1; }
+ctl() { timeout 120 "$bin" ctl --socket "$sock" "$@"; }
+# py <expr over r, the last JSON line of a ctl --json command> <ctl args...>
+py() {
+  local expr=$1; shift
+  ctl --json "$@" | tail -n 1 | python3 -c "import json,sys; r=json.loads(sys.stdin.read()); print($expr)"
+}
+vm_field() { py "[v for v in r['vms'] if v['name']=='$1'][0]['$2'] if any(v['name']=='$1' for v in r['vms']) else ''" vm-list; }
+resident_of() { py "[v for v in r['vms'] if v['name']=='$1'][0]['resident_bytes']" status; }
+wait_ended() {  # wait_ended <vm> <seconds>
+  local deadline=$((SECONDS + $2))
+  while [[ $(vm_field "$1" state) != ended ]]; do
+    ((SECONDS < deadline)) || fail "$1 did not end within $2 s"
+    kill -0 "$serve_pid" 2>/dev/null || fail "serve died"
+    sleep 0.2
+  done
+}
+check_result() {  # check_result <vm>: its serial log says ok with 0 errors
+  local log=$work/$1.serial result
+  result=$(grep -a '^RESULT ' "$log" | tail -n 1)
+  echo "$1: $result"
+  [[ $result == *'"ok":true'* && $result == *'"errors":0'* ]] || fail "$1 did not verify its memory: $result"
+}
+
+"$bin" serve --control "$sock" --swap "$work/a.swap,size=384M,priority=10" --swap "$work/b.swap,size=384M,priority=5" \
+  --metrics "$metrics" --log-level info >"$work/out.log" 2>"$work/err.log" &
+serve_pid=$!
+for _ in $(seq 1 100); do [[ -S $sock && -S $metrics ]] && break; sleep 0.1; done
+[[ -S $sock && -S $metrics ]] || fail "serve did not open its sockets"
+
+# Three VMs. A bad spec first: refused, naming the field, and nothing else changes.
+out=$(ctl vm-create bad --kernel "$memtouch" --memory 3M 2>&1) && fail "a 3 MiB VM was accepted"
+[[ $out == *'"memory"'* && $out == *bad_request* ]] || fail "bad memory not named: $out"
+ctl vm-create alpha --kernel "$memtouch" --memory 256M --resident-limit 48M --swap-quota 1G \
+  --serial-log "$work/alpha.serial" --cmdline "mib=192 passes=8 mode=seq" >/dev/null || fail "create alpha"
+ctl vm-create endless --kernel "$memtouch" --memory 64M --serial-log "$work/endless-1.serial" \
+  --cmdline "mib=32 passes=1000000" >/dev/null || fail "create endless"
+ctl vm-create bal --kernel "$balloon" --memory 160M --balloon --serial-log "$work/bal.serial" \
+  --cmdline "mib=8 rounds=2 pool_mib=96 cycle=1" >/dev/null || fail "create bal"
+out=$(ctl vm-create alpha --kernel "$memtouch" --memory 64M 2>&1) && fail "a second alpha was accepted"
+[[ $out == *exists* ]] || fail "duplicate name not refused with exists: $out"
+[[ $(py "len(r['vms'])" vm-list) -eq 3 ]] || fail "vm-list does not show 3 VMs"
+ctl vm-list
+
+# Pause and resume the endless one, then stop it: it never exits by itself, so the
+# stop is forced after the timeout; its memory is released at once.
+[[ $(py "r['state']" vm-pause endless) == paused ]] || fail "vm-pause"
+[[ $(py "r['state']" vm-resume endless) == running ]] || fail "vm-resume"
+out=$(ctl --json vm-remove endless 2>&1) && fail "removing a running VM succeeded"
+[[ $out == *vm_running* ]] || fail "vm-remove of a running VM: $out"
+[[ $(py "r['exit_code']" vm-stop endless --timeout-ms 300) -eq 143 ]] || fail "vm-stop did not force the VM off"
+[[ $(py "sum(1 for v in r['vms'] if v['name']=='endless')" status) -eq 0 ]] || fail "endless' memory is still there"
+[[ $(vm_field endless end_reason) == stopped ]] || fail "endless is not listed as stopped"
+ctl vm-remove endless >/dev/null || fail "vm-remove endless"
+ctl vm-create endless --kernel "$memtouch" --memory 64M --serial-log "$work/endless.serial" \
+  --cmdline "mib=32 passes=2" >/dev/null || fail "re-create endless"
+
+cat >"$work/parse.py" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+sample = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(\\.|[^"\\])*",?)*\})? (-?[0-9.e+]+)$')
+names = set()
+for line in text.splitlines():
+    if line.startswith('# HELP ') or line.startswith('# TYPE '):
+        continue
+    m = sample.match(line)
+    if not m:
+        sys.exit(f"unparsable line: {line!r}")
+    names.add(m.group(1))
+need = {'swapvisor_vm_resident_bytes', 'swapvisor_vm_swapped_bytes', 'swapvisor_vm_major_faults',
+        'swapvisor_vm_throttle_waits', 'swapvisor_vm_overshoot_bytes', 'swapvisor_vm_swap_quota_bytes',
+        'swapvisor_vm_limit_state', 'swapvisor_vm_discarded_pages', 'swapvisor_swap_used_slots',
+        'swapvisor_swap_total_slots', 'swapvisor_swap_state', 'swapvisor_swap_swapoff_done_slots'}
+need |= set(sys.argv[2:])
+missing = need - names
+if missing:
+    sys.exit(f"missing metrics: {sorted(missing)}")
+print(len(text.splitlines()))
+PY
+# The balloon: wait until the guest has written its pool, inflate, watch resident fall.
+for _ in $(seq 1 100); do grep -q 'round 2/2' "$work/bal.serial" 2>/dev/null && break; sleep 0.1; done
+before=$(resident_of bal)
+ctl set-balloon bal 64M >/dev/null || fail "set-balloon"
+after=$before
+for _ in $(seq 1 100); do
+  after=$(resident_of bal)
+  ((after <= before - 48 * 1048576)) && break
+  sleep 0.1
+done
+echo "bal: resident $((before >> 20)) MiB -> $((after >> 20)) MiB after inflating 64 MiB"
+((after <= before - 48 * 1048576)) || fail "bal's resident memory did not fall ($before -> $after)"
+[[ $(py "[v for v in r['vms'] if v['name']=='bal'][0]['balloon']['inflated_pages']" status) -ge 16384 ]] ||
+  fail "the balloon's inflated_pages is short"
+curl -sf --max-time 5 --unix-socket "$metrics" http://localhost/metrics >"$work/scrape.balloon" || fail "scrape"
+python3 "$work/parse.py" "$work/scrape.balloon" swapvisor_vm_balloon_inflated_pages swapvisor_vm_balloon_target_pages \
+  >/dev/null || fail "the balloon's counters are not in /metrics"
+grep -q '^swapvisor_vm_balloon_target_pages{vm="bal"} 16384$' "$work/scrape.balloon" || fail "balloon target in /metrics"
+ctl set-quota alpha 2G >/dev/null || fail "set-quota"
+ctl set-balloon bal 0 >/dev/null || fail "deflate"
+
+# Live swapoff of the fuller file while /metrics is scraped and parsed.
+for _ in $(seq 1 300); do
+  [[ $(py "sum(d['used_slots'] for d in r['swap'] if d['path'].endswith('a.swap'))" status) -ge 8000 ]] && break
+  sleep 0.1
+done
+(
+  n=0
+  while :; do
+    curl -sf --max-time 5 --unix-socket "$metrics" http://localhost/metrics >"$work/scrape.$n.tmp" || exit 1
+    mv "$work/scrape.$n.tmp" "$work/scrape.$n"
+    echo $n >"$work/scrapes"
+    n=$((n + 1))
+    sleep 0.05
+  done
+) &
+scraper_pid=$!
+for _ in $(seq 1 100); do [[ -s $work/scrapes ]] && break; sleep 0.05; done
+[[ -s $work/scrapes ]] || fail "the first /metrics scrape did not complete"
+first=$(cat "$work/scrapes")
+out=$(ctl --json swapoff "$work/a.swap") || fail "swapoff a.swap: $out"
+echo "$out" | tail -n 1
+kill -0 "$scraper_pid" 2>/dev/null || { wait "$scraper_pid"; fail "a /metrics scrape failed (status $?)"; }
+kill "$scraper_pid"; wait "$scraper_pid" 2>/dev/null; scraper_pid=
+scrapes=$(cat "$work/scrapes" 2>/dev/null || echo -1)
+((scrapes > first)) || fail "no /metrics scrape completed during the swapoff"
+echo "/metrics: $((scrapes - first)) scrapes parsed during the swapoff"
+for n in $(seq 0 "$scrapes"); do
+  python3 "$work/parse.py" "$work/scrape.$n" >/dev/null || fail "scrape $n does not parse"
+done
+# An HTTP client that asks for something else gets 404, not a crash.
+code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 --unix-socket "$metrics" http://localhost/other)
+[[ $code == 404 ]] || fail "GET /other answered $code"
+
+# Every VM ends by itself with its memory verified.
+for vm in alpha endless bal; do wait_ended "$vm" 300; done
+ctl vm-list
+for vm in alpha endless bal; do
+  [[ $(vm_field "$vm" exit_code) -eq 0 ]] || fail "$vm exited $(vm_field "$vm" exit_code)"
+  check_result "$vm"
+done
+# At rest: no VM memory left, no VSlot allocated.
+[[ $(py "len(r['vms'])" stats) -eq 0 ]] || fail "ended VMs still hold guest memory"
+[[ $(py "r['host']['allocated_vslots']" stats) -eq 0 ]] || fail "VSlots leaked: $(py "r['host']" stats)"
+# Requests without an id are answered with "id":null.
+reply=$(printf '{"cmd":"vm-list"}\n' | timeout 10 python3 -c '
+import socket,sys
+s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(sys.stdin.read().encode())
+print(s.makefile().readline().strip())' "$sock")
+[[ $reply == *'"id":null'*'"ok":true'* ]] || fail "id-less request: $reply"
+for vm in alpha endless bal; do ctl vm-remove "$vm" >/dev/null || fail "vm-remove $vm"; done
+[[ $(py "len(r['vms'])" vm-list) -eq 0 ]] || fail "vm-list not empty after removing every VM"
+grep -q 'alpha: started' "$work/err.log" && grep -q 'endless: ended' "$work/err.log" &&
+  grep -q 'swapoff .*a.swap: started' "$work/err.log" || fail "VM event log lines missing"
+
+kill -TERM "$serve_pid"
+for _ in $(seq 1 100); do kill -0 "$serve_pid" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$serve_pid" 2>/dev/null && fail "serve did not exit on SIGTERM"
+wait "$serve_pid"; rc=$?; serve_pid=
+[[ $rc -eq 0 ]] || fail "serve exited $rc"
+[[ -e $sock || -e $metrics ]] && fail "serve left its sockets behind"
+echo "daemon_test: passed"

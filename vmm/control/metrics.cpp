@@ -1,0 +1,132 @@
+// Prometheus text exposition: see metrics.hpp. Names come from the lists that the
+// JSON reports use (kMemStatFields, device counters()), never spelled here again.
+#include "vmm/control/metrics.hpp"
+
+#include <set>
+
+#include <fmt/format.h>
+
+namespace swapvisor::vmm::control {
+
+namespace {
+
+// Label values: backslash, double quote and newline escaped (exposition format).
+std::string label(std::string_view value) {
+    std::string out;
+    for (char c : value) {
+        if (c == '\\') out += "\\\\";
+        else if (c == '"') out += "\\\"";
+        else if (c == '\n') out += "\\n";
+        else out += c;
+    }
+    return out;
+}
+
+// Metric names: [a-zA-Z_:][a-zA-Z0-9_:]*; anything else becomes '_'.
+std::string metric_name(std::string_view name) {
+    std::string out;
+    for (char c : name) {
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == ':';
+        out += ok ? c : '_';
+    }
+    return out;
+}
+
+// One metric family: HELP/TYPE once, then its samples in order.
+class Families {
+public:
+    void sample(const std::string& name, const char* help, std::string labels, std::uint64_t value) {
+        auto& family = families_[name];
+        if (family.help.empty()) {
+            family.help = help;
+            order_.push_back(name);
+        }
+        family.samples += labels.empty() ? fmt::format("{} {}\n", name, value)
+                                         : fmt::format("{}{{{}}} {}\n", name, labels, value);
+    }
+    std::string text() const {
+        std::string out;
+        for (const std::string& name : order_) {
+            const Family& f = families_.at(name);
+            out += fmt::format("# HELP {} {}\n# TYPE {} gauge\n{}", name, f.help, name, f.samples);
+        }
+        return out;
+    }
+
+private:
+    struct Family {
+        std::string help;
+        std::string samples;
+    };
+    std::map<std::string, Family> families_;
+    std::vector<std::string> order_;
+};
+
+}  // namespace
+
+void SwapoffBoard::update(const std::string& path, Progress progress) {
+    std::lock_guard lock(mutex_);
+    running_[path] = progress;
+}
+
+void SwapoffBoard::finish(const std::string& path) {
+    std::lock_guard lock(mutex_);
+    running_.erase(path);
+}
+
+std::map<std::string, SwapoffBoard::Progress> SwapoffBoard::snapshot() const {
+    std::lock_guard lock(mutex_);
+    return running_;
+}
+
+std::string prometheus_text(guestmem::HostMemory& host, const DeviceStats& devices, const VmControl* vms,
+                            const SwapoffBoard* swapoffs) {
+    Families f;
+    for (guestmem::GuestMemory* vm : host.vms()) {
+        guestmem::MemStats s = vm->stats();
+        const std::string vm_label = fmt::format("vm=\"{}\"", label(s.name));
+        for (const guestmem::MemStatField& field : guestmem::kMemStatFields)
+            f.sample(metric_name(fmt::format("swapvisor_vm_{}", field.name)), "guest memory counter (see `ctl stats`)",
+                     vm_label, s.*field.member);
+        f.sample("swapvisor_vm_limit_state", "why the resident limit is or is not held (1 for the current state)",
+                 fmt::format("{},state=\"{}\"", vm_label, label(s.limit_state)), 1);
+        for (const DeviceCounters& d : devices.read(s.name))
+            for (const Counter& c : d.counters)
+                f.sample(metric_name(fmt::format("swapvisor_vm_{}_{}", d.device, c.name)), "device counter", vm_label,
+                         c.value);
+    }
+    if (vms != nullptr) {
+        for (const VmInfo& info : vms->list_vms()) {
+            for (VmState state : {VmState::running, VmState::paused, VmState::ended})
+                f.sample("swapvisor_vm_state", "lifecycle state of each listed VM (1 for the current one)",
+                         fmt::format("vm=\"{}\",state=\"{}\"", label(info.name), vm_state_name(state)),
+                         info.state == state ? 1 : 0);
+            if (info.exit_code)
+                f.sample("swapvisor_vm_exit_code", "exit code of an ended VM", fmt::format("vm=\"{}\"", label(info.name)),
+                         *info.exit_code);
+        }
+    }
+    auto running = swapoffs != nullptr ? swapoffs->snapshot() : std::map<std::string, SwapoffBoard::Progress>{};
+    for (const swap::DeviceStats& d : host.pool().stats()) {
+        const std::string dev = fmt::format("path=\"{}\"", label(d.path));
+        f.sample("swapvisor_swap_total_slots", "slots of the swap device", dev, d.total_slots);
+        f.sample("swapvisor_swap_used_slots", "slots in use", dev, d.used_slots);
+        f.sample("swapvisor_swap_write_errors", "write errors of the device", dev, d.write_errors);
+        f.sample("swapvisor_swap_removing", "1 while a swapoff of the device runs", dev, d.removing ? 1 : 0);
+        f.sample("swapvisor_swap_priority", "swap priority (higher first)", dev, static_cast<std::uint64_t>(std::max(d.priority, 0)));
+        f.sample("swapvisor_swap_state", "device state (1 for the current one)",
+                 fmt::format("{},state=\"{}\"", dev, label(swap::state_name(d.state))), 1);
+        auto it = running.find(d.path);
+        f.sample("swapvisor_swap_swapoff_done_slots", "slots a running swapoff has handled", dev,
+                 it == running.end() ? 0 : it->second.done);
+        f.sample("swapvisor_swap_swapoff_total_slots", "slots a running swapoff has to handle", dev,
+                 it == running.end() ? 0 : it->second.total);
+    }
+    f.sample("swapvisor_host_budget_bytes", "host budget over all VMs (0: none)", "", host.budget());
+    f.sample("swapvisor_host_resident_bytes", "guest memory resident over all VMs", "", host.resident_bytes());
+    f.sample("swapvisor_host_allocated_vslots", "virtual swap slots allocated over all VMs", "",
+             host.pool().allocated_vslots());
+    return f.text();
+}
+
+}  // namespace swapvisor::vmm::control

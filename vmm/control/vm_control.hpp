@@ -1,0 +1,94 @@
+// VmControl: what the control socket may ask of the VMs of a `swapvisor serve` (or a
+// `run` with --control): create, stop, pause, resume, list and remove VMs, and set a
+// VM's balloon target (limits and swap quotas go to guest memory directly). The control layer defines this interface and
+// the VM host (vmm/vm_host.hpp) implements it, so calls go upward only through it
+// (STYLE.md §1). A server without one (a test over bare guest memory) answers the VM
+// lifecycle commands with `unsupported`.
+//
+// Errors: a VmErrc (below) with the VM name or the field as context; the server maps
+// each to its reply code (protocol.cpp, reply_code_of).
+//
+// Threads: every method may be called from the control thread or a control worker
+// concurrently; the implementation locks its own state. create and stop may block
+// (loading a kernel, waiting for a guest): the server runs them on workers.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include "io/result.hpp"
+
+namespace swapvisor::vmm::control {
+
+enum class VmErrc {
+    no_such_vm = 1,  // no VM of that name
+    exists,          // vm-create of a name in use (running or ended, until vm-remove)
+    running,         // vm-remove of a VM that has not ended
+    not_running,     // vm-pause / vm-resume / set-balloon of an ended VM
+    bad_spec,        // a field of a vm-create is out of range (the context names it)
+    no_balloon,      // set-balloon of a VM created without a balloon
+};
+const std::error_category& vm_category();
+inline std::error_code make_error_code(VmErrc e) { return {static_cast<int>(e), vm_category()}; }
+
+}  // namespace swapvisor::vmm::control
+
+template <>
+struct std::is_error_code_enum<swapvisor::vmm::control::VmErrc> : std::true_type {};
+
+namespace swapvisor::vmm::control {
+
+// A vm-create request, typed but not yet range-checked (the host checks each field
+// and names it in its error).
+struct VmCreateSpec {
+    std::string name;
+    std::filesystem::path kernel;
+    std::string cmdline;
+    std::uint64_t memory_bytes = 0;
+    unsigned vcpus = 1;
+    std::uint64_t resident_limit = 0;  // 0: none
+    std::uint64_t swap_quota = 0;      // 0: none
+    bool balloon = false;
+    std::optional<std::filesystem::path> serial_log;  // none: the host's stdout, prefixed "[name] "
+};
+
+enum class VmState { running, paused, ended };
+const char* vm_state_name(VmState state);
+
+struct VmInfo {
+    std::string name;
+    VmState state = VmState::running;
+    unsigned vcpus = 1;
+    std::uint64_t memory_bytes = 0;
+    std::optional<std::uint32_t> exit_code;  // once ended
+    std::string end_reason;                  // "debug_exit", "stopped", ... once ended
+    std::string end_message;
+};
+
+// vm-stop: how the VM ended (graceful: the guest exited by itself within the
+// timeout; forced: it was stopped from outside).
+enum class StopKind { graceful, forced };
+
+class VmControl {
+public:
+    virtual ~VmControl() = default;
+    virtual Result<VmInfo> create_vm(const VmCreateSpec& spec) = 0;
+    // The guests have no shutdown request to receive (no ACPI), so graceful means:
+    // give the guest `timeout` to exit by itself, then force it (vCPUs stopped, exit
+    // 143). Returns once the VM has ended and its memory and VSlots are released.
+    virtual Result<VmInfo> stop_vm(const std::string& name, std::chrono::milliseconds timeout) = 0;
+    virtual Result<VmInfo> pause_vm(const std::string& name) = 0;
+    virtual Result<VmInfo> resume_vm(const std::string& name) = 0;
+    virtual Result<void> remove_vm(const std::string& name) = 0;
+    virtual std::vector<VmInfo> list_vms() const = 0;
+    // Balloon target in bytes (rounded down to 4 KiB pages); the guest inflates or
+    // deflates towards it.
+    virtual Result<std::uint64_t> set_balloon(const std::string& name, std::uint64_t bytes) = 0;
+};
+
+}  // namespace swapvisor::vmm::control
