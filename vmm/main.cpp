@@ -39,12 +39,25 @@
 #include "vmm/loader/loader.hpp"
 #include "vmm/shutdown.hpp"
 #include "vmm/vm.hpp"
+#include "vmm/sandbox/seccomp.hpp"
 #include "vmm/vm_host.hpp"
 
 namespace swv = swapvisor;
 using namespace swapvisor::vmm;
 
 namespace {
+
+// Least privilege (vmm/sandbox): each vCPU, fault-service and reclaimer thread
+// confines itself to its system calls; a violation is reported and ends the process.
+swv::Result<void> confine(sandbox::Seccomp seccomp, VmHost& vms) {
+    if (seccomp == sandbox::Seccomp::off) {
+        spdlog::warn("--no-seccomp: VM threads are not confined");
+        return {};
+    }
+    SWV_TRY(sandbox::install_violation_reporter());
+    vms.set_seccomp(seccomp);
+    return {};
+}
 
 int fail(const std::string& message) {
     spdlog::error("{}", message);
@@ -144,6 +157,7 @@ int run_host(const cli::RunConfig& config) {
     // control socket and --stats-json. Declared before the VMs that refer to it.
     control::DeviceStats device_stats;
     VmHost vms(*kvm, host, device_stats, Release::at_exit);
+    if (auto r = confine(config.seccomp, vms); !r) return fail(r.error().message());
 
     // 5. The control socket: live swapon/swapoff/set-limit while the VMs run.
     std::optional<control::ControlServer> server;
@@ -198,6 +212,7 @@ int serve_host(const cli::ServeConfig& config) {
     control::DeviceStats device_stats;
     control::SwapoffBoard swapoffs;
     VmHost vms(*kvm, host, device_stats, Release::when_ended);
+    if (auto r = confine(config.seccomp, vms); !r) return fail(r.error().message());
 
     control::ControlServer server(host, device_stats,
                                   control::ControlServerConfig{

@@ -86,6 +86,7 @@ Result<std::unique_ptr<Vm>> Vm::create(const kvm::Kvm& kvm, const VmSpec& spec) 
     kvm::KvmVm kvm_vm = SWV_TRY(kvm.create_vm());
     for (const guestmem::RegionView& r : spec.regions) SWV_TRY(kvm_vm.add_memory_region(r.base, r.size, r.guest_view));
     std::unique_ptr<Vm> vm(new Vm(std::move(kvm_vm), {spec.regions.begin(), spec.regions.end()}));
+    vm->on_vcpu_thread_start_ = spec.on_vcpu_thread_start;
     for (unsigned i = 0; i < spec.vcpus; ++i) {
         kvm::Vcpu vcpu = SWV_TRY(vm->vm_.create_vcpu(i));
         SWV_TRY(vcpu.set_cpuid(kvm.supported_cpuid()));
@@ -164,6 +165,14 @@ void Vm::vcpu_thread(unsigned index) {
     // Kernel contract: the mask is per thread and inherited from the creator; the
     // kick and SIGBUS must be deliverable here even if main blocked them.
     ::pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+    if (on_vcpu_thread_start_) {
+        if (auto r = on_vcpu_thread_start_(); !r) {
+            finish(VmEnd{EndReason::kvm_error, kExitKvmError, index,
+                         fmt::format("vCPU {} thread setup: {}", index, r.error().message())});
+            t_vcpu = nullptr;
+            return;
+        }
+    }
 
     while (!stopping_.load()) {
         if (paused_.load()) {

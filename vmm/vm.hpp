@@ -17,6 +17,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -68,6 +69,8 @@ struct VmEnd {
 struct VmSpec {
     unsigned vcpus = 1;
     std::span<const guestmem::RegionView> regions;  // registered as memslots in order
+    // Run first on each vCPU thread (vmm/sandbox confines it); an error ends the VM.
+    std::function<Result<void>()> on_vcpu_thread_start = {};
 };
 
 class Vm {
@@ -112,6 +115,7 @@ private:
     kvm::KvmVm vm_;
     std::vector<guestmem::RegionView> regions_;
     std::vector<kvm::Vcpu> vcpus_;  // closed before vm_ (declared after it)
+    std::function<Result<void>()> on_vcpu_thread_start_;
     devices::Bus pio_{"port I/O"};
     devices::Bus mmio_{"MMIO"};
 

@@ -169,9 +169,19 @@ Result<control::VmInfo> VmHost::start(const cli::VmSpec& spec, SerialPrefix pref
     auto image = loader::read_elf(spec.kernel);
     if (!image) return std::unexpected(std::move(image.error()).with_context(name));
 
-    auto memory = host_.create_vm(guestmem::MemoryConfig{.name = name, .memory_bytes = spec.memory_bytes,
-                                                         .resident_limit = spec.resident_limit,
-                                                         .swap_quota = spec.swap_quota});
+    // One fault thread per vCPU: faults from several vCPUs are served at once.
+    guestmem::MemoryConfig memory_config{.name = name, .memory_bytes = spec.memory_bytes,
+                                         .resident_limit = spec.resident_limit, .fault_threads = spec.vcpus,
+                                         .swap_quota = spec.swap_quota};
+    if (seccomp_ == sandbox::Seccomp::on) {
+        memory_config.on_thread_start = [](guestmem::ThreadRole role) {
+            const auto cls = role == guestmem::ThreadRole::fault_service ? sandbox::ThreadClass::fault_service
+                                                                          : sandbox::ThreadClass::reclaimer;
+            auto r = sandbox::confine_thread(cls);
+            SWV_ASSERT(r.has_value(), "cannot confine a guestmem thread (seccomp)");
+        };
+    }
+    auto memory = host_.create_vm(memory_config);
     if (!memory) return std::unexpected(std::move(memory.error()).with_context(fmt::format("guest memory of {}", name)));
     vm->memory = *memory;
     ScopeGuard free_memory([this, &vm, &name] {
@@ -183,7 +193,10 @@ Result<control::VmInfo> VmHost::start(const cli::VmSpec& spec, SerialPrefix pref
     });
 
     // KVM: memslots, vCPUs; then COM1, debug exit and each virtio device.
-    auto created = Vm::create(kvm_, VmSpec{spec.vcpus, vm->memory->regions()});
+    VmSpec vm_spec{spec.vcpus, vm->memory->regions()};
+    if (seccomp_ == sandbox::Seccomp::on)
+        vm_spec.on_vcpu_thread_start = [] { return sandbox::confine_thread(sandbox::ThreadClass::vcpu); };
+    auto created = Vm::create(kvm_, vm_spec);
     if (!created) return std::unexpected(std::move(created.error()).with_context(fmt::format("creating VM {}", name)));
     vm->vm = std::move(*created);
     vm->devices = std::make_unique<devices::DeviceManager>(

@@ -40,6 +40,7 @@
 #include "vmm/devices/device_manager.hpp"
 #include "vmm/devices/virtio_balloon.hpp"
 #include "vmm/kvm/kvm.hpp"
+#include "vmm/sandbox/seccomp.hpp"
 #include "vmm/vm.hpp"
 
 namespace swapvisor::vmm {
@@ -60,6 +61,8 @@ public:
     // Build one VM and start it running. Errors: VmErrc::exists, VmErrc::bad_spec
     // (context names the field), or the failing step's error with the VM as context.
     Result<control::VmInfo> start(const cli::VmSpec& spec, SerialPrefix prefix);
+    // Confine the threads of VMs started from now on (vmm/sandbox); off by default.
+    void set_seccomp(sandbox::Seccomp s) { seccomp_ = s; }
     // Block until every VM listed now has ended (`run`).
     void wait_all();
     // End every running VM with `end` (a signal).
@@ -77,6 +80,7 @@ public:
     Result<std::uint64_t> set_balloon(const std::string& name, std::uint64_t bytes) override;
 
 private:
+    sandbox::Seccomp seccomp_ = sandbox::Seccomp::off;
     struct Hosted;
     void run_vm(Hosted& vm);
     void release(Hosted& vm);

@@ -64,12 +64,13 @@ TEST(SeccompTest, AConfinedThreadStillDoesItsWork) {
 TEST(SeccompTest, AForbiddenSystemCallEndsTheProcessWithAClearMessage) {
     Child c = in_child([] {
         if (!install_violation_reporter() || !confine_thread(ThreadClass::reclaimer)) return 2;
-        // A reclaimer has no business opening sockets.
-        (void)::socket(AF_INET, SOCK_STREAM, 0);
+        // A reclaimer may talk to an NBD server, but never listen for anyone.
+        int s = ::socket(AF_INET, SOCK_STREAM, 0);
+        (void)::listen(s, 1);
         return 0;
     });
     EXPECT_EQ(c.status, kExitSeccomp) << c.err;
-    EXPECT_NE(c.err.find("reclaimer thread made a forbidden system call: socket"), std::string::npos) << c.err;
+    EXPECT_NE(c.err.find("reclaimer thread made a forbidden system call: listen"), std::string::npos) << c.err;
 }
 
 TEST(SeccompTest, FiltersArePerThread) {
@@ -83,10 +84,10 @@ TEST(SeccompTest, FiltersArePerThread) {
     EXPECT_EQ(c.status, 0) << c.err;
 }
 
-TEST(SeccompTest, AVcpuCannotOpenFiles) {
+TEST(SeccompTest, AVcpuCannotOpenFilesForWriting) {
     Child c = in_child([] {
         if (!install_violation_reporter() || !confine_thread(ThreadClass::vcpu)) return 2;
-        (void)::open("/etc/passwd", O_RDONLY | O_CLOEXEC);
+        (void)::open("/tmp/swv-seccomp-test", O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
         return 0;
     });
     EXPECT_EQ(c.status, kExitSeccomp) << c.err;

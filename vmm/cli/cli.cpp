@@ -27,6 +27,7 @@ struct RawRun {
     std::string host_budget;
     std::string swap_quota;
     std::string log_level = "info";
+    bool no_seccomp = false;
 };
 
 struct RawServe {
@@ -35,6 +36,7 @@ struct RawServe {
     std::string host_budget;
     std::string metrics;
     std::string log_level = "info";
+    bool no_seccomp = false;
 };
 
 const std::vector<std::string> kLogLevels = {"trace", "debug", "info", "warn", "error", "critical", "off"};
@@ -71,6 +73,7 @@ CliOutcome validate_serve(const RawServe& raw) {
     }
     if (!raw.metrics.empty()) config.metrics = raw.metrics;
     config.log_level = raw.log_level;
+    config.seccomp = raw.no_seccomp ? sandbox::Seccomp::off : sandbox::Seccomp::on;
     return config;
 }
 
@@ -103,6 +106,7 @@ CliOutcome validate(const RawRun& raw) {
         config.swap_quota = *quota;
     }
     config.log_level = raw.log_level;
+    config.seccomp = raw.no_seccomp ? sandbox::Seccomp::off : sandbox::Seccomp::on;
     if (!raw.stats_json.empty()) config.stats_json = raw.stats_json;
     if (!raw.control.empty()) config.control_socket = raw.control;
     auto name = parse_vm_name(raw.name);
@@ -199,6 +203,8 @@ CliOutcome parse_command_line(const std::vector<std::string>& args) {
     run->add_option("--log-level", raw.log_level, "Log level: trace, debug, info, warn, error, critical, off")
         ->check(CLI::IsMember(kLogLevels))
         ->capture_default_str();
+    run->add_flag("--no-seccomp", raw.no_seccomp,
+                  "Do not confine vCPU, fault-service and reclaimer threads with seccomp (debugging only)");
     run->add_option("--host-budget", raw.host_budget,
                     "Most guest RAM kept in host memory over all VMs together; each VM is held to its share "
                     "(proportional to its memory) while the host is over it; at least 16M (default: no budget)")
@@ -217,6 +223,8 @@ CliOutcome parse_command_line(const std::vector<std::string>& args) {
     serve->add_option("--metrics", raw_serve.metrics,
                       "Serve Prometheus metrics over HTTP on 127.0.0.1:PORT (loopback only) or a Unix socket PATH")
         ->type_name("ADDR");
+    serve->add_flag("--no-seccomp", raw_serve.no_seccomp,
+                    "Do not confine vCPU, fault-service and reclaimer threads with seccomp (debugging only)");
     serve->add_option("--log-level", raw_serve.log_level, "Log level: trace, debug, info, warn, error, critical, off")
         ->check(CLI::IsMember(kLogLevels))
         ->capture_default_str();

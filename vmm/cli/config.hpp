@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "io/result.hpp"
+#include "vmm/sandbox/seccomp.hpp"
 #include "swap/swap_pool.hpp"
 
 namespace swapvisor::vmm::cli {
@@ -109,6 +110,7 @@ struct ServeConfig {
     std::uint64_t host_budget = 0;
     std::optional<std::string> metrics;  // "127.0.0.1:PORT" or a Unix socket path
     std::string log_level = "info";
+    sandbox::Seccomp seccomp = sandbox::Seccomp::on;  // --no-seccomp: off
 };
 
 struct RunConfig {
@@ -127,6 +129,7 @@ struct RunConfig {
     std::vector<VmSpec> more_vms;
     std::uint64_t host_budget = 0;     // 0: only per-VM limits
     std::string log_level = "info";    // --log-level (spdlog level name)
+    sandbox::Seccomp seccomp = sandbox::Seccomp::on;  // --no-seccomp: off
 
     // Every VM to run: the one the top-level flags describe (if --kernel was given),
     // then each --vm.

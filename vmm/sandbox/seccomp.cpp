@@ -2,6 +2,7 @@
 // libseccomp, so they read as what each thread does.
 #include "vmm/sandbox/seccomp.hpp"
 
+#include <fcntl.h>
 #include <seccomp.h>
 #include <signal.h>
 #include <unistd.h>
@@ -57,6 +58,10 @@ constexpr Names kBase = {
     "exit", "exit_group", "restart_syscall",
     "io_uring_setup", "io_uring_enter", "io_uring_register",
     "fallocate", "fdatasync", "fsync", "eventfd2", "poll", "ppoll", "dup", "fcntl",
+    // Swap I/O to an NBD device (io/nbd_device.cpp) runs on these threads too,
+    // reconnecting included: sockets, but no listening, no accepting.
+    "socket", "connect", "sendto", "recvfrom", "sendmsg", "recvmsg", "getsockopt", "setsockopt",
+    "getsockname", "getpeername", "shutdown", "pipe2",
 };
 constexpr Names kVcpu = {"ioctl", "rt_sigtimedwait", "rt_sigsuspend", "pause"};
 constexpr Names kFaultService = {"ioctl"};
@@ -116,6 +121,13 @@ Result<void> confine_thread(ThreadClass c) {
     if (!ctx) return errno_error("seccomp_init", ENOMEM, to_string(c));
     SWV_TRY(allow(ctx.get(), kBase));
     SWV_TRY(allow(ctx.get(), extras(c)));
+    // Read-only opens (an NBD reconnect with TLS reads its certificates): no write
+    // access, no creating, no truncating.
+    const scmp_datum_t kWriting = O_ACCMODE | O_CREAT | O_TRUNC;
+    if (int rc = seccomp_rule_add(ctx.get(), SCMP_ACT_ALLOW, SCMP_SYS(openat), 1,
+                                  SCMP_A2(SCMP_CMP_MASKED_EQ, kWriting, 0));
+        rc < 0)
+        return errno_error("seccomp_rule_add", -rc, "openat (read-only)");
     // SIGSYS must stay deliverable on this thread, or a violation would hang it.
     sigset_t sys;
     sigemptyset(&sys);

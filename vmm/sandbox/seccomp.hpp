@@ -13,7 +13,10 @@
 //
 // The base set (every class): memory management (mmap, munmap, madvise, brk, ...),
 // futex, read/write on fds already open, io_uring, time and sleep, thread exit,
-// signal masks and returns, and the calls glibc makes on its own (rseq, getrandom).
+// signal masks and returns, the calls glibc makes on its own (rseq, getrandom), the
+// socket calls of swap I/O to an NBD device (connect, send, receive: no listen or
+// accept), and read-only openat (a TLS reconnect reads its certificates); no file is
+// ever opened for writing, created or truncated.
 // Filters are per thread (no TSYNC) and inherited by threads the confined thread
 // creates: confine only leaf threads. The control thread and main are not confined:
 // they open swap files, accept connections and start VMs (DESIGN-NOTES item 17).
@@ -26,6 +29,7 @@
 namespace swapvisor::vmm::sandbox {
 
 enum class ThreadClass : std::uint8_t { vcpu, fault_service, reclaimer };
+enum class Seccomp : bool { off, on };
 const char* to_string(ThreadClass c);
 
 // 128 + SIGSYS: the process exit code after a forbidden system call.
