@@ -123,7 +123,7 @@ void GuestMemory::Impl::readahead_after(PageIdx idx, io::Ring& ring) {
     const bool sequential =
         last_swapin != ~0ULL && idx.value() > last_swapin && idx.value() - last_swapin <= kReadaheadPages;
     last_swapin = idx.value();
-    if (!sequential || limits.over_limit()) return;
+    if (!sequential || limits.holding_at_limit()) return;
     std::vector<PageLock> run;
     const PageIdx end = kernel->region_end(idx);
     for (PageIdx n(idx.value() + 1); n < end && run.size() < kReadaheadPages; n = PageIdx(n.value() + 1)) {
@@ -146,7 +146,7 @@ void GuestMemory::Impl::zero_fault_around(PageIdx idx) {
     thread_local std::uint64_t last_zero = ~0ULL;
     const bool sequential = last_zero != ~0ULL && idx.value() == last_zero + 1;
     last_zero = idx.value();
-    if (!sequential || limits.over_limit()) return;
+    if (!sequential || limits.holding_at_limit()) return;
     std::vector<PageLock> run;
     const PageIdx end = kernel->region_end(idx);
     for (PageIdx n(idx.value() + 1); n < end && run.size() < kFaultAroundPages; n = PageIdx(n.value() + 1)) {

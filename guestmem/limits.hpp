@@ -124,6 +124,9 @@ public:
     std::uint64_t effective_limit() const;
     // At or above the limit: a fault that adds a page must wait.
     bool over_limit() const;
+    // At the limit and holding it: no page may be added ahead of need (fault-around,
+    // readahead). False while the limit cannot be held: the VM then runs at full speed.
+    bool holding_at_limit() const { return over_limit() && over_reason_.load() == OverReason::none; }
     // Above the high watermark: the reclaimer has work.
     bool needs_reclaim() const;
     // At or below the low watermark (or unlimited): the reclaimer may stop.
