@@ -114,6 +114,19 @@ void GuestMemory::Impl::handle_fault(std::uint64_t hva, std::uint64_t flags, io:
     if (f.was == PageState::zero) zero_fault_around(idx);
 }
 
+// The pages after idx in one region that are in `state`, up to `max`, as long as
+// each can be locked without waiting (only try_lock: README#lock-bit's lock order).
+std::vector<PageLock> GuestMemory::Impl::lock_run_after(PageIdx idx, PageState state, std::uint64_t max) {
+    std::vector<PageLock> run;
+    const PageIdx end = kernel->region_end(idx);
+    for (PageIdx n(idx.value() + 1); n < end && run.size() < max; n = PageIdx(n.value() + 1)) {
+        auto lk = tr.try_lock(n);
+        if (!lk || lk->entry().state() != state) break;
+        run.push_back(std::move(*lk));
+    }
+    return run;
+}
+
 // Readahead (guestmem/README.md#readahead): when swap-ins follow each other in
 // ascending guest order, read the next swapped pages of the run in one batch and map
 // them (read_ahead, 10'). Runs after the faulting thread was woken, so the guest never
@@ -124,14 +137,7 @@ void GuestMemory::Impl::readahead_after(PageIdx idx, io::Ring& ring) {
         last_swapin != ~0ULL && idx.value() > last_swapin && idx.value() - last_swapin <= kReadaheadPages;
     last_swapin = idx.value();
     if (!sequential || limits.holding_at_limit()) return;
-    std::vector<PageLock> run;
-    const PageIdx end = kernel->region_end(idx);
-    for (PageIdx n(idx.value() + 1); n < end && run.size() < kReadaheadPages; n = PageIdx(n.value() + 1)) {
-        auto lk = tr.try_lock(n);
-        if (!lk) break;
-        if (lk->entry().state() != PageState::swapped) break;
-        run.push_back(std::move(*lk));
-    }
+    std::vector<PageLock> run = lock_run_after(idx, PageState::swapped, kReadaheadPages);
     if (run.empty()) return;
     tr.read_ahead(run, ring);
     last_swapin = run.back().idx().value();
@@ -147,14 +153,7 @@ void GuestMemory::Impl::zero_fault_around(PageIdx idx) {
     const bool sequential = last_zero != ~0ULL && idx.value() == last_zero + 1;
     last_zero = idx.value();
     if (!sequential || limits.holding_at_limit()) return;
-    std::vector<PageLock> run;
-    const PageIdx end = kernel->region_end(idx);
-    for (PageIdx n(idx.value() + 1); n < end && run.size() < kFaultAroundPages; n = PageIdx(n.value() + 1)) {
-        auto lk = tr.try_lock(n);
-        if (!lk) break;
-        if (lk->entry().state() != PageState::zero) break;
-        run.push_back(std::move(*lk));
-    }
+    std::vector<PageLock> run = lock_run_after(idx, PageState::zero, kFaultAroundPages);
     if (run.empty()) return;
     tr.fault_around(run);
     last_zero = run.back().idx().value();

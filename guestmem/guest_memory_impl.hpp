@@ -56,6 +56,7 @@ struct GuestMemory::Impl {
     void handle_fault(std::uint64_t hva, std::uint64_t flags, io::Ring& ring);
     void readahead_after(PageIdx idx, io::Ring& ring);
     void zero_fault_around(PageIdx idx);
+    std::vector<PageLock> lock_run_after(PageIdx idx, PageState state, std::uint64_t max);
     // --- reclaimer (reclaimer.cpp) ---------------------------------------------------
     enum class PassMode : bool { drop_only, full };  // drop_only: no room in swap
     struct PassResult {

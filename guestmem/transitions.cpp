@@ -382,35 +382,34 @@ Result<void> Transitions::discard(PageLock& lk) {  // D
 
 // --- swapoff ----------------------------------------------------------------------------------
 
-Result<bool> Transitions::bring_back(PageLock& lk, swap::VSlot vslot, io::Ring& ring) {  // 11', 13'
-    const PageEntry e = lk.entry();
-    if (e.vslot() != vslot) return false;  // raced with a fault, discard or eviction
-    if (e.state() == PageState::swapped) {
-        SWV_TRY(swap_in(lk, ring, Clean::no));
-        return true;
-    }
-    if (e.clean()) {
-        // A clean copy is only an optimisation: drop it; the page stays in memory.
-        free_vslot(vslot);
-        lk.set(PageEntry::make(e.state()));
-        return true;
-    }
-    return false;
-}
-
-bool Transitions::lose_swapped(PageLock& lk, swap::VSlot vslot, const Error& why) {  // 12, 13'
+// The slot vslot is going away (swapoff): a page swapped there takes `leave` (read
+// back, or lost), a clean copy there is dropped (13': only an optimisation; the page
+// is in memory). False when the page no longer refers to vslot (raced with a fault,
+// discard or eviction).
+template <class Leave>
+Result<bool> Transitions::slot_going(PageLock& lk, swap::VSlot vslot, Leave&& leave) {
     const PageEntry e = lk.entry();
     if (e.vslot() != vslot) return false;
     if (e.state() == PageState::swapped) {
-        lose(lk, why);
+        SWV_TRY(leave());
         return true;
     }
-    if (e.clean()) {
-        free_vslot(vslot);
-        lk.set(PageEntry::make(e.state()));
-        return true;
-    }
-    return false;
+    if (!e.clean()) return false;
+    free_vslot(vslot);
+    lk.set(PageEntry::make(e.state()));
+    return true;
+}
+
+Result<bool> Transitions::bring_back(PageLock& lk, swap::VSlot vslot, io::Ring& ring) {  // 11', 13'
+    return slot_going(lk, vslot, [&] { return swap_in(lk, ring, Clean::no); });
+}
+
+bool Transitions::lose_swapped(PageLock& lk, swap::VSlot vslot, const Error& why) {  // 12', 13'
+    return slot_going(lk, vslot, [&]() -> Result<void> {
+               lose(lk, why);
+               return {};
+           })
+        .value_or(false);
 }
 
 // --- teardown -----------------------------------------------------------------------------------

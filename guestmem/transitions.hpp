@@ -166,6 +166,8 @@ private:
     // verify; the page ends inactive (not mapped) with or without its clean copy.
     Result<void> swap_in(PageLock& lk, io::Ring& ring, Clean keep);
     void lose(PageLock& lk, const Error& why);  // 12
+    template <class Leave>
+    Result<bool> slot_going(PageLock& lk, swap::VSlot vslot, Leave&& leave);
     void free_vslot(swap::VSlot v);
     swap::OwnerTag owner_tag(PageIdx idx) const { return pack_owner(d_.vm, idx.value()); }
 
