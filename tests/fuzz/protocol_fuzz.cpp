@@ -85,7 +85,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         check_line(to_line(error_reply(e.id, e.code, e.message)));
         return 0;
     }
-    fuzz_check(request->id.is_number_integer() || request->id.is_string(), "an accepted request has an id");
+    // Requests without an id are accepted (issue #10, as QMP does): the reply echoes null.
+    fuzz_check(valid_id(request->id), "an accepted request's id is null, an integer or a string");
     std::visit(
         [](const auto& cmd) {
             using T = std::decay_t<decltype(cmd)>;
