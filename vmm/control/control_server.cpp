@@ -10,6 +10,7 @@
 //   - the thread that calls start() / stop() owns the Impl's lifecycle.
 // Exceptions (Asio, nlohmann, bad_alloc) are caught per request and per worker and
 // become error replies; none crosses a completion handler.
+#include "vmm/control/io_thread.hpp"
 #include "vmm/control/control_server.hpp"
 
 #include <sys/socket.h>
@@ -597,16 +598,7 @@ Result<void> ControlServer::start() {
 
     s.work.emplace(s.io.get_executor());
     s.accept();
-    s.thread = std::thread([&s] {
-        for (;;) {
-            try {
-                s.io.run();
-                return;
-            } catch (const std::exception& e) {
-                spdlog::error("control: handler failed: {}", e.what());
-            }
-        }
-    });
+    s.thread = run_io_thread(s.io, "control");
     spdlog::info("control: listening on {}", path);
     return {};
 }

@@ -2,6 +2,7 @@
 // `Connection: close`): a scraper opens a connection per scrape anyway, and it keeps
 // the server a handful of handlers. Exceptions (Beast, bad_alloc) are caught per
 // connection; none crosses a completion handler.
+#include "vmm/control/io_thread.hpp"
 #include "vmm/control/metrics_server.hpp"
 
 #include <sys/stat.h>
@@ -140,16 +141,7 @@ Result<void> MetricsServer::start(const std::string& address) {
         s.accept(*s.tcp);
     }
     s.started = true;
-    s.thread = std::thread([&s] {
-        for (;;) {
-            try {
-                s.io.run();
-                return;
-            } catch (const std::exception& e) {
-                spdlog::error("metrics: handler failed: {}", e.what());
-            }
-        }
-    });
+    s.thread = run_io_thread(s.io, "metrics");
     spdlog::info("metrics: serving /metrics on {}", address);
     return {};
 }
