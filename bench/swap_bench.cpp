@@ -9,6 +9,9 @@
 //   A1  one VM with a small resident limit: a host thread fills N MiB of the guest
 //       view with non-zero data; the reclaimer pushes pages out; a sampler thread
 //       records stats().swap_out_pages every 5 ms.
+//   A3  a second VM filled with no limit (all resident), then given the limit at
+//       once: the time the reclaimer takes to bring it under the limit is its
+//       swap-out capacity, not paced by the filling thread as A1 is.
 //   B1  the same host thread touches swapped-out pages in random order, one
 //       volatile read each (a host thread's touch of the guest view takes the same
 //       userfaultfd path as a vCPU's), timing every touch; every value is checked.
@@ -125,7 +128,8 @@ int run(int argc, char** argv) {
     }
     if (!bench::on_real_disk(dir)) return 2;
 
-    const std::uint64_t swap_bytes = ((mib + direct_mib + 64) + 1) / 2 * 2 * kMiB;
+    // A1 and A3 each swap out up to --mib at once.
+    const std::uint64_t swap_bytes = ((2 * mib + direct_mib + 64) + 1) / 2 * 2 * kMiB;
     if (bench::free_bytes(dir) < swap_bytes + 256 * kMiB) {
         std::fprintf(stderr, "swap_bench: %s has %" PRIu64 " MiB free, need %" PRIu64 " MiB\n", dir.c_str(),
                      bench::free_bytes(dir) / kMiB, swap_bytes / kMiB + 256);
@@ -229,6 +233,33 @@ int run(int argc, char** argv) {
     const double out_s = first_t < 0 ? 0 : last_t - first_t;
     const double reclaim_mib_s = mib_per_s((last_out - first_out) * kPage, out_s);
 
+
+    // ---- A3: reclaimer drain (capacity, not paced by a filler) ------------------
+    double drain_mib_s = 0, unlimited_fill_mib_s = 0;
+    std::uint64_t drain_pages = 0;
+    {
+        auto* dv = need(host.create_vm(guestmem::MemoryConfig{.name = "drain",
+                                                               .memory_bytes = (mib + 2 + 1) / 2 * 2 * kMiB}),
+                        "create_vm drain");
+        need(dv->start(), "drain vm start");
+        std::byte* dg = dv->regions()[0].guest_view;
+        auto t0 = Clock::now();
+        for (std::uint64_t p = 0; p < pages; ++p) fill_page(dg + p * kPage, p);
+        unlimited_fill_mib_s = mib_per_s(pages * kPage, bench::seconds_since(t0));
+        const std::uint64_t out0 = dv->stats().swap_out_pages;
+        t0 = Clock::now();
+        dv->set_resident_limit(limit_mib * kMiB);
+        for (int i = 0; i < 30000; ++i) {
+            if (dv->stats().resident_bytes <= limit_mib * kMiB) break;
+            std::this_thread::sleep_for(std::chrono::microseconds(500));
+        }
+        const double s = bench::seconds_since(t0);
+        drain_pages = dv->stats().swap_out_pages - out0;
+        drain_mib_s = mib_per_s(drain_pages * kPage, s);
+        dv->stop();
+        need(host.remove_vm("drain"), "remove drain vm");
+    }
+
     // ---- B1: swap-in fault latency ---------------------------------------------
     std::vector<std::uint64_t> swapped;
     for (std::uint64_t p = 0; p < pages; ++p)
@@ -264,6 +295,9 @@ int run(int argc, char** argv) {
     std::printf("%-44s %12.1f\n", "A1 guest fill under limit (MiB/s)", mib_per_s(pages * kPage, fill_s));
     std::printf("%-44s %12" PRIu64 "\n", "A1 pages swapped out", after_fill.swap_out_pages);
     std::printf("%-44s %12" PRIu64 "\n", "A1 fill throttle waits", after_fill.throttle_waits);
+    std::printf("%-44s %12.1f\n", "A3 reclaimer drain to the limit (MiB/s)", drain_mib_s);
+    std::printf("%-44s %12" PRIu64 "\n", "A3 pages swapped out", drain_pages);
+    std::printf("%-44s %12.1f\n", "A3 guest fill, no limit (MiB/s)", unlimited_fill_mib_s);
     std::printf("%-44s %12zu\n", "B2 read_in samples", rin.count());
     std::printf("%-44s %12.1f\n", "B2 read_in p50 (us)", rin.at(50));
     std::printf("%-44s %12.1f\n", "B2 read_in p99 (us)", rin.at(99));
@@ -288,6 +322,9 @@ int run(int argc, char** argv) {
         .num("reclaim_swap_out_mib_s", reclaim_mib_s)
         .num("guest_fill_mib_s", mib_per_s(pages * kPage, fill_s))
         .integer("swap_out_pages", after_fill.swap_out_pages)
+        .num("reclaim_drain_mib_s", drain_mib_s)
+        .integer("drain_pages", drain_pages)
+        .num("unlimited_fill_mib_s", unlimited_fill_mib_s)
         .integer("read_in_samples", rin.count())
         .num("read_in_p50_us", rin.at(50))
         .num("read_in_p99_us", rin.at(99))

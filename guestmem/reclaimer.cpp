@@ -24,7 +24,7 @@
 namespace swapvisor::guestmem {
 namespace {
 
-constexpr std::size_t kBatch = 64;        // pages per write_out
+constexpr std::size_t kBatch = 512;       // pages per write_out
 constexpr std::uint64_t kScanChunk = 512; // entries visited per pass
 constexpr unsigned kRingEntries = 64;
 

@@ -116,6 +116,8 @@ VmEnd Vm::run() {
                 gate.wait();
                 vcpu_thread(i);
             });
+            const std::string name = fmt::format("swv-vcpu{}", i);  // top -H, perf
+            ::pthread_setname_np(threads_.back().native_handle(), name.substr(0, 15).c_str());
         }
     } catch (const std::system_error& e) {
         // Threads already created must not run the guest half-started: stop them
