@@ -167,6 +167,10 @@ Result<void> GuestMemory::start() {
         impl.fault_threads.emplace_back([&impl] { impl.fault_loop(); });
         ::pthread_setname_np(impl.fault_threads.back().native_handle(), "swv-fault");
     }
+    if (impl.pool) {
+        impl.writeback = std::thread([&impl] { impl.writeback_loop(*impl.writeback_queue); });
+        ::pthread_setname_np(impl.writeback.native_handle(), "swv-writeback");
+    }
     impl.reclaimer = std::thread([&impl] { impl.reclaim_loop(); });
     ::pthread_setname_np(impl.reclaimer.native_handle(), "swv-reclaim");
     return {};
@@ -184,6 +188,10 @@ void GuestMemory::stop() {
         if (t.joinable()) t.join();
     impl.fault_threads.clear();
     if (impl.reclaimer.joinable()) impl.reclaimer.join();
+    // After the reclaimer: batches it queued are still written and completed (their
+    // pages are in writeback and must end swapped or inactive again).
+    impl.writeback_queue->close();
+    if (impl.writeback.joinable()) impl.writeback.join();
 }
 
 void GuestMemory::set_resident_limit(std::uint64_t bytes) { impl_->limits.set_limit_bytes(bytes); }

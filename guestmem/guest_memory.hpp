@@ -31,7 +31,7 @@ class GuestMemory;
 
 // The threads guestmem starts, for a caller that confines each kind (vmm installs
 // a seccomp filter per role from this hook).
-enum class ThreadRole : std::uint8_t { fault_service, reclaimer };
+enum class ThreadRole : std::uint8_t { fault_service, reclaimer, writeback };
 // Called on each such thread once its own resources (io_uring) exist, before it
 // serves anything. Must not fail: a hook that cannot confine the thread aborts.
 using ThreadStartHook = std::function<void(ThreadRole)>;

@@ -6,6 +6,8 @@
 // Threads (guestmem/README.md#threads):
 //   fault threads  — poll the userfaultfd, choose the row for each fault;
 //   reclaimer      — one per VM, CLOCK over the table, chooses eviction rows;
+//   writeback      — one per VM with swap: writes the batches the reclaimer
+//                    queues and completes them (rows 7 / 7'); stopped after it;
 //   callers        — read/write/discard, and the swapoff thread's bring_back.
 #pragma once
 
@@ -21,6 +23,7 @@
 #include "guestmem/memfd_kernel.hpp"
 #include "guestmem/stage2.hpp"
 #include "guestmem/transitions.hpp"
+#include "guestmem/writeback_queue.hpp"
 #include "io/ring.hpp"
 #include "io/unique_fd.hpp"
 
@@ -49,6 +52,8 @@ struct GuestMemory::Impl {
     std::atomic<bool> stopping{false};
     std::vector<std::thread> fault_threads;
     std::thread reclaimer;
+    std::unique_ptr<WritebackQueue> writeback_queue = std::make_unique<WritebackQueue>();
+    std::thread writeback;     // only with a pool
     std::uint64_t clock_hand = 0;  // owned by the reclaimer thread
 
     // --- fault service (fault_service.cpp) -------------------------------------------
@@ -64,7 +69,8 @@ struct GuestMemory::Impl {
         std::optional<swap::Errc> write_error;   // the first write failure seen
     };
     void reclaim_loop();
-    PassResult reclaim_pass(io::Ring& ring, PassMode mode);
+    PassResult reclaim_pass(WritebackQueue& writer, PassMode mode);
+    void writeback_loop(WritebackQueue& queue);
     OverReason swap_verdict() const;
 };
 

@@ -117,12 +117,13 @@ bool Limits::needs_reclaim() const {
     return resident + slack / 2 > limit && resident > low;
 }
 
-bool Limits::reclaim_done() const {
+bool Limits::reclaim_done(std::uint64_t leaving) const {
     const std::uint64_t limit = effective_limit();
     if (limit == 0) return true;
     const std::uint64_t slack = slack_pages(limit);
     const std::uint64_t low = limit > slack ? limit - slack : 0;
-    return occupancy_.resident.load(std::memory_order_relaxed) <= low;
+    const std::uint64_t resident = occupancy_.resident.load(std::memory_order_relaxed);
+    return resident - std::min(resident, leaving) <= low;
 }
 
 std::uint64_t Limits::bring_back_room() const {

@@ -130,7 +130,8 @@ public:
     // Above the high watermark: the reclaimer has work.
     bool needs_reclaim() const;
     // At or below the low watermark (or unlimited): the reclaimer may stop.
-    bool reclaim_done() const;
+    // `leaving`: resident pages already on their way out (queued writebacks).
+    bool reclaim_done(std::uint64_t leaving = 0) const;
     // Pages this VM can take back (swapoff bring-back) without going over its limit.
     std::uint64_t bring_back_room() const;
 

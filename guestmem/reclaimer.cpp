@@ -9,9 +9,13 @@
 //   inactive, otherwise           -> writeback -> swapped(new vslot)  (start_writeback 5,
 //                                                                      finish_writeback 7)
 //
-// This file only walks the hand and batches: kBatch pages per write_out (the pool
-// turns contiguous runs into single large writes), zaps and punches as runs. The page
-// lock is never held across the write: writeback is the mark.
+// Two threads, a pipeline: the scanner (the reclaimer thread) walks the hand, zaps
+// and punches as runs, and queues batches of up to kBatch writebacks; the writeback
+// thread writes each batch with one write_out (the pool turns contiguous pages into
+// large writes, several in flight) and completes it (finish_writeback: rows 7 / 7',
+// punched as runs). So the scan of the next batch overlaps the write of this one.
+// No page lock is held across a write or while the scanner waits for queue room:
+// writeback is the mark, and flush() releases every lock before it queues.
 #include <algorithm>
 #include <chrono>
 #include <optional>
@@ -20,11 +24,12 @@
 #include <spdlog/spdlog.h>
 
 #include "guestmem/guest_memory_impl.hpp"
+#include "guestmem/writeback_queue.hpp"
 
 namespace swapvisor::guestmem {
 namespace {
 
-constexpr std::size_t kBatch = 512;       // pages per write_out
+constexpr std::size_t kBatch = 512;       // pages per write_out (2 MiB)
 constexpr std::uint64_t kScanChunk = 512; // entries visited per pass
 constexpr unsigned kRingEntries = 64;
 
@@ -47,16 +52,42 @@ OverReason GuestMemory::Impl::swap_verdict() const {
     return unhealthy ? OverReason::swap_failing : OverReason::swap_full;
 }
 
-void GuestMemory::Impl::reclaim_loop() {
+// The writeback thread: every batch the scanner queues is written and completed,
+// including those queued before a stop (their pages are in writeback and must end
+// swapped or inactive again).
+void GuestMemory::Impl::writeback_loop(WritebackQueue& queue) {
     auto ring = io::Ring::create(kRingEntries);
-    if (!ring) {
-        spdlog::critical("{}: reclaimer cannot create its io_uring: {}", name, ring.error().message());
-        return;
+    if (!ring) spdlog::critical("{}: writeback cannot create its io_uring: {}", name, ring.error().message());
+    if (on_thread_start) on_thread_start(ThreadRole::writeback);
+    std::vector<swap::PageOut> outs;
+    while (auto batch = queue.pop()) {
+        std::optional<swap::Errc> error;
+        bool batch_ok = false;
+        if (ring) {
+            outs.clear();
+            for (const Writeback& wb : *batch) outs.push_back(wb.out);
+            const auto written = pool->write_out(*ring, outs);
+            for (std::size_t k = 0; k < batch->size(); ++k) {
+                (*batch)[k].out = outs[k];
+                if (!outs[k].ok() && !error) error = outs[k].error;
+            }
+            if (!written && !error) error = swap::Errc::no_space;
+            batch_ok = written.has_value();
+        } else {
+            error = swap::Errc::io_failed;  // no ring: every page goes back to inactive (7')
+        }
+        const std::uint64_t freed = tr.finish_writeback(*batch, batch_ok);
+        queue.done(batch->size(), freed, error);
     }
+}
+
+void GuestMemory::Impl::reclaim_loop() {
     if (on_thread_start) on_thread_start(ThreadRole::reclaimer);
+    WritebackQueue& queue = *writeback_queue;
     auto held_again = [&] {
         if (limits.held_again()) spdlog::info("{}: resident limit held again", name);
     };
+    auto done = [&] { return limits.reclaim_done(queue.pending_pages()); };
     while (!stopping.load()) {
         limits.wait_for_work(stopping);
         if (stopping.load()) break;
@@ -78,8 +109,8 @@ void GuestMemory::Impl::reclaim_loop() {
         const std::uint64_t give_up = (mode == PassMode::full ? 2 : 1) * table.pages();
         std::uint64_t idle = 0;
         std::optional<swap::Errc> write_error;
-        while (!stopping.load() && !limits.reclaim_done()) {
-            const PassResult pass = reclaim_pass(*ring, mode);
+        while (!stopping.load() && !done()) {
+            const PassResult pass = reclaim_pass(queue, mode);
             if (pass.write_error) write_error = pass.write_error;
             if (pass.freed) {
                 // Progress, but the episode ends only when the limit is really held
@@ -89,7 +120,15 @@ void GuestMemory::Impl::reclaim_loop() {
                 continue;
             }
             if (++idle * kScanChunk < give_up) continue;
-            // Sweeps without freeing anything: this limit cannot be held now.
+            // Sweeps without freeing anything: this limit cannot be held now. Let the
+            // queued writes finish first: they may free pages or say why not.
+            queue.drain();
+            const auto [freed, error] = queue.take_results();
+            if (error) write_error = error;
+            if (freed) {
+                idle = 0;
+                continue;
+            }
             OverReason why = swap_verdict();  // the quota or the pool may have filled meanwhile
             if (why == OverReason::none) {
                 why = !write_error ? OverReason::nothing_evictable
@@ -102,38 +141,40 @@ void GuestMemory::Impl::reclaim_loop() {
             }
             break;
         }
-        if (limits.reclaim_done()) held_again();
+        if (done()) {
+            // The queued writes complete the episode: wait for them, so "held again"
+            // is said when it is true.
+            queue.drain();
+            (void)queue.take_results();
+            if (limits.reclaim_done()) held_again();
+        }
     }
 }
 
-// One CLOCK step over kScanChunk entries. Returns the pages that left memory.
-GuestMemory::Impl::PassResult GuestMemory::Impl::reclaim_pass(io::Ring& ring, PassMode mode) {
+// One CLOCK step over kScanChunk entries. Returns the pages that left memory (dropped
+// here, or through writes the writeback thread completed since the last pass).
+GuestMemory::Impl::PassResult GuestMemory::Impl::reclaim_pass(WritebackQueue& writer, PassMode mode) {
     std::uint64_t freed = 0;
-    std::optional<swap::Errc> write_error;
     const std::uint64_t pages = table.pages();
     std::vector<PageLock> demote;    // resident: zapped as runs
     std::vector<PageLock> dropped;   // cold, no write needed: punched as runs
-    std::vector<Writeback> writes;   // cold, dirty: written as one batch (unlocked)
-    std::uint64_t quota_room = limits.swap_quota_room();  // writes this pass may still start
+    std::vector<Writeback> writes;   // cold, dirty: queued as one batch (unlocked)
+    // Writes this pass may still start: queued pages count against the quota already.
+    const std::uint64_t quota = limits.swap_quota_room();
+    const std::uint64_t queued = writer.pending_pages();
+    std::uint64_t quota_room = quota > queued ? quota - queued : 0;
 
     auto flush = [&] {
+        // Every lock is released (zap, punch) before the queue may make us wait.
         tr.deactivate(demote);
         freed += tr.punch_dropped(dropped);
         if (writes.empty()) return;
-        std::vector<swap::PageOut> outs;
-        outs.reserve(writes.size());
-        for (const Writeback& wb : writes) outs.push_back(wb.out);
-        const auto batch = pool->write_out(ring, outs);
-        for (std::size_t k = 0; k < writes.size(); ++k) {
-            writes[k].out = outs[k];
-            if (!outs[k].ok() && !write_error) write_error = outs[k].error;
-        }
-        if (!batch && !write_error) write_error = swap::Errc::no_space;
-        const bool batch_ok = batch.has_value();
-        freed += tr.finish_writeback(writes, batch_ok);
-        writes.clear();
+        writer.push(std::move(writes));
+        writes = {};
+        writes.reserve(kBatch);
     };
 
+    writes.reserve(kBatch);
     for (std::uint64_t n = 0; n < kScanChunk; ++n) {
         const PageIdx idx(clock_hand);
         clock_hand = (clock_hand + 1) % pages;
@@ -151,7 +192,7 @@ GuestMemory::Impl::PassResult GuestMemory::Impl::reclaim_pass(io::Ring& ring, Pa
                 // Cold. Drop it without a write where possible.
                 if (tr.drop_cold(*lk)) {
                     dropped.push_back(std::move(*lk));
-                } else if (mode == PassMode::full && quota_room > 0) {
+                } else if (mode == PassMode::full && pool && quota_room > 0) {
                     --quota_room;
                     writes.push_back(tr.start_writeback(std::move(*lk)));
                     if (writes.size() == kBatch) flush();
@@ -162,7 +203,8 @@ GuestMemory::Impl::PassResult GuestMemory::Impl::reclaim_pass(io::Ring& ring, Pa
         }
     }
     flush();
-    return PassResult{freed, write_error};
+    const auto [written, write_error] = writer.take_results();
+    return PassResult{freed + written, write_error};
 }
 
 }  // namespace swapvisor::guestmem

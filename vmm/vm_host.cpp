@@ -175,6 +175,8 @@ Result<control::VmInfo> VmHost::start(const cli::VmSpec& spec, SerialPrefix pref
                                          .swap_quota = spec.swap_quota};
     if (seccomp_ == sandbox::Seccomp::on) {
         memory_config.on_thread_start = [](guestmem::ThreadRole role) {
+            // The writeback thread does what the reclaimer did before it was split off
+            // (write_out, punch): the reclaimer's filter.
             const auto cls = role == guestmem::ThreadRole::fault_service ? sandbox::ThreadClass::fault_service
                                                                           : sandbox::ThreadClass::reclaimer;
             auto r = sandbox::confine_thread(cls);

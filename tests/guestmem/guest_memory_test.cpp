@@ -271,7 +271,7 @@ TEST_F(GuestMemoryTest, PrivilegedEveryThreadGuestmemStartsCallsTheStartHookWith
     for (int i = 0; i < 200; ++i) {
         {
             std::lock_guard lk(mu);
-            if (roles.size() == 3) break;
+            if (roles.size() == 4) break;
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
@@ -279,6 +279,7 @@ TEST_F(GuestMemoryTest, PrivilegedEveryThreadGuestmemStartsCallsTheStartHookWith
     std::lock_guard lk(mu);
     EXPECT_EQ(std::count(roles.begin(), roles.end(), ThreadRole::fault_service), 2);
     EXPECT_EQ(std::count(roles.begin(), roles.end(), ThreadRole::reclaimer), 1);
+    EXPECT_EQ(std::count(roles.begin(), roles.end(), ThreadRole::writeback), 1) << "the VM has swap";
 }
 
 // Issue #9: swapoff's bring-back summed free room over every VM, then pushed each page
