@@ -157,6 +157,7 @@ int run_host(const cli::RunConfig& config) {
     // control socket and --stats-json. Declared before the VMs that refer to it.
     control::DeviceStats device_stats;
     VmHost vms(*kvm, host, device_stats, Release::at_exit);
+    vms.set_balloon_stats_interval(config.balloon_stats_interval);
     if (auto r = confine(config.seccomp, vms); !r) return fail(r.error().message());
 
     // 5. The control socket: live swapon/swapoff/set-limit while the VMs run.
@@ -212,6 +213,7 @@ int serve_host(const cli::ServeConfig& config) {
     control::DeviceStats device_stats;
     control::SwapoffBoard swapoffs;
     VmHost vms(*kvm, host, device_stats, Release::when_ended);
+    vms.set_balloon_stats_interval(config.balloon_stats_interval);
     if (auto r = confine(config.seccomp, vms); !r) return fail(r.error().message());
 
     control::ControlServer server(host, device_stats,

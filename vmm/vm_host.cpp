@@ -61,6 +61,8 @@ struct VmHost::Hosted {
     std::unique_ptr<devices::DeviceManager> devices;
     std::shared_ptr<devices::VirtioBalloon> balloon;
     std::shared_ptr<devices::VirtioMmio> balloon_transport;
+    // Holds the balloon and its transport: reset before either (release, the scope guard).
+    std::unique_ptr<devices::BalloonStatsPoller> balloon_poller;
     std::thread runner;
     control::VmState state = control::VmState::running;
     std::optional<VmEnd> end;
@@ -187,6 +189,7 @@ Result<control::VmInfo> VmHost::start(const cli::VmSpec& spec, SerialPrefix pref
     if (!memory) return std::unexpected(std::move(memory.error()).with_context(fmt::format("guest memory of {}", name)));
     vm->memory = *memory;
     ScopeGuard free_memory([this, &vm, &name] {
+        vm->balloon_poller.reset();  // stops its thread: it calls into the transport
         vm->devices.reset();  // before the Vm whose buses they are on
         vm->balloon_transport.reset();
         vm->vm.reset();       // before the memory it maps
@@ -214,10 +217,11 @@ Result<control::VmInfo> VmHost::start(const cli::VmSpec& spec, SerialPrefix pref
     }
     SWV_TRY(with_context(vm->devices->add_legacy(std::move(serial)), name));
     if (spec.balloon) {
-        vm->balloon = std::make_shared<devices::VirtioBalloon>(*vm->memory);
+        vm->balloon = std::make_shared<devices::VirtioBalloon>(*vm->memory, spec.balloon_stats_interval);
         auto transport = vm->devices->add_virtio("balloon", *vm->memory, vm->balloon);
         if (!transport) return std::unexpected(std::move(transport.error()).with_context(name));
         vm->balloon_transport = *transport;
+        vm->balloon_poller = std::make_unique<devices::BalloonStatsPoller>(vm->balloon, vm->balloon_transport);
     }
     vm->spec.cmdline = vm->devices->append_cmdline(spec.cmdline);
 
@@ -273,11 +277,13 @@ void VmHost::release(Hosted& vm) {
     std::unique_ptr<devices::DeviceManager> devices;
     std::shared_ptr<devices::VirtioBalloon> balloon;
     std::shared_ptr<devices::VirtioMmio> transport;
+    std::unique_ptr<devices::BalloonStatsPoller> poller;
     guestmem::GuestMemory* memory;
     {
         std::lock_guard lock(mutex_);
         if (vm.released) return;
         memory = vm.memory;
+        poller = std::move(vm.balloon_poller);
         devices = std::move(vm.devices);
         transport = std::move(vm.balloon_transport);
         balloon = std::move(vm.balloon);
@@ -285,6 +291,7 @@ void VmHost::release(Hosted& vm) {
         vm.memory = nullptr;
     }
     stats_.remove(vm.spec.name);
+    poller.reset();  // joins its thread before the transport and the Vm go
     devices.reset();
     transport.reset();
     kvm_vm.reset();
@@ -350,6 +357,7 @@ Result<control::VmInfo> VmHost::create_vm(const control::VmCreateSpec& request) 
     spec.resident_limit = request.resident_limit;
     spec.swap_quota = request.swap_quota;
     spec.balloon = request.balloon;
+    spec.balloon_stats_interval = balloon_stats_interval_;
     if (request.serial_log) {
         if (auto ok = cli::check_output_file(*request.serial_log); !ok)
             return bad_field("serial_log", ok.error().message());

@@ -63,6 +63,9 @@ public:
     Result<control::VmInfo> start(const cli::VmSpec& spec, SerialPrefix prefix);
     // Confine the threads of VMs started from now on (vmm/sandbox); off by default.
     void set_seccomp(sandbox::Seccomp s) { seccomp_ = s; }
+    // How often the balloon of a VM made by vm-create asks its guest for statistics
+    // (serve --balloon-stats-interval; 0: only when status / stats read them).
+    void set_balloon_stats_interval(std::chrono::milliseconds interval) { balloon_stats_interval_ = interval; }
     // Block until every VM listed now has ended (`run`).
     void wait_all();
     // End every running VM with `end` (a signal).
@@ -81,6 +84,7 @@ public:
 
 private:
     sandbox::Seccomp seccomp_ = sandbox::Seccomp::off;
+    std::chrono::milliseconds balloon_stats_interval_ = devices::VirtioBalloon::kDefaultStatsInterval;
     struct Hosted;
     void run_vm(Hosted& vm);
     void release(Hosted& vm);

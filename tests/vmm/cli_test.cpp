@@ -310,4 +310,27 @@ TEST(CliParseTest, ServeNeedsAControlSocketAndTakesSwapBudgetMetrics) {
     EXPECT_EQ(run_exit({"serve", "--control", "s", "--swap", "/a", "--swap", "/a"}).status, kExitUsage);
 }
 
+TEST(CliParseTest, BalloonStatsIntervalOnRunAndServe) {
+    using std::chrono::milliseconds;
+    RunConfig d = run_ok({"run", "--kernel", "k.elf", "--balloon"});
+    EXPECT_EQ(d.balloon_stats_interval, milliseconds(2000));
+    RunConfig c = run_ok({"run", "--kernel", "k.elf", "--balloon", "--balloon-stats-interval", "0.25", "--vm",
+                          "name=b,kernel=b.elf,balloon"});
+    EXPECT_EQ(c.balloon_stats_interval, milliseconds(250));
+    for (const VmSpec& vm : c.all_vms()) EXPECT_EQ(vm.balloon_stats_interval, milliseconds(250)) << vm.name;
+    EXPECT_EQ(run_ok({"run", "--kernel", "k.elf", "--balloon-stats-interval", "0"}).balloon_stats_interval,
+              milliseconds(0));
+    for (const char* bad : {"-1", "3601", "nan", "soon"}) {
+        CliExit e = run_exit({"run", "--kernel", "k.elf", "--balloon-stats-interval", bad});
+        EXPECT_EQ(e.status, kExitUsage) << bad;
+    }
+    CliExit negative = run_exit({"run", "--kernel", "k.elf", "--balloon-stats-interval", "-1"});
+    EXPECT_NE(negative.err.find("0..3600"), std::string::npos) << negative.err;
+    CliOutcome out = parse_command_line({"serve", "--control", "s", "--balloon-stats-interval", "5"});
+    auto* serve = std::get_if<ServeConfig>(&out);
+    ASSERT_NE(serve, nullptr) << (std::holds_alternative<CliExit>(out) ? std::get<CliExit>(out).err : "");
+    EXPECT_EQ(serve->balloon_stats_interval, milliseconds(5000));
+    EXPECT_EQ(run_exit({"serve", "--control", "s", "--balloon-stats-interval", "-0.5"}).status, kExitUsage);
+}
+
 }  // namespace swapvisor::vmm::cli

@@ -13,6 +13,8 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <optional>
+#include <thread>
 #include <vector>
 
 #include "guestmem/errc.hpp"
@@ -97,6 +99,17 @@ public:
         }
         driver_ok();
         ASSERT_EQ(rd(reg::kStatus) & kStatusNeedsReset, 0u);
+    }
+
+    // Bring-up with `features` and queues 0 .. n-1 (Linux's numbering for them).
+    void bring_up_with(std::uint64_t features, unsigned n) {
+        ASSERT_TRUE(negotiate(features));
+        for (unsigned q = 0; q < n; ++q) {
+            zero_rings(q);
+            program_queue(q, rings_of(q));
+            ASSERT_TRUE(ready(q)) << "queue " << q;
+        }
+        driver_ok();
     }
 
     void zero_rings(unsigned q) {
@@ -213,7 +226,7 @@ protected:
 
 // --- transport ----------------------------------------------------------------------------
 
-TEST(VirtioBalloonQueues, ReportingIndexFollowsOfferedFeatureQueues) {
+TEST(VirtioBalloonQueues, ReportingIndexFollowsNegotiatedFeatureQueues) {
     using Q = BalloonQueue;
     EXPECT_EQ(VirtioBalloon::queue_index_of(Q::inflate, kBalloonFReporting), 0u);
     EXPECT_EQ(VirtioBalloon::queue_index_of(Q::deflate, kBalloonFReporting), 1u);
@@ -230,7 +243,8 @@ TEST_F(PrivilegedVirtioBalloonTest, ProbeRegistersAndOfferedFeatures) {
     EXPECT_EQ(drv_->rd(reg::kDeviceId), 5u);
     EXPECT_EQ(drv_->rd(reg::kVendorId), kVirtioVendorId);
     drv_->wr(reg::kDeviceFeaturesSel, 0);
-    EXPECT_EQ(drv_->rd(reg::kDeviceFeatures), 1u << 5);  // F_REPORTING only, no STATS_VQ
+    // F_REPORTING, F_STATS_VQ, F_DEFLATE_ON_OOM; no FREE_PAGE_HINT, no MUST_TELL_HOST
+    EXPECT_EQ(drv_->rd(reg::kDeviceFeatures), (1u << 5) | (1u << 1) | (1u << 2));
     drv_->wr(reg::kDeviceFeaturesSel, 1);
     EXPECT_EQ(drv_->rd(reg::kDeviceFeatures), 1u);  // VIRTIO_F_VERSION_1 = bit 32
     drv_->wr(reg::kDeviceFeaturesSel, 2);
@@ -243,7 +257,7 @@ TEST_F(PrivilegedVirtioBalloonTest, ProbeRegistersAndOfferedFeatures) {
 
 TEST_F(PrivilegedVirtioBalloonTest, FeaturesOkRefusedWithoutVersion1OrWithUnofferedBits) {
     EXPECT_FALSE(drv_->negotiate(kBalloonFReporting));
-    EXPECT_FALSE(drv_->negotiate(kVirtioFVersion1 | kBalloonFStatsVq));
+    EXPECT_FALSE(drv_->negotiate(kVirtioFVersion1 | kBalloonFFreePageHint));
     EXPECT_TRUE(drv_->negotiate(kVirtioFVersion1));
     // Without F_REPORTING there is no queue 2.
     drv_->wr(reg::kQueueSel, 2);
@@ -602,6 +616,332 @@ TEST_F(PrivilegedVirtioBalloonTest, ConfigSpaceTargetActualAndChangeNotification
     drv_->wr(reg::kStatus, 0);
     EXPECT_EQ(drv_->rd(reg::kConfig + 4), 0u);
     EXPECT_EQ(drv_->rd(reg::kConfig + 0), 10u);
+}
+
+// --- statistics (STATS_VQ) -------------------------------------------------------------------
+
+namespace {
+
+constexpr std::uint64_t kStatsBuf = 0x9000;
+constexpr unsigned kStatsQ = 2;  // with STATS_VQ negotiated; reporting_vq is then 3
+
+// {le16 tag; le64 val} entries, packed.
+std::vector<std::byte> stat_entries(const std::vector<std::pair<std::uint16_t, std::uint64_t>>& entries) {
+    std::vector<std::byte> out;
+    for (auto [tag, val] : entries) {
+        out.push_back(static_cast<std::byte>(tag & 0xff));
+        out.push_back(static_cast<std::byte>(tag >> 8));
+        for (unsigned i = 0; i < 8; ++i) out.push_back(static_cast<std::byte>(val >> (8 * i)));
+    }
+    return out;
+}
+
+std::optional<std::uint64_t> counter(const swapvisor::vmm::control::Counters& cs, std::string_view name) {
+    for (const auto& c : cs)
+        if (c.name == name) return c.value;
+    return std::nullopt;
+}
+
+}  // namespace
+
+TEST(VirtioBalloonStats, ParsesEveryKnownTagLittleEndianAndSkipsUnknownOnes) {
+    std::vector<std::pair<std::uint16_t, std::uint64_t>> entries;
+    for (std::uint16_t tag = 0; tag < kBalloonStatTags; ++tag) entries.push_back({tag, 0x0102030405060700ULL + tag});
+    entries.push_back({10, 1});       // beyond VIRTIO_BALLOON_S_NR: unknown
+    entries.push_back({0xabcd, 2});   // unknown
+    entries.push_back({5, 512ULL << 20});  // MEMTOT again: the last value wins
+    auto bytes = stat_entries(entries);
+    auto parsed = parse_guest_stats(bytes);
+    ASSERT_TRUE(parsed.has_value()) << parsed.error().message();
+    for (std::uint16_t tag = 0; tag < kBalloonStatTags; ++tag) {
+        ASSERT_TRUE(parsed->values[tag].has_value()) << "tag " << tag;
+        EXPECT_EQ(*parsed->values[tag], tag == 5 ? 512ULL << 20 : 0x0102030405060700ULL + tag) << "tag " << tag;
+    }
+    EXPECT_EQ(parsed->unknown_tags, 2u);
+    // Tags the guest did not send stay absent.
+    auto only_free = parse_guest_stats(stat_entries({{4, 4096}}));
+    ASSERT_TRUE(only_free.has_value());
+    EXPECT_EQ(only_free->values[4], std::optional<std::uint64_t>(4096));
+    EXPECT_FALSE(only_free->values[5].has_value());
+    EXPECT_EQ(only_free->unknown_tags, 0u);
+    // The names are distinct and carry the guest_ prefix (they share the JSON object).
+    for (unsigned i = 0; i < kBalloonStatTags; ++i) {
+        EXPECT_TRUE(kGuestStatNames[i].starts_with("guest_")) << kGuestStatNames[i];
+        for (unsigned j = i + 1; j < kBalloonStatTags; ++j) EXPECT_NE(kGuestStatNames[i], kGuestStatNames[j]);
+    }
+}
+
+TEST(VirtioBalloonStats, RefusesLengthsThatAreNotAWholeNonZeroNumberOfEntries) {
+    std::vector<std::byte> bytes = stat_entries({{5, 1}, {4, 2}});  // 20 bytes
+    for (std::size_t len : {0UL, 1UL, 9UL, 11UL, 19UL}) {
+        auto parsed = parse_guest_stats(std::span(bytes).first(len));
+        ASSERT_FALSE(parsed.has_value()) << len << " bytes accepted";
+        EXPECT_EQ(parsed.error().code, make_error_code(BalloonErrc::stats_length)) << len;
+    }
+    EXPECT_TRUE(parse_guest_stats(std::span(bytes).first(10)).has_value());
+    EXPECT_TRUE(parse_guest_stats(bytes).has_value());
+}
+
+TEST(VirtioBalloonQueues, StatsQueueTakesAnIndexOnlyWhenNegotiated) {
+    using Q = BalloonQueue;
+    EXPECT_EQ(VirtioBalloon::queue_index_of(Q::stats, kBalloonFStatsVq | kBalloonFReporting), 2u);
+    EXPECT_EQ(VirtioBalloon::queue_index_of(Q::reporting, kBalloonFStatsVq | kBalloonFReporting), 3u);
+    EXPECT_EQ(VirtioBalloon::queue_index_of(Q::reporting, kBalloonFReporting | kBalloonFDeflateOnOom), 2u);
+}
+
+TEST_F(PrivilegedVirtioBalloonTest, QueueNumberingWithAndWithoutStatsVq) {
+    EXPECT_EQ(balloon_->queue_count(kVirtioFVersion1), 2u);
+    EXPECT_EQ(balloon_->queue_count(kVirtioFVersion1 | kBalloonFStatsVq), 3u);
+    EXPECT_EQ(balloon_->queue_count(kVirtioFVersion1 | kBalloonFReporting), 3u);
+    EXPECT_EQ(balloon_->queue_count(kVirtioFVersion1 | kBalloonFStatsVq | kBalloonFReporting), 4u);
+    // With STATS_VQ: statsq 2, reporting_vq 3, nothing at 4.
+    ASSERT_TRUE(drv_->negotiate(kVirtioFVersion1 | kBalloonFStatsVq | kBalloonFReporting));
+    drv_->wr(reg::kQueueSel, 3);
+    EXPECT_EQ(drv_->rd(reg::kQueueNumMax), 256u);
+    drv_->wr(reg::kQueueSel, 4);
+    EXPECT_EQ(drv_->rd(reg::kQueueNumMax), 0u);
+    drv_->bring_up_with(kVirtioFVersion1 | kBalloonFStatsVq | kBalloonFReporting, 4);
+    // A free range on queue 3 is a report: dropped.
+    drv_->put_report(3, {{kDataBase, 1U << 20}});
+    drv_->publish(3, 0);
+    drv_->notify(3);
+    EXPECT_EQ(dropped_pages(kDataBase, 1ULL << 20), (1ULL << 20) / kPageSize);
+    // The same on queue 2 is a statistics buffer (here a refused one: device-writable):
+    // nothing is dropped and the buffer is held.
+    drv_->put_report(2, {{kDataBase + (1ULL << 20), 1U << 20}});
+    drv_->publish(2, 0);
+    drv_->notify(2);
+    EXPECT_EQ(intact_pages(kDataBase + (1ULL << 20), kDataBytes - (1ULL << 20)), (kDataBytes >> 12) - 256);
+    EXPECT_EQ(drv_->used_idx(2), 0u);
+    EXPECT_EQ(balloon_->stats().stats_refused, 1u);
+
+    // A driver that declines STATS_VQ (Linux numbering): reporting_vq is 2, no queue 3.
+    ASSERT_TRUE(drv_->negotiate(kVirtioFVersion1 | kBalloonFReporting));
+    drv_->wr(reg::kQueueSel, 3);
+    EXPECT_EQ(drv_->rd(reg::kQueueNumMax), 0u);
+    drv_->bring_up_with(kVirtioFVersion1 | kBalloonFReporting, 3);
+    drv_->put_report(2, {{kDataBase + (2ULL << 20), 1U << 20}});
+    drv_->publish(2, 0);
+    drv_->notify(2);
+    EXPECT_EQ(drv_->used_idx(2), 1u);
+    EXPECT_EQ(dropped_pages(kDataBase + (2ULL << 20), 1ULL << 20), (1ULL << 20) / kPageSize);
+    EXPECT_EQ(balloon_->stats().stats_refused, 1u);  // not taken for statistics
+    EXPECT_EQ(mmio_->status() & kStatusNeedsReset, 0u);
+}
+
+TEST_F(PrivilegedVirtioBalloonTest, StatsBufferIsHeldParsedAndGivenBackOnPoll) {
+    drv_->bring_up_with(kVirtioFVersion1 | kBalloonFStatsVq | kBalloonFReporting, 4);
+    // Before any buffer: no guest figures, and a poll has nothing to give back.
+    EXPECT_FALSE(counter(balloon_->counters(), "guest_total_bytes").has_value());
+    mmio_->poll_device();
+    EXPECT_EQ(balloon_->stats().stats_requests, 0u);
+
+    auto bytes = stat_entries({{5, 64ULL << 20}, {4, 40ULL << 20}, {6, 41ULL << 20}, {0x77, 9}, {2, 3}});
+    ASSERT_TRUE(mem_->write(Gpa(kStatsBuf), bytes).has_value());
+    drv_->put_desc(kStatsQ, 0, kStatsBuf, static_cast<std::uint32_t>(bytes.size()), 0);
+    drv_->publish(kStatsQ, 0);
+    drv_->notify(kStatsQ);
+    EXPECT_EQ(drv_->used_idx(kStatsQ), 0u) << "the device keeps the statistics buffer";
+    BalloonStats s = balloon_->stats();
+    EXPECT_EQ(s.stats_updates, 1u);
+    EXPECT_EQ(s.stats_unknown_tags, 1u);
+    ASSERT_TRUE(s.guest.has_value());
+    EXPECT_EQ(s.guest->values[5], std::optional<std::uint64_t>(64ULL << 20));
+    auto cs = balloon_->counters();
+    EXPECT_EQ(counter(cs, "guest_total_bytes"), std::optional<std::uint64_t>(64ULL << 20));
+    EXPECT_EQ(counter(cs, "guest_free_bytes"), std::optional<std::uint64_t>(40ULL << 20));
+    EXPECT_EQ(counter(cs, "guest_available_bytes"), std::optional<std::uint64_t>(41ULL << 20));
+    EXPECT_EQ(counter(cs, "guest_major_faults"), std::optional<std::uint64_t>(3));
+    EXPECT_FALSE(counter(cs, "guest_swap_in_bytes").has_value()) << "a tag the guest did not send";
+    ASSERT_TRUE(counter(cs, "guest_stats_age_ms").has_value());
+    EXPECT_LT(*counter(cs, "guest_stats_age_ms"), 60000u);
+
+    // The poll gives it back (0 bytes written) and interrupts the driver.
+    irq_events_.clear();
+    mmio_->poll_device();
+    EXPECT_EQ(drv_->used_idx(kStatsQ), 1u);
+    EXPECT_EQ(drv_->used_elem(kStatsQ, 0), std::make_pair(0u, 0u));
+    EXPECT_EQ(balloon_->stats().stats_requests, 1u);
+    EXPECT_EQ(drv_->rd(reg::kInterruptStatus) & kInterruptUsedBuffer, kInterruptUsedBuffer);
+    EXPECT_FALSE(irq_events_.empty());
+    // Nothing held now: a second poll does nothing.
+    mmio_->poll_device();
+    EXPECT_EQ(drv_->used_idx(kStatsQ), 1u);
+    EXPECT_EQ(balloon_->stats().stats_requests, 1u);
+
+    // The driver answers with fresh figures.
+    bytes = stat_entries({{5, 64ULL << 20}, {4, 12ULL << 20}});
+    ASSERT_TRUE(mem_->write(Gpa(kStatsBuf), bytes).has_value());
+    drv_->put_desc(kStatsQ, 1, kStatsBuf, static_cast<std::uint32_t>(bytes.size()), 0);
+    drv_->publish(kStatsQ, 1);
+    drv_->notify(kStatsQ);
+    EXPECT_EQ(balloon_->stats().stats_updates, 2u);
+    EXPECT_EQ(counter(balloon_->counters(), "guest_free_bytes"), std::optional<std::uint64_t>(12ULL << 20));
+    EXPECT_FALSE(counter(balloon_->counters(), "guest_major_faults").has_value()) << "figures of the old buffer";
+
+    // A second buffer while one is held: the older one goes back first.
+    drv_->put_desc(kStatsQ, 2, kStatsBuf, static_cast<std::uint32_t>(bytes.size()), 0);
+    drv_->publish(kStatsQ, 2);
+    drv_->notify(kStatsQ);
+    EXPECT_EQ(drv_->used_idx(kStatsQ), 2u);
+    EXPECT_EQ(drv_->used_elem(kStatsQ, 1).first, 1u);
+    mmio_->poll_device();
+    EXPECT_EQ(drv_->used_idx(kStatsQ), 3u);
+    EXPECT_EQ(drv_->used_elem(kStatsQ, 2).first, 2u);
+    EXPECT_EQ(mmio_->status() & kStatusNeedsReset, 0u);
+    // A reset forgets the held buffer: nothing goes back on a poll afterwards.
+    drv_->put_desc(kStatsQ, 3, kStatsBuf, static_cast<std::uint32_t>(bytes.size()), 0);
+    drv_->publish(kStatsQ, 3);
+    drv_->notify(kStatsQ);
+    drv_->wr(reg::kStatus, 0);
+    mmio_->poll_device();
+    EXPECT_EQ(balloon_->stats().stats_requests, 2u);
+}
+
+TEST_F(PrivilegedVirtioBalloonTest, MalformedStatsBuffersAreRefusedCountedAndStillHeld) {
+    drv_->bring_up_with(kVirtioFVersion1 | kBalloonFStatsVq | kBalloonFReporting, 4);
+    auto good = stat_entries({{5, 1ULL << 30}});
+    ASSERT_TRUE(mem_->write(Gpa(kStatsBuf), good).has_value());
+    std::uint16_t head = 0;
+    std::uint64_t refused = 0;
+    auto send = [&](std::uint64_t addr, std::uint32_t len, std::uint16_t flags) {
+        drv_->put_desc(kStatsQ, head, addr, len, flags);
+        drv_->publish(kStatsQ, head);
+        drv_->notify(kStatsQ);
+        ++head;
+        mmio_->poll_device();  // give it back, as the poller would
+        EXPECT_EQ(drv_->used_idx(kStatsQ), head) << "buffer " << head << " not held and returned";
+    };
+    send(kStatsBuf, 15, 0);  // not whole entries
+    EXPECT_EQ(balloon_->stats().stats_refused, ++refused);
+    send(kStatsBuf, 0, 0);  // empty
+    EXPECT_EQ(balloon_->stats().stats_refused, ++refused);
+    send(kStatsBuf, 10, SplitQueue::kDescFlagWrite);  // device-writable
+    EXPECT_EQ(balloon_->stats().stats_refused, ++refused);
+    send(kMem - 5, 10, 0);  // runs off the end of RAM
+    EXPECT_EQ(balloon_->stats().stats_refused, ++refused);
+    send(kStatsBuf, VirtioBalloon::kMaxStatsBytes + 10, 0);  // too large
+    EXPECT_EQ(balloon_->stats().stats_refused, ++refused);
+    EXPECT_EQ(balloon_->stats().stats_updates, 0u);
+    EXPECT_FALSE(counter(balloon_->counters(), "guest_total_bytes").has_value());
+    // A good one after all that is taken; the device never needed a reset.
+    send(kStatsBuf, 10, 0);
+    EXPECT_EQ(balloon_->stats().stats_updates, 1u);
+    EXPECT_EQ(balloon_->stats().stats_refused, refused);
+    EXPECT_EQ(counter(balloon_->counters(), "guest_total_bytes"), std::optional<std::uint64_t>(1ULL << 30));
+    EXPECT_EQ(mmio_->status() & kStatusNeedsReset, 0u);
+    expect_all_data_intact();
+}
+
+TEST_F(PrivilegedVirtioBalloonTest, StatsKickedBeforeDriverOkAreTakenAtDriverOk) {
+    // Linux's init_vqs adds and kicks the first buffer before DRIVER_OK.
+    ASSERT_TRUE(drv_->negotiate(kVirtioFVersion1 | kBalloonFStatsVq | kBalloonFReporting));
+    for (unsigned q = 0; q < 4; ++q) {
+        drv_->zero_rings(q);
+        drv_->program_queue(q, rings_of(q));
+        ASSERT_TRUE(drv_->ready(q));
+    }
+    auto bytes = stat_entries({{5, 7ULL << 20}});
+    ASSERT_TRUE(mem_->write(Gpa(kStatsBuf), bytes).has_value());
+    drv_->put_desc(kStatsQ, 0, kStatsBuf, 10, 0);
+    drv_->publish(kStatsQ, 0);
+    drv_->notify(kStatsQ);
+    EXPECT_EQ(mmio_->stats().ignored_notifies, 1u);
+    EXPECT_EQ(balloon_->stats().stats_updates, 0u);
+    drv_->driver_ok();
+    EXPECT_EQ(balloon_->stats().stats_updates, 1u);
+    EXPECT_EQ(counter(balloon_->counters(), "guest_total_bytes"), std::optional<std::uint64_t>(7ULL << 20));
+}
+
+TEST_F(PrivilegedVirtioBalloonTest, PollerGivesTheBufferBackOnItsIntervalAndOnRequest) {
+    // A poller on a fresh device whose interval is long: only a request wakes it.
+    auto slow = std::make_shared<VirtioBalloon>(*mem_, std::chrono::milliseconds(0));
+    auto transport = std::make_shared<VirtioMmio>(*mem_, slow);
+    Driver drv(*mem_, *transport);
+    drv.bring_up_with(kVirtioFVersion1 | kBalloonFStatsVq, 3);
+    auto bytes = stat_entries({{5, 3ULL << 20}});
+    ASSERT_TRUE(mem_->write(Gpa(kStatsBuf), bytes).has_value());
+    drv.put_desc(kStatsQ, 0, kStatsBuf, 10, 0);
+    drv.publish(kStatsQ, 0);
+    drv.notify(kStatsQ);
+    auto wait_used = [](Driver& d, std::uint16_t want) {
+        for (int i = 0; i < 500 && d.used_idx(kStatsQ) < want; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        return d.used_idx(kStatsQ);
+    };
+    {
+        BalloonStatsPoller poller(slow, transport);
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        EXPECT_EQ(drv.used_idx(kStatsQ), 0u) << "interval 0: no poll until asked";
+        (void)slow->counters();  // reading the counters asks
+        EXPECT_EQ(wait_used(drv, 1), 1u);
+    }
+    // With an interval, the poller gives it back by itself.
+    auto fast = std::make_shared<VirtioBalloon>(*mem_, std::chrono::milliseconds(20));
+    auto transport2 = std::make_shared<VirtioMmio>(*mem_, fast);
+    Driver drv2(*mem_, *transport2);
+    drv2.bring_up_with(kVirtioFVersion1 | kBalloonFStatsVq, 3);
+    drv2.put_desc(kStatsQ, 0, kStatsBuf, 10, 0);
+    drv2.publish(kStatsQ, 0);
+    drv2.notify(kStatsQ);
+    BalloonStatsPoller poller(fast, transport2);
+    EXPECT_EQ(wait_used(drv2, 1), 1u);
+    EXPECT_EQ(fast->stats().stats_requests, 1u);
+}
+
+// --- deflate-on-OOM ---------------------------------------------------------------------------
+
+TEST_F(PrivilegedVirtioBalloonTest, DeflatesAtOrBelowTheTargetAreCountedAsOomOrUnrequested) {
+    std::uint32_t pfns[8];
+    for (std::uint32_t i = 0; i < 8; ++i) pfns[i] = static_cast<std::uint32_t>((kDataBase >> 12) + i);
+    ASSERT_TRUE(mem_->write(Gpa(0x8000), std::as_bytes(std::span(pfns))).has_value());
+    std::uint16_t inflate_head = 0, deflate_head = 0;
+    auto inflate = [&](std::uint32_t n, std::uint32_t first) {
+        drv_->put_desc(kInflate, inflate_head, 0x8000 + 4 * first, 4 * n, 0);
+        drv_->publish(kInflate, inflate_head++);
+        drv_->notify(kInflate);
+    };
+    auto deflate = [&](std::uint32_t n, std::uint32_t first) {
+        drv_->put_desc(kDeflate, deflate_head, 0x8000 + 4 * first, 4 * n, 0);
+        drv_->publish(kDeflate, deflate_head++);
+        drv_->notify(kDeflate);
+    };
+    drv_->bring_up_with(kVirtioFVersion1 | kBalloonFDeflateOnOom | kBalloonFReporting, 3);
+    balloon_->set_target_pages(6);
+    inflate(6, 0);
+    EXPECT_EQ(balloon_->stats().balloon_pages, 6u);
+    // The host lowers the target to 4: two requested deflates, not OOM.
+    balloon_->set_target_pages(4);
+    deflate(2, 4);
+    BalloonStats s = balloon_->stats();
+    EXPECT_EQ(s.deflated_pages, 2u);
+    EXPECT_EQ(s.oom_deflated_pages, 0u);
+    EXPECT_EQ(s.balloon_pages, 4u);
+    // The guest takes 3 more under memory pressure: below the target, OOM deflates.
+    deflate(3, 1);
+    s = balloon_->stats();
+    EXPECT_EQ(s.deflated_pages, 5u);
+    EXPECT_EQ(s.oom_deflated_pages, 3u);
+    EXPECT_EQ(s.unrequested_deflated_pages, 0u);
+    EXPECT_EQ(s.balloon_pages, 1u);
+    EXPECT_EQ(counter(balloon_->counters(), "oom_deflated_pages"), std::optional<std::uint64_t>(3));
+    // More deflates than were ever inflated: counted, the balloon stays at 0.
+    deflate(3, 0);
+    EXPECT_EQ(balloon_->stats().balloon_pages, 0u);
+    EXPECT_EQ(balloon_->stats().oom_deflated_pages, 6u);
+
+    // Without DEFLATE_ON_OOM the same deflate is accepted but counted as unrequested.
+    drv_->bring_up_with(kVirtioFVersion1 | kBalloonFReporting, 3);
+    inflate_head = deflate_head = 0;
+    EXPECT_EQ(balloon_->stats().balloon_pages, 0u) << "a reset empties the device's balloon count";
+    balloon_->set_target_pages(2);
+    inflate(2, 0);
+    deflate(1, 1);
+    s = balloon_->stats();
+    EXPECT_EQ(s.unrequested_deflated_pages, 1u);
+    EXPECT_EQ(s.oom_deflated_pages, 6u);
+    EXPECT_EQ(s.balloon_pages, 1u);
+    EXPECT_EQ(drv_->used_idx(kDeflate), 1u) << "the deflate buffer still goes back";
+    EXPECT_EQ(mmio_->status() & kStatusNeedsReset, 0u);
 }
 
 // --- over real swap: a reported swapped page frees its VSlot -----------------------------

@@ -28,6 +28,7 @@ struct RawRun {
     std::string swap_quota;
     std::string log_level = "info";
     bool no_seccomp = false;
+    double balloon_stats_interval = 2.0;  // seconds
 };
 
 struct RawServe {
@@ -37,7 +38,17 @@ struct RawServe {
     std::string metrics;
     std::string log_level = "info";
     bool no_seccomp = false;
+    double balloon_stats_interval = 2.0;  // seconds
 };
+
+// --balloon-stats-interval SECONDS: 0 (only when status / stats ask) or up to an
+// hour, to the millisecond.
+std::expected<std::chrono::milliseconds, std::string> stats_interval(double seconds) {
+    if (!(seconds >= 0) || seconds * 1000 > static_cast<double>(kMaxBalloonStatsInterval.count()))
+        return std::unexpected(fmt::format("--balloon-stats-interval: {} is not in 0..{} seconds", seconds,
+                                           kMaxBalloonStatsInterval.count() / 1000));
+    return std::chrono::milliseconds(static_cast<std::int64_t>(seconds * 1000 + 0.5));
+}
 
 const std::vector<std::string> kLogLevels = {"trace", "debug", "info", "warn", "error", "critical", "off"};
 
@@ -72,6 +83,9 @@ CliOutcome validate_serve(const RawServe& raw) {
         config.host_budget = *budget;
     }
     if (!raw.metrics.empty()) config.metrics = raw.metrics;
+    auto interval = stats_interval(raw.balloon_stats_interval);
+    if (!interval) return serve_error(interval.error());
+    config.balloon_stats_interval = *interval;
     config.log_level = raw.log_level;
     config.seccomp = raw.no_seccomp ? sandbox::Seccomp::off : sandbox::Seccomp::on;
     return config;
@@ -113,6 +127,9 @@ CliOutcome validate(const RawRun& raw) {
     if (!name) return usage_error(std::move(name.error()).with_context("--name").message());
     config.name = *name;
     config.balloon = raw.balloon;
+    auto interval = stats_interval(raw.balloon_stats_interval);
+    if (!interval) return usage_error(interval.error());
+    config.balloon_stats_interval = *interval;
     for (const std::string& text : raw.vms) {
         auto spec = parse_vm_spec(text);
         if (!spec) return usage_error(spec.error().message());
@@ -189,7 +206,13 @@ CliOutcome parse_command_line(const std::vector<std::string>& args) {
     run->add_option("--name", raw.name, "VM name in logs, stats and control replies ([A-Za-z0-9._-], <= 64)")
         ->type_name("NAME")
         ->capture_default_str();
-    run->add_flag("--balloon", raw.balloon, "Add a virtio-balloon device with free page reporting");
+    run->add_flag("--balloon", raw.balloon,
+                  "Add a virtio-balloon device (free page reporting, guest statistics, deflate-on-OOM)");
+    run->add_option("--balloon-stats-interval", raw.balloon_stats_interval,
+                    "Seconds between the balloon's requests for guest memory statistics (0: only when status / "
+                    "stats ask); every VM of this run")
+        ->type_name("SECONDS")
+        ->capture_default_str();
     run->add_option("--vm", raw.vms,
                     "Another VM in this process, repeatable: name=NAME,kernel=ELF,memory=SIZE[,vcpus=N]"
                     "[,resident-limit=SIZE][,balloon][,cmdline=REST] (cmdline= last: it takes the rest). All VMs "
@@ -223,6 +246,11 @@ CliOutcome parse_command_line(const std::vector<std::string>& args) {
     serve->add_option("--metrics", raw_serve.metrics,
                       "Serve Prometheus metrics over HTTP on 127.0.0.1:PORT (loopback only) or a Unix socket PATH")
         ->type_name("ADDR");
+    serve->add_option("--balloon-stats-interval", raw_serve.balloon_stats_interval,
+                      "Seconds between the balloon's requests for guest memory statistics, for VMs created with "
+                      "a balloon (0: only when status / stats ask)")
+        ->type_name("SECONDS")
+        ->capture_default_str();
     serve->add_flag("--no-seccomp", raw_serve.no_seccomp,
                     "Do not confine vCPU, fault-service and reclaimer threads with seccomp (debugging only)");
     serve->add_option("--log-level", raw_serve.log_level, "Log level: trace, debug, info, warn, error, critical, off")

@@ -266,8 +266,9 @@ std::vector<VmSpec> RunConfig::all_vms() const {
     if (!kernel.empty())
         vms.push_back(VmSpec{.name = name, .kernel = kernel, .cmdline = cmdline, .memory_bytes = memory_bytes,
                              .vcpus = vcpus, .resident_limit = resident_limit, .swap_quota = swap_quota,
-                             .balloon = balloon});
+                             .balloon = balloon, .balloon_stats_interval = balloon_stats_interval});
     vms.insert(vms.end(), more_vms.begin(), more_vms.end());
+    for (VmSpec& vm : vms) vm.balloon_stats_interval = balloon_stats_interval;
     return vms;
 }
 

@@ -6,6 +6,7 @@
 // Sizes are binary: K = KiB = 1024 bytes.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <system_error>
 #include <filesystem>
@@ -41,6 +42,9 @@ namespace swapvisor::vmm::cli {
 inline constexpr std::uint64_t kMiB = 1ULL << 20;
 inline constexpr std::uint64_t kGuestMemoryAlign = 2 * kMiB;  // guestmem maps RAM in 2 MiB units
 inline constexpr std::uint64_t kDefaultMemory = 512 * kMiB;
+// --balloon-stats-interval: default and bounds (seconds on the command line).
+inline constexpr std::chrono::milliseconds kDefaultBalloonStatsInterval{2000};
+inline constexpr std::chrono::milliseconds kMaxBalloonStatsInterval{3600 * 1000};
 inline constexpr unsigned kMaxVcpus = 255;   // the APIC id must fit CPUID leaf 1 EBX[31:24]
 inline constexpr std::size_t kMaxCmdline = 4095;  // hvm_start_info's command line, without its NUL
 // The most guest RAM the host can map for one VM. RAM above 3 GiB is one KVM memory
@@ -96,6 +100,8 @@ struct VmSpec {
     std::uint64_t resident_limit = 0;  // 0: no limit
     std::uint64_t swap_quota = 0;      // bytes of the shared swap pool this VM may fill; 0: no quota
     bool balloon = false;
+    // How often the balloon asks the guest for statistics; 0: only when read.
+    std::chrono::milliseconds balloon_stats_interval = kDefaultBalloonStatsInterval;
     std::optional<std::filesystem::path> serial_log;  // none: stdout
     bool operator==(const VmSpec&) const = default;
 };
@@ -109,6 +115,7 @@ struct ServeConfig {
     std::vector<SwapSpec> swaps;
     std::uint64_t host_budget = 0;
     std::optional<std::string> metrics;  // "127.0.0.1:PORT" or a Unix socket path
+    std::chrono::milliseconds balloon_stats_interval = kDefaultBalloonStatsInterval;  // VMs made by vm-create
     std::string log_level = "info";
     sandbox::Seccomp seccomp = sandbox::Seccomp::on;  // --no-seccomp: off
 };
@@ -125,6 +132,7 @@ struct RunConfig {
     std::optional<std::filesystem::path> control_socket;
     std::string name = "vm0";
     bool balloon = false;
+    std::chrono::milliseconds balloon_stats_interval = kDefaultBalloonStatsInterval;  // every VM's balloon
     // More VMs in the same process (--vm), sharing the swap pool and the host budget.
     std::vector<VmSpec> more_vms;
     std::uint64_t host_budget = 0;     // 0: only per-VM limits

@@ -194,6 +194,10 @@ void VirtioMmio::write_status(std::uint32_t value) {
         config_change_pending_ = false;
         raise(kInterruptConfigChange);
     }
+    if ((next & kStatusDriverOk) && !(old & kStatusDriverOk)) {
+        for (unsigned i = 0; i < existing_queues(); ++i)
+            if (queues_[i].ready() && device_->process_when_live(i, driver_features_)) notify(i);
+    }
 }
 
 void VirtioMmio::notify(std::uint32_t index) {
@@ -215,6 +219,25 @@ void VirtioMmio::notify(std::uint32_t index) {
         return;
     }
     if (*wanted) raise(kInterruptUsedBuffer);
+}
+
+void VirtioMmio::poll_device() {
+    std::lock_guard lock(mutex_);
+    if (!(status_ & kStatusDriverOk) || (status_ & kStatusNeedsReset)) return;
+    const unsigned n = existing_queues();
+    if (auto done = device_->poll(std::span(queues_).first(n), driver_features_); !done) {
+        needs_reset(n, done.error());  // n: no single queue is to blame
+        return;
+    }
+    for (unsigned i = 0; i < n; ++i) {
+        if (!queues_[i].ready()) continue;
+        auto wanted = queues_[i].take_interrupt_request();
+        if (!wanted) {
+            needs_reset(i, wanted.error());
+            return;
+        }
+        if (*wanted) raise(kInterruptUsedBuffer);
+    }
 }
 
 void VirtioMmio::needs_reset(unsigned index, const Error& why) {

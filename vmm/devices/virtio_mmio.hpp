@@ -103,6 +103,26 @@ public:
     // Consume the available buffers of queue `index` (< queue_count). An error
     // means the queue is malformed: the transport sets DEVICE_NEEDS_RESET.
     virtual Result<void> process_queue(unsigned index, SplitQueue& queue, std::uint64_t features) = 0;
+    // Work the device starts itself (a timer, not a driver notify), e.g. the
+    // balloon giving its statistics buffer back. The transport calls it from
+    // VirtioMmio::poll_device() under its mutex, only while the driver is running
+    // (DRIVER_OK, no NEEDS_RESET); `queues` are those that exist (ready or not). An
+    // error means a queue is malformed, as for process_queue.
+    virtual Result<void> poll(std::span<SplitQueue> queues, std::uint64_t features) {
+        (void)queues;
+        (void)features;
+        return {};
+    }
+    // True for a queue whose buffers the driver may make available and notify
+    // before DRIVER_OK although 3.1.1 says it must not (Linux's balloon kicks its
+    // first statistics buffer from init_vqs, before virtio_device_ready): such a
+    // notify is ignored like any other, and the transport processes the queue once
+    // when DRIVER_OK is set, so the buffer is not lost.
+    virtual bool process_when_live(unsigned index, std::uint64_t features) const {
+        (void)index;
+        (void)features;
+        return false;
+    }
     // Status 0 written: forget the driver's state (statistics survive).
     virtual void reset() = 0;
     // The device's counters for `status` / `stats` / --stats-json (device_stats.hpp).
@@ -133,6 +153,10 @@ public:
     // The device's config space changed (e.g. a new balloon target): bump
     // ConfigGeneration and raise the config-change interrupt once the driver runs.
     void notify_config_change();
+
+    // Run the device's own work (VirtioDevice::poll) now, and raise the used-buffer
+    // interrupt for any queue it returned buffers on that wants one. Any thread.
+    void poll_device();
 
     std::uint32_t status() const;
     VirtioMmioStats stats() const;
