@@ -6,11 +6,13 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <mutex>
 #include <regex>
@@ -142,19 +144,59 @@ std::string http_get(std::uint16_t port, const std::string& target) {
 }
 
 // A small exposition-format parser: every sample line is `name{labels} value`;
-// returns name{labels} -> value, or fails the test on a line it cannot read.
-std::map<std::string, std::uint64_t> parse_exposition(const std::string& text) {
-    static const std::regex sample(R"(^([a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})?) ([0-9]+)$)");
+// returns name{labels} -> value for integer values, or fails the test on a line it
+// cannot read. `all` (if given) gets every sample as a double (histogram sums are
+// not integers), `types` the TYPE of each family.
+std::map<std::string, std::uint64_t> parse_exposition(const std::string& text,
+                                                      std::map<std::string, double>* all = nullptr,
+                                                      std::map<std::string, std::string>* types = nullptr) {
+    static const std::regex sample(
+        R"(^([a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})?) (\S+)$)");
+    static const std::regex type(R"(^# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|histogram|summary|untyped)$)");
     std::map<std::string, std::uint64_t> out;
     std::istringstream in(text);
     std::string line;
     while (std::getline(in, line)) {
-        if (line.starts_with("# HELP ") || line.starts_with("# TYPE ")) continue;
         std::smatch m;
+        if (line.starts_with("# TYPE ")) {
+            EXPECT_TRUE(std::regex_match(line, m, type)) << "bad TYPE: " << line;
+            if (types != nullptr && !m.empty()) (*types)[m[1]] = m[2];
+            continue;
+        }
+        if (line.starts_with("# HELP ")) continue;
         EXPECT_TRUE(std::regex_match(line, m, sample)) << "unparsable: " << line;
-        if (!m.empty()) out[m[1]] = std::stoull(m[5]);
+        if (m.empty()) continue;
+        const std::string value = m[5];
+        char* end = nullptr;
+        const double d = std::strtod(value.c_str(), &end);
+        EXPECT_TRUE(end == value.c_str() + value.size() && !value.empty()) << "bad value: " << line;
+        if (all != nullptr) (*all)[m[1]] = d;
+        if (value.find_first_not_of("0123456789") == std::string::npos) out[m[1]] = std::stoull(value);
     }
     return out;
+}
+
+// GET target over the Unix socket `path`: the whole reply, "" if nobody answers.
+std::string http_get_unix(const std::filesystem::path& path, const std::string& target) {
+    io::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return {};
+    timeval bound{.tv_sec = 10, .tv_usec = 0};
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &bound, sizeof bound);
+    std::string request = "GET " + target + " HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    if (::send(fd.get(), request.data(), request.size(), MSG_NOSIGNAL) < 0) return {};
+    std::string in;
+    char buf[4096];
+    for (;;) {
+        ssize_t n = ::recv(fd.get(), buf, sizeof buf, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return std::string("recv: ") + std::strerror(errno);
+        if (n == 0) break;
+        in.append(buf, static_cast<std::size_t>(n));
+    }
+    return in;
 }
 
 class MetricsTest : public ::testing::Test {
@@ -287,4 +329,48 @@ TEST_F(MetricsTest, VmCommandsWithoutAVmHostAreUnsupported) {
     ASSERT_TRUE(server.start().has_value());
     EXPECT_EQ(call(dir_ / "c.sock", {{"id", 1}, {"cmd", "vm-list"}})["error"]["code"], "unsupported");
     server.stop();
+}
+
+// A second `serve --metrics PATH` on the path of a running one must fail and leave
+// the first one answering (it used to unlink the live socket and take the name).
+TEST_F(MetricsTest, UnixSocketOfARunningServerIsRefusedAStaleOneReplaced) {
+    const auto path = dir_ / "m.sock";
+    {
+        std::ofstream(path) << "not a socket";
+        MetricsServer s(*host_, devices_, nullptr);
+        auto r = s.start(path.string());
+        ASSERT_FALSE(r.has_value());
+        EXPECT_TRUE(r.error().is(std::errc::file_exists)) << r.error().message();
+        EXPECT_TRUE(std::filesystem::is_regular_file(path));  // untouched
+        std::filesystem::remove(path);
+    }
+    {
+        // A stale socket file: bound, never listening, closed (a crashed server's).
+        io::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM, 0));
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+        ASSERT_EQ(::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    }
+    MetricsServer first(*host_, devices_, nullptr);
+    ASSERT_TRUE(first.start(path.string()).has_value()) << "a stale socket must be replaced";
+    ASSERT_TRUE(http_get_unix(path, "/metrics").starts_with("HTTP/1.1 200"));
+    struct stat st {};
+    ASSERT_EQ(lstat(path.c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 07777, 0600u);
+    {
+        MetricsServer second(*host_, devices_, nullptr);
+        auto r = second.start(path.string());
+        ASSERT_FALSE(r.has_value()) << "a second server took the socket of a running one";
+        EXPECT_TRUE(r.error().is(std::errc::address_in_use)) << r.error().message();
+        EXPECT_NE(r.error().message().find("in use by a running process"), std::string::npos) << r.error().message();
+        EXPECT_NE(r.error().message().find("metrics socket " + path.string()), std::string::npos)
+            << r.error().message();
+    }  // the refused server's destructor must not remove the first one's file
+    std::string reply = http_get_unix(path, "/metrics");
+    ASSERT_TRUE(reply.starts_with("HTTP/1.1 200")) << "the first server stopped answering: [" << reply << "]";
+    parse_exposition(reply.substr(reply.find("\r\n\r\n") + 4));
+    first.stop();
+    EXPECT_FALSE(std::filesystem::exists(std::filesystem::symlink_status(path)));
+    EXPECT_EQ(http_get_unix(path, "/metrics"), "");
 }
