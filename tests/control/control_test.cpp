@@ -298,6 +298,12 @@ TEST_F(ControlTest, StatusAndStatsShape) {
     EXPECT_GT(vm["swap_out_pages"].get<std::uint64_t>(), 0u);
     EXPECT_GT(vm["swapped_bytes"].get<std::uint64_t>(), 0u);
     EXPECT_FALSE(vm.contains("lost_pages"));  // status is the summary
+    // The swap-in histogram is in the summary, as in /metrics: cumulative buckets
+    // keyed by their bound, +Inf equal to the count.
+    ASSERT_TRUE(vm.contains("swapin_seconds_bucket") && vm["swapin_seconds_bucket"].is_object()) << vm.dump();
+    EXPECT_EQ(vm["swapin_seconds_bucket"].size(), guestmem::kLatencyBucketCount);
+    EXPECT_EQ(vm["swapin_seconds_bucket"]["+Inf"], vm["swapin_seconds_count"]);
+    EXPECT_TRUE(vm["swapin_seconds_sum"].is_number());
     ASSERT_EQ(s["swap"].size(), 1u);
     const json& dev = s["swap"][0];
     EXPECT_EQ(dev["path"], swap::canonical_swap_path(dir_ / "a.swap"));
@@ -305,6 +311,10 @@ TEST_F(ControlTest, StatusAndStatsShape) {
     EXPECT_EQ(dev["total_slots"], (64u << 20) / 4096);
     EXPECT_GT(dev["used_slots"].get<std::uint64_t>(), 0u);
     EXPECT_EQ(dev["removing"], false);
+    // fill_guest swapped pages out: their bytes were written, whole slots each.
+    EXPECT_GE(dev["written_bytes_total"].get<std::uint64_t>(), dev["used_slots"].get<std::uint64_t>() * 4096);
+    EXPECT_EQ(dev["written_bytes_total"].get<std::uint64_t>() % 4096, 0u);
+    EXPECT_TRUE(dev["read_bytes_total"].is_number_unsigned());
     EXPECT_TRUE(s["host"]["budget_bytes"].is_number_unsigned());
     EXPECT_TRUE(s["host"]["resident_bytes"].is_number_unsigned());
 

@@ -19,6 +19,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -373,4 +374,73 @@ TEST_F(MetricsTest, UnixSocketOfARunningServerIsRefusedAStaleOneReplaced) {
     first.stop();
     EXPECT_FALSE(std::filesystem::exists(std::filesystem::symlink_status(path)));
     EXPECT_EQ(http_get_unix(path, "/metrics"), "");
+}
+
+// Real swap-ins (a thread touching the guest view of a VM held far under its size)
+// fill the VM's swapin_seconds histogram; /metrics shows it as a Prometheus histogram
+// (cumulative le buckets, +Inf == _count) with the same numbers as stats_json, and
+// each swap device's bytes read and written as counters.
+TEST_F(MetricsTest, SwapInHistogramAndDeviceBytesOfRealSwapInsMatchStatsJson) {
+    auto created = host_->create_vm(
+        guestmem::MemoryConfig{.name = "swapper", .memory_bytes = 32 << 20, .resident_limit = 4 << 20});
+    ASSERT_TRUE(created.has_value()) << created.error().message();
+    guestmem::GuestMemory* vm = *created;
+    ASSERT_TRUE(vm->start().has_value());
+    constexpr std::uint64_t kPages = (12 << 20) / guestmem::kPageSize;
+    std::uint64_t wrong = 0;
+    std::thread guest([&] {
+        std::byte* g = vm->regions()[0].guest_view;
+        for (int pass = 0; pass < 2; ++pass)
+            for (std::uint64_t p = 0; p < kPages; ++p) {
+                auto* w = reinterpret_cast<volatile std::uint64_t*>(g + p * guestmem::kPageSize);
+                if (pass == 0) w[7] = p + 1;
+                else if (w[7] != p + 1) ++wrong;
+            }
+    });
+    guest.join();
+    vm->stop();  // every fault recorded; nothing changes from here on
+    ASSERT_EQ(wrong, 0u);
+    const guestmem::MemStats mem = vm->stats();
+    ASSERT_GT(mem.major_faults, 0u) << "the test did not swap anything in";
+
+    std::map<std::string, double> all;
+    std::map<std::string, std::string> types;
+    auto samples = parse_exposition(prometheus_text(*host_, devices_, nullptr, nullptr), &all, &types);
+    const json stats = stats_json(*host_, devices_, StatsDetail::summary);
+    json vm_json;
+    for (const json& v : stats["vms"])
+        if (v["name"] == "swapper") vm_json = v;
+    ASSERT_TRUE(vm_json.is_object());
+
+    EXPECT_EQ(types["swapvisor_vm_swapin_seconds"], "histogram");
+    const std::string vm_label = R"(vm="swapper")";
+    std::uint64_t previous = 0;
+    for (const guestmem::LatencyBucket& b : guestmem::kLatencyBuckets) {
+        const std::string key = "swapvisor_vm_swapin_seconds_bucket{" + vm_label + ",le=\"" + b.le + "\"}";
+        ASSERT_TRUE(samples.contains(key)) << key;
+        EXPECT_GE(samples[key], previous) << "buckets are cumulative: " << key;
+        previous = samples[key];
+        EXPECT_EQ(samples[key], vm_json["swapin_seconds_bucket"][b.le].get<std::uint64_t>()) << b.le;
+    }
+    const std::string count_key = "swapvisor_vm_swapin_seconds_count{" + vm_label + "}";
+    ASSERT_TRUE(samples.contains(count_key));
+    EXPECT_EQ(samples[count_key], previous) << "+Inf must equal _count";
+    EXPECT_EQ(samples[count_key], mem.major_faults) << "every major fault of this VM read swap and was timed";
+    EXPECT_EQ(vm_json["swapin_seconds_count"].get<std::uint64_t>(), mem.major_faults);
+    const std::string sum_key = "swapvisor_vm_swapin_seconds_sum{" + vm_label + "}";
+    ASSERT_TRUE(all.contains(sum_key));
+    EXPECT_GT(all[sum_key], 0.0);
+    EXPECT_DOUBLE_EQ(all[sum_key], vm_json["swapin_seconds_sum"].get<double>());
+
+    // The swap device moved at least a page per major fault in and per swap-out out.
+    const std::string dev = "{path=\"" + (dir_ / "a.swap").string() + "\"}";
+    EXPECT_EQ(types["swapvisor_swap_read_bytes_total"], "counter");
+    EXPECT_EQ(types["swapvisor_swap_written_bytes_total"], "counter");
+    const json& dev_json = stats["swap"][0];
+    EXPECT_EQ(samples.at("swapvisor_swap_read_bytes_total" + dev), dev_json["read_bytes_total"].get<std::uint64_t>());
+    EXPECT_EQ(samples.at("swapvisor_swap_written_bytes_total" + dev),
+              dev_json["written_bytes_total"].get<std::uint64_t>());
+    EXPECT_GE(samples.at("swapvisor_swap_read_bytes_total" + dev), mem.major_faults * guestmem::kPageSize);
+    EXPECT_GE(samples.at("swapvisor_swap_written_bytes_total" + dev), mem.swap_out_pages * guestmem::kPageSize);
+    EXPECT_EQ(samples.at("swapvisor_swap_read_errors" + dev), 0u);
 }
