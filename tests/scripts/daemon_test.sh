@@ -271,5 +271,8 @@ for _ in $(seq 1 100); do kill -0 "$serve_pid" 2>/dev/null || break; sleep 0.1; 
 kill -0 "$serve_pid" 2>/dev/null && fail "serve did not exit on SIGTERM"
 wait "$serve_pid"; rc=$?; serve_pid=
 [[ $rc -eq 0 ]] || fail "serve exited $rc"
+# The log announces the status the process then exits with.
+logged=$(grep -o 'SIGTERM from pid [0-9]*: .*exiting with [0-9]*' "$work/err.log" | grep -o '[0-9]*$')
+[[ $logged == "$rc" ]] || fail "serve logged 'exiting with ${logged:-?}' on SIGTERM but exited $rc"
 [[ -e $sock || -e $metrics ]] && fail "serve left its sockets behind"
 echo "daemon_test: passed"
