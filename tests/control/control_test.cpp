@@ -653,6 +653,22 @@ TEST_F(ControlTest, CtlClientHumanAndJsonOutput) {
     EXPECT_EQ(raw["id"], 1);
     EXPECT_EQ(raw["vms"][0]["name"], "vm0");
 
+    // stats: every counter, the swap-in histogram's buckets in bound order (not the
+    // JSON object's key order) and each device's bytes.
+    CtlOptions full{.socket = socket_.string(), .command = CtlCommand::stats};
+    out.str("");
+    ASSERT_EQ(run_ctl(full, out, err), kCtlExitOk) << err.str();
+    const std::string stats = out.str();
+    const auto buckets = stats.find("swapin_seconds_bucket");
+    ASSERT_NE(buckets, std::string::npos) << stats;
+    const auto first = stats.find("le 0.000025:", buckets), inf = stats.find(" +Inf:", buckets);
+    EXPECT_NE(first, std::string::npos) << stats;
+    EXPECT_NE(inf, std::string::npos) << stats;
+    EXPECT_LT(first, inf) << stats;
+    EXPECT_NE(stats.find("swapin_seconds_count"), std::string::npos) << stats;
+    EXPECT_NE(stats.find("read_bytes_total "), std::string::npos) << stats;
+    EXPECT_NE(stats.find("written_bytes_total "), std::string::npos) << stats;
+
     // swapoff with a progress bar (forced: the test has no terminal), then the result.
     CtlOptions off{.socket = socket_.string(), .command = CtlCommand::swapoff, .path = (dir_ / "a.swap").string(),
                    .progress = ProgressBar::on};
