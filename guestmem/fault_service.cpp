@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <chrono>
 #include <cstring>
 #include <vector>
 
@@ -90,6 +91,8 @@ void GuestMemory::Impl::handle_fault(std::uint64_t hva, std::uint64_t flags, io:
         return;
     }
     const PageIdx idx = *idx_opt;
+    // Picked up: a swap-in's latency counts from here (README#faults).
+    const auto picked_up = std::chrono::steady_clock::now();
 
     // A fault that will add a page waits (without any page lock) while the VM is at
     // its limit: that is what holds resident memory at the limit, not just near it.
@@ -110,7 +113,12 @@ void GuestMemory::Impl::handle_fault(std::uint64_t hva, std::uint64_t flags, io:
         return;
     }
     if (!f.woken) return;
-    if (f.was == PageState::swapped) readahead_after(idx, ring);
+    if (f.was == PageState::swapped) {
+        // A failed read leaves the page lost (resolved, woken, not mapped): not a swap-in.
+        if (table.peek(idx).state() != PageState::lost)
+            swapin_latency.record(std::chrono::steady_clock::now() - picked_up);
+        readahead_after(idx, ring);
+    }
     if (f.was == PageState::zero) zero_fault_around(idx);
 }
 

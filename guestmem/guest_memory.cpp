@@ -225,6 +225,7 @@ MemStats GuestMemory::stats() const {
     const std::uint64_t resident = o.resident.load();
     s.overshoot_bytes = limit && resident > limit ? (resident - limit) * kPageSize : 0;
     s.limit_state = to_string(impl_->limits.over_reason());
+    s.swapin_seconds = impl_->swapin_latency.snapshot();
     return s;
 }
 

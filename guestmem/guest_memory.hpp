@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "guestmem/addr.hpp"
+#include "guestmem/latency_histogram.hpp"
 #include "guestmem/memfd_kernel.hpp"
 #include "guestmem/owner_tag.hpp"
 #include "guestmem/stage2.hpp"
@@ -72,6 +73,7 @@ struct MemStats {
     std::uint64_t limit_overshoots = 0; // pages added over a limit that could not be held
     std::uint64_t overshoot_bytes = 0;  // resident above the limit in force, now
     std::string limit_state;            // "held", or why not ("no swap device", "swap full", ...)
+    LatencySnapshot swapin_seconds;     // major faults: picked up -> page mapped (README#faults)
 };
 
 // The numeric MemStats fields by their protocol names (the control socket's
@@ -103,6 +105,18 @@ inline constexpr MemStatField kMemStatFields[] = {
     {"throttle_waits", &MemStats::throttle_waits, StatLevel::full},
     {"readahead_pages", &MemStats::readahead_pages, StatLevel::full},
     {"limit_overshoots", &MemStats::limit_overshoots, StatLevel::full},
+};
+
+// The MemStats histograms by their protocol names, like kMemStatFields: each is
+// `<name>_bucket` (cumulative, keyed by its `le` bound in seconds), `<name>_sum`
+// (seconds) and `<name>_count` in every report, as Prometheus names a histogram.
+struct MemHistogramField {
+    const char* name;
+    LatencySnapshot MemStats::*member;
+    StatLevel level;
+};
+inline constexpr MemHistogramField kMemHistogramFields[] = {
+    {"swapin_seconds", &MemStats::swapin_seconds, StatLevel::basic},
 };
 
 class GuestMemory {

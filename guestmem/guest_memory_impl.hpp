@@ -42,6 +42,7 @@ struct GuestMemory::Impl {
     Stage2 table;
     Occupancy occupancy;
     Counters counters;
+    LatencyHistogram swapin_latency;  // recorded by handle_fault, read by stats()
     CleanCopyPolicy clean;
     Limits limits;
     Transitions tr;

@@ -78,7 +78,8 @@ DeviceUsage SwapDevice::usage() const {
                         : failed_                       ? DeviceState::failed
                         : degraded_                     ? DeviceState::degraded
                                                         : state_;
-    return DeviceUsage{total_slots_, used_, shown, write_errors_, read_errors_, bad_count_, failure_};
+    return DeviceUsage{total_slots_, used_,    shown,       write_errors_, read_errors_,
+                       bad_count_,   failure_, read_bytes_, written_bytes_};
 }
 
 void SwapDevice::note_io(io::IoKind kind, int result, std::size_t expected) {
@@ -86,6 +87,9 @@ void SwapDevice::note_io(io::IoKind kind, int result, std::size_t expected) {
     std::lock_guard lock(mutex_);
     if (result >= 0 && static_cast<std::size_t>(result) == expected) {
         errors_in_a_row_ = 0;
+        // A read whose data then fails its checksum was still transferred: it counts
+        // here and, through note_checksum_error, as a read error.
+        (kind == io::IoKind::write ? written_bytes_ : read_bytes_) += expected;
         return;
     }
     note_failure_locked(kind, result);

@@ -71,6 +71,8 @@ struct DeviceUsage {
     std::uint64_t read_errors = 0;        // read ops that failed, and checksum mismatches
     std::uint64_t quarantined_slots = 0;  // slots never handed out again (bad_)
     std::string failure;                  // why the device failed or degraded (else empty)
+    std::uint64_t read_bytes = 0;         // moved by read ops that succeeded (whole buffer)
+    std::uint64_t written_bytes = 0;      // moved by write ops that succeeded (whole buffer)
 };
 
 // How many failed I/Os in a row make a device degraded (SwapPoolConfig).
@@ -131,7 +133,8 @@ public:
     // The outcome of one op on the device (`result` as in io::BlockIo, `expected`
     // its length): failures are counted, `degrade_after` in a row mark the device
     // degraded, ENOSPC on a write marks it failed (each once, logged with its name);
-    // a success ends the run of failures.
+    // a success ends the run of failures and counts its bytes (DeviceUsage::read_bytes,
+    // written_bytes: only whole transfers; a short one is a failure and counts none).
     void note_io(io::IoKind kind, int result, std::size_t expected);
     void wait_writes_done();
     // Collect allocated slots at or after `cursor` into out, scanning the bitmap a
@@ -194,6 +197,8 @@ private:
     std::string failure_;
     std::uint64_t write_errors_ = 0;
     std::uint64_t read_errors_ = 0;
+    std::uint64_t read_bytes_ = 0;
+    std::uint64_t written_bytes_ = 0;
     std::uint32_t errors_in_a_row_ = 0;
     std::uint64_t used_ = 0;
     std::uint64_t quarantined_ = 0;       // bad and no longer allocated

@@ -99,6 +99,8 @@ struct DeviceStats {
     std::string failure;               // why it failed or degraded; empty otherwise
     std::uint64_t read_errors = 0;     // read ops that failed, and checksum mismatches
     std::uint64_t quarantined_slots = 0;  // slots whose I/O failed: never handed out again
+    std::uint64_t read_bytes = 0;      // moved by successful reads (swap-in, readahead, swapoff)
+    std::uint64_t written_bytes = 0;   // moved by successful writes (swap-out, swapoff moves)
 };
 
 struct SwapoffProgress {

@@ -133,8 +133,9 @@ int main(int argc, char** argv) {
 int run_host(const cli::RunConfig& config) {
     spdlog::set_level(spdlog::level::from_str(config.log_level));
     if (auto bad = cli::check_run_files(config)) return std::fputs(bad->err.c_str(), stderr), bad->status;
-    // 2. SIGTERM / SIGINT stop the VMs and let the epilogue run (before any thread starts).
-    auto shutdown = Shutdown::install();
+    // 2. SIGTERM / SIGINT stop the VMs and let the epilogue run (before any thread
+    // starts); the process then exits with 128 + the signal.
+    auto shutdown = Shutdown::install(SignalExit::signal_status);
     if (!shutdown) return fail(fmt::format("signal handling: {}", shutdown.error().message()));
     const std::vector<cli::VmSpec> specs = config.all_vms();
     // 3. Read and validate every kernel before reserving anything.
@@ -203,7 +204,8 @@ int run_host(const cli::RunConfig& config) {
 // metrics endpoint); VMs come and go through it until SIGTERM / SIGINT.
 int serve_host(const cli::ServeConfig& config) {
     spdlog::set_level(spdlog::level::from_str(config.log_level));
-    auto shutdown = Shutdown::install();
+    // A daemon asked to stop by SIGTERM / SIGINT has done its job: exit 0.
+    auto shutdown = Shutdown::install(SignalExit::success);
     if (!shutdown) return fail(fmt::format("signal handling: {}", shutdown.error().message()));
     swv::swap::SwapPool pool;
     if (auto r = swapon_all(pool, config.swaps); !r.empty()) return fail(r);
@@ -239,5 +241,5 @@ int serve_host(const cli::ServeConfig& config) {
     if (metrics) metrics->stop();
     vms.stop_all(VmEnd{EndReason::stopped, kExitStopped, 0, fmt::format("stopped by SIG{}", sigabbrev_np(sig))});
     vms.wait_all();
-    return 0;
+    return (*shutdown)->exit_status();  // 0, as the watcher logged
 }

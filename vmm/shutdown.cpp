@@ -32,7 +32,7 @@ Shutdown::Registration::~Registration() {
     owner_->stoppers_.erase(it_);
 }
 
-Result<std::unique_ptr<Shutdown>> Shutdown::install() {
+Result<std::unique_ptr<Shutdown>> Shutdown::install(SignalExit on_signal) {
     sigset_t set = shutdown_signals();
     // Kernel contract: a blocked signal stays pending until a signalfd read takes
     // it; the mask is per thread and inherited by threads created later, which is
@@ -45,13 +45,13 @@ Result<std::unique_ptr<Shutdown>> Shutdown::install() {
     // Kernel contract: an eventfd becomes readable once written.
     io::UniqueFd wake(::eventfd(0, EFD_CLOEXEC));
     if (!wake.valid()) return errno_error("eventfd");
-    std::unique_ptr<Shutdown> s(new Shutdown(std::move(sfd), std::move(wake)));
+    std::unique_ptr<Shutdown> s(new Shutdown(std::move(sfd), std::move(wake), on_signal));
     s->watcher_ = std::thread([p = s.get()] { p->watch(); });
     return s;
 }
 
-Shutdown::Shutdown(io::UniqueFd signal_fd, io::UniqueFd wake_fd)
-    : signal_fd_(std::move(signal_fd)), wake_fd_(std::move(wake_fd)) {}
+Shutdown::Shutdown(io::UniqueFd signal_fd, io::UniqueFd wake_fd, SignalExit on_signal)
+    : signal_fd_(std::move(signal_fd)), wake_fd_(std::move(wake_fd)), on_signal_(on_signal) {}
 
 Shutdown::~Shutdown() {
     std::uint64_t one = 1;
@@ -99,9 +99,9 @@ void Shutdown::watch() {
             return;
         }
         signal_ = sig;
-        spdlog::warn("SIG{} from pid {}: stopping every VM, then writing the stats and exiting with {} (send it "
-                     "again to exit at once)",
-                     sigabbrev_np(sig), info.ssi_pid, 128 + sig);
+        // The status main will return (exit_status()), not a guess: `serve` exits 0.
+        spdlog::warn("SIG{} from pid {}: stopping every VM, then exiting with {} (send it again to exit at once)",
+                     sigabbrev_np(sig), info.ssi_pid, exit_status_for(sig));
         for (Stopper& stop : stoppers_) stop(sig);
     }
 }

@@ -2,7 +2,9 @@
 // The first signal asks every registered stopper to stop its VM (the vCPUs are kicked
 // out of KVM_RUN by Vm::request_stop), and main then runs its normal epilogue:
 // --stats-json is written, the control socket removed, and the process exits with
-// 128 + the signal (143 for SIGTERM, 130 for SIGINT). A second signal while that runs
+// exit_status(): for `run` 128 + the signal (143 for SIGTERM, 130 for SIGINT), for
+// `serve` 0 (a daemon asked to stop has succeeded). The watcher's log line names that
+// same status, so the log and the exit agree. A second signal while that runs
 // forces the exit: the default action of the signal is restored and it is raised
 // again, so a wedged shutdown can always be ended from the keyboard.
 //
@@ -26,6 +28,10 @@
 
 namespace swapvisor::vmm {
 
+// The exit status of a process stopped by SIGTERM / SIGINT: the signal's (128 + it,
+// as a shell reports a killed job: `run`), or success (0: `serve`, vmm/README.md#shutdown).
+enum class SignalExit : bool { signal_status, success };
+
 class Shutdown {
 public:
     using Stopper = std::function<void(int signal)>;
@@ -45,7 +51,7 @@ public:
         std::list<Stopper>::iterator it_;
     };
 
-    static Result<std::unique_ptr<Shutdown>> install();
+    static Result<std::unique_ptr<Shutdown>> install(SignalExit on_signal);
     ~Shutdown();
     Shutdown(const Shutdown&) = delete;
     Shutdown& operator=(const Shutdown&) = delete;
@@ -54,15 +60,18 @@ public:
     [[nodiscard]] Registration on_request(Stopper stop);
     // The signal that asked for shutdown; 0 while none has.
     int signal() const;
-    // 128 + signal(): the exit status of a run ended by it.
-    int exit_status() const { return 128 + signal(); }
+    // What main returns once a signal ended the process (signal() != 0): 128 +
+    // signal() or 0, as install() was told; the watcher logs this same value.
+    int exit_status() const { return exit_status_for(signal()); }
 
 private:
-    Shutdown(io::UniqueFd signal_fd, io::UniqueFd wake_fd);
+    Shutdown(io::UniqueFd signal_fd, io::UniqueFd wake_fd, SignalExit on_signal);
+    int exit_status_for(int sig) const { return on_signal_ == SignalExit::success ? 0 : 128 + sig; }
     void watch();
 
     io::UniqueFd signal_fd_;
     io::UniqueFd wake_fd_;  // eventfd: ends the watcher
+    const SignalExit on_signal_;
     // Protects: stoppers_, signal_; Order: leaf (stoppers take VM locks only).
     mutable std::mutex mutex_;
     std::list<Stopper> stoppers_;

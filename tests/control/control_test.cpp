@@ -298,6 +298,12 @@ TEST_F(ControlTest, StatusAndStatsShape) {
     EXPECT_GT(vm["swap_out_pages"].get<std::uint64_t>(), 0u);
     EXPECT_GT(vm["swapped_bytes"].get<std::uint64_t>(), 0u);
     EXPECT_FALSE(vm.contains("lost_pages"));  // status is the summary
+    // The swap-in histogram is in the summary, as in /metrics: cumulative buckets
+    // keyed by their bound, +Inf equal to the count.
+    ASSERT_TRUE(vm.contains("swapin_seconds_bucket") && vm["swapin_seconds_bucket"].is_object()) << vm.dump();
+    EXPECT_EQ(vm["swapin_seconds_bucket"].size(), guestmem::kLatencyBucketCount);
+    EXPECT_EQ(vm["swapin_seconds_bucket"]["+Inf"], vm["swapin_seconds_count"]);
+    EXPECT_TRUE(vm["swapin_seconds_sum"].is_number());
     ASSERT_EQ(s["swap"].size(), 1u);
     const json& dev = s["swap"][0];
     EXPECT_EQ(dev["path"], swap::canonical_swap_path(dir_ / "a.swap"));
@@ -305,6 +311,14 @@ TEST_F(ControlTest, StatusAndStatsShape) {
     EXPECT_EQ(dev["total_slots"], (64u << 20) / 4096);
     EXPECT_GT(dev["used_slots"].get<std::uint64_t>(), 0u);
     EXPECT_EQ(dev["removing"], false);
+    // fill_guest swapped pages out: their bytes were written, whole slots each. (Not
+    // used_slots: a slot is used from its allocation, before its write completes.)
+    // The VM's counters are read before the devices', and a page counts as swapped out
+    // only after its write was counted.
+    EXPECT_GT(vm["swap_out_pages"].get<std::uint64_t>(), 0u);
+    EXPECT_GE(dev["written_bytes_total"].get<std::uint64_t>(), vm["swap_out_pages"].get<std::uint64_t>() * 4096);
+    EXPECT_EQ(dev["written_bytes_total"].get<std::uint64_t>() % 4096, 0u);
+    EXPECT_TRUE(dev["read_bytes_total"].is_number_unsigned());
     EXPECT_TRUE(s["host"]["budget_bytes"].is_number_unsigned());
     EXPECT_TRUE(s["host"]["resident_bytes"].is_number_unsigned());
 
@@ -638,6 +652,22 @@ TEST_F(ControlTest, CtlClientHumanAndJsonOutput) {
     EXPECT_EQ(raw["ok"], true);
     EXPECT_EQ(raw["id"], 1);
     EXPECT_EQ(raw["vms"][0]["name"], "vm0");
+
+    // stats: every counter, the swap-in histogram's buckets in bound order (not the
+    // JSON object's key order) and each device's bytes.
+    CtlOptions full{.socket = socket_.string(), .command = CtlCommand::stats};
+    out.str("");
+    ASSERT_EQ(run_ctl(full, out, err), kCtlExitOk) << err.str();
+    const std::string stats = out.str();
+    const auto buckets = stats.find("swapin_seconds_bucket");
+    ASSERT_NE(buckets, std::string::npos) << stats;
+    const auto first = stats.find("le 0.000025:", buckets), inf = stats.find(" +Inf:", buckets);
+    EXPECT_NE(first, std::string::npos) << stats;
+    EXPECT_NE(inf, std::string::npos) << stats;
+    EXPECT_LT(first, inf) << stats;
+    EXPECT_NE(stats.find("swapin_seconds_count"), std::string::npos) << stats;
+    EXPECT_NE(stats.find("read_bytes_total "), std::string::npos) << stats;
+    EXPECT_NE(stats.find("written_bytes_total "), std::string::npos) << stats;
 
     // swapoff with a progress bar (forced: the test has no terminal), then the result.
     CtlOptions off{.socket = socket_.string(), .command = CtlCommand::swapoff, .path = (dir_ / "a.swap").string(),

@@ -6,17 +6,20 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <mutex>
 #include <regex>
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -142,19 +145,59 @@ std::string http_get(std::uint16_t port, const std::string& target) {
 }
 
 // A small exposition-format parser: every sample line is `name{labels} value`;
-// returns name{labels} -> value, or fails the test on a line it cannot read.
-std::map<std::string, std::uint64_t> parse_exposition(const std::string& text) {
-    static const std::regex sample(R"(^([a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})?) ([0-9]+)$)");
+// returns name{labels} -> value for integer values, or fails the test on a line it
+// cannot read. `all` (if given) gets every sample as a double (histogram sums are
+// not integers), `types` the TYPE of each family.
+std::map<std::string, std::uint64_t> parse_exposition(const std::string& text,
+                                                      std::map<std::string, double>* all = nullptr,
+                                                      std::map<std::string, std::string>* types = nullptr) {
+    static const std::regex sample(
+        R"(^([a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})?) (\S+)$)");
+    static const std::regex type(R"(^# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|histogram|summary|untyped)$)");
     std::map<std::string, std::uint64_t> out;
     std::istringstream in(text);
     std::string line;
     while (std::getline(in, line)) {
-        if (line.starts_with("# HELP ") || line.starts_with("# TYPE ")) continue;
         std::smatch m;
+        if (line.starts_with("# TYPE ")) {
+            EXPECT_TRUE(std::regex_match(line, m, type)) << "bad TYPE: " << line;
+            if (types != nullptr && !m.empty()) (*types)[m[1]] = m[2];
+            continue;
+        }
+        if (line.starts_with("# HELP ")) continue;
         EXPECT_TRUE(std::regex_match(line, m, sample)) << "unparsable: " << line;
-        if (!m.empty()) out[m[1]] = std::stoull(m[5]);
+        if (m.empty()) continue;
+        const std::string value = m[5];
+        char* end = nullptr;
+        const double d = std::strtod(value.c_str(), &end);
+        EXPECT_TRUE(end == value.c_str() + value.size() && !value.empty()) << "bad value: " << line;
+        if (all != nullptr) (*all)[m[1]] = d;
+        if (value.find_first_not_of("0123456789") == std::string::npos) out[m[1]] = std::stoull(value);
     }
     return out;
+}
+
+// GET target over the Unix socket `path`: the whole reply, "" if nobody answers.
+std::string http_get_unix(const std::filesystem::path& path, const std::string& target) {
+    io::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return {};
+    timeval bound{.tv_sec = 10, .tv_usec = 0};
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &bound, sizeof bound);
+    std::string request = "GET " + target + " HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    if (::send(fd.get(), request.data(), request.size(), MSG_NOSIGNAL) < 0) return {};
+    std::string in;
+    char buf[4096];
+    for (;;) {
+        ssize_t n = ::recv(fd.get(), buf, sizeof buf, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return std::string("recv: ") + std::strerror(errno);
+        if (n == 0) break;
+        in.append(buf, static_cast<std::size_t>(n));
+    }
+    return in;
 }
 
 class MetricsTest : public ::testing::Test {
@@ -287,4 +330,117 @@ TEST_F(MetricsTest, VmCommandsWithoutAVmHostAreUnsupported) {
     ASSERT_TRUE(server.start().has_value());
     EXPECT_EQ(call(dir_ / "c.sock", {{"id", 1}, {"cmd", "vm-list"}})["error"]["code"], "unsupported");
     server.stop();
+}
+
+// A second `serve --metrics PATH` on the path of a running one must fail and leave
+// the first one answering (it used to unlink the live socket and take the name).
+TEST_F(MetricsTest, UnixSocketOfARunningServerIsRefusedAStaleOneReplaced) {
+    const auto path = dir_ / "m.sock";
+    {
+        std::ofstream(path) << "not a socket";
+        MetricsServer s(*host_, devices_, nullptr);
+        auto r = s.start(path.string());
+        ASSERT_FALSE(r.has_value());
+        EXPECT_TRUE(r.error().is(std::errc::file_exists)) << r.error().message();
+        EXPECT_TRUE(std::filesystem::is_regular_file(path));  // untouched
+        std::filesystem::remove(path);
+    }
+    {
+        // A stale socket file: bound, never listening, closed (a crashed server's).
+        io::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM, 0));
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+        ASSERT_EQ(::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    }
+    MetricsServer first(*host_, devices_, nullptr);
+    ASSERT_TRUE(first.start(path.string()).has_value()) << "a stale socket must be replaced";
+    ASSERT_TRUE(http_get_unix(path, "/metrics").starts_with("HTTP/1.1 200"));
+    struct stat st {};
+    ASSERT_EQ(lstat(path.c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 07777, 0600u);
+    {
+        MetricsServer second(*host_, devices_, nullptr);
+        auto r = second.start(path.string());
+        ASSERT_FALSE(r.has_value()) << "a second server took the socket of a running one";
+        EXPECT_TRUE(r.error().is(std::errc::address_in_use)) << r.error().message();
+        EXPECT_NE(r.error().message().find("in use by a running process"), std::string::npos) << r.error().message();
+        EXPECT_NE(r.error().message().find("metrics socket " + path.string()), std::string::npos)
+            << r.error().message();
+    }  // the refused server's destructor must not remove the first one's file
+    std::string reply = http_get_unix(path, "/metrics");
+    ASSERT_TRUE(reply.starts_with("HTTP/1.1 200")) << "the first server stopped answering: [" << reply << "]";
+    parse_exposition(reply.substr(reply.find("\r\n\r\n") + 4));
+    first.stop();
+    EXPECT_FALSE(std::filesystem::exists(std::filesystem::symlink_status(path)));
+    EXPECT_EQ(http_get_unix(path, "/metrics"), "");
+}
+
+// Real swap-ins (a thread touching the guest view of a VM held far under its size)
+// fill the VM's swapin_seconds histogram; /metrics shows it as a Prometheus histogram
+// (cumulative le buckets, +Inf == _count) with the same numbers as stats_json, and
+// each swap device's bytes read and written as counters.
+TEST_F(MetricsTest, SwapInHistogramAndDeviceBytesOfRealSwapInsMatchStatsJson) {
+    auto created = host_->create_vm(
+        guestmem::MemoryConfig{.name = "swapper", .memory_bytes = 32 << 20, .resident_limit = 4 << 20});
+    ASSERT_TRUE(created.has_value()) << created.error().message();
+    guestmem::GuestMemory* vm = *created;
+    ASSERT_TRUE(vm->start().has_value());
+    constexpr std::uint64_t kPages = (12 << 20) / guestmem::kPageSize;
+    std::uint64_t wrong = 0;
+    std::thread guest([&] {
+        std::byte* g = vm->regions()[0].guest_view;
+        for (int pass = 0; pass < 2; ++pass)
+            for (std::uint64_t p = 0; p < kPages; ++p) {
+                auto* w = reinterpret_cast<volatile std::uint64_t*>(g + p * guestmem::kPageSize);
+                if (pass == 0) w[7] = p + 1;
+                else if (w[7] != p + 1) ++wrong;
+            }
+    });
+    guest.join();
+    vm->stop();  // every fault recorded; nothing changes from here on
+    ASSERT_EQ(wrong, 0u);
+    const guestmem::MemStats mem = vm->stats();
+    ASSERT_GT(mem.major_faults, 0u) << "the test did not swap anything in";
+
+    std::map<std::string, double> all;
+    std::map<std::string, std::string> types;
+    auto samples = parse_exposition(prometheus_text(*host_, devices_, nullptr, nullptr), &all, &types);
+    const json stats = stats_json(*host_, devices_, StatsDetail::summary);
+    json vm_json;
+    for (const json& v : stats["vms"])
+        if (v["name"] == "swapper") vm_json = v;
+    ASSERT_TRUE(vm_json.is_object());
+
+    EXPECT_EQ(types["swapvisor_vm_swapin_seconds"], "histogram");
+    const std::string vm_label = R"(vm="swapper")";
+    std::uint64_t previous = 0;
+    for (const guestmem::LatencyBucket& b : guestmem::kLatencyBuckets) {
+        const std::string key = "swapvisor_vm_swapin_seconds_bucket{" + vm_label + ",le=\"" + b.le + "\"}";
+        ASSERT_TRUE(samples.contains(key)) << key;
+        EXPECT_GE(samples[key], previous) << "buckets are cumulative: " << key;
+        previous = samples[key];
+        EXPECT_EQ(samples[key], vm_json["swapin_seconds_bucket"][b.le].get<std::uint64_t>()) << b.le;
+    }
+    const std::string count_key = "swapvisor_vm_swapin_seconds_count{" + vm_label + "}";
+    ASSERT_TRUE(samples.contains(count_key));
+    EXPECT_EQ(samples[count_key], previous) << "+Inf must equal _count";
+    EXPECT_EQ(samples[count_key], mem.major_faults) << "every major fault of this VM read swap and was timed";
+    EXPECT_EQ(vm_json["swapin_seconds_count"].get<std::uint64_t>(), mem.major_faults);
+    const std::string sum_key = "swapvisor_vm_swapin_seconds_sum{" + vm_label + "}";
+    ASSERT_TRUE(all.contains(sum_key));
+    EXPECT_GT(all[sum_key], 0.0);
+    EXPECT_DOUBLE_EQ(all[sum_key], vm_json["swapin_seconds_sum"].get<double>());
+
+    // The swap device moved at least a page per major fault in and per swap-out out.
+    const std::string dev = "{path=\"" + (dir_ / "a.swap").string() + "\"}";
+    EXPECT_EQ(types["swapvisor_swap_read_bytes_total"], "counter");
+    EXPECT_EQ(types["swapvisor_swap_written_bytes_total"], "counter");
+    const json& dev_json = stats["swap"][0];
+    EXPECT_EQ(samples.at("swapvisor_swap_read_bytes_total" + dev), dev_json["read_bytes_total"].get<std::uint64_t>());
+    EXPECT_EQ(samples.at("swapvisor_swap_written_bytes_total" + dev),
+              dev_json["written_bytes_total"].get<std::uint64_t>());
+    EXPECT_GE(samples.at("swapvisor_swap_read_bytes_total" + dev), mem.major_faults * guestmem::kPageSize);
+    EXPECT_GE(samples.at("swapvisor_swap_written_bytes_total" + dev), mem.swap_out_pages * guestmem::kPageSize);
+    EXPECT_EQ(samples.at("swapvisor_swap_read_errors" + dev), 0u);
 }

@@ -91,25 +91,74 @@ ctl vm-create endless --kernel "$memtouch" --memory 64M --serial-log "$work/endl
   --cmdline "mib=32 passes=2" >/dev/null || fail "re-create endless"
 
 cat >"$work/parse.py" <<'PY'
-import re, sys
+# parse.py SCRAPE [NAME...]: every line of a /metrics scrape parses (exposition 0.0.4),
+# every family has one TYPE, the names issue 10 asks for (and NAME...) are there, each
+# histogram's le buckets are cumulative and end in +Inf == _count, and counters
+# (*_total) are typed counter. Prints the number of lines.
+import math, re, sys
 text = open(sys.argv[1]).read()
-sample = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(\\.|[^"\\])*",?)*\})? (-?[0-9.e+]+)$')
+sample = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(([a-zA-Z_][a-zA-Z0-9_]*="(\\.|[^"\\])*",?)*)\})? (\S+)$')
+label = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((\\.|[^"\\])*)"')
+types = {}
 names = set()
+series = {}  # (name, labels without le) -> {le: value} / value
 for line in text.splitlines():
-    if line.startswith('# HELP ') or line.startswith('# TYPE '):
+    if line.startswith('# HELP '):
+        continue
+    if line.startswith('# TYPE '):
+        _, _, family, kind = line.split(' ')
+        if family in types:
+            sys.exit(f"two TYPE lines for {family}")
+        types[family] = kind
         continue
     m = sample.match(line)
     if not m:
         sys.exit(f"unparsable line: {line!r}")
-    names.add(m.group(1))
+    name, value = m.group(1), float(m.group(6))
+    if math.isnan(value) or value < 0:
+        sys.exit(f"bad value: {line!r}")
+    names.add(name)
+    labels = dict((k, v) for k, v, _ in label.findall(m.group(3) or ''))
+    le = labels.pop('le', None)
+    key = (name, tuple(sorted(labels.items())))
+    if le is not None:
+        series.setdefault(key, []).append((float(le), value))
+    else:
+        series[key] = value
 need = {'swapvisor_vm_resident_bytes', 'swapvisor_vm_swapped_bytes', 'swapvisor_vm_major_faults',
         'swapvisor_vm_throttle_waits', 'swapvisor_vm_overshoot_bytes', 'swapvisor_vm_swap_quota_bytes',
         'swapvisor_vm_limit_state', 'swapvisor_vm_discarded_pages', 'swapvisor_swap_used_slots',
-        'swapvisor_swap_total_slots', 'swapvisor_swap_state', 'swapvisor_swap_swapoff_done_slots'}
+        'swapvisor_swap_total_slots', 'swapvisor_swap_state', 'swapvisor_swap_swapoff_done_slots',
+        'swapvisor_vm_swapin_seconds_bucket', 'swapvisor_vm_swapin_seconds_sum',
+        'swapvisor_vm_swapin_seconds_count', 'swapvisor_swap_read_bytes_total',
+        'swapvisor_swap_written_bytes_total', 'swapvisor_swap_read_errors', 'swapvisor_swap_write_errors'}
 need |= set(sys.argv[2:])
 missing = need - names
 if missing:
     sys.exit(f"missing metrics: {sorted(missing)}")
+for family, kind in types.items():
+    if family.endswith('_total') and kind != 'counter':
+        sys.exit(f"{family} is a {kind}, not a counter")
+histograms = [f for f, k in types.items() if k == 'histogram']
+if 'swapvisor_vm_swapin_seconds' not in histograms:
+    sys.exit("swapvisor_vm_swapin_seconds is not typed histogram")
+for (name, labels), buckets in series.items():
+    if not name.endswith('_bucket'):
+        continue
+    base = name[:-len('_bucket')]
+    if base not in histograms:
+        sys.exit(f"{name} has le buckets but {base} is not a histogram")
+    bounds = [le for le, _ in buckets]
+    if bounds != sorted(bounds) or bounds[-1] != math.inf:
+        sys.exit(f"{name}{labels}: le bounds not ascending to +Inf: {bounds}")
+    counts = [v for _, v in buckets]
+    if any(b < a for a, b in zip(counts, counts[1:])):
+        sys.exit(f"{name}{labels}: buckets not cumulative: {counts}")
+    count = series.get((base + '_count', labels))
+    if count is None or (base + '_sum', labels) not in series:
+        sys.exit(f"{base}{labels}: no _count or _sum")
+    if counts[-1] != count:
+        sys.exit(f"{base}{labels}: +Inf bucket {counts[-1]} != _count {count}")
 print(len(text.splitlines()))
 PY
 # The balloon: wait until the guest has written its pool, inflate, watch resident fall.
@@ -162,6 +211,36 @@ echo "/metrics: $((scrapes - first)) scrapes parsed during the swapoff"
 for n in $(seq 0 "$scrapes"); do
   python3 "$work/parse.py" "$work/scrape.$n" >/dev/null || fail "scrape $n does not parse"
 done
+# alpha (192 MiB through a 48 MiB limit, 8 passes) swaps in from its second pass on:
+# scrape until its swap-in histogram has samples (it is listed only while it runs).
+scraped=0
+for _ in $(seq 1 600); do
+  curl -sf --max-time 5 --unix-socket "$metrics" http://localhost/metrics >"$work/scrape.swapin" || fail "scrape"
+  python3 "$work/parse.py" "$work/scrape.swapin" >/dev/null || fail "a scrape while alpha swaps in does not parse"
+  scraped=$(grep '^swapvisor_vm_swapin_seconds_count{vm="alpha"} ' "$work/scrape.swapin" | cut -d' ' -f2)
+  [[ -z $scraped ]] && fail "alpha ended before /metrics showed one of its swap-ins"
+  ((scraped > 0)) && break
+  sleep 0.1
+done
+((scraped > 0)) || fail "alpha's swap-in histogram stayed empty in /metrics"
+grep -q '^swapvisor_vm_swapin_seconds_bucket{vm="alpha",le="+Inf"} '"$scraped"'$' "$work/scrape.swapin" ||
+  fail "alpha's +Inf bucket is not its count ($scraped)"
+echo "alpha: $scraped swap-ins timed in /metrics"
+# status shows the same series under the same names (a later read: never fewer).
+counted=$(py "([v for v in r['vms'] if v['name']=='alpha'] or [{'swapin_seconds_count': -1}])[0]['swapin_seconds_count']" status)
+if ((counted >= 0)); then
+  ((counted >= scraped)) || fail "status shows $counted swap-ins, /metrics showed $scraped before it"
+fi
+[[ $(py "sum(d['written_bytes_total'] for d in r['swap'])" status) -gt 0 ]] || fail "no bytes written in status"
+grep -q '^swapvisor_swap_written_bytes_total{path="[^"]*b.swap"} [1-9]' "$work/scrape.swapin" ||
+  fail "b.swap (which took a.swap's pages) shows no bytes written"
+# A second daemon on the same metrics socket is refused and the first keeps answering.
+"$bin" serve --control "$work/second.sock" --metrics "$metrics" >"$work/second.out" 2>"$work/second.err" &&
+  fail "a second serve started on the metrics socket of a running one"
+grep -q "in use by a running process" "$work/second.err" || fail "second serve: $(cat "$work/second.err")"
+[[ ! -e $work/second.sock ]] || fail "the refused second serve left its control socket"
+curl -sf --max-time 5 --unix-socket "$metrics" http://localhost/metrics >/dev/null ||
+  fail "the first serve stopped answering /metrics after a second one tried its socket"
 # An HTTP client that asks for something else gets 404, not a crash.
 code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 --unix-socket "$metrics" http://localhost/other)
 [[ $code == 404 ]] || fail "GET /other answered $code"
@@ -192,5 +271,8 @@ for _ in $(seq 1 100); do kill -0 "$serve_pid" 2>/dev/null || break; sleep 0.1; 
 kill -0 "$serve_pid" 2>/dev/null && fail "serve did not exit on SIGTERM"
 wait "$serve_pid"; rc=$?; serve_pid=
 [[ $rc -eq 0 ]] || fail "serve exited $rc"
+# The log announces the status the process then exits with.
+logged=$(grep -o 'SIGTERM from pid [0-9]*: .*exiting with [0-9]*' "$work/err.log" | grep -o '[0-9]*$')
+[[ $logged == "$rc" ]] || fail "serve logged 'exiting with ${logged:-?}' on SIGTERM but exited $rc"
 [[ -e $sock || -e $metrics ]] && fail "serve left its sockets behind"
 echo "daemon_test: passed"

@@ -82,6 +82,8 @@ wait "$first"; rc=$?
 [[ -s $work/first.json ]] || fail "--stats-json not written on SIGTERM"
 [[ ! -e $sock ]] || fail "control socket left behind"
 grep -q "SIGTERM" "$work/first.err.log" || fail "no log line saying why"
+logged=$(grep -o 'SIGTERM from pid [0-9]*: .*exiting with [0-9]*' "$work/first.err.log" | grep -o '[0-9]*$')
+[[ $logged == "$rc" ]] || fail "run logged 'exiting with ${logged:-?}' on SIGTERM but exited $rc"
 [[ -f $work/shared.swap ]] || fail "a swap file created with size= was removed"
 echo "ok: SIGTERM"
 

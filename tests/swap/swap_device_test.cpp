@@ -158,6 +158,27 @@ TEST(SwapDevice, RemovingDeviceAllocatesNothingAndOnlyOneRemovalWins) {
     dev->end_write();
 }
 
+TEST(SwapDevice, CountsBytesOfWholeTransfersByDirection) {
+    test::TempDir dir;
+    auto dev = make_device(dir, kClusterBytes);
+    dev->note_io(io::IoKind::write, 8192, 8192);
+    dev->note_io(io::IoKind::read, 4096, 4096);
+    dev->note_io(io::IoKind::write, 512, 4096);   // short: a failure, no bytes
+    dev->note_io(io::IoKind::read, -EIO, 4096);   // failed: no bytes
+    dev->note_io(io::IoKind::fsync, 0, 0);        // moves nothing
+    DeviceUsage u = dev->usage();
+    EXPECT_EQ(u.written_bytes, 8192u);
+    EXPECT_EQ(u.read_bytes, 4096u);
+    EXPECT_EQ(u.write_errors, 1u);
+    EXPECT_EQ(u.read_errors, 1u);
+    // A read whose data fails its checksum was transferred: bytes and an error.
+    dev->note_io(io::IoKind::read, 4096, 4096);
+    dev->note_checksum_error();
+    u = dev->usage();
+    EXPECT_EQ(u.read_bytes, 8192u);
+    EXPECT_EQ(u.read_errors, 2u);
+}
+
 TEST(SwapDevice, ReferencesDrain) {
     test::TempDir dir;
     auto dev = make_device(dir, kClusterBytes);

@@ -347,6 +347,43 @@ TEST(PrivilegedSwapPool, ReadErrorIsIoFailedNeverData) {
     EXPECT_TRUE(test::verify_page(back[2], 2));
 }
 
+// The bytes a device moved are counted where its I/O completes (SwapDevice's
+// IoWatch): whole successful transfers only, by direction, next to the errors.
+TEST(PrivilegedSwapPool, DeviceCountsBytesReadAndWrittenBySuccessfulOps) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    auto plan = std::make_shared<io::FaultPlan>();
+    SwapPool pool;
+    ASSERT_TRUE(pool.swapon(test::faulty_file(dir.file("s"), kClusterBytes, plan), 0));
+    EXPECT_EQ(pool.stats()[0].written_bytes, 0u) << "the header is written before the device is in the pool";
+    Pages pages(8);
+    for (std::size_t i = 0; i < 8; ++i) test::fill_page(pages[i], i);
+    auto batch = test::page_outs(pages, 0, 8);
+    ASSERT_TRUE(pool.write_out(ring, batch));
+    EXPECT_EQ(pool.stats()[0].written_bytes, 8 * kSlotSize);
+    EXPECT_EQ(pool.stats()[0].read_bytes, 0u);
+
+    Pages back(1);
+    ASSERT_TRUE(pool.read_in(ring, batch[1].vslot, back[0]));
+    ASSERT_TRUE(pool.read_in(ring, batch[5].vslot, back[0]));
+    EXPECT_EQ(pool.stats()[0].read_bytes, 2 * kSlotSize);
+    // A failed read and a short one move nothing that counts.
+    plan->add(io::FaultRule{io::FaultMatch::read, {}, {}, 0, 1, io::fault::Eio{}});
+    EXPECT_FALSE(pool.read_in(ring, batch[2].vslot, back[0]));
+    plan->add(io::FaultRule{io::FaultMatch::read, {}, {}, 0, 1, io::fault::ShortIo{1024}});
+    EXPECT_FALSE(pool.read_in(ring, batch[2].vslot, back[0]));
+    // A failed write: its page goes nowhere (one device), no bytes counted.
+    plan->add(io::FaultRule{io::FaultMatch::write, {}, {}, 0, 1, io::fault::Eio{}});
+    auto more = test::page_outs(pages, 0, 1);
+    ASSERT_TRUE(pool.write_out(ring, more));
+    EXPECT_FALSE(more[0].ok());
+    DeviceStats d = pool.stats()[0];
+    EXPECT_EQ(d.read_bytes, 2 * kSlotSize);
+    EXPECT_EQ(d.written_bytes, 8 * kSlotSize);
+    EXPECT_EQ(d.read_errors, 2u);
+    EXPECT_EQ(d.write_errors, 1u);
+}
+
 TEST(PrivilegedSwapPool, FreedVSlotIsStaleAndItsSlotIsReused) {
     SWV_SWAP_RING_OR_SKIP(ring);
     test::TempDir dir;

@@ -37,6 +37,7 @@
 #include "io/ring.hpp"
 #include "io/unique_fd.hpp"
 #include "vmm/control/stats_json.hpp"
+#include "vmm/control/unix_listener.hpp"
 
 namespace swapvisor::vmm::control {
 
@@ -95,9 +96,7 @@ struct ControlServer::Impl {
     std::thread thread;
     bool started = false;
     bool stopped = false;
-    bool own_socket_file = false;
-    dev_t socket_dev = 0;
-    ino_t socket_ino = 0;
+    SocketFile socket_file;  // removed at stop() if still ours
 };
 
 // One client. Lives in Impl::connections while open; handlers and workers keep it
@@ -513,87 +512,19 @@ ControlServer::~ControlServer() { stop(); }
 
 const std::filesystem::path& ControlServer::socket_path() const { return impl_->config.socket_path; }
 
-namespace {
-
-// What is at path now: nothing (remove nothing), a stale socket (removed), or a
-// reason to refuse.
-Result<void> clear_stale_socket(const std::string& path) {
-    struct stat st {};
-    // Kernel contract: lstat does not follow a symlink, so a link to some file is
-    // "not a socket" and never unlinked through.
-    if (lstat(path.c_str(), &st) != 0) {
-        if (errno == ENOENT) return {};
-        return errno_error("control socket: lstat");
-    }
-    if (!S_ISSOCK(st.st_mode)) return errno_error("control socket: the path exists and is not a socket", EEXIST);
-    // Kernel contract: socket() with SOCK_NONBLOCK makes connect() to an AF_UNIX
-    // listener with a full backlog fail with EAGAIN instead of blocking.
-    io::UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-    if (!probe.valid()) return errno_error("control socket: socket");
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-    // Kernel contract: connect to a socket file nobody listens on fails with
-    // ECONNREFUSED; that is the only case in which the file is ours to remove.
-    if (::connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0 || errno == EAGAIN) {
-        return errno_error("control socket: another server listens on the path", EADDRINUSE);
-    }
-    if (errno != ECONNREFUSED) return errno_error("control socket: probing the existing socket");
-    if (unlink(path.c_str()) != 0 && errno != ENOENT) return errno_error("control socket: removing a stale socket");
-    return {};
-}
-
-}  // namespace
-
 Result<void> ControlServer::start() {
     Impl& s = *impl_;
     if (s.started) return errno_error("ControlServer::start: already started", EALREADY);
     const std::string path = s.config.socket_path.string();
-    if (path.empty() || path.size() >= sizeof(sockaddr_un::sun_path)) {
-        return errno_error("control socket: path empty or longer than sun_path", ENAMETOOLONG);
-    }
-    SWV_TRY(clear_stale_socket(path));
-
-    io::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (!fd.valid()) return errno_error("control socket: socket");
-    // Kernel contract: unix_bind() creates the socket file with the socket inode's
-    // mode minus the umask, so after this fchmod the file is born 0600 (no window
-    // in which another user could connect; and nobody can before listen()).
-    if (fchmod(fd.get(), 0600) != 0) return errno_error("control socket: fchmod");
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-    // Kernel contract: bind creates the socket file; it fails with EADDRINUSE if
-    // the path appeared meanwhile (nothing is overwritten).
-    if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
-        return errno_error("control socket: bind");
-    }
-    auto remove_file = [&] { unlink(path.c_str()); };
-    struct stat st {};
-    // Kernel contract: chmod on the bound path sets the file's mode whatever the
-    // umask or the socket inode did; lstat then names the file we created, so stop()
-    // removes only that one.
-    if (chmod(path.c_str(), 0600) != 0 || lstat(path.c_str(), &st) != 0) {
-        auto error = errno_error("control socket: chmod");
-        remove_file();
-        return error;
-    }
-    // Kernel contract: listen makes the bound socket accept connections.
-    if (::listen(fd.get(), kListenBacklog) != 0) {
-        auto error = errno_error("control socket: listen");
-        remove_file();
-        return error;
-    }
+    UnixListener listener = SWV_TRY(listen_unix(path, "control socket", kListenBacklog));
     boost::system::error_code ec;
-    s.acceptor.assign(Local(), fd.get(), ec);
+    s.acceptor.assign(Local(), listener.fd.get(), ec);
     if (ec) {
-        remove_file();
+        listener.file.remove();
         return errno_error("control socket: asio assign", ec.value());
     }
-    fd.release();  // the acceptor owns it now
-    s.own_socket_file = true;
-    s.socket_dev = st.st_dev;
-    s.socket_ino = st.st_ino;
+    listener.fd.release();  // the acceptor owns it now
+    s.socket_file = std::move(listener.file);
     s.started = true;
 
     s.work.emplace(s.io.get_executor());
@@ -622,13 +553,7 @@ void ControlServer::stop() {
     // aborted and run() returns on its own once the work guard is gone.
     s.work.reset();
     s.thread.join();
-    if (s.own_socket_file) {
-        struct stat st {};
-        const std::string path = s.config.socket_path.string();
-        if (lstat(path.c_str(), &st) == 0 && st.st_dev == s.socket_dev && st.st_ino == s.socket_ino) {
-            unlink(path.c_str());
-        }
-    }
+    s.socket_file.remove();
 }
 
 }  // namespace swapvisor::vmm::control

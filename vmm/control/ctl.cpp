@@ -17,6 +17,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include "guestmem/latency_histogram.hpp"
 #include "io/nbd_device.hpp"
 #include "io/unique_fd.hpp"
 #include "vmm/control/protocol.hpp"
@@ -86,6 +87,16 @@ std::string str(const json& object, const char* key) {
 
 std::string limit_text(std::uint64_t bytes) { return bytes == 0 ? "none" : human_bytes(bytes); }
 
+// A histogram's cumulative buckets in bound order ("le<=0.000025:3 ... +Inf:9"), not
+// in the JSON object's key order.
+std::string bucket_text(const json& buckets) {
+    if (!buckets.is_object()) return buckets.dump();
+    std::string text;
+    for (const guestmem::LatencyBucket& b : guestmem::kLatencyBuckets)
+        text += fmt::format("{}{}:{}", text.empty() ? "le " : " ", b.le, u64(buckets, b.le));
+    return text;
+}
+
 void print_status(const json& reply, StatsDetail detail, std::ostream& out) {
     const json empty = json::array();
     const json& vms = reply.contains("vms") && reply["vms"].is_array() ? reply["vms"] : empty;
@@ -114,6 +125,9 @@ void print_status(const json& reply, StatsDetail detail, std::ostream& out) {
         if (u64(dev, "write_errors") + u64(dev, "read_errors") + u64(dev, "quarantined_slots") != 0)
             out << fmt::format("  errors: {} write, {} read; {} slots quarantined\n", u64(dev, "write_errors"),
                                u64(dev, "read_errors"), u64(dev, "quarantined_slots"));
+        if (detail == StatsDetail::full)
+            out << fmt::format("  read_bytes_total {}, written_bytes_total {}\n", u64(dev, "read_bytes_total"),
+                               u64(dev, "written_bytes_total"));
     }
     if (swaps.empty()) out << "(no swap devices)\n";
     if (reply.contains("host") && reply["host"].is_object()) {
@@ -126,7 +140,7 @@ void print_status(const json& reply, StatsDetail detail, std::ostream& out) {
         out << fmt::format("\n{}:\n", str(vm, "name"));
         for (const auto& [key, value] : vm.items()) {
             if (key == "name") continue;
-            out << fmt::format("  {:<22} {}\n", key, value.dump());
+            out << fmt::format("  {:<22} {}\n", key, key.ends_with("_bucket") ? bucket_text(value) : value.dump());
         }
     }
 }

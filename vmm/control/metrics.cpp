@@ -32,23 +32,38 @@ std::string metric_name(std::string_view name) {
     return out;
 }
 
-// One metric family: HELP/TYPE once, then its samples in order.
+// Sample values: integers as they are; seconds (histogram sums) in fmt's shortest
+// round-trip form ("0.00123", "2.5e-05"), which the exposition format accepts.
+template <class Value>
+std::string value_text(Value value) {
+    return fmt::format("{}", value);
+}
+
+// One metric family: HELP/TYPE once, then its samples in order. A histogram family
+// `name` holds the samples name_bucket, name_sum and name_count.
+enum class Type { gauge, counter, histogram };
+
 class Families {
 public:
-    void sample(const std::string& name, const char* help, std::string labels, std::uint64_t value) {
-        auto& family = families_[name];
-        if (family.help.empty()) {
-            family.help = help;
-            order_.push_back(name);
-        }
-        family.samples += labels.empty() ? fmt::format("{} {}\n", name, value)
-                                         : fmt::format("{}{{{}}} {}\n", name, labels, value);
+    template <class Value>
+    void sample(const std::string& name, const char* help, std::string labels, Value value, Type type = Type::gauge) {
+        add(name, name, help, labels, value_text(value), type);
+    }
+    // The histogram `name` of one label set: cumulative `le` buckets, _sum, _count.
+    void histogram(const std::string& name, const char* help, const std::string& labels,
+                   const guestmem::LatencySnapshot& h) {
+        const std::string sep = labels.empty() ? "" : ",";
+        for (std::size_t i = 0; i < guestmem::kLatencyBucketCount; ++i)
+            add(name, name + "_bucket", help, fmt::format("{}{}le=\"{}\"", labels, sep, guestmem::kLatencyBuckets[i].le),
+                value_text(h.cumulative[i]), Type::histogram);
+        add(name, name + "_sum", help, labels, value_text(h.sum_seconds()), Type::histogram);
+        add(name, name + "_count", help, labels, value_text(h.count()), Type::histogram);
     }
     std::string text() const {
         std::string out;
         for (const std::string& name : order_) {
             const Family& f = families_.at(name);
-            out += fmt::format("# HELP {} {}\n# TYPE {} gauge\n{}", name, f.help, name, f.samples);
+            out += fmt::format("# HELP {} {}\n# TYPE {} {}\n{}", name, f.help, name, type_name(f.type), f.samples);
         }
         return out;
     }
@@ -56,8 +71,28 @@ public:
 private:
     struct Family {
         std::string help;
+        Type type = Type::gauge;
         std::string samples;
     };
+    static const char* type_name(Type type) {
+        switch (type) {
+            case Type::gauge: return "gauge";
+            case Type::counter: return "counter";
+            case Type::histogram: return "histogram";
+        }
+        return "untyped";
+    }
+    void add(const std::string& family_name, const std::string& sample_name, const char* help,
+             const std::string& labels, const std::string& value, Type type) {
+        auto& family = families_[family_name];
+        if (family.help.empty()) {
+            family.help = help;
+            family.type = type;
+            order_.push_back(family_name);
+        }
+        family.samples += labels.empty() ? fmt::format("{} {}\n", sample_name, value)
+                                         : fmt::format("{}{{{}}} {}\n", sample_name, labels, value);
+    }
     std::map<std::string, Family> families_;
     std::vector<std::string> order_;
 };
@@ -88,6 +123,10 @@ std::string prometheus_text(guestmem::HostMemory& host, const DeviceStats& devic
         for (const guestmem::MemStatField& field : guestmem::kMemStatFields)
             f.sample(metric_name(fmt::format("swapvisor_vm_{}", field.name)), "guest memory counter (see `ctl stats`)",
                      vm_label, s.*field.member);
+        for (const guestmem::MemHistogramField& h : guestmem::kMemHistogramFields)
+            f.histogram(metric_name(fmt::format("swapvisor_vm_{}", h.name)),
+                        "swap-in latency of major faults: picked up to page mapped (see `ctl stats`)", vm_label,
+                        s.*h.member);
         f.sample("swapvisor_vm_limit_state", "why the resident limit is or is not held (1 for the current state)",
                  fmt::format("{},state=\"{}\"", vm_label, label(s.limit_state)), 1);
         for (const DeviceCounters& d : devices.read(s.name))
@@ -111,7 +150,15 @@ std::string prometheus_text(guestmem::HostMemory& host, const DeviceStats& devic
         const std::string dev = fmt::format("path=\"{}\"", label(d.path));
         f.sample("swapvisor_swap_total_slots", "slots of the swap device", dev, d.total_slots);
         f.sample("swapvisor_swap_used_slots", "slots in use", dev, d.used_slots);
-        f.sample("swapvisor_swap_write_errors", "write errors of the device", dev, d.write_errors);
+        f.sample("swapvisor_swap_write_errors", "write ops of the device that failed", dev, d.write_errors);
+        f.sample("swapvisor_swap_read_errors", "read ops of the device that failed, and checksum mismatches", dev,
+                 d.read_errors);
+        f.sample("swapvisor_swap_quarantined_slots", "slots whose I/O failed: never handed out again", dev,
+                 d.quarantined_slots);
+        f.sample("swapvisor_swap_read_bytes_total", "bytes read from the device by reads that succeeded", dev,
+                 d.read_bytes, Type::counter);
+        f.sample("swapvisor_swap_written_bytes_total", "bytes written to the device by writes that succeeded", dev,
+                 d.written_bytes, Type::counter);
         f.sample("swapvisor_swap_removing", "1 while a swapoff of the device runs", dev, d.removing ? 1 : 0);
         f.sample("swapvisor_swap_priority", "swap priority (higher first)", dev, static_cast<std::uint64_t>(std::max(d.priority, 0)));
         f.sample("swapvisor_swap_state", "device state (1 for the current one)",

@@ -4,6 +4,7 @@
 // connection; none crosses a completion handler.
 #include "vmm/control/io_thread.hpp"
 #include "vmm/control/metrics_server.hpp"
+#include "vmm/control/unix_listener.hpp"
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -26,6 +27,8 @@ namespace http = beast::http;
 using Tcp = asio::ip::tcp;
 using Local = asio::local::stream_protocol;
 
+constexpr int kListenBacklog = 64;
+
 struct MetricsServer::Impl {
     guestmem::HostMemory& host;
     const DeviceStats& devices;
@@ -35,7 +38,7 @@ struct MetricsServer::Impl {
     asio::io_context io{1};
     std::optional<Tcp::acceptor> tcp;
     std::optional<Local::acceptor> local;
-    std::string socket_path;  // removed at stop() (Unix socket only)
+    SocketFile socket_file;  // Unix socket only: removed at stop() if still ours
     std::thread thread;
     bool started = false;
 
@@ -101,24 +104,15 @@ Result<void> MetricsServer::start(const std::string& address) {
     if (s.started) return errno_error("MetricsServer::start: already started", EALREADY);
     beast::error_code ec;
     if (address.find('/') != std::string::npos || address.find(':') == std::string::npos) {
-        struct stat st {};
-        // Kernel contract: lstat does not follow a symlink; only a socket file is
-        // replaced (a stale one from a previous run), never another file.
-        if (lstat(address.c_str(), &st) == 0) {
-            if (!S_ISSOCK(st.st_mode)) return errno_error("metrics socket: the path exists and is not a socket", EEXIST, address);
-            // Kernel contract: unlink of a socket file frees the name for bind; a
-            // live listener elsewhere keeps its socket (only its name goes).
-            unlink(address.c_str());
-        }
+        UnixListener listener = SWV_TRY(listen_unix(address, "metrics socket", kListenBacklog));
         s.local.emplace(s.io);
-        s.local->open(Local(), ec);
-        if (!ec) s.local->bind(Local::endpoint(address), ec);
-        if (ec) return errno_error("metrics socket: bind", ec.value(), address);
-        s.socket_path = address;
-        // Kernel contract: chmod on the bound path sets its mode whatever the umask.
-        if (chmod(address.c_str(), 0600) != 0) return errno_error("metrics socket: chmod", errno, address);
-        s.local->listen(asio::socket_base::max_listen_connections, ec);
-        if (ec) return errno_error("metrics socket: listen", ec.value(), address);
+        s.local->assign(Local(), listener.fd.get(), ec);
+        if (ec) {
+            listener.file.remove();
+            return errno_error("metrics socket: asio assign", ec.value(), address);
+        }
+        listener.fd.release();  // the acceptor owns it now
+        s.socket_file = std::move(listener.file);
         s.accept(*s.local);
     } else {
         auto colon = address.rfind(':');
@@ -158,9 +152,8 @@ void MetricsServer::stop() {
     beast::error_code ignored;
     if (s.tcp) s.tcp->close(ignored);
     if (s.local) s.local->close(ignored);
-    // Kernel contract: unlink removes the socket's name only; the closed listener
-    // is gone already, so nobody can connect through a stale file.
-    if (!s.socket_path.empty()) unlink(s.socket_path.c_str());
+    // The closed listener is gone already, so nobody can connect through the file.
+    s.socket_file.remove();
 }
 
 }  // namespace swapvisor::vmm::control

@@ -2,7 +2,9 @@
 // Prometheus text exposition (metrics.hpp) over HTTP/1.1 (Boost.Beast, the Asio
 // layer: only vmm/control/ uses it, STYLE.md §1). ADDR is `127.0.0.1:PORT` (loopback
 // TCP only: the counters name VMs and devices, so they are not for the network) or
-// a Unix socket path (created mode 0600, like the control socket).
+// a Unix socket path, created by the control socket's code (unix_listener.hpp): mode
+// 0600; a stale socket file is replaced, a live server's socket or a file that is not
+// a socket is refused.
 //
 // Threads: start() spawns one thread that runs the io_context (accept, read one
 // request, write the reply, close). Requests only read counters, never block on a
@@ -31,7 +33,8 @@ public:
     MetricsServer& operator=(const MetricsServer&) = delete;
 
     // Listen on `address`: "127.0.0.1:PORT" (PORT 0: any free port, see port()) or a
-    // Unix socket path (one containing '/' or no ':'). EINVAL for another host than loopback or a bad port.
+    // Unix socket path (one containing '/' or no ':'). EINVAL for another host than loopback or a bad port;
+    // for a socket path, EADDRINUSE if a running process answers on it, EEXIST if it is not a socket.
     Result<void> start(const std::string& address);
     void stop();
     // The TCP port listened on (0 for a Unix socket).

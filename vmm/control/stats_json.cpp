@@ -14,6 +14,17 @@ nlohmann::json stats_json(guestmem::HostMemory& host, const DeviceStats& devices
         json v = {{"name", s.name}, {"limit_state", s.limit_state}};
         for (const guestmem::MemStatField& f : guestmem::kMemStatFields)
             if (full || f.level == guestmem::StatLevel::basic) v[f.name] = s.*f.member;
+        for (const guestmem::MemHistogramField& h : guestmem::kMemHistogramFields) {
+            if (!full && h.level != guestmem::StatLevel::basic) continue;
+            const guestmem::LatencySnapshot& snapshot = s.*h.member;
+            json buckets = json::object();
+            for (std::size_t i = 0; i < guestmem::kLatencyBucketCount; ++i)
+                buckets[guestmem::kLatencyBuckets[i].le] = snapshot.cumulative[i];
+            const std::string name = h.name;
+            v[name + "_bucket"] = std::move(buckets);
+            v[name + "_sum"] = snapshot.sum_seconds();
+            v[name + "_count"] = snapshot.count();
+        }
         if (full) {
             // A scan of the VM's stage-2 table: slots its pages refer to (leak checks:
             // the sum over VMs equals host.allocated_vslots at rest).
@@ -37,6 +48,8 @@ nlohmann::json stats_json(guestmem::HostMemory& host, const DeviceStats& devices
             {"state", swap::state_name(d.state)},
             {"write_errors", d.write_errors},
             {"read_errors", d.read_errors},
+            {"read_bytes_total", d.read_bytes},
+            {"written_bytes_total", d.written_bytes},
             {"quarantined_slots", d.quarantined_slots},
             {"failure", d.failure},
         });
