@@ -35,6 +35,8 @@ fio --name=randread4k "${common[@]}" --rw=randread --bs=4k --iodepth=1 >"$out/rr
 fio --name=seqwrite1m_qd1 "${common[@]}" --rw=write --bs=1M --iodepth=1 >"$out/sw1.json"
 fio --name=seqwrite1m_qd8 "${common[@]}" --rw=write --bs=1M --iodepth=8 >"$out/sw8.json"
 fio --name=seqwrite256k_qd1 "${common[@]}" --rw=write --bs=256k --iodepth=1 >"$out/sw256.json"
+# The reclaimer's shape: 2 MiB batches of 1 MiB runs, both in flight.
+fio --name=seqwrite1m_qd2 "${common[@]}" --rw=write --bs=1M --iodepth=2 >"$out/sw1q2.json"
 
 python3 - "$out" "$dir" <<'PY'
 import json, sys
@@ -53,6 +55,7 @@ res = {
     "seqwrite_1m_qd1_mib_s": round(job("sw1")["write"]["bw_bytes"] / 2**20, 1),
     "seqwrite_1m_qd8_mib_s": round(job("sw8")["write"]["bw_bytes"] / 2**20, 1),
     "seqwrite_256k_qd1_mib_s": round(job("sw256")["write"]["bw_bytes"] / 2**20, 1),
+    "seqwrite_1m_qd2_mib_s": round(job("sw1q2")["write"]["bw_bytes"] / 2**20, 1),
 }
 print(f"{'metric':40} {'value':>10}")
 for k, v in res.items():

@@ -29,9 +29,12 @@
 
 #include "bench/bench_util.hpp"
 #include "guestmem/host_memory.hpp"
+#include "guestmem/stage2.hpp"
 #include "io/ring.hpp"
 #include "io/unique_fd.hpp"
+#include "swap/swap_device.hpp"
 #include "swap/swap_pool.hpp"
+#include "swap/vslot_table.hpp"
 
 using namespace swapvisor;
 using swapvisor::bench::Clock;
@@ -311,6 +314,13 @@ int run(int argc, char** argv) {
                 after_touch.major_faults - before_touch.major_faults);
     std::printf("%-44s %12" PRIu64 "\n", "B1 pages no longer swapped at touch", not_swapped_at_touch);
     std::printf("%-44s %12" PRIu64 "\n", "wrong values read (must be 0)", wrong + readin_bad);
+    // Metadata, from the data structures' own sizes: per guest page the stage-2 entry;
+    // per swapped page its vslot descriptor plus a device slot's reverse map and bits
+    // (a device slot costs that whether used or not).
+    const double meta_guest = guestmem::Stage2::bytes_per_page();
+    const double meta_swapped = swap::VSlotTable::bytes_per_vslot() + swap::SwapDevice::bytes_per_slot();
+    std::printf("%-44s %12.2f\n", "metadata per guest page (B)", meta_guest);
+    std::printf("%-44s %12.2f\n", "metadata per swapped page (B)", meta_swapped);
 
     JsonLine j;
     j.str("bench", "swap_bench")
@@ -334,6 +344,8 @@ int run(int argc, char** argv) {
         .num("fault_p99_us", flt.at(99))
         .num("fault_max_us", flt.max())
         .integer("major_faults", after_touch.major_faults - before_touch.major_faults)
+        .num("metadata_bytes_per_guest_page", meta_guest)
+        .num("metadata_bytes_per_swapped_page", meta_swapped)
         .integer("errors", wrong + readin_bad);
     std::printf("JSON %s\n", j.text().c_str());
     return wrong + readin_bad == 0 ? 0 : 1;

@@ -104,6 +104,9 @@ public:
     io::BlockDevice& block() { return *watch_; }
     std::optional<io::DeviceIdentity> identity() const { return block_->identity(); }
     std::uint64_t total_slots() const { return total_slots_; }
+    // Host memory per slot of the device, used or not: the reverse map, the
+    // allocation and quarantine bits and a share of the cluster record.
+    static constexpr double bytes_per_slot();
     std::uint64_t cluster_count() const { return clusters_.size(); }
     DeviceUsage usage() const;
 
@@ -221,6 +224,10 @@ private:
 
 // RAII device reference: the device stays alive (not destroyed by swapoff) while
 // one is held.
+constexpr double SwapDevice::bytes_per_slot() {
+    return sizeof(std::uint32_t) + 2.0 / 8 + static_cast<double>(sizeof(Cluster)) / kClusterSlots;
+}
+
 class SwapDeviceRef {
 public:
     SwapDeviceRef() = default;

@@ -68,6 +68,9 @@ public:
     bool switch_pslot(VSlot v, std::uint32_t generation, PSlot from, PSlot to);
 
     std::uint64_t allocated() const { return allocated_.load(); }
+    // Memory per vslot ever allocated: its descriptor (chunks grow 64 Ki at a time,
+    // and a freed vslot keeps its descriptor and adds a free-list entry).
+    static constexpr std::size_t bytes_per_vslot();
 
 private:
     struct Descriptor {
@@ -101,5 +104,7 @@ private:
 
     std::atomic<std::uint64_t> allocated_{0};
 };
+
+constexpr std::size_t VSlotTable::bytes_per_vslot() { return sizeof(Descriptor); }
 
 }  // namespace swapvisor::swap
