@@ -168,8 +168,10 @@ Result<void> GuestMemory::start() {
         ::pthread_setname_np(impl.fault_threads.back().native_handle(), "swv-fault");
     }
     if (impl.pool) {
-        impl.writeback = std::thread([&impl] { impl.writeback_loop(*impl.writeback_queue); });
-        ::pthread_setname_np(impl.writeback.native_handle(), "swv-writeback");
+        for (unsigned i = 0; i < kWritebackThreads; ++i) {
+            impl.writeback.emplace_back([&impl] { impl.writeback_loop(*impl.writeback_queue); });
+            ::pthread_setname_np(impl.writeback.back().native_handle(), "swv-writeback");
+        }
     }
     impl.reclaimer = std::thread([&impl] { impl.reclaim_loop(); });
     ::pthread_setname_np(impl.reclaimer.native_handle(), "swv-reclaim");
@@ -191,7 +193,9 @@ void GuestMemory::stop() {
     // After the reclaimer: batches it queued are still written and completed (their
     // pages are in writeback and must end swapped or inactive again).
     impl.writeback_queue->close();
-    if (impl.writeback.joinable()) impl.writeback.join();
+    for (auto& t : impl.writeback)
+        if (t.joinable()) t.join();
+    impl.writeback.clear();
 }
 
 void GuestMemory::set_resident_limit(std::uint64_t bytes) { impl_->limits.set_limit_bytes(bytes); }

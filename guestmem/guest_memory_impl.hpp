@@ -6,7 +6,7 @@
 // Threads (guestmem/README.md#threads):
 //   fault threads  — poll the userfaultfd, choose the row for each fault;
 //   reclaimer      — one per VM, CLOCK over the table, chooses eviction rows;
-//   writeback      — one per VM with swap: writes the batches the reclaimer
+//   writeback      — kWritebackThreads per VM with swap: each writes a batch the reclaimer
 //                    queues and completes them (rows 7 / 7'); stopped after it;
 //   callers        — read/write/discard, and the swapoff thread's bring_back.
 #pragma once
@@ -54,7 +54,7 @@ struct GuestMemory::Impl {
     std::vector<std::thread> fault_threads;
     std::thread reclaimer;
     std::unique_ptr<WritebackQueue> writeback_queue = std::make_unique<WritebackQueue>();
-    std::thread writeback;     // only with a pool
+    std::vector<std::thread> writeback;  // kWritebackThreads, only with a pool
     std::uint64_t clock_hand = 0;  // owned by the reclaimer thread
 
     // --- fault service (fault_service.cpp) -------------------------------------------

@@ -18,7 +18,11 @@
 
 namespace swapvisor::guestmem {
 
-inline constexpr std::size_t kQueuedBatches = 2;  // batches queued or being written
+// Two writeback threads: while one punches the batch it wrote (finish_writeback,
+// half of a writeback's CPU), the other writes the next. Three batches: one being
+// completed, one being written, one queued.
+inline constexpr unsigned kWritebackThreads = 2;
+inline constexpr std::size_t kQueuedBatches = 3;  // batches queued, being written or completed
 
 class WritebackQueue {
 public:

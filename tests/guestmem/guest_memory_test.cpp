@@ -19,6 +19,7 @@
 
 #include "guestmem/host_memory.hpp"
 #include "guestmem/owner_tag.hpp"
+#include "guestmem/writeback_queue.hpp"
 #include "io/ring.hpp"
 #include "io/block_device.hpp"
 #include "io/fault_injection.hpp"
@@ -286,7 +287,7 @@ TEST_F(GuestMemoryTest, PrivilegedEveryThreadGuestmemStartsCallsTheStartHookWith
     for (int i = 0; i < 200; ++i) {
         {
             std::lock_guard lk(mu);
-            if (roles.size() == 4) break;
+            if (roles.size() == 3 + kWritebackThreads) break;
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
@@ -294,7 +295,7 @@ TEST_F(GuestMemoryTest, PrivilegedEveryThreadGuestmemStartsCallsTheStartHookWith
     std::lock_guard lk(mu);
     EXPECT_EQ(std::count(roles.begin(), roles.end(), ThreadRole::fault_service), 2);
     EXPECT_EQ(std::count(roles.begin(), roles.end(), ThreadRole::reclaimer), 1);
-    EXPECT_EQ(std::count(roles.begin(), roles.end(), ThreadRole::writeback), 1) << "the VM has swap";
+    EXPECT_EQ(std::count(roles.begin(), roles.end(), ThreadRole::writeback), kWritebackThreads) << "the VM has swap";
 }
 
 // Issue #9: swapoff's bring-back summed free room over every VM, then pushed each page
