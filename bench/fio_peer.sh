@@ -37,6 +37,8 @@ fio --name=seqwrite1m_qd8 "${common[@]}" --rw=write --bs=1M --iodepth=8 >"$out/s
 fio --name=seqwrite256k_qd1 "${common[@]}" --rw=write --bs=256k --iodepth=1 >"$out/sw256.json"
 # The reclaimer's shape: 2 MiB batches of 1 MiB runs, both in flight.
 fio --name=seqwrite1m_qd2 "${common[@]}" --rw=write --bs=1M --iodepth=2 >"$out/sw1q2.json"
+# The copy peer of swapoff: read the bytes, write them elsewhere (1 MiB, QD2 each way).
+fio --name=seqread1m_qd2 "${common[@]}" --rw=read --bs=1M --iodepth=2 >"$out/sr1q2.json"
 
 python3 - "$out" "$dir" <<'PY'
 import json, sys
@@ -56,7 +58,10 @@ res = {
     "seqwrite_1m_qd8_mib_s": round(job("sw8")["write"]["bw_bytes"] / 2**20, 1),
     "seqwrite_256k_qd1_mib_s": round(job("sw256")["write"]["bw_bytes"] / 2**20, 1),
     "seqwrite_1m_qd2_mib_s": round(job("sw1q2")["write"]["bw_bytes"] / 2**20, 1),
+    "seqread_1m_qd2_mib_s": round(job("sr1q2")["read"]["bw_bytes"] / 2**20, 1),
 }
+# ns to copy one 4 KiB page at those rates: read it, then write it to another file.
+res["copy_ns_per_page"] = round(4096e9 / (res["seqread_1m_qd2_mib_s"] * 2**20) + 4096e9 / (res["seqwrite_1m_qd2_mib_s"] * 2**20), 1)
 print(f"{'metric':40} {'value':>10}")
 for k, v in res.items():
     if k not in ("bench", "dir"):
