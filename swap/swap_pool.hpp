@@ -119,7 +119,7 @@ struct SwapoffReport {
 enum class Force : bool { no, yes };
 
 struct SwapPoolConfig {
-    std::uint32_t swapoff_batch_pages = 128;  // slots read / written per swapoff round
+    std::uint32_t swapoff_batch_pages = 512;  // slots read / written per swapoff round
     std::uint32_t max_run_pages = 256;        // longest single write or read (1 MiB)
     DeviceHealthPolicy health{};              // when a device becomes degraded
 };

@@ -259,7 +259,7 @@ TEST(PrivilegedSwapoff, RacesWithFreeBeforeTheReadAndBeforeTheSwitch) {
     test::TempDir dir;
     auto plan_a = std::make_shared<io::FaultPlan>();
     auto plan_b = std::make_shared<io::FaultPlan>();
-    SwapPool pool;
+    SwapPool pool(SwapPoolConfig{.swapoff_batch_pages = 128});  // the race needs two batches
     ASSERT_TRUE(pool.swapon(test::faulty_file(dir.file("a"), kClusterBytes, plan_a), 10));
     ASSERT_TRUE(pool.swapon(test::faulty_file(dir.file("b"), kClusterBytes, plan_b), 0));
     auto v = fill_pool(pool, ring, 256);  // two swapoff batches of 128
