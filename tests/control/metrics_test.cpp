@@ -121,13 +121,9 @@ json call(const std::filesystem::path& socket_path, const json& request) {
     return json::parse(in.substr(0, in.find('\n')));
 }
 
-std::string http_get(std::uint16_t port, const std::string& target) {
-    io::UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(port);
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return {};
+// One GET on a connected socket: the whole reply (the server closes), "" if the
+// request cannot be sent.
+std::string http_exchange(const io::UniqueFd& fd, const std::string& target) {
     timeval bound{.tv_sec = 10, .tv_usec = 0};  // a hung server fails the test instead of hanging it
     ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &bound, sizeof bound);
     std::string request = "GET " + target + " HTTP/1.1\r\nHost: localhost\r\n\r\n";
@@ -142,6 +138,16 @@ std::string http_get(std::uint16_t port, const std::string& target) {
         in.append(buf, static_cast<std::size_t>(n));
     }
     return in;
+}
+
+std::string http_get(std::uint16_t port, const std::string& target) {
+    io::UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return {};
+    return http_exchange(fd, target);
 }
 
 // A small exposition-format parser: every sample line is `name{labels} value`;
@@ -184,20 +190,7 @@ std::string http_get_unix(const std::filesystem::path& path, const std::string& 
     addr.sun_family = AF_UNIX;
     std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
     if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return {};
-    timeval bound{.tv_sec = 10, .tv_usec = 0};
-    ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &bound, sizeof bound);
-    std::string request = "GET " + target + " HTTP/1.1\r\nHost: localhost\r\n\r\n";
-    if (::send(fd.get(), request.data(), request.size(), MSG_NOSIGNAL) < 0) return {};
-    std::string in;
-    char buf[4096];
-    for (;;) {
-        ssize_t n = ::recv(fd.get(), buf, sizeof buf, 0);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) return std::string("recv: ") + std::strerror(errno);
-        if (n == 0) break;
-        in.append(buf, static_cast<std::size_t>(n));
-    }
-    return in;
+    return http_exchange(fd, target);
 }
 
 class MetricsTest : public ::testing::Test {

@@ -9,6 +9,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "vmm/devices/log_budget.hpp"
+
 namespace swapvisor::vmm::devices {
 
 namespace {
@@ -25,13 +27,8 @@ void store_le(std::span<std::byte> data, std::uint32_t v) {
 }
 
 // A guest that misbehaves in a loop must not flood the log.
-bool log_budget() {
-    static std::atomic<unsigned> left{32};  // relaxed: a log throttle, orders nothing
-    unsigned n = left.load(std::memory_order_relaxed);
-    while (n > 0 && !left.compare_exchange_weak(n, n - 1, std::memory_order_relaxed)) {
-    }
-    return n > 0;
-}
+LogBudget g_log_budget{32};
+bool log_budget() { return g_log_budget.take(); }
 
 }  // namespace
 
