@@ -103,6 +103,24 @@ Stage2* stage2_of(std::uint64_t gib, std::string& error) {
     return slot.get();
 }
 
+// Random pages of one of the shared tables, for the stage-2 cases; skips the
+// benchmark (nullopt) if the table cannot be made.
+struct RandomPages {
+    Stage2* table;
+    std::uint64_t mask;  // pages is a power of two
+    Rng rng;
+    PageIdx next() { return PageIdx(rng.next() & mask); }
+};
+std::optional<RandomPages> random_pages(benchmark::State& state, std::uint64_t gib, std::uint64_t seed) {
+    std::string error;
+    Stage2* s2 = stage2_of(gib, error);
+    if (s2 == nullptr) {
+        state.SkipWithError(error.c_str());
+        return std::nullopt;
+    }
+    return RandomPages{s2, s2->pages() - 1, Rng{seed}};
+}
+
 // The cost of picking a random page index alone (subtract it from the stage-2 cases).
 void BM_RandomIndex(benchmark::State& state) {
     const std::uint64_t mask = (kGiB / kPage) - 1;
@@ -117,14 +135,10 @@ void BM_RandomIndex(benchmark::State& state) {
 // discard read before they decide to lock. Arg: guest GiB (1: the 2 MiB of entries
 // fit in L2/L3; 64: 128 MiB of entries, mostly a cache and TLB miss).
 void BM_Stage2Peek(benchmark::State& state) {
-    const auto gib = static_cast<std::uint64_t>(state.range(0));
-    std::string error;
-    Stage2* s2 = stage2_of(gib, error);
-    if (s2 == nullptr) return state.SkipWithError(error.c_str());
-    const std::uint64_t mask = s2->pages() - 1;  // pages is a power of two
-    Rng rng{2};
+    auto pages = random_pages(state, static_cast<std::uint64_t>(state.range(0)), 2);
+    if (!pages) return;
     for (auto _ : state) {
-        PageEntry e = s2->peek(PageIdx(rng.next() & mask));
+        PageEntry e = pages->table->peek(pages->next());
         benchmark::DoNotOptimize(e);
     }
     state.SetItemsProcessed(state.iterations());
@@ -135,13 +149,11 @@ void BM_Stage2Peek(benchmark::State& state) {
 // resident <-> inactive; here swapped <-> resident keeping the VSlot bits).
 // Uncontended; unlock includes std::atomic::notify_all (no waiter).
 void BM_Stage2LockUnlock(benchmark::State& state) {
-    std::string error;
-    Stage2* s2 = stage2_of(1, error);
-    if (s2 == nullptr) return state.SkipWithError(error.c_str());
-    const std::uint64_t mask = s2->pages() - 1;
-    Rng rng{3};
+    auto pages = random_pages(state, 1, 3);
+    if (!pages) return;
+    Stage2* s2 = pages->table;
     for (auto _ : state) {
-        PageIdx idx(rng.next() & mask);
+        PageIdx idx = pages->next();
         std::optional<PageEntry> was = s2->try_lock(idx);
         if (!was) return state.SkipWithError("try_lock failed on an unlocked table");
         PageState next = was->state() == PageState::swapped ? PageState::resident : PageState::swapped;
@@ -154,13 +166,11 @@ void BM_Stage2LockUnlock(benchmark::State& state) {
 // the I/O would run, unlock as resident; swap-out: lock, publish `writeback`,
 // unlock as swapped): Stage2::lock + publish_locked + unlock on a random page.
 void BM_Stage2Transition(benchmark::State& state) {
-    std::string error;
-    Stage2* s2 = stage2_of(1, error);
-    if (s2 == nullptr) return state.SkipWithError(error.c_str());
-    const std::uint64_t mask = s2->pages() - 1;
-    Rng rng{4};
+    auto pages = random_pages(state, 1, 4);
+    if (!pages) return;
+    Stage2* s2 = pages->table;
     for (auto _ : state) {
-        PageIdx idx(rng.next() & mask);
+        PageIdx idx = pages->next();
         PageEntry was = s2->lock(idx);
         const bool in = was.state() == PageState::swapped;
         s2->publish_locked(idx, PageEntry::make(in ? PageState::reading : PageState::writeback, was.vslot()));
