@@ -17,7 +17,6 @@
 // No page lock is held across a write or while the scanner waits for queue room:
 // writeback is the mark, and flush() releases every lock before it queues.
 #include <algorithm>
-#include <chrono>
 #include <optional>
 #include <vector>
 
