@@ -11,7 +11,10 @@
 //  +------------------------+---------------+-----+-----+-----+-------+
 //   VSlot: swapped / reading -> where the content is; resident / inactive with CLN
 //          -> an identical copy still in swap (the page is write-protected), so
-//          evicting it again writes nothing.
+//          evicting it again writes nothing. writeback -> the same 32 bits hold the
+//          writeback's epoch instead (no slot is in the entry while it is written):
+//          the identity its completion must find to adopt the page
+//          (guestmem/README.md#writeback-identity).
 //   CLN:   clean copy valid (see above). ACC: reserved for hardware-assisted sampling.
 //
 // The entries are one anonymous MAP_NORESERVE mapping: the kernel backs a 4 KiB
@@ -43,6 +46,12 @@ const char* to_string(PageState s);
 
 enum class Clean : bool { no, yes };
 
+// The identity of one writeback of one page (row 5): a per-VM counter, never 0. Its
+// completion adopts the page only if the entry still carries the same epoch, so an
+// older write of a page that was touched and queued again frees its own slot instead
+// of publishing stale bytes (README#writeback-identity).
+using WritebackEpoch = StrongInt<struct WritebackEpochTag, std::uint32_t>;
+
 // A decoded entry value (a snapshot; the table holds the atomic).
 class PageEntry {
 public:
@@ -56,9 +65,20 @@ public:
         return PageEntry((std::uint64_t{v.value()} << 32) | static_cast<std::uint64_t>(s) |
                          (clean == Clean::yes ? kClean : 0));
     }
+    // A page being written out by the writeback numbered `epoch` (row 5).
+    static constexpr PageEntry make_writeback(WritebackEpoch epoch) {
+        return PageEntry((std::uint64_t{epoch.value()} << 32) | static_cast<std::uint64_t>(PageState::writeback));
+    }
 
     constexpr PageState state() const { return static_cast<PageState>(raw_ & kStateMask); }
-    constexpr swap::VSlot vslot() const { return swap::VSlot(static_cast<std::uint32_t>(raw_ >> 32)); }
+    // The slot of a swapped / reading page or of a clean copy; none in writeback.
+    constexpr swap::VSlot vslot() const {
+        return state() == PageState::writeback ? swap::kNoVSlot : swap::VSlot(static_cast<std::uint32_t>(raw_ >> 32));
+    }
+    // Which writeback a page in the writeback state belongs to (none otherwise).
+    constexpr WritebackEpoch writeback_epoch() const {
+        return state() == PageState::writeback ? WritebackEpoch(static_cast<std::uint32_t>(raw_ >> 32)) : WritebackEpoch(0);
+    }
     constexpr bool locked() const { return raw_ & kLock; }
     constexpr bool clean() const { return raw_ & kClean; }
     constexpr std::uint64_t raw() const { return raw_; }

@@ -111,7 +111,7 @@ Result<void> Transitions::fault_minor(PageLock& lk) {  // 3, 6
     d_.counters.minor_faults.fetch_add(1, std::memory_order_relaxed);
     Result<void> r = tolerate_exists(d_.kernel.continue_(lk.idx(), 1, wp_if(e.clean()), Wake::no).status);
     // From writeback the slot being written is not in the entry: the completion sees
-    // the state moved and frees it (6).
+    // the state (or the epoch, if the page is queued again) moved and frees it (6).
     if (r) lk.set(PageEntry::make(PageState::resident, e.vslot(), clean_if(e.clean())));
     return r;
 }
@@ -294,8 +294,10 @@ bool Transitions::drop_cold(PageLock& lk) {  // 8, 9
 Writeback Transitions::start_writeback(PageLock&& lk) {  // 5
     SWV_ASSERT(lk.entry().state() == PageState::inactive && !lk.entry().clean(), "writeback of a page that is not dirty inactive");
     PageLock owned(std::move(lk));
-    owned.set(PageEntry::make(PageState::writeback));
-    return Writeback{owned.idx(), swap::PageOut{d_.kernel.vmm_page(owned.idx()), owner_tag(owned.idx())}};
+    WritebackEpoch epoch(next_epoch_.fetch_add(1, std::memory_order_relaxed));
+    if (epoch.value() == 0) epoch = WritebackEpoch(next_epoch_.fetch_add(1, std::memory_order_relaxed));  // wrapped
+    owned.set(PageEntry::make_writeback(epoch));
+    return Writeback{owned.idx(), swap::PageOut{d_.kernel.vmm_page(owned.idx()), owner_tag(owned.idx())}, epoch};
 }
 
 std::uint64_t Transitions::finish_writeback(std::span<Writeback> batch, bool batch_ok) {  // 7, 7'
@@ -304,8 +306,12 @@ std::uint64_t Transitions::finish_writeback(std::span<Writeback> batch, bool bat
         const bool ok = batch_ok && wb.out.ok();
         PageLock lk = lock(wb.idx);
         const PageEntry e = lk.entry();
-        if (e.state() != PageState::writeback) {
+        if (e.state() != PageState::writeback || e.writeback_epoch() != wb.epoch) {
             // A fault, VMM write or discard took the page meanwhile: the copy is stale.
+            // So is it when the page is in writeback again under a newer epoch (touched,
+            // written and queued again while this write was slow): adopting it would
+            // publish this older copy and leak the newer write's slot
+            // (README#writeback-identity).
             if (ok) free_vslot(wb.out.vslot);
             // A discard punched the page, but write_out then read it through the VMM
             // view (checksum, O_DIRECT write), which allocated a fresh page in the

@@ -79,10 +79,12 @@ private:
 
 enum class Access : bool { read, write };
 
-// A page on its way to swap (row 5): the PageOut handed to SwapPool::write_out.
+// A page on its way to swap (row 5): the PageOut handed to SwapPool::write_out, and
+// the epoch its entry carries while this write is the page's current one.
 struct Writeback {
     PageIdx idx;
     swap::PageOut out;
+    WritebackEpoch epoch;
 };
 
 class Transitions {
@@ -134,9 +136,11 @@ public:
     // 5: inactive -> writeback; releases the lock (never held across swap I/O).
     Writeback start_writeback(PageLock&& lk);
     // 7 / 7' and the races: complete a write_out batch. Re-locks each page
-    // (ascending); a page still in writeback becomes swapped (punched) or, if its
-    // write failed, inactive again; a page that moved meanwhile keeps its new state
-    // and the fresh slot is freed. Returns the pages that left memory.
+    // (ascending); a page still in *this* writeback (same epoch) becomes swapped
+    // (punched) or, if its write failed, inactive again; a page that moved meanwhile
+    // — touched, written, discarded, or touched and queued again by a newer
+    // writeback — keeps its new state and this write's slot is freed. Returns the
+    // pages that left memory.
     std::uint64_t finish_writeback(std::span<Writeback> batch, bool batch_ok);
     // Punch the memfd under pages drop_cold / finish_writeback set to leave memory,
     // as runs; on a failed punch they keep their old entries. Releases every lock.
@@ -172,6 +176,9 @@ private:
     swap::OwnerTag owner_tag(PageIdx idx) const { return pack_owner(d_.vm, idx.value()); }
 
     Deps d_;
+    // The next writeback epoch (row 5). Relaxed: only uniqueness matters; the epoch
+    // reaches the completion through the page lock's release/acquire.
+    std::atomic<std::uint32_t> next_epoch_{1};
 };
 
 }  // namespace swapvisor::guestmem

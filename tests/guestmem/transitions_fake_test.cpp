@@ -442,6 +442,53 @@ TEST_F(FakeTransitionsTest, RaceVmmWriteDuringWritebackWins) {
     expect_consistent();
 }
 
+// Issue #16 item 1, the writeback ABA: page P goes out in batch A (its bytes taken,
+// the write slow), the guest touches and rewrites P, the hand zaps it and queues it
+// again in batch B. Whichever batch completes first, only B (the page's current
+// writeback) may adopt P; A's slot holds the older bytes and is freed.
+class WritebackAbaTest : public FakeTransitionsTest, public ::testing::WithParamInterface<bool> {};
+
+TEST_P(WritebackAbaTest, OnlyTheNewestWritebackOfAPageAdoptsIt) {
+    const bool older_first = GetParam();
+    make_inactive(17, 1);
+    Writeback a = tr_.start_writeback(tr_.lock(P(17)));
+    std::vector<swap::PageOut> out_a{a.out};
+    const bool a_ok = pool_.write_out(*ring_, out_a).has_value();  // A's bytes: seed 1
+    a.out = out_a[0];
+    {
+        PageLock lk = tr_.lock(P(17));
+        ASSERT_TRUE(tr_.fault_minor(lk));  // 6: the guest touches P
+    }
+    fill(kernel_.vmm_page(P(17)), 2);  // and writes new bytes
+    {
+        std::vector<PageLock> res;
+        res.push_back(tr_.lock(P(17)));
+        tr_.deactivate(res);  // 4: the hand comes back
+    }
+    Writeback b = tr_.start_writeback(tr_.lock(P(17)));  // 5 again: batch B
+    std::vector<swap::PageOut> out_b{b.out};
+    const bool b_ok = pool_.write_out(*ring_, out_b).has_value();  // B's bytes: seed 2
+    b.out = out_b[0];
+    if (older_first) {
+        EXPECT_EQ(tr_.finish_writeback({&a, 1}, a_ok), 0u) << "A is not the page's writeback any more";
+        EXPECT_EQ(table_.peek(P(17)).state(), PageState::writeback);
+        EXPECT_EQ(tr_.finish_writeback({&b, 1}, b_ok), 1u);
+    } else {
+        EXPECT_EQ(tr_.finish_writeback({&b, 1}, b_ok), 1u);
+        EXPECT_EQ(tr_.finish_writeback({&a, 1}, a_ok), 0u);
+    }
+    ASSERT_EQ(table_.peek(P(17)).state(), PageState::swapped);
+    EXPECT_EQ(table_.peek(P(17)).vslot(), b.out.vslot) << "the entry must point at B's slot";
+    EXPECT_EQ(pool_.allocated_vslots(), 1u) << "A's slot is freed, B's kept";
+    expect_consistent();
+    PageLock lk = tr_.lock(P(17));
+    ASSERT_TRUE(tr_.vmm_swap_in(lk, *ring_, Access::read));
+    EXPECT_TRUE(holds(kernel_.vmm_page(P(17)), 2)) << "the guest must read its newest bytes, not A's";
+}
+
+INSTANTIATE_TEST_SUITE_P(BothCompletionOrders, WritebackAbaTest, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "OlderFirst" : "NewerFirst"; });
+
 TEST_F(FakeTransitionsTest, RaceDiscardDuringWritebackPunchesAgainWhatTheWriteReallocated) {
     make_inactive(16, 16);
     Writeback wb = tr_.start_writeback(tr_.lock(P(16)));
