@@ -140,10 +140,10 @@ Result<void> GuestMemory::discard(GpaRange range) {
 
 // --- swapoff -----------------------------------------------------------------------------
 
-Result<bool> GuestMemory::bring_back(PageIdx page, swap::VSlot vslot, io::Ring& ring) {
+Result<bool> GuestMemory::bring_back(PageIdx page, swap::VSlot vslot, const swap::SlotCopy* copy, io::Ring& ring) {
     if (!impl_->table.contains(page)) return false;
     PageLock lk = impl_->tr.lock(page);
-    return impl_->tr.bring_back(lk, vslot, ring);
+    return impl_->tr.bring_back(lk, vslot, copy, ring);
 }
 
 bool GuestMemory::lose_page(PageIdx page, swap::VSlot vslot, const Error& why) {

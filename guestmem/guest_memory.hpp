@@ -23,7 +23,10 @@
 #include "io/result.hpp"
 
 namespace swapvisor::io { class Ring; }
-namespace swapvisor::swap { class SwapPool; }
+namespace swapvisor::swap {
+class SwapPool;
+struct SlotCopy;
+}  // namespace swapvisor::swap
 
 namespace swapvisor::guestmem {
 
@@ -150,7 +153,7 @@ public:
 
     // Swapoff (through HostMemory): bring the page at `page` back from vslot, or drop
     // its clean copy there; false when it no longer refers to vslot.
-    Result<bool> bring_back(PageIdx page, swap::VSlot vslot, io::Ring& ring);
+    Result<bool> bring_back(PageIdx page, swap::VSlot vslot, const swap::SlotCopy* copy, io::Ring& ring);
     // Pages this VM could take back without going over its own limit.
     std::uint64_t bring_back_room() const;
     // Swapoff --force: the data at vslot is unreadable; the page becomes lost (or its

@@ -89,7 +89,8 @@ std::uint64_t HostMemory::bring_back_room(swap::OwnerTag owner) const {
     return vm ? std::min(vm->bring_back_room(), budget_.room_pages()) : 0;
 }
 
-Result<bool> HostMemory::bring_back(swap::OwnerTag owner, swap::VSlot vslot, io::Ring& ring) {
+Result<bool> HostMemory::bring_back(swap::OwnerTag owner, swap::VSlot vslot, const swap::SlotCopy* copy,
+                                    io::Ring& ring) {
     GuestMemory* vm = vm_of(owner);
     if (!vm) return false;
     // Issue #9: each page goes into its own VM only while that VM (and the host) has
@@ -98,7 +99,7 @@ Result<bool> HostMemory::bring_back(swap::OwnerTag owner, swap::VSlot vslot, io:
         return make_error(swap::Errc::would_not_fit, "bring back a swapped page",
                           fmt::format("{} is at its resident limit", vm->name()));
     }
-    return vm->bring_back(PageIdx(owner_index(owner)), vslot, ring);
+    return vm->bring_back(PageIdx(owner_index(owner)), vslot, copy, ring);
 }
 
 Result<bool> HostMemory::lose(swap::OwnerTag owner, swap::VSlot vslot, const Error& why) {

@@ -40,7 +40,8 @@ public:
 
     // swap::EvictionSink
     std::uint64_t bring_back_capacity() const override;
-    Result<bool> bring_back(swap::OwnerTag owner, swap::VSlot vslot, io::Ring& ring) override;
+    Result<bool> bring_back(swap::OwnerTag owner, swap::VSlot vslot, const swap::SlotCopy* copy,
+                            io::Ring& ring) override;
     std::uint64_t bring_back_room(swap::OwnerTag owner) const override;
     Result<bool> lose(swap::OwnerTag owner, swap::VSlot vslot, const Error& why) override;
 

@@ -46,7 +46,7 @@ OverReason GuestMemory::Impl::swap_verdict() const {
             unhealthy |= d.state != swap::DeviceState::removing;
             continue;
         }
-        if (d.used_slots + d.quarantined_slots < d.total_slots) return OverReason::none;
+        if (d.free_slots > 0) return OverReason::none;
     }
     return unhealthy ? OverReason::swap_failing : OverReason::swap_full;
 }

@@ -406,8 +406,19 @@ Result<bool> Transitions::slot_going(PageLock& lk, swap::VSlot vslot, Leave&& le
     return true;
 }
 
-Result<bool> Transitions::bring_back(PageLock& lk, swap::VSlot vslot, io::Ring& ring) {  // 11', 13'
-    return slot_going(lk, vslot, [&] { return swap_in(lk, ring, Clean::no); });
+Result<bool> Transitions::bring_back(PageLock& lk, swap::VSlot vslot, const swap::SlotCopy* copy,
+                                     io::Ring& ring) {  // 11', 13'
+    return slot_going(lk, vslot, [&]() -> Result<void> {
+        // Under the page lock the entry still names vslot, so nobody frees it; if it is
+        // still where swapoff read it, those verified bytes are the page: no second
+        // read of a device that is going away (and may be failing).
+        if (copy == nullptr || !d_.pool->copy_is_current(vslot, *copy)) return swap_in(lk, ring, Clean::no);
+        std::memcpy(d_.kernel.vmm_page(lk.idx()), copy->bytes.data(), kPageSize);
+        d_.counters.swap_in_pages.fetch_add(1, std::memory_order_relaxed);
+        free_vslot(vslot);
+        lk.set(PageEntry::make(PageState::inactive));
+        return {};
+    });
 }
 
 bool Transitions::lose_swapped(PageLock& lk, swap::VSlot vslot, const Error& why) {  // 12', 13'

@@ -151,8 +151,10 @@ public:
     Result<void> discard(PageLock& lk);
 
     // --- swapoff: 11' swapped(vslot) -> inactive (slot freed), or a clean copy at
-    // vslot dropped (13'). False when the page no longer refers to vslot.
-    Result<bool> bring_back(PageLock& lk, swap::VSlot vslot, io::Ring& ring);
+    // vslot dropped (13'). The bytes come from `copy` (what swapoff already read and
+    // verified) while it is still the slot's content, else from a read. False when
+    // the page no longer refers to vslot.
+    Result<bool> bring_back(PageLock& lk, swap::VSlot vslot, const swap::SlotCopy* copy, io::Ring& ring);
 
     // --- swapoff --force of a failing device: 12 swapped(vslot) -> lost without a
     // read, or a clean copy at vslot dropped (13'). False when the page no longer

@@ -15,13 +15,32 @@ bash scripts/check-layers.sh
 for dev in /dev/kvm; do
   [ -e "$dev" ] || echo "WARNING: $dev is absent: tests that need it will SKIP (loudly)"
 done
-bash scripts/build.sh "$here/build" -DSWV_BUILD_BENCH=ON
-(cd build && ctest --output-on-failure --timeout 900 -j1)
+# Tests ON explicitly: scripts/demo.sh configures build/ with them OFF, and a cached
+# OFF would otherwise leave this pass with nothing to run (issue #16 item 10).
+bash scripts/build.sh "$here/build" -DSWV_BUILD_TESTS=ON -DSWV_BUILD_BENCH=ON
+summary=()
+# run_ctest NAME DIR [ctest args...]: one ctest pass that fails on "no tests", and
+# its line for the summary (tests run, how many of them skipped). pipefail makes the
+# pipeline's status ctest's.
+run_ctest() {
+  local name=$1 dir=$2; shift 2
+  local log; log=$(mktemp "${TMPDIR:-/tmp}/swv-ctest.XXXXXX")
+  local status=0
+  (cd "$dir" && ${SWV_CTEST_WRAP:-} ctest --output-on-failure --timeout 900 -j1 --no-tests=error "$@") 2>&1 | tee "$log" || status=$?
+  local total skipped
+  total=$(sed -n 's/.*tests passed, [0-9]* tests failed out of \([0-9]*\).*/\1/p' "$log" | tail -1)
+  skipped=$(grep -c '\*\*\*Skipped' "$log" || true)
+  rm -f "$log"
+  summary+=("$name: ${total:-0} tests, ${skipped} of them skipped")
+  [ "$status" = 0 ] || { echo "test.sh: pass '$name' failed"; exit 1; }
+  [ "${total:-0}" -gt 0 ] || { echo "test.sh: pass '$name' ran no tests"; exit 1; }
+}
+run_ctest main build
 # Only the layer test binaries under the sanitizers: the VMM, guests and benches are
 # covered by the first pass.
 cmake -S "$here" -B "$here/build-asan" -DSWV_SANITIZE=ON -DSWV_WERROR=ON -DSWV_BUILD_BENCH=OFF -DCMAKE_BUILD_TYPE=Debug >/dev/null
 cmake --build "$here/build-asan" -j"$(nproc)" --target io_tests swap_tests guestmem_tests control_tests
-(cd build-asan && ctest --output-on-failure --timeout 900 -j1 -L 'io|swap|guestmem|control')
+run_ctest asan build-asan -L 'io|swap|guestmem|control' 
 # ThreadSanitizer over the concurrency suites. TSan needs the address-space layout it
 # was built for: without ASLR limits some kernels map the binary where TSan's shadow
 # lives, so the pass runs under setarch -R.
@@ -30,9 +49,9 @@ cmake --build "$here/build-tsan" -j"$(nproc)" --target swap_tests guestmem_tests
 # The two tests whose "guest" thread takes a SIGBUS and leaves its handler with
 # siglongjmp are left out: TSan does not model a longjmp out of a signal handler (one
 # failed that way, without a report, in 1 of ~15 runs). They run in passes 1 and 2.
-(cd build-tsan && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" setarch "$(uname -m)" -R \
-  ctest --output-on-failure --timeout 900 -j1 -L 'swap|guestmem' -LE kvm \
-  -E 'GuestGetsSigbus|ChecksumMismatchLosesThePage')
+TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" SWV_CTEST_WRAP="setarch $(uname -m) -R" \
+  run_ctest tsan build-tsan -L 'swap|guestmem' -LE kvm -E 'GuestGetsSigbus|ChecksumMismatchLosesThePage' 
 # The libFuzzer targets (tests/fuzz), 20 s each on their seed corpora.
 bash scripts/fuzz.sh 20
-echo "test.sh: all suites passed"
+printf 'test.sh: %s\n' "${summary[@]}"
+echo "test.sh: all suites passed (${summary[*]})"

@@ -78,8 +78,10 @@ DeviceUsage SwapDevice::usage() const {
                         : failed_                       ? DeviceState::failed
                         : degraded_                     ? DeviceState::degraded
                                                         : state_;
-    return DeviceUsage{total_slots_, used_,    shown,       write_errors_, read_errors_,
-                       bad_count_,   failure_, read_bytes_, written_bytes_};
+    // A bad slot still allocated is in used_ as well as bad_count_: free space is
+    // what is neither used nor quarantined after being freed (quarantined_).
+    return DeviceUsage{total_slots_, used_,    shown,    write_errors_, read_errors_, bad_count_,
+                       total_slots_ - used_ - quarantined_, failure_, read_bytes_, written_bytes_};
 }
 
 void SwapDevice::note_io(io::IoKind kind, int result, std::size_t expected) {

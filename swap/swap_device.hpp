@@ -69,7 +69,8 @@ struct DeviceUsage {
     DeviceState state = DeviceState::active;
     std::uint64_t write_errors = 0;       // write ops that failed (ENOSPC, EIO, short)
     std::uint64_t read_errors = 0;        // read ops that failed, and checksum mismatches
-    std::uint64_t quarantined_slots = 0;  // slots never handed out again (bad_)
+    std::uint64_t quarantined_slots = 0;  // slots never handed out again (bad_), in use or not
+    std::uint64_t free_slots = 0;         // slots allocate() may still hand out: total - used - freed bad
     std::string failure;                  // why the device failed or degraded (else empty)
     std::uint64_t read_bytes = 0;         // moved by read ops that succeeded (whole buffer)
     std::uint64_t written_bytes = 0;      // moved by write ops that succeeded (whole buffer)

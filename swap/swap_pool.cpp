@@ -250,7 +250,7 @@ std::uint64_t SwapPool::free_elsewhere(const SwapDevice* dev) const {
     for (const SwapDevice* other : by_priority_) {
         if (other == dev) continue;
         DeviceUsage u = other->usage();
-        if (u.state == DeviceState::active) free += u.total_slots - u.used_slots - u.quarantined_slots;
+        if (u.state == DeviceState::active) free += u.free_slots;
     }
     return free;
 }
@@ -466,7 +466,7 @@ std::vector<DeviceStats> SwapPool::stats() const {
         DeviceUsage u = d->usage();
         out.push_back(DeviceStats{d->path(), d->priority(), u.total_slots, u.used_slots,
                                   u.state == DeviceState::removing, u.state, u.write_errors, u.failure,
-                                  u.read_errors, u.quarantined_slots, u.read_bytes, u.written_bytes});
+                                  u.read_errors, u.quarantined_slots, u.read_bytes, u.written_bytes, u.free_slots});
     }
     return out;
 }
@@ -475,6 +475,12 @@ std::optional<OwnerTag> SwapPool::owner_of(VSlot vslot) const {
     VSlotInfo info = table_.lookup(vslot);
     if (info.state != VSlotState::valid) return std::nullopt;
     return info.owner;
+}
+
+bool SwapPool::copy_is_current(VSlot vslot, const SlotCopy& copy) const {
+    VSlotInfo info = table_.lookup(vslot);
+    return info.state == VSlotState::valid && info.pslot == copy.pslot && info.generation == copy.generation &&
+           copy.bytes.size() == kSlotSize;
 }
 
 std::optional<PSlot> SwapPool::pslot_of(VSlot vslot) const {

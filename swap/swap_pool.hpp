@@ -47,6 +47,17 @@ std::string canonical_swap_path(const std::filesystem::path& path);
 // one (yes: the operator said so, `format=yes`).
 enum class Format : bool { no, yes };
 
+// What swapoff already read of a used slot and verified against its checksum: the
+// bytes, and the descriptor (place and generation) they were read under. The bytes
+// are the page's content as long as the vslot is still at that place with that
+// generation (SwapPool::copy_is_current); bring_back then uses them instead of
+// reading the slot again (a second read could fail, issue #16 item 6).
+struct SlotCopy {
+    std::span<const std::byte> bytes;  // kSlotSize
+    PSlot pslot;
+    std::uint32_t generation = 0;
+};
+
 // Upward interface (defined here, implemented by guestmem): used by swapoff when no
 // other device has room, to bring a page back into guest memory.
 class EvictionSink {
@@ -54,11 +65,12 @@ public:
     virtual ~EvictionSink() = default;
     // How many pages guest memory could take back now (host budget minus resident).
     virtual std::uint64_t bring_back_capacity() const = 0;
-    // Make the page `owner` (currently swapped at vslot) resident again by reading it
-    // through SwapPool::read_in and then releasing the vslot; return true if done,
-    // false if the page no longer refers to vslot (raced with a fault/discard:
-    // nothing to do). Called with no swap lock held.
-    virtual Result<bool> bring_back(OwnerTag owner, VSlot vslot, io::Ring& ring) = 0;
+    // Make the page `owner` (currently swapped at vslot) resident again and release
+    // the vslot: from `copy` when it is given and still current (copy_is_current),
+    // else by reading it through SwapPool::read_in. True if done, false if the page no
+    // longer refers to vslot (raced with a fault/discard: nothing to do). Called with
+    // no swap lock held.
+    virtual Result<bool> bring_back(OwnerTag owner, VSlot vslot, const SlotCopy* copy, io::Ring& ring) = 0;
     // How many pages the owner's VM could take back now without going over its own
     // limit or the host budget (bring_back of a page of a VM at 0 is refused with
     // Errc::would_not_fit).
@@ -101,6 +113,7 @@ struct DeviceStats {
     std::uint64_t quarantined_slots = 0;  // slots whose I/O failed: never handed out again
     std::uint64_t read_bytes = 0;      // moved by successful reads (swap-in, readahead, swapoff)
     std::uint64_t written_bytes = 0;   // moved by successful writes (swap-out, swapoff moves)
+    std::uint64_t free_slots = 0;      // slots still to hand out (a quarantined slot in use is used, once)
 };
 
 struct SwapoffProgress {
@@ -186,6 +199,10 @@ public:
     std::optional<OwnerTag> owner_of(VSlot vslot) const;
     // Where vslot's data is now (nullopt if not allocated): for tests and tools.
     std::optional<PSlot> pslot_of(VSlot vslot) const;
+    // Whether `copy` is still vslot's content: the vslot is valid, at the same place,
+    // with the same generation. Stable while the caller keeps the vslot from being
+    // freed (guestmem: the page lock) and is the only one moving its device (swapoff).
+    bool copy_is_current(VSlot vslot, const SlotCopy& copy) const;
     // The device `path` names, by its pool name or by identity (any other name of
     // the same file or block device).
     std::optional<DeviceId> find_device(const std::filesystem::path& path) const;

@@ -57,6 +57,8 @@ struct SwapPool::Batch {
         std::byte* buf;
         bool live = true;
         std::optional<Error> unreadable;  // why its data cannot be trusted
+        // The verified bytes of a live item (step 2), for a bring-back: never read twice.
+        SlotCopy copy() const { return SlotCopy{std::span<const std::byte>(buf, kSlotSize), info.pslot, info.generation}; }
     };
     std::vector<UsedSlot> candidates;
     io::Mapping bounce;  // O_DIRECT-aligned staging for one batch
@@ -272,7 +274,8 @@ Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& bat
             if (need_back == 0) break;
             if (!item.live || sink->bring_back_room(item.info.owner) == 0) continue;
             item.live = false;
-            Result<bool> brought = sink->bring_back(item.info.owner, item.vslot, ring);
+            const SlotCopy copy = item.copy();
+            Result<bool> brought = sink->bring_back(item.info.owner, item.vslot, &copy, ring);
             if (!brought && brought.error().code == make_error_code(Errc::would_not_fit)) {
                 item.live = true;  // its VM filled up meanwhile: place it below
                 continue;
@@ -357,7 +360,8 @@ Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& bat
             return make_error(Errc::would_not_fit, "swapoff: other devices filled up and there is no eviction sink",
                               "device " + dev.path());
         }
-        bool brought = SWV_TRY(with_context(sink->bring_back(item.info.owner, item.vslot, ring),
+        const SlotCopy copy = item.copy();
+        bool brought = SWV_TRY(with_context(sink->bring_back(item.info.owner, item.vslot, &copy, ring),
                                             "swapoff of device " + dev.path() + ", vslot " +
                                                 std::to_string(item.vslot.value())));
         if (brought) settled(item.old_slot, report.pages_brought_back);

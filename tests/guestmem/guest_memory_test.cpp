@@ -320,7 +320,7 @@ TEST_F(GuestMemoryTest, PrivilegedBringBackHonoursTheOwningVmsOwnLimit) {
     EXPECT_EQ(host_->bring_back_room(owner), 0u);
     auto ring = io::Ring::create(4);
     ASSERT_TRUE(ring);
-    auto r = host_->bring_back(owner, vm->entry(Gpa(p * kPageSize)).vslot(), *ring);
+    auto r = host_->bring_back(owner, vm->entry(Gpa(p * kPageSize)).vslot(), nullptr, *ring);
     ASSERT_FALSE(r);
     EXPECT_EQ(r.error().code, make_error_code(swap::Errc::would_not_fit)) << r.error().message();
     EXPECT_EQ(vm->entry(Gpa(p * kPageSize)).state(), PageState::swapped) << "nothing changed";

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "guestmem/fault_service.hpp"
+#include "guestmem/owner_tag.hpp"
 #include "guestmem/transitions.hpp"
 #include "io/fault_injection.hpp"
 #include "io/ring.hpp"
@@ -489,6 +490,50 @@ TEST_P(WritebackAbaTest, OnlyTheNewestWritebackOfAPageAdoptsIt) {
 INSTANTIATE_TEST_SUITE_P(BothCompletionOrders, WritebackAbaTest, ::testing::Bool(),
                          [](const auto& info) { return info.param ? "OlderFirst" : "NewerFirst"; });
 
+// Swapoff's EvictionSink over this fixture's Transitions, as HostMemory is over a VM's.
+class TransitionsSink final : public swap::EvictionSink {
+public:
+    explicit TransitionsSink(Transitions& tr) : tr_(tr) {}
+    std::uint64_t bring_back_capacity() const override { return kPages; }
+    std::uint64_t bring_back_room(swap::OwnerTag) const override { return kPages; }
+    Result<bool> bring_back(swap::OwnerTag owner, swap::VSlot vslot, const swap::SlotCopy* copy,
+                            io::Ring& ring) override {
+        PageLock lk = tr_.lock(PageIdx(owner_index(owner)));
+        return tr_.bring_back(lk, vslot, copy, ring);
+    }
+    Result<bool> lose(swap::OwnerTag owner, swap::VSlot vslot, const Error& why) override {
+        PageLock lk = tr_.lock(PageIdx(owner_index(owner)));
+        return tr_.lose_swapped(lk, vslot, why);
+    }
+
+private:
+    Transitions& tr_;
+};
+
+// Issue #16 item 6: swapoff brings a page back from the bytes it already read and
+// verified. Reading the slot of the device being removed a second time (every read
+// after the first fails here) lost the page under Force::no, which promises nothing is.
+TEST_F(FakeTransitionsTest, SwapoffBringsBackFromItsVerifiedCopyWithoutASecondRead) {
+    make_swapped(20, 20);
+    make_swapped(21, 21);
+    const auto reads_after_the_first =
+        plan_->add(io::FaultRule{io::FaultMatch::read, std::nullopt, std::nullopt, 1, std::nullopt, io::fault::Eio{}});
+    TransitionsSink sink(tr_);
+    pool_.set_eviction_sink(&sink);
+    auto r = pool_.swapoff(pool_.stats().at(0).path, *ring_);
+    pool_.set_eviction_sink(nullptr);
+    ASSERT_TRUE(r) << r.error().message();
+    EXPECT_EQ(r->pages_brought_back, 2u);
+    EXPECT_EQ(plan_->hits(reads_after_the_first), 0u) << "the device was read again";
+    EXPECT_EQ(counters_.lost_pages.load(), 0u);
+    for (std::uint64_t i : {20u, 21u}) {
+        EXPECT_EQ(table_.peek(P(i)).state(), PageState::inactive) << i;
+        EXPECT_TRUE(holds(kernel_.vmm_page(P(i)), i)) << i;
+    }
+    EXPECT_TRUE(pool_.stats().empty());
+    expect_consistent();
+}
+
 TEST_F(FakeTransitionsTest, RaceDiscardDuringWritebackPunchesAgainWhatTheWriteReallocated) {
     make_inactive(16, 16);
     Writeback wb = tr_.start_writeback(tr_.lock(P(16)));
@@ -545,7 +590,7 @@ TEST_F(FakeTransitionsTest, RaceBringBackAfterAFaultDropsOnlyTheCleanCopy) {
         ASSERT_TRUE(tr_.fault_swapped(lk, *ring_));  // keeps a clean copy at v
     }
     PageLock lk = tr_.lock(P(27));
-    auto done = tr_.bring_back(lk, v, *ring_);
+    auto done = tr_.bring_back(lk, v, nullptr, *ring_);
     ASSERT_TRUE(done);
     EXPECT_TRUE(*done);
     EXPECT_EQ(lk.entry().state(), PageState::resident);
@@ -556,7 +601,7 @@ TEST_F(FakeTransitionsTest, RaceFaultAfterABringBackIsAMinorFault) {
     const swap::VSlot v = make_swapped(28, 28);
     {
         PageLock lk = tr_.lock(P(28));
-        auto done = tr_.bring_back(lk, v, *ring_);
+        auto done = tr_.bring_back(lk, v, nullptr, *ring_);
         ASSERT_TRUE(done && *done);
         EXPECT_EQ(lk.entry(), PageEntry::make(PageState::inactive));
     }
@@ -576,7 +621,7 @@ TEST_F(FakeTransitionsTest, RaceBringBackOfAStaleSlotDoesNothing) {
         ASSERT_TRUE(tr_.discard(lk));
     }
     PageLock lk = tr_.lock(P(29));
-    auto done = tr_.bring_back(lk, v, *ring_);
+    auto done = tr_.bring_back(lk, v, nullptr, *ring_);
     ASSERT_TRUE(done);
     EXPECT_FALSE(*done);
     EXPECT_EQ(lk.entry().state(), PageState::zero);

@@ -1074,7 +1074,7 @@ TEST_F(PrivilegedTransitionsTest, BringBackWaitsForAGuestFaultInFlight) {
         auto ring = io::Ring::create(8);
         if (!ring) return std::unexpected(ring.error());
         tid = st::current_tid();
-        return host_->bring_back(*owner, v, *ring);
+        return host_->bring_back(*owner, v, nullptr, *ring);
     });
     ASSERT_TRUE(st::wait_until([&] { return tid.load() != 0; }));
     ASSERT_TRUE(st::wait_until_blocked(tid)) << "bring_back did not wait for the page lock";
@@ -1109,7 +1109,7 @@ TEST_F(PrivilegedTransitionsTest, GuestFaultWaitsForABringBackInFlight) {
     auto bring = std::async(std::launch::async, [&]() -> Result<bool> {
         auto ring = io::Ring::create(8);
         if (!ring) return std::unexpected(ring.error());
-        return host_->bring_back(*owner, v, *ring);
+        return host_->bring_back(*owner, v, nullptr, *ring);
     });
     ASSERT_TRUE(h->wait_entered()) << "bring_back never read from swap";
     auto a = GuestThread::start(gptr(pg(0)));
@@ -1132,7 +1132,7 @@ TEST_F(PrivilegedTransitionsTest, GuestFaultWaitsForABringBackInFlight) {
     // A stale bring-back (the page no longer refers to the slot) changes nothing.
     auto ring = io::Ring::create(8);
     ASSERT_TRUE(ring.has_value());
-    auto stale = host_->bring_back(*owner, v, *ring);
+    auto stale = host_->bring_back(*owner, v, nullptr, *ring);
     ASSERT_TRUE(stale.has_value());
     EXPECT_FALSE(*stale);
     vm_->stop();

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstring>
 #include <map>
@@ -134,7 +135,8 @@ public:
         std::lock_guard lock(mu_);
         return capacity_ - pages_.size();
     }
-    Result<bool> bring_back(OwnerTag owner, VSlot vslot, io::Ring& ring) override {
+    // Like guestmem: swapoff's verified copy while it is current, else a read.
+    Result<bool> bring_back(OwnerTag owner, VSlot vslot, const SlotCopy* copy, io::Ring& ring) override {
         std::vector<std::byte> page(kSlotSize);
         Pages bounce(1);
         {
@@ -142,8 +144,13 @@ public:
             auto it = swapped_.find(owner);
             if (it == swapped_.end() || it->second != vslot) return false;
         }
-        SWV_TRY(pool_.read_in(ring, vslot, bounce[0]));
-        std::memcpy(page.data(), bounce[0], kSlotSize);
+        if (copy != nullptr && pool_.copy_is_current(vslot, *copy)) {
+            std::memcpy(page.data(), copy->bytes.data(), kSlotSize);
+            copies_used_++;
+        } else {
+            SWV_TRY(pool_.read_in(ring, vslot, bounce[0]));
+            std::memcpy(page.data(), bounce[0], kSlotSize);
+        }
         std::lock_guard lock(mu_);
         pages_[owner] = std::move(page);
         swapped_.erase(owner);
@@ -175,6 +182,7 @@ public:
         if (it == pages_.end()) return std::nullopt;
         return it->second;
     }
+    std::uint64_t copies_used() const { return copies_used_.load(); }
     std::size_t resident_count() const {
         std::lock_guard lock(mu_);
         return pages_.size();
@@ -188,6 +196,7 @@ private:
     std::map<OwnerTag, std::vector<std::byte>> pages_;
     std::map<OwnerTag, VSlot> swapped_;
     std::set<OwnerTag> lost_;
+    std::atomic<std::uint64_t> copies_used_{0};
 };
 
 }  // namespace swapvisor::swap::test

@@ -467,6 +467,35 @@ TEST(PrivilegedSwapoff, WaitsForAWriteInFlightOnTheDeviceAndMovesItsPages) {
 // Issue #9: a slot that fails its checksum does not stop the others from moving;
 // without force swapoff then refuses, names the slot and loses nothing; with force
 // the page becomes a lost page of its owner and the device goes.
+// Issue #16 item 4: a slot quarantined while still in use counted in both used_slots
+// and quarantined_slots, so "free elsewhere" wrapped around (unsigned) and a swapoff
+// that had to be refused started, and the reclaimer saw "swap full" with free slots.
+TEST(PrivilegedSwapoff, SlotsQuarantinedInUseAreCountedOnceInTheRoomElsewhere) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    SwapPool pool;
+    ASSERT_TRUE(pool.swapon(dir.file("a"), 10, kClusterBytes));
+    ASSERT_TRUE(pool.swapon(dir.file("b"), 0, kClusterBytes));
+    auto v = fill_pool(pool, ring, 812);  // a full (512), 300 on b
+    Pages back(1);
+    for (std::size_t i = 0; i < 9; ++i) {  // 9 slots of a fail their checksum while in use
+        test::corrupt_slot(dir.file("a"), pool.pslot_of(v[i * 50])->slot);
+        ASSERT_FALSE(pool.read_in(ring, v[i * 50], back[0]));
+    }
+    auto a = stats_of(pool.stats(), dir.file("a"));
+    EXPECT_EQ(a->used_slots, 512u);
+    EXPECT_EQ(a->quarantined_slots, 9u);
+    EXPECT_EQ(a->free_slots, 0u) << "a quarantined slot still in use is one used slot, not two";
+
+    auto r = pool.swapoff(dir.file("b"), ring);
+    ASSERT_FALSE(r) << "300 pages cannot fit in a, which has no free slot";
+    EXPECT_TRUE(is(r.error(), Errc::would_not_fit)) << r.error().message();
+    EXPECT_EQ(stats_of(pool.stats(), dir.file("b"))->used_slots, 300u) << "refused up front: nothing moved";
+
+    for (std::size_t i = 1; i <= 5; ++i) pool.free(v[i]);  // 5 good slots of a free again
+    EXPECT_EQ(stats_of(pool.stats(), dir.file("a"))->free_slots, 5u);
+}
+
 TEST(PrivilegedSwapoff, ChecksumMismatchWithoutForceMovesTheRestAndRefusesThenForceLosesIt) {
     SWV_SWAP_RING_OR_SKIP(ring);
     test::TempDir dir;
@@ -589,12 +618,12 @@ class RacingSink final : public EvictionSink {
 public:
     explicit RacingSink(test::MemorySink& inner, OwnerTag racing) : inner_(inner), racing_(racing) {}
     std::uint64_t bring_back_capacity() const override { return inner_.bring_back_capacity(); }
-    Result<bool> bring_back(OwnerTag owner, VSlot vslot, io::Ring& ring) override {
+    Result<bool> bring_back(OwnerTag owner, VSlot vslot, const SlotCopy* copy, io::Ring& ring) override {
         if (owner == racing_ && !raced_) {
             raced_ = true;
             return false;
         }
-        return inner_.bring_back(owner, vslot, ring);
+        return inner_.bring_back(owner, vslot, copy, ring);
     }
     std::uint64_t bring_back_room(OwnerTag owner) const override { return inner_.bring_back_room(owner); }
     Result<bool> lose(OwnerTag owner, VSlot vslot, const Error& why) override { return inner_.lose(owner, vslot, why); }
@@ -630,9 +659,9 @@ public:
     explicit RoomPerOwnerSink(test::MemorySink& inner, OwnerTag first_without_room)
         : inner_(inner), first_without_room_(first_without_room) {}
     std::uint64_t bring_back_capacity() const override { return inner_.bring_back_capacity(); }
-    Result<bool> bring_back(OwnerTag owner, VSlot vslot, io::Ring& ring) override {
+    Result<bool> bring_back(OwnerTag owner, VSlot vslot, const SlotCopy* copy, io::Ring& ring) override {
         if (bring_back_room(owner) == 0) return make_error(Errc::would_not_fit, "test bring_back");
-        return inner_.bring_back(owner, vslot, ring);
+        return inner_.bring_back(owner, vslot, copy, ring);
     }
     std::uint64_t bring_back_room(OwnerTag owner) const override {
         return owner >= first_without_room_ ? 0 : inner_.bring_back_room(owner);
