@@ -148,7 +148,19 @@ Result<void> Transitions::fault_resident(PageLock& lk) {
 
 Result<void> Transitions::fault_lost(PageLock& lk) {
     // Re-arm the poison (EEXIST: still armed) so the access errors again.
-    return tolerate_exists(d_.kernel.poison(lk.idx(), Wake::no));
+    return tolerate_exists(arm_poison(lk.idx()));
+}
+
+Result<void> Transitions::arm_poison(PageIdx idx) {
+    Result<void> r = d_.kernel.poison(idx, Wake::no);
+    if (!is_exists(r)) return r;
+    // Kernel contract: UFFDIO_POISON refuses any pte that is not none, uffd-wp pte
+    // markers included. Zapping a write-protected page (a clean copy, row 4) leaves
+    // such a marker, and neither MADV_DONTNEED nor a hole punch removes it; the next
+    // access then raises a MINOR fault again instead of SIGBUS, for ever. Un-protecting
+    // the range drops the marker (a poison marker is left alone); then poison again.
+    SWV_TRY(d_.kernel.write_protect(idx, WriteProtect::no, Wake::no));
+    return d_.kernel.poison(idx, Wake::no);
 }
 
 void Transitions::fault_around(std::span<PageLock> run) {  // 1'
@@ -227,7 +239,9 @@ void Transitions::lose(PageLock& lk, const Error& why) {  // 12
     // guest view so the next access is a memory error. No wake here: a guest woken
     // now would take its SIGBUS while the entry still says swapped.
     (void)d_.kernel.punch(lk.idx(), 1);
-    (void)d_.kernel.poison(lk.idx(), Wake::no);
+    if (auto r = arm_poison(lk.idx()); !r)
+        spdlog::error("{}: poisoning the lost page at GPA {:#x}: {}", d_.name, d_.kernel.gpa_of(lk.idx()).value(),
+                      r.error().message());
     d_.counters.lost_pages.fetch_add(1, std::memory_order_relaxed);
     free_vslot(lk.entry().vslot());
     lk.set(PageEntry::make(PageState::lost));

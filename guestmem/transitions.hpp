@@ -172,6 +172,8 @@ private:
     // verify; the page ends inactive (not mapped) with or without its clean copy.
     Result<void> swap_in(PageLock& lk, io::Ring& ring, Clean keep);
     void lose(PageLock& lk, const Error& why);  // 12
+    // UFFDIO_POISON the guest view of idx, over a uffd-wp marker if one is there.
+    Result<void> arm_poison(PageIdx idx);
     template <class Leave>
     Result<bool> slot_going(PageLock& lk, swap::VSlot vslot, Leave&& leave);
     void free_vslot(swap::VSlot v);

@@ -103,7 +103,11 @@ public:
         std::lock_guard l(mu_);
         check_run(first, count);
         if (auto f = take_failure(Op::zap, first, count)) return std::unexpected(f->error);
-        for (std::uint64_t k = 0; k < count; ++k) pages_[first.value() + k].view = View::unmapped;
+        for (std::uint64_t k = 0; k < count; ++k) {
+            Page& p = pages_[first.value() + k];
+            if (p.view == View::mapped_wp) p.wp_marker = true;
+            p.view = View::unmapped;
+        }
         return {};
     }
     guestmem::Mapped copy_zeros(PageIdx first, std::uint64_t count, guestmem::Wake) override {
@@ -117,6 +121,7 @@ public:
             p.present = true;
             std::memset(data(PageIdx(first.value() + k)), 0, guestmem::kPageSize);
             p.view = View::mapped;
+            p.wp_marker = false;
         }
         return {count, {}};
     }
@@ -130,6 +135,7 @@ public:
             if (p.view != View::unmapped) return {k, exists("UFFDIO_CONTINUE")};
             if (!p.present) return {k, errno_error("UFFDIO_CONTINUE", EFAULT)};
             p.view = wp == guestmem::WriteProtect::yes ? View::mapped_wp : View::mapped;
+            p.wp_marker = false;
         }
         return {count, {}};
     }
@@ -137,7 +143,7 @@ public:
         std::lock_guard l(mu_);
         if (auto f = take_failure(Op::poison, idx, 1)) return std::unexpected(f->error);
         Page& p = pages_[idx.value()];
-        if (p.view != View::unmapped) return exists("UFFDIO_POISON");
+        if (p.view != View::unmapped || p.wp_marker) return exists("UFFDIO_POISON");
         p.view = View::poisoned;
         return {};
     }
@@ -152,6 +158,7 @@ public:
         Page& p = pages_[idx.value()];
         if (p.view == View::mapped || p.view == View::mapped_wp)
             p.view = wp == guestmem::WriteProtect::yes ? View::mapped_wp : View::mapped;
+        if (wp == guestmem::WriteProtect::no) p.wp_marker = false;  // un-protecting resolves a marker
         return {};
     }
 
@@ -159,6 +166,11 @@ private:
     struct Page {
         bool present = false;
         View view = View::unmapped;
+        // A uffd-wp pte marker: zapping a write-protected pte of a WP-registered
+        // shmem range leaves one so the protection survives (MADV_DONTNEED keeps it,
+        // and so does a hole punch). COPY and CONTINUE install over it as if the pte
+        // were none; UFFDIO_POISON refuses it (EEXIST); un-protecting removes it.
+        bool wp_marker = false;
     };
     struct Failure {
         Op op;

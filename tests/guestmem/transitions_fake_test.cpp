@@ -510,6 +510,45 @@ private:
     Transitions& tr_;
 };
 
+// Found by swv_stress --mode failing (a vCPU faulting for ever) and then by the
+// explorer once the fake kept uffd-wp markers: a clean copy mapped write-protected,
+// zapped (a uffd-wp marker stays), dropped, and then a swap-in that fails. UFFDIO_POISON
+// refused the marker (EEXIST), the page was `lost` without a poison marker, and every
+// touch was a MINOR fault that fault_lost "re-armed" with another EEXIST.
+TEST_F(FakeTransitionsTest, ALostPageIsPoisonedOverTheWriteProtectMarkerOfItsCleanCopy) {
+    make_swapped(22, 22);
+    {
+        PageLock lk = tr_.lock(P(22));
+        ASSERT_TRUE(tr_.fault_swapped(lk, *ring_));  // 10: resident + CLN, write-protected
+        ASSERT_TRUE(lk.entry().clean());
+    }
+    {
+        std::vector<PageLock> res;
+        res.push_back(tr_.lock(P(22)));
+        tr_.deactivate(res);  // 4: the zap leaves a uffd-wp marker
+    }
+    {
+        std::vector<PageLock> dropped;
+        dropped.push_back(tr_.lock(P(22)));
+        ASSERT_TRUE(tr_.drop_cold(dropped.back()));  // 9: clean drop, punched
+        tr_.punch_dropped(dropped);
+    }
+    const auto eio = plan_->add(io::FaultRule{io::FaultMatch::read, std::nullopt, std::nullopt, 0, 1, io::fault::Eio{}});
+    {
+        PageLock lk = tr_.lock(P(22));
+        ASSERT_TRUE(tr_.fault_swapped(lk, *ring_));  // 12: the read fails
+    }
+    EXPECT_EQ(plan_->hits(eio), 1u);
+    EXPECT_EQ(table_.peek(P(22)).state(), PageState::lost);
+    EXPECT_EQ(kernel_.view(P(22)), View::poisoned) << "else the guest faults for ever instead of getting SIGBUS";
+    expect_consistent();
+    {
+        PageLock lk = tr_.lock(P(22));
+        EXPECT_TRUE(tr_.fault_lost(lk));
+    }
+    EXPECT_EQ(kernel_.view(P(22)), View::poisoned);
+}
+
 // Issue #16 item 6: swapoff brings a page back from the bytes it already read and
 // verified. Reading the slot of the device being removed a second time (every read
 // after the first fails here) lost the page under Force::no, which promises nothing is.
