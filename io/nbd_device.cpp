@@ -410,6 +410,7 @@ void NbdDevice::connector_loop() {
             first_target_ = made->second;
             backoff_ = config_.min_backoff;
             connect_error_.clear();
+            unreachable_since_ = {};
             idle_.push_back(std::move(made->first));
         } else {
             // The server cannot be reached now: every connection asked for fails with
@@ -419,6 +420,7 @@ void NbdDevice::connector_loop() {
             retry_after_ = Clock::now() + backoff_;
             backoff_ = std::min(backoff_ * 2, config_.max_backoff);
             connect_error_ = made.error().message();
+            if (unreachable_since_ == Clock::time_point{}) unreachable_since_ = Clock::now();
         }
         returned_.notify_all();
     }
@@ -483,8 +485,16 @@ Result<void> NbdDevice::submit(Ring& /*ring*/, std::span<BlockIo> ios) {
     SWV_TRY(check_block_io(*this, ios));
     if (ios.empty()) return {};
     const Clock::time_point start = Clock::now();
-    const Clock::time_point retry_until = start + config_.read_retry_window;
     Attempt attempt = run_batch(ios, start + config_.timeout, OnBackoff::fail);
+    if (!attempt.connection_failed) return {};
+    // The window runs from this submit's start, or from the start of the outage if
+    // that was earlier: a server that stays away costs one window, not one per batch.
+    Clock::time_point retry_until = start + config_.read_retry_window;
+    {
+        std::lock_guard lock(mutex_);
+        if (unreachable_since_ != Clock::time_point{})
+            retry_until = std::min(retry_until, unreachable_since_ + config_.read_retry_window);
+    }
     // Reads whose connection failed: the bytes are likely intact on the server, and
     // a read that gives up loses a guest page. Again, on another or a new connection,
     // until the window closes. Writes are not retried here: the pool places a failed

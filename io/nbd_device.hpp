@@ -62,6 +62,9 @@ struct NbdConfig {
     // How long, from the start of a submit, a read that failed for want of a working
     // connection (broken, timed out, none to be had) is tried again before its error
     // stands. A server's own error reply is never retried: the server has answered.
+    // The window is also per outage: once connects have failed for a whole window
+    // without one success, reads fail at their first try (as writes do) until the
+    // server answers again, so a dead server costs one window, not one per page.
     std::chrono::milliseconds read_retry_window{10000};
 };
 
@@ -144,7 +147,7 @@ private:
 
     mutable std::mutex mutex_;  // Protects: idle_, open_count_, max_connections_,
                                 // retry_after_, backoff_, connects_, connect_wanted_,
-                                // connect_failures_, connect_error_, first_target_,
+                                // connect_error_, unreachable_since_, first_target_,
                                 // stopping_. Order: leaf; never held across network
                                 // I/O or a libnbd call.
     std::condition_variable returned_;  // checkin, and the connector when it is done
@@ -156,8 +159,8 @@ private:
     std::chrono::milliseconds backoff_{0};
     std::uint64_t connects_ = 0;
     unsigned connect_wanted_ = 0;        // connections asked of the connector, not yet made
-    std::uint64_t connect_failures_ = 0;  // failed connects (a checkout waits for a change)
     std::string connect_error_;           // the last one's message
+    Clock::time_point unreachable_since_{};  // first failed connect since the last success ({}: none)
     std::size_t first_target_ = 0;        // the target that connected last
     bool stopping_ = false;
     std::atomic<std::uint64_t> read_retries_{0};

@@ -360,6 +360,15 @@ TEST_F(NbdDeviceTest, AReadWhoseServerStaysGoneFailsWhenTheRetryWindowCloses) {
     EXPECT_GE(dev->read_retries(), 1u);
     EXPECT_EQ(dev->reconnects(), 0u);
 
+    // The window is per outage: the server has now been away for a whole one, so the
+    // next read fails at once instead of waiting another window (a swapoff of a dead
+    // device must not wait one per page).
+    t0 = std::chrono::steady_clock::now();
+    BlockIo again{IoKind::read, DevOffset(4096), std::span(static_cast<std::byte*>(buf.data()), 4096)};
+    ASSERT_TRUE(dev->submit(ring, std::span(&again, 1)).has_value());
+    EXPECT_TRUE(again.result == -EIO || again.result == -ETIMEDOUT) << again.result;
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 400ms);
+
     // Writes are not retried: they fail at once in the backoff (the pool places them
     // elsewhere).
     t0 = std::chrono::steady_clock::now();
