@@ -32,6 +32,7 @@ public:
     std::uint64_t size_bytes() const override { return inner_.size_bytes(); }
     std::uint32_t logical_block_size() const override { return inner_.logical_block_size(); }
     std::optional<io::DeviceIdentity> identity() const override { return inner_.identity(); }
+    std::uint64_t read_retries() const override { return inner_.read_retries(); }
     Result<void> submit(io::Ring& ring, std::span<io::BlockIo> ios) override {
         Result<void> r = inner_.submit(ring, ios);
         // A refused batch or a broken ring: no op of it moved anything.
@@ -79,7 +80,7 @@ DeviceUsage SwapDevice::usage() const {
                         : degraded_                     ? DeviceState::degraded
                                                         : state_;
     return DeviceUsage{total_slots_, used_,    shown,       write_errors_, read_errors_,
-                       bad_count_,   failure_, read_bytes_, written_bytes_};
+                       bad_count_,   failure_, read_bytes_, written_bytes_, block_->read_retries()};
 }
 
 void SwapDevice::note_io(io::IoKind kind, int result, std::size_t expected) {

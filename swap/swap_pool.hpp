@@ -101,6 +101,7 @@ struct DeviceStats {
     std::uint64_t quarantined_slots = 0;  // slots whose I/O failed: never handed out again
     std::uint64_t read_bytes = 0;      // moved by successful reads (swap-in, readahead, swapoff)
     std::uint64_t written_bytes = 0;   // moved by successful writes (swap-out, swapoff moves)
+    std::uint64_t read_retries = 0;    // reads the device issued again after a lost connection (NBD)
 };
 
 struct SwapoffProgress {
