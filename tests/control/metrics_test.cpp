@@ -23,6 +23,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "guestmem/errc.hpp"
 #include "guestmem/host_memory.hpp"
 #include "io/unique_fd.hpp"
 #include "swap/swap_pool.hpp"
@@ -497,4 +498,54 @@ TEST_F(MetricsTest, NbdSwapInsSurviveAServerRestartAndTheirRetriesAreCounted) {
     const std::string dev = "{path=\"" + uri + "\"}";
     EXPECT_GE(samples.at("swapvisor_swap_read_retries_total" + dev), retries);
     EXPECT_EQ(samples.at("swapvisor_swap_read_retries_total{path=\"" + (dir_ / "a.swap").string() + "\"}"), 0u);
+}
+
+// Issue #16 item 5, the other side: a server gone for longer than the retry window.
+// The page is reported lost with a clear error within a bound (no hang), the device
+// counted its retries, and the next page of the same outage fails at once.
+TEST_F(MetricsTest, NbdSwapInFromAServerGoneForGoodIsALostPageWithinTheRetryWindow) {
+    SWV_NBDKIT_OR_SKIP();
+    const auto sock = dir_ / "nbd.sock";
+    auto server = std::make_unique<io::test::NbdServer>(sock, std::vector<std::string>{"memory", "size=32M"});
+    ASSERT_TRUE(server->up());
+    const std::string uri = server->uri();
+    ASSERT_TRUE(pool_->swapon(uri, 10, 0, swap::Format::yes).has_value());
+    auto created = host_->create_vm(
+        guestmem::MemoryConfig{.name = "gone", .memory_bytes = 16 << 20, .resident_limit = 2 << 20});
+    ASSERT_TRUE(created.has_value()) << created.error().message();
+    guestmem::GuestMemory* vm = *created;
+    ASSERT_TRUE(vm->start().has_value());
+    constexpr std::uint64_t kPages = (12 << 20) / guestmem::kPageSize;
+    std::byte* g = vm->regions()[0].guest_view;
+    for (std::uint64_t p = 0; p < kPages; ++p)
+        reinterpret_cast<volatile std::uint64_t*>(g + p * guestmem::kPageSize)[7] = p + 1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // writeback done
+    ASSERT_EQ(vm->entry(guestmem::Gpa(0)).state(), guestmem::PageState::swapped);
+    ASSERT_EQ(vm->entry(guestmem::Gpa(guestmem::kPageSize)).state(), guestmem::PageState::swapped);
+    server->kill_now();
+
+    // Through the VMM's access path (a guest touch would take SIGBUS, by design).
+    std::vector<std::byte> buf(guestmem::kPageSize);
+    auto t0 = std::chrono::steady_clock::now();
+    auto first = vm->read(guestmem::Gpa(0), buf);
+    auto waited = std::chrono::steady_clock::now() - t0;
+    ASSERT_FALSE(first.has_value()) << "read a page from a dead server";
+    EXPECT_EQ(first.error().code, make_error_code(guestmem::Errc::page_lost)) << first.error().message();
+    EXPECT_LT(waited, std::chrono::seconds(16)) << "the 10 s window (+ one 5 s try) was overrun";
+    t0 = std::chrono::steady_clock::now();
+    auto second = vm->read(guestmem::Gpa(guestmem::kPageSize), buf);
+    ASSERT_FALSE(second.has_value());
+    EXPECT_EQ(second.error().code, make_error_code(guestmem::Errc::page_lost));
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(2)) << "a second window for the same outage";
+    vm->stop();
+
+    const json stats = stats_json(*host_, devices_, StatsDetail::full);
+    for (const json& v : stats["vms"])
+        if (v["name"] == "gone") {
+            EXPECT_GE(v["lost_pages"].get<std::uint64_t>(), 2u);
+        }
+    for (const json& d : stats["swap"])
+        if (d["path"] == uri) {
+            EXPECT_GE(d["read_retries_total"].get<std::uint64_t>(), 1u);
+        }
 }
