@@ -22,6 +22,7 @@
 #include <charconv>
 #include <filesystem>
 #include <optional>
+#include <system_error>
 #include <utility>
 
 namespace swapvisor::io {
@@ -381,7 +382,11 @@ Result<std::unique_ptr<NbdDevice>> NbdDevice::open(std::string_view uri, NbdConf
     dev->idle_.push_back(std::move(conn));
     // Started last, on this (unconfined) thread: it inherits no seccomp filter.
     NbdDevice* self = dev.get();
-    dev->connector_ = std::thread([self] { self->connector_loop(); });
+    try {
+        dev->connector_ = std::thread([self] { self->connector_loop(); });
+    } catch (const std::system_error& e) {  // no thread to be had (EAGAIN): an error, not a throw
+        return errno_error("NBD swapon: starting the connector thread", e.code().value(), context);
+    }
     return dev;
 }
 
