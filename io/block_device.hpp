@@ -66,6 +66,9 @@ public:
     virtual Result<void> flush(Ring& ring) = 0;
     // Which device this is (files and block devices); none for in-memory fakes.
     virtual std::optional<DeviceIdentity> identity() const { return std::nullopt; }
+    // Reads the device issued again after a transient failure, inside one submit
+    // (NbdDevice: a broken or late connection); 0 for devices that never retry.
+    virtual std::uint64_t read_retries() const { return 0; }
 };
 
 // The checks every BlockDevice::submit runs before issuing anything: each read/write

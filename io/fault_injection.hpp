@@ -119,6 +119,7 @@ public:
     // without issuing; delay and gate run first.
     Result<void> flush(Ring& ring) override;
     std::optional<DeviceIdentity> identity() const override { return inner_->identity(); }
+    std::uint64_t read_retries() const override { return inner_->read_retries(); }
 
     BlockDevice& inner() { return *inner_; }
     FaultPlan& plan() { return *plan_; }

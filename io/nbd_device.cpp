@@ -5,17 +5,25 @@
 // lives on the submitting thread's stack and needs no lock. A Connection is used by
 // one thread at a time (it is checked out of the pool for a whole batch); a batch
 // that times out or loses its connection closes that handle before submit returns,
-// so no late reply can ever land in a buffer the caller has taken back.
+// so no late reply can ever land in a buffer the caller has taken back. New
+// connections are made only by the device's connector thread (started by open(), on
+// the unconfined thread that calls it), so the submitting threads, which may be
+// confined by seccomp, never resolve a name or open a socket.
 #include "io/nbd_device.hpp"
 
 #include <libnbd.h>
+#include <netdb.h>
 #include <poll.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <filesystem>
+#include <optional>
+#include <system_error>
+#include <utility>
 
 namespace swapvisor::io {
 
@@ -112,6 +120,89 @@ int on_chunk_complete(void* user_data, int* error) {
     chunk->done = true;
     chunk->error = *error;
     return 1;  // retire the command: nothing asks for it later
+}
+
+// A normalised TCP URI cut at its host: SCHEME://[USER@] HOST [:PORT] /EXPORT[?QUERY].
+struct TcpUri {
+    std::string prefix;  // "nbd://user@"
+    std::string host;    // without IPv6 brackets
+    std::string port;    // "10809" when the URI names none
+    std::string rest;    // "/export?query"
+};
+
+std::optional<TcpUri> split_tcp_uri(const std::string& uri) {
+    const Scheme* scheme = scheme_of(uri);
+    if (scheme == nullptr || scheme->unix_socket) return std::nullopt;
+    const std::size_t after = uri.find("://") + 3;
+    const std::size_t rest_at = std::min(uri.find('/', after), uri.size());
+    std::string_view authority(uri.data() + after, rest_at - after);
+    TcpUri out;
+    out.prefix = uri.substr(0, after);
+    if (std::size_t at = authority.rfind('@'); at != std::string_view::npos) {
+        out.prefix += authority.substr(0, at + 1);
+        authority.remove_prefix(at + 1);
+    }
+    std::string_view port;
+    if (authority.starts_with('[')) {
+        std::size_t close = authority.find(']');
+        if (close == std::string_view::npos) return std::nullopt;
+        out.host = authority.substr(1, close - 1);
+        if (close + 1 < authority.size() && authority[close + 1] == ':') port = authority.substr(close + 2);
+    } else {
+        std::size_t colon = authority.rfind(':');
+        out.host = authority.substr(0, colon);
+        if (colon != std::string_view::npos) port = authority.substr(colon + 1);
+    }
+    out.port = port.empty() ? std::to_string(kDefaultNbdPort) : std::string(port);
+    out.rest = uri.substr(rest_at);
+    return out;
+}
+
+struct AddrInfoFree {
+    void operator()(addrinfo* ai) const { ::freeaddrinfo(ai); }
+};
+
+// Where the connector connects (NbdDevice::connect_targets): resolved here, once, on
+// the thread that calls open(). A TCP host name becomes one URI per address, in
+// getaddrinfo's order (what libnbd itself would try), so a reconnect never resolves
+// a name again: no DNS (sendmmsg), no address sorting (a netlink socket and bind),
+// no blocking lookup, and always the server that was named at swapon. Kept as
+// named: Unix sockets, numeric hosts, and TLS (libnbd checks the certificate against
+// the host name in the URI, so it must stay a name; the connector resolves it).
+Result<std::vector<std::string>> connect_targets_of(const std::string& uri) {
+    std::optional<TcpUri> tcp = split_tcp_uri(uri);
+    if (!tcp) return std::vector<std::string>{uri};
+    if (scheme_of(uri)->name == "nbds") return std::vector<std::string>{uri};
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICHOST;
+    addrinfo* raw = nullptr;
+    // Kernel contract (glibc): with AI_NUMERICHOST getaddrinfo only parses the
+    // string; it consults no file, DNS or socket.
+    if (::getaddrinfo(tcp->host.c_str(), tcp->port.c_str(), &hints, &raw) == 0) {
+        ::freeaddrinfo(raw);
+        return std::vector<std::string>{uri};
+    }
+    hints.ai_flags = 0;
+    raw = nullptr;
+    if (int rc = ::getaddrinfo(tcp->host.c_str(), tcp->port.c_str(), &hints, &raw); rc != 0) {
+        return errno_error("NBD swapon: cannot resolve the host name", rc == EAI_SYSTEM ? errno : EHOSTUNREACH,
+                           uri + ": " + ::gai_strerror(rc));
+    }
+    std::unique_ptr<addrinfo, AddrInfoFree> list(raw);
+    std::vector<std::string> out;
+    for (const addrinfo* ai = list.get(); ai != nullptr; ai = ai->ai_next) {
+        char host[NI_MAXHOST];
+        if (::getnameinfo(ai->ai_addr, ai->ai_addrlen, host, sizeof host, nullptr, 0, NI_NUMERICHOST) != 0) continue;
+        std::string_view numeric(host);
+        if (numeric.find('%') != std::string_view::npos) continue;  // a scoped link-local address: no URI form
+        std::string target = tcp->prefix + (ai->ai_family == AF_INET6 ? "[" + std::string(numeric) + "]" : std::string(numeric)) +
+                             ":" + tcp->port + tcp->rest;
+        if (std::find(out.begin(), out.end(), target) == out.end()) out.push_back(std::move(target));
+    }
+    if (out.empty()) return errno_error("NBD swapon: the host name has no usable address", EHOSTUNREACH, uri);
+    return out;
 }
 
 }  // namespace
@@ -226,16 +317,41 @@ private:
     std::unique_ptr<nbd_handle, Closer> handle_;
 };
 
+Result<std::pair<std::unique_ptr<NbdDevice::Connection>, std::size_t>> NbdDevice::connect_any(
+    const std::vector<std::string>& targets, std::size_t first, Clock::time_point deadline) {
+    std::optional<Error> last;
+    for (std::size_t k = 0; k < targets.size(); ++k) {
+        const std::size_t i = (first + k) % targets.size();
+        auto conn = Connection::connect(targets[i], deadline);
+        if (conn) return std::pair{std::move(*conn), i};
+        last = conn.error();
+        if (Clock::now() >= deadline) break;
+    }
+    return std::unexpected(*last);
+}
+
 NbdDevice::NbdDevice(std::string uri, NbdConfig config)
     : uri_(std::move(uri)), config_(config), max_connections_(std::max(1u, config.max_connections)),
       backoff_(config.min_backoff) {}
 
-NbdDevice::~NbdDevice() = default;
+NbdDevice::~NbdDevice() {
+    {
+        std::lock_guard lock(mutex_);
+        stopping_ = true;
+    }
+    wanted_.notify_all();
+    // A connect in progress ends by its own deadline (config_.timeout).
+    if (connector_.joinable()) connector_.join();
+}
 
 Result<std::unique_ptr<NbdDevice>> NbdDevice::open(std::string_view uri, NbdConfig config) {
     std::string name = SWV_TRY(normalise_nbd_uri(uri));
     std::unique_ptr<NbdDevice> dev(new NbdDevice(name, config));
-    auto conn = SWV_TRY(Connection::connect(name, Clock::now() + config.timeout));
+    dev->targets_ = SWV_TRY(connect_targets_of(name));
+    auto made = connect_any(dev->targets_, 0, Clock::now() + config.timeout);
+    // The targets may be addresses: the error also names the URI the operator gave.
+    if (!made && dev->targets_.front() != name) return std::unexpected(std::move(made.error()).with_context(name));
+    auto [conn, target] = SWV_TRY(std::move(made));
     nbd_handle* h = conn->get();
     auto context = "device " + name;
     if (nbd_is_read_only(h) == 1) return errno_error("NBD swapon: the export is read-only", EROFS, context);
@@ -262,7 +378,15 @@ Result<std::unique_ptr<NbdDevice>> NbdDevice::open(std::string_view uri, NbdConf
     if (nbd_can_multi_conn(h) != 1) dev->max_connections_ = 1;
     dev->open_count_ = 1;
     dev->connects_ = 1;
+    dev->first_target_ = target;
     dev->idle_.push_back(std::move(conn));
+    // Started last, on this (unconfined) thread: it inherits no seccomp filter.
+    NbdDevice* self = dev.get();
+    try {
+        dev->connector_ = std::thread([self] { self->connector_loop(); });
+    } catch (const std::system_error& e) {  // no thread to be had (EAGAIN): an error, not a throw
+        return errno_error("NBD swapon: starting the connector thread", e.code().value(), context);
+    }
     return dev;
 }
 
@@ -271,7 +395,43 @@ std::uint64_t NbdDevice::reconnects() const {
     return connects_ == 0 ? 0 : connects_ - 1;
 }
 
-Result<std::unique_ptr<NbdDevice::Connection>> NbdDevice::checkout(Clock::time_point deadline) {
+std::uint64_t NbdDevice::read_retries() const {
+    // Relaxed: a statistic; pairs with the relaxed increment in submit, orders nothing.
+    return read_retries_.load(std::memory_order_relaxed);
+}
+
+void NbdDevice::connector_loop() {
+    std::unique_lock lock(mutex_);
+    for (;;) {
+        wanted_.wait(lock, [this] { return stopping_ || connect_wanted_ > 0; });
+        if (stopping_) return;
+        const std::size_t first = first_target_;
+        lock.unlock();
+        auto made = connect_any(targets_, first, Clock::now() + config_.timeout);
+        lock.lock();
+        if (made) {
+            --connect_wanted_;
+            ++connects_;
+            first_target_ = made->second;
+            backoff_ = config_.min_backoff;
+            connect_error_.clear();
+            unreachable_since_ = {};
+            idle_.push_back(std::move(made->first));
+        } else {
+            // The server cannot be reached now: every connection asked for fails with
+            // this one, and none is tried again before the backoff ends.
+            open_count_ -= connect_wanted_;
+            connect_wanted_ = 0;
+            retry_after_ = Clock::now() + backoff_;
+            backoff_ = std::min(backoff_ * 2, config_.max_backoff);
+            connect_error_ = made.error().message();
+            if (unreachable_since_ == Clock::time_point{}) unreachable_since_ = Clock::now();
+        }
+        returned_.notify_all();
+    }
+}
+
+Result<std::unique_ptr<NbdDevice::Connection>> NbdDevice::checkout(Clock::time_point deadline, OnBackoff on_backoff) {
     std::unique_lock lock(mutex_);
     for (;;) {
         if (!idle_.empty()) {
@@ -284,30 +444,27 @@ Result<std::unique_ptr<NbdDevice::Connection>> NbdDevice::checkout(Clock::time_p
             --open_count_;
             continue;
         }
-        if (open_count_ < max_connections_) break;
-        if (returned_.wait_until(lock, deadline) == std::cv_status::timeout && idle_.empty() &&
-            open_count_ >= max_connections_) {
-            return errno_error("NBD: no connection came free before the deadline", ETIMEDOUT, uri_);
+        const auto now = Clock::now();
+        const bool backing_off = now < retry_after_;
+        if (!backing_off && open_count_ < max_connections_) {
+            // Counted as open from now: no other batch asks for the same slot.
+            ++open_count_;
+            ++connect_wanted_;
+            wanted_.notify_one();
+        } else if (backing_off && open_count_ == 0 && on_backoff == OnBackoff::fail) {
+            // No connection exists and none may be made yet: fail without waiting
+            // for the network. (With connections open but busy, wait for one.)
+            return errno_error("NBD: server unreachable, reconnect backing off", EIO,
+                               connect_error_.empty() ? uri_ : connect_error_);
         }
+        if (now >= deadline) {
+            return errno_error("NBD: no connection before the deadline", ETIMEDOUT,
+                               connect_error_.empty() ? uri_ : connect_error_);
+        }
+        auto wake = deadline;
+        if (backing_off && open_count_ < max_connections_) wake = std::min(wake, retry_after_);
+        returned_.wait_until(lock, wake);
     }
-    auto now = Clock::now();
-    if (now < retry_after_) {
-        return errno_error("NBD: server unreachable, reconnect backing off", EIO, uri_);
-    }
-    ++open_count_;
-    lock.unlock();
-    auto conn = Connection::connect(uri_, deadline);
-    lock.lock();
-    if (!conn) {
-        --open_count_;
-        retry_after_ = Clock::now() + backoff_;
-        backoff_ = std::min(backoff_ * 2, config_.max_backoff);
-        returned_.notify_one();
-        return std::unexpected(conn.error());
-    }
-    backoff_ = config_.min_backoff;
-    ++connects_;
-    return conn;
 }
 
 void NbdDevice::checkin(std::unique_ptr<Connection> conn, ConnState state) {
@@ -332,8 +489,40 @@ void NbdDevice::checkin(std::unique_ptr<Connection> conn, ConnState state) {
 Result<void> NbdDevice::submit(Ring& /*ring*/, std::span<BlockIo> ios) {
     SWV_TRY(check_block_io(*this, ios));
     if (ios.empty()) return {};
-    const Clock::time_point deadline = Clock::now() + config_.timeout;
+    const Clock::time_point start = Clock::now();
+    Attempt attempt = run_batch(ios, start + config_.timeout, OnBackoff::fail);
+    if (!attempt.connection_failed) return {};
+    // The window runs from this submit's start, or from the start of the outage if
+    // that was earlier: a server that stays away costs one window, not one per batch.
+    Clock::time_point retry_until = start + config_.read_retry_window;
+    {
+        std::lock_guard lock(mutex_);
+        if (unreachable_since_ != Clock::time_point{})
+            retry_until = std::min(retry_until, unreachable_since_ + config_.read_retry_window);
+    }
+    // Reads whose connection failed: the bytes are likely intact on the server, and
+    // a read that gives up loses a guest page. Again, on another or a new connection,
+    // until the window closes. Writes are not retried here: the pool places a failed
+    // write elsewhere.
+    std::vector<std::size_t> again;
+    std::vector<BlockIo> retry;
+    while (attempt.connection_failed) {
+        again.clear();
+        for (std::size_t i = 0; i < ios.size(); ++i)
+            if (ios[i].kind == IoKind::read && ios[i].result < 0) again.push_back(i);
+        const Clock::time_point now = Clock::now();
+        if (again.empty() || now >= retry_until) break;
+        // Relaxed: a statistic; pairs with the relaxed load in read_retries().
+        read_retries_.fetch_add(again.size(), std::memory_order_relaxed);
+        retry.clear();
+        for (std::size_t i : again) retry.push_back(ios[i]);
+        attempt = run_batch(retry, std::min(now + config_.timeout, retry_until), OnBackoff::wait);
+        for (std::size_t k = 0; k < again.size(); ++k) ios[again[k]].result = retry[k].result;
+    }
+    return {};
+}
 
+NbdDevice::Attempt NbdDevice::run_batch(std::span<BlockIo> ios, Clock::time_point deadline, OnBackoff on_backoff) {
     // Declared before the connection: a handle closed on the way out may still run
     // completion callbacks into these.
     std::vector<Chunk> chunks;
@@ -345,11 +534,11 @@ Result<void> NbdDevice::submit(Ring& /*ring*/, std::span<BlockIo> ios) {
         chunks_of[i] = static_cast<std::uint32_t>(n);
     }
 
-    auto conn = checkout(deadline);
+    auto conn = checkout(deadline, on_backoff);
     if (!conn) {
         int err = op_errno(conn.error().code.value());
         for (BlockIo& io : ios) io.result = -err;
-        return {};
+        return Attempt{.connection_failed = true};
     }
     nbd_handle* h = (*conn)->get();
 
@@ -407,7 +596,7 @@ Result<void> NbdDevice::submit(Ring& /*ring*/, std::span<BlockIo> ios) {
         ios[i].result = errors[i] != 0 ? -errors[i]
                                        : (ios[i].kind == IoKind::fsync ? 0 : static_cast<int>(ios[i].buf.size()));
     }
-    return {};
+    return Attempt{.connection_failed = state == ConnState::broken};
 }
 
 Result<void> NbdDevice::flush(Ring& ring) {

@@ -32,6 +32,7 @@ public:
     std::uint64_t size_bytes() const override { return inner_.size_bytes(); }
     std::uint32_t logical_block_size() const override { return inner_.logical_block_size(); }
     std::optional<io::DeviceIdentity> identity() const override { return inner_.identity(); }
+    std::uint64_t read_retries() const override { return inner_.read_retries(); }
     Result<void> submit(io::Ring& ring, std::span<io::BlockIo> ios) override {
         Result<void> r = inner_.submit(ring, ios);
         // A refused batch or a broken ring: no op of it moved anything.
@@ -81,7 +82,8 @@ DeviceUsage SwapDevice::usage() const {
     // A bad slot still allocated is in used_ as well as bad_count_: free space is
     // what is neither used nor quarantined after being freed (quarantined_).
     return DeviceUsage{total_slots_, used_,    shown,    write_errors_, read_errors_, bad_count_,
-                       total_slots_ - used_ - quarantined_, failure_, read_bytes_, written_bytes_};
+                       total_slots_ - used_ - quarantined_, failure_, read_bytes_, written_bytes_,
+                       block_->read_retries()};
 }
 
 void SwapDevice::note_io(io::IoKind kind, int result, std::size_t expected) {

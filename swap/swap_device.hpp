@@ -74,6 +74,7 @@ struct DeviceUsage {
     std::string failure;                  // why the device failed or degraded (else empty)
     std::uint64_t read_bytes = 0;         // moved by read ops that succeeded (whole buffer)
     std::uint64_t written_bytes = 0;      // moved by write ops that succeeded (whole buffer)
+    std::uint64_t read_retries = 0;       // reads the device itself issued again (NBD: a lost connection)
 };
 
 // How many failed I/Os in a row make a device degraded (SwapPoolConfig).

@@ -466,7 +466,8 @@ std::vector<DeviceStats> SwapPool::stats() const {
         DeviceUsage u = d->usage();
         out.push_back(DeviceStats{d->path(), d->priority(), u.total_slots, u.used_slots,
                                   u.state == DeviceState::removing, u.state, u.write_errors, u.failure,
-                                  u.read_errors, u.quarantined_slots, u.read_bytes, u.written_bytes, u.free_slots});
+                                  u.read_errors, u.quarantined_slots, u.read_bytes, u.written_bytes, u.free_slots,
+                                  u.read_retries});
     }
     return out;
 }

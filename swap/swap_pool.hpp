@@ -114,6 +114,7 @@ struct DeviceStats {
     std::uint64_t read_bytes = 0;      // moved by successful reads (swap-in, readahead, swapoff)
     std::uint64_t written_bytes = 0;   // moved by successful writes (swap-out, swapoff moves)
     std::uint64_t free_slots = 0;      // slots still to hand out (a quarantined slot in use is used, once)
+    std::uint64_t read_retries = 0;    // reads the device issued again after a lost connection (NBD)
 };
 
 struct SwapoffProgress {

@@ -1,109 +1,28 @@
-// NbdDevice against a real NBD server: nbdkit (memory plugin) on a Unix socket in a
-// temp directory, started per test with a bounded wait for its socket and stopped
-// (SIGTERM, then SIGKILL) by the fixture. Faults come from nbdkit's own filters:
+// NbdDevice against a real NBD server: nbdkit (memory or file plugin) on a Unix socket
+// in a temp directory, started per test with a bounded wait for its socket and stopped
+// (SIGTERM, then SIGKILL) by the fixture (tests/io/nbd_test_util.hpp). Faults come from nbdkit's own filters:
 // `error` (EIO while a trigger file exists), `delay` (a reply slower than the device
 // timeout), `blocksize-policy` (server block size constraints), and from killing the
 // server. Tests GTEST_SKIP loudly only when nbdkit is not installed.
 #include "io/nbd_device.hpp"
 
 #include <gtest/gtest.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <spawn.h>
-#include <sys/wait.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <fstream>
 #include <thread>
 
 #include "tests/io/io_test_util.hpp"
-
-extern char** environ;
+#include "tests/io/nbd_test_util.hpp"
 
 namespace swapvisor::io {
 namespace {
 
 using namespace std::chrono_literals;
+using test::NbdServer;
 using test::TempDir;
-
-bool nbdkit_installed() { return ::system("nbdkit --version >/dev/null 2>&1") == 0; }
-
-#define SWV_NBDKIT_OR_SKIP()                                                                       \
-    do {                                                                                           \
-        if (!nbdkit_installed())                                                                   \
-            GTEST_SKIP() << "*** nbdkit is NOT installed: NBD device tests did not run "           \
-                            "(apt-get install nbdkit; see scripts/install-deps.sh) ***";           \
-    } while (0)
-
-// One nbdkit process serving `args` (filters, plugin, plugin params) on socket().
-class NbdServer {
-public:
-    // On a Unix socket (path) or, with tcp_port, on 127.0.0.1:tcp_port.
-    NbdServer(std::filesystem::path socket, std::vector<std::string> args, int tcp_port = 0)
-        : socket_(std::move(socket)), port_(tcp_port) {
-        std::vector<std::string> argv = {"nbdkit", "--foreground", "--exit-with-parent"};
-        if (port_ == 0) {
-            argv.insert(argv.end(), {"-U", socket_.string()});
-        } else {
-            argv.insert(argv.end(), {"-i", "127.0.0.1", "-p", std::to_string(port_)});
-        }
-        argv.insert(argv.end(), args.begin(), args.end());
-        std::vector<char*> cargv;
-        for (auto& a : argv) cargv.push_back(a.data());
-        cargv.push_back(nullptr);
-        std::filesystem::remove(socket_);
-        if (::posix_spawnp(&pid_, "nbdkit", nullptr, nullptr, cargv.data(), environ) != 0) pid_ = -1;
-        for (int i = 0; i < 100 && pid_ > 0 && !listening(); ++i) std::this_thread::sleep_for(50ms);
-    }
-    // Accepting connections (the socket file appears at bind(), before listen()).
-    bool listening() const {
-        if (port_ == 0) {
-            UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-            sockaddr_un addr{};
-            addr.sun_family = AF_UNIX;
-            std::strncpy(addr.sun_path, socket_.c_str(), sizeof addr.sun_path - 1);
-            return ::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
-        }
-        UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-        sockaddr_in addr{};
-        addr.sin_family = AF_INET;
-        addr.sin_port = htons(static_cast<std::uint16_t>(port_));
-        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        return ::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
-    }
-    ~NbdServer() { stop(); }
-    NbdServer(const NbdServer&) = delete;
-    NbdServer& operator=(const NbdServer&) = delete;
-    bool up() const { return pid_ > 0 && listening(); }
-    std::string uri(std::string_view export_name = "") const {
-        return "nbd+unix:///" + std::string(export_name) + "?socket=" + socket_.string();
-    }
-    void kill_now() { stop(SIGKILL); }
-    void stop(int sig = SIGTERM) {
-        if (pid_ <= 0) return;
-        ::kill(pid_, sig);
-        int status = 0;
-        for (int i = 0; i < 100; ++i) {
-            if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-                pid_ = -1;
-                return;
-            }
-            std::this_thread::sleep_for(20ms);
-        }
-        ::kill(pid_, SIGKILL);
-        ::waitpid(pid_, &status, 0);
-        pid_ = -1;
-    }
-
-private:
-    std::filesystem::path socket_;
-    int port_ = 0;
-    pid_t pid_ = -1;
-};
 
 class NbdDeviceTest : public ::testing::Test {
 protected:
@@ -226,6 +145,7 @@ TEST_F(NbdDeviceTest, ServerErrorsArePerOpAndTheConnectionStaysUsable) {
     ASSERT_EQ(r.result, 8192);
     EXPECT_EQ(test::first_mismatch(all, 0, 3), -1);
     EXPECT_EQ(dev->reconnects(), 0u);  // an error reply is not a broken connection
+    EXPECT_EQ(dev->read_retries(), 0u);  // and the server's answer stands: no retry
 }
 
 TEST_F(NbdDeviceTest, SilentServerTimesOutWithinTheDeadlineThenReconnects) {
@@ -235,6 +155,7 @@ TEST_F(NbdDeviceTest, SilentServerTimesOutWithinTheDeadlineThenReconnects) {
     ASSERT_TRUE(server.up());
     NbdConfig config;
     config.timeout = 400ms;
+    config.read_retry_window = 0ms;  // one try: this is about the deadline of one batch
     auto dev = NbdDevice::open(server.uri(), config).value();
     Mapping buf = test::aligned_buffer(4096);
     std::span<std::byte> page(static_cast<std::byte*>(buf.data()), 4096);
@@ -263,6 +184,7 @@ TEST_F(NbdDeviceTest, KilledServerFailsOpsFastBacksOffAndReconnectsToANewOne) {
     NbdConfig config;
     config.timeout = 2s;
     config.min_backoff = 300ms;
+    config.read_retry_window = 0ms;  // reads fail like writes: no retry (see the Retry tests)
     auto dev = NbdDevice::open(server->uri(), config).value();
     Mapping buf = test::aligned_buffer(4096);
     std::span<std::byte> page(static_cast<std::byte*>(buf.data()), 4096);
@@ -290,6 +212,213 @@ TEST_F(NbdDeviceTest, KilledServerFailsOpsFastBacksOffAndReconnectsToANewOne) {
     ASSERT_TRUE(dev->submit(ring, std::span(&w, 1)).has_value());
     EXPECT_EQ(w.result, 4096);
     EXPECT_EQ(dev->reconnects(), 1u);
+}
+
+// Issue #16 item 5: a read whose connection broke is not a lost page while the bytes
+// are intact on the server. The file plugin keeps them across a server restart.
+TEST_F(NbdDeviceTest, RetryAReadAcrossAServerRestartAndGetThePageBackIntact) {
+    SWV_NBDKIT_OR_SKIP();
+    SWV_RING_OR_SKIP(ring, 8);
+    auto disk = dir.file("disk.img");
+    { std::ofstream(disk).flush(); }
+    std::filesystem::resize_file(disk, 16 << 20);
+    const std::vector<std::string> args = {"file", "file=" + disk.string()};
+    auto server = std::make_unique<NbdServer>(sock, args);
+    ASSERT_TRUE(server->up());
+    NbdConfig config;
+    config.timeout = 2s;
+    config.min_backoff = 100ms;
+    config.read_retry_window = 5s;
+    auto dev = NbdDevice::open(server->uri(), config).value();
+    Mapping buf = test::aligned_buffer(8192);
+    std::span<std::byte> pages(static_cast<std::byte*>(buf.data()), 8192);
+    test::fill_pattern(pages, 40960, 21);
+    BlockIo w{IoKind::write, DevOffset(40960), pages};
+    ASSERT_TRUE(dev->submit(ring, std::span(&w, 1)).has_value());
+    ASSERT_EQ(w.result, 8192);
+    ASSERT_TRUE(dev->flush(ring).has_value());
+
+    // The server dies with the connection idle in the pool, and comes back on the same
+    // socket 600 ms later, while the read is being retried. (The servers are started
+    // from this thread: --exit-with-parent follows the thread that spawned them.)
+    server->kill_now();
+    std::memset(buf.data(), 0, 8192);
+    BlockIo r{IoKind::read, DevOffset(40960), pages};
+    std::chrono::steady_clock::duration waited{};
+    std::thread reader([&] {
+        auto own = Ring::create(8);
+        if (!own) return;
+        auto t0 = std::chrono::steady_clock::now();
+        if (!dev->submit(*own, std::span(&r, 1))) r.result = -EINVAL;
+        waited = std::chrono::steady_clock::now() - t0;
+    });
+    std::this_thread::sleep_for(600ms);
+    server = std::make_unique<NbdServer>(sock, args);
+    reader.join();
+    ASSERT_TRUE(server->up());
+    EXPECT_EQ(r.result, 8192) << "the page was lost although the server has it";
+    EXPECT_EQ(test::first_mismatch(pages, 40960, 21), -1);
+    EXPECT_GE(dev->read_retries(), 1u);
+    EXPECT_GE(dev->reconnects(), 1u);
+    EXPECT_LT(waited, 5s);
+}
+
+// A connection that breaks under a batch (the server killed while the read waits
+// for its reply): the read is retried on a new connection to the restarted server.
+TEST_F(NbdDeviceTest, RetryAReadWhoseConnectionBrokeInFlight) {
+    SWV_NBDKIT_OR_SKIP();
+    SWV_RING_OR_SKIP(ring, 8);
+    auto disk = dir.file("disk.img");
+    { std::ofstream(disk).flush(); }
+    std::filesystem::resize_file(disk, 16 << 20);
+    const std::vector<std::string> slow = {"--filter=delay", "file", "file=" + disk.string(), "delay-read=3"};
+    const std::vector<std::string> fast = {"file", "file=" + disk.string()};
+    auto server = std::make_unique<NbdServer>(sock, fast);
+    ASSERT_TRUE(server->up());
+    NbdConfig config;
+    config.timeout = 2s;
+    config.read_retry_window = 6s;
+    auto dev = NbdDevice::open(server->uri(), config).value();
+    Mapping buf = test::aligned_buffer(4096);
+    std::span<std::byte> page(static_cast<std::byte*>(buf.data()), 4096);
+    test::fill_pattern(page, 4096, 22);
+    BlockIo w{IoKind::write, DevOffset(4096), page};
+    ASSERT_TRUE(dev->submit(ring, std::span(&w, 1)).has_value());
+    ASSERT_EQ(w.result, 4096);
+    ASSERT_TRUE(dev->flush(ring).has_value());
+    server.reset();  // stopped (SIGTERM) before the slow one takes the socket
+    server = std::make_unique<NbdServer>(sock, slow);
+    ASSERT_TRUE(server->up());
+
+    std::memset(buf.data(), 0, 4096);
+    BlockIo r{IoKind::read, DevOffset(4096), page};
+    std::thread reader([&] {
+        auto own = Ring::create(8);
+        if (!own || !dev->submit(*own, std::span(&r, 1))) r.result = -EINVAL;
+    });
+    std::this_thread::sleep_for(500ms);  // the read is in flight, its reply 3 s away
+    server->kill_now();
+    server = std::make_unique<NbdServer>(sock, fast);
+    reader.join();
+    EXPECT_EQ(r.result, 4096);
+    EXPECT_EQ(test::first_mismatch(page, 4096, 22), -1);
+    EXPECT_GE(dev->read_retries(), 1u);
+}
+
+// The backoff does not fail a read while a connection exists: a read that finds the
+// only connection busy and the server refusing a second one waits for the first.
+TEST_F(NbdDeviceTest, ReadsDuringTheBackoffGoToABusyConnectionInsteadOfFailing) {
+    SWV_NBDKIT_OR_SKIP();
+    SWV_RING_OR_SKIP(ring, 8);
+    // limit=1: a second client is refused (the connect fails, the backoff is armed);
+    // every read takes 700 ms, so the first connection is busy when the second is asked.
+    NbdServer server(sock, {"--filter=limit", "--filter=delay", "memory", "size=16M", "limit=1", "delay-read=700ms"});
+    ASSERT_TRUE(server.up());
+    NbdConfig config;
+    config.timeout = 3s;
+    config.min_backoff = 2s;
+    config.read_retry_window = 0ms;  // no retries: only the checkout's wait is tested
+    auto dev = NbdDevice::open(server.uri(), config).value();
+    std::atomic<int> first_result{0};
+    std::thread first([&] {
+        auto own = Ring::create(8);
+        if (!own) return;
+        Mapping b = test::aligned_buffer(4096);
+        BlockIo r{IoKind::read, DevOffset(0), std::span(static_cast<std::byte*>(b.data()), 4096)};
+        if (dev->submit(*own, std::span(&r, 1))) first_result = r.result;
+    });
+    std::this_thread::sleep_for(200ms);  // the first read holds the only connection
+    Mapping buf = test::aligned_buffer(4096);
+    BlockIo r{IoKind::read, DevOffset(4096), std::span(static_cast<std::byte*>(buf.data()), 4096)};
+    ASSERT_TRUE(dev->submit(ring, std::span(&r, 1)).has_value());
+    first.join();
+    EXPECT_EQ(first_result.load(), 4096);
+    EXPECT_EQ(r.result, 4096) << "failed in the backoff although a connection was only busy";
+}
+
+// A server gone for longer than the retry window: the read fails (the page is lost,
+// with a clear errno), after the window and not much later, never a hang.
+TEST_F(NbdDeviceTest, AReadWhoseServerStaysGoneFailsWhenTheRetryWindowCloses) {
+    SWV_NBDKIT_OR_SKIP();
+    SWV_RING_OR_SKIP(ring, 8);
+    NbdServer server(sock, {"memory", "size=16M"});
+    ASSERT_TRUE(server.up());
+    NbdConfig config;
+    config.timeout = 2s;
+    config.min_backoff = 100ms;
+    config.read_retry_window = 800ms;
+    auto dev = NbdDevice::open(server.uri(), config).value();
+    server.kill_now();
+    Mapping buf = test::aligned_buffer(4096);
+    auto t0 = std::chrono::steady_clock::now();
+    BlockIo r{IoKind::read, DevOffset(0), std::span(static_cast<std::byte*>(buf.data()), 4096)};
+    ASSERT_TRUE(dev->submit(ring, std::span(&r, 1)).has_value());
+    auto waited = std::chrono::steady_clock::now() - t0;
+    EXPECT_TRUE(r.result == -EIO || r.result == -ETIMEDOUT) << r.result;
+    EXPECT_GE(waited, 750ms) << "gave up before the retry window closed";
+    EXPECT_LT(waited, 2s) << "waited past the retry window";
+    EXPECT_GE(dev->read_retries(), 1u);
+    EXPECT_EQ(dev->reconnects(), 0u);
+
+    // The window is per outage: the server has now been away for a whole one, so the
+    // next read fails at once instead of waiting another window (a swapoff of a dead
+    // device must not wait one per page).
+    t0 = std::chrono::steady_clock::now();
+    BlockIo again{IoKind::read, DevOffset(4096), std::span(static_cast<std::byte*>(buf.data()), 4096)};
+    ASSERT_TRUE(dev->submit(ring, std::span(&again, 1)).has_value());
+    EXPECT_TRUE(again.result == -EIO || again.result == -ETIMEDOUT) << again.result;
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 400ms);
+
+    // Writes are not retried: they fail at once in the backoff (the pool places them
+    // elsewhere).
+    t0 = std::chrono::steady_clock::now();
+    BlockIo w{IoKind::write, DevOffset(0), std::span(static_cast<std::byte*>(buf.data()), 4096)};
+    ASSERT_TRUE(dev->submit(ring, std::span(&w, 1)).has_value());
+    EXPECT_EQ(w.result, -EIO);
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 500ms);
+}
+
+// Issue #16 item 3: a TCP host name is looked up once, at open, into addresses; every
+// later connection (and reconnect) goes to those, so the threads doing swap I/O
+// never resolve a name. The pool name stays the name the operator gave.
+TEST_F(NbdDeviceTest, ATcpHostNameIsResolvedAtOpenAndReconnectsUseItsAddresses) {
+    SWV_NBDKIT_OR_SKIP();
+    SWV_RING_OR_SKIP(ring, 8);
+    auto disk = dir.file("disk.img");
+    { std::ofstream(disk).flush(); }
+    std::filesystem::resize_file(disk, 16 << 20);
+    const int port = test::nbd_test_port(3);
+    const std::vector<std::string> args = {"file", "file=" + disk.string()};
+    auto server = std::make_unique<NbdServer>(sock, args, port);
+    ASSERT_TRUE(server->up()) << "nbdkit did not listen on 127.0.0.1:" << port;
+    const std::string name = "nbd://localhost:" + std::to_string(port) + "/";
+    auto dev = NbdDevice::open(name).value();
+    EXPECT_EQ(dev->path(), name);
+    const std::string v4 = "nbd://127.0.0.1:" + std::to_string(port) + "/";
+    const auto& targets = dev->connect_targets();
+    EXPECT_NE(std::find(targets.begin(), targets.end(), v4), targets.end());
+    for (const std::string& t : targets) EXPECT_EQ(t.find("localhost"), std::string::npos) << t;
+
+    Mapping buf = test::aligned_buffer(4096);
+    std::span<std::byte> page(static_cast<std::byte*>(buf.data()), 4096);
+    test::fill_pattern(page, 0, 31);
+    BlockIo w{IoKind::write, DevOffset(0), page};
+    ASSERT_TRUE(dev->submit(ring, std::span(&w, 1)).has_value());
+    ASSERT_EQ(w.result, 4096);
+    ASSERT_TRUE(dev->flush(ring).has_value());
+    server.reset();  // stopped (SIGTERM) before the new one binds the port
+    server = std::make_unique<NbdServer>(sock, args, port);
+    ASSERT_TRUE(server->up());
+    std::memset(buf.data(), 0, 4096);
+    BlockIo r{IoKind::read, DevOffset(0), page};
+    ASSERT_TRUE(dev->submit(ring, std::span(&r, 1)).has_value());
+    EXPECT_EQ(r.result, 4096);
+    EXPECT_EQ(test::first_mismatch(page, 0, 31), -1);
+    EXPECT_GE(dev->reconnects(), 1u);
+
+    // Numeric hosts and Unix sockets are kept as they are.
+    auto numeric = NbdDevice::open(v4).value();
+    EXPECT_EQ(numeric->connect_targets(), std::vector<std::string>{v4});
 }
 
 TEST_F(NbdDeviceTest, ConcurrentThreadsEachOnTheirOwnRing) {
@@ -361,7 +490,7 @@ TEST_F(NbdDeviceTest, TlsWithASelfSignedCertificate) {
     // Loopback TCP: libnbd checks the server's certificate against the CA and the
     // host name (over a Unix socket it has no host name and checks nothing: there the
     // socket's permissions say who the server is; docs/REMOTE.md#security).
-    const int port = 20000 + static_cast<int>(::getpid() % 20000);
+    const int port = test::nbd_test_port();
     NbdServer server(sock, {"--tls=require", "--tls-certificates=" + certs.string(), "memory", "size=16M"}, port);
     ASSERT_TRUE(server.up()) << "nbdkit did not listen on 127.0.0.1:" << port;
     NbdConfig config;
@@ -370,6 +499,8 @@ TEST_F(NbdDeviceTest, TlsWithASelfSignedCertificate) {
 
     auto dev = NbdDevice::open("nbds://" + host + "/?tls-certificates=" + (certs / "client").string(), config);
     ASSERT_TRUE(dev.has_value()) << dev.error().message();
+    // TLS keeps the host name: the certificate is checked against it on every connect.
+    EXPECT_EQ((*dev)->connect_targets(), std::vector<std::string>{(*dev)->path()});
     Mapping buf = test::aligned_buffer(4096);
     std::span<std::byte> page(static_cast<std::byte*>(buf.data()), 4096);
     test::fill_pattern(page, 4096, 11);

@@ -125,6 +125,8 @@ void print_status(const json& reply, StatsDetail detail, std::ostream& out) {
         if (u64(dev, "write_errors") + u64(dev, "read_errors") + u64(dev, "quarantined_slots") != 0)
             out << fmt::format("  errors: {} write, {} read; {} slots quarantined\n", u64(dev, "write_errors"),
                                u64(dev, "read_errors"), u64(dev, "quarantined_slots"));
+        if (u64(dev, "read_retries_total") != 0)
+            out << fmt::format("  reads retried after a lost connection: {}\n", u64(dev, "read_retries_total"));
         if (detail == StatsDetail::full)
             out << fmt::format("  read_bytes_total {}, written_bytes_total {}\n", u64(dev, "read_bytes_total"),
                                u64(dev, "written_bytes_total"));

@@ -153,6 +153,8 @@ std::string prometheus_text(guestmem::HostMemory& host, const DeviceStats& devic
         f.sample("swapvisor_swap_write_errors", "write ops of the device that failed", dev, d.write_errors);
         f.sample("swapvisor_swap_read_errors", "read ops of the device that failed, and checksum mismatches", dev,
                  d.read_errors);
+        f.sample("swapvisor_swap_read_retries_total", "reads issued again after a lost connection (NBD)", dev,
+                 d.read_retries, Type::counter);
         f.sample("swapvisor_swap_quarantined_slots", "slots whose I/O failed: never handed out again", dev,
                  d.quarantined_slots);
         f.sample("swapvisor_swap_read_bytes_total", "bytes read from the device by reads that succeeded", dev,

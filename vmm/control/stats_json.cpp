@@ -48,6 +48,7 @@ nlohmann::json stats_json(guestmem::HostMemory& host, const DeviceStats& devices
             {"state", swap::state_name(d.state)},
             {"write_errors", d.write_errors},
             {"read_errors", d.read_errors},
+            {"read_retries_total", d.read_retries},
             {"read_bytes_total", d.read_bytes},
             {"written_bytes_total", d.written_bytes},
             {"quarantined_slots", d.quarantined_slots},

@@ -12,7 +12,7 @@
 //                         "throttle_waits", "limit_overshoots", "readahead_pages",
 //                         "referenced_vslots" (a stage-2 scan: sum == allocated_vslots at rest)}],
 //    "swap": [{"path", "priority", "total_slots", "used_slots", "removing", "state",
-//              "write_errors", "read_errors", "read_bytes_total", "written_bytes_total",
+//              "write_errors", "read_errors", "read_retries_total", "read_bytes_total", "written_bytes_total",
 //              "quarantined_slots", "failure"}],
 //    "host": {"budget_bytes", "resident_bytes", full only: "allocated_vslots"}}
 //

@@ -14,9 +14,10 @@
 // The base set (every class): memory management (mmap, munmap, madvise, brk, ...),
 // futex, read/write on fds already open, io_uring, time and sleep, thread exit,
 // signal masks and returns, the calls glibc makes on its own (rseq, getrandom), the
-// socket calls of swap I/O to an NBD device (connect, send, receive: no listen or
-// accept), and read-only openat (a TLS reconnect reads its certificates); no file is
-// ever opened for writing, created or truncated.
+// socket calls of swap I/O on an NBD connection that already exists (send, receive,
+// shutdown: no socket, connect, bind, listen or accept: new connections and name
+// lookups happen on the device's unconfined connector thread, io/README.md#nbd),
+// and read-only openat; no file is ever opened for writing, created or truncated.
 // Filters are per thread (no TSYNC) and inherited by threads the confined thread
 // creates: confine only leaf threads. The control thread and main are not confined:
 // they open swap files, accept connections and start VMs (DESIGN-NOTES item 17).
