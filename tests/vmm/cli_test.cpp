@@ -225,7 +225,7 @@ TEST(CliBoundsTest, OutOfRangeInputsAreUsageErrorsNamingTheBound) {
     usage({"run", "--kernel", "k", "--host-budget", "4K"}, "minimum of 16 MiB");
     usage({"run", "--vm", "name=a,kernel=k,resident-limit=8M"}, "minimum of 16 MiB");
     usage({"run", "--kernel", "k", "--cmdline", std::string(5000, 'a')}, "at most 4095");
-    usage({"run", "--kernel", "k", "--swap", "a,format=maybe"}, "yes or no");
+    usage({"run", "--kernel", "k", "--swap", "a,format=maybe"}, "yes, no or force");
     // The largest accepted values still parse.
     EXPECT_EQ(run_ok({"run", "--kernel", "k", "--memory", std::to_string(kMaxGuestMemory)}).memory_bytes,
               kMaxGuestMemory);
@@ -331,6 +331,21 @@ TEST(CliParseTest, BalloonStatsIntervalOnRunAndServe) {
     ASSERT_NE(serve, nullptr) << (std::holds_alternative<CliExit>(out) ? std::get<CliExit>(out).err : "");
     EXPECT_EQ(serve->balloon_stats_interval, milliseconds(5000));
     EXPECT_EQ(run_exit({"serve", "--control", "s", "--balloon-stats-interval", "-0.5"}).status, kExitUsage);
+}
+
+}  // namespace swapvisor::vmm::cli
+
+namespace swapvisor::vmm::cli {
+
+TEST(CliSwapSpecTest, FormatForce) {
+    EXPECT_EQ(parse_swap_spec("a,format=force").value().format, swap::Format::force);
+    EXPECT_EQ(parse_swap_spec("a,format=no").value().format, swap::Format::no);
+    EXPECT_FALSE(parse_swap_spec("a,format=erase").has_value());
+}
+
+TEST(CliMkswapTest, Force) {
+    EXPECT_FALSE(std::get<MkswapOptions>(parse_command_line({"mkswap", "/x"})).force);
+    EXPECT_TRUE(std::get<MkswapOptions>(parse_command_line({"mkswap", "/x", "--force"})).force);
 }
 
 }  // namespace swapvisor::vmm::cli

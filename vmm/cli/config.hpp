@@ -77,11 +77,11 @@ struct SwapSpec {
     std::filesystem::path path;
     std::optional<int> priority;         // 0..32767, higher first (swapon(8))
     std::optional<std::uint64_t> size;   // swap space: create a missing file with it; must match an existing one
-    swap::Format format = swap::Format::no;  // format=yes: erase a device that has no swapvisor header
+    swap::Format format = swap::Format::no;  // format=yes: make a blank device swap; force: erase any
     bool operator==(const SwapSpec&) const = default;
 };
 
-// "PATH[,priority=N][,size=SIZE][,format=yes|no]": no empty path, no unknown or
+// "PATH[,priority=N][,size=SIZE][,format=yes|no|force]": no empty path, no unknown or
 // repeated key, every key needs "=value".
 Result<SwapSpec> parse_swap_spec(std::string_view text);
 
