@@ -2,7 +2,8 @@
 # Install everything swapvisor needs to build, test, fuzz and benchmark on Debian 12 (root).
 # clang-16 + libfuzzer-16-dev, not clang-14: clang 14 cannot compile libstdc++-12's
 # std::expected (our Result<T>), see tests/fuzz/README.md.
-# libblkid-dev: what a device holds before mkswap / format (swap/data_probe.cpp).
+# libblkid-dev: what a device holds before mkswap / format (swap/data_probe.cpp);
+# libsystemd-dev: sd_notify readiness of serve (vmm/daemon/notify.cpp).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
@@ -12,6 +13,6 @@ apt-get install -y -qq --no-install-recommends \
   libxxhash-dev libseccomp-dev libgtest-dev libgmock-dev libbenchmark-dev \
   fio qemu-system-x86 util-linux e2fsprogs gnuplot-nox linux-perf \
   libnbd-dev libnbd-bin nbdkit qemu-utils gnutls-bin \
-  libblkid-dev \
+  libblkid-dev libsystemd-dev \
   clang-16 libclang-rt-16-dev libfuzzer-16-dev >/dev/null
 echo "install-deps: done"

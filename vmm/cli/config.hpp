@@ -111,6 +111,7 @@ Result<VmSpec> parse_vm_spec(std::string_view text);
 // `swapvisor serve`: the host daemon. No VM at start; VMs come and go through the
 // control socket (vm-create, vm-stop, ...), sharing the swap pool and the budget.
 struct ServeConfig {
+    std::optional<std::filesystem::path> config_file;  // --config: absolute; re-read on SIGHUP
     std::filesystem::path control_socket;
     std::vector<SwapSpec> swaps;
     std::uint64_t host_budget = 0;
@@ -118,6 +119,7 @@ struct ServeConfig {
     std::chrono::milliseconds balloon_stats_interval = kDefaultBalloonStatsInterval;  // VMs made by vm-create
     std::string log_level = "info";
     sandbox::Seccomp seccomp = sandbox::Seccomp::on;  // --no-seccomp: off
+    bool operator==(const ServeConfig&) const = default;
 };
 
 struct RunConfig {
