@@ -5,7 +5,8 @@
 #     log lines hit EPIPE, and SIGPIPE must not end the process;
 #  2. SIGHUP (reload), SIGUSR1 (status line), SIGUSR2 (ignored): each logged, none fatal;
 #  3. SIGQUIT is a clean shutdown like SIGTERM: exit 0, socket and lock removed.
-# Exit 77 (skipped) only when io_uring is unavailable (serve cannot open its rings).
+# Exit 77 (skipped) only when io_uring is unavailable (serve cannot open its rings);
+# a serve that does not start for any other reason (no /dev/kvm) is a failure.
 set -u
 build=${1:?usage: signals_test.sh <build dir>}
 bin=$build/swapvisor
@@ -29,17 +30,24 @@ alive() {  # alive <what>: the daemon still runs and answers on its socket
   timeout 10 "$bin" ctl --socket "$sock" status >/dev/null 2>&1 || fail "serve does not answer after $1"
 }
 
+# Preflight with stderr in a file: a serve that cannot start at all is a failure
+# (it must start without VMs and without /dev/kvm), unless io_uring is missing.
+"$bin" serve --control "$sock" 2>"$work/err.log" >/dev/null &
+serve_pid=$!
+if ! wait_socket; then
+  wait "$serve_pid"; rc=$?; serve_pid=
+  grep -qi "io_uring" "$work/err.log" && { echo "SKIPPED: io_uring unavailable: $(cat "$work/err.log")" >&2; exit 77; }
+  fail "serve exited $rc before its socket was up (it must start without VMs or /dev/kvm)"
+fi
+kill -TERM "$serve_pid"; wait "$serve_pid"; serve_pid=
+
 # --- 1. stderr to a pipe whose reader exits ------------------------------------------
 mkfifo "$work/err.fifo"
 head -c 1 <"$work/err.fifo" >/dev/null &   # reads one byte, then closes the pipe
 reader=$!
 "$bin" serve --control "$sock" --log-level debug 2>"$work/err.fifo" >/dev/null &
 serve_pid=$!
-if ! wait_socket; then
-  wait "$serve_pid"; rc=$?; serve_pid=
-  [[ $rc -eq 1 ]] && { echo "SKIPPED: serve could not start here (io_uring?)" >&2; exit 77; }
-  fail "serve exited $rc before its socket was up"
-fi
+wait_socket || fail "serve (stderr on a pipe) did not open its socket"
 wait "$reader"
 # Each of these logs at least one line into the closed pipe.
 for sig in USR1 HUP USR2 USR1; do
