@@ -19,7 +19,7 @@ public:
             case Errc::exists: return "already a swap device";
             case Errc::no_signature:
                 return "no swapvisor swap signature: refusing to overwrite what may be someone's data (prepare it "
-                       "with 'swapvisor mkswap PATH', or add format=yes to erase it)";
+                       "with 'swapvisor mkswap PATH', or add format=yes to make a blank device swap)";
             case Errc::bad_header:
                 return "swapvisor swap header is corrupt, of another version, or does not match the device's size "
                        "(run 'swapvisor mkswap PATH' again to re-create it, losing its contents)";
@@ -27,6 +27,10 @@ public:
             case Errc::unreadable_slots:
                 return "some swapped pages cannot be read back (I/O error or checksum mismatch); nothing was lost, "
                        "the device stays in the pool (swapoff with force takes it out, and those pages are lost)";
+            case Errc::holds_data:
+                return "refusing to erase it (swap/README.md#erase); if that data may go, force it: 'swapvisor "
+                       "mkswap --force PATH', '--swap PATH,format=force' or 'swapvisor ctl swapon --format --force "
+                       "PATH'";
         }
         return "unknown swap error";
     }

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "io/ring.hpp"
+#include "swap/data_probe.hpp"
 
 namespace swapvisor::swap {
 
@@ -97,7 +98,7 @@ Result<void> write_header(io::BlockDevice& device, const SwapHeader& header) {
     return device.flush(pio.ring);
 }
 
-Result<SwapHeader> mkswap(const std::filesystem::path& path, std::uint64_t size_bytes) {
+Result<SwapHeader> mkswap(const std::filesystem::path& path, std::uint64_t size_bytes, Erase erase) {
     const std::string name = path.string();
     if (size_bytes != 0 && size_bytes < std::uint64_t{kClusterSlots} * kSlotSize)
         return make_error(io::Errc::too_small, "mkswap: swap size smaller than one 2 MiB cluster", name);
@@ -115,6 +116,7 @@ Result<SwapHeader> mkswap(const std::filesystem::path& path, std::uint64_t size_
     }
     if (slots < kClusterSlots)
         return make_error(io::Errc::too_small, "mkswap: device smaller than its header and one 2 MiB cluster", name);
+    if (block->origin() == io::FileOrigin::existing) SWV_TRY(with_context(check_erasable(*block, erase), name));
     SwapHeader header = SWV_TRY(new_header(block->size_bytes()));
     Result<void> written = write_header(*block, header);
     if (!written) {

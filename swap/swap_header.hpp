@@ -26,6 +26,7 @@
 
 #include "io/block_device.hpp"
 #include "io/result.hpp"
+#include "swap/data_probe.hpp"
 #include "swap/types.hpp"
 
 namespace swapvisor::swap {
@@ -59,11 +60,12 @@ Result<std::optional<SwapHeader>> read_header(io::BlockDevice& device);
 // Write the header page and flush it, so a crash never leaves a half-made device.
 Result<void> write_header(io::BlockDevice& device, const SwapHeader& header);
 
-// `swapvisor mkswap PATH [--size SIZE]`: make a swap device. A missing file is
-// created with size_bytes of swap space (plus the header page, space reserved); an
-// existing file or block device gets a new header over whatever it held (that is
-// the operator's explicit request), after the same checks swapon makes (not in use,
-// not on tmpfs; size_bytes, when given, must match). Returns the header written.
-Result<SwapHeader> mkswap(const std::filesystem::path& path, std::uint64_t size_bytes);
+// `swapvisor mkswap PATH [--size SIZE] [--force]`: make a swap device. A missing file
+// is created with size_bytes of swap space (plus the header page, space reserved); an
+// existing file or block device gets a new header after the same checks swapon makes
+// (not in use, not on tmpfs; size_bytes, when given, must match), and only if it
+// holds no recognisable data (Errc::holds_data, data_probe.hpp) unless erase is anything.
+// Returns the header written.
+Result<SwapHeader> mkswap(const std::filesystem::path& path, std::uint64_t size_bytes, Erase erase);
 
 }  // namespace swapvisor::swap

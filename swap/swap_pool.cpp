@@ -5,6 +5,7 @@
 #include <xxhash.h>
 
 #include "io/nbd_device.hpp"
+#include "swap/data_probe.hpp"
 #include "swap/swap_header.hpp"
 
 #include <algorithm>
@@ -56,8 +57,11 @@ Result<void> check_or_format(io::BlockDevice& block, std::uint64_t size_bytes, F
                               std::to_string(slots * kSlotSize) + " after its 4 KiB header; leave size= out to use it as it is");
     }
     Result<std::optional<SwapHeader>> header = read_header(block);
-    if (format == Format::yes) {
-        // The operator asked to erase it; a header is written even over a corrupt one.
+    if (format == Format::yes && header && header->has_value() && (*header)->slot_count == slots) return {};
+    if (format != Format::no) {
+        // The operator asked to format it: only a blank device, unless forced (one rule
+        // with mkswap, data_probe.hpp); a header is then written even over a corrupt one.
+        SWV_TRY(check_erasable(block, format == Format::force ? Erase::anything : Erase::blank_only));
         return write_header(block, SWV_TRY(new_header(block.size_bytes())));
     }
     if (!header) return std::unexpected(header.error());

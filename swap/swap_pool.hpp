@@ -43,9 +43,11 @@ std::uint64_t page_checksum(const std::byte* page);
 // SwapPool::swapon.
 std::string canonical_swap_path(const std::filesystem::path& path);
 
-// swapon of a device without a swapvisor header: refuse (no), or erase it and write
-// one (yes: the operator said so, `format=yes`).
-enum class Format : bool { no, yes };
+// swapon of a device without a swapvisor header: refuse (no); write one if the
+// device holds no recognisable data (yes: `format=yes`, `ctl swapon --format`; a
+// device that already has a valid header is used as it is); write one over whatever
+// it holds (force: `format=force`, `--format --force`). The rule: data_probe.hpp.
+enum class Format { no, yes, force };
 
 // What swapoff already read of a used slot and verified against its checksum: the
 // bytes, and the descriptor (place and generation) they were read under. The bytes
@@ -151,7 +153,8 @@ public:
     // (swap/README.md#devices). size_bytes is the swap space (slots); a missing file
     // is created one header page larger, with its space reserved, and gets a fresh
     // header. An existing device must carry a swapvisor header (else
-    // Errc::no_signature, unless format is yes) whose slot count matches the device
+    // Errc::no_signature, unless format is yes or force: Errc::holds_data if it holds
+    // recognisable data and format is not force) whose slot count matches the device
     // and, when size_bytes is given, size_bytes (else Errc::size_mismatch).
     // The same device by any name (hard link, symlink, relative path) twice is
     // Errc::exists with both names. Other errors: io::Errc::too_small (less than

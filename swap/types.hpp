@@ -45,6 +45,7 @@ enum class Errc {
     bad_header,          // a swapvisor header that is corrupt, of another version or another size
     size_mismatch,       // size= disagrees with the size of an existing device
     unreadable_slots,    // swapoff without force: some used slots cannot be read
+    holds_data,          // format / mkswap of a device holding recognisable data, not forced
 };
 const std::error_category& swap_category();
 inline std::error_code make_error_code(Errc e) { return {static_cast<int>(e), swap_category()}; }

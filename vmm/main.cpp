@@ -2,12 +2,14 @@
 // parse the command line -> read the kernels -> open swap -> host memory -> control
 // socket -> build and start each VM (guest memory, KVM VM, devices, kernel: VmHost,
 // vm_host.hpp) -> run -> report. `serve` is the same host without VMs at start: they
-// come and go through the control socket until a signal. Every step either succeeds or
-// ends the process with a message that names what failed (vmm/README.md#exit-codes).
+// come and go through the control socket until a signal (SIGHUP reloads its --config,
+// vmm/daemon/). Every step either succeeds or ends the process with a message that
+// names what failed (vmm/README.md#exit-codes).
 // Objects are declared in dependency order, so they are destroyed in reverse: the
 // VM (memslots, vCPUs) before guest memory, guest memory before the swap pool.
 #include <unistd.h>
 
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -32,6 +34,9 @@
 #include "vmm/control/ctl.hpp"
 #include "vmm/control/metrics_server.hpp"
 #include "vmm/control/stats_json.hpp"
+#include "vmm/daemon/lock_file.hpp"
+#include "vmm/daemon/notify.hpp"
+#include "vmm/daemon/reload.hpp"
 #include "vmm/devices/device_manager.hpp"
 #include "vmm/devices/virtio_balloon.hpp"
 #include "vmm/kvm/kvm.hpp"
@@ -108,16 +113,77 @@ int exit_status(const VmEnd& end) {
     return static_cast<int>(end.exit_code & 0xff);
 }
 
+// One daemon per control socket (vmm/daemon/lock_file.hpp): taken before any swap
+// device is opened, so a second one changes nothing.
+swv::Result<daemon::LockFile> lock_control(const std::filesystem::path& socket) {
+    auto lock = daemon::LockFile::acquire(daemon::LockFile::path_for(socket));
+    if (!lock) return std::unexpected(std::move(lock.error()).with_context("--control " + socket.string()));
+    return lock;
+}
+
+// SIGHUP under `serve --config`: parse the same command line again (the file is read
+// again; flags still win) and apply what can change live (vmm/daemon/reload.hpp).
+// Runs on the signal watcher thread, the only writer of `running`.
+void reload(const std::vector<std::string>& args, cli::ServeConfig& running, swv::guestmem::HostMemory& host) {
+    if (!running.config_file) {
+        spdlog::info("SIGHUP: serve was started without --config: nothing to reload");
+        return;
+    }
+    daemon::notify_reloading();
+    const std::string file = running.config_file->string();
+    cli::CliOutcome outcome = cli::parse_command_line(args);
+    const auto* reread = std::get_if<cli::ServeConfig>(&outcome);
+    if (reread == nullptr) {
+        std::string why = std::get<cli::CliExit>(outcome).err;
+        if (auto nl = why.find('\n'); nl != std::string::npos) why.resize(nl);
+        spdlog::error("SIGHUP: {} not reloaded, the running configuration stays: {}", file, why);
+        daemon::notify_ready("reload failed; running configuration unchanged");
+        return;
+    }
+    daemon::ReloadPlan plan = daemon::plan_reload(running, *reread);
+    if (plan.log_level) {
+        spdlog::info("SIGHUP: log-level {} -> {}", running.log_level, *plan.log_level);
+        spdlog::set_level(spdlog::level::from_str(*plan.log_level));
+        running.log_level = *plan.log_level;
+    }
+    if (plan.host_budget) {
+        spdlog::info("SIGHUP: host-budget {} -> {} bytes", running.host_budget, *plan.host_budget);
+        host.set_budget(*plan.host_budget);
+        running.host_budget = *plan.host_budget;
+    }
+    for (const std::string& line : plan.not_applied) spdlog::warn("SIGHUP: {}", line);
+    spdlog::info("SIGHUP: reloaded {}: {}", file,
+                 plan.empty() ? std::string("no change")
+                              : fmt::format("{} change(s) applied, {} not applied",
+                                            int(plan.log_level.has_value()) + int(plan.host_budget.has_value()),
+                                            plan.not_applied.size()));
+    daemon::notify_ready("reloaded");
+}
+
+// SIGUSR1: one status line in the log (what `ctl status` says, in brief), for an
+// operator without the socket at hand.
+void log_status(swv::swap::SwapPool& pool, swv::guestmem::HostMemory& host) {
+    std::uint64_t used = 0, total = 0;
+    const auto devices = pool.stats();
+    for (const auto& d : devices) used += d.used_slots, total += d.total_slots;
+    spdlog::info("status: resident {} bytes, host budget {}, {} swap device(s), {} of {} slots used", host.resident_bytes(),
+                 host.budget() == 0 ? std::string("none") : std::to_string(host.budget()), devices.size(), used, total);
+}
+
 }  // namespace
 
 int run_host(const cli::RunConfig& config);
-int serve_host(const cli::ServeConfig& config);
+int serve_host(const cli::ServeConfig& config, const std::vector<std::string>& args);
 
 int main(int argc, char** argv) {
+    // 0. A write to a closed pipe (stderr to a collector that went away, a client
+    // gone from a socket) fails with EPIPE where it is made; it never ends the process.
+    ignore_broken_pipes();
     setup_logging();
 
     // 1. Parse the command line (`ctl` is a client: it only talks to a socket).
-    cli::CliOutcome outcome = cli::parse_command_line(std::vector<std::string>(argv + 1, argv + argc));
+    const std::vector<std::string> args(argv + 1, argv + argc);
+    cli::CliOutcome outcome = cli::parse_command_line(args);
     if (const auto* done = std::get_if<cli::CliExit>(&outcome)) {
         std::fputs(done->out.c_str(), stdout);
         std::fputs(done->err.c_str(), stderr);
@@ -125,7 +191,7 @@ int main(int argc, char** argv) {
     }
     if (const auto* ctl = std::get_if<control::CtlOptions>(&outcome)) return control::run_ctl(*ctl);
     if (const auto* mk = std::get_if<cli::MkswapOptions>(&outcome)) return cli::run_mkswap(*mk, std::cout, std::cerr);
-    if (const auto* serve = std::get_if<cli::ServeConfig>(&outcome)) return serve_host(*serve);
+    if (const auto* serve = std::get_if<cli::ServeConfig>(&outcome)) return serve_host(*serve, args);
     return run_host(std::get<cli::RunConfig>(outcome));
 }
 
@@ -137,6 +203,12 @@ int run_host(const cli::RunConfig& config) {
     // starts); the process then exits with 128 + the signal.
     auto shutdown = Shutdown::install(SignalExit::signal_status);
     if (!shutdown) return fail(fmt::format("signal handling: {}", shutdown.error().message()));
+    std::optional<daemon::LockFile> lock;
+    if (config.control_socket) {
+        auto taken = lock_control(*config.control_socket);
+        if (!taken) return fail(taken.error().message());
+        lock.emplace(std::move(*taken));
+    }
     const std::vector<cli::VmSpec> specs = config.all_vms();
     // 3. Read and validate every kernel before reserving anything.
     for (const cli::VmSpec& spec : specs)
@@ -200,18 +272,27 @@ int run_host(const cli::RunConfig& config) {
     return (*shutdown)->signal() != 0 ? (*shutdown)->exit_status() : status;
 }
 
-// `serve`: the host daemon. Swap pool and budget, then the control socket (and the
-// metrics endpoint); VMs come and go through it until SIGTERM / SIGINT.
-int serve_host(const cli::ServeConfig& config) {
+// `serve`: the host daemon. Lock, swap pool and budget, then the control socket (and
+// the metrics endpoint), then READY=1 to systemd; VMs come and go through the socket
+// until SIGTERM / SIGINT / SIGQUIT. SIGHUP re-reads --config, SIGUSR1 logs a status line.
+int serve_host(const cli::ServeConfig& config, const std::vector<std::string>& args) {
     spdlog::set_level(spdlog::level::from_str(config.log_level));
-    // A daemon asked to stop by SIGTERM / SIGINT has done its job: exit 0.
+    // A daemon asked to stop by SIGTERM / SIGINT / SIGQUIT has done its job: exit 0.
     auto shutdown = Shutdown::install(SignalExit::success);
     if (!shutdown) return fail(fmt::format("signal handling: {}", shutdown.error().message()));
+    auto lock = lock_control(config.control_socket);
+    if (!lock) return fail(lock.error().message());
     swv::swap::SwapPool pool;
     if (auto r = swapon_all(pool, config.swaps); !r.empty()) return fail(r);
     swv::guestmem::HostMemory host(pool, config.host_budget);
+    // Without /dev/kvm the pool and the socket still serve (swapon, swapoff, status):
+    // vm-create is refused with the reason (vmm/README.md#daemon).
     auto kvm = kvm::Kvm::open();
-    if (!kvm) return fail(fmt::format("KVM: {}", kvm.error().message()));
+    if (!kvm) {
+        spdlog::warn("KVM: {}: serving without VMs; vm-create fails until swapvisor is restarted with /dev/kvm usable",
+                     kvm.error().message());
+        kvm = kvm::Kvm::unavailable(kvm.error());
+    }
     control::DeviceStats device_stats;
     control::SwapoffBoard swapoffs;
     VmHost vms(*kvm, host, device_stats, Release::when_ended);
@@ -231,11 +312,16 @@ int serve_host(const cli::ServeConfig& config) {
     }
     spdlog::info("serving: control socket {}, {} swap device(s), host budget {}", config.control_socket.string(),
                  pool.stats().size(), config.host_budget);
+    daemon::notify_ready(fmt::format("serving on {}", config.control_socket.string()));
 
     // Until a signal: then every VM is stopped and released, and the sockets closed.
+    cli::ServeConfig running = config;  // the watcher thread's: reload() updates it
+    auto reloader = (*shutdown)->on_signal(SIGHUP, [&] { reload(args, running, host); });
+    auto status = (*shutdown)->on_signal(SIGUSR1, [&] { log_status(pool, host); });
     std::promise<int> signalled;
     auto stopper = (*shutdown)->on_request([&signalled](int sig) { signalled.set_value(sig); });
     int sig = signalled.get_future().get();
+    daemon::notify_stopping(fmt::format("stopping on SIG{}", sigabbrev_np(sig)));
     spdlog::info("shutting down on SIG{}", sigabbrev_np(sig));
     server.stop();
     if (metrics) metrics->stop();

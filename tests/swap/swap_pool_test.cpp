@@ -587,8 +587,18 @@ TEST(PrivilegedSwapPool, ExistingFileWithoutSignatureIsRefusedAndUntouched) {
     std::string back((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     EXPECT_EQ(back, precious);
 
-    // format=yes: the operator erases it on purpose.
-    auto formatted = pool.swapon(dir.file("precious.dat"), 0, 0, Format::yes);
+    // format=yes formats only a blank device (issue #17: one rule with mkswap,
+    // swap/data_probe.hpp): this one holds data, and stays as it was.
+    auto refused = pool.swapon(dir.file("precious.dat"), 0, 0, Format::yes);
+    ASSERT_FALSE(refused) << "format=yes erased a file of data";
+    EXPECT_TRUE(is(refused.error(), Errc::holds_data)) << refused.error().message();
+    EXPECT_NE(refused.error().message().find("non-zero bytes"), std::string::npos) << refused.error().message();
+    {
+        std::ifstream again(dir.file("precious.dat"), std::ios::binary);
+        EXPECT_EQ(std::string((std::istreambuf_iterator<char>(again)), std::istreambuf_iterator<char>()), precious);
+    }
+    // format=force: the operator erases it on purpose.
+    auto formatted = pool.swapon(dir.file("precious.dat"), 0, 0, Format::force);
     ASSERT_TRUE(formatted) << formatted.error().message();
     EXPECT_EQ(pool.stats()[0].total_slots, 3u * kClusterSlots - 1);
 }

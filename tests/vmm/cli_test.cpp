@@ -1,9 +1,11 @@
 // Command-line parsing (vmm/cli): the size, --swap and name parsers, and the whole
 // `swapvisor run` parse through CLI11, including --help and usage errors.
 #include "vmm/cli/cli.hpp"
+#include "vmm/version.hpp"
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <fstream>
 
@@ -225,7 +227,7 @@ TEST(CliBoundsTest, OutOfRangeInputsAreUsageErrorsNamingTheBound) {
     usage({"run", "--kernel", "k", "--host-budget", "4K"}, "minimum of 16 MiB");
     usage({"run", "--vm", "name=a,kernel=k,resident-limit=8M"}, "minimum of 16 MiB");
     usage({"run", "--kernel", "k", "--cmdline", std::string(5000, 'a')}, "at most 4095");
-    usage({"run", "--kernel", "k", "--swap", "a,format=maybe"}, "yes or no");
+    usage({"run", "--kernel", "k", "--swap", "a,format=maybe"}, "yes, no or force");
     // The largest accepted values still parse.
     EXPECT_EQ(run_ok({"run", "--kernel", "k", "--memory", std::to_string(kMaxGuestMemory)}).memory_bytes,
               kMaxGuestMemory);
@@ -331,6 +333,99 @@ TEST(CliParseTest, BalloonStatsIntervalOnRunAndServe) {
     ASSERT_NE(serve, nullptr) << (std::holds_alternative<CliExit>(out) ? std::get<CliExit>(out).err : "");
     EXPECT_EQ(serve->balloon_stats_interval, milliseconds(5000));
     EXPECT_EQ(run_exit({"serve", "--control", "s", "--balloon-stats-interval", "-0.5"}).status, kExitUsage);
+}
+
+}  // namespace swapvisor::vmm::cli
+
+namespace swapvisor::vmm::cli {
+
+// Issue #17 item 8/9: --version answers, and a typo is named, not "A subcommand is required".
+TEST(CliParseTest, VersionAndUnknownCommands) {
+    CliExit v = run_exit({"--version"});
+    EXPECT_EQ(v.status, 0);
+    EXPECT_NE(v.out.find("swapvisor " + std::string(kVersion)), std::string::npos) << v.out;
+    EXPECT_EQ(v.out, version_text() + "\n");
+    CliExit typo = run_exit({"sreve", "--control", "s"});
+    EXPECT_EQ(typo.status, kExitUsage);
+    EXPECT_NE(typo.err.find("unknown command 'sreve'"), std::string::npos) << typo.err;
+    EXPECT_NE(typo.err.find("did you mean 'serve'"), std::string::npos) << typo.err;
+    EXPECT_EQ(typo.err.find("A subcommand is required"), std::string::npos) << typo.err;
+    CliExit option = run_exit({"--verison"});
+    EXPECT_EQ(option.status, kExitUsage);
+    EXPECT_NE(option.err.find("unknown option '--verison'"), std::string::npos) << option.err;
+    EXPECT_NE(option.err.find("did you mean '--version'"), std::string::npos) << option.err;
+    CliExit nothing = run_exit({});
+    EXPECT_NE(nothing.err.find("run, serve, ctl, mkswap"), std::string::npos) << nothing.err;
+}
+
+// Issue #17 item 9: `serve --config FILE`: every serve option from a TOML file, the
+// command line winning; unknown keys and sections are errors naming the file.
+TEST(CliParseTest, ServeConfigFile) {
+    const std::filesystem::path dir = std::filesystem::temp_directory_path() / ("swv-cli-config-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir);
+    auto write = [&dir](const char* name, const char* text) {
+        std::ofstream(dir / name) << text;
+        return (dir / name).string();
+    };
+    const std::string full = write("full.toml",
+                                   "# every serve option\n"
+                                   "control = \"/run/swapvisor/control.sock\"\n"
+                                   "swap = [\"/a.swap,size=1G\", \"/b.swap,priority=3,format=force\"]\n"
+                                   "host-budget = \"2G\"\n"
+                                   "metrics = \"127.0.0.1:9477\"\n"
+                                   "balloon-stats-interval = 0.5\n"
+                                   "no-seccomp = true\n"
+                                   "log-level = \"debug\"\n");
+    CliOutcome out = parse_command_line({"serve", "--config", full});
+    auto* serve = std::get_if<ServeConfig>(&out);
+    ASSERT_NE(serve, nullptr) << std::get<CliExit>(out).err;
+    EXPECT_EQ(serve->config_file, std::filesystem::path(full));
+    EXPECT_EQ(serve->control_socket, "/run/swapvisor/control.sock");
+    ASSERT_EQ(serve->swaps.size(), 2u);
+    EXPECT_EQ(serve->swaps[0].size, 1ULL << 30);
+    EXPECT_EQ(serve->swaps[1].priority, 3);
+    EXPECT_EQ(serve->swaps[1].format, swap::Format::force);
+    EXPECT_EQ(serve->host_budget, 2ULL << 30);
+    EXPECT_EQ(serve->metrics, "127.0.0.1:9477");
+    EXPECT_EQ(serve->balloon_stats_interval, std::chrono::milliseconds(500));
+    EXPECT_EQ(serve->seccomp, sandbox::Seccomp::off);
+    EXPECT_EQ(serve->log_level, "debug");
+
+    // The command line wins, option by option (a flag given replaces the file's).
+    out = parse_command_line({"serve", "--log-level", "warn", "--config=" + full, "--swap", "/c.swap"});
+    serve = std::get_if<ServeConfig>(&out);
+    ASSERT_NE(serve, nullptr) << std::get<CliExit>(out).err;
+    EXPECT_EQ(serve->log_level, "warn");
+    ASSERT_EQ(serve->swaps.size(), 1u);
+    EXPECT_EQ(serve->swaps[0].path, "/c.swap");
+    EXPECT_EQ(serve->host_budget, 2ULL << 30);
+
+    // A [serve] section is the same as the top of the file.
+    out = parse_command_line({"serve", "--config", write("section.toml", "[serve]\ncontrol = \"/s\"\n")});
+    ASSERT_TRUE(std::holds_alternative<ServeConfig>(out));
+    EXPECT_EQ(std::get<ServeConfig>(out).control_socket, "/s");
+
+    auto refused = [](std::vector<std::string> args, const char* fragment) {
+        CliExit e = run_exit(args);
+        EXPECT_EQ(e.status, kExitUsage);
+        EXPECT_NE(e.err.find(fragment), std::string::npos) << e.err;
+    };
+    refused({"serve", "--config", write("typo.toml", "contrl = \"/s\"\n")}, "unknown key 'contrl' (did you mean 'control'?)");
+    refused({"serve", "--config", write("sect.toml", "[run]\ncontrol = \"/s\"\n")}, "unknown section [run]");
+    refused({"serve", "--config", write("bad.toml", "control = \"/s\"\nhost-budget = \"lots\"\n")}, "--host-budget");
+    refused({"serve", "--config", (dir / "missing.toml").string()}, "missing.toml");
+    std::filesystem::remove_all(dir);
+}
+
+TEST(CliSwapSpecTest, FormatForce) {
+    EXPECT_EQ(parse_swap_spec("a,format=force").value().format, swap::Format::force);
+    EXPECT_EQ(parse_swap_spec("a,format=no").value().format, swap::Format::no);
+    EXPECT_FALSE(parse_swap_spec("a,format=erase").has_value());
+}
+
+TEST(CliMkswapTest, Force) {
+    EXPECT_FALSE(std::get<MkswapOptions>(parse_command_line({"mkswap", "/x"})).force);
+    EXPECT_TRUE(std::get<MkswapOptions>(parse_command_line({"mkswap", "/x", "--force"})).force);
 }
 
 }  // namespace swapvisor::vmm::cli

@@ -1,13 +1,18 @@
-// CLI11 wiring for `swapvisor run`. Options are read as strings and validated with
-// the parsers of config.hpp, so the messages are ours and the same as in tests.
+// CLI11 wiring for `swapvisor run` and `serve`. Options are read as strings and
+// validated with the parsers of config.hpp, so the messages are ours and the same as
+// in tests. `serve --config FILE` is read here too (expand_config): its keys become
+// the same flags, so a file and a command line are validated by one path.
 #include "vmm/cli/cli.hpp"
 
+#include <algorithm>
 #include <sstream>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "vmm/control/ctl.hpp"
+#include "vmm/version.hpp"
 
 namespace swapvisor::vmm::cli {
 namespace {
@@ -32,6 +37,7 @@ struct RawRun {
 };
 
 struct RawServe {
+    std::string config;
     std::string control;
     std::vector<std::string> swaps;
     std::string host_budget;
@@ -72,6 +78,7 @@ std::expected<std::vector<SwapSpec>, std::string> parse_swaps(const std::vector<
 
 CliOutcome validate_serve(const RawServe& raw) {
     ServeConfig config;
+    if (!raw.config.empty()) config.config_file = std::filesystem::absolute(raw.config);
     if (raw.control.empty()) return serve_error("--control SOCKET is required: the daemon is driven through it");
     config.control_socket = raw.control;
     auto swaps = parse_swaps(raw.swaps);
@@ -154,7 +161,103 @@ CliOutcome validate(const RawRun& raw) {
     return config;
 }
 
+// Edit distance, for "did you mean": small words only.
+std::size_t distance(std::string_view a, std::string_view b) {
+    std::vector<std::size_t> row(b.size() + 1);
+    for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+    for (std::size_t i = 1; i <= a.size(); ++i) {
+        std::size_t diag = row[0];
+        row[0] = i;
+        for (std::size_t j = 1; j <= b.size(); ++j) {
+            std::size_t up = row[j];
+            row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+            diag = up;
+        }
+    }
+    return row[b.size()];
+}
+
+std::string did_you_mean(std::string_view given, const std::vector<std::string>& known) {
+    for (const std::string& k : known)
+        if (distance(given, k) <= 2) return fmt::format(" (did you mean '{}'?)", k);
+    return "";
+}
+
+// The first word must name a command (or be --help / --version). CLI11 alone answers
+// a typo, an unknown option or nothing at all with "A subcommand is required".
+std::optional<CliExit> check_command_word(const std::vector<std::string>& args, const CLI::App& app) {
+    std::vector<std::string> commands;
+    for (const CLI::App* sub : app.get_subcommands({})) commands.push_back(sub->get_name());
+    const std::string list = fmt::format("{}", fmt::join(commands, ", "));
+    if (args.empty())
+        return CliExit{kExitUsage, "",
+                       fmt::format("swapvisor: a subcommand is required: {}\nRun 'swapvisor --help' for more.\n", list)};
+    const std::string& word = args[0];
+    if (word == "--help" || word == "-h" || word == "--help-all" || word == "--version" || word == "-V") return std::nullopt;
+    if (std::find(commands.begin(), commands.end(), word) != commands.end()) return std::nullopt;
+    if (word.starts_with("-"))
+        return CliExit{kExitUsage, "",
+                       fmt::format("swapvisor: unknown option '{}'{}: before the command only --help and --version "
+                                   "are accepted\nRun 'swapvisor --help' for more.\n",
+                                   word, did_you_mean(word, {"--help", "--help-all", "--version"}))};
+    return CliExit{kExitUsage, "",
+                   fmt::format("swapvisor: unknown command '{}'{}; the commands are: {}\nRun 'swapvisor --help' for "
+                               "more.\n",
+                               word, did_you_mean(word, commands), list)};
+}
+
+// `serve ... --config FILE ...`: the file's settings as flags, inserted before the
+// command line's (args[0] is "serve"). A key is a serve option without its "--"
+// (`host-budget = "8G"`, `swap = ["/dev/nvme1n1,priority=5"]`, `no-seccomp = true`), at
+// the top of the file or in a [serve] section; a flag given on the command line wins
+// over the file. An unknown key or section is an error naming the file.
+std::expected<std::vector<std::string>, std::string> expand_config(const std::vector<std::string>& args,
+                                                                   const CLI::App& serve) {
+    std::string file;
+    for (std::size_t i = 1; i < args.size(); ++i) {
+        if (args[i] == "--config" && i + 1 < args.size()) file = args[i + 1];
+        if (args[i].starts_with("--config=")) file = args[i].substr(9);
+    }
+    if (file.empty()) return args;
+    std::vector<CLI::ConfigItem> items;
+    try {
+        items = CLI::ConfigTOML().from_file(file);
+    } catch (const CLI::Error& e) {
+        return std::unexpected(fmt::format("--config {}: {}", file, e.what()));
+    }
+    auto on_command_line = [&args](const std::string& flag) {
+        return std::any_of(args.begin() + 1, args.end(),
+                           [&flag](const std::string& a) { return a == flag || a.starts_with(flag + "="); });
+    };
+    std::vector<std::string> expanded{args[0]};
+    for (const CLI::ConfigItem& item : items) {
+        if (item.name == "++" || item.name == "--") continue;  // CLI11's section open / close markers
+        if (!item.parents.empty() && item.parents != std::vector<std::string>{"serve"})
+            return std::unexpected(
+                fmt::format("--config {}: unknown section [{}] (keys go at the top or in [serve])", file, item.parents[0]));
+        const std::string flag = "--" + item.name;
+        const CLI::Option* option = serve.get_option_no_throw(flag);
+        if (option == nullptr || item.name == "config" || item.name == "help")
+            return std::unexpected(fmt::format("--config {}: unknown key '{}'{} (a key is a 'swapvisor serve' option "
+                                               "without its --)",
+                                               file, item.name,
+                                               did_you_mean(item.name, {"control", "swap", "host-budget", "metrics",
+                                                                        "balloon-stats-interval", "no-seccomp",
+                                                                        "log-level"})));
+        if (on_command_line(flag)) continue;
+        if (option->get_type_size() == 0) {  // a flag: true / false
+            expanded.push_back(flag + "=" + (item.inputs.empty() ? std::string("true") : item.inputs.front()));
+            continue;
+        }
+        for (const std::string& value : item.inputs) expanded.push_back(flag + "=" + value);
+    }
+    expanded.insert(expanded.end(), args.begin() + 1, args.end());
+    return expanded;
+}
+
 }  // namespace
+
+std::string version_text() { return fmt::format("swapvisor {} ({})", kVersion, kGitDescribe); }
 
 std::optional<CliExit> check_run_files(const RunConfig& config) {
     for (const VmSpec& vm : config.all_vms()) {
@@ -166,10 +269,11 @@ std::optional<CliExit> check_run_files(const RunConfig& config) {
     return std::nullopt;
 }
 
-CliOutcome parse_command_line(const std::vector<std::string>& args) {
+CliOutcome parse_command_line(const std::vector<std::string>& given) {
     CLI::App app{"swapvisor: a KVM virtual machine monitor that overcommits guest memory onto swap devices", "swapvisor"};
     app.require_subcommand(1);
     app.set_help_all_flag("--help-all", "Print the help of every subcommand");
+    app.set_version_flag("--version,-V", version_text(), "Print the version (project version and git describe) and exit");
 
     RawRun raw;
     CLI::App* run = app.add_subcommand("run", "Boot a PVH ELF guest and run it until it exits; the exit status is "
@@ -236,7 +340,13 @@ CliOutcome parse_command_line(const std::vector<std::string>& args) {
     RawServe raw_serve;
     CLI::App* serve = app.add_subcommand("serve", "Run the host daemon: no VM at start; VMs are created, stopped and "
                                                   "removed through the control socket (swapvisor ctl vm-create ...)");
-    serve->add_option("--control", raw_serve.control, "Unix control socket (mode 0600); required")
+    serve->add_option("--config", raw_serve.config,
+                      "TOML file setting any of these options (key = option without --, e.g. host-budget = \"8G\", "
+                      "swap = [\"/dev/nvme1n1,priority=5\"]); flags on the command line win; re-read on SIGHUP "
+                      "(log-level and host-budget apply live)")
+        ->type_name("FILE");
+    serve->add_option("--control", raw_serve.control,
+                      "Unix control socket (mode 0600); required. A second daemon for it is refused (lock: SOCKET.lock)")
         ->type_name("SOCKET");
     serve->add_option("--swap", raw_serve.swaps, "Swap device or file, repeatable (as for run)")
         ->type_name("PATH[,priority=N][,size=SIZE][,format=yes]")
@@ -263,6 +373,13 @@ CliOutcome parse_command_line(const std::vector<std::string>& args) {
     std::string mkswap_size;
     CLI::App* mkswap_cmd = add_mkswap_subcommand(app, mkswap, mkswap_size);
 
+    if (auto bad = check_command_word(given, app)) return *bad;
+    std::vector<std::string> args = given;
+    if (given[0] == "serve") {
+        auto expanded = expand_config(given, *serve);
+        if (!expanded) return serve_error(expanded.error());
+        args = std::move(*expanded);
+    }
     std::vector<std::string> reversed(args.rbegin(), args.rend());  // CLI11 parses a reversed vector
     std::ostringstream out;
     std::ostringstream err;

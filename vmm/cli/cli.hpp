@@ -27,8 +27,13 @@ struct CliExit {
 // `run` gives a RunConfig, `serve` a ServeConfig, `ctl` its options (vmm/control/ctl.hpp), `mkswap` its.
 using CliOutcome = std::variant<RunConfig, ServeConfig, control::CtlOptions, MkswapOptions, CliExit>;
 
-// args excludes the program name: {"run", "--kernel", "hello.elf"}.
+// args excludes the program name: {"run", "--kernel", "hello.elf"}. `serve --config
+// FILE` reads FILE here (every serve option can be set in it; flags win), so
+// parsing the same args again re-reads it: that is how SIGHUP reloads.
 CliOutcome parse_command_line(const std::vector<std::string>& args);
+
+// "swapvisor VERSION (GIT DESCRIBE)", what --version prints (vmm/version.hpp.in).
+std::string version_text();
 
 // The files a RunConfig names, checked before anything is reserved (a usage error,
 // kExitUsage, if one is wrong): every kernel is a regular file (stat only: a FIFO

@@ -160,11 +160,12 @@ Result<SwapSpec> parse_swap_spec(std::string_view text) {
             spec.size = *size;
         } else if (key == "format") {
             if (have_format) return bad("format given twice");
-            if (value != "yes" && value != "no") return bad(fmt::format("format '{}' must be yes or no", value));
-            spec.format = value == "yes" ? swap::Format::yes : swap::Format::no;
+            if (value != "yes" && value != "no" && value != "force")
+                return bad(fmt::format("format '{}' must be yes, no or force", value));
+            spec.format = value == "yes" ? swap::Format::yes : value == "force" ? swap::Format::force : swap::Format::no;
             have_format = true;
         } else {
-            return bad(fmt::format("unknown option '{}' (accepted: priority=N, size=SIZE, format=yes)", key));
+            return bad(fmt::format("unknown option '{}' (accepted: priority=N, size=SIZE, format=yes|force)", key));
         }
     }
     return spec;

@@ -77,11 +77,11 @@ struct SwapSpec {
     std::filesystem::path path;
     std::optional<int> priority;         // 0..32767, higher first (swapon(8))
     std::optional<std::uint64_t> size;   // swap space: create a missing file with it; must match an existing one
-    swap::Format format = swap::Format::no;  // format=yes: erase a device that has no swapvisor header
+    swap::Format format = swap::Format::no;  // format=yes: make a blank device swap; force: erase any
     bool operator==(const SwapSpec&) const = default;
 };
 
-// "PATH[,priority=N][,size=SIZE][,format=yes|no]": no empty path, no unknown or
+// "PATH[,priority=N][,size=SIZE][,format=yes|no|force]": no empty path, no unknown or
 // repeated key, every key needs "=value".
 Result<SwapSpec> parse_swap_spec(std::string_view text);
 
@@ -111,6 +111,7 @@ Result<VmSpec> parse_vm_spec(std::string_view text);
 // `swapvisor serve`: the host daemon. No VM at start; VMs come and go through the
 // control socket (vm-create, vm-stop, ...), sharing the swap pool and the budget.
 struct ServeConfig {
+    std::optional<std::filesystem::path> config_file;  // --config: absolute; re-read on SIGHUP
     std::filesystem::path control_socket;
     std::vector<SwapSpec> swaps;
     std::uint64_t host_budget = 0;
@@ -118,6 +119,7 @@ struct ServeConfig {
     std::chrono::milliseconds balloon_stats_interval = kDefaultBalloonStatsInterval;  // VMs made by vm-create
     std::string log_level = "info";
     sandbox::Seccomp seccomp = sandbox::Seccomp::on;  // --no-seccomp: off
+    bool operator==(const ServeConfig&) const = default;
 };
 
 struct RunConfig {

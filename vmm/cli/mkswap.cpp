@@ -13,18 +13,21 @@ namespace swapvisor::vmm::cli {
 CLI::App* add_mkswap_subcommand(CLI::App& app, MkswapOptions& options, std::string& size_text) {
     CLI::App* mk = app.add_subcommand(
         "mkswap",
-        "Make PATH a swapvisor swap device: write the swap header on its first page (erasing what the device "
-        "held). A missing file is created with --size of swap space, its space reserved");
+        "Make PATH a swapvisor swap device: write the swap header on its first page. A missing file is created "
+        "with --size of swap space, its space reserved; an existing file or device that holds recognisable data "
+        "(file system or partition signature, kernel or swapvisor swap signature, any non-zero byte in its first "
+        "MiB) is refused unless --force");
     mk->add_option("PATH", options.path, "Swap file or block device")->required();
     mk->add_option("--size", size_text,
                    "Swap space for a new file (e.g. 4G; the file is 4 KiB larger for the header); for an existing "
                    "device it must match")
         ->type_name("SIZE");
+    mk->add_flag("--force", options.force, "Erase PATH even if it holds data (that data is lost)");
     return mk;
 }
 
 int run_mkswap(const MkswapOptions& options, std::ostream& out, std::ostream& err) {
-    auto header = swap::mkswap(options.path, options.size_bytes);
+    auto header = swap::mkswap(options.path, options.size_bytes, options.force ? swap::Erase::anything : swap::Erase::blank_only);
     if (!header) {
         err << fmt::format("swapvisor mkswap: {}\n", header.error().message());
         return 1;

@@ -268,7 +268,10 @@ void add_ctl_subcommand(CLI::App& app, CtlOptions& o) {
                        "match")
         ->check(size_validator());
     swapon->add_flag("--format", o.format,
-                     "Erase a device that has no swapvisor header and make it swap (its contents are lost)");
+                     "Make a device without a swapvisor header swap, if it holds no recognisable data (a file "
+                     "system, partition table, kernel swap signature or any non-zero byte in its first MiB)");
+    swapon->add_flag("--force", o.force, "With --format: erase the device even if it holds data (it is lost)")
+        ->needs("--format");
     swapon->callback([&o] { o.command = CtlCommand::swapon; });
     CLI::App* swapoff = ctl->add_subcommand("swapoff", "Remove a swap device live (moves its pages elsewhere)");
     swapoff->add_option("PATH", o.path, "A path given to swapon or --swap")->required();
@@ -339,7 +342,7 @@ json ctl_request(const CtlOptions& options, int id) {
             request["path"] = absolute_path(options.path);
             request["priority"] = options.priority;
             if (!options.size.empty()) request["size"] = bytes_of(options.size);
-            if (options.format) request["format"] = true;
+            if (options.format) request["format"] = options.force ? json("force") : json(true);
             break;
         case CtlCommand::swapoff:
             request["path"] = absolute_path(options.path);

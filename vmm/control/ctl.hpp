@@ -37,8 +37,9 @@ struct CtlOptions {
     std::string path;        // swapon, swapoff
     int priority = 0;        // swapon
     std::string size;        // swapon (empty: the file must exist); SIZE text, e.g. "2G"
-    bool format = false;     // swapon --format: erase a device without a swapvisor header
-    bool force = false;      // swapoff --force: take out a device with unreadable slots
+    bool format = false;     // swapon --format: make a blank device swap
+    bool force = false;      // swapoff --force: take out a device with unreadable slots;
+                             // swapon --format --force: erase a device that holds data
     std::string vm;          // set-limit, vm-*, set-balloon, set-quota; vm-create: the new VM's name
     std::string bytes;       // set-limit, set-budget, set-balloon, set-quota: SIZE text ("0": no limit)
     // vm-create

@@ -49,6 +49,7 @@ ReplyCode reply_code_of(const Error& error) {
             case swap::Errc::exists: return ReplyCode::exists;
             case swap::Errc::unreadable_slots: return ReplyCode::unreadable_slots;
             case swap::Errc::no_signature:
+            case swap::Errc::holds_data:
             case swap::Errc::bad_header:
             case swap::Errc::size_mismatch: return ReplyCode::bad_request;
             default: return ReplyCode::io_error;
@@ -251,13 +252,15 @@ std::expected<Request, RequestError> parse_request(std::string_view line) {
             swapon.size_bytes = *size;
         }
         if (auto it = request.find("format"); it != request.end()) {
-            // Erasing a device is never implied: only a literal true (or "yes") does it.
+            // Erasing a device is never implied: only a literal true (or "yes") formats a
+            // blank device, only "force" one that holds data (swap/data_probe.hpp).
             if (it->is_boolean()) {
                 swapon.format = it->get<bool>() ? swap::Format::yes : swap::Format::no;
-            } else if (it->is_string() && (*it == "yes" || *it == "no")) {
-                swapon.format = *it == "yes" ? swap::Format::yes : swap::Format::no;
+            } else if (it->is_string() && (*it == "yes" || *it == "no" || *it == "force")) {
+                swapon.format = *it == "yes" ? swap::Format::yes : *it == "force" ? swap::Format::force : swap::Format::no;
             } else {
-                return bad(id, ReplyCode::bad_request, "field \"format\" must be true, false, \"yes\" or \"no\"");
+                return bad(id, ReplyCode::bad_request,
+                           "field \"format\" must be true, false, \"yes\", \"no\" or \"force\"");
             }
         }
         return Request{id, std::move(swapon)};

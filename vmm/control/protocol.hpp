@@ -80,7 +80,7 @@ struct SwaponCmd {
     std::string path;
     int priority = 0;
     std::uint64_t size_bytes = 0;  // 0: the path must exist
-    swap::Format format = swap::Format::no;  // "format": true erases a device without a header
+    swap::Format format = swap::Format::no;  // "format": true formats a blank device, "force" any device
 };
 struct SwapoffCmd {
     std::string path;
