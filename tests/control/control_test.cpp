@@ -579,6 +579,57 @@ TEST_F(ControlTest, StalledClientIsDroppedWhileOthersAreServed) {
     EXPECT_EQ(other.call({{"id", 100}, {"cmd", "status"}})["ok"], true);
 }
 
+TEST_F(ControlTest, AtTheConnectionCapTheIdlestClientMakesRoom) {
+    // Issue #17 item 1: idle clients used to hold every slot and lock ctl out.
+    start_server(ControlServerConfig{.max_connections = 4});
+    std::vector<Client> idle;
+    for (int i = 0; i < 4; ++i) {
+        idle.push_back(connect());
+        ASSERT_EQ(idle.back().call({{"id", i}, {"cmd", "status"}})["ok"], true);  // accepted, then idle
+    }
+    Client late = connect();
+    EXPECT_EQ(late.call({{"id", 9}, {"cmd", "status"}})["ok"], true);
+    // The first one (idle the longest) was told why and closed.
+    auto notice = idle.front().message();
+    ASSERT_TRUE(notice.has_value());
+    EXPECT_EQ(code_of(*notice), "busy") << notice->dump();
+    EXPECT_TRUE(idle.front().wait_closed());
+    EXPECT_EQ(idle[1].call({{"id", 10}, {"cmd", "status"}})["ok"], true);  // the others still served
+}
+
+TEST_F(ControlTest, IdleAndHalfSentClientsTimeOut) {
+    start_server(ControlServerConfig{.idle_timeout = std::chrono::milliseconds(300),
+                                     .read_timeout = std::chrono::milliseconds(200)});
+    Client idle = connect();
+    Client half = connect();
+    ASSERT_TRUE(half.send("{\"id\":1,\"cmd\":"));  // a line never finished
+    auto idle_notice = idle.message();
+    ASSERT_TRUE(idle_notice.has_value());
+    EXPECT_EQ(code_of(*idle_notice), "timeout") << idle_notice->dump();
+    EXPECT_TRUE(idle.wait_closed());
+    auto half_notice = half.message();
+    ASSERT_TRUE(half_notice.has_value());
+    EXPECT_EQ(code_of(*half_notice), "timeout") << half_notice->dump();
+    EXPECT_NE((*half_notice)["error"]["message"].get<std::string>().find("not finished"), std::string::npos);
+    EXPECT_TRUE(half.wait_closed());
+    // A client that keeps asking is never idle long enough.
+    Client busy = connect();
+    for (int i = 0; i < 5; ++i) {
+        EXPECT_EQ(busy.call({{"id", i}, {"cmd", "status"}})["ok"], true);
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+}
+
+TEST_F(ControlTest, RelativePathsAreRefused) {
+    start_server();
+    Client c = connect();
+    json r = c.call({{"id", 1}, {"cmd", "swapon"}, {"path", "rel.swap"}, {"size", "32M"}});
+    EXPECT_EQ(code_of(r), "bad_request") << r.dump();
+    EXPECT_FALSE(std::filesystem::exists("rel.swap"));
+    r = c.call({{"id", 2}, {"cmd", "swapoff"}, {"path", "a.swap"}});
+    EXPECT_EQ(code_of(r), "bad_request") << r.dump();
+}
+
 TEST_F(ControlTest, PeerWithAnotherUidIsRefused) {
     if (geteuid() != 0) GTEST_SKIP() << "SKIPPED LOUDLY: needs root to connect as another uid";
     start_server();
