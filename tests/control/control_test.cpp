@@ -771,10 +771,26 @@ TEST_F(ControlTest, CtlClientHumanAndJsonOutput) {
     err.str("");
     EXPECT_EQ(run_ctl(nowhere, out, err), kCtlExitNoConnection);
     EXPECT_NE(err.str().find((dir_ / "missing.sock").string()), std::string::npos) << err.str();
+    // No --socket: $SWAPVISOR_SOCKET (else /run/swapvisor/control.sock).
     CtlOptions no_socket{.command = CtlCommand::status};
     err.str("");
+    setenv("SWAPVISOR_SOCKET", (dir_ / "from-env.sock").c_str(), 1);
     EXPECT_EQ(run_ctl(no_socket, out, err), kCtlExitNoConnection);
-    EXPECT_NE(err.str().find("--socket"), std::string::npos) << err.str();
+    unsetenv("SWAPVISOR_SOCKET");
+    EXPECT_NE(err.str().find("from-env.sock"), std::string::npos) << err.str();
+
+    // A server that never answers (it listens, never accepts): --timeout, exit 4.
+    const std::string mute_path = (dir_ / "mute.sock").string();
+    io::UniqueFd mute(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, mute_path.c_str(), sizeof addr.sun_path - 1);
+    ASSERT_EQ(::bind(mute.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    ASSERT_EQ(::listen(mute.get(), 4), 0);
+    CtlOptions stuck{.socket = mute_path, .timeout = std::chrono::milliseconds(300), .command = CtlCommand::status};
+    err.str("");
+    EXPECT_EQ(run_ctl(stuck, out, err), kCtlExitTimeout);
+    EXPECT_NE(err.str().find("--timeout"), std::string::npos) << err.str();
 }
 
 TEST(CtlCommandLine, ParsesEverySubcommand) {
