@@ -4,8 +4,12 @@
 // vm_host.hpp) -> run -> report. `serve` is the same host without VMs at start: they
 // come and go through the control socket until a signal. Every step either succeeds or
 // ends the process with a message that names what failed (vmm/README.md#exit-codes).
+// Start-up checks everything it can (KVM, kernels, socket and metrics addresses)
+// before it creates any file, and removes the swap files it created if start-up
+// fails after all (vmm/README.md#start-up).
 // Objects are declared in dependency order, so they are destroyed in reverse: the
 // VM (memslots, vCPUs) before guest memory, guest memory before the swap pool.
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -21,8 +25,6 @@
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
-#include <spdlog/cfg/env.h>
-#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include "guestmem/host_memory.hpp"
@@ -32,11 +34,14 @@
 #include "vmm/control/ctl.hpp"
 #include "vmm/control/metrics_server.hpp"
 #include "vmm/control/stats_json.hpp"
+#include "vmm/control/unix_listener.hpp"
 #include "vmm/devices/device_manager.hpp"
 #include "vmm/devices/virtio_balloon.hpp"
 #include "vmm/kvm/kvm.hpp"
 #include "vmm/loader/elf.hpp"
 #include "vmm/loader/loader.hpp"
+#include "vmm/logging.hpp"
+#include "io/nbd_device.hpp"
 #include "vmm/shutdown.hpp"
 #include "vmm/vm.hpp"
 #include "vmm/sandbox/seccomp.hpp"
@@ -64,12 +69,88 @@ int fail(const std::string& message) {
     return kExitSetupError;
 }
 
-// Serial output owns stdout; logs go to stderr. SPDLOG_LEVEL=debug shows more.
-void setup_logging() {
-    auto logger = spdlog::stderr_color_mt("swapvisor");
-    logger->set_pattern("swapvisor: %^%l%$: %v");
-    spdlog::set_default_logger(logger);
-    spdlog::cfg::load_env_levels();
+int usage_failure(const std::string& message) {
+    spdlog::error("{}", message);
+    return cli::kExitUsage;
+}
+
+// A daemon holds a socket per client and a file per swap device: give it every file
+// descriptor the hard limit allows (the connection caps of vmm/control bound the
+// clients; this keeps 256 or 1024 from being the real cap).
+void raise_fd_limit() {
+    rlimit limit{};
+    // Kernel contract: an unprivileged process may raise its soft RLIMIT_NOFILE up to
+    // the hard limit.
+    if (getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur >= limit.rlim_max) return;
+    const rlim_t before = limit.rlim_cur;
+    limit.rlim_cur = limit.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &limit) != 0)
+        spdlog::warn("open files: cannot raise the soft limit {} to the hard limit {}: {}", before, limit.rlim_max,
+                     std::strerror(errno));
+    else
+        spdlog::info("open files: soft limit raised from {} to the hard limit {}", before, limit.rlim_max);
+}
+
+// KVM's error with what an operator should check for it.
+std::string kvm_failure(const swv::Error& error) {
+    std::string hint;
+    if (error.is(std::errc::no_such_file_or_directory) || error.is(std::errc::no_such_device) ||
+        error.is(std::errc::no_such_device_or_address))
+        hint = "is the kvm module loaded (lsmod | grep kvm; modprobe kvm_intel or kvm_amd)? is virtualisation "
+               "enabled in the firmware, or, inside a VM, nested virtualisation on its host?";
+    else if (error.is(std::errc::permission_denied) || error.is(std::errc::operation_not_permitted))
+        hint = "may this user open /dev/kvm read-write (ls -l /dev/kvm: usually root:kvm 0660; add the user to the "
+               "kvm group)?";
+    else
+        hint = "is the kvm module loaded, may this user open /dev/kvm read-write, and, inside a VM, is nested "
+               "virtualisation enabled?";
+    return fmt::format("KVM: {} (check: {})", error.message(), hint);
+}
+
+// The swap files a start-up creates (size= of a missing file): if start-up fails
+// they are removed again, so a failed start leaves the host as it found it. keep()
+// once started: from then on they are the operator's swap files.
+class CreatedSwapFiles {
+public:
+    CreatedSwapFiles() = default;
+    CreatedSwapFiles(const CreatedSwapFiles&) = delete;
+    CreatedSwapFiles& operator=(const CreatedSwapFiles&) = delete;
+    // Before swapon: note each --swap with size= whose file does not exist yet.
+    void note_missing(const std::vector<cli::SwapSpec>& swaps) {
+        for (const cli::SwapSpec& spec : swaps) {
+            std::error_code ec;
+            if (!spec.size || swv::io::is_nbd_uri(spec.path.string())) continue;
+            // (ec is set for a missing path too: the type says "not found".)
+            if (std::filesystem::symlink_status(spec.path, ec).type() == std::filesystem::file_type::not_found)
+                paths_.push_back(spec.path);
+        }
+    }
+    void keep() { paths_.clear(); }
+    ~CreatedSwapFiles() {
+        for (const auto& path : paths_) {
+            std::error_code ec;
+            if (std::filesystem::remove(path, ec))
+                spdlog::info("removed {}: created by this start-up, which failed", path.string());
+        }
+    }
+
+private:
+    std::vector<std::filesystem::path> paths_;
+};
+
+// The control socket's path, checked before anything is created. Only the built-in
+// default's directory (/run/swapvisor) is created when missing.
+swv::Result<void> check_control_socket(const std::filesystem::path& path) {
+    const auto missing_dir = path == control::kDefaultControlSocket ? control::MissingDir::create : control::MissingDir::refuse;
+    return control::check_unix_socket_path(path.string(), "control socket", missing_dir);
+}
+
+swv::Result<void> make_default_socket_dir(const std::filesystem::path& path) {
+    if (path != control::kDefaultControlSocket) return {};
+    std::error_code ec;
+    std::filesystem::create_directories(path.parent_path(), ec);
+    if (ec) return swv::errno_error("creating the control socket's directory", ec.value(), path.parent_path().string());
+    return {};
 }
 
 // The same document the control socket's `status`/`stats` replies carry (device
@@ -92,6 +173,8 @@ std::string swapon_all(swv::swap::SwapPool& pool, const std::vector<cli::SwapSpe
     for (const cli::SwapSpec& spec : swaps) {
         auto id = pool.swapon(spec.path, spec.priority.value_or(0), spec.size.value_or(0), spec.format);
         if (!id) return fmt::format("swapon {}: {}", spec.path.string(), id.error().message());
+        spdlog::info("swapon {}: device {}, priority {}", pool.resolve_name(spec.path.string()), id->value(),
+                     spec.priority.value_or(0));
     }
     return {};
 }
@@ -114,7 +197,7 @@ int run_host(const cli::RunConfig& config);
 int serve_host(const cli::ServeConfig& config);
 
 int main(int argc, char** argv) {
-    setup_logging();
+    setup_logging();  // vmm/logging.hpp: timestamps, or journald priorities under systemd
 
     // 1. Parse the command line (`ctl` is a client: it only talks to a socket).
     cli::CliOutcome outcome = cli::parse_command_line(std::vector<std::string>(argv + 1, argv + argc));
@@ -125,6 +208,7 @@ int main(int argc, char** argv) {
     }
     if (const auto* ctl = std::get_if<control::CtlOptions>(&outcome)) return control::run_ctl(*ctl);
     if (const auto* mk = std::get_if<cli::MkswapOptions>(&outcome)) return cli::run_mkswap(*mk, std::cout, std::cerr);
+    raise_fd_limit();
     if (const auto* serve = std::get_if<cli::ServeConfig>(&outcome)) return serve_host(*serve);
     return run_host(std::get<cli::RunConfig>(outcome));
 }
@@ -138,11 +222,22 @@ int run_host(const cli::RunConfig& config) {
     auto shutdown = Shutdown::install(SignalExit::signal_status);
     if (!shutdown) return fail(fmt::format("signal handling: {}", shutdown.error().message()));
     const std::vector<cli::VmSpec> specs = config.all_vms();
-    // 3. Read and validate every kernel before reserving anything.
+    // 3. Check everything before creating anything: every kernel, KVM, the control
+    // socket's path.
     for (const cli::VmSpec& spec : specs)
         if (auto image = loader::read_elf(spec.kernel); !image) return fail(image.error().message());
+    auto kvm = kvm::Kvm::open();
+    if (!kvm) return fail(kvm_failure(kvm.error()));
+    if (config.control_socket) {
+        if (auto r = check_control_socket(*config.control_socket); !r)
+            return fail(fmt::format("--control: {}", r.error().message()));
+    }
 
-    // 4. Open swap: one pool for every VM of this process.
+    // 4. Open swap: one pool for every VM of this process. Files it creates are
+    // removed again if start-up fails (declared first: removed after the pool closed
+    // them).
+    CreatedSwapFiles created;
+    created.note_missing(config.swaps);
     swv::swap::SwapPool pool;
     if (auto r = swapon_all(pool, config.swaps); !r.empty()) return fail(r);
     swv::guestmem::HostMemory host(pool, config.host_budget);
@@ -152,8 +247,6 @@ int run_host(const cli::RunConfig& config) {
                 spdlog::warn("{}: --resident-limit without --swap: only zero and discarded pages can leave memory",
                              spec.name);
     }
-    auto kvm = kvm::Kvm::open();
-    if (!kvm) return fail(fmt::format("KVM: {}", kvm.error().message()));
     // Device counters of every VM, filled by each VM's DeviceManager; read by the
     // control socket and --stats-json. Declared before the VMs that refer to it.
     control::DeviceStats device_stats;
@@ -182,6 +275,7 @@ int run_host(const cli::RunConfig& config) {
             return fail(r.error().message());
         }
     }
+    created.keep();  // started: the swap files are the operator's now
     vms.wait_all();
     if (server) server->stop();
 
@@ -207,28 +301,57 @@ int serve_host(const cli::ServeConfig& config) {
     // A daemon asked to stop by SIGTERM / SIGINT has done its job: exit 0.
     auto shutdown = Shutdown::install(SignalExit::success);
     if (!shutdown) return fail(fmt::format("signal handling: {}", shutdown.error().message()));
+    // Check the addresses before creating anything: a bad --metrics is a usage error
+    // (2) and no socket or swap file is made.
+    if (config.metrics) {
+        if (auto r = control::MetricsServer::check_address(*config.metrics); !r)
+            return r.error().is(std::errc::invalid_argument)
+                       ? usage_failure(fmt::format("--metrics {}: {}", *config.metrics, r.error().message()))
+                       : fail(fmt::format("--metrics {}: {}", *config.metrics, r.error().message()));
+    }
+    if (auto r = check_control_socket(config.control_socket); !r)
+        return fail(fmt::format("--control: {}", r.error().message()));
+    // KVM is needed only for VMs: without it the daemon still serves the pool and
+    // limits, and vm-create answers kvm_error with the same hint.
+    std::optional<kvm::Kvm> kvm;
+    std::string no_kvm;
+    if (auto opened = kvm::Kvm::open()) {
+        kvm.emplace(std::move(*opened));
+    } else {
+        no_kvm = kvm_failure(opened.error());
+        spdlog::warn("{}; serving without VMs (vm-create answers kvm_error)", no_kvm);
+    }
+
+    CreatedSwapFiles created;  // removed again if start-up fails
+    created.note_missing(config.swaps);
     swv::swap::SwapPool pool;
     if (auto r = swapon_all(pool, config.swaps); !r.empty()) return fail(r);
     swv::guestmem::HostMemory host(pool, config.host_budget);
-    auto kvm = kvm::Kvm::open();
-    if (!kvm) return fail(fmt::format("KVM: {}", kvm.error().message()));
     control::DeviceStats device_stats;
     control::SwapoffBoard swapoffs;
-    VmHost vms(*kvm, host, device_stats, Release::when_ended);
-    vms.set_balloon_stats_interval(config.balloon_stats_interval);
-    if (auto r = confine(config.seccomp, vms); !r) return fail(r.error().message());
+    std::optional<VmHost> vms;
+    if (kvm) {
+        vms.emplace(*kvm, host, device_stats, Release::when_ended);
+        vms->set_balloon_stats_interval(config.balloon_stats_interval);
+        if (auto r = confine(config.seccomp, *vms); !r) return fail(r.error().message());
+    }
+    VmHost* vm_host = vms ? &*vms : nullptr;
 
-    control::ControlServer server(host, device_stats,
-                                  control::ControlServerConfig{
-                                      .socket_path = config.control_socket, .vms = &vms, .swapoffs = &swapoffs});
-    if (auto r = server.start(); !r)
-        return fail(fmt::format("--control {}: {}", config.control_socket.string(), r.error().message()));
     std::optional<control::MetricsServer> metrics;
     if (config.metrics) {
-        metrics.emplace(host, device_stats, &vms, &swapoffs);
+        metrics.emplace(host, device_stats, vm_host, &swapoffs);
         if (auto r = metrics->start(*config.metrics); !r)
             return fail(fmt::format("--metrics {}: {}", *config.metrics, r.error().message()));
     }
+    control::ControlServer server(host, device_stats,
+                                  control::ControlServerConfig{.socket_path = config.control_socket,
+                                                               .vms = vm_host,
+                                                               .no_vms_reason = no_kvm,
+                                                               .swapoffs = &swapoffs});
+    if (auto r = make_default_socket_dir(config.control_socket); !r) return fail(r.error().message());
+    if (auto r = server.start(); !r)
+        return fail(fmt::format("--control {}: {}", config.control_socket.string(), r.error().message()));
+    created.keep();  // serving: the swap files are the operator's now
     spdlog::info("serving: control socket {}, {} swap device(s), host budget {}", config.control_socket.string(),
                  pool.stats().size(), config.host_budget);
 
@@ -239,7 +362,9 @@ int serve_host(const cli::ServeConfig& config) {
     spdlog::info("shutting down on SIG{}", sigabbrev_np(sig));
     server.stop();
     if (metrics) metrics->stop();
-    vms.stop_all(VmEnd{EndReason::stopped, kExitStopped, 0, fmt::format("stopped by SIG{}", sigabbrev_np(sig))});
-    vms.wait_all();
+    if (vms) {
+        vms->stop_all(VmEnd{EndReason::stopped, kExitStopped, 0, fmt::format("stopped by SIG{}", sigabbrev_np(sig))});
+        vms->wait_all();
+    }
     return (*shutdown)->exit_status();  // 0, as the watcher logged
 }
