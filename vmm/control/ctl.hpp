@@ -1,7 +1,8 @@
 // `swapvisor ctl`: the command-line client of the control socket (DESIGN.md §6,
 // vmm/control/README.md#ctl). add_ctl_subcommand() defines the CLI11 subcommand
 // and fills a CtlOptions; main() then calls run_ctl(), which sends one request,
-// reads its progress lines and its reply with plain blocking socket I/O, and prints
+// reads its progress lines and its reply (socket I/O with every wait bounded by
+// --timeout), and prints
 // them for a human (a table, a progress bar on a terminal) or, with --json, as the
 // raw reply lines.
 //
