@@ -821,6 +821,14 @@ TEST(CtlCommandLine, ParsesEverySubcommand) {
     o = parse({"ctl", "--socket", "s", "set-budget", "512M"});
     EXPECT_EQ(ctl_request(o, 1), json::parse(R"({"id":1,"cmd":"set-budget","bytes":536870912})"));
 
+    // --timeout: seconds, 0 = forever; without it 5 s, or 60 s for the worker commands.
+    o = parse({"ctl", "--timeout", "2.5", "status"});
+    EXPECT_EQ(effective_timeout(o), std::chrono::milliseconds(2500));
+    EXPECT_EQ(effective_timeout(parse({"ctl", "status"})), kDefaultCtlTimeout);
+    EXPECT_EQ(effective_timeout(parse({"ctl", "swapoff", "/x"})), kDefaultLongCtlTimeout);
+    EXPECT_EQ(effective_timeout(parse({"ctl", "--timeout", "0", "swapoff", "/x"})), std::chrono::milliseconds(0));
+    EXPECT_THROW(parse({"ctl", "--timeout", "-1", "status"}), CLI::ParseError);
+
     EXPECT_THROW(parse({"ctl", "--socket", "s", "set-budget", "lots"}), CLI::ValidationError);
     EXPECT_THROW(parse({"ctl", "--socket", "s", "swapon", "/x", "--priority", "99999"}), CLI::ValidationError);
     // --socket is checked after parsing (cli.cpp), so a missing one is a usage error

@@ -325,8 +325,9 @@ void add_ctl_subcommand(CLI::App& app, CtlOptions& o) {
            },
            fmt::format("Seconds to wait while the server says nothing (connecting included; each progress line "
                        "starts it again; 0: forever); on expiry the connection is closed and ctl exits 4 "
-                       "(default {})",
-                       kDefaultCtlTimeout.count() / 1000))
+                       "(default {} s; {} s for swapon, swapoff and the vm-* commands but vm-list; vm-stop adds "
+                       "its --timeout-ms)",
+                       kDefaultCtlTimeout.count() / 1000, kDefaultLongCtlTimeout.count() / 1000))
         ->type_name("S");
     ctl->add_flag("--json", o.json, "Print the raw JSON reply lines");
     ctl->require_subcommand(1);
@@ -454,6 +455,20 @@ json ctl_request(const CtlOptions& options, int id) {
     return request;
 }
 
+std::chrono::milliseconds effective_timeout(const CtlOptions& options) {
+    if (options.timeout) return *options.timeout;
+    switch (options.command) {
+        case CtlCommand::swapon:
+        case CtlCommand::swapoff:
+        case CtlCommand::vm_create:
+        case CtlCommand::vm_stop:
+        case CtlCommand::vm_pause:
+        case CtlCommand::vm_resume:
+        case CtlCommand::vm_remove: return kDefaultLongCtlTimeout;
+        default: return kDefaultCtlTimeout;
+    }
+}
+
 int run_ctl(const CtlOptions& options) { return run_ctl(options, std::cout, std::cerr); }
 
 int run_ctl(const CtlOptions& options, std::ostream& out, std::ostream& err) {
@@ -463,11 +478,12 @@ int run_ctl(const CtlOptions& options, std::ostream& out, std::ostream& err) {
         return kCtlExitErrorReply;
     }
     const std::string socket = options.socket.empty() ? default_control_socket() : options.socket;
-    Deadline deadline(options.timeout);
+    const std::chrono::milliseconds timeout = effective_timeout(options);
+    Deadline deadline(timeout);
     auto timed_out = [&] {
         err << fmt::format("swapvisor ctl: {}: no answer from control socket {} within {} ms (--timeout); gave up and "
                            "closed the connection\n",
-                           command_name(options.command), socket, options.timeout.count());
+                           command_name(options.command), socket, timeout.count());
         return kCtlExitTimeout;
     };
     auto fd = connect_to(socket, deadline);
@@ -478,7 +494,7 @@ int run_ctl(const CtlOptions& options, std::ostream& out, std::ostream& err) {
         return kCtlExitNoConnection;
     }
     // vm-stop waits for the guest as long as it was told to, silently.
-    if (options.command == CtlCommand::vm_stop && options.timeout.count() != 0)
+    if (options.command == CtlCommand::vm_stop && timeout.count() != 0)
         deadline.extend(std::chrono::milliseconds(options.timeout_ms));
     std::string send_error;
     switch (send_all(fd->get(), to_line(ctl_request(options, kRequestId)), deadline)) {

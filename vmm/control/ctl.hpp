@@ -16,6 +16,7 @@
 
 #include <chrono>
 #include <iosfwd>
+#include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -38,8 +39,12 @@ inline constexpr const char* kSocketEnvVar = "SWAPVISOR_SOCKET";
 std::string default_control_socket();
 
 // How long ctl waits while the server says nothing (connecting included): each
-// reply or progress line starts it again; vm-stop adds its own --timeout-ms.
+// reply or progress line starts it again; vm-stop adds its own --timeout-ms. Without
+// --timeout: kDefaultCtlTimeout for the quick commands, kDefaultLongCtlTimeout for
+// those the server runs on workers (swapon may create a file or reach an NBD
+// server, vm-create loads a kernel, vm-remove frees gigabytes).
 inline constexpr std::chrono::milliseconds kDefaultCtlTimeout{5000};
+inline constexpr std::chrono::milliseconds kDefaultLongCtlTimeout{60000};
 
 enum class CtlCommand {
     none, status, stats, swapon, swapoff, set_limit, set_budget,
@@ -51,7 +56,7 @@ enum class ProgressBar { auto_detect, on, off };
 
 struct CtlOptions {
     std::string socket;      // empty: default_control_socket()
-    std::chrono::milliseconds timeout = kDefaultCtlTimeout;  // 0: wait forever
+    std::optional<std::chrono::milliseconds> timeout;  // --timeout; 0: wait forever; none: the default above
     bool json = false;
     CtlCommand command = CtlCommand::none;
     std::string path;        // swapon, swapoff
@@ -82,6 +87,9 @@ void add_ctl_subcommand(CLI::App& app, CtlOptions& options);
 
 // The request run_ctl sends (sizes already parsed; the server accepts both).
 nlohmann::json ctl_request(const CtlOptions& options, int id);
+
+// The timeout run_ctl applies: --timeout, else the default for the command.
+std::chrono::milliseconds effective_timeout(const CtlOptions& options);
 
 int run_ctl(const CtlOptions& options);
 int run_ctl(const CtlOptions& options, std::ostream& out, std::ostream& err);
