@@ -9,7 +9,8 @@
 #     still be served, the daemon must hold far fewer than 500 fds, and the log must
 #     not fill with accept errors;
 #  2. 70 idle control connections (more than max_connections, 64): ctl still gets in;
-#  3. uid 65534 is refused by the control socket with its code shown by ctl (5).
+#  3. uid 65534 is refused by the control socket with its code shown by ctl (5);
+#  4. uid 65534 is refused by a /metrics Unix socket (SO_PEERCRED), even at mode 0666.
 # On main (b18aa34) it failed at once: serve refused to start without /dev/kvm, and
 # with KVM the idle connections used up the fds and locked ctl out.
 set -u
@@ -162,4 +163,18 @@ wait "$serve_pid"
 rc=$?
 serve_pid=
 [[ $rc -eq 0 ]] || fail "serve exited $rc on SIGTERM"
+
+# 4. A /metrics Unix socket checks its peers' uid like the control socket.
+"$bin" serve --control "$work/c2.sock" --metrics "$work/m.sock" >"$work/out2.log" 2>"$work/err.log" &
+serve_pid=$!
+for _ in $(seq 1 100); do [[ -S $work/m.sock && -S $work/c2.sock ]] && break; sleep 0.1; done
+[[ -S $work/m.sock ]] || fail "serve did not open its metrics socket"
+curl -sf --max-time 5 --unix-socket "$work/m.sock" http://localhost/metrics | grep -q '^swapvisor_host_budget_bytes' ||
+  fail "root cannot scrape the metrics socket"
+chmod 0666 "$work/m.sock"
+setpriv --reuid=65534 --regid=65534 --clear-groups curl -sf --max-time 5 --unix-socket "$work/m.sock" \
+  http://localhost/metrics >"$work/nobody-scrape.txt" 2>&1 && fail "uid 65534 scraped the metrics socket"
+grep -q "metrics: refusing uid 65534" "$work/err.log" || fail "the metrics socket did not refuse uid 65534 by its uid"
+kill "$serve_pid"; wait "$serve_pid"; serve_pid=
+echo "ok: the metrics socket refuses another uid"
 echo "PASS: bounded clients"
