@@ -9,6 +9,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 
 namespace swapvisor::vmm::control {
 
@@ -80,6 +81,12 @@ Result<void> check_unix_socket_path(const std::string& path, std::string_view wh
     if (stat(dir.c_str(), &st) != 0) {
         if (errno != ENOENT || missing_dir == MissingDir::refuse)
             return errno_error("the socket's directory", errno, context);
+        // It will be created: its own directory must let us (one level, as for
+        // /run/swapvisor).
+        const std::filesystem::path above = std::filesystem::path(path).parent_path().parent_path();
+        if (access(above.empty() ? "." : above.c_str(), W_OK | X_OK) != 0)
+            return errno_error("the socket's directory is missing and cannot be created", errno, context);
+        return {};  // nothing can be at the path
     } else if (!S_ISDIR(st.st_mode)) {
         return errno_error("the socket's directory", ENOTDIR, context);
     } else if (access(dir.c_str(), W_OK | X_OK) != 0) {
