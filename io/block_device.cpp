@@ -220,6 +220,10 @@ Result<std::unique_ptr<FileBlockDevice>> FileBlockDevice::open_unnamed(const std
         return fail(errno_error("open swap device"));
     } else {
         std::filesystem::path dir = std::filesystem::absolute(path).parent_path();
+        // A missing name under /dev is a device that is not there, not a file to
+        // create (devtmpfs would be refused as "tmpfs", which points the wrong way).
+        if (dir == "/dev" || dir.string().starts_with("/dev/"))
+            return fail(errno_error("open swap device: no such block device", ENOENT));
         if (auto r = refuse_ram_backed(dir); !r) return fail(std::unexpected(r.error()));
         flags |= O_CREAT | O_EXCL;  // a concurrent creator is an error, not a shared file
         origin = FileOrigin::created;

@@ -18,11 +18,13 @@ public:
             case Errc::io_failed: return "swap I/O failed";
             case Errc::exists: return "already a swap device";
             case Errc::no_signature:
-                return "no swapvisor swap signature: refusing to overwrite what may be someone's data (prepare it "
-                       "with 'swapvisor mkswap PATH', or add format=yes to make a blank device swap)";
+                return "no swapvisor swap signature: refusing to overwrite what may be someone's data (prepare a "
+                       "file or block device with 'swapvisor mkswap PATH'; for an NBD export, or to erase any "
+                       "device, add format=yes, or --format to ctl swapon)";
             case Errc::bad_header:
                 return "swapvisor swap header is corrupt, of another version, or does not match the device's size "
-                       "(run 'swapvisor mkswap PATH' again to re-create it, losing its contents)";
+                       "(re-create it, losing its contents: 'swapvisor mkswap PATH' for a file or block device, "
+                       "format=yes for an NBD export)";
             case Errc::size_mismatch: return "the size given disagrees with the size of the existing device";
             case Errc::unreadable_slots:
                 return "some swapped pages cannot be read back (I/O error or checksum mismatch); nothing was lost, "

@@ -4,7 +4,10 @@
 // vm_host.hpp) -> run -> report. `serve` is the same host without VMs at start: they
 // come and go through the control socket until a signal (SIGHUP reloads its --config,
 // vmm/daemon/). Every step either succeeds or ends the process with a message that
-// names what failed (vmm/README.md#exit-codes).
+// names what failed (vmm/README.md#exit-codes). Start-up checks everything it can
+// (KVM, kernels, socket and metrics addresses) before it creates any file, and
+// removes the swap files it created if start-up fails after all
+// (vmm/README.md#start-up).
 // Objects are declared in dependency order, so they are destroyed in reverse: the
 // VM (memslots, vCPUs) before guest memory, guest memory before the swap pool.
 #include <unistd.h>
@@ -23,8 +26,6 @@
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
-#include <spdlog/cfg/env.h>
-#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include "guestmem/host_memory.hpp"
@@ -42,7 +43,9 @@
 #include "vmm/kvm/kvm.hpp"
 #include "vmm/loader/elf.hpp"
 #include "vmm/loader/loader.hpp"
+#include "vmm/logging.hpp"
 #include "vmm/shutdown.hpp"
+#include "vmm/startup.hpp"
 #include "vmm/vm.hpp"
 #include "vmm/sandbox/seccomp.hpp"
 #include "vmm/vm_host.hpp"
@@ -69,12 +72,9 @@ int fail(const std::string& message) {
     return kExitSetupError;
 }
 
-// Serial output owns stdout; logs go to stderr. SPDLOG_LEVEL=debug shows more.
-void setup_logging() {
-    auto logger = spdlog::stderr_color_mt("swapvisor");
-    logger->set_pattern("swapvisor: %^%l%$: %v");
-    spdlog::set_default_logger(logger);
-    spdlog::cfg::load_env_levels();
+int usage_failure(const std::string& message) {
+    spdlog::error("{}", message);
+    return cli::kExitUsage;
 }
 
 // The same document the control socket's `status`/`stats` replies carry (device
@@ -97,6 +97,8 @@ std::string swapon_all(swv::swap::SwapPool& pool, const std::vector<cli::SwapSpe
     for (const cli::SwapSpec& spec : swaps) {
         auto id = pool.swapon(spec.path, spec.priority.value_or(0), spec.size.value_or(0), spec.format);
         if (!id) return fmt::format("swapon {}: {}", spec.path.string(), id.error().message());
+        spdlog::info("swapon {}: device {}, priority {}", pool.resolve_name(spec.path.string()), id->value(),
+                     spec.priority.value_or(0));
     }
     return {};
 }
@@ -179,7 +181,7 @@ int main(int argc, char** argv) {
     // 0. A write to a closed pipe (stderr to a collector that went away, a client
     // gone from a socket) fails with EPIPE where it is made; it never ends the process.
     ignore_broken_pipes();
-    setup_logging();
+    setup_logging();  // vmm/logging.hpp: timestamps, or journald priorities under systemd
 
     // 1. Parse the command line (`ctl` is a client: it only talks to a socket).
     const std::vector<std::string> args(argv + 1, argv + argc);
@@ -191,6 +193,7 @@ int main(int argc, char** argv) {
     }
     if (const auto* ctl = std::get_if<control::CtlOptions>(&outcome)) return control::run_ctl(*ctl);
     if (const auto* mk = std::get_if<cli::MkswapOptions>(&outcome)) return cli::run_mkswap(*mk, std::cout, std::cerr);
+    raise_fd_limit();
     if (const auto* serve = std::get_if<cli::ServeConfig>(&outcome)) return serve_host(*serve, args);
     return run_host(std::get<cli::RunConfig>(outcome));
 }
@@ -210,11 +213,22 @@ int run_host(const cli::RunConfig& config) {
         lock.emplace(std::move(*taken));
     }
     const std::vector<cli::VmSpec> specs = config.all_vms();
-    // 3. Read and validate every kernel before reserving anything.
+    // 3. Check everything before creating anything: every kernel, KVM, the control
+    // socket's path.
     for (const cli::VmSpec& spec : specs)
         if (auto image = loader::read_elf(spec.kernel); !image) return fail(image.error().message());
+    auto kvm = kvm::Kvm::open();
+    if (!kvm) return fail(kvm_failure(kvm.error()));
+    if (config.control_socket) {
+        if (auto r = check_control_socket(*config.control_socket); !r)
+            return fail(fmt::format("--control: {}", r.error().message()));
+    }
 
-    // 4. Open swap: one pool for every VM of this process.
+    // 4. Open swap: one pool for every VM of this process. Files it creates are
+    // removed again if start-up fails (declared first: removed after the pool closed
+    // them).
+    CreatedSwapFiles created;
+    created.note_missing(config.swaps);
     swv::swap::SwapPool pool;
     if (auto r = swapon_all(pool, config.swaps); !r.empty()) return fail(r);
     swv::guestmem::HostMemory host(pool, config.host_budget);
@@ -224,8 +238,6 @@ int run_host(const cli::RunConfig& config) {
                 spdlog::warn("{}: --resident-limit without --swap: only zero and discarded pages can leave memory",
                              spec.name);
     }
-    auto kvm = kvm::Kvm::open();
-    if (!kvm) return fail(fmt::format("KVM: {}", kvm.error().message()));
     // Device counters of every VM, filled by each VM's DeviceManager; read by the
     // control socket and --stats-json. Declared before the VMs that refer to it.
     control::DeviceStats device_stats;
@@ -254,6 +266,7 @@ int run_host(const cli::RunConfig& config) {
             return fail(r.error().message());
         }
     }
+    created.keep();  // started: the swap files are the operator's now
     vms.wait_all();
     if (server) server->stop();
 
@@ -280,36 +293,60 @@ int serve_host(const cli::ServeConfig& config, const std::vector<std::string>& a
     // A daemon asked to stop by SIGTERM / SIGINT / SIGQUIT has done its job: exit 0.
     auto shutdown = Shutdown::install(SignalExit::success);
     if (!shutdown) return fail(fmt::format("signal handling: {}", shutdown.error().message()));
+    // Check the addresses before creating anything: a bad --metrics is a usage error
+    // (2) and no socket or swap file is made.
+    if (config.metrics) {
+        if (auto r = control::MetricsServer::check_address(*config.metrics); !r)
+            return r.error().is(std::errc::invalid_argument)
+                       ? usage_failure(fmt::format("--metrics {}: {}", *config.metrics, r.error().message()))
+                       : fail(fmt::format("--metrics {}: {}", *config.metrics, r.error().message()));
+    }
+    if (auto r = check_control_socket(config.control_socket); !r)
+        return fail(fmt::format("--control: {}", r.error().message()));
+    // KVM is needed only for VMs: without it the daemon still serves the pool and
+    // limits, and vm-create answers kvm_error with the same hint.
+    std::optional<kvm::Kvm> kvm;
+    std::string no_kvm;
+    if (auto opened = kvm::Kvm::open()) {
+        kvm.emplace(std::move(*opened));
+    } else {
+        no_kvm = kvm_failure(opened.error());
+        spdlog::warn("{}; serving without VMs (vm-create answers kvm_error)", no_kvm);
+    }
+
     auto lock = lock_control(config.control_socket);
     if (!lock) return fail(lock.error().message());
+
+    CreatedSwapFiles created;  // removed again if start-up fails
+    created.note_missing(config.swaps);
     swv::swap::SwapPool pool;
     if (auto r = swapon_all(pool, config.swaps); !r.empty()) return fail(r);
     swv::guestmem::HostMemory host(pool, config.host_budget);
-    // Without /dev/kvm the pool and the socket still serve (swapon, swapoff, status):
-    // vm-create is refused with the reason (vmm/README.md#daemon).
-    auto kvm = kvm::Kvm::open();
-    if (!kvm) {
-        spdlog::warn("KVM: {}: serving without VMs; vm-create fails until swapvisor is restarted with /dev/kvm usable",
-                     kvm.error().message());
-        kvm = kvm::Kvm::unavailable(kvm.error());
-    }
     control::DeviceStats device_stats;
     control::SwapoffBoard swapoffs;
-    VmHost vms(*kvm, host, device_stats, Release::when_ended);
-    vms.set_balloon_stats_interval(config.balloon_stats_interval);
-    if (auto r = confine(config.seccomp, vms); !r) return fail(r.error().message());
+    std::optional<VmHost> vms;
+    if (kvm) {
+        vms.emplace(*kvm, host, device_stats, Release::when_ended);
+        vms->set_balloon_stats_interval(config.balloon_stats_interval);
+        if (auto r = confine(config.seccomp, *vms); !r) return fail(r.error().message());
+    }
+    VmHost* vm_host = vms ? &*vms : nullptr;
 
-    control::ControlServer server(host, device_stats,
-                                  control::ControlServerConfig{
-                                      .socket_path = config.control_socket, .vms = &vms, .swapoffs = &swapoffs});
-    if (auto r = server.start(); !r)
-        return fail(fmt::format("--control {}: {}", config.control_socket.string(), r.error().message()));
     std::optional<control::MetricsServer> metrics;
     if (config.metrics) {
-        metrics.emplace(host, device_stats, &vms, &swapoffs);
+        metrics.emplace(host, device_stats, vm_host, &swapoffs);
         if (auto r = metrics->start(*config.metrics); !r)
             return fail(fmt::format("--metrics {}: {}", *config.metrics, r.error().message()));
     }
+    control::ControlServer server(host, device_stats,
+                                  control::ControlServerConfig{.socket_path = config.control_socket,
+                                                               .vms = vm_host,
+                                                               .no_vms_reason = no_kvm,
+                                                               .swapoffs = &swapoffs});
+    if (auto r = make_default_socket_dir(config.control_socket); !r) return fail(r.error().message());
+    if (auto r = server.start(); !r)
+        return fail(fmt::format("--control {}: {}", config.control_socket.string(), r.error().message()));
+    created.keep();  // serving: the swap files are the operator's now
     spdlog::info("serving: control socket {}, {} swap device(s), host budget {}", config.control_socket.string(),
                  pool.stats().size(), config.host_budget);
     daemon::notify_ready(fmt::format("serving on {}", config.control_socket.string()));
@@ -325,7 +362,9 @@ int serve_host(const cli::ServeConfig& config, const std::vector<std::string>& a
     spdlog::info("shutting down on SIG{}", sigabbrev_np(sig));
     server.stop();
     if (metrics) metrics->stop();
-    vms.stop_all(VmEnd{EndReason::stopped, kExitStopped, 0, fmt::format("stopped by SIG{}", sigabbrev_np(sig))});
-    vms.wait_all();
+    if (vms) {
+        vms->stop_all(VmEnd{EndReason::stopped, kExitStopped, 0, fmt::format("stopped by SIG{}", sigabbrev_np(sig))});
+        vms->wait_all();
+    }
     return (*shutdown)->exit_status();  // 0, as the watcher logged
 }

@@ -579,6 +579,57 @@ TEST_F(ControlTest, StalledClientIsDroppedWhileOthersAreServed) {
     EXPECT_EQ(other.call({{"id", 100}, {"cmd", "status"}})["ok"], true);
 }
 
+TEST_F(ControlTest, AtTheConnectionCapTheIdlestClientMakesRoom) {
+    // Issue #17 item 1: idle clients used to hold every slot and lock ctl out.
+    start_server(ControlServerConfig{.max_connections = 4});
+    std::vector<Client> idle;
+    for (int i = 0; i < 4; ++i) {
+        idle.push_back(connect());
+        ASSERT_EQ(idle.back().call({{"id", i}, {"cmd", "status"}})["ok"], true);  // accepted, then idle
+    }
+    Client late = connect();
+    EXPECT_EQ(late.call({{"id", 9}, {"cmd", "status"}})["ok"], true);
+    // The first one (idle the longest) was told why and closed.
+    auto notice = idle.front().message();
+    ASSERT_TRUE(notice.has_value());
+    EXPECT_EQ(code_of(*notice), "busy") << notice->dump();
+    EXPECT_TRUE(idle.front().wait_closed());
+    EXPECT_EQ(idle[1].call({{"id", 10}, {"cmd", "status"}})["ok"], true);  // the others still served
+}
+
+TEST_F(ControlTest, IdleAndHalfSentClientsTimeOut) {
+    start_server(ControlServerConfig{.idle_timeout = std::chrono::milliseconds(300),
+                                     .read_timeout = std::chrono::milliseconds(200)});
+    Client idle = connect();
+    Client half = connect();
+    ASSERT_TRUE(half.send("{\"id\":1,\"cmd\":"));  // a line never finished
+    auto idle_notice = idle.message();
+    ASSERT_TRUE(idle_notice.has_value());
+    EXPECT_EQ(code_of(*idle_notice), "timeout") << idle_notice->dump();
+    EXPECT_TRUE(idle.wait_closed());
+    auto half_notice = half.message();
+    ASSERT_TRUE(half_notice.has_value());
+    EXPECT_EQ(code_of(*half_notice), "timeout") << half_notice->dump();
+    EXPECT_NE((*half_notice)["error"]["message"].get<std::string>().find("not finished"), std::string::npos);
+    EXPECT_TRUE(half.wait_closed());
+    // A client that keeps asking is never idle long enough.
+    Client busy = connect();
+    for (int i = 0; i < 5; ++i) {
+        EXPECT_EQ(busy.call({{"id", i}, {"cmd", "status"}})["ok"], true);
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+}
+
+TEST_F(ControlTest, RelativePathsAreRefused) {
+    start_server();
+    Client c = connect();
+    json r = c.call({{"id", 1}, {"cmd", "swapon"}, {"path", "rel.swap"}, {"size", "32M"}});
+    EXPECT_EQ(code_of(r), "bad_request") << r.dump();
+    EXPECT_FALSE(std::filesystem::exists("rel.swap"));
+    r = c.call({{"id", 2}, {"cmd", "swapoff"}, {"path", "a.swap"}});
+    EXPECT_EQ(code_of(r), "bad_request") << r.dump();
+}
+
 TEST_F(ControlTest, PeerWithAnotherUidIsRefused) {
     if (geteuid() != 0) GTEST_SKIP() << "SKIPPED LOUDLY: needs root to connect as another uid";
     start_server();
@@ -720,10 +771,26 @@ TEST_F(ControlTest, CtlClientHumanAndJsonOutput) {
     err.str("");
     EXPECT_EQ(run_ctl(nowhere, out, err), kCtlExitNoConnection);
     EXPECT_NE(err.str().find((dir_ / "missing.sock").string()), std::string::npos) << err.str();
+    // No --socket: $SWAPVISOR_SOCKET (else /run/swapvisor/control.sock).
     CtlOptions no_socket{.command = CtlCommand::status};
     err.str("");
+    setenv("SWAPVISOR_SOCKET", (dir_ / "from-env.sock").c_str(), 1);
     EXPECT_EQ(run_ctl(no_socket, out, err), kCtlExitNoConnection);
-    EXPECT_NE(err.str().find("--socket"), std::string::npos) << err.str();
+    unsetenv("SWAPVISOR_SOCKET");
+    EXPECT_NE(err.str().find("from-env.sock"), std::string::npos) << err.str();
+
+    // A server that never answers (it listens, never accepts): --timeout, exit 4.
+    const std::string mute_path = (dir_ / "mute.sock").string();
+    io::UniqueFd mute(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, mute_path.c_str(), sizeof addr.sun_path - 1);
+    ASSERT_EQ(::bind(mute.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    ASSERT_EQ(::listen(mute.get(), 4), 0);
+    CtlOptions stuck{.socket = mute_path, .timeout = std::chrono::milliseconds(300), .command = CtlCommand::status};
+    err.str("");
+    EXPECT_EQ(run_ctl(stuck, out, err), kCtlExitTimeout);
+    EXPECT_NE(err.str().find("--timeout"), std::string::npos) << err.str();
 }
 
 TEST(CtlCommandLine, ParsesEverySubcommand) {
@@ -753,6 +820,14 @@ TEST(CtlCommandLine, ParsesEverySubcommand) {
     EXPECT_EQ(ctl_request(o, 1), json::parse(R"({"id":1,"cmd":"set-limit","vm":"vm0","bytes":1073741824})"));
     o = parse({"ctl", "--socket", "s", "set-budget", "512M"});
     EXPECT_EQ(ctl_request(o, 1), json::parse(R"({"id":1,"cmd":"set-budget","bytes":536870912})"));
+
+    // --timeout: seconds, 0 = forever; without it 5 s, or 60 s for the worker commands.
+    o = parse({"ctl", "--timeout", "2.5", "status"});
+    EXPECT_EQ(effective_timeout(o), std::chrono::milliseconds(2500));
+    EXPECT_EQ(effective_timeout(parse({"ctl", "status"})), kDefaultCtlTimeout);
+    EXPECT_EQ(effective_timeout(parse({"ctl", "swapoff", "/x"})), kDefaultLongCtlTimeout);
+    EXPECT_EQ(effective_timeout(parse({"ctl", "--timeout", "0", "swapoff", "/x"})), std::chrono::milliseconds(0));
+    EXPECT_THROW(parse({"ctl", "--timeout", "-1", "status"}), CLI::ParseError);
 
     EXPECT_THROW(parse({"ctl", "--socket", "s", "set-budget", "lots"}), CLI::ValidationError);
     EXPECT_THROW(parse({"ctl", "--socket", "s", "swapon", "/x", "--priority", "99999"}), CLI::ValidationError);

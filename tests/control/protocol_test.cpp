@@ -312,3 +312,44 @@ TEST(ReplyCodes, VmErrorsMapToTheirCodes) {
     EXPECT_EQ(code_name(ReplyCode::vm_running), "vm_running");
     EXPECT_EQ(code_name(ReplyCode::unsupported), "unsupported");
 }
+
+// Issue #17 item 8: a KVM failure is kvm_error whatever its errno (ENODEV from
+// KVM_CREATE_VM is no swap device), EINVAL (a bad NBD URI) is a bad request, and
+// relative paths are refused (the daemon's working directory is not the client's).
+TEST(ProtocolCodesTest, KvmEinvalAndRelativePaths) {
+    EXPECT_EQ(reply_code_of(Error{std::error_code(ENODEV, std::system_category()), "KVM_CREATE_VM"}),
+              ReplyCode::kvm_error);
+    EXPECT_EQ(reply_code_of(Error{std::error_code(ENOENT, std::system_category()), "open /dev/kvm"}),
+              ReplyCode::kvm_error);
+    EXPECT_EQ(reply_code_of(Error{std::error_code(ENOENT, std::system_category()), "open swap device"}),
+              ReplyCode::no_such_device);
+    EXPECT_EQ(reply_code_of(Error{std::error_code(EINVAL, std::system_category()), "an nbd+unix:// URI needs ?socket=PATH"}),
+              ReplyCode::bad_request);
+    EXPECT_EQ(reply_code_of(Error{std::error_code(ETIMEDOUT, std::system_category()), "NBD connect"}), ReplyCode::timeout);
+    EXPECT_EQ(code_name(ReplyCode::kvm_error), "kvm_error");
+    for (const char* line : {R"({"id":1,"cmd":"swapon","path":"a.swap"})", R"({"id":1,"cmd":"swapoff","path":"./a"})",
+                             R"({"id":1,"cmd":"vm-create","name":"a","kernel":"k.elf","memory":"64M"})",
+                             R"({"id":1,"cmd":"vm-create","name":"a","kernel":"/k","memory":"64M","serial_log":"s.log"})"}) {
+        auto bad = parse_request(line);
+        ASSERT_FALSE(bad) << line;
+        EXPECT_EQ(bad.error().code, ReplyCode::bad_request) << line;
+        EXPECT_NE(bad.error().message.find("absolute"), std::string::npos) << bad.error().message;
+    }
+    EXPECT_TRUE(parse_request(R"({"id":1,"cmd":"swapon","path":"nbd://host/export"})"));
+}
+
+// Issue #17 item 6: what the audit log says of each command.
+TEST(ProtocolAuditTest, MutatingCommandsAndTheirDescription) {
+    auto swapon = parse_request(R"({"id":1,"cmd":"swapon","path":"/var/a b.swap","size":"1M","priority":5})");
+    ASSERT_TRUE(swapon);
+    EXPECT_TRUE(is_mutating(swapon->command));
+    EXPECT_EQ(describe(swapon->command), R"(swapon path="/var/a b.swap" priority=5 size=1048576)");
+    auto limit = parse_request(R"({"cmd":"set-limit","vm":"web1","bytes":"1G"})");
+    ASSERT_TRUE(limit);
+    EXPECT_EQ(describe(limit->command), "set-limit vm=web1 bytes=1073741824");
+    auto forged = parse_request(R"({"cmd":"set-quota","vm":"a -> ok\nx=1","bytes":0})");
+    ASSERT_TRUE(forged);
+    EXPECT_EQ(describe(forged->command).find('\n'), std::string::npos);
+    for (const char* quiet : {R"({"cmd":"status"})", R"({"cmd":"stats"})", R"({"cmd":"vm-list"})"})
+        EXPECT_FALSE(is_mutating(parse_request(quiet)->command)) << quiet;
+}

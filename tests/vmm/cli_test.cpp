@@ -155,7 +155,8 @@ TEST(CliParseTest, UsageErrors) {
     };
     usage({}, "subcommand");
     usage({"run"}, "--kernel");
-    usage({"ctl", "status"}, "--socket");
+    // `ctl status` without --socket is no error: run_ctl uses $SWAPVISOR_SOCKET or the default.
+    EXPECT_TRUE(std::holds_alternative<control::CtlOptions>(parse_command_line({"ctl", "status"})));
     usage({"run", "--vm", "name=a,memory=1G"}, "kernel= is required");
     usage({"run", "--vm", "name=a,kernel=k,colour=red"}, "unknown option 'colour'");
     usage({"run", "--kernel", "k", "--vm", "name=vm0,kernel=k"}, "two VMs are named 'vm0'");
@@ -304,9 +305,14 @@ TEST(CliParseTest, ServeNeedsAControlSocketAndTakesSwapBudgetMetrics) {
     EXPECT_EQ(serve->host_budget, 2ULL << 30);
     EXPECT_EQ(serve->metrics, "127.0.0.1:9477");
     EXPECT_EQ(serve->log_level, "warn");
-    CliExit no_socket = run_exit({"serve", "--swap", "/a.swap"});
-    EXPECT_EQ(no_socket.status, kExitUsage);
-    EXPECT_NE(no_socket.err.find("--control"), std::string::npos) << no_socket.err;
+    // Without --control: $SWAPVISOR_SOCKET, else the default ctl uses too.
+    unsetenv("SWAPVISOR_SOCKET");
+    CliOutcome no_socket = parse_command_line({"serve", "--swap", "/a.swap"});
+    ASSERT_TRUE(std::holds_alternative<ServeConfig>(no_socket));
+    EXPECT_EQ(std::get<ServeConfig>(no_socket).control_socket, "/run/swapvisor/control.sock");
+    setenv("SWAPVISOR_SOCKET", "/tmp/env.sock", 1);
+    EXPECT_EQ(std::get<ServeConfig>(parse_command_line({"serve"})).control_socket, "/tmp/env.sock");
+    unsetenv("SWAPVISOR_SOCKET");
     EXPECT_EQ(run_exit({"serve", "--control", "s", "--swap", "/a,/b"}).status, kExitUsage);
     EXPECT_EQ(run_exit({"serve", "--control", "s", "--host-budget", "1M"}).status, kExitUsage);
     EXPECT_EQ(run_exit({"serve", "--control", "s", "--swap", "/a", "--swap", "/a"}).status, kExitUsage);

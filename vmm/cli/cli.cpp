@@ -79,8 +79,8 @@ std::expected<std::vector<SwapSpec>, std::string> parse_swaps(const std::vector<
 CliOutcome validate_serve(const RawServe& raw) {
     ServeConfig config;
     if (!raw.config.empty()) config.config_file = std::filesystem::absolute(raw.config);
-    if (raw.control.empty()) return serve_error("--control SOCKET is required: the daemon is driven through it");
-    config.control_socket = raw.control;
+    // The same default as `ctl`: $SWAPVISOR_SOCKET, else /run/swapvisor/control.sock.
+    config.control_socket = raw.control.empty() ? control::default_control_socket() : raw.control;
     auto swaps = parse_swaps(raw.swaps);
     if (!swaps) return serve_error(swaps.error());
     config.swaps = std::move(*swaps);
@@ -346,7 +346,9 @@ CliOutcome parse_command_line(const std::vector<std::string>& given) {
                       "(log-level and host-budget apply live)")
         ->type_name("FILE");
     serve->add_option("--control", raw_serve.control,
-                      "Unix control socket (mode 0600); required. A second daemon for it is refused (lock: SOCKET.lock)")
+                      fmt::format("Unix control socket (mode 0600); default ${} or {} (as for ctl). A second daemon "
+                                  "for it is refused (lock: SOCKET.lock)",
+                                  control::kSocketEnvVar, control::kDefaultControlSocket))
         ->type_name("SOCKET");
     serve->add_option("--swap", raw_serve.swaps, "Swap device or file, repeatable (as for run)")
         ->type_name("PATH[,priority=N][,size=SIZE][,format=yes]")
@@ -389,11 +391,7 @@ CliOutcome parse_command_line(const std::vector<std::string>& given) {
         int status = app.exit(e, out, err);
         return CliExit{status == 0 ? 0 : kExitUsage, out.str(), err.str()};
     }
-    if (ctl.command != control::CtlCommand::none) {
-        if (ctl.socket.empty())
-            return CliExit{kExitUsage, "", "swapvisor ctl: --socket SOCKET is required\n"};
-        return ctl;
-    }
+    if (ctl.command != control::CtlCommand::none) return ctl;  // no --socket: run_ctl uses the default
     if (mkswap_cmd->parsed()) {
         if (!mkswap_size.empty()) {
             auto size = parse_size_aligned(mkswap_size, 4096, "4 KiB");

@@ -8,11 +8,16 @@
 //   - one worker thread per swapon / swapoff owns its own io::Ring; it never touches
 //     a Connection, it posts lines to the control thread instead;
 //   - the thread that calls start() / stop() owns the Impl's lifecycle.
+// Bounded clients (README.md#bounded-clients): at most max_connections; at the cap
+// the client idle the longest makes room; idle and half-sent-line clients time out;
+// accept errors (EMFILE) back off. Every mutating request is audited
+// (README.md#audit-log): who (SO_PEERCRED uid and pid), what, result, duration.
 // Exceptions (Asio, nlohmann, bad_alloc) are caught per request and per worker and
 // become error replies; none crosses a completion handler.
 #include "vmm/control/io_thread.hpp"
 #include "vmm/control/control_server.hpp"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -50,6 +55,31 @@ namespace {
 constexpr int kListenBacklog = 64;
 constexpr std::size_t kReadChunk = 4096;
 constexpr auto kAcceptBackoff = std::chrono::milliseconds(100);
+using Clock = std::chrono::steady_clock;
+
+// One mutating request on its way: who sent it, what it asks, since when. Logged
+// once, with the reply's result, by whoever sends that reply.
+struct AuditEntry {
+    uid_t uid = 0;
+    pid_t pid = 0;
+    std::string what;
+    Clock::time_point start;
+};
+
+void audit_log(const AuditEntry& a, const json& reply) {
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - a.start).count();
+    auto ok = reply.find("ok");
+    if (ok != reply.end() && ok->is_boolean() && ok->get<bool>()) {
+        spdlog::info("audit: uid={} pid={} {} -> ok ({} ms)", a.uid, a.pid, a.what, ms);
+        return;
+    }
+    std::string code = "unknown", message;
+    if (auto e = reply.find("error"); e != reply.end() && e->is_object()) {
+        code = e->value("code", code);
+        message = e->value("message", message);
+    }
+    spdlog::warn("audit: uid={} pid={} {} -> {} ({} ms): {}", a.uid, a.pid, a.what, code, ms, message);
+}
 
 // A long-running command: its thread and whether it has finished (then joinable
 // without waiting).
@@ -68,11 +98,15 @@ struct ControlServer::Impl {
 
     void accept();
     void reject(Local::socket& socket, std::string_view why);
+    // At the connection cap: close the client idle the longest; false if none is.
+    bool evict_idle();
     // Run fn on a new worker thread; false if stopping or too many run already.
     bool spawn_worker(std::function<void()> fn);
     void join_workers();
     // Post one line to a connection from any thread.
     void post_line(const std::shared_ptr<Connection>& conn, std::string line);
+    // Post a worker's final reply: audited, and the connection may time out again.
+    void post_reply(const std::shared_ptr<Connection>& conn, json reply, std::optional<AuditEntry> audit);
 
     guestmem::HostMemory& host;
     const DeviceStats& devices;
@@ -82,6 +116,7 @@ struct ControlServer::Impl {
     asio::io_context io{1};
     Local::acceptor acceptor{io};
     asio::steady_timer accept_backoff{io};
+    Clock::time_point last_accept_warning{};  // accept errors are logged once a second at most
     std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
     // Control thread only (and the destructor, after the thread is joined).
     std::unordered_set<std::shared_ptr<Connection>> connections;
@@ -103,27 +138,48 @@ struct ControlServer::Impl {
 // alive through shared_ptrs after close(), when every send is a no-op.
 class Connection : public std::enable_shared_from_this<Connection> {
 public:
-    Connection(ControlServer::Impl& server, Local::socket socket) : server_(server), socket_(std::move(socket)) {}
+    Connection(ControlServer::Impl& server, Local::socket socket)
+        : server_(server), socket_(std::move(socket)), deadline_(server.io) {}
 
     void start() {
-        ucred cred{};
-        socklen_t len = sizeof cred;
+        socklen_t len = sizeof peer_;
         // Kernel contract: SO_PEERCRED on a connected AF_UNIX stream socket returns the
         // credentials the peer had at connect(); they cannot be changed afterwards.
-        if (getsockopt(socket_.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+        if (getsockopt(socket_.native_handle(), SOL_SOCKET, SO_PEERCRED, &peer_, &len) != 0) {
             send_line(to_line(error_reply(nullptr, ReplyCode::permission, "cannot read the peer's credentials")));
             close_after_flush();
             return;
         }
         uid_t self = geteuid();
-        if (cred.uid != self && cred.uid != 0) {
-            spdlog::warn("control: refusing uid {} (pid {}): only uid {} or root may connect", cred.uid, cred.pid, self);
+        if (peer_.uid != self && peer_.uid != 0) {
+            spdlog::warn("control: refusing uid {} (pid {}): only uid {} or root may connect", peer_.uid, peer_.pid, self);
             send_line(to_line(error_reply(nullptr, ReplyCode::permission,
-                                          fmt::format("uid {} may not use this socket", cred.uid))));
+                                          fmt::format("uid {} may not use this socket", peer_.uid))));
             close_after_flush();
             return;
         }
+        last_active_ = Clock::now();
+        arm_deadline(server_.config.idle_timeout);
         read();
+    }
+
+    // Idle: no command of it running, nothing queued to it, no line half sent.
+    bool idle() const { return !closed_ && !closing_ && running_ == 0 && out_.empty() && pending_.empty(); }
+    Clock::time_point last_active() const { return last_active_; }
+
+    // A worker's reply arrives (control thread): it is sent, and the client's idle
+    // clock starts again.
+    void finish_command(std::string line) {
+        if (running_ > 0) --running_;
+        last_active_ = Clock::now();
+        send_line(std::move(line));
+    }
+
+    // Closed to make room for a newer client (Impl::evict_idle).
+    void evict() {
+        spdlog::info("control: closing the client of pid {} (idle longest) to make room for a new one", peer_.pid);
+        send(error_reply(nullptr, ReplyCode::busy, "closed: idle while the server was at its connection limit"));
+        close_after_flush();
     }
 
     // Queue one protocol line; drops the connection if its queue would overflow.
@@ -138,13 +194,22 @@ public:
         out_.push_back(std::move(line));
         if (!writing_) write();
     }
-    void send(const json& object) { send_line(to_line(object)); }
+    // A reply (or any line) from the control thread; a reply to the mutating
+    // request being handled is audited.
+    void send(const json& object) {
+        if (pending_audit_ && object.contains("ok")) {
+            audit_log(*pending_audit_, object);
+            pending_audit_.reset();
+        }
+        send_line(to_line(object));
+    }
 
     void close() {
         if (closed_) return;
         closed_ = true;
         boost::system::error_code ignored;
         socket_.close(ignored);  // cancels the pending read / write
+        deadline_.cancel();
         out_.clear();
         out_bytes_ = 0;
         server_.connections.erase(shared_from_this());
@@ -154,6 +219,44 @@ private:
     void close_after_flush() {
         closing_ = true;
         if (!writing_) close();
+    }
+
+    // One timer per client: at its expiry the client is closed if it has been idle
+    // for idle_timeout, or has had a line half sent for read_timeout; a client with
+    // a command running or replies queued is never timed out (its command ends, or
+    // the output bound drops it).
+    void arm_deadline(Clock::duration after) {
+        deadline_.expires_after(after);
+        deadline_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+            if (!ec) self->on_deadline();
+        });
+    }
+
+    void on_deadline() {
+        if (closed_ || closing_) return;
+        const auto now = Clock::now();
+        const bool partial = !pending_.empty();
+        const auto limit = partial ? server_.config.read_timeout : server_.config.idle_timeout;
+        const auto since = partial ? line_started_ : last_active_;
+        if (running_ > 0 || writing_ || now - since < limit) {
+            arm_deadline(running_ > 0 || writing_ ? limit : limit - (now - since));
+            return;
+        }
+        const auto seconds = std::chrono::duration_cast<std::chrono::seconds>(limit).count();
+        spdlog::info("control: closing the client of pid {}: {} for {} s", peer_.pid,
+                     partial ? "a request line left unfinished" : "idle", seconds);
+        send(error_reply(nullptr, ReplyCode::timeout,
+                         partial ? fmt::format("request line not finished within {} s: closed", seconds)
+                                 : fmt::format("idle for {} s: closed", seconds)));
+        close_after_flush();
+    }
+
+    // Kernel contract: poll on an AF_UNIX stream socket reports POLLHUP once the peer
+    // has closed (both directions shut), not after a mere shutdown(SHUT_WR) (then
+    // only POLLRDHUP): a client that half-closes still gets its reply.
+    bool peer_gone() {
+        pollfd p{socket_.native_handle(), POLLIN | POLLRDHUP, 0};
+        return ::poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLERR)) != 0;
     }
 
     void read() {
@@ -169,6 +272,8 @@ private:
             close();
             return;
         }
+        if (pending_.empty()) line_started_ = Clock::now();
+        last_active_ = Clock::now();
         pending_.append(buf_.data(), n);
         handle_lines();
         if (!closed_ && !closing_) read();
@@ -190,6 +295,7 @@ private:
         if (closed_ || closing_) return;
         pending_.erase(0, start);
         scanned_ = pending_.size();
+        if (start != 0 && !pending_.empty()) line_started_ = Clock::now();
         if (pending_.size() > server_.config.max_line_bytes) too_large();
     }
 
@@ -206,6 +312,18 @@ private:
             send(error_reply(request.error().id, request.error().code, request.error().message));
             return;
         }
+        if (is_mutating(request->command)) {
+            AuditEntry audit{peer_.uid, peer_.pid, describe(request->command), Clock::now()};
+            if (peer_gone()) {
+                // The client gave up (ctl --timeout) before the server got to it: the
+                // request is cancelled, not run behind its back.
+                spdlog::warn("audit: uid={} pid={} {} -> cancelled: the client closed the connection before it ran",
+                             audit.uid, audit.pid, audit.what);
+                close();
+                return;
+            }
+            pending_audit_ = std::move(audit);
+        }
         try {
             std::visit([&](auto& cmd) { run(request->id, cmd); }, request->command);
         } catch (const std::exception& e) {
@@ -213,6 +331,7 @@ private:
             // server and the VMs carry on.
             send(error_reply(request->id, ReplyCode::io_error, fmt::format("internal error: {}", e.what())));
         }
+        pending_audit_.reset();  // answered here, or handed to a worker by spawn()
     }
 
     void run(const json& id, const StatusCmd& cmd) {
@@ -259,7 +378,10 @@ private:
     // lock) run here; the rest may wait for a guest or free gigabytes: workers.
     bool have_vms(const json& id) {
         if (server_.config.vms != nullptr) return true;
-        send(error_reply(id, ReplyCode::unsupported, "this swapvisor has no VM host (use `swapvisor serve`)"));
+        if (!server_.config.no_vms_reason.empty())
+            send(error_reply(id, ReplyCode::kvm_error, server_.config.no_vms_reason));
+        else
+            send(error_reply(id, ReplyCode::unsupported, "this swapvisor has no VM host (use `swapvisor serve`)"));
         return false;
     }
 
@@ -316,8 +438,7 @@ private:
     }
 
     void run_vm_worker(const json& id, std::function<Result<json>()> body) {
-        ControlServer::Impl& server = server_;
-        spawn(id, [&server, conn = shared_from_this(), id, body = std::move(body)] {
+        spawn(id, [id, body = std::move(body)] {
             auto info = body();
             json reply;
             if (info) {
@@ -326,14 +447,14 @@ private:
             } else {
                 reply = error_reply(id, reply_code_of(info.error()), info.error().message());
             }
-            server.post_line(conn, to_line(reply));
+            return reply;
         });
     }
 
     // swapon opens (maybe creates and sizes) a file: off the control thread.
     void run(const json& id, const SwaponCmd& cmd) {
         ControlServer::Impl& server = server_;
-        spawn(id, [&server, conn = shared_from_this(), id, cmd] {
+        spawn(id, [&server, id, cmd] {
             auto device = server.host.pool().swapon(cmd.path, cmd.priority, cmd.size_bytes, cmd.format);
             json reply;
             if (device) {
@@ -344,7 +465,7 @@ private:
             } else {
                 reply = error_reply(id, reply_code_of(device.error()), device.error().message());
             }
-            server.post_line(conn, to_line(reply));
+            return reply;
         });
     }
 
@@ -354,10 +475,7 @@ private:
         ControlServer::Impl& server = server_;
         spawn(id, [&server, conn = shared_from_this(), id, cmd] {
             auto ring = io::Ring::create(server.config.ring_entries);
-            if (!ring) {
-                server.post_line(conn, to_line(error_reply(id, ReplyCode::io_error, ring.error().message())));
-                return;
-            }
+            if (!ring) return error_reply(id, ReplyCode::io_error, ring.error().message());
             std::optional<std::chrono::steady_clock::time_point> last;
             const std::string name = server.host.pool().resolve_name(cmd.path);  // before it is gone
             spdlog::info("swapoff {}: started", name);
@@ -387,20 +505,26 @@ private:
             } else {
                 reply = error_reply(id, reply_code_of(report.error()), report.error().message());
             }
-            server.post_line(conn, to_line(reply));
+            return reply;
         });
     }
 
-    void spawn(const json& id, std::function<void()> body) {
-        auto guarded = [&server = server_, conn = shared_from_this(), id, body = std::move(body)] {
+    // Run body on a worker; its reply goes back through post_reply (audited there).
+    void spawn(const json& id, std::function<json()> body) {
+        std::optional<AuditEntry> audit = std::exchange(pending_audit_, std::nullopt);
+        auto guarded = [&server = server_, conn = shared_from_this(), id, body = std::move(body), audit]() mutable {
+            json reply;
             try {
-                body();
+                reply = body();
             } catch (const std::exception& e) {
-                server.post_line(conn, to_line(error_reply(id, ReplyCode::io_error,
-                                                           fmt::format("internal error: {}", e.what()))));
+                reply = error_reply(id, ReplyCode::io_error, fmt::format("internal error: {}", e.what()));
             }
+            server.post_reply(conn, std::move(reply), std::move(audit));
         };
+        ++running_;
         if (!server_.spawn_worker(std::move(guarded))) {
+            --running_;
+            pending_audit_ = std::move(audit);
             send(error_reply(id, ReplyCode::busy, "too many long commands (swapon, swapoff, vm-*) running, or shutting down"));
         }
     }
@@ -428,6 +552,12 @@ private:
 
     ControlServer::Impl& server_;
     Local::socket socket_;
+    asio::steady_timer deadline_;     // idle / read timeout (arm_deadline)
+    ucred peer_{};                    // SO_PEERCRED at accept: who, for the audit log
+    Clock::time_point last_active_;   // last byte received or reply of a command sent
+    Clock::time_point line_started_;  // first byte of the line now in pending_
+    unsigned running_ = 0;            // commands of this client on workers
+    std::optional<AuditEntry> pending_audit_;  // the mutating request handle_line is running
     std::array<char, kReadChunk> buf_{};
     std::string pending_;      // bytes received, not yet a complete line
     std::size_t scanned_ = 0;  // pending_[0, scanned_) holds no '\n'
@@ -442,16 +572,20 @@ void ControlServer::Impl::accept() {
     acceptor.async_accept([this](boost::system::error_code ec, Local::socket socket) {
         if (!acceptor.is_open()) return;
         if (ec) {
-            // EMFILE and friends: back off instead of spinning on a full fd table.
-            spdlog::warn("control: accept failed: {}", ec.message());
+            // EMFILE and friends: back off instead of spinning on a full fd table;
+            // the warning goes out once a second at most, not once per retry.
+            if (auto now = Clock::now(); now - last_accept_warning >= std::chrono::seconds(1)) {
+                last_accept_warning = now;
+                spdlog::warn("control: accept failed: {} (retrying every {} ms)", ec.message(), kAcceptBackoff.count());
+            }
             accept_backoff.expires_after(kAcceptBackoff);
             accept_backoff.async_wait([this](boost::system::error_code wait_ec) {
                 if (!wait_ec && acceptor.is_open()) accept();
             });
             return;
         }
-        if (connections.size() >= config.max_connections) {
-            reject(socket, "too many control connections");
+        if (connections.size() >= config.max_connections && !evict_idle()) {
+            reject(socket, "too many control connections, none of them idle");
         } else {
             auto conn = std::make_shared<Connection>(*this, std::move(socket));
             connections.insert(conn);
@@ -468,6 +602,17 @@ void ControlServer::Impl::reject(Local::socket& socket, std::string_view why) {
     [[maybe_unused]] ssize_t n = ::send(socket.native_handle(), line.data(), line.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
     boost::system::error_code ignored;
     socket.close(ignored);
+}
+
+bool ControlServer::Impl::evict_idle() {
+    std::shared_ptr<Connection> oldest;
+    for (const auto& conn : connections)
+        if (conn->idle() && (!oldest || conn->last_active() < oldest->last_active())) oldest = conn;
+    if (!oldest) return false;
+    oldest->evict();
+    // Its close may wait for the notice to flush; the newcomer is admitted now either
+    // way (one over the cap for that moment at most).
+    return true;
 }
 
 bool ControlServer::Impl::spawn_worker(std::function<void()> fn) {
@@ -503,6 +648,12 @@ void ControlServer::Impl::join_workers() {
 
 void ControlServer::Impl::post_line(const std::shared_ptr<Connection>& conn, std::string line) {
     asio::post(io, [conn, line = std::move(line)]() mutable { conn->send_line(std::move(line)); });
+}
+
+void ControlServer::Impl::post_reply(const std::shared_ptr<Connection>& conn, json reply,
+                                     std::optional<AuditEntry> audit) {
+    if (audit) audit_log(*audit, reply);  // any thread: spdlog is thread-safe
+    asio::post(io, [conn, line = to_line(reply)]() mutable { conn->finish_command(std::move(line)); });
 }
 
 ControlServer::ControlServer(guestmem::HostMemory& host, const DeviceStats& devices, ControlServerConfig config)

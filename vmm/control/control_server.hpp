@@ -12,7 +12,9 @@
 //
 // Invariants: no request, however malformed, touches a VM except through the typed
 // commands; a connection's queued output is bounded (overflow drops that
-// connection); stop() closes every connection, waits for running swapon / swapoff
+// connection); connections are capped and idle ones time out, so no client can lock
+// the operator out (README.md#bounded-clients); every mutating request is written
+// to the audit log with the peer's uid and pid (README.md#audit-log); stop() closes every connection, waits for running swapon / swapoff
 // workers, joins the control thread, and removes the socket file it created.
 #pragma once
 
@@ -34,13 +36,22 @@ struct ControlServerConfig {
     std::filesystem::path socket_path;
     std::size_t max_line_bytes = kMaxLineBytes;
     std::size_t max_output_bytes = 1 << 20;    // queued reply bytes per connection before it is dropped
-    std::size_t max_connections = 64;          // more: "busy" reply and close
+    // More clients than this: the one idle the longest is closed to make room
+    // (README.md#bounded-clients); if none is idle, the newcomer gets "busy".
+    std::size_t max_connections = 64;
+    // A client with no command running and nothing sent for idle_timeout is closed;
+    // a request line begun must be complete within read_timeout.
+    std::chrono::milliseconds idle_timeout{60000};
+    std::chrono::milliseconds read_timeout{10000};
     std::size_t max_workers = 8;               // concurrent swapon / swapoff; more: "busy"
     unsigned ring_entries = 64;                // each worker's io::Ring
     std::chrono::milliseconds progress_interval{100};  // at most ~10 progress lines a second
     // The VM host for vm-create / vm-stop / ... / set-balloon (must outlive the
     // server); null: those commands answer `unsupported`.
     VmControl* vms = nullptr;
+    // Why there is no VM host, when it is for want of KVM: the VM commands then answer
+    // `kvm_error` with it (the operator's hint) instead of `unsupported`.
+    std::string no_vms_reason;
     // Where running swapoffs report progress for the metrics endpoint; may be null.
     SwapoffBoard* swapoffs = nullptr;
 };

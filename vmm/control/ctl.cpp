@@ -1,13 +1,19 @@
-// `swapvisor ctl`: see ctl.hpp. One connection, one request (id 1), blocking I/O:
-// the client has nothing else to do while it waits. CLI11 may throw while parsing
-// (main catches it); run_ctl itself never throws out (it reports and returns 1/2).
+// `swapvisor ctl`: see ctl.hpp. One connection, one request (id 1); the socket is
+// non-blocking and every wait is a poll() bounded by --timeout, so a stuck daemon
+// costs the caller --timeout, not forever. Every line the server sends is shown with
+// its code, even one that arrives after our send failed (a server that refuses a
+// client writes its reason and closes). CLI11 may throw while parsing (main catches
+// it); run_ctl itself never throws out (it reports and returns an exit status).
 #include "vmm/control/ctl.hpp"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
+#include <thread>
 #include <cstring>
 #include <filesystem>
 #include <iostream>
@@ -214,44 +220,117 @@ void draw_progress(std::ostream& out, std::uint64_t done, std::uint64_t total) {
         << std::flush;
 }
 
-// A connected socket to path, or the reason it is not.
-std::expected<io::UniqueFd, std::string> connect_to(const std::string& path) {
+using Clock = std::chrono::steady_clock;
+
+// The time left before --timeout passes: "forever" for a zero timeout.
+class Deadline {
+public:
+    explicit Deadline(std::chrono::milliseconds timeout) : timeout_(timeout) { restart(); }
+    void restart() { at_ = Clock::now() + timeout_; }
+    void extend(std::chrono::milliseconds more) { at_ += more; }
+    // Milliseconds for poll(): -1 forever, 0 once passed.
+    int poll_ms() const {
+        if (timeout_.count() == 0) return -1;
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(at_ - Clock::now()).count();
+        return left <= 0 ? 0 : static_cast<int>(std::min<long long>(left, 1 << 30));
+    }
+    bool passed() const { return timeout_.count() != 0 && Clock::now() >= at_; }
+
+private:
+    std::chrono::milliseconds timeout_;
+    Clock::time_point at_;
+};
+
+struct ConnectError {
+    int err;  // errno; ETIMEDOUT: the backlog stayed full until the deadline
+    std::string message;
+};
+
+// A connected non-blocking socket to path, or the reason it is not.
+std::expected<io::UniqueFd, ConnectError> connect_to(const std::string& path, const Deadline& deadline) {
     sockaddr_un addr{};
-    if (path.empty()) return std::unexpected(std::string("no socket path given (--socket)"));
-    if (path.size() >= sizeof addr.sun_path) return std::unexpected(std::string("path longer than a Unix socket allows"));
-    io::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (!fd.valid()) return std::unexpected(std::string(std::strerror(errno)));
+    if (path.empty()) return std::unexpected(ConnectError{EINVAL, "no socket path given (--socket)"});
+    if (path.size() >= sizeof addr.sun_path)
+        return std::unexpected(ConnectError{ENAMETOOLONG, "path longer than a Unix socket allows"});
+    io::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    if (!fd.valid()) return std::unexpected(ConnectError{errno, std::strerror(errno)});
     addr.sun_family = AF_UNIX;
     std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-    // Kernel contract: a blocking AF_UNIX connect either connects or fails at once
-    // (ENOENT, ECONNREFUSED, EACCES); it waits only while the listen backlog is full.
-    int rc;
-    do {
-        rc = ::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr);
-    } while (rc != 0 && errno == EINTR);
-    if (rc != 0) return std::unexpected(std::string(std::strerror(errno)));
-    return fd;
+    for (;;) {
+        // Kernel contract: a non-blocking AF_UNIX connect connects or fails at once
+        // (ENOENT, ECONNREFUSED, EACCES); with the listen backlog full it fails with
+        // EAGAIN instead of waiting (a daemon that stopped accepting): retry until
+        // the deadline.
+        if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0) return fd;
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN) return std::unexpected(ConnectError{errno, std::strerror(errno)});
+        if (deadline.passed())
+            return std::unexpected(ConnectError{ETIMEDOUT, "the server is not accepting connections (listen backlog full)"});
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
 }
 
-bool send_all(int fd, std::string_view data) {
+// Wait until fd is ready for `events` or the deadline passes (false).
+bool wait_for(int fd, short events, const Deadline& deadline) {
+    for (;;) {
+        pollfd p{fd, events, 0};
+        int rc = ::poll(&p, 1, deadline.poll_ms());
+        if (rc > 0) return true;
+        if (rc == 0) return false;
+        if (errno != EINTR) return true;  // let the send / recv report it
+    }
+}
+
+enum class SendResult { sent, failed, timed_out };
+
+SendResult send_all(int fd, std::string_view data, const Deadline& deadline) {
     while (!data.empty()) {
         // Kernel contract: MSG_NOSIGNAL turns a write to a closed peer into EPIPE
         // instead of SIGPIPE.
         ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
         if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return false;
+        if (n < 0 && errno == EAGAIN) {
+            if (!wait_for(fd, POLLOUT, deadline)) return SendResult::timed_out;
+            continue;
+        }
+        if (n <= 0) return SendResult::failed;
         data.remove_prefix(static_cast<std::size_t>(n));
     }
-    return true;
+    return SendResult::sent;
+}
+
+// The exit status for an error reply's code.
+int exit_status_of(const std::string& code) {
+    if (code == "busy") return kCtlExitBusy;
+    if (code == "permission") return kCtlExitPermission;
+    if (code == "timeout") return kCtlExitTimeout;
+    return kCtlExitErrorReply;
 }
 
 }  // namespace
 
+std::string default_control_socket() {
+    const char* env = std::getenv(kSocketEnvVar);
+    return env != nullptr && *env != '\0' ? std::string(env) : std::string(kDefaultControlSocket);
+}
+
 void add_ctl_subcommand(CLI::App& app, CtlOptions& o) {
     CLI::App* ctl = app.add_subcommand("ctl", "Talk to a running swapvisor through its control socket");
-    // Checked after parsing (cli.cpp): CLI11 2.x reports a required option of a
-    // subcommand that was never given, which hides the real usage error.
-    ctl->add_option("--socket", o.socket, "Control socket path (swapvisor run --control); required");
+    ctl->add_option("--socket", o.socket,
+                    fmt::format("Control socket path (swapvisor serve / run --control); default ${} or {}",
+                                kSocketEnvVar, kDefaultControlSocket));
+    ctl->add_option_function<double>(
+           "--timeout",
+           [&o](double seconds) {
+               if (!(seconds >= 0) || seconds > 86400) throw CLI::ValidationError("--timeout", "must be 0..86400 seconds");
+               o.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(seconds * 1000 + 0.5));
+           },
+           fmt::format("Seconds to wait while the server says nothing (connecting included; each progress line "
+                       "starts it again; 0: forever); on expiry the connection is closed and ctl exits 4 "
+                       "(default {} s; {} s for swapon, swapoff and the vm-* commands but vm-list; vm-stop adds "
+                       "its --timeout-ms)",
+                       kDefaultCtlTimeout.count() / 1000, kDefaultLongCtlTimeout.count() / 1000))
+        ->type_name("S");
     ctl->add_flag("--json", o.json, "Print the raw JSON reply lines");
     ctl->require_subcommand(1);
     ctl->fallthrough();  // `ctl status --json` as well as `ctl --json status`
@@ -381,6 +460,20 @@ json ctl_request(const CtlOptions& options, int id) {
     return request;
 }
 
+std::chrono::milliseconds effective_timeout(const CtlOptions& options) {
+    if (options.timeout) return *options.timeout;
+    switch (options.command) {
+        case CtlCommand::swapon:
+        case CtlCommand::swapoff:
+        case CtlCommand::vm_create:
+        case CtlCommand::vm_stop:
+        case CtlCommand::vm_pause:
+        case CtlCommand::vm_resume:
+        case CtlCommand::vm_remove: return kDefaultLongCtlTimeout;
+        default: return kDefaultCtlTimeout;
+    }
+}
+
 int run_ctl(const CtlOptions& options) { return run_ctl(options, std::cout, std::cerr); }
 
 int run_ctl(const CtlOptions& options, std::ostream& out, std::ostream& err) {
@@ -389,15 +482,34 @@ int run_ctl(const CtlOptions& options, std::ostream& out, std::ostream& err) {
                "vm-pause, vm-resume, vm-remove, vm-list, set-balloon, set-quota)\n";
         return kCtlExitErrorReply;
     }
-    auto fd = connect_to(options.socket);
+    const std::string socket = options.socket.empty() ? default_control_socket() : options.socket;
+    const std::chrono::milliseconds timeout = effective_timeout(options);
+    Deadline deadline(timeout);
+    auto timed_out = [&] {
+        err << fmt::format("swapvisor ctl: {}: no answer from control socket {} within {} ms (--timeout); gave up and "
+                           "closed the connection\n",
+                           command_name(options.command), socket, timeout.count());
+        return kCtlExitTimeout;
+    };
+    auto fd = connect_to(socket, deadline);
     if (!fd) {
-        err << fmt::format("swapvisor ctl: cannot connect to control socket {}: {}\n", options.socket, fd.error());
+        err << fmt::format("swapvisor ctl: cannot connect to control socket {}: {}\n", socket, fd.error().message);
+        if (fd.error().err == ETIMEDOUT) return kCtlExitTimeout;
+        if (fd.error().err == EACCES || fd.error().err == EPERM) return kCtlExitPermission;
         return kCtlExitNoConnection;
     }
-    if (!send_all(fd->get(), to_line(ctl_request(options, kRequestId)))) {
-        err << fmt::format("swapvisor ctl: sending to control socket {} failed: {}\n", options.socket,
-                           std::strerror(errno));
-        return kCtlExitNoConnection;
+    // vm-stop waits for the guest as long as it was told to, silently.
+    if (options.command == CtlCommand::vm_stop && timeout.count() != 0)
+        deadline.extend(std::chrono::milliseconds(options.timeout_ms));
+    std::string send_error;
+    switch (send_all(fd->get(), to_line(ctl_request(options, kRequestId)), deadline)) {
+        case SendResult::sent: break;
+        case SendResult::timed_out: return timed_out();
+        case SendResult::failed:
+            // A server that refuses us (busy, permission) writes why and closes: read
+            // that line rather than report the broken pipe.
+            send_error = std::strerror(errno);
+            break;
     }
 
     const bool bar = !options.json && options.command == CtlCommand::swapoff &&
@@ -413,9 +525,10 @@ int run_ctl(const CtlOptions& options, std::ostream& out, std::ostream& err) {
             pending.erase(0, nl + 1);
             json message = json::parse(line, nullptr, /*allow_exceptions=*/false);
             if (message.is_discarded() || !message.is_object()) {
-                err << fmt::format("swapvisor ctl: control socket {} sent a line that is not JSON\n", options.socket);
+                err << fmt::format("swapvisor ctl: control socket {} sent a line that is not JSON\n", socket);
                 return kCtlExitNoConnection;
             }
+            deadline.restart();  // the server is alive: the wait starts again
             if (options.json) out << line << '\n' << std::flush;
             auto progress = message.find("progress");
             if (progress != message.end() && progress->is_object()) {
@@ -436,14 +549,19 @@ int run_ctl(const CtlOptions& options, std::ostream& out, std::ostream& err) {
             std::string code = error.is_object() ? str(error, "code") : std::string();
             std::string text = error.is_object() ? str(error, "message") : std::string();
             err << fmt::format("swapvisor ctl: {}: {} ({})\n", command_name(options.command), text, code);
-            return kCtlExitErrorReply;
+            return exit_status_of(code);
+        }
+        if (!wait_for(fd->get(), POLLIN, deadline)) {
+            if (bar_drawn) out << '\n';
+            return timed_out();
         }
         ssize_t n = ::recv(fd->get(), buf, sizeof buf, 0);
-        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
         if (n <= 0) {
             if (bar_drawn) out << '\n';
-            err << fmt::format("swapvisor ctl: control socket {} closed the connection before replying{}\n",
-                               options.socket, n < 0 ? fmt::format(" ({})", std::strerror(errno)) : "");
+            std::string why = n < 0 ? std::strerror(errno) : send_error;
+            err << fmt::format("swapvisor ctl: control socket {} closed the connection before replying{}\n", socket,
+                               why.empty() ? "" : fmt::format(" ({})", why));
             return kCtlExitNoConnection;
         }
         pending.append(buf, static_cast<std::size_t>(n));

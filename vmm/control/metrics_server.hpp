@@ -9,6 +9,9 @@
 // Threads: start() spawns one thread that runs the io_context (accept, read one
 // request, write the reply, close). Requests only read counters, never block on a
 // VM. stop() (also the destructor) closes the acceptor and joins the thread.
+// Clients are bounded (README.md#bounded-clients): a connection cap (the oldest
+// makes room), a request timeout, back-off on accept errors, and a Unix socket's
+// peers checked with SO_PEERCRED like the control socket's.
 #pragma once
 
 #include <cstdint>
@@ -36,6 +39,10 @@ public:
     // Unix socket path (one containing '/' or no ':'). EINVAL for another host than loopback or a bad port;
     // for a socket path, EADDRINUSE if a running process answers on it, EEXIST if it is not a socket.
     Result<void> start(const std::string& address);
+    // The checks of start() that need no listener, for start-up before any file is
+    // created: the address's form (EINVAL) and, for a socket path, what
+    // check_unix_socket_path refuses.
+    static Result<void> check_address(const std::string& address);
     void stop();
     // The TCP port listened on (0 for a Unix socket).
     std::uint16_t port() const;

@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include "io/block_device.hpp"
+#include "io/nbd_device.hpp"
 #include "swap/types.hpp"
 
 namespace swapvisor::vmm::control {
@@ -35,12 +36,26 @@ std::string_view code_name(ReplyCode code) {
         case ReplyCode::no_balloon: return "no_balloon";
         case ReplyCode::unsupported: return "unsupported";
         case ReplyCode::timeout: return "timeout";
+        case ReplyCode::kvm_error: return "kvm_error";
     }
     return "io_error";
 }
 
+namespace {
+
+// vmm/kvm names each failed operation after its ioctl ("KVM_CREATE_VM") or the
+// device ("open /dev/kvm"): such an error is KVM's, whatever its errno says (ENODEV
+// or ENOENT there is no swap device).
+bool is_kvm_op(std::string_view op) {
+    return op.starts_with("KVM_") || op.starts_with("open /dev/kvm") || op.starts_with("mmap kvm_run") ||
+           op.starts_with("KVM:");
+}
+
+}  // namespace
+
 ReplyCode reply_code_of(const Error& error) {
     const std::error_code& code = error.code;
+    if (is_kvm_op(error.op)) return ReplyCode::kvm_error;
     if (code.category() == swap::swap_category()) {
         switch (static_cast<swap::Errc>(code.value())) {
             case swap::Errc::no_such_device: return ReplyCode::no_such_device;
@@ -87,6 +102,9 @@ ReplyCode reply_code_of(const Error& error) {
         return ReplyCode::permission;
     }
     if (error.is(std::errc::file_exists)) return ReplyCode::exists;
+    // EINVAL: the request named something malformed (a bad NBD URI, a bad address),
+    // not a failing device.
+    if (error.is(std::errc::invalid_argument)) return ReplyCode::bad_request;
     return ReplyCode::io_error;
 }
 
@@ -149,6 +167,21 @@ std::expected<std::string, std::string> string_field(const json& request, const 
     return value;
 }
 
+// A path the server opens: absolute, since the daemon's working directory means
+// nothing to the client (ctl makes paths absolute on its side). An NBD URI passes
+// when `uri` says so.
+enum class Uri : bool { no, yes };
+std::expected<std::string, std::string> path_field(const json& request, const char* name, Uri uri) {
+    auto path = string_field(request, name);
+    if (!path) return path;
+    if (uri == Uri::yes && io::is_nbd_uri(*path)) return path;
+    if (path->front() != '/')
+        return std::unexpected(fmt::format("field \"{}\" must be an absolute path (the server's working directory is "
+                                           "not the client's): \"{}\"",
+                                           name, *path));
+    return path;
+}
+
 // A byte count: a non-negative JSON integer, or a size string such as "2G".
 std::expected<std::uint64_t, std::string> size_value(const json& value, const char* name) {
     if (value.is_number_unsigned()) return value.get<std::uint64_t>();
@@ -174,7 +207,7 @@ std::expected<VmCreateSpec, std::string> parse_vm_create(const json& request) {
     auto name = string_field(request, "name");
     if (!name) return std::unexpected(name.error());
     spec.name = std::move(*name);
-    auto kernel = string_field(request, "kernel");
+    auto kernel = path_field(request, "kernel", Uri::no);
     if (!kernel) return std::unexpected(kernel.error());
     spec.kernel = std::move(*kernel);
     auto memory = size_field(request, "memory");
@@ -205,7 +238,9 @@ std::expected<VmCreateSpec, std::string> parse_vm_create(const json& request) {
     if (auto it = request.find("serial_log"); it != request.end()) {
         if (!it->is_string() || it->get_ref<const std::string&>().empty())
             return std::unexpected(std::string("field \"serial_log\" must be a non-empty path"));
-        spec.serial_log = it->get<std::string>();
+        auto log = path_field(request, "serial_log", Uri::no);
+        if (!log) return std::unexpected(log.error());
+        spec.serial_log = std::move(*log);
     }
     return spec;
 }
@@ -234,7 +269,7 @@ std::expected<Request, RequestError> parse_request(std::string_view line) {
     if (cmd == "stats") return Request{id, StatusCmd{StatsDetail::full}};
     if (cmd == "swapon") {
         SwaponCmd swapon;
-        auto path = string_field(request, "path");
+        auto path = path_field(request, "path", Uri::yes);
         if (!path) return bad(id, ReplyCode::bad_request, path.error());
         swapon.path = std::move(*path);
         if (auto it = request.find("priority"); it != request.end()) {
@@ -266,7 +301,7 @@ std::expected<Request, RequestError> parse_request(std::string_view line) {
         return Request{id, std::move(swapon)};
     }
     if (cmd == "swapoff") {
-        auto path = string_field(request, "path");
+        auto path = path_field(request, "path", Uri::yes);
         if (!path) return bad(id, ReplyCode::bad_request, path.error());
         SwapoffCmd swapoff{std::move(*path)};
         if (auto it = request.find("force"); it != request.end()) {
@@ -330,6 +365,65 @@ std::expected<Request, RequestError> parse_request(std::string_view line) {
                            "vm-stop, vm-pause, vm-resume, vm-remove, vm-list, set-balloon, set-quota)",
                            cmd));
 }
+
+bool is_mutating(const Command& command) {
+    return !std::holds_alternative<StatusCmd>(command) && !std::holds_alternative<VmListCmd>(command);
+}
+
+namespace {
+
+// A value as the audit line shows it: bare if it is plain, else JSON-quoted, so a
+// path with spaces or a newline cannot forge another field or another line.
+std::string audit_value(std::string_view text) {
+    bool plain = !text.empty();
+    for (char c : text)
+        if (c <= ' ' || c == '"' || c == '\\' || c == '=' || static_cast<unsigned char>(c) >= 0x7f) plain = false;
+    if (plain) return std::string(text);
+    return json(std::string(text)).dump(-1, ' ', true, json::error_handler_t::replace);
+}
+
+struct Describe {
+    std::string operator()(const StatusCmd& c) const {
+        return c.detail == StatsDetail::full ? "stats" : "status";
+    }
+    std::string operator()(const SwaponCmd& c) const {
+        std::string s = fmt::format("swapon path={} priority={}", audit_value(c.path), c.priority);
+        if (c.size_bytes != 0) s += fmt::format(" size={}", c.size_bytes);
+        if (c.format == swap::Format::yes) s += " format=yes";
+        return s;
+    }
+    std::string operator()(const SwapoffCmd& c) const {
+        return fmt::format("swapoff path={}{}", audit_value(c.path), c.force == swap::Force::yes ? " force=yes" : "");
+    }
+    std::string operator()(const SetLimitCmd& c) const {
+        return fmt::format("set-limit vm={} bytes={}", audit_value(c.vm), c.bytes);
+    }
+    std::string operator()(const SetBudgetCmd& c) const { return fmt::format("set-budget bytes={}", c.bytes); }
+    std::string operator()(const VmCreateCmd& c) const {
+        const VmCreateSpec& s = c.spec;
+        return fmt::format("vm-create vm={} kernel={} memory={} vcpus={} resident_limit={} swap_quota={} balloon={}",
+                           audit_value(s.name), audit_value(s.kernel.string()), s.memory_bytes, s.vcpus,
+                           s.resident_limit, s.swap_quota, s.balloon ? "yes" : "no");
+    }
+    std::string operator()(const VmStopCmd& c) const {
+        return fmt::format("vm-stop vm={} timeout_ms={}", audit_value(c.vm), c.timeout.count());
+    }
+    std::string operator()(const VmActionCmd& c) const {
+        const char* name = c.action == VmAction::pause ? "vm-pause" : c.action == VmAction::resume ? "vm-resume" : "vm-remove";
+        return fmt::format("{} vm={}", name, audit_value(c.vm));
+    }
+    std::string operator()(const VmListCmd&) const { return "vm-list"; }
+    std::string operator()(const SetBalloonCmd& c) const {
+        return fmt::format("set-balloon vm={} bytes={}", audit_value(c.vm), c.bytes);
+    }
+    std::string operator()(const SetQuotaCmd& c) const {
+        return fmt::format("set-quota vm={} bytes={}", audit_value(c.vm), c.bytes);
+    }
+};
+
+}  // namespace
+
+std::string describe(const Command& command) { return std::visit(Describe{}, command); }
 
 json ok_reply(const json& id) { return json{{"id", id}, {"ok", true}}; }
 

@@ -46,7 +46,8 @@ enum class ReplyCode {
     vm_ended,         // vm-pause / vm-resume / set-balloon of a VM that has ended
     no_balloon,       // set-balloon of a VM without a balloon device
     unsupported,      // a VM lifecycle command on a server without a VM host
-    timeout,          // vm-pause: the vCPUs did not stop in time (the VM runs on)
+    timeout,          // vm-pause: the vCPUs did not stop in time; NBD: no connection in time; idle client closed
+    kvm_error,        // KVM refused (no /dev/kvm, KVM_CREATE_VM failed, ...): the message says what to check
 };
 std::string_view code_name(ReplyCode code);
 // The reply code for an error from the layers below (swap::Errc, io::Errc, errno).
@@ -135,6 +136,13 @@ struct RequestError {
 
 // One line, without its '\n' (a trailing '\r' is tolerated).
 std::expected<Request, RequestError> parse_request(std::string_view line);
+
+// Whether a command changes anything (swap devices, limits, VMs): those are written
+// to the audit log (README.md#audit-log); status, stats and vm-list are not.
+bool is_mutating(const Command& command);
+// The command and its arguments for the audit log, one line: `swapon path=/x
+// priority=5 size=1073741824`. Strings are quoted when they hold spaces or quotes.
+std::string describe(const Command& command);
 
 nlohmann::json ok_reply(const nlohmann::json& id);
 nlohmann::json error_reply(const nlohmann::json& id, ReplyCode code, std::string_view message);

@@ -9,6 +9,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 
 namespace swapvisor::vmm::control {
 
@@ -21,14 +22,16 @@ sockaddr_un address_of(const std::string& path) {
     return addr;
 }
 
-// What is at path now: nothing (remove nothing), a stale socket (removed), or a
-// reason to refuse.
-Result<void> clear_stale_socket(const std::string& path, const std::string& context) {
+enum class AtPath { nothing, stale_socket };
+
+// What is at path now: nothing, a stale socket (the caller may remove it), or a
+// reason to refuse. Touches nothing.
+Result<AtPath> inspect_path(const std::string& path, const std::string& context) {
     struct stat st {};
     // Kernel contract: lstat does not follow a symlink, so a link to some file is
     // "not a socket" and never unlinked through.
     if (lstat(path.c_str(), &st) != 0) {
-        if (errno == ENOENT) return {};
+        if (errno == ENOENT) return AtPath::nothing;
         return errno_error("lstat", errno, context);
     }
     if (!S_ISSOCK(st.st_mode)) return errno_error("the path exists and is not a socket", EEXIST, context);
@@ -42,7 +45,19 @@ Result<void> clear_stale_socket(const std::string& path, const std::string& cont
     if (::connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0 || errno == EAGAIN)
         return errno_error("socket in use by a running process", EADDRINUSE, context);
     if (errno != ECONNREFUSED) return errno_error("probing the existing socket", errno, context);
+    return AtPath::stale_socket;
+}
+
+// inspect_path, then a stale socket removed.
+Result<void> clear_stale_socket(const std::string& path, const std::string& context) {
+    if (SWV_TRY(inspect_path(path, context)) == AtPath::nothing) return {};
     if (unlink(path.c_str()) != 0 && errno != ENOENT) return errno_error("removing a stale socket", errno, context);
+    return {};
+}
+
+Result<void> check_name(const std::string& path, const std::string& context) {
+    if (path.empty() || path.size() >= sizeof(sockaddr_un::sun_path))
+        return errno_error("path empty or longer than a Unix socket path", ENAMETOOLONG, context);
     return {};
 }
 
@@ -56,10 +71,34 @@ void SocketFile::remove() const {
     if (lstat(path.c_str(), &st) == 0 && st.st_dev == dev && st.st_ino == ino) unlink(path.c_str());
 }
 
+Result<void> check_unix_socket_path(const std::string& path, std::string_view what, MissingDir missing_dir) {
+    const std::string context = std::string(what) + " " + path;
+    SWV_TRY(check_name(path, context));
+    const auto slash = path.rfind('/');
+    const std::string dir = slash == std::string::npos ? std::string(".") : path.substr(0, slash + 1);
+    struct stat st {};
+    // Kernel contract: stat follows a symlinked directory, as bind() would.
+    if (stat(dir.c_str(), &st) != 0) {
+        if (errno != ENOENT || missing_dir == MissingDir::refuse)
+            return errno_error("the socket's directory", errno, context);
+        // It will be created: its own directory must let us (one level, as for
+        // /run/swapvisor).
+        const std::filesystem::path above = std::filesystem::path(path).parent_path().parent_path();
+        if (access(above.empty() ? "." : above.c_str(), W_OK | X_OK) != 0)
+            return errno_error("the socket's directory is missing and cannot be created", errno, context);
+        return {};  // nothing can be at the path
+    } else if (!S_ISDIR(st.st_mode)) {
+        return errno_error("the socket's directory", ENOTDIR, context);
+    } else if (access(dir.c_str(), W_OK | X_OK) != 0) {
+        return errno_error("the socket's directory is not writable", errno, context);
+    }
+    SWV_TRY(inspect_path(path, context));
+    return {};
+}
+
 Result<UnixListener> listen_unix(const std::string& path, std::string_view what, int backlog) {
     const std::string context = std::string(what) + " " + path;
-    if (path.empty() || path.size() >= sizeof(sockaddr_un::sun_path))
-        return errno_error("path empty or longer than a Unix socket path", ENAMETOOLONG, context);
+    SWV_TRY(check_name(path, context));
     SWV_TRY(clear_stale_socket(path, context));
 
     io::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));

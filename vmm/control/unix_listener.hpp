@@ -34,6 +34,16 @@ struct UnixListener {
     SocketFile file;
 };
 
+// Whether a missing directory of the socket is an error for the check below, or will
+// be created before listen_unix (the default /run/swapvisor).
+enum class MissingDir : bool { refuse, create };
+
+// The checks of listen_unix that change nothing, for start-up before any file is
+// created: an absolute path that fits sun_path, a writable directory, and nothing at
+// the path but a stale socket (EADDRINUSE: a live server; EEXIST: not a socket).
+Result<void> check_unix_socket_path(const std::string& path, std::string_view what,
+                                    MissingDir missing_dir = MissingDir::refuse);
+
 // Listen on the Unix socket `path` (rules above). `what` names the socket in errors
 // ("metrics socket"): "socket in use by a running process (metrics socket /run/m.sock):
 // Address already in use". ENAMETOOLONG for a path that does not fit sun_path.

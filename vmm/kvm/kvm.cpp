@@ -92,15 +92,7 @@ Result<Kvm> Kvm::open() {
     return kvm;
 }
 
-Kvm Kvm::unavailable(Error why) {
-    Kvm kvm;
-    kvm.max_vcpus_ = 255;  // checked by KVM itself once there is one
-    kvm.unavailable_ = std::move(why);
-    return kvm;
-}
-
 Result<KvmVm> Kvm::create_vm() const {
-    if (unavailable_) return std::unexpected(*unavailable_);
     // Kernel contract: KVM_CREATE_VM with type 0 is the default x86 VM; the new fd
     // owns the VM (closing it destroys the VM, its vCPUs and its memslots once the
     // vCPU fds are closed too).

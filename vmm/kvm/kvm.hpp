@@ -1,8 +1,7 @@
 // Kvm: the process's handle on /dev/kvm. It checks the stable API version and the
 // capabilities swapvisor relies on, and caches what every VM needs from the system
 // fd: the vCPU mmap size and the host's supported CPUID table. Invariant: a Kvm that
-// exists has passed those checks, so VMs and vCPUs never re-check them; the one
-// exception, Kvm::unavailable, never makes a VM (create_vm returns why).
+// exists has passed those checks, so VMs and vCPUs never re-check them.
 //
 // vmm/kvm/ is the only folder that includes <linux/kvm.h>; everything above it sees
 // the plain types declared here and in kvm_vm.hpp / vcpu.hpp.
@@ -10,7 +9,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <optional>
 #include <vector>
 
 #include "io/result.hpp"
@@ -34,10 +32,6 @@ public:
     // Open /dev/kvm, check KVM_GET_API_VERSION == 12 and the required capabilities,
     // read the vCPU mmap size and KVM_GET_SUPPORTED_CPUID.
     static Result<Kvm> open();
-    // A Kvm for a host where open() failed (`serve` starts anyway: its swap pool and
-    // control socket work without KVM, vmm/README.md#daemon): create_vm returns
-    // `why`, so vm-create reports the real reason; max_vcpus() does not cap a spec.
-    static Kvm unavailable(Error why);
 
     int fd() const { return fd_.get(); }
     std::size_t vcpu_mmap_size() const { return vcpu_mmap_size_; }
@@ -53,7 +47,6 @@ private:
     std::size_t vcpu_mmap_size_ = 0;
     unsigned max_vcpus_ = 0;
     std::vector<CpuidEntry> supported_cpuid_;
-    std::optional<Error> unavailable_;  // set: /dev/kvm could not be opened
 };
 
 }  // namespace swapvisor::vmm::kvm
