@@ -80,7 +80,7 @@ void VmHost::watch() {
     while (!closing_) {
         lock.unlock();
         std::map<std::string, std::string> now;
-        for (guestmem::GuestMemory* vm : host_.vms()) {
+        for (const guestmem::VmRef& vm : host_.vms()) {
             guestmem::MemStats s = vm->stats();
             auto& before = limit_states[s.name];
             if (s.limit_state != before && !(before.empty() && s.limit_state == "held")) {

@@ -32,6 +32,7 @@
 #include "swap/swap_pool.hpp"
 #include "vmm/control/control_server.hpp"
 #include "vmm/control/ctl.hpp"
+#include "vmm/control/metrics.hpp"
 #include "vmm/control/stats_json.hpp"
 
 using namespace swapvisor;
@@ -761,4 +762,46 @@ TEST(CtlCommandLine, ParsesEverySubcommand) {
     EXPECT_TRUE(parse({"ctl", "status"}).socket.empty());
     EXPECT_THROW(parse({"ctl", "--socket", "s"}), CLI::RequiredError);
     EXPECT_THROW(parse({"ctl", "--socket", "s", "set-limit", "vm0"}), CLI::RequiredError);
+}
+
+// Issue #16 item 2: `status` / `stats`, a /metrics scrape, set-limit and set-quota
+// read or change a VM that a vm-remove (here HostMemory::remove_vm, what VmHost's
+// release calls) may end at the same moment. They hold a VmRef while they use it;
+// under ASan (build-asan) this was a heap-use-after-free.
+TEST_F(ControlTest, PrivilegedStatsMetricsAndLimitsRaceAVmsRemoval) {
+    start_server();
+    std::atomic<bool> done{false};
+    std::atomic<std::uint64_t> replies{0};
+    std::vector<std::thread> users;
+    for (int t = 0; t < 2; ++t) {
+        users.emplace_back([&, t] {
+            Client c = connect();
+            for (int id = 1; !done.load(); ++id) {
+                json r = c.call({{"id", id}, {"cmd", t == 0 ? "stats" : "status"}});
+                EXPECT_EQ(r.value("ok", false), true) << r.dump();
+                r = c.call({{"id", id}, {"cmd", t == 0 ? "set-limit" : "set-quota"}, {"vm", "churn"}, {"bytes", 32 << 20}});
+                EXPECT_TRUE(r.value("ok", false) || code_of(r) == "no_such_vm") << r.dump();
+                replies.fetch_add(1);
+            }
+        });
+    }
+    users.emplace_back([&] {
+        while (!done.load()) {
+            std::string text = prometheus_text(*host_, devices_, nullptr, nullptr);
+            EXPECT_NE(text.find("swapvisor_vm_resident_bytes"), std::string::npos);
+        }
+    });
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    int rounds = 0;
+    while (std::chrono::steady_clock::now() < until) {
+        auto vm = host_->create_vm(guestmem::MemoryConfig{.name = "churn", .memory_bytes = 2 << 20});
+        ASSERT_TRUE(vm.has_value()) << vm.error().message();
+        ASSERT_TRUE((*vm)->start().has_value());
+        ASSERT_TRUE(host_->remove_vm("churn").has_value());
+        ++rounds;
+    }
+    done = true;
+    for (auto& t : users) t.join();
+    EXPECT_GT(rounds, 5);
+    EXPECT_GT(replies.load(), 10u);
 }

@@ -222,7 +222,7 @@ private:
     }
 
     void run(const json& id, const SetLimitCmd& cmd) {
-        guestmem::GuestMemory* vm = server_.host.find(cmd.vm);
+        guestmem::VmRef vm = server_.host.find(cmd.vm);  // held while used (guestmem/README.md#vm-lifetimes)
         if (vm == nullptr) {
             send(error_reply(id, ReplyCode::no_such_vm, fmt::format("no VM named \"{}\"", cmd.vm)));
             return;
@@ -242,7 +242,7 @@ private:
     }
 
     void run(const json& id, const SetQuotaCmd& cmd) {
-        guestmem::GuestMemory* vm = server_.host.find(cmd.vm);
+        guestmem::VmRef vm = server_.host.find(cmd.vm);  // held while used (guestmem/README.md#vm-lifetimes)
         if (vm == nullptr) {
             send(error_reply(id, ReplyCode::no_such_vm, fmt::format("no running VM named \"{}\"", cmd.vm)));
             return;
