@@ -16,6 +16,9 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <future>
+#include <mutex>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -804,4 +807,65 @@ TEST_F(ControlTest, PrivilegedStatsMetricsAndLimitsRaceAVmsRemoval) {
     for (auto& t : users) t.join();
     EXPECT_GT(rounds, 5);
     EXPECT_GT(replies.load(), 10u);
+}
+
+namespace {
+
+// A VM host whose vm-stop waits out the grace period it is given, as VmHost's does
+// for a guest that does not exit by itself, unless the host is shutting down.
+class GraceWaitingVms final : public VmControl {
+public:
+    Result<VmInfo> create_vm(const VmCreateSpec& spec) override {
+        return make_error(VmErrc::bad_spec, "vm-create", spec.name);
+    }
+    Result<VmInfo> stop_vm(const std::string& name, std::chrono::milliseconds timeout) override {
+        std::unique_lock lock(mutex_);
+        waiting_ = true;
+        changed_.notify_all();
+        changed_.wait_for(lock, timeout, [&] { return shutting_down_; });
+        return VmInfo{.name = name, .state = VmState::ended, .exit_code = 143, .end_reason = "stopped"};
+    }
+    Result<VmInfo> pause_vm(const std::string& name) override { return make_error(VmErrc::no_such_vm, "vm-pause", name); }
+    Result<VmInfo> resume_vm(const std::string& name) override { return make_error(VmErrc::no_such_vm, "vm-resume", name); }
+    Result<void> remove_vm(const std::string& name) override { return make_error(VmErrc::no_such_vm, "vm-remove", name); }
+    std::vector<VmInfo> list_vms() const override { return {}; }
+    Result<std::uint64_t> set_balloon(const std::string& name, std::uint64_t) override {
+        return make_error(VmErrc::no_such_vm, "set-balloon", name);
+    }
+    void shut_down() override {
+        std::lock_guard lock(mutex_);
+        shutting_down_ = true;
+        changed_.notify_all();
+    }
+    bool wait_until_stopping(std::chrono::seconds bound) {
+        std::unique_lock lock(mutex_);
+        return changed_.wait_for(lock, bound, [&] { return waiting_; });
+    }
+
+private:
+    std::mutex mutex_;
+    std::condition_variable changed_;
+    bool waiting_ = false;
+    bool shutting_down_ = false;
+};
+
+}  // namespace
+
+// Issue #16 item 7: stopping the control plane (SIGTERM in `serve`) joined the
+// commands' workers first, so a pending `vm-stop --timeout-ms 600000` held the
+// daemon's exit for ten minutes. Now the server tells the VM host first, and the
+// vm-stop ends its grace period at once.
+TEST_F(ControlTest, StopDoesNotWaitOutAPendingVmStopsGracePeriod) {
+    GraceWaitingVms vms;
+    start_server(ControlServerConfig{.vms = &vms});
+    Client c = connect();
+    ASSERT_TRUE(c.request({{"id", 1}, {"cmd", "vm-stop"}, {"vm", "slow"}, {"timeout_ms", 600000}}));
+    ASSERT_TRUE(vms.wait_until_stopping(std::chrono::seconds(20))) << "the vm-stop never reached the VM host";
+    const auto start = std::chrono::steady_clock::now();
+    auto stopped = std::async(std::launch::async, [this] { server_->stop(); });
+    const bool prompt = stopped.wait_for(std::chrono::seconds(10)) == std::future_status::ready;
+    EXPECT_TRUE(prompt) << "ControlServer::stop waited for a vm-stop's grace period";
+    if (!prompt) vms.shut_down();  // let the test end on the base commit
+    stopped.get();
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
 }

@@ -547,7 +547,9 @@ void ControlServer::stop() {
     });
     // Workers post their last lines to the still running control thread (to closed
     // connections: dropped). A running swapoff is not interrupted: it finishes its
-    // device, so the pool is never left half removed.
+    // device, so the pool is never left half removed. A vm-stop waiting out its grace
+    // period (up to minutes) is cut short first, or joining it would hold shutdown.
+    if (s.config.vms != nullptr) s.config.vms->shut_down();
     s.join_workers();
     // With the acceptor and every socket closed, the pending handlers complete as
     // aborted and run() returns on its own once the work guard is gone.
