@@ -9,8 +9,6 @@
 
 #include <spdlog/spdlog.h>
 
-#include "vmm/devices/log_budget.hpp"
-
 namespace swapvisor::vmm::devices {
 
 namespace {
@@ -25,10 +23,6 @@ std::uint32_t load_le(std::span<const std::byte> data) {
 void store_le(std::span<std::byte> data, std::uint32_t v) {
     for (std::size_t i = 0; i < data.size(); ++i) data[i] = i < 4 ? static_cast<std::byte>(v >> (8 * i)) : std::byte{0};
 }
-
-// A guest that misbehaves in a loop must not flood the log.
-LogBudget g_log_budget{32};
-bool log_budget() { return g_log_budget.take(); }
 
 }  // namespace
 
@@ -110,7 +104,7 @@ BusAction VirtioMmio::write(std::uint64_t offset, std::span<const std::byte> dat
         return BusAction::resume();
     }
     if (data.size() != 4 || offset % 4 != 0) {
-        if (log_budget()) spdlog::debug("virtio-mmio: {}-byte write to register {:#x} ignored", data.size(), offset);
+        if (log_budget_.take()) spdlog::debug("virtio-mmio: {}-byte write to register {:#x} ignored", data.size(), offset);
         return BusAction::resume();
     }
     write_register(offset, load_le(data));
@@ -174,7 +168,7 @@ void VirtioMmio::write_register(std::uint64_t offset, std::uint32_t value) {
         }
         case r::kStatus: write_status(value); return;
         default:
-            if (log_budget()) spdlog::debug("virtio-mmio: write {:#x} to read-only/reserved register {:#x}", value, offset);
+            if (log_budget_.take()) spdlog::debug("virtio-mmio: write {:#x} to read-only/reserved register {:#x}", value, offset);
             return;
     }
 }
@@ -251,7 +245,7 @@ void VirtioMmio::poll_device() {
 }
 
 void VirtioMmio::needs_reset(unsigned index, const Error& why) {
-    if (log_budget())
+    if (log_budget_.take())
         spdlog::warn("virtio-mmio (device {}): queue {} malformed, device needs reset: {}", device_->device_id(),
                      index, why.message());
     if (!(status_ & kStatusNeedsReset)) ++stats_.needs_reset;

@@ -38,6 +38,7 @@
 #include "io/result.hpp"
 #include "vmm/control/device_stats.hpp"
 #include "vmm/devices/bus.hpp"
+#include "vmm/devices/log_budget.hpp"
 #include "vmm/devices/virtqueue.hpp"
 
 namespace swapvisor::vmm::devices {
@@ -191,6 +192,8 @@ private:
     std::uint64_t driver_features_ = 0;
     std::uint32_t queue_sel_ = 0;
     VirtioMmioStats stats_;  // all but `interrupts` (interrupts_ below)
+    // Log lines this transport's guest can cause (LogBudget: per device, refilled).
+    LogBudget log_budget_;
 
     // Protects: the members below and calls of irq_; status_ is written with both
     // mutex_ and irq_mutex_ held, so either lock reads it. Order: after mutex_, leaf
