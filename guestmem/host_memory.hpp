@@ -80,8 +80,8 @@ private:
     swap::SwapPool& pool_;
     HostBudget budget_;
     // Protects: vms_ (the list, not the VMs: those are kept alive by their VmRefs);
-    // Order: leaf (never held while waiting for references to drain or while
-    // calling into a VM).
+    // Order: leaf (never held while waiting for references to drain; only a listed
+    // VM's name and id are read under it).
     mutable std::mutex mutex_;
     std::vector<Listed> vms_;
     // Never reused: a removed VM's id must not name a later VM (swap owner tags).
