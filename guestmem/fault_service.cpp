@@ -84,6 +84,21 @@ FaultResult resolve_fault(Transitions& tr, PageIdx idx, WpFault wp, io::Ring& ri
     return out;
 }
 
+// A fault that will add a page waits (without any page lock) while the VM is at its
+// limit: that is what holds resident memory at the limit, not just near it. While the
+// limit cannot be held (Limits::cannot_hold) it runs over at full speed. A fault that
+// adds no page (issue #16: a touch of a `lost` page) never waits: holding it back
+// frees nothing and only stalls the vCPU for the throttle's bound.
+Throttle throttle_fault(Limits& limits, PageEntry e, const std::atomic<bool>& stopping) {
+    if (!fault_adds_page(e) || !limits.over_limit()) return Throttle::none;
+    if (limits.over_reason() != OverReason::none) {
+        limits.note_overshoot();
+        return Throttle::overshoot;
+    }
+    if (!limits.wait_for_room(stopping)) limits.note_overshoot();
+    return Throttle::waited;
+}
+
 void GuestMemory::Impl::handle_fault(std::uint64_t hva, std::uint64_t flags, io::Ring& ring) {
     auto idx_opt = kernel->idx_of_guest_addr(hva & ~(kPageSize - 1));
     if (!idx_opt) {
@@ -94,17 +109,8 @@ void GuestMemory::Impl::handle_fault(std::uint64_t hva, std::uint64_t flags, io:
     // Picked up: a swap-in's latency counts from here (README#faults).
     const auto picked_up = std::chrono::steady_clock::now();
 
-    // A fault that will add a page waits (without any page lock) while the VM is at
-    // its limit: that is what holds resident memory at the limit, not just near it.
-    // While the limit cannot be held (Limits::cannot_hold) it runs over at full speed.
-    if (!table.peek(idx).present() && limits.over_limit()) {
-        if (limits.over_reason() != OverReason::none) {
-            limits.note_overshoot();
-        } else {
-            counters.throttle_waits.fetch_add(1, std::memory_order_relaxed);
-            if (!limits.wait_for_room(stopping)) limits.note_overshoot();
-        }
-    }
+    if (throttle_fault(limits, table.peek(idx), stopping) == Throttle::waited)
+        counters.throttle_waits.fetch_add(1, std::memory_order_relaxed);
 
     const FaultResult f = resolve_fault(tr, idx, (flags & UFFD_PAGEFAULT_FLAG_WP) ? WpFault::yes : WpFault::no, ring);
     if (!f.resolved) {

@@ -6,6 +6,10 @@
 // the access and faults again.
 #pragma once
 
+#include <atomic>
+#include <cstdint>
+
+#include "guestmem/limits.hpp"
 #include "guestmem/stage2.hpp"
 #include "guestmem/transitions.hpp"
 #include "io/result.hpp"
@@ -23,5 +27,19 @@ struct FaultResult {
 };
 
 FaultResult resolve_fault(Transitions& tr, PageIdx idx, WpFault wp, io::Ring& ring);
+
+// Whether resolving a fault on a page whose entry is `e` adds a resident page: a
+// first touch (zero) or a swap-in (swapped). Only those wait in the over-limit
+// throttle; a `lost` page (poison re-armed), a page already in the memfd, or one
+// another fault is reading in adds none (README.md#faults).
+constexpr bool fault_adds_page(PageEntry e) {
+    return e.state() == PageState::zero || e.state() == PageState::swapped;
+}
+
+// The over-limit throttle before a fault on a page whose entry is `e`: a fault that
+// adds a page waits (no page lock held) while the VM is over its limit and the
+// limit can be held; while it cannot (Limits::cannot_hold) it runs over, counted.
+enum class Throttle : std::uint8_t { none, waited, overshoot };
+Throttle throttle_fault(Limits& limits, PageEntry e, const std::atomic<bool>& stopping);
 
 }  // namespace swapvisor::guestmem

@@ -1,8 +1,10 @@
 // HostMemory: see host_memory.hpp. The budget policy itself is HostBudget's
-// (limits.hpp); this file keeps the VM list and answers swapoff.
+// (limits.hpp); this file keeps the VM list, the references to its VMs
+// (README.md#vm-lifetimes) and answers swapoff.
 #include "guestmem/host_memory.hpp"
 
 #include <algorithm>
+#include <future>
 
 #include <fmt/format.h>
 
@@ -16,86 +18,102 @@ HostMemory::HostMemory(swap::SwapPool& pool, std::uint64_t budget_bytes) : pool_
 
 HostMemory::~HostMemory() {
     pool_.set_eviction_sink(nullptr);
-    // Stop without holding mutex_: a reclaimer being joined may be inside vms().
-    for (GuestMemory* vm : vms()) vm->stop();
-    std::vector<std::unique_ptr<GuestMemory>> doomed;
+    std::vector<Listed> doomed;
     {
         std::lock_guard lk(mutex_);
         doomed.swap(vms_);
     }
+    for (Listed& listed : doomed) retire(std::move(listed));
 }
 
 Result<GuestMemory*> HostMemory::create_vm(const MemoryConfig& config) {
     std::lock_guard lk(mutex_);
-    for (auto& vm : vms_)
-        if (vm->name() == config.name) return make_error(Errc::unsupported, "create_vm: a VM with that name exists", config.name);
+    for (auto& listed : vms_)
+        if (listed.vm->name() == config.name)
+            return make_error(Errc::unsupported, "create_vm: a VM with that name exists", config.name);
     auto id = next_id_;
     auto vm = SWV_TRY(create_guest_memory(config, id, &budget_, &pool_));
     next_id_ = static_cast<VmId>(next_id_ + 1);
-    vms_.push_back(std::move(vm));
-    return vms_.back().get();
+    // The users' count: a shared_ptr that owns nothing (the listing owns the VM) and
+    // whose deleter says that the last reference is gone.
+    auto drained = std::make_shared<std::promise<void>>();
+    Listed listed{.vm = std::move(vm), .users = {}, .drained = drained->get_future().share()};
+    listed.users = VmRef(listed.vm.get(), [drained](GuestMemory*) { drained->set_value(); });
+    vms_.push_back(std::move(listed));
+    return vms_.back().vm.get();
+}
+
+void HostMemory::retire(Listed listed) {
+    // Drop the listing's own reference, then wait for the users' (a bring-back in a
+    // swap-in, a stats read): none can be taken any more, so this ends.
+    listed.users.reset();
+    listed.drained.wait();
+    // Outside mutex_ (the caller's contract): stopping joins the VM's threads.
+    listed.vm->stop();
+    listed.vm.reset();
 }
 
 Result<void> HostMemory::remove_vm(const std::string& name) {
-    std::unique_ptr<GuestMemory> doomed;
+    Listed doomed;
     {
         std::lock_guard lk(mutex_);
-        auto it = std::find_if(vms_.begin(), vms_.end(), [&](const auto& vm) { return vm->name() == name; });
+        auto it = std::find_if(vms_.begin(), vms_.end(), [&](const Listed& l) { return l.vm->name() == name; });
         if (it == vms_.end()) return errno_error("HostMemory::remove_vm (no such VM)", ENOENT, name);
         doomed = std::move(*it);
         vms_.erase(it);
     }
-    // Outside mutex_: stopping joins the reclaimer, which may be inside vms().
-    doomed->stop();
-    doomed.reset();
+    retire(std::move(doomed));
     return {};
 }
 
-std::vector<GuestMemory*> HostMemory::vms() const {
+std::vector<VmRef> HostMemory::vms() const {
     std::lock_guard lk(mutex_);
-    std::vector<GuestMemory*> out;
-    for (auto& vm : vms_) out.push_back(vm.get());
+    std::vector<VmRef> out;
+    out.reserve(vms_.size());
+    for (const Listed& listed : vms_) out.push_back(listed.users);
     return out;
 }
 
-GuestMemory* HostMemory::find(const std::string& name) const {
+VmRef HostMemory::find(const std::string& name) const {
     std::lock_guard lk(mutex_);
-    for (auto& vm : vms_)
-        if (vm->name() == name) return vm.get();
+    for (const Listed& listed : vms_)
+        if (listed.vm->name() == name) return listed.users;
     return nullptr;
 }
 
 void HostMemory::set_budget(std::uint64_t bytes) {
     budget_.set_budget(bytes);
-    for (GuestMemory* vm : vms()) vm->kick_reclaimer();
+    for (const VmRef& vm : vms()) vm->kick_reclaimer();
 }
 
 std::uint64_t HostMemory::bring_back_capacity() const {
     std::uint64_t room = 0;
-    for (GuestMemory* vm : vms()) room += vm->bring_back_room();
+    for (const VmRef& vm : vms()) room += vm->bring_back_room();
     return std::min(room, budget_.room_pages());
 }
 
-GuestMemory* HostMemory::vm_of(swap::OwnerTag owner) const {
+VmRef HostMemory::vm_of(swap::OwnerTag owner) const {
     const VmId vm_id = owner_vm(owner);
     std::lock_guard lk(mutex_);
-    for (auto& v : vms_)
-        if (v->id() == vm_id) return v.get();
+    for (const Listed& listed : vms_)
+        if (listed.vm->id() == vm_id) return listed.users;
     return nullptr;
 }
 
 std::uint64_t HostMemory::bring_back_room(swap::OwnerTag owner) const {
-    GuestMemory* vm = vm_of(owner);
+    VmRef vm = vm_of(owner);
     return vm ? std::min(vm->bring_back_room(), budget_.room_pages()) : 0;
 }
 
 Result<bool> HostMemory::bring_back(swap::OwnerTag owner, swap::VSlot vslot, const swap::SlotCopy* copy,
                                     io::Ring& ring) {
-    GuestMemory* vm = vm_of(owner);
+    // Held across the swap-in: the VM cannot be destroyed under it (a remove_vm
+    // meanwhile waits for this reference).
+    VmRef vm = vm_of(owner);
     if (!vm) return false;
     // Issue #9: each page goes into its own VM only while that VM (and the host) has
     // room; the sum over all VMs is not room in this one.
-    if (bring_back_room(owner) == 0) {
+    if (std::min(vm->bring_back_room(), budget_.room_pages()) == 0) {
         return make_error(swap::Errc::would_not_fit, "bring back a swapped page",
                           fmt::format("{} is at its resident limit", vm->name()));
     }
@@ -103,7 +121,7 @@ Result<bool> HostMemory::bring_back(swap::OwnerTag owner, swap::VSlot vslot, con
 }
 
 Result<bool> HostMemory::lose(swap::OwnerTag owner, swap::VSlot vslot, const Error& why) {
-    GuestMemory* vm = vm_of(owner);
+    VmRef vm = vm_of(owner);
     if (!vm) return false;
     return vm->lose_page(PageIdx(owner_index(owner)), vslot, why);
 }

@@ -3,9 +3,19 @@
 // pool's EvictionSink: when a swapoff finds no room on other devices it asks
 // HostMemory to bring pages back into the owning VM (swap/README.md#removal). It uses
 // only GuestMemory's public interface.
+//
+// VM lifetimes (guestmem/README.md#vm-lifetimes): a VM's memory may end (remove_vm)
+// while other threads use it — swapoff's bring-back, the budget watcher, `ctl
+// stats`, a /metrics scrape, set-limit. Every such user holds a VmRef, taken under
+// mutex_ while the VM is listed; remove_vm unlists the VM, so no new reference can
+// be taken, then waits for the references out to be dropped (get/put, as the
+// kernel's get_swap_device / put_swap_device) before it stops and destroys the VM.
+// Only the creator (the caller of create_vm, which also calls remove_vm) may keep the
+// raw pointer create_vm returns: it ends the VM itself.
 #pragma once
 
 #include <cstdint>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -17,20 +27,30 @@
 
 namespace swapvisor::guestmem {
 
+// A counted reference to a listed VM's memory: the VM is not destroyed while one
+// exists (remove_vm waits for the last). Hold it for the length of one operation
+// (a stats read, a bring-back), never across a wait on something remove_vm's caller
+// may hold. Copies share the count; null when the VM was not found.
+using VmRef = std::shared_ptr<GuestMemory>;
+
 class HostMemory final : public swap::EvictionSink {
 public:
     // budget_bytes = 0: no host-wide budget, only per-VM limits.
     HostMemory(swap::SwapPool& pool, std::uint64_t budget_bytes);
     ~HostMemory() override;
 
+    // The pointer is the creator's own: valid until it calls remove_vm. Everyone else
+    // takes a VmRef (vms(), find()).
     Result<GuestMemory*> create_vm(const MemoryConfig& config);
-    // Stop the VM's memory threads and destroy its GuestMemory, which frees every
-    // VSlot its pages hold (a VM ended at run time, vmm/README.md#daemon). The caller
-    // must have ended every user of its memory (vCPUs, devices) first. Errc::not_found
-    // for an unknown name.
+    // Unlist the VM, wait until no VmRef to it is left, then stop its memory threads
+    // and destroy its GuestMemory, which frees every VSlot its pages hold (a VM ended
+    // at run time, vmm/README.md#daemon). The caller must have ended the VM's own
+    // users of its memory (vCPUs, devices) first and must hold no VmRef to it.
+    // ENOENT for an unknown name.
     Result<void> remove_vm(const std::string& name);
-    std::vector<GuestMemory*> vms() const;
-    GuestMemory* find(const std::string& name) const;
+    // References to every listed VM / to the VM of that name (null: none).
+    std::vector<VmRef> vms() const;
+    VmRef find(const std::string& name) const;
     swap::SwapPool& pool() { return pool_; }
 
     void set_budget(std::uint64_t bytes);
@@ -46,12 +66,25 @@ public:
     Result<bool> lose(swap::OwnerTag owner, swap::VSlot vslot, const Error& why) override;
 
 private:
-    GuestMemory* vm_of(swap::OwnerTag owner) const;
+    // One listed VM. `users` owns nothing: every VmRef handed out shares its count,
+    // and its deleter (run when the listing's own copy and every VmRef are gone)
+    // fulfils `drained`, which remove_vm waits for.
+    struct Listed {
+        std::unique_ptr<GuestMemory> vm;
+        VmRef users;
+        std::shared_future<void> drained;
+    };
+    VmRef vm_of(swap::OwnerTag owner) const;
+    // A VM already unlisted (no new VmRef can be taken): wait for the references out
+    // to be dropped, then stop and destroy it. Without mutex_.
+    static void retire(Listed listed);
     swap::SwapPool& pool_;
     HostBudget budget_;
-    // Protects: vms_ (the list, not the VMs); Order: leaf.
+    // Protects: vms_ (the list, not the VMs: those are kept alive by their VmRefs);
+    // Order: leaf (never held while waiting for references to drain; only a listed
+    // VM's name and id are read under it).
     mutable std::mutex mutex_;
-    std::vector<std::unique_ptr<GuestMemory>> vms_;
+    std::vector<Listed> vms_;
     // Never reused: a removed VM's id must not name a later VM (swap owner tags).
     VmId next_id_ = 1;
 };

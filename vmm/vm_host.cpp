@@ -80,7 +80,7 @@ void VmHost::watch() {
     while (!closing_) {
         lock.unlock();
         std::map<std::string, std::string> now;
-        for (guestmem::GuestMemory* vm : host_.vms()) {
+        for (const guestmem::VmRef& vm : host_.vms()) {
             guestmem::MemStats s = vm->stats();
             auto& before = limit_states[s.name];
             if (s.limit_state != before && !(before.empty() && s.limit_state == "held")) {
@@ -147,6 +147,7 @@ Result<control::VmInfo> VmHost::start(const cli::VmSpec& spec, SerialPrefix pref
     // Reserve the name first: two concurrent creates of one name cannot both pass.
     {
         std::lock_guard lock(mutex_);
+        if (shutting_down_) return errno_error("vm-create: the host is shutting down", ESHUTDOWN, spec.name);
         if (vms_.contains(spec.name)) return make_error(control::VmErrc::exists, "vm-create", spec.name);
         auto placeholder = std::make_unique<Hosted>();
         placeholder->spec = spec;
@@ -236,6 +237,8 @@ Result<control::VmInfo> VmHost::start(const cli::VmSpec& spec, SerialPrefix pref
     Hosted* raw = vm.get();
     {
         std::lock_guard lock(mutex_);
+        // A shutdown that began while this VM was built: nobody would stop it.
+        if (shutting_down_) return errno_error("vm-create: the host is shutting down", ESHUTDOWN, name);
         vms_[name] = std::move(vm);
         raw->runner = std::thread([this, raw] { run_vm(*raw); });
     }
@@ -382,11 +385,15 @@ Result<control::VmInfo> VmHost::stop_vm(const std::string& name, std::chrono::mi
             vm->vm->resume();
             vm->state = control::VmState::running;
         }
-        if (!changed_.wait_for(lock, timeout, ended)) {
+        // The grace period ends early when the host shuts down (shut_down()): a
+        // pending vm-stop must not hold the daemon's exit for its timeout.
+        changed_.wait_for(lock, timeout, [&] { return ended() || shutting_down_; });
+        if (!ended()) {
             vm = find(name);
             if (vm != nullptr && vm->vm && vm->state != control::VmState::ended)
                 vm->vm->request_stop(VmEnd{EndReason::stopped, kExitStopped, 0,
-                                           fmt::format("stopped by vm-stop after {} ms", timeout.count())});
+                                           shutting_down_ ? std::string("stopped by vm-stop: the host is shutting down")
+                                                          : fmt::format("stopped by vm-stop after {} ms", timeout.count())});
         }
     }
     changed_.wait(lock, ended);
@@ -450,6 +457,14 @@ std::vector<control::VmInfo> VmHost::list_vms() const {
     std::vector<control::VmInfo> out;
     for (const auto& [name, vm] : vms_) out.push_back(info_of(*vm));
     return out;
+}
+
+void VmHost::shut_down() {
+    {
+        std::lock_guard lock(mutex_);
+        shutting_down_ = true;
+    }
+    changed_.notify_all();
 }
 
 Result<std::uint64_t> VmHost::set_balloon(const std::string& name, std::uint64_t bytes) {

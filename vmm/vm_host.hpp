@@ -81,6 +81,7 @@ public:
     Result<void> remove_vm(const std::string& name) override;
     std::vector<control::VmInfo> list_vms() const override;
     Result<std::uint64_t> set_balloon(const std::string& name, std::uint64_t bytes) override;
+    void shut_down() override;
 
 private:
     sandbox::Seccomp seccomp_ = sandbox::Seccomp::off;
@@ -101,6 +102,7 @@ private:
     std::condition_variable changed_;  // a VM ended or was released
     std::map<std::string, std::unique_ptr<Hosted>> vms_;
     bool closing_ = false;  // the watcher ends
+    bool shutting_down_ = false;  // shut_down(): no new VM, vm-stop waits no grace period
 
     // The event watcher: every 500 ms, one log line per change of a VM's limit
     // state (over its limit, and why) and of a swap device's state (degraded,

@@ -16,6 +16,9 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <future>
+#include <mutex>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -32,6 +35,7 @@
 #include "swap/swap_pool.hpp"
 #include "vmm/control/control_server.hpp"
 #include "vmm/control/ctl.hpp"
+#include "vmm/control/metrics.hpp"
 #include "vmm/control/stats_json.hpp"
 
 using namespace swapvisor;
@@ -836,4 +840,117 @@ TEST(CtlCommandLine, ParsesEverySubcommand) {
     EXPECT_TRUE(parse({"ctl", "status"}).socket.empty());
     EXPECT_THROW(parse({"ctl", "--socket", "s"}), CLI::RequiredError);
     EXPECT_THROW(parse({"ctl", "--socket", "s", "set-limit", "vm0"}), CLI::RequiredError);
+}
+
+// Issue #16 item 2: `status` / `stats`, a /metrics scrape, set-limit and set-quota
+// read or change a VM that a vm-remove (here HostMemory::remove_vm, what VmHost's
+// release calls) may end at the same moment. They hold a VmRef while they use it;
+// under ASan (build-asan) this was a heap-use-after-free.
+TEST_F(ControlTest, PrivilegedStatsMetricsAndLimitsRaceAVmsRemoval) {
+    start_server();
+    std::atomic<bool> done{false};
+    std::atomic<std::uint64_t> replies{0};
+    std::vector<std::thread> users;
+    for (int t = 0; t < 2; ++t) {
+        users.emplace_back([&, t] {
+            Client c = connect();
+            for (int id = 1; !done.load(); ++id) {
+                json r = c.call({{"id", id}, {"cmd", t == 0 ? "stats" : "status"}});
+                EXPECT_EQ(r.value("ok", false), true) << r.dump();
+                r = c.call({{"id", id}, {"cmd", t == 0 ? "set-limit" : "set-quota"}, {"vm", "churn"}, {"bytes", 32 << 20}});
+                EXPECT_TRUE(r.value("ok", false) || code_of(r) == "no_such_vm") << r.dump();
+                replies.fetch_add(1);
+            }
+        });
+    }
+    // A scrape and a `stats` straight from their functions too: more tries per
+    // removal than the socket's round trips give.
+    for (int t = 0; t < 2; ++t) {
+        users.emplace_back([&] {
+            while (!done.load()) {
+                std::string text = prometheus_text(*host_, devices_, nullptr, nullptr);
+                EXPECT_NE(text.find("swapvisor_vm_resident_bytes"), std::string::npos);
+            }
+        });
+    }
+    users.emplace_back([&] {
+        while (!done.load()) {
+            json j = stats_json(*host_, devices_, StatsDetail::full);
+            EXPECT_TRUE(j.contains("vms"));
+        }
+    });
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+    int rounds = 0;
+    while (std::chrono::steady_clock::now() < until) {
+        auto vm = host_->create_vm(guestmem::MemoryConfig{.name = "churn", .memory_bytes = 2 << 20});
+        ASSERT_TRUE(vm.has_value()) << vm.error().message();
+        ASSERT_TRUE((*vm)->start().has_value());
+        ASSERT_TRUE(host_->remove_vm("churn").has_value());
+        ++rounds;
+    }
+    done = true;
+    for (auto& t : users) t.join();
+    EXPECT_GT(rounds, 5);
+    EXPECT_GT(replies.load(), 10u);
+}
+
+namespace {
+
+// A VM host whose vm-stop waits out the grace period it is given, as VmHost's does
+// for a guest that does not exit by itself, unless the host is shutting down.
+class GraceWaitingVms final : public VmControl {
+public:
+    Result<VmInfo> create_vm(const VmCreateSpec& spec) override {
+        return make_error(VmErrc::bad_spec, "vm-create", spec.name);
+    }
+    Result<VmInfo> stop_vm(const std::string& name, std::chrono::milliseconds timeout) override {
+        std::unique_lock lock(mutex_);
+        waiting_ = true;
+        changed_.notify_all();
+        changed_.wait_for(lock, timeout, [&] { return shutting_down_; });
+        return VmInfo{.name = name, .state = VmState::ended, .exit_code = 143, .end_reason = "stopped"};
+    }
+    Result<VmInfo> pause_vm(const std::string& name) override { return make_error(VmErrc::no_such_vm, "vm-pause", name); }
+    Result<VmInfo> resume_vm(const std::string& name) override { return make_error(VmErrc::no_such_vm, "vm-resume", name); }
+    Result<void> remove_vm(const std::string& name) override { return make_error(VmErrc::no_such_vm, "vm-remove", name); }
+    std::vector<VmInfo> list_vms() const override { return {}; }
+    Result<std::uint64_t> set_balloon(const std::string& name, std::uint64_t) override {
+        return make_error(VmErrc::no_such_vm, "set-balloon", name);
+    }
+    void shut_down() override {
+        std::lock_guard lock(mutex_);
+        shutting_down_ = true;
+        changed_.notify_all();
+    }
+    bool wait_until_stopping(std::chrono::seconds bound) {
+        std::unique_lock lock(mutex_);
+        return changed_.wait_for(lock, bound, [&] { return waiting_; });
+    }
+
+private:
+    std::mutex mutex_;
+    std::condition_variable changed_;
+    bool waiting_ = false;
+    bool shutting_down_ = false;
+};
+
+}  // namespace
+
+// Issue #16 item 7: stopping the control plane (SIGTERM in `serve`) joined the
+// commands' workers first, so a pending `vm-stop --timeout-ms 600000` held the
+// daemon's exit for ten minutes. Now the server tells the VM host first, and the
+// vm-stop ends its grace period at once.
+TEST_F(ControlTest, StopDoesNotWaitOutAPendingVmStopsGracePeriod) {
+    GraceWaitingVms vms;
+    start_server(ControlServerConfig{.vms = &vms});
+    Client c = connect();
+    ASSERT_TRUE(c.request({{"id", 1}, {"cmd", "vm-stop"}, {"vm", "slow"}, {"timeout_ms", 600000}}));
+    ASSERT_TRUE(vms.wait_until_stopping(std::chrono::seconds(20))) << "the vm-stop never reached the VM host";
+    const auto start = std::chrono::steady_clock::now();
+    auto stopped = std::async(std::launch::async, [this] { server_->stop(); });
+    const bool prompt = stopped.wait_for(std::chrono::seconds(10)) == std::future_status::ready;
+    EXPECT_TRUE(prompt) << "ControlServer::stop waited for a vm-stop's grace period";
+    if (!prompt) vms.shut_down();  // let the test end on the base commit
+    stopped.get();
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
 }

@@ -83,6 +83,7 @@ public:
         if (name != "ballooned") return make_error(VmErrc::no_balloon, "set-balloon", name);
         return bytes / 4096;
     }
+    void shut_down() override {}
 
     std::vector<VmCreateSpec> created;
     std::chrono::milliseconds last_timeout{0};

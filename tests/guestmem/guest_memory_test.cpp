@@ -7,11 +7,13 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <future>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <vector>
 #include <algorithm>
 #include <filesystem>
@@ -401,4 +403,101 @@ TEST_F(GuestMemoryTest, PrivilegedRemoveVmFreesItsSlotsAndLeavesOthersAlone) {
     ASSERT_TRUE(reborn.has_value()) << reborn.error().message();
     EXPECT_NE((*reborn)->id(), (*other)->id());
     EXPECT_EQ(host_->vms().size(), 2u);
+}
+
+// Issue #16 item 2: a VM's memory was destroyed by remove_vm while swapoff's
+// bring-back was still inside it (a swap-in of one of its pages): a use after free
+// (ASan: heap-use-after-free; without ASan a crash or a hang). Now remove_vm waits for
+// the bring-back's reference, then frees the VM and its slots.
+TEST_F(GuestMemoryTest, PrivilegedRemoveVmWaitsForABringBackInsideASwapIn) {
+    constexpr std::uint64_t kMem = 8ULL << 20, kLimit = 1ULL << 20;
+    pool_ = std::make_unique<swap::SwapPool>();
+    auto plan = std::make_shared<io::FaultPlan>();
+    auto file = io::FileBlockDevice::open(dir_ / "gated.swap", io::OpenMode::create_or_open, 16ULL << 20);
+    ASSERT_TRUE(file) << file.error().message();
+    ASSERT_TRUE(pool_->swapon(std::make_unique<io::FaultyBlockDevice>(std::move(*file), plan), 0));
+    host_ = std::make_unique<HostMemory>(*pool_, 0);
+    auto created = host_->create_vm(MemoryConfig{.name = "t", .memory_bytes = kMem, .resident_limit = kLimit});
+    ASSERT_TRUE(created && (*created)->start());
+    GuestMemory* vm = *created;
+    ASSERT_TRUE(write_pass_within(vm->regions()[0].guest_view, kMem / kPageSize, std::chrono::seconds(30)));
+    vm->stop();                        // nothing moves from here on but the bring-back
+    vm->set_resident_limit(kMem);      // room to bring a page back
+    std::optional<std::uint64_t> page;
+    for (std::uint64_t p = 0; p < kMem / kPageSize && !page; ++p)
+        if (vm->entry(Gpa(p * kPageSize)).state() == PageState::swapped) page = p;
+    ASSERT_TRUE(page) << "nothing was swapped: the test proves nothing";
+    const swap::OwnerTag owner = pack_owner(vm->id(), *page);
+    const swap::VSlot vslot = vm->entry(Gpa(*page * kPageSize)).vslot();
+
+    // Hold the bring-back's read at a gate.
+    std::promise<void> entered;
+    std::promise<void> release;
+    std::shared_future<void> released = release.get_future().share();
+    plan->add(io::FaultRule{.match = io::FaultMatch::read, .times = 1, .action = io::fault::Gate{[&](const io::BlockIo&) {
+                                entered.set_value();
+                                released.wait();
+                            }}});
+    auto ring = io::Ring::create(4);
+    ASSERT_TRUE(ring);
+    std::future<Result<bool>> bring_back =
+        std::async(std::launch::async, [&] { return host_->bring_back(owner, vslot, nullptr, *ring); });
+    ASSERT_EQ(entered.get_future().wait_for(std::chrono::seconds(20)), std::future_status::ready);
+
+    std::future<Result<void>> removed = std::async(std::launch::async, [&] { return host_->remove_vm("t"); });
+    EXPECT_EQ(removed.wait_for(std::chrono::milliseconds(300)), std::future_status::timeout)
+        << "remove_vm destroyed the VM under a bring-back in flight";
+    EXPECT_EQ(host_->find("t"), nullptr) << "a VM being removed is no longer listed";
+    release.set_value();
+    Result<bool> r = bring_back.get();
+    ASSERT_TRUE(r) << r.error().message();
+    EXPECT_TRUE(*r);
+    ASSERT_EQ(removed.wait_for(std::chrono::seconds(20)), std::future_status::ready);
+    EXPECT_TRUE(removed.get().has_value());
+    EXPECT_EQ(pool_->allocated_vslots(), 0u) << "the removed VM leaked VSlots";
+}
+
+// Issue #16 item 2: the users of a VM's memory other than its owner — the budget
+// watcher, `ctl stats`, a /metrics scrape, set-limit / set-quota, swapoff asking for
+// room — race a VM's removal. Each holds a VmRef while it uses the VM; run under ASan
+// (build-asan) this was a heap-use-after-free.
+TEST_F(GuestMemoryTest, PrivilegedStatsAndLimitsRaceAVmsRemoval) {
+    pool_ = std::make_unique<swap::SwapPool>();
+    host_ = std::make_unique<HostMemory>(*pool_, 0);
+    std::atomic<bool> done{false};
+    std::atomic<std::uint64_t> reads{0};
+    std::vector<std::thread> users;
+    for (int t = 0; t < 2; ++t) {
+        users.emplace_back([&] {
+            while (!done.load()) {
+                for (const auto& vm : host_->vms()) {
+                    MemStats s = vm->stats();
+                    EXPECT_EQ(s.name, "churn");
+                    (void)vm->referenced_vslots();
+                }
+                if (auto vm = host_->find("churn")) {
+                    vm->set_resident_limit(2ULL << 20);
+                    vm->set_swap_quota(4ULL << 20);
+                    (void)vm->stats();
+                }
+                (void)host_->bring_back_capacity();
+                (void)host_->bring_back_room(pack_owner(VmId(1), 0));
+                reads.fetch_add(1);
+            }
+        });
+    }
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    int rounds = 0;
+    while (std::chrono::steady_clock::now() < until) {
+        auto vm = host_->create_vm(MemoryConfig{.name = "churn", .memory_bytes = 2ULL << 20});
+        ASSERT_TRUE(vm.has_value()) << vm.error().message();
+        ASSERT_TRUE((*vm)->start().has_value());
+        ASSERT_TRUE(host_->remove_vm("churn").has_value());
+        ++rounds;
+    }
+    done = true;
+    for (auto& t : users) t.join();
+    EXPECT_GT(rounds, 5);
+    EXPECT_GT(reads.load(), 10u);
+    EXPECT_TRUE(host_->vms().empty());
 }

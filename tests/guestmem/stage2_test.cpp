@@ -45,7 +45,9 @@ TEST(PageEntryTest, EveryStateRoundTripsWithSlotAndCleanBit) {
             for (bool clean : {false, true}) {
                 PageEntry e = PageEntry::make(s, swap::VSlot(v), clean ? Clean::yes : Clean::no);
                 EXPECT_EQ(e.state(), s) << to_string(s);
-                EXPECT_EQ(e.vslot().value(), v);
+                // In writeback the upper bits are the writeback's epoch, not a slot.
+                EXPECT_EQ(e.vslot().value(), s == PageState::writeback ? 0u : v);
+                EXPECT_EQ(e.writeback_epoch().value(), s == PageState::writeback ? v : 0u);
                 EXPECT_EQ(e.clean(), clean);
                 EXPECT_FALSE(e.locked()) << "make() must never produce a locked value";
                 // The documented layout: state in bits 0-2, LCK 3, CLN 4, VSlot 32-63.
@@ -56,6 +58,15 @@ TEST(PageEntryTest, EveryStateRoundTripsWithSlotAndCleanBit) {
             }
         }
     }
+}
+
+TEST(PageEntryTest, AWritebackCarriesItsEpochAndNoSlot) {
+    const PageEntry e = PageEntry::make_writeback(WritebackEpoch(0xABCD'0123u));
+    EXPECT_EQ(e.state(), PageState::writeback);
+    EXPECT_EQ(e.writeback_epoch(), WritebackEpoch(0xABCD'0123u));
+    EXPECT_EQ(e.vslot(), swap::kNoVSlot);
+    EXPECT_FALSE(e.holds_vslot()) << "an epoch must never be freed as a slot";
+    EXPECT_FALSE(e.clean());
 }
 
 TEST(PageEntryTest, PresentIsExactlyTheStatesHoldingMemory) {

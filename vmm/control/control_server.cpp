@@ -341,7 +341,7 @@ private:
     }
 
     void run(const json& id, const SetLimitCmd& cmd) {
-        guestmem::GuestMemory* vm = server_.host.find(cmd.vm);
+        guestmem::VmRef vm = server_.host.find(cmd.vm);  // held while used (guestmem/README.md#vm-lifetimes)
         if (vm == nullptr) {
             send(error_reply(id, ReplyCode::no_such_vm, fmt::format("no VM named \"{}\"", cmd.vm)));
             return;
@@ -361,7 +361,7 @@ private:
     }
 
     void run(const json& id, const SetQuotaCmd& cmd) {
-        guestmem::GuestMemory* vm = server_.host.find(cmd.vm);
+        guestmem::VmRef vm = server_.host.find(cmd.vm);  // held while used (guestmem/README.md#vm-lifetimes)
         if (vm == nullptr) {
             send(error_reply(id, ReplyCode::no_such_vm, fmt::format("no running VM named \"{}\"", cmd.vm)));
             return;
@@ -698,7 +698,9 @@ void ControlServer::stop() {
     });
     // Workers post their last lines to the still running control thread (to closed
     // connections: dropped). A running swapoff is not interrupted: it finishes its
-    // device, so the pool is never left half removed.
+    // device, so the pool is never left half removed. A vm-stop waiting out its grace
+    // period (up to minutes) is cut short first, or joining it would hold shutdown.
+    if (s.config.vms != nullptr) s.config.vms->shut_down();
     s.join_workers();
     // With the acceptor and every socket closed, the pending handlers complete as
     // aborted and run() returns on its own once the work guard is gone.

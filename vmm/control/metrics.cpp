@@ -117,7 +117,7 @@ std::map<std::string, SwapoffBoard::Progress> SwapoffBoard::snapshot() const {
 std::string prometheus_text(guestmem::HostMemory& host, const DeviceStats& devices, const VmControl* vms,
                             const SwapoffBoard* swapoffs) {
     Families f;
-    for (guestmem::GuestMemory* vm : host.vms()) {
+    for (const guestmem::VmRef& vm : host.vms()) {
         guestmem::MemStats s = vm->stats();
         const std::string vm_label = fmt::format("vm=\"{}\"", label(s.name));
         for (const guestmem::MemStatField& field : guestmem::kMemStatFields)

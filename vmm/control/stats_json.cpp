@@ -9,7 +9,7 @@ using nlohmann::json;
 nlohmann::json stats_json(guestmem::HostMemory& host, const DeviceStats& devices, StatsDetail detail) {
     const bool full = detail == StatsDetail::full;
     json vms = json::array();
-    for (guestmem::GuestMemory* vm : host.vms()) {
+    for (const guestmem::VmRef& vm : host.vms()) {
         guestmem::MemStats s = vm->stats();
         json v = {{"name", s.name}, {"limit_state", s.limit_state}};
         for (const guestmem::MemStatField& f : guestmem::kMemStatFields)

@@ -89,6 +89,12 @@ public:
     // Balloon target in bytes (rounded down to 4 KiB pages); the guest inflates or
     // deflates towards it.
     virtual Result<std::uint64_t> set_balloon(const std::string& name, std::uint64_t bytes) = 0;
+    // The control plane is going away (ControlServer::stop calls it before it joins
+    // the commands' workers): refuse new VMs and cut every wait a command is in
+    // short — a vm-stop waiting out its grace period stops its VM now — so that
+    // shutdown never waits for a client's timeout (issue #16 item 7). Returns at once;
+    // the VMs themselves are stopped by whoever shuts the host down.
+    virtual void shut_down() = 0;
 };
 
 }  // namespace swapvisor::vmm::control

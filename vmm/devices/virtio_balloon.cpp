@@ -9,8 +9,6 @@
 
 #include <spdlog/spdlog.h>
 
-#include "vmm/devices/log_budget.hpp"
-
 namespace swapvisor::vmm::devices {
 
 using guestmem::Gpa;
@@ -32,10 +30,6 @@ public:
         return "unknown virtio-balloon error";
     }
 };
-
-// A guest that misbehaves in a loop must not flood the log.
-LogBudget g_log_budget{32};
-bool log_budget() { return g_log_budget.take(); }
 
 }  // namespace
 
@@ -138,7 +132,7 @@ Result<void> VirtioBalloon::process_queue(unsigned index, SplitQueue& queue, std
             // The driver may lend at most one buffer (5.5.6.3). A second one while
             // we hold the first: give the older one back first, as QEMU does.
             if (stats_head_) {
-                if (log_budget()) spdlog::warn("virtio-balloon: a second statistics buffer while one is held");
+                if (log_budget_.take()) spdlog::warn("virtio-balloon: a second statistics buffer while one is held");
                 SWV_TRY(queue.push_used(*stats_head_, 0));
                 stats_head_.reset();
             }
@@ -187,7 +181,7 @@ void VirtioBalloon::handle_stats(const DescriptorChain& chain) {
     auto stats = read_stats(chain);
     if (!stats) {
         stats_refused_.fetch_add(1, std::memory_order_relaxed);
-        if (log_budget()) spdlog::warn("virtio-balloon: statistics buffer refused: {}", stats.error().message());
+        if (log_budget_.take()) spdlog::warn("virtio-balloon: statistics buffer refused: {}", stats.error().message());
         return;
     }
     stats_unknown_tags_.fetch_add(stats->unknown_tags, std::memory_order_relaxed);

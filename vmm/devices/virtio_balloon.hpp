@@ -71,6 +71,7 @@
 
 #include "guestmem/guest_memory.hpp"
 #include "io/result.hpp"
+#include "vmm/devices/log_budget.hpp"
 #include "vmm/devices/virtio_mmio.hpp"
 
 namespace swapvisor::vmm::devices {
@@ -239,6 +240,8 @@ private:
     // queue state): its head and the queue it came on.
     std::optional<std::uint16_t> stats_head_;
     unsigned stats_queue_ = 0;
+    // Log lines this device's guest can cause (per device, refilled).
+    LogBudget log_budget_;
 
     // Protects: guest_, guest_at_; Order: leaf (held only to copy them).
     mutable std::mutex guest_mutex_;

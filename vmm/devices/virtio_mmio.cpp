@@ -9,8 +9,6 @@
 
 #include <spdlog/spdlog.h>
 
-#include "vmm/devices/log_budget.hpp"
-
 namespace swapvisor::vmm::devices {
 
 namespace {
@@ -25,10 +23,6 @@ std::uint32_t load_le(std::span<const std::byte> data) {
 void store_le(std::span<std::byte> data, std::uint32_t v) {
     for (std::size_t i = 0; i < data.size(); ++i) data[i] = i < 4 ? static_cast<std::byte>(v >> (8 * i)) : std::byte{0};
 }
-
-// A guest that misbehaves in a loop must not flood the log.
-LogBudget g_log_budget{32};
-bool log_budget() { return g_log_budget.take(); }
 
 }  // namespace
 
@@ -86,13 +80,19 @@ std::uint32_t VirtioMmio::read_register(std::uint64_t offset) const {
         }
         case r::kQueueNumMax: return q ? q->max_size() : 0;
         case r::kQueueReady: return q && q->ready() ? 1 : 0;
-        case r::kInterruptStatus: return interrupt_status_;
+        case r::kInterruptStatus: {
+            std::lock_guard irq(irq_mutex_);
+            return interrupt_status_;
+        }
         case r::kStatus: return status_;
         case r::kShmLenLow:
         case r::kShmLenHigh:
         case r::kShmBaseLow:
         case r::kShmBaseHigh: return 0xffff'ffff;  // no shared memory regions
-        case r::kConfigGeneration: return config_generation_;
+        case r::kConfigGeneration: {
+            std::lock_guard irq(irq_mutex_);
+            return config_generation_;
+        }
         default: return 0;  // write-only or reserved
     }
 }
@@ -104,7 +104,7 @@ BusAction VirtioMmio::write(std::uint64_t offset, std::span<const std::byte> dat
         return BusAction::resume();
     }
     if (data.size() != 4 || offset % 4 != 0) {
-        if (log_budget()) spdlog::debug("virtio-mmio: {}-byte write to register {:#x} ignored", data.size(), offset);
+        if (log_budget_.take()) spdlog::debug("virtio-mmio: {}-byte write to register {:#x} ignored", data.size(), offset);
         return BusAction::resume();
     }
     write_register(offset, load_le(data));
@@ -160,6 +160,7 @@ void VirtioMmio::write_register(std::uint64_t offset, std::uint32_t value) {
             return;
         case r::kQueueNotify: notify(value); return;
         case r::kInterruptAck: {
+            std::lock_guard irq(irq_mutex_);
             std::uint32_t before = interrupt_status_;
             interrupt_status_ &= ~value;
             if (before != 0 && interrupt_status_ == 0 && irq_) irq_(IrqLevel::low);
@@ -167,7 +168,7 @@ void VirtioMmio::write_register(std::uint64_t offset, std::uint32_t value) {
         }
         case r::kStatus: write_status(value); return;
         default:
-            if (log_budget()) spdlog::debug("virtio-mmio: write {:#x} to read-only/reserved register {:#x}", value, offset);
+            if (log_budget_.take()) spdlog::debug("virtio-mmio: write {:#x} to read-only/reserved register {:#x}", value, offset);
             return;
     }
 }
@@ -186,10 +187,16 @@ void VirtioMmio::write_status(std::uint32_t value) {
         // Refused: FEATURES_OK stays clear, which the driver reads back (3.1.1 step 6).
         if (!acceptable) next &= ~kStatusFeaturesOk;
     }
-    status_ = next;
-    if ((next & kStatusDriverOk) && !(old & kStatusDriverOk) && config_change_pending_) {
-        config_change_pending_ = false;
-        raise(kInterruptConfigChange);
+    {
+        // A config change noted before DRIVER_OK is raised now; under irq_mutex_ with
+        // the status change, so a notify_config_change() racing it is either pending
+        // here or sees DRIVER_OK and raises it itself.
+        std::lock_guard irq(irq_mutex_);
+        status_ = next;
+        if ((next & kStatusDriverOk) && !(old & kStatusDriverOk) && config_change_pending_) {
+            config_change_pending_ = false;
+            raise_locked(kInterruptConfigChange);
+        }
     }
     if ((next & kStatusDriverOk) && !(old & kStatusDriverOk)) {
         for (unsigned i = 0; i < existing_queues(); ++i)
@@ -238,55 +245,68 @@ void VirtioMmio::poll_device() {
 }
 
 void VirtioMmio::needs_reset(unsigned index, const Error& why) {
-    if (log_budget())
+    if (log_budget_.take())
         spdlog::warn("virtio-mmio (device {}): queue {} malformed, device needs reset: {}", device_->device_id(),
                      index, why.message());
     if (!(status_ & kStatusNeedsReset)) ++stats_.needs_reset;
-    status_ |= kStatusNeedsReset;
     for (SplitQueue& q : queues_) q.disable();
+    std::lock_guard irq(irq_mutex_);
+    status_ |= kStatusNeedsReset;
     // The driver learns of it through a configuration change notification (2.1.2).
-    if (status_ & kStatusDriverOk) raise(kInterruptConfigChange);
+    if (status_ & kStatusDriverOk) raise_locked(kInterruptConfigChange);
 }
 
 void VirtioMmio::raise(std::uint32_t bits) {
+    std::lock_guard irq(irq_mutex_);
+    raise_locked(bits);
+}
+
+void VirtioMmio::raise_locked(std::uint32_t bits) {
     std::uint32_t before = interrupt_status_;
     interrupt_status_ |= bits;
-    ++stats_.interrupts;
+    ++interrupts_;
     if (before == 0 && irq_) irq_(IrqLevel::high);
 }
 
 void VirtioMmio::reset_locked() {
     device_->reset();
     for (SplitQueue& q : queues_) q.reset();
-    bool line_high = interrupt_status_ != 0;
-    status_ = 0;
     device_features_sel_ = driver_features_sel_ = 0;
     driver_features_ = 0;
     queue_sel_ = 0;
+    ++stats_.resets;
+    std::lock_guard irq(irq_mutex_);
+    bool line_high = interrupt_status_ != 0;
+    status_ = 0;
     interrupt_status_ = 0;
     config_change_pending_ = false;
-    ++stats_.resets;
     if (line_high && irq_) irq_(IrqLevel::low);
 }
 
+// Issue #16 item 8: only irq_mutex_, never mutex_, which a vCPU holds across a
+// queue's work (a balloon inflate over gigabytes, swap-ins included): the control
+// socket's set-balloon must not wait for that.
 void VirtioMmio::notify_config_change() {
-    std::lock_guard lock(mutex_);
+    std::lock_guard irq(irq_mutex_);
     ++config_generation_;
     if ((status_ & kStatusDriverOk) && !(status_ & kStatusNeedsReset)) {
-        raise(kInterruptConfigChange);
+        raise_locked(kInterruptConfigChange);
     } else {
         config_change_pending_ = true;
     }
 }
 
 std::uint32_t VirtioMmio::status() const {
-    std::lock_guard lock(mutex_);
+    std::lock_guard irq(irq_mutex_);
     return status_;
 }
 
 VirtioMmioStats VirtioMmio::stats() const {
     std::lock_guard lock(mutex_);
-    return stats_;
+    VirtioMmioStats out = stats_;
+    std::lock_guard irq(irq_mutex_);
+    out.interrupts = interrupts_;
+    return out;
 }
 
 }  // namespace swapvisor::vmm::devices

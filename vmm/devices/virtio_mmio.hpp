@@ -17,8 +17,11 @@
 //
 // Threads: vCPU threads call read()/write() concurrently; one mutex per transport
 // serialises the registers, the queues and the device callbacks (queue processing
-// runs on the vCPU that wrote QueueNotify). notify_config_change() may be called
-// from any thread (control socket).
+// runs on the vCPU that wrote QueueNotify, and may take as long as the guest's
+// request: an inflate of gigabytes, swap-ins). The interrupt state (InterruptStatus,
+// ConfigGeneration, the status bits the interrupt depends on, the line) has its own
+// leaf lock, so notify_config_change() and status() — called from any thread (the
+// control socket's set-balloon) — never wait for a queue's work.
 #pragma once
 
 #include <cstdint>
@@ -35,6 +38,7 @@
 #include "io/result.hpp"
 #include "vmm/control/device_stats.hpp"
 #include "vmm/devices/bus.hpp"
+#include "vmm/devices/log_budget.hpp"
 #include "vmm/devices/virtqueue.hpp"
 
 namespace swapvisor::vmm::devices {
@@ -167,7 +171,8 @@ private:
     void write_status(std::uint32_t value);
     void notify(std::uint32_t index);
     void needs_reset(unsigned index, const Error& why);
-    void raise(std::uint32_t bits);
+    void raise(std::uint32_t bits);         // takes irq_mutex_
+    void raise_locked(std::uint32_t bits);  // irq_mutex_ held
     void reset_locked();
     SplitQueue* selected_queue();
     const SplitQueue* selected_queue() const;
@@ -177,19 +182,28 @@ private:
     std::shared_ptr<VirtioDevice> device_;
     IrqCallback irq_;
 
-    // Protects: every member below and all calls into device_; Order: before the
-    // guestmem page locks (queue processing reads guest memory and discards pages).
+    // Protects: the members down to irq_mutex_ and all calls into device_; Order:
+    // before irq_mutex_ and the guestmem page locks (queue processing reads guest
+    // memory and discards pages).
     mutable std::mutex mutex_;
     std::vector<SplitQueue> queues_;  // device_->queue_count(all offered features) slots
-    std::uint32_t status_ = 0;
     std::uint32_t device_features_sel_ = 0;
     std::uint32_t driver_features_sel_ = 0;
     std::uint64_t driver_features_ = 0;
     std::uint32_t queue_sel_ = 0;
+    VirtioMmioStats stats_;  // all but `interrupts` (interrupts_ below)
+    // Log lines this transport's guest can cause (LogBudget: per device, refilled).
+    LogBudget log_budget_;
+
+    // Protects: the members below and calls of irq_; status_ is written with both
+    // mutex_ and irq_mutex_ held, so either lock reads it. Order: after mutex_, leaf
+    // (never held across device or queue work, only across the irq_ call).
+    mutable std::mutex irq_mutex_;
+    std::uint32_t status_ = 0;
     std::uint32_t interrupt_status_ = 0;
     std::uint32_t config_generation_ = 0;
     bool config_change_pending_ = false;  // changed before DRIVER_OK: raised at DRIVER_OK
-    VirtioMmioStats stats_;
+    std::uint64_t interrupts_ = 0;        // InterruptStatus bits raised
 };
 
 }  // namespace swapvisor::vmm::devices
