@@ -19,8 +19,11 @@
 // nothing evictable) is not a reason to stall the guest: the reclaimer reports it
 // (cannot_hold), the VM then runs over its limit at full speed — faults no longer
 // wait, each page added over the limit is counted, the state and its reason are in
-// the stats — and the reclaimer retries on a back-off instead of sweeping; the limit
-// is enforced again (held_again) as soon as a retry frees something.
+// the stats — and the reclaimer retries on a back-off instead of sweeping. Freeing
+// something is not enough to end that episode (a few clean drops while every write
+// fails would bring back 2 s throttle waits on every fault): the limit counts as held
+// again (held_again) only once a retry has brought resident memory down to the low
+// watermark (reclaim_done) and the writes it queued have completed.
 //
 // Threads: any. Occupancy is written only by PageLock (transitions.cpp); the rest are
 // atomics, plus one mutex for the two sleeps (reclaimer idle, throttled faulter).
