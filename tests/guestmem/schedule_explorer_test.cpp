@@ -60,6 +60,7 @@
 #include "swap/swap_pool.hpp"
 #include "tests/fakes/fake_block_device.hpp"
 #include "tests/fakes/fake_page_kernel.hpp"
+#include "tests/guestmem/transitions_sink.hpp"
 
 using namespace swapvisor;
 using namespace swapvisor::guestmem;
@@ -116,24 +117,6 @@ struct Batch {
     bool ok = false;
 };
 
-// Swapoff's sink over the world's Transitions (what HostMemory is over a VM).
-class Sink final : public swap::EvictionSink {
-public:
-    explicit Sink(Transitions& tr) : tr_(tr) {}
-    std::uint64_t bring_back_capacity() const override { return kMaxPages; }
-    std::uint64_t bring_back_room(swap::OwnerTag) const override { return kMaxPages; }
-    Result<bool> bring_back(swap::OwnerTag owner, swap::VSlot v, const swap::SlotCopy* copy, io::Ring& ring) override {
-        PageLock lk = tr_.lock(PageIdx(owner_index(owner)));
-        return tr_.bring_back(lk, v, copy, ring);
-    }
-    Result<bool> lose(swap::OwnerTag owner, swap::VSlot v, const Error& why) override {
-        PageLock lk = tr_.lock(PageIdx(owner_index(owner)));
-        return tr_.lose_swapped(lk, v, why);
-    }
-
-private:
-    Transitions& tr_;
-};
 
 class World {
 public:
@@ -419,7 +402,7 @@ private:
     swap::SwapPool pool_;
     std::shared_ptr<io::FaultPlan> plan_ = std::make_shared<io::FaultPlan>();
     Transitions tr_{Transitions::Deps{table_, kernel_, &pool_, limits_, occupancy_, counters_, clean_, "explorer", kVm}};
-    Sink sink_{tr_};
+    guestmem::testing::TransitionsSink sink_{tr_, kMaxPages};
     std::vector<Batch> batches_;
     std::array<std::uint64_t, kMaxPages> seed_{};       // what each page must hold; 0 = zeros
     std::array<bool, kMaxPages> lost_ok_{};             // a failed read was injected on it

@@ -18,7 +18,6 @@
 #include <vector>
 
 #include "guestmem/fault_service.hpp"
-#include "guestmem/owner_tag.hpp"
 #include "guestmem/transitions.hpp"
 #include "io/fault_injection.hpp"
 #include "io/ring.hpp"
@@ -26,6 +25,7 @@
 #include "swap/swap_pool.hpp"
 #include "tests/fakes/fake_block_device.hpp"
 #include "tests/fakes/fake_page_kernel.hpp"
+#include "tests/guestmem/transitions_sink.hpp"
 
 using namespace swapvisor;
 using namespace swapvisor::guestmem;
@@ -490,25 +490,6 @@ TEST_P(WritebackAbaTest, OnlyTheNewestWritebackOfAPageAdoptsIt) {
 INSTANTIATE_TEST_SUITE_P(BothCompletionOrders, WritebackAbaTest, ::testing::Bool(),
                          [](const auto& info) { return info.param ? "OlderFirst" : "NewerFirst"; });
 
-// Swapoff's EvictionSink over this fixture's Transitions, as HostMemory is over a VM's.
-class TransitionsSink final : public swap::EvictionSink {
-public:
-    explicit TransitionsSink(Transitions& tr) : tr_(tr) {}
-    std::uint64_t bring_back_capacity() const override { return kPages; }
-    std::uint64_t bring_back_room(swap::OwnerTag) const override { return kPages; }
-    Result<bool> bring_back(swap::OwnerTag owner, swap::VSlot vslot, const swap::SlotCopy* copy,
-                            io::Ring& ring) override {
-        PageLock lk = tr_.lock(PageIdx(owner_index(owner)));
-        return tr_.bring_back(lk, vslot, copy, ring);
-    }
-    Result<bool> lose(swap::OwnerTag owner, swap::VSlot vslot, const Error& why) override {
-        PageLock lk = tr_.lock(PageIdx(owner_index(owner)));
-        return tr_.lose_swapped(lk, vslot, why);
-    }
-
-private:
-    Transitions& tr_;
-};
 
 // Found by swv_stress --mode failing (a vCPU faulting for ever) and then by the
 // explorer once the fake kept uffd-wp markers: a clean copy mapped write-protected,
@@ -557,7 +538,7 @@ TEST_F(FakeTransitionsTest, SwapoffBringsBackFromItsVerifiedCopyWithoutASecondRe
     make_swapped(21, 21);
     const auto reads_after_the_first =
         plan_->add(io::FaultRule{io::FaultMatch::read, std::nullopt, std::nullopt, 1, std::nullopt, io::fault::Eio{}});
-    TransitionsSink sink(tr_);
+    guestmem::testing::TransitionsSink sink(tr_, kPages);
     pool_.set_eviction_sink(&sink);
     auto r = pool_.swapoff(pool_.stats().at(0).path, *ring_);
     pool_.set_eviction_sink(nullptr);
