@@ -301,6 +301,11 @@ int serve_host(const cli::ServeConfig& config, const std::vector<std::string>& a
                        ? usage_failure(fmt::format("--metrics {}: {}", *config.metrics, r.error().message()))
                        : fail(fmt::format("--metrics {}: {}", *config.metrics, r.error().message()));
     }
+    // The lock first: a second daemon on this socket is refused naming the first one's
+    // pid, even when the socket file was deleted (daemon/README.md#lock).
+    if (auto r = make_default_socket_dir(config.control_socket); !r) return fail(r.error().message());
+    auto lock = lock_control(config.control_socket);
+    if (!lock) return fail(lock.error().message());
     if (auto r = check_control_socket(config.control_socket); !r)
         return fail(fmt::format("--control: {}", r.error().message()));
     // KVM is needed only for VMs: without it the daemon still serves the pool and
@@ -313,9 +318,6 @@ int serve_host(const cli::ServeConfig& config, const std::vector<std::string>& a
         no_kvm = kvm_failure(opened.error());
         spdlog::warn("{}; serving without VMs (vm-create answers kvm_error)", no_kvm);
     }
-
-    auto lock = lock_control(config.control_socket);
-    if (!lock) return fail(lock.error().message());
 
     CreatedSwapFiles created;  // removed again if start-up fails
     created.note_missing(config.swaps);
@@ -343,7 +345,6 @@ int serve_host(const cli::ServeConfig& config, const std::vector<std::string>& a
                                                                .vms = vm_host,
                                                                .no_vms_reason = no_kvm,
                                                                .swapoffs = &swapoffs});
-    if (auto r = make_default_socket_dir(config.control_socket); !r) return fail(r.error().message());
     if (auto r = server.start(); !r)
         return fail(fmt::format("--control {}: {}", config.control_socket.string(), r.error().message()));
     created.keep();  // serving: the swap files are the operator's now
