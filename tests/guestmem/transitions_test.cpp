@@ -336,7 +336,18 @@ protected:
     // See the file comment: evict every present page, then lift the limit.
     ::testing::AssertionResult evict_all() {
         vm_->set_resident_limit(kPageSize);
-        bool ok = st::wait_until([&] { return stats().resident_bytes == 0; });
+        // Resident bytes are accounted just before the entry is published (PageLock's
+        // release), so "0 resident" can be seen while the last completion still holds
+        // its page lock in `writeback`: wait for the entries too (a TSan run hit it).
+        auto settled = [&] {
+            if (stats().resident_bytes != 0) return false;
+            for (std::uint64_t p = 0; p < vm_->stats().memory_bytes / kPageSize; ++p) {
+                const PageEntry e = vm_->entry(page(p));
+                if (e.locked() || e.state() == PageState::writeback) return false;
+            }
+            return true;
+        };
+        bool ok = st::wait_until(settled);
         vm_->set_resident_limit(0);
         if (!ok) return ::testing::AssertionFailure() << "reclaimer left " << stats().resident_bytes << " bytes resident";
         return ::testing::AssertionSuccess();
