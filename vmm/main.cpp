@@ -1,7 +1,7 @@
 // swapvisor's only main(). Like Solo5's hvt_main.c it reads as the boot script:
 // parse the command line -> read the kernels -> open swap -> host memory -> control
 // socket -> build and start each VM (guest memory, KVM VM, devices, kernel: VmHost,
-// vm_host.hpp) -> run -> report. `serve` is the same host without VMs at start: they
+// host/vm_host.hpp, built by host/built_vm.hpp) -> run -> report. `serve` is the same host without VMs at start: they
 // come and go through the control socket until a signal (SIGHUP reloads its --config,
 // vmm/daemon/). Every step either succeeds or ends the process with a message that
 // names what failed (vmm/README.md#exit-codes). Start-up checks everything it can
@@ -48,7 +48,7 @@
 #include "vmm/startup.hpp"
 #include "vmm/vm.hpp"
 #include "vmm/sandbox/seccomp.hpp"
-#include "vmm/vm_host.hpp"
+#include "vmm/host/vm_host.hpp"
 
 namespace swv = swapvisor;
 using namespace swapvisor::vmm;
@@ -212,10 +212,10 @@ int run_host(const cli::RunConfig& config) {
         if (!taken) return fail(taken.error().message());
         lock.emplace(std::move(*taken));
     }
-    const std::vector<cli::VmSpec> specs = config.all_vms();
+    const std::vector<VmSpec> specs = config.all_vms();
     // 3. Check everything before creating anything: every kernel, KVM, the control
     // socket's path.
-    for (const cli::VmSpec& spec : specs)
+    for (const VmSpec& spec : specs)
         if (auto image = loader::read_elf(spec.kernel); !image) return fail(image.error().message());
     auto kvm = kvm::Kvm::open();
     if (!kvm) return fail(kvm_failure(kvm.error()));
@@ -233,7 +233,7 @@ int run_host(const cli::RunConfig& config) {
     if (auto r = swapon_all(pool, config.swaps); !r.empty()) return fail(r);
     swv::guestmem::HostMemory host(pool, config.host_budget);
     if (pool.stats().empty()) {
-        for (const cli::VmSpec& spec : specs)
+        for (const VmSpec& spec : specs)
             if (spec.resident_limit)
                 spdlog::warn("{}: --resident-limit without --swap: only zero and discarded pages can leave memory",
                              spec.name);
@@ -259,7 +259,7 @@ int run_host(const cli::RunConfig& config) {
         vms.stop_all(VmEnd{EndReason::stopped, kExitStopped, 0, fmt::format("stopped by SIG{}", sigabbrev_np(sig))});
     });
     const SerialPrefix prefix = specs.size() > 1 ? SerialPrefix::name : SerialPrefix::none;
-    for (const cli::VmSpec& spec : specs) {
+    for (const VmSpec& spec : specs) {
         if (auto r = vms.start(spec, prefix); !r) {
             vms.stop_all(VmEnd{EndReason::stopped, kExitStopped, 0, "another VM failed to start"});
             vms.wait_all();
@@ -272,7 +272,7 @@ int run_host(const cli::RunConfig& config) {
 
     // 7. Report: the first VM that did not end with 0 decides the exit status.
     std::vector<std::pair<std::string, VmEnd>> ends;
-    for (const cli::VmSpec& spec : specs)
+    for (const VmSpec& spec : specs)
         for (const auto& end : vms.ends())
             if (end.first == spec.name) ends.push_back(end);
     if (config.stats_json) write_stats_json(*config.stats_json, host, device_stats, ends);

@@ -81,7 +81,7 @@ Vm::~Vm() {
     for (std::thread& t : threads_) SWV_ASSERT(!t.joinable(), "Vm destroyed with a running vCPU thread");
 }
 
-Result<std::unique_ptr<Vm>> Vm::create(const kvm::Kvm& kvm, const VmSpec& spec) {
+Result<std::unique_ptr<Vm>> Vm::create(const kvm::Kvm& kvm, const VmConfig& spec) {
     if (spec.vcpus == 0 || spec.vcpus > kvm.max_vcpus()) return errno_error("Vm::create (vCPU count)", EINVAL);
     kvm::KvmVm kvm_vm = SWV_TRY(kvm.create_vm());
     for (const guestmem::RegionView& r : spec.regions) SWV_TRY(kvm_vm.add_memory_region(r.base, r.size, r.guest_view));

@@ -66,7 +66,9 @@ struct VmEnd {
     std::string message;      // empty for a debug exit
 };
 
-struct VmSpec {
+// The KVM side of one VM: its vCPUs and memslots (the operator's VmSpec, vmm/spec, is
+// turned into this by the VM builder).
+struct VmConfig {
     unsigned vcpus = 1;
     std::span<const guestmem::RegionView> regions;  // registered as memslots in order
     // Run first on each vCPU thread (vmm/sandbox confines it); an error ends the VM.
@@ -76,7 +78,7 @@ struct VmSpec {
 class Vm {
 public:
     // Create the VM, its memslots and vCPUs (with CPUID); the buses start empty.
-    static Result<std::unique_ptr<Vm>> create(const kvm::Kvm& kvm, const VmSpec& spec);
+    static Result<std::unique_ptr<Vm>> create(const kvm::Kvm& kvm, const VmConfig& config);
     ~Vm();
     Vm(const Vm&) = delete;
     Vm& operator=(const Vm&) = delete;

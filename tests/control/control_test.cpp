@@ -900,7 +900,7 @@ namespace {
 // for a guest that does not exit by itself, unless the host is shutting down.
 class GraceWaitingVms final : public VmControl {
 public:
-    Result<VmInfo> create_vm(const VmCreateSpec& spec) override {
+    Result<VmInfo> create_vm(const VmSpec& spec) override {
         return make_error(VmErrc::bad_spec, "vm-create", spec.name);
     }
     Result<VmInfo> stop_vm(const std::string& name, std::chrono::milliseconds timeout) override {

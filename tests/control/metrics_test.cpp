@@ -42,7 +42,7 @@ namespace {
 // Records what the control socket asked; answers from a small table.
 class FakeVms final : public VmControl {
 public:
-    Result<VmInfo> create_vm(const VmCreateSpec& spec) override {
+    Result<VmInfo> create_vm(const VmSpec& spec) override {
         std::lock_guard lock(mutex_);
         if (vms_.contains(spec.name)) return make_error(VmErrc::exists, "vm-create", spec.name);
         if (spec.memory_bytes % (2 << 20) != 0)
@@ -85,7 +85,7 @@ public:
     }
     void shut_down() override {}
 
-    std::vector<VmCreateSpec> created;
+    std::vector<VmSpec> created;
     std::chrono::milliseconds last_timeout{0};
 
 private:
@@ -230,7 +230,7 @@ protected:
 
 TEST_F(MetricsTest, ExpositionCarriesTheSameNamesAsStatsJson) {
     FakeVms vms;
-    ASSERT_TRUE(vms.create_vm(VmCreateSpec{.name = "web\"1", .memory_bytes = 8 << 20}).has_value());
+    ASSERT_TRUE(vms.create_vm(VmSpec{.name = "web\"1", .memory_bytes = 8 << 20}).has_value());
     SwapoffBoard board;
     board.update((dir_ / "a.swap").string(), {10, 40});
     auto samples = parse_exposition(prometheus_text(*host_, devices_, &vms, &board));

@@ -14,7 +14,7 @@
 #include "swap/swap_pool.hpp"
 #include "vmm/control/device_stats.hpp"
 #include "vmm/kvm/kvm.hpp"
-#include "vmm/vm_host.hpp"
+#include "vmm/host/vm_host.hpp"
 
 using namespace swapvisor;
 using namespace swapvisor::vmm;
@@ -47,8 +47,8 @@ protected:
         std::error_code ec;
         fs::remove_all(dir_, ec);
     }
-    control::VmCreateSpec memtouch(std::string name, std::string cmdline) {
-        return control::VmCreateSpec{.name = std::move(name), .kernel = kExamples / "memtouch.elf",
+    VmSpec memtouch(std::string name, std::string cmdline) {
+        return VmSpec{.name = std::move(name), .kernel = kExamples / "memtouch.elf",
                                      .cmdline = std::move(cmdline), .memory_bytes = 64 << 20,
                                      .resident_limit = 16 << 20,
                                      .serial_log = dir_ / "serial.log"};
@@ -76,7 +76,7 @@ protected:
 TEST_F(PrivilegedVmHost, BadSpecsNameTheirFieldAndLeaveNothingBehind) {
     ASSERT_TRUE(vms_->create_vm(memtouch("keep", "mib=8 passes=1000000")).has_value());
     struct Case {
-        control::VmCreateSpec spec;
+        VmSpec spec;
         const char* field;
     };
     auto base = memtouch("x", "");
@@ -94,7 +94,7 @@ TEST_F(PrivilegedVmHost, BadSpecsNameTheirFieldAndLeaveNothingBehind) {
     for (const Case& c : cases) {
         auto r = vms_->create_vm(c.spec);
         ASSERT_FALSE(r.has_value()) << c.field;
-        EXPECT_EQ(r.error().code, control::VmErrc::bad_spec) << c.field;
+        EXPECT_EQ(r.error().code, SpecErrc::bad_field) << c.field;
         EXPECT_NE(r.error().message().find(c.field), std::string::npos) << r.error().message();
     }
     // Not an ELF: refused after the name was reserved; the name is free again.

@@ -58,7 +58,7 @@ struct GuestFixture : ::testing::Test {
     }
 
     VmEnd boot(unsigned vcpus, std::function<void(Vm&)> during = {}) {
-        auto vm = Vm::create(*kvm, VmSpec{vcpus, regions});
+        auto vm = Vm::create(*kvm, VmConfig{vcpus, regions});
         EXPECT_TRUE(vm.has_value()) << vm.error().message();
         if (!vm) return VmEnd{EndReason::kvm_error, 0, 0, "create failed"};
         control::DeviceStats stats;

@@ -109,9 +109,7 @@ CliOutcome validate(const RawRun& raw) {
     auto memory = parse_guest_memory(raw.memory);
     if (!memory) return usage_error(std::move(memory.error()).with_context("--memory").message());
     config.memory_bytes = *memory;
-    if (raw.vcpus == 0 || raw.vcpus > kMaxVcpus) {
-        return usage_error(fmt::format("--vcpus: {} is not in 1..{}", raw.vcpus, kMaxVcpus));
-    }
+    if (auto why = vmm::check_vcpus(raw.vcpus); !why.empty()) return usage_error(fmt::format("--vcpus: {}", why));
     config.vcpus = raw.vcpus;
     if (!raw.resident_limit.empty()) {
         auto limit = parse_memory_limit(raw.resident_limit, "resident limit");
@@ -150,9 +148,8 @@ CliOutcome validate(const RawRun& raw) {
     auto vms = config.all_vms();
     if (vms.empty()) return usage_error("no VM to run: give --kernel, or one --vm per VM");
     for (const VmSpec& vm : vms) {
-        if (vm.cmdline.size() > kMaxCmdline)
-            return usage_error(fmt::format("{}: the command line is {} bytes, at most {} fit the PVH start info", vm.name,
-                                           vm.cmdline.size(), kMaxCmdline));
+        if (auto why = vmm::check_cmdline(vm.cmdline); !why.empty())
+            return usage_error(fmt::format("{}: the command line: {}", vm.name, why));
     }
     for (std::size_t i = 0; i < vms.size(); ++i)
         for (std::size_t j = i + 1; j < vms.size(); ++j)
@@ -260,8 +257,9 @@ std::expected<std::vector<std::string>, std::string> expand_config(const std::ve
 std::string version_text() { return fmt::format("swapvisor {} ({})", kVersion, kGitDescribe); }
 
 std::optional<CliExit> check_run_files(const RunConfig& config) {
+    // The whole spec of each VM, by the same rules vm-create applies (vmm/spec).
     for (const VmSpec& vm : config.all_vms()) {
-        if (auto ok = check_kernel_file(vm.kernel); !ok) return usage_error(std::move(ok.error()).with_context(vm.name).message());
+        if (auto ok = vmm::validate(vm); !ok) return usage_error(std::move(ok.error()).with_context(vm.name).message());
     }
     if (config.stats_json) {
         if (auto ok = check_output_file(*config.stats_json); !ok) return usage_error(std::move(ok.error()).with_context("--stats-json").message());

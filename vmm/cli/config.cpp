@@ -65,56 +65,28 @@ Result<std::uint64_t> parse_size_aligned(std::string_view text, std::uint64_t al
 Result<std::uint64_t> parse_guest_memory(std::string_view text) {
     auto size = parse_size_aligned(text, kGuestMemoryAlign, "2 MiB");
     if (!size) return size;
-    if (*size > kMaxGuestMemory) {
-        return cli_error(CliErrc::out_of_range, "parsing a memory size",
-                         fmt::format("size '{}' ({} bytes) is more than this host can map for one guest: at most "
-                                     "{} bytes (3 GiB + 8 TiB - 2 MiB: KVM's largest memory slot)",
-                                     text, *size, kMaxGuestMemory));
-    }
+    if (auto why = vmm::check_memory(*size); !why.empty())
+        return cli_error(CliErrc::out_of_range, "parsing a memory size", fmt::format("size '{}': {}", text, why));
     return size;
 }
 
 Result<std::uint64_t> parse_memory_limit(std::string_view text, std::string_view what) {
     auto size = parse_size(text);
     if (!size) return size;
-    if (*size % 4096 != 0) {
-        return cli_error(CliErrc::bad_size, "parsing a size",
-                         fmt::format("size '{}' ({} bytes) is not a multiple of 4 KiB", text, *size));
-    }
-    if (auto low = control::check_memory_limit(*size, what); !low.empty())
-        return cli_error(CliErrc::out_of_range, "parsing a memory limit", low);
+    if (auto why = vmm::check_aligned_memory_limit(*size, what); !why.empty())
+        return cli_error(*size % 4096 != 0 ? CliErrc::bad_size : CliErrc::out_of_range, "parsing a memory limit",
+                         fmt::format("size '{}': {}", text, why));
     return size;
 }
 
 Result<void> check_kernel_file(const std::filesystem::path& path) {
-    struct stat st {};
-    // Kernel contract: stat follows symlinks and never opens the file, so a FIFO or
-    // a device is recognised without blocking on it or touching it.
-    if (::stat(path.c_str(), &st) != 0) {
-        return cli_error(CliErrc::bad_file, "checking a file", fmt::format("kernel '{}': {}", path.string(), std::strerror(errno)));
-    }
-    if (!S_ISREG(st.st_mode)) {
-        return cli_error(CliErrc::bad_file, "checking a file", fmt::format("kernel '{}' is not a regular file (a FIFO, device or directory)", path.string()));
-    }
+    if (auto why = vmm::check_kernel(path); !why.empty()) return cli_error(CliErrc::bad_file, "checking a file", why);
     return {};
 }
 
 Result<void> check_output_file(const std::filesystem::path& path) {
-    struct stat st {};
-    // Kernel contract: stat / access(W_OK) answer for the real uid, before the file
-    // is created; the write at exit can still fail (disk full), but never because the
-    // directory was mistyped.
-    if (::stat(path.c_str(), &st) == 0) {
-        if (S_ISDIR(st.st_mode)) return cli_error(CliErrc::bad_file, "checking a file", fmt::format("'{}' is a directory", path.string()));
-        if (::access(path.c_str(), W_OK) != 0)
-            return cli_error(CliErrc::bad_file, "checking a file", fmt::format("'{}' is not writable: {}", path.string(), std::strerror(errno)));
-        return {};
-    }
-    std::filesystem::path dir = std::filesystem::absolute(path).parent_path();
-    if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
-        return cli_error(CliErrc::bad_file, "checking a file", fmt::format("directory '{}' of '{}' does not exist", dir.string(), path.string()));
-    if (::access(dir.c_str(), W_OK) != 0)
-        return cli_error(CliErrc::bad_file, "checking a file", fmt::format("directory '{}' is not writable: {}", dir.string(), std::strerror(errno)));
+    if (auto why = vmm::check_output_file(path); !why.empty())
+        return cli_error(CliErrc::bad_file, "checking a file", why);
     return {};
 }
 
@@ -172,18 +144,8 @@ Result<SwapSpec> parse_swap_spec(std::string_view text) {
 }
 
 Result<std::string> parse_vm_name(std::string_view text) {
-    auto bad = [](std::string what) { return cli_error(CliErrc::bad_vm_name, "parsing a VM name", std::move(what)); };
-    if (text.empty() || text.size() > 64) {
-        return bad(fmt::format("VM name '{}' must be 1 to 64 characters", text));
-    }
-    if (text[0] == '.' || text[0] == '-') {
-        return bad(fmt::format("VM name '{}' must not start with '.' or '-'", text));
-    }
-    for (char c : text) {
-        if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') {
-            return bad(fmt::format("VM name '{}' may only contain letters, digits, '.', '_' and '-'", text));
-        }
-    }
+    if (auto why = vmm::check_name(text); !why.empty())
+        return cli_error(CliErrc::bad_vm_name, "parsing a VM name", why);
     return std::string(text);
 }
 
@@ -248,8 +210,9 @@ Result<VmSpec> parse_vm_spec(std::string_view text) {
             if (have_vcpus) return bad("vcpus given twice");
             unsigned n = 0;
             auto [ptr, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
-            if (ec != std::errc() || ptr != value.data() + value.size() || n == 0 || n > kMaxVcpus)
-                return bad(fmt::format("vcpus '{}' is not in 1..{}", value, kMaxVcpus));
+            if (ec != std::errc() || ptr != value.data() + value.size())
+                return bad(fmt::format("vcpus '{}' is not a number", value));
+            if (auto why = vmm::check_vcpus(n); !why.empty()) return bad(fmt::format("vcpus: {}", why));
             spec.vcpus = n;
             have_vcpus = true;
         } else {

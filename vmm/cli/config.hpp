@@ -18,6 +18,7 @@
 #include "io/result.hpp"
 #include "vmm/sandbox/seccomp.hpp"
 #include "swap/swap_pool.hpp"
+#include "vmm/spec/vm_spec.hpp"
 
 namespace swapvisor::vmm::cli {
 
@@ -39,25 +40,22 @@ struct std::is_error_code_enum<swapvisor::vmm::cli::CliErrc> : std::true_type {}
 
 namespace swapvisor::vmm::cli {
 
-inline constexpr std::uint64_t kMiB = 1ULL << 20;
-inline constexpr std::uint64_t kGuestMemoryAlign = 2 * kMiB;  // guestmem maps RAM in 2 MiB units
-inline constexpr std::uint64_t kDefaultMemory = 512 * kMiB;
-// --balloon-stats-interval: default and bounds (seconds on the command line).
-inline constexpr std::chrono::milliseconds kDefaultBalloonStatsInterval{2000};
-inline constexpr std::chrono::milliseconds kMaxBalloonStatsInterval{3600 * 1000};
-inline constexpr unsigned kMaxVcpus = 255;   // the APIC id must fit CPUID leaf 1 EBX[31:24]
-inline constexpr std::size_t kMaxCmdline = 4095;  // hvm_start_info's command line, without its NUL
-// The most guest RAM the host can map for one VM. RAM above 3 GiB is one KVM memory
-// slot, and KVM refuses a slot of more than 2^31 - 1 pages (KVM_MEM_MAX_NR_PAGES,
-// just under 8 TiB); rounded down to the 2 MiB unit. Both views of it (guest and
-// VMM, guestmem/README.md) then fit the 128 TiB of a 47-bit user address space.
-inline constexpr std::uint64_t kMaxGuestMemory =
-    0xC000'0000ULL + ((((1ULL << 31) - 1) * 4096) / kGuestMemoryAlign) * kGuestMemoryAlign;
+// The VM spec and its rules are vmm/spec/vm_spec.hpp (shared with vm-create); the
+// names the command line uses from it:
+using vmm::kDefaultBalloonStatsInterval;
+using vmm::kDefaultMemory;
+using vmm::kGuestMemoryAlign;
+using vmm::kMaxBalloonStatsInterval;
+using vmm::kMaxCmdline;
+using vmm::kMaxGuestMemory;
+using vmm::kMaxVcpus;
+using vmm::kMiB;
+using vmm::VmSpec;
 
 // --memory / memory=: parse_size_aligned to 2 MiB, at most kMaxGuestMemory.
 Result<std::uint64_t> parse_guest_memory(std::string_view text);
-// --resident-limit / --host-budget: 4 KiB aligned, 0 (none) or at least
-// control::kMinMemoryLimit (the same floor as the control socket).
+// --resident-limit / --host-budget: vmm::check_memory_limit (4 KiB aligned, 0 or at
+// least kMinMemoryLimit: the same rule as the control socket's).
 Result<std::uint64_t> parse_memory_limit(std::string_view text, std::string_view what);
 // The operator's files, checked before anything is reserved: a kernel must be a
 // regular file (a FIFO would block the open forever); an output file must be
@@ -91,21 +89,6 @@ Result<std::string> parse_vm_name(std::string_view text);
 // One VM of a multi-VM host: `--vm name=N,kernel=ELF,memory=SIZE[,vcpus=N]
 // [,resident-limit=SIZE][,balloon][,cmdline=REST]`. cmdline= must come last and
 // takes the rest of the text, commas and spaces included.
-struct VmSpec {
-    std::string name;
-    std::filesystem::path kernel;
-    std::string cmdline;
-    std::uint64_t memory_bytes = kDefaultMemory;
-    unsigned vcpus = 1;
-    std::uint64_t resident_limit = 0;  // 0: no limit
-    std::uint64_t swap_quota = 0;      // bytes of the shared swap pool this VM may fill; 0: no quota
-    bool balloon = false;
-    // How often the balloon asks the guest for statistics; 0: only when read.
-    std::chrono::milliseconds balloon_stats_interval = kDefaultBalloonStatsInterval;
-    std::optional<std::filesystem::path> serial_log;  // none: stdout
-    bool operator==(const VmSpec&) const = default;
-};
-
 Result<VmSpec> parse_vm_spec(std::string_view text);
 
 // `swapvisor serve`: the host daemon. No VM at start; VMs come and go through the

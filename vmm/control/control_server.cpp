@@ -4,9 +4,13 @@
 // Threads and ownership (README.md#threads):
 //   - the control thread runs io_context: it owns the acceptor, every Connection and
 //     its buffers, and runs the quick commands (status, stats, set-limit,
-//     set-budget), which only read counters or store a limit;
-//   - one worker thread per swapon / swapoff owns its own io::Ring; it never touches
-//     a Connection, it posts lines to the control thread instead;
+//     set-budget, vm-list, set-balloon), which only read counters or store a value;
+//   - one worker thread per long command (swapon, swapoff, vm-create, vm-stop,
+//     vm-pause, vm-resume, vm-remove); it never touches a Connection, it posts lines
+//     to the control thread instead;
+// What each command does is commands.cpp (no socket there); a Connection frames
+// lines, checks its peer, audits, and hands each parsed command to run_command, here
+// or on a worker (runs_on_worker).
 //   - the thread that calls start() / stop() owns the Impl's lifecycle.
 // Bounded clients (README.md#bounded-clients): at most max_connections; at the cap
 // the client idle the longest makes room; idle and half-sent-line clients time out;
@@ -39,9 +43,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "io/ring.hpp"
 #include "io/unique_fd.hpp"
-#include "vmm/control/stats_json.hpp"
+#include "vmm/control/commands.hpp"
 #include "vmm/control/unix_listener.hpp"
 
 namespace swapvisor::vmm::control {
@@ -94,7 +97,10 @@ class Connection;
 
 struct ControlServer::Impl {
     Impl(guestmem::HostMemory& h, const DeviceStats& d, ControlServerConfig c)
-        : host(h), devices(d), config(std::move(c)) {}
+        : host(h), devices(d), config(std::move(c)),
+          commands{.host = h, .devices = d, .vms = config.vms, .no_vms_reason = config.no_vms_reason,
+                   .swapoffs = config.swapoffs, .ring_entries = config.ring_entries,
+                   .progress_interval = config.progress_interval} {}
 
     void accept();
     void reject(Local::socket& socket, std::string_view why);
@@ -111,6 +117,7 @@ struct ControlServer::Impl {
     guestmem::HostMemory& host;
     const DeviceStats& devices;
     const ControlServerConfig config;
+    const CommandContext commands;  // what the commands act on (commands.hpp)
 
     // Declared first: destroyed last, after every socket and timer bound to it.
     asio::io_context io{1};
@@ -324,189 +331,16 @@ private:
             }
             pending_audit_ = std::move(audit);
         }
-        try {
-            std::visit([&](auto& cmd) { run(request->id, cmd); }, request->command);
-        } catch (const std::exception& e) {
-            // nlohmann / Asio / bad_alloc inside a command: the request fails, the
-            // server and the VMs carry on.
-            send(error_reply(request->id, ReplyCode::io_error, fmt::format("internal error: {}", e.what())));
+        const CommandContext& commands = server_.commands;
+        if (!runs_on_worker(commands, request->command)) {
+            send(run_command(commands, request->id, request->command, nullptr));
+        } else {
+            spawn(request->id, [&commands, &server = server_, conn = shared_from_this(), id = request->id,
+                                cmd = std::move(request->command)] {
+                return run_command(commands, id, cmd, [&](const json& line) { server.post_line(conn, to_line(line)); });
+            });
         }
         pending_audit_.reset();  // answered here, or handed to a worker by spawn()
-    }
-
-    void run(const json& id, const StatusCmd& cmd) {
-        json reply = ok_reply(id);
-        reply.update(stats_json(server_.host, server_.devices, cmd.detail));
-        send(reply);
-    }
-
-    void run(const json& id, const SetLimitCmd& cmd) {
-        guestmem::VmRef vm = server_.host.find(cmd.vm);  // held while used (guestmem/README.md#vm-lifetimes)
-        if (vm == nullptr) {
-            send(error_reply(id, ReplyCode::no_such_vm, fmt::format("no VM named \"{}\"", cmd.vm)));
-            return;
-        }
-        vm->set_resident_limit(cmd.bytes);
-        json reply = ok_reply(id);
-        reply["vm"] = cmd.vm;
-        reply["resident_limit"] = cmd.bytes;
-        send(reply);
-    }
-
-    void run(const json& id, const SetBudgetCmd& cmd) {
-        server_.host.set_budget(cmd.bytes);
-        json reply = ok_reply(id);
-        reply["budget_bytes"] = cmd.bytes;
-        send(reply);
-    }
-
-    void run(const json& id, const SetQuotaCmd& cmd) {
-        guestmem::VmRef vm = server_.host.find(cmd.vm);  // held while used (guestmem/README.md#vm-lifetimes)
-        if (vm == nullptr) {
-            send(error_reply(id, ReplyCode::no_such_vm, fmt::format("no running VM named \"{}\"", cmd.vm)));
-            return;
-        }
-        vm->set_swap_quota(cmd.bytes);
-        spdlog::info("{}: swap quota {}", cmd.vm, cmd.bytes == 0 ? std::string("none") : fmt::format("{} bytes", cmd.bytes));
-        json reply = ok_reply(id);
-        reply["vm"] = cmd.vm;
-        reply["swap_quota"] = cmd.bytes;
-        send(reply);
-    }
-
-    // The VM host's commands. Quick ones (vm-list, set-balloon: atomics and a short
-    // lock) run here; the rest may wait for a guest or free gigabytes: workers.
-    bool have_vms(const json& id) {
-        if (server_.config.vms != nullptr) return true;
-        if (!server_.config.no_vms_reason.empty())
-            send(error_reply(id, ReplyCode::kvm_error, server_.config.no_vms_reason));
-        else
-            send(error_reply(id, ReplyCode::unsupported, "this swapvisor has no VM host (use `swapvisor serve`)"));
-        return false;
-    }
-
-    void run(const json& id, const VmListCmd&) {
-        if (!have_vms(id)) return;
-        json list = json::array();
-        for (const VmInfo& info : server_.config.vms->list_vms()) list.push_back(vm_info_json(info));
-        json reply = ok_reply(id);
-        reply["vms"] = std::move(list);
-        send(reply);
-    }
-
-    void run(const json& id, const SetBalloonCmd& cmd) {
-        if (!have_vms(id)) return;
-        auto pages = server_.config.vms->set_balloon(cmd.vm, cmd.bytes);
-        if (!pages) {
-            send(error_reply(id, reply_code_of(pages.error()), pages.error().message()));
-            return;
-        }
-        json reply = ok_reply(id);
-        reply["vm"] = cmd.vm;
-        reply["target_bytes"] = *pages * 4096;
-        send(reply);
-    }
-
-    void run(const json& id, const VmCreateCmd& cmd) {
-        if (!have_vms(id)) return;
-        run_vm_worker(id, [vms = server_.config.vms, spec = cmd.spec] { return info_of(vms->create_vm(spec)); });
-    }
-
-    void run(const json& id, const VmStopCmd& cmd) {
-        if (!have_vms(id)) return;
-        run_vm_worker(id, [vms = server_.config.vms, cmd] { return info_of(vms->stop_vm(cmd.vm, cmd.timeout)); });
-    }
-
-    void run(const json& id, const VmActionCmd& cmd) {
-        if (!have_vms(id)) return;
-        VmControl* vms = server_.config.vms;
-        switch (cmd.action) {
-            case VmAction::pause: run_vm_worker(id, [vms, cmd] { return info_of(vms->pause_vm(cmd.vm)); }); break;
-            case VmAction::resume: run_vm_worker(id, [vms, cmd] { return info_of(vms->resume_vm(cmd.vm)); }); break;
-            case VmAction::remove:
-                run_vm_worker(id, [vms, cmd]() -> Result<json> {
-                    SWV_TRY(vms->remove_vm(cmd.vm));
-                    return json{{"name", cmd.vm}, {"removed", true}};
-                });
-                break;
-        }
-    }
-
-    static Result<json> info_of(Result<VmInfo> info) {
-        if (!info) return std::unexpected(std::move(info.error()));
-        return vm_info_json(*info);
-    }
-
-    void run_vm_worker(const json& id, std::function<Result<json>()> body) {
-        spawn(id, [id, body = std::move(body)] {
-            auto info = body();
-            json reply;
-            if (info) {
-                reply = ok_reply(id);
-                reply.update(*info);
-            } else {
-                reply = error_reply(id, reply_code_of(info.error()), info.error().message());
-            }
-            return reply;
-        });
-    }
-
-    // swapon opens (maybe creates and sizes) a file: off the control thread.
-    void run(const json& id, const SwaponCmd& cmd) {
-        ControlServer::Impl& server = server_;
-        spawn(id, [&server, id, cmd] {
-            auto device = server.host.pool().swapon(cmd.path, cmd.priority, cmd.size_bytes, cmd.format);
-            json reply;
-            if (device) {
-                reply = ok_reply(id);
-                reply["path"] = server.host.pool().resolve_name(cmd.path);
-                reply["device"] = device->value();
-                reply["priority"] = cmd.priority;
-            } else {
-                reply = error_reply(id, reply_code_of(device.error()), device.error().message());
-            }
-            return reply;
-        });
-    }
-
-    // swapoff may take seconds: a worker with its own ring; progress is throttled
-    // to one line per progress_interval (the first always goes out).
-    void run(const json& id, const SwapoffCmd& cmd) {
-        ControlServer::Impl& server = server_;
-        spawn(id, [&server, conn = shared_from_this(), id, cmd] {
-            auto ring = io::Ring::create(server.config.ring_entries);
-            if (!ring) return error_reply(id, ReplyCode::io_error, ring.error().message());
-            std::optional<std::chrono::steady_clock::time_point> last;
-            const std::string name = server.host.pool().resolve_name(cmd.path);  // before it is gone
-            spdlog::info("swapoff {}: started", name);
-            SwapoffBoard* board = server.config.swapoffs;
-            auto report = server.host.pool().swapoff(cmd.path, *ring, [&](swap::SwapoffProgress p) {
-                if (board != nullptr) board->update(name, {p.done, p.total});
-                auto now = std::chrono::steady_clock::now();
-                if (last && now - *last < server.config.progress_interval) return;
-                last = now;
-                server.post_line(conn, to_line(progress_line(id, p.done, p.total)));
-            }, cmd.force);
-            if (board != nullptr) board->finish(name);
-            if (report)
-                spdlog::info("swapoff {}: done, {} pages moved, {} brought back", name, report->pages_moved,
-                             report->pages_brought_back);
-            else
-                spdlog::warn("swapoff {}: failed: {}", name, report.error().message());
-            json reply;
-            if (report) {
-                reply = ok_reply(id);
-                reply["path"] = name;
-                reply["pages_moved"] = report->pages_moved;
-                reply["pages_brought_back"] = report->pages_brought_back;
-                reply["pages_skipped"] = report->pages_skipped;
-                reply["pages_lost"] = report->pages_lost;
-                reply["elapsed_ms"] = static_cast<std::uint64_t>(report->elapsed_ms + 0.5);
-            } else {
-                reply = error_reply(id, reply_code_of(report.error()), report.error().message());
-            }
-            return reply;
-        });
     }
 
     // Run body on a worker; its reply goes back through post_reply (audited there).

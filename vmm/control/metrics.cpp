@@ -136,7 +136,7 @@ std::string prometheus_text(guestmem::HostMemory& host, const DeviceStats& devic
     }
     if (vms != nullptr) {
         for (const VmInfo& info : vms->list_vms()) {
-            for (VmState state : {VmState::running, VmState::paused, VmState::ended})
+            for (VmState state : {VmState::creating, VmState::running, VmState::paused, VmState::ended})
                 f.sample("swapvisor_vm_state", "lifecycle state of each listed VM (1 for the current one)",
                          fmt::format("vm=\"{}\",state=\"{}\"", label(info.name), vm_state_name(state)),
                          info.state == state ? 1 : 0);

@@ -78,9 +78,11 @@ ReplyCode reply_code_of(const Error& error) {
             case VmErrc::not_running: return ReplyCode::vm_ended;
             case VmErrc::bad_spec: return ReplyCode::bad_request;
             case VmErrc::no_balloon: return ReplyCode::no_balloon;
+            case VmErrc::creating: return ReplyCode::busy;
         }
         return ReplyCode::io_error;
     }
+    if (code.category() == vmm::spec_category()) return ReplyCode::bad_request;  // a VM spec's field
     if (error.is(std::errc::timed_out)) return ReplyCode::timeout;
     if (code.category() == io::io_category()) {
         // A device smaller than one cluster, or one with an odd block size: the
@@ -106,12 +108,6 @@ ReplyCode reply_code_of(const Error& error) {
     // not a failing device.
     if (error.is(std::errc::invalid_argument)) return ReplyCode::bad_request;
     return ReplyCode::io_error;
-}
-
-std::string check_memory_limit(std::uint64_t bytes, std::string_view what) {
-    if (bytes == 0 || bytes >= kMinMemoryLimit) return {};
-    return fmt::format("{} of {} bytes is below the minimum of {} MiB ({} bytes); 0 means no limit", what, bytes,
-                       kMinMemoryLimit >> 20, kMinMemoryLimit);
 }
 
 // The one size grammar of swapvisor (CLI flags, ctl arguments, JSON requests).
@@ -200,10 +196,11 @@ std::expected<std::uint64_t, std::string> size_field(const json& request, const 
     return size_value(*it, name);
 }
 
-// vm-create's fields, type-checked here; their values are range-checked by the VM
-// host, which names the field as well.
-std::expected<VmCreateSpec, std::string> parse_vm_create(const json& request) {
-    VmCreateSpec spec;
+// vm-create's fields, type-checked here into the one VM spec (vmm/spec); the VM
+// host validates the whole spec by the rules the command line uses (vmm::validate),
+// naming the field. Numbers that would not fit the spec's types are refused here.
+std::expected<VmSpec, std::string> parse_vm_create(const json& request) {
+    VmSpec spec;
     auto name = string_field(request, "name");
     if (!name) return std::unexpected(name.error());
     spec.name = std::move(*name);
@@ -218,8 +215,9 @@ std::expected<VmCreateSpec, std::string> parse_vm_create(const json& request) {
         spec.cmdline = it->get<std::string>();
     }
     if (auto it = request.find("vcpus"); it != request.end()) {
-        if (!it->is_number_unsigned() || it->get<std::uint64_t>() == 0 || it->get<std::uint64_t>() > 255)
-            return std::unexpected(std::string("field \"vcpus\" must be an integer in 1..255"));
+        if (!it->is_number_unsigned()) return std::unexpected(std::string("field \"vcpus\" must be an integer"));
+        if (auto why = vmm::check_vcpus(it->get<std::uint64_t>()); !why.empty())
+            return std::unexpected(fmt::format("field \"vcpus\": {}", why));
         spec.vcpus = it->get<unsigned>();
     }
     for (auto [field, target] : {std::pair{"resident_limit", &spec.resident_limit}, std::pair{"swap_quota", &spec.swap_quota}}) {
@@ -229,8 +227,8 @@ std::expected<VmCreateSpec, std::string> parse_vm_create(const json& request) {
         if (!size) return std::unexpected(size.error());
         *target = *size;
     }
-    if (auto low = check_memory_limit(spec.resident_limit, "resident limit"); !low.empty())
-        return std::unexpected(fmt::format("field \"resident_limit\": {}", low));
+    if (auto why = vmm::check_aligned_memory_limit(spec.resident_limit, "resident limit"); !why.empty())
+        return std::unexpected(fmt::format("field \"resident_limit\": {}", why));
     if (auto it = request.find("balloon"); it != request.end()) {
         if (!it->is_boolean()) return std::unexpected(std::string("field \"balloon\" must be true or false"));
         spec.balloon = it->get<bool>();
@@ -400,7 +398,7 @@ struct Describe {
     }
     std::string operator()(const SetBudgetCmd& c) const { return fmt::format("set-budget bytes={}", c.bytes); }
     std::string operator()(const VmCreateCmd& c) const {
-        const VmCreateSpec& s = c.spec;
+        const VmSpec& s = c.spec;
         return fmt::format("vm-create vm={} kernel={} memory={} vcpus={} resident_limit={} swap_quota={} balloon={}",
                            audit_value(s.name), audit_value(s.kernel.string()), s.memory_bytes, s.vcpus,
                            s.resident_limit, s.swap_quota, s.balloon ? "yes" : "no");

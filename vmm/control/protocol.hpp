@@ -57,18 +57,10 @@ ReplyCode reply_code_of(const Error& error);
 // message saying what is wrong. Same grammar as `swapvisor run --memory`.
 std::expected<std::uint64_t, std::string> parse_size(std::string_view text);
 
-// The smallest resident limit or host budget accepted (0 still means "none"), on the
-// command line and the socket alike. Below it a VM livelocks instead of running:
-// every guest instruction may need a dozen pages resident at once (code, stack, data
-// on both sides of a page boundary, four page-table levels, GDT/IDT), per vCPU, and
-// the reclaimer evicts in runs of up to 1 MiB while the CLOCK sampler needs inactive
-// pages to choose from. 16 MiB = 4096 pages leaves room for that with the largest
-// batch in flight and a working set for a handful of vCPUs; a guest that cannot
-// live in 16 MiB resident is not one to overcommit this hard.
-inline constexpr std::uint64_t kMinMemoryLimit = 16ULL << 20;
-// "" if bytes is 0 (no limit) or at least kMinMemoryLimit, else the message naming
-// the minimum (`what`: "resident limit", "host budget").
-std::string check_memory_limit(std::uint64_t bytes, std::string_view what);
+// The floor of a resident limit or host budget, on the command line and the socket
+// alike, and why it is there: vmm/spec/vm_spec.hpp.
+using vmm::check_memory_limit;
+using vmm::kMinMemoryLimit;
 
 // Which counters stats_json reports: `status` wants the summary, `stats` and
 // --stats-json every counter.
@@ -95,7 +87,7 @@ struct SetBudgetCmd {
     std::uint64_t bytes = 0;  // 0: no host budget; else at least kMinMemoryLimit
 };
 struct VmCreateCmd {
-    VmCreateSpec spec;
+    VmSpec spec;  // typed, not yet checked: the VM host validates it (vmm::validate)
 };
 // How long vm-stop gives the guest to exit by itself before forcing it.
 inline constexpr std::chrono::milliseconds kDefaultStopTimeout{5000};

@@ -16,6 +16,7 @@ public:
             case VmErrc::not_running: return "the VM has ended";
             case VmErrc::bad_spec: return "bad VM spec";
             case VmErrc::no_balloon: return "the VM has no balloon (create it with \"balloon\": true)";
+            case VmErrc::creating: return "the VM is still being created (retry once vm-create has answered)";
         }
         return "unknown VM error";
     }
@@ -30,6 +31,7 @@ const std::error_category& vm_category() {
 
 const char* vm_state_name(VmState state) {
     switch (state) {
+        case VmState::creating: return "creating";
         case VmState::running: return "running";
         case VmState::paused: return "paused";
         case VmState::ended: return "ended";

@@ -1,7 +1,7 @@
 // VmControl: what the control socket may ask of the VMs of a `swapvisor serve` (or a
 // `run` with --control): create, stop, pause, resume, list and remove VMs, and set a
 // VM's balloon target (limits and swap quotas go to guest memory directly). The control layer defines this interface and
-// the VM host (vmm/vm_host.hpp) implements it, so calls go upward only through it
+// the VM host (vmm/host/vm_host.hpp) implements it, so calls go upward only through it
 // (STYLE.md §1). A server without one (a test over bare guest memory) answers the VM
 // lifecycle commands with `unsupported`.
 //
@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "io/result.hpp"
+#include "vmm/spec/vm_spec.hpp"
 
 namespace swapvisor::vmm::control {
 
@@ -32,6 +33,7 @@ enum class VmErrc {
     not_running,     // vm-pause / vm-resume / set-balloon of an ended VM
     bad_spec,        // a field of a vm-create is out of range (the context names it)
     no_balloon,      // set-balloon of a VM created without a balloon
+    creating,        // any command but vm-create / vm-list on a VM still being built: retry
 };
 const std::error_category& vm_category();
 inline std::error_code make_error_code(VmErrc e) { return {static_cast<int>(e), vm_category()}; }
@@ -43,21 +45,14 @@ struct std::is_error_code_enum<swapvisor::vmm::control::VmErrc> : std::true_type
 
 namespace swapvisor::vmm::control {
 
-// A vm-create request, typed but not yet range-checked (the host checks each field
-// and names it in its error).
-struct VmCreateSpec {
-    std::string name;
-    std::filesystem::path kernel;
-    std::string cmdline;
-    std::uint64_t memory_bytes = 0;
-    unsigned vcpus = 1;
-    std::uint64_t resident_limit = 0;  // 0: none
-    std::uint64_t swap_quota = 0;      // 0: none
-    bool balloon = false;
-    std::optional<std::filesystem::path> serial_log;  // none: the host's stdout, prefixed "[name] "
-};
+// A vm-create request is a vmm::VmSpec (vmm/spec/vm_spec.hpp), the type `run`'s
+// flags fill in too; the host validates it (vmm::validate) before it builds anything.
+using vmm::VmSpec;
 
-enum class VmState { running, paused, ended };
+// What a client sees of a VM's lifecycle (the host's own states, vmm/host/vm_table.hpp,
+// map onto these): creating (vm-create still building it), running, paused, ended
+// (until vm-remove; its memory may still be on its way back to the host).
+enum class VmState { creating, running, paused, ended };
 const char* vm_state_name(VmState state);
 
 struct VmInfo {
@@ -77,7 +72,9 @@ enum class StopKind { graceful, forced };
 class VmControl {
 public:
     virtual ~VmControl() = default;
-    virtual Result<VmInfo> create_vm(const VmCreateSpec& spec) = 0;
+    // Validates the spec (vmm::validate; the error names the field), then builds
+    // and starts the VM; returns once it runs.
+    virtual Result<VmInfo> create_vm(const VmSpec& spec) = 0;
     // The guests have no shutdown request to receive (no ACPI), so graceful means:
     // give the guest `timeout` to exit by itself, then force it (vCPUs stopped, exit
     // 143). Returns once the VM has ended and its memory and VSlots are released.

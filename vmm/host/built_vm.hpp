@@ -1,0 +1,134 @@
+// BuiltVm: one VM and everything it owns — its guest memory in the host's pool, the
+// KVM VM, its devices, the balloon and its statistics poller — built in one place
+// (BuiltVm::build, step by step in the order below) and torn down by its destructor
+// alone. The members are declared in build order, so C++ destroys them in teardown
+// order; a build that fails half way returns, and the members built so far go in
+// that same order. There is no other teardown path (no scope guard, no release()).
+//
+// Teardown order (reverse of the declarations), and why:
+//   poller_      calls into the balloon's transport from its thread: stopped first;
+//   counters_    the VM's device counters leave DeviceStats before the devices go
+//                (status / stats / /metrics read them from other threads);
+//   balloon_*    our references to the balloon and its transport;
+//   devices_     sit on the Vm's buses: before the Vm;
+//   vm_          maps the guest memory (memslots): before the memory;
+//   memory_      stops guest memory's threads, removes it from HostMemory (which
+//                waits for every VmRef and frees its VSlots): last.
+//
+// Threads: build and the destructor run on the caller's thread (a control worker,
+// main, or the VM's runner); run() on the VM's runner thread; the rest from any
+// thread, as the VmHost's lock allows (vm_host.hpp).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "guestmem/host_memory.hpp"
+#include "io/result.hpp"
+#include "vmm/control/device_stats.hpp"
+#include "vmm/devices/device_manager.hpp"
+#include "vmm/devices/virtio_balloon.hpp"
+#include "vmm/kvm/kvm.hpp"
+#include "vmm/sandbox/seccomp.hpp"
+#include "vmm/spec/vm_spec.hpp"
+#include "vmm/vm.hpp"
+
+namespace swapvisor::vmm {
+
+// Serial lines of several VMs sharing stdout carry "[name] ".
+enum class SerialPrefix { none, name };
+
+// What every VM of one host is built against. All must outlive the VMs built.
+struct BuildContext {
+    const kvm::Kvm& kvm;
+    guestmem::HostMemory& host;
+    control::DeviceStats& stats;
+    sandbox::Seccomp seccomp = sandbox::Seccomp::off;  // confine the VM's threads (vmm/sandbox)
+};
+
+class BuiltVm {
+public:
+    // Build the VM of a validated spec (vmm::validate) and start its guest memory;
+    // its vCPUs run once run() is called. Steps, in order: read and check the kernel
+    // ELF (before any memory is reserved), guest memory under the host budget, the
+    // KVM VM (memslots, vCPUs), COM1 and the debug exit, the virtio devices, the
+    // kernel and its PVH boot data, the BSP at the entry, guest memory started.
+    // Errors: VmErrc::bad_spec (more vCPUs than this host's KVM allows), or the
+    // failing step's error with the VM as context; nothing of the VM is left.
+    static Result<std::unique_ptr<BuiltVm>> build(const BuildContext& context, const VmSpec& spec, SerialPrefix prefix);
+    ~BuiltVm() = default;  // the member order is the teardown (file comment)
+    BuiltVm(const BuiltVm&) = delete;
+    BuiltVm& operator=(const BuiltVm&) = delete;
+
+    // The spec it was built from, with the devices' entries appended to the cmdline.
+    const VmSpec& spec() const { return spec_; }
+    // Run every vCPU until the VM ends, then flush its serial line. Call once.
+    VmEnd run();
+    // The VM's own controls (Vm: request_stop, pause, resume).
+    Vm& vm() { return *vm_; }
+    // Stop guest memory's threads but keep its pages (`run` reads them for
+    // --stats-json after the guest ended).
+    void stop_memory() { memory_.stop(); }
+    // The balloon's target in pages (bytes rounded down, at most guest memory), and
+    // the guest told of it. Errors: VmErrc::no_balloon.
+    Result<std::uint64_t> set_balloon(std::uint64_t bytes);
+
+private:
+    explicit BuiltVm(const VmSpec& spec) : spec_(spec) {}
+
+    // The VM's guest memory in HostMemory; stopped and removed when this goes.
+    class MemoryLease {
+    public:
+        MemoryLease() = default;
+        MemoryLease(const MemoryLease&) = delete;
+        MemoryLease& operator=(const MemoryLease&) = delete;
+        ~MemoryLease();
+        void hold(guestmem::HostMemory& host, guestmem::GuestMemory& memory, std::string name) {
+            host_ = &host;
+            memory_ = &memory;
+            name_ = std::move(name);
+        }
+        Result<void> start();
+        void stop();
+        guestmem::GuestMemory& get() const { return *memory_; }
+
+    private:
+        guestmem::HostMemory* host_ = nullptr;
+        guestmem::GuestMemory* memory_ = nullptr;
+        std::string name_;
+        bool started_ = false;
+    };
+    // The VM's device counters in DeviceStats (registered by the DeviceManager);
+    // dropped when this goes.
+    class CountersLease {
+    public:
+        CountersLease() = default;
+        CountersLease(const CountersLease&) = delete;
+        CountersLease& operator=(const CountersLease&) = delete;
+        ~CountersLease() {
+            if (stats_ != nullptr) stats_->remove(name_);
+        }
+        void hold(control::DeviceStats& stats, std::string name) {
+            stats_ = &stats;
+            name_ = std::move(name);
+        }
+
+    private:
+        control::DeviceStats* stats_ = nullptr;
+        std::string name_;
+    };
+
+    VmSpec spec_;
+    // Build order = declaration order; teardown is the reverse (file comment).
+    MemoryLease memory_;
+    std::unique_ptr<Vm> vm_;
+    std::unique_ptr<devices::DeviceManager> devices_;
+    std::shared_ptr<devices::VirtioBalloon> balloon_;
+    std::shared_ptr<devices::VirtioMmio> balloon_transport_;
+    CountersLease counters_;
+    std::unique_ptr<devices::BalloonStatsPoller> poller_;
+};
+
+}  // namespace swapvisor::vmm

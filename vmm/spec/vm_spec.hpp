@@ -1,0 +1,103 @@
+// VmSpec: what one VM is, the same for every way of asking for one: `run`'s flags,
+// `run --vm name=..,kernel=..`, `serve --config`, and the control socket's
+// vm-create. Each front end only turns its text into these fields; the rules a
+// field must obey live here once (`check_*`, `validate`), so the CLI and the socket
+// cannot drift apart (issue #17 item 10). What depends on the host (the vCPUs its
+// KVM allows, the balloon-statistics interval of `serve`) is checked or filled in by
+// the VM builder (vmm/host/built_vm.hpp), not here.
+//
+// Errors: `validate` answers SpecErrc::bad_field with the context
+// `field "NAME": why`; each `check_*` returns "" or the reason alone, so a front end
+// can wrap it in its own code (the CLI's CliErrc, exit 2) while quoting the same words.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <system_error>
+
+#include "io/result.hpp"
+
+namespace swapvisor::vmm {
+
+enum class SpecErrc {
+    bad_field = 1,  // a field breaks its rule; the context names the field and why
+};
+const std::error_category& spec_category();
+inline std::error_code make_error_code(SpecErrc e) { return {static_cast<int>(e), spec_category()}; }
+
+}  // namespace swapvisor::vmm
+
+template <>
+struct std::is_error_code_enum<swapvisor::vmm::SpecErrc> : std::true_type {};
+
+namespace swapvisor::vmm {
+
+inline constexpr std::uint64_t kMiB = 1ULL << 20;
+inline constexpr std::uint64_t kGuestMemoryAlign = 2 * kMiB;  // guestmem maps RAM in 2 MiB units
+inline constexpr std::uint64_t kDefaultMemory = 512 * kMiB;
+inline constexpr unsigned kMaxVcpus = 255;        // the APIC id must fit CPUID leaf 1 EBX[31:24]
+inline constexpr std::size_t kMaxCmdline = 4095;  // hvm_start_info's command line, without its NUL
+inline constexpr std::size_t kMaxVmName = 64;
+// The most guest RAM the host can map for one VM. RAM above 3 GiB is one KVM memory
+// slot, and KVM refuses a slot of more than 2^31 - 1 pages (KVM_MEM_MAX_NR_PAGES,
+// just under 8 TiB); rounded down to the 2 MiB unit. Both views of it (guest and
+// VMM, guestmem/README.md) then fit the 128 TiB of a 47-bit user address space.
+inline constexpr std::uint64_t kMaxGuestMemory =
+    0xC000'0000ULL + ((((1ULL << 31) - 1) * 4096) / kGuestMemoryAlign) * kGuestMemoryAlign;
+// The smallest resident limit or host budget accepted (0 still means "none"), on the
+// command line and the socket alike. Below it a VM livelocks instead of running:
+// every guest instruction may need a dozen pages resident at once (code, stack, data
+// on both sides of a page boundary, four page-table levels, GDT/IDT), per vCPU, and
+// the reclaimer evicts in runs of up to 1 MiB while the CLOCK sampler needs inactive
+// pages to choose from. 16 MiB = 4096 pages leaves room for that with the largest
+// batch in flight and a working set for a handful of vCPUs; a guest that cannot
+// live in 16 MiB resident is not one to overcommit this hard.
+inline constexpr std::uint64_t kMinMemoryLimit = 16ULL << 20;
+// How often a balloon asks its guest for statistics: default and bound.
+inline constexpr std::chrono::milliseconds kDefaultBalloonStatsInterval{2000};
+inline constexpr std::chrono::milliseconds kMaxBalloonStatsInterval{3600 * 1000};
+
+struct VmSpec {
+    std::string name;
+    std::filesystem::path kernel;
+    std::string cmdline;
+    std::uint64_t memory_bytes = kDefaultMemory;
+    unsigned vcpus = 1;
+    std::uint64_t resident_limit = 0;  // 0: no limit
+    std::uint64_t swap_quota = 0;      // bytes of the shared swap pool this VM may fill; 0: no quota
+    bool balloon = false;
+    // How often the balloon asks the guest for statistics; 0: only when read. `run`
+    // sets it from --balloon-stats-interval; for vm-create the daemon's own setting
+    // applies (the socket has no such field).
+    std::chrono::milliseconds balloon_stats_interval = kDefaultBalloonStatsInterval;
+    std::optional<std::filesystem::path> serial_log;  // none: stdout ("[name] " prefixed under serve)
+    bool operator==(const VmSpec&) const = default;
+};
+
+// The rules, one per field: "" if the value is acceptable, else why not (the value
+// quoted). check_kernel and check_serial_log look at the file system (stat, never
+// open: a FIFO must not block).
+std::string check_name(std::string_view name);
+std::string check_kernel(const std::filesystem::path& kernel);
+std::string check_memory(std::uint64_t bytes);
+std::string check_vcpus(std::uint64_t vcpus);
+std::string check_cmdline(std::string_view cmdline);
+// The floor of a resident limit or host budget (0, or at least kMinMemoryLimit);
+// `what` names the limit in the message ("resident limit", "host budget"). The
+// socket's set-limit / set-budget apply only this rule.
+std::string check_memory_limit(std::uint64_t bytes, std::string_view what);
+// A limit given with a VM or on the command line: a multiple of 4 KiB and the floor.
+std::string check_aligned_memory_limit(std::uint64_t bytes, std::string_view what);
+std::string check_balloon_stats_interval(std::chrono::milliseconds interval);
+// An output file (a serial log, --stats-json): creatable or writable, its directory
+// there and writable, not a directory.
+std::string check_output_file(const std::filesystem::path& path);
+
+// Every rule above, in field order; the first broken one is the error.
+Result<void> validate(const VmSpec& spec);
+
+}  // namespace swapvisor::vmm
