@@ -640,6 +640,29 @@ TEST_F(PrivilegedTransitionsTest, AllZeroPagesBecomeZeroWithoutAWrite) {
     expect_slots_balanced();
 }
 
+// The zero check leaves at the first non-zero 64-byte line: a page whose only
+// non-zero byte is its last one (or the last of its first line) must still be
+// written out, never dropped as zero.
+TEST_F(PrivilegedTransitionsTest, APageZeroButForOneByteIsWrittenNotDropped) {
+    make_vm();
+    const std::size_t offsets[] = {kPageSize - 1, 63, 64, kPageSize / 2 + 7};
+    for (std::size_t k = 0; k < std::size(offsets); ++k) {
+        auto bytes = zero_bytes();
+        bytes[offsets[k]] = std::byte{0x5A};
+        ASSERT_TRUE(vm_->write(pg(k), bytes).has_value());
+    }
+    ASSERT_TRUE(evict_all());
+    for (std::size_t k = 0; k < std::size(offsets); ++k) {
+        EXPECT_EQ(state(pg(k)), PageState::swapped) << "byte " << offsets[k];
+        auto want = zero_bytes();
+        want[offsets[k]] = std::byte{0x5A};
+        EXPECT_TRUE(guest_sees(pg(k), want)) << "byte " << offsets[k];
+    }
+    EXPECT_EQ(stats().zero_pages, 0u);
+    vm_->stop();
+    expect_slots_balanced();
+}
+
 TEST_F(PrivilegedTransitionsTest, SequentialFirstTouchesFaultAroundZeroPages) {
     make_vm();
     constexpr std::uint64_t kFirst = 200;
