@@ -332,13 +332,20 @@ private:
             pending_audit_ = std::move(audit);
         }
         const CommandContext& commands = server_.commands;
-        if (!runs_on_worker(commands, request->command)) {
-            send(run_command(commands, request->id, request->command, nullptr));
-        } else {
-            spawn(request->id, [&commands, &server = server_, conn = shared_from_this(), id = request->id,
-                                cmd = std::move(request->command)] {
-                return run_command(commands, id, cmd, [&](const json& line) { server.post_line(conn, to_line(line)); });
-            });
+        try {
+            if (!runs_on_worker(commands, request->command)) {
+                send(run_command(commands, request->id, request->command, nullptr));
+            } else {
+                spawn(request->id, [&commands, &server = server_, conn = shared_from_this(), id = request->id,
+                                    cmd = request->command] {
+                    return run_command(commands, id, cmd,
+                                       [&](const json& line) { server.post_line(conn, to_line(line)); });
+                });
+            }
+        } catch (const std::exception& e) {
+            // A worker thread that cannot be started (EAGAIN), bad_alloc: this
+            // request fails, the connection, the server and the VMs carry on.
+            send(error_reply(request->id, ReplyCode::io_error, fmt::format("internal error: {}", e.what())));
         }
         pending_audit_.reset();  // answered here, or handed to a worker by spawn()
     }
@@ -356,7 +363,16 @@ private:
             server.post_reply(conn, std::move(reply), std::move(audit));
         };
         ++running_;
-        if (!server_.spawn_worker(std::move(guarded))) {
+        bool started = false;
+        try {
+            started = server_.spawn_worker(std::move(guarded));
+        } catch (...) {
+            // No thread (EAGAIN): the caller answers io_error, audited with this entry.
+            --running_;
+            pending_audit_ = std::move(audit);
+            throw;
+        }
+        if (!started) {
             --running_;
             pending_audit_ = std::move(audit);
             send(error_reply(id, ReplyCode::busy, "too many long commands (swapon, swapoff, vm-*) running, or shutting down"));

@@ -72,10 +72,12 @@ Result<control::VmInfo> VmHost::start(const VmSpec& spec, SerialPrefix prefix) {
     entry.spec = entry.built->spec();  // with the devices' cmdline entries
     table_.set_state(entry, Lifecycle::running);
     entry.runner = std::thread([this, &entry] { run_vm(entry); });
+    control::VmInfo info = table_.info(entry);
+    lock.unlock();  // no log line under the mutex: a stalled stderr must not stall vm-list
     spdlog::info("{}: started ({} bytes, {} vCPU{}, resident limit {}, swap quota {}{})", spec.name, spec.memory_bytes,
                  spec.vcpus, spec.vcpus == 1 ? "" : "s", spec.resident_limit, spec.swap_quota,
                  spec.balloon ? ", balloon" : "");
-    return table_.info(entry);
+    return info;
 }
 
 void VmHost::run_vm(VmEntry& entry) {
@@ -111,11 +113,12 @@ void VmHost::release(VmEntry& entry) {
 
 void VmHost::wait_all() {
     std::unique_lock lock(table_.mutex);
+    // A VM still being created is not waited for: once `run`'s VMs have ended the
+    // control server stops, and its shut_down() undoes a vm-create in progress.
     table_.changed.wait(lock, [this] {
         bool all_ended = true;
         table_.for_each([&](const VmEntry& e) {
-            if (e.state == Lifecycle::running || e.state == Lifecycle::paused || e.state == Lifecycle::creating)
-                all_ended = false;
+            if (e.state == Lifecycle::running || e.state == Lifecycle::paused) all_ended = false;
         });
         return all_ended;
     });
@@ -123,6 +126,9 @@ void VmHost::wait_all() {
 
 void VmHost::stop_all(const VmEnd& end) {
     std::lock_guard lock(table_.mutex);
+    // Every VM ends, including one still being built: its create gives up instead
+    // of starting it after the stop (review of the host split).
+    shutting_down_ = true;
     table_.for_each([&](const VmEntry& e) {
         if ((e.state == Lifecycle::running || e.state == Lifecycle::paused) && e.built) e.built->vm().request_stop(end);
     });
@@ -219,12 +225,14 @@ Result<void> VmHost::remove_vm(const std::string& name) {
     // Still listed (as removing) while the runner is joined and what is left of the
     // VM destroyed: a concurrent vm-create of the name gets `exists` until the erase.
     if (entry->runner.joinable()) entry->runner.join();
-    entry->built.reset();
+    std::unique_ptr<BuiltVm> built;
     std::unique_ptr<VmEntry> doomed;
     {
         std::lock_guard lock(table_.mutex);
+        built = std::move(entry->built);  // only under the mutex (vm_table.hpp); destroyed below, outside it
         doomed = table_.erase(name);
     }
+    built.reset();
     spdlog::info("{}: removed", name);
     return {};
 }
