@@ -22,15 +22,6 @@ namespace swapvisor::swap {
 
 namespace {
 
-std::string uuid_text(const std::array<std::uint8_t, 16>& uuid) {
-    std::string text;
-    for (std::size_t i = 0; i < uuid.size(); ++i) {
-        if (i == 4 || i == 6 || i == 8 || i == 10) text += '-';
-        text += fmt::format("{:02x}", uuid[i]);
-    }
-    return text;
-}
-
 // The kernel's swap signature: the last 10 bytes of the first page (mkswap(8),
 // include/linux/swap.h `union swap_header`), for either of its two versions.
 bool kernel_swap_signature(std::span<const std::byte> head, std::size_t page) {

@@ -33,6 +33,11 @@ public:
                 return "refusing to erase it (swap/README.md#erase); if that data may go, force it: 'swapvisor "
                        "mkswap --force PATH', '--swap PATH,format=force' or 'swapvisor ctl swapon --format --force "
                        "PATH'";
+            case Errc::leased:
+                return "another swap pool (another swapvisor, here or on another host) holds this device and keeps "
+                       "renewing its lease; swapping on it too would overwrite its slots. Remove it there, or, once "
+                       "that pool is gone for good, take it over: '--swap URI,takeover=yes' or 'swapvisor ctl swapon "
+                       "--takeover URI' (swap/README.md#ownership)";
         }
         return "unknown swap error";
     }

@@ -6,6 +6,7 @@
 #include <sys/random.h>
 #include <xxhash.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "io/ring.hpp"
@@ -17,6 +18,10 @@ namespace {
 
 constexpr std::array<char, 8> kMagic{'S', 'W', 'A', 'P', 'V', 'I', 'S', 'R'};
 constexpr std::size_t kVersionAt = 8, kPageSizeAt = 12, kUuidAt = 16, kSlotCountAt = 32, kChecksumAt = 40;
+// The owner record (swap_header.hpp).
+constexpr std::array<char, 8> kOwnerMagic{'S', 'W', 'V', 'O', 'W', 'N', 'E', 'R'};
+constexpr std::size_t kOwnerAt = 64, kOwnerPoolAt = 72, kOwnerLeaseAt = 88, kOwnerPidAt = 96, kOwnerHostAt = 104,
+                      kOwnerHostBytes = 64, kOwnerChecksumAt = 168, kOwnerEnd = 176;
 
 void put_le(std::span<std::byte> page, std::size_t at, std::uint64_t v, std::size_t bytes) {
     for (std::size_t i = 0; i < bytes; ++i) page[at + i] = static_cast<std::byte>((v >> (8 * i)) & 0xff);
@@ -63,6 +68,26 @@ void encode_header(const SwapHeader& header, std::span<std::byte> page) {
     std::memcpy(page.data() + kUuidAt, header.uuid.data(), header.uuid.size());
     put_le(page, kSlotCountAt, header.slot_count, 8);
     put_le(page, kChecksumAt, XXH3_64bits(page.data(), kChecksumAt), 8);
+    if (header.owner) {
+        const OwnerRecord& o = *header.owner;
+        std::memcpy(page.data() + kOwnerAt, kOwnerMagic.data(), kOwnerMagic.size());
+        std::memcpy(page.data() + kOwnerPoolAt, o.pool.data(), o.pool.size());
+        put_le(page, kOwnerLeaseAt, o.lease_until_ms, 8);
+        put_le(page, kOwnerPidAt, o.pid, 4);
+        std::memcpy(page.data() + kOwnerHostAt, o.host.data(), std::min(o.host.size(), kOwnerHostBytes - 1));
+        put_le(page, kOwnerChecksumAt, XXH3_64bits(page.data() + kOwnerAt, kOwnerChecksumAt - kOwnerAt), 8);
+    }
+}
+
+std::string uuid_text(const std::array<std::uint8_t, 16>& uuid) {
+    std::string out;
+    constexpr char kHex[] = "0123456789abcdef";
+    for (std::size_t i = 0; i < uuid.size(); ++i) {
+        if (i == 4 || i == 6 || i == 8 || i == 10) out += '-';
+        out += kHex[uuid[i] >> 4];
+        out += kHex[uuid[i] & 0xf];
+    }
+    return out;
 }
 
 Result<std::optional<SwapHeader>> decode_header(std::span<const std::byte> page) {
@@ -77,6 +102,20 @@ Result<std::optional<SwapHeader>> decode_header(std::span<const std::byte> page)
     SwapHeader h;
     std::memcpy(h.uuid.data(), page.data() + kUuidAt, h.uuid.size());
     h.slot_count = get_le(page, kSlotCountAt, 8);
+    // The owner record: all zero (none), or whole and checked.
+    auto owner = page.subspan(kOwnerAt, kOwnerEnd - kOwnerAt);
+    if (std::any_of(owner.begin(), owner.end(), [](std::byte b) { return b != std::byte{0}; })) {
+        if (std::memcmp(owner.data(), kOwnerMagic.data(), kOwnerMagic.size()) != 0 ||
+            get_le(page, kOwnerChecksumAt, 8) != XXH3_64bits(page.data() + kOwnerAt, kOwnerChecksumAt - kOwnerAt))
+            return make_error(Errc::bad_header, "swap header", "owner record corrupt");
+        OwnerRecord o;
+        std::memcpy(o.pool.data(), page.data() + kOwnerPoolAt, o.pool.size());
+        o.lease_until_ms = get_le(page, kOwnerLeaseAt, 8);
+        o.pid = static_cast<std::uint32_t>(get_le(page, kOwnerPidAt, 4));
+        const char* host = reinterpret_cast<const char*>(page.data() + kOwnerHostAt);
+        o.host.assign(host, ::strnlen(host, kOwnerHostBytes - 1));
+        h.owner = std::move(o);
+    }
     return std::optional(h);
 }
 

@@ -12,6 +12,19 @@
 //   |             |          |            |                   |            | bytes 0-39|          |
 //   +-------------+----------+------------+-------------------+------------+-----------+----------+
 //
+//   byte 64       72                 88              96      100       104           168        176
+//   +-------------+------------------+---------------+-------+---------+-------------+----------+
+//   | "SWVOWNER"  | pool uuid        | lease until   | pid   | 0       | host name   | checksum |
+//   |             | 16 bytes         | u64 unix ms   | u32   |         | 64 B, NUL   | xxh3-64  |
+//   |             |                  | (0: released) |       |         | padded      | of 64-167|
+//   +-------------+------------------+---------------+-------+---------+-------------+----------+
+//
+// The owner record (bytes 64-175) is optional: all zero when no pool holds a lease
+// on the device, which is what version-1 headers written before it carry. A pool
+// that swaps on a remote device writes it and renews the lease while attached
+// (remote_lease.hpp); another pool refuses the device while the lease runs unless
+// told to take it over (swap/README.md#ownership).
+//
 // The slot count is fixed when the header is written: size of the device minus the
 // header page, in whole slots. A header whose magic is right but whose checksum,
 // version, page size or slot count is not is corrupt (Errc::bad_header), never
@@ -23,6 +36,7 @@
 #include <filesystem>
 #include <optional>
 #include <span>
+#include <string>
 
 #include "io/block_device.hpp"
 #include "io/result.hpp"
@@ -34,11 +48,24 @@ namespace swapvisor::swap {
 inline constexpr std::uint64_t kHeaderBytes = kSlotSize;  // one page before slot 0
 inline constexpr std::uint32_t kHeaderVersion = 1;
 
+// Who holds a device, and until when (the owner record above).
+struct OwnerRecord {
+    std::array<std::uint8_t, 16> pool{};  // the holding SwapPool's uuid (random per pool)
+    std::uint64_t lease_until_ms = 0;     // CLOCK_REALTIME ms; 0: released
+    std::uint32_t pid = 0;
+    std::string host;                     // at most 63 bytes are kept
+    bool operator==(const OwnerRecord&) const = default;
+};
+
 struct SwapHeader {
     std::array<std::uint8_t, 16> uuid{};
     std::uint64_t slot_count = 0;
+    std::optional<OwnerRecord> owner;  // none: no pool has claimed it
     bool operator==(const SwapHeader&) const = default;
 };
+
+// A uuid as text: 8-4-4-4-12 lower-case hex.
+std::string uuid_text(const std::array<std::uint8_t, 16>& uuid);
 
 // Slots a device of `device_bytes` holds after its header page (0 if none).
 inline std::uint64_t slots_after_header(std::uint64_t device_bytes) {

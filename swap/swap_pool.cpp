@@ -48,8 +48,9 @@ void SwapPool::set_eviction_sink(EvictionSink* sink) { sink_.store(sink); }
 namespace {
 
 // The header an existing device must carry to be swapped on (or gets, with
-// format=yes). size_bytes: the swap space the operator asked for, 0 if none.
-Result<void> check_or_format(io::BlockDevice& block, std::uint64_t size_bytes, Format format) {
+// format=yes), returned as it is now on the device. size_bytes: the swap space the
+// operator asked for, 0 if none.
+Result<SwapHeader> check_or_format(io::BlockDevice& block, std::uint64_t size_bytes, Format format) {
     const std::uint64_t slots = slots_after_header(block.size_bytes());
     if (size_bytes != 0 && size_bytes != slots * kSlotSize) {
         return make_error(Errc::size_mismatch, "swapon",
@@ -57,12 +58,14 @@ Result<void> check_or_format(io::BlockDevice& block, std::uint64_t size_bytes, F
                               std::to_string(slots * kSlotSize) + " after its 4 KiB header; leave size= out to use it as it is");
     }
     Result<std::optional<SwapHeader>> header = read_header(block);
-    if (format == Format::yes && header && header->has_value() && (*header)->slot_count == slots) return {};
+    if (format == Format::yes && header && header->has_value() && (*header)->slot_count == slots) return **header;
     if (format != Format::no) {
         // The operator asked to format it: only a blank device, unless forced (one rule
         // with mkswap, data_probe.hpp); a header is then written even over a corrupt one.
         SWV_TRY(check_erasable(block, format == Format::force ? Erase::anything : Erase::blank_only));
-        return write_header(block, SWV_TRY(new_header(block.size_bytes())));
+        SwapHeader fresh = SWV_TRY(new_header(block.size_bytes()));
+        SWV_TRY(write_header(block, fresh));
+        return fresh;
     }
     if (!header) return std::unexpected(header.error());
     if (!header->has_value()) return make_error(Errc::no_signature, "swapon");
@@ -71,13 +74,13 @@ Result<void> check_or_format(io::BlockDevice& block, std::uint64_t size_bytes, F
                           "header says " + std::to_string((*header)->slot_count) + " slots, the device now holds " +
                               std::to_string(slots));
     }
-    return {};
+    return **header;
 }
 
 }  // namespace
 
 Result<DeviceId> SwapPool::swapon(const std::filesystem::path& path, int priority, std::uint64_t size_bytes,
-                                  Format format) {
+                                  Format format, Takeover takeover) {
     const std::string key = canonical_swap_path(path);
     auto fail = [&](Error e) -> Result<DeviceId> { return std::unexpected(std::move(e).with_context("device " + key)); };
     if (size_bytes != 0 && size_bytes < std::uint64_t{kClusterSlots} * kSlotSize) {
@@ -91,8 +94,30 @@ Result<DeviceId> SwapPool::swapon(const std::filesystem::path& path, int priorit
             if (auto r = refuse_duplicate_locked(key, std::nullopt); !r) return std::unexpected(r.error());
         }
         auto block = SWV_TRY(io::NbdDevice::open(path.native()));
-        if (auto r = check_or_format(*block, size_bytes, format); !r) return fail(r.error());
-        return add_device(std::move(block), priority, key);
+        auto seen = check_or_format(*block, size_bytes, format);
+        if (!seen) return fail(seen.error());
+        {
+            // Another name of an export already here (its header's uuid): refused
+            // before the claim, which would renew, and on failure release, the lease
+            // this pool holds on it under its first name.
+            std::shared_lock lock(devices_mutex_);
+            if (auto r = refuse_duplicate_locked(key, std::nullopt, seen->uuid); !r) return std::unexpected(r.error());
+        }
+        // Claimed for this pool through a connection of the keeper's own, which then
+        // renews the lease and probes the server (swap/README.md#ownership).
+        LeaseKeeper* keeper = SWV_TRY(lease_keeper());
+        // One connection, no read retries: a probe reports what the server does now.
+        auto probe = SWV_TRY(io::NbdDevice::open(path.native(), io::NbdConfig{.max_connections = 1,
+                                                                              .read_retry_window = std::chrono::milliseconds(0)}));
+        auto header = keeper->claim(key, *block, takeover);
+        if (!header) return fail(header.error());
+        auto id = add_device(std::move(block), priority, key, header->uuid);
+        if (!id) {
+            keeper->release_claim(*probe, *header);
+            return id;
+        }
+        keeper->attach(*id, key, std::move(probe), *header);
+        return id;
     }
     // Same device twice, by any name: refused before the device is opened (its lock
     // would refuse it too, with a less helpful message).
@@ -109,6 +134,7 @@ Result<DeviceId> SwapPool::swapon(const std::filesystem::path& path, int priorit
 
     auto block = SWV_TRY(io::FileBlockDevice::open(path, exists ? io::OpenMode::existing : io::OpenMode::create_or_open,
                                                    exists ? 0 : size_bytes + kHeaderBytes));
+    std::optional<std::array<std::uint8_t, 16>> uuid;
     if (block->origin() == io::FileOrigin::created) {
         // A file we just made holds nobody's data: it gets its header now, and goes
         // away again if that fails.
@@ -119,10 +145,13 @@ Result<DeviceId> SwapPool::swapon(const std::filesystem::path& path, int priorit
             std::filesystem::remove(path, ignored);
             return fail(written.error());
         }
-    } else if (auto r = check_or_format(*block, size_bytes, format); !r) {
-        return fail(r.error());
+        uuid = header->uuid;
+    } else {
+        auto header = check_or_format(*block, size_bytes, format);
+        if (!header) return fail(header.error());
+        uuid = header->uuid;
     }
-    return add_device(std::move(block), priority, key);
+    return add_device(std::move(block), priority, key, uuid);
 }
 
 Result<DeviceId> SwapPool::swapon(std::unique_ptr<io::BlockDevice> device, int priority) {
@@ -131,7 +160,14 @@ Result<DeviceId> SwapPool::swapon(std::unique_ptr<io::BlockDevice> device, int p
     return add_device(std::move(device), priority, std::move(key));
 }
 
-Result<DeviceId> SwapPool::add_device(std::unique_ptr<io::BlockDevice> device, int priority, std::string key) {
+Result<LeaseKeeper*> SwapPool::lease_keeper() {
+    std::lock_guard lock(leases_mutex_);
+    if (!leases_) leases_ = std::make_unique<LeaseKeeper>(SWV_TRY(make_pool_identity()), config_.lease);
+    return leases_.get();
+}
+
+Result<DeviceId> SwapPool::add_device(std::unique_ptr<io::BlockDevice> device, int priority, std::string key,
+                                      std::optional<std::array<std::uint8_t, 16>> uuid) {
     if (slots_after_header(device->size_bytes()) < kClusterSlots) {
         return make_error(io::Errc::too_small, "swapon: device smaller than its header and one 2 MiB cluster", "device " + key);
     }
@@ -143,7 +179,7 @@ Result<DeviceId> SwapPool::add_device(std::unique_ptr<io::BlockDevice> device, i
         return make_error(io::Errc::misaligned, "swapon: logical block size does not divide 4 KiB", "device " + key);
     }
     std::unique_lock lock(devices_mutex_);
-    SWV_TRY(refuse_duplicate_locked(key, device->identity()));
+    SWV_TRY(refuse_duplicate_locked(key, device->identity(), uuid));
     if (devices_.size() > UINT16_MAX) return errno_error("swapon: device ids exhausted", EMFILE, "device " + key);
     // Device ids are never reused, so a stale PSlot can never name a newer device.
     DeviceId id(static_cast<std::uint16_t>(devices_.size()));
@@ -153,6 +189,7 @@ Result<DeviceId> SwapPool::add_device(std::unique_ptr<io::BlockDevice> device, i
                             [&](const SwapDevice* d) { return d->priority() < priority; });
     by_priority_.insert(pos, dev.get());
     devices_.push_back(std::move(dev));
+    if (uuid) uuids_[id.value()] = *uuid;
     return id;
 }
 
@@ -171,9 +208,21 @@ SwapDevice* SwapPool::find_identity_locked(const io::DeviceIdentity& identity) c
 }
 
 Result<void> SwapPool::refuse_duplicate_locked(const std::string& key,
-                                               const std::optional<io::DeviceIdentity>& identity) const {
+                                               const std::optional<io::DeviceIdentity>& identity,
+                                               const std::optional<std::array<std::uint8_t, 16>>& uuid) const {
     const SwapDevice* same = find_locked(key);
     if (same == nullptr && identity) same = find_identity_locked(*identity);
+    if (same == nullptr && uuid) {
+        // Another name of a device already here that neither its name nor its
+        // identity tells (an NBD export by a second host name or address): its swap
+        // header's uuid does.
+        for (const auto& [id, known] : uuids_) {
+            if (known != *uuid || devices_[id] == nullptr) continue;
+            return make_error(Errc::exists, "swapon",
+                              key + " is the same device as " + devices_[id]->path() + " (swap header uuid " +
+                                  uuid_text(*uuid) + "), already in the swap pool");
+        }
+    }
     if (same == nullptr) return {};
     if (same->path() == key) return make_error(Errc::exists, "swapon", key + " is already in the swap pool");
     return make_error(Errc::exists, "swapon",
@@ -465,14 +514,26 @@ void SwapPool::free(VSlot vslot) {
 std::vector<DeviceStats> SwapPool::stats() const {
     std::shared_lock lock(devices_mutex_);
     std::vector<DeviceStats> out;
+    std::vector<DeviceId> ids;
     out.reserve(by_priority_.size());
     for (const SwapDevice* d : by_priority_) {
+        ids.push_back(d->id());
         DeviceUsage u = d->usage();
         out.push_back(DeviceStats{d->path(), d->priority(), u.total_slots, u.used_slots,
                                   u.state == DeviceState::removing, u.state, u.write_errors, u.failure,
                                   u.read_errors, u.quarantined_slots, u.read_bytes, u.written_bytes, u.free_slots,
                                   u.read_retries});
+        if (auto it = uuids_.find(d->id().value()); it != uuids_.end()) out.back().uuid = uuid_text(it->second);
     }
+    lock.unlock();
+    // The keeper's own lock is a leaf: read after the devices' lock is gone.
+    LeaseKeeper* keeper = nullptr;
+    {
+        std::lock_guard leases(leases_mutex_);
+        keeper = leases_.get();
+    }
+    if (keeper != nullptr)
+        for (std::size_t i = 0; i < out.size(); ++i) out[i].remote = keeper->status(ids[i]);
     return out;
 }
 

@@ -15,11 +15,14 @@
 // io::Ring. Locking rules: swap/README.md#locking.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <shared_mutex>
 #include <span>
@@ -29,6 +32,7 @@
 #include "io/block_device.hpp"
 #include "io/ring.hpp"
 #include "swap/swap_device.hpp"
+#include "swap/remote_lease.hpp"
 #include "swap/types.hpp"
 #include "swap/vslot_table.hpp"
 
@@ -117,6 +121,8 @@ struct DeviceStats {
     std::uint64_t written_bytes = 0;   // moved by successful writes (swap-out, swapoff moves)
     std::uint64_t free_slots = 0;      // slots still to hand out (a quarantined slot in use is used, once)
     std::uint64_t read_retries = 0;    // reads the device issued again after a lost connection (NBD)
+    std::string uuid;                  // its swap header's uuid (empty for a device swapped on without one)
+    std::optional<RemoteStatus> remote;  // a remote device's lease and health probe (remote_lease.hpp)
 };
 
 struct SwapoffProgress {
@@ -138,6 +144,7 @@ struct SwapPoolConfig {
     std::uint32_t swapoff_batch_pages = 512;  // slots read / written per swapoff round
     std::uint32_t max_run_pages = 256;        // longest single write or read (1 MiB)
     DeviceHealthPolicy health{};              // when a device becomes degraded
+    LeaseConfig lease{};                      // remote devices' leases and health probes
 };
 
 class SwapPool {
@@ -160,8 +167,11 @@ public:
     // Errc::exists with both names. Other errors: io::Errc::too_small (less than
     // one 2 MiB cluster of slots), io::Errc::in_use (another process owns it),
     // io::Errc::ram_backed (tmpfs / ramfs), io / errno errors; all name the path.
+    // A remote device (NBD) is also claimed for this pool (swap/README.md#ownership):
+    // Errc::leased while another pool's lease on it runs, unless takeover is yes.
+    // Two names of one device are caught by its header's uuid too.
     Result<DeviceId> swapon(const std::filesystem::path& path, int priority, std::uint64_t size_bytes,
-                            Format format = Format::no);
+                            Format format = Format::no, Takeover takeover = Takeover::no);
     // Add an already opened device (tests pass a FaultyBlockDevice).
     Result<DeviceId> swapon(std::unique_ptr<io::BlockDevice> device, int priority);
 
@@ -233,11 +243,15 @@ private:
     };
     struct Batch;  // swapoff working set (swapoff.cpp)
 
-    Result<DeviceId> add_device(std::unique_ptr<io::BlockDevice> device, int priority, std::string key);
+    Result<DeviceId> add_device(std::unique_ptr<io::BlockDevice> device, int priority, std::string key,
+                                std::optional<std::array<std::uint8_t, 16>> uuid = std::nullopt);
+    // The keeper of remote devices' leases, made at the first remote swapon.
+    Result<LeaseKeeper*> lease_keeper();
     SwapDevice* find_locked(const std::string& key) const;
     SwapDevice* find_identity_locked(const io::DeviceIdentity& identity) const;
-    // An error naming both names if `identity` is already in the pool.
-    Result<void> refuse_duplicate_locked(const std::string& key, const std::optional<io::DeviceIdentity>& identity) const;
+    // An error naming both names if `identity` (or a swap header `uuid`) is already in the pool.
+    Result<void> refuse_duplicate_locked(const std::string& key, const std::optional<io::DeviceIdentity>& identity,
+                                         const std::optional<std::array<std::uint8_t, 16>>& uuid = std::nullopt) const;
     // get_swap_device(): a reference, or none if the device is gone.
     SwapDeviceRef get_swap_device(DeviceId id) const;
     // Place vslots[i] on devices by priority; fills placements, returns how many got a
@@ -269,6 +283,11 @@ private:
     mutable std::shared_mutex devices_mutex_;
     std::vector<std::unique_ptr<SwapDevice>> devices_;  // indexed by DeviceId; null once removed
     std::vector<SwapDevice*> by_priority_;              // published devices, highest priority first
+    std::map<std::uint16_t, std::array<std::uint8_t, 16>> uuids_;  // swap header uuid per device id
+
+    // Protects: leases_ (made once); Order: leaf.
+    mutable std::mutex leases_mutex_;
+    std::unique_ptr<LeaseKeeper> leases_;  // declared last: its destructor releases every lease first
 };
 
 }  // namespace swapvisor::swap

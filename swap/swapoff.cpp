@@ -176,14 +176,23 @@ Result<SwapoffReport> SwapPool::swapoff(const std::filesystem::path& path, io::R
         std::unique_lock lock(devices_mutex_);
         SWV_ASSERT(dev->usage().used_slots == 0, "swapoff: slot allocated on a removing device");
         std::erase(by_priority_, dev);
+        uuids_.erase(dev->id().value());
         owned = std::move(devices_[dev->id().value()]);
     }
     guard.cancel();
     self.reset();
     // No new reference can appear (the device is unpublished); wait for readers that
     // took one before (swap/README.md#removal).
+    const DeviceId gone = owned->id();
     owned->wait_refs_drained();
     owned.reset();
+    // A remote device's lease is released now that nothing of the pool uses it.
+    LeaseKeeper* keeper = nullptr;
+    {
+        std::lock_guard leases(leases_mutex_);
+        keeper = leases_.get();
+    }
+    if (keeper != nullptr) keeper->detach(gone);
 
     report.elapsed_ms =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();

@@ -95,7 +95,7 @@ void write_stats_json(const std::filesystem::path& path, swv::guestmem::HostMemo
 // Every --swap into the pool; the message of the first that fails ("" if none).
 std::string swapon_all(swv::swap::SwapPool& pool, const std::vector<cli::SwapSpec>& swaps) {
     for (const cli::SwapSpec& spec : swaps) {
-        auto id = pool.swapon(spec.path, spec.priority.value_or(0), spec.size.value_or(0), spec.format);
+        auto id = pool.swapon(spec.path, spec.priority.value_or(0), spec.size.value_or(0), spec.format, spec.takeover);
         if (!id) return fmt::format("swapon {}: {}", spec.path.string(), id.error().message());
         spdlog::info("swapon {}: device {}, priority {}", pool.resolve_name(spec.path.string()), id->value(),
                      spec.priority.value_or(0));

@@ -43,6 +43,25 @@ TEST(ProtocolBoundsTest, SwapoffForceFieldIsExplicit) {
     EXPECT_EQ(code_name(ReplyCode::unreadable_slots), "unreadable_slots");
 }
 
+// Issue #17 item 2: a takeover is a literal boolean, audited, and a leased device
+// answers device_busy (retry elsewhere, or take it over).
+TEST(ProtocolBoundsTest, SwaponTakeoverFieldIsExplicit) {
+    auto on = parse_request(R"({"id":1,"cmd":"swapon","path":"nbd://h/x"})");
+    ASSERT_TRUE(on);
+    EXPECT_EQ(std::get<SwaponCmd>(on->command).takeover, swap::Takeover::no);
+    on = parse_request(R"({"id":1,"cmd":"swapon","path":"nbd://h/x","takeover":true})");
+    ASSERT_TRUE(on);
+    EXPECT_EQ(std::get<SwaponCmd>(on->command).takeover, swap::Takeover::yes);
+    EXPECT_NE(describe(on->command).find("takeover=yes"), std::string::npos);
+    for (const char* line : {R"({"id":1,"cmd":"swapon","path":"nbd://h/x","takeover":"yes"})",
+                             R"({"id":1,"cmd":"swapon","path":"nbd://h/x","takeover":1})"}) {
+        auto bad = parse_request(line);
+        ASSERT_FALSE(bad) << line;
+        EXPECT_EQ(bad.error().code, ReplyCode::bad_request);
+    }
+    EXPECT_EQ(reply_code_of(Error{make_error_code(swap::Errc::leased), "swapon"}), ReplyCode::device_busy);
+}
+
 // Issue #12: formatting a device is asked for explicitly, never implied; limits
 // below the minimum are refused at the protocol level.
 TEST(ProtocolBoundsTest, SwaponFormatFieldAndMinimumLimits) {

@@ -429,6 +429,15 @@ TEST(CliSwapSpecTest, FormatForce) {
     EXPECT_FALSE(parse_swap_spec("a,format=erase").has_value());
 }
 
+// Issue #17 item 2: taking a remote device from another pool is asked for by name.
+TEST(CliSwapSpecTest, Takeover) {
+    EXPECT_EQ(parse_swap_spec("nbd://h/x").value().takeover, swap::Takeover::no);
+    EXPECT_EQ(parse_swap_spec("nbd://h/x,takeover=yes").value().takeover, swap::Takeover::yes);
+    EXPECT_EQ(parse_swap_spec("nbd://h/x,takeover=no,priority=3").value().takeover, swap::Takeover::no);
+    EXPECT_FALSE(parse_swap_spec("nbd://h/x,takeover=maybe").has_value());
+    EXPECT_FALSE(parse_swap_spec("nbd://h/x,takeover=yes,takeover=yes").has_value());
+}
+
 TEST(CliMkswapTest, Force) {
     EXPECT_FALSE(std::get<MkswapOptions>(parse_command_line({"mkswap", "/x"})).force);
     EXPECT_TRUE(std::get<MkswapOptions>(parse_command_line({"mkswap", "/x", "--force"})).force);

@@ -294,11 +294,12 @@ CliOutcome parse_command_line(const std::vector<std::string>& given) {
                     "Most guest RAM kept in host memory, at least 16M; colder pages go to swap (default: no limit)")
         ->type_name("SIZE");
     run->add_option("--swap", raw.swaps,
-                    "Swap device or file, repeatable: PATH[,priority=N][,size=SIZE][,format=yes]. Higher priority is "
-                    "used first (0..32767); a missing file is created with size= of swap space and a swap header. An "
-                    "existing device must carry the header ('swapvisor mkswap PATH') and match size=, unless "
-                    "format=yes erases it")
-        ->type_name("PATH[,priority=N][,size=SIZE][,format=yes]")
+                    "Swap device or file, repeatable: PATH[,priority=N][,size=SIZE][,format=yes|force][,takeover=yes]. "
+                    "Higher priority is used first (0..32767); a missing file is created with size= of swap space and "
+                    "a swap header. An existing device must carry the header ('swapvisor mkswap PATH') and match "
+                    "size=, unless format=yes erases it. An NBD export another swapvisor holds (a live lease) is "
+                    "refused unless takeover=yes")
+        ->type_name("PATH[,priority=N][,size=SIZE][,format=yes][,takeover=yes]")
         ->take_all();
     run->add_option("--stats-json", raw.stats_json, "Write the final memory and swap counters as JSON to FILE on exit")
         ->type_name("FILE");
@@ -349,7 +350,7 @@ CliOutcome parse_command_line(const std::vector<std::string>& given) {
                                   control::kSocketEnvVar, control::kDefaultControlSocket))
         ->type_name("SOCKET");
     serve->add_option("--swap", raw_serve.swaps, "Swap device or file, repeatable (as for run)")
-        ->type_name("PATH[,priority=N][,size=SIZE][,format=yes]")
+        ->type_name("PATH[,priority=N][,size=SIZE][,format=yes][,takeover=yes]")
         ->take_all();
     serve->add_option("--host-budget", raw_serve.host_budget, "Host memory budget over all VMs (as for run)")
         ->type_name("SIZE");

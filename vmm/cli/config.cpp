@@ -95,7 +95,7 @@ Result<SwapSpec> parse_swap_spec(std::string_view text) {
         return cli_error(CliErrc::bad_swap_spec, "parsing --swap", fmt::format("--swap '{}': {}", text, what));
     };
     SwapSpec spec;
-    bool have_format = false;
+    bool have_format = false, have_takeover = false;
     std::size_t comma = text.find(',');
     std::string_view path = text.substr(0, comma);
     if (path.empty()) return bad("the path is empty");
@@ -136,8 +136,14 @@ Result<SwapSpec> parse_swap_spec(std::string_view text) {
                 return bad(fmt::format("format '{}' must be yes, no or force", value));
             spec.format = value == "yes" ? swap::Format::yes : value == "force" ? swap::Format::force : swap::Format::no;
             have_format = true;
+        } else if (key == "takeover") {
+            if (have_takeover) return bad("takeover given twice");
+            if (value != "yes" && value != "no") return bad(fmt::format("takeover '{}' must be yes or no", value));
+            spec.takeover = value == "yes" ? swap::Takeover::yes : swap::Takeover::no;
+            have_takeover = true;
         } else {
-            return bad(fmt::format("unknown option '{}' (accepted: priority=N, size=SIZE, format=yes|force)", key));
+            return bad(fmt::format(
+                "unknown option '{}' (accepted: priority=N, size=SIZE, format=yes|force, takeover=yes)", key));
         }
     }
     return spec;

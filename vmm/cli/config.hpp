@@ -76,10 +76,11 @@ struct SwapSpec {
     std::optional<int> priority;         // 0..32767, higher first (swapon(8))
     std::optional<std::uint64_t> size;   // swap space: create a missing file with it; must match an existing one
     swap::Format format = swap::Format::no;  // format=yes: make a blank device swap; force: erase any
+    swap::Takeover takeover = swap::Takeover::no;  // takeover=yes: claim a remote device another pool leases
     bool operator==(const SwapSpec&) const = default;
 };
 
-// "PATH[,priority=N][,size=SIZE][,format=yes|no|force]": no empty path, no unknown or
+// "PATH[,priority=N][,size=SIZE][,format=yes|no|force][,takeover=yes|no]": no empty path, no unknown or
 // repeated key, every key needs "=value".
 Result<SwapSpec> parse_swap_spec(std::string_view text);
 

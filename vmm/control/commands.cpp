@@ -114,7 +114,7 @@ public:
 
     // swapon may create and size a file: a worker.
     json run(const SwaponCmd& cmd) {
-        auto device = c_.host.pool().swapon(cmd.path, cmd.priority, cmd.size_bytes, cmd.format);
+        auto device = c_.host.pool().swapon(cmd.path, cmd.priority, cmd.size_bytes, cmd.format, cmd.takeover);
         if (!device) return error_of(id_, device.error());
         json reply = ok_reply(id_);
         reply["path"] = c_.host.pool().resolve_name(cmd.path);

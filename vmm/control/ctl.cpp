@@ -131,6 +131,11 @@ void print_status(const json& reply, StatsDetail detail, std::ostream& out) {
         if (u64(dev, "write_errors") + u64(dev, "read_errors") + u64(dev, "quarantined_slots") != 0)
             out << fmt::format("  errors: {} write, {} read; {} slots quarantined\n", u64(dev, "write_errors"),
                                u64(dev, "read_errors"), u64(dev, "quarantined_slots"));
+        if (dev.contains("remote") && dev["remote"].is_object()) {
+            const json& r = dev["remote"];
+            out << fmt::format("  remote: {}{}\n", str(r, "health"),
+                               str(r, "reason").empty() ? std::string() : ": " + str(r, "reason"));
+        }
         if (u64(dev, "read_retries_total") != 0)
             out << fmt::format("  reads retried after a lost connection: {}\n", u64(dev, "read_retries_total"));
         if (detail == StatsDetail::full)
@@ -351,6 +356,9 @@ void add_ctl_subcommand(CLI::App& app, CtlOptions& o) {
                      "system, partition table, kernel swap signature or any non-zero byte in its first MiB)");
     swapon->add_flag("--force", o.force, "With --format: erase the device even if it holds data (it is lost)")
         ->needs("--format");
+    swapon->add_flag("--takeover", o.takeover,
+                     "Claim a remote (NBD) device whose lease another swap pool still holds: only once that pool is "
+                     "gone for good (swap/README.md#ownership)");
     swapon->callback([&o] { o.command = CtlCommand::swapon; });
     CLI::App* swapoff = ctl->add_subcommand("swapoff", "Remove a swap device live (moves its pages elsewhere)");
     swapoff->add_option("PATH", o.path, "A path given to swapon or --swap")->required();
@@ -422,6 +430,7 @@ json ctl_request(const CtlOptions& options, int id) {
             request["priority"] = options.priority;
             if (!options.size.empty()) request["size"] = bytes_of(options.size);
             if (options.format) request["format"] = options.force ? json("force") : json(true);
+            if (options.takeover) request["takeover"] = true;
             break;
         case CtlCommand::swapoff:
             request["path"] = absolute_path(options.path);

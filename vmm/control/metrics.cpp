@@ -162,6 +162,16 @@ std::string prometheus_text(guestmem::HostMemory& host, const DeviceStats& devic
         f.sample("swapvisor_swap_written_bytes_total", "bytes written to the device by writes that succeeded", dev,
                  d.written_bytes, Type::counter);
         f.sample("swapvisor_swap_removing", "1 while a swapoff of the device runs", dev, d.removing ? 1 : 0);
+        if (d.remote) {
+            for (swap::RemoteHealth h : {swap::RemoteHealth::up, swap::RemoteHealth::degraded, swap::RemoteHealth::down})
+                f.sample("swapvisor_swap_remote_health",
+                         "health of a remote device by its lease renewal probe (1 for the current state)",
+                         fmt::format("{},health=\"{}\"", dev, swap::health_name(h)), d.remote->health == h ? 1 : 0);
+            f.sample("swapvisor_swap_remote_lease_seconds", "seconds left of this pool's lease on the remote device",
+                     dev, d.remote->lease_until_ms > swap::realtime_ms()
+                              ? (d.remote->lease_until_ms - swap::realtime_ms()) / 1000
+                              : 0);
+        }
         f.sample("swapvisor_swap_priority", "swap priority (higher first)", dev, static_cast<std::uint64_t>(std::max(d.priority, 0)));
         f.sample("swapvisor_swap_state", "device state (1 for the current one)",
                  fmt::format("{},state=\"{}\"", dev, label(swap::state_name(d.state))), 1);

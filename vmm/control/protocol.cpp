@@ -63,6 +63,7 @@ ReplyCode reply_code_of(const Error& error) {
             case swap::Errc::would_not_fit: return ReplyCode::would_not_fit;
             case swap::Errc::exists: return ReplyCode::exists;
             case swap::Errc::unreadable_slots: return ReplyCode::unreadable_slots;
+            case swap::Errc::leased: return ReplyCode::device_busy;
             case swap::Errc::no_signature:
             case swap::Errc::holds_data:
             case swap::Errc::bad_header:
@@ -296,6 +297,11 @@ std::expected<Request, RequestError> parse_request(std::string_view line) {
                            "field \"format\" must be true, false, \"yes\", \"no\" or \"force\"");
             }
         }
+        if (auto it = request.find("takeover"); it != request.end()) {
+            // Taking a device from another pool is never implied: a literal boolean only.
+            if (!it->is_boolean()) return bad(id, ReplyCode::bad_request, "field \"takeover\" must be true or false");
+            swapon.takeover = it->get<bool>() ? swap::Takeover::yes : swap::Takeover::no;
+        }
         return Request{id, std::move(swapon)};
     }
     if (cmd == "swapoff") {
@@ -388,6 +394,8 @@ struct Describe {
         std::string s = fmt::format("swapon path={} priority={}", audit_value(c.path), c.priority);
         if (c.size_bytes != 0) s += fmt::format(" size={}", c.size_bytes);
         if (c.format == swap::Format::yes) s += " format=yes";
+        if (c.format == swap::Format::force) s += " format=force";
+        if (c.takeover == swap::Takeover::yes) s += " takeover=yes";
         return s;
     }
     std::string operator()(const SwapoffCmd& c) const {

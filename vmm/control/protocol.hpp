@@ -74,6 +74,7 @@ struct SwaponCmd {
     int priority = 0;
     std::uint64_t size_bytes = 0;  // 0: the path must exist
     swap::Format format = swap::Format::no;  // "format": true formats a blank device, "force" any device
+    swap::Takeover takeover = swap::Takeover::no;  // "takeover": true claims a remote device another pool leases
 };
 struct SwapoffCmd {
     std::string path;

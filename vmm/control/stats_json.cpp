@@ -53,7 +53,17 @@ nlohmann::json stats_json(guestmem::HostMemory& host, const DeviceStats& devices
             {"written_bytes_total", d.written_bytes},
             {"quarantined_slots", d.quarantined_slots},
             {"failure", d.failure},
+            {"uuid", d.uuid},
         });
+        if (d.remote) {
+            // A remote device's lease and health probe (swap/README.md#ownership).
+            swap.back()["remote"] = {{"health", swap::health_name(d.remote->health)},
+                                     {"reason", d.remote->reason},
+                                     {"since_ms", d.remote->since_ms},
+                                     {"last_probe_ms", d.remote->last_probe_ms},
+                                     {"lease_until_ms", d.remote->lease_until_ms},
+                                     {"probes", d.remote->probes}};
+        }
     }
     json host_json = {{"budget_bytes", host.budget()}, {"resident_bytes", host.resident_bytes()}};
     if (full) host_json["allocated_vslots"] = host.pool().allocated_vslots();
