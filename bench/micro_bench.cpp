@@ -245,7 +245,7 @@ void BM_VSlotLifecycle(benchmark::State& state) {
 
 // ---- page_checksum ---------------------------------------------------------------
 
-// swap::page_checksum (xxh3-64) of one 4 KiB page. Arg 1: the same page every time
+// swap::page_checksum (xxh3-64, low 32 bits kept) of one 4 KiB page. Arg 1: the same page every time
 // (in L1: the hash alone). Arg 65536: a random page of a 256 MiB buffer each time
 // (from DRAM, as a page the reclaimer has not touched lately; random so that the
 // prefetcher cannot stream the next page in ahead of the hash).
