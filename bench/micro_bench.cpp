@@ -199,7 +199,7 @@ void BM_VSlotAllocFree(benchmark::State& state) {
     auto table = busy_vslot_table();
     std::vector<swap::OwnerTag> owners(n);
     std::vector<swap::VSlot> out(n);
-    for (std::size_t i = 0; i < n; ++i) owners[i] = (std::uint64_t{1} << 48) | i;
+    for (std::size_t i = 0; i < n; ++i) owners[i] = (std::uint64_t{1} << 32) | i;  // VM 1, page i (guestmem::pack_owner)
     for (auto _ : state) {
         if (table->allocate(owners, out) != n) return state.SkipWithError("allocate: 32-bit space exhausted");
         for (swap::VSlot v : out) {
@@ -221,7 +221,7 @@ void BM_VSlotLifecycle(benchmark::State& state) {
     auto table = busy_vslot_table();
     std::vector<swap::OwnerTag> owners(n);
     std::vector<swap::VSlot> out(n);
-    for (std::size_t i = 0; i < n; ++i) owners[i] = (std::uint64_t{1} << 48) | i;
+    for (std::size_t i = 0; i < n; ++i) owners[i] = (std::uint64_t{1} << 32) | i;  // VM 1, page i (guestmem::pack_owner)
     for (auto _ : state) {
         if (table->allocate(owners, out) != n) return state.SkipWithError("allocate: 32-bit space exhausted");
         for (std::size_t i = 0; i < n; ++i)
