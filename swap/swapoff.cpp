@@ -16,22 +16,10 @@
 // Each slot is counted once in the report (moved, brought back, lost or skipped): a
 // slot skipped in one pass (its page was being faulted in) and moved in a later one
 // counts as moved only.
-//
-// Reads run one batch ahead (swap/README.md#removal): a read-ahead thread with its
-// own ring looks up, reads and checksums batch N+1 while this thread writes and
-// switches batch N, so the device reads and the writes overlap instead of taking
-// turns. The read-ahead touches only its own stage, the table (lookups) and the
-// device's I/O; everything that decides or counts (skips, quarantine, bring-back,
-// the switch) stays on this thread, in batch order.
 #include <chrono>
-#include <condition_variable>
-#include <functional>
-#include <mutex>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
-
-#include <array>
 
 #include "io/unique_fd.hpp"
 #include "swap/io_batch.hpp"
@@ -59,64 +47,6 @@ private:
     SwapDevice* dev_;
 };
 
-// One thread that owns a second ring and runs one job at a time on it: the read half
-// of the next swapoff batch. The destructor waits for the job in flight, so nothing
-// the job uses may end before this object (swapoff declares it after the batch).
-class ReadAhead {
-public:
-    explicit ReadAhead(io::Ring ring) : ring_(std::move(ring)), thread_([this] { loop(); }) {}
-    ~ReadAhead() {
-        {
-            std::unique_lock lock(mutex_);
-            cv_.wait(lock, [&] { return !busy_; });
-            stop_ = true;
-        }
-        cv_.notify_all();
-        thread_.join();
-    }
-    ReadAhead(const ReadAhead&) = delete;
-    ReadAhead& operator=(const ReadAhead&) = delete;
-
-    void start(std::function<void(io::Ring&)> job) {
-        {
-            std::lock_guard lock(mutex_);
-            SWV_ASSERT(!busy_, "ReadAhead: a job is already running");
-            job_ = std::move(job);
-            busy_ = true;
-        }
-        cv_.notify_all();
-    }
-    void wait() {
-        std::unique_lock lock(mutex_);
-        cv_.wait(lock, [&] { return !busy_; });
-    }
-
-private:
-    void loop() {
-        std::unique_lock lock(mutex_);
-        for (;;) {
-            cv_.wait(lock, [&] { return stop_ || (busy_ && job_); });
-            if (stop_) return;
-            auto job = std::move(job_);
-            job_ = nullptr;
-            lock.unlock();
-            job(ring_);  // the ring is used by this thread only (io/README.md#threads)
-            lock.lock();
-            busy_ = false;
-            cv_.notify_all();
-        }
-    }
-
-    io::Ring ring_;
-    // Protects: job_, busy_, stop_; Order: leaf (the job runs without it).
-    std::mutex mutex_;
-    std::condition_variable cv_;
-    std::function<void(io::Ring&)> job_;
-    bool busy_ = false;
-    bool stop_ = false;
-    std::thread thread_;  // last: started once the members it uses exist
-};
-
 }  // namespace
 
 struct SwapPool::Batch {
@@ -130,21 +60,9 @@ struct SwapPool::Batch {
         // The verified bytes of a live item (step 2), for a bring-back: never read twice.
         SlotCopy copy() const { return SlotCopy{std::span<const std::byte>(buf, kSlotSize), info.pslot, info.generation}; }
     };
-    // One batch's read half, filled by the read-ahead thread (or inline without one):
-    // the used slots found, the ones still pointing here as items staged in `bounce`
-    // with their read outcome, and the ones whose vslot no longer points here.
-    struct Stage {
-        std::vector<UsedSlot> candidates;
-        std::size_t count = 0;            // candidates[0..count) are this batch's
-        io::Mapping bounce;               // O_DIRECT-aligned staging for one batch
-        std::vector<Item> items;
-        std::vector<SlotIdx> not_here;    // being freed: skipped by swapoff_batch
-        std::vector<std::optional<Errc>> errors;  // per item: the read's outcome
-        std::vector<bool> good;           // per item: read and checksum both fine
-    };
-    std::array<Stage, 2> stages;
-    Stage* current = nullptr;  // the stage swapoff_batch finishes
-    std::vector<Item> items;   // that stage's items, taken over while it is finished
+    std::vector<UsedSlot> candidates;
+    io::Mapping bounce;  // O_DIRECT-aligned staging for one batch
+    std::vector<Item> items;
     // Slots counted as skipped (freed concurrently): each counted once even if a
     // later pass sees its bit again before the concurrent free clears it, and
     // uncounted again if a later pass moves, brings back or loses it after all.
@@ -211,81 +129,21 @@ Result<SwapoffReport> SwapPool::swapoff(const std::filesystem::path& path, io::R
     const std::uint64_t total = dev->usage().used_slots;
 
     Batch batch;
-    for (Batch::Stage& stage : batch.stages) {
-        stage.candidates.resize(config_.swapoff_batch_pages);
-        stage.bounce = SWV_TRY(io::Mapping::anonymous(std::size_t{config_.swapoff_batch_pages} * kSlotSize));
-    }
-    std::vector<UsedSlot> scan_buf(config_.swapoff_batch_pages);
+    batch.candidates.resize(config_.swapoff_batch_pages);
+    batch.bounce = SWV_TRY(io::Mapping::anonymous(std::size_t{config_.swapoff_batch_pages} * kSlotSize));
     SwapoffReport report{0, 0, 0, 0.0};
     auto done = [&] {
         return report.pages_moved + report.pages_brought_back + report.pages_skipped + report.pages_lost +
                batch.unreadable.size();
     };
 
-    // The read half of a batch (steps 1-2 of swapoff_batch's comment): reverse map ->
-    // descriptor, keep the slots whose vslot still points here, read them (slots
-    // ascending, staging contiguous, so runs merge; a failed run again page by page,
-    // so one bad sector costs one page), check each checksum. It decides nothing:
-    // swapoff_batch reads the outcome on this thread.
-    auto read_stage = [this, dev](io::Ring& r, Batch::Stage& stage) {
-        stage.items.clear();
-        stage.not_here.clear();
-        for (const UsedSlot& c : std::span(stage.candidates).first(stage.count)) {
-            VSlotInfo info = table_.lookup(c.vslot);
-            if (c.vslot == kNoVSlot || info.state != VSlotState::valid || !(info.pslot == PSlot{dev->id(), c.slot})) {
-                stage.not_here.push_back(c.slot);
-                continue;
-            }
-            std::byte* buf = stage.bounce.data() + stage.items.size() * kSlotSize;
-            stage.items.push_back(Batch::Item{c.slot, c.vslot, info, buf, true, std::nullopt});
-        }
-        std::vector<PageIo> ios(stage.items.size());
-        for (std::size_t k = 0; k < stage.items.size(); ++k) {
-            ios[k] = PageIo{&dev->block(), stage.items[k].old_slot, stage.items[k].buf};
-        }
-        stage.errors.assign(ios.size(), std::nullopt);
-        run_page_io(r, io::IoKind::read, ios, config_.max_run_pages, stage.errors);
-        std::vector<std::size_t> failed;
-        for (std::size_t k = 0; k < stage.errors.size(); ++k)
-            if (stage.errors[k]) failed.push_back(k);
-        if (!failed.empty()) {
-            std::vector<PageIo> again(failed.size());
-            std::vector<std::optional<Errc>> again_errors(failed.size());
-            for (std::size_t f = 0; f < failed.size(); ++f) again[f] = ios[failed[f]];
-            run_page_io(r, io::IoKind::read, again, 1, again_errors);
-            for (std::size_t f = 0; f < failed.size(); ++f) stage.errors[failed[f]] = again_errors[f];
-        }
-        stage.good.assign(stage.items.size(), false);
-        for (std::size_t k = 0; k < stage.items.size(); ++k) {
-            stage.good[k] = !stage.errors[k] && page_checksum(stage.items[k].buf) == stage.items[k].info.checksum;
-        }
-    };
-    // A second ring for the read-ahead; without one (the kernel refused another ring)
-    // each batch reads on the caller's ring first, one half after the other.
-    std::optional<ReadAhead> ahead;
-    if (Result<io::Ring> second = io::Ring::create(ring.entries())) ahead.emplace(std::move(*second));
-
     for (int stalled = 0;;) {
         const std::uint64_t done_before = done();
         std::uint64_t cursor = 0;
-        // Scan the next used slots into `stage` and start reading them; false when the
-        // pass is over.
-        auto read_next = [&](Batch::Stage& stage) {
-            stage.count = dev->scan_used(cursor, stage.candidates);
-            if (stage.count == 0) return false;
-            if (ahead) ahead->start([&read_stage, &stage](io::Ring& r) { read_stage(r, stage); });
-            else read_stage(ring, stage);
-            return true;
-        };
-        std::size_t cur = 0;
-        for (bool pending = read_next(batch.stages[cur]); pending; cur ^= 1) {
-            Batch::Stage& stage = batch.stages[cur];
-            if (ahead) ahead->wait();
-            // Batch N+1 reads while batch N is written: its slots lie past the cursor,
-            // so it shares no slot with this one.
-            pending = read_next(batch.stages[cur ^ 1]);
-            batch.current = &stage;
-            SWV_TRY(swapoff_batch(*dev, ring, batch, std::span(stage.candidates).first(stage.count), report, force));
+        for (;;) {
+            std::size_t n = dev->scan_used(cursor, batch.candidates);
+            if (n == 0) break;
+            SWV_TRY(swapoff_batch(*dev, ring, batch, std::span(batch.candidates).first(n), report, force));
             if (progress) progress(SwapoffProgress{done(), std::max(total, done())});
         }
         const std::uint64_t left = dev->usage().used_slots;
@@ -295,8 +153,8 @@ Result<SwapoffReport> SwapPool::swapoff(const std::filesystem::path& path, io::R
             // this is the end (Force::no); else frees are still in progress.
             std::uint64_t unreadable_left = 0;
             std::uint64_t scan = 0;
-            for (std::size_t n; (n = dev->scan_used(scan, scan_buf)) != 0;) {
-                for (std::size_t k = 0; k < n; ++k) unreadable_left += batch.unreadable.contains(scan_buf[k].slot.value());
+            for (std::size_t n; (n = dev->scan_used(scan, batch.candidates)) != 0;) {
+                for (std::size_t k = 0; k < n; ++k) unreadable_left += batch.unreadable.contains(batch.candidates[k].slot.value());
             }
             if (unreadable_left != 0 && unreadable_left == left) {
                 const auto first = std::min_element(batch.unreadable.begin(), batch.unreadable.end(),
@@ -350,21 +208,42 @@ Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& bat
                !(now.pslot == item.info.pslot);
     };
 
-    // 1-2. The read half ran already (read_stage in swapoff): the slots whose vslot
-    //      no longer points here are being freed (their bits clear when the frees
-    //      complete); the others were read and checked.
-    (void)candidates;  // the stage holds them
-    Batch::Stage& stage = *batch.current;
-    for (SlotIdx slot : stage.not_here) skip(slot);
-    batch.items.swap(stage.items);  // the items are this batch's until the next read
-    const std::vector<std::optional<Errc>>& errors_read = stage.errors;
-    for (std::size_t k = 0; k < batch.items.size(); ++k) {
-        Batch::Item& item = batch.items[k];
-        if (batch.unreadable.contains(item.old_slot.value())) {
-            item.live = false;  // Force::no: left in place, reported at the end
+    // 1. Reverse map -> descriptor: keep the slots whose vslot still points here.
+    batch.items.clear();
+    for (const UsedSlot& c : candidates) {
+        if (batch.unreadable.contains(c.slot.value())) continue;  // Force::no: reported at the end
+        VSlotInfo info = table_.lookup(c.vslot);
+        if (c.vslot == kNoVSlot || info.state != VSlotState::valid || !(info.pslot == PSlot{dev.id(), c.slot})) {
+            skip(c.slot);  // being freed: its bit clears when the free completes
             continue;
         }
-        if (stage.good[k]) continue;
+        std::byte* buf = batch.bounce.data() + batch.items.size() * kSlotSize;
+        batch.items.push_back(Batch::Item{c.slot, c.vslot, info, buf, true, std::nullopt});
+    }
+    if (batch.items.empty()) return {};
+
+    // 2. Read the old slots: slots ascending, staging contiguous, so runs merge.
+    std::vector<PageIo> ios(batch.items.size());
+    for (std::size_t k = 0; k < batch.items.size(); ++k) {
+        ios[k] = PageIo{&dev.block(), batch.items[k].old_slot, batch.items[k].buf};
+    }
+    std::vector<std::optional<Errc>> errors(ios.size());
+    run_page_io(ring, io::IoKind::read, ios, config_.max_run_pages, errors);
+    // A failed run says nothing about which of its slots is bad: read those pages
+    // again one by one, so one bad sector costs one page, not a whole run.
+    std::vector<std::size_t> failed;
+    for (std::size_t k = 0; k < errors.size(); ++k)
+        if (errors[k]) failed.push_back(k);
+    if (!failed.empty()) {
+        std::vector<PageIo> again(failed.size());
+        std::vector<std::optional<Errc>> again_errors(failed.size());
+        for (std::size_t f = 0; f < failed.size(); ++f) again[f] = ios[failed[f]];
+        run_page_io(ring, io::IoKind::read, again, 1, again_errors);
+        for (std::size_t f = 0; f < failed.size(); ++f) errors[failed[f]] = again_errors[f];
+    }
+    for (std::size_t k = 0; k < batch.items.size(); ++k) {
+        Batch::Item& item = batch.items[k];
+        if (!errors[k] && page_checksum(item.buf) == item.info.checksum) continue;
         item.live = false;
         if (changed(item)) {
             skip(item.old_slot);  // freed meanwhile: nothing to move
@@ -372,16 +251,15 @@ Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& bat
         }
         // Never move (or keep serving as good) data we cannot vouch for. The slot is
         // quarantined; a read error was counted by the device's IoWatch already.
-        if (!errors_read[k]) dev.note_checksum_error();
+        if (!errors[k]) dev.note_checksum_error();
         dev.quarantine(item.old_slot);
         const std::string where = slot_context(dev.path(), item.old_slot, item.vslot);
-        Error why = errors_read[k] ? Error{make_error_code(*errors_read[k]), "swapoff: reading a used slot failed", where}
-                                   : Error{make_error_code(Errc::checksum_mismatch),
-                                           "swapoff: used slot fails its checksum", where};
+        Error why = errors[k] ? Error{make_error_code(*errors[k]), "swapoff: reading a used slot failed", where}
+                              : Error{make_error_code(Errc::checksum_mismatch), "swapoff: used slot fails its checksum",
+                                      where};
         if (force == Force::no) batch.unreadable.emplace(item.old_slot.value(), std::move(why));
         else item.unreadable = std::move(why);
     }
-    if (batch.items.empty()) return {};
 
     // 3. While the other devices cannot take everything left, bring pages back whose
     //    VM has room now (asked per page: each bring-back uses some of it), so the
@@ -427,11 +305,11 @@ Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& bat
 
     // 5. Write them (allocation order: slots ascend per target device, and the
     //    staging of consecutive live items is contiguous, so runs merge).
-    std::vector<PageIo> ios(placed);
+    ios.resize(placed);
     for (std::size_t j = 0; j < placed; ++j) {
         ios[j] = PageIo{&placements[j].device->block(), placements[j].slot, batch.items[live[j]].buf};
     }
-    std::vector<std::optional<Errc>> errors(placed);
+    errors.assign(placed, std::nullopt);
     run_page_io(ring, io::IoKind::write, ios, config_.max_run_pages, errors);
 
     // 6. Switch each descriptor iff its generation (and place) is unchanged; the old
