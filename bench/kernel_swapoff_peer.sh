@@ -12,7 +12,8 @@
 #      swapoff brings every page back into RAM, its only mode, and charges it to the
 #      cgroup); then `swapoff FILE` is timed: ms and ns per page;
 #   5. memhog re-reads every page and checks it.
-# KERNEL_ZSWAP=1: the same with zswap (lz4) in front of the swap file; zswap's
+# KERNEL_ZSWAP=1: the same with zswap (lz4, or KSWAP_ZSWAP_COMPRESSOR) in front of the
+# swap file ("zswap" in the JSON names the compressor; exit 77 if the kernel lacks it); zswap's
 # parameters are saved first and restored on exit (a page zswap holds keeps its swap
 # slot, so used_pages counts it; swapoff then decompresses instead of reading it).
 # Always cleans up (trap): kills memhog, swapoff, removes the cgroup and the file,
@@ -61,7 +62,7 @@ kswap_on "$file" $((mib + 64))
 zswap=0
 if [[ ${KERNEL_ZSWAP:-0} == 1 ]]; then
   kswap_zswap_on || exit 77
-  zswap=1
+  zswap=$KSWAP_ZSWAP_COMPRESSOR
 fi
 cg_create "$cg" $((limit_mib << 20))
 cg_exec "$cg" "$memhog" "$mib" >"$log" 2>&1 &
@@ -91,7 +92,7 @@ errors=$(sed -n 's/^verified errors=//p' "$log")
 
 python3 - "$dir" "$(kswap_cg_describe)" "$zswap" "$mib" "$limit_mib" "$used_pages" "$ns" "$fill_ms" "$errors" <<'PY'
 import json, sys
-d, cgroup, zswap = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+d, cgroup, zswap = sys.argv[1], sys.argv[2], (sys.argv[3] if sys.argv[3] != "0" else False)
 mib, limit, used, ns, fill_ms, errors = map(int, sys.argv[4:])
 res = {"bench": "kernel_swapoff_peer", "dir": d, "cgroup": cgroup, "zswap": zswap, "size_mib": mib, "cgroup_limit_mib": limit,
        "used_pages": used, "fill_ms": fill_ms, "swapoff_ms": round(ns / 1e6, 1),

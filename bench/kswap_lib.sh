@@ -261,6 +261,17 @@ kswap_zswap_on() {
     return 1
   fi
   echo Y >"$KSWAP_ZSWAP_PARAMS/enabled"
+  # A kernel without the compressor may take the name and then fall back to its
+  # default when zswap first starts ("compressor lz4 not available, using default
+  # lzo"): read it back, so a peer never runs with another compressor than it says.
+  local now
+  now=$(cat "$KSWAP_ZSWAP_PARAMS/compressor")
+  if [[ $now != "$KSWAP_ZSWAP_COMPRESSOR" ]]; then
+    KSWAP_ZSWAP_WHY="zswap fell back to compressor=$now ($KSWAP_ZSWAP_COMPRESSOR not available in this kernel)"
+    echo "$0: $KSWAP_ZSWAP_WHY" >&2
+    kswap_zswap_restore
+    return 1
+  fi
 }
 
 kswap_zswap_restore() {
