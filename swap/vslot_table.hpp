@@ -25,10 +25,10 @@
 //   owner    (u32 + u16)  the 48 bits of an OwnerTag (kOwnerTagBits)
 //
 // The generation is 14 bits and wraps: it still changes on every allocation and
-// every free, and every check that compares a generation also compares the place
-// or the state (switch_pslot, SwapPool::copy_is_current, read_in's re-check), so a
-// wrap is only a false "same page" if the vslot went through 8192 free/allocate
-// cycles between a snapshot and its check *and* came back to the same slot.
+// every free. switch_pslot and SwapPool::copy_is_current also compare the place,
+// a slot on a removing device that no reallocated vslot can land on again, and
+// read_in compares generations only after a checksum failed (to name the error), so
+// a wrap never lets data through (tests: GenerationWraps...).
 #pragma once
 
 #include <array>
