@@ -8,17 +8,11 @@
 #include <spdlog/spdlog.h>
 
 #include "guestmem/errc.hpp"
+#include "guestmem/zero_page.hpp"
 #include "io/ring.hpp"
 
 namespace swapvisor::guestmem {
 namespace {
-
-bool is_zero_page(const std::byte* p) {
-    const auto* w = reinterpret_cast<const std::uint64_t*>(p);
-    std::uint64_t acc = 0;
-    for (std::size_t i = 0; i < kPageSize / 8; ++i) acc |= w[i];
-    return acc == 0;
-}
 
 bool is_exists(const Result<void>& r) { return !r && r.error().code == make_error_code(Errc::page_exists); }
 
