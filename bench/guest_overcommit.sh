@@ -9,20 +9,27 @@
 #   QEMU, limited      : qemu-system-x86_64 -M microvm -accel kvm -cpu host,arch-capabilities=off -m 1G
 #                        -nographic -no-reboot -kernel memtouch.elf -append "mib=768 passes=3"
 #                        -device isa-debug-exit,iobase=0xf4,iosize=0x04
-#                        in cgroup v1 memory cgroup swvbench-qemu limited to 192 MiB +
-#                        QEMU's own overhead, with a 2 GiB kernel swap file in DIR
+#                        in memory cgroup swvbench-qemu limited to 192 MiB + QEMU's
+#                        own overhead, with a 2 GiB kernel swap file in DIR: cgroup v2
+#                        memory.max (memory.high with KSWAP_V2_LIMIT=high;
+#                        memory.swap.max=max) or v1 memory.limit_in_bytes, whichever
+#                        the host mounts (bench/kswap_lib.sh)
+#   QEMU + zswap       : KERNEL_ZSWAP=1 adds the limited QEMU run again with zswap
+#                        (lz4) in front of the swap file, the kernel peer a production
+#                        host would run; zswap's parameters are restored on exit
 #   QEMU, no limit     : the same outside any limit
 #
 # QEMU's overhead is measured, not guessed: QEMU runs memtouch with mib=1 in an
-# unlimited cgroup first, and its peak charge (memory.max_usage_in_bytes: QEMU's
-# own RSS, page tables, the guest's few touched MiB, and page cache it read) is added
-# to the 192 MiB (override with QEMU_OVERHEAD_MIB). So both VMMs get 192 MiB for guest
-# pages. If the cgroup OOM-kills QEMU (the kernel's memcg v1 can fail to reclaim while
+# unlimited cgroup first, and its peak charge (v1 memory.max_usage_in_bytes, v2
+# memory.peak: QEMU's own RSS, page tables, the guest's few touched MiB, and page
+# cache it read) is added to the 192 MiB (override with QEMU_OVERHEAD_MIB). So both VMMs get 192 MiB for guest
+# pages. If the cgroup OOM-kills QEMU (the kernel's memcg can fail to reclaim while
 # KVM faults pages back in), that attempt is reported and retried with 32 MiB more
 # headroom (QEMU_RETRY_MIB, QEMU_ATTEMPTS=3). Reports wall time and the guest's RESULT mib_per_s for each run; a table and
 # one JSON line (prefix "JSON "). Env: MIB (768), PASSES (3), MEMORY (1G),
-# LIMIT_MIB (192), SWAP_SIZE (2G). The QEMU rows need root and cgroup v1 memory; when
-# absent they are reported as skipped. Always cleans up (trap).
+# LIMIT_MIB (192), SWAP_SIZE (2G). The QEMU rows need root and a memory cgroup; when
+# absent they are reported as skipped, with the reason. Needs /dev/kvm for every row.
+# Always cleans up (trap).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -46,7 +53,9 @@ cg=swvbench-qemu
 kswap_file=$work/kernel.swap
 cleanup() {
   cg_destroy "$cg" 2>/dev/null || true
+  kswap_cg_restore 2>/dev/null || true
   kswap_off "$kswap_file" 2>/dev/null || true
+  kswap_zswap_restore 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -127,48 +136,58 @@ if [[ -z $qemu ]]; then
   results+=('{"run":"qemu","skipped":"qemu-system-x86_64 not installed"}')
 else
   run_case qemu_nolimit qemu 0 1 "${qemu_cmd[@]}" -append "mib=$mib passes=$passes"
-  if [[ $(id -u) == 0 && -f $KSWAP_CG_ROOT/memory.limit_in_bytes ]]; then
+  if kswap_cg_usable; then
     if [[ -n ${QEMU_OVERHEAD_MIB:-} ]]; then
       overhead_mib=$QEMU_OVERHEAD_MIB
     else
       cg_create "$cg" -1
       cg_exec "$cg" "${qemu_cmd[@]}" -append "mib=1 passes=1" >"$work/probe.out" 2>&1 </dev/null || true
-      overhead_mib=$(( ($(cat "$KSWAP_CG_ROOT/$cg/memory.max_usage_in_bytes") + (1 << 20) - 1) >> 20 ))
+      overhead_mib=$(( ($(cg_peak_bytes "$cg") + (1 << 20) - 1) >> 20 ))
       cg_destroy "$cg"
     fi
-    echo "QEMU overhead: $overhead_mib MiB (cgroup limit $((limit_mib + overhead_mib)) MiB)" >&2
+    echo "QEMU overhead: $overhead_mib MiB (cgroup limit $((limit_mib + overhead_mib)) MiB, $(kswap_cg_describe))" >&2
     kswap_on "$kswap_file" $(( $(numfmt --from=iec "$swap_size") >> 20 ))
-    # The kernel's memcg may OOM-kill QEMU when the limit is too tight for it to
-    # reclaim while KVM faults pages back in (seen here: 137 at +21 MiB). Each such
-    # attempt is reported; the next one adds QEMU_RETRY_MIB (32) of headroom, up to
-    # QEMU_ATTEMPTS (3) attempts.
-    extra=0
-    for attempt in $(seq "${QEMU_ATTEMPTS:-3}"); do
-      lim=$((limit_mib + overhead_mib + extra))
-      cg_create "$cg" $((lim << 20))
-      run_case "qemu_limited_try$attempt" qemu "$lim" 1 cg_exec "$cg" "${qemu_cmd[@]}" \
-        -append "mib=$mib passes=$passes"
-      stat=$KSWAP_CG_ROOT/$cg/memory.stat
-      last=${results[-1]}
-      results[-1]=$(python3 - "$last" "$overhead_mib" "$extra" "$stat" "$KSWAP_CG_ROOT/$cg/memory.max_usage_in_bytes" <<'PY'
+    # qemu_limited TAG: the limited QEMU run. The kernel's memcg may OOM-kill QEMU when
+    # the limit is too tight for it to reclaim while KVM faults pages back in (seen
+    # here: 137 at +21 MiB). Each such attempt is reported; the next one adds
+    # QEMU_RETRY_MIB (32) of headroom, up to QEMU_ATTEMPTS (3) attempts.
+    qemu_limited() {
+      local tag=$1 extra=0 attempt lim
+      for attempt in $(seq "${QEMU_ATTEMPTS:-3}"); do
+        lim=$((limit_mib + overhead_mib + extra))
+        cg_create "$cg" $((lim << 20))
+        run_case "${tag}_try$attempt" qemu "$lim" 1 cg_exec "$cg" "${qemu_cmd[@]}" \
+          -append "mib=$mib passes=$passes"
+        last=${results[-1]}
+        results[-1]=$(python3 - "$last" "$overhead_mib" "$extra" "$(cg_stat "$cg" pgmajfault)" \
+          "$(cg_peak_bytes "$cg")" "$(cg_oom_kills "$cg")" "$(kswap_cg_describe)" <<'PY'
 import json, sys
 r = json.loads(sys.argv[1])
-st = dict(l.split() for l in open(sys.argv[4]))
 r.update({"qemu_overhead_mib": int(sys.argv[2]), "extra_headroom_mib": int(sys.argv[3]),
-          "pgmajfault": int(st.get("total_pgmajfault", st.get("pgmajfault", 0))),
-          "max_usage_mib": int(open(sys.argv[5]).read()) >> 20})
-if r["exit"] == 137:
+          "pgmajfault": int(sys.argv[4] or 0), "max_usage_mib": int(sys.argv[5] or 0) >> 20,
+          "cgroup": sys.argv[7]})
+if r["exit"] == 137 or int(sys.argv[6] or 0) > 0:
     r["note"] = "OOM-killed by the memory cgroup"
 print(json.dumps(r, separators=(",", ":")))
 PY
 )
-      cg_destroy "$cg"
-      [[ ${results[-1]} == *'"ok":true'* ]] && break
-      extra=$((extra + ${QEMU_RETRY_MIB:-32}))
-    done
+        cg_destroy "$cg"
+        [[ ${results[-1]} == *'"ok":true'* ]] && break
+        extra=$((extra + ${QEMU_RETRY_MIB:-32}))
+      done
+    }
+    qemu_limited qemu_limited
+    if [[ ${KERNEL_ZSWAP:-0} == 1 ]]; then
+      if kswap_zswap_on; then
+        qemu_limited qemu_zswap_limited
+        kswap_zswap_restore
+      else
+        results+=("{\"run\":\"qemu_zswap_limited\",\"skipped\":\"$KSWAP_ZSWAP_WHY\"}")
+      fi
+    fi
     kswap_off "$kswap_file"
   else
-    results+=('{"run":"qemu_limited","skipped":"needs root and cgroup v1 memory"}')
+    results+=("{\"run\":\"qemu_limited\",\"skipped\":\"$KSWAP_CG_WHY\"}")
   fi
 fi
 

@@ -3,15 +3,22 @@
 # SIZE_MIB of swapped-out data on the disk under DIR, the peer of swapoff_bench.
 #
 #   1. a swap file of SIZE_MIB + 64 MiB in DIR (fallocate, mkswap, swapon);
-#   2. a cgroup v1 memory cgroup swvbench limited to CG_LIMIT_MIB (default 64);
+#   2. a memory cgroup swvbench limited to CG_LIMIT_MIB (default 64): cgroup v2
+#      (memory.max, or memory.high with KSWAP_V2_LIMIT=high; memory.swap.max=max) or
+#      v1 (memory.limit_in_bytes), whichever the host mounts (bench/kswap_lib.sh);
 #   3. BUILD/bench/memhog (bench/memhog.c) in it writes SIZE_MIB of non-zero,
 #      page-distinct data: the kernel swaps all but ~CG_LIMIT_MIB of it out;
 #   4. /proc/swaps gives the used pages; the cgroup limit is lifted (the kernel's
 #      swapoff brings every page back into RAM, its only mode, and charges it to the
 #      cgroup); then `swapoff FILE` is timed: ms and ns per page;
 #   5. memhog re-reads every page and checks it.
-# Always cleans up (trap): kills memhog, swapoff, removes the cgroup and the file.
-# Exit 77 when cgroup v1 memory is absent or not root. Prints a table + JSON line.
+# KERNEL_ZSWAP=1: the same with zswap (lz4, or KSWAP_ZSWAP_COMPRESSOR) in front of the
+# swap file ("zswap" in the JSON names the compressor; exit 77 if the kernel lacks it); zswap's
+# parameters are saved first and restored on exit (a page zswap holds keeps its swap
+# slot, so used_pages counts it; swapoff then decompresses instead of reading it).
+# Always cleans up (trap): kills memhog, swapoff, removes the cgroup and the file,
+# restores zswap and the v2 root's subtree_control.
+# Exit 77 when no memory cgroup is usable or not root. Prints a table + JSON line.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -43,13 +50,20 @@ cleanup() {
   [[ -n $hog_pid ]] && kill -KILL "$hog_pid" 2>/dev/null
   [[ -n $hog ]] && kill -KILL "$hog" 2>/dev/null && wait "$hog" 2>/dev/null
   cg_destroy "$cg"
+  kswap_cg_restore
   kswap_off "$file"
+  kswap_zswap_restore
   rm -f "$log"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 kswap_on "$file" $((mib + 64))
+zswap=0
+if [[ ${KERNEL_ZSWAP:-0} == 1 ]]; then
+  kswap_zswap_on || exit 77
+  zswap=$KSWAP_ZSWAP_COMPRESSOR
+fi
 cg_create "$cg" $((limit_mib << 20))
 cg_exec "$cg" "$memhog" "$mib" >"$log" 2>&1 &
 hog=$!
@@ -76,16 +90,17 @@ for _ in $(seq 600); do grep -q '^verified' "$log" && break; sleep 0.1; done
 grep -q '^verified' "$log" || { echo "$0: memhog did not verify" >&2; cat "$log" >&2; exit 1; }
 errors=$(sed -n 's/^verified errors=//p' "$log")
 
-python3 - "$dir" "$mib" "$limit_mib" "$used_pages" "$ns" "$fill_ms" "$errors" <<'PY'
+python3 - "$dir" "$(kswap_cg_describe)" "$zswap" "$mib" "$limit_mib" "$used_pages" "$ns" "$fill_ms" "$errors" <<'PY'
 import json, sys
-d, mib, limit, used, ns, fill_ms, errors = sys.argv[1], *map(int, sys.argv[2:])
-res = {"bench": "kernel_swapoff_peer", "dir": d, "size_mib": mib, "cgroup_limit_mib": limit,
+d, cgroup, zswap = sys.argv[1], sys.argv[2], (sys.argv[3] if sys.argv[3] != "0" else False)
+mib, limit, used, ns, fill_ms, errors = map(int, sys.argv[4:])
+res = {"bench": "kernel_swapoff_peer", "dir": d, "cgroup": cgroup, "zswap": zswap, "size_mib": mib, "cgroup_limit_mib": limit,
        "used_pages": used, "fill_ms": fill_ms, "swapoff_ms": round(ns / 1e6, 1),
        "ns_per_page": round(ns / used), "mib_per_s": round(used * 4096 / 2**20 / (ns / 1e9), 1),
        "verify_errors": errors}
 print(f"{'metric':24} {'value':>12}")
 for k, v in res.items():
-    if k not in ("bench", "dir"):
+    if k not in ("bench", "dir", "cgroup"):
         print(f"{k:24} {v:>12}")
 print("JSON " + json.dumps(res, separators=(",", ":")))
 PY

@@ -30,6 +30,7 @@
 #include "bench/bench_util.hpp"
 #include "guestmem/addr.hpp"
 #include "guestmem/stage2.hpp"
+#include "guestmem/zero_page.hpp"
 #include "io/block_device.hpp"
 #include "io/ring.hpp"
 #include "io/unique_fd.hpp"
@@ -199,7 +200,7 @@ void BM_VSlotAllocFree(benchmark::State& state) {
     auto table = busy_vslot_table();
     std::vector<swap::OwnerTag> owners(n);
     std::vector<swap::VSlot> out(n);
-    for (std::size_t i = 0; i < n; ++i) owners[i] = (std::uint64_t{1} << 48) | i;
+    for (std::size_t i = 0; i < n; ++i) owners[i] = (std::uint64_t{1} << 32) | i;  // VM 1, page i (guestmem::pack_owner)
     for (auto _ : state) {
         if (table->allocate(owners, out) != n) return state.SkipWithError("allocate: 32-bit space exhausted");
         for (swap::VSlot v : out) {
@@ -221,7 +222,7 @@ void BM_VSlotLifecycle(benchmark::State& state) {
     auto table = busy_vslot_table();
     std::vector<swap::OwnerTag> owners(n);
     std::vector<swap::VSlot> out(n);
-    for (std::size_t i = 0; i < n; ++i) owners[i] = (std::uint64_t{1} << 48) | i;
+    for (std::size_t i = 0; i < n; ++i) owners[i] = (std::uint64_t{1} << 32) | i;  // VM 1, page i (guestmem::pack_owner)
     for (auto _ : state) {
         if (table->allocate(owners, out) != n) return state.SkipWithError("allocate: 32-bit space exhausted");
         for (std::size_t i = 0; i < n; ++i)
@@ -245,7 +246,7 @@ void BM_VSlotLifecycle(benchmark::State& state) {
 
 // ---- page_checksum ---------------------------------------------------------------
 
-// swap::page_checksum (xxh3-64) of one 4 KiB page. Arg 1: the same page every time
+// swap::page_checksum (xxh3-64, low 32 bits kept) of one 4 KiB page. Arg 1: the same page every time
 // (in L1: the hash alone). Arg 65536: a random page of a 256 MiB buffer each time
 // (from DRAM, as a page the reclaimer has not touched lately; random so that the
 // prefetcher cannot stream the next page in ahead of the hash).
@@ -259,6 +260,38 @@ void BM_PageChecksum(benchmark::State& state) {
     const std::uint64_t mask = pages - 1;  // a power of two
     for (auto _ : state) {
         std::uint64_t sum = swap::page_checksum(buf->data() + (rng.next() & mask) * kPage);
+        benchmark::DoNotOptimize(sum);
+    }
+    state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(kPage));
+}
+
+// ---- zero check + checksum ------------------------------------------------------
+
+// The whole-page OR that guestmem's zero check was before issue #18 item 2: the peer
+// of guestmem::is_zero_page (stops at the first non-zero 64-byte block).
+bool zero_whole_page(const std::byte* page) {
+    const auto* w = reinterpret_cast<const std::uint64_t*>(page);
+    std::uint64_t acc = 0;
+    for (std::size_t i = 0; i < kPage / 8; ++i) acc |= w[i];
+    return acc == 0;
+}
+
+// What the reclaimer spends on the content of a cold page it evicts: the zero check,
+// then (non-zero) write_out's page_checksum. A random page of a 256 MiB buffer of
+// random data each time (from DRAM). Arg early_exit 1: guestmem::is_zero_page;
+// 0: the whole-page OR it replaced.
+void BM_ZeroCheckThenChecksum(benchmark::State& state) {
+    const bool early_exit = state.range(0) != 0;
+    constexpr std::uint64_t kPages = 65536;
+    auto buf = io::Mapping::anonymous(kPages * kPage);
+    if (!buf) return state.SkipWithError(why(buf.error()).c_str());
+    Rng rng{7};
+    auto* w = reinterpret_cast<std::uint64_t*>(buf->data());
+    for (std::uint64_t i = 0; i < kPages * kPage / 8; ++i) w[i] = rng.next();
+    for (auto _ : state) {
+        const std::byte* page = buf->data() + (rng.next() & (kPages - 1)) * kPage;
+        const bool zero = early_exit ? guestmem::is_zero_page(page) : zero_whole_page(page);
+        std::uint32_t sum = zero ? 0 : swap::page_checksum(page);
         benchmark::DoNotOptimize(sum);
     }
     state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(kPage));
@@ -460,6 +493,7 @@ void register_all() {
         ->Arg(64)
         ->Arg(512);
     benchmark::RegisterBenchmark("BM_PageChecksum", BM_PageChecksum)->ArgName("pages")->Arg(1)->Arg(65536);
+    benchmark::RegisterBenchmark("BM_ZeroCheckThenChecksum", BM_ZeroCheckThenChecksum)->ArgName("early_exit")->Arg(0)->Arg(1);
     benchmark::RegisterBenchmark("BM_RingZeroRead4k", BM_RingZeroRead4k)->ArgName("batch")->Arg(1)->Arg(32)->UseRealTime();
     benchmark::RegisterBenchmark("BM_RingRead4k", BM_RingRead4k)->ArgName("batch")->Arg(1)->Arg(32)->UseRealTime();
 }

@@ -8,27 +8,11 @@
 #include <spdlog/spdlog.h>
 
 #include "guestmem/errc.hpp"
+#include "guestmem/zero_page.hpp"
 #include "io/ring.hpp"
 
 namespace swapvisor::guestmem {
 namespace {
-
-// Whether a page holds only zero bytes, read one 64-byte line at a time and left at
-// the first line that is not zero. A page that is about to be written out is almost
-// never zero and its first line tells: one cache line read instead of 64 (the full
-// scan was 80 % of the reclaimer's CPU in `perf` of swap_bench A3, its loads missing
-// cache on every line; docs/PERFORMANCE.md#cpu-per-page). Each line's OR of eight
-// words compiles to vector ORs.
-bool is_zero_page(const std::byte* p) {
-    constexpr std::size_t kWordsPerLine = 64 / sizeof(std::uint64_t);
-    const auto* w = reinterpret_cast<const std::uint64_t*>(p);
-    for (std::size_t line = 0; line < kPageSize / 64; ++line, w += kWordsPerLine) {
-        std::uint64_t acc = 0;
-        for (std::size_t i = 0; i < kWordsPerLine; ++i) acc |= w[i];
-        if (acc != 0) return false;
-    }
-    return true;
-}
 
 bool is_exists(const Result<void>& r) { return !r && r.error().code == make_error_code(Errc::page_exists); }
 

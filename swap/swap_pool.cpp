@@ -25,7 +25,7 @@ unsigned alloc_context() {
 
 }  // namespace
 
-std::uint64_t page_checksum(const std::byte* page) { return XXH3_64bits(page, kSlotSize); }
+std::uint32_t page_checksum(const std::byte* page) { return static_cast<std::uint32_t>(XXH3_64bits(page, kSlotSize)); }
 
 std::string canonical_swap_path(const std::filesystem::path& path) {
     // An NBD URI is named by its normalised form (it is not a file system path).

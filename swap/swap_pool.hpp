@@ -38,8 +38,10 @@
 
 namespace swapvisor::swap {
 
-// xxh3-64 of one 4 KiB page: the checksum a VSlot descriptor keeps.
-std::uint64_t page_checksum(const std::byte* page);
+// The checksum a VSlot descriptor keeps of one 4 KiB page: the low 32 bits of its
+// xxh3-64 (32 bits, like the crc32c of dm-integrity or btrfs: the descriptor's
+// 18 bytes, swap/README.md#vslots).
+std::uint32_t page_checksum(const std::byte* page);
 // The name a device is stored and shown under: the absolute, weakly canonical path
 // (relative paths are taken against the current directory first, symlinks of the
 // existing part resolved), so "a/../swap.img", "./swap.img" and "/abs/swap.img" are

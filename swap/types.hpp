@@ -25,8 +25,12 @@ struct PSlot {
 using VSlot = StrongInt<struct VSlotTag, std::uint32_t>;
 inline constexpr VSlot kNoVSlot{0};
 
-// Opaque to swap: guestmem packs (vm id, gfn); swapoff hands it back upward.
+// Opaque to swap: guestmem packs (vm id, gfn); swapoff hands it back upward. Only
+// the low kOwnerTagBits may be set: the VSlot descriptor keeps 48 bits of it
+// (swap/README.md#vslots).
 using OwnerTag = std::uint64_t;
+inline constexpr unsigned kOwnerTagBits = 48;
+inline constexpr OwnerTag kMaxOwnerTag = (OwnerTag{1} << kOwnerTagBits) - 1;
 
 inline constexpr std::uint64_t kSlotSize = 4096;
 // Slots per cluster: 512 x 4 KiB = 2 MiB, so a 2 MiB page fits one cluster.

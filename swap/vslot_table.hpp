@@ -12,6 +12,23 @@
 //  - A descriptor's fields are read and written only under its stripe lock; a
 //    reader copies a snapshot (VSlotInfo) and lets go.
 //  - A vslot is on the free list iff its state is `free`.
+//
+// Packing (swap/README.md#vslots has the byte table): 18 bytes per vslot, kept as
+// parallel arrays in each chunk so nothing is padded:
+//
+//   place (u64)
+//    63          48 47            34 33  32 31                            0
+//   +--------------+----------------+------+-------------------------------+
+//   | device (16)  | generation (14)|state |           slot (32)           |
+//   +--------------+----------------+------+-------------------------------+
+//   checksum (u32)  low 32 bits of xxh3-64 (page_checksum)
+//   owner    (u32 + u16)  the 48 bits of an OwnerTag (kOwnerTagBits)
+//
+// The generation is 14 bits and wraps: it still changes on every allocation and
+// every free. switch_pslot and SwapPool::copy_is_current also compare the place,
+// a slot on a removing device that no reallocated vslot can land on again, and
+// read_in compares generations only after a checksum failed (to name the error), so
+// a wrap never lets data through (tests: GenerationWraps...).
 #pragma once
 
 #include <array>
@@ -35,7 +52,7 @@ enum class VSlotState : std::uint8_t {
 
 struct VSlotInfo {
     PSlot pslot{};
-    std::uint64_t checksum = 0;
+    std::uint32_t checksum = 0;
     std::uint32_t generation = 0;
     OwnerTag owner = 0;
     VSlotState state = VSlotState::free;
@@ -48,11 +65,16 @@ public:
     VSlotTable(const VSlotTable&) = delete;
     VSlotTable& operator=(const VSlotTable&) = delete;
 
+    // Generations count modulo 2^kGenerationBits.
+    static constexpr unsigned kGenerationBits = 14;
+    static constexpr std::uint32_t kGenerationMask = (1u << kGenerationBits) - 1;
+
     // Allocate one vslot per owner, in state `writing`; returns how many were
     // allocated (fewer only when the 32-bit space is exhausted), written to out[0..k).
+    // Every owner must fit kOwnerTagBits (asserted).
     std::size_t allocate(std::span<const OwnerTag> owners, std::span<VSlot> out);
     // Record where a `writing` vslot's data goes and its checksum.
-    void set_target(VSlot v, PSlot pslot, std::uint64_t checksum);
+    void set_target(VSlot v, PSlot pslot, std::uint32_t checksum);
     // `writing` -> `valid`: the data is on the device.
     void publish(VSlot v);
     // `writing` or `valid` -> `free` (generation bumped); returns the snapshot it had,
@@ -73,25 +95,41 @@ public:
     static constexpr std::size_t bytes_per_vslot();
 
 private:
-    struct Descriptor {
-        OwnerTag owner = 0;
-        std::uint64_t checksum = 0;
-        std::uint32_t slot = 0;
-        std::uint32_t generation = 0;
-        std::uint16_t device = 0;
-        VSlotState state = VSlotState::free;
-    };
     static constexpr unsigned kChunkShift = 16;
-    static constexpr std::uint32_t kChunkSize = 1u << kChunkShift;  // 2 MiB of descriptors
+    static constexpr std::uint32_t kChunkSize = 1u << kChunkShift;
     static constexpr std::uint32_t kMaxChunks = 1u << (32 - kChunkShift);
     static constexpr std::size_t kStripes = 1024;
 
-    Descriptor* find(VSlot v) const;  // nullptr if beyond the grown part
+    // The place word (diagram above).
+    static constexpr unsigned kPlaceStateShift = 32;
+    static constexpr unsigned kPlaceGenShift = 34;
+    static constexpr unsigned kPlaceDeviceShift = 48;
+
+    // One chunk of descriptors as parallel arrays (18 bytes per vslot, no padding).
+    struct Chunk {
+        std::uint64_t place[kChunkSize];
+        std::uint32_t checksum[kChunkSize];
+        std::uint32_t owner_low[kChunkSize];
+        std::uint16_t owner_high[kChunkSize];
+    };
+    // A descriptor: its chunk and index there (valid while the table lives).
+    struct Descriptor {
+        Chunk* chunk;
+        std::uint32_t i;
+        std::uint64_t& place() const { return chunk->place[i]; }
+    };
+    static std::uint64_t pack_place(PSlot pslot, std::uint32_t generation, VSlotState state);
+    static PSlot place_pslot(std::uint64_t place);
+    static std::uint32_t place_generation(std::uint64_t place);
+    static VSlotState place_state(std::uint64_t place);
+    static VSlotInfo unpack(const Descriptor& d);
+
+    std::optional<Descriptor> find(VSlot v) const;  // nullopt if beyond the grown part
     std::mutex& stripe(VSlot v) const { return stripes_[v.value() % kStripes]; }
 
     // Chunk pointers: written once (release) under alloc_mutex_, read lock-free
     // (acquire, pairs with the release store in allocate()).
-    std::unique_ptr<std::atomic<Descriptor*>[]> chunks_;
+    std::unique_ptr<std::atomic<Chunk*>[]> chunks_;
 
     // Protects: the fields of descriptors whose vslot % kStripes is the index;
     // Order: leaf (nothing else is taken while one is held).
@@ -105,6 +143,6 @@ private:
     std::atomic<std::uint64_t> allocated_{0};
 };
 
-constexpr std::size_t VSlotTable::bytes_per_vslot() { return sizeof(Descriptor); }
+constexpr std::size_t VSlotTable::bytes_per_vslot() { return sizeof(Chunk) / kChunkSize; }
 
 }  // namespace swapvisor::swap
