@@ -33,6 +33,7 @@ public:
                 return "refusing to erase it (swap/README.md#erase); if that data may go, force it: 'swapvisor "
                        "mkswap --force PATH', '--swap PATH,format=force' or 'swapvisor ctl swapon --format --force "
                        "PATH'";
+            case Errc::rejected: return "the memory tier refused the page (it does not compress, or the tier is full)";
         }
         return "unknown swap error";
     }

@@ -117,6 +117,20 @@ struct DeviceStats {
     std::uint64_t written_bytes = 0;   // moved by successful writes (swap-out, swapoff moves)
     std::uint64_t free_slots = 0;      // slots still to hand out (a quarantined slot in use is used, once)
     std::uint64_t read_retries = 0;    // reads the device issued again after a lost connection (NBD)
+    // A compressed memory tier (swap/README.md#tiers); the rest is 0 for other devices.
+    std::string kind = "disk";         // "disk" (file, block device, NBD) or "memory"
+    std::string codec;                 // lz4 / zstd
+    std::uint64_t stored_pages = 0;    // objects held
+    std::uint64_t compressed_bytes = 0;  // their compressed size
+    std::uint64_t arena_bytes = 0;     // host memory held for them (counted in the host budget)
+    std::uint64_t capacity_bytes = 0;  // mem:SIZE
+    std::uint64_t rejected_pages = 0;  // refused: did not compress below max=, or no room
+    std::uint64_t demoted_pages = 0;   // moved to the next tier by demotion
+    std::uint64_t swapins_served = 0;  // swap-ins (and readahead) read from the tier
+    // stored pages * 4 KiB / compressed bytes (0 when empty).
+    double ratio() const { return compressed_bytes == 0 ? 0.0 : double(stored_pages) * kSlotSize / double(compressed_bytes); }
+    // Share of the arena not holding compressed bytes (size classes, half-empty blocks).
+    double fragmentation() const { return arena_bytes == 0 ? 0.0 : 1.0 - double(compressed_bytes) / double(arena_bytes); }
 };
 
 struct SwapoffProgress {
@@ -198,6 +212,19 @@ public:
     // is not allocated is a broken invariant (abort).
     void free(VSlot vslot);
 
+    // Demotion (swap/README.md#tiers): every memory tier above its high watermark
+    // moves its coldest (longest stored) pages to the devices below it — never to a
+    // memory tier — by swapoff's slot migration (VSlot re-pointed with a
+    // compare-and-swap on its generation), down to its low watermark or until
+    // nothing below has room. write_out calls it after each batch. Returns pages moved.
+    std::uint64_t demote(io::Ring& ring);
+    // Demote `pages` of one memory tier (0: down to its low watermark), whatever its
+    // watermarks say; 0 if another demotion of it runs. Errc::no_such_device if id is
+    // not a memory tier in the pool.
+    Result<std::uint64_t> demote_device(io::Ring& ring, DeviceId id, std::uint64_t pages);
+    // Host memory the memory tiers hold now (their arenas): counted in the host budget.
+    std::uint64_t memory_tier_bytes() const;
+
     std::vector<DeviceStats> stats() const;
     std::uint64_t allocated_vslots() const { return table_.allocated(); }
     std::optional<OwnerTag> owner_of(VSlot vslot) const;
@@ -232,6 +259,12 @@ private:
         Reservation& operator=(Reservation&&) = delete;
     };
     struct Batch;  // swapoff working set (swapoff.cpp)
+    // What a migration batch is for: swapoff (empty the device; pages with no room
+    // elsewhere come back to guest memory) or demotion (move what fits below, leave
+    // the rest).
+    enum class Move : bool { swapoff, demote };
+    std::vector<const SwapDevice*> memory_tiers_locked() const;
+    void note_swapin(PSlot pslot);
 
     Result<DeviceId> add_device(std::unique_ptr<io::BlockDevice> device, int priority, std::string key);
     SwapDevice* find_locked(const std::string& key) const;
@@ -255,7 +288,7 @@ private:
     // slot_context() of vslot's current place, or "vslot V" once it has none.
     std::string describe(VSlot vslot) const;
     Result<void> swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& batch, std::span<const UsedSlot> candidates,
-                               SwapoffReport& report, Force force);
+                               SwapoffReport& report, Force force, Move move = Move::swapoff);
     // Free slots on the active devices other than `dev`.
     std::uint64_t free_elsewhere(const SwapDevice* dev) const;
 

@@ -46,6 +46,7 @@ enum class Errc {
     size_mismatch,       // size= disagrees with the size of an existing device
     unreadable_slots,    // swapoff without force: some used slots cannot be read
     holds_data,          // format / mkswap of a device holding recognisable data, not forced
+    rejected,            // a memory tier refused the page (does not compress, tier full): try the next device
 };
 const std::error_category& swap_category();
 inline std::error_code make_error_code(Errc e) { return {static_cast<int>(e), swap_category()}; }
