@@ -17,6 +17,8 @@ namespace swapvisor::guestmem {
 using VmId = std::uint16_t;
 
 inline constexpr unsigned kOwnerVmShift = 48;
+// swap reads the VM as the owner's group (a memory tier's per-VM share).
+static_assert(kOwnerVmShift == swap::kOwnerGroupShift);
 inline constexpr std::uint64_t kOwnerIndexMask = (std::uint64_t{1} << kOwnerVmShift) - 1;
 
 constexpr swap::OwnerTag pack_owner(VmId vm, std::uint64_t page_index) {

@@ -128,12 +128,12 @@ Result<MemoryTierSpec> parse_memory_tier(std::string_view text) {
             auto max = parse_bytes(value);
             if (!max || *max < 64 || *max > kSlotSize) return bad("max must lie in 64..4096 bytes");
             spec.max_stored = static_cast<std::uint32_t>(*max);
-        } else if (key == "high" || key == "low") {
+        } else if (key == "high" || key == "low" || key == "share") {
             auto pct = parse_u32(value);
             if (!pct || *pct == 0 || *pct > 100) return bad(std::string(key) + " must be a percentage in 1..100");
-            (key == "high" ? spec.high_pct : spec.low_pct) = *pct;
+            (key == "high" ? spec.high_pct : key == "low" ? spec.low_pct : spec.share_pct) = *pct;
         } else {
-            return bad("unknown option '" + std::string(key) + "' (accepted: codec=lz4|zstd, max=BYTES, high=PCT, low=PCT)");
+            return bad("unknown option '" + std::string(key) + "' (accepted: codec=lz4|zstd, max=BYTES, high=PCT, low=PCT, share=PCT)");
         }
     }
     if (spec.low_pct >= spec.high_pct) return bad("low must be below high");
@@ -233,16 +233,51 @@ std::byte* SizeClassArena::address(std::uint32_t handle) const {
 
 // --- MemoryStore ---------------------------------------------------------------
 
-Result<std::unique_ptr<MemoryStore>> MemoryStore::create(const MemoryTierSpec& spec) {
+Result<std::unique_ptr<MemoryStore>> MemoryStore::create(const MemoryTierSpec& spec,
+                                                        std::atomic<std::uint64_t>* account) {
     auto arena = SWV_TRY(SizeClassArena::create(spec.size_bytes));
     const std::uint64_t slots =
         std::max<std::uint64_t>(kClusterSlots, spec.size_bytes / kSlotSize * 4 / kClusterSlots * kClusterSlots);
     if (slots > UINT32_MAX - 1) return errno_error("memory tier: more than 2^32 slots", EFBIG);
-    return std::unique_ptr<MemoryStore>(new MemoryStore(spec, std::move(arena), slots));
+    return std::unique_ptr<MemoryStore>(new MemoryStore(spec, std::move(arena), slots, account));
 }
 
-MemoryStore::MemoryStore(MemoryTierSpec spec, SizeClassArena arena, std::uint64_t slots)
-    : spec_(spec), name_(spec.name()), slots_(slots), arena_(std::move(arena)), objects_(slots) {}
+MemoryStore::MemoryStore(MemoryTierSpec spec, SizeClassArena arena, std::uint64_t slots,
+                         std::atomic<std::uint64_t>* account)
+    : spec_(spec),
+      name_(spec.name()),
+      slots_(slots),
+      arena_(std::move(arena)),
+      objects_(slots),
+      group_(spec.share_pct < 100 ? slots : 0),
+      group_pages_(spec.share_pct < 100 ? std::size_t{1} << 16 : 0),
+      account_(account) {}
+
+void MemoryStore::assign(SlotIdx slot, std::uint16_t group) {
+    if (group_.empty()) return;
+    std::lock_guard lock(mutex_);
+    SWV_ASSERT(slot.value() < slots_ && objects_[slot.value()].handle == kEmpty, "memory tier: assign of a used slot");
+    group_[slot.value()] = group;
+}
+
+bool MemoryStore::at_share(std::uint16_t group) const {
+    if (group_pages_.empty()) return false;
+    std::lock_guard lock(mutex_);
+    return std::uint64_t{group_pages_[group]} * 100 >= slots_ * spec_.share_pct;
+}
+
+std::uint64_t MemoryStore::group_pages(std::uint16_t group) const {
+    if (group_pages_.empty()) return 0;
+    std::lock_guard lock(mutex_);
+    return group_pages_[group];
+}
+
+void MemoryStore::account_locked() {
+    const std::uint64_t now = arena_.bytes_in_use();
+    const std::uint64_t before = host_bytes_.exchange(now, std::memory_order_relaxed);
+    // Unsigned wrap-around makes this a subtraction when the arena shrank.
+    if (account_ != nullptr && now != before) account_->fetch_add(now - before, std::memory_order_relaxed);
+}
 
 Result<void> MemoryStore::submit(io::Ring&, std::span<io::BlockIo> ios) {
     SWV_TRY(io::check_block_io(*this, ios));
@@ -296,7 +331,8 @@ int MemoryStore::store(std::uint64_t slot, const std::byte* page) {
     newest_ = static_cast<std::uint32_t>(slot);
     stored_++;
     compressed_bytes_ += bytes;
-    host_bytes_.store(arena_.bytes_in_use(), std::memory_order_relaxed);
+    if (!group_pages_.empty()) group_pages_[group_[slot]]++;
+    account_locked();
     return 0;
 }
 
@@ -334,8 +370,9 @@ void MemoryStore::drop_locked(std::uint64_t slot) {
     else newest_ = o.older;
     stored_--;
     compressed_bytes_ -= o.bytes;
+    if (!group_pages_.empty()) group_pages_[group_[slot]]--;
     o = Object{};
-    host_bytes_.store(arena_.bytes_in_use(), std::memory_order_relaxed);
+    account_locked();
 }
 
 void MemoryStore::release(io::DevOffset offset, std::uint64_t len) {

@@ -57,18 +57,21 @@ std::size_t compress_page(Codec codec, const std::byte* page, std::span<std::byt
 // Decompress src into a 4 KiB page; false if src is not a valid object of a whole page.
 bool decompress_page(Codec codec, std::span<const std::byte> src, std::byte* page);
 
-// `mem:SIZE[,codec=lz4|zstd][,max=BYTES][,high=PCT][,low=PCT]`, as swapon takes it
+// `mem:SIZE[,codec=lz4|zstd][,max=BYTES][,high=PCT][,low=PCT][,share=PCT]`, as swapon takes it
 // (--swap and the control socket's swapon path). SIZE (K/M/G suffixes, at least
 // 1 MiB) is the host memory the tier may use for compressed objects; max the
 // largest object kept (default 3072: a page must compress to 3/4 or better);
 // high / low the watermarks, in percent of SIZE (and of the tier's slots), between
-// which demotion moves the coldest pages to the next tier.
+// which demotion moves the coldest pages to the next tier; share the most of the
+// tier's slots one owner group (guestmem: one VM, types.hpp owner_group) may hold
+// before its pages go to the next device (100: no cap).
 struct MemoryTierSpec {
     std::uint64_t size_bytes = 0;
     Codec codec = Codec::lz4;
     std::uint32_t max_stored = 3072;
     std::uint32_t high_pct = 90;
     std::uint32_t low_pct = 75;
+    std::uint32_t share_pct = 100;
     // The pool's name of the tier: "mem:" and the size ("mem:256M"); two tiers of one
     // size are one name (swapon refuses the second: Errc::exists).
     std::string name() const;
@@ -133,7 +136,11 @@ class MemoryStore final : public io::BlockDevice {
 public:
     // Slots: four per 4 KiB of SIZE (objects of 1 KiB on average; a tier out of slots
     // is full like a disk), at least one cluster.
-    static Result<std::unique_ptr<MemoryStore>> create(const MemoryTierSpec& spec);
+    // `account` (may be null) is kept up to date with the arena bytes this store holds,
+    // added to whatever else it counts (the pool's total over its tiers); it must
+    // outlive the store.
+    static Result<std::unique_ptr<MemoryStore>> create(const MemoryTierSpec& spec,
+                                                       std::atomic<std::uint64_t>* account = nullptr);
 
     const std::string& path() const override { return name_; }
     std::uint64_t size_bytes() const override { return (slots_ + 1) * kSlotSize; }
@@ -153,6 +160,11 @@ public:
     // `skip` oldest (demotion passes over slots it could not move).
     std::vector<SlotIdx> oldest(std::size_t skip, std::size_t max) const;
     std::uint64_t host_bytes() const { return host_bytes_.load(std::memory_order_relaxed); }
+    // Per-group share: the group whose page is about to be written to `slot` (an
+    // allocated slot, before its write), and whether a group holds its share already.
+    void assign(SlotIdx slot, std::uint16_t group);
+    bool at_share(std::uint16_t group) const;
+    std::uint64_t group_pages(std::uint16_t group) const;
     // Held by the pool while it demotes this tier (one demotion at a time).
     std::mutex& demotion_mutex() { return demotion_mutex_; }
     // Relaxed counters: statistics only.
@@ -167,7 +179,8 @@ private:
         std::uint16_t bytes = 0;
         std::uint32_t older = kNone, newer = kNone;  // age list
     };
-    MemoryStore(MemoryTierSpec spec, SizeClassArena arena, std::uint64_t slots);
+    MemoryStore(MemoryTierSpec spec, SizeClassArena arena, std::uint64_t slots, std::atomic<std::uint64_t>* account);
+    void account_locked();  // host_bytes_ and account_ follow the arena
     int store(std::uint64_t slot, const std::byte* page);
     int load(std::uint64_t slot, std::byte* page);
     void drop_locked(std::uint64_t slot);
@@ -181,6 +194,8 @@ private:
     mutable std::mutex mutex_;
     SizeClassArena arena_;
     std::vector<Object> objects_;
+    std::vector<std::uint16_t> group_;        // per slot: its page's owner group
+    std::vector<std::uint32_t> group_pages_;  // per group: objects stored (share= only)
     std::uint32_t oldest_ = kNone, newest_ = kNone;
     std::uint64_t stored_ = 0;
     std::uint64_t compressed_bytes_ = 0;
@@ -188,6 +203,7 @@ private:
     std::uint64_t full_rejects_ = 0;
     // Relaxed: a figure the host budget reads; mirrors arena_.bytes_in_use().
     std::atomic<std::uint64_t> host_bytes_{0};
+    std::atomic<std::uint64_t>* const account_;  // relaxed, like host_bytes_
     std::atomic<std::uint64_t> demoted_{0};
     std::atomic<std::uint64_t> swapins_{0};
     // Protects: nothing but the right to demote this tier; Order: taken before any

@@ -103,7 +103,7 @@ Result<DeviceId> SwapPool::swapon(const std::filesystem::path& path, int priorit
             std::shared_lock lock(devices_mutex_);
             if (auto r = refuse_duplicate_locked(key, std::nullopt); !r) return std::unexpected(r.error());
         }
-        auto store = MemoryStore::create(*spec);
+        auto store = MemoryStore::create(*spec, &memory_tier_bytes_);
         if (!store) return fail(store.error());
         return add_device(std::move(*store), priority, key);
     }
@@ -329,7 +329,19 @@ Result<void> SwapPool::write_out(io::Ring& ring, std::span<PageOut> pages) {
         for (std::size_t i : todo) round_vslots.push_back(vslots[i]);
         placements.assign(todo.size(), Placement{});
         std::vector<Reservation> reservations;  // end their pending writes at the end of the round
-        const std::size_t placed = allocate_pslots(round_vslots, placements, reservations, failed_devices);
+        // A memory tier where an owner group of this round holds its share already
+        // is passed over this round (a batch comes from one VM: all or none of it).
+        std::vector<const SwapDevice*> excluded = failed_devices;
+        {
+            std::vector<std::uint16_t> groups;
+            for (std::size_t i : todo) {
+                const std::uint16_t g = owner_group(pages[i].owner);
+                if (std::find(groups.begin(), groups.end(), g) == groups.end()) groups.push_back(g);
+            }
+            const std::vector<const SwapDevice*> full = tiers_at_share(groups);
+            excluded.insert(excluded.end(), full.begin(), full.end());
+        }
+        const std::size_t placed = allocate_pslots(round_vslots, placements, reservations, excluded);
         for (std::size_t k = placed; k < todo.size(); ++k) {
             const std::size_t i = todo[k];
             // No device (left) with room: an earlier failure says more than "no space".
@@ -345,6 +357,8 @@ Result<void> SwapPool::write_out(io::Ring& ring, std::span<PageOut> pages) {
             const std::size_t i = todo[k];
             table_.set_target(vslots[i], PSlot{placements[k].device->id(), placements[k].slot},
                               page_checksum(pages[i].data));
+            if (MemoryStore* tier = placements[k].device->memory())
+                tier->assign(placements[k].slot, owner_group(pages[i].owner));
             // The device only reads this buffer (IoKind::write).
             ios[k] = PageIo{&placements[k].device->block(), placements[k].slot, const_cast<std::byte*>(pages[i].data)};
         }
@@ -387,19 +401,26 @@ Result<void> SwapPool::write_out(io::Ring& ring, std::span<PageOut> pages) {
     return {};
 }
 
+std::vector<const SwapDevice*> SwapPool::tiers_at_share(std::span<const std::uint16_t> groups) const {
+    std::shared_lock lock(devices_mutex_);  // the stores stay alive while we ask them
+    std::vector<const SwapDevice*> out;
+    for (const SwapDevice* d : by_priority_) {
+        if (d->memory() == nullptr) continue;
+        for (std::uint16_t g : groups) {
+            if (d->memory()->at_share(g)) {
+                out.push_back(d);
+                break;
+            }
+        }
+    }
+    return out;
+}
+
 std::vector<const SwapDevice*> SwapPool::memory_tiers_locked() const {
     std::vector<const SwapDevice*> tiers;
     for (const SwapDevice* d : by_priority_)
         if (d->memory() != nullptr) tiers.push_back(d);
     return tiers;
-}
-
-std::uint64_t SwapPool::memory_tier_bytes() const {
-    std::shared_lock lock(devices_mutex_);
-    std::uint64_t bytes = 0;
-    for (const SwapDevice* d : by_priority_)
-        if (d->memory() != nullptr) bytes += d->memory()->host_bytes();
-    return bytes;
 }
 
 std::uint64_t SwapPool::demote(io::Ring& ring) {

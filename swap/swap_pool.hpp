@@ -223,7 +223,8 @@ public:
     // not a memory tier in the pool.
     Result<std::uint64_t> demote_device(io::Ring& ring, DeviceId id, std::uint64_t pages);
     // Host memory the memory tiers hold now (their arenas): counted in the host budget.
-    std::uint64_t memory_tier_bytes() const;
+    // Lock-free (the host budget asks on fault paths).
+    std::uint64_t memory_tier_bytes() const { return memory_tier_bytes_.load(std::memory_order_relaxed); }
 
     std::vector<DeviceStats> stats() const;
     std::uint64_t allocated_vslots() const { return table_.allocated(); }
@@ -264,6 +265,9 @@ private:
     // the rest).
     enum class Move : bool { swapoff, demote };
     std::vector<const SwapDevice*> memory_tiers_locked() const;
+    // The memory tiers where one of `groups` holds its share= already (for
+    // allocate_pslots' excluded list: the pointers are only compared).
+    std::vector<const SwapDevice*> tiers_at_share(std::span<const std::uint16_t> groups) const;
     void note_swapin(PSlot pslot);
 
     Result<DeviceId> add_device(std::unique_ptr<io::BlockDevice> device, int priority, std::string key);
@@ -296,6 +300,9 @@ private:
     VSlotTable table_;
     std::atomic<EvictionSink*> sink_{nullptr};
     std::atomic<std::uint64_t> rotor_{0};  // round-robin among equal priorities
+    // Arena bytes of every memory tier: kept by the stores (relaxed; a budget figure),
+    // declared before devices_ so it outlives them.
+    std::atomic<std::uint64_t> memory_tier_bytes_{0};
 
     // Protects: devices_, by_priority_; Order: before SwapDevice::mutex_; never held
     // with a VSlotTable lock or across I/O or an EvictionSink call.

@@ -25,8 +25,12 @@ struct PSlot {
 using VSlot = StrongInt<struct VSlotTag, std::uint32_t>;
 inline constexpr VSlot kNoVSlot{0};
 
-// Opaque to swap: guestmem packs (vm id, gfn); swapoff hands it back upward.
+// Opaque to swap: guestmem packs (vm id, gfn); swapoff hands it back upward. Swap
+// reads only its top 16 bits, the owner's group (guestmem: the VM), for a memory
+// tier's per-group share (memory_tier.hpp, share=).
 using OwnerTag = std::uint64_t;
+inline constexpr unsigned kOwnerGroupShift = 48;
+constexpr std::uint16_t owner_group(OwnerTag owner) { return static_cast<std::uint16_t>(owner >> kOwnerGroupShift); }
 
 inline constexpr std::uint64_t kSlotSize = 4096;
 // Slots per cluster: 512 x 4 KiB = 2 MiB, so a 2 MiB page fits one cluster.

@@ -93,20 +93,21 @@ TEST(MemoryTierArena, PacksBySizeClassReusesBlocksAndGivesEmptyOnesBack) {
 }
 
 TEST(MemoryTierSpec, ParsesOptionsNamesBySizeAndRefusesNonsense) {
-    auto spec = parse_memory_tier("mem:256M,codec=zstd,max=2048,high=80,low=60");
+    auto spec = parse_memory_tier("mem:256M,codec=zstd,max=2048,high=80,low=60,share=30");
     ASSERT_TRUE(spec) << spec.error().message();
     EXPECT_EQ(spec->size_bytes, 256u << 20);
     EXPECT_EQ(spec->codec, Codec::zstd);
     EXPECT_EQ(spec->max_stored, 2048u);
     EXPECT_EQ(spec->high_pct, 80u);
     EXPECT_EQ(spec->low_pct, 60u);
+    EXPECT_EQ(spec->share_pct, 30u);
     EXPECT_EQ(spec->name(), "mem:256M");
     EXPECT_EQ(parse_memory_tier("mem:1G")->name(), "mem:1G");
     EXPECT_EQ(parse_memory_tier("mem:1536M")->name(), "mem:1536M");
     EXPECT_EQ(parse_memory_tier("mem:1G")->codec, Codec::lz4);
     EXPECT_EQ(canonical_swap_path("mem:1024M,codec=zstd"), "mem:1G");
     for (const char* bad : {"mem:", "mem:12Q", "mem:4K", "mem:1G,codec=gzip", "mem:1G,max=10", "mem:1G,max=8K",
-                            "mem:1G,high=50,low=60", "mem:1G,bogus=1", "mem:1G,codec", "disk:1G"}) {
+                            "mem:1G,high=50,low=60", "mem:1G,bogus=1", "mem:1G,share=0", "mem:1G,codec", "disk:1G"}) {
         EXPECT_FALSE(parse_memory_tier(bad)) << bad;
     }
 }
@@ -172,6 +173,43 @@ TEST(PrivilegedMemoryTier, CompressiblePagesStayInRamTheRestGoToDiskAndNothingLe
     EXPECT_EQ(t.pool.memory_tier_bytes(), 0u);
     for (const DeviceStats& d : stats) EXPECT_EQ(d.used_slots, 0u) << d.path;
     EXPECT_EQ(t.pool.allocated_vslots(), 0u);
+}
+
+TEST(PrivilegedMemoryTier, AnOwnerGroupAtItsShareGoesToTheNextDeviceOthersStillGetTheTier) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    // 1024 slots, share 25%: one group (a VM) holds at most 256 (+ one batch).
+    TieredPool t("mem:1M,share=25,high=100,low=99");
+    constexpr std::size_t kN = 600;
+    constexpr std::size_t kBatch = 50;
+    Pages pages(kN);
+    for (std::size_t i = 0; i < kN; ++i) fill_compressible(pages[i], i);
+    auto count_in_tier = [&](const std::vector<PageOut>& outs) {
+        std::size_t n = 0;
+        for (const PageOut& p : outs) n += t.pool.pslot_of(p.vslot)->device == t.tier;
+        return n;
+    };
+    std::vector<PageOut> vm1;
+    for (std::size_t first = 0; first < kN; first += kBatch) {
+        auto batch = test::page_outs(pages, first, kBatch, OwnerTag{1} << kOwnerGroupShift);
+        ASSERT_TRUE(t.pool.write_out(ring, batch));
+        for (const PageOut& p : batch) ASSERT_TRUE(p.ok());
+        vm1.insert(vm1.end(), batch.begin(), batch.end());
+    }
+    const std::size_t in_tier = count_in_tier(vm1);
+    EXPECT_GE(in_tier, 256u);
+    EXPECT_LT(in_tier, 256u + kBatch);
+    // Another VM still gets the tier.
+    auto vm2 = test::page_outs(pages, 0, kBatch, OwnerTag{2} << kOwnerGroupShift);
+    ASSERT_TRUE(t.pool.write_out(ring, vm2));
+    EXPECT_EQ(count_in_tier(vm2), kBatch);
+    // Freed pages give the group its room back.
+    for (const PageOut& p : vm1) t.pool.free(p.vslot);
+    auto again = test::page_outs(pages, 0, kBatch, OwnerTag{1} << kOwnerGroupShift);
+    ASSERT_TRUE(t.pool.write_out(ring, again));
+    EXPECT_EQ(count_in_tier(again), kBatch);
+    for (const PageOut& p : vm2) t.pool.free(p.vslot);
+    for (const PageOut& p : again) t.pool.free(p.vslot);
+    for (const DeviceStats& d : t.pool.stats()) EXPECT_EQ(d.used_slots, 0u) << d.path;
 }
 
 TEST(PrivilegedMemoryTier, ZstdTierWithNoDeviceBehindRefusesIncompressiblePagesAsNoSpace) {
