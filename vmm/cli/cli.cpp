@@ -296,7 +296,10 @@ CliOutcome parse_command_line(const std::vector<std::string>& given) {
                     "Most guest RAM kept in host memory, at least 16M; colder pages go to swap (default: no limit)")
         ->type_name("SIZE");
     run->add_option("--swap", raw.swaps,
-                    "Swap device or file, repeatable: PATH[,priority=N][,size=SIZE][,format=yes]. Higher priority is "
+                    "Swap device or file, repeatable: PATH[,priority=N][,size=SIZE][,format=yes], or a compressed "
+                    "tier in host RAM: mem:SIZE[,codec=lz4|zstd][,max=BYTES][,high=PCT][,low=PCT][,share=PCT][,priority=N] "
+                    "(counted in the host budget; pages not compressing to max= (3072) go to the next device; past "
+                    "high=% (90) its coldest pages move down to low=% (75); one VM holds at most share=% of it). Higher priority is "
                     "used first (0..32767); a missing file is created with size= of swap space and a swap header. An "
                     "existing device must carry the header ('swapvisor mkswap PATH') and match size=, unless "
                     "format=yes erases it")
