@@ -395,7 +395,11 @@ Result<std::uint64_t> SwapPool::demote_device(io::Ring& ring, DeviceId id, std::
     std::unique_lock running(store.demotion_mutex(), std::try_to_lock);
     if (!running.owns_lock()) return 0;
     if (dev->usage().state != DeviceState::active) return 0;  // swapoff moves it all anyway
-    const std::uint64_t target = pages != 0 ? pages : store.excess_over_low();
+    // Nothing below has room: do not read (decompress) a batch only to put it back,
+    // which every write_out would otherwise do while the tier stays full.
+    const std::uint64_t room = free_elsewhere(dev.get());
+    const std::uint64_t target = std::min(pages != 0 ? pages : store.excess_over_low(), room);
+    if (target == 0) return 0;
 
     Batch batch;
     batch.bounce = SWV_TRY(io::Mapping::anonymous(std::size_t{config_.swapoff_batch_pages} * kSlotSize));

@@ -303,6 +303,12 @@ TEST(PrivilegedMemoryTier, DemotionStopsWhenNothingBelowHasRoomAndLosesNothing) 
     for (const DeviceStats& d : t.pool.stats()) used += d.used_slots;
     EXPECT_EQ(used, swapped);
     EXPECT_GE(swapped, 1400u - 10u);
+    // With the disk full, a demotion does not even read the tier.
+    const std::uint64_t read_before = tier_of(t.pool.stats()).read_bytes;
+    auto moved = t.pool.demote_device(ring, t.tier, 100);
+    ASSERT_TRUE(moved);
+    EXPECT_EQ(*moved, 0u);
+    EXPECT_EQ(tier_of(t.pool.stats()).read_bytes, read_before);
     for (VSlot s : v) t.pool.free(s);
 }
 
