@@ -24,6 +24,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -66,6 +67,12 @@ std::uint64_t pattern(std::uint64_t page, std::uint64_t word) {
 void fill_page(std::byte* p, std::uint64_t page) {
     auto* w = reinterpret_cast<volatile std::uint64_t*>(p);
     for (std::uint64_t i = 0; i < kPage / 8; ++i) w[i] = pattern(page, i);
+}
+
+std::string fmt_label(const char* format, const char* name) {
+    char out[96];
+    std::snprintf(out, sizeof out, format, name);
+    return out;
 }
 
 double mib_per_s(std::uint64_t bytes, double s) { return s > 0 ? static_cast<double>(bytes) / kMiB / s : 0; }
@@ -114,6 +121,92 @@ DirectWrite direct_write_pass(swap::SwapPool& pool, io::Ring& ring, std::byte* b
     d.mib_s = mib_per_s(d.bytes, d.seconds);
     for (swap::VSlot v : taken) pool.free(v);
     return d;
+}
+
+// A page that compresses like typical guest memory does well (a random head of
+// 256 bytes, then one word repeated): what the memory tier is for.
+std::uint64_t tier_pattern(std::uint64_t page, std::uint64_t word) { return pattern(page, word < 32 ? word : 32); }
+
+struct TierFigures {
+    Percentiles read_in{{}};
+    Percentiles fault{{}};
+    double ratio = 0;
+    std::uint64_t wrong = 0;
+};
+
+// B3: swap-in from a compressed memory tier (`spec`, the only device): read_in alone,
+// then the guest's userfaultfd round trip (fault -> decompress into the guest page ->
+// UFFDIO_CONTINUE), timed as B1 times it from the file.
+TierFigures tier_swap_in(const std::string& spec, std::uint64_t samples) {
+    constexpr std::uint64_t kTierMib = 64, kTierLimitMib = 8;
+    swap::SwapPool pool;
+    need(pool.swapon(spec, 0, 0), "swapon memory tier");
+    io::Ring ring = need(io::Ring::create(256), "ring");
+    TierFigures f;
+    std::mt19937_64 rng(7);
+    {
+        io::Mapping buf = need(io::Mapping::anonymous(kBatchPages * kPage), "buffer");
+        std::vector<swap::VSlot> vs;
+        std::vector<swap::PageOut> outs(kBatchPages);
+        for (std::uint64_t b = 0; b * kBatchPages < samples; ++b) {
+            for (std::size_t i = 0; i < kBatchPages; ++i) {
+                auto* w = reinterpret_cast<std::uint64_t*>(buf.data() + i * kPage);
+                for (std::uint64_t k = 0; k < kPage / 8; ++k) w[k] = tier_pattern(b * kBatchPages + i, k);
+                outs[i] = swap::PageOut{buf.data() + i * kPage, swap::OwnerTag(i)};
+            }
+            need(pool.write_out(ring, outs), "write_out to the tier");
+            for (auto& o : outs) vs.push_back(o.ok() ? o.vslot : swap::kNoVSlot);
+        }
+        for (const swap::DeviceStats& d : pool.stats()) f.ratio = d.ratio();
+        std::vector<std::uint64_t> order(vs.size());
+        for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+        std::shuffle(order.begin(), order.end(), rng);
+        std::vector<double> us;
+        for (std::uint64_t i : order) {
+            if (vs[i] == swap::kNoVSlot) continue;
+            auto t0 = Clock::now();
+            auto r = pool.read_in(ring, vs[i], buf.data());
+            auto t1 = Clock::now();
+            if (!r || reinterpret_cast<std::uint64_t*>(buf.data())[7] != tier_pattern(i, 7)) ++f.wrong;
+            us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
+        }
+        for (swap::VSlot v : vs)
+            if (v != swap::kNoVSlot) pool.free(v);
+        f.read_in = Percentiles(std::move(us));
+    }
+    guestmem::HostMemory host(pool, 0);
+    auto* vm = need(host.create_vm(guestmem::MemoryConfig{.name = "tier",
+                                                           .memory_bytes = kTierMib * kMiB,
+                                                           .resident_limit = kTierLimitMib * kMiB}),
+                    "create_vm");
+    need(vm->start(), "vm start");
+    std::byte* g = vm->regions()[0].guest_view;
+    const std::uint64_t pages = (kTierMib - 4) * kMiB / kPage;
+    for (std::uint64_t p = 0; p < pages; ++p) {
+        auto* w = reinterpret_cast<volatile std::uint64_t*>(g + p * kPage);
+        for (std::uint64_t k = 0; k < kPage / 8; ++k) w[k] = tier_pattern(p, k);
+    }
+    for (int i = 0; i < 20000 && vm->stats().resident_bytes > kTierLimitMib * kMiB; ++i)
+        std::this_thread::sleep_for(std::chrono::microseconds(500));
+    std::vector<std::uint64_t> swapped;
+    for (std::uint64_t p = 0; p < pages; ++p)
+        if (vm->entry(guestmem::Gpa(p * kPage)).state() == guestmem::PageState::swapped) swapped.push_back(p);
+    std::shuffle(swapped.begin(), swapped.end(), rng);
+    if (swapped.size() > samples) swapped.resize(samples);
+    std::vector<double> us;
+    for (std::uint64_t p : swapped) {
+        if (vm->entry(guestmem::Gpa(p * kPage)).state() != guestmem::PageState::swapped) continue;
+        auto* w = reinterpret_cast<volatile std::uint64_t*>(g + p * kPage) + 1;
+        auto t0 = Clock::now();
+        std::uint64_t v = *w;
+        auto t1 = Clock::now();
+        if (v != tier_pattern(p, 1)) ++f.wrong;
+        us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
+    }
+    vm->stop();
+    need(host.remove_vm("tier"), "remove tier vm");
+    f.fault = Percentiles(std::move(us));
+    return f;
 }
 
 int run(int argc, char** argv) {
@@ -290,6 +383,10 @@ int run(int argc, char** argv) {
     vm->stop();
     Percentiles flt(std::move(fault_us));
 
+    // ---- B3: swap-in from a compressed memory tier -------------------------------
+    const TierFigures lz4 = tier_swap_in("mem:64M,codec=lz4", std::min<std::uint64_t>(samples, 4096));
+    const TierFigures zstd = tier_swap_in("mem:64M,codec=zstd", std::min<std::uint64_t>(samples, 4096));
+
     // ---- report ------------------------------------------------------------------
     std::printf("\n%-44s %12s\n", "metric", "value");
     std::printf("%-44s %12.1f\n", "A2 write_out 64-page batches, fresh (MiB/s)", w1.mib_s);
@@ -310,10 +407,18 @@ int run(int argc, char** argv) {
     std::printf("%-44s %12.1f\n", "B1 fault p99 (us)", flt.at(99));
     std::printf("%-44s %12.1f\n", "B1 fault max (us)", flt.max());
     std::printf("%-44s %12.1f\n", "B1 - B2 at p50: fault path overhead (us)", flt.at(50) - rin.at(50));
+    for (const auto& [name, t] : {std::pair{"lz4", &lz4}, std::pair{"zstd", &zstd}}) {
+        std::printf("%-44s %12.1f\n", fmt_label("B3 memory tier (%s) read_in p50 (us)", name).c_str(), t->read_in.at(50));
+        std::printf("%-44s %12.1f\n", fmt_label("B3 memory tier (%s) read_in p99 (us)", name).c_str(), t->read_in.at(99));
+        std::printf("%-44s %12.1f\n", fmt_label("B3 memory tier (%s) fault p50 (us)", name).c_str(), t->fault.at(50));
+        std::printf("%-44s %12.1f\n", fmt_label("B3 memory tier (%s) fault p99 (us)", name).c_str(), t->fault.at(99));
+        std::printf("%-44s %12zu\n", fmt_label("B3 memory tier (%s) faults timed", name).c_str(), t->fault.count());
+        std::printf("%-44s %12.2f\n", fmt_label("B3 memory tier (%s) compression ratio", name).c_str(), t->ratio);
+    }
     std::printf("%-44s %12" PRIu64 "\n", "B1 major faults during touches",
                 after_touch.major_faults - before_touch.major_faults);
     std::printf("%-44s %12" PRIu64 "\n", "B1 pages no longer swapped at touch", not_swapped_at_touch);
-    std::printf("%-44s %12" PRIu64 "\n", "wrong values read (must be 0)", wrong + readin_bad);
+    std::printf("%-44s %12" PRIu64 "\n", "wrong values read (must be 0)", wrong + readin_bad + lz4.wrong + zstd.wrong);
     // Metadata, from the data structures' own sizes: per guest page the stage-2 entry;
     // per swapped page its vslot descriptor plus a device slot's reverse map and bits
     // (a device slot costs that whether used or not).
@@ -344,11 +449,19 @@ int run(int argc, char** argv) {
         .num("fault_p99_us", flt.at(99))
         .num("fault_max_us", flt.max())
         .integer("major_faults", after_touch.major_faults - before_touch.major_faults)
+        .num("tier_lz4_read_in_p50_us", lz4.read_in.at(50))
+        .num("tier_lz4_fault_p50_us", lz4.fault.at(50))
+        .num("tier_lz4_fault_p99_us", lz4.fault.at(99))
+        .num("tier_lz4_ratio", lz4.ratio)
+        .num("tier_zstd_read_in_p50_us", zstd.read_in.at(50))
+        .num("tier_zstd_fault_p50_us", zstd.fault.at(50))
+        .num("tier_zstd_fault_p99_us", zstd.fault.at(99))
+        .num("tier_zstd_ratio", zstd.ratio)
         .num("metadata_bytes_per_guest_page", meta_guest)
         .num("metadata_bytes_per_swapped_page", meta_swapped)
-        .integer("errors", wrong + readin_bad);
+        .integer("errors", wrong + readin_bad + lz4.wrong + zstd.wrong);
     std::printf("JSON %s\n", j.text().c_str());
-    return wrong + readin_bad == 0 ? 0 : 1;
+    return wrong + readin_bad + lz4.wrong + zstd.wrong == 0 ? 0 : 1;
 }
 
 }  // namespace

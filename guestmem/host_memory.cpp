@@ -13,6 +13,9 @@
 namespace swapvisor::guestmem {
 
 HostMemory::HostMemory(swap::SwapPool& pool, std::uint64_t budget_bytes) : pool_(pool), budget_(budget_bytes) {
+    // The compressed memory tiers live in host RAM: the budget covers them too
+    // (swap/README.md#tiers). The pool outlives this object.
+    budget_.count_also([&pool] { return pool.memory_tier_bytes(); });
     pool_.set_eviction_sink(this);
 }
 

@@ -23,10 +23,15 @@ std::uint64_t slack_pages(std::uint64_t limit) { return std::clamp<std::uint64_t
 
 // --- host budget -------------------------------------------------------------------
 
+std::uint64_t HostBudget::charged_pages() const {
+    const std::uint64_t also = also_bytes_ ? also_bytes_() : 0;
+    return resident_pages() + (also + kPageSize - 1) / kPageSize;
+}
+
 bool HostBudget::over_budget() const {
     const std::uint64_t budget = budget_bytes_ / kPageSize;
     if (budget == 0) return false;
-    return resident_pages() + slack_pages(budget) / 2 > budget;
+    return charged_pages() + slack_pages(budget) / 2 > budget;
 }
 
 std::uint64_t HostBudget::share_pages(std::uint64_t vm_memory_bytes) const {
@@ -34,13 +39,16 @@ std::uint64_t HostBudget::share_pages(std::uint64_t vm_memory_bytes) const {
     if (budget == 0 || !over_budget()) return 0;
     const std::uint64_t total = memory_bytes_.load(std::memory_order_relaxed);
     if (total == 0) return 0;
-    return static_cast<std::uint64_t>(static_cast<long double>(budget) * vm_memory_bytes / total) / kPageSize;
+    // What the memory tiers hold is not there to share out among the VMs.
+    const std::uint64_t also = also_bytes_ ? also_bytes_() : 0;
+    const std::uint64_t shared = budget > also ? budget - also : 0;
+    return static_cast<std::uint64_t>(static_cast<long double>(shared) * vm_memory_bytes / total) / kPageSize;
 }
 
 std::uint64_t HostBudget::room_pages() const {
     const std::uint64_t budget = budget_bytes_ / kPageSize;
     if (budget == 0) return ~std::uint64_t{0};
-    const std::uint64_t used = resident_pages();
+    const std::uint64_t used = charged_pages();
     return budget > used ? budget - used : 0;
 }
 

@@ -57,6 +57,11 @@ public:
     void set_budget(std::uint64_t bytes) { budget_bytes_ = bytes; }
     std::uint64_t budget_bytes() const { return budget_bytes_; }
     std::uint64_t resident_pages() const { return resident_pages_.load(std::memory_order_relaxed); }
+    // Host memory held outside guest RAM that the budget covers too: the swap pool's
+    // compressed memory tiers (swap/README.md#tiers). Set once, before any VM.
+    void count_also(std::function<std::uint64_t()> bytes) { also_bytes_ = std::move(bytes); }
+    // What the budget is measured against: resident guest pages plus those bytes, in pages.
+    std::uint64_t charged_pages() const;
     // Budget in force and (nearly: slack/2) exceeded, so reclaim starts early.
     bool over_budget() const;
     // A VM's share while over budget (0: no budget, or not over it).
@@ -74,6 +79,7 @@ private:
     std::atomic<std::uint64_t> budget_bytes_;
     std::atomic<std::uint64_t> resident_pages_{0};
     std::atomic<std::uint64_t> memory_bytes_{0};
+    std::function<std::uint64_t()> also_bytes_;
 };
 
 // Whether a swap-in keeps its slot as a clean copy (write-protected): adaptive, per

@@ -22,6 +22,8 @@ namespace swapvisor::guestmem {
 using VmId = std::uint16_t;
 
 inline constexpr unsigned kOwnerVmShift = 32;
+// swap reads the VM as the owner's group (a memory tier's per-VM share).
+static_assert(kOwnerVmShift == swap::kOwnerGroupShift);
 inline constexpr std::uint64_t kOwnerIndexMask = (std::uint64_t{1} << kOwnerVmShift) - 1;
 static_assert(kOwnerVmShift + 8 * sizeof(VmId) <= swap::kOwnerTagBits, "an owner tag fits swap's 48 bits");
 

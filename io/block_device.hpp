@@ -69,6 +69,12 @@ public:
     // Reads the device issued again after a transient failure, inside one submit
     // (NbdDevice: a broken or late connection); 0 for devices that never retry.
     virtual std::uint64_t read_retries() const { return 0; }
+    // Whether neighbouring pages may go as one op (false: one page per op, for a
+    // device that stores pages one by one, swap's compressed memory tier).
+    virtual bool merges_runs() const { return true; }
+    // [offset, offset + len) will not be read again until it is written: a device
+    // that holds data in memory frees it; files and block devices ignore it.
+    virtual void release(DevOffset /*offset*/, std::uint64_t /*len*/) {}
 };
 
 // The checks every BlockDevice::submit runs before issuing anything: each read/write

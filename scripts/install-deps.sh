@@ -12,7 +12,7 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   build-essential cmake pkg-config git ca-certificates python3 \
   liburing-dev libboost-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev \
-  libxxhash-dev libseccomp-dev libgtest-dev libgmock-dev libbenchmark-dev \
+  libxxhash-dev liblz4-dev libzstd-dev libseccomp-dev libgtest-dev libgmock-dev libbenchmark-dev \
   fio qemu-system-x86 util-linux e2fsprogs gnuplot-nox linux-perf \
   libnbd-dev libnbd-bin nbdkit qemu-utils gnutls-bin \
   libblkid-dev libsystemd-dev help2man systemd dpkg-dev \

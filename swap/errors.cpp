@@ -38,6 +38,7 @@ public:
                        "renewing its lease; swapping on it too would overwrite its slots. Remove it there, or, once "
                        "that pool is gone for good, take it over: '--swap URI,takeover=yes' or 'swapvisor ctl swapon "
                        "--takeover URI' (swap/README.md#ownership)";
+            case Errc::rejected: return "the memory tier refused the page (it does not compress, or the tier is full)";
         }
         return "unknown swap error";
     }

@@ -44,12 +44,16 @@ struct PageRun {
     friend constexpr bool operator==(const PageRun&, const PageRun&) = default;
 };
 
-// The runs of a batch, in batch order (the rules in the file comment).
-std::vector<PageRun> plan_runs(std::span<const PageIo> pages, std::uint32_t max_run_pages);
+// The runs of a batch, in batch order (the rules in the file comment). Pages on a
+// device in `page_by_page` (one whose merges_runs() is false: a memory tier) are one
+// run each.
+std::vector<PageRun> plan_runs(std::span<const PageIo> pages, std::uint32_t max_run_pages,
+                               std::span<const io::BlockDevice* const> page_by_page = {});
 
 // Read or write every page: one BlockIo per run, and all runs on one device go to
 // that device in one submit on `ring` (one submit per device, devices in order of
 // first appearance). errors[i] becomes nullopt when page i's run moved all its bytes,
+// rejected when a memory tier refused it (-EMSGSIZE, -ENOBUFS), no_space on ENOSPC,
 // io_failed otherwise (an op error, a short transfer, or a batch the device refused
 // or whose ring failed). errors.size() must equal pages.size().
 void run_page_io(io::Ring& ring, io::IoKind kind, std::span<const PageIo> pages, std::uint32_t max_run_pages,

@@ -3,6 +3,8 @@
 // holds a vslot stripe lock while calling in here.
 #include "swap/swap_device.hpp"
 
+#include "swap/memory_tier.hpp"
+
 #include <spdlog/spdlog.h>
 
 #include <bit>
@@ -33,6 +35,8 @@ public:
     std::uint32_t logical_block_size() const override { return inner_.logical_block_size(); }
     std::optional<io::DeviceIdentity> identity() const override { return inner_.identity(); }
     std::uint64_t read_retries() const override { return inner_.read_retries(); }
+    bool merges_runs() const override { return inner_.merges_runs(); }
+    void release(io::DevOffset offset, std::uint64_t len) override { inner_.release(offset, len); }
     Result<void> submit(io::Ring& ring, std::span<io::BlockIo> ios) override {
         Result<void> r = inner_.submit(ring, ios);
         // A refused batch or a broken ring: no op of it moved anything.
@@ -54,6 +58,7 @@ SwapDevice::SwapDevice(std::unique_ptr<io::BlockDevice> block, DeviceId id, int 
                        DeviceHealthPolicy health)
     : block_(std::move(block)),
       watch_(std::make_unique<IoWatch>(*this, *block_)),
+      memory_(dynamic_cast<MemoryStore*>(block_.get())),
       id_(id),
       priority_(priority),
       path_(std::move(path)),
@@ -96,6 +101,10 @@ void SwapDevice::note_io(io::IoKind kind, int result, std::size_t expected) {
         (kind == io::IoKind::write ? written_bytes_ : read_bytes_) += expected;
         return;
     }
+    // A memory tier refusing a page (it does not compress, or the tier has no room
+    // for it) is a placement decision, not a failure of the device: the page goes to
+    // the next device (swap/README.md#tiers).
+    if (kind == io::IoKind::write && is_rejection(result)) return;
     note_failure_locked(kind, result);
 }
 
@@ -252,6 +261,9 @@ void SwapDevice::free_slots(std::span<const SlotIdx> slots) {
         bitmap_[s / 64] &= ~(std::uint64_t{1} << (s % 64));
         rmap_[s] = 0;
         used_--;
+        // Under mutex_, before the slot can be handed out again: a memory tier frees
+        // the object now, and never drops a newer one written to a reused slot.
+        block_->release(slot_offset(slot), kSlotSize);
         if (bad(s)) {
             // Into quarantine: it stays taken in its cluster, so the cluster never
             // offers it again.

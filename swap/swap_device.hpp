@@ -28,6 +28,7 @@
 #pragma once
 
 #include <array>
+#include <cerrno>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -82,6 +83,12 @@ struct DeviceHealthPolicy {
     std::uint32_t degrade_after = 8;
 };
 
+// The write results by which a memory tier refuses a page (memory_tier.hpp):
+// -EMSGSIZE (it does not compress enough), -ENOBUFS (no room in the tier's arena).
+inline bool is_rejection(int result) { return result == -EMSGSIZE || result == -ENOBUFS; }
+
+class MemoryStore;
+
 // A slot that swapoff found allocated, and the vslot the reverse map names for it.
 struct UsedSlot {
     SlotIdx slot;
@@ -104,6 +111,8 @@ public:
     int priority() const { return priority_; }
     const std::string& path() const { return path_; }
     io::BlockDevice& block() { return *watch_; }
+    // The compressed store behind a memory tier; null for files, block devices, NBD.
+    MemoryStore* memory() const { return memory_; }
     std::optional<io::DeviceIdentity> identity() const { return block_->identity(); }
     std::uint64_t total_slots() const { return total_slots_; }
     // Host memory per slot of the device, used or not: the reverse map, the
@@ -187,6 +196,7 @@ private:
 
     const std::unique_ptr<io::BlockDevice> block_;
     const std::unique_ptr<io::BlockDevice> watch_;  // block_ seen through IoWatch
+    MemoryStore* const memory_;                      // block_ if it is a memory tier
     const DeviceId id_;
     const int priority_;
     const std::string path_;

@@ -6,6 +6,7 @@
 
 #include "io/nbd_device.hpp"
 #include "swap/data_probe.hpp"
+#include "swap/memory_tier.hpp"
 #include "swap/swap_header.hpp"
 
 #include <algorithm>
@@ -30,6 +31,11 @@ std::uint32_t page_checksum(const std::byte* page) { return static_cast<std::uin
 std::string canonical_swap_path(const std::filesystem::path& path) {
     // An NBD URI is named by its normalised form (it is not a file system path).
     if (io::is_nbd_uri(path.native())) return io::normalise_nbd_uri(path.native()).value_or(path.native());
+    // A memory tier is named by its size (memory_tier.hpp), whatever options follow.
+    if (is_memory_tier_name(path.native())) {
+        Result<MemoryTierSpec> spec = parse_memory_tier(path.native());
+        return spec ? spec->name() : path.native();
+    }
     std::error_code ec;
     std::filesystem::path absolute = std::filesystem::absolute(path, ec);
     if (ec) absolute = path;
@@ -83,8 +89,26 @@ Result<DeviceId> SwapPool::swapon(const std::filesystem::path& path, int priorit
                                   Format format, Takeover takeover) {
     const std::string key = canonical_swap_path(path);
     auto fail = [&](Error e) -> Result<DeviceId> { return std::unexpected(std::move(e).with_context("device " + key)); };
-    if (size_bytes != 0 && size_bytes < std::uint64_t{kClusterSlots} * kSlotSize) {
+    if (size_bytes != 0 && size_bytes < std::uint64_t{kClusterSlots} * kSlotSize && !is_memory_tier_name(path.native())) {
         return fail(make_error(io::Errc::too_small, "swapon: swap size smaller than one 2 MiB cluster").error());
+    }
+    if (is_memory_tier_name(path.native())) {
+        // A compressed tier in host memory (swap/README.md#tiers): no file, no header,
+        // no size= (SIZE is part of its name), nothing to format.
+        Result<MemoryTierSpec> spec = parse_memory_tier(path.native());
+        if (!spec) return fail(spec.error());
+        if (size_bytes != 0 || format != Format::no)
+            return fail(errno_error("swapon: a memory tier takes its size from mem:SIZE and is never formatted "
+                                    "(no size=, no format=)",
+                                    EINVAL)
+                            .error());
+        {
+            std::shared_lock lock(devices_mutex_);
+            if (auto r = refuse_duplicate_locked(key, std::nullopt); !r) return std::unexpected(r.error());
+        }
+        auto store = MemoryStore::create(*spec, &memory_tier_bytes_);
+        if (!store) return fail(store.error());
+        return add_device(std::move(*store), priority, key);
     }
     if (io::is_nbd_uri(path.native())) {
         // A remote export (io/README.md#nbd): its size is fixed by the server; the
@@ -289,6 +313,13 @@ void SwapPool::quarantine_pslot(PSlot pslot) {
         devices_[pslot.device.value()]->quarantine(pslot.slot);
 }
 
+void SwapPool::note_swapin(PSlot pslot) {
+    std::shared_lock lock(devices_mutex_);
+    if (pslot.device.value() < devices_.size() && devices_[pslot.device.value()] != nullptr &&
+        devices_[pslot.device.value()]->memory() != nullptr)
+        devices_[pslot.device.value()]->memory()->note_swapin();
+}
+
 void SwapPool::note_checksum_error(PSlot pslot) {
     std::shared_lock lock(devices_mutex_);
     if (pslot.device.value() < devices_.size() && devices_[pslot.device.value()] != nullptr) {
@@ -301,7 +332,8 @@ std::uint64_t SwapPool::free_elsewhere(const SwapDevice* dev) const {
     std::shared_lock lock(devices_mutex_);
     std::uint64_t free = 0;
     for (const SwapDevice* other : by_priority_) {
-        if (other == dev) continue;
+        // Moves never target a memory tier (swap/README.md#tiers).
+        if (other == dev || other->memory() != nullptr) continue;
         DeviceUsage u = other->usage();
         if (u.state == DeviceState::active) free += u.free_slots;
     }
@@ -346,7 +378,19 @@ Result<void> SwapPool::write_out(io::Ring& ring, std::span<PageOut> pages) {
         for (std::size_t i : todo) round_vslots.push_back(vslots[i]);
         placements.assign(todo.size(), Placement{});
         std::vector<Reservation> reservations;  // end their pending writes at the end of the round
-        const std::size_t placed = allocate_pslots(round_vslots, placements, reservations, failed_devices);
+        // A memory tier where an owner group of this round holds its share already
+        // is passed over this round (a batch comes from one VM: all or none of it).
+        std::vector<const SwapDevice*> excluded = failed_devices;
+        {
+            std::vector<std::uint16_t> groups;
+            for (std::size_t i : todo) {
+                const std::uint16_t g = owner_group(pages[i].owner);
+                if (std::find(groups.begin(), groups.end(), g) == groups.end()) groups.push_back(g);
+            }
+            const std::vector<const SwapDevice*> full = tiers_at_share(groups);
+            excluded.insert(excluded.end(), full.begin(), full.end());
+        }
+        const std::size_t placed = allocate_pslots(round_vslots, placements, reservations, excluded);
         for (std::size_t k = placed; k < todo.size(); ++k) {
             const std::size_t i = todo[k];
             // No device (left) with room: an earlier failure says more than "no space".
@@ -362,6 +406,8 @@ Result<void> SwapPool::write_out(io::Ring& ring, std::span<PageOut> pages) {
             const std::size_t i = todo[k];
             table_.set_target(vslots[i], PSlot{placements[k].device->id(), placements[k].slot},
                               page_checksum(pages[i].data));
+            if (MemoryStore* tier = placements[k].device->memory())
+                tier->assign(placements[k].slot, owner_group(pages[i].owner));
             // The device only reads this buffer (IoKind::write).
             ios[k] = PageIo{&placements[k].device->block(), placements[k].slot, const_cast<std::byte*>(pages[i].data)};
         }
@@ -380,8 +426,9 @@ Result<void> SwapPool::write_out(io::Ring& ring, std::span<PageOut> pages) {
             }
             pages[i].error = errors[k];
             // The slot that failed is never handed out again; we hold a reference on
-            // the device, so freeing through it is safe.
-            dev->quarantine(placements[k].slot);
+            // the device, so freeing through it is safe. A memory tier's refusal is
+            // not a failure: its slot is simply freed, the page goes to the next device.
+            if (errors[k] != Errc::rejected) dev->quarantine(placements[k].slot);
             dev->free_slots(std::span(&placements[k].slot, 1));
             if (std::find(failed_devices.begin(), failed_devices.end(), dev) == failed_devices.end())
                 failed_devices.push_back(dev);
@@ -391,12 +438,56 @@ Result<void> SwapPool::write_out(io::Ring& ring, std::span<PageOut> pages) {
     }
     for (std::size_t i = 0; i < with_vslot; ++i) {
         if (pages[i].ok()) continue;
+        // Refused by a memory tier and no device after it: to the caller, no room.
+        if (pages[i].error == Errc::rejected) pages[i].error = Errc::no_space;
         table_.retire(vslots[i]);
         table_.recycle(vslots[i]);
     }
+    // A tier this batch filled past its high watermark sends its coldest pages down
+    // now, on this (reclaim) thread: demotion is paced by the writes that need it.
+    demote(ring);
     if (!any_placed) return make_error(Errc::no_space, "swap write_out: no device has a free slot");
     return {};
 }
+
+std::vector<const SwapDevice*> SwapPool::tiers_at_share(std::span<const std::uint16_t> groups) const {
+    std::shared_lock lock(devices_mutex_);  // the stores stay alive while we ask them
+    std::vector<const SwapDevice*> out;
+    for (const SwapDevice* d : by_priority_) {
+        if (d->memory() == nullptr) continue;
+        for (std::uint16_t g : groups) {
+            if (d->memory()->at_share(g)) {
+                out.push_back(d);
+                break;
+            }
+        }
+    }
+    return out;
+}
+
+std::vector<const SwapDevice*> SwapPool::memory_tiers_locked() const {
+    std::vector<const SwapDevice*> tiers;
+    for (const SwapDevice* d : by_priority_)
+        if (d->memory() != nullptr) tiers.push_back(d);
+    return tiers;
+}
+
+std::uint64_t SwapPool::demote(io::Ring& ring) {
+    std::vector<DeviceId> above;
+    {
+        std::shared_lock lock(devices_mutex_);
+        for (const SwapDevice* d : by_priority_) {
+            if (d->memory() != nullptr && d->memory()->above_high()) above.push_back(d->id());
+        }
+    }
+    std::uint64_t moved = 0;
+    for (DeviceId id : above) {
+        Result<std::uint64_t> r = demote_device(ring, id, 0);
+        if (r) moved += *r;
+    }
+    return moved;
+}
+
 
 Result<void> SwapPool::read_in(io::Ring& ring, VSlot vslot, std::byte* dst) {
     PageIn page{vslot, dst, std::nullopt};
@@ -469,6 +560,7 @@ Result<void> SwapPool::read_in(io::Ring& ring, std::span<PageIn> pages) {
                 quarantine_pslot(infos[i].pslot);  // counted by the device's IoWatch
             } else if (page_checksum(pages[i].dst) == infos[i].checksum) {
                 settle(i, std::nullopt);
+                note_swapin(infos[i].pslot);
             } else {
                 VSlotInfo now = table_.lookup(pages[i].vslot);
                 if (now.state != VSlotState::valid || now.generation != infos[i].generation) {
@@ -524,6 +616,19 @@ std::vector<DeviceStats> SwapPool::stats() const {
                                   u.read_errors, u.quarantined_slots, u.read_bytes, u.written_bytes, u.free_slots,
                                   u.read_retries});
         if (auto it = uuids_.find(d->id().value()); it != uuids_.end()) out.back().uuid = uuid_text(it->second);
+        if (const MemoryStore* store = d->memory()) {
+            const MemoryTierStats m = store->stats();
+            DeviceStats& st = out.back();
+            st.kind = "memory";
+            st.codec = codec_name(store->spec().codec);
+            st.stored_pages = m.stored_pages;
+            st.compressed_bytes = m.compressed_bytes;
+            st.arena_bytes = m.arena_bytes;
+            st.capacity_bytes = m.capacity_bytes;
+            st.rejected_pages = m.rejected_pages + m.full_rejects;
+            st.demoted_pages = m.demoted_pages;
+            st.swapins_served = m.swapins_served;
+        }
     }
     lock.unlock();
     // The keeper's own lock is a leaf: read after the devices' lock is gone.

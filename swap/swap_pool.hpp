@@ -125,6 +125,20 @@ struct DeviceStats {
     std::uint64_t read_retries = 0;    // reads the device issued again after a lost connection (NBD)
     std::string uuid;                  // its swap header's uuid (empty for a device swapped on without one)
     std::optional<RemoteStatus> remote;  // a remote device's lease and health probe (remote_lease.hpp)
+    // A compressed memory tier (swap/README.md#tiers); the rest is 0 for other devices.
+    std::string kind = "disk";         // "disk" (file, block device, NBD) or "memory"
+    std::string codec;                 // lz4 / zstd
+    std::uint64_t stored_pages = 0;    // objects held
+    std::uint64_t compressed_bytes = 0;  // their compressed size
+    std::uint64_t arena_bytes = 0;     // host memory held for them (counted in the host budget)
+    std::uint64_t capacity_bytes = 0;  // mem:SIZE
+    std::uint64_t rejected_pages = 0;  // refused: did not compress below max=, or no room
+    std::uint64_t demoted_pages = 0;   // moved to the next tier by demotion
+    std::uint64_t swapins_served = 0;  // swap-ins (and readahead) read from the tier
+    // stored pages * 4 KiB / compressed bytes (0 when empty).
+    double ratio() const { return compressed_bytes == 0 ? 0.0 : double(stored_pages) * kSlotSize / double(compressed_bytes); }
+    // Share of the arena not holding compressed bytes (size classes, half-empty blocks).
+    double fragmentation() const { return arena_bytes == 0 ? 0.0 : 1.0 - double(compressed_bytes) / double(arena_bytes); }
 };
 
 struct SwapoffProgress {
@@ -210,6 +224,20 @@ public:
     // is not allocated is a broken invariant (abort).
     void free(VSlot vslot);
 
+    // Demotion (swap/README.md#tiers): every memory tier above its high watermark
+    // moves its coldest (longest stored) pages to the devices below it — never to a
+    // memory tier — by swapoff's slot migration (VSlot re-pointed with a
+    // compare-and-swap on its generation), down to its low watermark or until
+    // nothing below has room. write_out calls it after each batch. Returns pages moved.
+    std::uint64_t demote(io::Ring& ring);
+    // Demote `pages` of one memory tier (0: down to its low watermark), whatever its
+    // watermarks say; 0 if another demotion of it runs. Errc::no_such_device if id is
+    // not a memory tier in the pool.
+    Result<std::uint64_t> demote_device(io::Ring& ring, DeviceId id, std::uint64_t pages);
+    // Host memory the memory tiers hold now (their arenas): counted in the host budget.
+    // Lock-free (the host budget asks on fault paths).
+    std::uint64_t memory_tier_bytes() const { return memory_tier_bytes_.load(std::memory_order_relaxed); }
+
     std::vector<DeviceStats> stats() const;
     std::uint64_t allocated_vslots() const { return table_.allocated(); }
     std::optional<OwnerTag> owner_of(VSlot vslot) const;
@@ -244,6 +272,15 @@ private:
         Reservation& operator=(Reservation&&) = delete;
     };
     struct Batch;  // swapoff working set (swapoff.cpp)
+    // What a migration batch is for: swapoff (empty the device; pages with no room
+    // elsewhere come back to guest memory) or demotion (move what fits below, leave
+    // the rest).
+    enum class Move : bool { swapoff, demote };
+    std::vector<const SwapDevice*> memory_tiers_locked() const;
+    // The memory tiers where one of `groups` holds its share= already (for
+    // allocate_pslots' excluded list: the pointers are only compared).
+    std::vector<const SwapDevice*> tiers_at_share(std::span<const std::uint16_t> groups) const;
+    void note_swapin(PSlot pslot);
 
     Result<DeviceId> add_device(std::unique_ptr<io::BlockDevice> device, int priority, std::string key,
                                 std::optional<std::array<std::uint8_t, 16>> uuid = std::nullopt);
@@ -271,7 +308,7 @@ private:
     // slot_context() of vslot's current place, or "vslot V" once it has none.
     std::string describe(VSlot vslot) const;
     Result<void> swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& batch, std::span<const UsedSlot> candidates,
-                               SwapoffReport& report, Force force);
+                               SwapoffReport& report, Force force, Move move = Move::swapoff);
     // Free slots on the active devices other than `dev`.
     std::uint64_t free_elsewhere(const SwapDevice* dev) const;
 
@@ -279,6 +316,9 @@ private:
     VSlotTable table_;
     std::atomic<EvictionSink*> sink_{nullptr};
     std::atomic<std::uint64_t> rotor_{0};  // round-robin among equal priorities
+    // Arena bytes of every memory tier: kept by the stores (relaxed; a budget figure),
+    // declared before devices_ so it outlives them.
+    std::atomic<std::uint64_t> memory_tier_bytes_{0};
 
     // Protects: devices_, by_priority_; Order: before SwapDevice::mutex_; never held
     // with a VSlotTable lock or across I/O or an EvictionSink call.

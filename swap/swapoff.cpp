@@ -23,6 +23,7 @@
 
 #include "io/unique_fd.hpp"
 #include "swap/io_batch.hpp"
+#include "swap/memory_tier.hpp"
 #include "swap/swap_pool.hpp"
 
 namespace swapvisor::swap {
@@ -201,7 +202,9 @@ Result<SwapoffReport> SwapPool::swapoff(const std::filesystem::path& path, io::R
 }
 
 Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& batch,
-                                     std::span<const UsedSlot> candidates, SwapoffReport& report, Force force) {
+                                     std::span<const UsedSlot> candidates, SwapoffReport& report, Force force,
+                                     Move move) {
+    SWV_ASSERT(move == Move::swapoff || force == Force::no, "demotion never loses a page");
     auto skip = [&](SlotIdx slot) {
         if (batch.skipped.insert(slot.value()).second) report.pages_skipped++;
     };
@@ -273,7 +276,8 @@ Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& bat
     // 3. While the other devices cannot take everything left, bring pages back whose
     //    VM has room now (asked per page: each bring-back uses some of it), so the
     //    room elsewhere is kept for pages of VMs that have none.
-    EvictionSink* sink = sink_.load();
+    //    Demotion brings nothing back: it moves what fits below and leaves the rest.
+    EvictionSink* sink = move == Move::swapoff ? sink_.load() : nullptr;
     if (sink != nullptr) {
         const std::uint64_t left = dev.usage().used_slots;
         const std::uint64_t stuck = force == Force::no ? batch.unreadable.size() : 0;
@@ -300,7 +304,16 @@ Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& bat
         }
     }
 
-    // 4. New slots on the other devices (this one is removing: never chosen).
+    // 4. New slots on the other devices (this one is removing: never chosen; a
+    //    demoted tier is active, so it is passed over by name). Memory tiers are
+    //    never targets: a page moved is cold, and a tier could refuse it
+    //    (swap/README.md#tiers).
+    std::vector<const SwapDevice*> excluded;
+    {
+        std::shared_lock lock(devices_mutex_);
+        excluded = memory_tiers_locked();
+    }
+    excluded.push_back(&dev);
     std::vector<std::size_t> live;
     std::vector<VSlot> vslots;
     for (std::size_t k = 0; k < batch.items.size(); ++k) {
@@ -310,7 +323,7 @@ Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& bat
     }
     std::vector<Placement> placements(live.size());
     std::vector<Reservation> reservations;
-    const std::size_t placed = allocate_pslots(vslots, placements, reservations);
+    const std::size_t placed = allocate_pslots(vslots, placements, reservations, excluded);
 
     // 5. Write them (allocation order: slots ascend per target device, and the
     //    staging of consecutive live items is contiguous, so runs merge).
@@ -362,7 +375,9 @@ Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& bat
         else skip(item.old_slot);
     }
 
-    // 8. No room anywhere for the rest: bring those pages back into guest memory.
+    // 8. No room anywhere for the rest: bring those pages back into guest memory
+    //    (swapoff), or leave them where they are (demotion).
+    if (move == Move::demote) return {};
     for (std::size_t j = placed; j < live.size(); ++j) {
         const Batch::Item& item = batch.items[live[j]];
         if (sink == nullptr) {
@@ -377,6 +392,42 @@ Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& bat
         else skip(item.old_slot);
     }
     return {};
+}
+
+// Demotion: the slot migration above, on the coldest objects of a memory tier that
+// stays active (swap/README.md#tiers).
+Result<std::uint64_t> SwapPool::demote_device(io::Ring& ring, DeviceId id, std::uint64_t pages) {
+    SwapDeviceRef dev = get_swap_device(id);
+    if (!dev || dev->memory() == nullptr) return make_error(Errc::no_such_device, "demote: not a memory tier");
+    MemoryStore& store = *dev->memory();
+    // One demotion per tier at a time; a writer that finds one running leaves it be.
+    std::unique_lock running(store.demotion_mutex(), std::try_to_lock);
+    if (!running.owns_lock()) return 0;
+    if (dev->usage().state != DeviceState::active) return 0;  // swapoff moves it all anyway
+    // Nothing below has room: do not read (decompress) a batch only to put it back,
+    // which every write_out would otherwise do while the tier stays full.
+    const std::uint64_t room = free_elsewhere(dev.get());
+    const std::uint64_t target = std::min(pages != 0 ? pages : store.excess_over_low(), room);
+    if (target == 0) return 0;
+
+    Batch batch;
+    batch.bounce = SWV_TRY(io::Mapping::anonymous(std::size_t{config_.swapoff_batch_pages} * kSlotSize));
+    std::uint64_t moved = 0;
+    std::size_t skip = 0;  // oldest objects a batch could not move (being written, unreadable)
+    while (moved < target) {
+        const std::vector<SlotIdx> slots = store.oldest(skip, std::min<std::uint64_t>(config_.swapoff_batch_pages, target - moved));
+        if (slots.empty()) break;
+        batch.candidates.clear();
+        for (SlotIdx s : slots) batch.candidates.push_back(UsedSlot{s, dev->reverse(s)});
+        SwapoffReport report{0, 0, 0, 0.0};
+        batch.skipped.clear();
+        SWV_TRY(swapoff_batch(*dev.get(), ring, batch, batch.candidates, report, Force::no, Move::demote));
+        moved += report.pages_moved;
+        store.note_demoted(report.pages_moved);
+        if (report.pages_moved == 0) break;  // nothing below has room, or nothing movable
+        skip += slots.size() - report.pages_moved;
+    }
+    return moved;
 }
 
 }  // namespace swapvisor::swap

@@ -27,10 +27,13 @@ inline constexpr VSlot kNoVSlot{0};
 
 // Opaque to swap: guestmem packs (vm id, gfn); swapoff hands it back upward. Only
 // the low kOwnerTagBits may be set: the VSlot descriptor keeps 48 bits of it
-// (swap/README.md#vslots).
+// (swap/README.md#vslots). Swap reads only bits 32..47, the owner's group
+// (guestmem: the VM), for a memory tier's per-group share (memory_tier.hpp, share=).
 using OwnerTag = std::uint64_t;
 inline constexpr unsigned kOwnerTagBits = 48;
 inline constexpr OwnerTag kMaxOwnerTag = (OwnerTag{1} << kOwnerTagBits) - 1;
+inline constexpr unsigned kOwnerGroupShift = 32;
+constexpr std::uint16_t owner_group(OwnerTag owner) { return static_cast<std::uint16_t>(owner >> kOwnerGroupShift); }
 
 inline constexpr std::uint64_t kSlotSize = 4096;
 // Slots per cluster: 512 x 4 KiB = 2 MiB, so a 2 MiB page fits one cluster.
@@ -51,6 +54,7 @@ enum class Errc {
     unreadable_slots,    // swapoff without force: some used slots cannot be read
     holds_data,          // format / mkswap of a device holding recognisable data, not forced
     leased,              // swapon of a remote device another pool holds a live lease on, no takeover
+    rejected,            // a memory tier refused the page (does not compress, tier full): try the next device
 };
 const std::error_category& swap_category();
 inline std::error_code make_error_code(Errc e) { return {static_cast<int>(e), swap_category()}; }

@@ -25,6 +25,7 @@
 
 #include "guestmem/errc.hpp"
 #include "guestmem/host_memory.hpp"
+#include "io/ring.hpp"
 #include "io/unique_fd.hpp"
 #include "swap/swap_pool.hpp"
 #include "tests/io/nbd_test_util.hpp"
@@ -258,6 +259,47 @@ TEST_F(MetricsTest, ExpositionCarriesTheSameNamesAsStatsJson) {
     samples = parse_exposition(prometheus_text(*host_, devices_, nullptr, &board));
     EXPECT_EQ(samples.at("swapvisor_swap_swapoff_total_slots" + dev), 0u);
     EXPECT_FALSE(samples.contains(R"(swapvisor_vm_state{vm="web\"1",state="running"})"));
+}
+
+TEST_F(MetricsTest, AMemoryTierShowsItsTierFiguresInStatsJsonAndMetrics) {
+    auto ring = io::Ring::create(8);
+    ASSERT_TRUE(ring);
+    ASSERT_TRUE(pool_->swapon("mem:2M,codec=zstd", 9, 0));
+    // 8 pages that compress (one repeated word each) and 2 that do not.
+    auto buf = io::Mapping::anonymous(10 * guestmem::kPageSize);
+    ASSERT_TRUE(buf);
+    std::vector<swap::PageOut> outs;
+    for (std::uint64_t p = 0; p < 10; ++p) {
+        auto* w = reinterpret_cast<std::uint64_t*>(buf->data() + p * guestmem::kPageSize);
+        std::uint64_t x = p * 0x9E3779B97F4A7C15ULL + 1;
+        for (std::uint64_t i = 0; i < guestmem::kPageSize / 8; ++i) {
+            x ^= x >> 29;
+            x *= 0xBF58476D1CE4E5B9ULL;
+            w[i] = p < 8 ? p + 1 : x;
+        }
+        outs.push_back(swap::PageOut{buf->data() + p * guestmem::kPageSize, p});
+    }
+    ASSERT_TRUE(pool_->write_out(*ring, outs));
+    json stats = stats_json(*host_, devices_, StatsDetail::full);
+    const json* tier = nullptr;
+    for (const json& d : stats["swap"])
+        if (d["path"] == "mem:2M") tier = &d;
+    ASSERT_NE(tier, nullptr) << stats.dump();
+    EXPECT_EQ((*tier)["kind"], "memory");
+    EXPECT_EQ((*tier)["tier"]["codec"], "zstd");
+    EXPECT_EQ((*tier)["tier"]["stored_pages"], 8u);
+    EXPECT_EQ((*tier)["tier"]["rejected_pages_total"], 2u);
+    EXPECT_GT((*tier)["tier"]["ratio"].get<double>(), 10.0);
+    std::map<std::string, double> all;
+    parse_exposition(prometheus_text(*host_, devices_, nullptr, nullptr), &all);
+    const std::string dev = R"({path="mem:2M"})";
+    EXPECT_EQ(all.at("swapvisor_swap_tier_stored_pages" + dev), 8.0);
+    EXPECT_EQ(all.at("swapvisor_swap_tier_rejected_pages_total" + dev), 2.0);
+    EXPECT_EQ(all.at("swapvisor_swap_tier_arena_bytes" + dev), (*tier)["tier"]["arena_bytes"].get<double>());
+    EXPECT_NEAR(all.at("swapvisor_swap_tier_ratio" + dev), (*tier)["tier"]["ratio"].get<double>(), 1e-6);
+    EXPECT_FALSE(all.contains("swapvisor_swap_tier_stored_pages{path=\"" + (dir_ / "a.swap").string() + "\"}"))
+        << "a disk has no tier figures";
+    for (const swap::PageOut& p : outs) pool_->free(p.vslot);
 }
 
 TEST_F(MetricsTest, HttpServerAnswersMetricsOnLoopbackOnly) {

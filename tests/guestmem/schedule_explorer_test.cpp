@@ -22,8 +22,13 @@
 //   complete k                finish_writeback of written batch k, in any order;
 //   bring back                swapoff's bring-back of the slot the page had when the
 //                             explorer last saw it swapped (possibly stale);
-//   swapoff                   SwapPool::swapoff of one device (moves every used slot
-//                             to the other), then a fresh device takes its place;
+//   swapoff                   SwapPool::swapoff of one disk (moves every used slot
+//                             to the other), then a fresh disk takes its place;
+//   demote                    SwapPool::demote_device of the compressed memory tier
+//                             (priority 10, ahead of the disks; odd seeds' pages
+//                             compress, even seeds' are refused): every page it holds
+//                             moves to a disk by slot migration (issue #19);
+//   tier swapoff              SwapPool::swapoff of the memory tier, then a fresh one;
 //   failing swap-in           a guest or VMM read of a swapped page whose read fails.
 //
 // Checked after every step: every entry unlocked and matching the fake kernel's model
@@ -31,7 +36,8 @@
 // written to it, a swapped page's slot and a clean copy's slot hold exactly that
 // too, a zero page was never written or was discarded, a lost page had a failed read
 // injected); the occupancy counters; the pool's slots against the table's references
-// plus the slots of written, uncompleted batches (no leak, no double use, right owner).
+// plus the slots of written, uncompleted batches (no leak, no double use, right owner),
+// and the used slots of all devices against the vslots (no page in two tiers or none).
 //
 // SWV_EXPLORE_SECONDS (default 3) and SWV_EXPLORE_SEED (default: from the clock,
 // printed) set the run; a failure prints the seed and the schedule to replay.
@@ -74,9 +80,12 @@ constexpr std::size_t kMaxInFlight = 3;  // WritebackQueue: queued + written + c
 constexpr VmId kVm = 1;
 constexpr std::uint64_t kDeviceBytes = 4ULL << 20;
 
+// Odd seeds give a page that compresses (the memory tier keeps it), even seeds one
+// that does not (the tier refuses it to a disk).
 void fill(std::byte* page, std::uint64_t seed) {
     for (std::uint64_t w = 0; w < kPageSize / 8; ++w) {
-        std::uint64_t v = (seed + 1) * 0x9E3779B97F4A7C15ULL ^ (w * 0xBF58476D1CE4E5B9ULL);
+        const std::uint64_t word = seed % 2 == 1 && w >= 32 ? 32 : w;
+        std::uint64_t v = (seed + 1) * 0x9E3779B97F4A7C15ULL ^ (word * 0xBF58476D1CE4E5B9ULL);
         v |= 1;
         std::memcpy(page + w * 8, &v, 8);
     }
@@ -94,14 +103,14 @@ bool holds(const std::byte* page, std::uint64_t seed) {
 
 enum class Kind : std::uint8_t {
     guest_read, guest_write, vmm_read, vmm_write, discard, scan, queue, write, write_failing, complete,
-    bring_back, swapoff, failing_swap_in, count_
+    bring_back, swapoff, failing_swap_in, demote, tier_swapoff, count_
 };
 constexpr std::size_t kKinds = static_cast<std::size_t>(Kind::count_);
 const char* name(Kind k) {
     static constexpr const char* names[kKinds] = {"guest-read", "guest-write", "vmm-read",       "vmm-write",
                                                   "discard",    "scan",        "queue",          "write",
                                                   "write-fail", "complete",    "bring-back",     "swapoff",
-                                                  "failing-swap-in"};
+                                                  "failing-swap-in", "demote",    "tier-swapoff"};
     return names[static_cast<std::size_t>(k)];
 }
 
@@ -121,6 +130,7 @@ struct Batch {
 class World {
 public:
     World(std::uint64_t pages, io::Ring& ring) : pages_(pages), ring_(ring) {
+        add_tier();
         for (int i = 0; i < 2; ++i) add_device();
         pool_.set_eviction_sink(&sink_);
     }
@@ -154,6 +164,8 @@ public:
             if (b.stage == Batch::Stage::written) add(Kind::complete, k);
         }
         add(Kind::swapoff, 0);
+        add(Kind::demote, 0);
+        add(Kind::tier_swapoff, 0);
         return out;
     }
 
@@ -198,6 +210,10 @@ public:
                 break;
             }
             case Kind::swapoff: swapoff(); break;
+            case Kind::demote: (void)pool_.demote_device(ring_, tier_, kMaxPages); break;
+            case Kind::tier_swapoff:
+                if (pool_.swapoff("mem:1M", ring_)) add_tier();
+                break;
             case Kind::failing_swap_in: {
                 const auto rule = plan_->add(io::FaultRule{io::FaultMatch::read, {}, {}, 0, {}, io::fault::Eio{}});
                 lost_ok_[a.arg] = true;  // the page may be lost: the guest is told, never lied to
@@ -268,6 +284,10 @@ public:
             return fmt::format("resident counter {} != {} present entries", occupancy_.resident.load(), resident);
         if (occupancy_.swapped.load() != swapped)
             return fmt::format("swapped counter {} != {} swapped entries", occupancy_.swapped.load(), swapped);
+        std::uint64_t used = 0;
+        for (const swap::DeviceStats& d : pool_.stats()) used += d.used_slots;
+        if (used != pool_.allocated_vslots())
+            return fmt::format("devices use {} slots for {} vslots", used, pool_.allocated_vslots());
         if (pool_.allocated_vslots() != referenced + in_flight)
             return fmt::format("pool holds {} vslots, the table refers to {} and batches in flight to {}",
                                pool_.allocated_vslots(), referenced, in_flight);
@@ -275,6 +295,12 @@ public:
     }
 
 private:
+    void add_tier() {
+        auto id = pool_.swapon("mem:1M", 10, 0);
+        SWV_ASSERT(id.has_value(), "explorer: swapon of the memory tier failed");
+        tier_ = *id;
+    }
+
     void add_device() {
         auto dev = std::make_unique<FakeBlockDevice>(fmt::format("explorer-{}", next_device_++), kDeviceBytes);
         auto id = pool_.swapon(std::make_unique<io::FaultyBlockDevice>(std::move(dev), plan_), 0);
@@ -383,7 +409,8 @@ private:
     }
 
     void swapoff() {
-        const auto devices = pool_.stats();
+        auto devices = pool_.stats();
+        std::erase_if(devices, [](const swap::DeviceStats& d) { return d.kind == "memory"; });  // tier_swapoff's
         if (devices.size() < 2) return;
         // The fuller device goes; the other has room for all of it (kDeviceBytes).
         const auto& gone = devices[0].used_slots >= devices[1].used_slots ? devices[0] : devices[1];
@@ -409,6 +436,7 @@ private:
     std::array<swap::VSlot, kMaxPages> last_vslot_{};   // its slot when last seen swapped
     std::uint64_t next_seed_ = 1;
     int next_device_ = 0;
+    swap::DeviceId tier_{};
     alignas(4096) std::array<std::byte, kPageSize> buf_{};
 };
 

@@ -38,6 +38,13 @@ TEST(IoBatchPlan, SplitsAtDeviceBoundary) {
     EXPECT_EQ(plan_runs(pages, 256), (std::vector<PageRun>{{0, 2}, {2, 2}}));
 }
 
+TEST(IoBatchPlan, PagesOfAPageByPageDeviceAreOneRunEach) {
+    // A memory tier stores page by page: its neighbours never merge, others still do.
+    std::vector<PageIo> pages{at(kDevA, 10, 0), at(kDevA, 11, 1), at(kDevB, 12, 2), at(kDevB, 13, 3)};
+    const io::BlockDevice* const single[] = {kDevA};
+    EXPECT_EQ(plan_runs(pages, 256, single), (std::vector<PageRun>{{0, 1}, {1, 1}, {2, 2}}));
+}
+
 TEST(IoBatchPlan, SplitsAtSlotGapAndAtSlotsOutOfOrder) {
     std::vector<PageIo> gap{at(kDevA, 10, 0), at(kDevA, 11, 1), at(kDevA, 13, 2), at(kDevA, 14, 3)};
     EXPECT_EQ(plan_runs(gap, 256), (std::vector<PageRun>{{0, 2}, {2, 2}}));

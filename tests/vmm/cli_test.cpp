@@ -54,6 +54,23 @@ TEST(CliSwapSpecTest, Forms) {
     EXPECT_EQ(parse_swap_spec("s.img,size=64M,priority=0").value(), (SwapSpec{"s.img", 0, 64ULL << 20}));
 }
 
+TEST(CliSwapSpecTest, AMemoryTierKeepsItsOptionsInItsName) {
+    auto spec = parse_swap_spec("mem:256M,codec=zstd,priority=7,max=2048,high=80,low=50");
+    ASSERT_TRUE(spec) << spec.error().message();
+    EXPECT_EQ(spec->path, "mem:256M,codec=zstd,max=2048,high=80,low=50");
+    EXPECT_EQ(spec->priority, 7);
+    EXPECT_EQ(spec->size, std::nullopt);
+    EXPECT_EQ(parse_swap_spec("mem:1G").value().path, "mem:1G");
+    for (auto [bad, fragment] : {std::pair{"mem:1G,size=1G", "no size="}, {"mem:1G,format=yes", "no format="},
+                                 {"mem:1G,codec=gzip", "lz4 or zstd"}, {"mem:huge", "SIZE"},
+                                 {"mem:1G,high=50,low=60", "below high"}, {"mem:1G,bogus=1", "unknown option"},
+                                 {"/s.img,codec=lz4", "unknown option 'codec'"}}) {
+        auto r = parse_swap_spec(bad);
+        ASSERT_FALSE(r) << bad;
+        EXPECT_NE(r.error().message().find(fragment), std::string::npos) << r.error().message();
+    }
+}
+
 TEST(CliSwapSpecTest, StrictSubOptions) {
     auto rejects = [](const char* spec, const char* fragment) {
         auto r = parse_swap_spec(spec);

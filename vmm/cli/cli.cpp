@@ -294,11 +294,14 @@ CliOutcome parse_command_line(const std::vector<std::string>& given) {
                     "Most guest RAM kept in host memory, at least 16M; colder pages go to swap (default: no limit)")
         ->type_name("SIZE");
     run->add_option("--swap", raw.swaps,
-                    "Swap device or file, repeatable: PATH[,priority=N][,size=SIZE][,format=yes|force][,takeover=yes]. "
-                    "Higher priority is used first (0..32767); a missing file is created with size= of swap space and "
-                    "a swap header. An existing device must carry the header ('swapvisor mkswap PATH') and match "
-                    "size=, unless format=yes erases it. An NBD export another swapvisor holds (a live lease) is "
-                    "refused unless takeover=yes")
+                    "Swap device or file, repeatable: PATH[,priority=N][,size=SIZE][,format=yes|force][,takeover=yes], "
+                    "or a compressed tier in host RAM: mem:SIZE[,codec=lz4|zstd][,max=BYTES][,high=PCT][,low=PCT]"
+                    "[,share=PCT][,priority=N] (counted in the host budget; pages not compressing to max= (3072) go to "
+                    "the next device; past high=% (90) its coldest pages move down to low=% (75); one VM holds at most "
+                    "share=% of it). Higher priority is used first (0..32767); a missing file is created with size= of "
+                    "swap space and a swap header. An existing device must carry the header ('swapvisor mkswap PATH') "
+                    "and match size=, unless format=yes erases it. An NBD export another swapvisor holds (a live "
+                    "lease) is refused unless takeover=yes")
         ->type_name("PATH[,priority=N][,size=SIZE][,format=yes][,takeover=yes]")
         ->take_all();
     run->add_option("--stats-json", raw.stats_json, "Write the final memory and swap counters as JSON to FILE on exit")

@@ -14,6 +14,7 @@
 #include <fmt/format.h>
 
 #include "io/nbd_device.hpp"
+#include "swap/memory_tier.hpp"
 #include "vmm/error_category.hpp"
 
 #include "vmm/control/protocol.hpp"
@@ -106,6 +107,12 @@ Result<SwapSpec> parse_swap_spec(std::string_view text) {
     if (io::is_nbd_uri(path)) {
         if (auto uri = io::normalise_nbd_uri(path); !uri) return bad(uri.error().op);
     }
+    // A compressed memory tier: mem:SIZE[,codec=lz4|zstd][,max=BYTES][,high=PCT][,low=PCT][,share=PCT]
+    // (swap/README.md#tiers). Its own options travel in the path, which the pool
+    // parses; priority= is the device's as for any other; size= and format= are not
+    // taken (SIZE is in the name, nothing to format).
+    const bool memory = swap::is_memory_tier_name(path);
+    std::string tier(path);
     while (comma != std::string_view::npos) {
         std::size_t start = comma + 1;
         comma = text.find(',', start);
@@ -117,6 +124,12 @@ Result<SwapSpec> parse_swap_spec(std::string_view text) {
         }
         std::string_view key = option.substr(0, eq);
         std::string_view value = option.substr(eq + 1);
+        if (memory && (key == "codec" || key == "max" || key == "high" || key == "low" || key == "share")) {
+            tier += fmt::format(",{}", option);
+            continue;
+        }
+        if (memory && (key == "size" || key == "format"))
+            return bad(fmt::format("a memory tier takes no {}= (its size is mem:SIZE)", key));
         if (key == "priority") {
             if (spec.priority) return bad("priority given twice");
             int prio = -1;
@@ -142,9 +155,14 @@ Result<SwapSpec> parse_swap_spec(std::string_view text) {
             spec.takeover = value == "yes" ? swap::Takeover::yes : swap::Takeover::no;
             have_takeover = true;
         } else {
-            return bad(fmt::format(
-                "unknown option '{}' (accepted: priority=N, size=SIZE, format=yes|force, takeover=yes)", key));
+            return bad(fmt::format("unknown option '{}' (accepted: priority=N, size=SIZE, format=yes|force, "
+                                   "takeover=yes{})",
+                                   key, memory ? "; for mem: codec=lz4|zstd, max=BYTES, high=PCT, low=PCT, share=PCT" : ""));
         }
+    }
+    if (memory) {
+        if (auto t = swap::parse_memory_tier(tier); !t) return bad(t.error().context);
+        spec.path = std::filesystem::path(tier);
     }
     return spec;
 }

@@ -25,6 +25,7 @@
 
 #include "guestmem/latency_histogram.hpp"
 #include "io/nbd_device.hpp"
+#include "swap/memory_tier.hpp"
 #include "io/unique_fd.hpp"
 #include "vmm/control/protocol.hpp"
 
@@ -138,6 +139,16 @@ void print_status(const json& reply, StatsDetail detail, std::ostream& out) {
         }
         if (u64(dev, "read_retries_total") != 0)
             out << fmt::format("  reads retried after a lost connection: {}\n", u64(dev, "read_retries_total"));
+        if (dev.contains("tier") && dev["tier"].is_object()) {
+            const json& t = dev["tier"];
+            const double ratio = t.contains("ratio") && t["ratio"].is_number() ? t["ratio"].get<double>() : 0.0;
+            const double frag = t.contains("fragmentation") && t["fragmentation"].is_number() ? t["fragmentation"].get<double>() : 0.0;
+            out << fmt::format("  memory tier ({}): {} pages in {} bytes compressed, ratio {:.2f}, arena {}/{} bytes "
+                               "({:.0f}% fragmented); {} rejected, {} demoted, {} swap-ins served\n",
+                               str(t, "codec"), u64(t, "stored_pages"), u64(t, "compressed_bytes"), ratio,
+                               u64(t, "arena_bytes"), u64(t, "capacity_bytes"), frag * 100, u64(t, "rejected_pages_total"),
+                               u64(t, "demoted_pages_total"), u64(t, "swapins_served_total"));
+        }
         if (detail == StatsDetail::full)
             out << fmt::format("  read_bytes_total {}, written_bytes_total {}\n", u64(dev, "read_bytes_total"),
                                u64(dev, "written_bytes_total"));
@@ -412,7 +423,7 @@ void add_ctl_subcommand(CLI::App& app, CtlOptions& o) {
 
 // A path as the operator meant it: relative to the ctl's directory, not the server's.
 static std::string absolute_path(const std::string& path) {
-    if (io::is_nbd_uri(path)) return path;  // a remote export, not a path
+    if (io::is_nbd_uri(path) || swap::is_memory_tier_name(path)) return path;  // a remote export or a memory tier
     std::error_code ec;
     std::filesystem::path abs = std::filesystem::absolute(path, ec);
     return ec ? path : abs.lexically_normal().string();

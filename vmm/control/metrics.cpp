@@ -161,6 +161,22 @@ std::string prometheus_text(guestmem::HostMemory& host, const DeviceStats& devic
                  d.read_bytes, Type::counter);
         f.sample("swapvisor_swap_written_bytes_total", "bytes written to the device by writes that succeeded", dev,
                  d.written_bytes, Type::counter);
+        if (d.kind == "memory") {  // the compressed memory tier (swap/README.md#tiers)
+            f.sample("swapvisor_swap_tier_stored_pages", "pages held compressed in the memory tier", dev, d.stored_pages);
+            f.sample("swapvisor_swap_tier_compressed_bytes", "compressed size of the pages the memory tier holds", dev,
+                     d.compressed_bytes);
+            f.sample("swapvisor_swap_tier_arena_bytes", "host memory the memory tier holds (counted in the host budget)",
+                     dev, d.arena_bytes);
+            f.sample("swapvisor_swap_tier_ratio", "stored bytes / compressed bytes of the memory tier", dev, d.ratio());
+            f.sample("swapvisor_swap_tier_fragmentation", "share of the memory tier's arena not holding compressed bytes",
+                     dev, d.fragmentation());
+            f.sample("swapvisor_swap_tier_rejected_pages_total", "pages the memory tier refused (did not compress, full)",
+                     dev, d.rejected_pages, Type::counter);
+            f.sample("swapvisor_swap_tier_demoted_pages_total", "pages demoted from the memory tier to the next device",
+                     dev, d.demoted_pages, Type::counter);
+            f.sample("swapvisor_swap_tier_swapins_total", "swap-ins served from the memory tier", dev, d.swapins_served,
+                     Type::counter);
+        }
         f.sample("swapvisor_swap_removing", "1 while a swapoff of the device runs", dev, d.removing ? 1 : 0);
         if (d.remote) {
             for (swap::RemoteHealth h : {swap::RemoteHealth::up, swap::RemoteHealth::degraded, swap::RemoteHealth::down})

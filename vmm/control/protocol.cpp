@@ -10,6 +10,7 @@
 
 #include "io/block_device.hpp"
 #include "io/nbd_device.hpp"
+#include "swap/memory_tier.hpp"
 #include "swap/types.hpp"
 
 namespace swapvisor::vmm::control {
@@ -171,7 +172,7 @@ enum class Uri : bool { no, yes };
 std::expected<std::string, std::string> path_field(const json& request, const char* name, Uri uri) {
     auto path = string_field(request, name);
     if (!path) return path;
-    if (uri == Uri::yes && io::is_nbd_uri(*path)) return path;
+    if (uri == Uri::yes && (io::is_nbd_uri(*path) || swap::is_memory_tier_name(*path))) return path;
     if (path->front() != '/')
         return std::unexpected(fmt::format("field \"{}\" must be an absolute path (the server's working directory is "
                                            "not the client's): \"{}\"",

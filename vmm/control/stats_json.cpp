@@ -64,8 +64,24 @@ nlohmann::json stats_json(guestmem::HostMemory& host, const DeviceStats& devices
                                      {"lease_until_ms", d.remote->lease_until_ms},
                                      {"probes", d.remote->probes}};
         }
+        if (d.kind == "memory") {
+            // The compressed memory tier (swap/README.md#tiers).
+            swap.back()["kind"] = d.kind;
+            swap.back()["tier"] = {{"codec", d.codec},
+                                   {"stored_pages", d.stored_pages},
+                                   {"compressed_bytes", d.compressed_bytes},
+                                   {"arena_bytes", d.arena_bytes},
+                                   {"capacity_bytes", d.capacity_bytes},
+                                   {"ratio", d.ratio()},
+                                   {"fragmentation", d.fragmentation()},
+                                   {"rejected_pages_total", d.rejected_pages},
+                                   {"demoted_pages_total", d.demoted_pages},
+                                   {"swapins_served_total", d.swapins_served}};
+        }
     }
     json host_json = {{"budget_bytes", host.budget()}, {"resident_bytes", host.resident_bytes()}};
+    // Host memory the compressed memory tiers hold: charged to the budget too.
+    if (const std::uint64_t tiers = host.pool().memory_tier_bytes(); tiers != 0) host_json["memory_tier_bytes"] = tiers;
     if (full) host_json["allocated_vslots"] = host.pool().allocated_vslots();
     return json{{"vms", std::move(vms)}, {"swap", std::move(swap)}, {"host", std::move(host_json)}};
 }
