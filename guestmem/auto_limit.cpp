@@ -65,7 +65,9 @@ AutoDecision AutoLimit::decide(const AutoLimitInput& in) {
     const std::uint64_t before = target_;
     if (over) {
         const double p = std::max(p10, settled ? p60 : 0.0);
-        const double excess = p > t ? std::min(1.0, (p - t) / t) : 1.0;  // a refault trigger grows fully
+        // Full back-off from 11x the target (a VM thrashing); a stall a little over the
+        // target (the probe just went below the working set) grows the limit a little.
+        const double excess = p > t ? std::min(1.0, (p - t) / (10 * t)) : 1.0;  // refaults alone: fully
         const auto grow = std::max<std::uint64_t>(
             kMinBackoff, static_cast<std::uint64_t>(static_cast<double>(target_) * config_.backoff_ratio * excess));
         target_ = clamp(target_ + grow);

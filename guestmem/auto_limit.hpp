@@ -11,7 +11,7 @@
 //   - when the stall over 10 s, or over 60 s once the last back-off has had a window
 //     to show, is over the target (or the refault rate is over its optional
 //     target), back off fast: grow by backoff_ratio of the limit, scaled by how far
-//     over, at least kMinBackoff;
+//     over (fully from 11x the target), at least kMinBackoff;
 //   - never below floor, never above ceiling; a limit above what the VM uses costs
 //     nothing to lower, so a probe starts from min(limit, resident).
 //   - with a balloon, a probe first asks the guest (balloon = memory - new target)

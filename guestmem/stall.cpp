@@ -13,17 +13,30 @@ StallTracker::StallTracker(unsigned vcpus, MonoTime start) : vcpus_(std::max(1u,
 void StallTracker::advance(MonoTime t) {
     if (t < last_) t = last_;  // callers' clocks are read outside the mutex
     const auto dt = static_cast<std::uint64_t>((t - last_).count());
-    if (dt != 0) {
-        if (open_ > 0) some_ns_ += dt;
-        if (open_ >= vcpus_) full_ns_ += dt;
-        for (Thread& th : threads_) th.ns += th.open * dt;
-        last_ = t;
+    if (dt == 0) return;
+    if (open_ > 0) some_ns_ += dt;
+    if (open_ >= vcpus_) full_ns_ += dt;
+    for (Thread& th : threads_) th.ns += th.open * dt;
+    last_ = t;
+}
+
+// Between two events the totals grow linearly (the number of stalled vCPUs is
+// constant), so the ring keeps the totals just before and just after each event:
+// interpolating between them is then exact. Events less than kSampleEvery after the
+// first of a run share one pair of points (the run's start before, its latest event
+// after), which bounds the ring to two points a second.
+void StallTracker::record(const Totals& before) {
+    Totals after = totals_at_now();
+    if (pair_open_ && after.t - pair_start_ < kSampleEvery) {
+        ring_.back() = std::move(after);
+    } else {
+        ring_.push_back(before);
+        ring_.push_back(std::move(after));
+        pair_start_ = last_;
+        pair_open_ = true;
     }
-    if (t - ring_.back().t < kSampleEvery) return;
-    ring_.push_back(totals_at_now());
-    // Keep the newest sample at or before the longest window's start (plus one second
-    // for the interpolation), drop older ones.
-    const MonoTime horizon = t - kStallWindows.back() - kSampleEvery;
+    // Keep the newest point at or before the longest window's start, drop older ones.
+    const MonoTime horizon = last_ - kStallWindows.back();
     while (ring_.size() > 2 && ring_[1].t <= horizon) ring_.pop_front();
 }
 
@@ -45,7 +58,9 @@ StallTracker::Totals StallTracker::totals_at(MonoTime t) const {
     auto lerp = [f](std::uint64_t x, std::uint64_t y) {
         return x + static_cast<std::uint64_t>(f * static_cast<double>(y - x));
     };
-    Totals out{t, lerp(a.some_ns, b.some_ns), lerp(a.full_ns, b.full_ns), lerp(a.refaults, b.refaults), {}};
+    // refaults jump only at points (the pair around each event), so between two
+    // points they are constant: take the earlier point's.
+    Totals out{t, lerp(a.some_ns, b.some_ns), lerp(a.full_ns, b.full_ns), a.refaults, {}};
     for (std::size_t i = 0; i < b.thread_ns.size(); ++i)
         out.thread_ns.push_back(lerp(i < a.thread_ns.size() ? a.thread_ns[i] : 0, b.thread_ns[i]));
     return out;
@@ -54,6 +69,7 @@ StallTracker::Totals StallTracker::totals_at(MonoTime t) const {
 StallTracker::Token StallTracker::begin(std::uint32_t tid, MonoTime t) {
     std::lock_guard lock(mutex_);
     advance(t);
+    const Totals before = totals_at_now();
     Token token = 0;
     if (tid != 0) {
         auto it = std::find_if(threads_.begin(), threads_.end(), [tid](const Thread& th) { return th.tid == tid; });
@@ -66,21 +82,26 @@ StallTracker::Token StallTracker::begin(std::uint32_t tid, MonoTime t) {
     ++threads_[token].open;
     ++open_;
     ++stalls_;
+    record(before);
     return token;
 }
 
 void StallTracker::end(Token token, MonoTime t) {
     std::lock_guard lock(mutex_);
     advance(t);
+    const Totals before = totals_at_now();
     SWV_ASSERT(token < threads_.size() && threads_[token].open > 0 && open_ > 0, "stall ended that never began");
     --threads_[token].open;
     --open_;
+    record(before);
 }
 
 void StallTracker::note_refault(MonoTime t) {
     std::lock_guard lock(mutex_);
     advance(t);
+    const Totals before = totals_at_now();
     ++refaults_;
+    record(before);
 }
 
 StallSnapshot StallTracker::snapshot(MonoTime now) {

@@ -18,11 +18,13 @@
 // vCPUs. `full` counts a halted (idle) vCPU as not stalled, unlike the kernel's PSI,
 // which leaves idle tasks out: it under-reports full when some vCPUs idle.
 //
-// Windows: the tracker integrates the stalled time exactly at every begin / end; it
-// keeps the running totals at most once a second in a ring covering 300 s, and a
-// window's start is interpolated between the two totals around it, exact except for
-// events in the first second after the earlier one. Refaults (swap-ins of pages
-// accessed within the working-set window) are counted the same way, per minute.
+// Windows: the tracker integrates the stalled time exactly at every begin / end and
+// keeps the running totals just before and after each event in a ring covering 300 s
+// (events within a second of each other share one pair), so a window's start is
+// interpolated between two points with no event between them: exact, except that a
+// window edge falling inside a burst of events (less than a second) is placed
+// linearly within it. Refaults (swap-ins of pages accessed within the working-set
+// window) are counted the same way, per minute.
 //
 // Threads: any; one mutex (stalls are waits of tens of microseconds or more).
 #pragma once
@@ -87,8 +89,10 @@ private:
         std::uint64_t some_ns = 0, full_ns = 0, refaults = 0;
         std::vector<std::uint64_t> thread_ns;  // per threads_ index
     };
-    // Integrate up to t (clamped to be monotonic); keep a ring sample if one is due.
+    // Integrate up to t (clamped to be monotonic).
     void advance(MonoTime t);
+    // An event happened at last_: keep the totals before and after it (see stall.cpp).
+    void record(const Totals& before);
     Totals totals_at_now() const;
     // Totals at `t`, interpolated from the ring (t is in the past).
     Totals totals_at(MonoTime t) const;
@@ -100,7 +104,9 @@ private:
     std::uint32_t open_ = 0;  // stalled vCPUs now
     std::uint64_t some_ns_ = 0, full_ns_ = 0, stalls_ = 0, refaults_ = 0;
     std::vector<Thread> threads_;  // threads_[0] is tid 0
-    std::deque<Totals> ring_;      // oldest first; one at most every kSampleEvery
+    std::deque<Totals> ring_;      // oldest first; two points per event run (stall.cpp)
+    MonoTime pair_start_{0};
+    bool pair_open_ = false;
 };
 
 }  // namespace swapvisor::guestmem
