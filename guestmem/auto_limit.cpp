@@ -38,6 +38,7 @@ AutoDecision AutoLimit::decide(const AutoLimitInput& in) {
         target_ = clamp(in.limit_bytes ? in.limit_bytes : std::max(in.resident_bytes, floor));
         lagging_limit_ = target_;
         last_ = in.now;
+        last_stall_ns_ = in.stall_some_ns;
         last_backoff_ = in.now - std::chrono::hours(1);
         last_decision_ = AutoDecision{AutoAction::hold, target_, std::nullopt, target_,
                                       fmt::format("start at {} (floor {}, ceiling {})", mib(target_), mib(floor),
@@ -51,37 +52,42 @@ AutoDecision AutoLimit::decide(const AutoLimitInput& in) {
         same.fresh = false;
         return same;
     }
+    // The stall over this interval, from the running total.
+    const double span = static_cast<double>((in.now - last_).count());
+    const double p_now =
+        in.stall_some_ns >= last_stall_ns_ ? static_cast<double>(in.stall_some_ns - last_stall_ns_) / span : 0.0;
     last_ = in.now;
+    last_stall_ns_ = in.stall_some_ns;
 
     const double t = config_.stall_target;
-    const double p10 = in.stall_some_avg10, p60 = in.stall_some_avg60;
-    // The 60 s window still shows the stall that caused the last back-off for one
-    // window after it: only the 10 s window may trigger another back-off meanwhile.
+    const double p60 = in.stall_some_avg60;
+    // The 60 s average still shows the stall that caused the last back-off for a
+    // minute: no probe until it has passed (and shows the target held).
     const bool settled = in.now - last_backoff_ >= std::chrono::seconds(60);
     const bool refaulting = config_.refault_target && in.refault_ws_per_min > *config_.refault_target;
-    const bool over = p10 > t || (settled && p60 > t) || refaulting;
+    const bool over = p_now > t || refaulting;
 
     AutoDecision d;
     const std::uint64_t before = target_;
     if (over) {
-        const double p = std::max(p10, settled ? p60 : 0.0);
+        const double p = p_now;
         // Full back-off from 11x the target (a VM thrashing); a stall a little over the
         // target (the probe just went below the working set) grows the limit a little.
         const double excess = p > t ? std::min(1.0, (p - t) / (10 * t)) : 1.0;  // refaults alone: fully
         const auto grow = std::max<std::uint64_t>(
-            kMinBackoff, static_cast<std::uint64_t>(static_cast<double>(target_) * config_.backoff_ratio * excess));
+            config_.min_backoff_bytes, static_cast<std::uint64_t>(static_cast<double>(target_) * config_.backoff_ratio * excess));
         target_ = clamp(target_ + grow);
         last_backoff_ = in.now;
         d.action = AutoAction::back_off;
-        d.reason = refaulting && !(p10 > t || (settled && p60 > t))
+        d.reason = refaulting && !(p_now > t)
                        ? fmt::format("back-off: refaults {:.4f}/min of the working set over {:.4f}; {} -> {}",
                                      in.refault_ws_per_min, *config_.refault_target, mib(before), mib(target_))
-                       : fmt::format("back-off: stall {:.2f}% (10 s) / {:.2f}% (60 s) over {:.2f}%; {} -> {}",
-                                     p10 * 100, p60 * 100, t * 100, mib(before), mib(target_));
+                       : fmt::format("back-off: stall {:.2f}% over the last {:.0f} s, over {:.2f}%; {} -> {}",
+                                     p_now * 100, span / 1e9, t * 100, mib(before), mib(target_));
     } else if (p60 <= t && settled) {
         // A limit above what the VM holds is free to lower to it.
         const std::uint64_t base = std::min(target_, std::max(page_align(in.resident_bytes), floor));
-        const double room = 1.0 - std::max(p10, p60) / t;  // 1 with no stall, 0 at the target
+        const double room = 1.0 - std::max(p_now, p60) / t;  // 1 with no stall, 0 at the target
         const auto shrink = std::max<std::uint64_t>(
             room > 0 ? kMinProbe : 0, static_cast<std::uint64_t>(static_cast<double>(base) * config_.probe_ratio * room));
         target_ = clamp(base > shrink ? base - shrink : 0);

@@ -5,13 +5,15 @@
 // (tests/guestmem/auto_limit_test.cpp).
 //
 // Senpai's shape (Meta's userspace memory sizer):
-//   - while the stall (`some`, over 10 s and 60 s) is under the target, probe down
-//     slowly: every interval, shrink by probe_ratio of the limit, scaled by how far
-//     under the target the stall is (no shrink at the target);
-//   - when the stall over 10 s, or over 60 s once the last back-off has had a window
-//     to show, is over the target (or the refault rate is over its optional
-//     target), back off fast: grow by backoff_ratio of the limit, scaled by how far
-//     over (fully from 11x the target), at least kMinBackoff;
+//   - the stall that decides is `some` over the last interval (from the tracker's
+//     running total: no averaging lag), with the 60 s average as the slow check;
+//   - while both are under the target and the last back-off is a minute old, probe
+//     down slowly: every interval, shrink by probe_ratio of the limit, scaled by how
+//     far under the target the stall is (no shrink at the target);
+//   - when the last interval's stall is over the target (or the refault rate is over
+//     its optional target), back off fast: grow by backoff_ratio of the limit, scaled
+//     by how far over (fully from 11x the target), at least min_backoff_bytes. (A
+//     10 s average would keep a burst in view for 10 s and back off on it ten times.)
 //   - never below floor, never above ceiling; a limit above what the VM uses costs
 //     nothing to lower, so a probe starts from min(limit, resident).
 //   - with a balloon, a probe first asks the guest (balloon = memory - new target)
@@ -40,6 +42,7 @@ struct AutoLimitConfig {
     std::chrono::seconds interval{5};        // one decision per interval
     double probe_ratio = 0.01;               // largest shrink per interval, of the limit
     double backoff_ratio = 0.25;             // largest growth per interval, of the limit
+    std::uint64_t min_backoff_bytes = 16ULL << 20;  // smallest growth of a back-off
 };
 
 struct AutoLimitInput {
@@ -48,6 +51,7 @@ struct AutoLimitInput {
     std::uint64_t limit_bytes = 0;     // in force now (0: none)
     std::uint64_t resident_bytes = 0;
     std::uint64_t working_set_bytes = 0;
+    std::uint64_t stall_some_ns = 0;   // `some` stall since the VM started (the tracker's total)
     double stall_some_avg10 = 0;       // fractions of wall time
     double stall_some_avg60 = 0;
     double refault_ws_per_min = 0;
@@ -68,7 +72,6 @@ struct AutoDecision {
 
 class AutoLimit {
 public:
-    static constexpr std::uint64_t kMinBackoff = 16ULL << 20;
     static constexpr std::uint64_t kMinProbe = 1ULL << 20;
 
     explicit AutoLimit(AutoLimitConfig config) : config_(config) {}
@@ -82,6 +85,7 @@ private:
     std::uint64_t target_ = 0;          // 0: not started
     std::uint64_t lagging_limit_ = 0;   // with a balloon: the limit set one interval behind
     MonoTime last_{0};
+    std::uint64_t last_stall_ns_ = 0;   // the input's stall_some_ns at last_
     MonoTime last_backoff_{0};
     AutoDecision last_decision_;
 };

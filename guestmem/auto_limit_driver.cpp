@@ -72,6 +72,7 @@ void AutoLimitDriver::step(MonoTime now) {
                               s.resident_limit,
                               s.resident_bytes,
                               s.working_set_bytes,
+                              s.stall_some_ns,
                               s.stall_some_avg10,
                               s.stall_some_avg60,
                               s.refault_ws_per_min,

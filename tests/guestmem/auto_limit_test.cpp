@@ -31,6 +31,7 @@ struct SimVm {
     MonoTime now = 10000s;
     std::deque<double> per_second;  // stall share of each simulated second, newest last
     std::uint64_t max_limit = 0;    // over the last run()
+    std::uint64_t stall_ns = 0;     // running total, as StallTracker keeps it
 
     double stall_now() const {
         if (limit >= working_set || working_set == 0) return 0;
@@ -45,8 +46,9 @@ struct SimVm {
     AutoDecision step(AutoLimit& engine) {
         per_second.push_back(stall_now());
         if (per_second.size() > 300) per_second.pop_front();
+        stall_ns += static_cast<std::uint64_t>(per_second.back() * 1e9);
         now += 1s;
-        AutoLimitInput in{now, memory, limit, limit, working_set, average(10), average(60), 0, balloon};
+        AutoLimitInput in{now, memory, limit, limit, working_set, stall_ns, average(10), average(60), 0, balloon};
         AutoDecision d = engine.decide(in);
         EXPECT_GE(d.limit_bytes, std::min(engine.config().floor_bytes, memory)) << "below the floor";
         EXPECT_LE(d.limit_bytes, memory);
@@ -120,15 +122,16 @@ TEST(AutoLimitTest, CeilingAndRefaultTarget) {
     c.ceiling_bytes = 1024 * MiB;
     c.refault_target = 0.01;
     AutoLimit engine(c);
-    AutoLimitInput in{1000s, 2048 * MiB, 600 * MiB, 600 * MiB, 900 * MiB, 1.0, 1.0, 0, false};
+    AutoLimitInput in{1000s, 2048 * MiB, 600 * MiB, 600 * MiB, 900 * MiB, 0, 1.0, 1.0, 0, false};
     for (int i = 0; i < 100; ++i) {
         in.now += 5s;
+        in.stall_some_ns += 5'000'000'000;  // stalled all the time
         in.limit_bytes = engine.decide(in).limit_bytes;
     }
     EXPECT_EQ(in.limit_bytes, 1024 * MiB);
 
     AutoLimit refaults(c);
-    AutoLimitInput r{1000s, 2048 * MiB, 512 * MiB, 512 * MiB, 500 * MiB, 0, 0, 0.5, false};
+    AutoLimitInput r{1000s, 2048 * MiB, 512 * MiB, 512 * MiB, 500 * MiB, 0, 0, 0, 0.5, false};
     (void)refaults.decide(r);
     r.now += 5s;
     const AutoDecision d = refaults.decide(r);
@@ -141,7 +144,7 @@ TEST(AutoLimitTest, CeilingAndRefaultTarget) {
 // the resident limit follows one interval later.
 TEST(AutoLimitTest, WithABalloonTheGuestIsAskedBeforeTheLimitFalls) {
     AutoLimit engine(AutoLimitConfig{});
-    AutoLimitInput in{1000s, 2048 * MiB, 1024 * MiB, 1024 * MiB, 100 * MiB, 0, 0, 0, true};
+    AutoLimitInput in{1000s, 2048 * MiB, 1024 * MiB, 1024 * MiB, 100 * MiB, 0, 0, 0, 0, true};
     AutoDecision d = engine.decide(in);
     ASSERT_TRUE(d.balloon_bytes);
     EXPECT_EQ(d.limit_bytes, 1024 * MiB);
@@ -161,7 +164,7 @@ TEST(AutoLimitTest, WithABalloonTheGuestIsAskedBeforeTheLimitFalls) {
 // Decisions come once per interval; in between the last one is repeated, not fresh.
 TEST(AutoLimitTest, OneDecisionPerInterval) {
     AutoLimit engine(AutoLimitConfig{});
-    AutoLimitInput in{1000s, 2048 * MiB, 1024 * MiB, 1024 * MiB, 100 * MiB, 0, 0, 0, false};
+    AutoLimitInput in{1000s, 2048 * MiB, 1024 * MiB, 1024 * MiB, 100 * MiB, 0, 0, 0, 0, false};
     EXPECT_TRUE(engine.decide(in).fresh);
     in.now += 5s;
     const AutoDecision a = engine.decide(in);
