@@ -11,10 +11,17 @@ AutoLimitDriver::AutoLimitDriver(HostMemory& host, AutoLimitHooks hooks) : host_
 
 AutoLimitDriver::~AutoLimitDriver() { stop(); }
 
+void AutoLimitDriver::set_defaults(AutoLimitConfig config, bool all_unlimited) {
+    std::lock_guard lock(mutex_);
+    defaults_ = config;
+    all_unlimited_ = all_unlimited;
+}
+
 void AutoLimitDriver::enable(const std::string& vm, AutoLimitConfig config) {
     {
         std::lock_guard lock(mutex_);
-        vms_.insert_or_assign(vm, Vm{AutoLimit(config), std::nullopt, std::nullopt});
+        vms_.insert_or_assign(vm, Vm{AutoLimit(config), std::nullopt, std::nullopt, true});
+        seen_.insert(vm);
     }
     spdlog::info("{}: resident limit auto (stall target {:.2f}%, floor {} MiB, ceiling {})", vm,
                  config.stall_target * 100, config.floor_bytes >> 20,
@@ -45,14 +52,25 @@ void AutoLimitDriver::step(MonoTime now) {
     };
     std::vector<Work> work;
     std::uint64_t others = 0;  // resident memory of the VMs not on auto (taken off the budget first)
+    std::vector<std::string> adopted;
     {
         std::vector<VmRef> vms = host_.vms();
         std::vector<MemStats> stats;
         for (const VmRef& vm : vms) stats.push_back(vm->stats());
         std::lock_guard lock(mutex_);
-        std::erase_if(vms_, [&](const auto& kv) {
-            return std::none_of(vms.begin(), vms.end(), [&](const VmRef& v) { return v->name() == kv.first; });
-        });
+        auto listed = [&](const std::string& name) {
+            return std::any_of(vms.begin(), vms.end(), [&](const VmRef& v) { return v->name() == name; });
+        };
+        std::erase_if(vms_, [&](const auto& kv) { return !listed(kv.first); });
+        std::erase_if(seen_, [&](const std::string& name) { return !listed(name); });
+        // New VMs that asked for auto (or have no limit, under --auto-limits).
+        for (std::size_t i = 0; i < vms.size(); ++i) {
+            const std::string& name = vms[i]->name();
+            if (!seen_.insert(name).second) continue;
+            if (!vms[i]->auto_limit_requested() && !(all_unlimited_ && stats[i].resident_limit == 0)) continue;
+            vms_.insert_or_assign(name, Vm{AutoLimit(defaults_), std::nullopt, std::nullopt, true});
+            adopted.push_back(name);
+        }
         for (std::size_t i = 0; i < vms.size(); ++i) {
             const MemStats& s = stats[i];
             auto it = vms_.find(s.name);
@@ -66,7 +84,7 @@ void AutoLimitDriver::step(MonoTime now) {
                 vms_.erase(it);
                 continue;
             }
-            const bool balloon = hooks_.has_balloon && hooks_.set_balloon && hooks_.has_balloon(s.name);
+            const bool balloon = hooks_.set_balloon && state.balloon;
             AutoLimitInput in{now,
                               s.memory_bytes,
                               s.resident_limit,
@@ -110,6 +128,7 @@ void AutoLimitDriver::step(MonoTime now) {
         }
     }
     // Apply, without the driver's lock.
+    for (const std::string& name : adopted) spdlog::info("{}: resident limit auto", name);
     for (Work& w : work) {
         const std::string& name = w.stats.name;
         if (w.overridden) {
@@ -119,7 +138,10 @@ void AutoLimitDriver::step(MonoTime now) {
         }
         const AutoDecision& d = w.decision;
         if (d.limit_bytes != w.stats.resident_limit) w.vm->set_resident_limit(d.limit_bytes);
-        if (d.balloon_bytes && d.balloon_bytes != w.applied_balloon) hooks_.set_balloon(name, *d.balloon_bytes);
+        if (d.balloon_bytes && d.balloon_bytes != w.applied_balloon && !hooks_.set_balloon(name, *d.balloon_bytes)) {
+            std::lock_guard lock(mutex_);
+            if (auto it = vms_.find(name); it != vms_.end()) it->second.balloon = false;  // none: limits only
+        }
         if (!d.fresh) continue;
         const std::string note = fmt::format("{}: {}", to_string(d.action), d.reason);
         if (d.limit_bytes != w.stats.resident_limit || d.action != AutoAction::hold) spdlog::info("{}: auto limit {}", name, d.reason);

@@ -18,6 +18,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 
@@ -26,10 +27,11 @@
 
 namespace swapvisor::guestmem {
 
-// What the VMM provides: the balloon of a VM, where it has one.
+// What the VMM provides: the balloon of a VM, where it has one. set_balloon asks it to
+// hold `balloon_bytes` and returns false when the VM has no balloon (it is then not
+// asked again). Empty: no VM has a balloon.
 struct AutoLimitHooks {
-    std::function<bool(const std::string& vm)> has_balloon;                              // empty: none
-    std::function<void(const std::string& vm, std::uint64_t balloon_bytes)> set_balloon;  // what it should hold
+    std::function<bool(const std::string& vm, std::uint64_t balloon_bytes)> set_balloon;
 };
 
 class AutoLimitDriver {
@@ -41,6 +43,10 @@ public:
     AutoLimitDriver(const AutoLimitDriver&) = delete;
     AutoLimitDriver& operator=(const AutoLimitDriver&) = delete;
 
+    // The config of VMs the driver puts on auto by itself: those created with
+    // MemoryConfig::auto_limit, and with `all_unlimited` (serve --auto-limits) every VM
+    // created without a resident limit. A VM taken off auto by hand stays off.
+    void set_defaults(AutoLimitConfig config, bool all_unlimited);
     // Put a VM on auto (resident-limit=auto) / take it off (its limit stays where it is).
     void enable(const std::string& vm, AutoLimitConfig config);
     void disable(const std::string& vm);
@@ -57,6 +63,7 @@ private:
         AutoLimit engine;
         std::optional<std::uint64_t> applied_limit;    // what the driver last set
         std::optional<std::uint64_t> applied_balloon;
+        bool balloon = true;  // until set_balloon says the VM has none
     };
     HostMemory& host_;
     AutoLimitHooks hooks_;
@@ -64,6 +71,9 @@ private:
     // a VM or a hook (step() decides under it, then applies without it).
     mutable std::mutex mutex_;
     std::map<std::string, Vm> vms_;
+    std::set<std::string> seen_;  // VMs already considered for auto by the defaults
+    AutoLimitConfig defaults_;
+    bool all_unlimited_ = false;
     bool stopping_ = false;
     std::condition_variable wake_;
     std::thread thread_;

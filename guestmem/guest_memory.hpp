@@ -58,6 +58,9 @@ struct MemoryConfig {
     // fault per page in use per period). 0: the hand moves only to reclaim, and the
     // cold-age histogram is only as fresh as the last reclaim sweep.
     std::chrono::milliseconds age_scan_period{0};
+    // resident-limit=auto: an AutoLimitDriver over this VM's HostMemory sizes its limit
+    // (auto_limit_driver.hpp); resident_limit is then only the starting point.
+    bool auto_limit = false;
 };
 
 // Build one VM's memory (HostMemory::create_vm is the usual way). host: the host
@@ -187,6 +190,7 @@ public:
     std::span<const RegionView> regions() const;
     std::uint64_t memory_bytes() const { return config_.memory_bytes; }
     const std::string& name() const { return config_.name; }
+    bool auto_limit_requested() const { return config_.auto_limit; }
     VmId id() const { return id_; }
 
     // Copy bytes into / out of guest memory through the VMM view, swapping pages in

@@ -402,7 +402,9 @@ void add_ctl_subcommand(CLI::App& app, CtlOptions& o) {
     create->add_option("--kernel", o.kernel, "Guest image (PVH ELF)")->required();
     create->add_option("--memory", o.memory, "Guest RAM, a multiple of 2 MiB")->check(size_validator())->capture_default_str();
     create->add_option("--vcpus", o.vcpus, "vCPUs (1..255)")->check(CLI::Range(1, 255));
-    create->add_option("--resident-limit", o.resident_limit, "Resident limit (at least 16M)")->check(size_validator());
+    create->add_option("--resident-limit", o.resident_limit,
+                       "Resident limit (at least 16M), or `auto`: sized from the VM's measured memory stall")
+        ->check(size_validator() | CLI::IsMember({"auto"}));
     create->add_option("--swap-quota", o.swap_quota, "Most of the shared swap pool it may fill")->check(size_validator());
     create->add_flag("--balloon", o.balloon, "Add a virtio-balloon device");
     create->add_option("--serial-log", o.serial_log, "Append the guest's serial output to FILE");
@@ -473,7 +475,8 @@ json ctl_request(const CtlOptions& options, int id) {
             request["kernel"] = absolute_path(options.kernel);
             request["memory"] = bytes_of(options.memory);
             request["vcpus"] = options.vcpus;
-            if (!options.resident_limit.empty()) request["resident_limit"] = bytes_of(options.resident_limit);
+            if (options.resident_limit == "auto") request["resident_limit"] = "auto";
+            else if (!options.resident_limit.empty()) request["resident_limit"] = bytes_of(options.resident_limit);
             if (!options.swap_quota.empty()) request["swap_quota"] = bytes_of(options.swap_quota);
             if (options.balloon) request["balloon"] = true;
             if (!options.serial_log.empty()) request["serial_log"] = absolute_path(options.serial_log);
