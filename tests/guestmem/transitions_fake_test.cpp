@@ -814,3 +814,32 @@ TEST_F(FakeTransitionsTest, ServeFaultAgesPagesAndCountsSwapInStallsAndRefaults)
     EXPECT_EQ(a.working_set_pages, 1u);
     EXPECT_NEAR(a.ages.sum_seconds, 1170.0, 1e-6);
 }
+
+// A fault held in the over-limit throttle is a stall too (of its thread, from the read
+// to the wake), though it reads no swap; a fault on a resident page is none.
+TEST_F(FakeTransitionsTest, ServeFaultCountsAThrottledFirstTouchAsAStall) {
+    using namespace std::chrono_literals;
+    const MonoTime t0 = 2000s;
+    AccessAges ages = AccessAges::create(kPages).value();
+    StallTracker stalls(1, t0 - 10s);
+    FaultObservers obs{ages, stalls, 120s, [&] { return t0; }};
+    for (std::uint64_t i = 5; i < 9; ++i) make_resident(i, i);
+    limits_.set_limit_bytes(4 * kPageSize);  // at the limit: a page added must wait
+    ASSERT_TRUE(limits_.over_limit());
+    std::atomic<bool> stopping{true};  // the wait for room returns at once (a VM stopping)
+    ServedFault f = serve_fault(tr_, limits_, obs, P(20), WpFault::no, 7, t0 - 2s, stopping, *ring_);
+    EXPECT_TRUE(f.stalled);
+    EXPECT_EQ(f.throttle, Throttle::waited);
+    EXPECT_EQ(f.f.was, PageState::zero);
+    // A touch of a page already resident adds none: no throttle, no stall.
+    f = serve_fault(tr_, limits_, obs, P(5), WpFault::no, 7, t0, stopping, *ring_);
+    EXPECT_FALSE(f.stalled);
+    EXPECT_EQ(f.throttle, Throttle::none);
+    const StallSnapshot s = stalls.snapshot(t0);
+    EXPECT_EQ(s.stalls, 1u);
+    EXPECT_EQ(s.some_ns, std::uint64_t{2'000'000'000});
+    EXPECT_NEAR(s.some[0], 0.2, 1e-9);
+    EXPECT_EQ(s.refaults, 0u);
+    limits_.set_limit_bytes(0);
+    expect_consistent();
+}
