@@ -15,6 +15,7 @@
 #include <array>
 #include <chrono>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include <spdlog/spdlog.h>
@@ -55,9 +56,14 @@ void GuestMemory::Impl::fault_loop() {
             spdlog::critical("{}: {}", name, got.error().message());
             return;
         }
+        // Every fault of the batch has been waiting since at least now (stall.hpp).
+        const MonoTime seen = mono_now();
         for (std::size_t i = 0; i < *got; ++i) {
             if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;
-            handle_fault(msgs[i].arg.pagefault.address, msgs[i].arg.pagefault.flags, *ring);
+            // feat.ptid: the faulting thread with UFFD_FEATURE_THREAD_ID, else 0 (the
+            // kernel zeroes the message).
+            handle_fault(msgs[i].arg.pagefault.address, msgs[i].arg.pagefault.flags, msgs[i].arg.pagefault.feat.ptid,
+                         seen, *ring);
         }
     }
 }
@@ -99,7 +105,33 @@ Throttle throttle_fault(Limits& limits, PageEntry e, const std::atomic<bool>& st
     return Throttle::waited;
 }
 
-void GuestMemory::Impl::handle_fault(std::uint64_t hva, std::uint64_t flags, io::Ring& ring) {
+ServedFault serve_fault(Transitions& tr, Limits& limits, FaultObservers& obs, PageIdx idx, WpFault wp,
+                        std::uint32_t tid, MonoTime seen, const std::atomic<bool>& stopping, io::Ring& ring) {
+    ServedFault out{FaultResult{PageState::zero, {}, {}}};
+    const PageEntry e = tr.peek(idx);
+    const bool waits_for_swap = e.state() == PageState::swapped || e.state() == PageState::reading;
+    const bool will_throttle = fault_adds_page(e) && limits.over_limit() && limits.over_reason() == OverReason::none;
+    out.stalled = waits_for_swap || will_throttle;
+    std::optional<StallTracker::Token> token;
+    if (out.stalled) token = obs.stalls.begin(tid, seen);
+    // Before this fault's own touch: how long ago the page was last accessed.
+    std::optional<std::chrono::nanoseconds> age_before;
+    if (e.state() == PageState::swapped) age_before = obs.ages.age(idx, obs.clock());
+    out.throttle = throttle_fault(limits, e, stopping);
+    out.f = resolve_fault(tr, idx, wp, ring);
+    const MonoTime done = obs.clock();
+    if (token) obs.stalls.end(*token, done);
+    if (!out.f.resolved || tr.peek(idx).state() == PageState::lost) return out;
+    obs.ages.touch(idx, done);
+    if (out.f.was == PageState::swapped && age_before && *age_before <= obs.working_set_window) {
+        out.refault = true;
+        obs.stalls.note_refault(done);
+    }
+    return out;
+}
+
+void GuestMemory::Impl::handle_fault(std::uint64_t hva, std::uint64_t flags, std::uint32_t tid, MonoTime seen,
+                                     io::Ring& ring) {
     auto idx_opt = kernel->idx_of_guest_addr(hva & ~(kPageSize - 1));
     if (!idx_opt) {
         spdlog::error("{}: fault outside guest memory at {:#x}", name, hva);
@@ -109,10 +141,11 @@ void GuestMemory::Impl::handle_fault(std::uint64_t hva, std::uint64_t flags, io:
     // Picked up: a swap-in's latency counts from here (README#faults).
     const auto picked_up = std::chrono::steady_clock::now();
 
-    if (throttle_fault(limits, table.peek(idx), stopping) == Throttle::waited)
-        counters.throttle_waits.fetch_add(1, std::memory_order_relaxed);
-
-    const FaultResult f = resolve_fault(tr, idx, (flags & UFFD_PAGEFAULT_FLAG_WP) ? WpFault::yes : WpFault::no, ring);
+    const ServedFault served = serve_fault(tr, limits, observers, idx,
+                                           (flags & UFFD_PAGEFAULT_FLAG_WP) ? WpFault::yes : WpFault::no, tid, seen,
+                                           stopping, ring);
+    if (served.throttle == Throttle::waited) counters.throttle_waits.fetch_add(1, std::memory_order_relaxed);
+    const FaultResult& f = served.f;
     if (!f.resolved) {
         spdlog::error("{}: resolving fault at GPA {:#x} ({}): {}", name, kernel->gpa_of(idx).value(), to_string(f.was),
                       f.resolved.error().message());
@@ -153,6 +186,8 @@ void GuestMemory::Impl::readahead_after(PageIdx idx, io::Ring& ring) {
     if (!sequential || limits.holding_at_limit()) return;
     std::vector<PageLock> run = lock_run_after(idx, PageState::swapped, kReadaheadPages);
     if (run.empty()) return;
+    const MonoTime now = mono_now();  // mapped ahead of need: counted as accessed (access_age.hpp)
+    for (const PageLock& lk : run) ages.touch(lk.idx(), now);
     tr.read_ahead(run, ring);
     last_swapin = run.back().idx().value();
 }
@@ -169,6 +204,8 @@ void GuestMemory::Impl::zero_fault_around(PageIdx idx) {
     if (!sequential || limits.holding_at_limit()) return;
     std::vector<PageLock> run = lock_run_after(idx, PageState::zero, kFaultAroundPages);
     if (run.empty()) return;
+    const MonoTime now = mono_now();
+    for (const PageLock& lk : run) ages.touch(lk.idx(), now);
     tr.fault_around(run);
     last_zero = run.back().idx().value();
 }

@@ -9,8 +9,13 @@
 #include <atomic>
 #include <cstdint>
 
+#include <chrono>
+#include <functional>
+
+#include "guestmem/access_age.hpp"
 #include "guestmem/limits.hpp"
 #include "guestmem/stage2.hpp"
+#include "guestmem/stall.hpp"
 #include "guestmem/transitions.hpp"
 #include "io/result.hpp"
 
@@ -41,5 +46,29 @@ constexpr bool fault_adds_page(PageEntry e) {
 // limit can be held; while it cannot (Limits::cannot_hold) it runs over, counted.
 enum class Throttle : std::uint8_t { none, waited, overshoot };
 Throttle throttle_fault(Limits& limits, PageEntry e, const std::atomic<bool>& stopping);
+
+// What the fault path measures besides resolving (guestmem/README.md#working-set,
+// #memory-stall): the page's access time, the stall of the faulting vCPU, refaults.
+struct FaultObservers {
+    AccessAges& ages;
+    StallTracker& stalls;
+    std::chrono::nanoseconds working_set_window;
+    std::function<MonoTime()> clock;  // mono_now, or a test's fake clock
+};
+
+struct ServedFault {
+    FaultResult f;
+    Throttle throttle = Throttle::none;
+    bool stalled = false;   // counted as a memory stall of its thread
+    bool refault = false;   // a swap-in of a page accessed within the working-set window
+};
+
+// One fault, as a fault thread serves it: the throttle, the row (resolve_fault), the
+// wake, and the measurements. A fault on a page in swap or being read in, or one that
+// will wait in the throttle, is a stall of thread `tid` (0: unknown) from `seen` (when
+// the fault was read from the userfaultfd) until the guest is woken. A resolved fault
+// is an access at the time it was resolved.
+ServedFault serve_fault(Transitions& tr, Limits& limits, FaultObservers& obs, PageIdx idx, WpFault wp,
+                        std::uint32_t tid, MonoTime seen, const std::atomic<bool>& stopping, io::Ring& ring);
 
 }  // namespace swapvisor::guestmem

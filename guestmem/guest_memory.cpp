@@ -19,7 +19,7 @@
 namespace swapvisor::guestmem {
 
 GuestMemory::Impl::Impl(const MemoryConfig& config, VmId id, HostBudget* h, swap::SwapPool* p,
-                        std::unique_ptr<MemfdKernel> k, Stage2 t)
+                        std::unique_ptr<MemfdKernel> k, Stage2 t, AccessAges a)
     : host(h),
       pool(p),
       kernel(std::move(k)),
@@ -28,7 +28,12 @@ GuestMemory::Impl::Impl(const MemoryConfig& config, VmId id, HostBudget* h, swap
       limits(occupancy, h, config.memory_bytes, config.resident_limit),
       tr(Transitions::Deps{table, *kernel, pool, limits, occupancy, counters, clean, config.name, id}),
       name(config.name),
-      on_thread_start(config.on_thread_start) {}
+      on_thread_start(config.on_thread_start),
+      ages(std::move(a)),
+      stalls(std::max(1u, config.fault_threads), mono_now()),
+      observers{ages, stalls, config.working_set_window, mono_now},
+      age_scan_period(config.age_scan_period),
+      age_builder(config.working_set_window) {}
 
 GuestMemory::GuestMemory(MemoryConfig config, VmId id) : config_(std::move(config)), id_(id) {}
 
@@ -48,8 +53,10 @@ Result<std::unique_ptr<GuestMemory>> create_guest_memory(const MemoryConfig& con
                                                           swap::SwapPool* pool) {
     auto kernel = SWV_TRY(with_context(MemfdKernel::create(config.name, config.memory_bytes), config.name));
     auto table = SWV_TRY(Stage2::create(kernel->pages()));
+    auto ages = SWV_TRY(AccessAges::create(kernel->pages()));
     std::unique_ptr<GuestMemory> mem(new GuestMemory(config, id));
-    mem->impl_ = std::make_unique<GuestMemory::Impl>(config, id, host, pool, std::move(kernel), std::move(table));
+    mem->impl_ = std::make_unique<GuestMemory::Impl>(config, id, host, pool, std::move(kernel), std::move(table),
+                                                     std::move(ages));
     // Kernel contract: eventfd(2) — a counter the fault threads poll next to the uffd.
     int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (efd < 0) return errno_error("eventfd");
@@ -230,7 +237,46 @@ MemStats GuestMemory::stats() const {
     s.overshoot_bytes = limit && resident > limit ? (resident - limit) * kPageSize : 0;
     s.limit_state = to_string(impl_->limits.over_reason());
     s.swapin_seconds = impl_->swapin_latency.snapshot();
+
+    const MonoTime now = mono_now();
+    AgeScan scan;
+    {
+        std::lock_guard lock(impl_->scan_mutex);
+        scan = impl_->last_scan;
+    }
+    s.cold_age_seconds = scan.ages;
+    s.working_set_bytes = scan.working_set_pages * kPageSize;
+    s.working_set_window_seconds = static_cast<std::uint64_t>(config_.working_set_window.count());
+    s.age_scan_age_ms = scan.finished.count() == 0
+                            ? 0
+                            : static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                             now - scan.finished).count());
+    const StallSnapshot st = impl_->stalls.snapshot(now);
+    s.refaults = st.refaults;
+    s.stalls = st.stalls;
+    s.stall_some_ns = st.some_ns;
+    s.stall_full_ns = st.full_ns;
+    s.refaults_per_min = st.refaults_per_min;
+    s.refault_ws_per_min = scan.working_set_pages ? st.refaults_per_min / static_cast<double>(scan.working_set_pages) : 0;
+    s.stall_some_avg10 = st.some[0];
+    s.stall_some_avg60 = st.some[1];
+    s.stall_some_avg300 = st.some[2];
+    s.stall_full_avg10 = st.full[0];
+    s.stall_full_avg60 = st.full[1];
+    s.stall_full_avg300 = st.full[2];
+    s.stall_threads = st.threads;
+    {
+        std::lock_guard lock(impl_->note_mutex);
+        s.limit_source = impl_->limit_source;
+        s.auto_decision = impl_->auto_decision;
+    }
     return s;
+}
+
+void GuestMemory::set_limit_note(std::string source, std::string decision) {
+    std::lock_guard lock(impl_->note_mutex);
+    impl_->limit_source = std::move(source);
+    impl_->auto_decision = std::move(decision);
 }
 
 std::uint64_t GuestMemory::referenced_vslots() const { return impl_->tr.referenced_vslots(); }

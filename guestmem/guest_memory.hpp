@@ -8,6 +8,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -15,11 +16,13 @@
 #include <string>
 #include <vector>
 
+#include "guestmem/access_age.hpp"
 #include "guestmem/addr.hpp"
 #include "guestmem/latency_histogram.hpp"
 #include "guestmem/memfd_kernel.hpp"
 #include "guestmem/owner_tag.hpp"
 #include "guestmem/stage2.hpp"
+#include "guestmem/stall.hpp"
 #include "io/result.hpp"
 
 namespace swapvisor::io { class Ring; }
@@ -44,9 +47,20 @@ struct MemoryConfig {
     std::string name = "vm0";
     std::uint64_t memory_bytes = 0;      // multiple of 2 MiB
     std::uint64_t resident_limit = 0;    // 0 = no per-VM limit
-    unsigned fault_threads = 1;
+    unsigned fault_threads = 1;          // one per vCPU in vmm: also the vCPU count for stall "full"
     std::uint64_t swap_quota = 0;        // bytes of swap this VM may fill; 0 = no quota
     ThreadStartHook on_thread_start;     // may be empty
+    // Working-set measurement (README#working-set): pages accessed within this window
+    // are the working set; a swap-in of one is a refault.
+    std::chrono::seconds working_set_window{120};
+    // The age scan: the CLOCK hand also sweeps every page once per period while the
+    // reclaimer is idle, zapping resident pages so the next access is seen (one MINOR
+    // fault per page in use per period). 0: the hand moves only to reclaim, and the
+    // cold-age histogram is only as fresh as the last reclaim sweep.
+    std::chrono::milliseconds age_scan_period{0};
+    // resident-limit=auto: an AutoLimitDriver over this VM's HostMemory sizes its limit
+    // (auto_limit_driver.hpp); resident_limit is then only the starting point.
+    bool auto_limit = false;
 };
 
 // Build one VM's memory (HostMemory::create_vm is the usual way). host: the host
@@ -77,6 +91,23 @@ struct MemStats {
     std::uint64_t overshoot_bytes = 0;  // resident above the limit in force, now
     std::string limit_state;            // "held", or why not ("no swap device", "swap full", ...)
     LatencySnapshot swapin_seconds;     // major faults: picked up -> page mapped (README#faults)
+
+    // --- working set and memory stall (README#working-set, #memory-stall) ---
+    AgeSnapshot cold_age_seconds;        // touched pages by time since last access (last full sweep)
+    std::uint64_t working_set_bytes = 0; // touched pages accessed within working_set_window
+    std::uint64_t working_set_window_seconds = 0;
+    std::uint64_t age_scan_age_ms = 0;   // how old the last full sweep is (0: none yet)
+    std::uint64_t refaults = 0;          // swap-ins of pages accessed within the window
+    std::uint64_t stalls = 0;            // faults that were memory stalls
+    std::uint64_t stall_some_ns = 0;     // totals since start
+    std::uint64_t stall_full_ns = 0;
+    double refaults_per_min = 0;         // over the last 60 s
+    double refault_ws_per_min = 0;       // refaults_per_min / working-set pages
+    double stall_some_avg10 = 0, stall_some_avg60 = 0, stall_some_avg300 = 0;  // fractions of wall time
+    double stall_full_avg10 = 0, stall_full_avg60 = 0, stall_full_avg300 = 0;
+    std::vector<ThreadStall> stall_threads;  // per faulting thread (vCPU), share over 60 s
+    std::string limit_source = "manual";     // "manual", or "auto" (auto_limit.hpp)
+    std::string auto_decision;               // the controller's last decision and reason
 };
 
 // The numeric MemStats fields by their protocol names (the control socket's
@@ -108,7 +139,35 @@ inline constexpr MemStatField kMemStatFields[] = {
     {"throttle_waits", &MemStats::throttle_waits, StatLevel::full},
     {"readahead_pages", &MemStats::readahead_pages, StatLevel::full},
     {"limit_overshoots", &MemStats::limit_overshoots, StatLevel::full},
+    {"working_set_bytes", &MemStats::working_set_bytes, StatLevel::basic},
+    {"working_set_window_seconds", &MemStats::working_set_window_seconds, StatLevel::full},
+    {"age_scan_age_ms", &MemStats::age_scan_age_ms, StatLevel::full},
+    {"refaults", &MemStats::refaults, StatLevel::basic},
+    {"stalls", &MemStats::stalls, StatLevel::full},
+    {"stall_some_ns", &MemStats::stall_some_ns, StatLevel::full},
+    {"stall_full_ns", &MemStats::stall_full_ns, StatLevel::full},
 };
+
+// The MemStats ratios (doubles) by their protocol names, like kMemStatFields.
+struct MemRatioField {
+    const char* name;
+    double MemStats::*member;
+    StatLevel level;
+};
+inline constexpr MemRatioField kMemRatioFields[] = {
+    {"stall_some_avg10", &MemStats::stall_some_avg10, StatLevel::basic},
+    {"stall_some_avg60", &MemStats::stall_some_avg60, StatLevel::basic},
+    {"stall_some_avg300", &MemStats::stall_some_avg300, StatLevel::basic},
+    {"stall_full_avg10", &MemStats::stall_full_avg10, StatLevel::basic},
+    {"stall_full_avg60", &MemStats::stall_full_avg60, StatLevel::basic},
+    {"stall_full_avg300", &MemStats::stall_full_avg300, StatLevel::basic},
+    {"refaults_per_min", &MemStats::refaults_per_min, StatLevel::basic},
+    {"refault_ws_per_min", &MemStats::refault_ws_per_min, StatLevel::full},
+};
+
+// The cold-age histogram by its protocol name (buckets kAgeBuckets, in seconds):
+// `cold_age_seconds_bucket`, `_sum`, `_count` like kMemHistogramFields.
+inline constexpr const char* kColdAgeField = "cold_age_seconds";
 
 // The MemStats histograms by their protocol names, like kMemStatFields: each is
 // `<name>_bucket` (cumulative, keyed by its `le` bound in seconds), `<name>_sum`
@@ -131,6 +190,7 @@ public:
     std::span<const RegionView> regions() const;
     std::uint64_t memory_bytes() const { return config_.memory_bytes; }
     const std::string& name() const { return config_.name; }
+    bool auto_limit_requested() const { return config_.auto_limit; }
     VmId id() const { return id_; }
 
     // Copy bytes into / out of guest memory through the VMM view, swapping pages in
@@ -150,6 +210,9 @@ public:
     // (over its limit if it must: limit_state "swap quota reached").
     void set_swap_quota(std::uint64_t bytes);
     MemStats stats() const;
+    // The auto-limit controller's notes (auto_limit.hpp): where the limit comes from
+    // and its last decision, shown in stats.
+    void set_limit_note(std::string source, std::string decision);
 
     // Swapoff (through HostMemory): bring the page at `page` back from vslot, or drop
     // its clean copy there; false when it no longer refers to vslot.

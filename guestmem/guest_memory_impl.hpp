@@ -14,14 +14,18 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <thread>
 #include <vector>
 
+#include "guestmem/access_age.hpp"
+#include "guestmem/fault_service.hpp"
 #include "guestmem/guest_memory.hpp"
 #include "guestmem/limits.hpp"
 #include "guestmem/memfd_kernel.hpp"
 #include "guestmem/stage2.hpp"
+#include "guestmem/stall.hpp"
 #include "guestmem/transitions.hpp"
 #include "guestmem/writeback_queue.hpp"
 #include "io/ring.hpp"
@@ -34,7 +38,7 @@ inline constexpr std::uint64_t kReadaheadPages = 16;
 
 struct GuestMemory::Impl {
     Impl(const MemoryConfig& config, VmId id, HostBudget* host, swap::SwapPool* pool,
-         std::unique_ptr<MemfdKernel> kernel, Stage2 table);
+         std::unique_ptr<MemfdKernel> kernel, Stage2 table, AccessAges ages);
 
     HostBudget* host;
     swap::SwapPool* pool;
@@ -49,6 +53,22 @@ struct GuestMemory::Impl {
     std::string name;
     ThreadStartHook on_thread_start;
 
+    // --- working set and stall (access_age.hpp, stall.hpp; README#working-set) -------
+    AccessAges ages;
+    StallTracker stalls;
+    FaultObservers observers;
+    const std::chrono::nanoseconds age_scan_period;  // 0: the hand moves only to reclaim
+    AgeScanBuilder age_builder;                      // the reclaimer's, filled as the hand moves
+    MonoTime last_age_step{0};                       // reclaimer only
+    double age_credit = 0;                           // reclaimer only: entries owed to the age scan
+    // Protects: last_scan. Order: leaf.
+    mutable std::mutex scan_mutex;
+    AgeScan last_scan;  // the last full sweep of the hand
+    // Protects: limit_source, auto_decision. Order: leaf.
+    mutable std::mutex note_mutex;
+    std::string limit_source = "manual";
+    std::string auto_decision;
+
     io::UniqueFd stop_event;   // eventfd that wakes the fault threads on stop
     std::atomic<bool> stopping{false};
     std::vector<std::thread> fault_threads;
@@ -59,18 +79,20 @@ struct GuestMemory::Impl {
 
     // --- fault service (fault_service.cpp) -------------------------------------------
     void fault_loop();
-    void handle_fault(std::uint64_t hva, std::uint64_t flags, io::Ring& ring);
+    void handle_fault(std::uint64_t hva, std::uint64_t flags, std::uint32_t tid, MonoTime seen, io::Ring& ring);
     void readahead_after(PageIdx idx, io::Ring& ring);
     void zero_fault_around(PageIdx idx);
     std::vector<PageLock> lock_run_after(PageIdx idx, PageState state, std::uint64_t max);
     // --- reclaimer (reclaimer.cpp) ---------------------------------------------------
-    enum class PassMode : bool { drop_only, full };  // drop_only: no room in swap
+    // drop_only: no room in swap; age_only: the age scan (zap resident pages, evict nothing)
+    enum class PassMode : std::uint8_t { drop_only, full, age_only };
     struct PassResult {
         std::uint64_t freed = 0;                 // pages that left memory
         std::optional<swap::Errc> write_error;   // the first write failure seen
     };
     void reclaim_loop();
-    PassResult reclaim_pass(WritebackQueue& writer, PassMode mode);
+    PassResult reclaim_pass(WritebackQueue& writer, PassMode mode, std::uint64_t entries);
+    void age_step(WritebackQueue& writer);
     void writeback_loop(WritebackQueue& queue);
     OverReason swap_verdict() const;
 };

@@ -20,9 +20,11 @@ Result<std::unique_ptr<MemfdKernel>> MemfdKernel::create(const std::string& name
         return make_error(Errc::misaligned, "guest memory size", "must be a non-zero multiple of 2 MiB");
     std::unique_ptr<MemfdKernel> k(new MemfdKernel());
     // POISON is required: without it a page whose swap-in failed could only be shown
-    // to the guest as wrong bytes or leave the vCPU blocked for ever.
+    // to the guest as wrong bytes or leave the vCPU blocked for ever. THREAD_ID (optional)
+    // names the faulting thread in each message: the stall per vCPU (stall.hpp).
     k->uffd_.emplace(SWV_TRY(Userfault::create(
-        UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MINOR_SHMEM | UFFD_FEATURE_POISON, UFFD_FEATURE_WP_HUGETLBFS_SHMEM)));
+        UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MINOR_SHMEM | UFFD_FEATURE_POISON,
+        UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_THREAD_ID)));
     k->wp_ = k->uffd_->has(UFFD_FEATURE_WP_HUGETLBFS_SHMEM);
 
     // Split RAM around the 3-4 GiB hole (memfd_kernel.hpp).

@@ -80,6 +80,28 @@ void GuestMemory::Impl::writeback_loop(WritebackQueue& queue) {
     }
 }
 
+// The age scan (access_age.hpp, README#working-set): while the reclaimer is idle the
+// hand still sweeps every page once per age_scan_period, zapping resident pages (row
+// 4) so that the next access is seen as a MINOR fault, and evicting nothing. Paced by
+// elapsed time, in steps of at least kScanChunk entries.
+void GuestMemory::Impl::age_step(WritebackQueue& writer) {
+    if (age_scan_period.count() <= 0) return;
+    const MonoTime now = mono_now();
+    if (last_age_step.count() == 0) last_age_step = now;
+    age_credit += static_cast<double>(table.pages()) * static_cast<double>((now - last_age_step).count()) /
+                  static_cast<double>(age_scan_period.count());
+    last_age_step = now;
+    if (age_credit < static_cast<double>(std::min<std::uint64_t>(kScanChunk, table.pages()))) return;
+    auto entries = static_cast<std::uint64_t>(age_credit);
+    age_credit -= static_cast<double>(entries);
+    // In chunks: a pass holds the locks of the resident pages it zaps until its flush.
+    while (entries > 0 && !stopping.load(std::memory_order_relaxed)) {
+        const std::uint64_t n = std::min(entries, kScanChunk);
+        (void)reclaim_pass(writer, PassMode::age_only, n);
+        entries -= n;
+    }
+}
+
 void GuestMemory::Impl::reclaim_loop() {
     if (on_thread_start) on_thread_start(ThreadRole::reclaimer);
     WritebackQueue& queue = *writeback_queue;
@@ -92,6 +114,7 @@ void GuestMemory::Impl::reclaim_loop() {
         if (stopping.load()) break;
         if (limits.reclaim_done()) {
             held_again();
+            age_step(queue);
             continue;
         }
         // Not holdable and nothing has changed that could make it so: no sweep (a
@@ -109,7 +132,7 @@ void GuestMemory::Impl::reclaim_loop() {
         std::uint64_t idle = 0;
         std::optional<swap::Errc> write_error;
         while (!stopping.load() && !done()) {
-            const PassResult pass = reclaim_pass(queue, mode);
+            const PassResult pass = reclaim_pass(queue, mode, kScanChunk);
             if (pass.write_error) write_error = pass.write_error;
             if (pass.freed) {
                 // Progress, but the episode ends only when the limit is really held
@@ -150,9 +173,12 @@ void GuestMemory::Impl::reclaim_loop() {
     }
 }
 
-// One CLOCK step over kScanChunk entries. Returns the pages that left memory (dropped
-// here, or through writes the writeback thread completed since the last pass).
-GuestMemory::Impl::PassResult GuestMemory::Impl::reclaim_pass(WritebackQueue& writer, PassMode mode) {
+// One CLOCK step over `entries` entries. Returns the pages that left memory (dropped
+// here, or through writes the writeback thread completed since the last pass). Every
+// entry the hand passes is also counted into the cold-age histogram, which is
+// published when the hand wraps (one full sweep).
+GuestMemory::Impl::PassResult GuestMemory::Impl::reclaim_pass(WritebackQueue& writer, PassMode mode,
+                                                              std::uint64_t entries) {
     std::uint64_t freed = 0;
     const std::uint64_t pages = table.pages();
     std::vector<PageLock> demote;    // resident: zapped as runs
@@ -174,20 +200,28 @@ GuestMemory::Impl::PassResult GuestMemory::Impl::reclaim_pass(WritebackQueue& wr
     };
 
     writes.reserve(kBatch);
-    for (std::uint64_t n = 0; n < kScanChunk; ++n) {
+    const MonoTime now = mono_now();
+    for (std::uint64_t n = 0; n < entries; ++n) {
         const PageIdx idx(clock_hand);
         clock_hand = (clock_hand + 1) % pages;
         if (idx.value() == 0 && n != 0) flush();  // wrapped: runs must not span the wrap
         const PageEntry peek = table.peek(idx);
+        ages.saturate_if_old(idx, now);
+        age_builder.visit(peek, ages.age(idx, now));
+        if (clock_hand == 0) {
+            std::lock_guard lock(scan_mutex);
+            last_scan = age_builder.finish(now);
+        }
         if (peek.locked()) continue;
         if (peek.state() != PageState::resident && peek.state() != PageState::inactive) continue;
         auto lk = tr.try_lock(idx);
         if (!lk) continue;
         switch (lk->entry().state()) {
             case PageState::resident:
-                if (mode == PassMode::full) demote.push_back(std::move(*lk));  // stays locked until zapped
+                if (mode != PassMode::drop_only) demote.push_back(std::move(*lk));  // stays locked until zapped
                 break;
             case PageState::inactive:
+                if (mode == PassMode::age_only) break;  // the age scan evicts nothing
                 // Cold. Drop it without a write where possible.
                 if (tr.drop_cold(*lk)) {
                     dropped.push_back(std::move(*lk));

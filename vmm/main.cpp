@@ -28,6 +28,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "guestmem/auto_limit_driver.hpp"
 #include "guestmem/host_memory.hpp"
 #include "swap/swap_pool.hpp"
 #include "vmm/cli/cli.hpp"
@@ -177,6 +178,12 @@ void log_status(swv::swap::SwapPool& pool, swv::guestmem::HostMemory& host) {
 int run_host(const cli::RunConfig& config);
 int serve_host(const cli::ServeConfig& config, const std::vector<std::string>& args);
 
+// The auto-limit driver asks a VM's balloon first (guestmem/README.md#auto-limits).
+swv::guestmem::AutoLimitHooks balloon_hooks(VmHost* vms) {
+    if (vms == nullptr) return {};
+    return {.set_balloon = [vms](const std::string& vm, std::uint64_t bytes) { return vms->set_balloon(vm, bytes).has_value(); }};
+}
+
 int main(int argc, char** argv) {
     // 0. A write to a closed pipe (stderr to a collector that went away, a client
     // gone from a socket) fails with EPIPE where it is made; it never ends the process.
@@ -243,6 +250,8 @@ int run_host(const cli::RunConfig& config) {
     control::DeviceStats device_stats;
     VmHost vms(*kvm, host, device_stats, Release::at_exit);
     vms.set_balloon_stats_interval(config.balloon_stats_interval);
+    swv::guestmem::AutoLimitDriver auto_limits(host, balloon_hooks(&vms));  // resident-limit=auto
+    auto_limits.start();
     if (auto r = confine(config.seccomp, vms); !r) return fail(r.error().message());
 
     // 5. The control socket: live swapon/swapoff/set-limit while the VMs run.
@@ -333,6 +342,9 @@ int serve_host(const cli::ServeConfig& config, const std::vector<std::string>& a
         if (auto r = confine(config.seccomp, *vms); !r) return fail(r.error().message());
     }
     VmHost* vm_host = vms ? &*vms : nullptr;
+    swv::guestmem::AutoLimitDriver auto_limits(host, balloon_hooks(vm_host));  // resident-limit=auto, --auto-limits
+    auto_limits.set_defaults(swv::guestmem::AutoLimitConfig{}, config.auto_limits);
+    auto_limits.start();
 
     std::optional<control::MetricsServer> metrics;
     if (config.metrics) {

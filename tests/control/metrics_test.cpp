@@ -243,6 +243,21 @@ TEST_F(MetricsTest, ExpositionCarriesTheSameNamesAsStatsJson) {
         ASSERT_NE(it, samples.end()) << f.name;
         EXPECT_EQ(it->second, stats["vms"][0][f.name].get<std::uint64_t>()) << f.name;
     }
+    // Issue #20: the stall and refault ratios are gauges, the cold-age histogram a
+    // histogram with the JSON's buckets, and the limit source a labelled state.
+    for (const guestmem::MemRatioField& f : guestmem::kMemRatioFields) {
+        EXPECT_TRUE(samples.contains(std::string("swapvisor_vm_") + f.name + vm)) << f.name;
+        EXPECT_TRUE(stats["vms"][0][f.name].is_number()) << f.name;
+    }
+    for (const guestmem::AgeBucket& b : guestmem::kAgeBuckets) {
+        const std::string key = R"(swapvisor_vm_cold_age_seconds_bucket{vm="web\"1",le=")" + std::string(b.le) + "\"}";
+        ASSERT_TRUE(samples.contains(key)) << key;
+        EXPECT_EQ(samples.at(key), stats["vms"][0]["cold_age_seconds_bucket"][b.le].get<std::uint64_t>()) << b.le;
+    }
+    EXPECT_EQ(samples.at("swapvisor_vm_cold_age_seconds_count" + vm),
+              stats["vms"][0]["cold_age_seconds_count"].get<std::uint64_t>());
+    EXPECT_EQ(samples.at(R"(swapvisor_vm_limit_source{vm="web\"1",source="manual"})"), 1u);
+    EXPECT_EQ(stats["vms"][0]["limit_source"], "manual");
     EXPECT_EQ(samples.at("swapvisor_vm_resident_limit" + vm), 16u << 20);
     EXPECT_EQ(samples.at("swapvisor_vm_swap_quota_bytes" + vm), 1u << 20);
     EXPECT_EQ(samples.at("swapvisor_vm_balloon_target_pages" + vm), 7u);

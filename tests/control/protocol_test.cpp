@@ -267,6 +267,16 @@ TEST(ReplyLines, ShapeAndInvalidUtf8Replaced) {
     EXPECT_EQ(p["progress"]["total"], 9);
 }
 
+TEST(ParseRequest, VmCreateTakesAnAutoResidentLimit) {
+    auto ok = parse_request(R"({"cmd":"vm-create","name":"a","kernel":"/k","memory":"64M","resident_limit":"auto"})");
+    ASSERT_TRUE(ok.has_value()) << ok.error().message;
+    const auto& spec = std::get<VmCreateCmd>(ok->command).spec;
+    EXPECT_TRUE(spec.auto_limit);
+    EXPECT_EQ(spec.resident_limit, 0u);
+    EXPECT_FALSE(parse_request(R"({"cmd":"vm-create","name":"a","kernel":"/k","memory":"64M","resident_limit":"automatic"})")
+                     .has_value());
+}
+
 TEST(ParseRequest, VmCreateNamesTheBadField) {
     auto ok = parse_request(
         R"({"cmd":"vm-create","name":"a","kernel":"/k","memory":"64M","vcpus":2,"resident_limit":"32M",)"

@@ -724,3 +724,122 @@ TEST_F(FakeTransitionsTest, LoseSwappedOfACleanCopyKeepsThePage) {
 }
 
 }  // namespace
+
+// --- issue #20: the fault path's measurements (serve_fault), with a fake clock --------
+
+// A fault on a page in swap is a stall of its thread from when the fault was read to
+// the wake; every resolved fault is an access; a swap-in of a page accessed within
+// the working-set window is a refault, one of a page accessed longer ago is not, and
+// one of a page never seen accessed is not either. The cold-age histogram of the
+// table then puts each page in the bucket of its last access.
+TEST_F(FakeTransitionsTest, ServeFaultAgesPagesAndCountsSwapInStallsAndRefaults) {
+    using namespace std::chrono_literals;
+    const MonoTime t0 = 1000s;
+    MonoTime now = t0;
+    AccessAges ages = AccessAges::create(kPages).value();
+    StallTracker stalls(2, t0);
+    FaultObservers obs{ages, stalls, 120s, [&] { return now; }};
+    std::atomic<bool> stopping{false};
+    auto evict = [&](std::uint64_t i) {  // rows 4 then 9 (clean copy: no write)
+        std::vector<PageLock> zap;
+        zap.push_back(tr_.lock(P(i)));
+        tr_.deactivate(zap);
+        std::vector<PageLock> drop;
+        drop.push_back(tr_.lock(P(i)));
+        ASSERT_TRUE(tr_.drop_cold(drop.back()));
+        tr_.punch_dropped(drop);
+        ASSERT_EQ(table_.peek(P(i)).state(), PageState::swapped);
+    };
+
+    // A first touch is no stall (no limit) and makes the page 0 s old.
+    ServedFault f = serve_fault(tr_, limits_, obs, P(1), WpFault::no, 11, now, stopping, *ring_);
+    ASSERT_TRUE(f.f.resolved);
+    EXPECT_FALSE(f.stalled);
+    EXPECT_EQ(ages.age(P(1), now), std::chrono::nanoseconds(0));
+    EXPECT_FALSE(ages.age(P(2), now)) << "never accessed";
+
+    // Pages 2 and 3 swapped without ever being seen accessed: their swap-ins are
+    // stalls but not refaults.
+    make_swapped(2, 2);
+    make_swapped(3, 3);
+    for (std::uint64_t i : {2, 3}) {
+        f = serve_fault(tr_, limits_, obs, P(i), WpFault::no, 11, now, stopping, *ring_);
+        ASSERT_TRUE(f.f.resolved);
+        EXPECT_EQ(f.f.was, PageState::swapped);
+        EXPECT_TRUE(f.stalled);
+        EXPECT_FALSE(f.refault) << i;
+    }
+    evict(2);
+    evict(3);
+    expect_consistent();
+
+    // 30 s later page 2 is needed again (accessed 30 s ago: within the window): a
+    // refault, and thread 11 stalled for the second since the fault was read.
+    now = t0 + 30s;
+    f = serve_fault(tr_, limits_, obs, P(2), WpFault::no, 11, t0 + 29s, stopping, *ring_);
+    EXPECT_TRUE(f.stalled);
+    EXPECT_TRUE(f.refault);
+    EXPECT_TRUE(holds(kernel_.vmm_page(P(2)), 2));
+    // 600 s after its last access page 3 is no refault (the limit was right to evict it).
+    now = t0 + 600s;
+    f = serve_fault(tr_, limits_, obs, P(3), WpFault::no, 12, t0 + 599s, stopping, *ring_);
+    EXPECT_TRUE(f.stalled);
+    EXPECT_FALSE(f.refault);
+    expect_consistent();
+
+    const StallSnapshot s = stalls.snapshot(now);
+    EXPECT_EQ(s.stalls, 4u);
+    EXPECT_EQ(s.refaults, 1u);
+    EXPECT_EQ(s.some_ns, std::uint64_t{2'000'000'000});
+    EXPECT_EQ(s.full_ns, 0u) << "never both vCPUs at once";
+    EXPECT_NEAR(s.some[0], 0.1, 1e-9) << "1 s of the last 10";
+    EXPECT_NEAR(s.some[1], 1.0 / 60, 1e-9);
+    EXPECT_NEAR(s.some[2], 1.0 / 300, 1e-9) << "the stall at t0+30 is outside the 300 s window";
+    EXPECT_DOUBLE_EQ(s.refaults_per_min, 0) << "the refault was 570 s ago";
+    ASSERT_EQ(s.threads.size(), 2u);
+    for (const ThreadStall& t : s.threads) {
+        EXPECT_EQ(t.stalled_ns, std::uint64_t{1'000'000'000}) << t.tid;
+        EXPECT_NEAR(t.share_60s, t.tid == 12 ? 1.0 / 60 : 0.0, 1e-9) << t.tid;
+    }
+
+    // The histogram over the table: page 1 (600 s) and 2 (570 s) in the 600 s bucket,
+    // page 3 (0 s) in the 1 s bucket and the working set.
+    AgeScanBuilder scan(120s);
+    for (std::uint64_t i = 0; i < kPages; ++i) scan.visit(table_.peek(P(i)), ages.age(P(i), now));
+    const AgeScan a = scan.finish(now);
+    EXPECT_EQ(a.ages.count(), 3u) << "zero pages hold nothing";
+    EXPECT_EQ(a.ages.cumulative[0], 1u);                 // <= 1 s
+    EXPECT_EQ(a.ages.cumulative[3], 1u);                 // <= 120 s
+    EXPECT_EQ(a.ages.cumulative[4], 3u);                 // <= 600 s
+    EXPECT_EQ(a.working_set_pages, 1u);
+    EXPECT_NEAR(a.ages.sum_seconds, 1170.0, 1e-6);
+}
+
+// A fault held in the over-limit throttle is a stall too (of its thread, from the read
+// to the wake), though it reads no swap; a fault on a resident page is none.
+TEST_F(FakeTransitionsTest, ServeFaultCountsAThrottledFirstTouchAsAStall) {
+    using namespace std::chrono_literals;
+    const MonoTime t0 = 2000s;
+    AccessAges ages = AccessAges::create(kPages).value();
+    StallTracker stalls(1, t0 - 10s);
+    FaultObservers obs{ages, stalls, 120s, [&] { return t0; }};
+    for (std::uint64_t i = 5; i < 9; ++i) make_resident(i, i);
+    limits_.set_limit_bytes(4 * kPageSize);  // at the limit: a page added must wait
+    ASSERT_TRUE(limits_.over_limit());
+    std::atomic<bool> stopping{true};  // the wait for room returns at once (a VM stopping)
+    ServedFault f = serve_fault(tr_, limits_, obs, P(20), WpFault::no, 7, t0 - 2s, stopping, *ring_);
+    EXPECT_TRUE(f.stalled);
+    EXPECT_EQ(f.throttle, Throttle::waited);
+    EXPECT_EQ(f.f.was, PageState::zero);
+    // A touch of a page already resident adds none: no throttle, no stall.
+    f = serve_fault(tr_, limits_, obs, P(5), WpFault::no, 7, t0, stopping, *ring_);
+    EXPECT_FALSE(f.stalled);
+    EXPECT_EQ(f.throttle, Throttle::none);
+    const StallSnapshot s = stalls.snapshot(t0);
+    EXPECT_EQ(s.stalls, 1u);
+    EXPECT_EQ(s.some_ns, std::uint64_t{2'000'000'000});
+    EXPECT_NEAR(s.some[0], 0.2, 1e-9);
+    EXPECT_EQ(s.refaults, 0u);
+    limits_.set_limit_bytes(0);
+    expect_consistent();
+}

@@ -206,6 +206,17 @@ TEST(CliParseTest, SeveralVmsShareOneProcess) {
     EXPECT_EQ(vms[0].memory_bytes, 1ULL << 30);
     EXPECT_EQ(vms[1], (VmSpec{.name = "b", .kernel = "b.elf", .cmdline = "mib=100 passes=2,x=y", .memory_bytes = 2ULL << 30,
                               .vcpus = 2, .resident_limit = 128ULL << 20, .balloon = true}));
+    // resident-limit=auto (issue #20), in --vm and at the top level; serve --auto-limits.
+    auto with_auto = parse_command_line(
+        {"run", "--kernel", "a.elf", "--resident-limit", "auto", "--vm", "name=b,kernel=b.elf,resident-limit=auto"});
+    ASSERT_TRUE(std::holds_alternative<RunConfig>(with_auto));
+    for (const VmSpec& v : std::get<RunConfig>(with_auto).all_vms()) {
+        EXPECT_TRUE(v.auto_limit) << v.name;
+        EXPECT_EQ(v.resident_limit, 0u) << v.name;
+    }
+    auto serve = parse_command_line({"serve", "--control", "/tmp/x.sock", "--auto-limits"});
+    ASSERT_TRUE(std::holds_alternative<ServeConfig>(serve));
+    EXPECT_TRUE(std::get<ServeConfig>(serve).auto_limits);
     // --vm alone (no top-level --kernel) is enough.
     auto only = parse_command_line({"run", "--vm", "name=c,kernel=c.elf"});
     ASSERT_TRUE(std::holds_alternative<RunConfig>(only));

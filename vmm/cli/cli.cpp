@@ -41,6 +41,7 @@ struct RawServe {
     std::string control;
     std::vector<std::string> swaps;
     std::string host_budget;
+    bool auto_limits = false;
     std::string metrics;
     std::string log_level = "info";
     bool no_seccomp = false;
@@ -90,6 +91,7 @@ CliOutcome validate_serve(const RawServe& raw) {
         config.host_budget = *budget;
     }
     if (!raw.metrics.empty()) config.metrics = raw.metrics;
+    config.auto_limits = raw.auto_limits;
     auto interval = stats_interval(raw.balloon_stats_interval);
     if (!interval) return serve_error(interval.error());
     config.balloon_stats_interval = *interval;
@@ -111,7 +113,9 @@ CliOutcome validate(const RawRun& raw) {
     config.memory_bytes = *memory;
     if (auto why = vmm::check_vcpus(raw.vcpus); !why.empty()) return usage_error(fmt::format("--vcpus: {}", why));
     config.vcpus = raw.vcpus;
-    if (!raw.resident_limit.empty()) {
+    if (raw.resident_limit == "auto") {
+        config.auto_limit = true;
+    } else if (!raw.resident_limit.empty()) {
         auto limit = parse_memory_limit(raw.resident_limit, "resident limit");
         if (!limit) return usage_error(std::move(limit.error()).with_context("--resident-limit").message());
         config.resident_limit = *limit;
@@ -291,8 +295,9 @@ CliOutcome parse_command_line(const std::vector<std::string>& given) {
         ->type_name("N")
         ->capture_default_str();
     run->add_option("--resident-limit", raw.resident_limit,
-                    "Most guest RAM kept in host memory, at least 16M; colder pages go to swap (default: no limit)")
-        ->type_name("SIZE");
+                    "Most guest RAM kept in host memory, at least 16M; colder pages go to swap (default: no limit); "
+                    "`auto`: sized from the VM's measured memory stall (guestmem/README.md#auto-limits)")
+        ->type_name("SIZE|auto");
     run->add_option("--swap", raw.swaps,
                     "Swap device or file, repeatable: PATH[,priority=N][,size=SIZE][,format=yes|force][,takeover=yes], "
                     "or a compressed tier in host RAM: mem:SIZE[,codec=lz4|zstd][,max=BYTES][,high=PCT][,low=PCT]"
@@ -357,6 +362,9 @@ CliOutcome parse_command_line(const std::vector<std::string>& given) {
         ->take_all();
     serve->add_option("--host-budget", raw_serve.host_budget, "Host memory budget over all VMs (as for run)")
         ->type_name("SIZE");
+    serve->add_flag("--auto-limits", raw_serve.auto_limits,
+                    "Size the resident limit of every VM created without one from its measured memory stall "
+                    "(resident-limit=auto; a VM may also ask for it in vm-create)");
     serve->add_option("--metrics", raw_serve.metrics,
                       "Serve Prometheus metrics over HTTP on 127.0.0.1:PORT (loopback only) or a Unix socket PATH")
         ->type_name("ADDR");

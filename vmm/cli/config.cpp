@@ -220,6 +220,11 @@ Result<VmSpec> parse_vm_spec(std::string_view text) {
             have_memory = true;
         } else if (key == "resident-limit") {
             if (have_limit) return bad("resident-limit given twice");
+            if (value == "auto") {
+                spec.auto_limit = true;
+                have_limit = true;
+                continue;
+            }
             auto size = parse_memory_limit(value, "resident limit");
             if (!size) return inner(std::move(size.error()), "resident-limit");
             spec.resident_limit = *size;
@@ -253,7 +258,8 @@ std::vector<VmSpec> RunConfig::all_vms() const {
     std::vector<VmSpec> vms;
     if (!kernel.empty())
         vms.push_back(VmSpec{.name = name, .kernel = kernel, .cmdline = cmdline, .memory_bytes = memory_bytes,
-                             .vcpus = vcpus, .resident_limit = resident_limit, .swap_quota = swap_quota,
+                             .vcpus = vcpus, .resident_limit = resident_limit, .auto_limit = auto_limit,
+                             .swap_quota = swap_quota,
                              .balloon = balloon, .balloon_stats_interval = balloon_stats_interval});
     vms.insert(vms.end(), more_vms.begin(), more_vms.end());
     for (VmSpec& vm : vms) vm.balloon_stats_interval = balloon_stats_interval;

@@ -99,6 +99,7 @@ struct ServeConfig {
     std::filesystem::path control_socket;
     std::vector<SwapSpec> swaps;
     std::uint64_t host_budget = 0;
+    bool auto_limits = false;            // --auto-limits: VMs created without a limit are sized automatically
     std::optional<std::string> metrics;  // "127.0.0.1:PORT" or a Unix socket path
     std::chrono::milliseconds balloon_stats_interval = kDefaultBalloonStatsInterval;  // VMs made by vm-create
     std::string log_level = "info";
@@ -112,6 +113,7 @@ struct RunConfig {
     std::uint64_t memory_bytes = kDefaultMemory;
     unsigned vcpus = 1;
     std::uint64_t resident_limit = 0;  // 0: no limit
+    bool auto_limit = false;           // --resident-limit auto
     std::uint64_t swap_quota = 0;      // 0: no quota
     std::vector<SwapSpec> swaps;
     std::optional<std::filesystem::path> stats_json;

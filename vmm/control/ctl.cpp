@@ -14,7 +14,11 @@
 #include <cerrno>
 #include <cstdlib>
 #include <thread>
+#include <algorithm>
 #include <cstring>
+#include <limits>
+#include <utility>
+#include <vector>
 #include <filesystem>
 #include <iostream>
 #include <string_view>
@@ -95,13 +99,39 @@ std::string str(const json& object, const char* key) {
 std::string limit_text(std::uint64_t bytes) { return bytes == 0 ? "none" : human_bytes(bytes); }
 
 // A histogram's cumulative buckets in bound order ("le<=0.000025:3 ... +Inf:9"), not
-// in the JSON object's key order.
+// in the JSON object's key order (any histogram: swap-in latency, cold age).
 std::string bucket_text(const json& buckets) {
     if (!buckets.is_object()) return buckets.dump();
+    std::vector<std::pair<double, std::string>> bounds;
+    for (const auto& [key, value] : buckets.items()) {
+        char* end = nullptr;
+        const double v = key == "+Inf" ? std::numeric_limits<double>::infinity() : std::strtod(key.c_str(), &end);
+        bounds.emplace_back(v, key);
+    }
+    std::sort(bounds.begin(), bounds.end());
     std::string text;
-    for (const guestmem::LatencyBucket& b : guestmem::kLatencyBuckets)
-        text += fmt::format("{}{}:{}", text.empty() ? "le " : " ", b.le, u64(buckets, b.le));
+    for (const auto& [bound, key] : bounds)
+        text += fmt::format("{}{}:{}", text.empty() ? "le " : " ", key, u64(buckets, key.c_str()));
     return text;
+}
+
+double f64(const json& object, const char* key) {
+    auto it = object.find(key);
+    return it != object.end() && it->is_number() ? it->get<double>() : 0.0;
+}
+
+// The working set, memory stall and where the limit comes from, under a VM's row.
+std::string pressure_line(const json& vm) {
+    if (!vm.contains("stall_some_avg10")) return {};
+    std::string line = fmt::format(
+        "  working set {} ({} s), stall some {:.2f}%/{:.2f}%/{:.2f}% full {:.2f}%/{:.2f}%/{:.2f}% (10/60/300 s), "
+        "refaults {:.1f}/min, limit {}",
+        human_bytes(u64(vm, "working_set_bytes")), u64(vm, "working_set_window_seconds"),
+        f64(vm, "stall_some_avg10") * 100, f64(vm, "stall_some_avg60") * 100, f64(vm, "stall_some_avg300") * 100,
+        f64(vm, "stall_full_avg10") * 100, f64(vm, "stall_full_avg60") * 100, f64(vm, "stall_full_avg300") * 100,
+        f64(vm, "refaults_per_min"), str(vm, "limit_source").empty() ? "manual" : str(vm, "limit_source"));
+    if (!str(vm, "auto_decision").empty()) line += fmt::format(" ({})", str(vm, "auto_decision"));
+    return line + "\n";
 }
 
 void print_status(const json& reply, StatsDetail detail, std::ostream& out) {
@@ -115,6 +145,7 @@ void print_status(const json& reply, StatsDetail detail, std::ostream& out) {
                            human_bytes(u64(vm, "resident_bytes")) + "/" + limit_text(u64(vm, "resident_limit")),
                            human_bytes(u64(vm, "swapped_bytes")),
                            fmt::format("{}/{}", u64(vm, "major_faults"), u64(vm, "minor_faults")));
+        out << pressure_line(vm);
     }
     if (vms.empty()) out << "(no VMs)\n";
     out << '\n';
@@ -390,7 +421,9 @@ void add_ctl_subcommand(CLI::App& app, CtlOptions& o) {
     create->add_option("--kernel", o.kernel, "Guest image (PVH ELF)")->required();
     create->add_option("--memory", o.memory, "Guest RAM, a multiple of 2 MiB")->check(size_validator())->capture_default_str();
     create->add_option("--vcpus", o.vcpus, "vCPUs (1..255)")->check(CLI::Range(1, 255));
-    create->add_option("--resident-limit", o.resident_limit, "Resident limit (at least 16M)")->check(size_validator());
+    create->add_option("--resident-limit", o.resident_limit,
+                       "Resident limit (at least 16M), or `auto`: sized from the VM's measured memory stall")
+        ->check(size_validator() | CLI::IsMember({"auto"}));
     create->add_option("--swap-quota", o.swap_quota, "Most of the shared swap pool it may fill")->check(size_validator());
     create->add_flag("--balloon", o.balloon, "Add a virtio-balloon device");
     create->add_option("--serial-log", o.serial_log, "Append the guest's serial output to FILE");
@@ -462,7 +495,8 @@ json ctl_request(const CtlOptions& options, int id) {
             request["kernel"] = absolute_path(options.kernel);
             request["memory"] = bytes_of(options.memory);
             request["vcpus"] = options.vcpus;
-            if (!options.resident_limit.empty()) request["resident_limit"] = bytes_of(options.resident_limit);
+            if (options.resident_limit == "auto") request["resident_limit"] = "auto";
+            else if (!options.resident_limit.empty()) request["resident_limit"] = bytes_of(options.resident_limit);
             if (!options.swap_quota.empty()) request["swap_quota"] = bytes_of(options.swap_quota);
             if (options.balloon) request["balloon"] = true;
             if (!options.serial_log.empty()) request["serial_log"] = absolute_path(options.serial_log);

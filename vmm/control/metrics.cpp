@@ -59,6 +59,16 @@ public:
         add(name, name + "_sum", help, labels, value_text(h.sum_seconds()), Type::histogram);
         add(name, name + "_count", help, labels, value_text(h.count()), Type::histogram);
     }
+    // The cold-age histogram (pages by seconds since last access).
+    void histogram(const std::string& name, const char* help, const std::string& labels,
+                   const guestmem::AgeSnapshot& h) {
+        const std::string sep = labels.empty() ? "" : ",";
+        for (std::size_t i = 0; i < guestmem::kAgeBucketCount; ++i)
+            add(name, name + "_bucket", help, fmt::format("{}{}le=\"{}\"", labels, sep, guestmem::kAgeBuckets[i].le),
+                value_text(h.cumulative[i]), Type::histogram);
+        add(name, name + "_sum", help, labels, value_text(h.sum_seconds), Type::histogram);
+        add(name, name + "_count", help, labels, value_text(h.count()), Type::histogram);
+    }
     std::string text() const {
         std::string out;
         for (const std::string& name : order_) {
@@ -129,6 +139,18 @@ std::string prometheus_text(guestmem::HostMemory& host, const DeviceStats& devic
                         s.*h.member);
         f.sample("swapvisor_vm_limit_state", "why the resident limit is or is not held (1 for the current state)",
                  fmt::format("{},state=\"{}\"", vm_label, label(s.limit_state)), 1);
+        for (const guestmem::MemRatioField& field : guestmem::kMemRatioFields)
+            f.sample(metric_name(fmt::format("swapvisor_vm_{}", field.name)),
+                     "memory stall (share of wall time) or refault rate (see `ctl stats`)", vm_label, s.*field.member);
+        f.histogram(metric_name(fmt::format("swapvisor_vm_{}", guestmem::kColdAgeField)),
+                    "touched guest pages by seconds since their last access (last full CLOCK sweep)", vm_label,
+                    s.cold_age_seconds);
+        f.sample("swapvisor_vm_limit_source", "where the resident limit comes from (1 for the current source)",
+                 fmt::format("{},source=\"{}\"", vm_label, label(s.limit_source)), 1);
+        for (const guestmem::ThreadStall& t : s.stall_threads)
+            f.sample("swapvisor_vm_stall_thread_share_60s",
+                     "share of the last 60 s each faulting thread (vCPU) waited for swap-ins or the throttle",
+                     fmt::format("{},tid=\"{}\"", vm_label, t.tid), t.share_60s);
         for (const DeviceCounters& d : devices.read(s.name))
             for (const Counter& c : d.counters)
                 f.sample(metric_name(fmt::format("swapvisor_vm_{}_{}", d.device, c.name)), "device counter", vm_label,

@@ -225,6 +225,10 @@ std::expected<VmSpec, std::string> parse_vm_create(const json& request) {
     for (auto [field, target] : {std::pair{"resident_limit", &spec.resident_limit}, std::pair{"swap_quota", &spec.swap_quota}}) {
         auto it = request.find(field);
         if (it == request.end()) continue;
+        if (target == &spec.resident_limit && it->is_string() && it->get_ref<const std::string&>() == "auto") {
+            spec.auto_limit = true;  // sized by the auto-limit driver (guestmem/README.md#auto-limits)
+            continue;
+        }
         auto size = size_value(*it, field);
         if (!size) return std::unexpected(size.error());
         *target = *size;
@@ -408,9 +412,9 @@ struct Describe {
     std::string operator()(const SetBudgetCmd& c) const { return fmt::format("set-budget bytes={}", c.bytes); }
     std::string operator()(const VmCreateCmd& c) const {
         const VmSpec& s = c.spec;
-        return fmt::format("vm-create vm={} kernel={} memory={} vcpus={} resident_limit={} swap_quota={} balloon={}",
+        return fmt::format("vm-create vm={} kernel={} memory={} vcpus={} resident_limit={}{} swap_quota={} balloon={}",
                            audit_value(s.name), audit_value(s.kernel.string()), s.memory_bytes, s.vcpus,
-                           s.resident_limit, s.swap_quota, s.balloon ? "yes" : "no");
+                           s.resident_limit, s.auto_limit ? "(auto)" : "", s.swap_quota, s.balloon ? "yes" : "no");
     }
     std::string operator()(const VmStopCmd& c) const {
         return fmt::format("vm-stop vm={} timeout_ms={}", audit_value(c.vm), c.timeout.count());

@@ -11,9 +11,28 @@ nlohmann::json stats_json(guestmem::HostMemory& host, const DeviceStats& devices
     json vms = json::array();
     for (const guestmem::VmRef& vm : host.vms()) {
         guestmem::MemStats s = vm->stats();
-        json v = {{"name", s.name}, {"limit_state", s.limit_state}};
+        json v = {{"name", s.name}, {"limit_state", s.limit_state}, {"limit_source", s.limit_source}};
+        if (!s.auto_decision.empty()) v["auto_decision"] = s.auto_decision;
         for (const guestmem::MemStatField& f : guestmem::kMemStatFields)
             if (full || f.level == guestmem::StatLevel::basic) v[f.name] = s.*f.member;
+        for (const guestmem::MemRatioField& f : guestmem::kMemRatioFields)
+            if (full || f.level == guestmem::StatLevel::basic) v[f.name] = s.*f.member;
+        {
+            // The cold-age histogram (guestmem/README.md#working-set), keyed like swapin_seconds.
+            json buckets = json::object();
+            for (std::size_t i = 0; i < guestmem::kAgeBucketCount; ++i)
+                buckets[guestmem::kAgeBuckets[i].le] = s.cold_age_seconds.cumulative[i];
+            const std::string name = guestmem::kColdAgeField;
+            v[name + "_bucket"] = std::move(buckets);
+            v[name + "_sum"] = s.cold_age_seconds.sum_seconds;
+            v[name + "_count"] = s.cold_age_seconds.count();
+        }
+        if (full) {
+            json threads = json::array();
+            for (const guestmem::ThreadStall& t : s.stall_threads)
+                threads.push_back({{"tid", t.tid}, {"stall_share_60s", t.share_60s}, {"stalled_ns", t.stalled_ns}});
+            v["stall_threads"] = std::move(threads);
+        }
         for (const guestmem::MemHistogramField& h : guestmem::kMemHistogramFields) {
             if (!full && h.level != guestmem::StatLevel::basic) continue;
             const guestmem::LatencySnapshot& snapshot = s.*h.member;

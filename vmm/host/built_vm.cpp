@@ -31,6 +31,9 @@ Result<std::unique_ptr<BuiltVm>> BuiltVm::build(const BuildContext& context, con
     guestmem::MemoryConfig memory_config{.name = name, .memory_bytes = spec.memory_bytes,
                                          .resident_limit = spec.resident_limit, .fault_threads = spec.vcpus,
                                          .swap_quota = spec.swap_quota};
+    // Access ages for the working set (guestmem/README.md#working-set): one MINOR fault per page in use per period.
+    memory_config.age_scan_period = spec.auto_limit ? std::chrono::seconds(5) : std::chrono::seconds(30);
+    memory_config.auto_limit = spec.auto_limit;
     if (context.seccomp == sandbox::Seccomp::on) {
         memory_config.on_thread_start = [](guestmem::ThreadRole role) {
             // The writeback thread does what the reclaimer did before it was split off

@@ -68,6 +68,7 @@ struct VmSpec {
     std::uint64_t memory_bytes = kDefaultMemory;
     unsigned vcpus = 1;
     std::uint64_t resident_limit = 0;  // 0: no limit
+    bool auto_limit = false;           // resident-limit=auto (guestmem/README.md#auto-limits)
     std::uint64_t swap_quota = 0;      // bytes of the shared swap pool this VM may fill; 0: no quota
     bool balloon = false;
     // How often the balloon asks the guest for statistics; 0: only when read. `run`

@@ -1,0 +1,170 @@
+// AutoLimit and split_budget: see auto_limit.hpp.
+#include "guestmem/auto_limit.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include <fmt/format.h>
+
+#include "guestmem/addr.hpp"
+
+namespace swapvisor::guestmem {
+
+const char* to_string(AutoAction a) {
+    switch (a) {
+        case AutoAction::hold: return "hold";
+        case AutoAction::probe: return "probe";
+        case AutoAction::back_off: return "back-off";
+    }
+    return "?";
+}
+
+namespace {
+
+std::uint64_t page_align(std::uint64_t bytes) { return bytes / kPageSize * kPageSize; }
+
+std::string mib(std::uint64_t bytes) { return fmt::format("{:.1f} MiB", static_cast<double>(bytes) / (1 << 20)); }
+
+}  // namespace
+
+AutoDecision AutoLimit::decide(const AutoLimitInput& in) {
+    const std::uint64_t ceiling = config_.ceiling_bytes ? std::min(config_.ceiling_bytes, in.memory_bytes) : in.memory_bytes;
+    const std::uint64_t floor = std::min(config_.floor_bytes, ceiling);
+    auto clamp = [&](std::uint64_t v) { return page_align(std::clamp(v, floor, ceiling)); };
+
+    if (target_ == 0) {
+        // Start from the limit in force, or from what the VM holds now.
+        target_ = clamp(in.limit_bytes ? in.limit_bytes : std::max(in.resident_bytes, floor));
+        lagging_limit_ = target_;
+        last_ = in.now;
+        last_stall_ns_ = in.stall_some_ns;
+        last_backoff_ = in.now - std::chrono::hours(1);
+        last_decision_ = AutoDecision{AutoAction::hold, target_, std::nullopt, target_,
+                                      fmt::format("start at {} (floor {}, ceiling {})", mib(target_), mib(floor),
+                                                  mib(ceiling))};
+        if (in.has_balloon) last_decision_.balloon_bytes = in.memory_bytes - target_;
+        last_decision_.fresh = true;
+        return last_decision_;
+    }
+    if (in.now - last_ < config_.interval) {  // one decision per interval
+        AutoDecision same = last_decision_;
+        same.fresh = false;
+        return same;
+    }
+    // The stall over this interval, from the running total.
+    const double span = static_cast<double>((in.now - last_).count());
+    const double p_now =
+        in.stall_some_ns >= last_stall_ns_ ? static_cast<double>(in.stall_some_ns - last_stall_ns_) / span : 0.0;
+    last_ = in.now;
+    last_stall_ns_ = in.stall_some_ns;
+
+    const double t = config_.stall_target;
+    const double p60 = in.stall_some_avg60;
+    // The 60 s average still shows the stall that caused the last back-off for a
+    // minute: no probe until it has passed (and shows the target held).
+    const bool settled = in.now - last_backoff_ >= std::chrono::seconds(60);
+    const bool refaulting = config_.refault_target && in.refault_ws_per_min > *config_.refault_target;
+    const bool over = p_now > t || refaulting;
+
+    AutoDecision d;
+    const std::uint64_t before = target_;
+    if (over) {
+        const double p = p_now;
+        // Full back-off from 11x the target (a VM thrashing); a stall a little over the
+        // target (the probe just went below the working set) grows the limit a little.
+        const double excess = p > t ? std::min(1.0, (p - t) / (10 * t)) : 1.0;  // refaults alone: fully
+        const auto grow = std::max<std::uint64_t>(
+            config_.min_backoff_bytes, static_cast<std::uint64_t>(static_cast<double>(target_) * config_.backoff_ratio * excess));
+        target_ = clamp(target_ + grow);
+        last_backoff_ = in.now;
+        d.action = AutoAction::back_off;
+        d.reason = refaulting && !(p_now > t)
+                       ? fmt::format("back-off: refaults {:.4f}/min of the working set over {:.4f}; {} -> {}",
+                                     in.refault_ws_per_min, *config_.refault_target, mib(before), mib(target_))
+                       : fmt::format("back-off: stall {:.2f}% over the last {:.0f} s, over {:.2f}%; {} -> {}",
+                                     p_now * 100, span / 1e9, t * 100, mib(before), mib(target_));
+    } else if (p60 <= t && settled) {
+        // A limit above what the VM holds is free to lower to it.
+        const std::uint64_t base = std::min(target_, std::max(page_align(in.resident_bytes), floor));
+        const double room = 1.0 - std::max(p_now, p60) / t;  // 1 with no stall, 0 at the target
+        const auto shrink = std::max<std::uint64_t>(
+            room > 0 ? kMinProbe : 0, static_cast<std::uint64_t>(static_cast<double>(base) * config_.probe_ratio * room));
+        target_ = clamp(base > shrink ? base - shrink : 0);
+        d.action = target_ < before ? AutoAction::probe : AutoAction::hold;
+        d.reason = d.action == AutoAction::probe
+                       ? fmt::format("probe: stall {:.2f}% (60 s) under {:.2f}%; {} -> {}", p60 * 100, t * 100,
+                                     mib(before), mib(target_))
+                       : fmt::format("hold at {}: {}", mib(target_), target_ == floor ? "at the floor" : "at the target");
+    } else {
+        d.action = AutoAction::hold;
+        d.reason = fmt::format("hold at {}: stall {:.2f}% (60 s) settling after a back-off", mib(target_), p60 * 100);
+    }
+    d.target_bytes = target_;
+    if (in.has_balloon) {
+        // Ask the guest first: the balloon takes memory - target now; the resident
+        // limit follows one interval later when it falls, at once when it rises.
+        d.balloon_bytes = in.memory_bytes - target_;
+        d.limit_bytes = target_ < lagging_limit_ ? lagging_limit_ : target_;
+        lagging_limit_ = target_;
+    } else {
+        d.limit_bytes = target_;
+    }
+    d.fresh = true;
+    last_decision_ = d;
+    return d;
+}
+
+std::vector<std::uint64_t> split_budget(std::uint64_t budget, std::span<const BudgetClaim> claims, double headroom) {
+    std::vector<std::uint64_t> want(claims.size()), floor(claims.size()), ceiling(claims.size());
+    for (std::size_t i = 0; i < claims.size(); ++i) {
+        ceiling[i] = claims[i].ceiling_bytes ? claims[i].ceiling_bytes : UINT64_MAX;
+        floor[i] = std::min(claims[i].floor_bytes, ceiling[i]);
+        const auto padded = static_cast<std::uint64_t>(static_cast<double>(claims[i].need_bytes) * (1.0 + headroom));
+        want[i] = std::clamp(padded, floor[i], ceiling[i]);
+    }
+    auto sum = [](const std::vector<std::uint64_t>& v) {
+        return std::accumulate(v.begin(), v.end(), std::uint64_t{0}, [](std::uint64_t a, std::uint64_t b) {
+            return b > UINT64_MAX - a ? UINT64_MAX : a + b;
+        });
+    };
+    std::vector<std::uint64_t> share(claims.size());
+    // Give `base` to each, then `rest` in proportion to weight, up to each ceiling,
+    // again over those left below their ceiling until nothing is left (water filling).
+    auto fill = [&](const std::vector<std::uint64_t>& base, std::vector<std::uint64_t> weight, std::uint64_t rest) {
+        share = base;
+        for (int round = 0; round < 8 && rest > 0; ++round) {
+            std::uint64_t total = 0;
+            for (std::size_t i = 0; i < share.size(); ++i)
+                if (share[i] >= ceiling[i]) weight[i] = 0;
+            total = sum(weight);
+            if (total == 0) break;
+            std::uint64_t given = 0;
+            for (std::size_t i = 0; i < share.size(); ++i) {
+                if (weight[i] == 0) continue;
+                const auto add = static_cast<std::uint64_t>(static_cast<long double>(rest) * weight[i] / total);
+                const std::uint64_t room = ceiling[i] - share[i];
+                share[i] += std::min(add, room);
+                given += std::min(add, room);
+            }
+            if (given == 0) break;
+            rest -= given;
+        }
+    };
+    const std::uint64_t wants = sum(want), floors = sum(floor);
+    if (wants <= budget) {
+        fill(want, want, budget - wants);
+    } else if (floors <= budget) {
+        std::vector<std::uint64_t> above(claims.size());
+        for (std::size_t i = 0; i < claims.size(); ++i) above[i] = want[i] - floor[i];
+        fill(floor, above, budget - floors);
+        for (std::size_t i = 0; i < claims.size(); ++i) share[i] = std::min(share[i], want[i]);
+    } else {
+        for (std::size_t i = 0; i < claims.size(); ++i)
+            share[i] = static_cast<std::uint64_t>(static_cast<long double>(floor[i]) * budget / floors);
+    }
+    for (auto& s : share) s = page_align(s);
+    return share;
+}
+
+}  // namespace swapvisor::guestmem

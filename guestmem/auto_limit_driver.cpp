@@ -1,0 +1,175 @@
+// AutoLimitDriver: see auto_limit_driver.hpp.
+#include "guestmem/auto_limit_driver.hpp"
+
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+namespace swapvisor::guestmem {
+
+AutoLimitDriver::AutoLimitDriver(HostMemory& host, AutoLimitHooks hooks) : host_(host), hooks_(std::move(hooks)) {}
+
+AutoLimitDriver::~AutoLimitDriver() { stop(); }
+
+void AutoLimitDriver::set_defaults(AutoLimitConfig config, bool all_unlimited) {
+    std::lock_guard lock(mutex_);
+    defaults_ = config;
+    all_unlimited_ = all_unlimited;
+}
+
+void AutoLimitDriver::enable(const std::string& vm, AutoLimitConfig config) {
+    {
+        std::lock_guard lock(mutex_);
+        vms_.insert_or_assign(vm, Vm{AutoLimit(config), std::nullopt, std::nullopt, true});
+        seen_.insert(vm);
+    }
+    spdlog::info("{}: resident limit auto (stall target {:.2f}%, floor {} MiB, ceiling {})", vm,
+                 config.stall_target * 100, config.floor_bytes >> 20,
+                 config.ceiling_bytes ? fmt::format("{} MiB", config.ceiling_bytes >> 20) : "memory size");
+    if (VmRef ref = host_.find(vm)) ref->set_limit_note("auto", "starting");
+}
+
+void AutoLimitDriver::disable(const std::string& vm) {
+    {
+        std::lock_guard lock(mutex_);
+        if (vms_.erase(vm) == 0) return;
+    }
+    if (VmRef ref = host_.find(vm)) ref->set_limit_note("manual", "");
+}
+
+bool AutoLimitDriver::is_auto(const std::string& vm) const {
+    std::lock_guard lock(mutex_);
+    return vms_.contains(vm);
+}
+
+void AutoLimitDriver::step(MonoTime now) {
+    struct Work {
+        VmRef vm;
+        MemStats stats;
+        AutoDecision decision;
+        std::optional<std::uint64_t> applied_balloon;
+        bool overridden = false;
+    };
+    std::vector<Work> work;
+    std::uint64_t others = 0;  // resident memory of the VMs not on auto (taken off the budget first)
+    std::vector<std::string> adopted;
+    {
+        std::vector<VmRef> vms = host_.vms();
+        std::vector<MemStats> stats;
+        for (const VmRef& vm : vms) stats.push_back(vm->stats());
+        std::lock_guard lock(mutex_);
+        auto listed = [&](const std::string& name) {
+            return std::any_of(vms.begin(), vms.end(), [&](const VmRef& v) { return v->name() == name; });
+        };
+        std::erase_if(vms_, [&](const auto& kv) { return !listed(kv.first); });
+        std::erase_if(seen_, [&](const std::string& name) { return !listed(name); });
+        // New VMs that asked for auto (or have no limit, under --auto-limits).
+        for (std::size_t i = 0; i < vms.size(); ++i) {
+            const std::string& name = vms[i]->name();
+            if (!seen_.insert(name).second) continue;
+            if (!vms[i]->auto_limit_requested() && !(all_unlimited_ && stats[i].resident_limit == 0)) continue;
+            vms_.insert_or_assign(name, Vm{AutoLimit(defaults_), std::nullopt, std::nullopt, true});
+            adopted.push_back(name);
+        }
+        for (std::size_t i = 0; i < vms.size(); ++i) {
+            const MemStats& s = stats[i];
+            auto it = vms_.find(s.name);
+            if (it == vms_.end()) {
+                others += s.resident_limit ? std::min(s.resident_limit, s.resident_bytes) : s.resident_bytes;
+                continue;
+            }
+            Vm& state = it->second;
+            if (state.applied_limit && s.resident_limit != *state.applied_limit) {
+                work.push_back(Work{vms[i], s, {}, {}, true});
+                vms_.erase(it);
+                continue;
+            }
+            const bool balloon = hooks_.set_balloon && state.balloon;
+            AutoLimitInput in{now,
+                              s.memory_bytes,
+                              s.resident_limit,
+                              s.resident_bytes,
+                              s.working_set_bytes,
+                              s.stall_some_ns,
+                              s.stall_some_avg10,
+                              s.stall_some_avg60,
+                              s.refault_ws_per_min,
+                              balloon};
+            work.push_back(Work{vms[i], s, state.engine.decide(in), state.applied_balloon, false});
+        }
+        // The host budget, split among the auto VMs by measured need.
+        const std::uint64_t budget = host_.budget();
+        if (budget > 0) {
+            std::vector<BudgetClaim> claims;
+            std::vector<Work*> auto_work;
+            for (Work& w : work) {
+                if (w.overridden) continue;
+                const AutoLimitConfig& c = vms_.at(w.stats.name).engine.config();
+                claims.push_back(BudgetClaim{std::max(w.decision.target_bytes, w.stats.working_set_bytes),
+                                             c.floor_bytes,
+                                             c.ceiling_bytes ? c.ceiling_bytes : w.stats.memory_bytes});
+                auto_work.push_back(&w);
+            }
+            const std::uint64_t room = budget > others ? budget - others : 0;
+            const std::vector<std::uint64_t> shares = split_budget(room, claims, kBudgetHeadroom);
+            for (std::size_t i = 0; i < auto_work.size(); ++i) {
+                AutoDecision& d = auto_work[i]->decision;
+                if (shares[i] >= d.limit_bytes) continue;
+                d.reason += fmt::format("; host budget share {:.1f} MiB", static_cast<double>(shares[i]) / (1 << 20));
+                d.limit_bytes = shares[i];
+                d.fresh = d.fresh || auto_work[i]->stats.resident_limit != shares[i];
+            }
+        }
+        for (Work& w : work) {
+            if (w.overridden) continue;
+            Vm& state = vms_.at(w.stats.name);
+            state.applied_limit = w.decision.limit_bytes;
+            if (w.decision.balloon_bytes) state.applied_balloon = w.decision.balloon_bytes;
+        }
+    }
+    // Apply, without the driver's lock.
+    for (const std::string& name : adopted) spdlog::info("{}: resident limit auto", name);
+    for (Work& w : work) {
+        const std::string& name = w.stats.name;
+        if (w.overridden) {
+            spdlog::info("{}: resident limit set to {} bytes by hand; auto off", name, w.stats.resident_limit);
+            w.vm->set_limit_note("manual", "auto off: the limit was set by hand");
+            continue;
+        }
+        const AutoDecision& d = w.decision;
+        if (d.limit_bytes != w.stats.resident_limit) w.vm->set_resident_limit(d.limit_bytes);
+        if (d.balloon_bytes && d.balloon_bytes != w.applied_balloon && !hooks_.set_balloon(name, *d.balloon_bytes)) {
+            std::lock_guard lock(mutex_);
+            if (auto it = vms_.find(name); it != vms_.end()) it->second.balloon = false;  // none: limits only
+        }
+        if (!d.fresh) continue;
+        const std::string note = fmt::format("{}: {}", to_string(d.action), d.reason);
+        if (d.limit_bytes != w.stats.resident_limit || d.action != AutoAction::hold) spdlog::info("{}: auto limit {}", name, d.reason);
+        else spdlog::debug("{}: auto limit {}", name, d.reason);
+        w.vm->set_limit_note("auto", note);
+    }
+}
+
+void AutoLimitDriver::start(std::chrono::milliseconds period) {
+    if (thread_.joinable()) return;
+    thread_ = std::thread([this, period] {
+        std::unique_lock lock(mutex_);
+        while (!stopping_) {
+            lock.unlock();
+            step(mono_now());
+            lock.lock();
+            wake_.wait_for(lock, period, [this] { return stopping_; });
+        }
+    });
+}
+
+void AutoLimitDriver::stop() {
+    {
+        std::lock_guard lock(mutex_);
+        stopping_ = true;
+    }
+    wake_.notify_all();
+    if (thread_.joinable()) thread_.join();
+}
+
+}  // namespace swapvisor::guestmem

@@ -1,0 +1,209 @@
+// AutoLimit (guestmem/auto_limit.hpp) on a simulated VM: a working set that changes
+// by phases, a stall that grows with how far the limit is below it (what the fault
+// path would measure: vCPUs waiting for swap-ins), 10 s / 60 s averages computed from
+// the simulated seconds like the StallTracker's windows. Time is simulated: no sleeps,
+// no timing assertions. Also split_budget's shares.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <deque>
+#include <numeric>
+
+#include "guestmem/auto_limit.hpp"
+
+using namespace swapvisor;
+using namespace swapvisor::guestmem;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr std::uint64_t MiB = 1ULL << 20;
+
+// One VM: every page it ever touched stays resident up to its limit (a guest's page
+// cache fills memory), and the share of time its vCPUs stall is 4x the share of its
+// working set that does not fit under the limit.
+struct SimVm {
+    std::uint64_t memory = 2048 * MiB;
+    std::uint64_t working_set = 512 * MiB;
+    std::uint64_t limit = 2048 * MiB;
+    bool balloon = false;
+    std::uint64_t balloon_bytes = 0;
+    MonoTime now = 10000s;
+    std::deque<double> per_second;  // stall share of each simulated second, newest last
+    std::uint64_t max_limit = 0;    // over the last run()
+    std::uint64_t stall_ns = 0;     // running total, as StallTracker keeps it
+
+    double stall_now() const {
+        if (limit >= working_set || working_set == 0) return 0;
+        return std::min(1.0, 4.0 * static_cast<double>(working_set - limit) / static_cast<double>(working_set));
+    }
+    double average(std::size_t seconds) const {
+        const std::size_t n = std::min(seconds, per_second.size());
+        if (n == 0) return 0;
+        return std::accumulate(per_second.end() - static_cast<long>(n), per_second.end(), 0.0) / static_cast<double>(n);
+    }
+    // One simulated second, then one decision applied.
+    AutoDecision step(AutoLimit& engine) {
+        per_second.push_back(stall_now());
+        if (per_second.size() > 300) per_second.pop_front();
+        stall_ns += static_cast<std::uint64_t>(per_second.back() * 1e9);
+        now += 1s;
+        AutoLimitInput in{now, memory, limit, limit, working_set, stall_ns, average(10), average(60), 0, balloon};
+        AutoDecision d = engine.decide(in);
+        EXPECT_GE(d.limit_bytes, std::min(engine.config().floor_bytes, memory)) << "below the floor";
+        EXPECT_LE(d.limit_bytes, memory);
+        limit = d.limit_bytes;
+        if (d.balloon_bytes) balloon_bytes = *d.balloon_bytes;
+        return d;
+    }
+    // Run `seconds`; returns the mean stall over them.
+    double run(AutoLimit& engine, int seconds) {
+        double sum = 0;
+        max_limit = 0;
+        for (int i = 0; i < seconds; ++i) {
+            step(engine);
+            max_limit = std::max(max_limit, limit);
+            sum += per_second.back();
+        }
+        return sum / seconds;
+    }
+};
+
+}  // namespace
+
+// From a 2 GiB limit on a VM that needs 512 MiB, the probe comes down to the working
+// set and stays just above it, with the stall held near the 1 % target.
+TEST(AutoLimitTest, ConvergesToTheWorkingSetUnderTheStallTarget) {
+    SimVm vm;
+    AutoLimit engine(AutoLimitConfig{});
+    vm.run(engine, 3600);
+    const double mean_stall = vm.run(engine, 3600);  // the second hour
+    EXPECT_GE(engine.target_bytes(), vm.working_set * 95 / 100);
+    EXPECT_LE(vm.max_limit, vm.working_set * 125 / 100) << "the second hour went far above what it needs";
+    EXPECT_LE(mean_stall, 0.02) << "the stall target is 1 %";
+}
+
+// A phase change: the working set doubles. The engine backs off within a minute,
+// then probes down again when the working set shrinks back.
+TEST(AutoLimitTest, BacksOffFastOnAPhaseChangeAndProbesBackDown) {
+    SimVm vm;
+    AutoLimit engine(AutoLimitConfig{});
+    vm.run(engine, 3600);
+    ASSERT_LT(engine.target_bytes(), 700 * MiB);
+    vm.working_set = 1024 * MiB;
+    int seconds = 0;
+    while (vm.limit < vm.working_set && seconds < 600) {
+        vm.step(engine);
+        ++seconds;
+    }
+    EXPECT_LE(seconds, 60) << "backed off too slowly";
+    vm.working_set = 512 * MiB;
+    vm.run(engine, 3600);
+    vm.run(engine, 1800);
+    EXPECT_LE(vm.max_limit, 640 * MiB) << "did not probe back down";
+    EXPECT_GE(engine.target_bytes(), 480 * MiB);
+}
+
+// An idle phase (nothing in use): down to the floor, never below it.
+TEST(AutoLimitTest, AnIdleVmGoesToTheFloorAndNoLower) {
+    SimVm vm;
+    vm.working_set = 0;
+    AutoLimitConfig c;
+    c.floor_bytes = 256 * MiB;
+    AutoLimit engine(c);
+    vm.run(engine, 4 * 3600);  // step() checks the floor every second
+    EXPECT_EQ(engine.target_bytes(), 256 * MiB);
+    EXPECT_EQ(vm.limit, 256 * MiB);
+}
+
+// The ceiling holds however hard the VM stalls, and the refault target alone backs off.
+TEST(AutoLimitTest, CeilingAndRefaultTarget) {
+    AutoLimitConfig c;
+    c.ceiling_bytes = 1024 * MiB;
+    c.refault_target = 0.01;
+    AutoLimit engine(c);
+    AutoLimitInput in{1000s, 2048 * MiB, 600 * MiB, 600 * MiB, 900 * MiB, 0, 1.0, 1.0, 0, false};
+    for (int i = 0; i < 100; ++i) {
+        in.now += 5s;
+        in.stall_some_ns += 5'000'000'000;  // stalled all the time
+        in.limit_bytes = engine.decide(in).limit_bytes;
+    }
+    EXPECT_EQ(in.limit_bytes, 1024 * MiB);
+
+    AutoLimit refaults(c);
+    AutoLimitInput r{1000s, 2048 * MiB, 512 * MiB, 512 * MiB, 500 * MiB, 0, 0, 0, 0.5, false};
+    (void)refaults.decide(r);
+    r.now += 5s;
+    const AutoDecision d = refaults.decide(r);
+    EXPECT_EQ(d.action, AutoAction::back_off);
+    EXPECT_GT(d.limit_bytes, 512 * MiB);
+    EXPECT_NE(d.reason.find("refaults"), std::string::npos) << d.reason;
+}
+
+// With a balloon the guest is asked first: the balloon takes memory - target at once,
+// the resident limit follows one interval later.
+TEST(AutoLimitTest, WithABalloonTheGuestIsAskedBeforeTheLimitFalls) {
+    AutoLimit engine(AutoLimitConfig{});
+    AutoLimitInput in{1000s, 2048 * MiB, 1024 * MiB, 1024 * MiB, 100 * MiB, 0, 0, 0, 0, true};
+    AutoDecision d = engine.decide(in);
+    ASSERT_TRUE(d.balloon_bytes);
+    EXPECT_EQ(d.limit_bytes, 1024 * MiB);
+    in.now += 5s;
+    d = engine.decide(in);
+    ASSERT_EQ(d.action, AutoAction::probe);
+    ASSERT_TRUE(d.balloon_bytes);
+    EXPECT_EQ(*d.balloon_bytes, 2048 * MiB - d.target_bytes);
+    EXPECT_EQ(d.limit_bytes, 1024 * MiB) << "the limit waits one interval";
+    const std::uint64_t first_target = d.target_bytes;
+    in.now += 5s;
+    d = engine.decide(in);
+    EXPECT_EQ(d.limit_bytes, first_target);
+    EXPECT_LT(d.target_bytes, first_target);
+}
+
+// Decisions come once per interval; in between the last one is repeated, not fresh.
+TEST(AutoLimitTest, OneDecisionPerInterval) {
+    AutoLimit engine(AutoLimitConfig{});
+    AutoLimitInput in{1000s, 2048 * MiB, 1024 * MiB, 1024 * MiB, 100 * MiB, 0, 0, 0, 0, false};
+    EXPECT_TRUE(engine.decide(in).fresh);
+    in.now += 5s;
+    const AutoDecision a = engine.decide(in);
+    in.now += 1s;
+    const AutoDecision b = engine.decide(in);
+    EXPECT_TRUE(a.fresh);
+    EXPECT_FALSE(b.fresh);
+    EXPECT_EQ(a.limit_bytes, b.limit_bytes);
+}
+
+// The budget holds every want: each VM gets at least its need + headroom, whatever its
+// memory size (a 16 GiB VM that needs 1 GiB does not crowd out a 2 GiB VM that needs 2).
+TEST(SplitBudgetTest, NeverStarvesAVmTheBudgetCanHold) {
+    const BudgetClaim claims[] = {
+        {1024 * MiB, 128 * MiB, 16384 * MiB},
+        {2048 * MiB, 128 * MiB, 2048 * MiB},
+        {256 * MiB, 128 * MiB, 4096 * MiB},
+    };
+    const auto shares = split_budget(4096 * MiB, claims, 0.1);
+    ASSERT_EQ(shares.size(), 3u);
+    EXPECT_GE(shares[0], 1126 * MiB);
+    EXPECT_EQ(shares[1], 2048 * MiB) << "its ceiling";
+    EXPECT_GE(shares[2], 281 * MiB);
+    EXPECT_LE(shares[0] + shares[1] + shares[2], 4096 * MiB);
+    EXPECT_GE(shares[0] + shares[1] + shares[2], 4090 * MiB) << "the rest is handed out, not kept";
+}
+
+TEST(SplitBudgetTest, OverTheBudgetFloorsFirstThenByUnmetNeed) {
+    const BudgetClaim claims[] = {
+        {1024 * MiB, 128 * MiB, 16384 * MiB},
+        {2048 * MiB, 128 * MiB, 2048 * MiB},
+    };
+    const auto shares = split_budget(1024 * MiB, claims, 0.0);
+    EXPECT_GE(shares[0], 128 * MiB);
+    EXPECT_GE(shares[1], 128 * MiB);
+    EXPECT_GT(shares[1], shares[0]) << "the larger unmet need gets more";
+    EXPECT_LE(shares[0] + shares[1], 1024 * MiB);
+    // Even the floors do not fit: scaled alike, never over the budget.
+    const auto tight = split_budget(128 * MiB, claims, 0.0);
+    EXPECT_EQ(tight[0], tight[1]);
+    EXPECT_LE(tight[0] + tight[1], 128 * MiB);
+}
