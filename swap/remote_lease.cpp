@@ -1,7 +1,6 @@
 // LeaseKeeper: see remote_lease.hpp.
 #include "swap/remote_lease.hpp"
 
-#include <sys/random.h>
 #include <unistd.h>
 
 #include <ctime>
@@ -38,12 +37,7 @@ std::uint64_t realtime_ms() {
 
 Result<PoolIdentity> make_pool_identity() {
     PoolIdentity id;
-    // Kernel contract: getrandom without flags blocks only until the pool is
-    // initialised at boot, and returns up to 256 bytes in one call.
-    if (::getrandom(id.uuid.data(), id.uuid.size(), 0) != static_cast<ssize_t>(id.uuid.size()))
-        return errno_error("swap pool uuid (getrandom)");
-    id.uuid[6] = static_cast<std::uint8_t>((id.uuid[6] & 0x0f) | 0x40);  // RFC 4122 version 4
-    id.uuid[8] = static_cast<std::uint8_t>((id.uuid[8] & 0x3f) | 0x80);
+    id.uuid = SWV_TRY(with_context(random_uuid(), "swap pool"));
     char host[256] = {};
     if (::gethostname(host, sizeof host - 1) == 0) id.host = host;
     id.pid = static_cast<std::uint32_t>(::getpid());

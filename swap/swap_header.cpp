@@ -47,15 +47,21 @@ Result<PageIo> page_io() {
 
 }  // namespace
 
+Result<std::array<std::uint8_t, 16>> random_uuid() {
+    std::array<std::uint8_t, 16> uuid{};
+    // Kernel contract: getrandom without flags blocks only until the pool is
+    // initialised at boot, and returns up to 256 bytes in one call.
+    if (::getrandom(uuid.data(), uuid.size(), 0) != static_cast<ssize_t>(uuid.size()))
+        return errno_error("uuid (getrandom)");
+    uuid[6] = static_cast<std::uint8_t>((uuid[6] & 0x0f) | 0x40);  // RFC 4122 version 4
+    uuid[8] = static_cast<std::uint8_t>((uuid[8] & 0x3f) | 0x80);  // RFC 4122 variant
+    return uuid;
+}
+
 Result<SwapHeader> new_header(std::uint64_t device_bytes) {
     SwapHeader h;
     h.slot_count = slots_after_header(device_bytes);
-    // Kernel contract: getrandom without flags blocks only until the pool is
-    // initialised at boot, and returns up to 256 bytes in one call.
-    if (::getrandom(h.uuid.data(), h.uuid.size(), 0) != static_cast<ssize_t>(h.uuid.size()))
-        return errno_error("swap header uuid (getrandom)");
-    h.uuid[6] = static_cast<std::uint8_t>((h.uuid[6] & 0x0f) | 0x40);  // RFC 4122 version 4
-    h.uuid[8] = static_cast<std::uint8_t>((h.uuid[8] & 0x3f) | 0x80);  // RFC 4122 variant
+    h.uuid = SWV_TRY(random_uuid());
     return h;
 }
 

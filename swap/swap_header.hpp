@@ -64,6 +64,8 @@ struct SwapHeader {
     bool operator==(const SwapHeader&) const = default;
 };
 
+// A random (version 4) uuid: a device's, or a pool's (remote_lease.hpp).
+Result<std::array<std::uint8_t, 16>> random_uuid();
 // A uuid as text: 8-4-4-4-12 lower-case hex.
 std::string uuid_text(const std::array<std::uint8_t, 16>& uuid);
 
