@@ -80,8 +80,6 @@ public:
     LeaseKeeper(const LeaseKeeper&) = delete;
     LeaseKeeper& operator=(const LeaseKeeper&) = delete;
 
-    const PoolIdentity& self() const { return self_; }
-
     // Claim `device` (its header already checked: swapvisor, right size) for this
     // pool under `name`: refuse with Errc::leased when another pool's lease has not
     // run out and takeover is no; else write our owner record (the lease starts).
@@ -99,10 +97,10 @@ public:
     void detach(DeviceId id);
     // nullopt: not a remote device of this keeper.
     std::optional<RemoteStatus> status(DeviceId id) const;
-    // Probe every device now (tests; the thread does it every probe_interval).
-    void probe_all();
 
 private:
+    // Probe every device (the thread, every probe_interval).
+    void probe_all();
     struct Held {
         std::string name;
         std::unique_ptr<io::BlockDevice> probe;

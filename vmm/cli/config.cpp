@@ -80,11 +80,6 @@ Result<std::uint64_t> parse_memory_limit(std::string_view text, std::string_view
     return size;
 }
 
-Result<void> check_kernel_file(const std::filesystem::path& path) {
-    if (auto why = vmm::check_kernel(path); !why.empty()) return cli_error(CliErrc::bad_file, "checking a file", why);
-    return {};
-}
-
 Result<void> check_output_file(const std::filesystem::path& path) {
     if (auto why = vmm::check_output_file(path); !why.empty())
         return cli_error(CliErrc::bad_file, "checking a file", why);

@@ -57,10 +57,10 @@ Result<std::uint64_t> parse_guest_memory(std::string_view text);
 // --resident-limit / --host-budget: vmm::check_memory_limit (4 KiB aligned, 0 or at
 // least kMinMemoryLimit: the same rule as the control socket's).
 Result<std::uint64_t> parse_memory_limit(std::string_view text, std::string_view what);
-// The operator's files, checked before anything is reserved: a kernel must be a
-// regular file (a FIFO would block the open forever); an output file must be
-// creatable or writable (its directory exists and is writable) and not a directory.
-Result<void> check_kernel_file(const std::filesystem::path& path);
+// An output file (--stats-json), checked before anything is reserved by
+// vmm::check_output_file's rule: creatable or writable, its directory there and
+// writable, not a directory. (A kernel's rule is vmm::check_kernel, applied by
+// vmm::validate to every VM.)
 Result<void> check_output_file(const std::filesystem::path& path);
 
 // "1048576", "512M", "4G", "2GiB", "64k", "1T" (suffixes K/M/G/T, optionally followed
