@@ -7,6 +7,16 @@
 
 namespace swapvisor::guestmem {
 
+namespace {
+
+void log_enabled(const std::string& vm, const AutoLimitConfig& config) {
+    spdlog::info("{}: resident limit auto (stall target {:.2f}%, floor {} MiB, ceiling {})", vm,
+                 config.stall_target * 100, config.floor_bytes >> 20,
+                 config.ceiling_bytes ? fmt::format("{} MiB", config.ceiling_bytes >> 20) : "memory size");
+}
+
+}  // namespace
+
 AutoLimitDriver::AutoLimitDriver(HostMemory& host, AutoLimitHooks hooks) : host_(host), hooks_(std::move(hooks)) {}
 
 AutoLimitDriver::~AutoLimitDriver() { stop(); }
@@ -23,9 +33,7 @@ void AutoLimitDriver::enable(const std::string& vm, AutoLimitConfig config) {
         vms_.insert_or_assign(vm, Vm{AutoLimit(config), std::nullopt, std::nullopt, true});
         seen_.insert(vm);
     }
-    spdlog::info("{}: resident limit auto (stall target {:.2f}%, floor {} MiB, ceiling {})", vm,
-                 config.stall_target * 100, config.floor_bytes >> 20,
-                 config.ceiling_bytes ? fmt::format("{} MiB", config.ceiling_bytes >> 20) : "memory size");
+    log_enabled(vm, config);
     if (VmRef ref = host_.find(vm)) ref->set_limit_note("auto", "starting");
 }
 
@@ -52,7 +60,7 @@ void AutoLimitDriver::step(MonoTime now) {
     };
     std::vector<Work> work;
     std::uint64_t others = 0;  // resident memory of the VMs not on auto (taken off the budget first)
-    std::vector<std::string> adopted;
+    std::vector<std::pair<std::string, AutoLimitConfig>> adopted;
     {
         std::vector<VmRef> vms = host_.vms();
         std::vector<MemStats> stats;
@@ -68,8 +76,9 @@ void AutoLimitDriver::step(MonoTime now) {
             const std::string& name = vms[i]->name();
             if (!seen_.insert(name).second) continue;
             if (!vms[i]->auto_limit_requested() && !(all_unlimited_ && stats[i].resident_limit == 0)) continue;
-            vms_.insert_or_assign(name, Vm{AutoLimit(defaults_), std::nullopt, std::nullopt, true});
-            adopted.push_back(name);
+            const AutoLimitConfig config = vms[i]->auto_limit_config().value_or(defaults_);
+            vms_.insert_or_assign(name, Vm{AutoLimit(config), std::nullopt, std::nullopt, true});
+            adopted.emplace_back(name, config);
         }
         for (std::size_t i = 0; i < vms.size(); ++i) {
             const MemStats& s = stats[i];
@@ -128,7 +137,7 @@ void AutoLimitDriver::step(MonoTime now) {
         }
     }
     // Apply, without the driver's lock.
-    for (const std::string& name : adopted) spdlog::info("{}: resident limit auto", name);
+    for (const auto& [name, config] : adopted) log_enabled(name, config);
     for (Work& w : work) {
         const std::string& name = w.stats.name;
         if (w.overridden) {

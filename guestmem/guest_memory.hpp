@@ -12,12 +12,14 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "guestmem/access_age.hpp"
 #include "guestmem/addr.hpp"
+#include "guestmem/auto_limit.hpp"
 #include "guestmem/latency_histogram.hpp"
 #include "guestmem/memfd_kernel.hpp"
 #include "guestmem/owner_tag.hpp"
@@ -61,6 +63,9 @@ struct MemoryConfig {
     // resident-limit=auto: an AutoLimitDriver over this VM's HostMemory sizes its limit
     // (auto_limit_driver.hpp); resident_limit is then only the starting point.
     bool auto_limit = false;
+    // This VM's controller settings under auto (stall target, floor, ceiling); none:
+    // the driver's defaults (AutoLimitDriver::set_defaults).
+    std::optional<AutoLimitConfig> auto_config;
 };
 
 // Build one VM's memory (HostMemory::create_vm is the usual way). host: the host
@@ -191,6 +196,7 @@ public:
     std::uint64_t memory_bytes() const { return config_.memory_bytes; }
     const std::string& name() const { return config_.name; }
     bool auto_limit_requested() const { return config_.auto_limit; }
+    const std::optional<AutoLimitConfig>& auto_limit_config() const { return config_.auto_config; }
     VmId id() const { return id_; }
 
     // Copy bytes into / out of guest memory through the VMM view, swapping pages in

@@ -339,6 +339,8 @@ int serve_host(const cli::ServeConfig& config, const std::vector<std::string>& a
     if (kvm) {
         vms.emplace(*kvm, host, device_stats, Release::when_ended);
         vms->set_balloon_stats_interval(config.balloon_stats_interval);
+        vms->set_age_scan(config.age_scan);
+        vms->set_auto_unlimited(config.auto_limits);
         if (auto r = confine(config.seccomp, *vms); !r) return fail(r.error().message());
     }
     VmHost* vm_host = vms ? &*vms : nullptr;

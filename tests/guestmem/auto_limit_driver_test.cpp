@@ -142,3 +142,31 @@ TEST_F(PrivilegedAutoLimitTest, TheLimitProbesDownThenFollowsAGrowingWorkingSet)
     vm->stop();
     ASSERT_TRUE(host_->remove_vm("auto").has_value());
 }
+
+// A VM's own controller settings (MemoryConfig::auto_config: run/vm-create --auto-floor,
+// --auto-stall, --auto-ceiling) win over the driver's defaults; a VM without them gets
+// the defaults. The first decision starts an idle VM at its floor, so the floor in use
+// is visible at once.
+TEST_F(PrivilegedAutoLimitTest, AVmsOwnSettingsWinOverTheDefaults) {
+    AutoLimitConfig own;
+    own.floor_bytes = 40 * MiB;
+    own.ceiling_bytes = 48 * MiB;
+    auto tuned = host_->create_vm(
+        MemoryConfig{.name = "tuned", .memory_bytes = 64 * MiB, .fault_threads = 1, .auto_limit = true, .auto_config = own});
+    ASSERT_TRUE(tuned.has_value()) << tuned.error().message();
+    auto plain = host_->create_vm(MemoryConfig{.name = "plain", .memory_bytes = 64 * MiB, .fault_threads = 1, .auto_limit = true});
+    ASSERT_TRUE(plain.has_value()) << plain.error().message();
+
+    AutoLimitDriver driver(*host_, AutoLimitHooks{});
+    AutoLimitConfig defaults;
+    defaults.floor_bytes = 16 * MiB;
+    driver.set_defaults(defaults, false);
+    driver.step(mono_now());
+    EXPECT_TRUE(driver.is_auto("tuned"));
+    EXPECT_TRUE(driver.is_auto("plain"));
+    EXPECT_EQ((*tuned)->stats().resident_limit, 40 * MiB) << (*tuned)->stats().auto_decision;
+    EXPECT_EQ((*plain)->stats().resident_limit, 16 * MiB) << (*plain)->stats().auto_decision;
+    EXPECT_NE((*tuned)->stats().auto_decision.find("ceiling 48.0 MiB"), std::string::npos) << (*tuned)->stats().auto_decision;
+    ASSERT_TRUE(host_->remove_vm("tuned").has_value());
+    ASSERT_TRUE(host_->remove_vm("plain").has_value());
+}

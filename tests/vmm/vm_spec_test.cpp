@@ -68,6 +68,13 @@ TEST_F(VmSpecTest, EachFieldIsCheckedAndNamed) {
         {"cmdline", [](VmSpec& s) { s.cmdline = std::string("a\0b", 3); }},
         {"resident_limit", [](VmSpec& s) { s.resident_limit = 4096; }},
         {"resident_limit", [](VmSpec& s) { s.resident_limit = kMinMemoryLimit + 1; }},
+        {"tuning", [](VmSpec& s) { s.tuning.auto_floor = 32 * kMiB; }},  // auto-* without resident-limit=auto
+        {"tuning", [](VmSpec& s) { s.auto_limit = true; s.tuning.auto_stall_target = 0; }},
+        {"tuning", [](VmSpec& s) { s.auto_limit = true; s.tuning.auto_stall_target = 0.6; }},
+        {"tuning", [](VmSpec& s) { s.auto_limit = true; s.tuning.auto_floor = 4096; }},
+        {"tuning", [](VmSpec& s) { s.auto_limit = true; s.tuning.auto_ceiling = 128 * kMiB; }},
+        {"tuning", [](VmSpec& s) { s.auto_limit = true; s.tuning.auto_floor = 48 * kMiB; s.tuning.auto_ceiling = 32 * kMiB; }},
+        {"tuning", [](VmSpec& s) { s.tuning.age_scan = kMaxAgeScan * 2; }},
         {"balloon_stats_interval", [](VmSpec& s) { s.balloon_stats_interval = kMaxBalloonStatsInterval * 2; }},
         {"serial_log", [](VmSpec& s) { s.serial_log = "/nonexistent-dir/serial.log"; }},
         {"serial_log", [](VmSpec& s) { s.serial_log = "/tmp"; }},
@@ -131,4 +138,52 @@ TEST_F(VmSpecTest, VmCreateParsesIntoTheOneSpec) {
     EXPECT_EQ(spec, (VmSpec{.name = "a", .kernel = kernel_, .cmdline = "x=1", .memory_bytes = 64 * kMiB, .vcpus = 2,
                             .balloon = true}));
     EXPECT_EQ(refusal(spec), "");
+}
+
+// Per-VM tuning (issue #20): the controller's stall target, floor and ceiling and the
+// age scan, the same from run's flags, --vm, and vm-create; the age scan a VM gets.
+TEST_F(VmSpecTest, TuningIsTheSameFromEveryEntry) {
+    const MemoryTuning want{.auto_stall_target = 0.005, .auto_floor = 32 * kMiB, .auto_ceiling = 48 * kMiB,
+                            .age_scan = std::chrono::milliseconds(2500)};
+    auto run = cli::parse_command_line({"run", "--kernel", kernel_.string(), "--memory", "64M", "--resident-limit", "auto",
+                                        "--auto-stall", "0.5%", "--auto-floor", "32M", "--auto-ceiling", "48M",
+                                        "--age-scan", "2.5", "--vm",
+                                        "name=b,kernel=" + kernel_.string() + ",memory=64M,resident-limit=auto,"
+                                        "auto-stall=0.5,auto-floor=32M,auto-ceiling=48M,age-scan=2.5"});
+    ASSERT_TRUE(std::holds_alternative<cli::RunConfig>(run)) << std::get<cli::CliExit>(run).err;
+    for (const VmSpec& vm : std::get<cli::RunConfig>(run).all_vms()) EXPECT_EQ(vm.tuning, want) << vm.name;
+    auto created = control::parse_request(
+        R"({"cmd":"vm-create","name":"a","kernel":"/k","memory":"64M","resident_limit":"auto",)"
+        R"("auto_stall_pct":0.5,"auto_floor":"32M","auto_ceiling":"48M","age_scan_ms":2500})");
+    ASSERT_TRUE(created.has_value()) << created.error().message;
+    EXPECT_EQ(std::get<control::VmCreateCmd>(created->command).spec.tuning, want);
+
+    // run --age-scan is the default of every --vm that names none; off is 0; an auto VM
+    // without its own scans every 5 s.
+    auto defaults = cli::parse_command_line({"run", "--kernel", kernel_.string(), "--age-scan", "off", "--vm",
+                                             "name=b,kernel=k,age-scan=7", "--vm", "name=c,kernel=k,resident-limit=auto"});
+    ASSERT_TRUE(std::holds_alternative<cli::RunConfig>(defaults)) << std::get<cli::CliExit>(defaults).err;
+    auto vms = std::get<cli::RunConfig>(defaults).all_vms();
+    ASSERT_EQ(vms.size(), 3u);
+    EXPECT_EQ(age_scan_of(vms[0], kDefaultAgeScan), std::chrono::milliseconds(0));
+    EXPECT_EQ(age_scan_of(vms[1], kDefaultAgeScan), std::chrono::milliseconds(7000));
+    EXPECT_EQ(age_scan_of(vms[2], kDefaultAgeScan), kAutoAgeScan);
+    EXPECT_EQ(age_scan_of(good(), kDefaultAgeScan), kDefaultAgeScan);
+
+    // Bad values are refused by name, before anything is built.
+    for (std::vector<std::string> bad : {std::vector<std::string>{"--auto-stall", "lots"},
+                                         {"--age-scan", "-1"}, {"--age-scan", "7200"}, {"--auto-floor", "0"},
+                                         {"--auto-floor", "32M"} /* without auto */}) {
+        std::vector<std::string> args{"run", "--kernel", kernel_.string()};
+        args.insert(args.end(), bad.begin(), bad.end());
+        auto out = cli::parse_command_line(args);
+        ASSERT_TRUE(std::holds_alternative<cli::CliExit>(out)) << bad[0] << " " << bad[1];
+        EXPECT_NE(std::get<cli::CliExit>(out).err.find(bad[0] == "--auto-floor" && bad[1] == "32M" ? "auto-floor" : bad[0]),
+                  std::string::npos)
+            << std::get<cli::CliExit>(out).err;
+    }
+    EXPECT_FALSE(control::parse_request(R"({"cmd":"vm-create","name":"a","kernel":"/k","memory":"64M","age_scan_ms":-5})")
+                     .has_value());
+    EXPECT_FALSE(control::parse_request(R"({"cmd":"vm-create","name":"a","kernel":"/k","memory":"64M","auto_floor":0})")
+                     .has_value());
 }

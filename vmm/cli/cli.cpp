@@ -34,6 +34,7 @@ struct RawRun {
     std::string log_level = "info";
     bool no_seccomp = false;
     double balloon_stats_interval = 2.0;  // seconds
+    std::string auto_stall, auto_floor, auto_ceiling, age_scan;  // parse_tuning_option
 };
 
 struct RawServe {
@@ -42,6 +43,7 @@ struct RawServe {
     std::vector<std::string> swaps;
     std::string host_budget;
     bool auto_limits = false;
+    std::string age_scan;
     std::string metrics;
     std::string log_level = "info";
     bool no_seccomp = false;
@@ -92,6 +94,12 @@ CliOutcome validate_serve(const RawServe& raw) {
     }
     if (!raw.metrics.empty()) config.metrics = raw.metrics;
     config.auto_limits = raw.auto_limits;
+    if (!raw.age_scan.empty()) {
+        MemoryTuning tuning;
+        if (auto ok = parse_tuning_option("age-scan", raw.age_scan, tuning); !ok)
+            return serve_error(std::move(ok.error()).with_context("--age-scan").message());
+        config.age_scan = *tuning.age_scan;
+    }
     auto interval = stats_interval(raw.balloon_stats_interval);
     if (!interval) return serve_error(interval.error());
     config.balloon_stats_interval = *interval;
@@ -120,6 +128,13 @@ CliOutcome validate(const RawRun& raw) {
         if (!limit) return usage_error(std::move(limit.error()).with_context("--resident-limit").message());
         config.resident_limit = *limit;
     }
+    for (auto [key, value] : {std::pair{"auto-stall", &raw.auto_stall}, std::pair{"auto-floor", &raw.auto_floor},
+                              std::pair{"auto-ceiling", &raw.auto_ceiling}, std::pair{"age-scan", &raw.age_scan}}) {
+        if (value->empty()) continue;
+        auto ok = parse_tuning_option(key, *value, config.tuning);
+        if (!ok) return usage_error(std::move(ok.error()).with_context(fmt::format("--{}", key)).message());
+    }
+    config.age_scan = config.tuning.age_scan;
     auto swaps = parse_swaps(raw.swaps);
     if (!swaps) return usage_error(swaps.error());
     config.swaps = std::move(*swaps);
@@ -154,6 +169,8 @@ CliOutcome validate(const RawRun& raw) {
     for (const VmSpec& vm : vms) {
         if (auto why = vmm::check_cmdline(vm.cmdline); !why.empty())
             return usage_error(fmt::format("{}: the command line: {}", vm.name, why));
+        if (auto why = vmm::check_tuning(vm.tuning, vm.auto_limit, vm.memory_bytes); !why.empty())
+            return usage_error(fmt::format("{}: {}", vm.name, why));
     }
     for (std::size_t i = 0; i < vms.size(); ++i)
         for (std::size_t j = i + 1; j < vms.size(); ++j)
@@ -298,6 +315,21 @@ CliOutcome parse_command_line(const std::vector<std::string>& given) {
                     "Most guest RAM kept in host memory, at least 16M; colder pages go to swap (default: no limit); "
                     "`auto`: sized from the VM's measured memory stall (guestmem/README.md#auto-limits)")
         ->type_name("SIZE|auto");
+    run->add_option("--auto-stall", raw.auto_stall,
+                    "With --resident-limit auto: the memory stall the controller aims for, a share of wall time "
+                    "over 60 s (default 1%; --vm takes auto-stall=)")
+        ->type_name("PCT");
+    run->add_option("--auto-floor", raw.auto_floor,
+                    "With --resident-limit auto: the limit never goes below SIZE (default 64M)")
+        ->type_name("SIZE");
+    run->add_option("--auto-ceiling", raw.auto_ceiling,
+                    "With --resident-limit auto: the limit never goes above SIZE (default: the VM's memory)")
+        ->type_name("SIZE");
+    run->add_option("--age-scan", raw.age_scan,
+                    "Seconds between sweeps that sample which pages are in use, for the working set and the cold-age "
+                    "histogram; each costs one minor fault per page in use (default 30, 5 with --resident-limit "
+                    "auto; off: only reclaim samples). Also the default of every --vm (age-scan=)")
+        ->type_name("SECONDS|off");
     run->add_option("--swap", raw.swaps,
                     "Swap device or file, repeatable: PATH[,priority=N][,size=SIZE][,format=yes|force][,takeover=yes], "
                     "or a compressed tier in host RAM: mem:SIZE[,codec=lz4|zstd][,max=BYTES][,high=PCT][,low=PCT]"
@@ -326,7 +358,8 @@ CliOutcome parse_command_line(const std::vector<std::string>& given) {
         ->capture_default_str();
     run->add_option("--vm", raw.vms,
                     "Another VM in this process, repeatable: name=NAME,kernel=ELF,memory=SIZE[,vcpus=N]"
-                    "[,resident-limit=SIZE][,balloon][,cmdline=REST] (cmdline= last: it takes the rest). All VMs "
+                    "[,resident-limit=SIZE|auto][,auto-stall=PCT][,auto-floor=SIZE][,auto-ceiling=SIZE][,age-scan=SECONDS]"
+                    "[,swap-quota=SIZE][,balloon][,cmdline=REST] (cmdline= last: it takes the rest). All VMs "
                     "share the swap pool and the host budget; the exit status is the first non-zero guest code")
         ->type_name("SPEC")
         ->take_all();
@@ -365,6 +398,10 @@ CliOutcome parse_command_line(const std::vector<std::string>& given) {
     serve->add_flag("--auto-limits", raw_serve.auto_limits,
                     "Size the resident limit of every VM created without one from its measured memory stall "
                     "(resident-limit=auto; a VM may also ask for it in vm-create)");
+    serve->add_option("--age-scan", raw_serve.age_scan,
+                      "Seconds between the working-set sweeps of a VM created without its own age scan (as for "
+                      "run; default 30, 5 for resident-limit=auto VMs; off: none)")
+        ->type_name("SECONDS|off");
     serve->add_option("--metrics", raw_serve.metrics,
                       "Serve Prometheus metrics over HTTP on 127.0.0.1:PORT (loopback only) or a Unix socket PATH")
         ->type_name("ADDR");

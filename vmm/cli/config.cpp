@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cctype>
+#include <cmath>
 #include <charconv>
 #include <cstring>
 #include <limits>
@@ -35,6 +36,7 @@ std::string describe(CliErrc e) {
         case CliErrc::bad_vm_spec: return "invalid --vm value";
         case CliErrc::out_of_range: return "value out of range";
         case CliErrc::bad_file: return "unusable file";
+        case CliErrc::bad_tuning: return "invalid tuning option";
     }
     return "unknown command-line error";
 }
@@ -168,6 +170,45 @@ Result<std::string> parse_vm_name(std::string_view text) {
     return std::string(text);
 }
 
+Result<bool> parse_tuning_option(std::string_view key, std::string_view value, vmm::MemoryTuning& tuning) {
+    auto bad = [key, value](std::string why) {
+        return cli_error(CliErrc::bad_tuning, "parsing a tuning option", fmt::format("{} '{}': {}", key, value, why));
+    };
+    auto number = [](std::string_view text) -> std::optional<double> {
+        double v = 0;
+        auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+        if (ec != std::errc() || ptr != text.data() + text.size() || !std::isfinite(v)) return std::nullopt;
+        return v;
+    };
+    if (key == "auto-stall") {
+        std::string_view digits = value.ends_with('%') ? value.substr(0, value.size() - 1) : value;
+        auto pct = number(digits);
+        if (!pct) return bad("not a percentage (e.g. 1% or 0.5)");
+        tuning.auto_stall_target = *pct / 100;
+        return true;
+    }
+    if (key == "auto-floor" || key == "auto-ceiling") {
+        auto size = parse_size(value);
+        if (!size) return std::unexpected(std::move(size.error()).with_context(std::string(key)));
+        (key == "auto-floor" ? tuning.auto_floor : tuning.auto_ceiling) = *size;
+        if (*size == 0) return bad("must not be 0");
+        return true;
+    }
+    if (key == "age-scan") {
+        if (value == "off") {
+            tuning.age_scan = std::chrono::milliseconds(0);
+            return true;
+        }
+        auto seconds = number(value);
+        if (!seconds || *seconds < 0) return bad("not a number of seconds, or off");
+        if (*seconds * 1000 > static_cast<double>(vmm::kMaxAgeScan.count()))
+            return bad(fmt::format("over {} s", vmm::kMaxAgeScan.count() / 1000));
+        tuning.age_scan = std::chrono::milliseconds(static_cast<std::int64_t>(*seconds * 1000 + 0.5));
+        return true;
+    }
+    return false;
+}
+
 Result<VmSpec> parse_vm_spec(std::string_view text) {
     auto bad = [text](std::string what) {
         return cli_error(CliErrc::bad_vm_spec, "parsing --vm", fmt::format("--vm '{}': {}", text, what));
@@ -240,8 +281,12 @@ Result<VmSpec> parse_vm_spec(std::string_view text) {
             spec.vcpus = n;
             have_vcpus = true;
         } else {
-            return bad(fmt::format(
-                "unknown option '{}' (accepted: name, kernel, memory, vcpus, resident-limit, swap-quota, balloon, cmdline)", key));
+            auto tuned = parse_tuning_option(key, value, spec.tuning);
+            if (!tuned) return inner(std::move(tuned.error()), "");
+            if (!*tuned)
+                return bad(fmt::format("unknown option '{}' (accepted: name, kernel, memory, vcpus, resident-limit, "
+                                       "auto-stall, auto-floor, auto-ceiling, age-scan, swap-quota, balloon, cmdline)",
+                                       key));
         }
     }
     if (spec.name.empty()) return bad("name= is required");
@@ -254,10 +299,13 @@ std::vector<VmSpec> RunConfig::all_vms() const {
     if (!kernel.empty())
         vms.push_back(VmSpec{.name = name, .kernel = kernel, .cmdline = cmdline, .memory_bytes = memory_bytes,
                              .vcpus = vcpus, .resident_limit = resident_limit, .auto_limit = auto_limit,
-                             .swap_quota = swap_quota,
+                             .tuning = tuning, .swap_quota = swap_quota,
                              .balloon = balloon, .balloon_stats_interval = balloon_stats_interval});
     vms.insert(vms.end(), more_vms.begin(), more_vms.end());
-    for (VmSpec& vm : vms) vm.balloon_stats_interval = balloon_stats_interval;
+    for (VmSpec& vm : vms) {
+        vm.balloon_stats_interval = balloon_stats_interval;
+        if (age_scan && !vm.tuning.age_scan && !vm.auto_limit) vm.tuning.age_scan = age_scan;
+    }
     return vms;
 }
 

@@ -29,6 +29,7 @@ enum class CliErrc {
     bad_vm_spec,    // a --vm name=..,kernel=..
     out_of_range,   // a size beyond what the host can map, or below a minimum
     bad_file,       // --kernel not a regular file, an output path not writable
+    bad_tuning,     // --auto-stall, --auto-floor, --auto-ceiling, --age-scan
 };
 const std::error_category& cli_category();
 inline std::error_code make_error_code(CliErrc e) { return {static_cast<int>(e), cli_category()}; }
@@ -84,11 +85,20 @@ struct SwapSpec {
 // repeated key, every key needs "=value".
 Result<SwapSpec> parse_swap_spec(std::string_view text);
 
+// One memory-tuning option (vmm::MemoryTuning) by its command-line name: `auto-stall`
+// (a percentage, "1%" or "1"), `auto-floor` / `auto-ceiling` (sizes), `age-scan`
+// (seconds, fractions allowed, or "off" = 0). false when `key` is none of them; the
+// value's error names the key. The spec's rules (vmm::check_tuning) apply later.
+Result<bool> parse_tuning_option(std::string_view key, std::string_view value, vmm::MemoryTuning& tuning);
+// The names parse_tuning_option takes.
+inline constexpr std::string_view kTuningOptions[] = {"auto-stall", "auto-floor", "auto-ceiling", "age-scan"};
+
 // VM names: 1..64 of [A-Za-z0-9._-], not starting with '.' or '-'.
 Result<std::string> parse_vm_name(std::string_view text);
 
 // One VM of a multi-VM host: `--vm name=N,kernel=ELF,memory=SIZE[,vcpus=N]
-// [,resident-limit=SIZE][,balloon][,cmdline=REST]`. cmdline= must come last and
+// [,resident-limit=SIZE|auto][,auto-stall=PCT][,auto-floor=SIZE][,auto-ceiling=SIZE]
+// [,age-scan=SECONDS][,balloon][,cmdline=REST]`. cmdline= must come last and
 // takes the rest of the text, commas and spaces included.
 Result<VmSpec> parse_vm_spec(std::string_view text);
 
@@ -102,6 +112,7 @@ struct ServeConfig {
     bool auto_limits = false;            // --auto-limits: VMs created without a limit are sized automatically
     std::optional<std::string> metrics;  // "127.0.0.1:PORT" or a Unix socket path
     std::chrono::milliseconds balloon_stats_interval = kDefaultBalloonStatsInterval;  // VMs made by vm-create
+    std::chrono::milliseconds age_scan = vmm::kDefaultAgeScan;  // --age-scan: VMs made by vm-create without their own
     std::string log_level = "info";
     sandbox::Seccomp seccomp = sandbox::Seccomp::on;  // --no-seccomp: off
     bool operator==(const ServeConfig&) const = default;
@@ -114,6 +125,9 @@ struct RunConfig {
     unsigned vcpus = 1;
     std::uint64_t resident_limit = 0;  // 0: no limit
     bool auto_limit = false;           // --resident-limit auto
+    vmm::MemoryTuning tuning;          // --auto-stall, --auto-floor, --auto-ceiling, --age-scan (the --kernel VM)
+    // --age-scan also sets it for every --vm that names none (the host default).
+    std::optional<std::chrono::milliseconds> age_scan;
     std::uint64_t swap_quota = 0;      // 0: no quota
     std::vector<SwapSpec> swaps;
     std::optional<std::filesystem::path> stats_json;

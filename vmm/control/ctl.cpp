@@ -424,6 +424,16 @@ void add_ctl_subcommand(CLI::App& app, CtlOptions& o) {
     create->add_option("--resident-limit", o.resident_limit,
                        "Resident limit (at least 16M), or `auto`: sized from the VM's measured memory stall")
         ->check(size_validator() | CLI::IsMember({"auto"}));
+    create->add_option("--auto-stall", o.auto_stall_pct,
+                       "With --resident-limit auto: the memory stall aimed for, percent of wall time over 60 s (1)")
+        ->check(CLI::Range(0.0, 50.0));
+    create->add_option("--auto-floor", o.auto_floor, "With --resident-limit auto: never below SIZE (64M)")
+        ->check(size_validator());
+    create->add_option("--auto-ceiling", o.auto_ceiling, "With --resident-limit auto: never above SIZE (memory)")
+        ->check(size_validator());
+    create->add_option("--age-scan", o.age_scan_s,
+                       "Seconds between working-set sweeps (0: off; default: the daemon's --age-scan, 5 with auto)")
+        ->check(CLI::Range(0.0, 3600.0));
     create->add_option("--swap-quota", o.swap_quota, "Most of the shared swap pool it may fill")->check(size_validator());
     create->add_flag("--balloon", o.balloon, "Add a virtio-balloon device");
     create->add_option("--serial-log", o.serial_log, "Append the guest's serial output to FILE");
@@ -498,6 +508,11 @@ json ctl_request(const CtlOptions& options, int id) {
             if (options.resident_limit == "auto") request["resident_limit"] = "auto";
             else if (!options.resident_limit.empty()) request["resident_limit"] = bytes_of(options.resident_limit);
             if (!options.swap_quota.empty()) request["swap_quota"] = bytes_of(options.swap_quota);
+            if (options.auto_stall_pct) request["auto_stall_pct"] = *options.auto_stall_pct;
+            if (!options.auto_floor.empty()) request["auto_floor"] = bytes_of(options.auto_floor);
+            if (!options.auto_ceiling.empty()) request["auto_ceiling"] = bytes_of(options.auto_ceiling);
+            if (options.age_scan_s)
+                request["age_scan_ms"] = static_cast<std::uint64_t>(*options.age_scan_s * 1000 + 0.5);
             if (options.balloon) request["balloon"] = true;
             if (!options.serial_log.empty()) request["serial_log"] = absolute_path(options.serial_log);
             if (!options.cmdline.empty()) request["cmdline"] = options.cmdline;

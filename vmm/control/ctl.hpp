@@ -74,6 +74,9 @@ struct CtlOptions {
     unsigned vcpus = 1;
     std::string resident_limit;  // empty: none
     std::string swap_quota;      // empty: none
+    std::optional<double> auto_stall_pct;  // vm-create tuning (vmm::MemoryTuning); none: the default
+    std::string auto_floor, auto_ceiling;  // empty: the default
+    std::optional<double> age_scan_s;
     bool balloon = false;
     std::string serial_log;      // empty: the daemon's stdout
     std::string cmdline;

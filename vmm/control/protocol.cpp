@@ -235,6 +235,25 @@ std::expected<VmSpec, std::string> parse_vm_create(const json& request) {
     }
     if (auto why = vmm::check_aligned_memory_limit(spec.resident_limit, "resident limit"); !why.empty())
         return std::unexpected(fmt::format("field \"resident_limit\": {}", why));
+    // The tuning (vmm::MemoryTuning); the VM host checks it against the rest (check_tuning).
+    if (auto it = request.find("auto_stall_pct"); it != request.end()) {
+        if (!it->is_number()) return std::unexpected(std::string("field \"auto_stall_pct\" must be a number (percent)"));
+        spec.tuning.auto_stall_target = it->get<double>() / 100;
+    }
+    for (auto [field, target] : {std::pair{"auto_floor", &spec.tuning.auto_floor},
+                                 std::pair{"auto_ceiling", &spec.tuning.auto_ceiling}}) {
+        auto it = request.find(field);
+        if (it == request.end()) continue;
+        auto size = size_value(*it, field);
+        if (!size) return std::unexpected(size.error());
+        if (*size == 0) return std::unexpected(fmt::format("field \"{}\" must not be 0", field));
+        *target = *size;
+    }
+    if (auto it = request.find("age_scan_ms"); it != request.end()) {
+        if (!it->is_number_unsigned() || it->get<std::uint64_t>() > static_cast<std::uint64_t>(kMaxAgeScan.count()))
+            return std::unexpected(fmt::format("field \"age_scan_ms\" must be an integer 0 (off) .. {}", kMaxAgeScan.count()));
+        spec.tuning.age_scan = std::chrono::milliseconds(it->get<std::int64_t>());
+    }
     if (auto it = request.find("balloon"); it != request.end()) {
         if (!it->is_boolean()) return std::unexpected(std::string("field \"balloon\" must be true or false"));
         spec.balloon = it->get<bool>();

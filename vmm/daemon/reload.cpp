@@ -32,6 +32,8 @@ ReloadPlan plan_reload(const cli::ServeConfig& running, const cli::ServeConfig& 
     if (reread.balloon_stats_interval != running.balloon_stats_interval)
         restart("balloon-stats-interval", fmt::format("{} ms", running.balloon_stats_interval.count()),
                 fmt::format("{} ms", reread.balloon_stats_interval.count()));
+    if (reread.age_scan != running.age_scan)
+        restart("age-scan", fmt::format("{} ms", running.age_scan.count()), fmt::format("{} ms", reread.age_scan.count()));
     if (reread.swaps != running.swaps)
         plan.not_applied.push_back(fmt::format(
             "swap: {} -> {} not applied: a reload never erases or removes a device; use 'swapvisor ctl swapon' / "

@@ -32,8 +32,15 @@ Result<std::unique_ptr<BuiltVm>> BuiltVm::build(const BuildContext& context, con
                                          .resident_limit = spec.resident_limit, .fault_threads = spec.vcpus,
                                          .swap_quota = spec.swap_quota};
     // Access ages for the working set (guestmem/README.md#working-set): one MINOR fault per page in use per period.
-    memory_config.age_scan_period = spec.auto_limit ? std::chrono::seconds(5) : std::chrono::seconds(30);
+    memory_config.age_scan_period = age_scan_of(spec, kDefaultAgeScan);
     memory_config.auto_limit = spec.auto_limit;
+    if (spec.auto_limit && (spec.tuning.auto_stall_target || spec.tuning.auto_floor || spec.tuning.auto_ceiling)) {
+        guestmem::AutoLimitConfig tuned;  // the controller's defaults, where this VM names none
+        if (spec.tuning.auto_stall_target) tuned.stall_target = *spec.tuning.auto_stall_target;
+        if (spec.tuning.auto_floor) tuned.floor_bytes = spec.tuning.auto_floor;
+        if (spec.tuning.auto_ceiling) tuned.ceiling_bytes = spec.tuning.auto_ceiling;
+        memory_config.auto_config = tuned;
+    }
     if (context.seccomp == sandbox::Seccomp::on) {
         memory_config.on_thread_start = [](guestmem::ThreadRole role) {
             // The writeback thread does what the reclaimer did before it was split off

@@ -146,6 +146,8 @@ std::vector<std::pair<std::string, VmEnd>> VmHost::ends() const {
 Result<control::VmInfo> VmHost::create_vm(const VmSpec& request) {
     VmSpec spec = request;
     spec.balloon_stats_interval = balloon_stats_interval_;  // the daemon's setting (no such field in vm-create)
+    if (auto_unlimited_ && !spec.auto_limit && spec.resident_limit == 0) spec.auto_limit = true;
+    if (!spec.tuning.age_scan && !spec.auto_limit) spec.tuning.age_scan = age_scan_;
     return start(spec, SerialPrefix::name);
 }
 

@@ -66,6 +66,12 @@ public:
     // How often the balloon of a VM made by vm-create asks its guest for statistics
     // (serve --balloon-stats-interval; 0: only when status / stats read them).
     void set_balloon_stats_interval(std::chrono::milliseconds interval) { balloon_stats_interval_ = interval; }
+    // The age scan of a VM made by vm-create that names none and is not on auto
+    // (serve --age-scan; vmm::age_scan_of).
+    void set_age_scan(std::chrono::milliseconds period) { age_scan_ = period; }
+    // serve --auto-limits: a VM made by vm-create without a resident limit is made
+    // with resident-limit=auto (so it also gets the auto age scan).
+    void set_auto_unlimited(bool on) { auto_unlimited_ = on; }
     // Block until every VM listed now has ended (`run`).
     void wait_all();
     // End every running VM with `end` (a signal).
@@ -93,6 +99,8 @@ private:
     BuildContext context_;
     const Release release_;
     std::chrono::milliseconds balloon_stats_interval_ = kDefaultBalloonStatsInterval;
+    std::chrono::milliseconds age_scan_ = kDefaultAgeScan;
+    bool auto_unlimited_ = false;
     mutable VmTable table_;
     bool shutting_down_ = false;  // table_.mutex: shut_down(): no new VM, vm-stop waits no grace period
     EventLog events_;  // last: started after, stopped before, everything above

@@ -101,6 +101,33 @@ std::string check_output_file(const std::filesystem::path& path) {
     return {};
 }
 
+std::string check_tuning(const MemoryTuning& t, bool auto_limit, std::uint64_t memory_bytes) {
+    if (!auto_limit && (t.auto_stall_target || t.auto_floor || t.auto_ceiling))
+        return "auto-stall, auto-floor and auto-ceiling tune resident-limit=auto, which this VM does not use";
+    if (t.auto_stall_target && !(*t.auto_stall_target > 0 && *t.auto_stall_target <= kMaxStallTarget))
+        return fmt::format("stall target {:g} % is not in (0, {:g}] %", *t.auto_stall_target * 100, kMaxStallTarget * 100);
+    if (t.auto_floor) {
+        if (auto why = check_aligned_memory_limit(t.auto_floor, "auto floor"); !why.empty()) return why;
+        if (t.auto_floor > memory_bytes)
+            return fmt::format("auto floor {} is over the VM's memory {}", t.auto_floor, memory_bytes);
+    }
+    if (t.auto_ceiling) {
+        if (auto why = check_aligned_memory_limit(t.auto_ceiling, "auto ceiling"); !why.empty()) return why;
+        if (t.auto_ceiling > memory_bytes)
+            return fmt::format("auto ceiling {} is over the VM's memory {}", t.auto_ceiling, memory_bytes);
+        if (t.auto_floor > t.auto_ceiling)
+            return fmt::format("auto floor {} is over the auto ceiling {}", t.auto_floor, t.auto_ceiling);
+    }
+    if (t.age_scan && (t.age_scan->count() < 0 || *t.age_scan > kMaxAgeScan))
+        return fmt::format("age scan {} ms is not in 0 (off) .. {} s", t.age_scan->count(), kMaxAgeScan.count() / 1000);
+    return {};
+}
+
+std::chrono::milliseconds age_scan_of(const VmSpec& spec, std::chrono::milliseconds host_default) {
+    if (spec.tuning.age_scan) return *spec.tuning.age_scan;
+    return spec.auto_limit ? kAutoAgeScan : host_default;
+}
+
 Result<void> validate(const VmSpec& spec) {
     auto check = [](const char* field, std::string why) -> Result<void> {
         if (why.empty()) return {};
@@ -112,6 +139,7 @@ Result<void> validate(const VmSpec& spec) {
     SWV_TRY(check("vcpus", check_vcpus(spec.vcpus)));
     SWV_TRY(check("cmdline", check_cmdline(spec.cmdline)));
     SWV_TRY(check("resident_limit", check_aligned_memory_limit(spec.resident_limit, "resident limit")));
+    SWV_TRY(check("tuning", check_tuning(spec.tuning, spec.auto_limit, spec.memory_bytes)));
     SWV_TRY(check("balloon_stats_interval", check_balloon_stats_interval(spec.balloon_stats_interval)));
     if (spec.serial_log) SWV_TRY(check("serial_log", check_output_file(*spec.serial_log)));
     return {};

@@ -61,6 +61,22 @@ inline constexpr std::uint64_t kMinMemoryLimit = 16ULL << 20;
 inline constexpr std::chrono::milliseconds kDefaultBalloonStatsInterval{2000};
 inline constexpr std::chrono::milliseconds kMaxBalloonStatsInterval{3600 * 1000};
 
+// Per-VM tuning of the working-set measurement and of the auto-limit controller
+// (guestmem/README.md#working-set, #auto-limits). Unset fields take the defaults.
+struct MemoryTuning {
+    std::optional<double> auto_stall_target;  // auto: `some` stall share over 60 s, a fraction (default 0.01)
+    std::uint64_t auto_floor = 0;             // auto: the limit never goes below (0: the controller's 64 MiB)
+    std::uint64_t auto_ceiling = 0;           // auto: never above (0: the VM's memory)
+    // The age scan's period (one MINOR fault per page in use per period); 0: off; none:
+    // 5 s for an auto VM, else the host's default (serve/run --age-scan, 30 s).
+    std::optional<std::chrono::milliseconds> age_scan;
+    bool operator==(const MemoryTuning&) const = default;
+};
+inline constexpr std::chrono::milliseconds kDefaultAgeScan{30'000};
+inline constexpr std::chrono::milliseconds kAutoAgeScan{5'000};
+inline constexpr std::chrono::milliseconds kMaxAgeScan{3'600'000};
+inline constexpr double kMaxStallTarget = 0.5;
+
 struct VmSpec {
     std::string name;
     std::filesystem::path kernel;
@@ -69,6 +85,7 @@ struct VmSpec {
     unsigned vcpus = 1;
     std::uint64_t resident_limit = 0;  // 0: no limit
     bool auto_limit = false;           // resident-limit=auto (guestmem/README.md#auto-limits)
+    MemoryTuning tuning;
     std::uint64_t swap_quota = 0;      // bytes of the shared swap pool this VM may fill; 0: no quota
     bool balloon = false;
     // How often the balloon asks the guest for statistics; 0: only when read. `run`
@@ -94,6 +111,12 @@ std::string check_memory_limit(std::uint64_t bytes, std::string_view what);
 // A limit given with a VM or on the command line: a multiple of 4 KiB and the floor.
 std::string check_aligned_memory_limit(std::uint64_t bytes, std::string_view what);
 std::string check_balloon_stats_interval(std::chrono::milliseconds interval);
+// The tuning against the rest of the spec: the auto-* fields need resident-limit=auto,
+// a stall target in (0, 50 %], a floor of at least kMinMemoryLimit, a ceiling not under
+// the floor nor over the VM's memory, an age scan of at most an hour.
+std::string check_tuning(const MemoryTuning& tuning, bool auto_limit, std::uint64_t memory_bytes);
+// The age scan period a VM built from `spec` runs with, `host_default` when it names none.
+std::chrono::milliseconds age_scan_of(const VmSpec& spec, std::chrono::milliseconds host_default);
 // An output file (a serial log, --stats-json): creatable or writable, its directory
 // there and writable, not a directory.
 std::string check_output_file(const std::filesystem::path& path);
