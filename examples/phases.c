@@ -1,6 +1,7 @@
 /*
  * phases: a guest whose working set changes by phases, for resident-limit=auto
- * (guestmem/README.md#auto-limits). Run under KVM only.
+ * (guestmem/README.md#auto-limits). Runs under swapvisor, or QEMU microvm
+ * (tests/scripts/qemu_boot_test.sh checks it there).
  *
  * Parameters (guest command line): mib=N hot=A,B,... period=T cycles=C seed=S,
  * defaults mib=64 hot=16,48,0 period=20 cycles=2 seed=1.

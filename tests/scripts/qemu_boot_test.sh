@@ -7,13 +7,14 @@
 # QEMU's isa-debug-exit turns the guest's value v into exit status (v<<1)|1,
 # so exit(0) is status 1 and exit(1) is status 3 here (swapvisor itself exits
 # with v unchanged). Exit 77 (ctest: skipped) only when qemu-system-x86_64 is
-# absent. Needs the targets `hello`, `memtouch` and `kvs` built.
+# absent. Needs the targets `hello`, `memtouch`, `kvs` and `phases` built.
 set -u
 
 build=${1:?usage: qemu_boot_test.sh <build dir>}
 hello=$build/examples/hello.elf
 memtouch=$build/examples/memtouch.elf
 kvs=$build/examples/kvs.elf
+phases=$build/examples/phases.elf
 qemu=$(command -v qemu-system-x86_64 || true)
 
 if [[ -z $qemu ]]; then
@@ -26,7 +27,7 @@ else
   accel=(-accel tcg -cpu max)
   echo "NOTE: /dev/kvm is absent or not accessible: the guests run under TCG (emulated)" >&2
 fi
-for elf in "$hello" "$memtouch" "$kvs"; do
+for elf in "$hello" "$memtouch" "$kvs" "$phases"; do
   if [[ ! -f $elf ]]; then
     echo "FAIL: $elf is missing (build the targets hello and memtouch)" >&2
     exit 1
@@ -97,6 +98,8 @@ boot memtouch-corrupt "$memtouch" "mib=16 passes=2 corrupt=5" 3 \
 boot kvs-random "$kvs" "mib=16 ops=20000 content=random" 1 '"guest":"kvs"' '"ok":true' '"errors":0'
 boot kvs-text "$kvs" "mib=16 ops=20000 content=text" 1 '"guest":"kvs"' '"ok":true' '"errors":0'
 boot kvs-text-corrupt "$kvs" "mib=16 ops=20000 content=text corrupt=5" 3 '"ok":false' '"errors":[1-9]'
+# phases (issue #20's guest): hot sets of 4 and 16 MiB and an idle phase, 1 s each.
+boot phases "$phases" "mib=32 hot=4,16,0 period=1 cycles=1" 1 '"guest":"phases"' '"ok":true' '"phases":3' '"errors":0'
 # Too much memory for the VM: an error line and exit(2), no RESULT needed.
 log=$log_dir/toobig.log
 timeout 60 "$qemu" -M microvm "${accel[@]}" -m 512M -nographic -no-reboot \
