@@ -134,6 +134,14 @@ Mapped MemfdKernel::copy_zeros(PageIdx first, std::uint64_t count, Wake wake) {
     return uffd_->copy(guest_ptr(first), zero_pages_.data(), count * kPageSize, WriteProtect::no, wake);
 }
 
+Result<void> MemfdKernel::copy_page(PageIdx idx, const std::byte* src, WriteProtect wp, Wake wake) {
+    // Kernel contract: UFFDIO_COPY into a shared shmem mapping allocates the page in
+    // the memfd's page cache (shmem_mfill_atomic_pte), so the VMM view maps that same
+    // page on its next touch; EEXIST if the memfd already holds one. MODE_WP maps it
+    // write-protected (uffd-wp), as CONTINUE's MODE_WP does for a clean copy.
+    return uffd_->copy(guest_ptr(idx), src, kPageSize, wp, wake).status;
+}
+
 Mapped MemfdKernel::continue_(PageIdx first, std::uint64_t count, WriteProtect wp, Wake wake) {
     SWV_ASSERT(first.value() + count <= region_end(first).value(), "continue run crosses a region");
     return uffd_->continue_(guest_ptr(first), count * kPageSize, wp, wake);

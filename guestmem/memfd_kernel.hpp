@@ -58,6 +58,7 @@ public:
     Result<void> punch(PageIdx first, std::uint64_t count) override;
     Result<void> zap(PageIdx first, std::uint64_t count) override;
     Mapped copy_zeros(PageIdx first, std::uint64_t count, Wake wake) override;
+    Result<void> copy_page(PageIdx idx, const std::byte* src, WriteProtect wp, Wake wake) override;
     Mapped continue_(PageIdx first, std::uint64_t count, WriteProtect wp, Wake wake) override;
     Result<void> poison(PageIdx idx, Wake wake) override;
     Result<void> wake(PageIdx first, std::uint64_t count) override;

@@ -15,6 +15,8 @@
 //   - punch: memfd hole and the guest mapping gone, a poison marker stays;
 //   - zap: the guest mapping gone (poison marker too), the memfd page stays;
 //   - copy_zeros: a hole becomes a present zero page, mapped; page_exists if present;
+//   - copy_page: the same with the bytes of `src` (one page, optionally write-protected);
+//     the page is the memfd's, so vmm_page() then reads those bytes;
 //   - continue_: a present page becomes mapped; page_exists if already mapped; a
 //     hole is an error (EFAULT);
 //   - poison: an unmapped page gets the marker; page_exists if mapped;
@@ -54,6 +56,7 @@ public:
     virtual Result<void> punch(PageIdx first, std::uint64_t count) = 0;
     virtual Result<void> zap(PageIdx first, std::uint64_t count) = 0;
     virtual Mapped copy_zeros(PageIdx first, std::uint64_t count, Wake wake) = 0;
+    virtual Result<void> copy_page(PageIdx idx, const std::byte* src, WriteProtect wp, Wake wake) = 0;
     virtual Mapped continue_(PageIdx first, std::uint64_t count, WriteProtect wp, Wake wake) = 0;
     virtual Result<void> poison(PageIdx idx, Wake wake) = 0;
     virtual Result<void> wake(PageIdx first, std::uint64_t count) = 0;

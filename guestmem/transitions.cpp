@@ -10,6 +10,7 @@
 #include "guestmem/errc.hpp"
 #include "guestmem/zero_page.hpp"
 #include "io/ring.hpp"
+#include "io/unique_fd.hpp"
 
 namespace swapvisor::guestmem {
 namespace {
@@ -110,14 +111,60 @@ Result<void> Transitions::fault_minor(PageLock& lk) {  // 3, 6
     return r;
 }
 
+std::span<std::byte> Transitions::bounce_page() {
+    // One page per thread, allocated on the thread's first swap-in fault (so only fault
+    // threads pay for it). Empty if it cannot be allocated: row 10 then reads into the
+    // memfd as 11 does.
+    thread_local io::Mapping page;
+    if (page.data() == nullptr) {
+        if (auto m = io::Mapping::anonymous(kPageSize)) page = std::move(*m);
+    }
+    return page.span();
+}
+
 Result<void> Transitions::fault_swapped(PageLock& lk, io::Ring& ring) {  // 10
     d_.counters.major_faults.fetch_add(1, std::memory_order_relaxed);
-    // A failed swap-in leaves the page lost and poisoned (12): the caller still wakes
-    // the guest, which then gets its memory error.
-    if (!swap_in(lk, ring, Clean::yes)) return {};
-    const PageEntry in = lk.entry();
-    Result<void> r = tolerate_exists(d_.kernel.continue_(lk.idx(), 1, wp_if(in.clean()), Wake::no).status);
-    if (r) lk.set(PageEntry::make(PageState::resident, in.vslot(), clean_if(in.clean())));
+    const std::span<std::byte> bounce = bounce_page();
+    if (bounce.empty()) {
+        // A failed swap-in leaves the page lost and poisoned (12): the caller still
+        // wakes the guest, which then gets its memory error.
+        if (!swap_in(lk, ring, Clean::yes)) return {};
+        const PageEntry in = lk.entry();
+        Result<void> r = tolerate_exists(d_.kernel.continue_(lk.idx(), 1, wp_if(in.clean()), Wake::no).status);
+        if (r) lk.set(PageEntry::make(PageState::resident, in.vslot(), clean_if(in.clean())));
+        return r;
+    }
+    const PageEntry e = lk.entry();
+    SWV_ASSERT(e.state() == PageState::swapped, "swap-in fault on a page that is not swapped");
+    SWV_ASSERT(d_.pool != nullptr, "swapped page without a swap pool");
+    // Read into this thread's bounce page (the fault thread's registered buffer), not
+    // into the memfd: no memfd page is allocated and pinned under the O_DIRECT read,
+    // and one UFFDIO_COPY allocates, fills and maps the page once its checksum matched
+    // (README#transitions row 10, docs/DESIGN-NOTES.md 41).
+    d_.table.publish_locked(lk.idx(), PageEntry::make(PageState::reading, e.vslot()));
+    auto read = d_.pool->read_in(ring, e.vslot(), bounce.data());
+    d_.counters.swap_in_pages.fetch_add(1, std::memory_order_relaxed);
+    if (!read) {
+        lose(lk, read.error());  // 12: resolved; the woken guest gets its memory error
+        return {};
+    }
+    const bool clean = d_.clean.want_clean();
+    const swap::VSlot kept = clean ? e.vslot() : swap::kNoVSlot;
+    if (!clean) free_vslot(e.vslot());
+    Result<void> r = d_.kernel.copy_page(lk.idx(), bounce.data(), wp_if(clean), Wake::no);
+    if (r) {
+        lk.set(PageEntry::make(PageState::resident, kept, clean_if(clean)));
+        return r;
+    }
+    // The copy did not map it. EEXIST: the memfd holds a page already (an O_DIRECT
+    // write_out re-allocated it through the VMM view after a punch, see fault_zero):
+    // put the verified bytes there and map it with CONTINUE. Any other error leaves
+    // them in the memfd as an inactive page; the guest, woken, faults again (MINOR).
+    std::memcpy(d_.kernel.vmm_page(lk.idx()), bounce.data(), kPageSize);
+    lk.set(PageEntry::make(PageState::inactive, kept, clean_if(clean)));
+    if (!is_exists(r)) return r;
+    r = tolerate_exists(d_.kernel.continue_(lk.idx(), 1, wp_if(clean), Wake::no).status);
+    if (r) lk.set(PageEntry::make(PageState::resident, kept, clean_if(clean)));
     return r;
 }
 

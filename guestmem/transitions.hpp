@@ -120,6 +120,10 @@ public:
     void fault_around(std::span<PageLock> zero_run);           // 1'  zero run after a first touch -> resident
     void read_ahead(std::span<PageLock> swapped_run, io::Ring& ring);  // 10' swapped run -> resident|inactive[+CLN]
     Result<void> wake_guest(PageIdx idx);
+    // This thread's bounce page for row 10's read (4 KiB, page aligned; empty if it
+    // could not be allocated). A fault thread registers it as its ring's arena, so
+    // the read is a READ_FIXED into pages pinned once.
+    static std::span<std::byte> bounce_page();
 
     // --- VMM accesses (any caller): make the page's bytes usable through vmm_page().
     void vmm_write_zero(PageLock& lk);                                     // 2   zero -> inactive

@@ -25,7 +25,7 @@ class FakePageKernel final : public guestmem::PageKernel {
 public:
     using PageIdx = guestmem::PageIdx;
     enum class View { unmapped, mapped, mapped_wp, poisoned };
-    enum class Op { punch, zap, copy_zeros, continue_, poison, wake, write_protect };
+    enum class Op { punch, zap, copy_zeros, copy_page, continue_, poison, wake, write_protect };
     struct Call {
         Op op;
         std::uint64_t first;
@@ -124,6 +124,18 @@ public:
             p.wp_marker = false;
         }
         return {count, {}};
+    }
+    Result<void> copy_page(PageIdx idx, const std::byte* src, guestmem::WriteProtect wp, guestmem::Wake) override {
+        std::lock_guard l(mu_);
+        check_run(idx, 1);
+        if (auto f = take_failure(Op::copy_page, idx, 1)) return std::unexpected(f->error);
+        Page& p = pages_[idx.value()];
+        if (p.present || p.view != View::unmapped) return exists("UFFDIO_COPY");
+        p.present = true;
+        std::memcpy(data(idx), src, guestmem::kPageSize);
+        p.view = wp == guestmem::WriteProtect::yes ? View::mapped_wp : View::mapped;
+        p.wp_marker = false;
+        return {};
     }
     guestmem::Mapped continue_(PageIdx first, std::uint64_t count, guestmem::WriteProtect wp, guestmem::Wake) override {
         std::lock_guard l(mu_);

@@ -302,6 +302,74 @@ TEST_F(FakeTransitionsTest, Row10MajorFaultVerifiesThenMapsWriteProtectedAndRow1
     expect_consistent();
 }
 
+// Row 10 reads into the fault thread's bounce page and maps the verified bytes with
+// one UFFDIO_COPY (docs/DESIGN-NOTES.md 41): no memfd page exists while the read is
+// in flight (none is allocated and pinned under the O_DIRECT read), no CONTINUE
+// follows, and the memfd page the copy made is the one the VMM view reads.
+TEST_F(FakeTransitionsTest, Row10ReadsIntoTheBouncePageAndMapsWithOneCopy) {
+    make_swapped(23, 23);
+    std::optional<bool> present_during_read;
+    const auto gate = plan_->add(io::FaultRule{.match = io::FaultMatch::read, .times = 1,
+                                               .action = io::fault::Gate{[&](const io::BlockIo&) {
+                                                   present_during_read = kernel_.present(P(23));
+                                               }}});
+    kernel_.clear_history();
+    {
+        PageLock lk = tr_.lock(P(23));
+        ASSERT_TRUE(tr_.fault_swapped(lk, *ring_));
+    }
+    EXPECT_EQ(plan_->hits(gate), 1u);
+    ASSERT_TRUE(present_during_read.has_value());
+    EXPECT_FALSE(*present_during_read) << "the memfd page was allocated under the read";
+    EXPECT_EQ(kernel_.count(Op::copy_page), 1u);
+    EXPECT_EQ(kernel_.count(Op::continue_), 0u);
+    EXPECT_EQ(table_.peek(P(23)).state(), PageState::resident);
+    EXPECT_TRUE(table_.peek(P(23)).clean());
+    EXPECT_EQ(kernel_.view(P(23)), View::mapped_wp) << "a clean copy is mapped write-protected";
+    EXPECT_TRUE(holds(kernel_.vmm_page(P(23)), 23)) << "the VMM view reads what the copy mapped";
+    expect_consistent();
+}
+
+// A memfd page already there (an O_DIRECT write_out re-allocated it through the VMM
+// view after a punch): UFFDIO_COPY answers EEXIST; the verified bytes go into that
+// page and CONTINUE maps it.
+TEST_F(FakeTransitionsTest, Row10FallsBackToContinueWhenTheMemfdAlreadyHoldsAPage) {
+    make_swapped(24, 24);
+    std::memset(kernel_.vmm_page(P(24)), 0x5a, kPageSize);  // a stray page, stale bytes
+    kernel_.clear_history();
+    {
+        PageLock lk = tr_.lock(P(24));
+        ASSERT_TRUE(tr_.fault_swapped(lk, *ring_));
+    }
+    EXPECT_EQ(kernel_.count(Op::copy_page), 1u);
+    EXPECT_EQ(kernel_.count(Op::continue_), 1u);
+    EXPECT_EQ(table_.peek(P(24)).state(), PageState::resident);
+    EXPECT_EQ(kernel_.view(P(24)), View::mapped_wp);
+    EXPECT_TRUE(holds(kernel_.vmm_page(P(24)), 24)) << "the verified bytes, not the stray page's";
+    expect_consistent();
+}
+
+// Any other copy failure maps nothing: the verified bytes stay in the memfd as an
+// inactive page (its clean copy kept), and the guest's next fault is a MINOR one.
+TEST_F(FakeTransitionsTest, Row10ACopyThatFailsLeavesTheVerifiedPageInactive) {
+    make_swapped(25, 25);
+    kernel_.fail_next(Op::copy_page, std::make_error_code(std::errc::no_such_process));
+    {
+        PageLock lk = tr_.lock(P(25));
+        EXPECT_FALSE(tr_.fault_swapped(lk, *ring_));
+    }
+    EXPECT_EQ(table_.peek(P(25)).state(), PageState::inactive);
+    EXPECT_TRUE(table_.peek(P(25)).clean());
+    EXPECT_TRUE(holds(kernel_.vmm_page(P(25)), 25));
+    expect_consistent();
+    {
+        PageLock lk = tr_.lock(P(25));
+        ASSERT_TRUE(tr_.fault_minor(lk));
+    }
+    EXPECT_EQ(kernel_.view(P(25)), View::mapped_wp);
+    expect_consistent();
+}
+
 TEST_F(FakeTransitionsTest, Row10ReadaheadMarksResidentOnlyWhatContinueReallyMapped) {
     // Issue #9: UFFDIO_CONTINUE maps a prefix, then fails. Pages it mapped must be
     // recorded as mapped (resident), the rest as inactive, or a later zap/writeback

@@ -548,6 +548,9 @@ TEST_F(PrivilegedTransitionsTest, SwappedToResidentOnMissingFaultWithVerifiedChe
             EXPECT_TRUE(e.clean()) << "a page swapped in by a read keeps its swap copy, write-protected";
             EXPECT_NE(e.vslot(), swap::kNoVSlot);
         }
+        // UFFDIO_COPY made the page in the memfd (shmem page cache), not a private
+        // copy of the guest view: the VMM view reads the same bytes.
+        EXPECT_TRUE(vmm_sees(pg(p), page_bytes(20 + p))) << p;
     }
     expect_slots_balanced();
     vm_->stop();
