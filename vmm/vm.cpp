@@ -128,6 +128,11 @@ std::optional<VmEnd> Vm::settle(kvm::Vcpu& vcpu) {
     for (int round = 0; round < 16; ++round) {
         auto pending = vcpu.complete_pending_exit();
         if (!pending) return handle_run_error(vcpu, pending.error());
+        if (t_lost_hva != nullptr)  // SIGBUS while completing: as after run() (vcpu_thread)
+            return VmEnd{EndReason::page_lost, kExitPageLost, vcpu.index(),
+                         fmt::format("guest page lost: vCPU {} touched {} whose content swapvisor could not restore "
+                                     "(swap-in failed; the page is poisoned)",
+                                     vcpu.index(), describe_hva(t_lost_hva))};
         if (!*pending) return std::nullopt;
         if (std::optional<VmEnd> end = handle_exit(vcpu, **pending)) return end;
     }
