@@ -149,6 +149,7 @@ Result<std::vector<MsrValue>> read_msrs(int vcpu_fd, unsigned vcpu, const std::v
         for (std::size_t i = 0; i < n; ++i) buf.put(i, indices[start + i], 0);
         int rc = ::ioctl(vcpu_fd, abi::kGetMsrs, buf.words.data());
         if (rc < 0) return vcpu_error("KVM_GET_MSRS", vcpu);
+        if (static_cast<std::size_t>(rc) > n) return vcpu_error("KVM_GET_MSRS (more entries than asked)", vcpu, EPROTO);
         for (int i = 0; i < rc; ++i) out.push_back(MsrValue{buf.get(i).index, buf.get(i).data});
         start += static_cast<std::size_t>(rc);
         if (static_cast<std::size_t>(rc) < n) ++start;  // the refused MSR
@@ -335,6 +336,7 @@ Result<void> restore_vcpu_state(const KvmVm& vm, Vcpu& vcpu, const VcpuState& s)
         // naming that MSR (a partly restored vCPU must not run).
         int rc = ::ioctl(fd, abi::kSetMsrs, buf.words.data());
         if (rc < 0) return vcpu_error("KVM_SET_MSRS", i);
+        if (static_cast<std::size_t>(rc) > s.msrs.size()) return vcpu_error("KVM_SET_MSRS (more entries than given)", i, EPROTO);
         if (static_cast<std::size_t>(rc) != s.msrs.size())
             return errno_error("KVM_SET_MSRS", EINVAL,
                                fmt::format("vCPU {}: MSR {:#x} = {:#x} refused ({} of {} written)", i,
