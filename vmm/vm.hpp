@@ -9,8 +9,10 @@
 // the VM records why (VmEnd) and stops the others (vmm/README.md#stopping):
 // stopping_ is set, every vCPU's kvm_run->immediate_exit is set, then each thread
 // gets kKickSignal. A thread between its stopping_ check and KVM_RUN is caught by
-// immediate_exit; one inside KVM_RUN by the signal. Neither is ever cleared, so no
-// interleaving leaves a vCPU running.
+// immediate_exit; one inside KVM_RUN by the signal. stopping_ is never cleared, and
+// immediate_exit only by a vCPU settling its exit on the way to park, which then
+// checks stopping_ before any KVM_RUN (vmm/README.md#pausing), so no interleaving
+// leaves a vCPU running.
 #pragma once
 
 #include <atomic>

@@ -70,7 +70,8 @@ public:
     Result<VcpuExit> run();
 
     // Make the current or next KVM_RUN return EINTR at once. Safe from any thread and
-    // from a signal handler. Never cleared: a vCPU asked to exit stays stopped.
+    // from a signal handler. Only complete_pending_exit() clears it, and only a value
+    // it set itself (a vCPU asked to exit stays stopped: vm.hpp).
     void request_immediate_exit();
 
     // Complete the exit KVM_RUN last returned without running the guest: KVM finishes
