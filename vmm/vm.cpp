@@ -95,6 +95,51 @@ Result<std::unique_ptr<Vm>> Vm::create(const kvm::Kvm& kvm, const VmConfig& spec
     return vm;
 }
 
+Result<std::unique_ptr<Vm>> Vm::create_restored(const kvm::Kvm& kvm, const VmConfig& spec, const SavedVm& saved) {
+    if (spec.vcpus == 0 || spec.vcpus > kvm.max_vcpus()) return errno_error("Vm::create_restored (vCPU count)", EINVAL);
+    if (saved.vcpus.size() != spec.vcpus)
+        return errno_error("Vm::create_restored", EINVAL,
+                           fmt::format("{} vCPU states for {} vCPUs", saved.vcpus.size(), spec.vcpus));
+    kvm::KvmVm kvm_vm = SWV_TRY(kvm.create_vm());
+    for (const guestmem::RegionView& r : spec.regions) SWV_TRY(kvm_vm.add_memory_region(r.base, r.size, r.guest_view));
+    std::unique_ptr<Vm> vm(new Vm(std::move(kvm_vm), {spec.regions.begin(), spec.regions.end()}));
+    vm->on_vcpu_thread_start_ = spec.on_vcpu_thread_start;
+    // Every vCPU exists before any is restored (a LAPIC's state may name the others),
+    // and the VM-wide state comes last (kvm/vcpu_state.cpp, restore_vm_state).
+    for (unsigned i = 0; i < spec.vcpus; ++i) vm->vcpus_.push_back(SWV_TRY(vm->vm_.create_vcpu(i)));
+    for (unsigned i = 0; i < spec.vcpus; ++i) SWV_TRY(kvm::restore_vcpu_state(vm->vm_, vm->vcpus_[i], saved.vcpus[i]));
+    SWV_TRY(kvm::restore_vm_state(vm->vm_, saved.vm));
+    return vm;
+}
+
+Result<SavedVm> Vm::save_state() {
+    std::lock_guard lock(pause_mutex_);
+    if (!paused_.load() || parked_ != vcpus_.size() || stopping_.load())
+        return errno_error("Vm::save_state (the VM is not paused)", EBUSY);
+    SavedVm saved;
+    saved.vcpus.reserve(vcpus_.size());
+    for (kvm::Vcpu& v : vcpus_) saved.vcpus.push_back(SWV_TRY(kvm::save_vcpu_state(vm_, v)));
+    saved.vm = SWV_TRY(kvm::save_vm_state(vm_));
+    return saved;
+}
+
+std::optional<VmEnd> Vm::settle(kvm::Vcpu& vcpu) {
+    // Bounded: each round completes one fragment of one MMIO access.
+    for (int round = 0; round < 16; ++round) {
+        auto pending = vcpu.complete_pending_exit();
+        if (!pending) return handle_run_error(vcpu, pending.error());
+        if (t_lost_hva != nullptr)  // SIGBUS while completing: as after run() (vcpu_thread)
+            return VmEnd{EndReason::page_lost, kExitPageLost, vcpu.index(),
+                         fmt::format("guest page lost: vCPU {} touched {} whose content swapvisor could not restore "
+                                     "(swap-in failed; the page is poisoned)",
+                                     vcpu.index(), describe_hva(t_lost_hva))};
+        if (!*pending) return std::nullopt;
+        if (std::optional<VmEnd> end = handle_exit(vcpu, **pending)) return end;
+    }
+    return VmEnd{EndReason::kvm_error, kExitKvmError, vcpu.index(),
+                 fmt::format("vCPU {}: its pending exit did not complete while pausing", vcpu.index())};
+}
+
 devices::IrqCallback Vm::irq_line(std::uint32_t gsi) {
     return [this, gsi](devices::IrqLevel level) {
         if (auto r = vm_.set_irq_line(gsi, level == devices::IrqLevel::high ? 1 : 0); !r)
@@ -178,6 +223,10 @@ void Vm::vcpu_thread(unsigned index) {
 
     while (!stopping_.load()) {
         if (paused_.load()) {
+            if (std::optional<VmEnd> end = settle(vcpu)) {
+                finish(std::move(*end));
+                break;
+            }
             park();
             continue;
         }

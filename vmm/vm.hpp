@@ -9,8 +9,10 @@
 // the VM records why (VmEnd) and stops the others (vmm/README.md#stopping):
 // stopping_ is set, every vCPU's kvm_run->immediate_exit is set, then each thread
 // gets kKickSignal. A thread between its stopping_ check and KVM_RUN is caught by
-// immediate_exit; one inside KVM_RUN by the signal. Neither is ever cleared, so no
-// interleaving leaves a vCPU running.
+// immediate_exit; one inside KVM_RUN by the signal. stopping_ is never cleared, and
+// immediate_exit only by a vCPU settling its exit on the way to park, which then
+// checks stopping_ before any KVM_RUN (vmm/README.md#pausing), so no interleaving
+// leaves a vCPU running.
 #pragma once
 
 #include <atomic>
@@ -33,6 +35,7 @@
 #include "vmm/kvm/kvm.hpp"
 #include "vmm/kvm/kvm_vm.hpp"
 #include "vmm/kvm/vcpu.hpp"
+#include "vmm/kvm/vcpu_state.hpp"
 
 namespace swapvisor::vmm {
 
@@ -75,10 +78,26 @@ struct VmConfig {
     std::function<Result<void>()> on_vcpu_thread_start = {};
 };
 
+// What KVM holds for a VM: every vCPU's state (in vCPU order) and the VM-wide
+// irqchip / PIT / clock (vmm/kvm/vcpu_state.hpp). Taken from a paused VM by
+// Vm::save_state, given to Vm::create_restored.
+struct SavedVm {
+    std::vector<kvm::VcpuState> vcpus;
+    kvm::VmState vm;
+    bool operator==(const SavedVm&) const = default;
+};
+
 class Vm {
 public:
     // Create the VM, its memslots and vCPUs (with CPUID); the buses start empty.
     static Result<std::unique_ptr<Vm>> create(const kvm::Kvm& kvm, const VmConfig& config);
+    // Create the VM and its memslots as create() does, then its vCPUs from `saved`
+    // instead of from reset: each vCPU's state (CPUID included: the saved table, not
+    // this host's), then the irqchip, PIT and clock. No boot entry is set; run()
+    // continues the guest where it was saved. `config.vcpus` must equal the saved
+    // count (EINVAL otherwise); a state KVM refuses fails the whole create.
+    static Result<std::unique_ptr<Vm>> create_restored(const kvm::Kvm& kvm, const VmConfig& config,
+                                                       const SavedVm& saved);
     ~Vm();
     Vm(const Vm&) = delete;
     Vm& operator=(const Vm&) = delete;
@@ -102,11 +121,20 @@ public:
     bool pause(std::chrono::milliseconds bound);
     void resume();
     bool paused() const { return paused_.load(); }
+    // Every vCPU's state and the VM's, for a snapshot. Only while pause() holds the
+    // VM (every vCPU thread parked, its pending exit completed: vmm/README.md#pausing);
+    // EBUSY otherwise, or if the VM is ending. Runs on the caller's thread and holds
+    // the pause lock throughout, so no vCPU resumes half way. Resume afterwards as
+    // usual (a snapshot does not change the running VM).
+    Result<SavedVm> save_state();
 
 private:
     Vm(kvm::KvmVm vm, std::vector<guestmem::RegionView> regions);
     void vcpu_thread(unsigned index);
     void park();  // a vCPU thread waits here while paused_
+    // On the way to park: complete the exit KVM_RUN last returned (kvm::Vcpu::
+    // complete_pending_exit); a value means the VM ends.
+    std::optional<VmEnd> settle(kvm::Vcpu& vcpu);
     // Handle one exit; a value means the VM ends.
     std::optional<VmEnd> handle_exit(kvm::Vcpu& vcpu, kvm::VcpuExit& exit);
     std::optional<VmEnd> handle_run_error(kvm::Vcpu& vcpu, const Error& error);

@@ -1053,3 +1053,102 @@ TEST(PrivilegedVirtioMmioConfigChange, NotifyDoesNotWaitForAVcpusQueueWork) {
     EXPECT_EQ(raised.load(), 1);
     EXPECT_EQ(mmio.stats().interrupts, 1u);
 }
+
+// --- snapshot: save() / restore() ----------------------------------------------------------
+
+// A transport and balloon saved mid-use and restored into fresh objects over the same
+// guest memory (what a restored VM gets) carry on exactly: the rings continue at the
+// saved indices (a fresh QueueReady would start them over at 0), the held statistics
+// buffer is given back by the new device, the counters and the raised interrupt
+// survive.
+TEST_F(PrivilegedVirtioBalloonTest, SavedTransportAndBalloonContinueOnFreshObjects) {
+    constexpr unsigned kReportQ = 3;  // with STATS_VQ negotiated
+    drv_->bring_up_with(kVirtioFVersion1 | kBalloonFStatsVq | kBalloonFReporting, 4);
+    drv_->put_report(kReportQ, {{kDataBase, static_cast<std::uint32_t>(kPageSize)}});
+    drv_->publish(kReportQ, 0);
+    drv_->notify(kReportQ);
+    ASSERT_EQ(drv_->used_idx(kReportQ), 1u);
+    auto bytes = stat_entries({{5, 64ULL << 20}, {4, 40ULL << 20}});
+    ASSERT_TRUE(mem_->write(Gpa(kStatsBuf), bytes).has_value());
+    drv_->put_desc(kStatsQ, 0, kStatsBuf, static_cast<std::uint32_t>(bytes.size()), 0);
+    drv_->publish(kStatsQ, 0);
+    drv_->notify(kStatsQ);
+    balloon_->set_target_pages(77);
+
+    const VirtioMmioState transport = mmio_->save();
+    const BalloonState device = balloon_->save();
+    EXPECT_EQ(transport.queues[kReportQ].next_used, 1u);
+    EXPECT_EQ(transport.queues[kReportQ].last_avail, 1u);
+    EXPECT_NE(transport.interrupt_status, 0u);
+    ASSERT_TRUE(device.stats_head.has_value());
+    EXPECT_EQ(device.stats.reported_pages, 1u);
+    EXPECT_EQ(device.stats.target_pages, 77u);
+    EXPECT_FALSE(device.stats.guest_age.has_value());
+
+    auto balloon2 = std::make_shared<VirtioBalloon>(*mem_);
+    std::vector<IrqLevel> irq2;
+    VirtioMmio mmio2(*mem_, balloon2, [&](IrqLevel l) { irq2.push_back(l); });
+    ASSERT_TRUE(mmio2.restore(transport).has_value());
+    ASSERT_TRUE(balloon2->restore(device).has_value());
+    EXPECT_EQ(mmio2.save(), transport);
+    EXPECT_EQ(balloon2->save(), device);
+    ASSERT_EQ(irq2.size(), 1u) << "the saved interrupt is raised again";
+    EXPECT_EQ(irq2[0], IrqLevel::high);
+
+    Driver drv2(*mem_, mmio2);
+    EXPECT_EQ(drv2.rd(reg::kStatus), transport.status);
+    drv2.set_avail_idx(kReportQ, 1);  // where the guest's driver is
+    drv2.put_report(kReportQ, {{kDataBase + kPageSize, static_cast<std::uint32_t>(kPageSize)}});
+    drv2.publish(kReportQ, 0);
+    drv2.notify(kReportQ);
+    EXPECT_EQ(drv2.used_idx(kReportQ), 2u) << "the used ring continues at the saved index";
+    EXPECT_EQ(balloon2->stats().reported_pages, 2u);
+    EXPECT_EQ(dropped_pages(kDataBase, 2 * kPageSize), 2u);
+    mmio2.poll_device();
+    EXPECT_EQ(drv2.used_idx(kStatsQ), 1u) << "the held statistics buffer goes back from the new device";
+    EXPECT_EQ(balloon2->stats().stats_requests, device.stats.stats_requests + 1);
+    EXPECT_EQ(mmio2.status() & kStatusNeedsReset, 0u);
+}
+
+TEST_F(PrivilegedVirtioBalloonTest, RestoreRefusesAStateThatDoesNotFitAndChangesNothing) {
+    drv_->bring_up();
+    const VirtioMmioState good = mmio_->save();
+    auto balloon2 = std::make_shared<VirtioBalloon>(*mem_);
+    VirtioMmio mmio2(*mem_, balloon2);
+    const VirtioMmioState fresh = mmio2.save();
+
+    VirtioMmioState other_device = good;
+    other_device.device_id = 2;
+    auto r = mmio2.restore(other_device);
+    ASSERT_FALSE(r.has_value());
+    EXPECT_EQ(r.error().code, make_error_code(VirtioErrc::bad_saved_state));
+    EXPECT_NE(r.error().message().find("device id 2 saved"), std::string::npos) << r.error().message();
+
+    VirtioMmioState outside = good;
+    outside.queues[1].desc_addr = kMem;  // a ready queue outside RAM
+    auto o = mmio2.restore(outside);
+    ASSERT_FALSE(o.has_value());
+    EXPECT_EQ(o.error().code, make_error_code(VirtioErrc::bad_ring_address));
+    EXPECT_NE(o.error().message().find("queue 1"), std::string::npos) << o.error().message();
+
+    VirtioMmioState cursors = good;
+    cursors.queues[0].last_avail = static_cast<std::uint16_t>(cursors.queues[0].next_used + kQueueSize + 1);
+    auto c = mmio2.restore(cursors);
+    ASSERT_FALSE(c.has_value());
+    EXPECT_EQ(c.error().code, make_error_code(VirtioErrc::bad_avail_index));
+
+    VirtioMmioState fewer = good;
+    fewer.queues.pop_back();
+    EXPECT_FALSE(mmio2.restore(fewer).has_value());
+    VirtioMmioState unoffered = good;
+    unoffered.driver_features |= 1ULL << 40;
+    EXPECT_FALSE(mmio2.restore(unoffered).has_value());
+    EXPECT_EQ(mmio2.save(), fresh) << "a refused restore changes nothing";
+
+    BalloonState held;
+    held.stats_head = 3;
+    held.stats_queue = 9;
+    auto b = balloon2->restore(held);
+    ASSERT_FALSE(b.has_value());
+    EXPECT_EQ(b.error().code, make_error_code(BalloonErrc::bad_saved_state));
+}

@@ -19,6 +19,7 @@ std::string describe(DeviceErrc e) {
             return fmt::format("no free virtio-mmio slot (at most {} virtio devices, GSIs {}..{})",
                                kMaxVirtioDevices, kFirstVirtioGsi, kLastVirtioGsi);
         case DeviceErrc::duplicate_name: return "a device of that name already exists in this VM";
+        case DeviceErrc::saved_layout: return "the saved devices are not this VM's devices";
     }
     return "unknown device error";
 }
@@ -64,6 +65,7 @@ Result<std::shared_ptr<VirtioMmio>> DeviceManager::add_virtio(std::string name, 
     SWV_TRY(stats_.add(vm_name_, name, [device] { return device->counters(); }));
     slots_.push_back(slot);
     names_.push_back(std::move(name));
+    transports_.push_back(transport);
     return transport;
 }
 
@@ -84,6 +86,36 @@ std::string DeviceManager::append_cmdline(const std::string& base) const {
 
 void DeviceManager::flush_serial() {
     if (serial_) serial_->flush();
+}
+
+void DeviceManager::set_device_work(DeviceWork work) {
+    for (const auto& t : transports_) t->set_device_work(work);
+}
+
+DeviceStates DeviceManager::save() {
+    DeviceStates out;
+    if (serial_) out.serial = serial_->save();
+    for (std::size_t i = 0; i < transports_.size(); ++i)
+        out.virtio.push_back(VirtioDeviceState{names_[i], slots_[i].mmio_base, slots_[i].gsi, transports_[i]->save()});
+    return out;
+}
+
+Result<void> DeviceManager::restore(const DeviceStates& states) {
+    if (!serial_) return make_error(DeviceErrc::saved_layout, "restoring devices", "no COM1 in this VM");
+    if (states.virtio.size() != transports_.size())
+        return make_error(DeviceErrc::saved_layout, "restoring devices",
+                          fmt::format("{} virtio devices saved, this VM has {}", states.virtio.size(), transports_.size()));
+    for (std::size_t i = 0; i < transports_.size(); ++i) {
+        const VirtioDeviceState& d = states.virtio[i];
+        if (d.name != names_[i] || d.mmio_base != slots_[i].mmio_base || d.gsi != slots_[i].gsi)
+            return make_error(DeviceErrc::saved_layout, "restoring devices",
+                              fmt::format("virtio device {} saved as {} at {:#x} GSI {}, this VM has {} at {:#x} GSI {}",
+                                          i, d.name, d.mmio_base, d.gsi, names_[i], slots_[i].mmio_base, slots_[i].gsi));
+    }
+    for (std::size_t i = 0; i < transports_.size(); ++i)
+        SWV_TRY(with_context(transports_[i]->restore(states.virtio[i].transport), names_[i]));
+    serial_->restore(states.serial);
+    return {};
 }
 
 }  // namespace swapvisor::vmm::devices

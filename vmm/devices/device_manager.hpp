@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <system_error>
 #include <vector>
@@ -32,6 +33,7 @@
 #include "vmm/control/device_stats.hpp"
 #include "vmm/devices/bus.hpp"
 #include "vmm/devices/serial.hpp"
+#include "vmm/devices/virtio_balloon.hpp"
 #include "vmm/devices/virtio_mmio.hpp"
 
 namespace swapvisor::vmm::devices {
@@ -43,6 +45,7 @@ inline constexpr unsigned kMaxVirtioDevices = kLastVirtioGsi - kFirstVirtioGsi +
 enum class DeviceErrc {
     no_virtio_slot = 1,  // every virtio-mmio window / interrupt line is taken
     duplicate_name,      // two devices of one VM with the same name
+    saved_layout,        // a snapshot's devices are not this VM's devices
 };
 const std::error_category& device_category();
 inline std::error_code make_error_code(DeviceErrc e) { return {static_cast<int>(e), device_category()}; }
@@ -64,6 +67,25 @@ struct VirtioSlot {
 VirtioSlot virtio_slot(unsigned n);
 // "virtio_mmio.device=4K@0xd0000000:5"
 std::string virtio_cmdline_entry(VirtioSlot slot);
+
+// One virtio device's saved transport, with where it sat.
+struct VirtioDeviceState {
+    std::string name;  // as given to add_virtio ("balloon")
+    std::uint64_t mmio_base = 0;
+    std::uint32_t gsi = 0;
+    VirtioMmioState transport;
+    bool operator==(const VirtioDeviceState&) const = default;
+};
+
+// Every device of one VM for a snapshot (docs/SNAPSHOT.md#vcpu-and-device-state).
+// The debug-exit port has no state. The balloon's own part is filled by whoever
+// holds the balloon (the VM builder), not by the manager.
+struct DeviceStates {
+    SerialState serial;
+    std::vector<VirtioDeviceState> virtio;  // in window order
+    std::optional<BalloonState> balloon;
+    bool operator==(const DeviceStates&) const = default;
+};
 
 // The VM's interrupt line for a GSI (Vm::irq_line, or a recorder in tests).
 using IrqLineFactory = std::function<IrqCallback(std::uint32_t gsi)>;
@@ -95,6 +117,18 @@ public:
     // Write out COM1's partial line (the VM has ended).
     void flush_serial();
 
+    // Hold or release every virtio device's own work (VirtioMmio::set_device_work):
+    // a snapshot holds it between pausing the VM and resuming it.
+    void set_device_work(DeviceWork work);
+    // COM1 and every virtio transport (`balloon` left empty). Only while the VM is
+    // paused and device work is held.
+    DeviceStates save();
+    // Put saved state into the devices of a restored VM, built with the same
+    // devices in the same order, before its vCPUs run. Errors:
+    // DeviceErrc::saved_layout (context: which device differs) or a transport's
+    // error; a failed restore leaves the VM unusable (the builder drops it).
+    Result<void> restore(const DeviceStates& states);
+
 private:
     Bus& pio_;
     Bus& mmio_;
@@ -104,6 +138,7 @@ private:
     std::shared_ptr<Serial16550> serial_;
     std::vector<VirtioSlot> slots_;
     std::vector<std::string> names_;  // per slot
+    std::vector<std::shared_ptr<VirtioMmio>> transports_;  // per slot
 };
 
 }  // namespace swapvisor::vmm::devices

@@ -83,6 +83,24 @@ void Serial16550::flush() {
     flush_locked();
 }
 
+SerialState Serial16550::save() {
+    std::lock_guard lock(mutex_);
+    flush_locked();
+    return SerialState{ier_, lcr_, mcr_, scr_, dll_, dlm_};
+}
+
+void Serial16550::restore(const SerialState& state) {
+    std::lock_guard lock(mutex_);
+    ier_ = state.ier;
+    lcr_ = state.lcr;
+    mcr_ = state.mcr;
+    scr_ = state.scr;
+    dll_ = state.dll;
+    dlm_ = state.dlm;
+    buffer_.clear();
+    at_line_start_ = true;
+}
+
 void Serial16550::flush_locked() {
     std::size_t done = 0;
     while (done < buffer_.size()) {

@@ -43,6 +43,14 @@ private:
     std::string prefix_;
 };
 
+// The UART's registers for a snapshot. No output is carried: save() writes a
+// partial line out first, and a restored UART starts a fresh line on its own sink
+// (with its own prefix).
+struct SerialState {
+    std::uint8_t ier = 0, lcr = 0, mcr = 0, scr = 0, dll = 0, dlm = 0;
+    bool operator==(const SerialState&) const = default;
+};
+
 class Serial16550 final : public BusDevice {
 public:
     explicit Serial16550(SerialSink sink) : sink_(std::move(sink)) {}
@@ -53,6 +61,11 @@ public:
 
     // Write out a partial line (VM exit).
     void flush();
+
+    // Snapshot (the line so far is flushed first) and restore (any values: the
+    // registers hold whatever the guest wrote).
+    SerialState save();
+    void restore(const SerialState& state);
 
     static constexpr std::uint8_t kLsrIdle = 0x60;  // THRE | TEMT
 

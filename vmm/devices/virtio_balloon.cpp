@@ -7,6 +7,7 @@
 #include <atomic>
 #include <vector>
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 namespace swapvisor::vmm::devices {
@@ -26,6 +27,7 @@ public:
             case BalloonErrc::stats_too_large: return "statistics buffer longer than 2560 bytes";
             case BalloonErrc::stats_writable: return "statistics buffer has a device-writable descriptor";
             case BalloonErrc::stats_outside_ram: return "statistics buffer descriptor not inside guest RAM";
+            case BalloonErrc::bad_saved_state: return "saved balloon state that no balloon can be in";
         }
         return "unknown virtio-balloon error";
     }
@@ -342,6 +344,46 @@ BalloonStats VirtioBalloon::stats() const {
         s.guest_age = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - guest_at_);
     }
     return s;
+}
+
+BalloonState VirtioBalloon::save() const {
+    BalloonState out;
+    out.stats = stats();
+    out.stats.guest_age.reset();
+    out.stats_head = stats_head_;
+    out.stats_queue = stats_queue_;
+    return out;
+}
+
+Result<void> VirtioBalloon::restore(const BalloonState& state) {
+    // Queue indices run 0..3 (queue_index_of); a held buffer elsewhere is corrupt.
+    if (state.stats_head && state.stats_queue > 3)
+        return make_error(BalloonErrc::bad_saved_state, "balloon restore",
+                          fmt::format("statistics buffer held on queue {}", state.stats_queue));
+    if (state.stats.guest_age)
+        return make_error(BalloonErrc::bad_saved_state, "balloon restore", "a saved statistics age");
+    const BalloonStats& s = state.stats;
+    reported_pages_.store(s.reported_pages, std::memory_order_relaxed);
+    reported_ranges_.store(s.reported_ranges, std::memory_order_relaxed);
+    refused_ranges_.store(s.refused_ranges, std::memory_order_relaxed);
+    inflated_pages_.store(s.inflated_pages, std::memory_order_relaxed);
+    deflated_pages_.store(s.deflated_pages, std::memory_order_relaxed);
+    oom_deflated_pages_.store(s.oom_deflated_pages, std::memory_order_relaxed);
+    unrequested_deflated_pages_.store(s.unrequested_deflated_pages, std::memory_order_relaxed);
+    balloon_pages_.store(s.balloon_pages, std::memory_order_relaxed);
+    discard_errors_.store(s.discard_errors, std::memory_order_relaxed);
+    stats_updates_.store(s.stats_updates, std::memory_order_relaxed);
+    stats_refused_.store(s.stats_refused, std::memory_order_relaxed);
+    stats_unknown_tags_.store(s.stats_unknown_tags, std::memory_order_relaxed);
+    stats_requests_.store(s.stats_requests, std::memory_order_relaxed);
+    target_pages_.store(s.target_pages);
+    actual_pages_.store(s.actual_pages);
+    stats_head_ = state.stats_head;
+    stats_queue_ = state.stats_queue;
+    std::lock_guard lock(guest_mutex_);
+    guest_ = s.guest;
+    guest_at_ = std::chrono::steady_clock::now();
+    return {};
 }
 
 control::Counters VirtioBalloon::counters() const {

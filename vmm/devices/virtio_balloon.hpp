@@ -93,6 +93,7 @@ enum class BalloonErrc {
     stats_too_large,   // longer than VirtioBalloon::kMaxStatsBytes
     stats_writable,    // a device-writable descriptor: the driver wants an answer we do not give
     stats_outside_ram, // a descriptor not inside one RAM region
+    bad_saved_state,   // a snapshot's balloon state that no balloon can be in
 };
 const std::error_category& balloon_category();
 inline std::error_code make_error_code(BalloonErrc e) { return {static_cast<int>(e), balloon_category()}; }
@@ -154,6 +155,19 @@ struct BalloonStats {
     std::uint32_t actual_pages = 0;     // config actual, as the driver wrote it
     std::optional<GuestStats> guest;    // the last statistics taken, if any
     std::optional<std::chrono::milliseconds> guest_age;  // how long ago they came
+    bool operator==(const BalloonStats&) const = default;
+};
+
+// The balloon's own state for a snapshot (the transport's is VirtioMmioState):
+// target and actual, every counter, the guest's last statistics, and the
+// statistics buffer the device holds (its head on queue stats_queue), which the
+// restored device gives back as the saved one would have. `stats.guest_age` is not
+// kept (a restored device counts the age from its restore).
+struct BalloonState {
+    BalloonStats stats;
+    std::optional<std::uint16_t> stats_head;
+    std::uint32_t stats_queue = 0;
+    bool operator==(const BalloonState&) const = default;
 };
 
 class VirtioBalloon final : public VirtioDevice {
@@ -201,6 +215,13 @@ public:
     // The host's wish: how many pages the guest should give up (config num_pages).
     void set_target_pages(std::uint32_t pages) { target_pages_.store(pages); }
     BalloonStats stats() const;
+
+    // Snapshot. Only while the VM is paused and its transport's device work is held
+    // (VirtioMmio::hold_device_work): then nothing else touches the held buffer.
+    BalloonState save() const;
+    // In a restored VM before it runs. Errors: BalloonErrc::bad_saved_state (a held
+    // buffer on a queue the balloon cannot have); nothing is changed then.
+    Result<void> restore(const BalloonState& state);
 
     // Ask the guest for fresh statistics now (wakes the poller; never blocks on the
     // guest). The answer shows up in a later stats() / counters().

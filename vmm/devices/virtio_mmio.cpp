@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstring>
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 namespace swapvisor::vmm::devices {
@@ -225,8 +226,14 @@ void VirtioMmio::notify(std::uint32_t index) {
     if (*wanted) raise(kInterruptUsedBuffer);
 }
 
+void VirtioMmio::set_device_work(DeviceWork work) {
+    std::lock_guard lock(mutex_);
+    device_work_ = work;
+}
+
 void VirtioMmio::poll_device() {
     std::lock_guard lock(mutex_);
+    if (device_work_ == DeviceWork::hold) return;
     if (!(status_ & kStatusDriverOk) || (status_ & kStatusNeedsReset)) return;
     const unsigned n = existing_queues();
     if (auto done = device_->poll(std::span(queues_).first(n), driver_features_); !done) {
@@ -299,6 +306,54 @@ void VirtioMmio::notify_config_change() {
 std::uint32_t VirtioMmio::status() const {
     std::lock_guard irq(irq_mutex_);
     return status_;
+}
+
+VirtioMmioState VirtioMmio::save() const {
+    std::lock_guard lock(mutex_);
+    VirtioMmioState out;
+    out.device_id = device_->device_id();
+    out.device_features_sel = device_features_sel_;
+    out.driver_features_sel = driver_features_sel_;
+    out.driver_features = driver_features_;
+    out.queue_sel = queue_sel_;
+    for (const SplitQueue& q : queues_) out.queues.push_back(q.save());
+    std::lock_guard irq(irq_mutex_);
+    out.status = status_;
+    out.interrupt_status = interrupt_status_;
+    out.config_generation = config_generation_;
+    out.config_change_pending = config_change_pending_;
+    return out;
+}
+
+Result<void> VirtioMmio::restore(const VirtioMmioState& state) {
+    std::lock_guard lock(mutex_);
+    auto bad = [](std::string what) { return make_error(VirtioErrc::bad_saved_state, "virtio-mmio restore", std::move(what)); };
+    if (state.device_id != device_->device_id())
+        return bad(fmt::format("device id {} saved, this device is {}", state.device_id, device_->device_id()));
+    if (state.queues.size() != queues_.size())
+        return bad(fmt::format("{} queues saved, this device has {}", state.queues.size(), queues_.size()));
+    if (state.driver_features & ~device_->device_features())
+        return bad(fmt::format("driver features {:#x} not all offered ({:#x})", state.driver_features,
+                               device_->device_features()));
+    // Check every queue before changing any (all or nothing).
+    for (std::size_t i = 0; i < queues_.size(); ++i) {
+        SplitQueue probe(mem_, device_->queue_max_size());
+        probe.reset();
+        if (auto r = probe.restore(state.queues[i]); !r)
+            return std::unexpected(std::move(r.error()).with_context(fmt::format("queue {}", i)));
+    }
+    for (std::size_t i = 0; i < queues_.size(); ++i) SWV_ASSERT(queues_[i].restore(state.queues[i]).has_value(), "a checked queue state refused");
+    device_features_sel_ = state.device_features_sel;
+    driver_features_sel_ = state.driver_features_sel;
+    driver_features_ = state.driver_features;
+    queue_sel_ = state.queue_sel;
+    std::lock_guard irq(irq_mutex_);
+    status_ = state.status;
+    interrupt_status_ = state.interrupt_status;
+    config_generation_ = state.config_generation;
+    config_change_pending_ = state.config_change_pending;
+    if (interrupt_status_ != 0 && irq_) irq_(IrqLevel::high);
+    return {};
 }
 
 VirtioMmioStats VirtioMmio::stats() const {

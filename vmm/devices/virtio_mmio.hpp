@@ -134,6 +134,11 @@ public:
     virtual control::Counters counters() const { return {}; }
 };
 
+// Whether the device's own work (VirtioDevice::poll, e.g. the balloon's statistics
+// poller) is held: a snapshot holds it so that nothing writes the rings or guest
+// memory while the paused VM is saved.
+enum class DeviceWork : bool { run, hold };
+
 // Level of the device's interrupt line: high while InterruptStatus is non-zero.
 enum class IrqLevel : bool { low, high };
 using IrqCallback = std::function<void(IrqLevel)>;
@@ -144,6 +149,23 @@ struct VirtioMmioStats {
     std::uint64_t needs_reset = 0;       // times the device entered DEVICE_NEEDS_RESET
     std::uint64_t interrupts = 0;        // InterruptStatus bits raised
     std::uint64_t resets = 0;            // Status 0 written
+};
+
+// The transport's registers and queues, for a snapshot (the device-specific part,
+// e.g. the balloon's, is saved by its own type). The interrupt line's level follows
+// from interrupt_status.
+struct VirtioMmioState {
+    std::uint32_t device_id = 0;  // checked on restore: the same kind of device
+    std::uint32_t device_features_sel = 0;
+    std::uint32_t driver_features_sel = 0;
+    std::uint64_t driver_features = 0;
+    std::uint32_t queue_sel = 0;
+    std::uint32_t status = 0;
+    std::uint32_t interrupt_status = 0;
+    std::uint32_t config_generation = 0;
+    bool config_change_pending = false;
+    std::vector<QueueState> queues;  // every queue slot, existing or not
+    bool operator==(const VirtioMmioState&) const = default;
 };
 
 class VirtioMmio final : public BusDevice {
@@ -164,6 +186,20 @@ public:
 
     std::uint32_t status() const;
     VirtioMmioStats stats() const;
+
+    // Hold or release the device's own work (poll_device does nothing while held).
+    void set_device_work(DeviceWork work);
+
+    // Snapshot: the registers and every queue. Only while the VM is paused (no vCPU
+    // in read/write; the caller's guarantee), though both take the locks.
+    VirtioMmioState save() const;
+    // Take a saved state over, in a restored VM before its vCPUs run: same device
+    // id and queue count, features the device offers, every ready queue valid in
+    // this guest memory (SplitQueue::restore). Raises the interrupt line if the
+    // saved InterruptStatus is non-zero (the restored IOAPIC may not know it was
+    // asserted by us). Errors: VirtioErrc::bad_saved_state (context: which part) or
+    // a queue's VirtioErrc; nothing is changed then.
+    Result<void> restore(const VirtioMmioState& state);
 
 private:
     std::uint32_t read_register(std::uint64_t offset) const;
@@ -191,6 +227,7 @@ private:
     std::uint32_t driver_features_sel_ = 0;
     std::uint64_t driver_features_ = 0;
     std::uint32_t queue_sel_ = 0;
+    DeviceWork device_work_ = DeviceWork::run;
     VirtioMmioStats stats_;  // all but `interrupts` (interrupts_ below)
     // Log lines this transport's guest can cause (LogBudget: per device, refilled).
     LogBudget log_budget_;

@@ -24,6 +24,7 @@ std::string describe(VirtioErrc e) {
         case VirtioErrc::descriptor_loop: return "descriptor chain longer than the queue (a loop)";
         case VirtioErrc::indirect_descriptor: return "indirect descriptor without VIRTIO_F_INDIRECT_DESC";
         case VirtioErrc::readable_after_writable: return "device-readable descriptor after a writable one";
+        case VirtioErrc::bad_saved_state: return "saved device state does not fit this device";
     }
     return "unknown virtio error";
 }
@@ -69,6 +70,34 @@ Result<void> SplitQueue::enable() {
     next_used_ = 0;
     used_since_interrupt_ = 0;
     ready_ = true;
+    return {};
+}
+
+QueueState SplitQueue::save() const {
+    return QueueState{max_size_, size_, ready_, desc_, driver_, device_, last_avail_, next_used_, used_since_interrupt_};
+}
+
+Result<void> SplitQueue::restore(const QueueState& state) {
+    if (state.max_size != max_size_) return make_error(VirtioErrc::bad_queue_size, "virtqueue restore");
+    if (state.ready) {
+        SplitQueue probe(*mem_, max_size_);
+        probe.size_ = state.size;
+        probe.desc_ = state.desc_addr;
+        probe.driver_ = state.driver_addr;
+        probe.device_ = state.device_addr;
+        SWV_TRY(with_context(probe.enable(), "restore"));
+        // Buffers popped but not yet returned: at most the queue size.
+        if (static_cast<std::uint16_t>(state.last_avail - state.next_used) > state.size)
+            return make_error(VirtioErrc::bad_avail_index, "virtqueue restore");
+    }
+    size_ = state.size;
+    ready_ = state.ready;
+    desc_ = state.desc_addr;
+    driver_ = state.driver_addr;
+    device_ = state.device_addr;
+    last_avail_ = state.last_avail;
+    next_used_ = state.next_used;
+    used_since_interrupt_ = state.used_since_interrupt;
     return {};
 }
 

@@ -45,6 +45,7 @@ enum class VirtioErrc {
     descriptor_loop,          // a chain longer than the queue: it must loop
     indirect_descriptor,      // VIRTQ_DESC_F_INDIRECT without the feature
     readable_after_writable,  // a device-readable descriptor after a writable one
+    bad_saved_state,          // a snapshot's transport state does not fit this device
 };
 const std::error_category& virtio_category();
 inline std::error_code make_error_code(VirtioErrc e) { return {static_cast<int>(e), virtio_category()}; }
@@ -75,6 +76,22 @@ struct DescriptorChain {
     std::vector<VirtqDescriptor> descriptors;
 };
 
+// Everything a SplitQueue holds, for a snapshot (docs/SNAPSHOT.md#vcpu-and-device-state):
+// the driver's programming and the device's cursors, so a restored queue continues
+// at the same ring indices.
+struct QueueState {
+    std::uint16_t max_size = 0;
+    std::uint16_t size = 0;
+    bool ready = false;
+    std::uint64_t desc_addr = 0;
+    std::uint64_t driver_addr = 0;
+    std::uint64_t device_addr = 0;
+    std::uint16_t last_avail = 0;
+    std::uint16_t next_used = 0;
+    std::uint32_t used_since_interrupt = 0;
+    bool operator==(const QueueState&) const = default;
+};
+
 // A split virtqueue as the driver programmed it, with the device's cursors.
 class SplitQueue {
 public:
@@ -102,6 +119,14 @@ public:
     void disable() { ready_ = false; }
     // Back to the reset values (size = max, addresses 0, not ready).
     void reset();
+
+    QueueState save() const;
+    // Take a saved state over (the queue of the same device in a restored VM). A
+    // ready queue is checked as enable() checks it (size, ring placement in this
+    // guest memory) and its cursors must be consistent (at most `size` buffers
+    // popped and not yet used); unlike enable() the cursors are kept. Errors:
+    // VirtioErrc, and nothing is changed.
+    Result<void> restore(const QueueState& state);
 
     // The next available chain, fully read and checked; nullopt if none.
     Result<std::optional<DescriptorChain>> pop();

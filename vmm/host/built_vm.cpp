@@ -27,7 +27,83 @@ Result<std::unique_ptr<BuiltVm>> BuiltVm::build(const BuildContext& context, con
     auto image = loader::read_elf(spec.kernel);
     if (!image) return std::unexpected(std::move(image.error()).with_context(name));
 
-    // Guest memory. One fault thread per vCPU: faults from several vCPUs are served at once.
+    SWV_TRY(vm->create_memory(context));
+    guestmem::GuestMemory& guest = vm->memory_.get();
+    auto created = Vm::create(context.kvm, vm->vm_config(context));
+    if (!created) return std::unexpected(std::move(created.error()).with_context(fmt::format("creating VM {}", name)));
+    vm->vm_ = std::move(*created);
+    SWV_TRY(vm->create_devices(context, prefix));
+    vm->spec_.cmdline = vm->devices_->append_cmdline(spec.cmdline);
+    vm->start_poller();
+
+    // The kernel and its PVH boot data; the BSP at its entry; guest memory started.
+    auto boot = loader::load_kernel(guest, *image, vm->spec_.cmdline);
+    if (!boot) return std::unexpected(std::move(boot.error()).with_context(name));
+    SWV_TRY(with_context(vm->vm_->set_boot_entry(boot->entry, boot->start_info_gpa),
+                         fmt::format("{}: setting the PVH entry state", name)));
+    SWV_TRY(with_context(vm->memory_.start(), fmt::format("{}: starting guest memory", name)));
+    return vm;
+}
+
+Result<std::unique_ptr<BuiltVm>> BuiltVm::restore(const BuildContext& context, const VmSpec& spec,
+                                                  const snapshot::Manifest& manifest, SerialPrefix prefix,
+                                                  const RestoreMemory& restore_memory) {
+    std::unique_ptr<BuiltVm> vm(new BuiltVm(spec));
+    const std::string& name = vm->spec_.name;
+    auto differs = [&](const char* field, std::string why) {
+        return make_error(control::VmErrc::bad_spec, "restore",
+                          fmt::format("{}: field \"{}\": {}", name, field, why));
+    };
+    if (spec.vcpus != manifest.spec.vcpus || spec.vcpus != manifest.kvm.vcpus.size())
+        return differs("vcpus", fmt::format("{} asked, the snapshot has {}", spec.vcpus, manifest.kvm.vcpus.size()));
+    if (spec.memory_bytes != manifest.spec.memory_bytes)
+        return differs("memory", fmt::format("{} bytes asked, the snapshot has {}", spec.memory_bytes,
+                                             manifest.spec.memory_bytes));
+    if (spec.balloon != manifest.spec.balloon || spec.balloon != manifest.devices.balloon.has_value())
+        return differs("balloon", "the devices must be the snapshot's");
+    if (spec.vcpus > context.kvm.max_vcpus())
+        return differs("vcpus", fmt::format("this host's KVM allows at most {}", context.kvm.max_vcpus()));
+
+    SWV_TRY(vm->create_memory(context));
+    SWV_TRY(with_context(restore_memory(vm->memory_.get(), manifest.memory), fmt::format("{}: restoring guest memory", name)));
+    auto created = Vm::create_restored(context.kvm, vm->vm_config(context), manifest.kvm);
+    if (!created) return std::unexpected(std::move(created.error()).with_context(fmt::format("restoring VM {}", name)));
+    vm->vm_ = std::move(*created);
+    SWV_TRY(vm->create_devices(context, prefix));
+    SWV_TRY(with_context(vm->devices_->restore(manifest.devices), fmt::format("{}: restoring devices", name)));
+    if (vm->balloon_) SWV_TRY(with_context(vm->balloon_->restore(*manifest.devices.balloon), name));
+    vm->spec_.cmdline = manifest.spec.cmdline;  // already carries the devices' entries
+    vm->start_poller();
+    SWV_TRY(with_context(vm->memory_.start(), fmt::format("{}: starting guest memory", name)));
+    return vm;
+}
+
+Result<snapshot::Manifest> BuiltVm::save_state(const SaveMemory& save_memory) {
+    // Device work is held from before the first capture until the memory is saved:
+    // the balloon's poller would otherwise write a used ring into guest memory in
+    // between (the released state is restored on every path).
+    struct Hold {
+        devices::DeviceManager& devices;
+        ~Hold() { devices.set_device_work(devices::DeviceWork::run); }
+    } hold{*devices_};
+    devices_->set_device_work(devices::DeviceWork::hold);
+
+    snapshot::Manifest manifest;
+    manifest.spec = spec_;
+    manifest.kvm = SWV_TRY(with_context(vm_->save_state(), spec_.name));
+    manifest.devices = devices_->save();
+    if (balloon_) manifest.devices.balloon = balloon_->save();
+    manifest.memory = SWV_TRY(with_context(save_memory(memory_.get()), fmt::format("{}: saving guest memory", spec_.name)));
+    if (!manifest.memory.is_object())
+        return make_error(snapshot::SnapshotErrc::bad_manifest, "saving guest memory", "the memory side's answer is not a JSON object");
+    return manifest;
+}
+
+// Guest memory under the host budget. One fault thread per vCPU: faults from several
+// vCPUs are served at once.
+Result<void> BuiltVm::create_memory(const BuildContext& context) {
+    const VmSpec& spec = spec_;
+    const std::string& name = spec.name;
     guestmem::MemoryConfig memory_config{.name = name, .memory_bytes = spec.memory_bytes,
                                          .resident_limit = spec.resident_limit, .fault_threads = spec.vcpus,
                                          .swap_quota = spec.swap_quota};
@@ -53,22 +129,27 @@ Result<std::unique_ptr<BuiltVm>> BuiltVm::build(const BuildContext& context, con
     }
     auto memory = context.host.create_vm(memory_config);
     if (!memory) return std::unexpected(std::move(memory.error()).with_context(fmt::format("guest memory of {}", name)));
-    vm->memory_.hold(context.host, **memory, name);
-    guestmem::GuestMemory& guest = vm->memory_.get();
+    memory_.hold(context.host, **memory, name);
+    return {};
+}
 
-    // The KVM VM: memslots, vCPUs.
-    VmConfig config{spec.vcpus, guest.regions()};
+// The KVM side: memslots over guest memory, the vCPUs' threads confined.
+VmConfig BuiltVm::vm_config(const BuildContext& context) const {
+    VmConfig config{spec_.vcpus, memory_.get().regions()};
     if (context.seccomp == sandbox::Seccomp::on)
         config.on_vcpu_thread_start = [] { return sandbox::confine_thread(sandbox::ThreadClass::vcpu); };
-    auto created = Vm::create(context.kvm, config);
-    if (!created) return std::unexpected(std::move(created.error()).with_context(fmt::format("creating VM {}", name)));
-    vm->vm_ = std::move(*created);
+    return config;
+}
 
-    // Devices: COM1 and the debug exit, then each virtio device.
-    vm->counters_.hold(context.stats, name);
-    vm->devices_ = std::make_unique<devices::DeviceManager>(
-        vm->vm_->pio(), vm->vm_->mmio(), [v = vm->vm_.get()](std::uint32_t gsi) { return v->irq_line(gsi); },
-        context.stats, name);
+// Devices: COM1 and the debug exit, then each virtio device (the balloon's poller
+// starts separately, once the devices hold their final state).
+Result<void> BuiltVm::create_devices(const BuildContext& context, SerialPrefix prefix) {
+    const VmSpec& spec = spec_;
+    const std::string& name = spec.name;
+    guestmem::GuestMemory& guest = memory_.get();
+    counters_.hold(context.stats, name);
+    devices_ = std::make_unique<devices::DeviceManager>(
+        vm_->pio(), vm_->mmio(), [v = vm_.get()](std::uint32_t gsi) { return v->irq_line(gsi); }, context.stats, name);
     devices::SerialSink serial = devices::SerialSink::borrowed(STDOUT_FILENO);
     if (spec.serial_log) {
         auto file = devices::SerialSink::open_file(*spec.serial_log);
@@ -77,23 +158,18 @@ Result<std::unique_ptr<BuiltVm>> BuiltVm::build(const BuildContext& context, con
     } else if (prefix == SerialPrefix::name) {
         serial = std::move(serial).with_prefix("[" + name + "] ");
     }
-    SWV_TRY(with_context(vm->devices_->add_legacy(std::move(serial)), name));
+    SWV_TRY(with_context(devices_->add_legacy(std::move(serial)), name));
     if (spec.balloon) {
-        vm->balloon_ = std::make_shared<devices::VirtioBalloon>(guest, spec.balloon_stats_interval);
-        auto transport = vm->devices_->add_virtio("balloon", guest, vm->balloon_);
+        balloon_ = std::make_shared<devices::VirtioBalloon>(guest, spec.balloon_stats_interval);
+        auto transport = devices_->add_virtio("balloon", guest, balloon_);
         if (!transport) return std::unexpected(std::move(transport.error()).with_context(name));
-        vm->balloon_transport_ = *transport;
-        vm->poller_ = std::make_unique<devices::BalloonStatsPoller>(vm->balloon_, vm->balloon_transport_);
+        balloon_transport_ = *transport;
     }
-    vm->spec_.cmdline = vm->devices_->append_cmdline(spec.cmdline);
+    return {};
+}
 
-    // The kernel and its PVH boot data; the BSP at its entry; guest memory started.
-    auto boot = loader::load_kernel(guest, *image, vm->spec_.cmdline);
-    if (!boot) return std::unexpected(std::move(boot.error()).with_context(name));
-    SWV_TRY(with_context(vm->vm_->set_boot_entry(boot->entry, boot->start_info_gpa),
-                         fmt::format("{}: setting the PVH entry state", name)));
-    SWV_TRY(with_context(vm->memory_.start(), fmt::format("{}: starting guest memory", name)));
-    return vm;
+void BuiltVm::start_poller() {
+    if (balloon_) poller_ = std::make_unique<devices::BalloonStatsPoller>(balloon_, balloon_transport_);
 }
 
 VmEnd BuiltVm::run() {

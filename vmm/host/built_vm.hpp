@@ -22,6 +22,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -32,6 +33,7 @@
 #include "vmm/devices/virtio_balloon.hpp"
 #include "vmm/kvm/kvm.hpp"
 #include "vmm/sandbox/seccomp.hpp"
+#include "vmm/snapshot/manifest.hpp"
 #include "vmm/spec/vm_spec.hpp"
 #include "vmm/vm.hpp"
 
@@ -48,6 +50,13 @@ struct BuildContext {
     sandbox::Seccomp seccomp = sandbox::Seccomp::off;  // confine the VM's threads (vmm/sandbox)
 };
 
+// The memory side of a snapshot, as the VM side calls it (docs/SNAPSHOT.md): save
+// the paused VM's guest memory into the snapshot directory and return what the
+// manifest's `memory` member should hold; or, for a restore, fill freshly created
+// guest memory from that member (before it is started and before any vCPU runs).
+using SaveMemory = std::function<Result<snapshot::Json>(guestmem::GuestMemory&)>;
+using RestoreMemory = std::function<Result<void>(guestmem::GuestMemory&, const snapshot::Json& memory)>;
+
 class BuiltVm {
 public:
     // Build the VM of a validated spec (vmm::validate) and start its guest memory;
@@ -61,6 +70,28 @@ public:
     ~BuiltVm() = default;  // the member order is the teardown (file comment)
     BuiltVm(const BuiltVm&) = delete;
     BuiltVm& operator=(const BuiltVm&) = delete;
+
+    // Build a VM from a snapshot instead of from a kernel: `spec` is the manifest's
+    // spec, the name (and serial log) possibly changed by the caller; its vCPUs,
+    // memory size and balloon must be the manifest's (VmErrc::bad_spec otherwise).
+    // Steps: guest memory under the host budget, `restore_memory` fills it from
+    // `manifest.memory`, the KVM VM with its vCPUs and irqchip from the saved state
+    // (Vm::create_restored), COM1, the debug exit and the virtio devices put back
+    // into their saved state, the balloon's poller, guest memory started. No kernel
+    // is read and no loader runs; run() continues the guest where it was saved.
+    // Errors: the failing step's, with the VM as context; nothing of the VM is left.
+    static Result<std::unique_ptr<BuiltVm>> restore(const BuildContext& context, const VmSpec& spec,
+                                                    const snapshot::Manifest& manifest, SerialPrefix prefix,
+                                                    const RestoreMemory& restore_memory);
+
+    // The VM side of a snapshot of this VM, which the caller has paused
+    // (vm().pause() returned true): holds the devices' own work (the balloon's
+    // poller), captures every vCPU, the VM-wide KVM state and every device, then
+    // calls `save_memory` while still held and puts its answer in `memory`;
+    // releases the device work on every path. The caller writes the manifest
+    // (snapshot::write_manifest) and resumes the VM (or stops it). Errors: EBUSY if
+    // the VM is not paused, a KVM GET's error, or save_memory's.
+    Result<snapshot::Manifest> save_state(const SaveMemory& save_memory);
 
     // The spec it was built from, with the devices' entries appended to the cmdline.
     const VmSpec& spec() const { return spec_; }
@@ -77,6 +108,11 @@ public:
 
 private:
     explicit BuiltVm(const VmSpec& spec) : spec_(spec) {}
+    // The build steps that build() and restore() share, in that order.
+    Result<void> create_memory(const BuildContext& context);
+    VmConfig vm_config(const BuildContext& context) const;
+    Result<void> create_devices(const BuildContext& context, SerialPrefix prefix);
+    void start_poller();
 
     // The VM's guest memory in HostMemory; stopped and removed when this goes.
     class MemoryLease {

@@ -25,6 +25,7 @@ struct CpuidEntry {
     std::uint32_t index = 0;
     std::uint32_t flags = 0;
     std::uint32_t eax = 0, ebx = 0, ecx = 0, edx = 0;
+    bool operator==(const CpuidEntry&) const = default;
 };
 
 class Kvm {

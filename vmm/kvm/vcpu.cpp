@@ -115,6 +115,10 @@ Result<VcpuExit> Vcpu::run() {
         if (errno == EINTR || errno == EAGAIN) return InterruptedExit{};
         return errno_error("KVM_RUN");
     }
+    return decode_exit();
+}
+
+VcpuExit Vcpu::decode_exit() {
     auto* run = reinterpret_cast<kvm_run*>(run_.data());
     switch (run->exit_reason) {
         case KVM_EXIT_IO: {
@@ -161,6 +165,29 @@ void Vcpu::request_immediate_exit() {
     // caller follows with a signal to the vCPU thread, which covers a KVM_RUN that
     // is already inside the guest.
     std::atomic_ref<std::uint8_t>(run->immediate_exit).store(1, std::memory_order_seq_cst);
+}
+
+Result<std::optional<VcpuExit>> Vcpu::complete_pending_exit() {
+    auto* run = reinterpret_cast<kvm_run*>(run_.data());
+    std::atomic_ref<std::uint8_t> flag(run->immediate_exit);
+    std::uint8_t expected = 0;
+    // Pairs with request_immediate_exit(): if a stop set the flag first, leave it.
+    if (!flag.compare_exchange_strong(expected, 1, std::memory_order_seq_cst)) return std::nullopt;
+    // Kernel contract: with immediate_exit set, KVM_RUN first runs the pending
+    // completion (complete_userspace_io: the PIO/MMIO read result into the guest's
+    // register, RIP past the instruction) and then returns EINTR without entering
+    // the guest; a vCPU still waiting for SIPI also returns EINTR at once.
+    int rc = ::ioctl(fd_.get(), KVM_RUN, 0);
+    int err = errno;
+    // A stop that lands between our set and this clear is still seen: the stopper
+    // sets stopping_ before immediate_exit and the caller re-checks stopping_ before
+    // any further KVM_RUN (vm.cpp, Vm::park).
+    flag.store(0, std::memory_order_seq_cst);
+    // Kernel contract: 0 means the completion itself needed userspace again (an MMIO
+    // access split in fragments): a new exit to handle before trying again.
+    if (rc == 0) return std::optional<VcpuExit>(decode_exit());
+    if (err == EINTR || err == EAGAIN) return std::nullopt;
+    return errno_error("KVM_RUN (completing the pending exit)", err);
 }
 
 std::string Vcpu::describe_registers() const {

@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <variant>
@@ -55,6 +56,7 @@ public:
     Vcpu& operator=(Vcpu&&) noexcept = default;
 
     unsigned index() const { return index_; }
+    int fd() const { return fd_.get(); }
 
     // KVM_SET_CPUID2 from the host's supported table, with this vCPU's APIC id in
     // leaf 1 EBX[31:24] and leaf 0xB/0x1F EDX, and the hypervisor bit set.
@@ -68,14 +70,28 @@ public:
     Result<VcpuExit> run();
 
     // Make the current or next KVM_RUN return EINTR at once. Safe from any thread and
-    // from a signal handler. Never cleared: a vCPU asked to exit stays stopped.
+    // from a signal handler. Only complete_pending_exit() clears it, and only a value
+    // it set itself (a vCPU asked to exit stays stopped: vm.hpp).
     void request_immediate_exit();
+
+    // Complete the exit KVM_RUN last returned without running the guest: KVM finishes
+    // a port or MMIO read only at the next KVM_RUN (it writes RAX or the register,
+    // then advances RIP), so until then the registers are not the guest's state
+    // (KVM api.rst, kvm_run::immediate_exit). Sets immediate_exit, enters KVM_RUN,
+    // which completes the pending operation and returns EINTR, and clears it again.
+    // Called by the vCPU's own thread on its way to park (vm.cpp) so that a paused
+    // vCPU's state is consistent. If immediate_exit is already set the VM is being
+    // stopped: nothing is done (the flag is never cleared then, vm.hpp).
+    // nullopt: settled. A value: completing needed userspace once more (an MMIO
+    // access in fragments): handle that exit like any other, then call again.
+    Result<std::optional<VcpuExit>> complete_pending_exit();
 
     // RIP, RSP, RFLAGS, CR0/CR3/CR4, EFER and CS for diagnostics (after an exit).
     std::string describe_registers() const;
 
 private:
     friend class KvmVm;
+    VcpuExit decode_exit();  // struct kvm_run after KVM_RUN returned 0
     Vcpu(unsigned index, io::UniqueFd fd, io::Mapping run) : index_(index), fd_(std::move(fd)), run_(std::move(run)) {}
 
     unsigned index_;
