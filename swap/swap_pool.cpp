@@ -807,6 +807,12 @@ bool SwapPool::copy_is_current(VSlot vslot, const SlotCopy& copy) const {
            copy.bytes.size() == kSlotSize;
 }
 
+std::optional<VSlotInfo> SwapPool::descriptor(VSlot vslot) const {
+    VSlotInfo info = table_.lookup(vslot);
+    if (info.state != VSlotState::valid) return std::nullopt;
+    return info;
+}
+
 std::optional<PSlot> SwapPool::pslot_of(VSlot vslot) const {
     VSlotInfo info = table_.lookup(vslot);
     if (info.state != VSlotState::valid) return std::nullopt;

@@ -293,6 +293,9 @@ public:
     std::optional<OwnerTag> owner_of(VSlot vslot) const;
     // Where vslot's data is now (nullopt if not allocated): for tests and tools.
     std::optional<PSlot> pslot_of(VSlot vslot) const;
+    // A valid vslot's descriptor (place, checksum, owner); nullopt if not valid.
+    // Snapshots record (uuid, slot, checksum) from it.
+    std::optional<VSlotInfo> descriptor(VSlot vslot) const;
     // Whether `copy` is still vslot's content: the vslot is valid, at the same place,
     // with the same generation. Stable while the caller keeps the vslot from being
     // freed (guestmem: the page lock) and is the only one moving its device (swapoff).
