@@ -13,6 +13,7 @@ enum class Errc {
     misaligned,          // a range that must be page aligned is not
     page_lost,           // swap-in failed: the page is poisoned and the guest told
     unsupported,         // a kernel feature swapvisor needs is missing
+    bad_snapshot,        // a memory snapshot that is missing, truncated, of another version or size
 };
 
 const std::error_category& guestmem_category();

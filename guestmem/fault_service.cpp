@@ -86,8 +86,10 @@ FaultResult resolve_fault(Transitions& tr, PageIdx idx, WpFault wp, io::Ring& ri
                 out.resolved = wp == WpFault::yes ? tr.fault_write_protected(lk) : tr.fault_resident(lk);
                 break;
             case PageState::lost: out.resolved = tr.fault_lost(lk); break;
+            case PageState::image: out.resolved = tr.fault_image(lk); break;  // 14 (snapshot restore)
             case PageState::reading: SWV_ASSERT(false, "reading state seen by a lock holder");
         }
+        tr.note_first_touch(idx, out.was);
     }
     // Wake after publish: the entry already says what the guest will find.
     out.woken = tr.wake_guest(idx);

@@ -38,7 +38,7 @@ FaultResult resolve_fault(Transitions& tr, PageIdx idx, WpFault wp, io::Ring& ri
 // throttle; a `lost` page (poison re-armed), a page already in the memfd, or one
 // another fault is reading in adds none (README.md#faults).
 constexpr bool fault_adds_page(PageEntry e) {
-    return e.state() == PageState::zero || e.state() == PageState::swapped;
+    return e.state() == PageState::zero || e.state() == PageState::swapped || e.state() == PageState::image;
 }
 
 // The over-limit throttle before a fault on a page whose entry is `e`: a fault that

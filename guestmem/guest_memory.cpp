@@ -108,6 +108,9 @@ Result<void> access(GuestMemory::Impl& impl, Gpa gpa, std::byte* out, const std:
             case PageState::inactive:
                 if (kind == Access::write && lk.entry().clean()) tr.vmm_write_clean(lk);
                 break;
+            case PageState::image:
+                SWV_TRY(tr.fill_image(lk, Transitions::Map::no));  // 14'
+                break;
             case PageState::reading:
                 SWV_ASSERT(false, "reading state seen by a lock holder");
         }
@@ -182,6 +185,10 @@ Result<void> GuestMemory::start() {
     }
     impl.reclaimer = std::thread([&impl] { impl.reclaim_loop(); });
     ::pthread_setname_np(impl.reclaimer.native_handle(), "swv-reclaim");
+    if (impl.image && (impl.fill_rest || !impl.prefetch_order.empty())) {
+        impl.filler = std::thread([&impl] { impl.fill_loop(); });  // snapshot.cpp
+        ::pthread_setname_np(impl.filler.native_handle(), "swv-fill");
+    }
     return {};
 }
 
@@ -193,6 +200,7 @@ void GuestMemory::stop() {
     // Kernel contract: an eventfd write adds to its counter and makes it readable.
     if (impl.stop_event.valid()) (void)!::write(impl.stop_event.get(), &one, sizeof one);
     impl.limits.wake_all();
+    if (impl.filler.joinable()) impl.filler.join();
     for (auto& t : impl.fault_threads)
         if (t.joinable()) t.join();
     impl.fault_threads.clear();

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -37,6 +38,8 @@ namespace swapvisor::guestmem {
 
 class HostBudget;
 class GuestMemory;
+class MemorySnapshot;
+struct RestoreOptions;
 
 // The threads guestmem starts, for a caller that confines each kind (vmm installs
 // a seccomp filter per role from this hook).
@@ -231,6 +234,15 @@ public:
     // Wake the reclaimer (the host budget changed).
     void kick_reclaimer();
 
+    // Snapshots (docs/SNAPSHOT.md, snapshot.hpp). Save this VM's memory into dir while
+    // no vCPU runs (the reclaimer and writeback may): resident pages into a sparse
+    // image, swapped pages and clean copies by reference (each vslot held), written
+    // atomically. The returned snapshot holds those references until released.
+    Result<std::unique_ptr<MemorySnapshot>> save(const std::filesystem::path& dir);
+    // A VM restored from a snapshot: write the order of its first faults so far as
+    // the snapshot's working-set file (atomically); the next restore prefetches it.
+    Result<void> save_working_set() const;
+
     // Introspection for tests and leak checks: the stage-2 entry of a page, and how
     // many VSlots this VM's entries refer to (swapped pages + clean copies).
     PageEntry entry(Gpa gpa) const;
@@ -241,6 +253,9 @@ public:
 private:
     friend Result<std::unique_ptr<GuestMemory>> create_guest_memory(const MemoryConfig&, VmId, HostBudget*,
                                                                      swap::SwapPool*);
+    friend Result<std::unique_ptr<GuestMemory>> restore_guest_memory(const MemoryConfig&, VmId, HostBudget*,
+                                                                      swap::SwapPool*, const MemorySnapshot&,
+                                                                      const RestoreOptions&);
     GuestMemory(MemoryConfig config, VmId id);
     MemoryConfig config_;
     VmId id_;

@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <filesystem>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -25,6 +26,7 @@
 #include "guestmem/limits.hpp"
 #include "guestmem/memfd_kernel.hpp"
 #include "guestmem/stage2.hpp"
+#include "guestmem/snapshot_image.hpp"
 #include "guestmem/stall.hpp"
 #include "guestmem/transitions.hpp"
 #include "guestmem/writeback_queue.hpp"
@@ -76,6 +78,15 @@ struct GuestMemory::Impl {
     std::unique_ptr<WritebackQueue> writeback_queue = std::make_unique<WritebackQueue>();
     std::vector<std::thread> writeback;  // kWritebackThreads, only with a pool
     std::uint64_t clock_hand = 0;  // owned by the reclaimer thread
+
+    // --- a VM restored from a snapshot (snapshot.cpp; README#snapshots) ---------------
+    std::unique_ptr<PageImage> image;             // the snapshot's memory image (null: not restored)
+    std::unique_ptr<FirstTouchLog> first_touch;   // its first faults, for the working-set file
+    std::filesystem::path snapshot_dir;
+    std::vector<std::uint32_t> prefetch_order;    // the recorded working set, read at restore
+    bool fill_rest = false;                       // the filler reads every image page after it
+    std::thread filler;                           // started by start(), joined first by stop()
+    void fill_loop();
 
     // --- fault service (fault_service.cpp) -------------------------------------------
     void fault_loop();

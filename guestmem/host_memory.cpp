@@ -29,13 +29,22 @@ HostMemory::~HostMemory() {
     for (Listed& listed : doomed) retire(std::move(listed));
 }
 
-Result<GuestMemory*> HostMemory::create_vm(const MemoryConfig& config) {
+Result<GuestMemory*> HostMemory::create_vm(const MemoryConfig& config) { return create_or_restore(config, nullptr, {}); }
+
+Result<GuestMemory*> HostMemory::restore_vm(const MemoryConfig& config, const MemorySnapshot& snapshot,
+                                            const RestoreOptions& options) {
+    return create_or_restore(config, &snapshot, options);
+}
+
+Result<GuestMemory*> HostMemory::create_or_restore(const MemoryConfig& config, const MemorySnapshot* snapshot,
+                                                   const RestoreOptions& options) {
     std::lock_guard lk(mutex_);
     for (auto& listed : vms_)
         if (listed.vm->name() == config.name)
             return make_error(Errc::unsupported, "create_vm: a VM with that name exists", config.name);
     auto id = next_id_;
-    auto vm = SWV_TRY(create_guest_memory(config, id, &budget_, &pool_));
+    auto vm = SWV_TRY(snapshot ? restore_guest_memory(config, id, &budget_, &pool_, *snapshot, options)
+                               : create_guest_memory(config, id, &budget_, &pool_));
     next_id_ = static_cast<VmId>(next_id_ + 1);
     // The users' count: a shared_ptr that owns nothing (the listing owns the VM) and
     // whose deleter says that the last reference is gone.

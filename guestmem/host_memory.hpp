@@ -23,6 +23,7 @@
 
 #include "guestmem/guest_memory.hpp"
 #include "guestmem/limits.hpp"
+#include "guestmem/snapshot.hpp"
 #include "swap/swap_pool.hpp"
 
 namespace swapvisor::guestmem {
@@ -42,6 +43,10 @@ public:
     // The pointer is the creator's own: valid until it calls remove_vm. Everyone else
     // takes a VmRef (vms(), find()).
     Result<GuestMemory*> create_vm(const MemoryConfig& config);
+    // create_vm for a VM whose memory is a snapshot's (snapshot.hpp: restore or clone;
+    // nothing is listed on error).
+    Result<GuestMemory*> restore_vm(const MemoryConfig& config, const MemorySnapshot& snapshot,
+                                    const RestoreOptions& options);
     // Unlist the VM, wait until no VmRef to it is left, then stop its memory threads
     // and destroy its GuestMemory, which frees every VSlot its pages hold (a VM ended
     // at run time, vmm/README.md#daemon). The caller must have ended the VM's own
@@ -66,6 +71,8 @@ public:
     Result<bool> lose(swap::OwnerTag owner, swap::VSlot vslot, const Error& why) override;
 
 private:
+    Result<GuestMemory*> create_or_restore(const MemoryConfig& config, const MemorySnapshot* snapshot,
+                                           const RestoreOptions& options);
     // One listed VM. `users` owns nothing: every VmRef handed out shares its count,
     // and its deleter (run when the listing's own copy and every VmRef are gone)
     // fulfils `drained`, which remove_vm waits for.

@@ -16,6 +16,7 @@ const char* to_string(PageState s) {
         case PageState::swapped: return "swapped";
         case PageState::reading: return "reading";
         case PageState::lost: return "lost";
+        case PageState::image: return "image";
     }
     return "?";
 }

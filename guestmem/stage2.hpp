@@ -41,6 +41,7 @@ enum class PageState : std::uint8_t {
     swapped = 4,    // content only in swap at VSlot; hole punched
     reading = 5,    // swap-in in flight: published while the reader holds the lock
     lost = 6,       // swap-in failed; poisoned in the guest view, guest gets a memory error
+    image = 7,      // restored from a snapshot: content in its memory image at this page; hole
 };
 const char* to_string(PageState s);
 

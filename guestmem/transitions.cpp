@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 
 #include "guestmem/errc.hpp"
+#include "guestmem/snapshot_image.hpp"
 #include "guestmem/zero_page.hpp"
 #include "io/ring.hpp"
 #include "io/unique_fd.hpp"
@@ -428,6 +429,8 @@ Result<void> Transitions::discard(PageLock& lk) {  // D
         case PageState::swapped:
             free_vslot(e.vslot());
             break;
+        case PageState::image:
+            break;  // a hole here; the image keeps its copy for other restores
         case PageState::lost:
             // The guest gave the page up: it may read zeros again. The poison marker
             // survives a punch; only zapping the guest view removes it.
@@ -498,6 +501,46 @@ std::uint64_t Transitions::referenced_vslots() const {
     for (std::uint64_t i = 0; i < d_.table.pages(); ++i)
         if (d_.table.peek(PageIdx(i)).holds_vslot()) ++n;
     return n;
+}
+
+// --- snapshots ----------------------------------------------------------------------------
+
+void Transitions::note_first_touch(PageIdx idx, PageState was) {
+    if (first_touch_ != nullptr && (was == PageState::image || was == PageState::swapped)) first_touch_->note(idx);
+}
+
+Result<void> Transitions::restore_entry(PageLock& lk, PageEntry to) {  // R
+    SWV_ASSERT(lk.entry().state() == PageState::zero, "restore_entry of a page that is not zero");
+    SWV_ASSERT(to.state() == PageState::image || to.state() == PageState::swapped || to.state() == PageState::lost,
+               "restore_entry: only image, swapped or lost");
+    if (to.state() == PageState::lost) SWV_TRY(arm_poison(lk.idx()));
+    lk.set(to);
+    return {};
+}
+
+Result<void> Transitions::fill_image(PageLock& lk, Map map) {  // 14'
+    SWV_ASSERT(lk.entry().state() == PageState::image, "fill_image of a page that is not image");
+    SWV_ASSERT(image_ != nullptr, "image page without a memory image");
+    // Read straight into the memfd through the VMM view, as a swap-in does: the guest
+    // cannot see the page before it is mapped.
+    d_.table.publish_locked(lk.idx(), PageEntry::make(PageState::reading));
+    if (auto r = image_->read(lk.idx(), d_.kernel.vmm_page(lk.idx())); !r) {
+        lose(lk, r.error());
+        return make_error(Errc::page_lost, "memory image", fmt::format("GPA {:#x}", d_.kernel.gpa_of(lk.idx()).value()));
+    }
+    lk.set(PageEntry::make(PageState::inactive));
+    if (map == Map::no) return {};
+    Result<void> r = tolerate_exists(d_.kernel.continue_(lk.idx(), 1, WriteProtect::no, Wake::no).status);
+    if (r) lk.set(PageEntry::make(PageState::resident));
+    return r;
+}
+
+Result<void> Transitions::fault_image(PageLock& lk) {  // 14
+    d_.counters.major_faults.fetch_add(1, std::memory_order_relaxed);
+    // A failed read leaves the page lost and poisoned: the guest, woken, gets its error.
+    Result<void> r = fill_image(lk, Map::yes);
+    if (!r && lk.entry().state() == PageState::lost) return {};
+    return r;
 }
 
 }  // namespace swapvisor::guestmem

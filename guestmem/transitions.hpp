@@ -36,6 +36,8 @@ namespace swapvisor::io { class Ring; }
 namespace swapvisor::guestmem {
 
 class Transitions;
+class PageImage;
+class FirstTouchLog;
 
 // Event counts of one VM (statistics; the occupancy counts are in Occupancy).
 // Relaxed increments throughout: nothing orders against them.
@@ -165,6 +167,26 @@ public:
     // refers to vslot.
     bool lose_swapped(PageLock& lk, swap::VSlot vslot, const Error& why);
 
+    // --- snapshots (guestmem/README.md#snapshots, docs/SNAPSHOT.md). Set before the
+    // threads start (not synchronised): the image `image` pages are read from, and the
+    // log of first touches a restored VM keeps (both may be null).
+    void set_image(const PageImage* image) { image_ = image; }
+    void set_first_touch_log(FirstTouchLog* log) { first_touch_ = log; }
+    // A fault found the page in `was`: log it if it is a restored page's first touch.
+    void note_first_touch(PageIdx idx, PageState was);
+    // R: zero -> image / swapped(v) / lost, while a restore builds the table (no
+    // thread running, nothing mapped; the caller took the vslot's reference).
+    // A lost page gets its poison marker now, as row 12 leaves it.
+    Result<void> restore_entry(PageLock& lk, PageEntry to);
+    // 14: image -> resident: guest touch (MISSING): read the page from the image into
+    // the memfd through the VMM view, UFFDIO_CONTINUE (no wake). A read that fails
+    // makes the page lost (12 without a slot).
+    Result<void> fault_image(PageLock& lk);
+    // 14': image -> inactive (VMM access, the filler) or resident (Map::yes: the
+    // recorded-order prefetch maps it so the guest takes no fault at all).
+    enum class Map : bool { no, yes };
+    Result<void> fill_image(PageLock& lk, Map map);
+
     // --- teardown: free every VSlot the table refers to (threads stopped).
     void free_all_vslots();
     std::uint64_t referenced_vslots() const;
@@ -184,6 +206,8 @@ private:
     swap::OwnerTag owner_tag(PageIdx idx) const { return pack_owner(d_.vm, idx.value()); }
 
     Deps d_;
+    const PageImage* image_ = nullptr;
+    FirstTouchLog* first_touch_ = nullptr;
     // The next writeback epoch (row 5). Relaxed: only uniqueness matters; the epoch
     // reaches the completion through the page lock's release/acquire.
     std::atomic<std::uint32_t> next_epoch_{1};

@@ -148,6 +148,7 @@ const std::error_category& guestmem_category() {
                 case Errc::misaligned: return "range not page aligned";
                 case Errc::page_lost: return "guest page lost (swap-in failed; page poisoned)";
                 case Errc::unsupported: return "kernel feature missing";
+                case Errc::bad_snapshot: return "bad memory snapshot";
             }
             return "unknown guestmem error";
         }

@@ -39,6 +39,8 @@ public:
                        "that pool is gone for good, take it over: '--swap URI,takeover=yes' or 'swapvisor ctl swapon "
                        "--takeover URI' (swap/README.md#ownership)";
             case Errc::rejected: return "the memory tier refused the page (it does not compress, or the tier is full)";
+            case Errc::held_slot:
+                return "a slot a snapshot holds cannot be moved or reserved (swap/README.md#held-vslots)";
         }
         return "unknown swap error";
     }

@@ -247,6 +247,34 @@ std::size_t SwapDevice::allocate(std::span<const VSlot> vslots, unsigned context
     return done;
 }
 
+bool SwapDevice::reserve(SlotIdx slot, VSlot vslot) {
+    std::lock_guard lock(mutex_);
+    const std::uint32_t s = slot.value();
+    if (s >= total_slots_ || !usable(s)) return false;
+    take_slot(s, vslot);
+    // Keep the cluster lists true: a cluster with a used slot is never on the free list.
+    const std::uint32_t c = s / kClusterSlots;
+    Cluster& cl = clusters_[c];
+    const bool full = cl.used == cluster_slots(c);
+    switch (cl.state) {
+        case ClusterState::free:
+            list_remove(free_clusters_, c);
+            cl.state = full ? ClusterState::full : ClusterState::nonfull;
+            if (!full) list_push(nonfull_clusters_, c);
+            break;
+        case ClusterState::nonfull:
+            if (full) {
+                list_remove(nonfull_clusters_, c);
+                cl.state = ClusterState::full;
+            }
+            break;
+        case ClusterState::current:
+        case ClusterState::full:
+            break;
+    }
+    return true;
+}
+
 void SwapDevice::end_write() {
     std::lock_guard lock(mutex_);
     SWV_ASSERT(pending_writes_ > 0, "end_write without allocate");

@@ -128,6 +128,10 @@ public:
     // slots are published or freed.
     std::size_t allocate(std::span<const VSlot> vslots, unsigned context, std::vector<SlotIdx>& out);
     void end_write();
+    // Take one given slot for vslot (adoption of a slot a snapshot holds, before the
+    // device is published: swap/README.md#held-vslots). False if it is out of range,
+    // used or quarantined.
+    bool reserve(SlotIdx slot, VSlot vslot);
     // Release slots (bitmap, reverse map, cluster counts). A quarantined slot is
     // released into quarantine instead: it is never allocated again.
     void free_slots(std::span<const SlotIdx> slots);

@@ -211,6 +211,9 @@ Result<DeviceId> SwapPool::add_device(std::unique_ptr<io::BlockDevice> device, i
     // Stable among equals: a new device goes after those of the same priority.
     auto pos = std::find_if(by_priority_.begin(), by_priority_.end(),
                             [&](const SwapDevice* d) { return d->priority() < priority; });
+    // Slots persisted snapshots hold are taken before the device is published: no
+    // allocation can hand one out first (swap/README.md#held-vslots).
+    if (uuid) adopt_expected(*dev, *uuid);
     by_priority_.insert(pos, dev.get());
     devices_.push_back(std::move(dev));
     if (uuid) uuids_[id.value()] = *uuid;
@@ -594,6 +597,156 @@ std::string SwapPool::describe(VSlot vslot) const {
 
 void SwapPool::free(VSlot vslot) {
     if (vslot == kNoVSlot) return;
+    if (!drop_reference(vslot, Drop::owner)) return;
+    release(vslot);
+}
+
+void SwapPool::drop_hold(VSlot vslot) {
+    if (vslot == kNoVSlot) return;
+    if (!drop_reference(vslot, Drop::holder)) return;
+    release(vslot);
+}
+
+bool SwapPool::drop_reference(VSlot vslot, Drop who) {
+    // The cheap check: nothing is shared (the common case), so this is the last reference.
+    if (shared_count_.load() == 0) return true;
+    std::lock_guard lock(refs_mutex_);
+    auto it = extra_refs_.find(vslot.value());
+    if (it == extra_refs_.end()) return true;
+    if (--it->second == 0) {
+        extra_refs_.erase(it);
+        shared_count_.store(extra_refs_.size());
+    }
+    // The owner's reference went while holders remain: no VM refers to it through its
+    // owner tag any more (a snapshot-only vslot: swapoff never brings it back).
+    if (who == Drop::owner) table_.set_owner(vslot, kSnapshotOwner);
+    return false;
+}
+
+Result<void> SwapPool::hold(VSlot vslot) {
+    {
+        std::lock_guard lock(refs_mutex_);
+        if (table_.lookup(vslot).state == VSlotState::valid) {
+            ++extra_refs_[vslot.value()];
+            shared_count_.store(extra_refs_.size());
+            return {};
+        }
+    }
+    return make_error(Errc::stale_slot, "swap hold", describe(vslot));
+}
+
+std::uint32_t SwapPool::extra_refs(VSlot vslot) const {
+    std::lock_guard lock(refs_mutex_);
+    auto it = extra_refs_.find(vslot.value());
+    return it == extra_refs_.end() ? 0 : it->second;
+}
+
+std::uint64_t SwapPool::shared_vslots() const { return shared_count_.load(); }
+
+bool SwapPool::is_held(VSlot vslot, OwnerTag owner) const {
+    return owner == kSnapshotOwner || (shared_count_.load() != 0 && extra_refs(vslot) != 0);
+}
+
+Result<void> SwapPool::expect_held_slots(const DeviceUuid& uuid, std::span<const HeldSlot> slots) {
+    std::shared_lock devices(devices_mutex_);
+    for (const auto& [id, known] : uuids_) {
+        if (known == uuid && devices_[id] != nullptr)
+            return make_error(Errc::held_slot, "expect_held_slots",
+                              "device " + devices_[id]->path() + " (uuid " + uuid_text(uuid) +
+                                  ") is attached already: snapshot slots are reserved before swapon");
+    }
+    std::lock_guard lock(adopt_mutex_);
+    auto& expected = expected_[uuid];
+    for (const HeldSlot& h : slots) {
+        auto [it, fresh] = expected.try_emplace(h.slot.value(), h.checksum, 0);
+        if (!fresh && it->second.first != h.checksum)
+            return make_error(Errc::held_slot, "expect_held_slots",
+                              "device uuid " + uuid_text(uuid) + ", slot " + std::to_string(h.slot.value()) +
+                                  ": two snapshots name it with different checksums");
+        it->second.second++;
+    }
+    return {};
+}
+
+void SwapPool::adopt_expected(SwapDevice& dev, const DeviceUuid& uuid) {
+    std::lock_guard lock(adopt_mutex_);
+    auto it = expected_.find(uuid);
+    if (it == expected_.end()) return;
+    std::vector<OwnerTag> owners(1, kSnapshotOwner);
+    for (const auto& [slot, want] : it->second) {
+        const auto [checksum, refs] = want;
+        VSlot v = kNoVSlot;
+        if (table_.allocate(owners, std::span(&v, 1)) != 1) break;
+        if (!dev.reserve(SlotIdx(slot), v)) {
+            // Out of range, or quarantined: the snapshot that names it fails to open,
+            // naming the slot (never wrong data).
+            table_.retire(v);
+            table_.recycle(v);
+            continue;
+        }
+        table_.set_target(v, PSlot{dev.id(), SlotIdx(slot)}, checksum);
+        table_.publish(v);
+        if (refs > 1) {
+            std::lock_guard refs_lock(refs_mutex_);
+            extra_refs_[v.value()] = refs - 1;
+            shared_count_.store(extra_refs_.size());
+        }
+        adopted_[{uuid, slot}] = v;
+    }
+    expected_.erase(it);
+}
+
+std::optional<VSlot> SwapPool::adopted_vslot(const DeviceUuid& uuid, SlotIdx slot) const {
+    const std::optional<DeviceId> dev = device_by_uuid(uuid);
+    if (!dev) return std::nullopt;
+    std::lock_guard lock(adopt_mutex_);
+    auto it = adopted_.find({uuid, slot.value()});
+    if (it == adopted_.end()) return std::nullopt;
+    // Still that slot's vslot (an adopted vslot released since may have been reused).
+    const VSlotInfo info = table_.lookup(it->second);
+    if (info.state != VSlotState::valid || !(info.pslot == PSlot{*dev, slot})) return std::nullopt;
+    return it->second;
+}
+
+std::optional<DeviceId> SwapPool::device_by_uuid(const DeviceUuid& uuid) const {
+    std::shared_lock lock(devices_mutex_);
+    for (const auto& [id, known] : uuids_)
+        if (known == uuid && devices_[id] != nullptr) return DeviceId(id);
+    return std::nullopt;
+}
+
+std::optional<DeviceUuid> SwapPool::uuid_of(DeviceId id) const {
+    std::shared_lock lock(devices_mutex_);
+    auto it = uuids_.find(id.value());
+    if (it == uuids_.end()) return std::nullopt;
+    return it->second;
+}
+
+void SwapPool::set_held_slot_observer(HeldSlotObserver observer) {
+    std::lock_guard lock(adopt_mutex_);
+    held_observer_ = std::move(observer);
+}
+
+void SwapPool::notify_held_moves(std::vector<HeldSlotMove>& moves) {
+    if (moves.empty()) return;
+    HeldSlotObserver observer;
+    {
+        std::lock_guard lock(adopt_mutex_);
+        observer = held_observer_;
+        // An adopted vslot is found by its new place from now on.
+        for (const HeldSlotMove& m : moves) {
+            auto it = adopted_.find({m.from_uuid, m.from_slot.value()});
+            if (it != adopted_.end() && it->second == m.vslot) {
+                adopted_.erase(it);
+                adopted_[{m.to_uuid, m.to_slot.value()}] = m.vslot;
+            }
+        }
+    }
+    if (observer) observer(moves);
+    moves.clear();
+}
+
+void SwapPool::release(VSlot vslot) {
     std::optional<VSlotInfo> info = table_.retire(vslot);
     SWV_ASSERT(info.has_value(), "swap free: vslot not allocated (double free?)");
     SWV_ASSERT(info->state == VSlotState::valid, "swap free: vslot still being written");
@@ -652,6 +805,12 @@ bool SwapPool::copy_is_current(VSlot vslot, const SlotCopy& copy) const {
     VSlotInfo info = table_.lookup(vslot);
     return info.state == VSlotState::valid && info.pslot == copy.pslot && info.generation == copy.generation &&
            copy.bytes.size() == kSlotSize;
+}
+
+std::optional<VSlotInfo> SwapPool::descriptor(VSlot vslot) const {
+    VSlotInfo info = table_.lookup(vslot);
+    if (info.state != VSlotState::valid) return std::nullopt;
+    return info;
 }
 
 std::optional<PSlot> SwapPool::pslot_of(VSlot vslot) const {

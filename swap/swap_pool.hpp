@@ -27,6 +27,7 @@
 #include <shared_mutex>
 #include <span>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "io/block_device.hpp"
@@ -141,6 +142,26 @@ struct DeviceStats {
     double fragmentation() const { return arena_bytes == 0 ? 0.0 : 1.0 - double(compressed_bytes) / double(arena_bytes); }
 };
 
+// A slot a snapshot holds moved (swapoff or demotion migrated it): from (device uuid,
+// slot) to (device uuid, slot). Persisted references are rewritten from these
+// (swap/README.md#held-vslots).
+struct HeldSlotMove {
+    VSlot vslot;
+    DeviceUuid from_uuid{};
+    SlotIdx from_slot{};
+    DeviceUuid to_uuid{};
+    SlotIdx to_slot{};
+};
+// Told once per swapoff (or demotion) with every held slot it moved, on the calling
+// thread, with no swap lock held, including when the swapoff then fails.
+using HeldSlotObserver = std::function<void(std::span<const HeldSlotMove>)>;
+
+// A slot a persisted snapshot refers to, to reserve when its device is attached.
+struct HeldSlot {
+    SlotIdx slot;
+    std::uint32_t checksum = 0;
+};
+
 struct SwapoffProgress {
     std::uint64_t done, total;
 };
@@ -220,9 +241,38 @@ public:
     using PageIn = swap::PageIn;
     Result<void> read_in(io::Ring& ring, std::span<PageIn> pages);
 
-    // Release vslot and its pslot. Freeing kNoVSlot is a no-op; freeing a vslot that
-    // is not allocated is a broken invariant (abort).
+    // Drop the owner's reference to vslot (swap/README.md#held-vslots): the vslot
+    // and its pslot are released when it was the last; otherwise the vslot stays
+    // valid for its holders, and its owner becomes kSnapshotOwner. Freeing kNoVSlot
+    // is a no-op; freeing a vslot that is not allocated is a broken invariant (abort).
     void free(VSlot vslot);
+    // One more reference to a valid vslot (a snapshot, a restored VM): the pool frees
+    // neither the vslot nor its slot until every reference is dropped (free or
+    // drop_hold). The caller keeps vslot from being freed meanwhile (guestmem: the
+    // page lock). Errc::stale_slot if vslot is not valid.
+    Result<void> hold(VSlot vslot);
+    // Drop a reference taken by hold() (or an adopted one): as free(), but the owner
+    // is left as it is while other references remain.
+    void drop_hold(VSlot vslot);
+    // References beyond the owner's (0 for a vslot nobody shares).
+    std::uint32_t extra_refs(VSlot vslot) const;
+    // Vslots with extra references (the side table's size).
+    std::uint64_t shared_vslots() const;
+
+    // Adoption after a restart (swap/README.md#held-vslots): reserve `slots` of the
+    // device whose header uuid is `uuid` when it is attached, before it hands out any
+    // slot, as valid vslots owned by kSnapshotOwner with the given checksums (one
+    // reference per call naming a slot). A device already attached: Errc::held_slot.
+    Result<void> expect_held_slots(const DeviceUuid& uuid, std::span<const HeldSlot> slots);
+    // The vslot adopted for (uuid, slot), nullopt if none (not reserved, the device
+    // not attached, or its slot could not be reserved: swapon logs why). The caller
+    // takes over one of its references.
+    std::optional<VSlot> adopted_vslot(const DeviceUuid& uuid, SlotIdx slot) const;
+    // The device attached under a header uuid, if any.
+    std::optional<DeviceId> device_by_uuid(const DeviceUuid& uuid) const;
+    std::optional<DeviceUuid> uuid_of(DeviceId id) const;
+    // Told of every held slot that swapoff or demotion moves (may be empty).
+    void set_held_slot_observer(HeldSlotObserver observer);
 
     // Demotion (swap/README.md#tiers): every memory tier above its high watermark
     // moves its coldest (longest stored) pages to the devices below it — never to a
@@ -243,6 +293,9 @@ public:
     std::optional<OwnerTag> owner_of(VSlot vslot) const;
     // Where vslot's data is now (nullopt if not allocated): for tests and tools.
     std::optional<PSlot> pslot_of(VSlot vslot) const;
+    // A valid vslot's descriptor (place, checksum, owner); nullopt if not valid.
+    // Snapshots record (uuid, slot, checksum) from it.
+    std::optional<VSlotInfo> descriptor(VSlot vslot) const;
     // Whether `copy` is still vslot's content: the vslot is valid, at the same place,
     // with the same generation. Stable while the caller keeps the vslot from being
     // freed (guestmem: the page lock) and is the only one moving its device (swapoff).
@@ -311,6 +364,15 @@ private:
                                SwapoffReport& report, Force force, Move move = Move::swapoff);
     // Free slots on the active devices other than `dev`.
     std::uint64_t free_elsewhere(const SwapDevice* dev) const;
+    // A vslot a snapshot holds: owner kSnapshotOwner or extra references.
+    bool is_held(VSlot vslot, OwnerTag owner) const;
+    // Drop one reference; true if it was the last (the caller then releases it).
+    enum class Drop : bool { holder, owner };
+    bool drop_reference(VSlot vslot, Drop who);
+    void release(VSlot vslot);
+    // Adopt the slots expected for uuid on dev (not yet published).
+    void adopt_expected(SwapDevice& dev, const DeviceUuid& uuid);
+    void notify_held_moves(std::vector<HeldSlotMove>& moves);
 
     const SwapPoolConfig config_;
     VSlotTable table_;
@@ -326,6 +388,20 @@ private:
     std::vector<std::unique_ptr<SwapDevice>> devices_;  // indexed by DeviceId; null once removed
     std::vector<SwapDevice*> by_priority_;              // published devices, highest priority first
     std::map<std::uint16_t, std::array<std::uint8_t, 16>> uuids_;  // swap header uuid per device id
+
+    // Protects: extra_refs_; Order: leaf (taken with no other swap lock held).
+    mutable std::mutex refs_mutex_;
+    std::unordered_map<std::uint32_t, std::uint32_t> extra_refs_;  // vslot -> references beyond one
+    // extra_refs_.size(), read without the lock on the free path: 0 means no vslot is
+    // shared and free() skips the table. Written under refs_mutex_; a free that reads
+    // 0 races only with a hold of a vslot it is freeing, which the caller prevents.
+    std::atomic<std::uint64_t> shared_count_{0};
+    // Protects: expected_, adopted_, held_observer_; Order: after devices_mutex_
+    // (add_device adopts under both); before VSlotTable and SwapDevice locks.
+    mutable std::mutex adopt_mutex_;
+    std::map<DeviceUuid, std::map<std::uint32_t, std::pair<std::uint32_t, std::uint32_t>>> expected_;  // slot -> (checksum, refs)
+    std::map<std::pair<DeviceUuid, std::uint32_t>, VSlot> adopted_;
+    HeldSlotObserver held_observer_;
 
     // Protects: leases_ (made once); Order: leaf.
     mutable std::mutex leases_mutex_;

@@ -70,6 +70,8 @@ struct SwapPool::Batch {
     std::unordered_set<std::uint32_t> skipped;
     // Force::no: slots that could not be read, and why (left in place, reported).
     std::unordered_map<std::uint32_t, Error> unreadable;
+    // Held slots moved so far (swap/README.md#held-vslots), told to the observer at the end.
+    std::vector<HeldSlotMove> held_moves;
 };
 
 Result<SwapoffReport> SwapPool::swapoff(const std::filesystem::path& path, io::Ring& ring,
@@ -113,7 +115,8 @@ Result<SwapoffReport> SwapPool::swapoff(const std::filesystem::path& path, io::R
             for (std::size_t k = 0; k < n; ++k) {
                 VSlotInfo info = table_.lookup(used[k].vslot);
                 if (used[k].vslot == kNoVSlot || info.state == VSlotState::free) continue;
-                if (sink->bring_back_room(info.owner) == 0) without_room++;
+                // A held slot never comes back into a VM: it needs room elsewhere.
+                if (is_held(used[k].vslot, info.owner) || sink->bring_back_room(info.owner) == 0) without_room++;
                 else with_room++;
             }
         }
@@ -130,6 +133,12 @@ Result<SwapoffReport> SwapPool::swapoff(const std::filesystem::path& path, io::R
     const std::uint64_t total = dev->usage().used_slots;
 
     Batch batch;
+    // Whatever happens next, persisted references learn where their slots went.
+    struct NotifyMoves {
+        SwapPool& pool;
+        Batch& batch;
+        ~NotifyMoves() { pool.notify_held_moves(batch.held_moves); }
+    } notify_moves{*this, batch};
     batch.candidates.resize(config_.swapoff_batch_pages);
     batch.bounce = SWV_TRY(io::Mapping::anonymous(std::size_t{config_.swapoff_batch_pages} * kSlotSize));
     SwapoffReport report{0, 0, 0, 0.0};
@@ -269,7 +278,9 @@ Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& bat
         Error why = errors[k] ? Error{make_error_code(*errors[k]), "swapoff: reading a used slot failed", where}
                               : Error{make_error_code(Errc::checksum_mismatch), "swapoff: used slot fails its checksum",
                                       where};
-        if (force == Force::no) batch.unreadable.emplace(item.old_slot.value(), std::move(why));
+        // A held slot is no VM's page to lose: it stays, reported, even with Force::yes.
+        if (force == Force::no || is_held(item.vslot, item.info.owner))
+            batch.unreadable.emplace(item.old_slot.value(), std::move(why));
         else item.unreadable = std::move(why);
     }
 
@@ -285,7 +296,8 @@ Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& bat
         std::uint64_t need_back = left > stuck + room ? left - stuck - room : 0;
         for (Batch::Item& item : batch.items) {
             if (need_back == 0) break;
-            if (!item.live || sink->bring_back_room(item.info.owner) == 0) continue;
+            if (!item.live || is_held(item.vslot, item.info.owner) || sink->bring_back_room(item.info.owner) == 0)
+                continue;
             item.live = false;
             const SlotCopy copy = item.copy();
             Result<bool> brought = sink->bring_back(item.info.owner, item.vslot, &copy, ring);
@@ -350,6 +362,10 @@ Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& bat
         }
         if (table_.switch_pslot(item.vslot, item.info.generation, PSlot{dev.id(), item.old_slot},
                                 PSlot{to.device->id(), to.slot})) {
+            if (is_held(item.vslot, item.info.owner)) {
+                batch.held_moves.push_back(HeldSlotMove{item.vslot, uuid_of(dev.id()).value_or(DeviceUuid{}), item.old_slot,
+                                                        uuid_of(to.device->id()).value_or(DeviceUuid{}), to.slot});
+            }
             old_slots.push_back(item.old_slot);
             settled(item.old_slot, report.pages_moved);
         } else {
@@ -380,6 +396,12 @@ Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& bat
     if (move == Move::demote) return {};
     for (std::size_t j = placed; j < live.size(); ++j) {
         const Batch::Item& item = batch.items[live[j]];
+        if (is_held(item.vslot, item.info.owner)) {
+            // Never brought into a VM (other VMs or snapshots refer to it): it stays
+            // here, readable, and the device stays in the pool.
+            return make_error(Errc::held_slot, "swapoff: no room on other devices for a slot a snapshot holds",
+                              slot_context(dev.path(), item.old_slot, item.vslot));
+        }
         if (sink == nullptr) {
             return make_error(Errc::would_not_fit, "swapoff: other devices filled up and there is no eviction sink",
                               "device " + dev.path());
@@ -421,7 +443,9 @@ Result<std::uint64_t> SwapPool::demote_device(io::Ring& ring, DeviceId id, std::
         for (SlotIdx s : slots) batch.candidates.push_back(UsedSlot{s, dev->reverse(s)});
         SwapoffReport report{0, 0, 0, 0.0};
         batch.skipped.clear();
-        SWV_TRY(swapoff_batch(*dev.get(), ring, batch, batch.candidates, report, Force::no, Move::demote));
+        Result<void> r = swapoff_batch(*dev.get(), ring, batch, batch.candidates, report, Force::no, Move::demote);
+        notify_held_moves(batch.held_moves);
+        SWV_TRY(r);
         moved += report.pages_moved;
         store.note_demoted(report.pages_moved);
         if (report.pages_moved == 0) break;  // nothing below has room, or nothing movable

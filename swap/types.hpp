@@ -4,6 +4,7 @@
 // the layer's error codes. VSlot(0) is never allocated: it means "no slot".
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <system_error>
 
@@ -34,6 +35,14 @@ inline constexpr unsigned kOwnerTagBits = 48;
 inline constexpr OwnerTag kMaxOwnerTag = (OwnerTag{1} << kOwnerTagBits) - 1;
 inline constexpr unsigned kOwnerGroupShift = 32;
 constexpr std::uint16_t owner_group(OwnerTag owner) { return static_cast<std::uint16_t>(owner >> kOwnerGroupShift); }
+// The owner of a vslot that only snapshots hold (swap/README.md#held-vslots): no VM
+// refers to it, so swapoff moves it and never brings it back. All 48 bits set: its
+// group 0xffff, index 2^32-1, a page no guest has (guestmem/owner_tag.hpp).
+inline constexpr OwnerTag kSnapshotOwner = kMaxOwnerTag;
+
+// A swap device's identity across processes and hosts: its header's uuid
+// (swap_header.hpp). Snapshots name slots by (uuid, slot).
+using DeviceUuid = std::array<std::uint8_t, 16>;
 
 inline constexpr std::uint64_t kSlotSize = 4096;
 // Slots per cluster: 512 x 4 KiB = 2 MiB, so a 2 MiB page fits one cluster.
@@ -55,6 +64,7 @@ enum class Errc {
     holds_data,          // format / mkswap of a device holding recognisable data, not forced
     leased,              // swapon of a remote device another pool holds a live lease on, no takeover
     rejected,            // a memory tier refused the page (does not compress, tier full): try the next device
+    held_slot,           // a snapshot-held slot cannot be moved (no room elsewhere) or reserved (taken, out of range)
 };
 const std::error_category& swap_category();
 inline std::error_code make_error_code(Errc e) { return {static_cast<int>(e), swap_category()}; }

@@ -147,4 +147,15 @@ bool VSlotTable::switch_pslot(VSlot v, std::uint32_t generation, PSlot from, PSl
     return true;
 }
 
+bool VSlotTable::set_owner(VSlot v, OwnerTag owner) {
+    SWV_ASSERT(owner <= kMaxOwnerTag, "set_owner: owner beyond kOwnerTagBits");
+    std::optional<Descriptor> d = find(v);
+    if (!d) return false;
+    std::lock_guard lock(stripe(v));
+    if (place_state(d->place()) != VSlotState::valid) return false;
+    d->chunk->owner_low[d->i] = static_cast<std::uint32_t>(owner);
+    d->chunk->owner_high[d->i] = static_cast<std::uint16_t>(owner >> 32);
+    return true;
+}
+
 }  // namespace swapvisor::swap

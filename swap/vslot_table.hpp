@@ -88,6 +88,9 @@ public:
     // Swapoff's compare-and-swap: move a `valid` vslot from `from` to `to` only if
     // its generation is still `generation` and it still points at `from`.
     bool switch_pslot(VSlot v, std::uint32_t generation, PSlot from, PSlot to);
+    // Give a `valid` vslot a new owner (a shared vslot whose owner's reference went:
+    // kSnapshotOwner, swap/README.md#held-vslots). False if it is not valid.
+    bool set_owner(VSlot v, OwnerTag owner);
 
     std::uint64_t allocated() const { return allocated_.load(); }
     // Memory per vslot ever allocated: its descriptor (chunks grow 64 Ki at a time,

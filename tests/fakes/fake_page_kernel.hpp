@@ -63,6 +63,7 @@ public:
         const bool mapped = p.view == View::mapped || p.view == View::mapped_wp;
         switch (e.state()) {
             case PageState::zero:
+            case PageState::image:
             case PageState::swapped: return !p.present && p.view == View::unmapped;
             case PageState::resident: return p.present && mapped && (!e.clean() || p.view == View::mapped_wp);
             case PageState::inactive:

@@ -334,6 +334,9 @@ private:
                 if (!tr_.vmm_swap_in(lk, ring_, kind)) return;
                 break;
             case PageState::lost: return;
+            case PageState::image:  // 14'
+                if (!tr_.fill_image(lk, Transitions::Map::no)) return;
+                break;
             case PageState::writeback:
                 if (kind == Access::write) tr_.vmm_write_writeback(lk);
                 break;

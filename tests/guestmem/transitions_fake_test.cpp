@@ -9,6 +9,8 @@
 // the table refers to. The real-stack versions stay in transitions_test.cpp.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -18,6 +20,7 @@
 #include <vector>
 
 #include "guestmem/fault_service.hpp"
+#include "guestmem/snapshot_image.hpp"
 #include "guestmem/transitions.hpp"
 #include "io/fault_injection.hpp"
 #include "io/ring.hpp"
@@ -909,5 +912,126 @@ TEST_F(FakeTransitionsTest, ServeFaultCountsAThrottledFirstTouchAsAStall) {
     EXPECT_NEAR(s.some[0], 0.2, 1e-9);
     EXPECT_EQ(s.refaults, 0u);
     limits_.set_limit_bytes(0);
+    expect_consistent();
+}
+
+// --- snapshots: rows R, 14, 14' (guestmem/README.md#snapshots) -----------------------------
+
+namespace {
+
+// A memory image whose page i holds fill(i + 1000), `pages` pages long.
+PageImage make_image(std::uint64_t pages) {
+    char name[] = "/tmp/swv-image-XXXXXX";
+    const int fd = ::mkstemp(name);
+    SWV_ASSERT(fd >= 0, "mkstemp");
+    ::unlink(name);
+    alignas(4096) std::byte page[kPageSize];
+    for (std::uint64_t i = 0; i < pages; ++i) {
+        fill(page, i + 1000);
+        SWV_ASSERT(::pwrite(fd, page, kPageSize, static_cast<off_t>(i * kPageSize)) == static_cast<ssize_t>(kPageSize),
+                   "pwrite");
+    }
+    return PageImage(io::UniqueFd(fd), kPages, name);
+}
+
+}  // namespace
+
+TEST_F(FakeTransitionsTest, RowRAndRow14AnImagePageIsReadAtItsFirstTouch) {
+    PageImage image = make_image(kPages);
+    tr_.set_image(&image);
+    {
+        PageLock lk = tr_.lock(P(5));
+        ASSERT_TRUE(tr_.restore_entry(lk, PageEntry::make(PageState::image)));
+    }
+    EXPECT_EQ(table_.peek(P(5)).state(), PageState::image);
+    EXPECT_EQ(occupancy_.resident.load(), 0u);
+    expect_consistent();
+    {
+        PageLock lk = tr_.lock(P(5));
+        ASSERT_TRUE(tr_.fault_image(lk));
+    }
+    EXPECT_EQ(table_.peek(P(5)).state(), PageState::resident);
+    EXPECT_EQ(kernel_.view(P(5)), View::mapped);
+    EXPECT_TRUE(holds(kernel_.vmm_page(P(5)), 1005));
+    EXPECT_EQ(counters_.major_faults.load(), 1u);
+    expect_consistent();
+}
+
+TEST_F(FakeTransitionsTest, RaceAFaultOnAnImagePageAfterTheFillerMappedItIsAResidentFault) {
+    PageImage image = make_image(kPages);
+    tr_.set_image(&image);
+    for (std::uint64_t i : {7, 8}) {
+        PageLock lk = tr_.lock(P(i));
+        ASSERT_TRUE(tr_.restore_entry(lk, PageEntry::make(PageState::image)));
+    }
+    // Filler first (try_lock: it never waits), then the guest's fault finds it resident.
+    {
+        auto lk = tr_.try_lock(P(7));
+        ASSERT_TRUE(lk);
+        ASSERT_TRUE(tr_.fill_image(*lk, Transitions::Map::yes));
+    }
+    ASSERT_TRUE(resolve_fault(tr_, P(7), WpFault::no, *ring_).resolved);
+    EXPECT_EQ(counters_.major_faults.load(), 0u);
+    // Fault first: the filler's try_lock fails while the fault holds the page, and
+    // afterwards it finds no image page to fill.
+    {
+        PageLock fault = tr_.lock(P(8));
+        EXPECT_FALSE(tr_.try_lock(P(8)).has_value());
+        ASSERT_TRUE(tr_.fault_image(fault));
+    }
+    EXPECT_NE(table_.peek(P(8)).state(), PageState::image);
+    for (std::uint64_t i : {7, 8}) {
+        EXPECT_EQ(table_.peek(P(i)).state(), PageState::resident);
+        EXPECT_TRUE(holds(kernel_.vmm_page(P(i)), 1000 + i));
+    }
+    expect_consistent();
+}
+
+TEST_F(FakeTransitionsTest, Row14APageTheImageDoesNotHoldIsLostNeverZeros) {
+    PageImage image = make_image(4);  // pages 4.. are beyond its end (truncated)
+    tr_.set_image(&image);
+    {
+        PageLock lk = tr_.lock(P(9));
+        ASSERT_TRUE(tr_.restore_entry(lk, PageEntry::make(PageState::image)));
+        ASSERT_TRUE(tr_.fault_image(lk));  // resolved: the guest is woken into its memory error
+    }
+    EXPECT_EQ(table_.peek(P(9)).state(), PageState::lost);
+    EXPECT_EQ(kernel_.view(P(9)), View::poisoned);
+    expect_consistent();
+}
+
+TEST_F(FakeTransitionsTest, RaceAVmWritingAHeldPageDropsOnlyItsReference) {
+    const swap::VSlot v = make_swapped(12, 12);
+    ASSERT_TRUE(pool_.hold(v));  // a snapshot holds it
+    {
+        PageLock lk = tr_.lock(P(12));
+        ASSERT_TRUE(tr_.vmm_swap_in(lk, *ring_, Access::write));
+    }
+    fill(kernel_.vmm_page(P(12)), 99);
+    EXPECT_EQ(table_.peek(P(12)).state(), PageState::inactive);
+    EXPECT_EQ(tr_.referenced_vslots(), 0u);
+    EXPECT_EQ(pool_.allocated_vslots(), 1u);  // the snapshot's
+    EXPECT_EQ(pool_.owner_of(v), swap::kSnapshotOwner);
+    alignas(4096) std::byte back[kPageSize];
+    ASSERT_TRUE(pool_.read_in(*ring_, v, back));
+    EXPECT_TRUE(holds(back, 12));
+    pool_.drop_hold(v);
+    expect_consistent();
+}
+
+TEST_F(FakeTransitionsTest, RowRALostPageIsPoisonedAndDiscardOfAnImagePageFreesNothing) {
+    PageImage image = make_image(kPages);
+    tr_.set_image(&image);
+    {
+        PageLock lk = tr_.lock(P(3));
+        ASSERT_TRUE(tr_.restore_entry(lk, PageEntry::make(PageState::lost)));
+    }
+    EXPECT_EQ(kernel_.view(P(3)), View::poisoned);
+    {
+        PageLock lk = tr_.lock(P(4));
+        ASSERT_TRUE(tr_.restore_entry(lk, PageEntry::make(PageState::image)));
+        ASSERT_TRUE(tr_.discard(lk));
+    }
+    EXPECT_EQ(table_.peek(P(4)).state(), PageState::zero);
     expect_consistent();
 }

@@ -1,0 +1,571 @@
+// Memory snapshots: save, open, restore, the filler and recorded-order prefetch,
+// release (snapshot.hpp, docs/SNAPSHOT.md). Every stage-2 change goes through a row
+// of transitions.hpp (R, 14, 14', 11); this file only chooses them.
+//
+// Files are written atomically: each under a temporary name in the snapshot
+// directory, fsync'd, renamed, the manifest last, then the directory fsync'd, so a
+// crash leaves either no memory.json or a complete snapshot.
+#include "guestmem/snapshot.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <set>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "guestmem/errc.hpp"
+#include "guestmem/guest_memory_impl.hpp"
+#include "guestmem/zero_page.hpp"
+#include "swap/swap_header.hpp"
+
+namespace swapvisor::guestmem {
+namespace fs = std::filesystem;
+
+namespace {
+
+// memory.pages (little-endian; docs/SNAPSHOT.md#format):
+//   0  "SWVPAGES"   8  u32 version   12 u32 0   16 u64 pages   24 u64 refs
+//   32 u8 kind[pages]   then refs x {u8 uuid[16], u32 slot, u32 checksum}
+//   last 8 bytes: xxh3-64 of everything before them
+constexpr char kPagesMagic[8] = {'S', 'W', 'V', 'P', 'A', 'G', 'E', 'S'};
+constexpr std::size_t kPagesHeader = 32;
+constexpr std::size_t kRefBytes = 24;
+// memory.workingset: "SWVWSET1", u64 count, u32 page[count], u64 xxh3-64 of the rest.
+constexpr char kWorkingSetMagic[8] = {'S', 'W', 'V', 'W', 'S', 'E', 'T', '1'};
+
+Error bad(std::string what, std::string where) {
+    return Error{make_error_code(Errc::bad_snapshot), "memory snapshot", std::move(where) + ": " + std::move(what)};
+}
+
+// Append n raw bytes (resize + memcpy: g++ 12 warns falsely on insert of a char range).
+void put_bytes(std::vector<std::uint8_t>& out, const void* p, std::size_t n) {
+    const std::size_t at = out.size();
+    out.resize(at + n);
+    std::memcpy(out.data() + at, p, n);
+}
+template <class T>
+void put(std::vector<std::uint8_t>& out, T v) {
+    put_bytes(out, &v, sizeof v);
+}
+template <class T>
+T get(const std::uint8_t* p) {
+    T v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+Result<io::UniqueFd> open_fd(const fs::path& p, int flags, mode_t mode = 0644) {
+    // Kernel contract: open(2); O_CLOEXEC so no child inherits the snapshot's files.
+    const int fd = ::open(p.c_str(), flags | O_CLOEXEC, mode);
+    if (fd < 0) return errno_error("open", errno, p.string());
+    return io::UniqueFd(fd);
+}
+
+Result<void> write_all(int fd, const void* data, std::size_t len, off_t offset, const fs::path& p) {
+    const auto* b = static_cast<const std::uint8_t*>(data);
+    std::size_t done = 0;
+    while (done < len) {
+        // Kernel contract: pwrite(2) may write less than asked; EINTR retried.
+        const ssize_t n = ::pwrite(fd, b + done, len - done, offset + static_cast<off_t>(done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return errno_error("write", errno, p.string());
+        done += static_cast<std::size_t>(n);
+    }
+    return {};
+}
+
+Result<void> fsync_fd(int fd, const fs::path& p) {
+    // Kernel contract: fsync(2) makes the file's data and size durable.
+    if (::fsync(fd) != 0) return errno_error("fsync", errno, p.string());
+    return {};
+}
+
+Result<void> fsync_dir(const fs::path& dir) {
+    auto fd = SWV_TRY(open_fd(dir, O_RDONLY | O_DIRECTORY));
+    return fsync_fd(fd.get(), dir);
+}
+
+// Write bytes to dir/name atomically: a temporary name, fsync, rename (the caller
+// fsyncs the directory once after its last rename).
+Result<void> write_file_atomic(const fs::path& dir, const char* name, std::span<const std::uint8_t> bytes) {
+    const fs::path tmp = dir / (std::string(".") + name + ".tmp");
+    {
+        auto fd = SWV_TRY(open_fd(tmp, O_WRONLY | O_CREAT | O_TRUNC));
+        SWV_TRY(write_all(fd.get(), bytes.data(), bytes.size(), 0, tmp));
+        SWV_TRY(fsync_fd(fd.get(), tmp));
+    }
+    std::error_code ec;
+    fs::rename(tmp, dir / name, ec);
+    if (ec) return errno_error("rename", ec.value(), tmp.string());
+    return {};
+}
+
+Result<std::vector<std::uint8_t>> read_file(const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    if (!in) return std::unexpected(bad("missing or unreadable", p.string()));
+    return std::vector<std::uint8_t>(std::istreambuf_iterator<char>(in), {});
+}
+
+std::uint64_t xxh3(std::span<const std::uint8_t> b) { return XXH3_64bits(b.data(), b.size()); }
+
+struct PageTable {
+    std::uint64_t memory_bytes = 0;
+    std::vector<std::uint8_t> kinds;
+    std::vector<SlotRef> refs;
+    SnapshotCounts counts;
+};
+
+std::vector<std::uint8_t> encode_page_table(std::span<const std::uint8_t> kinds, std::span<const SlotRef> refs) {
+    std::vector<std::uint8_t> out;
+    out.reserve(kPagesHeader + kinds.size() + refs.size() * kRefBytes + 8);
+    put_bytes(out, kPagesMagic, 8);
+    put<std::uint32_t>(out, kMemorySnapshotVersion);
+    put<std::uint32_t>(out, 0);
+    put<std::uint64_t>(out, kinds.size());
+    put<std::uint64_t>(out, refs.size());
+    put_bytes(out, kinds.data(), kinds.size());
+    for (const SlotRef& r : refs) {
+        put_bytes(out, r.uuid.data(), r.uuid.size());
+        put<std::uint32_t>(out, r.slot.value());
+        put<std::uint32_t>(out, r.checksum);
+    }
+    put<std::uint64_t>(out, xxh3(out));
+    return out;
+}
+
+std::vector<std::uint8_t> encode_manifest(std::uint64_t memory_bytes, const SnapshotCounts& c,
+                                          std::span<const SlotRef> refs) {
+    std::set<std::string> devices;
+    for (const SlotRef& r : refs) devices.insert(swap::uuid_text(r.uuid));
+    nlohmann::json j = {
+        {"format", "swapvisor-memory-snapshot"},
+        {"version", kMemorySnapshotVersion},
+        {"memory_bytes", memory_bytes},
+        {"page_size", kPageSize},
+        {"pages", memory_bytes / kPageSize},
+        {"image", kMemoryImage},
+        {"page_table", kMemoryPageTable},
+        {"counts", {{"zero", c.zero}, {"image", c.image}, {"swapped", c.swapped}, {"lost", c.lost}}},
+        {"devices", devices},
+    };
+    const std::string text = j.dump(2) + "\n";
+    return std::vector<std::uint8_t>(text.begin(), text.end());
+}
+
+// Read and check memory.json and memory.pages (not the image, not the slots).
+Result<PageTable> load_page_table(const fs::path& dir) {
+    PageTable t;
+    const fs::path manifest_path = dir / kMemoryManifest;
+    const auto manifest = SWV_TRY(read_file(manifest_path));
+    nlohmann::json j = nlohmann::json::parse(manifest.begin(), manifest.end(), nullptr, false);
+    if (j.is_discarded() || !j.is_object()) return std::unexpected(bad("not JSON", manifest_path.string()));
+    if (j.value("format", "") != "swapvisor-memory-snapshot")
+        return std::unexpected(bad("not a swapvisor memory snapshot manifest", manifest_path.string()));
+    if (!j.contains("version") || !j["version"].is_number_unsigned() || j["version"] != kMemorySnapshotVersion)
+        return std::unexpected(bad(fmt::format("version {} (this swapvisor reads version {})",
+                                               j.contains("version") ? j["version"].dump() : "missing", kMemorySnapshotVersion),
+                                   manifest_path.string()));
+    if (!j.contains("memory_bytes") || !j["memory_bytes"].is_number_unsigned() || j.value("page_size", 0u) != kPageSize)
+        return std::unexpected(bad("memory_bytes or page_size missing or wrong", manifest_path.string()));
+    t.memory_bytes = j["memory_bytes"].get<std::uint64_t>();
+    if (t.memory_bytes == 0 || t.memory_bytes % kPageSize != 0)
+        return std::unexpected(bad("memory_bytes is not a whole number of pages", manifest_path.string()));
+    const std::uint64_t pages = t.memory_bytes / kPageSize;
+
+    const fs::path table_path = dir / kMemoryPageTable;
+    const auto b = SWV_TRY(read_file(table_path));
+    if (b.size() < kPagesHeader + 8 || std::memcmp(b.data(), kPagesMagic, 8) != 0)
+        return std::unexpected(bad("not a page table", table_path.string()));
+    if (get<std::uint64_t>(b.data() + b.size() - 8) != xxh3(std::span(b).first(b.size() - 8)))
+        return std::unexpected(bad("page table checksum mismatch (corrupt or truncated)", table_path.string()));
+    if (get<std::uint32_t>(b.data() + 8) != kMemorySnapshotVersion)
+        return std::unexpected(bad(fmt::format("page table version {}", get<std::uint32_t>(b.data() + 8)), table_path.string()));
+    const std::uint64_t table_pages = get<std::uint64_t>(b.data() + 16);
+    const std::uint64_t nrefs = get<std::uint64_t>(b.data() + 24);
+    if (table_pages != pages)
+        return std::unexpected(bad(fmt::format("page table has {} pages, the manifest's memory size {} bytes needs {}",
+                                               table_pages, t.memory_bytes, pages),
+                                   table_path.string()));
+    if (nrefs > pages || b.size() != kPagesHeader + pages + nrefs * kRefBytes + 8)
+        return std::unexpected(bad(fmt::format("page table is {} bytes, {} pages and {} slot references need {}", b.size(),
+                                               pages, nrefs, kPagesHeader + pages + nrefs * kRefBytes + 8),
+                                   table_path.string()));
+    t.kinds.assign(b.begin() + kPagesHeader, b.begin() + static_cast<std::ptrdiff_t>(kPagesHeader + pages));
+    for (std::uint64_t i = 0; i < pages; ++i) {
+        switch (static_cast<PageKind>(t.kinds[i])) {
+            case PageKind::zero: t.counts.zero++; break;
+            case PageKind::image: t.counts.image++; break;
+            case PageKind::swapped: t.counts.swapped++; break;
+            case PageKind::lost: t.counts.lost++; break;
+            default: return std::unexpected(bad(fmt::format("page {} has unknown kind {}", i, t.kinds[i]), table_path.string()));
+        }
+    }
+    if (t.counts.swapped != nrefs)
+        return std::unexpected(bad(fmt::format("{} swapped pages but {} slot references", t.counts.swapped, nrefs),
+                                   table_path.string()));
+    const std::uint8_t* r = b.data() + kPagesHeader + pages;
+    for (std::uint64_t k = 0; k < nrefs; ++k, r += kRefBytes) {
+        SlotRef ref;
+        std::memcpy(ref.uuid.data(), r, 16);
+        ref.slot = swap::SlotIdx(get<std::uint32_t>(r + 16));
+        ref.checksum = get<std::uint32_t>(r + 20);
+        t.refs.push_back(ref);
+    }
+    return t;
+}
+
+// The image must hold every page up to the last image page.
+Result<io::UniqueFd> open_image(const fs::path& dir, const std::vector<std::uint8_t>& kinds) {
+    const fs::path p = dir / kMemoryImage;
+    auto fd = open_fd(p, O_RDONLY);
+    if (!fd) return std::unexpected(bad("memory image missing or unreadable", p.string()));
+    struct stat st{};
+    // Kernel contract: fstat(2) gives the file's size.
+    if (::fstat(fd->get(), &st) != 0) return errno_error("fstat", errno, p.string());
+    std::uint64_t need = 0;
+    for (std::uint64_t i = kinds.size(); i-- > 0;) {
+        if (static_cast<PageKind>(kinds[i]) == PageKind::image) {
+            need = (i + 1) * kPageSize;
+            break;
+        }
+    }
+    if (static_cast<std::uint64_t>(st.st_size) < need)
+        return std::unexpected(bad(fmt::format("memory image truncated: {} bytes, its last page ends at {}", st.st_size, need),
+                                   p.string()));
+    return std::move(*fd);
+}
+
+Result<std::vector<std::uint32_t>> load_working_set(const fs::path& dir, std::uint64_t pages) {
+    const fs::path p = dir / kMemoryWorkingSet;
+    std::error_code ec;
+    if (!fs::exists(p, ec)) return std::vector<std::uint32_t>{};
+    const auto b = SWV_TRY(read_file(p));
+    if (b.size() < 24 || std::memcmp(b.data(), kWorkingSetMagic, 8) != 0 ||
+        get<std::uint64_t>(b.data() + b.size() - 8) != xxh3(std::span(b).first(b.size() - 8)))
+        return std::unexpected(bad("not a working-set file, or corrupt", p.string()));
+    const std::uint64_t n = get<std::uint64_t>(b.data() + 8);
+    if (b.size() != 16 + n * 4 + 8) return std::unexpected(bad("working-set file size does not match its count", p.string()));
+    std::vector<std::uint32_t> order(n);
+    std::memcpy(order.data(), b.data() + 16, n * 4);
+    for (std::uint32_t page : order)
+        if (page >= pages) return std::unexpected(bad(fmt::format("working set names page {} of {}", page, pages), p.string()));
+    return order;
+}
+
+}  // namespace
+
+// --- MemorySnapshot ----------------------------------------------------------------------
+
+MemorySnapshot::~MemorySnapshot() { release(); }
+
+void MemorySnapshot::release() {
+    if (pool_ != nullptr)
+        for (swap::VSlot v : vslots_) pool_->drop_hold(v);
+    vslots_.clear();
+}
+
+Result<void> MemorySnapshot::write_page_table(const fs::path& to) const {
+    const auto bytes = encode_page_table(kinds_, refs_);
+    return write_file_atomic(to, kMemoryPageTable, bytes);
+}
+
+Result<bool> MemorySnapshot::apply_moves(std::span<const swap::HeldSlotMove> moves) {
+    if (vslots_.empty() || moves.empty()) return false;
+    std::map<std::uint32_t, const swap::HeldSlotMove*> by_vslot;
+    for (const auto& m : moves) by_vslot[m.vslot.value()] = &m;
+    bool changed = false;
+    for (std::size_t k = 0; k < vslots_.size(); ++k) {
+        auto it = by_vslot.find(vslots_[k].value());
+        if (it == by_vslot.end()) continue;
+        const swap::HeldSlotMove& m = *it->second;
+        if (refs_[k].uuid != m.from_uuid || refs_[k].slot != m.from_slot) continue;
+        refs_[k].uuid = m.to_uuid;
+        refs_[k].slot = m.to_slot;
+        changed = true;
+    }
+    if (!changed) return false;
+    SWV_TRY(write_page_table(dir_));
+    SWV_TRY(write_file_atomic(dir_, kMemoryManifest, encode_manifest(memory_bytes_, counts_, refs_)));
+    SWV_TRY(fsync_dir(dir_));
+    return true;
+}
+
+Result<std::unique_ptr<MemorySnapshot>> MemorySnapshot::open(const fs::path& dir, swap::SwapPool* pool) {
+    PageTable t = SWV_TRY(load_page_table(dir));
+    if (t.counts.image != 0) SWV_TRY(open_image(dir, t.kinds));
+    std::vector<swap::VSlot> vslots;
+    vslots.reserve(t.refs.size());
+    std::uint64_t page = 0;
+    for (const SlotRef& ref : t.refs) {
+        while (static_cast<PageKind>(t.kinds[page]) != PageKind::swapped) ++page;
+        const std::string where = fmt::format("{}, page {}: device uuid {}, slot {}", (dir / kMemoryPageTable).string(),
+                                              page, swap::uuid_text(ref.uuid), ref.slot.value());
+        if (pool == nullptr) return std::unexpected(bad("refers to a swap slot and there is no swap pool", where));
+        if (!pool->device_by_uuid(ref.uuid)) return std::unexpected(bad("that swap device is not attached", where));
+        const std::optional<swap::VSlot> v = pool->adopted_vslot(ref.uuid, ref.slot);
+        if (!v)
+            return std::unexpected(bad("that slot was not reserved for the snapshot (expect_snapshot_slots before "
+                                       "swapon), or could not be (out of range, quarantined)",
+                                       where));
+        const auto info = pool->descriptor(*v);
+        if (!info || info->checksum != ref.checksum)
+            return std::unexpected(bad("the slot's reserved checksum differs from the page table's", where));
+        vslots.push_back(*v);
+        ++page;
+    }
+    std::unique_ptr<MemorySnapshot> s(new MemorySnapshot());
+    s->dir_ = dir;
+    s->memory_bytes_ = t.memory_bytes;
+    s->pool_ = pool;
+    s->kinds_ = std::move(t.kinds);
+    s->refs_ = std::move(t.refs);
+    s->counts_ = t.counts;
+    s->vslots_ = std::move(vslots);  // takes over the adopted references
+    return s;
+}
+
+Result<void> expect_snapshot_slots(const fs::path& dir, swap::SwapPool& pool) {
+    const PageTable t = SWV_TRY(load_page_table(dir));
+    std::map<swap::DeviceUuid, std::vector<swap::HeldSlot>> by_device;
+    for (const SlotRef& r : t.refs) by_device[r.uuid].push_back(swap::HeldSlot{r.slot, r.checksum});
+    for (const auto& [uuid, slots] : by_device) SWV_TRY(with_context(pool.expect_held_slots(uuid, slots), dir.string()));
+    return {};
+}
+
+Result<void> delete_memory_snapshot(std::unique_ptr<MemorySnapshot> snapshot) {
+    if (!snapshot) return {};
+    snapshot->release();
+    const fs::path dir = snapshot->dir();
+    std::error_code ec;
+    // The manifest first: without it the rest is not a snapshot any more.
+    for (const char* name : {kMemoryManifest, kMemoryPageTable, kMemoryImage, kMemoryWorkingSet}) {
+        fs::remove(dir / name, ec);
+        if (ec) return errno_error("remove", ec.value(), (dir / name).string());
+    }
+    return fsync_dir(dir);
+}
+
+// --- save ------------------------------------------------------------------------------------
+
+Result<std::unique_ptr<MemorySnapshot>> GuestMemory::save(const fs::path& dir) {
+    Impl& impl = *impl_;
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    if (ec) return errno_error("create snapshot directory", ec.value(), dir.string());
+    if (fs::exists(dir / kMemoryManifest, ec))
+        return errno_error("save: a memory snapshot exists there already", EEXIST, dir.string());
+
+    const std::uint64_t pages = impl.table.pages();
+    std::unique_ptr<MemorySnapshot> snap(new MemorySnapshot());
+    snap->dir_ = dir;
+    snap->memory_bytes_ = config_.memory_bytes;
+    snap->pool_ = impl.pool;
+    snap->kinds_.assign(pages, static_cast<std::uint8_t>(PageKind::zero));
+
+    const fs::path image_tmp = dir / (std::string(".") + kMemoryImage + ".tmp");
+    // On failure: the references taken so far are dropped (snap's destructor) and
+    // the temporary image removed; nothing under the final names changed.
+    struct RemoveTmp {
+        fs::path p;
+        bool armed = true;
+        ~RemoveTmp() {
+            std::error_code ignored;
+            if (armed) fs::remove(p, ignored);
+        }
+    } remove_tmp{image_tmp};
+    auto image = SWV_TRY(open_fd(image_tmp, O_WRONLY | O_CREAT | O_TRUNC));
+    // Kernel contract: ftruncate(2) sets the size; the pages never written stay holes.
+    if (::ftruncate(image.get(), static_cast<off_t>(pages * kPageSize)) != 0)
+        return errno_error("ftruncate", errno, image_tmp.string());
+
+    // Page bytes are copied under the page lock into a staging run, written after.
+    constexpr std::uint64_t kStage = 256;
+    auto stage = SWV_TRY(io::Mapping::anonymous(kStage * kPageSize));
+    std::uint64_t run_first = 0, run_len = 0;
+    auto flush = [&]() -> Result<void> {
+        if (run_len == 0) return {};
+        SWV_TRY(write_all(image.get(), stage.data(), run_len * kPageSize, static_cast<off_t>(run_first * kPageSize),
+                          image_tmp));
+        snap->counts_.bytes_written += run_len * kPageSize;
+        run_len = 0;
+        return {};
+    };
+    for (std::uint64_t i = 0; i < pages; ++i) {
+        const PageIdx idx(i);
+        if (run_len != 0 && (run_first + run_len != i || run_len == kStage)) SWV_TRY(flush());
+        std::byte* dst = stage.data() + run_len * kPageSize;
+        PageKind kind = PageKind::zero;
+        {
+            PageLock lk = impl.tr.lock(idx);
+            const PageEntry e = lk.entry();
+            switch (e.state()) {
+                case PageState::zero: break;
+                case PageState::lost: kind = PageKind::lost; break;
+                case PageState::swapped: kind = PageKind::swapped; break;
+                case PageState::resident:
+                case PageState::inactive:
+                    // A clean copy is the page: refer to it instead of writing it.
+                    kind = e.clean() ? PageKind::swapped : PageKind::image;
+                    if (kind == PageKind::image) std::memcpy(dst, impl.kernel->vmm_page(idx), kPageSize);
+                    break;
+                case PageState::writeback:  // the bytes stay in the memfd until the completion, which needs this lock
+                    kind = PageKind::image;
+                    std::memcpy(dst, impl.kernel->vmm_page(idx), kPageSize);
+                    break;
+                case PageState::image:  // restored and not touched yet: the parent's image has it
+                    kind = PageKind::image;
+                    SWV_TRY(impl.image->read(idx, dst));
+                    break;
+                case PageState::reading: SWV_ASSERT(false, "reading state seen by a lock holder");
+            }
+            if (kind == PageKind::swapped) {
+                // The reference is taken under the page lock: the VM cannot free the vslot first.
+                const swap::VSlot v = e.vslot();
+                const auto info = impl.pool->descriptor(v);
+                SWV_ASSERT(info.has_value(), "save: a page refers to a vslot that is not valid");
+                SWV_TRY(impl.pool->hold(v));
+                snap->vslots_.push_back(v);
+                snap->refs_.push_back(SlotRef{impl.pool->uuid_of(info->pslot.device).value_or(swap::DeviceUuid{}),
+                                              info->pslot.slot, info->checksum});
+            }
+        }
+        if (kind == PageKind::image && is_zero_page(dst)) kind = PageKind::zero;  // not written: a hole
+        if (kind == PageKind::image) {
+            if (run_len == 0) run_first = i;
+            ++run_len;
+        }
+        snap->kinds_[i] = static_cast<std::uint8_t>(kind);
+        switch (kind) {
+            case PageKind::zero: snap->counts_.zero++; break;
+            case PageKind::image: snap->counts_.image++; break;
+            case PageKind::swapped: snap->counts_.swapped++; break;
+            case PageKind::lost: snap->counts_.lost++; break;
+        }
+    }
+    SWV_TRY(flush());
+    SWV_TRY(fsync_fd(image.get(), image_tmp));
+    image = io::UniqueFd();
+    fs::rename(image_tmp, dir / kMemoryImage, ec);
+    if (ec) return errno_error("rename", ec.value(), image_tmp.string());
+    remove_tmp.armed = false;
+    const auto table = encode_page_table(snap->kinds_, snap->refs_);
+    SWV_TRY(write_file_atomic(dir, kMemoryPageTable, table));
+    const auto manifest = encode_manifest(snap->memory_bytes_, snap->counts_, snap->refs_);
+    SWV_TRY(write_file_atomic(dir, kMemoryManifest, manifest));  // last: its presence means complete
+    SWV_TRY(fsync_dir(dir));
+    snap->counts_.bytes_written += table.size() + manifest.size();
+    return snap;
+}
+
+// --- restore ---------------------------------------------------------------------------------
+
+Result<std::unique_ptr<GuestMemory>> restore_guest_memory(const MemoryConfig& config, VmId id, HostBudget* host,
+                                                          swap::SwapPool* pool, const MemorySnapshot& snap,
+                                                          const RestoreOptions& options) {
+    const std::string where = snap.dir().string();
+    if (config.memory_bytes != snap.memory_bytes())
+        return std::unexpected(bad(fmt::format("the page table is for {} bytes of memory, the VM has {}",
+                                               snap.memory_bytes(), config.memory_bytes),
+                                   where));
+    if (snap.held_vslots() != snap.refs_.size())
+        return std::unexpected(bad("the snapshot was released (deleted)", where));
+    if (!snap.refs_.empty() && (pool == nullptr || pool != snap.pool_))
+        return std::unexpected(bad("the snapshot's slots belong to another swap pool (or none)", where));
+    std::unique_ptr<PageImage> image;
+    if (snap.counts().image != 0) {
+        auto fd = SWV_TRY(open_image(snap.dir(), snap.kinds_));
+        image = std::make_unique<PageImage>(std::move(fd), snap.pages(), (snap.dir() / kMemoryImage).string());
+    }
+    std::vector<std::uint32_t> order;
+    if (options.prefetch) order = SWV_TRY(load_working_set(snap.dir(), snap.pages()));
+
+    // From here a failure destroys mem, which frees every reference its entries took.
+    auto mem = SWV_TRY(create_guest_memory(config, id, host, pool));
+    GuestMemory::Impl& impl = *mem->impl_;
+    std::size_t k = 0;
+    for (std::uint64_t i = 0; i < snap.pages(); ++i) {
+        const PageKind kind = snap.kind(i);
+        if (kind == PageKind::zero) continue;
+        PageLock lk = impl.tr.lock(PageIdx(i));
+        switch (kind) {
+            case PageKind::image: SWV_TRY(impl.tr.restore_entry(lk, PageEntry::make(PageState::image))); break;
+            case PageKind::lost: SWV_TRY(impl.tr.restore_entry(lk, PageEntry::make(PageState::lost))); break;
+            case PageKind::swapped: {
+                const swap::VSlot v = snap.vslots_[k++];
+                SWV_TRY(with_context(pool->hold(v), fmt::format("{}, page {}", where, i)));
+                if (auto r = impl.tr.restore_entry(lk, PageEntry::make(PageState::swapped, v)); !r) {
+                    pool->drop_hold(v);
+                    return std::unexpected(r.error());
+                }
+                break;
+            }
+            case PageKind::zero: break;
+        }
+    }
+    impl.image = std::move(image);
+    impl.tr.set_image(impl.image.get());
+    impl.snapshot_dir = snap.dir();
+    std::error_code ec;
+    if (options.record_working_set && !fs::exists(snap.dir() / kMemoryWorkingSet, ec)) {
+        impl.first_touch = std::make_unique<FirstTouchLog>(snap.pages());
+        impl.tr.set_first_touch_log(impl.first_touch.get());
+    }
+    impl.prefetch_order = std::move(order);
+    impl.fill_rest = options.fill && impl.image != nullptr;
+    return mem;
+}
+
+Result<void> GuestMemory::save_working_set() const {
+    const Impl& impl = *impl_;
+    if (!impl.first_touch) return {};
+    const std::vector<std::uint32_t> order = impl.first_touch->order();
+    if (order.empty()) return {};
+    std::vector<std::uint8_t> out;
+    put_bytes(out, kWorkingSetMagic, 8);
+    put<std::uint64_t>(out, order.size());
+    put_bytes(out, order.data(), order.size() * 4);
+    put<std::uint64_t>(out, xxh3(out));
+    SWV_TRY(write_file_atomic(impl.snapshot_dir, kMemoryWorkingSet, out));
+    return fsync_dir(impl.snapshot_dir);
+}
+
+// --- the filler and recorded-order prefetch ---------------------------------------------------
+
+// Prefetch the recorded working set in its order (image pages mapped, swapped pages
+// read in as clean copies: 14' and 11), then, with fill_rest, every image page left.
+// Only try_lock (README#lock-bit): a page someone holds is theirs. Stops at the
+// VM's limit and when the VM stops.
+void GuestMemory::Impl::fill_loop() {
+    auto ring = io::Ring::create(8);
+    if (!ring) {
+        spdlog::error("{}: filler cannot create its io_uring: {}", name, ring.error().message());
+        return;
+    }
+    auto visit = [&](std::uint64_t i, bool swapped_too) {
+        auto lk = tr.try_lock(PageIdx(i));
+        if (!lk) return;
+        const PageState s = lk->entry().state();
+        if (s == PageState::image) (void)tr.fill_image(*lk, Transitions::Map::yes);
+        else if (s == PageState::swapped && swapped_too) (void)tr.vmm_swap_in(*lk, *ring, Access::read);
+    };
+    for (std::uint32_t page : prefetch_order) {
+        if (stopping.load(std::memory_order_relaxed) || limits.holding_at_limit()) return;
+        visit(page, true);
+    }
+    if (!fill_rest) return;
+    for (std::uint64_t i = 0; i < table.pages(); ++i) {
+        if (stopping.load(std::memory_order_relaxed) || limits.holding_at_limit()) return;
+        if (table.peek(PageIdx(i)).state() == PageState::image) visit(i, false);
+    }
+}
+
+}  // namespace swapvisor::guestmem

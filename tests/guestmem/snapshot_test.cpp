@@ -1,0 +1,378 @@
+// Memory snapshots on the real stack (guestmem/snapshot.hpp, docs/SNAPSHOT.md): memfd
+// views, real userfaultfd faults from a host thread touching the guest view, the
+// reclaimer and a SwapPool on O_DIRECT files through io_uring. Save with half the
+// memory swapped, destroy, restore, read every byte back; clones that diverge;
+// swapoff between save and restore; a restart (a new pool adopting the slots);
+// release leaving no slot used; the filler and recorded-order prefetch; bad input.
+#include <gtest/gtest.h>
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "guestmem/guest_memory.hpp"
+#include "guestmem/snapshot.hpp"
+#include "swap/swap_pool.hpp"
+
+using namespace swapvisor;
+using namespace swapvisor::guestmem;
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr std::uint64_t kMem = 16ULL << 20;
+constexpr std::uint64_t kPages = kMem / kPageSize;
+constexpr std::uint64_t kSwapBytes = 32ULL << 20;
+
+std::uint64_t pattern(std::uint64_t seed, std::uint64_t page, std::uint64_t word) {
+    std::uint64_t x = (page + 1) * 0x9E3779B97F4A7C15ULL ^ (word << 17) ^ (seed * 0xBF58476D1CE4E5B9ULL);
+    x ^= x >> 31;
+    return x | 1;  // never an all-zero page
+}
+
+void write_page(std::byte* base, std::uint64_t page, std::uint64_t seed) {
+    auto* w = reinterpret_cast<volatile std::uint64_t*>(base + page * kPageSize);
+    for (std::uint64_t i = 0; i < kPageSize / 8; ++i) w[i] = pattern(seed, page, i);
+}
+
+// Pages whose bytes are not what `seed_of(page)` wrote (0: must read zeros).
+template <class SeedOf>
+std::uint64_t bad_pages(const std::byte* base, SeedOf seed_of) {
+    std::uint64_t bad = 0;
+    for (std::uint64_t p = 0; p < kPages; ++p) {
+        auto* w = reinterpret_cast<const volatile std::uint64_t*>(base + p * kPageSize);
+        const std::uint64_t seed = seed_of(p);
+        for (std::uint64_t i = 0; i < kPageSize / 8; ++i) {
+            if (w[i] != (seed == 0 ? 0 : pattern(seed, p, i))) {
+                ++bad;
+                break;
+            }
+        }
+    }
+    return bad;
+}
+
+// Every fourth page is discarded (zero) so the image has holes; the rest carry seed 7.
+std::uint64_t original_seed(std::uint64_t page) { return page % 4 == 3 ? 0 : 7; }
+
+std::uint64_t used_slots(const swap::SwapPool& pool) {
+    std::uint64_t used = 0;
+    for (const auto& d : pool.stats()) used += d.used_slots;
+    return used;
+}
+
+class SnapshotTest : public ::testing::Test {
+protected:
+    void SetUp() override {
+        if (access("/proc/sys/vm/unprivileged_userfaultfd", F_OK) != 0 && access("/dev/kvm", F_OK) != 0)
+            GTEST_SKIP() << "SKIPPED LOUDLY: userfaultfd unavailable";
+        dir_ = fs::temp_directory_path() /
+               ("swv-snap-" + std::to_string(getpid()) + "-" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
+        fs::remove_all(dir_);
+        fs::create_directories(dir_);
+        snap_dir_ = dir_ / "snap";
+        pool_ = std::make_unique<swap::SwapPool>();
+        auto a = pool_->swapon(dir_ / "a.swap", 10, kSwapBytes);
+        ASSERT_TRUE(a) << a.error().message();
+    }
+    void TearDown() override {
+        pool_.reset();
+        std::error_code ec;
+        fs::remove_all(dir_, ec);
+    }
+    MemoryConfig config(const std::string& name, std::uint64_t limit = 0) {
+        return MemoryConfig{.name = name, .memory_bytes = kMem, .resident_limit = limit};
+    }
+    // A VM with original_seed's content and about half of it swapped out.
+    std::unique_ptr<GuestMemory> make_half_swapped(VmId id) {
+        auto vm = create_guest_memory(config("orig", kMem / 2), id, nullptr, pool_.get());
+        EXPECT_TRUE(vm) << vm.error().message();
+        EXPECT_TRUE((*vm)->start());
+        std::byte* base = (*vm)->regions()[0].guest_view;
+        for (std::uint64_t p = 0; p < kPages; ++p)
+            if (original_seed(p) != 0) write_page(base, p, original_seed(p));
+        for (std::uint64_t p = 3; p < kPages; p += 4) EXPECT_TRUE((*vm)->discard(GpaRange{Gpa(p * kPageSize), kPageSize}));
+        for (int i = 0; i < 400 && (*vm)->stats().swapped_bytes < kMem / 4; ++i)
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        EXPECT_GE((*vm)->stats().swapped_bytes, kMem / 4);
+        return std::move(*vm);
+    }
+    std::unique_ptr<GuestMemory> restore(const MemorySnapshot& snap, VmId id, RestoreOptions opts = {.fill = false, .prefetch = false}) {
+        auto vm = restore_guest_memory(config("clone" + std::to_string(id)), id, nullptr, pool_.get(), snap, opts);
+        EXPECT_TRUE(vm) << vm.error().message();
+        if (!vm) return nullptr;
+        EXPECT_TRUE((*vm)->start());
+        return std::move(*vm);
+    }
+    fs::path dir_, snap_dir_;
+    std::unique_ptr<swap::SwapPool> pool_;
+};
+
+TEST_F(SnapshotTest, PrivilegedSaveHalfSwappedDestroyRestoreReadsEveryByteAndReleaseLeavesNoSlot) {
+    auto vm = make_half_swapped(1);
+    auto snap = vm->save(snap_dir_);
+    ASSERT_TRUE(snap) << snap.error().message();
+    const SnapshotCounts c = (*snap)->counts();
+    EXPECT_EQ(c.zero + c.image + c.swapped + c.lost, kPages);
+    EXPECT_GE(c.zero, kPages / 4);
+    EXPECT_GT(c.swapped, 0u);
+    EXPECT_GT(c.image, 0u);
+    EXPECT_EQ((*snap)->held_vslots(), c.swapped);
+    // Sparse: only image pages are written; zero pages are holes.
+    struct stat st{};
+    ASSERT_EQ(::stat((snap_dir_ / kMemoryImage).c_str(), &st), 0);
+    EXPECT_EQ(static_cast<std::uint64_t>(st.st_size), kMem);
+    EXPECT_LE(static_cast<std::uint64_t>(st.st_blocks) * 512, (c.image + 16) * kPageSize);
+    EXPECT_LT(c.bytes_written, kMem / 2);
+    EXPECT_FALSE(fs::exists(snap_dir_ / ".memory.img.tmp"));
+
+    vm->stop();
+    vm.reset();  // the VM's references go; the snapshot's stay
+    EXPECT_EQ(pool_->allocated_vslots(), c.swapped);
+
+    auto restored = restore(**snap, 2);
+    ASSERT_TRUE(restored);
+    EXPECT_EQ(restored->stats().resident_bytes, 0u);  // starts with nothing resident
+    EXPECT_EQ(restored->entry(Gpa(0)).state(), (*snap)->kind(0) == PageKind::image ? PageState::image : PageState::swapped);
+    EXPECT_EQ(bad_pages(restored->regions()[0].guest_view, original_seed), 0u);
+    EXPECT_EQ(restored->stats().lost_pages, 0u);
+
+    restored->stop();
+    restored.reset();
+    EXPECT_EQ(pool_->allocated_vslots(), c.swapped);
+    ASSERT_TRUE(delete_memory_snapshot(std::move(*snap)));
+    EXPECT_EQ(pool_->allocated_vslots(), 0u);
+    EXPECT_EQ(used_slots(*pool_), 0u);
+    EXPECT_EQ(pool_->shared_vslots(), 0u);
+    EXPECT_FALSE(fs::exists(snap_dir_ / kMemoryManifest));
+}
+
+TEST_F(SnapshotTest, PrivilegedTwoClonesDivergeAndTheRunningVmsWritesNeverReachTheSnapshot) {
+    auto vm = make_half_swapped(1);
+    auto snap = vm->save(snap_dir_);
+    ASSERT_TRUE(snap) << snap.error().message();
+    // The original VM goes on and writes every page, held ones included: it drops its
+    // own references, the snapshot keeps the slots.
+    for (std::uint64_t p = 0; p < kPages; ++p) write_page(vm->regions()[0].guest_view, p, 99);
+    EXPECT_EQ(bad_pages(vm->regions()[0].guest_view, [](std::uint64_t) { return 99; }), 0u);
+
+    auto a = restore(**snap, 2);
+    auto b = restore(**snap, 3);
+    ASSERT_TRUE(a && b);
+    std::byte* ga = a->regions()[0].guest_view;
+    std::byte* gb = b->regions()[0].guest_view;
+    for (std::uint64_t p = 0; p < kPages; p += 2) write_page(ga, p, 11);
+    for (std::uint64_t p = 1; p < kPages; p += 2) write_page(gb, p, 22);
+    EXPECT_EQ(bad_pages(ga, [](std::uint64_t p) { return p % 2 == 0 ? 11 : original_seed(p); }), 0u);
+    EXPECT_EQ(bad_pages(gb, [](std::uint64_t p) { return p % 2 == 1 ? 22 : original_seed(p); }), 0u);
+    // Host memory grows with what each touched, not with clones x memory: each is
+    // resident only in what it touched (here: everything, since verify reads all).
+    EXPECT_LE(a->stats().resident_bytes, kMem);
+
+    a->stop();
+    b->stop();
+    vm->stop();
+    a.reset();
+    b.reset();
+    vm.reset();
+    EXPECT_EQ(pool_->allocated_vslots(), (*snap)->held_vslots());
+    (*snap)->release();
+    EXPECT_EQ(pool_->allocated_vslots(), 0u);
+    EXPECT_EQ(used_slots(*pool_), 0u);
+}
+
+TEST_F(SnapshotTest, PrivilegedDeleteWhileACloneStillReferencesKeepsTheClonesPages) {
+    auto vm = make_half_swapped(1);
+    auto snap = vm->save(snap_dir_);
+    ASSERT_TRUE(snap);
+    vm->stop();
+    vm.reset();
+    auto clone = restore(**snap, 2);
+    ASSERT_TRUE(clone);
+    ASSERT_TRUE(delete_memory_snapshot(std::move(*snap)));
+    // Its swapped pages are its own references now; its image pages... the image file
+    // was unlinked but the clone holds it open.
+    EXPECT_EQ(bad_pages(clone->regions()[0].guest_view, original_seed), 0u);
+    clone->stop();
+    clone.reset();
+    EXPECT_EQ(pool_->allocated_vslots(), 0u);
+    EXPECT_EQ(used_slots(*pool_), 0u);
+}
+
+TEST_F(SnapshotTest, PrivilegedSwapoffBetweenSaveAndRestoreMovesHeldSlotsAndARestartAdoptsThem) {
+    ASSERT_TRUE(pool_->swapon(dir_ / "b.swap", 5, kSwapBytes));
+    auto vm = make_half_swapped(1);
+    auto snap = vm->save(snap_dir_);
+    ASSERT_TRUE(snap) << snap.error().message();
+    vm->stop();
+    vm.reset();
+    MemorySnapshot* s = snap->get();
+    std::uint64_t moved = 0;
+    pool_->set_held_slot_observer([&](std::span<const swap::HeldSlotMove> moves) {
+        moved += moves.size();
+        auto r = s->apply_moves(moves);
+        EXPECT_TRUE(r && *r);
+    });
+    auto ring = io::Ring::create(32);
+    ASSERT_TRUE(ring);
+    auto off = pool_->swapoff(dir_ / "a.swap", *ring);
+    ASSERT_TRUE(off) << off.error().message();
+    EXPECT_EQ(moved, s->held_vslots());
+    pool_->set_held_slot_observer({});
+    {
+        auto restored = restore(*s, 2);
+        ASSERT_TRUE(restored);
+        EXPECT_EQ(bad_pages(restored->regions()[0].guest_view, original_seed), 0u);
+        restored->stop();
+    }
+    // A restart: the process ends (its pool with it); the files stay.
+    const std::uint64_t held = s->held_vslots();
+    snap->reset();
+    pool_ = std::make_unique<swap::SwapPool>();
+    // Before swapon: a snapshot naming a device that is not attached is refused, naming it.
+    ASSERT_TRUE(expect_snapshot_slots(snap_dir_, *pool_));
+    auto early = MemorySnapshot::open(snap_dir_, pool_.get());
+    ASSERT_FALSE(early);
+    EXPECT_NE(early.error().message().find("not attached"), std::string::npos) << early.error().message();
+    ASSERT_TRUE(pool_->swapon(dir_ / "b.swap", 5, 0));
+    EXPECT_EQ(pool_->allocated_vslots(), held);
+    auto reopened = MemorySnapshot::open(snap_dir_, pool_.get());
+    ASSERT_TRUE(reopened) << reopened.error().message();
+    auto restored = restore(**reopened, 3);
+    ASSERT_TRUE(restored);
+    EXPECT_EQ(bad_pages(restored->regions()[0].guest_view, original_seed), 0u);
+    restored->stop();
+    restored.reset();
+    ASSERT_TRUE(delete_memory_snapshot(std::move(*reopened)));
+    EXPECT_EQ(pool_->allocated_vslots(), 0u);
+    EXPECT_EQ(used_slots(*pool_), 0u);
+}
+
+TEST_F(SnapshotTest, PrivilegedTheFillerAndRecordedOrderPrefetchBringPagesInBeforeTheGuestTouchesThem) {
+    auto vm = make_half_swapped(1);
+    auto snap = vm->save(snap_dir_);
+    ASSERT_TRUE(snap);
+    vm->stop();
+    vm.reset();
+    // First restore: no prefetch (no working set yet), records the first faults.
+    std::vector<std::uint64_t> ws;
+    std::mt19937_64 rng(5);
+    for (std::uint64_t p = 0; p < kPages; ++p)
+        if (original_seed(p) != 0 && rng() % 4 == 0) ws.push_back(p);
+    std::shuffle(ws.begin(), ws.end(), rng);
+    {
+        auto first = restore(**snap, 2);
+        ASSERT_TRUE(first);
+        for (std::uint64_t p : ws) {
+            auto* w = reinterpret_cast<const volatile std::uint64_t*>(first->regions()[0].guest_view + p * kPageSize);
+            ASSERT_EQ(w[5], pattern(7, p, 5));
+        }
+        ASSERT_TRUE(first->save_working_set());
+        first->stop();
+    }
+    ASSERT_TRUE(fs::exists(snap_dir_ / kMemoryWorkingSet));
+    // Second restore: the working set comes in before the guest asks for it.
+    auto second = restore(**snap, 3, RestoreOptions{.fill = false, .prefetch = true});
+    ASSERT_TRUE(second);
+    auto in_memory = [&](std::uint64_t p) {
+        const PageState s = second->entry(Gpa(p * kPageSize)).state();
+        return s == PageState::resident || s == PageState::inactive;
+    };
+    for (int i = 0; i < 500 && !std::all_of(ws.begin(), ws.end(), in_memory); ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    EXPECT_TRUE(std::all_of(ws.begin(), ws.end(), in_memory));
+    const std::uint64_t majors = second->stats().major_faults;
+    for (std::uint64_t p : ws) {
+        auto* w = reinterpret_cast<const volatile std::uint64_t*>(second->regions()[0].guest_view + p * kPageSize);
+        ASSERT_EQ(w[5], pattern(7, p, 5));
+    }
+    EXPECT_EQ(second->stats().major_faults, majors) << "a prefetched page took a major fault";
+    // Not in the working set, no filler: still in the image or in swap.
+    std::uint64_t untouched = 0;
+    for (std::uint64_t p = 0; p < kPages; ++p)
+        if (original_seed(p) != 0 && !in_memory(p)) ++untouched;
+    EXPECT_GT(untouched, 0u);
+    second->stop();
+    second.reset();
+    // The filler: every image page mapped without a fault.
+    auto filled = restore(**snap, 4, RestoreOptions{.fill = true, .prefetch = false});
+    ASSERT_TRUE(filled);
+    auto image_left = [&] {
+        std::uint64_t n = 0;
+        for (std::uint64_t p = 0; p < kPages; ++p) n += filled->entry(Gpa(p * kPageSize)).state() == PageState::image;
+        return n;
+    };
+    for (int i = 0; i < 500 && image_left() != 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    EXPECT_EQ(image_left(), 0u);
+    EXPECT_EQ(bad_pages(filled->regions()[0].guest_view, original_seed), 0u);
+    filled->stop();
+}
+
+TEST_F(SnapshotTest, PrivilegedBadInputIsAClearErrorAndNoVmIsHalfCreated) {
+    auto vm = make_half_swapped(1);
+    auto snap = vm->save(snap_dir_);
+    ASSERT_TRUE(snap);
+    vm->stop();
+    vm.reset();
+    const std::uint64_t at_rest = pool_->allocated_vslots();
+    auto expect_error = [&](Result<std::unique_ptr<GuestMemory>> r, const std::string& says) {
+        ASSERT_FALSE(r) << "restored despite: " << says;
+        EXPECT_NE(r.error().message().find(says), std::string::npos) << r.error().message();
+        EXPECT_EQ(pool_->allocated_vslots(), at_rest);
+    };
+    // Another memory size.
+    MemoryConfig wrong = config("wrong");
+    wrong.memory_bytes = kMem * 2;
+    expect_error(restore_guest_memory(wrong, 9, nullptr, pool_.get(), **snap), "page table is for");
+    // A truncated image.
+    fs::copy_file(snap_dir_ / kMemoryImage, dir_ / "img.bak");
+    fs::resize_file(snap_dir_ / kMemoryImage, kPageSize);
+    expect_error(restore_guest_memory(config("t"), 9, nullptr, pool_.get(), **snap), "truncated");
+    // A missing image.
+    fs::remove(snap_dir_ / kMemoryImage);
+    expect_error(restore_guest_memory(config("t"), 9, nullptr, pool_.get(), **snap), "memory.img");
+    fs::copy_file(dir_ / "img.bak", snap_dir_ / kMemoryImage);
+    // Files read by open(): a truncated page table, another version.
+    fs::copy_file(snap_dir_ / kMemoryPageTable, dir_ / "pages.bak");
+    fs::resize_file(snap_dir_ / kMemoryPageTable, fs::file_size(snap_dir_ / kMemoryPageTable) - 10);
+    auto t = MemorySnapshot::open(snap_dir_, pool_.get());
+    ASSERT_FALSE(t);
+    EXPECT_NE(t.error().message().find("memory.pages"), std::string::npos) << t.error().message();
+    fs::remove(snap_dir_ / kMemoryPageTable);
+    fs::copy_file(dir_ / "pages.bak", snap_dir_ / kMemoryPageTable);
+    {
+        std::ifstream in(snap_dir_ / kMemoryManifest);
+        std::string text((std::istreambuf_iterator<char>(in)), {});
+        const auto at = text.find("\"version\": 1");
+        ASSERT_NE(at, std::string::npos) << text;
+        text.replace(at, 12, "\"version\": 2");
+        std::ofstream(snap_dir_ / kMemoryManifest) << text;
+    }
+    auto v = MemorySnapshot::open(snap_dir_, pool_.get());
+    ASSERT_FALSE(v);
+    EXPECT_NE(v.error().message().find("version 2"), std::string::npos) << v.error().message();
+    // A page table that names slots nobody reserved (this pool did not adopt them).
+    {
+        std::ifstream in(snap_dir_ / kMemoryManifest);
+        std::string text((std::istreambuf_iterator<char>(in)), {});
+        text.replace(text.find("\"version\": 2"), 12, "\"version\": 1");
+        std::ofstream(snap_dir_ / kMemoryManifest) << text;
+    }
+    auto unreserved = MemorySnapshot::open(snap_dir_, pool_.get());
+    ASSERT_FALSE(unreserved);
+    EXPECT_NE(unreserved.error().message().find("not reserved"), std::string::npos) << unreserved.error().message();
+    // A snapshot that exists is never overwritten.
+    auto again = create_guest_memory(config("again"), 8, nullptr, pool_.get());
+    ASSERT_TRUE(again);
+    auto over = (*again)->save(snap_dir_);
+    ASSERT_FALSE(over);
+    EXPECT_EQ(pool_->allocated_vslots(), at_rest);
+}
+
+}  // namespace
