@@ -237,6 +237,8 @@ int run_host(const cli::RunConfig& config) {
     CreatedSwapFiles created;
     created.note_missing(config.swaps);
     swv::swap::SwapPool pool;
+    SnapshotStore snapshots(pool);  // --restore, ctl snapshot (as for serve)
+    pool.set_held_slot_observer(snapshots.observer());
     if (auto r = swapon_all(pool, config.swaps); !r.empty()) return fail(r);
     swv::guestmem::HostMemory host(pool, config.host_budget);
     if (pool.stats().empty()) {
@@ -250,6 +252,8 @@ int run_host(const cli::RunConfig& config) {
     control::DeviceStats device_stats;
     VmHost vms(*kvm, host, device_stats, Release::at_exit);
     vms.set_balloon_stats_interval(config.balloon_stats_interval);
+    if (config.age_scan) vms.set_age_scan(*config.age_scan);
+    vms.set_snapshots(&snapshots);
     swv::guestmem::AutoLimitDriver auto_limits(host, balloon_hooks(&vms));  // resident-limit=auto
     auto_limits.start();
     if (auto r = confine(config.seccomp, vms); !r) return fail(r.error().message());
@@ -267,13 +271,21 @@ int run_host(const cli::RunConfig& config) {
     auto stopper = (*shutdown)->on_request([&vms](int sig) {
         vms.stop_all(VmEnd{EndReason::stopped, kExitStopped, 0, fmt::format("stopped by SIG{}", sigabbrev_np(sig))});
     });
-    const SerialPrefix prefix = specs.size() > 1 ? SerialPrefix::name : SerialPrefix::none;
+    const std::size_t vm_count = specs.size() + (config.restore ? 1 : 0);
+    const SerialPrefix prefix = vm_count > 1 ? SerialPrefix::name : SerialPrefix::none;
+    auto give_up = [&](const swv::Error& error) {
+        vms.stop_all(VmEnd{EndReason::stopped, kExitStopped, 0, "another VM failed to start"});
+        vms.wait_all();
+        return fail(error.message());
+    };
+    if (config.restore) {
+        // --restore DIR: the snapshot's VM, named by --name (docs/SNAPSHOT.md#orchestration).
+        control::RestoreRequest request{.name = config.name, .dir = *config.restore, .fill = config.restore_fill,
+                                        .prefetch = config.restore_prefetch};
+        if (auto r = vms.restore(request, prefix); !r) return give_up(r.error());
+    }
     for (const VmSpec& spec : specs) {
-        if (auto r = vms.start(spec, prefix); !r) {
-            vms.stop_all(VmEnd{EndReason::stopped, kExitStopped, 0, "another VM failed to start"});
-            vms.wait_all();
-            return fail(r.error().message());
-        }
+        if (auto r = vms.start(spec, prefix); !r) return give_up(r.error());
     }
     created.keep();  // started: the swap files are the operator's now
     vms.wait_all();
@@ -281,14 +293,17 @@ int run_host(const cli::RunConfig& config) {
 
     // 7. Report: the first VM that did not end with 0 decides the exit status.
     std::vector<std::pair<std::string, VmEnd>> ends;
-    for (const VmSpec& spec : specs)
+    std::vector<std::string> names;
+    if (config.restore) names.push_back(config.name);
+    for (const VmSpec& spec : specs) names.push_back(spec.name);
+    for (const std::string& name : names)
         for (const auto& end : vms.ends())
-            if (end.first == spec.name) ends.push_back(end);
+            if (end.first == name) ends.push_back(end);
     if (config.stats_json) write_stats_json(*config.stats_json, host, device_stats, ends);
     int status = 0;
     for (const auto& [name, end] : ends) {
         int s = exit_status(end);
-        if (specs.size() > 1) spdlog::info("{}: exit status {}", name, s);
+        if (vm_count > 1) spdlog::info("{}: exit status {}", name, s);
         if (s != 0 && status == 0) status = s;
     }
     return (*shutdown)->signal() != 0 ? (*shutdown)->exit_status() : status;
@@ -331,7 +346,18 @@ int serve_host(const cli::ServeConfig& config, const std::vector<std::string>& a
     CreatedSwapFiles created;  // removed again if start-up fails
     created.note_missing(config.swaps);
     swv::swap::SwapPool pool;
+    // Snapshots (docs/SNAPSHOT.md#orchestration): after the pool (their references
+    // are released into it), before the VMs (restored ones read them). --snapshots:
+    // each one's slots are reserved before any device is attached, so no VM is ever
+    // given one; they are opened (the references taken over) once attached.
+    SnapshotStore snapshots(pool);
+    pool.set_held_slot_observer(snapshots.observer());  // a live swapoff rewrites their references
+    if (config.snapshots) {
+        const std::size_t n = snapshots.expect_all(*config.snapshots);
+        spdlog::info("snapshots {}: {} found", config.snapshots->string(), n);
+    }
     if (auto r = swapon_all(pool, config.swaps); !r.empty()) return fail(r);
+    snapshots.open_all();
     swv::guestmem::HostMemory host(pool, config.host_budget);
     control::DeviceStats device_stats;
     control::SwapoffBoard swapoffs;
@@ -341,6 +367,7 @@ int serve_host(const cli::ServeConfig& config, const std::vector<std::string>& a
         vms->set_balloon_stats_interval(config.balloon_stats_interval);
         vms->set_age_scan(config.age_scan);
         vms->set_auto_unlimited(config.auto_limits);
+        vms->set_snapshots(&snapshots);
         if (auto r = confine(config.seccomp, *vms); !r) return fail(r.error().message());
     }
     VmHost* vm_host = vms ? &*vms : nullptr;

@@ -5,6 +5,7 @@
 
 #include <random>
 
+#include "guestmem/errc.hpp"
 #include "io/block_device.hpp"
 #include "swap/types.hpp"
 #include "vmm/control/protocol.hpp"
@@ -331,7 +332,46 @@ TEST(ParseRequest, VmLifecycleAndBalloonAndQuotaCommands) {
     EXPECT_EQ(parse_error(R"({"id":1,"cmd":"set-quota","vm":"a"})").code, ReplyCode::bad_request);
 }
 
+// Issue #21: snapshot, snapshot-delete and vm-create with "restore".
+TEST(ParseRequest, SnapshotCommandsAndRestore) {
+    auto snap = parse_request(R"({"id":1,"cmd":"snapshot","vm":"a","dir":"/s/1","stop":true})");
+    ASSERT_TRUE(snap.has_value());
+    EXPECT_EQ(std::get<SnapshotCmd>(snap->command).dir, "/s/1");
+    EXPECT_EQ(std::get<SnapshotCmd>(snap->command).after, AfterSnapshot::stop);
+    EXPECT_EQ(std::get<SnapshotCmd>(parse_request(R"({"cmd":"snapshot","vm":"a","dir":"/s"})")->command).after,
+              AfterSnapshot::resume);
+    EXPECT_EQ(parse_error(R"({"id":1,"cmd":"snapshot","vm":"a","dir":"rel"})").code, ReplyCode::bad_request);
+    EXPECT_EQ(parse_error(R"({"id":1,"cmd":"snapshot","vm":"a","dir":"/s","stop":"yes"})").code, ReplyCode::bad_request);
+    EXPECT_EQ(parse_error(R"({"id":1,"cmd":"snapshot","dir":"/s"})").code, ReplyCode::bad_request);
+    EXPECT_EQ(std::get<SnapshotDeleteCmd>(parse_request(R"({"cmd":"snapshot-delete","dir":"/s"})")->command).dir, "/s");
+
+    auto restore = parse_request(R"({"cmd":"vm-create","name":"b","restore":"/s","fill":false,"serial_log":"/l"})");
+    ASSERT_TRUE(restore.has_value()) << parse_error(R"({"cmd":"vm-create","name":"b","restore":"/s"})").message;
+    const auto& create = std::get<VmCreateCmd>(restore->command);
+    ASSERT_TRUE(create.restore.has_value());
+    EXPECT_EQ(create.restore->name, "b");
+    EXPECT_EQ(create.restore->dir, "/s");
+    EXPECT_FALSE(create.restore->fill);
+    EXPECT_TRUE(create.restore->prefetch);
+    EXPECT_EQ(create.restore->serial_log, std::filesystem::path("/l"));
+    // The spec is the snapshot's: a kernel or a size with restore is refused, naming it.
+    auto mixed = parse_error(R"({"cmd":"vm-create","name":"b","restore":"/s","memory":"64M"})");
+    EXPECT_EQ(mixed.code, ReplyCode::bad_request);
+    EXPECT_NE(mixed.message.find("\"memory\""), std::string::npos) << mixed.message;
+    EXPECT_FALSE(std::get<VmCreateCmd>(parse_request(R"({"cmd":"vm-create","name":"b","kernel":"/k","memory":"64M"})")
+                     ->command)
+                     .restore.has_value());
+    EXPECT_TRUE(is_mutating(snap->command));
+    EXPECT_EQ(describe(snap->command), "snapshot vm=a dir=/s/1 stop=yes");
+    EXPECT_EQ(describe(restore->command), "vm-create vm=b restore=/s fill=no");
+}
+
 TEST(ReplyCodes, VmErrorsMapToTheirCodes) {
+    EXPECT_EQ(reply_code_of(Error{make_error_code(VmErrc::snapshotting), "x"}), ReplyCode::busy);
+    EXPECT_EQ(reply_code_of(Error{make_error_code(VmErrc::bad_snapshot), "x"}), ReplyCode::bad_snapshot);
+    EXPECT_EQ(reply_code_of(Error{make_error_code(VmErrc::snapshot_in_use), "x"}), ReplyCode::vm_running);
+    EXPECT_EQ(reply_code_of(Error{guestmem::make_error_code(guestmem::Errc::bad_snapshot), "x"}), ReplyCode::bad_snapshot);
+    EXPECT_EQ(code_name(ReplyCode::bad_snapshot), "bad_snapshot");
     EXPECT_EQ(reply_code_of(Error{make_error_code(VmErrc::no_such_vm), "x"}), ReplyCode::no_such_vm);
     EXPECT_EQ(reply_code_of(Error{make_error_code(VmErrc::exists), "x"}), ReplyCode::exists);
     EXPECT_EQ(reply_code_of(Error{make_error_code(VmErrc::running), "x"}), ReplyCode::vm_running);

@@ -82,10 +82,16 @@ TEST_P(PrivilegedBuiltVm, RestoredMemtouchFinishesItsPassesWithoutStartingOver) 
         }
         return snapshot::Json{{"test", "full copy"}, {"regions", copy.size()}};
     };
-    RestoreMemory restore_memory = [&](guestmem::GuestMemory& mem, const snapshot::Json& memory) -> Result<void> {
+    RestoreMemory restore_memory = [&](guestmem::HostMemory& host, const guestmem::MemoryConfig& config,
+                                       const snapshot::Json& memory) -> Result<guestmem::GuestMemory*> {
         EXPECT_EQ(memory["test"], "full copy");
-        for (const auto& [base, bytes] : copy) SWV_TRY(mem.write(base, bytes));
-        return {};
+        guestmem::GuestMemory* mem = SWV_TRY(host.create_vm(config));
+        for (const auto& [base, bytes] : copy)
+            if (auto w = mem->write(base, bytes); !w) {
+                (void)host.remove_vm(config.name);
+                return std::unexpected(w.error());
+            }
+        return mem;
     };
 
     {
@@ -138,9 +144,9 @@ TEST_P(PrivilegedBuiltVm, RestoreRefusesASpecThatIsNotTheSnapshots) {
     VmSpec other = m.spec;
     other.vcpus = GetParam() + 1;
     bool called = false;
-    auto r = BuiltVm::restore(context, other, m, SerialPrefix::none, [&](guestmem::GuestMemory&, const snapshot::Json&) {
+    auto r = BuiltVm::restore(context, other, m, SerialPrefix::none, [&](guestmem::HostMemory&, const guestmem::MemoryConfig&, const snapshot::Json&) {
         called = true;
-        return Result<void>{};
+        return Result<guestmem::GuestMemory*>{nullptr};
     });
     ASSERT_FALSE(r.has_value());
     EXPECT_NE(r.error().message().find("\"vcpus\""), std::string::npos) << r.error().message();

@@ -14,7 +14,7 @@ using namespace swapvisor::vmm;
 
 namespace {
 
-constexpr Lifecycle kAll[] = {Lifecycle::creating, Lifecycle::running,  Lifecycle::paused,
+constexpr Lifecycle kAll[] = {Lifecycle::creating, Lifecycle::running,  Lifecycle::paused, Lifecycle::snapshotting,
                               Lifecycle::ended,    Lifecycle::released, Lifecycle::removing};
 
 // vm_table.hpp's table, written out again.
@@ -23,6 +23,10 @@ const std::set<std::pair<Lifecycle, Lifecycle>> kLegal = {
     {Lifecycle::paused, Lifecycle::running},   {Lifecycle::running, Lifecycle::ended},
     {Lifecycle::paused, Lifecycle::ended},     {Lifecycle::ended, Lifecycle::released},
     {Lifecycle::ended, Lifecycle::removing},   {Lifecycle::released, Lifecycle::removing},
+    // ctl snapshot: from running or paused, back to either (never ended: the runner
+    // waits until the snapshot is done).
+    {Lifecycle::running, Lifecycle::snapshotting}, {Lifecycle::paused, Lifecycle::snapshotting},
+    {Lifecycle::snapshotting, Lifecycle::running}, {Lifecycle::snapshotting, Lifecycle::paused},
 };
 
 }  // namespace
@@ -34,10 +38,12 @@ TEST(VmTableTest, TheLegalMovesAreExactlyTheDocumentedOnes) {
                 << lifecycle_name(from) << " -> " << lifecycle_name(to);
 }
 
-TEST(VmTableTest, ClientsSeeFourStates) {
+TEST(VmTableTest, ClientsSeeFiveStates) {
     EXPECT_EQ(visible_state(Lifecycle::creating), control::VmState::creating);
     EXPECT_EQ(visible_state(Lifecycle::running), control::VmState::running);
     EXPECT_EQ(visible_state(Lifecycle::paused), control::VmState::paused);
+    EXPECT_EQ(visible_state(Lifecycle::snapshotting), control::VmState::snapshotting);
+    EXPECT_STREQ(control::vm_state_name(control::VmState::snapshotting), "snapshotting");
     for (Lifecycle gone : {Lifecycle::ended, Lifecycle::released, Lifecycle::removing})
         EXPECT_EQ(visible_state(gone), control::VmState::ended) << lifecycle_name(gone);
     EXPECT_STREQ(control::vm_state_name(control::VmState::creating), "creating");

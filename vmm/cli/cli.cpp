@@ -35,6 +35,8 @@ struct RawRun {
     bool no_seccomp = false;
     double balloon_stats_interval = 2.0;  // seconds
     std::string auto_stall, auto_floor, auto_ceiling, age_scan;  // parse_tuning_option
+    std::string restore;
+    bool no_fill = false, no_prefetch = false;
 };
 
 struct RawServe {
@@ -45,6 +47,7 @@ struct RawServe {
     bool auto_limits = false;
     std::string age_scan;
     std::string metrics;
+    std::string snapshots;
     std::string log_level = "info";
     bool no_seccomp = false;
     double balloon_stats_interval = 2.0;  // seconds
@@ -93,6 +96,7 @@ CliOutcome validate_serve(const RawServe& raw) {
         config.host_budget = *budget;
     }
     if (!raw.metrics.empty()) config.metrics = raw.metrics;
+    if (!raw.snapshots.empty()) config.snapshots = std::filesystem::absolute(raw.snapshots);
     config.auto_limits = raw.auto_limits;
     if (!raw.age_scan.empty()) {
         MemoryTuning tuning;
@@ -164,8 +168,17 @@ CliOutcome validate(const RawRun& raw) {
         if (!budget) return usage_error(std::move(budget.error()).with_context("--host-budget").message());
         config.host_budget = *budget;
     }
+    if (!raw.restore.empty()) {
+        if (!raw.kernel.empty())
+            return usage_error("--restore and --kernel: a restored VM takes its spec from the snapshot (use --vm for others)");
+        config.restore = raw.restore;
+    } else if (raw.no_fill || raw.no_prefetch) {
+        return usage_error("--no-fill / --no-prefetch need --restore");
+    }
+    config.restore_fill = !raw.no_fill;
+    config.restore_prefetch = !raw.no_prefetch;
     auto vms = config.all_vms();
-    if (vms.empty()) return usage_error("no VM to run: give --kernel, or one --vm per VM");
+    if (vms.empty() && !config.restore) return usage_error("no VM to run: give --kernel, --restore, or one --vm per VM");
     for (const VmSpec& vm : vms) {
         if (auto why = vmm::check_cmdline(vm.cmdline); !why.empty())
             return usage_error(fmt::format("{}: the command line: {}", vm.name, why));
@@ -176,6 +189,10 @@ CliOutcome validate(const RawRun& raw) {
         for (std::size_t j = i + 1; j < vms.size(); ++j)
             if (vms[i].name == vms[j].name)
                 return usage_error(fmt::format("two VMs are named '{}' (use --name / name=)", vms[i].name));
+    if (config.restore)
+        for (const VmSpec& vm : vms)
+            if (vm.name == config.name)
+                return usage_error(fmt::format("two VMs are named '{}' (use --name / name=)", vm.name));
     return config;
 }
 
@@ -259,7 +276,7 @@ std::expected<std::vector<std::string>, std::string> expand_config(const std::ve
             return std::unexpected(fmt::format("--config {}: unknown key '{}'{} (a key is a 'swapvisor serve' option "
                                                "without its --)",
                                                file, item.name,
-                                               did_you_mean(item.name, {"control", "swap", "host-budget", "metrics",
+                                               did_you_mean(item.name, {"control", "swap", "host-budget", "metrics", "snapshots",
                                                                         "balloon-stats-interval", "no-seccomp",
                                                                         "log-level"})));
         if (on_command_line(flag)) continue;
@@ -301,6 +318,13 @@ CliOutcome parse_command_line(const std::vector<std::string>& given) {
                     "Guest image: a 64-bit x86 ELF with the PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY), e.g. the "
                     "examples/ guests or a Linux vmlinux built with CONFIG_PVH. Required unless --vm gives the VMs")
         ->type_name("ELF");
+    run->add_option("--restore", raw.restore,
+                    "Run the VM of a snapshot (ctl snapshot) instead of booting a kernel: its spec, vCPUs, devices and "
+                    "memory are the snapshot's (named by --name); pages come in at first touch")
+        ->type_name("DIR");
+    run->add_flag("--no-fill", raw.no_fill, "With --restore: no background filler (pages come only at first touch)");
+    run->add_flag("--no-prefetch", raw.no_prefetch,
+                  "With --restore: do not prefetch in the order the last restore of the snapshot touched its pages");
     run->add_option("--cmdline", raw.cmdline, "Guest command line, passed in hvm_start_info (at most 4095 bytes)")
         ->type_name("STR");
     run->add_option("--memory", raw.memory,
@@ -402,6 +426,10 @@ CliOutcome parse_command_line(const std::vector<std::string>& given) {
                       "Seconds between the working-set sweeps of a VM created without its own age scan (as for "
                       "run; default 30, 5 for resident-limit=auto VMs; off: none)")
         ->type_name("SECONDS|off");
+    serve->add_option("--snapshots", raw_serve.snapshots,
+                      "Directory of snapshots (one per subdirectory, as `ctl snapshot` writes them): their swap slots "
+                      "are kept from reuse and they can be restored (ctl vm-create NAME --restore DIR)")
+        ->type_name("DIR");
     serve->add_option("--metrics", raw_serve.metrics,
                       "Serve Prometheus metrics over HTTP on 127.0.0.1:PORT (loopback only) or a Unix socket PATH")
         ->type_name("ADDR");

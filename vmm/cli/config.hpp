@@ -113,6 +113,9 @@ struct ServeConfig {
     std::optional<std::string> metrics;  // "127.0.0.1:PORT" or a Unix socket path
     std::chrono::milliseconds balloon_stats_interval = kDefaultBalloonStatsInterval;  // VMs made by vm-create
     std::chrono::milliseconds age_scan = vmm::kDefaultAgeScan;  // --age-scan: VMs made by vm-create without their own
+    // --snapshots ROOT: each subdirectory holding a manifest.json is a snapshot loaded
+    // at start (its slots reserved before the swapons; docs/SNAPSHOT.md#orchestration).
+    std::optional<std::filesystem::path> snapshots;
     std::string log_level = "info";
     sandbox::Seccomp seccomp = sandbox::Seccomp::on;  // --no-seccomp: off
     bool operator==(const ServeConfig&) const = default;
@@ -140,6 +143,11 @@ struct RunConfig {
     std::uint64_t host_budget = 0;     // 0: only per-VM limits
     std::string log_level = "info";    // --log-level (spdlog level name)
     sandbox::Seccomp seccomp = sandbox::Seccomp::on;  // --no-seccomp: off
+    // --restore DIR: one more VM (named by --name), from that snapshot instead of a
+    // kernel; --no-fill / --no-prefetch turn off its filler / recorded-order prefetch.
+    std::optional<std::filesystem::path> restore;
+    bool restore_fill = true;
+    bool restore_prefetch = true;
 
     // Every VM to run: the one the top-level flags describe (if --kernel was given),
     // then each --vm.

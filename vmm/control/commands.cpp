@@ -35,6 +35,10 @@ public:
     json run(const StatusCmd& cmd) {
         json reply = ok_reply(id_);
         reply.update(stats_json(c_.host, c_.devices, cmd.detail));
+        if (c_.vms != nullptr) {
+            const SnapshotSummary s = c_.vms->snapshot_summary();
+            reply["snapshots"] = {{"loaded", s.snapshots}, {"held_vslots", s.held_vslots}, {"unavailable", s.unavailable}};
+        }
         return reply;
     }
 
@@ -88,7 +92,32 @@ public:
 
     json run(const VmCreateCmd& cmd) {
         if (auto refused = no_vms()) return *refused;
+        if (cmd.restore) return vm_reply(id_, c_.vms->restore_vm(*cmd.restore));
         return vm_reply(id_, c_.vms->create_vm(cmd.spec));
+    }
+
+    json run(const SnapshotCmd& cmd) {
+        if (auto refused = no_vms()) return *refused;
+        auto info = c_.vms->snapshot_vm(cmd.vm, cmd.dir, cmd.after);
+        if (!info) return error_of(id_, info.error());
+        json reply = ok_reply(id_);
+        reply["vm"] = info->vm;
+        reply["dir"] = info->dir.string();
+        reply["pages"] = {{"image", info->image_pages}, {"swapped", info->swapped_pages},
+                          {"zero", info->zero_pages}, {"lost", info->lost_pages}};
+        reply["bytes_written"] = info->bytes_written;
+        reply["elapsed_ms"] = info->elapsed_ms;
+        reply["stopped"] = info->stopped;
+        return reply;
+    }
+
+    json run(const SnapshotDeleteCmd& cmd) {
+        if (auto refused = no_vms()) return *refused;
+        if (auto deleted = c_.vms->delete_snapshot(cmd.dir); !deleted) return error_of(id_, deleted.error());
+        json reply = ok_reply(id_);
+        reply["dir"] = cmd.dir;
+        reply["deleted"] = true;
+        return reply;
     }
 
     json run(const VmStopCmd& cmd) {
@@ -178,7 +207,8 @@ bool runs_on_worker(const CommandContext& context, const Command& command) {
             // lifecycle commands may wait for a guest or free gigabytes.
             if constexpr (std::is_same_v<T, SwaponCmd> || std::is_same_v<T, SwapoffCmd>) return true;
             else if constexpr (std::is_same_v<T, VmCreateCmd> || std::is_same_v<T, VmStopCmd> ||
-                               std::is_same_v<T, VmActionCmd>)
+                               std::is_same_v<T, VmActionCmd> || std::is_same_v<T, SnapshotCmd> ||
+                               std::is_same_v<T, SnapshotDeleteCmd>)
                 return context.vms != nullptr;
             else return false;
         },

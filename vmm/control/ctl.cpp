@@ -67,6 +67,8 @@ std::string_view command_name(CtlCommand command) {
         case CtlCommand::vm_list: return "vm-list";
         case CtlCommand::set_balloon: return "set-balloon";
         case CtlCommand::set_quota: return "set-quota";
+        case CtlCommand::snapshot: return "snapshot";
+        case CtlCommand::snapshot_delete: return "snapshot-delete";
     }
     return "ctl";
 }
@@ -190,6 +192,12 @@ void print_status(const json& reply, StatsDetail detail, std::ostream& out) {
         out << fmt::format("\nhost: resident {}, budget {}\n", human_bytes(u64(host, "resident_bytes")),
                            limit_text(u64(host, "budget_bytes")));
     }
+    if (reply.contains("snapshots") && reply["snapshots"].is_object()) {
+        const json& s = reply["snapshots"];
+        out << fmt::format("snapshots: {} loaded, {} held slots, {} unavailable; shared vslots {}\n", u64(s, "loaded"),
+                           u64(s, "held_vslots"), u64(s, "unavailable"),
+                           reply.contains("host") ? u64(reply["host"], "shared_vslots") : 0);
+    }
     if (detail != StatsDetail::full) return;
     for (const json& vm : vms) {
         out << fmt::format("\n{}:\n", str(vm, "name"));
@@ -205,6 +213,7 @@ std::string vm_line(const json& vm) {
     if (vm.contains("exit_code")) {
         end = fmt::format("{} ({})", u64(vm, "exit_code"), str(vm, "end_reason"));
     }
+    if (vm.contains("restored_from")) end += fmt::format("{}restored from {}", end.empty() ? "" : " ", str(vm, "restored_from"));
     return fmt::format("{:<16} {:>8} {:>6} {:>9} {}\n", str(vm, "name"), str(vm, "state"), u64(vm, "vcpus"),
                        human_bytes(u64(vm, "memory_bytes")), end);
 }
@@ -227,6 +236,15 @@ void print_result(const CtlOptions& options, const json& reply, std::ostream& ou
             out << vm_line(reply);
             break;
         case CtlCommand::vm_remove: out << fmt::format("vm-remove {}: removed\n", str(reply, "name")); break;
+        case CtlCommand::snapshot: {
+            const json& p = reply.contains("pages") ? reply["pages"] : json::object();
+            out << fmt::format("snapshot {}: {} ({} image, {} swapped by reference, {} zero pages; {} written, {} ms){}\n",
+                               str(reply, "vm"), str(reply, "dir"), u64(p, "image"), u64(p, "swapped"), u64(p, "zero"),
+                               human_bytes(u64(reply, "bytes_written")), u64(reply, "elapsed_ms"),
+                               reply.value("stopped", false) ? ", VM stopped" : "");
+            break;
+        }
+        case CtlCommand::snapshot_delete: out << fmt::format("snapshot-delete {}: deleted\n", str(reply, "dir")); break;
         case CtlCommand::set_balloon:
             out << fmt::format("set-balloon {}: target {}\n", str(reply, "vm"), human_bytes(u64(reply, "target_bytes")));
             break;
@@ -418,7 +436,13 @@ void add_ctl_subcommand(CLI::App& app, CtlOptions& o) {
 
     CLI::App* create = ctl->add_subcommand("vm-create", "Create and start a VM (swapvisor serve)");
     create->add_option("NAME", o.vm, "VM name ([A-Za-z0-9._-], <= 64)")->required();
-    create->add_option("--kernel", o.kernel, "Guest image (PVH ELF)")->required();
+    CLI::Option* kernel = create->add_option("--kernel", o.kernel, "Guest image (PVH ELF); required unless --restore");
+    create->add_option("--restore", o.restore,
+                       "Create the VM from a snapshot directory (ctl snapshot): its spec, vCPUs, devices and memory "
+                       "are the snapshot's; only --serial-log, --no-fill and --no-prefetch go with it")
+        ->excludes(kernel);
+    create->add_flag("--no-fill", o.no_fill, "With --restore: no background filler");
+    create->add_flag("--no-prefetch", o.no_prefetch, "With --restore: no recorded-order prefetch");
     create->add_option("--memory", o.memory, "Guest RAM, a multiple of 2 MiB")->check(size_validator())->capture_default_str();
     create->add_option("--vcpus", o.vcpus, "vCPUs (1..255)")->check(CLI::Range(1, 255));
     create->add_option("--resident-limit", o.resident_limit,
@@ -454,6 +478,16 @@ void add_ctl_subcommand(CLI::App& app, CtlOptions& o) {
     ctl->add_subcommand("vm-list", "Every VM: state, and how ended ones ended")->callback([&o] {
         o.command = CtlCommand::vm_list;
     });
+    CLI::App* snap = ctl->add_subcommand("snapshot", "Snapshot a VM into DIR (pauses it, then resumes it or --stop)");
+    snap->add_option("VM", o.vm, "VM name")->required();
+    snap->add_option("DIR", o.dir, "Snapshot directory (created; must not hold a snapshot)")->required();
+    snap->add_flag("--stop", o.stop, "Stop the VM once its snapshot is written");
+    snap->callback([&o] { o.command = CtlCommand::snapshot; });
+    CLI::App* snap_delete = ctl->add_subcommand(
+        "snapshot-delete", "Delete a snapshot: release its swap slots, remove its files (refused while a VM restored "
+                           "from it runs)");
+    snap_delete->add_option("DIR", o.dir, "Snapshot directory")->required();
+    snap_delete->callback([&o] { o.command = CtlCommand::snapshot_delete; });
     CLI::App* balloon = ctl->add_subcommand("set-balloon", "Set a VM's balloon target (what the guest gives back)");
     balloon->add_option("VM", o.vm, "VM name")->required();
     balloon->add_option("SIZE", o.bytes, "Balloon size, e.g. 64M (0: deflate fully)")->required()->check(size_validator());
@@ -502,6 +536,13 @@ json ctl_request(const CtlOptions& options, int id) {
             break;
         case CtlCommand::vm_create:
             request["name"] = options.vm;
+            if (!options.restore.empty()) {
+                request["restore"] = absolute_path(options.restore);
+                if (!options.serial_log.empty()) request["serial_log"] = absolute_path(options.serial_log);
+                if (options.no_fill) request["fill"] = false;
+                if (options.no_prefetch) request["prefetch"] = false;
+                break;
+            }
             request["kernel"] = absolute_path(options.kernel);
             request["memory"] = bytes_of(options.memory);
             request["vcpus"] = options.vcpus;
@@ -524,6 +565,12 @@ json ctl_request(const CtlOptions& options, int id) {
         case CtlCommand::vm_pause:
         case CtlCommand::vm_resume:
         case CtlCommand::vm_remove: request["vm"] = options.vm; break;
+        case CtlCommand::snapshot:
+            request["vm"] = options.vm;
+            request["dir"] = absolute_path(options.dir);
+            if (options.stop) request["stop"] = true;
+            break;
+        case CtlCommand::snapshot_delete: request["dir"] = absolute_path(options.dir); break;
         default: break;
     }
     return request;
@@ -538,7 +585,9 @@ std::chrono::milliseconds effective_timeout(const CtlOptions& options) {
         case CtlCommand::vm_stop:
         case CtlCommand::vm_pause:
         case CtlCommand::vm_resume:
-        case CtlCommand::vm_remove: return kDefaultLongCtlTimeout;
+        case CtlCommand::vm_remove:
+        case CtlCommand::snapshot:
+        case CtlCommand::snapshot_delete: return kDefaultLongCtlTimeout;
         default: return kDefaultCtlTimeout;
     }
 }
@@ -548,7 +597,7 @@ int run_ctl(const CtlOptions& options) { return run_ctl(options, std::cout, std:
 int run_ctl(const CtlOptions& options, std::ostream& out, std::ostream& err) {
     if (options.command == CtlCommand::none) {
         err << "swapvisor ctl: no command (status, stats, swapon, swapoff, set-limit, set-budget, vm-create, vm-stop, "
-               "vm-pause, vm-resume, vm-remove, vm-list, set-balloon, set-quota)\n";
+               "vm-pause, vm-resume, vm-remove, vm-list, set-balloon, set-quota, snapshot, snapshot-delete)\n";
         return kCtlExitErrorReply;
     }
     const std::string socket = options.socket.empty() ? default_control_socket() : options.socket;

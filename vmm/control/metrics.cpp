@@ -158,7 +158,8 @@ std::string prometheus_text(guestmem::HostMemory& host, const DeviceStats& devic
     }
     if (vms != nullptr) {
         for (const VmInfo& info : vms->list_vms()) {
-            for (VmState state : {VmState::creating, VmState::running, VmState::paused, VmState::ended})
+            for (VmState state : {VmState::creating, VmState::running, VmState::paused, VmState::snapshotting,
+                                   VmState::ended})
                 f.sample("swapvisor_vm_state", "lifecycle state of each listed VM (1 for the current one)",
                          fmt::format("vm=\"{}\",state=\"{}\"", label(info.name), vm_state_name(state)),
                          info.state == state ? 1 : 0);
@@ -167,6 +168,15 @@ std::string prometheus_text(guestmem::HostMemory& host, const DeviceStats& devic
                          *info.exit_code);
         }
     }
+    if (vms != nullptr) {
+        const SnapshotSummary s = vms->snapshot_summary();
+        f.sample("swapvisor_snapshots", "snapshots this process has loaded (docs/SNAPSHOT.md)", "", s.snapshots);
+        f.sample("swapvisor_snapshot_held_vslots", "vslots the loaded snapshots hold a reference on", "", s.held_vslots);
+        f.sample("swapvisor_snapshots_unavailable", "snapshots serve --snapshots found but could not load", "",
+                 s.unavailable);
+    }
+    f.sample("swapvisor_shared_vslots", "vslots with references beyond their owner's (snapshots, clones)", "",
+             host.pool().shared_vslots());
     auto running = swapoffs != nullptr ? swapoffs->snapshot() : std::map<std::string, SwapoffBoard::Progress>{};
     for (const swap::DeviceStats& d : host.pool().stats()) {
         const std::string dev = fmt::format("path=\"{}\"", label(d.path));

@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include "io/block_device.hpp"
+#include "guestmem/errc.hpp"
 #include "io/nbd_device.hpp"
 #include "swap/memory_tier.hpp"
 #include "swap/types.hpp"
@@ -38,6 +39,7 @@ std::string_view code_name(ReplyCode code) {
         case ReplyCode::unsupported: return "unsupported";
         case ReplyCode::timeout: return "timeout";
         case ReplyCode::kvm_error: return "kvm_error";
+        case ReplyCode::bad_snapshot: return "bad_snapshot";
     }
     return "io_error";
 }
@@ -81,10 +83,17 @@ ReplyCode reply_code_of(const Error& error) {
             case VmErrc::bad_spec: return ReplyCode::bad_request;
             case VmErrc::no_balloon: return ReplyCode::no_balloon;
             case VmErrc::creating: return ReplyCode::busy;
+            case VmErrc::snapshotting: return ReplyCode::busy;
+            case VmErrc::bad_snapshot: return ReplyCode::bad_snapshot;
+            case VmErrc::snapshot_in_use: return ReplyCode::vm_running;
         }
         return ReplyCode::io_error;
     }
     if (code.category() == vmm::spec_category()) return ReplyCode::bad_request;  // a VM spec's field
+    // A manifest or memory snapshot that is not usable. The manifest's category is
+    // vmm/snapshot's, a library this layer does not link: matched by its name.
+    if (code == guestmem::Errc::bad_snapshot || std::string_view(code.category().name()) == "snapshot")
+        return ReplyCode::bad_snapshot;
     if (error.is(std::errc::timed_out)) return ReplyCode::timeout;
     if (code.category() == io::io_category()) {
         // A device smaller than one cluster, or one with an odd block size: the
@@ -355,6 +364,54 @@ std::expected<Request, RequestError> parse_request(std::string_view line) {
             return bad(id, ReplyCode::bad_request, low);
         return Request{id, SetBudgetCmd{*bytes}};
     }
+    if (cmd == "vm-create" && request.contains("restore")) {
+        // A restore takes its spec from the snapshot: only these fields.
+        for (const auto& [field, value] : request.items())
+            if (field != "cmd" && field != "id" && field != "name" && field != "restore" && field != "serial_log" &&
+                field != "fill" && field != "prefetch")
+                return bad(id, ReplyCode::bad_request,
+                           fmt::format("field \"{}\": a restored VM takes its spec from the snapshot "
+                                       "(only name, restore, serial_log, fill, prefetch)", field));
+        RestoreRequest restore;
+        auto name = string_field(request, "name");
+        if (!name) return bad(id, ReplyCode::bad_request, name.error());
+        restore.name = std::move(*name);
+        auto dir = path_field(request, "restore", Uri::no);
+        if (!dir) return bad(id, ReplyCode::bad_request, dir.error());
+        restore.dir = std::move(*dir);
+        if (request.contains("serial_log")) {
+            auto log = path_field(request, "serial_log", Uri::no);
+            if (!log) return bad(id, ReplyCode::bad_request, log.error());
+            restore.serial_log = std::move(*log);
+        }
+        for (auto [field, target] : {std::pair{"fill", &restore.fill}, std::pair{"prefetch", &restore.prefetch}}) {
+            auto it = request.find(field);
+            if (it == request.end()) continue;
+            if (!it->is_boolean()) return bad(id, ReplyCode::bad_request, fmt::format("field \"{}\" must be true or false", field));
+            *target = it->get<bool>();
+        }
+        VmCreateCmd create;
+        create.spec.name = restore.name;
+        create.restore = std::move(restore);
+        return Request{id, std::move(create)};
+    }
+    if (cmd == "snapshot") {
+        auto vm = string_field(request, "vm");
+        if (!vm) return bad(id, ReplyCode::bad_request, vm.error());
+        auto dir = path_field(request, "dir", Uri::no);
+        if (!dir) return bad(id, ReplyCode::bad_request, dir.error());
+        SnapshotCmd snap{std::move(*vm), std::move(*dir)};
+        if (auto it = request.find("stop"); it != request.end()) {
+            if (!it->is_boolean()) return bad(id, ReplyCode::bad_request, "field \"stop\" must be true or false");
+            snap.after = it->get<bool>() ? AfterSnapshot::stop : AfterSnapshot::resume;
+        }
+        return Request{id, std::move(snap)};
+    }
+    if (cmd == "snapshot-delete") {
+        auto dir = path_field(request, "dir", Uri::no);
+        if (!dir) return bad(id, ReplyCode::bad_request, dir.error());
+        return Request{id, SnapshotDeleteCmd{std::move(*dir)}};
+    }
     if (cmd == "vm-create") {
         auto spec = parse_vm_create(request);
         if (!spec) return bad(id, ReplyCode::bad_request, spec.error());
@@ -390,7 +447,7 @@ std::expected<Request, RequestError> parse_request(std::string_view line) {
     }
     return bad(id, ReplyCode::unknown_command,
                fmt::format("unknown command \"{}\" (status, stats, swapon, swapoff, set-limit, set-budget, vm-create, "
-                           "vm-stop, vm-pause, vm-resume, vm-remove, vm-list, set-balloon, set-quota)",
+                           "vm-stop, vm-pause, vm-resume, vm-remove, vm-list, set-balloon, set-quota, snapshot, snapshot-delete)",
                            cmd));
 }
 
@@ -430,6 +487,10 @@ struct Describe {
     }
     std::string operator()(const SetBudgetCmd& c) const { return fmt::format("set-budget bytes={}", c.bytes); }
     std::string operator()(const VmCreateCmd& c) const {
+        if (c.restore)
+            return fmt::format("vm-create vm={} restore={}{}{}", audit_value(c.restore->name),
+                               audit_value(c.restore->dir.string()), c.restore->fill ? "" : " fill=no",
+                               c.restore->prefetch ? "" : " prefetch=no");
         const VmSpec& s = c.spec;
         return fmt::format("vm-create vm={} kernel={} memory={} vcpus={} resident_limit={}{} swap_quota={} balloon={}",
                            audit_value(s.name), audit_value(s.kernel.string()), s.memory_bytes, s.vcpus,
@@ -443,6 +504,13 @@ struct Describe {
         return fmt::format("{} vm={}", name, audit_value(c.vm));
     }
     std::string operator()(const VmListCmd&) const { return "vm-list"; }
+    std::string operator()(const SnapshotCmd& c) const {
+        return fmt::format("snapshot vm={} dir={}{}", audit_value(c.vm), audit_value(c.dir),
+                           c.after == AfterSnapshot::stop ? " stop=yes" : "");
+    }
+    std::string operator()(const SnapshotDeleteCmd& c) const {
+        return fmt::format("snapshot-delete dir={}", audit_value(c.dir));
+    }
     std::string operator()(const SetBalloonCmd& c) const {
         return fmt::format("set-balloon vm={} bytes={}", audit_value(c.vm), c.bytes);
     }
@@ -471,6 +539,7 @@ json vm_info_json(const VmInfo& info) {
         j["end_reason"] = info.end_reason;
         if (!info.end_message.empty()) j["end_message"] = info.end_message;
     }
+    if (!info.restored_from.empty()) j["restored_from"] = info.restored_from;
     return j;
 }
 

@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <expected>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <variant>
@@ -48,6 +49,7 @@ enum class ReplyCode {
     unsupported,      // a VM lifecycle command on a server without a VM host
     timeout,          // vm-pause: the vCPUs did not stop in time; NBD: no connection in time; idle client closed
     kvm_error,        // KVM refused (no /dev/kvm, KVM_CREATE_VM failed, ...): the message says what to check
+    bad_snapshot,     // a snapshot directory that is not one, or not usable here (version, device, file, checksum)
 };
 std::string_view code_name(ReplyCode code);
 // The reply code for an error from the layers below (swap::Errc, io::Errc, errno).
@@ -89,6 +91,17 @@ struct SetBudgetCmd {
 };
 struct VmCreateCmd {
     VmSpec spec;  // typed, not yet checked: the VM host validates it (vmm::validate)
+    // "restore": DIR — the VM comes from that snapshot (its spec, with this name and
+    // serial log); "kernel" / "memory" and the other spec fields are then refused.
+    std::optional<RestoreRequest> restore;
+};
+struct SnapshotCmd {
+    std::string vm;
+    std::string dir;
+    AfterSnapshot after = AfterSnapshot::resume;  // "stop": true stops the VM after the snapshot
+};
+struct SnapshotDeleteCmd {
+    std::string dir;
 };
 // How long vm-stop gives the guest to exit by itself before forcing it.
 inline constexpr std::chrono::milliseconds kDefaultStopTimeout{5000};
@@ -112,7 +125,7 @@ struct SetQuotaCmd {
     std::uint64_t bytes = 0;  // swap quota on the shared pool; 0: none
 };
 using Command = std::variant<StatusCmd, SwaponCmd, SwapoffCmd, SetLimitCmd, SetBudgetCmd, VmCreateCmd, VmStopCmd,
-                             VmActionCmd, VmListCmd, SetBalloonCmd, SetQuotaCmd>;
+                             VmActionCmd, VmListCmd, SetBalloonCmd, SetQuotaCmd, SnapshotCmd, SnapshotDeleteCmd>;
 
 // A request id is a JSON integer or string, echoed back verbatim. It is optional,
 // as in QMP: a request without one is run and its reply carries "id":null. An id of

@@ -102,6 +102,8 @@ nlohmann::json stats_json(guestmem::HostMemory& host, const DeviceStats& devices
     // Host memory the compressed memory tiers hold: charged to the budget too.
     if (const std::uint64_t tiers = host.pool().memory_tier_bytes(); tiers != 0) host_json["memory_tier_bytes"] = tiers;
     if (full) host_json["allocated_vslots"] = host.pool().allocated_vslots();
+    // Vslots that snapshots share with a VM or hold alone (swap/README.md#held-vslots).
+    host_json["shared_vslots"] = host.pool().shared_vslots();
     return json{{"vms", std::move(vms)}, {"swap", std::move(swap)}, {"host", std::move(host_json)}};
 }
 

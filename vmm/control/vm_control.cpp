@@ -17,12 +17,28 @@ public:
             case VmErrc::bad_spec: return "bad VM spec";
             case VmErrc::no_balloon: return "the VM has no balloon (create it with \"balloon\": true)";
             case VmErrc::creating: return "the VM is still being created (retry once vm-create has answered)";
+            case VmErrc::snapshotting: return "a snapshot of the VM is being taken (retry once it has answered)";
+            case VmErrc::bad_snapshot: return "bad snapshot";
+            case VmErrc::snapshot_in_use: return "a VM restored from the snapshot still runs (stop it first)";
         }
         return "unknown VM error";
     }
 };
 
+Error no_snapshots(const char* op) {
+    return Error{std::make_error_code(std::errc::operation_not_supported), op}.with_context(
+        "this swapvisor keeps no snapshots");
+}
+
 }  // namespace
+
+Result<SnapshotInfo> VmControl::snapshot_vm(const std::string&, const std::filesystem::path&, AfterSnapshot) {
+    return std::unexpected(no_snapshots("snapshot"));
+}
+Result<VmInfo> VmControl::restore_vm(const RestoreRequest&) { return std::unexpected(no_snapshots("restore")); }
+Result<void> VmControl::delete_snapshot(const std::filesystem::path&) {
+    return std::unexpected(no_snapshots("snapshot-delete"));
+}
 
 const std::error_category& vm_category() {
     static const VmCategory category;
@@ -34,6 +50,7 @@ const char* vm_state_name(VmState state) {
         case VmState::creating: return "creating";
         case VmState::running: return "running";
         case VmState::paused: return "paused";
+        case VmState::snapshotting: return "snapshotting";
         case VmState::ended: return "ended";
     }
     return "ended";

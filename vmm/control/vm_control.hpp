@@ -34,6 +34,9 @@ enum class VmErrc {
     bad_spec,        // a field of a vm-create is out of range (the context names it)
     no_balloon,      // set-balloon of a VM created without a balloon
     creating,        // any command but vm-create / vm-list on a VM still being built: retry
+    snapshotting,    // vm-stop / vm-pause / vm-resume / vm-remove / set-balloon / snapshot while one is taken: retry
+    bad_snapshot,    // snapshot of a directory that holds one; restore / snapshot-delete of a missing or unloadable one
+    snapshot_in_use, // snapshot-delete of a snapshot a VM restored from still runs on
 };
 const std::error_category& vm_category();
 inline std::error_code make_error_code(VmErrc e) { return {static_cast<int>(e), vm_category()}; }
@@ -52,7 +55,7 @@ using vmm::VmSpec;
 // What a client sees of a VM's lifecycle (the host's own states, vmm/host/vm_table.hpp,
 // map onto these): creating (vm-create still building it), running, paused, ended
 // (until vm-remove; its memory may still be on its way back to the host).
-enum class VmState { creating, running, paused, ended };
+enum class VmState { creating, running, paused, snapshotting, ended };
 const char* vm_state_name(VmState state);
 
 struct VmInfo {
@@ -63,7 +66,34 @@ struct VmInfo {
     std::optional<std::uint32_t> exit_code;  // once ended
     std::string end_reason;                  // "debug_exit", "stopped", ... once ended
     std::string end_message;
+    std::string restored_from;  // the snapshot directory of a restored VM (empty otherwise)
 };
+
+// ctl snapshot: what was written (docs/SNAPSHOT.md).
+struct SnapshotInfo {
+    std::string vm;
+    std::filesystem::path dir;  // canonical
+    std::uint64_t image_pages = 0, swapped_pages = 0, zero_pages = 0, lost_pages = 0;
+    std::uint64_t bytes_written = 0;
+    std::uint64_t elapsed_ms = 0;
+    bool stopped = false;  // --stop: the VM was stopped after the snapshot
+};
+// ctl vm-create --restore / run --restore: a VM from a snapshot directory. The spec
+// is the snapshot's, with this name and serial log.
+struct RestoreRequest {
+    std::string name;
+    std::filesystem::path dir;
+    std::optional<std::filesystem::path> serial_log;
+    bool fill = true;      // --no-fill: no background filler
+    bool prefetch = true;  // --no-prefetch: no recorded-order prefetch
+};
+// The snapshots this process has loaded (status / stats / metrics).
+struct SnapshotSummary {
+    std::uint64_t snapshots = 0;    // loaded (taken here, opened by serve --snapshots or a restore)
+    std::uint64_t held_vslots = 0;  // vslots they hold a reference on
+    std::uint64_t unavailable = 0;  // found by serve --snapshots but not loadable (a device missing, ...)
+};
+enum class AfterSnapshot { resume, stop };
 
 // vm-stop: how the VM ended (graceful: the guest exited by itself within the
 // timeout; forced: it was stopped from outside).
@@ -92,6 +122,13 @@ public:
     // shutdown never waits for a client's timeout (issue #16 item 7). Returns at once;
     // the VMs themselves are stopped by whoever shuts the host down.
     virtual void shut_down() = 0;
+
+    // Snapshots (docs/SNAPSHOT.md). Defaults: `unsupported` for a host without them.
+    virtual Result<SnapshotInfo> snapshot_vm(const std::string& name, const std::filesystem::path& dir, AfterSnapshot after);
+    virtual Result<VmInfo> restore_vm(const RestoreRequest& request);
+    // Release a snapshot's slot references and remove its files.
+    virtual Result<void> delete_snapshot(const std::filesystem::path& dir);
+    virtual SnapshotSummary snapshot_summary() const { return {}; }
 };
 
 }  // namespace swapvisor::vmm::control

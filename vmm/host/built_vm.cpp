@@ -64,8 +64,7 @@ Result<std::unique_ptr<BuiltVm>> BuiltVm::restore(const BuildContext& context, c
     if (spec.vcpus > context.kvm.max_vcpus())
         return differs("vcpus", fmt::format("this host's KVM allows at most {}", context.kvm.max_vcpus()));
 
-    SWV_TRY(vm->create_memory(context));
-    SWV_TRY(with_context(restore_memory(vm->memory_.get(), manifest.memory), fmt::format("{}: restoring guest memory", name)));
+    SWV_TRY(vm->create_memory(context, &restore_memory, &manifest.memory));
     auto created = Vm::create_restored(context.kvm, vm->vm_config(context), manifest.kvm);
     if (!created) return std::unexpected(std::move(created.error()).with_context(fmt::format("restoring VM {}", name)));
     vm->vm_ = std::move(*created);
@@ -101,7 +100,8 @@ Result<snapshot::Manifest> BuiltVm::save_state(const SaveMemory& save_memory) {
 
 // Guest memory under the host budget. One fault thread per vCPU: faults from several
 // vCPUs are served at once.
-Result<void> BuiltVm::create_memory(const BuildContext& context) {
+Result<void> BuiltVm::create_memory(const BuildContext& context, const RestoreMemory* from,
+                                    const snapshot::Json* memory_json) {
     const VmSpec& spec = spec_;
     const std::string& name = spec.name;
     guestmem::MemoryConfig memory_config{.name = name, .memory_bytes = spec.memory_bytes,
@@ -127,8 +127,11 @@ Result<void> BuiltVm::create_memory(const BuildContext& context) {
             SWV_ASSERT(r.has_value(), "cannot confine a guestmem thread (seccomp)");
         };
     }
-    auto memory = context.host.create_vm(memory_config);
-    if (!memory) return std::unexpected(std::move(memory.error()).with_context(fmt::format("guest memory of {}", name)));
+    auto memory = from != nullptr ? (*from)(context.host, memory_config, *memory_json) : context.host.create_vm(memory_config);
+    if (!memory)
+        return std::unexpected(std::move(memory.error())
+                                   .with_context(from != nullptr ? fmt::format("{}: restoring guest memory", name)
+                                                                 : fmt::format("guest memory of {}", name)));
     memory_.hold(context.host, **memory, name);
     return {};
 }

@@ -52,10 +52,14 @@ struct BuildContext {
 
 // The memory side of a snapshot, as the VM side calls it (docs/SNAPSHOT.md): save
 // the paused VM's guest memory into the snapshot directory and return what the
-// manifest's `memory` member should hold; or, for a restore, fill freshly created
-// guest memory from that member (before it is started and before any vCPU runs).
+// manifest's `memory` member should hold; or, for a restore, create the VM's guest
+// memory in `host` *from* the snapshot (HostMemory::restore_vm: every page starts
+// as an image / swapped / zero entry, nothing resident) with the config the VM
+// would be built with, and the manifest's `memory` member. It runs before guest
+// memory starts and before any vCPU exists; on error nothing may be listed.
 using SaveMemory = std::function<Result<snapshot::Json>(guestmem::GuestMemory&)>;
-using RestoreMemory = std::function<Result<void>(guestmem::GuestMemory&, const snapshot::Json& memory)>;
+using RestoreMemory = std::function<Result<guestmem::GuestMemory*>(
+    guestmem::HostMemory& host, const guestmem::MemoryConfig& config, const snapshot::Json& memory)>;
 
 class BuiltVm {
 public:
@@ -74,7 +78,7 @@ public:
     // Build a VM from a snapshot instead of from a kernel: `spec` is the manifest's
     // spec, the name (and serial log) possibly changed by the caller; its vCPUs,
     // memory size and balloon must be the manifest's (VmErrc::bad_spec otherwise).
-    // Steps: guest memory under the host budget, `restore_memory` fills it from
+    // Steps: guest memory under the host budget, created by `restore_memory` from
     // `manifest.memory`, the KVM VM with its vCPUs and irqchip from the saved state
     // (Vm::create_restored), COM1, the debug exit and the virtio devices put back
     // into their saved state, the balloon's poller, guest memory started. No kernel
@@ -102,6 +106,8 @@ public:
     // Stop guest memory's threads but keep its pages (`run` reads them for
     // --stats-json after the guest ended).
     void stop_memory() { memory_.stop(); }
+    // The VM's guest memory (a restored VM's save_working_set at its end).
+    guestmem::GuestMemory& memory() { return memory_.get(); }
     // The balloon's target in pages (bytes rounded down, at most guest memory), and
     // the guest told of it. Errors: VmErrc::no_balloon.
     Result<std::uint64_t> set_balloon(std::uint64_t bytes);
@@ -109,7 +115,9 @@ public:
 private:
     explicit BuiltVm(const VmSpec& spec) : spec_(spec) {}
     // The build steps that build() and restore() share, in that order.
-    Result<void> create_memory(const BuildContext& context);
+    // Guest memory under the host budget: empty (build), or from a snapshot (restore).
+    Result<void> create_memory(const BuildContext& context, const RestoreMemory* from = nullptr,
+                               const snapshot::Json* memory = nullptr);
     VmConfig vm_config(const BuildContext& context) const;
     Result<void> create_devices(const BuildContext& context, SerialPrefix prefix);
     void start_poller();

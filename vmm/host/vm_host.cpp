@@ -3,8 +3,13 @@
 // anything slow (a build, a release, joining a runner) with the mutex released.
 #include "vmm/host/vm_host.hpp"
 
+#include <fstream>
+
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+
+#include "guestmem/snapshot.hpp"
+#include "vmm/snapshot/manifest.hpp"
 
 namespace swapvisor::vmm {
 
@@ -39,19 +44,27 @@ Result<VmEntry*> VmHost::find_settled(const std::string& name, const char* op) c
     VmEntry* entry = table_.find(name);
     if (entry == nullptr || entry->state == Lifecycle::removing) return make_error(control::VmErrc::no_such_vm, op, name);
     if (entry->state == Lifecycle::creating) return make_error(control::VmErrc::creating, op, name);
+    if (entry->state == Lifecycle::snapshotting) return make_error(control::VmErrc::snapshotting, op, name);
     return entry;
 }
 
 Result<control::VmInfo> VmHost::start(const VmSpec& spec, SerialPrefix prefix) {
     SWV_TRY(with_context(validate(spec), spec.name));
+    return start_built(spec, std::nullopt, [&] { return BuiltVm::build(context_, spec, prefix); });
+}
+
+template <class Build>
+Result<control::VmInfo> VmHost::start_built(const VmSpec& spec,
+                                            const std::optional<std::filesystem::path>& restored_from, Build&& build) {
     // Reserve the name first: two concurrent creates of one name cannot both pass.
+    // A restore's entry names its snapshot from here on: snapshot-delete refuses it.
     {
         std::lock_guard lock(table_.mutex);
         if (shutting_down_) return errno_error("vm-create: the host is shutting down", ESHUTDOWN, spec.name);
         if (table_.find(spec.name) != nullptr) return make_error(control::VmErrc::exists, "vm-create", spec.name);
-        table_.add(spec);
+        table_.add(spec).restored_from = restored_from;
     }
-    auto built = BuiltVm::build(context_, spec, prefix);
+    Result<std::unique_ptr<BuiltVm>> built = build();
     // What a failed create leaves to destroy: outside the mutex (a BuiltVm's
     // teardown waits for every VmRef of its memory), after the lock below is gone.
     std::unique_ptr<BuiltVm> doomed_vm;
@@ -74,9 +87,10 @@ Result<control::VmInfo> VmHost::start(const VmSpec& spec, SerialPrefix prefix) {
     entry.runner = std::thread([this, &entry] { run_vm(entry); });
     control::VmInfo info = table_.info(entry);
     lock.unlock();  // no log line under the mutex: a stalled stderr must not stall vm-list
-    spdlog::info("{}: started ({} bytes, {} vCPU{}, resident limit {}, swap quota {}{})", spec.name, spec.memory_bytes,
+    spdlog::info("{}: started ({} bytes, {} vCPU{}, resident limit {}, swap quota {}{}{})", spec.name, spec.memory_bytes,
                  spec.vcpus, spec.vcpus == 1 ? "" : "s", spec.resident_limit, spec.swap_quota,
-                 spec.balloon ? ", balloon" : "");
+                 spec.balloon ? ", balloon" : "",
+                 restored_from ? fmt::format(", restored from {}", restored_from->string()) : std::string());
     return info;
 }
 
@@ -86,9 +100,19 @@ void VmHost::run_vm(VmEntry& entry) {
     BuiltVm& built = *entry.built;
     VmEnd end = built.run();
     {
-        std::lock_guard lock(table_.mutex);
+        // A snapshot in progress still uses the BuiltVm (its vCPUs are parked, so the
+        // guest cannot have ended by itself; a stop was kept in pending_stop).
+        std::unique_lock lock(table_.mutex);
+        table_.changed.wait(lock, [&] { return entry.state != Lifecycle::snapshotting; });
         entry.end = end;
         table_.set_state(entry, Lifecycle::ended);
+    }
+    // A restored VM leaves the order of its first faults for the next restore of its
+    // snapshot (recorded-order prefetch; written once per snapshot).
+    if (entry.restored_from) {
+        if (auto saved = built.memory().save_working_set(); !saved)
+            spdlog::warn("{}: the working set of {} was not saved: {}", entry.spec.name, entry.restored_from->string(),
+                         saved.error().message());
     }
     if (end.reason == EndReason::debug_exit)
         spdlog::info("{}: ended: guest exit code {}", entry.spec.name, end.exit_code);
@@ -118,7 +142,8 @@ void VmHost::wait_all() {
     table_.changed.wait(lock, [this] {
         bool all_ended = true;
         table_.for_each([&](const VmEntry& e) {
-            if (e.state == Lifecycle::running || e.state == Lifecycle::paused) all_ended = false;
+            if (e.state == Lifecycle::running || e.state == Lifecycle::paused || e.state == Lifecycle::snapshotting)
+                all_ended = false;
         });
         return all_ended;
     });
@@ -132,6 +157,12 @@ void VmHost::stop_all(const VmEnd& end) {
     table_.for_each([&](const VmEntry& e) {
         if ((e.state == Lifecycle::running || e.state == Lifecycle::paused) && e.built) e.built->vm().request_stop(end);
     });
+    // A VM being snapshotted is stopped when its snapshot is done (snapshot_vm).
+    std::vector<std::string> snapshotting;
+    table_.for_each([&](const VmEntry& e) {
+        if (e.state == Lifecycle::snapshotting) snapshotting.push_back(e.spec.name);
+    });
+    for (const std::string& name : snapshotting) table_.find(name)->pending_stop = end;
 }
 
 std::vector<std::pair<std::string, VmEnd>> VmHost::ends() const {
@@ -262,6 +293,201 @@ Result<std::uint64_t> VmHost::set_balloon(const std::string& name, std::uint64_t
     std::uint64_t pages = SWV_TRY(entry->built->set_balloon(bytes));
     spdlog::info("{}: balloon target {} pages ({} bytes)", name, pages, pages * 4096);
     return pages;
+}
+
+// --- snapshots (docs/SNAPSHOT.md#orchestration) ------------------------------------------
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// What a failed snapshot leaves to remove: the memory side's and the manifest's
+// temporaries (".NAME.tmp"), and the directory itself if this snapshot created it
+// and it is empty now. Never a file of a snapshot that was there before (refused
+// up front) or of another program.
+void remove_partial_snapshot(const fs::path& dir, bool created) {
+    std::error_code ec;
+    for (const char* name : {guestmem::kMemoryManifest, guestmem::kMemoryImage, guestmem::kMemoryPageTable,
+                             "manifest.json"})
+        fs::remove(dir / (std::string(".") + name + ".tmp"), ec);
+    if (created) fs::remove(dir, ec);  // only if empty
+}
+
+// The memory side's manifest (memory.json) as the VM manifest's `memory` member.
+Result<snapshot::Json> read_memory_manifest(const fs::path& dir) {
+    std::ifstream in(dir / guestmem::kMemoryManifest);
+    if (!in) return errno_error("reading the memory manifest", errno, (dir / guestmem::kMemoryManifest).string());
+    snapshot::Json json = snapshot::Json::parse(in, nullptr, false);
+    if (json.is_discarded() || !json.is_object())
+        return make_error(control::VmErrc::bad_snapshot, "reading the memory manifest",
+                          (dir / guestmem::kMemoryManifest).string());
+    return json;
+}
+
+}  // namespace
+
+Result<control::SnapshotInfo> VmHost::snapshot_vm(const std::string& name, const fs::path& dir_arg,
+                                                  control::AfterSnapshot after) {
+    if (snapshots_ == nullptr) return VmControl::snapshot_vm(name, dir_arg, after);
+    const auto started = std::chrono::steady_clock::now();
+    // 1. Pause (as vm-pause: at most kPauseBound under the mutex), then snapshotting
+    //    with the mutex released: saving memory may take longer than that.
+    VmEntry* entry = nullptr;
+    Lifecycle before = Lifecycle::running;
+    {
+        std::lock_guard lock(table_.mutex);
+        entry = SWV_TRY(find_settled(name, "snapshot"));
+        if (entry->state != Lifecycle::running && entry->state != Lifecycle::paused)
+            return make_error(control::VmErrc::not_running, "snapshot", name);
+        before = entry->state;
+        if (before == Lifecycle::running) {
+            Vm& vm = entry->built->vm();
+            if (!vm.pause(kPauseBound)) {
+                vm.resume();
+                return errno_error("snapshot: the vCPUs did not stop in time; the VM runs on", ETIMEDOUT, name);
+            }
+        }
+        table_.set_state(*entry, Lifecycle::snapshotting);
+    }
+    BuiltVm& built = *entry->built;  // kept: the runner does not release a snapshotting VM
+
+    // 2. Save: vCPUs, VM state, devices, then guest memory; the manifest last.
+    std::error_code ec;
+    const bool created = !fs::exists(dir_arg, ec);
+    std::unique_ptr<guestmem::MemorySnapshot> memory;
+    auto save = [&]() -> Result<fs::path> {
+        if (fs::exists(dir_arg / "manifest.json", ec))
+            return make_error(control::VmErrc::bad_snapshot, "snapshot: the directory holds a snapshot already",
+                              dir_arg.string());
+        fs::create_directories(dir_arg, ec);
+        if (ec) return errno_error("snapshot: create the directory", ec.value(), dir_arg.string());
+        const fs::path dir = SWV_TRY(snapshot_key(dir_arg));
+        SaveMemory save_memory = [&](guestmem::GuestMemory& guest) -> Result<snapshot::Json> {
+            memory = SWV_TRY(guest.save(dir));
+            return read_memory_manifest(dir);
+        };
+        snapshot::Manifest manifest = SWV_TRY(built.save_state(save_memory));
+        SWV_TRY(with_context(snapshot::write_manifest(dir, manifest), dir.string()));
+        return dir;
+    };
+    Result<fs::path> saved = save();
+    control::SnapshotInfo info{.vm = name, .stopped = after == control::AfterSnapshot::stop};
+    if (saved) {
+        info.dir = *saved;
+        const guestmem::SnapshotCounts& c = memory->counts();
+        info.image_pages = c.image;
+        info.swapped_pages = c.swapped;
+        info.zero_pages = c.zero;
+        info.lost_pages = c.lost;
+        info.bytes_written = c.bytes_written;
+        snapshots_->add(*saved, std::move(memory));
+    } else {
+        // No half snapshot: the memory side's files (and its slot references) go,
+        // then the temporaries; the VM runs on as before.
+        if (memory) {
+            if (auto d = guestmem::delete_memory_snapshot(std::move(memory)); !d)
+                spdlog::warn("{}: removing the failed snapshot's memory files: {}", name, d.error().message());
+        }
+        remove_partial_snapshot(dir_arg, created);
+    }
+
+    // 3. Back to the state before (resume), or stop (--stop); a signal's stop that
+    //    came meanwhile is done now.
+    std::optional<VmEnd> stop;
+    {
+        std::lock_guard lock(table_.mutex);
+        table_.set_state(*entry, before);
+        stop = std::exchange(entry->pending_stop, std::nullopt);
+        if (!stop && saved && after == control::AfterSnapshot::stop)
+            stop = VmEnd{EndReason::stopped, kExitStopped, 0, "stopped after its snapshot (snapshot --stop)"};
+        if (!stop && !saved) info.stopped = false;
+        if (stop) {
+            if (before == Lifecycle::paused) table_.set_state(*entry, Lifecycle::running);
+            entry->built->vm().request_stop(*stop);
+        } else if (before == Lifecycle::running) {
+            entry->built->vm().resume();
+        }
+    }
+    info.elapsed_ms = static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started).count());
+    if (!saved) {
+        spdlog::warn("{}: snapshot into {} failed, the VM {}: {}", name, dir_arg.string(),
+                     stop ? "is stopped" : "runs on", saved.error().message());
+        return std::unexpected(std::move(saved.error()));
+    }
+    spdlog::info("{}: snapshot {} ({} image, {} swapped by reference, {} zero pages; {} bytes, {} ms){}", name,
+                 info.dir.string(), info.image_pages, info.swapped_pages, info.zero_pages, info.bytes_written,
+                 info.elapsed_ms, stop ? ", stopped" : "");
+    return info;
+}
+
+Result<control::VmInfo> VmHost::restore(const control::RestoreRequest& request, SerialPrefix prefix) {
+    if (snapshots_ == nullptr) return VmControl::restore_vm(request);
+    if (auto why = check_name(request.name); !why.empty())
+        return make_error(control::VmErrc::bad_spec, "restore", fmt::format("field \"name\": {}", why));
+    const fs::path dir = SWV_TRY(with_context(snapshot_key(request.dir), "restore"));
+    // The manifest first (strict; names what is wrong): nothing is reserved yet.
+    snapshot::Manifest manifest = SWV_TRY(with_context(snapshot::read_manifest(dir), "restore"));
+    VmSpec spec = manifest.spec;
+    spec.name = request.name;
+    spec.serial_log = request.serial_log;
+    spec.balloon_stats_interval = balloon_stats_interval_;
+    if (!spec.tuning.age_scan && !spec.auto_limit) spec.tuning.age_scan = age_scan_;
+    const guestmem::RestoreOptions options{.fill = request.fill, .prefetch = request.prefetch};
+    return start_built(spec, dir, [&]() -> Result<std::unique_ptr<BuiltVm>> {
+        // Loaded once per process; its device may be missing (the error names it).
+        guestmem::MemorySnapshot* memory = SWV_TRY(with_context(snapshots_->get(dir), request.name));
+        RestoreMemory from_snapshot = [&](guestmem::HostMemory& host, const guestmem::MemoryConfig& config,
+                                          const snapshot::Json&) { return host.restore_vm(config, *memory, options); };
+        return BuiltVm::restore(context_, spec, manifest, prefix, from_snapshot);
+    });
+}
+
+Result<control::VmInfo> VmHost::restore_vm(const control::RestoreRequest& request) {
+    return restore(request, SerialPrefix::name);
+}
+
+Result<void> VmHost::delete_snapshot(const fs::path& dir_arg) {
+    if (snapshots_ == nullptr) return VmControl::delete_snapshot(dir_arg);
+    const fs::path dir = SWV_TRY(with_context(snapshot_key(dir_arg), "snapshot-delete"));
+    std::error_code ec;
+    if (!fs::exists(dir / "manifest.json", ec))
+        return make_error(control::VmErrc::bad_snapshot, "snapshot-delete: no manifest.json (not a snapshot)",
+                          dir.string());
+    std::unique_ptr<guestmem::MemorySnapshot> memory;
+    {
+        // Under the table's mutex: no restore of it can start meanwhile (a restore
+        // reserves its entry, naming the snapshot, before it loads it).
+        std::lock_guard lock(table_.mutex);
+        std::string user;
+        table_.for_each([&](const VmEntry& e) {
+            if (e.restored_from == dir && e.state != Lifecycle::released && user.empty()) user = e.spec.name;
+        });
+        if (!user.empty())
+            return make_error(control::VmErrc::snapshot_in_use, "snapshot-delete",
+                              fmt::format("{}: VM {} was restored from it and has not ended (vm-stop it first)",
+                                          dir.string(), user));
+        memory = snapshots_->take(dir);
+    }
+    if (!memory) {
+        // Not loaded (serve without --snapshots, or its device is missing): load it
+        // to release its references; a snapshot that cannot be loaded is refused.
+        auto opened = guestmem::MemorySnapshot::open(dir, &context_.host.pool());
+        if (!opened) return std::unexpected(std::move(opened.error()).with_context("snapshot-delete"));
+        memory = std::move(*opened);
+        snapshots_->forget_unavailable(dir);
+    }
+    // The VM manifest first: without it the directory is no snapshot any more.
+    fs::remove(dir / "manifest.json", ec);
+    if (ec) return errno_error("snapshot-delete: remove", ec.value(), (dir / "manifest.json").string());
+    SWV_TRY(with_context(guestmem::delete_memory_snapshot(std::move(memory)), "snapshot-delete"));
+    fs::remove(dir, ec);  // only if empty: files of the operator's stay
+    spdlog::info("snapshot {}: deleted", dir.string());
+    return {};
+}
+
+control::SnapshotSummary VmHost::snapshot_summary() const {
+    return snapshots_ != nullptr ? snapshots_->summary() : control::SnapshotSummary{};
 }
 
 }  // namespace swapvisor::vmm

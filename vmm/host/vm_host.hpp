@@ -38,6 +38,7 @@
 #include "vmm/devices/virtio_balloon.hpp"
 #include "vmm/host/built_vm.hpp"
 #include "vmm/host/event_log.hpp"
+#include "vmm/host/snapshot_store.hpp"
 #include "vmm/host/vm_table.hpp"
 #include "vmm/kvm/kvm.hpp"
 #include "vmm/sandbox/seccomp.hpp"
@@ -72,6 +73,11 @@ public:
     // serve --auto-limits: a VM made by vm-create without a resident limit is made
     // with resident-limit=auto (so it also gets the auto age scan).
     void set_auto_unlimited(bool on) { auto_unlimited_ = on; }
+    // The snapshots of this process (snapshot_store.hpp); must outlive the VmHost.
+    // Without one, snapshot / restore / snapshot-delete answer `unsupported`.
+    void set_snapshots(SnapshotStore* store) { snapshots_ = store; }
+    // `run --restore` / vm-create --restore (docs/SNAPSHOT.md#orchestration).
+    Result<control::VmInfo> restore(const control::RestoreRequest& request, SerialPrefix prefix);
     // Block until every VM listed now has ended (`run`).
     void wait_all();
     // End every running VM with `end` (a signal).
@@ -88,9 +94,18 @@ public:
     std::vector<control::VmInfo> list_vms() const override;
     Result<std::uint64_t> set_balloon(const std::string& name, std::uint64_t bytes) override;
     void shut_down() override;
+    Result<control::SnapshotInfo> snapshot_vm(const std::string& name, const std::filesystem::path& dir,
+                                              control::AfterSnapshot after) override;
+    Result<control::VmInfo> restore_vm(const control::RestoreRequest& request) override;
+    Result<void> delete_snapshot(const std::filesystem::path& dir) override;
+    control::SnapshotSummary snapshot_summary() const override;
 
 private:
     void run_vm(VmEntry& entry);
+    // Reserve spec.name, build with `build`, start the runner (start and restore).
+    template <class Build>
+    Result<control::VmInfo> start_built(const VmSpec& spec, const std::optional<std::filesystem::path>& restored_from,
+                                        Build&& build);
     // Destroy the entry's BuiltVm (outside the mutex) and mark it released.
     void release(VmEntry& entry);
     // The entry of a VM a command may act on now; errors: no_such_vm, creating.
@@ -101,6 +116,7 @@ private:
     std::chrono::milliseconds balloon_stats_interval_ = kDefaultBalloonStatsInterval;
     std::chrono::milliseconds age_scan_ = kDefaultAgeScan;
     bool auto_unlimited_ = false;
+    SnapshotStore* snapshots_ = nullptr;
     mutable VmTable table_;
     bool shutting_down_ = false;  // table_.mutex: shut_down(): no new VM, vm-stop waits no grace period
     EventLog events_;  // last: started after, stopped before, everything above

@@ -10,6 +10,7 @@ const char* lifecycle_name(Lifecycle state) {
         case Lifecycle::creating: return "creating";
         case Lifecycle::running: return "running";
         case Lifecycle::paused: return "paused";
+        case Lifecycle::snapshotting: return "snapshotting";
         case Lifecycle::ended: return "ended";
         case Lifecycle::released: return "released";
         case Lifecycle::removing: return "removing";
@@ -21,8 +22,9 @@ bool legal_transition(Lifecycle from, Lifecycle to) {
     using L = Lifecycle;
     switch (from) {
         case L::creating: return to == L::running;
-        case L::running: return to == L::paused || to == L::ended;
-        case L::paused: return to == L::running || to == L::ended;
+        case L::running: return to == L::paused || to == L::ended || to == L::snapshotting;
+        case L::paused: return to == L::running || to == L::ended || to == L::snapshotting;
+        case L::snapshotting: return to == L::running || to == L::paused;
         case L::ended: return to == L::released || to == L::removing;
         case L::released: return to == L::removing;
         case L::removing: return false;
@@ -35,6 +37,7 @@ control::VmState visible_state(Lifecycle state) {
         case Lifecycle::creating: return control::VmState::creating;
         case Lifecycle::running: return control::VmState::running;
         case Lifecycle::paused: return control::VmState::paused;
+        case Lifecycle::snapshotting: return control::VmState::snapshotting;
         case Lifecycle::ended:
         case Lifecycle::released:
         case Lifecycle::removing: return control::VmState::ended;
@@ -92,6 +95,7 @@ std::unique_ptr<VmEntry> VmTable::erase(const std::string& name) {
 control::VmInfo VmTable::info(const VmEntry& entry) const {
     control::VmInfo info{.name = entry.spec.name, .state = visible_state(entry.state), .vcpus = entry.spec.vcpus,
                          .memory_bytes = entry.spec.memory_bytes};
+    if (entry.restored_from) info.restored_from = entry.restored_from->string();
     if (entry.end) {
         info.exit_code = entry.end->exit_code;
         info.end_reason = end_reason_name(entry.end->reason);

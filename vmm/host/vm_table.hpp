@@ -9,6 +9,11 @@
 //   paused     running    vm-resume; vm-stop (a paused guest cannot exit by itself)
 //   running    ended      the guest exited, or vm-stop / a signal stopped it
 //   paused     ended      a signal stopped it (Vm::request_stop wakes parked vCPUs)
+//   running    snapshotting  ctl snapshot: the vCPUs were paused (as vm-pause)
+//   paused     snapshotting  ctl snapshot of a paused VM
+//   snapshotting running  the snapshot is written (or failed): the VM runs on; with
+//                         --stop it is then stopped as vm-stop would
+//   snapshotting paused   the same, for a VM that was paused before
 //   ended      released   serve (Release::when_ended): its runner destroyed the BuiltVm
 //   ended      removing   vm-remove under `run` (Release::at_exit: memory kept so far)
 //   released   removing   vm-remove
@@ -17,13 +22,19 @@
 //  creating  vm-create is building it; its name is taken (a second create of it gets
 //            `exists`); every other command gets `busy` (VmErrc::creating).
 //  running, paused  its vCPUs run / are parked outside KVM_RUN.
+//  snapshotting  ctl snapshot is saving it with the table's mutex released (a memory
+//            save may take longer than the 2 s vm-pause holds the mutex); its vCPUs
+//            are parked. vm-stop / vm-pause / vm-resume / vm-remove / set-balloon and a
+//            second snapshot are refused (VmErrc::snapshotting, reply `busy`); a
+//            signal's stop is kept in `pending_stop` and done when the snapshot ends.
+//            The runner does not release a VM in this state.
 //  ended     the guest exited or was stopped; with Release::when_ended its memory
 //            is on its way back to the host (not removable yet).
 //  released  its memory, devices and KVM VM are gone; it stays listed with its exit
 //            code until vm-remove.
 //  removing  vm-remove owns it: its runner is joined, what is left destroyed, the
 //            entry erased.
-// Clients see creating / running / paused / ended (control::VmState; released and
+// Clients see creating / running / paused / snapshotting / ended (control::VmState; released and
 // removing show as ended).
 //
 // Threads: every method needs `mutex` held by the caller (the VmHost); `changed` is
@@ -31,6 +42,7 @@
 #pragma once
 
 #include <condition_variable>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -45,7 +57,7 @@
 
 namespace swapvisor::vmm {
 
-enum class Lifecycle { creating, running, paused, ended, released, removing };
+enum class Lifecycle { creating, running, paused, snapshotting, ended, released, removing };
 const char* lifecycle_name(Lifecycle state);
 // The diagram above: may a VM in `from` move to `to`?
 bool legal_transition(Lifecycle from, Lifecycle to);
@@ -60,6 +72,10 @@ struct VmEntry {
     std::unique_ptr<BuiltVm> built;
     std::optional<VmEnd> end;  // once ended
     std::thread runner;        // from running on; joined by vm-remove or the host's destructor
+    // The snapshot directory (canonical) a restored VM came from; its MemorySnapshot
+    // stays loaded (and snapshot-delete refuses it) until this VM is released.
+    std::optional<std::filesystem::path> restored_from;
+    std::optional<VmEnd> pending_stop;  // a stop asked for while snapshotting
 };
 
 class VmTable {
