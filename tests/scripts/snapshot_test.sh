@@ -7,8 +7,10 @@
 # a VM restored from it finishes its passes with 0 errors without starting over; two
 # clones of the snapshot each finish with 0 errors; snapshot-delete is refused while
 # a clone runs and, once they ended, releases every slot (used slots 0 at rest).
-# Bad input: a manifest of another version and a missing directory are refused with
-# bad_snapshot / a clear error, and no VM is left listed. Every wait is bounded.
+# Bad input: a manifest of another version, a missing directory, a truncated memory
+# image and a missing swap device are refused with bad_snapshot / a clear error, and
+# no VM is left listed (the daemon without the device still starts). Every wait is
+# bounded.
 # Exit 77 (skipped) only when /dev/kvm is absent.
 #
 # Sizes are small on purpose: the test also runs nested (QEMU TCG, ~100x slower).
@@ -125,7 +127,27 @@ wait_ended c2 900
 check_result c1
 check_result c2
 
-# 6. Delete: every slot is free again once the VMs are gone.
+# 6. More bad input on the real snapshot: a truncated memory image is refused at
+#    restore; a daemon without the snapshot's swap device starts, says the snapshot is
+#    unavailable and refuses a restore from it naming the device.
+cp "$snaps/s1/memory.img" "$work/memory.img.good"
+truncate -s 4096 "$snaps/s1/memory.img"
+out=$(ctl vm-create bad --restore "$snaps/s1" 2>&1) && fail "a snapshot with a truncated image was restored"
+[[ $out == *bad_snapshot* && $out == *truncated* ]] || fail "the truncated image not named: $out"
+[[ -z $(vm_field bad state) ]] || fail "a refused restore left a VM listed"
+cp "$work/memory.img.good" "$snaps/s1/memory.img"
+kill "$serve_pid"; wait "$serve_pid"; serve_pid=
+start_serve "$work/b.swap,size=64M"
+[[ $(py "r['snapshots']['unavailable']" status) == 1 ]] || fail "the snapshot without its device is not unavailable"
+grep -aq "not loaded" "$work/err.log" || fail "the missing device was not logged"
+out=$(ctl vm-create bad --restore "$snaps/s1" 2>&1) && fail "a snapshot without its swap device was restored"
+[[ $out == *bad_snapshot* && $out == *'not attached'* ]] || fail "the missing device not named: $out"
+[[ -z $(vm_field bad state) ]] || fail "a refused restore left a VM listed"
+kill "$serve_pid"; wait "$serve_pid"; serve_pid=
+start_serve "$work/a.swap"
+[[ $(py "r['snapshots']['loaded']" status) == 1 ]] || fail "the snapshot did not load again with its device"
+
+# 7. Delete: every slot is free again once the VMs are gone.
 ctl snapshot-delete "$snaps/s1" >/dev/null || fail "snapshot-delete"
 [[ -e $snaps/s1/manifest.json ]] && fail "the manifest survived snapshot-delete"
 [[ $(py "r['snapshots']['loaded']" status) == 0 ]] || fail "the snapshot is still loaded"
