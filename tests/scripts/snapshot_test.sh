@@ -5,7 +5,8 @@
 # `ctl snapshot --stop`; the daemon is killed (-9) and started again with the same
 # swap file and --snapshots (the snapshot's slots are reserved before the swapon);
 # a VM restored from it finishes its passes with 0 errors without starting over; two
-# clones of the snapshot each finish with 0 errors; snapshot-delete is refused while
+# clones of the snapshot each finish with 0 errors (after a live swapoff moved the
+# snapshot's slots to another device); snapshot-delete is refused while
 # a clone runs and, once they ended, releases every slot (used slots 0 at rest).
 # Bad input: a manifest of another version, a missing directory, a truncated memory
 # image and a missing swap device are refused with bad_snapshot / a clear error, and
@@ -99,6 +100,13 @@ rm -f "$sock"
 start_serve "$work/a.swap"
 [[ $(py "r['snapshots']['loaded']" status) == 1 ]] || fail "the restarted daemon did not load the snapshot"
 (($(used_slots) == swapped)) || fail "after the restart $(used_slots) slots are used, the snapshot holds $swapped"
+# A live swapoff of the device holding the snapshot's slots moves them to another
+# device and rewrites the snapshot's references (the held-slot observer); the
+# restores below read them from there.
+ctl swapon "$work/c.swap" --size 256M >/dev/null || fail "swapon c"
+ctl swapoff "$work/a.swap" >/dev/null || fail "swapoff of the device holding the snapshot's slots"
+(($(used_slots) == swapped)) || fail "after the swapoff $(used_slots) slots are used, the snapshot holds $swapped"
+grep -aq "slot references moved by a swapoff" "$work/err.log" || fail "the swapoff did not rewrite the snapshot"
 
 # 3. Bad input: nothing is created.
 cp -r "$snaps/s1" "$work/v2"
@@ -144,7 +152,7 @@ out=$(ctl vm-create bad --restore "$snaps/s1" 2>&1) && fail "a snapshot without 
 [[ $out == *bad_snapshot* && $out == *'not attached'* ]] || fail "the missing device not named: $out"
 [[ -z $(vm_field bad state) ]] || fail "a refused restore left a VM listed"
 kill "$serve_pid"; wait "$serve_pid"; serve_pid=
-start_serve "$work/a.swap"
+start_serve "$work/c.swap"
 [[ $(py "r['snapshots']['loaded']" status) == 1 ]] || fail "the snapshot did not load again with its device"
 
 # 7. Delete: every slot is free again once the VMs are gone.
@@ -155,4 +163,4 @@ ctl snapshot-delete "$snaps/s1" >/dev/null || fail "snapshot-delete"
 [[ $(py "r['host']['shared_vslots']" status) == 0 ]] || fail "shared vslots left"
 kill "$serve_pid"; wait "$serve_pid"; rc=$?; serve_pid=
 ((rc == 0)) || fail "serve exited with $rc"
-echo "PASS: snapshot mid-run, kill -9, restart with --snapshots, restore and 2 clones verified, delete freed every slot"
+echo "PASS: snapshot mid-run, kill -9, restart with --snapshots, live swapoff of its device, restore and 2 clones verified, bad input refused, delete freed every slot"
