@@ -9,7 +9,7 @@
 # snapshot's slots to another device); snapshot-delete is refused while
 # a clone runs and, once they ended, releases every slot (used slots 0 at rest).
 # Bad input: a manifest of another version, a missing directory, a truncated memory
-# image and a missing swap device are refused with bad_snapshot / a clear error, and
+# image, a page table failing its checksum and a missing swap device are refused with bad_snapshot / a clear error, and
 # no VM is left listed (the daemon without the device still starts). Every wait is
 # bounded.
 # Exit 77 (skipped) only when /dev/kvm is absent.
@@ -152,6 +152,17 @@ out=$(ctl vm-create bad --restore "$snaps/s1" 2>&1) && fail "a snapshot without 
 [[ $out == *bad_snapshot* && $out == *'not attached'* ]] || fail "the missing device not named: $out"
 [[ -z $(vm_field bad state) ]] || fail "a refused restore left a VM listed"
 kill "$serve_pid"; wait "$serve_pid"; serve_pid=
+# A page table that fails its checksum: found at start, unavailable, a restore refused.
+cp "$snaps/s1/memory.pages" "$work/memory.pages.good"
+python3 -c "import sys; p=sys.argv[1]; b=bytearray(open(p,'rb').read()); b[40]^=0xff; open(p,'wb').write(b)" \
+  "$snaps/s1/memory.pages"
+start_serve "$work/c.swap"
+[[ $(py "r['snapshots']['unavailable']" status) == 1 ]] || fail "a snapshot failing its checksum is not unavailable"
+out=$(ctl vm-create bad --restore "$snaps/s1" 2>&1) && fail "a snapshot failing its checksum was restored"
+[[ $out == *bad_snapshot* && $out == *checksum* ]] || fail "the checksum failure not named: $out"
+[[ -z $(vm_field bad state) ]] || fail "a refused restore left a VM listed"
+kill "$serve_pid"; wait "$serve_pid"; serve_pid=
+cp "$work/memory.pages.good" "$snaps/s1/memory.pages"
 start_serve "$work/c.swap"
 [[ $(py "r['snapshots']['loaded']" status) == 1 ]] || fail "the snapshot did not load again with its device"
 
