@@ -239,7 +239,11 @@ int run_host(const cli::RunConfig& config) {
     swv::swap::SwapPool pool;
     SnapshotStore snapshots(pool);  // --restore, ctl snapshot (as for serve)
     pool.set_held_slot_observer(snapshots.observer());
+    // --restore: its slots are reserved before the swapons (as serve --snapshots does),
+    // so the swap files hand none of them out; opened (taken over) once attached.
+    if (config.restore) snapshots.expect(*config.restore);
     if (auto r = swapon_all(pool, config.swaps); !r.empty()) return fail(r);
+    snapshots.open_all();
     swv::guestmem::HostMemory host(pool, config.host_budget);
     if (pool.stats().empty()) {
         for (const VmSpec& spec : specs)

@@ -166,6 +166,16 @@ cp "$work/memory.pages.good" "$snaps/s1/memory.pages"
 start_serve "$work/c.swap"
 [[ $(py "r['snapshots']['loaded']" status) == 1 ]] || fail "the snapshot did not load again with its device"
 
+# `run --restore` (no daemon): the same snapshot, its slots reserved before the swapon.
+kill "$serve_pid"; wait "$serve_pid"; serve_pid=
+timeout $((600 * slow)) "$bin" run --restore "$snaps/s1" --name gamma --swap "$work/c.swap" --age-scan off \
+  >"$work/gamma.serial" 2>>"$work/err.log"
+rc=$?
+result=$(grep -a 'RESULT ' "$work/gamma.serial" | tail -n 1)
+echo "gamma (run --restore): $result"
+((rc == 0)) && [[ $result == *'"errors":0'* ]] || fail "run --restore exited $rc: $result"
+start_serve "$work/c.swap"
+
 # 7. Delete: every slot is free again once the VMs are gone.
 ctl snapshot-delete "$snaps/s1" >/dev/null || fail "snapshot-delete"
 [[ -e $snaps/s1/manifest.json ]] && fail "the manifest survived snapshot-delete"

@@ -30,20 +30,22 @@ std::size_t SnapshotStore::expect_all(const fs::path& root) {
         return 0;
     }
     std::sort(dirs.begin(), dirs.end());
-    std::lock_guard lock(mutex_);
     std::size_t n = 0;
-    for (const fs::path& d : dirs) {
-        auto key = snapshot_key(d);
-        if (!key) continue;
-        if (auto r = guestmem::expect_snapshot_slots(*key, pool_); !r) {
-            spdlog::error("snapshot {}: not loaded: {}", key->string(), r.error().message());
-            unavailable_.insert_or_assign(*key, r.error());
-            continue;
-        }
-        expected_.push_back(*key);
-        ++n;
-    }
+    for (const fs::path& d : dirs) n += expect(d) ? 1 : 0;
     return n;
+}
+
+bool SnapshotStore::expect(const fs::path& dir) {
+    auto key = snapshot_key(dir);
+    if (!key) return false;  // a restore names the missing directory itself
+    std::lock_guard lock(mutex_);
+    if (auto r = guestmem::expect_snapshot_slots(*key, pool_); !r) {
+        spdlog::error("snapshot {}: not loaded: {}", key->string(), r.error().message());
+        unavailable_.insert_or_assign(*key, r.error());
+        return false;
+    }
+    expected_.push_back(*key);
+    return true;
 }
 
 void SnapshotStore::open_all() {

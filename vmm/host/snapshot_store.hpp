@@ -42,6 +42,9 @@ public:
     // holds a manifest.json has its slots reserved (expect_snapshot_slots). Returns
     // how many; one that fails is logged and remembered as unavailable.
     std::size_t expect_all(const std::filesystem::path& root);
+    // The same for one snapshot directory (`run --restore DIR`, before its swapons).
+    // False (logged, remembered as unavailable) if its slots cannot be reserved.
+    bool expect(const std::filesystem::path& dir);
     // After the swapons: open each expected snapshot (taking the reserved slots over).
     // One whose device is missing is logged, remembered with its error, and the
     // daemon goes on.
