@@ -169,6 +169,7 @@ TEST_F(VmSpecTest, TuningIsTheSameFromEveryEntry) {
     EXPECT_EQ(age_scan_of(vms[1], kDefaultAgeScan), std::chrono::milliseconds(7000));
     EXPECT_EQ(age_scan_of(vms[2], kDefaultAgeScan), kAutoAgeScan);
     EXPECT_EQ(age_scan_of(good(), kDefaultAgeScan), kDefaultAgeScan);
+    EXPECT_EQ(kDefaultAgeScan, std::chrono::milliseconds(0)) << "off unless asked for (DESIGN-NOTES 44)";
 
     // Bad values are refused by name, before anything is built.
     for (std::vector<std::string> bad : {std::vector<std::string>{"--auto-stall", "lots"},

@@ -351,8 +351,8 @@ CliOutcome parse_command_line(const std::vector<std::string>& given) {
         ->type_name("SIZE");
     run->add_option("--age-scan", raw.age_scan,
                     "Seconds between sweeps that sample which pages are in use, for the working set and the cold-age "
-                    "histogram; each costs one minor fault per page in use (default 30, 5 with --resident-limit "
-                    "auto; off: only reclaim samples). Also the default of every --vm (age-scan=)")
+                    "histogram; each costs one minor fault per page in use (default off: only reclaim sweeps sample; "
+                    "5 with --resident-limit auto). Also the default of every --vm (age-scan=)")
         ->type_name("SECONDS|off");
     run->add_option("--swap", raw.swaps,
                     "Swap device or file, repeatable: PATH[,priority=N][,size=SIZE][,format=yes|force][,takeover=yes], "
@@ -424,7 +424,7 @@ CliOutcome parse_command_line(const std::vector<std::string>& given) {
                     "(resident-limit=auto; a VM may also ask for it in vm-create)");
     serve->add_option("--age-scan", raw_serve.age_scan,
                       "Seconds between the working-set sweeps of a VM created without its own age scan (as for "
-                      "run; default 30, 5 for resident-limit=auto VMs; off: none)")
+                      "run; default off, 5 for resident-limit=auto VMs)")
         ->type_name("SECONDS|off");
     serve->add_option("--snapshots", raw_serve.snapshots,
                       "Directory of snapshots (one per subdirectory, as `ctl snapshot` writes them): their swap slots "

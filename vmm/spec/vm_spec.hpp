@@ -68,11 +68,16 @@ struct MemoryTuning {
     std::uint64_t auto_floor = 0;             // auto: the limit never goes below (0: the controller's 64 MiB)
     std::uint64_t auto_ceiling = 0;           // auto: never above (0: the VM's memory)
     // The age scan's period (one MINOR fault per page in use per period); 0: off; none:
-    // 5 s for an auto VM, else the host's default (serve/run --age-scan, 30 s).
+    // 5 s for an auto VM, else the host's default (serve/run --age-scan, off).
     std::optional<std::chrono::milliseconds> age_scan;
     bool operator==(const MemoryTuning&) const = default;
 };
-inline constexpr std::chrono::milliseconds kDefaultAgeScan{30'000};
+// Off unless asked for: each sweep zaps every resident page, so every page in use
+// takes one MINOR fault per period. Measured nested (swapvisor under KVM in a TCG VM,
+// where a fault costs ~5 ms): memtouch's second pass over 32 MiB took 45.6 s with a
+// 30 s scan and 50 ms without; on a host with a 20-40 us userfaultfd round trip, a
+// 1 GiB working set pays ~9k faults/s, ~0.3 of a vCPU (docs/DESIGN-NOTES.md 44).
+inline constexpr std::chrono::milliseconds kDefaultAgeScan{0};
 inline constexpr std::chrono::milliseconds kAutoAgeScan{5'000};
 inline constexpr std::chrono::milliseconds kMaxAgeScan{3'600'000};
 inline constexpr double kMaxStallTarget = 0.5;
