@@ -15,6 +15,8 @@
 #include <cstring>
 #include <vector>
 
+#include "vmm/kvm/kvm.hpp"
+
 namespace swapvisor::vmm::kvm {
 
 struct CpuidHeader {
@@ -28,6 +30,19 @@ static_assert(sizeof(kvm_cpuid_entry2) == 40, "kvm_cpuid_entry2 is 40 bytes");
 // kvm_cpuid2) with the ABI size of struct kvm_cpuid2, 8 bytes.
 inline constexpr unsigned long kKvmGetSupportedCpuid = _IOWR(KVMIO, 0x05, CpuidHeader);
 inline constexpr unsigned long kKvmSetCpuid2 = _IOW(KVMIO, 0x90, CpuidHeader);
+
+// One entry as KVM takes it (the fields KVM_SET_CPUID2 reads; padding zero).
+inline kvm_cpuid_entry2 kvm_entry_of(const CpuidEntry& in) {
+    kvm_cpuid_entry2 e{};
+    e.function = in.function;
+    e.index = in.index;
+    e.flags = in.flags;
+    e.eax = in.eax;
+    e.ebx = in.ebx;
+    e.ecx = in.ecx;
+    e.edx = in.edx;
+    return e;
+}
 
 class CpuidTable {
 public:

@@ -42,14 +42,7 @@ Result<void> Vcpu::set_cpuid(const std::vector<CpuidEntry>& supported) {
     CpuidTable table(static_cast<std::uint32_t>(supported.size()));
     for (std::size_t i = 0; i < supported.size(); ++i) {
         const CpuidEntry& in = supported[i];
-        kvm_cpuid_entry2 e{};
-        e.function = in.function;
-        e.index = in.index;
-        e.flags = in.flags;
-        e.eax = in.eax;
-        e.ebx = in.ebx;
-        e.ecx = in.ecx;
-        e.edx = in.edx;
+        kvm_cpuid_entry2 e = kvm_entry_of(in);
         switch (in.function) {
             case 0x1:
                 // Initial APIC id in EBX[31:24]: the guest's view of who it is must

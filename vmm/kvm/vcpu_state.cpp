@@ -275,18 +275,7 @@ Result<void> restore_vcpu_state(const KvmVm& vm, Vcpu& vcpu, const VcpuState& s)
         return errno_error("restore vCPU state", EINVAL, fmt::format("state of vCPU {} given to vCPU {}", s.index, i));
 
     CpuidTable table(static_cast<std::uint32_t>(s.cpuid.size()));
-    for (std::size_t k = 0; k < s.cpuid.size(); ++k) {
-        const CpuidEntry& in = s.cpuid[k];
-        kvm_cpuid_entry2 e{};
-        e.function = in.function;
-        e.index = in.index;
-        e.flags = in.flags;
-        e.eax = in.eax;
-        e.ebx = in.ebx;
-        e.ecx = in.ecx;
-        e.edx = in.edx;
-        table.put(k, e);
-    }
+    for (std::size_t k = 0; k < s.cpuid.size(); ++k) table.put(k, kvm_entry_of(s.cpuid[k]));
     // Kernel contract: KVM_SET_CPUID2 before the first KVM_RUN (see Vcpu::set_cpuid).
     if (::ioctl(fd, kKvmSetCpuid2, table.data()) < 0) return vcpu_error("KVM_SET_CPUID2", i);
 
