@@ -71,6 +71,8 @@ cat >"$r/init" <<'INIT'
 /bin/busybox --install -s /bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 while read -r m; do insmod /mods/$m.ko 2>/dev/null || echo "nested-kvm: insmod $m failed"; done </mods/order
+ip link set lo up  # tests talk to nbdkit and the metrics server over 127.0.0.1
+hostname nested
 rc=77
 if [ -e /dev/kvm ] && mount -t ext4 /dev/vda /scratch &&
    mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=1048576,cache=loose host /host; then
