@@ -5,6 +5,7 @@
 #include "vmm/kvm/kvm.hpp"
 
 #include <fcntl.h>
+#include <cerrno>
 #include <linux/kvm.h>
 #include <sys/ioctl.h>
 
@@ -95,8 +96,16 @@ Result<Kvm> Kvm::open() {
 Result<KvmVm> Kvm::create_vm() const {
     // Kernel contract: KVM_CREATE_VM with type 0 is the default x86 VM; the new fd
     // owns the VM (closing it destroys the VM, its vCPUs and its memslots once the
-    // vCPU fds are closed too).
-    int vm_fd = ::ioctl(fd(), KVM_CREATE_VM, 0UL);
+    // vCPU fds are closed too). It fails with EINTR when a signal arrives while it
+    // registers the VM's MMU notifier (mm_take_all_locks gives up on a pending
+    // signal; the longer the process's VMA list, the wider the window): nothing was
+    // created, so it is retried, as QEMU does. Seen under nested KVM in CI, where a
+    // `run` with a swap file failed to start one time in several.
+    int vm_fd = -1;
+    for (int attempt = 0; attempt < 1000; ++attempt) {
+        vm_fd = ::ioctl(fd(), KVM_CREATE_VM, 0UL);
+        if (vm_fd >= 0 || errno != EINTR) break;
+    }
     if (vm_fd < 0) return errno_error("KVM_CREATE_VM");
     KvmVm vm(*this, io::UniqueFd(vm_fd));
     SWV_TRY(vm.setup_platform());
