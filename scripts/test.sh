@@ -73,13 +73,27 @@ if [ ! -e /dev/kvm ] && [ "${SWV_NESTED:-1}" != 0 ]; then
     summary+=("nested: 0 tests (pass 1 skipped none that need KVM)")
   else
     echo "test.sh: pass 5: $(printf '%s\n' $skipped $scripts | wc -l) tests under nested KVM"
-    nested_status=0
-    bash scripts/nested-kvm.sh --timeout 3000 -- env SWV_TEST_SLOW=3 ctest --test-dir build --output-on-failure --timeout 1500 \
-      --no-tests=error -R "^($names)\$" 2>&1 | tee "$main_log.nested" || nested_status=$?
+    # Status 75: the emulated machine itself died before ctest ended (TCG's nested
+    # SVM resets it now and then), or it hung past 900 s: booted again once. Two in a
+    # row are reported loudly as "could not run", like a missing /dev/kvm; a test
+    # that fails (ctest's own status) fails the pass.
+    nested_status=75
+    for attempt in 1 2; do
+      nested_status=0
+      bash scripts/nested-kvm.sh --timeout 900 -- env SWV_TEST_SLOW=3 ctest --test-dir build --output-on-failure \
+        --timeout 600 --no-tests=error -R "^($names)\$" 2>&1 | tee "$main_log.nested" || nested_status=$?
+      [ "$nested_status" = 75 ] || break
+      echo "test.sh: pass 5: the emulated machine died or hung (attempt $attempt of 2)"
+    done
     total=$(sed -n 's/.*tests passed, [0-9]* tests failed out of \([0-9]*\).*/\1/p' "$main_log.nested" | tail -1)
     nskipped=$(grep -c '\*\*\*Skipped' "$main_log.nested" || true)
-    summary+=("nested: ${total:-0} tests, ${nskipped} of them skipped")
-    [ "$nested_status" = 0 ] || { echo "test.sh: pass 'nested' failed (status $nested_status)"; exit 1; }
+    if [ "$nested_status" = 75 ]; then
+      echo "WARNING: pass 5 could not run: the emulated machine died or hung twice; the KVM tests did NOT run"
+      summary+=("nested: could not run (the emulated machine died or hung twice)")
+    else
+      summary+=("nested: ${total:-0} tests, ${nskipped} of them skipped")
+      [ "$nested_status" = 0 ] || { echo "test.sh: pass 'nested' failed (status $nested_status)"; exit 1; }
+    fi
   fi
 fi
 rm -f "$main_log" "$main_log.nested"
