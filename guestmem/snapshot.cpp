@@ -278,6 +278,17 @@ Result<void> MemorySnapshot::write_page_table(const fs::path& to) const {
     return write_file_atomic(to, kMemoryPageTable, bytes);
 }
 
+std::vector<swap::VSlot> MemorySnapshot::held_on(const swap::DeviceUuid& uuid) const {
+    std::vector<swap::VSlot> out;
+    for (std::size_t k = 0; k < vslots_.size(); ++k)
+        if (refs_[k].uuid == uuid) out.push_back(vslots_[k]);
+    return out;
+}
+
+bool MemorySnapshot::refers_beyond(const swap::DeviceUuid& uuid) const {
+    return std::any_of(refs_.begin(), refs_.end(), [&](const SlotRef& r) { return r.uuid != uuid; });
+}
+
 Result<bool> MemorySnapshot::apply_moves(std::span<const swap::HeldSlotMove> moves) {
     if (vslots_.empty() || moves.empty()) return false;
     std::map<std::uint32_t, const swap::HeldSlotMove*> by_vslot;

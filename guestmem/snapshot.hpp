@@ -84,6 +84,10 @@ public:
     // Swap references this snapshot holds now (0 once released).
     std::uint64_t held_vslots() const { return vslots_.size(); }
     PageKind kind(std::uint64_t page) const { return static_cast<PageKind>(kinds_.at(page)); }
+    // For a handover of a device (swap/README.md#handover): the held vslots whose
+    // slots are on it, and whether a reference names any other device.
+    std::vector<swap::VSlot> held_on(const swap::DeviceUuid& uuid) const;
+    bool refers_beyond(const swap::DeviceUuid& uuid) const;
 
     // Drop every slot reference (snapshot delete). Idempotent. VMs restored from it
     // keep their own references.

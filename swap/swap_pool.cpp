@@ -626,7 +626,10 @@ bool SwapPool::drop_reference(VSlot vslot, Drop who) {
 Result<void> SwapPool::hold(VSlot vslot) {
     {
         std::lock_guard lock(refs_mutex_);
-        if (table_.lookup(vslot).state == VSlotState::valid) {
+        const VSlotInfo info = table_.lookup(vslot);
+        if (info.state == VSlotState::valid) {
+            if (std::find(handing_over_.begin(), handing_over_.end(), info.pslot.device.value()) != handing_over_.end())
+                return make_error(Errc::device_busy, "swap hold: its device is being handed over", describe(vslot));
             ++extra_refs_[vslot.value()];
             shared_count_.store(extra_refs_.size());
             return {};

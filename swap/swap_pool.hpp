@@ -162,6 +162,23 @@ struct HeldSlot {
     std::uint32_t checksum = 0;
 };
 
+// swapoff with a handover (swap/README.md#handover, issue #21 item 6): every page of
+// a VM leaves the device as in any swapoff, the slots that only snapshots hold stay
+// where they are (their references name the device by uuid, so another pool that
+// attaches it adopts them), then this pool drops its references and lets the
+// device go (a remote device's lease written released). The pool cannot tell whose
+// references those are; its caller (the vmm's snapshot store) can:
+struct Handover {
+    // Called once the device takes no new slot and no new hold, before anything
+    // moves, with every vslot on it that only snapshots refer to (owner
+    // kSnapshotOwner). Refusing (an error) leaves everything as it was.
+    std::function<Result<void>(const DeviceUuid&, std::span<const VSlot> kept)> check;
+    // Called after every other page left the device: drop every reference to the
+    // kept vslots (the snapshots are unloaded here). The slots are then free in this
+    // pool, which never writes to the device again.
+    std::function<void(const DeviceUuid&)> release;
+};
+
 struct SwapoffProgress {
     std::uint64_t done, total;
 };
@@ -221,8 +238,11 @@ public:
     // slot is moved, then swapoff fails with unreadable_slots naming how many and the
     // first (nothing lost, the device stays in the pool); with Force::yes each becomes
     // a lost page through EvictionSink::lose (SwapoffReport::pages_lost).
+    // With `handover` (swap/README.md#handover): the device is handed to another
+    // pool with the slots snapshots hold on it left in place (see Handover).
     Result<SwapoffReport> swapoff(const std::filesystem::path& path, io::Ring& ring,
-                                  std::function<void(SwapoffProgress)> progress = {}, Force force = Force::no);
+                                  std::function<void(SwapoffProgress)> progress = {}, Force force = Force::no,
+                                  const Handover* handover = nullptr);
 
     // Write a batch of 4 KiB pages to newly allocated slots. Per page: vslot set and
     // error nullopt on success; on failure error set (no_space, io_failed) and no
@@ -249,7 +269,8 @@ public:
     // One more reference to a valid vslot (a snapshot, a restored VM): the pool frees
     // neither the vslot nor its slot until every reference is dropped (free or
     // drop_hold). The caller keeps vslot from being freed meanwhile (guestmem: the
-    // page lock). Errc::stale_slot if vslot is not valid.
+    // page lock). Errc::stale_slot if vslot is not valid; Errc::device_busy if its
+    // device is being handed over (swapoff with a Handover).
     Result<void> hold(VSlot vslot);
     // Drop a reference taken by hold() (or an adopted one): as free(), but the owner
     // is left as it is while other references remain.
@@ -329,6 +350,15 @@ private:
     // elsewhere come back to guest memory) or demotion (move what fits below, leave
     // the rest).
     enum class Move : bool { swapoff, demote };
+    // Handover's first step (handover.cpp): with dev removing, refuse new holds on
+    // it, refuse if a VM shares a held page there, collect the snapshot-only vslots
+    // into batch.kept and ask `handover.check`. Undone by end_handover on error.
+    Result<void> begin_handover(SwapDevice& dev, Batch& batch, const Handover& handover);
+    void end_handover(DeviceId dev);
+    // Whether every used slot left on dev is one of batch.kept.
+    bool only_kept_left(const SwapDevice& dev, Batch& batch) const;
+    // Handover's last step: `handover.release`, then wait until no slot is used.
+    Result<void> finish_handover(SwapDevice& dev, const Handover& handover);
     std::vector<const SwapDevice*> memory_tiers_locked() const;
     // The memory tiers where one of `groups` holds its share= already (for
     // allocate_pslots' excluded list: the pointers are only compared).
@@ -389,7 +419,9 @@ private:
     std::vector<SwapDevice*> by_priority_;              // published devices, highest priority first
     std::map<std::uint16_t, std::array<std::uint8_t, 16>> uuids_;  // swap header uuid per device id
 
-    // Protects: extra_refs_; Order: leaf (taken with no other swap lock held).
+    // Devices being handed over: hold() of a vslot on one is refused (under refs_mutex_).
+    std::vector<std::uint16_t> handing_over_;
+    // Protects: extra_refs_, handing_over_; Order: leaf (taken with no other swap lock held).
     mutable std::mutex refs_mutex_;
     std::unordered_map<std::uint32_t, std::uint32_t> extra_refs_;  // vslot -> references beyond one
     // extra_refs_.size(), read without the lock on the free path: 0 means no vslot is

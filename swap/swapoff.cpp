@@ -16,6 +16,7 @@
 // Each slot is counted once in the report (moved, brought back, lost or skipped): a
 // slot skipped in one pass (its page was being faulted in) and moved in a later one
 // counts as moved only.
+#include <algorithm>
 #include <chrono>
 #include <thread>
 #include <unordered_map>
@@ -72,10 +73,13 @@ struct SwapPool::Batch {
     std::unordered_map<std::uint32_t, Error> unreadable;
     // Held slots moved so far (swap/README.md#held-vslots), told to the observer at the end.
     std::vector<HeldSlotMove> held_moves;
+    // Handover: the snapshot-only vslots that stay on the device (never moved).
+    std::unordered_set<std::uint32_t> kept;
 };
 
 Result<SwapoffReport> SwapPool::swapoff(const std::filesystem::path& path, io::Ring& ring,
-                                        std::function<void(SwapoffProgress)> progress, Force force) {
+                                        std::function<void(SwapoffProgress)> progress, Force force,
+                                        const Handover* handover) {
     const auto start = std::chrono::steady_clock::now();
     const std::string key = resolve_name(path);  // any name of the device
 
@@ -96,6 +100,19 @@ Result<SwapoffReport> SwapPool::swapoff(const std::filesystem::path& path, io::R
         used_here = dev->usage().used_slots;
     }
     RemovalGuard guard(dev);
+    Batch batch;
+    struct EndHandover {
+        SwapPool* pool;
+        DeviceId dev;
+        ~EndHandover() {
+            if (pool != nullptr) pool->end_handover(dev);
+        }
+    } end_handover_guard{nullptr, dev->id()};
+    if (handover != nullptr) {
+        end_handover_guard.pool = this;
+        SWV_TRY(begin_handover(*dev, batch, *handover));
+        used_here -= std::min<std::uint64_t>(used_here, batch.kept.size());  // they stay
+    }
     const std::uint64_t room_elsewhere = free_elsewhere(dev);
 
     if (used_here > room_elsewhere) {
@@ -115,6 +132,7 @@ Result<SwapoffReport> SwapPool::swapoff(const std::filesystem::path& path, io::R
             for (std::size_t k = 0; k < n; ++k) {
                 VSlotInfo info = table_.lookup(used[k].vslot);
                 if (used[k].vslot == kNoVSlot || info.state == VSlotState::free) continue;
+                if (batch.kept.contains(used[k].vslot.value())) continue;  // handover: stays
                 // A held slot never comes back into a VM: it needs room elsewhere.
                 if (is_held(used[k].vslot, info.owner) || sink->bring_back_room(info.owner) == 0) without_room++;
                 else with_room++;
@@ -130,9 +148,8 @@ Result<SwapoffReport> SwapPool::swapoff(const std::filesystem::path& path, io::R
     }
 
     dev->wait_writes_done();
-    const std::uint64_t total = dev->usage().used_slots;
+    const std::uint64_t total = dev->usage().used_slots - std::min<std::uint64_t>(dev->usage().used_slots, batch.kept.size());
 
-    Batch batch;
     // Whatever happens next, persisted references learn where their slots went.
     struct NotifyMoves {
         SwapPool& pool;
@@ -158,6 +175,7 @@ Result<SwapoffReport> SwapPool::swapoff(const std::filesystem::path& path, io::R
         }
         const std::uint64_t left = dev->usage().used_slots;
         if (left == 0) break;
+        if (handover != nullptr && only_kept_left(*dev, batch)) break;
         if (done() == done_before) {
             // Nothing moved in a whole pass: if what is left is only unreadable slots,
             // this is the end (Force::no); else frees are still in progress.
@@ -181,6 +199,7 @@ Result<SwapoffReport> SwapPool::swapoff(const std::filesystem::path& path, io::R
             stalled = 0;
         }
     }
+    if (handover != nullptr) SWV_TRY(finish_handover(*dev, *handover));
     std::unique_ptr<SwapDevice> owned;
     {
         std::unique_lock lock(devices_mutex_);
@@ -233,6 +252,7 @@ Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& bat
     batch.items.clear();
     for (const UsedSlot& c : candidates) {
         if (batch.unreadable.contains(c.slot.value())) continue;  // Force::no: reported at the end
+        if (batch.kept.contains(c.vslot.value())) continue;       // handover: stays on the device
         VSlotInfo info = table_.lookup(c.vslot);
         if (c.vslot == kNoVSlot || info.state != VSlotState::valid || !(info.pslot == PSlot{dev.id(), c.slot})) {
             skip(c.slot);  // being freed: its bit clears when the free completes
@@ -452,6 +472,93 @@ Result<std::uint64_t> SwapPool::demote_device(io::Ring& ring, DeviceId id, std::
         skip += slots.size() - report.pages_moved;
     }
     return moved;
+}
+
+// ---- Handover (swap/README.md#handover) ----
+
+Result<void> SwapPool::begin_handover(SwapDevice& dev, Batch& batch, const Handover& handover) {
+    const std::string name = dev.path();
+    if (dev.memory() != nullptr)
+        return make_error(Errc::device_busy, "swapoff --handover: a memory tier cannot be handed over",
+                          "device " + name + " (its bytes live in this process)");
+    DeviceUuid uuid{};
+    {
+        std::shared_lock devices(devices_mutex_);
+        uuid = uuids_.at(dev.id().value());
+    }
+    {
+        // From here no hold() of a vslot on dev succeeds: no new snapshot, restore or
+        // clone can share a page there, so what is held now is all there will be.
+        std::lock_guard lock(refs_mutex_);
+        handing_over_.push_back(dev.id().value());
+    }
+    // The snapshot-only vslots stay; a page a VM shares with a snapshot (a snapshot
+    // taken without --stop of a VM that still runs) cannot: it would have to be both
+    // moved for the VM and left for the snapshot.
+    std::uint64_t shared = 0;
+    std::uint16_t shared_vm = 0;
+    std::uint64_t cursor = 0;
+    std::vector<UsedSlot> used(config_.swapoff_batch_pages);
+    for (std::size_t n; (n = dev.scan_used(cursor, used)) != 0;) {
+        for (std::size_t k = 0; k < n; ++k) {
+            const VSlot v = used[k].vslot;
+            if (v == kNoVSlot) continue;
+            const VSlotInfo info = table_.lookup(v);
+            if (info.state != VSlotState::valid || !(info.pslot == PSlot{dev.id(), used[k].slot})) continue;
+            if (info.owner == kSnapshotOwner) {
+                batch.kept.insert(v.value());
+            } else if (extra_refs(v) != 0) {
+                if (shared++ == 0) shared_vm = owner_group(info.owner);
+            }
+        }
+    }
+    if (shared != 0)
+        return make_error(Errc::held_slot, "swapoff --handover refused, nothing changed",
+                          "device " + name + ": " + std::to_string(shared) +
+                              " swapped pages are shared by a running VM (id " + std::to_string(shared_vm) +
+                              ") and a snapshot of it; stop that VM first (or snapshot it with --stop)");
+    std::vector<VSlot> kept;
+    kept.reserve(batch.kept.size());
+    for (std::uint32_t v : batch.kept) kept.push_back(VSlot(v));
+    std::sort(kept.begin(), kept.end(), [](VSlot a, VSlot b) { return a.value() < b.value(); });
+    if (handover.check) SWV_TRY(handover.check(uuid, kept));
+    return {};
+}
+
+void SwapPool::end_handover(DeviceId dev) {
+    std::lock_guard lock(refs_mutex_);
+    std::erase(handing_over_, dev.value());
+}
+
+bool SwapPool::only_kept_left(const SwapDevice& dev, Batch& batch) const {
+    std::uint64_t cursor = 0;
+    for (std::size_t n; (n = dev.scan_used(cursor, batch.candidates)) != 0;) {
+        for (std::size_t k = 0; k < n; ++k)
+            if (!batch.kept.contains(batch.candidates[k].vslot.value())) return false;
+    }
+    return true;
+}
+
+Result<void> SwapPool::finish_handover(SwapDevice& dev, const Handover& handover) {
+    DeviceUuid uuid{};
+    {
+        std::shared_lock devices(devices_mutex_);
+        uuid = uuids_.at(dev.id().value());
+    }
+    if (handover.release) handover.release(uuid);
+    // Every reference the check was told of is dropped now; frees complete within
+    // microseconds.
+    for (int pass = 0; dev.usage().used_slots != 0; ++pass) {
+        if (pass > kMaxStalledPasses) {
+            // The check matched the holders to the kept vslots, so this is a broken
+            // promise of the caller; the device stays in the pool (nothing is lost:
+            // the slots still used are still valid).
+            return make_error(Errc::held_slot, "swapoff --handover: slots still held after the snapshots let go",
+                              "device " + dev.path() + ": " + std::to_string(dev.usage().used_slots) + " slots");
+        }
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    return {};
 }
 
 }  // namespace swapvisor::swap

@@ -44,6 +44,23 @@ TEST(ProtocolBoundsTest, SwapoffForceFieldIsExplicit) {
     EXPECT_EQ(code_name(ReplyCode::unreadable_slots), "unreadable_slots");
 }
 
+// Issue #21 item 6: a handover is a literal boolean, audited, and never with force.
+TEST(ProtocolBoundsTest, SwapoffHandoverFieldIsExplicitAndExcludesForce) {
+    auto off = parse_request(R"({"id":1,"cmd":"swapoff","path":"/x"})");
+    ASSERT_TRUE(off);
+    EXPECT_FALSE(std::get<SwapoffCmd>(off->command).handover);
+    off = parse_request(R"({"id":1,"cmd":"swapoff","path":"/x","handover":true})");
+    ASSERT_TRUE(off);
+    EXPECT_TRUE(std::get<SwapoffCmd>(off->command).handover);
+    EXPECT_NE(describe(off->command).find("handover=yes"), std::string::npos) << describe(off->command);
+    for (const char* line : {R"({"id":1,"cmd":"swapoff","path":"/x","handover":1})",
+                             R"({"id":1,"cmd":"swapoff","path":"/x","handover":true,"force":true})"}) {
+        auto bad = parse_request(line);
+        ASSERT_FALSE(bad) << line;
+        EXPECT_EQ(bad.error().code, ReplyCode::bad_request);
+    }
+}
+
 // Issue #17 item 2: a takeover is a literal boolean, audited, and a leased device
 // answers device_busy (retry elsewhere, or take it over).
 TEST(ProtocolBoundsTest, SwaponTakeoverFieldIsExplicit) {

@@ -1,12 +1,20 @@
 // SnapshotStore (vmm/host/snapshot_store.hpp) without KVM or a guest: what `serve
 // --snapshots` finds under its root, how a snapshot that cannot be loaded is kept as
-// unavailable with its error (a restore from it gets that error), and the keys.
+// unavailable with its error (a restore from it gets that error), the keys, and a
+// handover of a device holding a real guest memory snapshot's slots.
 // Snapshots taken and restored from real guests: tests/scripts/snapshot_test.sh.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
+#include "guestmem/guest_memory.hpp"
+#include "guestmem/snapshot.hpp"
+#include "io/ring.hpp"
 #include "swap/swap_pool.hpp"
 #include "vmm/host/snapshot_store.hpp"
 
@@ -79,4 +87,123 @@ TEST_F(SnapshotStoreTest, AnUnreadableRootIsLoggedAndFindsNothing) {
     SnapshotStore store(pool_);
     EXPECT_EQ(store.expect_all(root_ / "absent"), 0u);
     EXPECT_EQ(store.summary().unavailable, 0u);
+}
+
+// swapoff --handover (docs/SNAPSHOT.md#handover) with a real snapshot of a guest
+// memory (real userfaultfd faults from this thread, io_uring on files): refused while
+// a VM restored from the snapshot runs, then the snapshot is unloaded and its slots
+// stay on the device, another VM's pages move off it and keep their bytes, and a
+// second pool (another daemon) that reserves the slots before attaching the device
+// restores every byte.
+namespace {
+
+constexpr std::uint64_t kMem = 8ULL << 20;
+constexpr std::uint64_t kPages = kMem / guestmem::kPageSize;
+
+std::uint64_t pattern(std::uint64_t seed, std::uint64_t page, std::uint64_t word) {
+    std::uint64_t x = (page + 1) * 0x9E3779B97F4A7C15ULL ^ (word << 17) ^ (seed * 0xBF58476D1CE4E5B9ULL);
+    x ^= x >> 31;
+    return x | 1;
+}
+
+std::unique_ptr<guestmem::GuestMemory> half_swapped(swap::SwapPool& pool, guestmem::VmId id, std::uint64_t seed) {
+    auto vm = guestmem::create_guest_memory(
+        guestmem::MemoryConfig{.name = "vm" + std::to_string(id), .memory_bytes = kMem, .resident_limit = kMem / 2}, id,
+        nullptr, &pool);
+    EXPECT_TRUE(vm) << vm.error().message();
+    if (!vm) return nullptr;
+    EXPECT_TRUE((*vm)->start());
+    std::byte* base = (*vm)->regions()[0].guest_view;
+    for (std::uint64_t p = 0; p < kPages; ++p) {
+        auto* w = reinterpret_cast<volatile std::uint64_t*>(base + p * guestmem::kPageSize);
+        for (std::uint64_t i = 0; i < guestmem::kPageSize / 8; ++i) w[i] = pattern(seed, p, i);
+    }
+    for (int i = 0; i < 400 && (*vm)->stats().swapped_bytes < kMem / 4; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    EXPECT_GE((*vm)->stats().swapped_bytes, kMem / 4);
+    return std::move(*vm);
+}
+
+std::uint64_t bad_pages(const std::byte* base, std::uint64_t seed) {
+    std::uint64_t bad = 0;
+    for (std::uint64_t p = 0; p < kPages; ++p) {
+        auto* w = reinterpret_cast<const volatile std::uint64_t*>(base + p * guestmem::kPageSize);
+        for (std::uint64_t i = 0; i < guestmem::kPageSize / 8; ++i)
+            if (w[i] != pattern(seed, p, i)) {
+                ++bad;
+                break;
+            }
+    }
+    return bad;
+}
+
+}  // namespace
+
+TEST_F(SnapshotStoreTest, PrivilegedHandoverUnloadsTheSnapshotAndAnotherPoolRestoresEveryByte) {
+    if (access("/proc/sys/vm/unprivileged_userfaultfd", F_OK) != 0 && access("/dev/kvm", F_OK) != 0)
+        GTEST_SKIP() << "SKIPPED LOUDLY: userfaultfd unavailable";
+    auto ring = io::Ring::create(64);
+    if (!ring) GTEST_SKIP() << "SKIPPED LOUDLY: io_uring unavailable: " << ring.error().message();
+    const fs::path a = root_ / "a.swap";
+    const fs::path dir = root_ / "s1";
+    ASSERT_TRUE(pool_.swapon(a, 10, 32ULL << 20));
+    auto alpha = half_swapped(pool_, 1, 7);
+    auto omega = half_swapped(pool_, 2, 11);  // keeps running on this pool
+    ASSERT_TRUE(alpha && omega);
+    ASSERT_TRUE(pool_.swapon(root_ / "b.swap", 5, 32ULL << 20));
+    auto saved = alpha->save(dir);
+    ASSERT_TRUE(saved) << saved.error().message();
+    const std::uint64_t swapped = (*saved)->counts().swapped;
+    ASSERT_GT(swapped, 0u);
+    alpha->stop();
+    alpha.reset();  // snapshot --stop: only the snapshot refers to its slots now
+    SnapshotStore store(pool_);
+    const fs::path key = *snapshot_key(dir);
+    store.add(key, std::move(*saved));
+
+    // Refused while a VM restored from it runs: nothing changes.
+    std::string user = "clone1";
+    swap::Handover refused = store.handover(a.string(), [&](const fs::path& d) { return d == key ? user : ""; });
+    auto r = pool_.swapoff(a, *ring, {}, swap::Force::no, &refused);
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message().find("clone1"), std::string::npos) << r.error().message();
+    EXPECT_EQ(store.summary().snapshots, 1u);
+    EXPECT_EQ(store.summary().held_vslots, swapped);
+
+    user.clear();
+    swap::Handover h = store.handover(a.string(), [&](const fs::path& d) { return d == key ? user : ""; });
+    auto report = pool_.swapoff(a, *ring, {}, swap::Force::no, &h);
+    ASSERT_TRUE(report) << report.error().message();
+    EXPECT_GT(report->pages_moved, 0u);  // omega's
+    EXPECT_EQ(store.summary().snapshots, 0u);
+    EXPECT_EQ(store.summary().unavailable, 1u);
+    EXPECT_TRUE(store.handed_over(key));
+    auto again = store.get(key);
+    ASSERT_FALSE(again);
+    EXPECT_NE(again.error().message().find("handed over"), std::string::npos) << again.error().message();
+    EXPECT_EQ(bad_pages(omega->regions()[0].guest_view, 11), 0u);
+    EXPECT_EQ(omega->stats().lost_pages, 0u);
+    omega->stop();
+    omega.reset();
+
+    // Another daemon: the slots reserved before the device is attached.
+    swap::SwapPool other;
+    ASSERT_TRUE(guestmem::expect_snapshot_slots(key, other));
+    ASSERT_TRUE(other.swapon(a, 10, 0));
+    auto opened = guestmem::MemorySnapshot::open(key, &other);
+    ASSERT_TRUE(opened) << opened.error().message();
+    EXPECT_EQ((*opened)->held_vslots(), swapped);
+    auto restored = guestmem::restore_guest_memory(
+        guestmem::MemoryConfig{.name = "beta", .memory_bytes = kMem}, 3, nullptr, &other, **opened,
+        guestmem::RestoreOptions{.fill = false, .prefetch = false});
+    ASSERT_TRUE(restored) << restored.error().message();
+    ASSERT_TRUE((*restored)->start());
+    EXPECT_EQ(bad_pages((*restored)->regions()[0].guest_view, 7), 0u);
+    EXPECT_EQ((*restored)->stats().lost_pages, 0u);
+    (*restored)->stop();
+    restored->reset();
+    ASSERT_TRUE(guestmem::delete_memory_snapshot(std::move(*opened)));
+    std::uint64_t used = 0;
+    for (const auto& d : other.stats()) used += d.used_slots;
+    EXPECT_EQ(used, 0u);
 }

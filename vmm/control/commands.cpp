@@ -159,14 +159,16 @@ public:
         if (!ring) return error_reply(id_, ReplyCode::io_error, ring.error().message());
         std::optional<std::chrono::steady_clock::time_point> last;
         const std::string name = c_.host.pool().resolve_name(cmd.path);  // before it is gone
-        spdlog::info("swapoff {}: started", name);
+        spdlog::info("swapoff {}: started{}", name, cmd.handover ? " (handover)" : "");
+        swap::Handover handover;
+        if (cmd.handover) handover = c_.vms != nullptr ? c_.vms->handover(name) : control::VmControl::default_handover(name);
         auto report = c_.host.pool().swapoff(cmd.path, *ring, [&](swap::SwapoffProgress p) {
             if (c_.swapoffs != nullptr) c_.swapoffs->update(name, {p.done, p.total});
             auto now = std::chrono::steady_clock::now();
             if (last && now - *last < c_.progress_interval) return;
             last = now;
             if (progress_) progress_(progress_line(id_, p.done, p.total));
-        }, cmd.force);
+        }, cmd.force, cmd.handover ? &handover : nullptr);
         if (c_.swapoffs != nullptr) c_.swapoffs->finish(name);
         if (!report) {
             spdlog::warn("swapoff {}: failed: {}", name, report.error().message());
@@ -180,6 +182,7 @@ public:
         reply["pages_brought_back"] = report->pages_brought_back;
         reply["pages_skipped"] = report->pages_skipped;
         reply["pages_lost"] = report->pages_lost;
+        if (cmd.handover) reply["handed_over"] = true;
         reply["elapsed_ms"] = static_cast<std::uint64_t>(report->elapsed_ms + 0.5);
         return reply;
     }

@@ -262,6 +262,7 @@ void print_result(const CtlOptions& options, const json& reply, std::ostream& ou
                                            u64(reply, "pages_moved"), u64(reply, "pages_brought_back"));
             if (std::uint64_t skipped = u64(reply, "pages_skipped")) line += fmt::format(", {} freed meanwhile", skipped);
             if (std::uint64_t lost = u64(reply, "pages_lost")) line += fmt::format(", {} LOST (unreadable)", lost);
+            if (reply.contains("handed_over")) line += ", handed over (snapshot slots left on it)";
             out << line << fmt::format(", {} ms\n", u64(reply, "elapsed_ms"));
             break;
         }
@@ -425,6 +426,12 @@ void add_ctl_subcommand(CLI::App& app, CtlOptions& o) {
     swapoff->add_flag("--force", o.force,
                       "Remove it even if some slots cannot be read (I/O error, checksum mismatch): their pages "
                       "become lost pages of their VMs (a VM that touches one stops with a memory error)");
+    swapoff->add_flag("--handover", o.handover,
+                      "Hand the device to another swapvisor: the pages of running VMs leave it, the slots of "
+                      "snapshots stay there, those snapshots are unloaded here, and the device (its lease, for NBD) "
+                      "is released; the other swapvisor restores them after it attaches the device "
+                      "(docs/SNAPSHOT.md#handover)")
+        ->excludes("--force");
     swapoff->callback([&o] { o.command = CtlCommand::swapoff; });
     CLI::App* set_limit = ctl->add_subcommand("set-limit", "Set a VM's resident limit (0: none)");
     set_limit->add_option("VM", o.vm, "VM name")->required();
@@ -523,6 +530,7 @@ json ctl_request(const CtlOptions& options, int id) {
         case CtlCommand::swapoff:
             request["path"] = absolute_path(options.path);
             if (options.force) request["force"] = true;
+            if (options.handover) request["handover"] = true;
             break;
         case CtlCommand::set_limit:
             request["vm"] = options.vm;

@@ -65,6 +65,7 @@ struct CtlOptions {
     std::string size;        // swapon (empty: the file must exist); SIZE text, e.g. "2G"
     bool format = false;     // swapon --format: make a blank device swap
     bool takeover = false;   // swapon --takeover: claim a remote device another pool leases
+    bool handover = false;  // swapoff --handover
     bool force = false;      // swapoff --force: take out a device with unreadable slots;
                              // swapon --format --force: erase a device that holds data
     std::string vm;          // set-limit, vm-*, set-balloon, set-quota; vm-create: the new VM's name

@@ -346,6 +346,12 @@ std::expected<Request, RequestError> parse_request(std::string_view line) {
             if (!it->is_boolean()) return bad(id, ReplyCode::bad_request, "field \"force\" must be true or false");
             swapoff.force = it->get<bool>() ? swap::Force::yes : swap::Force::no;
         }
+        if (auto it = request.find("handover"); it != request.end()) {
+            if (!it->is_boolean()) return bad(id, ReplyCode::bad_request, "field \"handover\" must be true or false");
+            swapoff.handover = it->get<bool>();
+        }
+        if (swapoff.handover && swapoff.force == swap::Force::yes)
+            return bad(id, ReplyCode::bad_request, "\"handover\" and \"force\" do not go together (a handover loses nothing)");
         return Request{id, std::move(swapoff)};
     }
     if (cmd == "set-limit") {
@@ -480,7 +486,8 @@ struct Describe {
         return s;
     }
     std::string operator()(const SwapoffCmd& c) const {
-        return fmt::format("swapoff path={}{}", audit_value(c.path), c.force == swap::Force::yes ? " force=yes" : "");
+        return fmt::format("swapoff path={}{}{}", audit_value(c.path), c.force == swap::Force::yes ? " force=yes" : "",
+                           c.handover ? " handover=yes" : "");
     }
     std::string operator()(const SetLimitCmd& c) const {
         return fmt::format("set-limit vm={} bytes={}", audit_value(c.vm), c.bytes);

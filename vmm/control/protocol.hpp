@@ -81,6 +81,7 @@ struct SwaponCmd {
 struct SwapoffCmd {
     std::string path;
     swap::Force force = swap::Force::no;  // "force": true loses the pages of unreadable slots
+    bool handover = false;                // "handover": true leaves snapshot slots for another swapvisor
 };
 struct SetLimitCmd {
     std::string vm;

@@ -40,6 +40,17 @@ Result<void> VmControl::delete_snapshot(const std::filesystem::path&) {
     return std::unexpected(no_snapshots("snapshot-delete"));
 }
 
+swap::Handover VmControl::default_handover(const std::string& device) {
+    swap::Handover h;
+    h.check = [device](const swap::DeviceUuid&, std::span<const swap::VSlot> kept) -> Result<void> {
+        if (kept.empty()) return {};
+        return make_error(swap::Errc::held_slot, "swapoff --handover refused, nothing changed",
+                          device + ": " + std::to_string(kept.size()) +
+                              " slots are held by snapshots this swapvisor does not keep");
+    };
+    return h;
+}
+
 const std::error_category& vm_category() {
     static const VmCategory category;
     return category;

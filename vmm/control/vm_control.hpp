@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "io/result.hpp"
+#include "swap/swap_pool.hpp"
 #include "vmm/spec/vm_spec.hpp"
 
 namespace swapvisor::vmm::control {
@@ -129,6 +130,12 @@ public:
     // Release a snapshot's slot references and remove its files.
     virtual Result<void> delete_snapshot(const std::filesystem::path& dir);
     virtual SnapshotSummary snapshot_summary() const { return {}; }
+    // The hooks of `swapoff --handover` of `device` (docs/SNAPSHOT.md#handover): the
+    // snapshots holding slots there are checked (no VM restored from them running,
+    // no reference elsewhere) and then unloaded. Default, for a host without
+    // snapshots: refuse if any slot on the device is held.
+    virtual swap::Handover handover(const std::string& device) { return default_handover(device); }
+    static swap::Handover default_handover(const std::string& device);
 };
 
 }  // namespace swapvisor::vmm::control

@@ -7,6 +7,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "swap/swap_header.hpp"
+
 namespace swapvisor::vmm {
 
 namespace fs = std::filesystem;
@@ -69,6 +71,7 @@ Result<guestmem::MemorySnapshot*> SnapshotStore::get(const fs::path& dir) {
     std::lock_guard lock(mutex_);
     if (auto it = loaded_.find(dir); it != loaded_.end()) return it->second.get();
     if (auto it = unavailable_.find(dir); it != unavailable_.end()) {
+        if (handed_over_.contains(dir)) return std::unexpected(it->second);
         // Try again: the missing device may have been attached since (swapon).
         auto snap = guestmem::MemorySnapshot::open(dir, &pool_);
         if (!snap) return std::unexpected(it->second);
@@ -82,6 +85,7 @@ Result<guestmem::MemorySnapshot*> SnapshotStore::get(const fs::path& dir) {
 void SnapshotStore::add(const fs::path& dir, std::unique_ptr<guestmem::MemorySnapshot> snapshot) {
     std::lock_guard lock(mutex_);
     unavailable_.erase(dir);
+    handed_over_.erase(dir);
     loaded_.insert_or_assign(dir, std::move(snapshot));
 }
 
@@ -97,6 +101,81 @@ std::unique_ptr<guestmem::MemorySnapshot> SnapshotStore::take(const fs::path& di
 bool SnapshotStore::forget_unavailable(const fs::path& dir) {
     std::lock_guard lock(mutex_);
     return unavailable_.erase(dir) != 0;
+}
+
+swap::Handover SnapshotStore::handover(const std::string& device, UserOf user_of) {
+    swap::Handover h;
+    h.check = [this, device, user_of = std::move(user_of)](const swap::DeviceUuid& uuid,
+                                                           std::span<const swap::VSlot> kept) -> Result<void> {
+        std::vector<std::pair<fs::path, std::vector<swap::VSlot>>> on;
+        {
+            std::lock_guard lock(mutex_);
+            for (const auto& [dir, snap] : loaded_) {
+                std::vector<swap::VSlot> held = snap->held_on(uuid);
+                if (held.empty()) continue;
+                if (snap->refers_beyond(uuid))
+                    return make_error(swap::Errc::held_slot, "swapoff --handover refused, nothing changed",
+                                      fmt::format("snapshot {} holds pages on {} and on other swap devices: it "
+                                                  "cannot move with {} alone (swapoff the others first to gather "
+                                                  "its pages there)",
+                                                  dir.string(), device, device));
+                on.emplace_back(dir, std::move(held));
+            }
+        }
+        // The VM table's lock comes before the store's: asked with ours released.
+        std::vector<std::uint32_t> held;
+        for (const auto& [dir, vslots] : on) {
+            if (std::string user = user_of ? user_of(dir) : std::string(); !user.empty())
+                return make_error(control::VmErrc::snapshot_in_use, "swapoff --handover refused, nothing changed",
+                                  fmt::format("VM {} was restored from snapshot {}, whose pages are on {}: vm-stop "
+                                              "it first",
+                                              user, dir.string(), device));
+            for (swap::VSlot v : vslots) held.push_back(v.value());
+        }
+        std::sort(held.begin(), held.end());
+        held.erase(std::unique(held.begin(), held.end()), held.end());
+        std::vector<std::uint32_t> want;
+        for (swap::VSlot v : kept) want.push_back(v.value());
+        std::sort(want.begin(), want.end());
+        if (held != want)
+            return make_error(swap::Errc::held_slot, "swapoff --handover refused, nothing changed",
+                              fmt::format("{}: {} slots there are held only by snapshots, {} by the {} snapshots "
+                                          "loaded here (one being taken, or one adopted at start and never "
+                                          "loaded?): retry, or delete the others",
+                                          device, want.size(), held.size(), on.size()));
+        return {};
+    };
+    h.release = [this, device](const swap::DeviceUuid& uuid) { hand_over(uuid, device); };
+    return h;
+}
+
+void SnapshotStore::hand_over(const swap::DeviceUuid& uuid, const std::string& device) {
+    std::vector<std::unique_ptr<guestmem::MemorySnapshot>> gone;
+    {
+        std::lock_guard lock(mutex_);
+        for (auto it = loaded_.begin(); it != loaded_.end();) {
+            if (it->second->held_on(uuid).empty()) {
+                ++it;
+                continue;
+            }
+            unavailable_.insert_or_assign(
+                it->first, Error{make_error_code(control::VmErrc::bad_snapshot), "snapshot",
+                                 fmt::format("{}: handed over with swap device {} (uuid {}): restore it on the "
+                                             "swapvisor that attached that device",
+                                             it->first.string(), device, swap::uuid_text(uuid))});
+            handed_over_.insert(it->first);
+            spdlog::info("snapshot {}: handed over with swap device {}", it->first.string(), device);
+            gone.push_back(std::move(it->second));
+            it = loaded_.erase(it);
+        }
+    }
+    // Dropping the references takes swap locks: outside the store's mutex.
+    for (auto& snap : gone) snap->release();
+}
+
+bool SnapshotStore::handed_over(const fs::path& dir) const {
+    std::lock_guard lock(mutex_);
+    return handed_over_.contains(dir);
 }
 
 control::SnapshotSummary SnapshotStore::summary() const {

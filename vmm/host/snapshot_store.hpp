@@ -13,15 +13,21 @@
 // The held-slot observer (observer()) rewrites every loaded snapshot's references
 // when a live swapoff moves them; the pool calls it on the swapoff's thread.
 //
+// Handover (swapoff --handover, docs/SNAPSHOT.md#handover): the snapshots holding
+// slots on the device are unloaded (hand_over) and never reopened by this process;
+// their files stay for the daemon that attaches the device.
+//
 // Threads: every method locks `mutex_`. Order: after VmTable::mutex (the host checks
 // which VMs use a snapshot under its table's mutex, then asks the store); the
 // pool's observer takes it with no swap lock held (swap_pool.hpp).
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -57,20 +63,38 @@ public:
     void add(const std::filesystem::path& dir, std::unique_ptr<guestmem::MemorySnapshot> snapshot);
     // Unload `dir`'s snapshot and hand it over (to delete it); null if none is loaded.
     std::unique_ptr<guestmem::MemorySnapshot> take(const std::filesystem::path& dir);
+    // Whether `dir` went with a handed-over device (snapshot-delete is refused here).
+    bool handed_over(const std::filesystem::path& dir) const;
     // Whether `dir` is known here, loaded or not (snapshot-delete of an unloadable one).
     bool forget_unavailable(const std::filesystem::path& dir);
+
+    // The hooks of swapoff --handover of `device` (docs/SNAPSHOT.md#handover).
+    // check: refused if a loaded snapshot with slots on the device also refers to
+    // another device (it could not be restored from this one alone), if `user_of`
+    // names a VM restored from one of them that has not ended, or if the slots only
+    // snapshots hold there are not exactly those the loaded snapshots hold (a
+    // snapshot being taken, one adopted but never loaded). release: those snapshots
+    // are unloaded, their references dropped; a restore or snapshot-delete of one
+    // here is refused from then on, naming the handover (their files stay: the
+    // swapvisor that attaches the device restores from them).
+    using UserOf = std::function<std::string(const std::filesystem::path& dir)>;  // "" if none
+    swap::Handover handover(const std::string& device, UserOf user_of);
 
     control::SnapshotSummary summary() const;
     // For SwapPool::set_held_slot_observer.
     swap::HeldSlotObserver observer();
 
 private:
+    // handover's release.
+    void hand_over(const swap::DeviceUuid& uuid, const std::string& device);
+
     swap::SwapPool& pool_;
     // Protects: loaded_, unavailable_, expected_; Order: after VmTable::mutex.
     mutable std::mutex mutex_;
     std::map<std::filesystem::path, std::unique_ptr<guestmem::MemorySnapshot>> loaded_;
     std::map<std::filesystem::path, Error> unavailable_;  // serve --snapshots: why it could not be loaded
     std::vector<std::filesystem::path> expected_;         // expect_all's, for open_all
+    std::set<std::filesystem::path> handed_over_;         // went with a device (hand_over), never reopened here
 };
 
 // A snapshot directory as the store keys it: canonical (symlinks, "..", relative

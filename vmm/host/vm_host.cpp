@@ -3,6 +3,7 @@
 // anything slow (a build, a release, joining a runner) with the mutex released.
 #include "vmm/host/vm_host.hpp"
 
+#include <algorithm>
 #include <fstream>
 
 #include <fmt/format.h>
@@ -469,6 +470,11 @@ Result<void> VmHost::delete_snapshot(const fs::path& dir_arg) {
                                           dir.string(), user));
         memory = snapshots_->take(dir);
     }
+    if (!memory && snapshots_->handed_over(dir))
+        return make_error(control::VmErrc::bad_snapshot, "snapshot-delete",
+                          fmt::format("{}: handed over with its swap device: delete it on the swapvisor that "
+                                      "attached that device",
+                                      dir.string()));
     if (!memory) {
         // Not loaded (serve without --snapshots, or its device is missing): load it
         // to release its references; a snapshot that cannot be loaded is refused.
@@ -484,6 +490,21 @@ Result<void> VmHost::delete_snapshot(const fs::path& dir_arg) {
     fs::remove(dir, ec);  // only if empty: files of the operator's stay
     spdlog::info("snapshot {}: deleted", dir.string());
     return {};
+}
+
+swap::Handover VmHost::handover(const std::string& device) {
+    if (snapshots_ == nullptr) return default_handover(device);
+    // A restore reserves its entry (naming its snapshot) before it holds any slot,
+    // and once the handover's check runs no hold on the device succeeds: a restore
+    // not seen here fails cleanly.
+    return snapshots_->handover(device, [this](const fs::path& dir) {
+        std::lock_guard lock(table_.mutex);
+        std::string user;
+        table_.for_each([&](const VmEntry& e) {
+            if (e.restored_from == dir && e.state != Lifecycle::released && user.empty()) user = e.spec.name;
+        });
+        return user;
+    });
 }
 
 control::SnapshotSummary VmHost::snapshot_summary() const {

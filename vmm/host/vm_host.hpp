@@ -99,6 +99,7 @@ public:
     Result<control::VmInfo> restore_vm(const control::RestoreRequest& request) override;
     Result<void> delete_snapshot(const std::filesystem::path& dir) override;
     control::SnapshotSummary snapshot_summary() const override;
+    swap::Handover handover(const std::string& device) override;
 
 private:
     void run_vm(VmEntry& entry);
