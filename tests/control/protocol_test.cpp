@@ -59,6 +59,8 @@ TEST(ProtocolBoundsTest, SwapoffHandoverFieldIsExplicitAndExcludesForce) {
         ASSERT_FALSE(bad) << line;
         EXPECT_EQ(bad.error().code, ReplyCode::bad_request);
     }
+    // Refused by the slots snapshots hold: nothing changed, the device is busy with them.
+    EXPECT_EQ(reply_code_of(Error{make_error_code(swap::Errc::held_slot), "swapoff"}), ReplyCode::device_busy);
 }
 
 // Issue #17 item 2: a takeover is a literal boolean, audited, and a leased device

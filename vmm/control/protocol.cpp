@@ -67,6 +67,8 @@ ReplyCode reply_code_of(const Error& error) {
             case swap::Errc::exists: return ReplyCode::exists;
             case swap::Errc::unreadable_slots: return ReplyCode::unreadable_slots;
             case swap::Errc::leased: return ReplyCode::device_busy;
+            // A swapoff (or handover) that snapshot-held slots refuse: nothing changed.
+            case swap::Errc::held_slot: return ReplyCode::device_busy;
             case swap::Errc::no_signature:
             case swap::Errc::holds_data:
             case swap::Errc::bad_header:
