@@ -187,6 +187,89 @@ TEST_F(SnapshotTest, PrivilegedTwoClonesDivergeAndTheRunningVmsWritesNeverReachT
     EXPECT_EQ(used_slots(*pool_), 0u);
 }
 
+// Issue #21 item 3: two clones of one snapshot write different data — one through
+// its guest view (faults), the other through GuestMemory::write (the VMM path) —
+// while their fillers prefetch and their reclaimers push pages (their own writes
+// included) out to new slots and back. Each must read its own bytes where it wrote
+// and the snapshot's bytes everywhere else, before and after the evictions; a
+// later restore must still see only the snapshot's bytes; and at rest the slots
+// are the snapshot's again.
+TEST_F(SnapshotTest, PrivilegedClonesDivergeUnderEvictionEachReadsItsOwnBytesAndTheSnapshotStaysUntouched) {
+    auto vm = make_half_swapped(1);
+    auto snap = vm->save(snap_dir_);
+    ASSERT_TRUE(snap) << snap.error().message();
+    vm->stop();
+    vm.reset();
+    const std::uint64_t held = (*snap)->held_vslots();
+    ASSERT_GT(held, 0u);
+
+    // Fillers on, limited to a quarter: the clones keep evicting while they run.
+    auto restore_limited = [&](VmId id) {
+        auto m = restore_guest_memory(config("div" + std::to_string(id), kMem / 4), id, nullptr, pool_.get(), **snap,
+                                      RestoreOptions{.fill = true, .prefetch = true});
+        EXPECT_TRUE(m) << m.error().message();
+        if (m) {
+            EXPECT_TRUE((*m)->start());
+        }
+        return m ? std::move(*m) : nullptr;
+    };
+    auto a = restore_limited(2);
+    auto b = restore_limited(3);
+    ASSERT_TRUE(a && b);
+    const auto seed_a = [](std::uint64_t p) { return p % 3 == 0 ? 11 : original_seed(p); };
+    const auto seed_b = [](std::uint64_t p) { return p % 3 == 1 ? 22 : original_seed(p); };
+    // A writes its pages as a guest would; B through the VMM path, interleaved in time.
+    std::thread guest_a([&] {
+        for (std::uint64_t p = 0; p < kPages; p += 3) write_page(a->regions()[0].guest_view, p, 11);
+    });
+    alignas(4096) static std::byte page[kPageSize];
+    for (std::uint64_t p = 1; p < kPages; p += 3) {
+        auto* w = reinterpret_cast<std::uint64_t*>(page);
+        for (std::uint64_t i = 0; i < kPageSize / 8; ++i) w[i] = pattern(22, p, i);
+        ASSERT_TRUE(b->write(Gpa(p * kPageSize), std::span<const std::byte>(page, kPageSize)));
+    }
+    guest_a.join();
+    // Verify A through its guest view and B through GuestMemory::read (both paths).
+    auto bad_via_read = [&](GuestMemory& m, auto seed_of) {
+        std::uint64_t bad = 0;
+        for (std::uint64_t p = 0; p < kPages; ++p) {
+            EXPECT_TRUE(m.read(Gpa(p * kPageSize), std::span<std::byte>(page, kPageSize)));
+            const auto* w = reinterpret_cast<const std::uint64_t*>(page);
+            const std::uint64_t seed = seed_of(p);
+            for (std::uint64_t i = 0; i < kPageSize / 8; ++i)
+                if (w[i] != (seed == 0 ? 0 : pattern(seed, p, i))) {
+                    ++bad;
+                    break;
+                }
+        }
+        return bad;
+    };
+    EXPECT_EQ(bad_pages(a->regions()[0].guest_view, seed_a), 0u);
+    EXPECT_EQ(bad_via_read(*b, seed_b), 0u);
+    // Both went over their limit: each clone's own writes are swapped out by now or soon.
+    for (int i = 0; i < 400 && (a->stats().swapped_bytes == 0 || b->stats().swapped_bytes == 0); ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    EXPECT_GT(a->stats().swap_out_pages, 0u);
+    EXPECT_GT(b->stats().swap_out_pages, 0u);
+    // Again, crosswise: A through read, B through its guest view.
+    EXPECT_EQ(bad_via_read(*a, seed_a), 0u);
+    EXPECT_EQ(bad_pages(b->regions()[0].guest_view, seed_b), 0u);
+    EXPECT_EQ(a->stats().lost_pages + b->stats().lost_pages, 0u);
+
+    // The snapshot saw none of it: a third VM restored now reads the original bytes.
+    auto c = restore(**snap, 4);
+    ASSERT_TRUE(c);
+    EXPECT_EQ(bad_pages(c->regions()[0].guest_view, original_seed), 0u);
+    for (auto* m : {a.get(), b.get(), c.get()}) m->stop();
+    a.reset();
+    b.reset();
+    c.reset();
+    EXPECT_EQ(pool_->allocated_vslots(), held);  // only the snapshot's slots are left
+    ASSERT_TRUE(delete_memory_snapshot(std::move(*snap)));
+    EXPECT_EQ(pool_->allocated_vslots(), 0u);
+    EXPECT_EQ(used_slots(*pool_), 0u);
+}
+
 TEST_F(SnapshotTest, PrivilegedDeleteWhileACloneStillReferencesKeepsTheClonesPages) {
     auto vm = make_half_swapped(1);
     auto snap = vm->save(snap_dir_);
