@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -333,6 +334,93 @@ TEST_F(SnapshotTest, PrivilegedSwapoffBetweenSaveAndRestoreMovesHeldSlotsAndARes
     restored->stop();
     restored.reset();
     ASSERT_TRUE(delete_memory_snapshot(std::move(*reopened)));
+    EXPECT_EQ(pool_->allocated_vslots(), 0u);
+    EXPECT_EQ(used_slots(*pool_), 0u);
+}
+
+// Issue #21 item 4, on the real stack: a live swapoff of the device that holds the
+// snapshot's slots while a clone faults exactly those pages in. The guest starts its
+// pass; swapoff starts once it is under way and, after its first batch of moves,
+// holds (a thread-state handshake through its progress callback, no sleep) until the
+// guest has faulted more pages, so faults meet slots both before and after their
+// move. Every byte the clone reads is the snapshot's, nothing is lost, the swapoff
+// moves every held slot (none is brought into the clone), the persisted references
+// are rewritten once, and a clone restored afterwards reads from the new device.
+TEST_F(SnapshotTest, PrivilegedSwapoffOfTheDeviceHoldingSnapshotSlotsWhileACloneFaultsThemIn) {
+    ASSERT_TRUE(pool_->swapon(dir_ / "b.swap", 5, kSwapBytes));
+    auto vm = make_half_swapped(1);
+    auto snap = vm->save(snap_dir_);
+    ASSERT_TRUE(snap) << snap.error().message();
+    vm->stop();
+    vm.reset();
+    MemorySnapshot* s = snap->get();
+    const std::uint64_t held = s->held_vslots();
+    ASSERT_GT(held, 256u);  // several swapoff batches
+    for (const auto& d : pool_->stats()) {
+        if (d.path.find("b.swap") != std::string::npos) {
+            ASSERT_EQ(d.used_slots, 0u);  // all on a.swap
+        }
+    }
+    std::uint64_t moved = 0, observer_calls = 0;
+    pool_->set_held_slot_observer([&](std::span<const swap::HeldSlotMove> moves) {
+        moved += moves.size();
+        observer_calls++;
+        auto r = s->apply_moves(moves);
+        EXPECT_TRUE(r && *r);
+    });
+
+    auto clone = restore(*s, 2);
+    ASSERT_TRUE(clone);
+    std::byte* base = clone->regions()[0].guest_view;
+    // The guest: every page, ascending; pages swapped in the snapshot fault on their held slots.
+    std::atomic<std::uint64_t> touched{0}, bad{0};
+    std::thread guest([&] {
+        for (std::uint64_t p = 0; p < kPages; ++p) {
+            auto* w = reinterpret_cast<const volatile std::uint64_t*>(base + p * kPageSize);
+            const std::uint64_t seed = original_seed(p);
+            for (std::uint64_t i = 0; i < kPageSize / 8; i += 64)
+                if (w[i] != (seed == 0 ? 0 : pattern(seed, p, i))) {
+                    bad++;
+                    break;
+                }
+            touched.store(p + 1);
+        }
+    });
+    // Start once the guest is under way (it has faulted a sixteenth of its pages).
+    while (touched.load() < kPages / 16) std::this_thread::yield();
+    std::uint64_t at_first_batch = 0, after_wait = 0;
+    bool first = true;
+    auto ring = io::Ring::create(32);
+    ASSERT_TRUE(ring);
+    auto off = pool_->swapoff(dir_ / "a.swap", *ring, [&](swap::SwapoffProgress) {
+        if (!first) return;
+        first = false;
+        at_first_batch = touched.load();
+        // Hold the swapoff mid-way until the guest has faulted 64 more pages (or is done).
+        const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+        while (touched.load() < std::min(at_first_batch + 64, kPages) && std::chrono::steady_clock::now() < until)
+            std::this_thread::yield();
+        after_wait = touched.load();
+    });
+    guest.join();
+    ASSERT_TRUE(off) << off.error().message();
+    EXPECT_GT(after_wait, at_first_batch) << "the guest faulted nothing while the swapoff was mid-way";
+    EXPECT_EQ(bad.load(), 0u);
+    EXPECT_EQ(clone->stats().lost_pages, 0u);
+    EXPECT_EQ(off->pages_brought_back, 0u);  // held slots move, they never come into a VM
+    EXPECT_EQ(moved, held);
+    EXPECT_EQ(observer_calls, 1u);
+    EXPECT_EQ(bad_pages(base, original_seed), 0u);  // every byte, once more
+    pool_->set_held_slot_observer({});
+    clone->stop();
+    clone.reset();
+    EXPECT_EQ(pool_->allocated_vslots(), held);
+    auto after = restore(*s, 3);
+    ASSERT_TRUE(after);
+    EXPECT_EQ(bad_pages(after->regions()[0].guest_view, original_seed), 0u);
+    after->stop();
+    after.reset();
+    ASSERT_TRUE(delete_memory_snapshot(std::move(*snap)));
     EXPECT_EQ(pool_->allocated_vslots(), 0u);
     EXPECT_EQ(used_slots(*pool_), 0u);
 }
