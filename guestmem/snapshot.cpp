@@ -554,13 +554,14 @@ constexpr unsigned kPrefetchInFlight = 128;
 }  // namespace
 
 // Prefetch the recorded working set in its order, then, with fill_rest, every image
-// page left, in batches: up to kPrefetchBatch pages of the order are locked (try_lock
+// page left, in batches: up to batch_pages pages of the order are locked (try_lock
 // only, README#lock-bit: a page someone holds is theirs, so the guest is never made to
 // wait for a page the filler has not started), sorted, and brought in together —
 // image pages by runs read from the image, swapped pages by one batched read_in
 // (rows 14' and 10', batched), each run mapped with one UFFDIO_CONTINUE so the guest
 // takes no fault. Pages the guest brought in first are skipped, so a guest that gets
-// ahead is caught up with cheaply. Stops at the VM's limit and when the VM stops.
+// ahead is caught up with cheaply. A batch takes at most the room left under the
+// VM's limit; stops at the limit and when the VM stops.
 void GuestMemory::Impl::fill_loop() {
     auto ring = io::Ring::create(kPrefetchInFlight);
     if (!ring) {
@@ -593,9 +594,12 @@ void GuestMemory::Impl::fill_loop() {
         return s == PageState::image || (swapped_too && s == PageState::swapped);
     };
     auto must_stop = [&] { return stopping.load(std::memory_order_relaxed) || limits.holding_at_limit(); };
+    // A batch never takes the VM past its limit: at most the room left under it.
+    auto batch_room = [&] { return std::min<std::size_t>(batch_pages, limits.bring_back_room()); };
     for (std::size_t at = 0; at < prefetch_order.size();) {
-        if (must_stop()) return;
-        while (at < prefetch_order.size() && batch.size() < batch_pages) {
+        if (must_stop() || batch_room() == 0) return;
+        const std::size_t room = batch_room();
+        while (at < prefetch_order.size() && batch.size() < room) {
             const std::uint32_t page = prefetch_order[at++];
             if (wanted(page, true)) batch.push_back(page);
         }
@@ -603,8 +607,9 @@ void GuestMemory::Impl::fill_loop() {
     }
     if (!fill_rest) return;
     for (std::uint64_t i = 0; i < table.pages();) {
-        if (must_stop()) return;
-        while (i < table.pages() && batch.size() < batch_pages) {
+        if (must_stop() || batch_room() == 0) return;
+        const std::size_t room = batch_room();
+        while (i < table.pages() && batch.size() < room) {
             if (wanted(i, false)) batch.push_back(static_cast<std::uint32_t>(i));
             ++i;
         }
