@@ -185,7 +185,7 @@ Result<void> GuestMemory::start() {
     }
     impl.reclaimer = std::thread([&impl] { impl.reclaim_loop(); });
     ::pthread_setname_np(impl.reclaimer.native_handle(), "swv-reclaim");
-    if (impl.image && (impl.fill_rest || !impl.prefetch_order.empty())) {
+    if (impl.fill_rest || !impl.prefetch_order.empty()) {  // fill_rest only with an image
         impl.filler = std::thread([&impl] { impl.fill_loop(); });  // snapshot.cpp
         ::pthread_setname_np(impl.filler.native_handle(), "swv-fill");
     }

@@ -551,31 +551,80 @@ Result<void> GuestMemory::save_working_set() const {
 
 // --- the filler and recorded-order prefetch ---------------------------------------------------
 
-// Prefetch the recorded working set in its order (image pages mapped, swapped pages
-// read in as clean copies: 14' and 11), then, with fill_rest, every image page left.
-// Only try_lock (README#lock-bit): a page someone holds is theirs. Stops at the
-// VM's limit and when the VM stops.
+namespace {
+// Pages one prefetch batch locks and reads together, and the reads in flight at once.
+// The prefetch is latency-bound (one 4 KiB read at a time left its thread idle in
+// io_cqring_wait, docs/PERFORMANCE.md#snapshot): a batch keeps the device busy. The
+// guest soon catches up with the prefetch and waits at each batch's first page for
+// the whole batch, so batches grow (few hand-overs) from a small first one (the
+// guest's first pages come quickly) to a cap that bounds how long a guest fault on a
+// locked page can wait (kPrefetchBatchMax reads at kPrefetchInFlight deep).
+constexpr std::size_t kPrefetchBatchMin = 16;
+constexpr std::size_t kPrefetchBatchMax = 512;
+constexpr unsigned kPrefetchInFlight = 128;
+}  // namespace
+
+// Prefetch the recorded working set in its order, then, with fill_rest, every image
+// page left, in batches: up to batch_pages pages of the order are locked (try_lock
+// only, README#lock-bit: a page someone holds is theirs, so the guest is never made to
+// wait for a page the filler has not started), sorted, and brought in together —
+// image pages by runs read from the image, swapped pages by one batched read_in
+// (rows 14' and 10', batched), each run mapped with one UFFDIO_CONTINUE so the guest
+// takes no fault. Pages the guest brought in first are skipped, so a guest that gets
+// ahead is caught up with cheaply. A batch takes at most the room left under the
+// VM's limit; stops at the limit and when the VM stops.
 void GuestMemory::Impl::fill_loop() {
-    auto ring = io::Ring::create(8);
+    auto ring = io::Ring::create(kPrefetchInFlight);
     if (!ring) {
         spdlog::error("{}: filler cannot create its io_uring: {}", name, ring.error().message());
         return;
     }
-    auto visit = [&](std::uint64_t i, bool swapped_too) {
-        auto lk = tr.try_lock(PageIdx(i));
-        if (!lk) return;
-        const PageState s = lk->entry().state();
-        if (s == PageState::image) (void)tr.fill_image(*lk, Transitions::Map::yes);
-        else if (s == PageState::swapped && swapped_too) (void)tr.vmm_swap_in(*lk, *ring, Access::read);
+    std::vector<std::uint32_t> batch;
+    std::vector<PageLock> image_pages, swapped_pages;
+    std::size_t batch_pages = kPrefetchBatchMin;
+    auto bring_in = [&](bool swapped_too) {
+        std::sort(batch.begin(), batch.end());
+        batch.erase(std::unique(batch.begin(), batch.end()), batch.end());
+        for (std::uint32_t page : batch) {
+            auto lk = tr.try_lock(PageIdx(page));
+            if (!lk) continue;
+            const PageState s = lk->entry().state();
+            if (s == PageState::image) image_pages.push_back(std::move(*lk));
+            else if (s == PageState::swapped && swapped_too && pool != nullptr) swapped_pages.push_back(std::move(*lk));
+        }
+        batch.clear();
+        batch_pages = std::min(batch_pages * 2, kPrefetchBatchMax);
+        (void)tr.prefetch_image(image_pages, *ring);
+        (void)tr.prefetch_swapped(swapped_pages, *ring);
+        image_pages.clear();  // unlocks: the entries are published
+        swapped_pages.clear();
     };
-    for (std::uint32_t page : prefetch_order) {
-        if (stopping.load(std::memory_order_relaxed) || limits.holding_at_limit()) return;
-        visit(page, true);
+    auto wanted = [&](std::uint64_t page, bool swapped_too) {
+        if (page >= table.pages()) return false;
+        const PageState s = table.peek(PageIdx(page)).state();  // a hint; the lock decides
+        return s == PageState::image || (swapped_too && s == PageState::swapped);
+    };
+    auto must_stop = [&] { return stopping.load(std::memory_order_relaxed) || limits.holding_at_limit(); };
+    // A batch never takes the VM past its limit: at most the room left under it.
+    auto batch_room = [&] { return std::min<std::size_t>(batch_pages, limits.bring_back_room()); };
+    for (std::size_t at = 0; at < prefetch_order.size();) {
+        if (must_stop() || batch_room() == 0) return;
+        const std::size_t room = batch_room();
+        while (at < prefetch_order.size() && batch.size() < room) {
+            const std::uint32_t page = prefetch_order[at++];
+            if (wanted(page, true)) batch.push_back(page);
+        }
+        bring_in(true);
     }
     if (!fill_rest) return;
-    for (std::uint64_t i = 0; i < table.pages(); ++i) {
-        if (stopping.load(std::memory_order_relaxed) || limits.holding_at_limit()) return;
-        if (table.peek(PageIdx(i)).state() == PageState::image) visit(i, false);
+    for (std::uint64_t i = 0; i < table.pages();) {
+        if (must_stop() || batch_room() == 0) return;
+        const std::size_t room = batch_room();
+        while (i < table.pages() && batch.size() < room) {
+            if (wanted(i, false)) batch.push_back(static_cast<std::uint32_t>(i));
+            ++i;
+        }
+        bring_in(false);
     }
 }
 

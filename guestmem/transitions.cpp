@@ -535,6 +535,90 @@ Result<void> Transitions::fill_image(PageLock& lk, Map map) {  // 14'
     return r;
 }
 
+std::uint64_t Transitions::prefetch_image(std::span<PageLock> pages, io::Ring& ring) {  // 14', batched
+    if (pages.empty()) return 0;
+    SWV_ASSERT(image_ != nullptr, "image page without a memory image");
+    struct Run {
+        PageIdx first;
+        std::span<PageLock> locks;
+    };
+    std::vector<Run> runs;
+    std::vector<io::IoOp> ops;
+    for_each_run(d_.kernel, pages, [&](PageIdx first, std::uint64_t count, std::span<PageLock> run) {
+        for (PageLock& lk : run) {
+            SWV_ASSERT(lk.entry().state() == PageState::image, "prefetch_image of a page that is not image");
+            SWV_ASSERT(lk.idx().value() < image_->pages(), "prefetch_image: page beyond the image");
+            d_.table.publish_locked(lk.idx(), PageEntry::make(PageState::reading));
+            (void)d_.kernel.vmm_page(lk.idx());  // each page of the run is written through the VMM view
+        }
+        runs.push_back(Run{first, run});
+        ops.push_back(io::IoOp{io::IoKind::read, image_->fd(), io::DevOffset(first.value() * kPageSize),
+                               d_.kernel.vmm_page(first), static_cast<std::uint32_t>(count * kPageSize)});
+    });
+    // Straight into the memfd through the VMM view, as row 14: the guest cannot see a
+    // page before it is mapped. The ring resubmits short reads; end of file is -EIO.
+    const bool ring_ok = ring.run(ops).has_value();
+    std::uint64_t in = 0;
+    for (std::size_t r = 0; r < runs.size(); ++r) {
+        const std::uint64_t count = runs[r].locks.size();
+        if (!ring_ok || ops[r].result != static_cast<int>(ops[r].len)) {
+            // Not trusted: dropped; the entries stay image for the guest's own fault.
+            (void)d_.kernel.punch(runs[r].first, count);
+            continue;
+        }
+        const Mapped m = d_.kernel.continue_(runs[r].first, count, WriteProtect::no, Wake::no);
+        for (std::uint64_t k = 0; k < count; ++k)
+            runs[r].locks[k].set(PageEntry::make(k < m.pages ? PageState::resident : PageState::inactive));
+        in += count;
+    }
+    return in;
+}
+
+std::uint64_t Transitions::prefetch_swapped(std::span<PageLock> pages, io::Ring& ring) {  // 10', batched
+    if (pages.empty() || !d_.pool) return 0;
+    const bool clean = d_.clean.want_clean();
+    std::vector<swap::SwapPool::PageIn> ins;
+    ins.reserve(pages.size());
+    for (PageLock& lk : pages) {
+        const PageEntry e = lk.entry();
+        SWV_ASSERT(e.state() == PageState::swapped, "prefetch_swapped of a page that is not swapped");
+        d_.table.publish_locked(lk.idx(), PageEntry::make(PageState::reading, e.vslot()));
+        ins.push_back(swap::SwapPool::PageIn{e.vslot(), d_.kernel.vmm_page(lk.idx())});
+    }
+    const bool batch_ok = d_.pool->read_in(ring, ins).has_value();
+    auto ok = [&](std::size_t i) { return batch_ok && ins[i].ok(); };
+    std::uint64_t in = 0;
+    for_each_run(d_.kernel, pages, [&](PageIdx, std::uint64_t count, std::span<PageLock> run) {
+        const std::size_t base = static_cast<std::size_t>(run.data() - pages.data());
+        std::size_t k = 0;
+        while (k < count) {
+            if (!ok(base + k)) {
+                // Whatever landed is not trusted: dropped, the page stays swapped; the
+                // guest's own fault retries and reports a failure (row 12).
+                (void)d_.kernel.punch(run[k].idx(), 1);
+                ++k;
+                continue;
+            }
+            std::size_t end = k;
+            while (end < count && ok(base + end)) ++end;
+            const std::uint64_t mapped = d_.kernel.continue_(run[k].idx(), end - k, wp_if(clean), Wake::no).pages;
+            for (std::size_t j = k; j < end; ++j) {
+                const PageState now = j - k < mapped ? PageState::resident : PageState::inactive;
+                d_.counters.swap_in_pages.fetch_add(1, std::memory_order_relaxed);
+                if (clean) {
+                    run[j].set(PageEntry::make(now, ins[base + j].vslot, Clean::yes));
+                } else {
+                    free_vslot(ins[base + j].vslot);
+                    run[j].set(PageEntry::make(now));
+                }
+            }
+            in += end - k;
+            k = end;
+        }
+    });
+    return in;
+}
+
 Result<void> Transitions::fault_image(PageLock& lk) {  // 14
     d_.counters.major_faults.fetch_add(1, std::memory_order_relaxed);
     // A failed read leaves the page lost and poisoned: the guest, woken, gets its error.

@@ -186,6 +186,19 @@ public:
     // recorded-order prefetch maps it so the guest takes no fault at all).
     enum class Map : bool { no, yes };
     Result<void> fill_image(PageLock& lk, Map map);
+    // The recorded-order prefetch, batched (issue #21): pages the caller locked
+    // (try_lock), ascending, with any gaps between them.
+    // 14' for `image` pages -> resident: each run of neighbours is one read from the
+    // image, every run in flight at once on `ring`, then one UFFDIO_CONTINUE per run.
+    // A run whose read fails or comes back short stays `image` (what landed is
+    // punched): the guest's own fault reads it again and reports the failure (row 14),
+    // so the prefetch never makes a page lost or wrong. Returns the pages it brought in.
+    std::uint64_t prefetch_image(std::span<PageLock> pages, io::Ring& ring);
+    // 10' for `swapped` pages -> resident[+CLN] (inactive where CONTINUE mapped less):
+    // one batched read_in (every slot in flight at once, neighbours merged), one
+    // UFFDIO_CONTINUE per run of verified neighbours; clean copies kept or freed as
+    // read_ahead decides. A page whose read or checksum fails stays swapped (punched).
+    std::uint64_t prefetch_swapped(std::span<PageLock> pages, io::Ring& ring);
 
     // --- teardown: free every VSlot the table refers to (threads stopped).
     void free_all_vslots();

@@ -29,7 +29,23 @@
 //                             compress, even seeds' are refused): every page it holds
 //                             moves to a disk by slot migration (issue #19);
 //   tier swapoff              SwapPool::swapoff of the memory tier, then a fresh one;
-//   failing swap-in           a guest or VMM read of a swapped page whose read fails.
+//   failing swap-in           a guest or VMM read of a swapped page whose read fails;
+//   prefetch                  the restored VM's filler (issue #21): one batch of
+//                             pages try_locked together, image pages by
+//                             prefetch_image (14'), swapped ones by
+//                             prefetch_swapped (10', batched);
+//   failing prefetch          the same with every read failing (the image cut
+//                             short, swap reads EIO): the pages must stay as they were;
+//   failing image read        a guest fault (14) or VMM read (14') of an image page
+//                             while the image is cut short: lost, never zeros.
+//
+// Half the schedules run on a *restored* VM (row R): each page starts as `image`
+// (its bytes in a real memory-image file), as `swapped` in a slot the snapshot holds
+// (written for a parent VM that has gone, held by the snapshot and by this VM, as
+// restore_guest_memory leaves it), or `zero`. Every other actor then races these
+// states too: guest faults on image pages (14), VMM writes (14'), discards (D'),
+// swap-ins, bring-backs and whole swapoffs / demotions of the devices holding the
+// snapshot's slots (which move them).
 //
 // Checked after every step: every entry unlocked and matching the fake kernel's model
 // of its page; the guest's view of every byte (a page in memory holds what was last
@@ -38,10 +54,17 @@
 // injected); the occupancy counters; the pool's slots against the table's references
 // plus the slots of written, uncompleted batches (no leak, no double use, right owner),
 // and the used slots of all devices against the vslots (no page in two tiers or none).
+// On a restored VM also: every slot the snapshot holds is still allocated, owned by
+// the snapshot, and still holds the snapshot's bytes, whatever the VM did (its
+// writes take new slots); the pool's vslots are the table's, the batches' and the
+// snapshot's, no more.
 //
 // SWV_EXPLORE_SECONDS (default 3) and SWV_EXPLORE_SEED (default: from the clock,
 // printed) set the run; a failure prints the seed and the schedule to replay.
 #include <gtest/gtest.h>
+
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <array>
 #include <chrono>
@@ -60,6 +83,7 @@
 
 #include "guestmem/fault_service.hpp"
 #include "guestmem/owner_tag.hpp"
+#include "guestmem/snapshot_image.hpp"
 #include "guestmem/transitions.hpp"
 #include "io/fault_injection.hpp"
 #include "io/ring.hpp"
@@ -103,14 +127,15 @@ bool holds(const std::byte* page, std::uint64_t seed) {
 
 enum class Kind : std::uint8_t {
     guest_read, guest_write, vmm_read, vmm_write, discard, scan, queue, write, write_failing, complete,
-    bring_back, swapoff, failing_swap_in, demote, tier_swapoff, count_
+    bring_back, swapoff, failing_swap_in, demote, tier_swapoff, prefetch, prefetch_failing, failing_image_read, count_
 };
 constexpr std::size_t kKinds = static_cast<std::size_t>(Kind::count_);
 const char* name(Kind k) {
     static constexpr const char* names[kKinds] = {"guest-read", "guest-write", "vmm-read",       "vmm-write",
                                                   "discard",    "scan",        "queue",          "write",
                                                   "write-fail", "complete",    "bring-back",     "swapoff",
-                                                  "failing-swap-in", "demote",    "tier-swapoff"};
+                                                  "failing-swap-in", "demote",    "tier-swapoff",
+                                                  "prefetch",   "prefetch-fail", "failing-image-read"};
     return names[static_cast<std::size_t>(k)];
 }
 
@@ -127,6 +152,9 @@ struct Batch {
 };
 
 
+// What a restored page starts as (row R).
+enum class Restored : std::uint8_t { zero, image, swapped };
+
 class World {
 public:
     World(std::uint64_t pages, io::Ring& ring) : pages_(pages), ring_(ring) {
@@ -134,7 +162,53 @@ public:
         for (int i = 0; i < 2; ++i) add_device();
         pool_.set_eviction_sink(&sink_);
     }
-    ~World() { pool_.set_eviction_sink(nullptr); }
+    ~World() {
+        for (swap::VSlot v : snap_vslots_) pool_.drop_hold(v);
+        pool_.set_eviction_sink(nullptr);
+    }
+
+    // Make this VM a restored one (row R): page i starts as kinds[i]. Its image and
+    // slots hold seeds snapshot seeds (kSnapSeed + i, odd and even: both kinds of
+    // page for the memory tier).
+    void restore(const std::vector<Restored>& kinds) {
+        char name[] = "/tmp/swv-explorer-image-XXXXXX";
+        const int fd = ::mkstemp(name);
+        SWV_ASSERT(fd >= 0, "explorer: mkstemp");
+        ::unlink(name);
+        image_fd_ = io::UniqueFd(fd);
+        write_image();
+        image_.emplace(io::UniqueFd(::dup(fd)), pages_, name);
+        tr_.set_image(&*image_);
+        alignas(4096) static std::array<std::byte, kPageSize> page;
+        for (std::uint32_t i = 0; i < pages_; ++i) {
+            const std::uint64_t seed = kSnapSeed + i;
+            PageLock lk = tr_.lock(PageIdx(i));
+            switch (kinds[i]) {
+                case Restored::zero: continue;
+                case Restored::image:
+                    SWV_ASSERT(tr_.restore_entry(lk, PageEntry::make(PageState::image)).has_value(), "explorer: R");
+                    break;
+                case Restored::swapped: {
+                    // Written for the parent VM, held by the snapshot (save), held by
+                    // this VM (restore), then the parent goes: the snapshot owns it.
+                    fill(page.data(), seed);
+                    swap::PageOut out{page.data(), pack_owner(kParentVm, i)};
+                    SWV_ASSERT(pool_.write_out(ring_, std::span(&out, 1)).has_value() && out.ok(), "explorer: write");
+                    SWV_ASSERT(pool_.hold(out.vslot).has_value(), "explorer: snapshot hold");
+                    SWV_ASSERT(pool_.hold(out.vslot).has_value(), "explorer: VM hold");
+                    pool_.free(out.vslot);
+                    SWV_ASSERT(tr_.restore_entry(lk, PageEntry::make(PageState::swapped, out.vslot)).has_value(),
+                               "explorer: R");
+                    snap_vslots_.push_back(out.vslot);
+                    snap_seed_of_.push_back(seed);
+                    last_vslot_[i] = out.vslot;
+                    break;
+                }
+            }
+            seed_[i] = seed;
+        }
+    }
+    bool restored() const { return image_.has_value(); }
 
     std::vector<Action> enabled(const std::array<bool, kKinds>& allowed) const {
         std::vector<Action> out;
@@ -151,7 +225,13 @@ public:
             if (!scan_must_wait(p)) add(Kind::scan, p);
             if (last_vslot_[p] != swap::kNoVSlot) add(Kind::bring_back, p);
             if (e.state() == PageState::swapped) add(Kind::failing_swap_in, p);
+            if (e.state() == PageState::image) add(Kind::failing_image_read, p);
         }
+        // Which pages the batch takes (a bit mask): all of them, or one.
+        const std::uint32_t all = (1u << pages_) - 1;
+        add(Kind::prefetch, all);
+        add(Kind::prefetch_failing, all);
+        for (std::uint32_t p = 0; p + 1 < pages_; ++p) add(Kind::prefetch, 1u << p);
         std::size_t in_flight = 0;
         for (const Batch& b : batches_) in_flight += b.stage != Batch::Stage::open;
         for (std::uint32_t k = 0; k < batches_.size(); ++k) {
@@ -222,6 +302,17 @@ public:
                 plan_->remove(rule);
                 break;
             }
+            case Kind::prefetch: prefetch(a.arg, false); break;
+            case Kind::prefetch_failing: prefetch(a.arg, true); break;
+            case Kind::failing_image_read: {
+                if (!restored()) break;
+                cut_image();
+                lost_ok_[a.arg] = true;  // lost, and the guest is told
+                if (a.arg % 2 == 0) (void)resolve_fault(tr_, p, WpFault::no, ring_);
+                else vmm_access(p, Access::read);
+                write_image();
+                break;
+            }
             case Kind::count_: break;
         }
     }
@@ -256,12 +347,15 @@ public:
                 return fmt::format("page {} reads zeros but was written (seed {})", i, seed_[i]);
             if (e.state() == PageState::lost && !lost_ok_[i])
                 return fmt::format("page {} lost without any failed read", i);
+            if (e.state() == PageState::image && seed_[i] != kSnapSeed + i)
+                return fmt::format("page {} still reads the image but was written (seed {})", i, seed_[i]);
             if (e.holds_vslot()) {
                 referenced++;
                 const swap::VSlot v = e.vslot();
                 if (e.state() == PageState::swapped) last_vslot_[i] = v;
                 if (!slots.insert(v.value()).second) return fmt::format("vslot {} referenced twice", v.value());
-                if (pool_.owner_of(v) != pack_owner(kVm, i))
+                const bool held = std::find(snap_vslots_.begin(), snap_vslots_.end(), v) != snap_vslots_.end();
+                if (pool_.owner_of(v) != (held ? swap::kSnapshotOwner : pack_owner(kVm, i)))
                     return fmt::format("page {}: vslot {} is not allocated to it", i, v.value());
                 if (auto r = pool_.read_in(ring_, v, buf_.data()); !r)
                     return fmt::format("page {}: its slot {} cannot be read: {}", i, v.value(), r.error().message());
@@ -288,13 +382,64 @@ public:
         for (const swap::DeviceStats& d : pool_.stats()) used += d.used_slots;
         if (used != pool_.allocated_vslots())
             return fmt::format("devices use {} slots for {} vslots", used, pool_.allocated_vslots());
-        if (pool_.allocated_vslots() != referenced + in_flight)
-            return fmt::format("pool holds {} vslots, the table refers to {} and batches in flight to {}",
-                               pool_.allocated_vslots(), referenced, in_flight);
+        // The snapshot's slots: still allocated, still the snapshot's, still its bytes.
+        std::uint64_t snapshot_only = 0;
+        for (std::size_t k = 0; k < snap_vslots_.size(); ++k) {
+            const swap::VSlot v = snap_vslots_[k];
+            if (pool_.owner_of(v) != swap::kSnapshotOwner)
+                return fmt::format("the snapshot's vslot {} is no longer the snapshot's", v.value());
+            if (auto r = pool_.read_in(ring_, v, buf_.data()); !r)
+                return fmt::format("the snapshot's vslot {} cannot be read: {}", v.value(), r.error().message());
+            if (!holds(buf_.data(), snap_seed_of_[k]))
+                return fmt::format("the snapshot's vslot {} no longer holds the snapshot's bytes", v.value());
+            snapshot_only += slots.count(v.value()) == 0;
+        }
+        if (pool_.allocated_vslots() != referenced + in_flight + snapshot_only)
+            return fmt::format("pool holds {} vslots, the table refers to {}, batches in flight to {}, the snapshot "
+                               "alone to {}",
+                               pool_.allocated_vslots(), referenced, in_flight, snapshot_only);
         return std::nullopt;
     }
 
 private:
+    // The filler's batch (snapshot.cpp fill_loop): the pages in `mask` it can
+    // try_lock, ascending, image ones by prefetch_image, swapped ones by
+    // prefetch_swapped. `failing`: every read fails (the image cut short, swap EIO);
+    // the pages must stay as they were, for the guest's own fault to report.
+    void prefetch(std::uint32_t mask, bool failing) {
+        std::optional<io::FaultRuleId> rule;
+        if (failing) {
+            rule = plan_->add(io::FaultRule{io::FaultMatch::read, {}, {}, 0, {}, io::fault::Eio{}});
+            if (restored()) cut_image();
+        }
+        std::vector<PageLock> image_pages, swapped_pages;
+        for (std::uint32_t p = 0; p < pages_; ++p) {
+            if (!(mask & (1u << p))) continue;
+            auto lk = tr_.try_lock(PageIdx(p));
+            if (!lk) continue;
+            const PageState s = lk->entry().state();
+            if (s == PageState::image) image_pages.push_back(std::move(*lk));
+            else if (s == PageState::swapped) swapped_pages.push_back(std::move(*lk));
+        }
+        if (!image_pages.empty()) (void)tr_.prefetch_image(image_pages, ring_);
+        (void)tr_.prefetch_swapped(swapped_pages, ring_);
+        image_pages.clear();
+        swapped_pages.clear();
+        if (rule) plan_->remove(*rule);
+        if (failing && restored()) write_image();
+    }
+    // The memory image's bytes (page i: kSnapSeed + i), or the file cut to nothing.
+    void write_image() {
+        alignas(4096) static std::array<std::byte, kPageSize> page;
+        for (std::uint32_t i = 0; i < pages_; ++i) {
+            fill(page.data(), kSnapSeed + i);
+            SWV_ASSERT(::pwrite(image_fd_.get(), page.data(), kPageSize, static_cast<off_t>(i * kPageSize)) ==
+                           static_cast<ssize_t>(kPageSize),
+                       "explorer: image write");
+        }
+    }
+    void cut_image() { SWV_ASSERT(::ftruncate(image_fd_.get(), 0) == 0, "explorer: image truncate"); }
+
     void add_tier() {
         auto id = pool_.swapon("mem:1M", 10, 0);
         SWV_ASSERT(id.has_value(), "explorer: swapon of the memory tier failed");
@@ -439,6 +584,12 @@ private:
     std::array<swap::VSlot, kMaxPages> last_vslot_{};   // its slot when last seen swapped
     std::uint64_t next_seed_ = 1;
     int next_device_ = 0;
+    static constexpr std::uint64_t kSnapSeed = 1'000'000;
+    static constexpr VmId kParentVm = 2;
+    io::UniqueFd image_fd_;                    // the image file, written by the explorer
+    std::optional<PageImage> image_;           // what the VM reads it through
+    std::vector<swap::VSlot> snap_vslots_;     // the slots the snapshot holds (one hold each)
+    std::vector<std::uint64_t> snap_seed_of_;  // their bytes
     swap::DeviceId tier_{};
     alignas(4096) std::array<std::byte, kPageSize> buf_{};
 };
@@ -460,6 +611,14 @@ std::optional<std::string> run_schedule(std::uint64_t seed, io::Ring& ring, std:
     const std::uint64_t depth = 8 + rng() % 40;
     World w(pages, ring);
     std::vector<std::string> trace;
+    if (rng() % 2 == 0) {
+        std::vector<Restored> kinds(pages);
+        for (Restored& k : kinds) k = static_cast<Restored>(rng() % 3);
+        w.restore(kinds);
+        std::string r = "restored:";
+        for (Restored k : kinds) r += k == Restored::zero ? " zero" : k == Restored::image ? " image" : " swapped";
+        trace.push_back(r);
+    }
     auto fail = [&](const std::string& why) {
         std::string s = fmt::format("seed {:#x}, {} pages, after {} steps: {}\n  schedule:", seed, pages, trace.size(), why);
         for (const std::string& t : trace) s += " " + t;

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -187,6 +188,89 @@ TEST_F(SnapshotTest, PrivilegedTwoClonesDivergeAndTheRunningVmsWritesNeverReachT
     EXPECT_EQ(used_slots(*pool_), 0u);
 }
 
+// Issue #21 item 3: two clones of one snapshot write different data — one through
+// its guest view (faults), the other through GuestMemory::write (the VMM path) —
+// while their fillers prefetch and their reclaimers push pages (their own writes
+// included) out to new slots and back. Each must read its own bytes where it wrote
+// and the snapshot's bytes everywhere else, before and after the evictions; a
+// later restore must still see only the snapshot's bytes; and at rest the slots
+// are the snapshot's again.
+TEST_F(SnapshotTest, PrivilegedClonesDivergeUnderEvictionEachReadsItsOwnBytesAndTheSnapshotStaysUntouched) {
+    auto vm = make_half_swapped(1);
+    auto snap = vm->save(snap_dir_);
+    ASSERT_TRUE(snap) << snap.error().message();
+    vm->stop();
+    vm.reset();
+    const std::uint64_t held = (*snap)->held_vslots();
+    ASSERT_GT(held, 0u);
+
+    // Fillers on, limited to a quarter: the clones keep evicting while they run.
+    auto restore_limited = [&](VmId id) {
+        auto m = restore_guest_memory(config("div" + std::to_string(id), kMem / 4), id, nullptr, pool_.get(), **snap,
+                                      RestoreOptions{.fill = true, .prefetch = true});
+        EXPECT_TRUE(m) << m.error().message();
+        if (m) {
+            EXPECT_TRUE((*m)->start());
+        }
+        return m ? std::move(*m) : nullptr;
+    };
+    auto a = restore_limited(2);
+    auto b = restore_limited(3);
+    ASSERT_TRUE(a && b);
+    const auto seed_a = [](std::uint64_t p) { return p % 3 == 0 ? 11 : original_seed(p); };
+    const auto seed_b = [](std::uint64_t p) { return p % 3 == 1 ? 22 : original_seed(p); };
+    // A writes its pages as a guest would; B through the VMM path, interleaved in time.
+    std::thread guest_a([&] {
+        for (std::uint64_t p = 0; p < kPages; p += 3) write_page(a->regions()[0].guest_view, p, 11);
+    });
+    alignas(4096) static std::byte page[kPageSize];
+    for (std::uint64_t p = 1; p < kPages; p += 3) {
+        auto* w = reinterpret_cast<std::uint64_t*>(page);
+        for (std::uint64_t i = 0; i < kPageSize / 8; ++i) w[i] = pattern(22, p, i);
+        ASSERT_TRUE(b->write(Gpa(p * kPageSize), std::span<const std::byte>(page, kPageSize)));
+    }
+    guest_a.join();
+    // Verify A through its guest view and B through GuestMemory::read (both paths).
+    auto bad_via_read = [&](GuestMemory& m, auto seed_of) {
+        std::uint64_t bad = 0;
+        for (std::uint64_t p = 0; p < kPages; ++p) {
+            EXPECT_TRUE(m.read(Gpa(p * kPageSize), std::span<std::byte>(page, kPageSize)));
+            const auto* w = reinterpret_cast<const std::uint64_t*>(page);
+            const std::uint64_t seed = seed_of(p);
+            for (std::uint64_t i = 0; i < kPageSize / 8; ++i)
+                if (w[i] != (seed == 0 ? 0 : pattern(seed, p, i))) {
+                    ++bad;
+                    break;
+                }
+        }
+        return bad;
+    };
+    EXPECT_EQ(bad_pages(a->regions()[0].guest_view, seed_a), 0u);
+    EXPECT_EQ(bad_via_read(*b, seed_b), 0u);
+    // Both went over their limit: each clone's own writes are swapped out by now or soon.
+    for (int i = 0; i < 400 && (a->stats().swapped_bytes == 0 || b->stats().swapped_bytes == 0); ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    EXPECT_GT(a->stats().swap_out_pages, 0u);
+    EXPECT_GT(b->stats().swap_out_pages, 0u);
+    // Again, crosswise: A through read, B through its guest view.
+    EXPECT_EQ(bad_via_read(*a, seed_a), 0u);
+    EXPECT_EQ(bad_pages(b->regions()[0].guest_view, seed_b), 0u);
+    EXPECT_EQ(a->stats().lost_pages + b->stats().lost_pages, 0u);
+
+    // The snapshot saw none of it: a third VM restored now reads the original bytes.
+    auto c = restore(**snap, 4);
+    ASSERT_TRUE(c);
+    EXPECT_EQ(bad_pages(c->regions()[0].guest_view, original_seed), 0u);
+    for (auto* m : {a.get(), b.get(), c.get()}) m->stop();
+    a.reset();
+    b.reset();
+    c.reset();
+    EXPECT_EQ(pool_->allocated_vslots(), held);  // only the snapshot's slots are left
+    ASSERT_TRUE(delete_memory_snapshot(std::move(*snap)));
+    EXPECT_EQ(pool_->allocated_vslots(), 0u);
+    EXPECT_EQ(used_slots(*pool_), 0u);
+}
+
 TEST_F(SnapshotTest, PrivilegedDeleteWhileACloneStillReferencesKeepsTheClonesPages) {
     auto vm = make_half_swapped(1);
     auto snap = vm->save(snap_dir_);
@@ -250,6 +334,93 @@ TEST_F(SnapshotTest, PrivilegedSwapoffBetweenSaveAndRestoreMovesHeldSlotsAndARes
     restored->stop();
     restored.reset();
     ASSERT_TRUE(delete_memory_snapshot(std::move(*reopened)));
+    EXPECT_EQ(pool_->allocated_vslots(), 0u);
+    EXPECT_EQ(used_slots(*pool_), 0u);
+}
+
+// Issue #21 item 4, on the real stack: a live swapoff of the device that holds the
+// snapshot's slots while a clone faults exactly those pages in. The guest starts its
+// pass; swapoff starts once it is under way and, after its first batch of moves,
+// holds (a thread-state handshake through its progress callback, no sleep) until the
+// guest has faulted more pages, so faults meet slots both before and after their
+// move. Every byte the clone reads is the snapshot's, nothing is lost, the swapoff
+// moves every held slot (none is brought into the clone), the persisted references
+// are rewritten once, and a clone restored afterwards reads from the new device.
+TEST_F(SnapshotTest, PrivilegedSwapoffOfTheDeviceHoldingSnapshotSlotsWhileACloneFaultsThemIn) {
+    ASSERT_TRUE(pool_->swapon(dir_ / "b.swap", 5, kSwapBytes));
+    auto vm = make_half_swapped(1);
+    auto snap = vm->save(snap_dir_);
+    ASSERT_TRUE(snap) << snap.error().message();
+    vm->stop();
+    vm.reset();
+    MemorySnapshot* s = snap->get();
+    const std::uint64_t held = s->held_vslots();
+    ASSERT_GT(held, 256u);  // several swapoff batches
+    for (const auto& d : pool_->stats()) {
+        if (d.path.find("b.swap") != std::string::npos) {
+            ASSERT_EQ(d.used_slots, 0u);  // all on a.swap
+        }
+    }
+    std::uint64_t moved = 0, observer_calls = 0;
+    pool_->set_held_slot_observer([&](std::span<const swap::HeldSlotMove> moves) {
+        moved += moves.size();
+        observer_calls++;
+        auto r = s->apply_moves(moves);
+        EXPECT_TRUE(r && *r);
+    });
+
+    auto clone = restore(*s, 2);
+    ASSERT_TRUE(clone);
+    std::byte* base = clone->regions()[0].guest_view;
+    // The guest: every page, ascending; pages swapped in the snapshot fault on their held slots.
+    std::atomic<std::uint64_t> touched{0}, bad{0};
+    std::thread guest([&] {
+        for (std::uint64_t p = 0; p < kPages; ++p) {
+            auto* w = reinterpret_cast<const volatile std::uint64_t*>(base + p * kPageSize);
+            const std::uint64_t seed = original_seed(p);
+            for (std::uint64_t i = 0; i < kPageSize / 8; i += 64)
+                if (w[i] != (seed == 0 ? 0 : pattern(seed, p, i))) {
+                    bad++;
+                    break;
+                }
+            touched.store(p + 1);
+        }
+    });
+    // Start once the guest is under way (it has faulted a sixteenth of its pages).
+    while (touched.load() < kPages / 16) std::this_thread::yield();
+    std::uint64_t at_first_batch = 0, after_wait = 0;
+    bool first = true;
+    auto ring = io::Ring::create(32);
+    ASSERT_TRUE(ring);
+    auto off = pool_->swapoff(dir_ / "a.swap", *ring, [&](swap::SwapoffProgress) {
+        if (!first) return;
+        first = false;
+        at_first_batch = touched.load();
+        // Hold the swapoff mid-way until the guest has faulted 64 more pages (or is done).
+        const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+        while (touched.load() < std::min(at_first_batch + 64, kPages) && std::chrono::steady_clock::now() < until)
+            std::this_thread::yield();
+        after_wait = touched.load();
+    });
+    guest.join();
+    ASSERT_TRUE(off) << off.error().message();
+    EXPECT_GT(after_wait, at_first_batch) << "the guest faulted nothing while the swapoff was mid-way";
+    EXPECT_EQ(bad.load(), 0u);
+    EXPECT_EQ(clone->stats().lost_pages, 0u);
+    EXPECT_EQ(off->pages_brought_back, 0u);  // held slots move, they never come into a VM
+    EXPECT_EQ(moved, held);
+    EXPECT_EQ(observer_calls, 1u);
+    EXPECT_EQ(bad_pages(base, original_seed), 0u);  // every byte, once more
+    pool_->set_held_slot_observer({});
+    clone->stop();
+    clone.reset();
+    EXPECT_EQ(pool_->allocated_vslots(), held);
+    auto after = restore(*s, 3);
+    ASSERT_TRUE(after);
+    EXPECT_EQ(bad_pages(after->regions()[0].guest_view, original_seed), 0u);
+    after->stop();
+    after.reset();
+    ASSERT_TRUE(delete_memory_snapshot(std::move(*snap)));
     EXPECT_EQ(pool_->allocated_vslots(), 0u);
     EXPECT_EQ(used_slots(*pool_), 0u);
 }

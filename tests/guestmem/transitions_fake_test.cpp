@@ -1035,3 +1035,104 @@ TEST_F(FakeTransitionsTest, RowRALostPageIsPoisonedAndDiscardOfAnImagePageFreesN
     EXPECT_EQ(table_.peek(P(4)).state(), PageState::zero);
     expect_consistent();
 }
+
+// --- the recorded-order prefetch, batched (rows 14' and 10' for a set of locked pages) ------
+
+namespace {
+std::vector<FakePageKernel::Call> calls_of(const FakePageKernel& k, FakePageKernel::Op op) {
+    std::vector<FakePageKernel::Call> out;
+    for (const auto& c : k.history())
+        if (c.op == op) out.push_back(c);
+    return out;
+}
+}  // namespace
+
+TEST_F(FakeTransitionsTest, Row14PrimeBatchedPrefetchReadsRunsAndMapsEachWithOneContinue) {
+    PageImage image = make_image(kPages);
+    tr_.set_image(&image);
+    // 30, 31 | 32, 33 straddle the region boundary: two runs; 40 alone; 45 left out.
+    const std::vector<std::uint64_t> pages{30, 31, 32, 33, 40, 45};
+    for (std::uint64_t i : pages) {
+        PageLock lk = tr_.lock(P(i));
+        ASSERT_TRUE(tr_.restore_entry(lk, PageEntry::make(PageState::image)));
+    }
+    kernel_.clear_history();
+    {
+        std::vector<PageLock> locked;
+        for (std::uint64_t i : {30, 31, 32, 33, 40}) locked.push_back(*tr_.try_lock(P(i)));
+        EXPECT_EQ(tr_.prefetch_image(locked, *ring_), 5u);
+    }
+    for (std::uint64_t i : {30, 31, 32, 33, 40}) {
+        EXPECT_EQ(table_.peek(P(i)).state(), PageState::resident) << i;
+        EXPECT_TRUE(holds(kernel_.vmm_page(P(i)), 1000 + i)) << i;
+    }
+    EXPECT_EQ(table_.peek(P(45)).state(), PageState::image);
+    using C = FakePageKernel::Call;
+    EXPECT_EQ(calls_of(kernel_, Op::continue_),
+              (std::vector<C>{C{Op::continue_, 30, 2}, C{Op::continue_, 32, 2}, C{Op::continue_, 40, 1}}));
+    EXPECT_EQ(counters_.major_faults.load(), 0u);  // the guest takes no fault on them
+    expect_consistent();
+    ASSERT_TRUE(resolve_fault(tr_, P(31), WpFault::no, *ring_).resolved);  // a late fault: resident
+    EXPECT_EQ(counters_.major_faults.load(), 0u);
+    expect_consistent();
+}
+
+TEST_F(FakeTransitionsTest, Row14PrimeBatchedPrefetchOfPagesTheImageDoesNotHoldLeavesThemForTheGuestsFault) {
+    PageImage image = make_image(4);  // pages 4.. are beyond the file's end
+    tr_.set_image(&image);
+    for (std::uint64_t i : {1, 2, 3, 4, 5}) {
+        PageLock lk = tr_.lock(P(i));
+        ASSERT_TRUE(tr_.restore_entry(lk, PageEntry::make(PageState::image)));
+    }
+    {
+        // 1..5 is one run: its read comes back short, so none of it is trusted.
+        std::vector<PageLock> locked;
+        for (std::uint64_t i : {1, 2, 3, 4, 5}) locked.push_back(*tr_.try_lock(P(i)));
+        EXPECT_EQ(tr_.prefetch_image(locked, *ring_), 0u);
+    }
+    for (std::uint64_t i : {1, 2, 3, 4, 5}) {
+        EXPECT_EQ(table_.peek(P(i)).state(), PageState::image) << i;  // never lost, never zeros
+        EXPECT_FALSE(kernel_.present(P(i))) << i;
+    }
+    EXPECT_EQ(counters_.lost_pages.load(), 0u);
+    expect_consistent();
+    // The guest's own faults: a page the image holds is read, one it does not is lost.
+    ASSERT_TRUE(resolve_fault(tr_, P(2), WpFault::no, *ring_).resolved);
+    EXPECT_EQ(table_.peek(P(2)).state(), PageState::resident);
+    EXPECT_TRUE(holds(kernel_.vmm_page(P(2)), 1002));
+    ASSERT_TRUE(resolve_fault(tr_, P(5), WpFault::no, *ring_).resolved);
+    EXPECT_EQ(table_.peek(P(5)).state(), PageState::lost);
+    expect_consistent();
+}
+
+TEST_F(FakeTransitionsTest, Row10PrimeBatchedPrefetchReadsEverySlotAtOnceAndKeepsFailedOnesSwapped) {
+    for (std::uint64_t i : {3, 4, 9, 31, 32}) make_swapped(i, 100 + i);
+    // Every read fails: nothing is trusted, every page stays swapped, no slot lost.
+    const auto rule = plan_->add(io::FaultRule{io::FaultMatch::read, {}, {}, 0, {}, io::fault::Eio{}});
+    {
+        std::vector<PageLock> locked;
+        for (std::uint64_t i : {3, 4, 9, 31, 32}) locked.push_back(*tr_.try_lock(P(i)));
+        EXPECT_EQ(tr_.prefetch_swapped(locked, *ring_), 0u);
+    }
+    plan_->remove(rule);
+    for (std::uint64_t i : {3, 4, 9, 31, 32}) EXPECT_EQ(table_.peek(P(i)).state(), PageState::swapped) << i;
+    EXPECT_EQ(counters_.lost_pages.load(), 0u);
+    expect_consistent();
+    kernel_.clear_history();
+    {
+        std::vector<PageLock> locked;
+        for (std::uint64_t i : {3, 4, 9, 31, 32}) locked.push_back(*tr_.try_lock(P(i)));
+        EXPECT_EQ(tr_.prefetch_swapped(locked, *ring_), 5u);
+    }
+    for (std::uint64_t i : {3, 4, 9, 31, 32}) {
+        const PageEntry e = table_.peek(P(i));
+        EXPECT_EQ(e.state(), PageState::resident) << i;
+        EXPECT_TRUE(e.clean()) << i;  // the slot kept: a clean copy, mapped write-protected
+        EXPECT_EQ(kernel_.view(P(i)), View::mapped_wp) << i;
+        EXPECT_TRUE(holds(kernel_.vmm_page(P(i)), 100 + i)) << i;
+    }
+    using C = FakePageKernel::Call;
+    EXPECT_EQ(calls_of(kernel_, Op::continue_), (std::vector<C>{C{Op::continue_, 3, 2}, C{Op::continue_, 9, 1},
+                                                                 C{Op::continue_, 31, 1}, C{Op::continue_, 32, 1}}));
+    expect_consistent();
+}
