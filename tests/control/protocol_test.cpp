@@ -370,8 +370,15 @@ TEST(ParseRequest, SnapshotCommandsAndRestore) {
     ASSERT_TRUE(create.restore.has_value());
     EXPECT_EQ(create.restore->name, "b");
     EXPECT_EQ(create.restore->dir, "/s");
-    EXPECT_FALSE(create.restore->fill);
+    EXPECT_EQ(create.restore->fill, false);
     EXPECT_TRUE(create.restore->prefetch);
+    // Unset, the host decides (a clone gets no filler); explicit true is kept.
+    auto plain = parse_request(R"({"cmd":"vm-create","name":"b","restore":"/s"})");
+    ASSERT_TRUE(plain.has_value());
+    EXPECT_FALSE(std::get<VmCreateCmd>(plain->command).restore->fill.has_value());
+    auto filled = parse_request(R"({"cmd":"vm-create","name":"b","restore":"/s","fill":true})");
+    ASSERT_TRUE(filled.has_value());
+    EXPECT_EQ(std::get<VmCreateCmd>(filled->command).restore->fill, true);
     EXPECT_EQ(create.restore->serial_log, std::filesystem::path("/l"));
     // The spec is the snapshot's: a kernel or a size with restore is refused, naming it.
     auto mixed = parse_error(R"({"cmd":"vm-create","name":"b","restore":"/s","memory":"64M"})");

@@ -446,9 +446,12 @@ void add_ctl_subcommand(CLI::App& app, CtlOptions& o) {
     CLI::Option* kernel = create->add_option("--kernel", o.kernel, "Guest image (PVH ELF); required unless --restore");
     create->add_option("--restore", o.restore,
                        "Create the VM from a snapshot directory (ctl snapshot): its spec, vCPUs, devices and memory "
-                       "are the snapshot's; only --serial-log, --no-fill and --no-prefetch go with it")
+                       "are the snapshot's; only --serial-log, --fill/--no-fill and --no-prefetch go with it")
         ->excludes(kernel);
-    create->add_flag("--no-fill", o.no_fill, "With --restore: no background filler");
+    CLI::Option* no_fill = create->add_flag(
+        "--no-fill", o.no_fill,
+        "With --restore: no background filler (the default for a clone: another VM restored from the snapshot runs)");
+    create->add_flag("--fill", o.fill, "With --restore: a background filler even for a clone")->excludes(no_fill);
     create->add_flag("--no-prefetch", o.no_prefetch, "With --restore: no recorded-order prefetch");
     create->add_option("--memory", o.memory, "Guest RAM, a multiple of 2 MiB")->check(size_validator())->capture_default_str();
     create->add_option("--vcpus", o.vcpus, "vCPUs (1..255)")->check(CLI::Range(1, 255));
@@ -548,6 +551,7 @@ json ctl_request(const CtlOptions& options, int id) {
                 request["restore"] = absolute_path(options.restore);
                 if (!options.serial_log.empty()) request["serial_log"] = absolute_path(options.serial_log);
                 if (options.no_fill) request["fill"] = false;
+                if (options.fill) request["fill"] = true;
                 if (options.no_prefetch) request["prefetch"] = false;
                 break;
             }

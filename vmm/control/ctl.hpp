@@ -84,7 +84,7 @@ struct CtlOptions {
     std::string cmdline;
     unsigned timeout_ms = 5000;  // vm-stop
     std::string restore;         // vm-create --restore DIR (no --kernel then)
-    bool no_fill = false, no_prefetch = false;  // vm-create --restore
+    bool no_fill = false, fill = false, no_prefetch = false;  // vm-create --restore
     std::string dir;             // snapshot, snapshot-delete
     bool stop = false;           // snapshot --stop
     ProgressBar progress = ProgressBar::auto_detect;

@@ -392,11 +392,12 @@ std::expected<Request, RequestError> parse_request(std::string_view line) {
             if (!log) return bad(id, ReplyCode::bad_request, log.error());
             restore.serial_log = std::move(*log);
         }
-        for (auto [field, target] : {std::pair{"fill", &restore.fill}, std::pair{"prefetch", &restore.prefetch}}) {
+        for (const char* field : {"fill", "prefetch"}) {
             auto it = request.find(field);
             if (it == request.end()) continue;
             if (!it->is_boolean()) return bad(id, ReplyCode::bad_request, fmt::format("field \"{}\" must be true or false", field));
-            *target = it->get<bool>();
+            if (std::string_view(field) == "fill") restore.fill = it->get<bool>();
+            else restore.prefetch = it->get<bool>();
         }
         VmCreateCmd create;
         create.spec.name = restore.name;
@@ -498,7 +499,8 @@ struct Describe {
     std::string operator()(const VmCreateCmd& c) const {
         if (c.restore)
             return fmt::format("vm-create vm={} restore={}{}{}", audit_value(c.restore->name),
-                               audit_value(c.restore->dir.string()), c.restore->fill ? "" : " fill=no",
+                               audit_value(c.restore->dir.string()),
+                               !c.restore->fill ? "" : *c.restore->fill ? " fill=yes" : " fill=no",
                                c.restore->prefetch ? "" : " prefetch=no");
         const VmSpec& s = c.spec;
         return fmt::format("vm-create vm={} kernel={} memory={} vcpus={} resident_limit={}{} swap_quota={} balloon={}",

@@ -85,7 +85,10 @@ struct RestoreRequest {
     std::string name;
     std::filesystem::path dir;
     std::optional<std::filesystem::path> serial_log;
-    bool fill = true;      // --no-fill: no background filler
+    // The background filler: --no-fill false, --fill true; unset, it runs unless this
+    // VM is a clone (another VM restored from the same snapshot has not ended: a
+    // filler per clone would copy the image into every clone, docs/SNAPSHOT.md#clones).
+    std::optional<bool> fill;
     bool prefetch = true;  // --no-prefetch: no recorded-order prefetch
 };
 // The snapshots this process has loaded (status / stats / metrics).

@@ -434,7 +434,26 @@ Result<control::VmInfo> VmHost::restore(const control::RestoreRequest& request, 
     spec.serial_log = request.serial_log;
     spec.balloon_stats_interval = balloon_stats_interval_;
     if (!spec.tuning.age_scan && !spec.auto_limit) spec.tuning.age_scan = age_scan_;
-    const guestmem::RestoreOptions options{.fill = request.fill, .prefetch = request.prefetch};
+    bool fill = true;
+    if (request.fill) {
+        fill = *request.fill;
+    } else {
+        // A clone (another VM restored from this snapshot has not ended) gets no
+        // filler unless asked: one per clone would copy the whole image into each.
+        std::string sibling;
+        {
+            std::lock_guard lock(table_.mutex);
+            table_.for_each([&](const VmEntry& e) {
+                if (e.restored_from == dir && e.state != Lifecycle::released && sibling.empty()) sibling = e.spec.name;
+            });
+        }
+        if (!sibling.empty()) {
+            fill = false;
+            spdlog::info("{}: a clone of {} ({} runs from it): no background filler (fill=true asks for one)",
+                         request.name, dir.string(), sibling);
+        }
+    }
+    const guestmem::RestoreOptions options{.fill = fill, .prefetch = request.prefetch};
     return start_built(spec, dir, [&]() -> Result<std::unique_ptr<BuiltVm>> {
         // Loaded once per process; its device may be missing (the error names it).
         guestmem::MemorySnapshot* memory = SWV_TRY(with_context(snapshots_->get(dir), request.name));
