@@ -47,8 +47,9 @@ struct GuestMemory::Impl final : ReclaimClient, ReclaimWaker {
     Impl(const MemoryConfig& config, VmId id, HostBudget* host, swap::SwapPool* pool, ReclaimService* service,
          std::unique_ptr<MemfdKernel> kernel, Stage2 table, AccessAges ages);
     // A VM outside a HostMemory (tests, tools) runs its reclaim on a service of its
-    // own this big: the same code as the host's.
-    static constexpr unsigned kPrivateWorkers = 2;
+    // own this big: the same code as the host's, as many threads as the reclaimer
+    // and 2 writeback threads a VM had before (reclaim_service.cpp kMinWorkers).
+    static constexpr unsigned kPrivateWorkers = 3;
 
     // Declared first: destroyed last, after every member its workers could reach
     // (they have left: stop() detached this VM).

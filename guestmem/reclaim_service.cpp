@@ -13,13 +13,18 @@ namespace swapvisor::guestmem {
 namespace {
 
 constexpr unsigned kRingEntries = 64;
+// At least 3 workers: one VM alone keeps the pipeline it had on its own threads (a
+// scan step beside 2 batches, one written while the other is punched: the second
+// writer took swap-out from 0.33 to 0.62 of fio, docs/PERFORMANCE.md), and while its
+// writes hang one worker is still free for the other VMs (max_writers = workers - 1).
+constexpr unsigned kMinWorkers = 3;
 
 }  // namespace
 
 unsigned ReclaimService::default_workers(std::size_t swap_devices) {
     const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
     const std::size_t by_devices = 2 * std::max<std::size_t>(1, swap_devices);
-    return std::max(2u, static_cast<unsigned>(std::min<std::size_t>(cores, by_devices)));
+    return std::max(kMinWorkers, static_cast<unsigned>(std::min<std::size_t>(cores, by_devices)));
 }
 
 ReclaimService::ReclaimService(unsigned workers, ThreadStartHook hook)

@@ -90,8 +90,8 @@ private:
 class ReclaimService {
 public:
     static constexpr std::chrono::milliseconds kTick{50};
-    // min(cores, 2 x swap devices), at least 2 (one worker always free of a VM
-    // whose writes hang: max_writers() is workers - 1).
+    // min(cores, 2 x swap devices), at least 3 (reclaim_service.cpp kMinWorkers:
+    // one VM keeps a scan beside 2 writes; a VM whose writes hang leaves one).
     static unsigned default_workers(std::size_t swap_devices);
 
     // workers = 0: default_workers(1). hook: called on each worker once its ring exists.
