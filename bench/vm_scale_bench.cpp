@@ -9,7 +9,9 @@
 //         random order (each read checked), all at once: the aggregate swap-in rate
 //         and the fault latency (p50 / p99) of every touch;
 //   threads  the process's threads during the run: the reclaim workers
-//         (swv-reclaim), the VMs' fault threads (swv-fault), all of them.
+//         (swv-reclaim), the VMs' fault threads (swv-fault), all of ours, and
+//         apart from those io_uring's kernel workers (iou-*), which the kernel
+//         adds on demand.
 //
 // Prints a table with each figure as a ratio to the first N of the same run, and one
 // JSON line (prefix "JSON "). See bench/README.md#vm_scale_bench.
@@ -57,12 +59,24 @@ void fill(std::byte* g, std::uint64_t vm, std::uint64_t pages) {
     }
 }
 
+// Our threads named `name` (null: all of ours); io_uring's kernel workers (`iou-*`,
+// added by the kernel on demand per submitting thread) are counted apart.
 std::size_t threads_named(const char* name) {
     std::size_t n = 0;
     for (const auto& d : std::filesystem::directory_iterator("/proc/self/task")) {
         std::ifstream f(d.path() / "comm");
         std::string comm;
-        if (std::getline(f, comm) && (name == nullptr || comm == name)) ++n;
+        if (!std::getline(f, comm) || comm.rfind("iou-", 0) == 0) continue;
+        if (name == nullptr || comm == name) ++n;
+    }
+    return n;
+}
+std::size_t io_uring_workers() {
+    std::size_t n = 0;
+    for (const auto& d : std::filesystem::directory_iterator("/proc/self/task")) {
+        std::ifstream f(d.path() / "comm");
+        std::string comm;
+        if (std::getline(f, comm) && comm.rfind("iou-", 0) == 0) ++n;
     }
     return n;
 }
@@ -85,7 +99,7 @@ void need(Result<void> r, const char* what) {
 struct Row {
     unsigned vms = 0;
     double out_mib_s = 0, in_mib_s = 0, p50_us = 0, p99_us = 0;
-    std::size_t workers = 0, fault_threads = 0, threads = 0;
+    std::size_t workers = 0, fault_threads = 0, threads = 0, iou = 0;
     std::uint64_t wrong = 0, out_pages = 0, in_pages = 0;
 };
 
@@ -131,6 +145,7 @@ Row run(unsigned n, std::uint64_t total_mib, unsigned workers, const std::filesy
         row.workers = threads_named("swv-reclaim");
         row.fault_threads = threads_named("swv-fault");
         row.threads = threads_named(nullptr);
+        row.iou = io_uring_workers();
         // Let the last batches complete before the limits are lifted.
         std::this_thread::sleep_for(std::chrono::milliseconds(200));
 
@@ -208,13 +223,13 @@ int main(int argc, char** argv) {
     const Row& r0 = rows.front();
     std::printf("vm_scale_bench: %" PRIu64 " MiB of guest memory split among N VMs, limits 1/8 (ratios to N=%u)\n",
                 total_mib, r0.vms);
-    std::printf("%5s %12s %7s %12s %7s %9s %9s %8s %7s %8s %6s\n", "vms", "out MiB/s", "ratio", "in MiB/s", "ratio",
-                "p50 us", "p99 us", "workers", "faultT", "threads", "wrong");
+    std::printf("%5s %12s %7s %12s %7s %9s %9s %8s %7s %8s %5s %6s\n", "vms", "out MiB/s", "ratio", "in MiB/s", "ratio",
+                "p50 us", "p99 us", "workers", "faultT", "threads", "iou", "wrong");
     JsonLine j;
     for (const Row& r : rows) {
-        std::printf("%5u %12.1f %7.2f %12.1f %7.2f %9.1f %9.1f %8zu %7zu %8zu %6" PRIu64 "\n", r.vms, r.out_mib_s,
-                    r.out_mib_s / r0.out_mib_s, r.in_mib_s, r.in_mib_s / r0.in_mib_s, r.p50_us, r.p99_us, r.workers,
-                    r.fault_threads, r.threads, r.wrong);
+        std::printf("%5u %12.1f %7.2f %12.1f %7.2f %9.1f %9.1f %8zu %7zu %8zu %5zu %6" PRIu64 "\n", r.vms,
+                    r.out_mib_s, r.out_mib_s / r0.out_mib_s, r.in_mib_s, r.in_mib_s / r0.in_mib_s, r.p50_us, r.p99_us,
+                    r.workers, r.fault_threads, r.threads, r.iou, r.wrong);
         const std::string k = "vms" + std::to_string(r.vms) + "_";
         j.num(k + "swapout_mib_s", r.out_mib_s)
             .num(k + "swapout_ratio", r.out_mib_s / r0.out_mib_s)
@@ -225,6 +240,7 @@ int main(int argc, char** argv) {
             .integer(k + "reclaim_threads", r.workers)
             .integer(k + "fault_threads", r.fault_threads)
             .integer(k + "threads", r.threads)
+            .integer(k + "io_uring_workers", r.iou)
             .integer(k + "wrong", r.wrong);
     }
     std::printf("JSON %s\n", j.text().c_str());

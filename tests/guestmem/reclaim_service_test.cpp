@@ -297,9 +297,15 @@ std::size_t threads_named(const std::string& name) {
     return n;
 }
 
+// Our own threads, without io_uring's workers: the kernel adds `iou-wrk-*` tasks to
+// the process on demand, per submitting thread and load, which says nothing of ours.
 std::size_t all_threads() {
     std::size_t n = 0;
-    for ([[maybe_unused]] const auto& d : std::filesystem::directory_iterator("/proc/self/task")) ++n;
+    for (const auto& d : std::filesystem::directory_iterator("/proc/self/task")) {
+        std::ifstream f(d.path() / "comm");
+        std::string comm;
+        if (std::getline(f, comm) && comm.rfind("iou-", 0) != 0) ++n;
+    }
     return n;
 }
 
