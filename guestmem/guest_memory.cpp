@@ -19,8 +19,10 @@
 namespace swapvisor::guestmem {
 
 GuestMemory::Impl::Impl(const MemoryConfig& config, VmId id, HostBudget* h, swap::SwapPool* p,
-                        std::unique_ptr<MemfdKernel> k, Stage2 t, AccessAges a)
-    : host(h),
+                        ReclaimService* s, std::unique_ptr<MemfdKernel> k, Stage2 t, AccessAges a)
+    : own_service(s ? nullptr : std::make_unique<ReclaimService>(kPrivateWorkers, config.on_thread_start)),
+      service(s ? s : own_service.get()),
+      host(h),
       pool(p),
       kernel(std::move(k)),
       table(std::move(t)),
@@ -50,13 +52,13 @@ GuestMemory::~GuestMemory() {
 }
 
 Result<std::unique_ptr<GuestMemory>> create_guest_memory(const MemoryConfig& config, VmId id, HostBudget* host,
-                                                          swap::SwapPool* pool) {
+                                                          swap::SwapPool* pool, ReclaimService* service) {
     auto kernel = SWV_TRY(with_context(MemfdKernel::create(config.name, config.memory_bytes), config.name));
     auto table = SWV_TRY(Stage2::create(kernel->pages()));
     auto ages = SWV_TRY(AccessAges::create(kernel->pages()));
     std::unique_ptr<GuestMemory> mem(new GuestMemory(config, id));
-    mem->impl_ = std::make_unique<GuestMemory::Impl>(config, id, host, pool, std::move(kernel), std::move(table),
-                                                     std::move(ages));
+    mem->impl_ = std::make_unique<GuestMemory::Impl>(config, id, host, pool, service, std::move(kernel),
+                                                     std::move(table), std::move(ages));
     // Kernel contract: eventfd(2) — a counter the fault threads poll next to the uffd.
     int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (efd < 0) return errno_error("eventfd");
@@ -170,21 +172,14 @@ void GuestMemory::kick_reclaimer() { impl_->limits.kick_reclaimer(); }
 
 Result<void> GuestMemory::start() {
     auto& impl = *impl_;
-    if (!impl.fault_threads.empty()) return {};
+    if (!impl.fault_threads.empty() || impl.reclaim_attached) return {};
     const unsigned n = std::max(1u, config_.fault_threads);
     // Thread names (15 bytes at most) let top -H and perf tell the roles apart.
     for (unsigned i = 0; i < n; ++i) {
         impl.fault_threads.emplace_back([&impl] { impl.fault_loop(); });
         ::pthread_setname_np(impl.fault_threads.back().native_handle(), "swv-fault");
     }
-    if (impl.pool) {
-        for (unsigned i = 0; i < kWritebackThreads; ++i) {
-            impl.writeback.emplace_back([&impl] { impl.writeback_loop(*impl.writeback_queue); });
-            ::pthread_setname_np(impl.writeback.back().native_handle(), "swv-writeback");
-        }
-    }
-    impl.reclaimer = std::thread([&impl] { impl.reclaim_loop(); });
-    ::pthread_setname_np(impl.reclaimer.native_handle(), "swv-reclaim");
+    impl.start_reclaim();  // a client of the reclaim workers (reclaim_service.hpp)
     if (impl.fill_rest || !impl.prefetch_order.empty()) {  // fill_rest only with an image
         impl.filler = std::thread([&impl] { impl.fill_loop(); });  // snapshot.cpp
         ::pthread_setname_np(impl.filler.native_handle(), "swv-fill");
@@ -204,13 +199,10 @@ void GuestMemory::stop() {
     for (auto& t : impl.fault_threads)
         if (t.joinable()) t.join();
     impl.fault_threads.clear();
-    if (impl.reclaimer.joinable()) impl.reclaimer.join();
-    // After the reclaimer: batches it queued are still written and completed (their
-    // pages are in writeback and must end swapped or inactive again).
-    impl.writeback_queue->close();
-    for (auto& t : impl.writeback)
-        if (t.joinable()) t.join();
-    impl.writeback.clear();
+    // No new scan step; the batches it queued are still written and completed (their
+    // pages are in writeback and must end swapped or inactive again), then the VM
+    // leaves the workers, none of them inside it any more.
+    impl.stop_reclaim();
 }
 
 void GuestMemory::set_resident_limit(std::uint64_t bytes) { impl_->limits.set_limit_bytes(bytes); }

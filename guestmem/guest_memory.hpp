@@ -38,11 +38,13 @@ namespace swapvisor::guestmem {
 
 class HostBudget;
 class GuestMemory;
+class ReclaimService;
 class MemorySnapshot;
 struct RestoreOptions;
 
 // The threads guestmem starts, for a caller that confines each kind (vmm installs
-// a seccomp filter per role from this hook).
+// a seccomp filter per role from this hook). The reclaim workers (reclaim_service.hpp)
+// are `reclaimer`: they scan and write back. `writeback` is no longer started.
 enum class ThreadRole : std::uint8_t { fault_service, reclaimer, writeback };
 // Called on each such thread once its own resources (io_uring) exist, before it
 // serves anything. Must not fail: a hook that cannot confine the thread aborts.
@@ -54,7 +56,10 @@ struct MemoryConfig {
     std::uint64_t resident_limit = 0;    // 0 = no per-VM limit
     unsigned fault_threads = 1;          // one per vCPU in vmm: also the vCPU count for stall "full"
     std::uint64_t swap_quota = 0;        // bytes of swap this VM may fill; 0 = no quota
-    ThreadStartHook on_thread_start;     // may be empty
+    // May be empty. Called on this VM's own threads (fault service, filler), and on
+    // the workers of a reclaim service of its own (a VM outside a HostMemory); the
+    // host's workers call HostMemory::set_worker_start_hook's instead.
+    ThreadStartHook on_thread_start;
     // Working-set measurement (README#working-set): pages accessed within this window
     // are the working set; a swap-in of one is a refault.
     std::chrono::seconds working_set_window{120};
@@ -72,9 +77,11 @@ struct MemoryConfig {
 };
 
 // Build one VM's memory (HostMemory::create_vm is the usual way). host: the host
-// budget this VM counts against (null: none); pool: its swap (null: no swap).
+// budget this VM counts against (null: none); pool: its swap (null: no swap);
+// service: the host-wide reclaim workers it is a client of (null: a small service of
+// its own, reclaim_service.hpp). The service must outlive the VM.
 Result<std::unique_ptr<GuestMemory>> create_guest_memory(const MemoryConfig& config, VmId id, HostBudget* host,
-                                                          swap::SwapPool* pool);
+                                                          swap::SwapPool* pool, ReclaimService* service = nullptr);
 
 struct MemStats {
     std::string name;
@@ -209,9 +216,11 @@ public:
     // Drop the pages of a page-aligned range: the next touch reads zeros.
     Result<void> discard(GpaRange range);
 
-    // Start the fault-service and reclaim threads (after the loader has written the image).
+    // Start the fault-service threads and join the reclaim service (after the loader
+    // has written the image).
     Result<void> start();
-    // Stop them (VM exit). Idempotent.
+    // Stop them (VM exit): the fault threads end, the batches already queued are
+    // written and completed, the VM leaves the reclaim service. Idempotent.
     void stop();
 
     void set_resident_limit(std::uint64_t bytes);
@@ -252,10 +261,10 @@ public:
 
 private:
     friend Result<std::unique_ptr<GuestMemory>> create_guest_memory(const MemoryConfig&, VmId, HostBudget*,
-                                                                     swap::SwapPool*);
+                                                                     swap::SwapPool*, ReclaimService*);
     friend Result<std::unique_ptr<GuestMemory>> restore_guest_memory(const MemoryConfig&, VmId, HostBudget*,
                                                                       swap::SwapPool*, const MemorySnapshot&,
-                                                                      const RestoreOptions&);
+                                                                      const RestoreOptions&, ReclaimService*);
     GuestMemory(MemoryConfig config, VmId id);
     MemoryConfig config_;
     VmId id_;

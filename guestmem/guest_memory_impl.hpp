@@ -5,13 +5,16 @@
 //
 // Threads (guestmem/README.md#threads):
 //   fault threads  — poll the userfaultfd, choose the row for each fault;
-//   reclaimer      — one per VM, CLOCK over the table, chooses eviction rows;
-//   writeback      — kWritebackThreads per VM with swap: each writes a batch the reclaimer
-//                    queues and completes them (rows 7 / 7'); stopped after it;
+//   reclaim workers — host-wide (ReclaimService, shared by every VM of a HostMemory, or
+//                    this VM's own small one): this VM is one of their clients. A
+//                    worker runs either one CLOCK scan step of it (one worker at a
+//                    time: clock_hand and the age scan are the step's) or writes and
+//                    completes one of its queued batches (rows 5 / 7 / 7');
 //   callers        — read/write/discard, and the swapoff thread's bring_back.
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -25,6 +28,7 @@
 #include "guestmem/guest_memory.hpp"
 #include "guestmem/limits.hpp"
 #include "guestmem/memfd_kernel.hpp"
+#include "guestmem/reclaim_service.hpp"
 #include "guestmem/stage2.hpp"
 #include "guestmem/snapshot_image.hpp"
 #include "guestmem/stall.hpp"
@@ -38,9 +42,19 @@ namespace swapvisor::guestmem {
 inline constexpr std::uint64_t kFaultAroundPages = MemfdKernel::kMaxZeroRun;
 inline constexpr std::uint64_t kReadaheadPages = 16;
 
-struct GuestMemory::Impl {
-    Impl(const MemoryConfig& config, VmId id, HostBudget* host, swap::SwapPool* pool,
+struct GuestMemory::Impl final : ReclaimClient, ReclaimWaker {
+    // service: the host's reclaim workers (null: this VM gets its own, kPrivateWorkers).
+    Impl(const MemoryConfig& config, VmId id, HostBudget* host, swap::SwapPool* pool, ReclaimService* service,
          std::unique_ptr<MemfdKernel> kernel, Stage2 table, AccessAges ages);
+    // A VM outside a HostMemory (tests, tools) runs its reclaim on a service of its
+    // own this big: the same code as the host's, as many threads as the reclaimer
+    // and 2 writeback threads a VM had before (reclaim_service.cpp kMinWorkers).
+    static constexpr unsigned kPrivateWorkers = 3;
+
+    // Declared first: destroyed last, after every member its workers could reach
+    // (they have left: stop() detached this VM).
+    std::unique_ptr<ReclaimService> own_service;
+    ReclaimService* service;
 
     HostBudget* host;
     swap::SwapPool* pool;
@@ -74,10 +88,8 @@ struct GuestMemory::Impl {
     io::UniqueFd stop_event;   // eventfd that wakes the fault threads on stop
     std::atomic<bool> stopping{false};
     std::vector<std::thread> fault_threads;
-    std::thread reclaimer;
     std::unique_ptr<WritebackQueue> writeback_queue = std::make_unique<WritebackQueue>();
-    std::vector<std::thread> writeback;  // kWritebackThreads, only with a pool
-    std::uint64_t clock_hand = 0;  // owned by the reclaimer thread
+    std::uint64_t clock_hand = 0;  // owned by the scan step (one worker at a time)
 
     // --- a VM restored from a snapshot (snapshot.cpp; README#snapshots) ---------------
     std::unique_ptr<PageImage> image;             // the snapshot's memory image (null: not restored)
@@ -94,17 +106,57 @@ struct GuestMemory::Impl {
     void readahead_after(PageIdx idx, io::Ring& ring);
     void zero_fault_around(PageIdx idx);
     std::vector<PageLock> lock_run_after(PageIdx idx, PageState state, std::uint64_t max);
-    // --- reclaimer (reclaimer.cpp) ---------------------------------------------------
+    // --- reclaim (reclaimer.cpp), run by the service's workers ---------------------------
     // drop_only: no room in swap; age_only: the age scan (zap resident pages, evict nothing)
     enum class PassMode : std::uint8_t { drop_only, full, age_only };
     struct PassResult {
         std::uint64_t freed = 0;                 // pages that left memory
         std::optional<swap::Errc> write_error;   // the first write failure seen
     };
-    void reclaim_loop();
+    // Where this VM's reclaim stands between two scan steps (what the per-VM
+    // reclaimer thread's loop kept on its stack before the host-wide workers):
+    //   idle      — waiting for work: needs_reclaim, a throttled fault, a kick, the
+    //               tick (the age scan) or the retry back-off while it cannot hold;
+    //   sweeping  — an episode: CLOCK passes until the low watermark (ready while
+    //               the writeback queue has room);
+    //   draining  — passes freed nothing for give_up entries: the verdict waits
+    //               for the queued writes (ready once the queue is idle);
+    //   finishing — the low watermark reached counting queued writes: "held again"
+    //               waits for them (ready once the queue is idle).
+    enum class Phase : std::uint8_t { idle, sweeping, draining, finishing };
+    // Protects: phase, scanning, writers, reclaim_stopping. Order: after the
+    // service's mutex (due() reads only atomics), before the queue's; never held
+    // while a unit runs.
+    std::mutex reclaim_mutex;
+    std::condition_variable reclaim_quiet;  // stop(): no scan step and no batch in hand
+    Phase phase = Phase::idle;
+    bool scanning = false;           // a worker runs this VM's scan step
+    unsigned writers = 0;            // batches of this VM in workers' hands
+    bool reclaim_stopping = false;   // stop(): only the queued batches are still taken
+    bool reclaim_attached = false;   // start() .. stop() (the starter / stopper only)
+    // Idle: when the time-driven look is due (the tick, or the retry back-off).
+    // Relaxed: read by the service's tick as a hint; take() decides under reclaim_mutex.
+    std::atomic<std::int64_t> idle_due_ns{0};
+    // The episode, the scan step's only.
+    PassMode episode_mode = PassMode::full;
+    std::uint64_t episode_give_up = 0, episode_idle = 0;
+    std::optional<swap::Errc> episode_error;
+
+    // ReclaimClient / ReclaimWaker
+    bool urgent() const override;
+    bool due(MonoTime now) const override;
+    ReclaimWork take(unsigned max_writers) override;
+    void run(ReclaimWork& work, io::Ring* ring) override;
+    void wake_reclaim() override;
+
+    void start_reclaim();
+    void stop_reclaim();
+    bool scan_ready(MonoTime now) const;  // under reclaim_mutex
+    void scan_step();
+    void idle_step();
+    void write_batch(std::vector<Writeback>& batch, io::Ring* ring);
     PassResult reclaim_pass(WritebackQueue& writer, PassMode mode, std::uint64_t entries);
     void age_step(WritebackQueue& writer);
-    void writeback_loop(WritebackQueue& queue);
     OverReason swap_verdict() const;
 };
 

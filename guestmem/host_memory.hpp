@@ -12,6 +12,10 @@
 // kernel's get_swap_device / put_swap_device) before it stops and destroys the VM.
 // Only the creator (the caller of create_vm, which also calls remove_vm) may keep the
 // raw pointer create_vm returns: it ends the VM itself.
+//
+// It also owns the host-wide reclaim workers (ReclaimService, reclaim_service.hpp):
+// every VM it creates is a client of them, so the reclaim and writeback threads do
+// not grow with the number of VMs.
 #pragma once
 
 #include <cstdint>
@@ -23,6 +27,7 @@
 
 #include "guestmem/guest_memory.hpp"
 #include "guestmem/limits.hpp"
+#include "guestmem/reclaim_service.hpp"
 #include "guestmem/snapshot.hpp"
 #include "swap/swap_pool.hpp"
 
@@ -36,8 +41,9 @@ using VmRef = std::shared_ptr<GuestMemory>;
 
 class HostMemory final : public swap::EvictionSink {
 public:
-    // budget_bytes = 0: no host-wide budget, only per-VM limits.
-    HostMemory(swap::SwapPool& pool, std::uint64_t budget_bytes);
+    // budget_bytes = 0: no host-wide budget, only per-VM limits. reclaim_workers = 0:
+    // ReclaimService::default_workers of the devices the pool has now.
+    HostMemory(swap::SwapPool& pool, std::uint64_t budget_bytes, unsigned reclaim_workers = 0);
     ~HostMemory() override;
 
     // The pointer is the creator's own: valid until it calls remove_vm. Everyone else
@@ -57,6 +63,11 @@ public:
     std::vector<VmRef> vms() const;
     VmRef find(const std::string& name) const;
     swap::SwapPool& pool() { return pool_; }
+    // The host-wide reclaim workers (their number, threads started, for reports and tests).
+    const ReclaimService& reclaim_service() const { return reclaim_; }
+    // Called on each reclaim worker as it starts (vmm confines it); before the first
+    // VM starts.
+    void set_worker_start_hook(ThreadStartHook hook) { reclaim_.set_thread_start_hook(std::move(hook)); }
 
     void set_budget(std::uint64_t bytes);
     std::uint64_t budget() const { return budget_.budget_bytes(); }
@@ -87,6 +98,9 @@ private:
     static void retire(Listed listed);
     swap::SwapPool& pool_;
     HostBudget budget_;
+    // Outlives every VM (they are its clients): declared before vms_, and the
+    // destructor retires the VMs first.
+    ReclaimService reclaim_;
     // Protects: vms_ (the list, not the VMs: those are kept alive by their VmRefs);
     // Order: leaf (never held while waiting for references to drain; only a listed
     // VM's name and id are read under it).

@@ -148,7 +148,7 @@ void Limits::pages_added(std::uint64_t n) {
     std::uint64_t peak = occupancy_.peak.load(std::memory_order_relaxed);
     while (now > peak && !occupancy_.peak.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
     }
-    if (needs_reclaim()) notify_sleepers(reclaim_wake_);
+    if (needs_reclaim()) wake_reclaimer();
 }
 
 void Limits::pages_freed(std::uint64_t n) {
@@ -167,28 +167,27 @@ void Limits::notify_sleepers(std::condition_variable& cv) {
 bool Limits::wait_for_room(const std::atomic<bool>& stopping) {
     if (!over_limit()) return true;
     if (over_reason_.load() != OverReason::none) return true;  // running over, at full speed
+    throttled_.fetch_add(1, std::memory_order_relaxed);
+    wake_reclaimer();  // now urgent: served before VMs that are not at their limit
     std::unique_lock lk(mutex_);
     sleepers_.fetch_add(1);
-    reclaim_wake_.notify_one();
     const bool ok = room_freed_.wait_for(lk, kThrottleBound, [&] {
         return stopping.load() || !over_limit() || over_reason_.load() != OverReason::none;
     });
     sleepers_.fetch_sub(1);
+    throttled_.fetch_sub(1, std::memory_order_relaxed);
     return ok;
 }
 
-void Limits::wait_for_work(const std::atomic<bool>& stopping) {
-    std::unique_lock lk(mutex_);
-    sleepers_.fetch_add(1);
-    if (over_reason_.load() == OverReason::none) {
-        reclaim_wake_.wait_for(lk, kReclaimTick, [&] { return stopping.load() || needs_reclaim(); });
-    } else {
-        // Not holdable: no sweeping until a retry is due or someone says things changed.
-        reclaim_wake_.wait_for(lk, retry_, [&] { return stopping.load() || kicked_.load(); });
-        retry_ = std::min(retry_ * 2, kRetryMax);
-    }
-    kicked_ = false;
-    sleepers_.fetch_sub(1);
+std::chrono::milliseconds Limits::next_retry() {
+    std::lock_guard lk(mutex_);
+    const std::chrono::milliseconds wait = retry_;
+    retry_ = std::min(retry_ * 2, kRetryMax);
+    return wait;
+}
+
+void Limits::wake_reclaimer() {
+    if (ReclaimWaker* w = waker_.load()) w->wake_reclaim();
 }
 
 bool Limits::cannot_hold(OverReason why) {
@@ -204,15 +203,16 @@ bool Limits::cannot_hold(OverReason why) {
 bool Limits::held_again() { return over_reason_.exchange(OverReason::none) != OverReason::none; }
 
 void Limits::kick_reclaimer() {
-    std::lock_guard lk(mutex_);
     kicked_ = true;
-    reclaim_wake_.notify_one();
+    wake_reclaimer();
 }
 
 void Limits::wake_all() {
-    std::lock_guard lk(mutex_);
-    reclaim_wake_.notify_all();
-    room_freed_.notify_all();
+    {
+        std::lock_guard lk(mutex_);
+        room_freed_.notify_all();
+    }
+    wake_reclaimer();
 }
 
 }  // namespace swapvisor::guestmem

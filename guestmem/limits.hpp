@@ -26,7 +26,9 @@
 // watermark (reclaim_done) and the writes it queued have completed.
 //
 // Threads: any. Occupancy is written only by PageLock (transitions.cpp); the rest are
-// atomics, plus one mutex for the two sleeps (reclaimer idle, throttled faulter).
+// atomics, plus one mutex for the throttled faulters' sleep. The reclaimer is no
+// thread of its own (reclaim_service.hpp): Limits tells it that there may be work
+// through a ReclaimWaker, and the scan step asks next_retry() for its back-off.
 #pragma once
 
 #include <atomic>
@@ -104,6 +106,16 @@ private:
     std::atomic<std::uint64_t> reused_{0};
 };
 
+// Told that this VM may have reclaim work now (GuestMemory::Impl: signals the
+// reclaim service). Called from any thread, often (page releases): must be cheap.
+class ReclaimWaker {
+public:
+    virtual void wake_reclaim() = 0;
+
+protected:
+    ~ReclaimWaker() = default;
+};
+
 // Why a limit is not being held (none: it is).
 enum class OverReason : std::uint8_t { none, no_swap, swap_full, swap_failing, nothing_evictable, swap_quota };
 const char* to_string(OverReason r);
@@ -152,9 +164,18 @@ public:
     // kThrottleBound; returns false if it gave up (the VM runs over its limit).
     // Returns true at once while the limit cannot be held.
     bool wait_for_room(const std::atomic<bool>& stopping);
-    // Reclaimer: sleep until there is work, `stopping`, or a tick passes. While the
-    // limit cannot be held: until kicked or the retry back-off passes.
-    void wait_for_work(const std::atomic<bool>& stopping);
+    // Faults waiting in wait_for_room now: the reclaim service serves this VM first.
+    bool faults_waiting() const { return throttled_.load(std::memory_order_relaxed) != 0; }
+
+    // The reclaimer (reclaim_service.hpp): who is told of work (null: nobody). Set
+    // when the VM's reclaim starts, cleared once it stopped.
+    void set_waker(ReclaimWaker* waker) { waker_.store(waker); }
+    // Someone said things changed (set-limit, budget, quota) since the last call.
+    bool take_kick() { return kicked_.exchange(false); }
+    bool kicked() const { return kicked_.load(); }
+    // While the limit cannot be held: how long until the next retry (doubling, from
+    // kRetryFirst after cannot_hold to kRetryMax). Reclaim step only.
+    std::chrono::milliseconds next_retry();
 
     // The reclaimer's verdicts. cannot_hold returns true when it starts an episode
     // (log it once); held_again returns true when it ends one.
@@ -167,6 +188,7 @@ public:
     // Wake the reclaimer / throttled faulters (limit changed, stopping, room made).
     void kick_reclaimer();
     void wake_all();
+    void wake_reclaimer();
 
 private:
     Occupancy& occupancy_;
@@ -174,19 +196,21 @@ private:
     const std::uint64_t memory_bytes_;
     std::atomic<std::uint64_t> limit_pages_;  // 0 = unlimited
     std::atomic<std::uint64_t> quota_pages_{0};  // 0 = no swap quota
-    // Protects: nothing but the two waits (their predicates read atomics); notifies
-    // are made holding it so a wake-up between a waiter's check and its sleep is not
-    // lost. Order: leaf, never held with a page lock.
+    // Protects: retry_ and the throttle's wait (its predicate reads atomics);
+    // notifies are made holding it so a wake-up between a waiter's check and its
+    // sleep is not lost. Order: leaf, never held with a page lock.
     std::mutex mutex_;
-    std::condition_variable reclaim_wake_;  // reclaimer: there may be work
     std::condition_variable room_freed_;    // throttled faulters: resident dropped
-    // Sleepers on either condition variable. seq_cst, pairs with the seq_cst counter
-    // updates in pages_added / pages_freed: a notifier that reads 0 here ran before
-    // the sleeper's increment, so the sleeper's predicate sees the new count.
+    // Sleepers on room_freed_. seq_cst, pairs with the seq_cst counter updates in
+    // pages_added / pages_freed: a notifier that reads 0 here ran before the
+    // sleeper's increment, so the sleeper's predicate sees the new count.
     std::atomic<std::uint32_t> sleepers_{0};
+    // Faults in wait_for_room. Relaxed: a scheduling hint for the reclaim service.
+    std::atomic<std::uint32_t> throttled_{0};
+    std::atomic<ReclaimWaker*> waker_{nullptr};
     std::atomic<OverReason> over_reason_{OverReason::none};
     std::atomic<bool> kicked_{false};                 // reclaimer: retry now
-    std::chrono::milliseconds retry_{kRetryFirst};   // reclaimer thread only
+    std::chrono::milliseconds retry_{kRetryFirst};
     std::atomic<std::uint64_t> overshoots_{0};
     void notify_sleepers(std::condition_variable& cv);
 };

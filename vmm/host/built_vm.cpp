@@ -119,8 +119,8 @@ Result<void> BuiltVm::create_memory(const BuildContext& context, const RestoreMe
     }
     if (context.seccomp == sandbox::Seccomp::on) {
         memory_config.on_thread_start = [](guestmem::ThreadRole role) {
-            // The writeback thread does what the reclaimer did before it was split off
-            // (write_out, punch): the reclaimer's filter.
+            // The VM's own threads are its fault threads (and a restore's filler); the
+            // host-wide reclaim workers are confined by VmHost::set_seccomp.
             const auto cls = role == guestmem::ThreadRole::fault_service ? sandbox::ThreadClass::fault_service
                                                                           : sandbox::ThreadClass::reclaimer;
             auto r = sandbox::confine_thread(cls);

@@ -49,6 +49,17 @@ Result<VmEntry*> VmHost::find_settled(const std::string& name, const char* op) c
     return entry;
 }
 
+void VmHost::set_seccomp(sandbox::Seccomp s) {
+    context_.seccomp = s;
+    if (s == sandbox::Seccomp::off) return;
+    // The reclaim workers scan, write_out and punch for every VM: the reclaimer's
+    // filter (as each VM's own reclaimer thread had before them).
+    context_.host.set_worker_start_hook([](guestmem::ThreadRole) {
+        auto r = sandbox::confine_thread(sandbox::ThreadClass::reclaimer);
+        SWV_ASSERT(r.has_value(), "cannot confine a reclaim worker (seccomp)");
+    });
+}
+
 Result<control::VmInfo> VmHost::start(const VmSpec& spec, SerialPrefix prefix) {
     SWV_TRY(with_context(validate(spec), spec.name));
     return start_built(spec, std::nullopt, [&] { return BuiltVm::build(context_, spec, prefix); });

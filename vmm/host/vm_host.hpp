@@ -62,8 +62,9 @@ public:
     // VmErrc::exists, SpecErrc::bad_field / VmErrc::bad_spec (the context names the
     // field), or the failing step's error with the VM as context.
     Result<control::VmInfo> start(const VmSpec& spec, SerialPrefix prefix);
-    // Confine the threads of VMs started from now on (vmm/sandbox); off by default.
-    void set_seccomp(sandbox::Seccomp s) { context_.seccomp = s; }
+    // Confine the threads of VMs started from now on (vmm/sandbox), and the host-wide
+    // reclaim workers (before the first VM starts them); off by default.
+    void set_seccomp(sandbox::Seccomp s);
     // How often the balloon of a VM made by vm-create asks its guest for statistics
     // (serve --balloon-stats-interval; 0: only when status / stats read them).
     void set_balloon_stats_interval(std::chrono::milliseconds interval) { balloon_stats_interval_ = interval; }
