@@ -17,8 +17,6 @@
 // slot skipped in one pass (its page was being faulted in) and moved in a later one
 // counts as moved only.
 #include <chrono>
-#include <future>
-#include <system_error>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -36,10 +34,6 @@ namespace {
 // whose free is in progress drains within microseconds; this is only a safety net
 // against a sink that claims to have brought a page back but did not free it).
 constexpr int kMaxStalledPasses = 5000;
-
-// Batches with fewer pages to write check their checksums on this thread (a helper
-// thread costs more than hashing a few pages).
-constexpr std::size_t kOverlapMinPages = 32;
 
 // Puts the device back to active unless removal completed.
 class RemovalGuard {
@@ -268,63 +262,38 @@ Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& bat
         run_page_io(ring, io::IoKind::read, again, 1, again_errors);
         for (std::size_t f = 0; f < failed.size(); ++f) errors[failed[f]] = again_errors[f];
     }
-    // A slot whose bytes cannot be vouched for (read error, or checksum mismatch):
-    // never moved, never served as good. Freed meanwhile: nothing to move. Otherwise
-    // the slot is quarantined (a read error was counted by the device's IoWatch
-    // already) and reported (Force::no, or a held slot) or lost (Force::yes, step 7).
-    auto reject = [&](Batch::Item& item, std::optional<Errc> read_error) {
+    for (std::size_t k = 0; k < batch.items.size(); ++k) {
+        Batch::Item& item = batch.items[k];
+        if (!errors[k] && page_checksum(item.buf) == item.info.checksum) continue;
         item.live = false;
         if (changed(item)) {
-            skip(item.old_slot);
-            return;
+            skip(item.old_slot);  // freed meanwhile: nothing to move
+            continue;
         }
-        if (!read_error) dev.note_checksum_error();
+        // Never move (or keep serving as good) data we cannot vouch for. The slot is
+        // quarantined; a read error was counted by the device's IoWatch already.
+        if (!errors[k]) dev.note_checksum_error();
         dev.quarantine(item.old_slot);
         const std::string where = slot_context(dev.path(), item.old_slot, item.vslot);
-        Error why = read_error ? Error{make_error_code(*read_error), "swapoff: reading a used slot failed", where}
-                               : Error{make_error_code(Errc::checksum_mismatch), "swapoff: used slot fails its checksum",
-                                       where};
+        Error why = errors[k] ? Error{make_error_code(*errors[k]), "swapoff: reading a used slot failed", where}
+                              : Error{make_error_code(Errc::checksum_mismatch), "swapoff: used slot fails its checksum",
+                                      where};
         // A held slot is no VM's page to lose: it stays, reported, even with Force::yes.
         if (force == Force::no || is_held(item.vslot, item.info.owner))
             batch.unreadable.emplace(item.old_slot.value(), std::move(why));
         else item.unreadable = std::move(why);
-    };
-    for (std::size_t k = 0; k < batch.items.size(); ++k)
-        if (errors[k]) reject(batch.items[k], errors[k]);
-    // The checksums of what was read. They are checked before anything is decided on
-    // these bytes: a bring-back (step 3) or the switch (step 6). Without a bring-back
-    // they are computed on a helper thread while this one writes the batch (step 5),
-    // so the hashing overlaps the device instead of taking turns with it; a page that
-    // fails is then written to its new slot but never switched there (that slot is
-    // freed). swap/README.md#removal.
-    std::vector<char> good(batch.items.size(), 0);
-    auto verify = [&batch, &good](std::size_t from, std::size_t to) {
-        for (std::size_t k = from; k < to; ++k) {
-            const Batch::Item& item = batch.items[k];
-            good[k] = item.live && page_checksum(item.buf) == item.info.checksum;
-        }
-    };
-    auto settle_verified = [&] {
-        for (std::size_t k = 0; k < batch.items.size(); ++k)
-            if (batch.items[k].live && !good[k]) reject(batch.items[k], std::nullopt);
-    };
+    }
 
     // 3. While the other devices cannot take everything left, bring pages back whose
     //    VM has room now (asked per page: each bring-back uses some of it), so the
     //    room elsewhere is kept for pages of VMs that have none.
     //    Demotion brings nothing back: it moves what fits below and leaves the rest.
     EvictionSink* sink = move == Move::swapoff ? sink_.load() : nullptr;
-    bool verified = false;
     if (sink != nullptr) {
         const std::uint64_t left = dev.usage().used_slots;
         const std::uint64_t stuck = force == Force::no ? batch.unreadable.size() : 0;
         const std::uint64_t room = free_elsewhere(&dev);
         std::uint64_t need_back = left > stuck + room ? left - stuck - room : 0;
-        if (need_back > 0) {  // bring-backs hand these bytes to a VM: checked first
-            verify(0, batch.items.size());
-            settle_verified();
-            verified = true;
-        }
         for (Batch::Item& item : batch.items) {
             if (need_back == 0) break;
             if (!item.live || is_held(item.vslot, item.info.owner) || sink->bring_back_room(item.info.owner) == 0)
@@ -369,29 +338,13 @@ Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& bat
     const std::size_t placed = allocate_pslots(vslots, placements, reservations, excluded);
 
     // 5. Write them (allocation order: slots ascend per target device, and the
-    //    staging of consecutive live items is contiguous, so runs merge), and check
-    //    the checksums meanwhile if step 3 did not: the helper only reads the
-    //    buffers the device is reading too, and this thread waits for it before it
-    //    looks at `good` (future::get orders it).
+    //    staging of consecutive live items is contiguous, so runs merge).
     ios.resize(placed);
     for (std::size_t j = 0; j < placed; ++j) {
         ios[j] = PageIo{&placements[j].device->block(), placements[j].slot, batch.items[live[j]].buf};
     }
     errors.assign(placed, std::nullopt);
-    std::future<void> hashing;
-    if (!verified && placed >= kOverlapMinPages) {
-        try {
-            hashing = std::async(std::launch::async, verify, std::size_t{0}, batch.items.size());
-        } catch (const std::system_error&) {
-            // No thread to be had: the checksums are taken on this thread after the write.
-        }
-    }
     run_page_io(ring, io::IoKind::write, ios, config_.max_run_pages, errors);
-    if (!verified) {
-        if (hashing.valid()) hashing.get();
-        else verify(0, batch.items.size());
-        settle_verified();  // the pages that failed are no longer live: not switched
-    }
 
     // 6. Switch each descriptor iff its generation (and place) is unchanged; the old
     //    slot is freed only after the switch, and cannot be handed out again while
@@ -401,10 +354,6 @@ Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& bat
     for (std::size_t j = 0; j < placed; ++j) {
         Batch::Item& item = batch.items[live[j]];
         const Placement& to = placements[j];
-        if (!item.live) {  // failed its checksum (settle_verified): its copy is not kept
-            to.device->free_slots(std::span(&to.slot, 1));
-            continue;
-        }
         if (errors[j]) {
             if (!write_failed) write_failed = slot_context(to.device->path(), to.slot, item.vslot);
             to.device->quarantine(to.slot);
@@ -447,7 +396,6 @@ Result<void> SwapPool::swapoff_batch(SwapDevice& dev, io::Ring& ring, Batch& bat
     if (move == Move::demote) return {};
     for (std::size_t j = placed; j < live.size(); ++j) {
         const Batch::Item& item = batch.items[live[j]];
-        if (!item.live) continue;  // failed its checksum after the write: reported or lost above
         if (is_held(item.vslot, item.info.owner)) {
             // Never brought into a VM (other VMs or snapshots refer to it): it stays
             // here, readable, and the device stays in the pool.

@@ -201,9 +201,9 @@ TEST(PrivilegedSwapoff, WithNoOtherDeviceEverythingComesBack) {
     pool.set_eviction_sink(nullptr);
 }
 
-// Bring-backs hand the bytes swapoff read to a VM, so those are checked before (the
-// checksums of a batch that only moves are checked while it is written): a corrupt
-// slot is never brought back, the others are, verified (issue #18 item 4).
+// Bring-backs hand the bytes swapoff read to a VM, so those are checked first: a
+// corrupt slot is never brought back, the others are, verified (issue #18 item 4:
+// any reordering of a batch's hashing must keep this).
 TEST(PrivilegedSwapoff, ACorruptSlotIsNeverBroughtBack) {
     SWV_SWAP_RING_OR_SKIP(ring);
     test::TempDir dir;
@@ -226,10 +226,11 @@ TEST(PrivilegedSwapoff, ACorruptSlotIsNeverBroughtBack) {
     pool.set_eviction_sink(nullptr);
 }
 
-// Pages that only move (room elsewhere) get their checksums checked on a helper
-// thread while the batch is written; with Force::yes a corrupt one among them is
-// lost to its owner, the rest arrive intact, and no slot leaks on either side.
-TEST(PrivilegedSwapoff, ACorruptSlotFoundWhileItsBatchIsWrittenIsLostWithForceAndLeaksNothing) {
+// Pages that only move (room elsewhere): with Force::yes a corrupt one among them is
+// lost to its owner, the rest arrive intact, and no slot leaks or is quarantined on
+// the target (issue #18 item 4: a batch that hashed while it wrote would have written
+// the corrupt pages too; their slots must then be freed).
+TEST(PrivilegedSwapoff, ACorruptSlotAmongMovedPagesIsLostWithForceAndLeaksNothing) {
     SWV_SWAP_RING_OR_SKIP(ring);
     test::TempDir dir;
     SwapPool pool;
@@ -249,7 +250,7 @@ TEST(PrivilegedSwapoff, ACorruptSlotFoundWhileItsBatchIsWrittenIsLostWithForceAn
     EXPECT_TRUE(sink.lost(150));
     auto stats = pool.stats();
     ASSERT_EQ(stats.size(), 1u);
-    EXPECT_EQ(stats[0].used_slots, 198u) << "the copies written for the corrupt pages were freed";
+    EXPECT_EQ(stats[0].used_slots, 198u) << "no slot kept for the corrupt pages";
     EXPECT_EQ(stats[0].quarantined_slots, 0u);
     std::vector<VSlot> good;
     for (std::size_t i = 0; i < v.size(); ++i)
@@ -577,8 +578,7 @@ TEST(PrivilegedSwapoff, ChecksumMismatchWithoutForceMovesTheRestAndRefusesThenFo
     EXPECT_EQ(stats_of(stats, dir.file("a"))->used_slots, 1u);  // only the unreadable one stayed
     EXPECT_EQ(stats_of(stats, dir.file("a"))->quarantined_slots, 1u);
     EXPECT_EQ(stats_of(stats, dir.file("a"))->read_errors, 1u);
-    // Its checksum is checked while the batch is written (issue #18 item 4): the copy
-    // written for it on b is never switched to and its slot is freed, not kept.
+    // Nothing of it reached b: no slot used or quarantined there for it.
     EXPECT_EQ(stats_of(stats, dir.file("b"))->used_slots, 299u);
     EXPECT_EQ(stats_of(stats, dir.file("b"))->quarantined_slots, 0u);
     EXPECT_EQ(pool.pslot_of(v[200])->device, *a);
