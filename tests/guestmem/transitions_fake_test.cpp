@@ -757,10 +757,36 @@ TEST_F(FakeTransitionsTest, RaceDiscardDuringWritebackPunchesAgainWhatTheWriteRe
         PageLock lk = tr_.lock(P(16));
         ASSERT_TRUE(tr_.discard(lk));
     }
-    (void)kernel_.vmm_page(P(16));  // write_out reading the page through the VMM view
+    // write_out writes the staged copy and leaves the memfd alone now; before staging
+    // its VMM-view read re-allocated the page here. Anything that still touched the
+    // page through the VMM view would do the same, and the completion must cope.
+    (void)kernel_.vmm_page(P(16));
     EXPECT_EQ(write({&wb, 1}), 0u);
     EXPECT_EQ(table_.peek(P(16)).state(), PageState::zero);
     EXPECT_FALSE(kernel_.present(P(16))) << "else the next touch is an EEXIST loop";
+    expect_consistent();
+    PageLock lk = tr_.lock(P(16));
+    EXPECT_TRUE(tr_.fault_zero(lk));
+}
+
+// The same race as the reclaimer runs it now: the write of the staged copy touches
+// nothing in the memfd, so the discarded page stays a hole through the completion.
+TEST_F(FakeTransitionsTest, RaceDiscardDuringAStagedWritebackLeavesAHole) {
+    make_inactive(16, 16);
+    std::vector<Writeback> batch = evict(16, 1);
+    ASSERT_EQ(batch.size(), 1u);
+    {
+        PageLock lk = tr_.lock(P(16));
+        ASSERT_TRUE(tr_.discard(lk));
+    }
+    const std::size_t touches = kernel_.vmm_touches();
+    std::vector<swap::PageOut> outs{batch[0].out};
+    const bool ok = pool_.write_out(*ring_, outs).has_value();
+    batch[0].out = outs[0];
+    EXPECT_FALSE(kernel_.present(P(16))) << "the write did not re-allocate the page";
+    EXPECT_EQ(tr_.finish_writeback(batch, ok), 0u);
+    EXPECT_EQ(kernel_.vmm_touches(), touches);
+    EXPECT_EQ(table_.peek(P(16)).state(), PageState::zero);
     expect_consistent();
     PageLock lk = tr_.lock(P(16));
     EXPECT_TRUE(tr_.fault_zero(lk));
