@@ -106,6 +106,26 @@ std::byte* MemfdKernel::vmm_page(PageIdx idx) {
 
 // --- the calls transitions make ------------------------------------------------------
 
+Result<void> MemfdKernel::copy_out(PageIdx first, std::uint64_t count, std::byte* dst) {
+    const Region& r = region_of(first);
+    SWV_ASSERT(first.value() + count <= r.first.value() + r.pages, "copy_out run crosses a region");
+    auto offset = static_cast<off_t>((first.value() - r.first.value()) * kPageSize);
+    std::size_t left = count * kPageSize;
+    while (left > 0) {
+        // Kernel contract: pread of a shmem file copies from its page cache (a hole
+        // reads as zeros and allocates nothing); no page table of either view is
+        // touched, so a later punch has no mapping of this page to remove.
+        const ssize_t n = ::pread(r.memfd.get(), dst, left, offset);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return errno_error("pread guest memory");
+        if (n == 0) return errno_error("pread guest memory (past its end)", EIO);
+        dst += n;
+        offset += n;
+        left -= static_cast<std::size_t>(n);
+    }
+    return {};
+}
+
 Result<void> MemfdKernel::punch(PageIdx first, std::uint64_t count) {
     const Region& r = region_of(first);
     SWV_ASSERT(first.value() + count <= r.first.value() + r.pages, "punch run crosses a region");

@@ -55,6 +55,7 @@ public:
     PageIdx region_end(PageIdx idx) const override;
     Gpa gpa_of(PageIdx idx) const override;
     std::byte* vmm_page(PageIdx idx) override;
+    Result<void> copy_out(PageIdx first, std::uint64_t count, std::byte* dst) override;
     Result<void> punch(PageIdx first, std::uint64_t count) override;
     Result<void> zap(PageIdx first, std::uint64_t count) override;
     Mapped copy_zeros(PageIdx first, std::uint64_t count, Wake wake) override;

@@ -12,6 +12,8 @@
 //   - the memfd page of a PageIdx is `present` or a hole; the guest view of it is
 //     unmapped, mapped (optionally write-protected) or poisoned;
 //   - vmm_page() gives the page's bytes; touching them makes a hole present (zeros);
+//   - copy_out: a run's bytes copied into a buffer, touching neither view (a hole
+//     reads as zeros and stays a hole);
 //   - punch: memfd hole and the guest mapping gone, a poison marker stays;
 //   - zap: the guest mapping gone (poison marker too), the memfd page stays;
 //   - copy_zeros: a hole becomes a present zero page, mapped; page_exists if present;
@@ -52,6 +54,11 @@ public:
 
     // The page's bytes through the VMM view (4 KiB, page aligned).
     virtual std::byte* vmm_page(PageIdx idx) = 0;
+
+    // Copy a run's bytes (inside one region) into dst (count * 4 KiB) by reading the
+    // memfd: no view is mapped or faulted, a hole reads as zeros and stays a hole.
+    // Row 5 stages its pages this way (staging.hpp).
+    virtual Result<void> copy_out(PageIdx first, std::uint64_t count, std::byte* dst) = 0;
 
     virtual Result<void> punch(PageIdx first, std::uint64_t count) = 0;
     virtual Result<void> zap(PageIdx first, std::uint64_t count) = 0;

@@ -1,5 +1,5 @@
 // ReclaimService: the host-wide reclaim and writeback workers (guestmem/README.md#threads,
-// docs/DESIGN-NOTES.md 45). A fixed number of threads, sized to cores and swap
+// docs/DESIGN-NOTES.md 47). A fixed number of threads, sized to cores and swap
 // devices, each with its own io_uring, serve every VM of a HostMemory; a VM is a
 // ReclaimClient, a work item in a run queue, not a set of threads. So the threads
 // do not grow with the number of VMs.

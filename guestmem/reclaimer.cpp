@@ -5,9 +5,13 @@
 // inactive when the hand returns is cold and is evicted:
 //
 //   inactive, clean copy in swap  -> swapped(vslot)    no write   (drop_cold, 9)
-//   inactive, all zero bytes      -> zero              no write   (drop_cold, 8)
-//   inactive, otherwise           -> writeback -> swapped(new vslot)  (start_writeback 5,
+//   inactive, all zero bytes      -> zero              no write   (evict_cold / drop_cold, 8)
+//   inactive, otherwise           -> writeback -> swapped(new vslot)  (evict_cold 5,
 //                                                                      finish_writeback 7)
+//
+// A cold dirty page is copied out of the memfd with its run into the batch's staging
+// buffer (staging.hpp); the zero check and the checksum are one pass over the copy,
+// and the copy is what is written: the VMM view is not touched.
 //
 // No thread of its own: the VM is a client of the host-wide ReclaimService
 // (reclaim_service.hpp), whose workers run its units one at a time — a scan step
@@ -32,7 +36,7 @@
 namespace swapvisor::guestmem {
 namespace {
 
-constexpr std::size_t kBatch = 512;       // pages per write_out (2 MiB)
+constexpr std::size_t kBatch = kStagingPages;  // pages per write_out (2 MiB), one staging buffer
 constexpr std::uint64_t kScanChunk = 512; // entries visited per pass
 
 }  // namespace
@@ -300,20 +304,32 @@ GuestMemory::Impl::PassResult GuestMemory::Impl::reclaim_pass(WritebackQueue& wr
     const std::uint64_t pages = table.pages();
     std::vector<PageLock> demote;    // resident: zapped as runs
     std::vector<PageLock> dropped;   // cold, no write needed: punched as runs
+    std::vector<PageLock> cold;      // cold, dirty: staged as runs, then zero (8) or written (5)
     std::vector<Writeback> writes;   // cold, dirty: queued as one batch (unlocked)
+    std::shared_ptr<StagingBuffer> staging;  // the copies `writes` are written from
     // Writes this pass may still start: queued pages count against the quota already.
     const std::uint64_t quota = limits.swap_quota_room();
     const std::uint64_t queued = writer.pending_pages();
     std::uint64_t quota_room = quota > queued ? quota - queued : 0;
 
+    // Copy out, check and hash the cold pages gathered (one read per run); the zero
+    // ones join `dropped` and give their quota back.
+    auto stage = [&] {
+        if (cold.empty()) return;
+        const std::size_t before = writes.size(), candidates = cold.size();
+        tr.evict_cold(cold, staging, dropped, writes);
+        quota_room += candidates - (writes.size() - before);
+    };
     auto flush = [&] {
-        // Every lock is released (zap, punch) before the queue may make us wait.
+        // Every lock is released (stage, zap, punch) before the queue may make us wait.
+        stage();
         tr.deactivate(demote);
         freed += tr.punch_dropped(dropped);
         if (writes.empty()) return;
         writer.push(std::move(writes));
         writes = {};
         writes.reserve(kBatch);
+        staging.reset();
     };
 
     writes.reserve(kBatch);
@@ -339,14 +355,19 @@ GuestMemory::Impl::PassResult GuestMemory::Impl::reclaim_pass(WritebackQueue& wr
                 break;
             case PageState::inactive:
                 if (mode == PassMode::age_only) break;  // the age scan evicts nothing
-                // Cold. Drop it without a write where possible.
-                if (tr.drop_cold(*lk)) {
-                    dropped.push_back(std::move(*lk));
-                } else if (mode == PassMode::full && pool && quota_room > 0) {
-                    --quota_room;
-                    writes.push_back(tr.start_writeback(std::move(*lk)));
-                    if (writes.size() == kBatch) flush();
+                // Cold. A dirty page that may be written is staged with its run (the
+                // zero check and the checksum in one pass over its copy); otherwise
+                // drop it without a write where possible (clean copy, zero).
+                if (!lk->entry().clean() && mode == PassMode::full && pool && quota_room > 0) {
+                    if (!staging) staging = tr.staging().acquire();
+                    if (staging) {
+                        --quota_room;
+                        cold.push_back(std::move(*lk));
+                        if (writes.size() + cold.size() >= kBatch) flush();
+                        break;
+                    }
                 }
+                if (tr.drop_cold(*lk)) dropped.push_back(std::move(*lk));
                 break;
             default:
                 break;

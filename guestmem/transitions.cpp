@@ -59,7 +59,7 @@ PageLock& PageLock::operator=(PageLock&& o) noexcept {
     return *this;
 }
 
-Transitions::Transitions(Deps deps) : d_(std::move(deps)) {}
+Transitions::Transitions(Deps deps) : d_(std::move(deps)), staging_(kStagingPages, kStagingKept) {}
 
 PageLock Transitions::lock(PageIdx idx) { return PageLock(*this, idx, d_.table.lock(idx)); }
 
@@ -339,7 +339,10 @@ bool Transitions::drop_cold(PageLock& lk) {  // 8, 9
         d_.clean.note(CleanOutcome::reused);
         return true;
     }
-    if (is_zero_page(d_.kernel.vmm_page(lk.idx()))) {  // 8: nothing worth writing
+    // 8: nothing worth writing. Read through a copy, not the VMM view: a fault there
+    // maps the page in a second view that the punch must then unmap (staging.hpp).
+    alignas(64) std::byte copy[kPageSize];
+    if (d_.kernel.copy_out(lk.idx(), 1, copy) && is_zero_page(copy)) {
         lk.set(PageEntry::make(PageState::zero));
         d_.counters.zero_pages.fetch_add(1, std::memory_order_relaxed);
         return true;
@@ -347,13 +350,64 @@ bool Transitions::drop_cold(PageLock& lk) {  // 8, 9
     return false;
 }
 
-Writeback Transitions::start_writeback(PageLock&& lk) {  // 5
+Writeback Transitions::writeback_staged(PageLock&& lk, const std::byte* copy, std::uint32_t checksum,
+                                        const std::shared_ptr<StagingBuffer>& staging) {  // 5
     SWV_ASSERT(lk.entry().state() == PageState::inactive && !lk.entry().clean(), "writeback of a page that is not dirty inactive");
     PageLock owned(std::move(lk));
     WritebackEpoch epoch(next_epoch_.fetch_add(1, std::memory_order_relaxed));
     if (epoch.value() == 0) epoch = WritebackEpoch(next_epoch_.fetch_add(1, std::memory_order_relaxed));  // wrapped
     owned.set(PageEntry::make_writeback(epoch));
-    return Writeback{owned.idx(), swap::PageOut{d_.kernel.vmm_page(owned.idx()), owner_tag(owned.idx())}, epoch};
+    // The copy was taken under this lock, so it is the page as of entering writeback;
+    // while the entry stays in this epoch nobody changes the page (a fault, VMM write
+    // or discard changes the entry first), and if it leaves it the completion frees
+    // the slot (README#writeback-identity). The checksum is the copy's: never stale.
+    swap::PageOut out{copy, owner_tag(owned.idx())};
+    out.checksum = checksum;
+    return Writeback{owned.idx(), out, epoch, staging};
+}
+
+Writeback Transitions::start_writeback(PageLock&& lk) {  // 5
+    SWV_ASSERT(lk.entry().state() == PageState::inactive && !lk.entry().clean(), "writeback of a page that is not dirty inactive");
+    std::shared_ptr<StagingBuffer> staging = staging_.acquire(1);
+    SWV_ASSERT(staging != nullptr, "no memory for a staging buffer");
+    std::byte* copy = staging->next();
+    if (!d_.kernel.copy_out(lk.idx(), 1, copy)) std::memcpy(copy, d_.kernel.vmm_page(lk.idx()), kPageSize);
+    staging->take(1);
+    return writeback_staged(std::move(lk), copy, swap::page_checksum(copy), staging);
+}
+
+void Transitions::evict_cold(std::vector<PageLock>& cold, const std::shared_ptr<StagingBuffer>& staging,
+                             std::vector<PageLock>& dropped, std::vector<Writeback>& writes) {  // 8, 5
+    SWV_ASSERT(staging != nullptr && staging->room() >= cold.size(), "staging buffer too small for the batch");
+    for_each_run(d_.kernel, cold, [&](PageIdx first, std::uint64_t count, std::span<PageLock> run) {
+        std::byte* const at = staging->next();
+        if (auto r = d_.kernel.copy_out(first, count, at); !r) {
+            // Left inactive (the locks go when `cold` is cleared): a later sweep retries.
+            spdlog::error("{}: copying pages out for swap: {}", d_.name, r.error().message());
+            return;
+        }
+        std::size_t kept = 0;
+        for (std::size_t k = 0; k < count; ++k) {
+            PageLock& lk = run[k];
+            SWV_ASSERT(lk.entry().state() == PageState::inactive && !lk.entry().clean(), "evict_cold of a page that is not dirty inactive");
+            const std::byte* src = at + k * kPageSize;
+            const std::optional<std::uint32_t> checksum = scan_page(src);
+            if (!checksum) {  // 8: nothing worth writing
+                lk.set(PageEntry::make(PageState::zero));
+                d_.counters.zero_pages.fetch_add(1, std::memory_order_relaxed);
+                dropped.push_back(std::move(lk));
+                continue;
+            }
+            // Close the gap a zero page left, so the batch's copies stay back to back
+            // (one write per run of slots). The copy moves, its bytes do not.
+            std::byte* dst = at + kept * kPageSize;
+            if (dst != src) std::memcpy(dst, src, kPageSize);
+            ++kept;
+            writes.push_back(writeback_staged(std::move(lk), dst, *checksum, staging));
+        }
+        staging->take(kept);
+    });
+    cold.clear();
 }
 
 std::uint64_t Transitions::finish_writeback(std::span<Writeback> batch, bool batch_ok) {  // 7, 7'
@@ -369,11 +423,12 @@ std::uint64_t Transitions::finish_writeback(std::span<Writeback> batch, bool bat
             // publish this older copy and leak the newer write's slot
             // (README#writeback-identity).
             if (ok) free_vslot(wb.out.vslot);
-            // A discard punched the page, but write_out then read it through the VMM
-            // view (checksum, O_DIRECT write), which allocated a fresh page in the
-            // memfd. Punch it again so the memfd matches the entry; otherwise the next
-            // guest touch is a MINOR fault on a zero entry that UFFDIO_COPY cannot
-            // resolve (EEXIST).
+            // A discard punched the page. write_out writes the staged copy and no
+            // longer reads the memfd (before staging its VMM-view read re-allocated
+            // the page here), but anything that did would leave a page under a zero
+            // entry that the next guest touch could not resolve (UFFDIO_COPY: EEXIST),
+            // so a page that should not be present is punched again (a no-op on a
+            // hole; only in this race).
             if (!e.present()) (void)d_.kernel.punch(wb.idx, 1);
             continue;
         }
@@ -385,12 +440,14 @@ std::uint64_t Transitions::finish_writeback(std::span<Writeback> batch, bool bat
         lk.set(PageEntry::make(PageState::swapped, wb.out.vslot));
         dropped.push_back(std::move(lk));
     }
-    std::sort(dropped.begin(), dropped.end(), [](const PageLock& a, const PageLock& b) { return a.idx() < b.idx(); });
     return punch_dropped(dropped);
 }
 
 std::uint64_t Transitions::punch_dropped(std::vector<PageLock>& dropped) {
     std::uint64_t freed = 0;
+    // Ascending, so neighbours dropped at different moments (a clean drop while the
+    // hand passed, a zero page found when its run was staged) share one punch.
+    std::sort(dropped.begin(), dropped.end(), [](const PageLock& a, const PageLock& b) { return a.idx() < b.idx(); });
     for_each_run(d_.kernel, dropped, [&](PageIdx first, std::uint64_t count, std::span<PageLock> run) {
         if (auto r = d_.kernel.punch(first, count); !r) {
             spdlog::error("{}: {}", d_.name, r.error().message());

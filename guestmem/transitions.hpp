@@ -18,6 +18,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <span>
 #include <utility>
@@ -28,6 +29,7 @@
 #include "guestmem/owner_tag.hpp"
 #include "guestmem/page_kernel.hpp"
 #include "guestmem/stage2.hpp"
+#include "guestmem/staging.hpp"
 #include "io/result.hpp"
 #include "swap/swap_pool.hpp"
 
@@ -81,12 +83,15 @@ private:
 
 enum class Access : bool { read, write };
 
-// A page on its way to swap (row 5): the PageOut handed to SwapPool::write_out, and
-// the epoch its entry carries while this write is the page's current one.
+// A page on its way to swap (row 5): the PageOut handed to SwapPool::write_out (its
+// data is the page's staged copy, with its checksum), the epoch its entry carries
+// while this write is the page's current one, and the buffer holding the copy
+// (released when the last Writeback staged in it is gone).
 struct Writeback {
     PageIdx idx;
     swap::PageOut out;
     WritebackEpoch epoch;
+    std::shared_ptr<const StagingBuffer> staging;
 };
 
 class Transitions {
@@ -139,8 +144,22 @@ public:
     // A cold inactive page: 8 (all zero -> zero) or 9 (clean copy -> swapped) set the
     // entry and return true (the caller punches it with punch_dropped); otherwise false.
     bool drop_cold(PageLock& lk);
-    // 5: inactive -> writeback; releases the lock (never held across swap I/O).
+    // 5: inactive -> writeback; releases the lock (never held across swap I/O). The
+    // page is copied out of the memfd into a staging buffer under the lock and its
+    // checksum taken there (staging.hpp): the copy is what write_out writes.
     Writeback start_writeback(PageLock&& lk);
+    // 8 and 5 for a batch of cold, dirty pages (inactive, no CLN, ascending, each
+    // locked): each run is copied out of the memfd into `staging` (one read per run,
+    // no view mapped), then one pass per page over its copy: all zero -> 8 (the lock
+    // moves to `dropped`, for punch_dropped); otherwise its checksum is taken in that
+    // pass and it starts writeback (5) with the copy and the checksum as its PageOut
+    // (appended to `writes`; lock released). The non-zero copies end up back to back
+    // in `staging`. `staging` must have room for every page of `cold`. A run that
+    // cannot be copied stays inactive. `cold` is left empty.
+    void evict_cold(std::vector<PageLock>& cold, const std::shared_ptr<StagingBuffer>& staging,
+                    std::vector<PageLock>& dropped, std::vector<Writeback>& writes);
+    // The buffers row 5 stages pages in (one per batch in flight is kept).
+    StagingPool& staging() { return staging_; }
     // 7 / 7' and the races: complete a write_out batch. Re-locks each page
     // (ascending); a page still in *this* writeback (same epoch) becomes swapped
     // (punched) or, if its write failed, inactive again; a page that moved meanwhile
@@ -216,6 +235,9 @@ private:
     template <class Leave>
     Result<bool> slot_going(PageLock& lk, swap::VSlot vslot, Leave&& leave);
     void free_vslot(swap::VSlot v);
+    // 5 for a page whose copy (and its checksum) is staged at `copy`.
+    Writeback writeback_staged(PageLock&& lk, const std::byte* copy, std::uint32_t checksum,
+                               const std::shared_ptr<StagingBuffer>& staging);
     swap::OwnerTag owner_tag(PageIdx idx) const { return pack_owner(d_.vm, idx.value()); }
 
     Deps d_;
@@ -224,6 +246,7 @@ private:
     // The next writeback epoch (row 5). Relaxed: only uniqueness matters; the epoch
     // reaches the completion through the page lock's release/acquire.
     std::atomic<std::uint32_t> next_epoch_{1};
+    StagingPool staging_;
 };
 
 }  // namespace swapvisor::guestmem

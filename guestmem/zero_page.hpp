@@ -1,16 +1,20 @@
-// is_zero_page: the reclaimer's zero check (guestmem/README.md#reclaim, transition 8).
-// A zero page is dropped instead of written; every other page is then hashed by
-// write_out (swap::page_checksum), a full pass over it. So the check stops at the
-// first 64-byte block that holds a non-zero byte: a page with data near its start
-// costs one cache line here, and the checksum is the only pass over its 4 KiB
-// (issue #18 item 2); a zero page is read once, as before. The blocks of 8 words
-// keep the OR vectorised.
+// is_zero_page / scan_page: the reclaimer's zero check (guestmem/README.md#reclaim,
+// transition 8) and the checksum of a page it writes, in one pass (issue #18 item 2).
+// A zero page is dropped instead of written; every other page needs its checksum.
+// The check stops at the first 64-byte block that holds a non-zero byte, so a page
+// with data near its start costs one cache line there; scan_page then hashes the
+// page at once, while those lines are in cache, and row 5 hands the checksum to
+// write_out (PageOut::checksum), which no longer reads the page. The page scanned is
+// the staged copy (staging.hpp): the bytes hashed are the bytes written. A zero page
+// is read once. The blocks of 8 words keep the OR vectorised.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 
 #include "guestmem/addr.hpp"
+#include "swap/swap_pool.hpp"
 
 namespace swapvisor::guestmem {
 
@@ -24,6 +28,12 @@ inline bool is_zero_page(const std::byte* page) {
         if (acc != 0) return false;
     }
     return true;
+}
+
+// nullopt: all zero (row 8); else the page's checksum (swap::page_checksum).
+inline std::optional<std::uint32_t> scan_page(const std::byte* page) {
+    if (is_zero_page(page)) return std::nullopt;
+    return swap::page_checksum(page);
 }
 
 }  // namespace swapvisor::guestmem

@@ -408,7 +408,7 @@ Result<void> SwapPool::write_out(io::Ring& ring, std::span<PageOut> pages) {
         for (std::size_t k = 0; k < placed; ++k) {
             const std::size_t i = todo[k];
             table_.set_target(vslots[i], PSlot{placements[k].device->id(), placements[k].slot},
-                              page_checksum(pages[i].data));
+                              pages[i].checksum ? *pages[i].checksum : page_checksum(pages[i].data));
             if (MemoryStore* tier = placements[k].device->memory())
                 tier->assign(placements[k].slot, owner_group(pages[i].owner));
             // The device only reads this buffer (IoKind::write).

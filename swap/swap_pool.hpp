@@ -98,6 +98,11 @@ struct PageOut {
     OwnerTag owner;
     VSlot vslot = kNoVSlot;           // out: set when written
     std::optional<Errc> error;        // out: nullopt = written (no_space, io_failed)
+    // in: page_checksum(data) when the caller has it already (guestmem takes it in the
+    // zero check's pass over its staged copy); write_out then does not read the page.
+    // It must be the checksum of the bytes at `data` as they are written: the caller
+    // keeps them unchanged until write_out returns.
+    std::optional<std::uint32_t> checksum;
     bool ok() const { return !error.has_value(); }
 };
 

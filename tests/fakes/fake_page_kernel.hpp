@@ -25,7 +25,7 @@ class FakePageKernel final : public guestmem::PageKernel {
 public:
     using PageIdx = guestmem::PageIdx;
     enum class View { unmapped, mapped, mapped_wp, poisoned };
-    enum class Op { punch, zap, copy_zeros, copy_page, continue_, poison, wake, write_protect };
+    enum class Op { punch, zap, copy_zeros, copy_page, continue_, poison, wake, write_protect, copy_out };
     struct Call {
         Op op;
         std::uint64_t first;
@@ -80,14 +80,31 @@ public:
         return PageIdx((idx.value() / region_pages_ + 1) * region_pages_);
     }
     guestmem::Gpa gpa_of(PageIdx idx) const override { return guestmem::Gpa(idx.value() * guestmem::kPageSize); }
+    // Calls of vmm_page(): each is an access through the VMM view (a fault there on
+    // the real kernel when the page is not mapped in it yet).
+    std::size_t vmm_touches() const { std::lock_guard l(mu_); return vmm_touches_; }
     std::byte* vmm_page(PageIdx idx) override {
         std::lock_guard l(mu_);
+        ++vmm_touches_;
         // A touch through the VMM view allocates a hole, as shmem does on any fault.
         if (!pages_[idx.value()].present) {
             pages_[idx.value()].present = true;
             std::memset(data(idx), 0, guestmem::kPageSize);
         }
         return data(idx);
+    }
+    Result<void> copy_out(PageIdx first, std::uint64_t count, std::byte* dst) override {
+        std::lock_guard l(mu_);
+        check_run(first, count);
+        if (auto f = take_failure(Op::copy_out, first, count)) return std::unexpected(f->error);
+        // A read of the file: a hole reads as zeros and stays a hole; no view changes.
+        for (std::uint64_t k = 0; k < count; ++k) {
+            const PageIdx i(first.value() + k);
+            std::byte* to = dst + k * guestmem::kPageSize;
+            if (pages_[i.value()].present) std::memcpy(to, data(i), guestmem::kPageSize);
+            else std::memset(to, 0, guestmem::kPageSize);
+        }
+        return {};
     }
     Result<void> punch(PageIdx first, std::uint64_t count) override {
         std::lock_guard l(mu_);
@@ -215,6 +232,7 @@ private:
     std::vector<Page> pages_;
     std::vector<Call> history_;
     std::optional<Failure> failure_;
+    std::size_t vmm_touches_ = 0;
 };
 
 }  // namespace swapvisor::testing

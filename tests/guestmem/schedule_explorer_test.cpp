@@ -592,19 +592,30 @@ private:
             return;
         }
         if (e.state() != PageState::inactive) return;
-        if (tr_.drop_cold(*lk)) {
-            std::vector<PageLock> dropped;
-            dropped.push_back(std::move(*lk));
+        std::vector<PageLock> dropped;
+        if (e.clean()) {  // 9
+            if (tr_.drop_cold(*lk)) dropped.push_back(std::move(*lk));
             (void)tr_.punch_dropped(dropped);
             return;
         }
+        // 8 or 5 as reclaim_pass does it: staged, then zero-checked and hashed in one
+        // pass over the copy (evict_cold).
+        std::vector<PageLock> cold;
+        cold.push_back(std::move(*lk));
+        std::vector<Writeback> staged;
+        tr_.evict_cold(cold, tr_.staging().acquire(1), dropped, staged);
+        if (!dropped.empty()) {
+            (void)tr_.punch_dropped(dropped);
+            return;
+        }
+        if (staged.empty()) return;
         Batch* open = open_batch();
         if (open != nullptr && wraps(*open, p)) {
             open->stage = Batch::Stage::queued;  // the hand wrapped: the reclaimer flushes
             open = nullptr;
         }
         if (open == nullptr) open = &batches_.emplace_back();
-        open->pages.push_back(tr_.start_writeback(std::move(*lk)));
+        open->pages.push_back(std::move(staged.front()));
     }
 
     Batch* open_batch() {

@@ -112,6 +112,16 @@ protected:
         ASSERT_TRUE(tr_.vmm_swap_in(lk, *ring_, Access::read));
         ASSERT_TRUE(lk.entry().clean());
     }
+    // The reclaimer's scan of cold dirty pages [first, first + n): rows 8 / 5 through
+    // evict_cold with one staging buffer, as reclaim_pass does. Zero pages are punched.
+    std::vector<Writeback> evict(std::uint64_t first, std::uint64_t n) {
+        std::vector<PageLock> cold, dropped;
+        for (std::uint64_t i = first; i < first + n; ++i) cold.push_back(tr_.lock(P(i)));
+        std::vector<Writeback> writes;
+        tr_.evict_cold(cold, tr_.staging().acquire(), dropped, writes);
+        (void)tr_.punch_dropped(dropped);
+        return writes;
+    }
     // The reclaimer's write: write_out, then the completion row.
     std::uint64_t write(std::span<Writeback> batch) {
         std::vector<swap::PageOut> outs;
@@ -127,7 +137,8 @@ protected:
     Counters counters_;
     CleanCopyPolicy clean_{true};
     Limits limits_{occupancy_, nullptr, kPages * kPageSize, 0};
-    swap::SwapPool pool_;
+    // Writes of at most 4 pages, so one batch can be split by a write that fails.
+    swap::SwapPool pool_{swap::SwapPoolConfig{.max_run_pages = 4}};
     Transitions tr_{Transitions::Deps{table_, kernel_, &pool_, limits_, occupancy_, counters_, clean_, "fake", 1}};
     std::optional<io::Ring> ring_;
     FakeBlockDevice* disk_ = nullptr;
@@ -270,6 +281,120 @@ TEST_F(FakeTransitionsTest, Row8AnAllZeroPageIsDroppedWithoutAWrite) {
     EXPECT_EQ(counters_.zero_pages.load(), 1u);
     EXPECT_EQ(pool_.allocated_vslots(), 0u);
     expect_consistent();
+}
+
+// Rows 8 and 5 as the reclaimer runs them (issue #18 item 2): one copy_out per run,
+// the zero check and the checksum in one pass over the copy, the copies written from
+// one buffer with the gap of the zero page closed, and no access through the VMM view.
+TEST_F(FakeTransitionsTest, Rows8And5StageEachRunOnceAndWriteTheCopyWithoutTheVmmView) {
+    for (std::uint64_t i = 40; i < 48; ++i) {
+        if (i == 43) {
+            PageLock lk = tr_.lock(P(i));
+            tr_.vmm_write_zero(lk);  // present, all zero
+        } else {
+            make_inactive(i, 100 + i);
+        }
+    }
+    kernel_.clear_history();
+    const std::size_t touches = kernel_.vmm_touches();
+    std::vector<Writeback> batch = evict(40, 8);
+    ASSERT_EQ(batch.size(), 7u);
+    EXPECT_EQ(table_.peek(P(43)).state(), PageState::zero) << "row 8: the zero page is dropped";
+    EXPECT_EQ(counters_.zero_pages.load(), 1u);
+    for (std::size_t k = 0; k < batch.size(); ++k) {
+        EXPECT_EQ(batch[k].out.data, batch[0].out.data + k * kPageSize) << "copies back to back";
+        ASSERT_TRUE(batch[k].out.checksum.has_value());
+        EXPECT_EQ(*batch[k].out.checksum, swap::page_checksum(batch[k].out.data)) << "the checksum is the copy's";
+        EXPECT_EQ(table_.peek(batch[k].idx).state(), PageState::writeback);
+        EXPECT_FALSE(table_.peek(batch[k].idx).locked());
+    }
+    EXPECT_EQ(write(batch), 7u);
+    EXPECT_EQ(kernel_.vmm_touches(), touches) << "no page was read through the VMM view";
+    EXPECT_EQ(kernel_.history(), (std::vector<FakePageKernel::Call>{
+                                     {Op::copy_out, 40, 8}, {Op::punch, 43, 1}, {Op::punch, 40, 3}, {Op::punch, 44, 4}}))
+        << "one copy per run, one punch per run";
+    expect_consistent();
+    for (std::uint64_t i = 40; i < 48; ++i) {
+        if (i == 43) continue;
+        PageLock lk = tr_.lock(P(i));
+        ASSERT_TRUE(tr_.vmm_swap_in(lk, *ring_, Access::read));
+        EXPECT_TRUE(holds(kernel_.vmm_page(P(i)), 100 + i)) << "page " << i;
+    }
+    expect_consistent();
+}
+
+// A run whose middle page the guest touched while the batch was being written: the
+// completion punches the pages around it and never the touched one (issue #18 item 2).
+TEST_F(FakeTransitionsTest, Row7ARunWithAPageRetouchedMidBatchIsPunchedAroundIt) {
+    for (std::uint64_t i = 40; i < 48; ++i) make_inactive(i, 200 + i);
+    std::vector<Writeback> batch = evict(40, 8);
+    ASSERT_EQ(batch.size(), 8u);
+    {
+        PageLock lk = tr_.lock(P(44));
+        ASSERT_TRUE(tr_.fault_minor(lk));  // 6: the guest touches it, then writes it
+        fill(kernel_.vmm_page(P(44)), 999);
+    }
+    kernel_.clear_history();
+    EXPECT_EQ(write(batch), 7u);
+    EXPECT_EQ(kernel_.history(), (std::vector<FakePageKernel::Call>{{Op::punch, 40, 4}, {Op::punch, 45, 3}}));
+    EXPECT_EQ(table_.peek(P(44)).state(), PageState::resident);
+    EXPECT_EQ(kernel_.view(P(44)), View::mapped);
+    EXPECT_TRUE(holds(kernel_.vmm_page(P(44)), 999)) << "the guest's write survives";
+    expect_consistent();  // and the write's slot for 44 was freed
+}
+
+// A batch whose second write fails: those pages go back to inactive (7') and only the
+// run that was written is punched.
+TEST_F(FakeTransitionsTest, Row7ARunSplitByAFailedWriteIsPunchedOnlyWhereWritten) {
+    for (std::uint64_t i = 40; i < 48; ++i) make_inactive(i, 300 + i);
+    std::vector<Writeback> batch = evict(40, 8);
+    ASSERT_EQ(batch.size(), 8u);
+    // Slots 0-7 of a fresh device; writes of 4 pages: the one of slots 4-7 fails.
+    plan_->add(io::FaultRule{.match = io::FaultMatch::write,
+                             .begin = io::DevOffset(5 * kPageSize),
+                             .end = io::DevOffset(9 * kPageSize),
+                             .action = io::fault::Eio{}});
+    kernel_.clear_history();
+    EXPECT_EQ(write(batch), 4u);
+    EXPECT_EQ(kernel_.history(), (std::vector<FakePageKernel::Call>{{Op::punch, 40, 4}}));
+    for (std::uint64_t i = 40; i < 44; ++i) EXPECT_EQ(table_.peek(P(i)).state(), PageState::swapped);
+    for (std::uint64_t i = 44; i < 48; ++i) {
+        EXPECT_EQ(table_.peek(P(i)).state(), PageState::inactive) << "7': nothing lost";
+        EXPECT_TRUE(holds(kernel_.vmm_page(P(i)), 300 + i));
+    }
+    expect_consistent();
+}
+
+// The fused checksum (issue #18 item 2): the checksum is taken from the staged copy
+// when the page enters writeback. If the guest changes the page before that write
+// completes, the write must never be adopted with its older bytes (its checksum
+// matches them, so a read would not catch it): the entry left this writeback, the
+// completion frees the slot, and the page's newer bytes are what swap ends up with.
+TEST_F(FakeTransitionsTest, Row5APageChangedAfterItsScanIsNeverStoredUnderTheScansChecksum) {
+    make_inactive(40, 1);
+    std::vector<Writeback> first = evict(40, 1);  // staged: bytes of seed 1 and their checksum
+    ASSERT_EQ(first.size(), 1u);
+    {
+        PageLock lk = tr_.lock(P(40));
+        ASSERT_TRUE(tr_.fault_minor(lk));  // 6
+        fill(kernel_.vmm_page(P(40)), 2);  // the guest's store
+    }
+    {
+        std::vector<PageLock> run;
+        run.push_back(tr_.lock(P(40)));
+        tr_.deactivate(run);  // 4: the hand comes back
+    }
+    std::vector<Writeback> second = evict(40, 1);  // 5 again, a newer epoch: bytes of seed 2
+    ASSERT_EQ(second.size(), 1u);
+    EXPECT_NE(*first[0].out.checksum, *second[0].out.checksum);
+    // The older write completes last or first: it never becomes the page.
+    EXPECT_EQ(write(first), 0u);
+    EXPECT_EQ(table_.peek(P(40)).state(), PageState::writeback);
+    EXPECT_EQ(write(second), 1u);
+    expect_consistent();
+    PageLock lk = tr_.lock(P(40));
+    ASSERT_TRUE(tr_.vmm_swap_in(lk, *ring_, Access::read));
+    EXPECT_TRUE(holds(kernel_.vmm_page(P(40)), 2)) << "the newer bytes, never the scan's";
 }
 
 TEST_F(FakeTransitionsTest, Row9ACleanCopyIsDroppedWithoutAWriteKeepingItsSlot) {
@@ -632,10 +757,36 @@ TEST_F(FakeTransitionsTest, RaceDiscardDuringWritebackPunchesAgainWhatTheWriteRe
         PageLock lk = tr_.lock(P(16));
         ASSERT_TRUE(tr_.discard(lk));
     }
-    (void)kernel_.vmm_page(P(16));  // write_out reading the page through the VMM view
+    // write_out writes the staged copy and leaves the memfd alone now; before staging
+    // its VMM-view read re-allocated the page here. Anything that still touched the
+    // page through the VMM view would do the same, and the completion must cope.
+    (void)kernel_.vmm_page(P(16));
     EXPECT_EQ(write({&wb, 1}), 0u);
     EXPECT_EQ(table_.peek(P(16)).state(), PageState::zero);
     EXPECT_FALSE(kernel_.present(P(16))) << "else the next touch is an EEXIST loop";
+    expect_consistent();
+    PageLock lk = tr_.lock(P(16));
+    EXPECT_TRUE(tr_.fault_zero(lk));
+}
+
+// The same race as the reclaimer runs it now: the write of the staged copy touches
+// nothing in the memfd, so the discarded page stays a hole through the completion.
+TEST_F(FakeTransitionsTest, RaceDiscardDuringAStagedWritebackLeavesAHole) {
+    make_inactive(16, 16);
+    std::vector<Writeback> batch = evict(16, 1);
+    ASSERT_EQ(batch.size(), 1u);
+    {
+        PageLock lk = tr_.lock(P(16));
+        ASSERT_TRUE(tr_.discard(lk));
+    }
+    const std::size_t touches = kernel_.vmm_touches();
+    std::vector<swap::PageOut> outs{batch[0].out};
+    const bool ok = pool_.write_out(*ring_, outs).has_value();
+    batch[0].out = outs[0];
+    EXPECT_FALSE(kernel_.present(P(16))) << "the write did not re-allocate the page";
+    EXPECT_EQ(tr_.finish_writeback(batch, ok), 0u);
+    EXPECT_EQ(kernel_.vmm_touches(), touches);
+    EXPECT_EQ(table_.peek(P(16)).state(), PageState::zero);
     expect_consistent();
     PageLock lk = tr_.lock(P(16));
     EXPECT_TRUE(tr_.fault_zero(lk));

@@ -272,6 +272,33 @@ TEST(PrivilegedSwapPool, CorruptedSlotOnDiskIsAChecksumMismatch) {
     }
 }
 
+// PageOut::checksum (issue #18 item 2): a caller that hashed the page already hands
+// the checksum down and write_out stores it instead of reading the page again. The
+// pool trusts it, and every read still checks it: bytes that do not match what the
+// caller hashed come back as checksum_mismatch, never as data.
+TEST(PrivilegedSwapPool, ACallersChecksumIsStoredAndEveryReadChecksIt) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    test::TempDir dir;
+    SwapPool pool;
+    ASSERT_TRUE(pool.swapon(dir.file("s"), 0, kClusterBytes));
+    Pages pages(4);
+    for (std::size_t i = 0; i < 4; ++i) test::fill_page(pages[i], 50 + i);
+    auto batch = test::page_outs(pages, 0, 4);
+    for (std::size_t i = 0; i < 3; ++i) batch[i].checksum = page_checksum(pages[i]);
+    // Page 3's checksum was taken before its bytes changed: stale.
+    batch[3].checksum = page_checksum(pages[3]);
+    test::fill_page(pages[3], 999);
+    ASSERT_TRUE(pool.write_out(ring, batch));
+    Pages back(4);
+    for (std::size_t i = 0; i < 3; ++i) {
+        ASSERT_TRUE(pool.read_in(ring, batch[i].vslot, back[i]));
+        EXPECT_TRUE(test::verify_page(back[i], 50 + i));
+    }
+    auto r = pool.read_in(ring, batch[3].vslot, back[3]);
+    ASSERT_FALSE(r) << "bytes that are not the ones hashed must never come back as data";
+    EXPECT_TRUE(is(r.error(), Errc::checksum_mismatch)) << r.error().message();
+}
+
 TEST(PrivilegedSwapPool, WriteErrorsFailTheirPagesAndLeakNoSlot) {
     SWV_SWAP_RING_OR_SKIP(ring);
     test::TempDir dir;
