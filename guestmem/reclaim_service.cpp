@@ -28,7 +28,11 @@ unsigned ReclaimService::default_workers(std::size_t swap_devices) {
 }
 
 ReclaimService::ReclaimService(unsigned workers, ThreadStartHook hook)
-    : workers_(workers ? workers : default_workers(1)), hook_(std::move(hook)) {}
+    : workers_(workers ? workers : default_workers(1)),
+      // Kept for reuse: what the workers can have in flight (kStagingKept per
+      // worker), not a set per VM.
+      staging_(kStagingPages, kStagingKept * workers_),
+      hook_(std::move(hook)) {}
 
 ReclaimService::~ReclaimService() {
     {

@@ -45,6 +45,7 @@
 
 #include "guestmem/access_age.hpp"
 #include "guestmem/guest_memory.hpp"
+#include "guestmem/staging.hpp"
 #include "guestmem/transitions.hpp"
 
 namespace swapvisor::io { class Ring; }
@@ -107,6 +108,10 @@ public:
     unsigned max_writers() const { return workers_ > 1 ? workers_ - 1 : 1; }
     // Threads started so far (0 until the first attach).
     std::size_t threads() const;
+    // The staging buffers of every client VM's swap-outs (staging.hpp): one pool per
+    // service, so the buffers kept for reuse are bounded by the workers, not by the
+    // number of VMs (an idle VM keeps none). Copies share the pool.
+    StagingPool staging() const { return staging_; }
 
     void attach(ReclaimClient& client);
     // There may be work for this client now. Cheap when it is already queued; a
@@ -123,6 +128,7 @@ private:
     void tick_locked(MonoTime now);
 
     const unsigned workers_;
+    StagingPool staging_;
     ThreadStartHook hook_;
     // Protects: queue_, clients_, each client's attached_ / active_, next_tick_,
     // stopping_, threads_ (creation). Order: before a VM's reclaim_mutex (due() and

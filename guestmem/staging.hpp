@@ -10,8 +10,9 @@
 //
 // A buffer is shared by the Writebacks staged in it (shared_ptr) and goes back to its
 // pool when the last of them is gone, i.e. after the batch's write completed. The
-// pool keeps a few buffers of the reclaimer's batch size (one per batch in flight,
-// writeback_queue.hpp) so steady reclaim maps nothing.
+// pool keeps a few buffers of the reclaimer's batch size so steady reclaim maps
+// nothing: one pool per ReclaimService (4 per worker), shared by its VMs, so what is
+// kept does not grow with the number of VMs.
 //
 // Threads: a buffer is filled by one thread (the scanner, under the page locks),
 // then only read (write_out on a writeback thread; the queue hand-off orders it).
@@ -31,8 +32,8 @@
 
 namespace swapvisor::guestmem {
 
-// The reclaimer's write batch (2 MiB), and the buffers kept: one per batch queued,
-// being written or completed (writeback_queue.hpp's 3) plus the one being filled.
+// The reclaimer's write batch (2 MiB), and the buffers kept per reclaim worker (a
+// worker's batch being filled, written and completed, and one spare).
 inline constexpr std::size_t kStagingPages = 512;
 inline constexpr std::size_t kStagingKept = 4;
 
@@ -89,6 +90,12 @@ public:
             std::lock_guard lock(state->mutex);
             if (state->free.size() < state->keep) state->free.push_back(std::move(owned));
         });
+    }
+
+    // Buffers kept for reuse now.
+    std::size_t kept() const {
+        std::lock_guard lock(state_->mutex);
+        return state_->free.size();
     }
 
 private:

@@ -59,7 +59,8 @@ PageLock& PageLock::operator=(PageLock&& o) noexcept {
     return *this;
 }
 
-Transitions::Transitions(Deps deps) : d_(std::move(deps)), staging_(kStagingPages, kStagingKept) {}
+Transitions::Transitions(Deps deps)
+    : d_(std::move(deps)), staging_(d_.staging ? *d_.staging : StagingPool(kStagingPages, kStagingKept)) {}
 
 PageLock Transitions::lock(PageIdx idx) { return PageLock(*this, idx, d_.table.lock(idx)); }
 

@@ -106,6 +106,9 @@ public:
         CleanCopyPolicy& clean;
         std::string name;      // the VM, for messages
         VmId vm;
+        // Where swap-out copies are staged (staging.hpp): the host's reclaim workers'
+        // pool, shared by the VMs; empty: a pool of this VM's own.
+        std::optional<StagingPool> staging = std::nullopt;
     };
     explicit Transitions(Deps deps);
 

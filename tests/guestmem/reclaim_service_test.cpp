@@ -408,6 +408,9 @@ TEST_F(PrivilegedReclaimServiceTest, ReclaimThreadsDoNotGrowWithTheNumberOfVms) 
         EXPECT_EQ(threads_named("swv-reclaim"), 2u) << n << " VMs";
         EXPECT_EQ(threads_named("swv-writeback"), 0u) << n << " VMs";
         EXPECT_EQ(threads_named("swv-fault"), n);
+        // Staging buffers kept for reuse are the workers', whatever the number of VMs.
+        EXPECT_LE(host_->reclaim_service().staging().kept(), kStagingKept * 2) << n << " VMs";
+        EXPECT_GT(host_->reclaim_service().staging().kept(), 0u) << "the VMs' swap-outs staged in the host's pool";
         others.push_back(all_threads() - threads_named("swv-fault"));
         host_.reset();
         EXPECT_EQ(pool_->allocated_vslots(), 0u);

@@ -20,25 +20,8 @@ using test::Pages;
 
 bool is(const Error& e, Errc c) { return e.code == make_error_code(c); }
 
-std::vector<VSlot> write_pages(SwapPool& pool, io::Ring& ring, std::size_t n, std::uint64_t id_base = 0) {
-    Pages pages(n);
-    for (std::size_t i = 0; i < n; ++i) test::fill_page(pages[i], id_base + i);
-    auto batch = test::page_outs(pages, 0, n, id_base);
-    EXPECT_TRUE(pool.write_out(ring, batch));
-    std::vector<VSlot> v;
-    for (auto& p : batch) {
-        EXPECT_EQ(p.error, std::nullopt);
-        v.push_back(p.vslot);
-    }
-    return v;
-}
-
-void expect_reads_as(SwapPool& pool, io::Ring& ring, VSlot v, std::uint64_t id) {
-    Pages back(1);
-    auto r = pool.read_in(ring, v, back[0]);
-    ASSERT_TRUE(r) << v.value() << ": " << r.error().message();
-    EXPECT_TRUE(test::verify_page(back[0], id)) << "vslot " << v.value() << " id " << id;
-}
+using test::expect_reads_as;
+using test::write_pages;
 
 std::uint64_t used_slots(const SwapPool& pool) {
     std::uint64_t used = 0;

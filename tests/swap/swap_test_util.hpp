@@ -199,6 +199,28 @@ private:
     std::atomic<std::uint64_t> copies_used_{0};
 };
 
+// Write n pages with contents id_base + i (owner tag id_base + i); their vslots.
+inline std::vector<VSlot> write_pages(SwapPool& pool, io::Ring& ring, std::size_t n, std::uint64_t id_base = 0) {
+    Pages pages(n);
+    for (std::size_t i = 0; i < n; ++i) fill_page(pages[i], id_base + i);
+    auto batch = page_outs(pages, 0, n, id_base);
+    EXPECT_TRUE(pool.write_out(ring, batch));
+    std::vector<VSlot> v;
+    for (auto& p : batch) {
+        EXPECT_EQ(p.error, std::nullopt);
+        v.push_back(p.vslot);
+    }
+    return v;
+}
+
+// vslot reads back (checksum verified) as the page fill_page(id) wrote.
+inline void expect_reads_as(SwapPool& pool, io::Ring& ring, VSlot v, std::uint64_t id) {
+    Pages back(1);
+    auto r = pool.read_in(ring, v, back[0]);
+    ASSERT_TRUE(r) << v.value() << ": " << r.error().message();
+    EXPECT_TRUE(verify_page(back[0], id)) << "vslot " << v.value() << " id " << id;
+}
+
 }  // namespace swapvisor::swap::test
 
 #define SWV_SWAP_RING_OR_SKIP(var) SWV_RING_OR_SKIP(var, 64)
