@@ -85,7 +85,9 @@ if [ ! -e /dev/kvm ] && [ "${SWV_NESTED:-1}" != 0 ]; then
       [ "$nested_status" = 75 ] || break
       echo "test.sh: pass 5: the emulated machine died or hung (attempt $attempt of 2)"
     done
-    total=$(sed -n 's/.*tests passed, [0-9]* tests failed out of \([0-9]*\).*/\1/p' "$main_log.nested" | tail -1)
+    # ctest in the emulated machine colours its summary: strip the escapes first.
+    total=$(sed 's/\x1b\[[0-9;]*m//g' "$main_log.nested" |
+      sed -n 's/.*tests passed, [0-9]* tests failed out of \([0-9]*\).*/\1/p' | tail -1)
     nskipped=$(grep -c '\*\*\*Skipped' "$main_log.nested" || true)
     if [ "$nested_status" = 75 ]; then
       echo "WARNING: pass 5 could not run: the emulated machine died or hung twice; the KVM tests did NOT run"
