@@ -148,7 +148,8 @@ Result<SwapoffReport> SwapPool::swapoff(const std::filesystem::path& path, io::R
     }
 
     dev->wait_writes_done();
-    const std::uint64_t total = dev->usage().used_slots - std::min<std::uint64_t>(dev->usage().used_slots, batch.kept.size());
+    const std::uint64_t used_now = dev->usage().used_slots;
+    const std::uint64_t total = used_now - std::min<std::uint64_t>(used_now, batch.kept.size());
 
     // Whatever happens next, persisted references learn where their slots went.
     struct NotifyMoves {
@@ -481,11 +482,7 @@ Result<void> SwapPool::begin_handover(SwapDevice& dev, Batch& batch, const Hando
     if (dev.memory() != nullptr)
         return make_error(Errc::device_busy, "swapoff --handover: a memory tier cannot be handed over",
                           "device " + name + " (its bytes live in this process)");
-    DeviceUuid uuid{};
-    {
-        std::shared_lock devices(devices_mutex_);
-        uuid = uuids_.at(dev.id().value());
-    }
+    const DeviceUuid uuid = uuid_of(dev.id()).value();  // dev is ours until removed
     {
         // From here no hold() of a vslot on dev succeeds: no new snapshot, restore or
         // clone can share a page there, so what is held now is all there will be.
@@ -540,11 +537,7 @@ bool SwapPool::only_kept_left(const SwapDevice& dev, Batch& batch) const {
 }
 
 Result<void> SwapPool::finish_handover(SwapDevice& dev, const Handover& handover) {
-    DeviceUuid uuid{};
-    {
-        std::shared_lock devices(devices_mutex_);
-        uuid = uuids_.at(dev.id().value());
-    }
+    const DeviceUuid uuid = uuid_of(dev.id()).value();  // dev is ours until removed
     if (handover.release) handover.release(uuid);
     // Every reference the check was told of is dropped now; frees complete within
     // microseconds.

@@ -454,9 +454,7 @@ Result<control::VmInfo> VmHost::restore(const control::RestoreRequest& request, 
         std::string sibling;
         {
             std::lock_guard lock(table_.mutex);
-            table_.for_each([&](const VmEntry& e) {
-                if (e.restored_from == dir && e.state != Lifecycle::released && sibling.empty()) sibling = e.spec.name;
-            });
+            sibling = restored_user_locked(dir);
         }
         if (!sibling.empty()) {
             fill = false;
@@ -490,10 +488,7 @@ Result<void> VmHost::delete_snapshot(const fs::path& dir_arg) {
         // Under the table's mutex: no restore of it can start meanwhile (a restore
         // reserves its entry, naming the snapshot, before it loads it).
         std::lock_guard lock(table_.mutex);
-        std::string user;
-        table_.for_each([&](const VmEntry& e) {
-            if (e.restored_from == dir && e.state != Lifecycle::released && user.empty()) user = e.spec.name;
-        });
+        const std::string user = restored_user_locked(dir);
         if (!user.empty())
             return make_error(control::VmErrc::snapshot_in_use, "snapshot-delete",
                               fmt::format("{}: VM {} was restored from it and has not ended (vm-stop it first)",
@@ -522,6 +517,14 @@ Result<void> VmHost::delete_snapshot(const fs::path& dir_arg) {
     return {};
 }
 
+std::string VmHost::restored_user_locked(const fs::path& dir) {
+    std::string user;
+    table_.for_each([&](const VmEntry& e) {
+        if (e.restored_from == dir && e.state != Lifecycle::released && user.empty()) user = e.spec.name;
+    });
+    return user;
+}
+
 swap::Handover VmHost::handover(const std::string& device) {
     if (snapshots_ == nullptr) return default_handover(device);
     // A restore reserves its entry (naming its snapshot) before it holds any slot,
@@ -529,11 +532,7 @@ swap::Handover VmHost::handover(const std::string& device) {
     // not seen here fails cleanly.
     return snapshots_->handover(device, [this](const fs::path& dir) {
         std::lock_guard lock(table_.mutex);
-        std::string user;
-        table_.for_each([&](const VmEntry& e) {
-            if (e.restored_from == dir && e.state != Lifecycle::released && user.empty()) user = e.spec.name;
-        });
-        return user;
+        return restored_user_locked(dir);
     });
 }
 

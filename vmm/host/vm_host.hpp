@@ -104,6 +104,9 @@ public:
 
 private:
     void run_vm(VmEntry& entry);
+    // A VM restored from snapshot `dir` that has not been released ("" if none);
+    // the caller holds table_.mutex.
+    std::string restored_user_locked(const std::filesystem::path& dir);
     // Reserve spec.name, build with `build`, start the runner (start and restore).
     template <class Build>
     Result<control::VmInfo> start_built(const VmSpec& spec, const std::optional<std::filesystem::path>& restored_from,
