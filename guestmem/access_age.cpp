@@ -40,19 +40,20 @@ void AccessAges::saturate_if_old(PageIdx idx, MonoTime now) {
     a.compare_exchange_strong(then, 0, std::memory_order_relaxed);
 }
 
-void AgeScanBuilder::visit(PageEntry e, std::optional<std::chrono::nanoseconds> age) {
+void AgeScanBuilder::visit(PageEntry e, std::optional<std::chrono::nanoseconds> age, std::uint32_t weight) {
     const PageState s = e.state();
+    if (weight == 0) return;
     if (!e.present() && s != PageState::swapped) return;  // zero and lost pages hold nothing
     if (!age) {
-        ++per_bucket_[kAgeBucketCount - 1];
+        per_bucket_[kAgeBucketCount - 1] += weight;
         return;
     }
     const double seconds = std::chrono::duration<double>(*age).count();
     std::size_t b = 0;
     while (b + 1 < kAgeBucketCount && seconds > static_cast<double>(kAgeBuckets[b].le_seconds)) ++b;
-    ++per_bucket_[b];
-    sum_seconds_ += seconds;
-    if (*age <= window_) ++working_set_;
+    per_bucket_[b] += weight;
+    sum_seconds_ += seconds * weight;
+    if (*age <= window_) working_set_ += weight;
 }
 
 AgeScan AgeScanBuilder::finish(MonoTime now) {

@@ -36,7 +36,8 @@ GuestMemory::Impl::Impl(const MemoryConfig& config, VmId id, HostBudget* h, swap
       stalls(std::max(1u, config.fault_threads), mono_now()),
       observers{ages, stalls, config.working_set_window, mono_now},
       age_scan_period(config.age_scan_period),
-      age_builder(config.working_set_window) {}
+      age_builder(config.working_set_window),
+      age_sampling(config.age_scan_period.count() > 0 ? config.age_scan_sample : 1) {}
 
 GuestMemory::GuestMemory(MemoryConfig config, VmId id) : config_(std::move(config)), id_(id) {}
 
@@ -54,6 +55,10 @@ GuestMemory::~GuestMemory() {
 
 Result<std::unique_ptr<GuestMemory>> create_guest_memory(const MemoryConfig& config, VmId id, HostBudget* host,
                                                           swap::SwapPool* pool, ReclaimService* service) {
+    if (config.age_scan_sample < 1 || config.age_scan_sample > AgeSampling::kMax)
+        return errno_error("create guest memory", EINVAL,
+                           fmt::format("{}: age scan sample {} is not in 1..{}", config.name, config.age_scan_sample,
+                                       AgeSampling::kMax));
     auto kernel = SWV_TRY(with_context(MemfdKernel::create(config.name, config.memory_bytes), config.name));
     auto table = SWV_TRY(Stage2::create(kernel->pages()));
     auto ages = SWV_TRY(AccessAges::create(kernel->pages()));
@@ -252,6 +257,7 @@ MemStats GuestMemory::stats() const {
                             ? 0
                             : static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
                                                              now - scan.finished).count());
+    s.age_scan_sample = impl_->age_sampling.n();
     const StallSnapshot st = impl_->stalls.snapshot(now);
     s.refaults = st.refaults;
     s.stalls = st.stalls;

@@ -68,6 +68,11 @@ struct MemoryConfig {
     // fault per page in use per period). 0: the hand moves only to reclaim, and the
     // cold-age histogram is only as fresh as the last reclaim sweep.
     std::chrono::milliseconds age_scan_period{0};
+    // The sampled age scan (access_age.hpp AgeSampling): each sweep of the age scan
+    // zaps a rotating 1/age_scan_sample of the resident pages (2 MiB groups) and the
+    // histogram extrapolates from them: 1/N of the faults, ages above one period
+    // exact only to within N periods. 1: every page (1..AgeSampling::kMax).
+    unsigned age_scan_sample = 1;
     // resident-limit=auto: an AutoLimitDriver over this VM's HostMemory sizes its limit
     // (auto_limit_driver.hpp); resident_limit is then only the starting point.
     bool auto_limit = false;
@@ -112,6 +117,7 @@ struct MemStats {
     std::uint64_t working_set_bytes = 0; // touched pages accessed within working_set_window
     std::uint64_t working_set_window_seconds = 0;
     std::uint64_t age_scan_age_ms = 0;   // how old the last full sweep is (0: none yet)
+    std::uint64_t age_scan_sample = 1;   // the sweep zaps 1/N of the resident pages (1: all)
     std::uint64_t refaults = 0;          // swap-ins of pages accessed within the window
     std::uint64_t stalls = 0;            // faults that were memory stalls
     std::uint64_t stall_some_ns = 0;     // totals since start
@@ -157,6 +163,7 @@ inline constexpr MemStatField kMemStatFields[] = {
     {"working_set_bytes", &MemStats::working_set_bytes, StatLevel::basic},
     {"working_set_window_seconds", &MemStats::working_set_window_seconds, StatLevel::full},
     {"age_scan_age_ms", &MemStats::age_scan_age_ms, StatLevel::full},
+    {"age_scan_sample", &MemStats::age_scan_sample, StatLevel::full},
     {"refaults", &MemStats::refaults, StatLevel::basic},
     {"stalls", &MemStats::stalls, StatLevel::full},
     {"stall_some_ns", &MemStats::stall_some_ns, StatLevel::full},

@@ -75,6 +75,8 @@ struct GuestMemory::Impl final : ReclaimClient, ReclaimWaker {
     FaultObservers observers;
     const std::chrono::nanoseconds age_scan_period;  // 0: the hand moves only to reclaim
     AgeScanBuilder age_builder;                      // the reclaimer's, filled as the hand moves
+    const AgeSampling age_sampling;                  // 1 unless the age scan runs sampled
+    std::uint64_t age_sweeps = 0;                    // the scan step's: sweeps of the hand finished
     MonoTime last_age_step{0};                       // reclaimer only
     double age_credit = 0;                           // reclaimer only: entries owed to the age scan
     // Protects: last_scan. Order: leaf.

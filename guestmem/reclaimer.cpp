@@ -84,7 +84,8 @@ void GuestMemory::Impl::write_batch(std::vector<Writeback>& batch, io::Ring* rin
 
 // The age scan (access_age.hpp, README#working-set): while the reclaimer is idle the
 // hand still sweeps every page once per age_scan_period, zapping resident pages (row
-// 4) so that the next access is seen as a MINOR fault, and evicting nothing. Paced by
+// 4) so that the next access is seen as a MINOR fault, and evicting nothing (with a
+// sample of N, only the resident pages of this sweep's groups: AgeSampling). Paced by
 // elapsed time, in steps of at least kScanChunk entries.
 void GuestMemory::Impl::age_step(WritebackQueue& writer) {
     if (age_scan_period.count() <= 0) return;
@@ -340,13 +341,16 @@ GuestMemory::Impl::PassResult GuestMemory::Impl::reclaim_pass(WritebackQueue& wr
         if (idx.value() == 0 && n != 0) flush();  // wrapped: runs must not span the wrap
         const PageEntry peek = table.peek(idx);
         ages.saturate_if_old(idx, now);
-        age_builder.visit(peek, ages.age(idx, now));
+        age_builder.visit(peek, ages.age(idx, now), age_sampling.weight(peek, idx, age_sweeps));
+        const bool zap = mode != PassMode::age_only || age_sampling.zaps(idx, age_sweeps);
         if (clock_hand == 0) {
             std::lock_guard lock(scan_mutex);
             last_scan = age_builder.finish(now);
+            ++age_sweeps;
         }
         if (peek.locked()) continue;
         if (peek.state() != PageState::resident && peek.state() != PageState::inactive) continue;
+        if (!zap) continue;  // sampled age scan: not this sweep's group (access_age.hpp)
         auto lk = tr.try_lock(idx);
         if (!lk) continue;
         switch (lk->entry().state()) {

@@ -118,3 +118,59 @@ TEST(AccessAgesTest, BucketsAreInclusiveUpperBounds) {
     EXPECT_EQ(s.working_set_pages, 2u);
     EXPECT_EQ(s.finished, kStart);
 }
+
+// The sampled age scan (AgeSampling): with N groups rotating, a sweep zaps one group
+// in N, and a present page is counted only in the sweep right after its group's zap,
+// as N pages; over any N consecutive sweeps each present page is zapped once and
+// counted once (weight N), so the estimate is unbiased. A swapped page (any access
+// faults) always counts once; N = 1 is the full scan.
+TEST(AgeSamplingTest, EachGroupIsZappedOnceAndCountedOnceInNSweeps) {
+    constexpr unsigned kN = 4;
+    const AgeSampling sampled(kN), full(1);
+    const PageEntry present = PageEntry::make(PageState::inactive);
+    const PageEntry swapped = PageEntry::make(PageState::swapped, swap::VSlot(9));
+    for (std::uint64_t group = 0; group < 3 * kN; ++group) {
+        for (std::uint64_t page : {std::uint64_t{0}, AgeSampling::kGroupPages - 1}) {
+            const PageIdx idx(group * AgeSampling::kGroupPages + page);
+            for (std::uint64_t first = 0; first < 2 * kN; ++first) {
+                unsigned zaps = 0, weight = 0;
+                for (std::uint64_t sweep = first; sweep < first + kN; ++sweep) {
+                    if (sampled.zaps(idx, sweep)) {
+                        ++zaps;
+                        EXPECT_EQ(sampled.weight(present, idx, sweep + 1), kN) << "counted the sweep after its zap";
+                    }
+                    weight += sampled.weight(present, idx, sweep);
+                    EXPECT_EQ(sampled.weight(swapped, idx, sweep), 1u);
+                    EXPECT_TRUE(full.zaps(idx, sweep));
+                    EXPECT_EQ(full.weight(present, idx, sweep), 1u);
+                }
+                EXPECT_EQ(zaps, 1u) << "group " << group << " from sweep " << first;
+                EXPECT_EQ(weight, kN) << "group " << group << " from sweep " << first;
+            }
+        }
+    }
+    EXPECT_EQ(AgeSampling(0).n(), 1u) << "0 means the full scan";
+}
+
+// A VM whose groups are used alike: the weighted sweep gives the full sweep's histogram.
+TEST(AgeSamplingTest, AWeightedSweepEstimatesTheFullHistogram) {
+    constexpr unsigned kN = 4;
+    constexpr std::uint64_t kGroups = 8, kPages = kGroups * AgeSampling::kGroupPages;
+    const AgeSampling sampled(kN), full(1);
+    AgeScanBuilder exact(120s), estimate(120s);
+    for (std::uint64_t i = 0; i < kPages; ++i) {
+        const PageIdx idx(i);
+        // Per group: a quarter hot (2 s), a quarter swapped long ago, the rest 600 s old.
+        const std::uint64_t in_group = i % AgeSampling::kGroupPages;
+        const bool swapped = in_group % 4 == 1;
+        const PageEntry e = swapped ? PageEntry::make(PageState::swapped, swap::VSlot(i)) : PageEntry::make(PageState::resident);
+        const std::chrono::nanoseconds age = in_group % 4 == 0 ? 2s : swapped ? 3000s : 600s;
+        exact.visit(e, age, full.weight(e, idx, 5));
+        estimate.visit(e, age, sampled.weight(e, idx, 5));
+    }
+    const AgeScan a = exact.finish(kStart), b = estimate.finish(kStart);
+    EXPECT_EQ(a.ages.cumulative, b.ages.cumulative);
+    EXPECT_EQ(a.working_set_pages, b.working_set_pages);
+    EXPECT_EQ(a.working_set_pages, kPages / 4);
+    EXPECT_DOUBLE_EQ(a.ages.sum_seconds, b.ages.sum_seconds);
+}

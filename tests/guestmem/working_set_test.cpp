@@ -77,3 +77,55 @@ TEST(PrivilegedWorkingSetTest, TheAgeScanSeparatesAHotSetFromPagesTouchedOnce) {
     vm->stop();
     ASSERT_TRUE(host.remove_vm("ws").has_value());
 }
+
+// The sampled age scan zaps one 2 MiB group in N per sweep (group g in sweep g mod
+// N), so a VM with every page in memory and nothing touching it has, right after the
+// first sweep, groups 0 and 4 zapped (inactive) and groups 2, 3, 6 and 7 untouched:
+// their sweeps (2 and 3) cannot start before a whole period has passed. Before
+// sampling every resident page was zapped in the first sweep.
+TEST(PrivilegedWorkingSetTest, TheSampledAgeScanZapsOneGroupInNPerSweep) {
+    if (access("/proc/sys/vm/unprivileged_userfaultfd", F_OK) != 0) GTEST_SKIP() << "SKIPPED LOUDLY: userfaultfd unavailable";
+    constexpr std::uint64_t kGroupBytes = AgeSampling::kGroupPages * kPageSize;
+    swap::SwapPool pool;
+    HostMemory host(pool, 0);
+    auto created = host.create_vm(MemoryConfig{.name = "sampled",
+                                               .memory_bytes = 8 * kGroupBytes,
+                                               .working_set_window = 1s,
+                                               .age_scan_period = 3s,
+                                               .age_scan_sample = 4});
+    ASSERT_TRUE(created.has_value()) << created.error().message();
+    GuestMemory* vm = *created;
+    std::vector<std::byte> ones(8 * kGroupBytes, std::byte{1});
+    ASSERT_TRUE(vm->write(Gpa(0), ones).has_value());  // every page in memory (inactive: row 2)
+    // A touch through the guest view of each page makes it resident (MINOR fault).
+    ASSERT_TRUE(vm->start().has_value());
+    auto* base = reinterpret_cast<volatile std::uint8_t*>(vm->regions()[0].guest_view);
+    for (std::uint64_t p = 0; p < 8 * AgeSampling::kGroupPages; ++p) (void)base[p * kPageSize];
+    auto state_of = [&](std::uint64_t group, std::uint64_t page) {
+        return vm->entry(Gpa(group * kGroupBytes + page * kPageSize)).state();
+    };
+    for (std::uint64_t g = 0; g < 8; ++g) ASSERT_EQ(state_of(g, 7), PageState::resident) << g;
+    MemStats s;
+    ASSERT_TRUE(eventually([&] { return (s = vm->stats()).cold_age_seconds.count() > 0; }, 30s))
+        << "no sweep finished";
+    EXPECT_EQ(s.age_scan_sample, 4u);
+    std::uint64_t zapped_in_sweep0 = 0, untouched = 0;
+    for (std::uint64_t g : {0u, 4u})
+        for (std::uint64_t p = 0; p < AgeSampling::kGroupPages; ++p) zapped_in_sweep0 += state_of(g, p) == PageState::inactive;
+    for (std::uint64_t g : {2u, 3u, 6u, 7u})
+        for (std::uint64_t p = 0; p < AgeSampling::kGroupPages; ++p) untouched += state_of(g, p) == PageState::resident;
+    EXPECT_EQ(zapped_in_sweep0, 2 * AgeSampling::kGroupPages) << "sweep 0 zaps groups 0 and 4";
+    EXPECT_EQ(untouched, 4 * AgeSampling::kGroupPages) << "groups 2, 3, 6, 7 wait for sweeps 2 and 3";
+    vm->stop();
+    ASSERT_TRUE(host.remove_vm("sampled").has_value());
+}
+
+TEST(PrivilegedWorkingSetTest, AnAgeScanSampleOutsideOneToSixtyFourIsRefused) {
+    swap::SwapPool pool;
+    HostMemory host(pool, 0);
+    for (unsigned bad : {0u, AgeSampling::kMax + 1}) {
+        auto created = host.create_vm(MemoryConfig{.name = "bad", .memory_bytes = 2ULL << 20, .age_scan_sample = bad});
+        ASSERT_FALSE(created.has_value()) << bad;
+        EXPECT_NE(created.error().message().find("age scan sample"), std::string::npos) << created.error().message();
+    }
+}

@@ -9,6 +9,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include <fmt/format.h>
+
 #include "vmm/cli/cli.hpp"
 #include "vmm/cli/config.hpp"
 #include "vmm/control/protocol.hpp"
@@ -144,17 +146,17 @@ TEST_F(VmSpecTest, VmCreateParsesIntoTheOneSpec) {
 // age scan, the same from run's flags, --vm, and vm-create; the age scan a VM gets.
 TEST_F(VmSpecTest, TuningIsTheSameFromEveryEntry) {
     const MemoryTuning want{.auto_stall_target = 0.005, .auto_floor = 32 * kMiB, .auto_ceiling = 48 * kMiB,
-                            .age_scan = std::chrono::milliseconds(2500)};
+                            .age_scan = std::chrono::milliseconds(2500), .age_sample = 4};
     auto run = cli::parse_command_line({"run", "--kernel", kernel_.string(), "--memory", "64M", "--resident-limit", "auto",
                                         "--auto-stall", "0.5%", "--auto-floor", "32M", "--auto-ceiling", "48M",
-                                        "--age-scan", "2.5", "--vm",
+                                        "--age-scan", "2.5", "--age-sample", "4", "--vm",
                                         "name=b,kernel=" + kernel_.string() + ",memory=64M,resident-limit=auto,"
-                                        "auto-stall=0.5,auto-floor=32M,auto-ceiling=48M,age-scan=2.5"});
+                                        "auto-stall=0.5,auto-floor=32M,auto-ceiling=48M,age-scan=2.5,age-sample=4"});
     ASSERT_TRUE(std::holds_alternative<cli::RunConfig>(run)) << std::get<cli::CliExit>(run).err;
     for (const VmSpec& vm : std::get<cli::RunConfig>(run).all_vms()) EXPECT_EQ(vm.tuning, want) << vm.name;
     auto created = control::parse_request(
         R"({"cmd":"vm-create","name":"a","kernel":"/k","memory":"64M","resident_limit":"auto",)"
-        R"("auto_stall_pct":0.5,"auto_floor":"32M","auto_ceiling":"48M","age_scan_ms":2500})");
+        R"("auto_stall_pct":0.5,"auto_floor":"32M","auto_ceiling":"48M","age_scan_ms":2500,"age_scan_sample":4})");
     ASSERT_TRUE(created.has_value()) << created.error().message;
     EXPECT_EQ(std::get<control::VmCreateCmd>(created->command).spec.tuning, want);
 
@@ -173,7 +175,8 @@ TEST_F(VmSpecTest, TuningIsTheSameFromEveryEntry) {
 
     // Bad values are refused by name, before anything is built.
     for (std::vector<std::string> bad : {std::vector<std::string>{"--auto-stall", "lots"},
-                                         {"--age-scan", "-1"}, {"--age-scan", "7200"}, {"--auto-floor", "0"},
+                                         {"--age-scan", "-1"}, {"--age-scan", "7200"}, {"--age-sample", "0"},
+                                         {"--age-sample", "65"}, {"--age-sample", "2.5"}, {"--auto-floor", "0"},
                                          {"--auto-floor", "32M"} /* without auto */}) {
         std::vector<std::string> args{"run", "--kernel", kernel_.string()};
         args.insert(args.end(), bad.begin(), bad.end());
@@ -187,4 +190,10 @@ TEST_F(VmSpecTest, TuningIsTheSameFromEveryEntry) {
                      .has_value());
     EXPECT_FALSE(control::parse_request(R"({"cmd":"vm-create","name":"a","kernel":"/k","memory":"64M","auto_floor":0})")
                      .has_value());
+    for (const char* bad : {"0", "65", "-1", "2.5", "\"4\""})
+        EXPECT_FALSE(control::parse_request(fmt::format(
+                                                R"({{"cmd":"vm-create","name":"a","kernel":"/k","memory":"64M","age_scan_sample":{}}})",
+                                                bad))
+                         .has_value())
+            << bad;
 }

@@ -34,7 +34,7 @@ struct RawRun {
     std::string log_level = "info";
     bool no_seccomp = false;
     double balloon_stats_interval = 2.0;  // seconds
-    std::string auto_stall, auto_floor, auto_ceiling, age_scan;  // parse_tuning_option
+    std::string auto_stall, auto_floor, auto_ceiling, age_scan, age_sample;  // parse_tuning_option
     std::string restore;
     bool no_fill = false, no_prefetch = false;
 };
@@ -133,7 +133,8 @@ CliOutcome validate(const RawRun& raw) {
         config.resident_limit = *limit;
     }
     for (auto [key, value] : {std::pair{"auto-stall", &raw.auto_stall}, std::pair{"auto-floor", &raw.auto_floor},
-                              std::pair{"auto-ceiling", &raw.auto_ceiling}, std::pair{"age-scan", &raw.age_scan}}) {
+                              std::pair{"auto-ceiling", &raw.auto_ceiling}, std::pair{"age-scan", &raw.age_scan},
+                              std::pair{"age-sample", &raw.age_sample}}) {
         if (value->empty()) continue;
         auto ok = parse_tuning_option(key, *value, config.tuning);
         if (!ok) return usage_error(std::move(ok.error()).with_context(fmt::format("--{}", key)).message());
@@ -354,6 +355,11 @@ CliOutcome parse_command_line(const std::vector<std::string>& given) {
                     "histogram; each costs one minor fault per page in use (default off: only reclaim sweeps sample; "
                     "5 with --resident-limit auto). Also the default of every --vm (age-scan=)")
         ->type_name("SECONDS|off");
+    run->add_option("--age-sample", raw.age_sample,
+                    "Each age-scan sweep zaps only a rotating 1/N of the resident pages (2 MiB groups) and "
+                    "extrapolates: 1/N of the faults, ages beyond one period exact to within N periods (default 1: "
+                    "every page; 1..64)")
+        ->type_name("N");
     run->add_option("--swap", raw.swaps,
                     "Swap device or file, repeatable: PATH[,priority=N][,size=SIZE][,format=yes|force][,takeover=yes], "
                     "or a compressed tier in host RAM: mem:SIZE[,codec=lz4|zstd][,max=BYTES][,high=PCT][,low=PCT]"

@@ -206,6 +206,14 @@ Result<bool> parse_tuning_option(std::string_view key, std::string_view value, v
         tuning.age_scan = std::chrono::milliseconds(static_cast<std::int64_t>(*seconds * 1000 + 0.5));
         return true;
     }
+    if (key == "age-sample") {
+        unsigned n = 0;
+        auto [ptr, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
+        if (ec != std::errc() || ptr != value.data() + value.size() || n < 1 || n > vmm::kMaxAgeSample)
+            return bad(fmt::format("not a whole number in 1..{}", vmm::kMaxAgeSample));
+        tuning.age_sample = n;
+        return true;
+    }
     return false;
 }
 
@@ -285,7 +293,7 @@ Result<VmSpec> parse_vm_spec(std::string_view text) {
             if (!tuned) return inner(std::move(tuned.error()), "");
             if (!*tuned)
                 return bad(fmt::format("unknown option '{}' (accepted: name, kernel, memory, vcpus, resident-limit, "
-                                       "auto-stall, auto-floor, auto-ceiling, age-scan, swap-quota, balloon, cmdline)",
+                                       "auto-stall, auto-floor, auto-ceiling, age-scan, age-sample, swap-quota, balloon, cmdline)",
                                        key));
         }
     }

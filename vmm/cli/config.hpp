@@ -91,7 +91,8 @@ Result<SwapSpec> parse_swap_spec(std::string_view text);
 // value's error names the key. The spec's rules (vmm::check_tuning) apply later.
 Result<bool> parse_tuning_option(std::string_view key, std::string_view value, vmm::MemoryTuning& tuning);
 // The names parse_tuning_option takes.
-inline constexpr std::string_view kTuningOptions[] = {"auto-stall", "auto-floor", "auto-ceiling", "age-scan"};
+inline constexpr std::string_view kTuningOptions[] = {"auto-stall", "auto-floor", "auto-ceiling", "age-scan",
+                                                      "age-sample"};
 
 // VM names: 1..64 of [A-Za-z0-9._-], not starting with '.' or '-'.
 Result<std::string> parse_vm_name(std::string_view text);

@@ -468,6 +468,9 @@ void add_ctl_subcommand(CLI::App& app, CtlOptions& o) {
     create->add_option("--age-scan", o.age_scan_s,
                        "Seconds between working-set sweeps (0: off; default: the daemon's --age-scan, 5 with auto)")
         ->check(CLI::Range(0.0, 3600.0));
+    create->add_option("--age-sample", o.age_sample,
+                       "Each working-set sweep zaps a rotating 1/N of the resident pages (1: all; 1..64)")
+        ->check(CLI::Range(1u, vmm::kMaxAgeSample));
     create->add_option("--swap-quota", o.swap_quota, "Most of the shared swap pool it may fill")->check(size_validator());
     create->add_flag("--balloon", o.balloon, "Add a virtio-balloon device");
     create->add_option("--serial-log", o.serial_log, "Append the guest's serial output to FILE");
@@ -566,6 +569,7 @@ json ctl_request(const CtlOptions& options, int id) {
             if (!options.auto_ceiling.empty()) request["auto_ceiling"] = bytes_of(options.auto_ceiling);
             if (options.age_scan_s)
                 request["age_scan_ms"] = static_cast<std::uint64_t>(*options.age_scan_s * 1000 + 0.5);
+            if (options.age_sample) request["age_scan_sample"] = *options.age_sample;
             if (options.balloon) request["balloon"] = true;
             if (!options.serial_log.empty()) request["serial_log"] = absolute_path(options.serial_log);
             if (!options.cmdline.empty()) request["cmdline"] = options.cmdline;

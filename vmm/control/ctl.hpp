@@ -79,6 +79,7 @@ struct CtlOptions {
     std::optional<double> auto_stall_pct;  // vm-create tuning (vmm::MemoryTuning); none: the default
     std::string auto_floor, auto_ceiling;  // empty: the default
     std::optional<double> age_scan_s;
+    std::optional<unsigned> age_sample;
     bool balloon = false;
     std::string serial_log;      // empty: the daemon's stdout
     std::string cmdline;

@@ -265,6 +265,11 @@ std::expected<VmSpec, std::string> parse_vm_create(const json& request) {
             return std::unexpected(fmt::format("field \"age_scan_ms\" must be an integer 0 (off) .. {}", kMaxAgeScan.count()));
         spec.tuning.age_scan = std::chrono::milliseconds(it->get<std::int64_t>());
     }
+    if (auto it = request.find("age_scan_sample"); it != request.end()) {
+        if (!it->is_number_unsigned() || it->get<std::uint64_t>() < 1 || it->get<std::uint64_t>() > kMaxAgeSample)
+            return std::unexpected(fmt::format("field \"age_scan_sample\" must be an integer 1..{}", kMaxAgeSample));
+        spec.tuning.age_sample = static_cast<unsigned>(it->get<std::uint64_t>());
+    }
     if (auto it = request.find("balloon"); it != request.end()) {
         if (!it->is_boolean()) return std::unexpected(std::string("field \"balloon\" must be true or false"));
         spec.balloon = it->get<bool>();

@@ -120,6 +120,8 @@ std::string check_tuning(const MemoryTuning& t, bool auto_limit, std::uint64_t m
     }
     if (t.age_scan && (t.age_scan->count() < 0 || *t.age_scan > kMaxAgeScan))
         return fmt::format("age scan {} ms is not in 0 (off) .. {} s", t.age_scan->count(), kMaxAgeScan.count() / 1000);
+    if (t.age_sample && (*t.age_sample < 1 || *t.age_sample > kMaxAgeSample))
+        return fmt::format("age sample {} is not in 1..{}", *t.age_sample, kMaxAgeSample);
     return {};
 }
 

@@ -70,6 +70,10 @@ struct MemoryTuning {
     // The age scan's period (one MINOR fault per page in use per period); 0: off; none:
     // 5 s for an auto VM, else the host's default (serve/run --age-scan, off).
     std::optional<std::chrono::milliseconds> age_scan;
+    // The sampled age scan (guestmem AgeSampling): each sweep zaps a rotating
+    // 1/age_sample of the resident pages, so it costs 1/N of the faults; ages above one
+    // period are then exact to within N periods. None: 1 (every page).
+    std::optional<unsigned> age_sample;
     bool operator==(const MemoryTuning&) const = default;
 };
 // Off unless asked for: each sweep zaps every resident page, so every page in use
@@ -80,6 +84,7 @@ struct MemoryTuning {
 inline constexpr std::chrono::milliseconds kDefaultAgeScan{0};
 inline constexpr std::chrono::milliseconds kAutoAgeScan{5'000};
 inline constexpr std::chrono::milliseconds kMaxAgeScan{3'600'000};
+inline constexpr unsigned kMaxAgeSample = 64;  // guestmem::AgeSampling::kMax
 inline constexpr double kMaxStallTarget = 0.5;
 
 struct VmSpec {
