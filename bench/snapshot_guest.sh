@@ -15,7 +15,11 @@
 #          restore.to_first_insn_us (`ctl stats`, docs/SNAPSHOT.md#first-insn), the
 #          wall time of the `ctl vm-create --restore` command, and the time until
 #          the guest prints its next memtouch line (it finishes the pass it was
-#          snapshotted in: a working-set pass over all M MiB under the M/4 limit).
+#          snapshotted in: a pass over all M MiB, its resident limit lifted right
+#          after the restore, so that every swapped page comes in once: lazily, one
+#          fault at a time, or ahead of the guest in the recorded order). Not the
+#          issue's 10 % working set (memtouch touches everything; snapshot_bench
+#          measures the 10 % pass at the guestmem level).
 # Keys (per M, lists indexed like snap_guest_mib):
 #   snap_guest_bytes_ratio_vs_full, snap_guest_ms_ratio_vs_full   swapped / full
 #   restore_first_insn_ms      median over the 3 restores of to_first_insn_us / 1000
@@ -60,6 +64,10 @@ avail_kib=$(awk '/MemAvailable/ {print $2}' /proc/meminfo)
 disk_kib=$(df -Pk "$dir" | awk 'NR == 2 {print $4}')
 fit=()
 for m in $mibs; do
+  if (( m < 64 )); then
+    log "$m MiB: skipped (its resident limit, M/4, would be under swapvisor's 16 MiB minimum)"
+    continue
+  fi
   if (( (m + 64) * 1024 > avail_kib * 3 / 4 || (3 * m + 128) * 1024 > disk_kib * 3 / 4 )); then
     log "$m MiB does not fit (memory ${avail_kib} KiB, disk ${disk_kib} KiB free): skipped"
     continue
@@ -113,7 +121,7 @@ for m in "${fit[@]}"; do
     limit=()
     [[ $kind == swapped ]] && limit=(--resident-limit $((m / 4))M)
     ctl vm-create "$kind" --kernel "$elf" --memory $((m + 32))M "${limit[@]}" --serial-log "$work/$kind.serial" \
-      --cmdline "$args" >/dev/null || { why="vm-create $kind failed"; break 2; }
+      --cmdline "$args" >"$work/create.txt" 2>&1 || { why="vm-create $kind failed: $(tail -n 1 "$work/create.txt")"; break 2; }
     wait_line "$work/$kind.serial" 1 || { why="$kind: pass 1 did not end"; break 2; }
     if [[ $kind == swapped ]]; then
       for _ in $(seq 1 $((600 * slow))); do
@@ -140,6 +148,10 @@ for m in "${fit[@]}"; do
     ctl vm-create "$name" --restore "$work/snap_swapped" "${flags[@]}" --serial-log "$work/$name.serial" >/dev/null ||
       { why="restore $mode failed: $(tail -n 2 "$work/serve_$m.err")"; break 2; }
     R[$m,${mode}_ctl]=$(( $(now_ms) - t0 ))
+    # The restored VM runs without the M/4 limit (set at once, the same for all three
+    # restores): under it, a pass over all M MiB would swap out what a prefetch
+    # brought in before the guest got there.
+    ctl set-limit "$name" 0 >/dev/null || log "set-limit $name 0 failed"
     for _ in $(seq 1 $((300 * slow))); do
       us=$(jget "next(v.get('restore', {}).get('to_first_insn_us', '') for v in r['vms'] if v['name'] == '$name')" stats 2>/dev/null)
       [[ -n $us ]] && break

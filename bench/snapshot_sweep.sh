@@ -46,12 +46,13 @@ runs = [json.loads(l) for l in open(f"{work}/runs.jsonl")]
 for r in runs:  # the faster of the two lazy passes, as the speedup is taken against it
     r["ws_lazy_best_ms"] = min(r["ws_lazy_ms"], r["ws_lazy_again_ms"])
 keys = ["restore_first_page_ms", "snap_bytes_ratio_vs_full", "snap_ms_ratio_vs_full", "restore_prefetch_speedup",
-        "snap_ms", "full_ms", "ws_lazy_best_ms", "ws_prefetch_ms", "swapped_fraction"]
+        "snap_ms", "full_ms", "ws_lazy_best_ms", "ws_prefetch_ms", "swapped_fraction", "restore_table_ms", "restore_start_ms"]
 print(f"{'MiB':>5} {'swapped':>7} {'full ms':>8} {'snap ms':>8} {'bytes ratio':>11} {'ms ratio':>8} "
-      f"{'first page ms':>13} {'ws lazy ms':>10} {'ws prefetch ms':>14} {'speedup':>7} {'load1':>5}")
+      f"{'first page ms':>13} {'(table':>7} {'start)':>7} {'ws lazy ms':>10} {'ws prefetch ms':>14} {'speedup':>7} {'load1':>5}")
 for r in runs:
     print(f"{r['memory_mib']:>5} {r['swapped_fraction']:>7.3f} {r['full_ms']:>8.1f} {r['snap_ms']:>8.1f} "
           f"{r['snap_bytes_ratio_vs_full']:>11.4f} {r['snap_ms_ratio_vs_full']:>8.4f} {r['restore_first_page_ms']:>13.2f} "
+          f"{r['restore_table_ms']:>7.2f} {r['restore_start_ms']:>7.2f} "
           f"{r['ws_lazy_best_ms']:>10.1f} {r['ws_prefetch_ms']:>14.1f} "
           f"{r['restore_prefetch_speedup']:>7.2f} {r['load1']:>5}")
 sizes = sorted({r["memory_mib"] for r in runs})
@@ -72,6 +73,7 @@ print("\nmedian (min-max) per size:")
 for row in summary:
     f = lambda k, nd: f"{row[k]['median']:.{nd}f} ({row[k]['min']:.{nd}f}-{row[k]['max']:.{nd}f})"
     print(f"{row['memory_mib']:>5} MiB x{row['runs']}: first page {f('restore_first_page_ms', 2)} ms, "
+          f"(restore_guest_memory {f('restore_table_ms', 2)} ms), "
           f"bytes ratio {f('snap_bytes_ratio_vs_full', 4)}, ms ratio {f('snap_ms_ratio_vs_full', 4)}, "
           f"prefetch speedup {f('restore_prefetch_speedup', 2)}x")
 json.dump({"sweep": summary}, open(f"{work}/summary.json", "w"))
@@ -93,7 +95,8 @@ set ylabel "ms"
 set xrange [*:*]
 plot "$f" using 1:$(cols 5) with yerrorlines title "full copy (every byte, fsync)", \
      "$f" using 1:$(cols 4) with yerrorlines title "snapshot (swapped pages by reference)", \
-     "$f" using 1:$(cols 0) with yerrorlines title "restore to the first page read"
+     "$f" using 1:$(cols 0) with yerrorlines title "restore to the first page read", \
+     "$f" using 1:$(cols 9) with yerrorlines dt 2 title "  of which restore_guest_memory (page table from the snapshot)"
 unset logscale y
 set logscale y 10
 set ylabel "ratio"
