@@ -8,7 +8,10 @@
 #     swap-out drain), on $DIR (default /var/tmp);
 #   - memtouch and kvs at 2x and 4x overcommit (ops/s, MiB/s, p99, errors) against the
 #     same guest unlimited (1x);
-#   - bench/scale_bench.sh at every N of 1 4 16 64 the host fits (--quick: 1 4).
+#   - bench/scale_bench.sh at every N of 1 4 16 64 the host fits (--quick: 1 4);
+#   - bench/snapshot_guest.sh (issue #21) at 256 MiB and 1 GiB (--quick: 256 MiB):
+#     snapshot bytes / time against a full copy, restore to first instruction, the
+#     pass after a restore lazy vs recorded-order prefetch.
 # Figures that need /dev/kvm are null without it, with the reason. Last line:
 # `JSON {...}`; everything it printed is also kept in $OUT (default ./host_check-DATE).
 set -uo pipefail
@@ -58,6 +61,10 @@ log "scale"
 SWV="$swv" ELF="$b/examples/memtouch.elf" DIR="$dir" SCALE_NS="$([[ $quick == 1 ]] && echo "1 4" || echo "1 4 16 64")" \
   bash "$here/scale_bench.sh" >"$out/scale.txt" 2>"$out/scale.err" || log "scale_bench failed"
 
+log "snapshot (guest)"
+SWV="$swv" ELF="$b/examples/memtouch.elf" DIR="$dir" SNAP_MIBS="$([[ $quick == 1 ]] && echo "256" || echo "256 1024")" \
+  bash "$here/snapshot_guest.sh" >"$out/snapshot_guest.txt" 2>"$out/snapshot_guest.err" || log "snapshot_guest failed"
+
 python3 - "$out" "$kvm_why" <<'PY' | tee "$out/summary.json"
 import json, re, sys
 out, kvm_why = sys.argv[1], sys.argv[2]
@@ -88,6 +95,8 @@ for guest, metric in [("memtouch", "mib_per_s"), ("kvs", "ops_per_s")]:
             res[f"kvs_p99_us_{r}x"] = got.get("p99_us") if got else None
 scale = [l[5:] for l in text("scale.txt").splitlines() if l.startswith("JSON ")]
 if scale: res.update(json.loads(scale[-1]))
+snap = [l[5:] for l in text("snapshot_guest.txt").splitlines() if l.startswith("JSON ")]
+if snap: res.update(json.loads(snap[-1]))
 print("JSON " + json.dumps(res, separators=(",", ":")))
 PY
 log "all output in $out"

@@ -87,6 +87,7 @@ Result<std::unique_ptr<Vm>> Vm::create(const kvm::Kvm& kvm, const VmConfig& spec
     for (const guestmem::RegionView& r : spec.regions) SWV_TRY(kvm_vm.add_memory_region(r.base, r.size, r.guest_view));
     std::unique_ptr<Vm> vm(new Vm(std::move(kvm_vm), {spec.regions.begin(), spec.regions.end()}));
     vm->on_vcpu_thread_start_ = spec.on_vcpu_thread_start;
+    vm->on_first_entry_ = spec.on_first_entry;
     for (unsigned i = 0; i < spec.vcpus; ++i) {
         kvm::Vcpu vcpu = SWV_TRY(vm->vm_.create_vcpu(i));
         SWV_TRY(vcpu.set_cpuid(kvm.supported_cpuid()));
@@ -104,6 +105,7 @@ Result<std::unique_ptr<Vm>> Vm::create_restored(const kvm::Kvm& kvm, const VmCon
     for (const guestmem::RegionView& r : spec.regions) SWV_TRY(kvm_vm.add_memory_region(r.base, r.size, r.guest_view));
     std::unique_ptr<Vm> vm(new Vm(std::move(kvm_vm), {spec.regions.begin(), spec.regions.end()}));
     vm->on_vcpu_thread_start_ = spec.on_vcpu_thread_start;
+    vm->on_first_entry_ = spec.on_first_entry;
     // Every vCPU exists before any is restored (a LAPIC's state may name the others),
     // and the VM-wide state comes last (kvm/vcpu_state.cpp, restore_vm_state).
     for (unsigned i = 0; i < spec.vcpus; ++i) vm->vcpus_.push_back(SWV_TRY(vm->vm_.create_vcpu(i)));
@@ -230,7 +232,15 @@ void Vm::vcpu_thread(unsigned index) {
             park();
             continue;
         }
+        // The first entry into the guest (a restore's time to first instruction):
+        // one atomic load per KVM_RUN once it is recorded.
+        std::optional<FirstEntry::Clock::time_point> entered;
+        if (!first_entry_.recorded()) {
+            const auto now = FirstEntry::Clock::now();
+            if (first_entry_.record(now)) entered = now;
+        }
         auto exit = vcpu.run();
+        if (entered && on_first_entry_) on_first_entry_(*entered);
         std::optional<VmEnd> end;
         if (!exit) {
             end = handle_run_error(vcpu, exit.error());

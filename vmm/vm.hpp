@@ -15,6 +15,7 @@
 // leaves a vCPU running.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -69,6 +70,34 @@ struct VmEnd {
     std::string message;      // empty for a debug exit
 };
 
+// When a vCPU of a VM first entered the guest (its first KVM_RUN): recorded once, by
+// whichever vCPU thread gets there first; read from any thread (status / stats read
+// it on the control thread). A restored VM's "time to first instruction" is this
+// against the restore request (docs/SNAPSHOT.md#first-insn). Strictly it is the
+// entry into KVM_RUN: the guest's first instruction follows it at once, unless its
+// first access faults on a page not yet in memory (then that swap-in is the guest's
+// first wait, as on any fault).
+class FirstEntry {
+public:
+    using Clock = std::chrono::steady_clock;
+    // Record `now` unless an entry is recorded; true for the one call that recorded.
+    bool record(Clock::time_point now) {
+        std::int64_t none = 0;
+        const std::int64_t ns = std::max<std::int64_t>(1, std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                                              now.time_since_epoch()).count());
+        return ns_.compare_exchange_strong(none, ns);
+    }
+    bool recorded() const { return ns_.load() != 0; }
+    std::optional<Clock::time_point> when() const {
+        const std::int64_t ns = ns_.load();
+        if (ns == 0) return std::nullopt;
+        return Clock::time_point(std::chrono::duration_cast<Clock::duration>(std::chrono::nanoseconds(ns)));
+    }
+
+private:
+    std::atomic<std::int64_t> ns_{0};  // steady_clock ns since its epoch; 0: no entry yet
+};
+
 // The KVM side of one VM: its vCPUs and memslots (the operator's VmSpec, vmm/spec, is
 // turned into this by the VM builder).
 struct VmConfig {
@@ -76,6 +105,10 @@ struct VmConfig {
     std::span<const guestmem::RegionView> regions;  // registered as memslots in order
     // Run first on each vCPU thread (vmm/sandbox confines it); an error ends the VM.
     std::function<Result<void>()> on_vcpu_thread_start = {};
+    // Called once, on the vCPU thread that entered the guest first, after that first
+    // KVM_RUN returned (not before it: the guest is not kept waiting for a log line),
+    // with the time it entered.
+    std::function<void(FirstEntry::Clock::time_point)> on_first_entry = {};
 };
 
 // What KVM holds for a VM: every vCPU's state (in vCPU order) and the VM-wide
@@ -121,6 +154,8 @@ public:
     bool pause(std::chrono::milliseconds bound);
     void resume();
     bool paused() const { return paused_.load(); }
+    // When a vCPU first entered the guest (FirstEntry); empty until then.
+    std::optional<FirstEntry::Clock::time_point> first_entry() const { return first_entry_.when(); }
     // Every vCPU's state and the VM's, for a snapshot. Only while pause() holds the
     // VM (every vCPU thread parked, its pending exit completed: vmm/README.md#pausing);
     // EBUSY otherwise, or if the VM is ending. Runs on the caller's thread and holds
@@ -146,6 +181,8 @@ private:
     std::vector<guestmem::RegionView> regions_;
     std::vector<kvm::Vcpu> vcpus_;  // closed before vm_ (declared after it)
     std::function<Result<void>()> on_vcpu_thread_start_;
+    std::function<void(FirstEntry::Clock::time_point)> on_first_entry_;
+    FirstEntry first_entry_;
     devices::Bus pio_{"port I/O"};
     devices::Bus mmio_{"MMIO"};
 

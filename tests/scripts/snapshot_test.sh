@@ -8,6 +8,7 @@
 # clones of the snapshot each finish with 0 errors (after a live swapoff moved the
 # snapshot's slots to another device); snapshot-delete is refused while
 # a clone runs and, once they ended, releases every slot (used slots 0 at rest).
+# A restored VM's time to first instruction is in stats, --stats-json and the log.
 # Bad input: a manifest of another version, a missing directory, a truncated memory
 # image, a page table failing its checksum and a missing swap device are refused with bad_snapshot / a clear error, and
 # no VM is left listed (the daemon without the device still starts). Every wait is
@@ -121,6 +122,21 @@ rm -rf "$work/v2"
 # 4. Restore: the guest continues (no pass 1 again) and verifies every byte.
 ctl vm-create beta --restore "$snaps/s1" --serial-log "$work/beta.serial" >/dev/null || fail "restore beta"
 [[ $(vm_field beta restored_from) == "$snaps/s1" ]] || fail "vm-list does not show beta's origin"
+# Time to first instruction (docs/SNAPSHOT.md#first-insn): stats carries it once a
+# vCPU has entered the guest, and the daemon logs it once.
+first_us() { py "[v for v in r['vms'] if v['name']=='$1'][0].get('restore', {}).get('to_first_insn_us', '')" stats; }
+deadline=$((SECONDS + 60 * slow))
+until [[ -n $(first_us beta 2>/dev/null) ]]; do
+  ((SECONDS < deadline)) || fail "stats never showed beta's restore.to_first_insn_us"
+  sleep 0.2
+done
+echo "beta: restore to first instruction $(first_us beta) us"
+(($(first_us beta) > 0)) || fail "beta's to_first_insn_us is 0"
+deadline=$((SECONDS + 60 * slow))
+until grep -aq "beta: restored: first vCPU entered the guest .* ms after the restore request" "$work/err.log"; do
+  ((SECONDS < deadline)) || fail "no log line for beta's first entry into the guest"
+  sleep 0.2
+done
 wait_ended beta 900
 check_result beta
 grep -aq 'pass 1/' "$work/beta.serial" && fail "the restored guest started over"
@@ -172,11 +188,15 @@ start_serve "$work/c.swap"
 # `run --restore` (no daemon): the same snapshot, its slots reserved before the swapon.
 kill "$serve_pid"; wait "$serve_pid"; serve_pid=
 timeout $((600 * slow)) "$bin" run --restore "$snaps/s1" --name gamma --swap "$work/c.swap" --age-scan off \
-  >"$work/gamma.serial" 2>>"$work/err.log"
+  --stats-json "$work/gamma.json" >"$work/gamma.serial" 2>>"$work/err.log"
 rc=$?
 result=$(grep -a 'RESULT ' "$work/gamma.serial" | tail -n 1)
 echo "gamma (run --restore): $result"
 ((rc == 0)) && [[ $result == *'"errors":0'* ]] || fail "run --restore exited $rc: $result"
+gamma_us=$(python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print([v for v in r['vms'] if v['name']=='gamma'][0]['restore']['to_first_insn_us'])" "$work/gamma.json") ||
+  fail "run --restore --stats-json has no restore.to_first_insn_us: $(head -c 300 "$work/gamma.json")"
+echo "gamma: restore to first instruction $gamma_us us"
+grep -aq "gamma: restored: first vCPU entered the guest" "$work/err.log" || fail "no log line for gamma's first entry"
 start_serve "$work/c.swap"
 
 # 7. Delete: every slot is free again once the VMs are gone.

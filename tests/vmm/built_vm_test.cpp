@@ -125,9 +125,26 @@ TEST_P(PrivilegedBuiltVm, RestoredMemtouchFinishesItsPassesWithoutStartingOver) 
     VmSpec restored_spec = manifest->spec;
     restored_spec.name = "b";
     restored_spec.serial_log = dir_ / "b.log";
-    auto restored = BuiltVm::restore(context, restored_spec, *manifest, SerialPrefix::none, restore_memory);
+    const auto requested = FirstEntry::Clock::now();
+    auto restored = BuiltVm::restore(context, restored_spec, *manifest, SerialPrefix::none, restore_memory, requested);
     ASSERT_TRUE(restored.has_value()) << restored.error().message();
+    auto restore_source = [&]() -> std::optional<control::Counters> {
+        for (const control::DeviceCounters& d : stats_.read("b"))
+            if (d.device == "restore") return d.counters;
+        return std::nullopt;
+    };
+    ASSERT_TRUE(restore_source().has_value()) << "a restored VM has \"restore\" counters";
+    EXPECT_TRUE(restore_source()->empty()) << "no vCPU has entered the guest yet";
     VmEnd end = (*restored)->run();
+    // Time to first instruction: counted from the request, once a vCPU entered.
+    const std::optional<control::Counters> timing = restore_source();
+    ASSERT_TRUE(timing.has_value() && timing->size() == 1u);
+    EXPECT_EQ((*timing)[0].name, "to_first_insn_us");
+    ASSERT_TRUE((*restored)->vm().first_entry().has_value());
+    EXPECT_EQ((*timing)[0].value,
+              static_cast<std::uint64_t>(
+                  std::chrono::duration_cast<std::chrono::microseconds>(*(*restored)->vm().first_entry() - requested)
+                      .count()));
     const std::string log = read_text(dir_ / "b.log");
     EXPECT_EQ(end.reason, EndReason::debug_exit) << end.message << "\n" << log;
     EXPECT_EQ(end.exit_code, 0u) << log;
@@ -157,3 +174,19 @@ TEST_P(PrivilegedBuiltVm, RestoreRefusesASpecThatIsNotTheSnapshots) {
 INSTANTIATE_TEST_SUITE_P(Vcpus, PrivilegedBuiltVm, ::testing::Values(1u, 2u));
 
 }  // namespace
+
+// The "restore" counters (status / stats / --stats-json / /metrics): none until a
+// vCPU entered the guest, then the microseconds from the restore request; an entry
+// stamped before the request (clock skew cannot happen on steady_clock, but the
+// counter is unsigned) counts as 0.
+TEST(RestoreCounters, EmptyUntilTheFirstEntryThenMicrosecondsSinceTheRequest) {
+    const auto requested = FirstEntry::Clock::now();
+    EXPECT_TRUE(restore_counters(requested, std::nullopt).empty());
+    control::Counters c = restore_counters(requested, requested + std::chrono::microseconds(12345));
+    ASSERT_EQ(c.size(), 1u);
+    EXPECT_EQ(c[0].name, "to_first_insn_us");
+    EXPECT_EQ(c[0].value, 12345u);
+    c = restore_counters(requested, requested - std::chrono::milliseconds(1));
+    ASSERT_EQ(c.size(), 1u);
+    EXPECT_EQ(c[0].value, 0u);
+}

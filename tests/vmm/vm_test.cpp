@@ -10,9 +10,11 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <thread>
+#include <vector>
 
 #include "io/unique_fd.hpp"
 #include "vmm/devices/device_manager.hpp"
@@ -184,6 +186,60 @@ TEST(PrivilegedKvmTest, RefusesOverlappingMemslots) {
     EXPECT_FALSE(vm->add_memory_region(guestmem::Gpa(kMiB), 2 * kMiB, m->data() + 2 * kMiB).has_value());
     EXPECT_FALSE(vm->add_memory_region(guestmem::Gpa(0x1001), 4096, m->data() + 2 * kMiB).has_value());
     EXPECT_TRUE(vm->add_memory_region(guestmem::Gpa(2 * kMiB), 2 * kMiB, m->data() + 2 * kMiB).has_value());
+}
+
+// FirstEntry (a restore's time to first instruction, docs/SNAPSHOT.md#first-insn):
+// of several vCPU threads entering at once, exactly one records, and what it
+// recorded is what every reader sees.
+TEST(FirstEntry, OnlyTheFirstRecordCountsAndEveryReaderSeesIt) {
+    FirstEntry first;
+    EXPECT_FALSE(first.recorded());
+    EXPECT_FALSE(first.when().has_value());
+    const auto base = FirstEntry::Clock::now();
+    std::atomic<int> winners{0};
+    std::vector<std::thread> vcpus;
+    for (int i = 0; i < 8; ++i)
+        vcpus.emplace_back([&, i] {
+            if (first.record(base + std::chrono::microseconds(i))) winners++;
+        });
+    for (auto& t : vcpus) t.join();
+    EXPECT_EQ(winners.load(), 1);
+    ASSERT_TRUE(first.when().has_value());
+    const auto recorded = *first.when();
+    EXPECT_GE(recorded, base);
+    EXPECT_LE(recorded, base + std::chrono::microseconds(7));
+    EXPECT_FALSE(first.record(base + std::chrono::seconds(1))) << "a later entry overwrote the first";
+    EXPECT_EQ(*first.when(), recorded);
+}
+
+// On KVM: the first KVM_RUN of a VM is recorded before it, and on_first_entry runs
+// once, after it returned, although the second vCPU enters KVM_RUN too (it waits
+// for SIPI there).
+TEST_F(GuestFixture, PrivilegedFirstEntryIsRecordedOnceBeforeTheGuestRuns) {
+    place({0xb8, 0x07, 0x00, 0x00, 0x00,   // mov eax, 7
+           0xe7, 0xf4});                   // out 0xf4, eax
+    std::atomic<int> calls{0};
+    std::optional<FirstEntry::Clock::time_point> reported;
+    VmConfig config{2, regions};
+    config.on_first_entry = [&](FirstEntry::Clock::time_point at) {
+        calls++;
+        reported = at;
+    };
+    const auto before = FirstEntry::Clock::now();
+    auto vm = Vm::create(*kvm, config);
+    ASSERT_TRUE(vm.has_value()) << vm.error().message();
+    EXPECT_FALSE((*vm)->first_entry().has_value()) << "recorded before run()";
+    control::DeviceStats stats;
+    devices::DeviceManager devices((*vm)->pio(), (*vm)->mmio(), {}, stats, "vm0");
+    ASSERT_TRUE(devices.add_legacy(devices::SerialSink::borrowed(serial_fd)).has_value());
+    ASSERT_TRUE((*vm)->set_boot_entry(kEntry, 0x6000).has_value());
+    VmEnd end = (*vm)->run();
+    EXPECT_EQ(end.reason, EndReason::debug_exit) << end.message;
+    EXPECT_EQ(end.exit_code, 7u);
+    ASSERT_TRUE((*vm)->first_entry().has_value());
+    EXPECT_GE(*(*vm)->first_entry(), before);
+    EXPECT_EQ(calls.load(), 1);
+    EXPECT_EQ(reported, (*vm)->first_entry());
 }
 
 }  // namespace

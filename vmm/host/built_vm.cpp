@@ -45,10 +45,19 @@ Result<std::unique_ptr<BuiltVm>> BuiltVm::build(const BuildContext& context, con
     return vm;
 }
 
+control::Counters restore_counters(FirstEntry::Clock::time_point requested,
+                                   std::optional<FirstEntry::Clock::time_point> entered) {
+    if (!entered) return {};
+    const auto us = std::chrono::duration_cast<std::chrono::microseconds>(*entered - requested).count();
+    return {{"to_first_insn_us", static_cast<std::uint64_t>(std::max<std::int64_t>(0, us))}};
+}
+
 Result<std::unique_ptr<BuiltVm>> BuiltVm::restore(const BuildContext& context, const VmSpec& spec,
                                                   const snapshot::Manifest& manifest, SerialPrefix prefix,
-                                                  const RestoreMemory& restore_memory) {
+                                                  const RestoreMemory& restore_memory,
+                                                  FirstEntry::Clock::time_point requested) {
     std::unique_ptr<BuiltVm> vm(new BuiltVm(spec));
+    vm->restore_requested_ = requested;
     const std::string& name = vm->spec_.name;
     auto differs = [&](const char* field, std::string why) {
         return make_error(control::VmErrc::bad_spec, "restore",
@@ -69,6 +78,12 @@ Result<std::unique_ptr<BuiltVm>> BuiltVm::restore(const BuildContext& context, c
     if (!created) return std::unexpected(std::move(created.error()).with_context(fmt::format("restoring VM {}", name)));
     vm->vm_ = std::move(*created);
     SWV_TRY(vm->create_devices(context, prefix));
+    // Dropped with the other counters (counters_), before the Vm it reads goes.
+    SWV_TRY(with_context(context.stats.add(name, "restore",
+                                           [v = vm->vm_.get(), requested] {
+                                               return restore_counters(requested, v->first_entry());
+                                           }),
+                         name));
     SWV_TRY(with_context(vm->devices_->restore(manifest.devices), fmt::format("{}: restoring devices", name)));
     if (vm->balloon_) SWV_TRY(with_context(vm->balloon_->restore(*manifest.devices.balloon), name));
     vm->spec_.cmdline = manifest.spec.cmdline;  // already carries the devices' entries
@@ -143,6 +158,13 @@ VmConfig BuiltVm::vm_config(const BuildContext& context) const {
     VmConfig config{spec_.vcpus, memory_.get().regions()};
     if (context.seccomp == sandbox::Seccomp::on)
         config.on_vcpu_thread_start = [] { return sandbox::confine_thread(sandbox::ThreadClass::vcpu); };
+    if (restore_requested_) {
+        // docs/SNAPSHOT.md#first-insn; runs on the vCPU thread after its first exit.
+        config.on_first_entry = [name = spec_.name, requested = *restore_requested_](FirstEntry::Clock::time_point at) {
+            spdlog::info("{}: restored: first vCPU entered the guest {:.2f} ms after the restore request", name,
+                         std::chrono::duration<double, std::milli>(at - requested).count());
+        };
+    }
     return config;
 }
 

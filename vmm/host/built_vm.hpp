@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "guestmem/host_memory.hpp"
@@ -61,6 +62,15 @@ using SaveMemory = std::function<Result<snapshot::Json>(guestmem::GuestMemory&)>
 using RestoreMemory = std::function<Result<guestmem::GuestMemory*>(
     guestmem::HostMemory& host, const guestmem::MemoryConfig& config, const snapshot::Json& memory)>;
 
+// The "restore" counters of a VM restored from a snapshot, registered as a
+// DeviceStats source, so status / stats / --stats-json carry them as
+// `"restore": {"to_first_insn_us": N}` and /metrics as
+// swapvisor_vm_restore_to_first_insn_us (vmm/control/README.md#status):
+// the time from the restore request (`requested`) to the first entry of one of its
+// vCPUs into the guest (Vm::first_entry, FirstEntry). Empty before that entry.
+control::Counters restore_counters(FirstEntry::Clock::time_point requested,
+                                   std::optional<FirstEntry::Clock::time_point> entered);
+
 class BuiltVm {
 public:
     // Build the VM of a validated spec (vmm::validate) and start its guest memory;
@@ -83,10 +93,14 @@ public:
     // (Vm::create_restored), COM1, the debug exit and the virtio devices put back
     // into their saved state, the balloon's poller, guest memory started. No kernel
     // is read and no loader runs; run() continues the guest where it was saved.
+    // `requested` is when the restore was asked for (VmHost::restore's start): the
+    // first vCPU's entry into the guest is logged against it and counted in the
+    // VM's "restore" counters (restore_counters).
     // Errors: the failing step's, with the VM as context; nothing of the VM is left.
-    static Result<std::unique_ptr<BuiltVm>> restore(const BuildContext& context, const VmSpec& spec,
-                                                    const snapshot::Manifest& manifest, SerialPrefix prefix,
-                                                    const RestoreMemory& restore_memory);
+    static Result<std::unique_ptr<BuiltVm>> restore(
+        const BuildContext& context, const VmSpec& spec, const snapshot::Manifest& manifest, SerialPrefix prefix,
+        const RestoreMemory& restore_memory,
+        FirstEntry::Clock::time_point requested = FirstEntry::Clock::now());
 
     // The VM side of a snapshot of this VM, which the caller has paused
     // (vm().pause() returned true): holds the devices' own work (the balloon's
@@ -165,6 +179,8 @@ private:
     };
 
     VmSpec spec_;
+    // A restored VM: when its restore was asked for (restore_counters).
+    std::optional<FirstEntry::Clock::time_point> restore_requested_;
     // Build order = declaration order; teardown is the reverse (file comment).
     MemoryLease memory_;
     std::unique_ptr<Vm> vm_;

@@ -434,6 +434,8 @@ Result<control::SnapshotInfo> VmHost::snapshot_vm(const std::string& name, const
 }
 
 Result<control::VmInfo> VmHost::restore(const control::RestoreRequest& request, SerialPrefix prefix) {
+    // Time to first instruction is counted from here (docs/SNAPSHOT.md#first-insn).
+    const auto requested = FirstEntry::Clock::now();
     if (snapshots_ == nullptr) return VmControl::restore_vm(request);
     if (auto why = check_name(request.name); !why.empty())
         return make_error(control::VmErrc::bad_spec, "restore", fmt::format("field \"name\": {}", why));
@@ -468,7 +470,7 @@ Result<control::VmInfo> VmHost::restore(const control::RestoreRequest& request, 
         guestmem::MemorySnapshot* memory = SWV_TRY(with_context(snapshots_->get(dir), request.name));
         RestoreMemory from_snapshot = [&](guestmem::HostMemory& host, const guestmem::MemoryConfig& config,
                                           const snapshot::Json&) { return host.restore_vm(config, *memory, options); };
-        return BuiltVm::restore(context_, spec, manifest, prefix, from_snapshot);
+        return BuiltVm::restore(context_, spec, manifest, prefix, from_snapshot, requested);
     });
 }
 
