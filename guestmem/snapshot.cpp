@@ -502,24 +502,36 @@ Result<std::unique_ptr<GuestMemory>> restore_guest_memory(const MemoryConfig& co
     // From here a failure destroys mem, which frees every reference its entries took.
     auto mem = SWV_TRY(create_guest_memory(config, id, host, pool, service));
     GuestMemory::Impl& impl = *mem->impl_;
+    // Every swapped page's reference at once, under one lock of the pool (one hold
+    // per page was most of a restore's time, growing with memory: PERFORMANCE.md
+    // #snapshot-sweep); the entries below take them over one by one, and those not
+    // placed when a row fails are dropped here.
+    if (!snap.vslots_.empty()) SWV_TRY(with_context(pool->hold_all(snap.vslots_), where));
     std::size_t k = 0;
+    auto drop_unplaced = [&] {
+        for (std::size_t j = k; j < snap.vslots_.size(); ++j) pool->drop_hold(snap.vslots_[j]);
+    };
+    if (snap.counts().image + snap.counts().swapped + snap.counts().lost != 0) impl.table.populate();
+    // No thread of this VM exists and HostMemory lists it only when this returns, so
+    // image and swapped entries are stored without the page lock (restore_unshared);
+    // a lost page arms its poison marker through the locked row.
     for (std::uint64_t i = 0; i < snap.pages(); ++i) {
         const PageKind kind = snap.kind(i);
-        if (kind == PageKind::zero) continue;
-        PageLock lk = impl.tr.lock(PageIdx(i));
         switch (kind) {
-            case PageKind::image: SWV_TRY(impl.tr.restore_entry(lk, PageEntry::make(PageState::image))); break;
-            case PageKind::lost: SWV_TRY(impl.tr.restore_entry(lk, PageEntry::make(PageState::lost))); break;
-            case PageKind::swapped: {
-                const swap::VSlot v = snap.vslots_[k++];
-                SWV_TRY(with_context(pool->hold(v), fmt::format("{}, page {}", where, i)));
-                if (auto r = impl.tr.restore_entry(lk, PageEntry::make(PageState::swapped, v)); !r) {
-                    pool->drop_hold(v);
+            case PageKind::zero: break;
+            case PageKind::image: impl.tr.restore_unshared(PageIdx(i), PageEntry::make(PageState::image)); break;
+            case PageKind::swapped:
+                impl.tr.restore_unshared(PageIdx(i), PageEntry::make(PageState::swapped, snap.vslots_[k]));
+                ++k;  // the entry owns this reference now
+                break;
+            case PageKind::lost: {
+                PageLock lk = impl.tr.lock(PageIdx(i));
+                if (auto r = impl.tr.restore_entry(lk, PageEntry::make(PageState::lost)); !r) {
+                    drop_unplaced();
                     return std::unexpected(r.error());
                 }
                 break;
             }
-            case PageKind::zero: break;
         }
     }
     impl.image = std::move(image);

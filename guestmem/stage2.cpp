@@ -32,6 +32,14 @@ Result<Stage2> Stage2::create(std::uint64_t pages) {
     return Stage2(io::Mapping(p, bytes), pages);
 }
 
+void Stage2::populate() {
+#ifdef MADV_POPULATE_WRITE
+    // Kernel contract: MADV_POPULATE_WRITE (5.14) faults every page of the range in,
+    // writable, as writes would; EINVAL on older kernels: the first stores do it.
+    (void)::madvise(entries_.data(), entries_.size(), MADV_POPULATE_WRITE);
+#endif
+}
+
 std::optional<PageEntry> Stage2::try_lock(PageIdx idx) {
     auto& e = at(idx);
     std::uint64_t cur = e.load(std::memory_order_relaxed);

@@ -104,6 +104,11 @@ public:
     // Reserves (does not back) pages entries; errors only if the address space is short.
     static Result<Stage2> create(std::uint64_t pages);
     std::uint64_t pages() const { return pages_; }
+    // Back the whole table now, in one call (a restore fills most of it: one page fault
+    // per 512 entries would cost more than the stores, about 5 ms per GiB of guest
+    // memory on a shadow-paged host). Best effort: without MADV_POPULATE_WRITE
+    // (Linux < 5.14) the stores fault the pages in as before.
+    void populate();
     bool contains(PageIdx idx) const { return idx.value() < pages_; }
 
     PageEntry peek(PageIdx idx) const { return PageEntry(at(idx).load(std::memory_order_acquire)); }
@@ -116,6 +121,9 @@ public:
     void publish_locked(PageIdx idx, PageEntry value) {
         at(idx).store(value.raw() | PageEntry::kLock, std::memory_order_release);
     }
+    // An entry of a table no other thread can reach yet (a restore building it before
+    // the VM's threads exist; Transitions::restore_unshared): a plain store.
+    void init_unshared(PageIdx idx, PageEntry value) { at(idx).store(value.raw(), std::memory_order_relaxed); }
     // Publish a new value and release the lock; wakes waiters.
     void unlock(PageIdx idx, PageEntry value);
 

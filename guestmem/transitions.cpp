@@ -576,6 +576,15 @@ Result<void> Transitions::restore_entry(PageLock& lk, PageEntry to) {  // R
     return {};
 }
 
+void Transitions::restore_unshared(PageIdx idx, PageEntry to) {  // R, unshared
+    SWV_ASSERT(d_.table.peek(idx).state() == PageState::zero && !d_.table.peek(idx).locked(),
+               "restore_unshared of a page that is not zero");
+    SWV_ASSERT(to.state() == PageState::image || to.state() == PageState::swapped,
+               "restore_unshared: only image or swapped");
+    d_.table.init_unshared(idx, to);
+    if (to.state() == PageState::swapped) d_.occupancy.swapped.fetch_add(1, std::memory_order_relaxed);
+}
+
 Result<void> Transitions::fill_image(PageLock& lk, Map map) {  // 14'
     SWV_ASSERT(lk.entry().state() == PageState::image, "fill_image of a page that is not image");
     SWV_ASSERT(image_ != nullptr, "image page without a memory image");

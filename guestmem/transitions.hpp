@@ -200,6 +200,12 @@ public:
     // thread running, nothing mapped; the caller took the vslot's reference).
     // A lost page gets its poison marker now, as row 12 leaves it.
     Result<void> restore_entry(PageLock& lk, PageEntry to);
+    // R for image and swapped(v) without the page lock: only while no other thread can
+    // reach this VM's table (restore_guest_memory, before the VM is listed or started:
+    // its threads, started later, see the entries through their creation). A plain
+    // store and the swapped count, for a restore's time not to grow with memory by a
+    // lock round trip per page (docs/PERFORMANCE.md#snapshot-sweep).
+    void restore_unshared(PageIdx idx, PageEntry to);
     // 14: image -> resident: guest touch (MISSING): read the page from the image into
     // the memfd through the VMM view, UFFDIO_CONTINUE (no wake). A read that fails
     // makes the page lost (12 without a slot).

@@ -638,6 +638,34 @@ Result<void> SwapPool::hold(VSlot vslot) {
     return make_error(Errc::stale_slot, "swap hold", describe(vslot));
 }
 
+Result<void> SwapPool::hold_all(std::span<const VSlot> vslots) {
+    VSlot bad = kNoVSlot;
+    Errc why = Errc::stale_slot;
+    {
+        std::lock_guard lock(refs_mutex_);
+        for (const VSlot vslot : vslots) {
+            const VSlotInfo info = table_.lookup(vslot);
+            if (info.state != VSlotState::valid) {
+                bad = vslot;
+                break;
+            }
+            if (std::find(handing_over_.begin(), handing_over_.end(), info.pslot.device.value()) != handing_over_.end()) {
+                bad = vslot;
+                why = Errc::device_busy;
+                break;
+            }
+        }
+        if (bad == kNoVSlot) {
+            for (const VSlot vslot : vslots) ++extra_refs_[vslot.value()];
+            shared_count_.store(extra_refs_.size());
+            return {};
+        }
+    }
+    // Named outside refs_mutex_ (a leaf): describe takes the device table's lock.
+    return make_error(why, why == Errc::device_busy ? "swap hold: its device is being handed over" : "swap hold",
+                      describe(bad));
+}
+
 std::uint32_t SwapPool::extra_refs(VSlot vslot) const {
     std::lock_guard lock(refs_mutex_);
     auto it = extra_refs_.find(vslot.value());

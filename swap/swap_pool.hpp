@@ -26,6 +26,7 @@
 #include <optional>
 #include <shared_mutex>
 #include <span>
+#include <span>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -277,6 +278,10 @@ public:
     // page lock). Errc::stale_slot if vslot is not valid; Errc::device_busy if its
     // device is being handed over (swapoff with a Handover).
     Result<void> hold(VSlot vslot);
+    // hold() of every vslot in one go, under one lock (a restore holds every swapped
+    // page of its snapshot: issue #21's restore time): all or none. The first vslot
+    // that cannot be held is named in the error and nothing is held.
+    Result<void> hold_all(std::span<const VSlot> vslots);
     // Drop a reference taken by hold() (or an adopted one): as free(), but the owner
     // is left as it is while other references remain.
     void drop_hold(VSlot vslot);
