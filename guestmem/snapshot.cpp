@@ -348,8 +348,21 @@ Result<void> expect_snapshot_slots(const fs::path& dir, swap::SwapPool& pool) {
     const PageTable t = SWV_TRY(load_page_table(dir));
     std::map<swap::DeviceUuid, std::vector<swap::HeldSlot>> by_device;
     for (const SlotRef& r : t.refs) by_device[r.uuid].push_back(swap::HeldSlot{r.slot, r.checksum});
+    // Every device first: a refusal for the second must not leave the first's slots
+    // registered (a retry would count them twice).
+    for (const auto& [uuid, slots] : by_device)
+        if (pool.device_by_uuid(uuid))
+            return make_error(swap::Errc::held_slot, "expect_snapshot_slots",
+                              fmt::format("{}: swap device uuid {} is attached already: a snapshot's slots are "
+                                          "reserved before its device's swapon",
+                                          dir.string(), swap::uuid_text(uuid)));
     for (const auto& [uuid, slots] : by_device) SWV_TRY(with_context(pool.expect_held_slots(uuid, slots), dir.string()));
     return {};
+}
+
+Result<std::uint64_t> snapshot_slot_count(const fs::path& dir) {
+    const PageTable t = SWV_TRY(load_page_table(dir));
+    return t.refs.size();
 }
 
 Result<void> delete_memory_snapshot(std::unique_ptr<MemorySnapshot> snapshot) {

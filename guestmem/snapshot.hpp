@@ -115,7 +115,11 @@ private:
 
 // After a restart, before swapon: register the slots the snapshot in dir refers to,
 // so each device reserves them when it is attached (swap::SwapPool::expect_held_slots).
+// All or none: refused, with nothing registered, if a device it names is attached
+// already (its slots may have been handed out since).
 Result<void> expect_snapshot_slots(const std::filesystem::path& dir, swap::SwapPool& pool);
+// How many swap slots the snapshot in dir refers to (its page table read and checked).
+Result<std::uint64_t> snapshot_slot_count(const std::filesystem::path& dir);
 
 // A VM whose memory is the snapshot's: no page resident, `image` pages read from the
 // image at first touch, swapped pages from the snapshot's slots (one more reference

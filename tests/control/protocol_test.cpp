@@ -363,6 +363,9 @@ TEST(ParseRequest, SnapshotCommandsAndRestore) {
     EXPECT_EQ(parse_error(R"({"id":1,"cmd":"snapshot","vm":"a","dir":"/s","stop":"yes"})").code, ReplyCode::bad_request);
     EXPECT_EQ(parse_error(R"({"id":1,"cmd":"snapshot","dir":"/s"})").code, ReplyCode::bad_request);
     EXPECT_EQ(std::get<SnapshotDeleteCmd>(parse_request(R"({"cmd":"snapshot-delete","dir":"/s"})")->command).dir, "/s");
+    EXPECT_EQ(std::get<SnapshotLoadCmd>(parse_request(R"({"cmd":"snapshot-load","dir":"/s"})")->command).dir, "/s");
+    EXPECT_EQ(parse_error(R"({"id":1,"cmd":"snapshot-load","dir":"rel"})").code, ReplyCode::bad_request);
+    EXPECT_EQ(parse_error(R"({"id":1,"cmd":"snapshot-load"})").code, ReplyCode::bad_request);
 
     auto restore = parse_request(R"({"cmd":"vm-create","name":"b","restore":"/s","fill":false,"serial_log":"/l"})");
     ASSERT_TRUE(restore.has_value()) << parse_error(R"({"cmd":"vm-create","name":"b","restore":"/s"})").message;

@@ -207,3 +207,62 @@ TEST_F(SnapshotStoreTest, PrivilegedHandoverUnloadsTheSnapshotAndAnotherPoolRest
     for (const auto& d : other.stats()) used += d.used_slots;
     EXPECT_EQ(used, 0u);
 }
+
+// ctl snapshot-load on a running daemon (SnapshotStore::load): a snapshot whose
+// device another swapvisor used is loaded before that device is attached here, waits,
+// and is restored byte for byte after the swapon; a second load is refused, and so is
+// one whose device is attached already (its slots may have been handed out).
+TEST_F(SnapshotStoreTest, PrivilegedLoadReservesASnapshotsSlotsBeforeItsDeviceIsAttached) {
+    if (access("/proc/sys/vm/unprivileged_userfaultfd", F_OK) != 0 && access("/dev/kvm", F_OK) != 0)
+        GTEST_SKIP() << "SKIPPED LOUDLY: userfaultfd unavailable";
+    const fs::path a = root_ / "a.swap";
+    const fs::path s1 = root_ / "s1", s2 = root_ / "s2";
+    std::uint64_t swapped = 0;
+    {
+        swap::SwapPool first;  // the other daemon: it snapshots its VM twice and exits
+        ASSERT_TRUE(first.swapon(a, 10, 32ULL << 20));
+        auto alpha = half_swapped(first, 1, 5);
+        ASSERT_TRUE(alpha);
+        auto one = alpha->save(s1);
+        ASSERT_TRUE(one) << one.error().message();
+        auto two = alpha->save(s2);
+        ASSERT_TRUE(two) << two.error().message();
+        swapped = (*one)->counts().swapped;
+        ASSERT_GT(swapped, 0u);
+        alpha->stop();
+    }  // the files keep the data
+    ASSERT_TRUE(pool_.swapon(root_ / "b.swap", 5, 32ULL << 20));  // this daemon runs with a device of its own
+    SnapshotStore store(pool_);
+    const fs::path key = *snapshot_key(s1);
+
+    auto loaded = store.load(s1);
+    ASSERT_TRUE(loaded) << loaded.error().message();
+    EXPECT_EQ(*loaded, SnapshotStore::LoadState::waiting);
+    auto twice = store.load(s1);
+    ASSERT_FALSE(twice);
+    EXPECT_NE(twice.error().message().find("already"), std::string::npos) << twice.error().message();
+    auto missing = store.load(root_ / "nothing");
+    ASSERT_FALSE(missing);
+
+    ASSERT_TRUE(pool_.swapon(a, 10, 0));  // adopts s1's slots
+    auto late = store.load(s2);
+    ASSERT_FALSE(late) << "s2's slots on a were not reserved before its swapon";
+    EXPECT_NE(late.error().message().find("attached already"), std::string::npos) << late.error().message();
+
+    auto snap = store.get(key);
+    ASSERT_TRUE(snap) << snap.error().message();
+    EXPECT_EQ((*snap)->held_vslots(), swapped);
+    auto restored = guestmem::restore_guest_memory(
+        guestmem::MemoryConfig{.name = "beta", .memory_bytes = kMem}, 3, nullptr, &pool_, **snap,
+        guestmem::RestoreOptions{.fill = false, .prefetch = false});
+    ASSERT_TRUE(restored) << restored.error().message();
+    ASSERT_TRUE((*restored)->start());
+    EXPECT_EQ(bad_pages((*restored)->regions()[0].guest_view, 5), 0u);
+    EXPECT_EQ((*restored)->stats().lost_pages, 0u);
+    (*restored)->stop();
+    restored->reset();
+    ASSERT_TRUE(guestmem::delete_memory_snapshot(store.take(key)));
+    std::uint64_t used = 0;
+    for (const auto& d : pool_.stats()) used += d.used_slots;
+    EXPECT_EQ(used, 0u) << "every adopted slot released";
+}

@@ -120,6 +120,16 @@ public:
         return reply;
     }
 
+    json run(const SnapshotLoadCmd& cmd) {
+        if (auto refused = no_vms()) return *refused;
+        auto loaded = c_.vms->load_snapshot(cmd.dir);
+        if (!loaded) return error_of(id_, loaded.error());
+        json reply = ok_reply(id_);
+        reply["dir"] = cmd.dir;
+        reply["state"] = *loaded ? "loaded" : "waiting for its swap devices";
+        return reply;
+    }
+
     json run(const VmStopCmd& cmd) {
         if (auto refused = no_vms()) return *refused;
         return vm_reply(id_, c_.vms->stop_vm(cmd.vm, cmd.timeout));
@@ -211,7 +221,7 @@ bool runs_on_worker(const CommandContext& context, const Command& command) {
             if constexpr (std::is_same_v<T, SwaponCmd> || std::is_same_v<T, SwapoffCmd>) return true;
             else if constexpr (std::is_same_v<T, VmCreateCmd> || std::is_same_v<T, VmStopCmd> ||
                                std::is_same_v<T, VmActionCmd> || std::is_same_v<T, SnapshotCmd> ||
-                               std::is_same_v<T, SnapshotDeleteCmd>)
+                               std::is_same_v<T, SnapshotDeleteCmd> || std::is_same_v<T, SnapshotLoadCmd>)
                 return context.vms != nullptr;
             else return false;
         },

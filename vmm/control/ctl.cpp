@@ -69,6 +69,7 @@ std::string_view command_name(CtlCommand command) {
         case CtlCommand::set_quota: return "set-quota";
         case CtlCommand::snapshot: return "snapshot";
         case CtlCommand::snapshot_delete: return "snapshot-delete";
+        case CtlCommand::snapshot_load: return "snapshot-load";
     }
     return "ctl";
 }
@@ -245,6 +246,9 @@ void print_result(const CtlOptions& options, const json& reply, std::ostream& ou
             break;
         }
         case CtlCommand::snapshot_delete: out << fmt::format("snapshot-delete {}: deleted\n", str(reply, "dir")); break;
+        case CtlCommand::snapshot_load:
+            out << fmt::format("snapshot-load {}: {}\n", str(reply, "dir"), str(reply, "state"));
+            break;
         case CtlCommand::set_balloon:
             out << fmt::format("set-balloon {}: target {}\n", str(reply, "vm"), human_bytes(u64(reply, "target_bytes")));
             break;
@@ -501,6 +505,11 @@ void add_ctl_subcommand(CLI::App& app, CtlOptions& o) {
                            "from it runs)");
     snap_delete->add_option("DIR", o.dir, "Snapshot directory")->required();
     snap_delete->callback([&o] { o.command = CtlCommand::snapshot_delete; });
+    CLI::App* snap_load = ctl->add_subcommand(
+        "snapshot-load", "Reserve a snapshot's swap slots before its devices are attached (as serve --snapshots at "
+                         "start), so that a restore from it works after their swapon");
+    snap_load->add_option("DIR", o.dir, "Snapshot directory")->required();
+    snap_load->callback([&o] { o.command = CtlCommand::snapshot_load; });
     CLI::App* balloon = ctl->add_subcommand("set-balloon", "Set a VM's balloon target (what the guest gives back)");
     balloon->add_option("VM", o.vm, "VM name")->required();
     balloon->add_option("SIZE", o.bytes, "Balloon size, e.g. 64M (0: deflate fully)")->required()->check(size_validator());
@@ -586,7 +595,8 @@ json ctl_request(const CtlOptions& options, int id) {
             request["dir"] = absolute_path(options.dir);
             if (options.stop) request["stop"] = true;
             break;
-        case CtlCommand::snapshot_delete: request["dir"] = absolute_path(options.dir); break;
+        case CtlCommand::snapshot_delete:
+        case CtlCommand::snapshot_load: request["dir"] = absolute_path(options.dir); break;
         default: break;
     }
     return request;
@@ -603,7 +613,8 @@ std::chrono::milliseconds effective_timeout(const CtlOptions& options) {
         case CtlCommand::vm_resume:
         case CtlCommand::vm_remove:
         case CtlCommand::snapshot:
-        case CtlCommand::snapshot_delete: return kDefaultLongCtlTimeout;
+        case CtlCommand::snapshot_delete:
+        case CtlCommand::snapshot_load: return kDefaultLongCtlTimeout;
         default: return kDefaultCtlTimeout;
     }
 }
@@ -613,7 +624,7 @@ int run_ctl(const CtlOptions& options) { return run_ctl(options, std::cout, std:
 int run_ctl(const CtlOptions& options, std::ostream& out, std::ostream& err) {
     if (options.command == CtlCommand::none) {
         err << "swapvisor ctl: no command (status, stats, swapon, swapoff, set-limit, set-budget, vm-create, vm-stop, "
-               "vm-pause, vm-resume, vm-remove, vm-list, set-balloon, set-quota, snapshot, snapshot-delete)\n";
+               "vm-pause, vm-resume, vm-remove, vm-list, set-balloon, set-quota, snapshot, snapshot-delete, snapshot-load)\n";
         return kCtlExitErrorReply;
     }
     const std::string socket = options.socket.empty() ? default_control_socket() : options.socket;

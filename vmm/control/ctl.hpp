@@ -49,7 +49,7 @@ inline constexpr std::chrono::milliseconds kDefaultLongCtlTimeout{60000};
 enum class CtlCommand {
     none, status, stats, swapon, swapoff, set_limit, set_budget,
     vm_create, vm_stop, vm_pause, vm_resume, vm_remove, vm_list, set_balloon, set_quota,
-    snapshot, snapshot_delete,
+    snapshot, snapshot_delete, snapshot_load,
 };
 // Redraw a progress bar for swapoff: on a terminal (stdout is a tty and `out` is
 // std::cout), always, or never.
@@ -86,7 +86,7 @@ struct CtlOptions {
     unsigned timeout_ms = 5000;  // vm-stop
     std::string restore;         // vm-create --restore DIR (no --kernel then)
     bool no_fill = false, fill = false, no_prefetch = false;  // vm-create --restore
-    std::string dir;             // snapshot, snapshot-delete
+    std::string dir;             // snapshot, snapshot-delete, snapshot-load
     bool stop = false;           // snapshot --stop
     ProgressBar progress = ProgressBar::auto_detect;
 };

@@ -426,6 +426,11 @@ std::expected<Request, RequestError> parse_request(std::string_view line) {
         if (!dir) return bad(id, ReplyCode::bad_request, dir.error());
         return Request{id, SnapshotDeleteCmd{std::move(*dir)}};
     }
+    if (cmd == "snapshot-load") {
+        auto dir = path_field(request, "dir", Uri::no);
+        if (!dir) return bad(id, ReplyCode::bad_request, dir.error());
+        return Request{id, SnapshotLoadCmd{std::move(*dir)}};
+    }
     if (cmd == "vm-create") {
         auto spec = parse_vm_create(request);
         if (!spec) return bad(id, ReplyCode::bad_request, spec.error());
@@ -461,7 +466,8 @@ std::expected<Request, RequestError> parse_request(std::string_view line) {
     }
     return bad(id, ReplyCode::unknown_command,
                fmt::format("unknown command \"{}\" (status, stats, swapon, swapoff, set-limit, set-budget, vm-create, "
-                           "vm-stop, vm-pause, vm-resume, vm-remove, vm-list, set-balloon, set-quota, snapshot, snapshot-delete)",
+                           "vm-stop, vm-pause, vm-resume, vm-remove, vm-list, set-balloon, set-quota, snapshot, snapshot-delete, "
+                           "snapshot-load)",
                            cmd));
 }
 
@@ -526,6 +532,9 @@ struct Describe {
     }
     std::string operator()(const SnapshotDeleteCmd& c) const {
         return fmt::format("snapshot-delete dir={}", audit_value(c.dir));
+    }
+    std::string operator()(const SnapshotLoadCmd& c) const {
+        return fmt::format("snapshot-load dir={}", audit_value(c.dir));
     }
     std::string operator()(const SetBalloonCmd& c) const {
         return fmt::format("set-balloon vm={} bytes={}", audit_value(c.vm), c.bytes);

@@ -104,6 +104,11 @@ struct SnapshotCmd {
 struct SnapshotDeleteCmd {
     std::string dir;
 };
+// snapshot-load: a snapshot this daemon should restore from, its devices not
+// attached yet (docs/SNAPSHOT.md#load).
+struct SnapshotLoadCmd {
+    std::string dir;
+};
 // How long vm-stop gives the guest to exit by itself before forcing it.
 inline constexpr std::chrono::milliseconds kDefaultStopTimeout{5000};
 inline constexpr std::chrono::milliseconds kMaxStopTimeout{600000};
@@ -126,7 +131,8 @@ struct SetQuotaCmd {
     std::uint64_t bytes = 0;  // swap quota on the shared pool; 0: none
 };
 using Command = std::variant<StatusCmd, SwaponCmd, SwapoffCmd, SetLimitCmd, SetBudgetCmd, VmCreateCmd, VmStopCmd,
-                             VmActionCmd, VmListCmd, SetBalloonCmd, SetQuotaCmd, SnapshotCmd, SnapshotDeleteCmd>;
+                             VmActionCmd, VmListCmd, SetBalloonCmd, SetQuotaCmd, SnapshotCmd, SnapshotDeleteCmd,
+                             SnapshotLoadCmd>;
 
 // A request id is a JSON integer or string, echoed back verbatim. It is optional,
 // as in QMP: a request without one is run and its reply carries "id":null. An id of

@@ -39,6 +39,9 @@ Result<VmInfo> VmControl::restore_vm(const RestoreRequest&) { return std::unexpe
 Result<void> VmControl::delete_snapshot(const std::filesystem::path&) {
     return std::unexpected(no_snapshots("snapshot-delete"));
 }
+Result<bool> VmControl::load_snapshot(const std::filesystem::path&) {
+    return std::unexpected(no_snapshots("snapshot-load"));
+}
 
 swap::Handover VmControl::default_handover(const std::string& device) {
     swap::Handover h;

@@ -132,6 +132,10 @@ public:
     virtual Result<VmInfo> restore_vm(const RestoreRequest& request);
     // Release a snapshot's slot references and remove its files.
     virtual Result<void> delete_snapshot(const std::filesystem::path& dir);
+    // ctl snapshot-load (docs/SNAPSHOT.md#load): reserve a snapshot's slots before its
+    // devices are attached, as `serve --snapshots` does at start. True: loaded now (it
+    // refers to no swap slot); false: waiting for the swapon of its devices.
+    virtual Result<bool> load_snapshot(const std::filesystem::path& dir);
     virtual SnapshotSummary snapshot_summary() const { return {}; }
     // The hooks of `swapoff --handover` of `device` (docs/SNAPSHOT.md#handover): the
     // snapshots holding slots there are checked (no VM restored from them running,

@@ -50,6 +50,36 @@ bool SnapshotStore::expect(const fs::path& dir) {
     return true;
 }
 
+Result<SnapshotStore::LoadState> SnapshotStore::load(const fs::path& dir) {
+    const fs::path key = SWV_TRY(snapshot_key(dir));
+    std::error_code ec;
+    if (!fs::exists(key / guestmem::kMemoryManifest, ec))
+        return make_error(control::VmErrc::bad_snapshot, "load snapshot: no memory manifest (not a snapshot)",
+                          key.string());
+    std::lock_guard lock(mutex_);
+    if (loaded_.contains(key)) return make_error(control::VmErrc::bad_snapshot, "load snapshot: loaded already", key.string());
+    if (std::find(expected_.begin(), expected_.end(), key) != expected_.end())
+        return make_error(control::VmErrc::bad_snapshot, "load snapshot: waiting for its swap devices already",
+                          key.string());
+    if (handed_over_.contains(key))
+        return make_error(control::VmErrc::bad_snapshot, "load snapshot",
+                          key.string() + ": handed over with its swap device from this swapvisor");
+    auto holds = guestmem::snapshot_slot_count(key);
+    if (!holds) return std::unexpected(holds.error());
+    if (*holds == 0) {
+        auto snap = SWV_TRY(guestmem::MemorySnapshot::open(key, &pool_));
+        unavailable_.erase(key);
+        loaded_.emplace(key, std::move(snap));
+        spdlog::info("snapshot {}: loaded (no swap slot)", key.string());
+        return LoadState::loaded;
+    }
+    SWV_TRY(guestmem::expect_snapshot_slots(key, pool_));
+    unavailable_.erase(key);
+    expected_.push_back(key);
+    spdlog::info("snapshot {}: {} slots reserved, waiting for the swapon of its devices", key.string(), *holds);
+    return LoadState::waiting;
+}
+
 void SnapshotStore::open_all() {
     std::lock_guard lock(mutex_);
     for (const fs::path& d : std::exchange(expected_, {})) {
@@ -76,9 +106,11 @@ Result<guestmem::MemorySnapshot*> SnapshotStore::get(const fs::path& dir) {
         auto snap = guestmem::MemorySnapshot::open(dir, &pool_);
         if (!snap) return std::unexpected(it->second);
         unavailable_.erase(it);
+        std::erase(expected_, dir);
         return loaded_.insert_or_assign(dir, std::move(*snap)).first->second.get();
     }
     auto snap = SWV_TRY(guestmem::MemorySnapshot::open(dir, &pool_));
+    std::erase(expected_, dir);  // snapshot-load's, now taken over
     return loaded_.insert_or_assign(dir, std::move(snap)).first->second.get();
 }
 

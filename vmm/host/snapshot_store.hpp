@@ -51,6 +51,14 @@ public:
     // The same for one snapshot directory (`run --restore DIR`, before its swapons).
     // False (logged, remembered as unavailable) if its slots cannot be reserved.
     bool expect(const std::filesystem::path& dir);
+    // ctl snapshot-load DIR on a running daemon (docs/SNAPSHOT.md#load): the same as
+    // expect() for one snapshot, with its error returned: refused if it is loaded or
+    // waiting already, was handed over from here, or names a device that is attached
+    // (its slots can only be reserved before that device's swapon: after it, a VM may
+    // have been given them). A snapshot with no swapped page is opened at once; one
+    // with some waits for the swapon of its devices, a restore opening it then.
+    enum class LoadState { loaded, waiting };
+    Result<LoadState> load(const std::filesystem::path& dir);
     // After the swapons: open each expected snapshot (taking the reserved slots over).
     // One whose device is missing is logged, remembered with its error, and the
     // daemon goes on.

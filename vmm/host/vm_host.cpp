@@ -478,6 +478,13 @@ Result<control::VmInfo> VmHost::restore_vm(const control::RestoreRequest& reques
     return restore(request, SerialPrefix::name);
 }
 
+Result<bool> VmHost::load_snapshot(const fs::path& dir_arg) {
+    if (snapshots_ == nullptr) return VmControl::load_snapshot(dir_arg);
+    auto state = snapshots_->load(dir_arg);
+    if (!state) return std::unexpected(std::move(state.error()).with_context("snapshot-load"));
+    return *state == SnapshotStore::LoadState::loaded;
+}
+
 Result<void> VmHost::delete_snapshot(const fs::path& dir_arg) {
     if (snapshots_ == nullptr) return VmControl::delete_snapshot(dir_arg);
     const fs::path dir = SWV_TRY(with_context(snapshot_key(dir_arg), "snapshot-delete"));

@@ -99,6 +99,7 @@ public:
                                               control::AfterSnapshot after) override;
     Result<control::VmInfo> restore_vm(const control::RestoreRequest& request) override;
     Result<void> delete_snapshot(const std::filesystem::path& dir) override;
+    Result<bool> load_snapshot(const std::filesystem::path& dir) override;
     control::SnapshotSummary snapshot_summary() const override;
     swap::Handover handover(const std::string& device) override;
 
