@@ -34,6 +34,8 @@ namespace {
 
 constexpr unsigned kRingEntries = 32;
 constexpr unsigned kMinWorkers = 4;
+// Faults of one VM a worker serves in a row while the VM is at its cap (serve_event).
+constexpr unsigned kStreak = 64;
 // Epoll data of the service's own eventfds; clients' ids count up from 1.
 constexpr std::uint64_t kKickId = ~std::uint64_t{0};
 constexpr std::uint64_t kStopId = ~std::uint64_t{0} - 1;
@@ -199,27 +201,42 @@ void FaultService::serve_event(std::uint64_t id, io::Ring& ring) {
         // passes the cap however reads and re-arms interleave.
         ++c->serving_;
     }
-    // One message: the next may go to another worker while this one is served.
-    uffd_msg msg{};
-    // Kernel contract: read(2) of a non-blocking userfaultfd returns whole messages;
-    // EAGAIN when there is none (a spurious wake-up).
-    const ssize_t got = ::read(c->userfault_fd(), &msg, sizeof msg);
-    const MonoTime seen = mono_now();  // the fault has waited since at least now (stall.hpp)
-    const bool fault = got == static_cast<ssize_t>(sizeof msg) && msg.event == UFFD_EVENT_PAGEFAULT;
-    {
+    // One message at a time: the next may go to another worker while this one is
+    // served. At its cap the VM's fd stays disarmed while this worker serves; the
+    // worker then reads the VM's next fault itself (a vCPU faults again right after
+    // its wake, during this worker's bookkeeping), up to kStreak in a row: re-arming
+    // would hand it to another worker, a thread wake-up and cold caches per fault
+    // (B3 of swap_bench: +10-20 us at p50 on 4 workers, docs/PERFORMANCE.md).
+    for (unsigned streak = 1;; ++streak) {
+        uffd_msg msg{};
+        // Kernel contract: read(2) of a non-blocking userfaultfd returns whole
+        // messages; EAGAIN when there is none (a spurious wake-up, or the end of a
+        // streak).
+        const ssize_t got = ::read(c->userfault_fd(), &msg, sizeof msg);
+        const MonoTime seen = mono_now();  // the fault has waited since at least now (stall.hpp)
+        const bool fault = got == static_cast<ssize_t>(sizeof msg) && msg.event == UFFD_EVENT_PAGEFAULT;
+        {
+            std::lock_guard lk(mutex_);
+            if (!fault) --c->serving_;  // nothing to serve: another worker got it
+            if (c->id_ != 0 && !c->armed_ && c->serving_ < c->cap_) arm_locked(*c, EPOLL_CTL_MOD);
+            if (!fault) {
+                leave_locked(*c);
+                return;
+            }
+        }
+        const FaultClient::Turn turn = c->serve(msg, seen, ring);
         std::lock_guard lk(mutex_);
-        if (!fault) --c->serving_;  // a spurious wake-up: another worker got it
-        if (c->id_ != 0 && c->serving_ < c->cap_) arm_locked(*c, EPOLL_CTL_MOD);
+        if (turn == FaultClient::Turn::parked && c->id_ != 0) {
+            ++c->parked_;
+            ++parked_total_;
+        }
+        // Keep the slot for the VM's next fault while nobody else could take it (fd
+        // disarmed at the cap) and no parked fault anywhere waits for a worker.
+        if (streak < kStreak && c->id_ != 0 && !c->armed_ && parked_total_ == 0) continue;
+        --c->serving_;
+        leave_locked(*c);
+        return;
     }
-    FaultClient::Turn turn = FaultClient::Turn::served;
-    if (fault) turn = c->serve(msg, seen, ring);
-    std::lock_guard lk(mutex_);
-    if (fault) --c->serving_;
-    if (turn == FaultClient::Turn::parked && c->id_ != 0) {
-        ++c->parked_;
-        ++parked_total_;
-    }
-    leave_locked(*c);
 }
 
 void FaultService::worker_loop() {
