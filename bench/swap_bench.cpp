@@ -50,13 +50,17 @@ constexpr std::size_t kBatchPages = 64;
 
 constexpr const char* kUsage =
     "usage: swap_bench [--dir DIR] [--mib N] [--limit-mib N] [--samples N]\n"
-    "                  [--direct-mib N] [--readin-samples N]\n"
+    "                  [--direct-mib N] [--readin-samples N] [--fault-workers N]\n"
     "  --dir             directory on a real disk for the swap file (default /var/tmp)\n"
     "  --mib             guest memory filled through the guest view (default 256)\n"
     "  --limit-mib       the VM's resident limit (default 32)\n"
     "  --samples         swap-in faults timed, random order (default 8192)\n"
     "  --direct-mib      data written per pass by pool.write_out (default 256)\n"
-    "  --readin-samples  pool.read_in calls timed (default 4096)\n";
+    "  --readin-samples  pool.read_in calls timed (default 4096)\n"
+    "  --fault-workers   the host's fault workers (default FaultService::default_workers)\n";
+
+// --fault-workers: read once in main, used by every HostMemory of the run.
+unsigned g_fault_workers = 0;
 
 std::uint64_t pattern(std::uint64_t page, std::uint64_t word) {
     std::uint64_t x = page * 0x9E3779B97F4A7C15ULL ^ (word << 17);
@@ -174,7 +178,7 @@ TierFigures tier_swap_in(const std::string& spec, std::uint64_t samples) {
             if (v != swap::kNoVSlot) pool.free(v);
         f.read_in = Percentiles(std::move(us));
     }
-    guestmem::HostMemory host(pool, 0);
+    guestmem::HostMemory host(pool, 0, 0, g_fault_workers);
     auto* vm = need(host.create_vm(guestmem::MemoryConfig{.name = "tier",
                                                            .memory_bytes = kTierMib * kMiB,
                                                            .resident_limit = kTierLimitMib * kMiB}),
@@ -217,6 +221,7 @@ int run(int argc, char** argv) {
     const std::uint64_t samples = flags.u64("samples", 8192);
     const std::uint64_t direct_mib = flags.u64("direct-mib", 256);
     const std::uint64_t readin_samples = flags.u64("readin-samples", 4096);
+    g_fault_workers = static_cast<unsigned>(flags.u64("fault-workers", 0));
     if (!flags.ok(kUsage)) return 2;
     if (mib < 2 * limit_mib || limit_mib < 4) {
         std::fprintf(stderr, "swap_bench: need --limit-mib >= 4 and --mib >= 2 x --limit-mib\n");
@@ -280,7 +285,7 @@ int run(int argc, char** argv) {
     Percentiles rin(std::move(readin_us));
 
     // ---- A1: reclaimer swap-out ------------------------------------------------
-    guestmem::HostMemory host(pool, 0);
+    guestmem::HostMemory host(pool, 0, 0, g_fault_workers);
     auto* vm = need(host.create_vm(guestmem::MemoryConfig{.name = "bench",
                                                            .memory_bytes = (mib + 2 + 1) / 2 * 2 * kMiB,
                                                            .resident_limit = limit_mib * kMiB}),

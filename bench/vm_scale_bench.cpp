@@ -9,7 +9,8 @@
 //         random order (each read checked), all at once: the aggregate swap-in rate
 //         and the fault latency (p50 / p99) of every touch;
 //   threads  the process's threads during the run: the reclaim workers
-//         (swv-reclaim), the VMs' fault threads (swv-fault), all of ours, and
+//         (swv-reclaim), the host-wide fault workers (swv-fault; one per VM before
+//         the fault service, guestmem/fault_service.hpp), all of ours, and
 //         apart from those io_uring's kernel workers (iou-*), which the kernel
 //         adds on demand.
 //
@@ -44,11 +45,12 @@ constexpr std::uint64_t kPage = guestmem::kPageSize;
 constexpr std::uint64_t kMiB = 1 << 20;
 
 constexpr const char* kUsage =
-    "usage: vm_scale_bench [--dir DIR] [--total-mib N] [--vms LIST] [--workers N]\n"
+    "usage: vm_scale_bench [--dir DIR] [--total-mib N] [--vms LIST] [--workers N] [--fault-workers N]\n"
     "  --dir        directory on a real disk for the swap file (default /var/tmp)\n"
     "  --total-mib  guest memory of all VMs together (default 256)\n"
     "  --vms        comma-separated VM counts (default 1,4,16)\n"
-    "  --workers    reclaim workers (default: ReclaimService::default_workers)\n";
+    "  --workers    reclaim workers (default: ReclaimService::default_workers)\n"
+    "  --fault-workers  fault workers (default: FaultService::default_workers)\n";
 
 std::uint64_t pattern(std::uint64_t vm, std::uint64_t page) { return (vm * 0x9E3779B97F4A7C15ULL ^ page * 0xBF58476D1CE4E5B9ULL) | 1; }
 
@@ -103,7 +105,8 @@ struct Row {
     std::uint64_t wrong = 0, out_pages = 0, in_pages = 0;
 };
 
-Row run(unsigned n, std::uint64_t total_mib, unsigned workers, const std::filesystem::path& dir) {
+Row run(unsigned n, std::uint64_t total_mib, unsigned workers, unsigned fault_workers,
+        const std::filesystem::path& dir) {
     Row row;
     row.vms = n;
     // 2 MiB granules per VM; the swap file holds everything with room to spare.
@@ -113,7 +116,7 @@ Row run(unsigned n, std::uint64_t total_mib, unsigned workers, const std::filesy
     swap::SwapPool pool;
     need(pool.swapon(dir / "scale.swap", 0, vm_bytes * n * 2), "swapon");
     {
-        guestmem::HostMemory host(pool, 0, workers);
+        guestmem::HostMemory host(pool, 0, workers, fault_workers);
         std::vector<guestmem::GuestMemory*> vms;
         for (unsigned i = 0; i < n; ++i) {
             auto* vm = need(host.create_vm(guestmem::MemoryConfig{.name = "vm" + std::to_string(i),
@@ -214,11 +217,12 @@ int main(int argc, char** argv) {
     const std::uint64_t total_mib = flags.u64("total-mib", 256);
     const std::vector<unsigned> counts = parse_list(flags.str("vms", "1,4,16"));
     const unsigned workers = static_cast<unsigned>(flags.u64("workers", 0));
+    const unsigned fault_workers = static_cast<unsigned>(flags.u64("fault-workers", 0));
     if (!flags.ok(kUsage) || counts.empty()) return 2;
     if (!bench::on_real_disk(base)) return 1;
     bench::ScratchDir dir(base, "swv-vmscale-");
     std::vector<Row> rows;
-    for (unsigned n : counts) rows.push_back(run(n, total_mib, workers, dir.path()));
+    for (unsigned n : counts) rows.push_back(run(n, total_mib, workers, fault_workers, dir.path()));
 
     const Row& r0 = rows.front();
     std::printf("vm_scale_bench: %" PRIu64 " MiB of guest memory split among N VMs, limits 1/8 (ratios to N=%u)\n",

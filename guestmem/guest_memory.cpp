@@ -4,7 +4,6 @@
 #include "guestmem/guest_memory.hpp"
 
 #include <pthread.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -19,9 +18,12 @@
 namespace swapvisor::guestmem {
 
 GuestMemory::Impl::Impl(const MemoryConfig& config, VmId id, HostBudget* h, swap::SwapPool* p,
-                        ReclaimService* s, std::unique_ptr<MemfdKernel> k, Stage2 t, AccessAges a)
+                        ReclaimService* s, FaultService* f, std::unique_ptr<MemfdKernel> k, Stage2 t,
+                        AccessAges a)
     : own_service(s ? nullptr : std::make_unique<ReclaimService>(kPrivateWorkers, config.on_thread_start)),
       service(s ? s : own_service.get()),
+      own_faults(f ? nullptr : std::make_unique<FaultService>(std::max(1u, config.vcpus) + 1, config.on_thread_start)),
+      faults(f ? f : own_faults.get()),
       host(h),
       pool(p),
       kernel(std::move(k)),
@@ -33,11 +35,12 @@ GuestMemory::Impl::Impl(const MemoryConfig& config, VmId id, HostBudget* h, swap
       name(config.name),
       on_thread_start(config.on_thread_start),
       ages(std::move(a)),
-      stalls(std::max(1u, config.fault_threads), mono_now()),
+      stalls(std::max(1u, config.vcpus), mono_now()),
       observers{ages, stalls, config.working_set_window, mono_now},
       age_scan_period(config.age_scan_period),
       age_builder(config.working_set_window),
-      age_sampling(config.age_scan_period.count() > 0 ? config.age_scan_sample : 1) {}
+      age_sampling(config.age_scan_period.count() > 0 ? config.age_scan_sample : 1),
+      vcpus(std::max(1u, config.vcpus)) {}
 
 GuestMemory::GuestMemory(MemoryConfig config, VmId id) : config_(std::move(config)), id_(id) {}
 
@@ -54,7 +57,8 @@ GuestMemory::~GuestMemory() {
 }
 
 Result<std::unique_ptr<GuestMemory>> create_guest_memory(const MemoryConfig& config, VmId id, HostBudget* host,
-                                                          swap::SwapPool* pool, ReclaimService* service) {
+                                                          swap::SwapPool* pool, ReclaimService* service,
+                                                          FaultService* faults) {
     if (config.age_scan_sample < 1 || config.age_scan_sample > AgeSampling::kMax)
         return errno_error("create guest memory", EINVAL,
                            fmt::format("{}: age scan sample {} is not in 1..{}", config.name, config.age_scan_sample,
@@ -63,12 +67,8 @@ Result<std::unique_ptr<GuestMemory>> create_guest_memory(const MemoryConfig& con
     auto table = SWV_TRY(Stage2::create(kernel->pages()));
     auto ages = SWV_TRY(AccessAges::create(kernel->pages()));
     std::unique_ptr<GuestMemory> mem(new GuestMemory(config, id));
-    mem->impl_ = std::make_unique<GuestMemory::Impl>(config, id, host, pool, service, std::move(kernel),
+    mem->impl_ = std::make_unique<GuestMemory::Impl>(config, id, host, pool, service, faults, std::move(kernel),
                                                      std::move(table), std::move(ages));
-    // Kernel contract: eventfd(2) — a counter the fault threads poll next to the uffd.
-    int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (efd < 0) return errno_error("eventfd");
-    mem->impl_->stop_event = io::UniqueFd(efd);
     if (host) host->vm_added(config.memory_bytes);
     if (config.swap_quota) mem->impl_->limits.set_swap_quota_bytes(config.swap_quota);
     return mem;
@@ -178,13 +178,12 @@ void GuestMemory::kick_reclaimer() { impl_->limits.kick_reclaimer(); }
 
 Result<void> GuestMemory::start() {
     auto& impl = *impl_;
-    if (!impl.fault_threads.empty() || impl.reclaim_attached) return {};
-    const unsigned n = std::max(1u, config_.fault_threads);
-    // Thread names (15 bytes at most) let top -H and perf tell the roles apart.
-    for (unsigned i = 0; i < n; ++i) {
-        impl.fault_threads.emplace_back([&impl] { impl.fault_loop(); });
-        ::pthread_setname_np(impl.fault_threads.back().native_handle(), "swv-fault");
-    }
+    if (impl.faults_attached || impl.reclaim_attached) return {};
+    // A client of the fault workers (fault_service.hpp): room made while its faults
+    // are parked kicks them.
+    impl.limits.set_room_listener(&impl);
+    SWV_TRY(impl.faults->attach(impl, impl.vcpus));
+    impl.faults_attached = true;
     impl.start_reclaim();  // a client of the reclaim workers (reclaim_service.hpp)
     if (impl.fill_rest || !impl.prefetch_order.empty()) {  // fill_rest only with an image
         impl.filler = std::thread([&impl] { impl.fill_loop(); });  // snapshot.cpp
@@ -197,14 +196,19 @@ void GuestMemory::stop() {
     if (!impl_) return;
     auto& impl = *impl_;
     impl.stopping = true;
-    std::uint64_t one = 1;
-    // Kernel contract: an eventfd write adds to its counter and makes it readable.
-    if (impl.stop_event.valid()) (void)!::write(impl.stop_event.get(), &one, sizeof one);
-    impl.limits.wake_all();
+    impl.limits.wake_all();  // parked faults may go now (stopping): the workers are kicked
     if (impl.filler.joinable()) impl.filler.join();
-    for (auto& t : impl.fault_threads)
-        if (t.joinable()) t.join();
-    impl.fault_threads.clear();
+    // The parked faults go now (over the limit, as a throttle wait returned at stop);
+    // then out of the epoll set, no worker inside the VM any more; faults still
+    // parked (every worker busy elsewhere for the throttle's bound) are dropped,
+    // their threads woken (they fault again, unread, until the userfaultfd closes).
+    if (impl.faults_attached) {
+        impl.await_parked();
+        impl.faults->detach(impl);
+        impl.faults_attached = false;
+    }
+    impl.drop_parked();
+    impl.limits.set_room_listener(nullptr);
     // No new scan step; the batches it queued are still written and completed (their
     // pages are in writeback and must end swapped or inactive again), then the VM
     // leaves the workers, none of them inside it any more.

@@ -1,9 +1,9 @@
 // GuestMemory: one VM's RAM (guestmem/README.md). It wires the pieces together —
 // MemfdKernel (the memfds, their two views and the userfaultfd), the Stage2 table,
-// Limits (the reclaim policy) and Transitions (the page-state machine) — and runs
-// the threads that drive them: fault-service threads that resolve userfaultfd faults
-// (fault_service.cpp) and a reclaimer that keeps the VM under its limit
-// (reclaimer.cpp). Devices and the loader never touch the guest view: they call
+// Limits (the reclaim policy) and Transitions (the page-state machine) — and is a
+// client of the host-wide workers that drive them: the fault workers that resolve
+// its userfaultfd faults (fault_service.cpp) and the reclaim workers that keep it
+// under its limit (reclaimer.cpp). Devices and the loader never touch the guest view: they call
 // read/write/discard here, which make the page present first.
 #pragma once
 
@@ -39,12 +39,14 @@ namespace swapvisor::guestmem {
 class HostBudget;
 class GuestMemory;
 class ReclaimService;
+class FaultService;
 class MemorySnapshot;
 struct RestoreOptions;
 
 // The threads guestmem starts, for a caller that confines each kind (vmm installs
-// a seccomp filter per role from this hook). The reclaim workers (reclaim_service.hpp)
-// are `reclaimer`: they scan and write back. `writeback` is no longer started.
+// a seccomp filter per role from this hook). The fault workers (fault_service.hpp)
+// are `fault_service`; the reclaim workers (reclaim_service.hpp) are `reclaimer`:
+// they scan and write back. `writeback` is no longer started.
 enum class ThreadRole : std::uint8_t { fault_service, reclaimer, writeback };
 // Called on each such thread once its own resources (io_uring) exist, before it
 // serves anything. Must not fail: a hook that cannot confine the thread aborts.
@@ -54,11 +56,13 @@ struct MemoryConfig {
     std::string name = "vm0";
     std::uint64_t memory_bytes = 0;      // multiple of 2 MiB
     std::uint64_t resident_limit = 0;    // 0 = no per-VM limit
-    unsigned fault_threads = 1;          // one per vCPU in vmm: also the vCPU count for stall "full"
+    // The VM's vCPUs (its faulting threads): the stall's "full" is all of them stalled,
+    // and at most this many of its faults are served at once (FaultService::cap_for).
+    unsigned vcpus = 1;
     std::uint64_t swap_quota = 0;        // bytes of swap this VM may fill; 0 = no quota
-    // May be empty. Called on this VM's own threads (fault service, filler), and on
-    // the workers of a reclaim service of its own (a VM outside a HostMemory); the
-    // host's workers call HostMemory::set_worker_start_hook's instead.
+    // May be empty. Called on this VM's own thread (a restore's filler), and on the
+    // workers of a fault and a reclaim service of its own (a VM outside a
+    // HostMemory); the host's workers call HostMemory::set_worker_start_hook's instead.
     ThreadStartHook on_thread_start;
     // Working-set measurement (README#working-set): pages accessed within this window
     // are the working set; a swap-in of one is a refault.
@@ -83,10 +87,12 @@ struct MemoryConfig {
 
 // Build one VM's memory (HostMemory::create_vm is the usual way). host: the host
 // budget this VM counts against (null: none); pool: its swap (null: no swap);
-// service: the host-wide reclaim workers it is a client of (null: a small service of
-// its own, reclaim_service.hpp). The service must outlive the VM.
+// service / faults: the host-wide reclaim and fault workers it is a client of (null:
+// a small service of its own, reclaim_service.hpp, fault_service.hpp). They must
+// outlive the VM.
 Result<std::unique_ptr<GuestMemory>> create_guest_memory(const MemoryConfig& config, VmId id, HostBudget* host,
-                                                          swap::SwapPool* pool, ReclaimService* service = nullptr);
+                                                          swap::SwapPool* pool, ReclaimService* service = nullptr,
+                                                          FaultService* faults = nullptr);
 
 struct MemStats {
     std::string name;
@@ -223,10 +229,10 @@ public:
     // Drop the pages of a page-aligned range: the next touch reads zeros.
     Result<void> discard(GpaRange range);
 
-    // Start the fault-service threads and join the reclaim service (after the loader
-    // has written the image).
+    // Join the fault and reclaim services (after the loader has written the image).
     Result<void> start();
-    // Stop them (VM exit): the fault threads end, the batches already queued are
+    // Leave them (VM exit): the VM's uffd leaves the fault workers' set, its parked
+    // faults are dropped (their threads woken), the batches already queued are
     // written and completed, the VM leaves the reclaim service. Idempotent.
     void stop();
 
@@ -268,10 +274,11 @@ public:
 
 private:
     friend Result<std::unique_ptr<GuestMemory>> create_guest_memory(const MemoryConfig&, VmId, HostBudget*,
-                                                                     swap::SwapPool*, ReclaimService*);
+                                                                     swap::SwapPool*, ReclaimService*, FaultService*);
     friend Result<std::unique_ptr<GuestMemory>> restore_guest_memory(const MemoryConfig&, VmId, HostBudget*,
                                                                       swap::SwapPool*, const MemorySnapshot&,
-                                                                      const RestoreOptions&, ReclaimService*);
+                                                                      const RestoreOptions&, ReclaimService*,
+                                                                      FaultService*);
     GuestMemory(MemoryConfig config, VmId id);
     MemoryConfig config_;
     VmId id_;

@@ -4,7 +4,9 @@
 // Transitions that use them all.
 //
 // Threads (guestmem/README.md#threads):
-//   fault threads  — poll the userfaultfd, choose the row for each fault;
+//   fault workers  — host-wide (FaultService, or this VM's own small one): read one
+//                    message of its userfaultfd at a time, choose the row, park a
+//                    fault that would wait for room (parked, under park_mutex);
 //   reclaim workers — host-wide (ReclaimService, shared by every VM of a HostMemory, or
 //                    this VM's own small one): this VM is one of their clients. A
 //                    worker runs either one CLOCK scan step of it (one worker at a
@@ -16,6 +18,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <filesystem>
 #include <memory>
 #include <mutex>
@@ -42,10 +45,11 @@ namespace swapvisor::guestmem {
 inline constexpr std::uint64_t kFaultAroundPages = MemfdKernel::kMaxZeroRun;
 inline constexpr std::uint64_t kReadaheadPages = 16;
 
-struct GuestMemory::Impl final : ReclaimClient, ReclaimWaker {
-    // service: the host's reclaim workers (null: this VM gets its own, kPrivateWorkers).
+struct GuestMemory::Impl final : ReclaimClient, ReclaimWaker, FaultClient, RoomListener {
+    // service / faults: the host's reclaim and fault workers (null: this VM gets its
+    // own, kPrivateWorkers / vcpus + 1).
     Impl(const MemoryConfig& config, VmId id, HostBudget* host, swap::SwapPool* pool, ReclaimService* service,
-         std::unique_ptr<MemfdKernel> kernel, Stage2 table, AccessAges ages);
+         FaultService* faults, std::unique_ptr<MemfdKernel> kernel, Stage2 table, AccessAges ages);
     // A VM outside a HostMemory (tests, tools) runs its reclaim on a service of its
     // own this big: the same code as the host's, as many threads as the reclaimer
     // and 2 writeback threads a VM had before (reclaim_service.cpp kMinWorkers).
@@ -55,6 +59,11 @@ struct GuestMemory::Impl final : ReclaimClient, ReclaimWaker {
     // (they have left: stop() detached this VM).
     std::unique_ptr<ReclaimService> own_service;
     ReclaimService* service;
+    // A VM outside a HostMemory faults on vcpus + 1 workers of its own: its cap
+    // (FaultService::cap_for) is then its vCPUs, as many faults at once as it had
+    // fault threads before the host-wide service.
+    std::unique_ptr<FaultService> own_faults;
+    FaultService* faults;
 
     HostBudget* host;
     swap::SwapPool* pool;
@@ -87,9 +96,9 @@ struct GuestMemory::Impl final : ReclaimClient, ReclaimWaker {
     std::string limit_source = "manual";
     std::string auto_decision;
 
-    io::UniqueFd stop_event;   // eventfd that wakes the fault threads on stop
     std::atomic<bool> stopping{false};
-    std::vector<std::thread> fault_threads;
+    const unsigned vcpus;
+    bool faults_attached = false;  // start() .. stop() (the starter / stopper only)
     std::unique_ptr<WritebackQueue> writeback_queue = std::make_unique<WritebackQueue>();
     std::uint64_t clock_hand = 0;  // owned by the scan step (one worker at a time)
 
@@ -103,8 +112,36 @@ struct GuestMemory::Impl final : ReclaimClient, ReclaimWaker {
     void fill_loop();
 
     // --- fault service (fault_service.cpp) -------------------------------------------
-    void fault_loop();
-    void handle_fault(std::uint64_t hva, std::uint64_t flags, std::uint32_t tid, MonoTime seen, io::Ring& ring);
+    // A fault waiting for room without a worker (fault_service.hpp): until
+    // `deadline` (the throttle's bound), then it runs over.
+    struct Parked {
+        PendingFault fault;
+        std::chrono::steady_clock::time_point picked_up;  // its swap-in latency counts from here
+        MonoTime deadline{0};
+    };
+    // Protects: parked. Order: after the fault service's mutex; leaf.
+    mutable std::mutex park_mutex;
+    std::deque<Parked> parked;  // at most one per faulting thread (each waits for its fault)
+    std::condition_variable parked_served;  // stop(): the last parked fault was served
+    // The last swap-in / first touch served, for readahead and fault-around's
+    // "sequential" (was per fault thread; a worker serves many VMs).
+    std::atomic<std::uint64_t> last_swapin{~0ULL};
+    std::atomic<std::uint64_t> last_zero{~0ULL};
+
+    // FaultClient / RoomListener
+    int userfault_fd() const override { return kernel->uffd_fd(); }
+    Turn serve(const uffd_msg& msg, MonoTime seen, io::Ring& ring) override;
+    Turn serve_parked(MonoTime now, io::Ring& ring) override;
+    bool parked_ready(MonoTime now) const override;
+    void room_made() override;
+
+    Turn handle_fault(std::uint64_t hva, std::uint64_t flags, std::uint32_t tid, MonoTime seen, io::Ring& ring);
+    void finish(PendingFault& p, std::chrono::steady_clock::time_point picked_up, Throttle throttle, io::Ring& ring);
+    // stop(): the parked faults are served by the workers (stopping: they may go,
+    // over the limit, as a blocked throttle wait returned at stop); those still
+    // parked after Limits::kThrottleBound are dropped (stall closed, thread woken).
+    void await_parked();
+    void drop_parked();
     void readahead_after(PageIdx idx, io::Ring& ring);
     void zero_fault_around(PageIdx idx);
     std::vector<PageLock> lock_run_after(PageIdx idx, PageState state, std::uint64_t max);

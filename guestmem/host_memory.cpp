@@ -12,10 +12,12 @@
 
 namespace swapvisor::guestmem {
 
-HostMemory::HostMemory(swap::SwapPool& pool, std::uint64_t budget_bytes, unsigned reclaim_workers)
+HostMemory::HostMemory(swap::SwapPool& pool, std::uint64_t budget_bytes, unsigned reclaim_workers,
+                       unsigned fault_workers)
     : pool_(pool),
       budget_(budget_bytes),
-      reclaim_(reclaim_workers ? reclaim_workers : ReclaimService::default_workers(pool.stats().size())) {
+      reclaim_(reclaim_workers ? reclaim_workers : ReclaimService::default_workers(pool.stats().size())),
+      faults_(fault_workers) {
     // The compressed memory tiers live in host RAM: the budget covers them too
     // (swap/README.md#tiers). The pool outlives this object.
     budget_.count_also([&pool] { return pool.memory_tier_bytes(); });
@@ -46,8 +48,8 @@ Result<GuestMemory*> HostMemory::create_or_restore(const MemoryConfig& config, c
         if (listed.vm->name() == config.name)
             return make_error(Errc::unsupported, "create_vm: a VM with that name exists", config.name);
     auto id = next_id_;
-    auto vm = SWV_TRY(snapshot ? restore_guest_memory(config, id, &budget_, &pool_, *snapshot, options, &reclaim_)
-                               : create_guest_memory(config, id, &budget_, &pool_, &reclaim_));
+    auto vm = SWV_TRY(snapshot ? restore_guest_memory(config, id, &budget_, &pool_, *snapshot, options, &reclaim_, &faults_)
+                               : create_guest_memory(config, id, &budget_, &pool_, &reclaim_, &faults_));
     next_id_ = static_cast<VmId>(next_id_ + 1);
     // The users' count: a shared_ptr that owns nothing (the listing owns the VM) and
     // whose deleter says that the last reference is gone.

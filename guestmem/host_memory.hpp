@@ -13,9 +13,10 @@
 // Only the creator (the caller of create_vm, which also calls remove_vm) may keep the
 // raw pointer create_vm returns: it ends the VM itself.
 //
-// It also owns the host-wide reclaim workers (ReclaimService, reclaim_service.hpp):
-// every VM it creates is a client of them, so the reclaim and writeback threads do
-// not grow with the number of VMs.
+// It also owns the host-wide reclaim workers (ReclaimService, reclaim_service.hpp)
+// and fault workers (FaultService, fault_service.hpp): every VM it creates is a
+// client of both, so the reclaim, writeback and fault threads do not grow with the
+// number of VMs.
 #pragma once
 
 #include <cstdint>
@@ -25,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "guestmem/fault_service.hpp"
 #include "guestmem/guest_memory.hpp"
 #include "guestmem/limits.hpp"
 #include "guestmem/reclaim_service.hpp"
@@ -42,8 +44,10 @@ using VmRef = std::shared_ptr<GuestMemory>;
 class HostMemory final : public swap::EvictionSink {
 public:
     // budget_bytes = 0: no host-wide budget, only per-VM limits. reclaim_workers = 0:
-    // ReclaimService::default_workers of the devices the pool has now.
-    HostMemory(swap::SwapPool& pool, std::uint64_t budget_bytes, unsigned reclaim_workers = 0);
+    // ReclaimService::default_workers of the devices the pool has now; fault_workers
+    // = 0: FaultService::default_workers().
+    HostMemory(swap::SwapPool& pool, std::uint64_t budget_bytes, unsigned reclaim_workers = 0,
+               unsigned fault_workers = 0);
     ~HostMemory() override;
 
     // The pointer is the creator's own: valid until it calls remove_vm. Everyone else
@@ -65,9 +69,15 @@ public:
     swap::SwapPool& pool() { return pool_; }
     // The host-wide reclaim workers (their number, threads started, for reports and tests).
     const ReclaimService& reclaim_service() const { return reclaim_; }
-    // Called on each reclaim worker as it starts (vmm confines it); before the first
-    // VM starts.
-    void set_worker_start_hook(ThreadStartHook hook) { reclaim_.set_thread_start_hook(std::move(hook)); }
+    // The host-wide fault workers (their number, threads started, VMs attached).
+    const FaultService& fault_service() const { return faults_; }
+    // Called on each reclaim worker (ThreadRole::reclaimer) and fault worker
+    // (ThreadRole::fault_service) as it starts (vmm confines it); before the first VM
+    // starts.
+    void set_worker_start_hook(const ThreadStartHook& hook) {
+        reclaim_.set_thread_start_hook(hook);
+        faults_.set_thread_start_hook(hook);
+    }
 
     void set_budget(std::uint64_t bytes);
     std::uint64_t budget() const { return budget_.budget_bytes(); }
@@ -101,6 +111,7 @@ private:
     // Outlives every VM (they are its clients): declared before vms_, and the
     // destructor retires the VMs first.
     ReclaimService reclaim_;
+    FaultService faults_;
     // Protects: vms_ (the list, not the VMs: those are kept alive by their VmRefs);
     // Order: leaf (never held while waiting for references to drain; only a listed
     // VM's name and id are read under it).

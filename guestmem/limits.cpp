@@ -155,6 +155,20 @@ void Limits::pages_freed(std::uint64_t n) {
     occupancy_.resident.fetch_sub(n);
     if (host_) host_->note_freed(n);
     notify_sleepers(room_freed_);
+    if (parked_.load() != 0 && !holding_at_limit()) notify_room();
+}
+
+void Limits::note_parked(int delta) {
+    if (delta > 0) {
+        parked_.fetch_add(static_cast<std::uint32_t>(delta));
+        wake_reclaimer();  // now urgent: served before VMs that are not at their limit
+    } else {
+        parked_.fetch_sub(static_cast<std::uint32_t>(-delta));
+    }
+}
+
+void Limits::notify_room() {
+    if (RoomListener* l = room_listener_.load()) l->room_made();
 }
 
 void Limits::notify_sleepers(std::condition_variable& cv) {
@@ -197,6 +211,7 @@ bool Limits::cannot_hold(OverReason why) {
         retry_ = kRetryFirst;
         room_freed_.notify_all();  // throttled faulters stop waiting
     }
+    if (parked_.load() != 0) notify_room();  // parked ones too
     return before == OverReason::none;
 }
 
@@ -212,6 +227,7 @@ void Limits::wake_all() {
         std::lock_guard lk(mutex_);
         room_freed_.notify_all();
     }
+    if (parked_.load() != 0) notify_room();
     wake_reclaimer();
 }
 

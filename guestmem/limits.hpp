@@ -116,6 +116,16 @@ protected:
     ~ReclaimWaker() = default;
 };
 
+// Told that faults parked for room may go now (GuestMemory::Impl: kicks the fault
+// service, fault_service.hpp). Called from any thread while faults are parked.
+class RoomListener {
+public:
+    virtual void room_made() = 0;
+
+protected:
+    ~RoomListener() = default;
+};
+
 // Why a limit is not being held (none: it is).
 enum class OverReason : std::uint8_t { none, no_swap, swap_full, swap_failing, nothing_evictable, swap_quota };
 const char* to_string(OverReason r);
@@ -164,8 +174,15 @@ public:
     // kThrottleBound; returns false if it gave up (the VM runs over its limit).
     // Returns true at once while the limit cannot be held.
     bool wait_for_room(const std::atomic<bool>& stopping);
-    // Faults waiting in wait_for_room now: the reclaim service serves this VM first.
-    bool faults_waiting() const { return throttled_.load(std::memory_order_relaxed) != 0; }
+    // Faults waiting for room now (in wait_for_room, or parked by the fault service):
+    // the reclaim service serves this VM first.
+    bool faults_waiting() const { return throttled_.load(std::memory_order_relaxed) != 0 || parked_.load() != 0; }
+    // The fault service parked (+1) or served / dropped (-1) a fault that waits for
+    // room instead of blocking in wait_for_room. While one is parked, room made (a
+    // page freed under the limit, the limit raised, cannot_hold, stop) tells the
+    // listener.
+    void note_parked(int delta);
+    void set_room_listener(RoomListener* listener) { room_listener_.store(listener); }
 
     // The reclaimer (reclaim_service.hpp): who is told of work (null: nobody). Set
     // when the VM's reclaim starts, cleared once it stopped.
@@ -208,6 +225,11 @@ private:
     // Faults in wait_for_room. Relaxed: a scheduling hint for the reclaim service.
     std::atomic<std::uint32_t> throttled_{0};
     std::atomic<ReclaimWaker*> waker_{nullptr};
+    // Parked faults. seq_cst: pages_freed lowers resident, then reads this; a parker
+    // raises this, then reads resident (over_limit): one of them sees the other.
+    std::atomic<std::uint32_t> parked_{0};
+    std::atomic<RoomListener*> room_listener_{nullptr};
+    void notify_room();
     std::atomic<OverReason> over_reason_{OverReason::none};
     std::atomic<bool> kicked_{false};                 // reclaimer: retry now
     std::chrono::milliseconds retry_{kRetryFirst};

@@ -494,7 +494,8 @@ Result<std::unique_ptr<MemorySnapshot>> GuestMemory::save(const fs::path& dir) {
 
 Result<std::unique_ptr<GuestMemory>> restore_guest_memory(const MemoryConfig& config, VmId id, HostBudget* host,
                                                           swap::SwapPool* pool, const MemorySnapshot& snap,
-                                                          const RestoreOptions& options, ReclaimService* service) {
+                                                          const RestoreOptions& options, ReclaimService* service,
+                                                          FaultService* faults) {
     const std::string where = snap.dir().string();
     if (config.memory_bytes != snap.memory_bytes())
         return std::unexpected(bad(fmt::format("the page table is for {} bytes of memory, the VM has {}",
@@ -513,7 +514,7 @@ Result<std::unique_ptr<GuestMemory>> restore_guest_memory(const MemoryConfig& co
     if (options.prefetch) order = SWV_TRY(load_working_set(snap.dir(), snap.pages()));
 
     // From here a failure destroys mem, which frees every reference its entries took.
-    auto mem = SWV_TRY(create_guest_memory(config, id, host, pool, service));
+    auto mem = SWV_TRY(create_guest_memory(config, id, host, pool, service, faults));
     GuestMemory::Impl& impl = *mem->impl_;
     // Every swapped page's reference at once, under one lock of the pool (one hold
     // per page was most of a restore's time, growing with memory: PERFORMANCE.md

@@ -100,7 +100,8 @@ private:
     friend class GuestMemory;
     friend Result<std::unique_ptr<GuestMemory>> restore_guest_memory(const MemoryConfig&, VmId, HostBudget*,
                                                                       swap::SwapPool*, const MemorySnapshot&,
-                                                                      const RestoreOptions&, ReclaimService*);
+                                                                      const RestoreOptions&, ReclaimService*,
+                                                                      FaultService*);
     MemorySnapshot() = default;
     Result<void> write_page_table(const std::filesystem::path& to) const;
 
@@ -128,7 +129,8 @@ Result<std::uint64_t> snapshot_slot_count(const std::filesystem::path& dir);
 Result<std::unique_ptr<GuestMemory>> restore_guest_memory(const MemoryConfig& config, VmId id, HostBudget* host,
                                                           swap::SwapPool* pool, const MemorySnapshot& snapshot,
                                                           const RestoreOptions& options = {},
-                                                          ReclaimService* service = nullptr);
+                                                          ReclaimService* service = nullptr,
+                                                          FaultService* faults = nullptr);
 
 // Release the snapshot's references and remove its memory files (manifest first).
 Result<void> delete_memory_snapshot(std::unique_ptr<MemorySnapshot> snapshot);

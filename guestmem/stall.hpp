@@ -1,10 +1,10 @@
 // StallTracker: memory stall of one VM, PSI-style (guestmem/README.md#memory-stall).
 //
-// A vCPU that faults on a page is blocked in the kernel until a fault thread
-// resolves the fault and wakes it. The fault threads report the waits that are
+// A vCPU that faults on a page is blocked in the kernel until a fault worker
+// resolves the fault and wakes it. The fault workers report the waits that are
 // memory pressure: a fault on a page in swap (or being read in by another fault)
 // and a fault held in the over-limit throttle. Each such wait is an interval
-// [seen, woken]: `seen` is when the fault thread read the fault from the
+// [seen, woken]: `seen` is when a fault worker read the fault from the
 // userfaultfd (the time between the vCPU's fault and that read is not seen by
 // anyone and is not counted), `woken` when UFFDIO_WAKE returned.
 //

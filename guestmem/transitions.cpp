@@ -139,7 +139,7 @@ Result<void> Transitions::fault_swapped(PageLock& lk, io::Ring& ring) {  // 10
     const PageEntry e = lk.entry();
     SWV_ASSERT(e.state() == PageState::swapped, "swap-in fault on a page that is not swapped");
     SWV_ASSERT(d_.pool != nullptr, "swapped page without a swap pool");
-    // Read into this thread's bounce page (the fault thread's registered buffer), not
+    // Read into this thread's bounce page (the fault worker's registered buffer), not
     // into the memfd: no memfd page is allocated and pinned under the O_DIRECT read,
     // and one UFFDIO_COPY allocates, fills and maps the page once its checksum matched
     // (README#transitions row 10, docs/DESIGN-NOTES.md 41).

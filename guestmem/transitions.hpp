@@ -118,7 +118,7 @@ public:
     std::uint64_t pages() const { return d_.table.pages(); }
     PageKernel& kernel() { return d_.kernel; }
 
-    // --- guest faults (fault thread). Resolve without waking: the caller releases
+    // --- guest faults (fault worker). Resolve without waking: the caller releases
     // the lock, then wakes the guest (wake_guest), so a guest that resumes and an
     // observer of the entry agree (README#lock-bit "wake after publish").
     Result<void> fault_zero(PageLock& lk);                      // 1   zero -> resident
@@ -131,7 +131,7 @@ public:
     void read_ahead(std::span<PageLock> swapped_run, io::Ring& ring);  // 10' swapped run -> resident|inactive[+CLN]
     Result<void> wake_guest(PageIdx idx);
     // This thread's bounce page for row 10's read (4 KiB, page aligned; empty if it
-    // could not be allocated). A fault thread registers it as its ring's arena, so
+    // could not be allocated). A fault worker registers it as its ring's arena, so
     // the read is a READ_FIXED into pages pinned once.
     static std::span<std::byte> bounce_page();
 

@@ -244,7 +244,7 @@ int run_host(const cli::RunConfig& config) {
     if (config.restore) snapshots.expect(*config.restore);
     if (auto r = swapon_all(pool, config.swaps); !r.empty()) return fail(r);
     snapshots.open_all();
-    swv::guestmem::HostMemory host(pool, config.host_budget);
+    swv::guestmem::HostMemory host(pool, config.host_budget, 0, config.fault_workers);
     if (pool.stats().empty()) {
         for (const VmSpec& spec : specs)
             if (spec.resident_limit)
@@ -362,7 +362,7 @@ int serve_host(const cli::ServeConfig& config, const std::vector<std::string>& a
     }
     if (auto r = swapon_all(pool, config.swaps); !r.empty()) return fail(r);
     snapshots.open_all();
-    swv::guestmem::HostMemory host(pool, config.host_budget);
+    swv::guestmem::HostMemory host(pool, config.host_budget, 0, config.fault_workers);
     control::DeviceStats device_stats;
     control::SwapoffBoard swapoffs;
     std::optional<VmHost> vms;

@@ -63,7 +63,7 @@ TEST_F(PrivilegedAutoLimitTest, TheLimitProbesDownThenFollowsAGrowingWorkingSet)
     auto created = host_->create_vm(MemoryConfig{.name = "auto",
                                                  .memory_bytes = 64 * MiB,
                                                  .resident_limit = 48 * MiB,
-                                                 .fault_threads = 1,
+                                                 .vcpus = 1,
                                                  .age_scan_period = 500ms});
     ASSERT_TRUE(created.has_value()) << created.error().message();
     GuestMemory* vm = *created;
@@ -152,9 +152,9 @@ TEST_F(PrivilegedAutoLimitTest, AVmsOwnSettingsWinOverTheDefaults) {
     own.floor_bytes = 40 * MiB;
     own.ceiling_bytes = 48 * MiB;
     auto tuned = host_->create_vm(
-        MemoryConfig{.name = "tuned", .memory_bytes = 64 * MiB, .fault_threads = 1, .auto_limit = true, .auto_config = own});
+        MemoryConfig{.name = "tuned", .memory_bytes = 64 * MiB, .vcpus = 1, .auto_limit = true, .auto_config = own});
     ASSERT_TRUE(tuned.has_value()) << tuned.error().message();
-    auto plain = host_->create_vm(MemoryConfig{.name = "plain", .memory_bytes = 64 * MiB, .fault_threads = 1, .auto_limit = true});
+    auto plain = host_->create_vm(MemoryConfig{.name = "plain", .memory_bytes = 64 * MiB, .vcpus = 1, .auto_limit = true});
     ASSERT_TRUE(plain.has_value()) << plain.error().message();
 
     AutoLimitDriver driver(*host_, AutoLimitHooks{});

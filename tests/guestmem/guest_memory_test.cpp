@@ -283,23 +283,26 @@ TEST_F(GuestMemoryTest, PrivilegedEveryThreadGuestmemStartsCallsTheStartHookWith
         std::lock_guard lk(mu);
         roles.push_back(r);
     };
-    // The VM's own threads call its hook; the host-wide reclaim workers the host's.
+    // The VM's own threads (a restore's filler) call its hook; the host-wide fault and
+    // reclaim workers the host's.
     host_->set_worker_start_hook(record);
-    auto vm = host_->create_vm(MemoryConfig{.name = "hooked", .memory_bytes = 2ULL << 20, .fault_threads = 2,
+    auto vm = host_->create_vm(MemoryConfig{.name = "hooked", .memory_bytes = 2ULL << 20, .vcpus = 2,
                                             .on_thread_start = record});
     ASSERT_TRUE(vm.has_value());
     ASSERT_TRUE((*vm)->start().has_value());
     const unsigned workers = host_->reclaim_service().workers();
+    const unsigned fault_workers = host_->fault_service().workers();
     for (int i = 0; i < 200; ++i) {
         {
             std::lock_guard lk(mu);
-            if (roles.size() == 2 + workers) break;
+            if (roles.size() == fault_workers + workers) break;
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
     (*vm)->stop();
     std::lock_guard lk(mu);
-    EXPECT_EQ(std::count(roles.begin(), roles.end(), ThreadRole::fault_service), 2);
+    EXPECT_EQ(std::count(roles.begin(), roles.end(), ThreadRole::fault_service), fault_workers)
+        << "host-wide fault workers, however many vCPUs the VM has";
     EXPECT_EQ(std::count(roles.begin(), roles.end(), ThreadRole::reclaimer), workers);
     EXPECT_EQ(std::count(roles.begin(), roles.end(), ThreadRole::writeback), 0) << "no writeback threads any more";
 }

@@ -289,9 +289,9 @@ protected:
         if (!dir_.empty()) std::filesystem::remove_all(dir_, ec);
     }
 
-    GuestMemory* make_vm(std::uint64_t bytes = kVmBytes, unsigned fault_threads = 1) {
+    GuestMemory* make_vm(std::uint64_t bytes = kVmBytes, unsigned vcpus = 1) {
         auto vm = host_->create_vm(
-            MemoryConfig{.name = "vm", .memory_bytes = bytes, .resident_limit = 0, .fault_threads = fault_threads});
+            MemoryConfig{.name = "vm", .memory_bytes = bytes, .resident_limit = 0, .vcpus = vcpus});
         EXPECT_TRUE(vm.has_value()) << vm.error().message();
         if (!vm) return nullptr;
         auto started = (*vm)->start();
@@ -865,7 +865,7 @@ TEST_F(PrivilegedTransitionsTest, DiscardDuringWritebackLeavesZeroAndCompletionF
 // --- races on swap-in -------------------------------------------------------------------
 
 TEST_F(PrivilegedTransitionsTest, TwoGuestThreadsFaultingOneSwappedPageShareOneSwapIn) {
-    make_vm(kVmBytes, /*fault_threads=*/2);
+    make_vm(kVmBytes, /*vcpus=*/2);
     guest_fill(pg(0), 110);
     ASSERT_TRUE(evict_all());
     auto h = hold_next(io::FaultMatch::read);

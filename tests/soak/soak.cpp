@@ -188,7 +188,7 @@ int main(int argc, char** argv) {
     std::vector<GuestMemory*> vms;
     for (int i = 0; i < 2; ++i) {
         auto vm = host.create_vm(MemoryConfig{.name = "vm" + std::to_string(i), .memory_bytes = kVmBytes,
-                                              .resident_limit = 4ULL << 20, .fault_threads = 2});
+                                              .resident_limit = 4ULL << 20, .vcpus = 2});
         if (!vm || !(*vm)->start()) {
             std::fprintf(stderr, "soak: SKIPPED LOUDLY: cannot build guest memory (userfaultfd?)\n");
             return 77;

@@ -238,7 +238,7 @@ int main(int argc, char** argv) {
         }
     }
     auto vm_or = create_guest_memory(
-        MemoryConfig{.name = "stress", .memory_bytes = kVmBytes, .resident_limit = 1ULL << 20, .fault_threads = 2}, 1,
+        MemoryConfig{.name = "stress", .memory_bytes = kVmBytes, .resident_limit = 1ULL << 20, .vcpus = 2}, 1,
         nullptr, &pool);
     if (!vm_or || !(*vm_or)->start()) {
         std::fprintf(stderr, "swv_stress: SKIPPED LOUDLY: cannot build guest memory (userfaultfd?)\n");

@@ -30,6 +30,7 @@ struct RawRun {
     bool balloon = false;
     std::vector<std::string> vms;
     std::string host_budget;
+    unsigned fault_workers = 0;
     std::string swap_quota;
     std::string log_level = "info";
     bool no_seccomp = false;
@@ -44,6 +45,7 @@ struct RawServe {
     std::string control;
     std::vector<std::string> swaps;
     std::string host_budget;
+    unsigned fault_workers = 0;
     bool auto_limits = false;
     std::string age_scan;
     std::string metrics;
@@ -95,6 +97,7 @@ CliOutcome validate_serve(const RawServe& raw) {
         if (!budget) return serve_error(std::move(budget.error()).with_context("--host-budget").message());
         config.host_budget = *budget;
     }
+    config.fault_workers = raw.fault_workers;
     if (!raw.metrics.empty()) config.metrics = raw.metrics;
     if (!raw.snapshots.empty()) config.snapshots = std::filesystem::absolute(raw.snapshots);
     config.auto_limits = raw.auto_limits;
@@ -169,6 +172,7 @@ CliOutcome validate(const RawRun& raw) {
         if (!budget) return usage_error(std::move(budget.error()).with_context("--host-budget").message());
         config.host_budget = *budget;
     }
+    config.fault_workers = raw.fault_workers;
     if (!raw.restore.empty()) {
         if (!raw.kernel.empty())
             return usage_error("--restore and --kernel: a restored VM takes its spec from the snapshot (use --vm for others)");
@@ -277,7 +281,7 @@ std::expected<std::vector<std::string>, std::string> expand_config(const std::ve
             return std::unexpected(fmt::format("--config {}: unknown key '{}'{} (a key is a 'swapvisor serve' option "
                                                "without its --)",
                                                file, item.name,
-                                               did_you_mean(item.name, {"control", "swap", "host-budget", "metrics", "snapshots",
+                                               did_you_mean(item.name, {"control", "swap", "host-budget", "fault-workers", "metrics", "snapshots",
                                                                         "balloon-stats-interval", "no-seccomp",
                                                                         "log-level"})));
         if (on_command_line(flag)) continue;
@@ -406,6 +410,12 @@ CliOutcome parse_command_line(const std::vector<std::string>& given) {
                     "Most guest RAM kept in host memory over all VMs together; each VM is held to its share "
                     "(proportional to its memory) while the host is over it; at least 16M (default: no budget)")
         ->type_name("SIZE");
+    run->add_option("--fault-workers", raw.fault_workers,
+                    "Threads that serve the guest page faults of every VM together, each with its own io_uring "
+                    "(one VM takes at most min(its vCPUs, N - 1) of them at once; default: twice the cores, "
+                    "at least 4)")
+        ->type_name("N")
+        ->check(CLI::Range(1u, 1024u));
 
     RawServe raw_serve;
     CLI::App* serve = app.add_subcommand("serve", "Run the host daemon: no VM at start; VMs are created, stopped and "
@@ -425,6 +435,10 @@ CliOutcome parse_command_line(const std::vector<std::string>& given) {
         ->take_all();
     serve->add_option("--host-budget", raw_serve.host_budget, "Host memory budget over all VMs (as for run)")
         ->type_name("SIZE");
+    serve->add_option("--fault-workers", raw_serve.fault_workers,
+                      "Threads that serve every VM's guest page faults (as for run; read at start only)")
+        ->type_name("N")
+        ->check(CLI::Range(1u, 1024u));
     serve->add_flag("--auto-limits", raw_serve.auto_limits,
                     "Size the resident limit of every VM created without one from its measured memory stall "
                     "(resident-limit=auto; a VM may also ask for it in vm-create)");

@@ -110,6 +110,7 @@ struct ServeConfig {
     std::filesystem::path control_socket;
     std::vector<SwapSpec> swaps;
     std::uint64_t host_budget = 0;
+    unsigned fault_workers = 0;          // --fault-workers: 0 = guestmem::FaultService::default_workers()
     bool auto_limits = false;            // --auto-limits: VMs created without a limit are sized automatically
     std::optional<std::string> metrics;  // "127.0.0.1:PORT" or a Unix socket path
     std::chrono::milliseconds balloon_stats_interval = kDefaultBalloonStatsInterval;  // VMs made by vm-create
@@ -142,6 +143,7 @@ struct RunConfig {
     // More VMs in the same process (--vm), sharing the swap pool and the host budget.
     std::vector<VmSpec> more_vms;
     std::uint64_t host_budget = 0;     // 0: only per-VM limits
+    unsigned fault_workers = 0;        // --fault-workers: 0 = guestmem::FaultService::default_workers()
     std::string log_level = "info";    // --log-level (spdlog level name)
     sandbox::Seccomp seccomp = sandbox::Seccomp::on;  // --no-seccomp: off
     // --restore DIR: one more VM (named by --name), from that snapshot instead of a

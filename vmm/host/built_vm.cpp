@@ -113,14 +113,14 @@ Result<snapshot::Manifest> BuiltVm::save_state(const SaveMemory& save_memory) {
     return manifest;
 }
 
-// Guest memory under the host budget. One fault thread per vCPU: faults from several
-// vCPUs are served at once.
+// Guest memory under the host budget. Its faults go to the host's fault workers,
+// up to one per vCPU at once (guestmem/fault_service.hpp).
 Result<void> BuiltVm::create_memory(const BuildContext& context, const RestoreMemory* from,
                                     const snapshot::Json* memory_json) {
     const VmSpec& spec = spec_;
     const std::string& name = spec.name;
     guestmem::MemoryConfig memory_config{.name = name, .memory_bytes = spec.memory_bytes,
-                                         .resident_limit = spec.resident_limit, .fault_threads = spec.vcpus,
+                                         .resident_limit = spec.resident_limit, .vcpus = spec.vcpus,
                                          .swap_quota = spec.swap_quota};
     // Access ages for the working set (guestmem/README.md#working-set): one MINOR fault per page in use per period.
     memory_config.age_scan_period = age_scan_of(spec, kDefaultAgeScan);
@@ -136,8 +136,8 @@ Result<void> BuiltVm::create_memory(const BuildContext& context, const RestoreMe
     }
     if (context.seccomp == sandbox::Seccomp::on) {
         memory_config.on_thread_start = [](guestmem::ThreadRole role) {
-            // The VM's own threads are its fault threads (and a restore's filler); the
-            // host-wide reclaim workers are confined by VmHost::set_seccomp.
+            // The VM's own thread is a restore's filler; the host-wide fault and
+            // reclaim workers are confined by VmHost::set_seccomp.
             const auto cls = role == guestmem::ThreadRole::fault_service ? sandbox::ThreadClass::fault_service
                                                                           : sandbox::ThreadClass::reclaimer;
             auto r = sandbox::confine_thread(cls);

@@ -52,11 +52,15 @@ Result<VmEntry*> VmHost::find_settled(const std::string& name, const char* op) c
 void VmHost::set_seccomp(sandbox::Seccomp s) {
     context_.seccomp = s;
     if (s == sandbox::Seccomp::off) return;
-    // The reclaim workers scan, write_out and punch for every VM: the reclaimer's
-    // filter (as each VM's own reclaimer thread had before them).
-    context_.host.set_worker_start_hook([](guestmem::ThreadRole) {
-        auto r = sandbox::confine_thread(sandbox::ThreadClass::reclaimer);
-        SWV_ASSERT(r.has_value(), "cannot confine a reclaim worker (seccomp)");
+    // The host-wide workers serve every VM: the reclaim workers scan, write_out and
+    // punch (the reclaimer's filter, as each VM's own reclaimer thread had before
+    // them); the fault workers resolve faults (the fault service's filter, as each
+    // VM's own fault threads had).
+    context_.host.set_worker_start_hook([](guestmem::ThreadRole role) {
+        const auto cls = role == guestmem::ThreadRole::fault_service ? sandbox::ThreadClass::fault_service
+                                                                      : sandbox::ThreadClass::reclaimer;
+        auto r = sandbox::confine_thread(cls);
+        SWV_ASSERT(r.has_value(), "cannot confine a host-wide guestmem worker (seccomp)");
     });
 }
 

@@ -65,7 +65,9 @@ constexpr Names kBase = {
     "getsockname", "getpeername", "shutdown", "pipe2",
 };
 constexpr Names kVcpu = {"ioctl", "rt_sigtimedwait", "rt_sigsuspend", "pause"};
-constexpr Names kFaultService = {"ioctl"};
+// The host-wide fault workers (guestmem/fault_service.hpp) wait in one epoll set and
+// re-arm each VM's userfaultfd (EPOLLONESHOT) after taking a fault from it.
+constexpr Names kFaultService = {"ioctl", "epoll_wait", "epoll_pwait", "epoll_pwait2", "epoll_ctl"};
 constexpr Names kReclaimer = {"ioctl"};
 
 Names extras(ThreadClass c) {

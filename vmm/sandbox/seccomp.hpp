@@ -8,7 +8,7 @@
 //   class          | installs it           | what it may do beyond the base set
 //   ---------------+-----------------------+-----------------------------------------
 //   vcpu           | each vCPU thread      | KVM ioctls, signals, guest-memory swap-ins
-//   fault_service  | guestmem fault thread | userfaultfd ioctls, poll, swap-in I/O
+//   fault_service  | guestmem fault worker | userfaultfd ioctls, poll, epoll, swap-in I/O
 //   reclaimer      | guestmem reclaimer    | punch, zap, swap-out I/O
 //
 // The base set (every class): memory management (mmap, munmap, madvise, brk, ...),
