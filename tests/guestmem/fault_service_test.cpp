@@ -29,6 +29,7 @@
 #include "io/ring.hpp"
 #include "io/unique_fd.hpp"
 #include "swap/swap_pool.hpp"
+#include "tests/guestmem/page_pattern.hpp"
 #include "tests/guestmem/thread_probe.hpp"
 
 using namespace swapvisor;
@@ -262,44 +263,9 @@ namespace {
 
 namespace st = swapvisor::testing;
 
-std::uint64_t pattern(std::uint64_t page, std::uint64_t word, std::uint64_t pass) {
-    std::uint64_t x = page * 0x9E3779B97F4A7C15ULL ^ (word << 17) ^ (pass * 0xBF58476D1CE4E5B9ULL);
-    x ^= x >> 31;
-    return x | 1;  // never an all-zero page
-}
-
-void write_pass(std::byte* base, std::uint64_t first, std::uint64_t pages, std::uint64_t pass) {
-    for (std::uint64_t p = first; p < first + pages; ++p) {
-        auto* w = reinterpret_cast<volatile std::uint64_t*>(base + p * kPageSize);
-        for (std::uint64_t i = 0; i < kPageSize / 8; ++i) w[i] = pattern(p, i, pass);
-    }
-}
-
-std::uint64_t verify_pass(const std::byte* base, std::uint64_t pages, std::uint64_t pass) {
-    std::uint64_t errors = 0;
-    for (std::uint64_t p = 0; p < pages; ++p) {
-        auto* w = reinterpret_cast<const volatile std::uint64_t*>(base + p * kPageSize);
-        for (std::uint64_t i = 0; i < kPageSize / 8; ++i)
-            if (w[i] != pattern(p, i, pass)) {
-                ++errors;
-                break;
-            }
-    }
-    return errors;
-}
-
-// Our threads by name (/proc/self/task/*/comm); all of ours without io_uring's
-// on-demand `iou-*` workers.
-std::size_t threads_named(const std::string& name, bool all = false) {
-    std::size_t n = 0;
-    for (const auto& d : std::filesystem::directory_iterator("/proc/self/task")) {
-        std::ifstream f(d.path() / "comm");
-        std::string comm;
-        if (!std::getline(f, comm)) continue;
-        if (all ? comm.rfind("iou-", 0) != 0 : comm == name) ++n;
-    }
-    return n;
-}
+using st::threads_named;
+using st::verify_pass;
+using st::write_pass;
 
 // Every swap-out write waits here until released: a VM at its limit stays there.
 class WriteGate {

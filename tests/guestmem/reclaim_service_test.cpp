@@ -32,6 +32,7 @@
 #include "io/fault_injection.hpp"
 #include "io/ring.hpp"
 #include "swap/swap_pool.hpp"
+#include "tests/guestmem/page_pattern.hpp"
 #include "tests/guestmem/thread_probe.hpp"
 
 using namespace swapvisor;
@@ -260,54 +261,13 @@ TEST(ReclaimServiceTest, DefaultWorkersFollowDevicesUpToTheCores) {
 
 namespace {
 
-std::uint64_t pattern(std::uint64_t page, std::uint64_t word, std::uint64_t pass) {
-    std::uint64_t x = page * 0x9E3779B97F4A7C15ULL ^ (word << 17) ^ (pass * 0xBF58476D1CE4E5B9ULL);
-    x ^= x >> 31;
-    return x | 1;  // never an all-zero page
-}
+using swapvisor::testing::threads_named;
+using swapvisor::testing::verify_pass;
 
 void write_pass(std::byte* base, std::uint64_t pages, std::uint64_t pass) {
-    for (std::uint64_t p = 0; p < pages; ++p) {
-        auto* w = reinterpret_cast<volatile std::uint64_t*>(base + p * kPageSize);
-        for (std::uint64_t i = 0; i < kPageSize / 8; ++i) w[i] = pattern(p, i, pass);
-    }
+    swapvisor::testing::write_pass(base, 0, pages, pass);
 }
-
-std::uint64_t verify_pass(const std::byte* base, std::uint64_t pages, std::uint64_t pass) {
-    std::uint64_t errors = 0;
-    for (std::uint64_t p = 0; p < pages; ++p) {
-        auto* w = reinterpret_cast<const volatile std::uint64_t*>(base + p * kPageSize);
-        for (std::uint64_t i = 0; i < kPageSize / 8; ++i)
-            if (w[i] != pattern(p, i, pass)) {
-                ++errors;
-                break;
-            }
-    }
-    return errors;
-}
-
-// Our threads by name (/proc/self/task/*/comm).
-std::size_t threads_named(const std::string& name) {
-    std::size_t n = 0;
-    for (const auto& d : std::filesystem::directory_iterator("/proc/self/task")) {
-        std::ifstream f(d.path() / "comm");
-        std::string comm;
-        if (std::getline(f, comm) && comm == name) ++n;
-    }
-    return n;
-}
-
-// Our own threads, without io_uring's workers: the kernel adds `iou-wrk-*` tasks to
-// the process on demand, per submitting thread and load, which says nothing of ours.
-std::size_t all_threads() {
-    std::size_t n = 0;
-    for (const auto& d : std::filesystem::directory_iterator("/proc/self/task")) {
-        std::ifstream f(d.path() / "comm");
-        std::string comm;
-        if (std::getline(f, comm) && comm.rfind("iou-", 0) != 0) ++n;
-    }
-    return n;
-}
+std::size_t all_threads() { return threads_named("", true); }
 
 // A swap-out write held at a FaultPlan gate.
 class Hold {
