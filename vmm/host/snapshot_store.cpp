@@ -85,10 +85,13 @@ void SnapshotStore::open_all() {
     for (const fs::path& d : std::exchange(expected_, {})) {
         auto snap = guestmem::MemorySnapshot::open(d, &pool_);
         if (!snap) {
-            // Typically a device that is not attached: the error names its uuid.
+            // Typically a device that is not attached: the error names its uuid. Its
+            // slots stay reserved, so it stays expected (a later swapon adopts them, a
+            // restore opens it; snapshot-load must not reserve them a second time).
             spdlog::error("snapshot {}: not loaded, restoring from it is refused: {}", d.string(),
                           snap.error().message());
             unavailable_.insert_or_assign(d, snap.error());
+            expected_.push_back(d);
             continue;
         }
         spdlog::info("snapshot {}: loaded ({} pages, {} held slots)", d.string(), (*snap)->pages(),

@@ -61,7 +61,7 @@ public:
     Result<LoadState> load(const std::filesystem::path& dir);
     // After the swapons: open each expected snapshot (taking the reserved slots over).
     // One whose device is missing is logged, remembered with its error, and the
-    // daemon goes on.
+    // daemon goes on; its slots stay reserved, so it stays expected (load refuses it).
     void open_all();
 
     // The loaded snapshot of `dir` (canonical), opened now if it is not loaded yet.
@@ -101,7 +101,7 @@ private:
     mutable std::mutex mutex_;
     std::map<std::filesystem::path, std::unique_ptr<guestmem::MemorySnapshot>> loaded_;
     std::map<std::filesystem::path, Error> unavailable_;  // serve --snapshots: why it could not be loaded
-    std::vector<std::filesystem::path> expected_;         // expect_all's, for open_all
+    std::vector<std::filesystem::path> expected_;         // slots reserved, not opened yet (expect, load; open_all keeps its failures)
     std::set<std::filesystem::path> handed_over_;         // went with a device (hand_over), never reopened here
 };
 
