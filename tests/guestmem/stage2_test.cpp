@@ -69,6 +69,20 @@ TEST(PageEntryTest, AWritebackCarriesItsEpochAndNoSlot) {
     EXPECT_FALSE(e.clean());
 }
 
+TEST(PageEntryTest, ABorrowedSlotIsSwappedKeepsBorIntoReadingAndIsNotTheVmsToFree) {
+    const PageEntry e = PageEntry::make_borrowed(swap::VSlot(0x1234));
+    EXPECT_EQ(e.state(), PageState::swapped);
+    EXPECT_EQ(e.vslot(), swap::VSlot(0x1234));
+    EXPECT_TRUE(e.borrowed());
+    EXPECT_FALSE(e.holds_vslot()) << "the snapshot's reference, not the VM's";
+    const PageEntry r = e.as_reading();
+    EXPECT_EQ(r.state(), PageState::reading);
+    EXPECT_EQ(r.vslot(), swap::VSlot(0x1234));
+    EXPECT_TRUE(r.borrowed());
+    EXPECT_FALSE(PageEntry::make(PageState::swapped, swap::VSlot(0x1234)).as_reading().borrowed());
+    EXPECT_TRUE(PageEntry::make(PageState::swapped, swap::VSlot(0x1234)).holds_vslot());
+}
+
 TEST(PageEntryTest, PresentIsExactlyTheStatesHoldingMemory) {
     EXPECT_FALSE(PageEntry::make(PageState::zero).present());
     EXPECT_TRUE(PageEntry::make(PageState::resident).present());
