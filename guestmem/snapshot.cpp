@@ -275,15 +275,21 @@ MemorySnapshot::HeldRefs::~HeldRefs() {
 void MemorySnapshot::release() { held_.reset(); }
 
 void MemorySnapshot::note_devices() {
-    devices_.clear();
+    std::vector<swap::DeviceUuid> devices;
     for (const SlotRef& r : refs_)
-        if (std::find(devices_.begin(), devices_.end(), r.uuid) == devices_.end()) devices_.push_back(r.uuid);
+        if (std::find(devices.begin(), devices.end(), r.uuid) == devices.end()) devices.push_back(r.uuid);
+    std::lock_guard lock(devices_mutex_);
+    devices_ = std::move(devices);
 }
 
-Result<void> MemorySnapshot::prepare_restore() {
+std::vector<swap::DeviceUuid> MemorySnapshot::devices() const {
+    std::lock_guard lock(devices_mutex_);
+    return devices_;
+}
+
+Result<void> MemorySnapshot::prepare_restore(std::span<const swap::VSlot> vslots) {
     note_devices();
     if (counts_.image + counts_.swapped == 0) return {};
-    const std::vector<swap::VSlot>& vslots = held_->vslots;
     table_image_ = SWV_TRY(Stage2::make_image(kinds_.size(), [&](std::uint64_t* entries) {
         std::size_t k = 0;
         for (std::size_t i = 0; i < kinds_.size(); ++i) {
@@ -368,9 +374,11 @@ Result<std::unique_ptr<MemorySnapshot>> MemorySnapshot::open(const fs::path& dir
     s->kinds_ = std::move(t.kinds);
     s->refs_ = std::move(t.refs);
     s->counts_ = t.counts;
+    // Before the references are taken over: a failure here leaves them adopted (still
+    // reserved for this snapshot, which stays expected), as every error above does.
+    SWV_TRY(s->prepare_restore(vslots));
     s->held_ = std::make_shared<HeldRefs>(pool);
     s->held_->vslots = std::move(vslots);  // takes over the adopted references
-    SWV_TRY(s->prepare_restore());         // on error the references go with s
     return s;
 }
 
@@ -507,7 +515,7 @@ Result<std::unique_ptr<MemorySnapshot>> GuestMemory::save(const fs::path& dir) {
         }
     }
     SWV_TRY(flush());
-    SWV_TRY(snap->prepare_restore());  // before any final name: a failure leaves no snapshot
+    SWV_TRY(snap->prepare_restore(snap->held_->vslots));  // before any final name: a failure leaves no snapshot
     SWV_TRY(fsync_fd(image.get(), image_tmp));
     image = io::UniqueFd();
     fs::rename(image_tmp, dir / kMemoryImage, ec);
@@ -539,7 +547,8 @@ Result<std::unique_ptr<GuestMemory>> restore_guest_memory(const MemoryConfig& co
         return std::unexpected(bad("the snapshot's slots belong to another swap pool (or none)", where));
     // Where hold() would refuse (a device being handed over), borrowing is refused
     // too: the handover's check and this one cannot both miss each other (vmm).
-    if (!snap.devices_.empty()) SWV_TRY(with_context(pool->check_borrow(snap.devices_), where));
+    if (const auto devices = snap.devices(); !devices.empty())
+        SWV_TRY(with_context(pool->check_borrow(devices), where));
     std::unique_ptr<PageImage> image;
     if (snap.counts().image != 0) {
         auto fd = SWV_TRY(open_image(snap.dir(), snap.kinds_));

@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <vector>
 
@@ -122,9 +123,13 @@ private:
     MemorySnapshot() = default;
     Result<void> write_page_table(const std::filesystem::path& to) const;
     // After the page table is complete (open, save): the devices it names and the
-    // stage-2 table image a restore maps (image and borrowed swapped entries).
-    Result<void> prepare_restore();
+    // stage-2 table image a restore maps (image entries, and swapped entries
+    // borrowing vslots[k], the k-th swapped page's).
+    Result<void> prepare_restore(std::span<const swap::VSlot> vslots);
+    // devices_ from refs_ (again after apply_moves, on a swapoff's thread), and a copy
+    // of it for a restore (on a control thread).
     void note_devices();
+    std::vector<swap::DeviceUuid> devices() const;
 
     std::filesystem::path dir_;
     std::uint64_t memory_bytes_ = 0;
@@ -132,6 +137,8 @@ private:
     std::vector<std::uint8_t> kinds_;  // PageKind per page
     std::vector<SlotRef> refs_;        // one per swapped page, in page order
     std::shared_ptr<HeldRefs> held_;   // refs_[i]'s vslots, held (null once released)
+    // Protects: devices_. Order: leaf.
+    mutable std::mutex devices_mutex_;
     std::vector<swap::DeviceUuid> devices_;  // the distinct devices refs_ names
     io::UniqueFd table_image_;         // Stage2::make_image's (none: no image or swapped page)
     SnapshotCounts counts_;

@@ -20,9 +20,10 @@
 //          was restored from (row R): the snapshot's reference keeps it, this VM took
 //          none, so leaving the state frees nothing (guestmem/README.md#borrowed).
 //
-// The entries are one anonymous MAP_NORESERVE mapping: the kernel backs a 4 KiB
-// page of entries (512 guest pages) only when one of them is first written, so a
-// sparse 1 TiB guest costs only what it touches, not 2 GiB up front.
+// The entries are one MAP_NORESERVE mapping, anonymous (create) or a private mapping
+// of a restore's table image (map_image): the kernel backs (copies) a 4 KiB page of
+// entries (512 guest pages) only when one of them is first written, so a sparse
+// 1 TiB guest costs only what it touches, not 2 GiB up front.
 #pragma once
 
 #include <atomic>

@@ -94,11 +94,17 @@ void Transitions::drop_slot(PageEntry e) {
 }
 
 bool Transitions::keep_copy(PageEntry e, bool want_clean) {
-    if (!want_clean) return false;
-    // A clean copy is a reference of this VM's own; a borrowed slot gets one now (the
-    // snapshot's stays the snapshot's). Refused (its device is being handed over): no
-    // clean copy, nothing held.
-    return !e.borrowed() || d_.pool->hold(e.vslot()).has_value();
+    // A clean copy is a reference this VM owns and frees as the slot's owner; a
+    // borrowed slot is not its own, so it keeps no copy (README#borrowed).
+    return want_clean && !e.borrowed();
+}
+
+bool Transitions::want_clean_for(std::span<const PageLock> run) {
+    // One decision per batch (one mapping call); a batch with a borrowed page maps
+    // writable, or that page would take a write fault for a copy it does not keep.
+    const bool any_borrowed =
+        std::any_of(run.begin(), run.end(), [](const PageLock& lk) { return lk.entry().borrowed(); });
+    return !any_borrowed && d_.clean.want_clean();
 }
 
 // --- guest faults ----------------------------------------------------------------------
@@ -231,7 +237,7 @@ void Transitions::read_ahead(std::span<PageLock> run, io::Ring& ring) {  // 10'
     if (run.empty() || !d_.pool) return;
     // One decision per batch: clean copies mapped write-protected, or writable with
     // their slots freed (adaptive clean copies, limits.hpp).
-    const bool clean = d_.clean.want_clean();
+    const bool clean = want_clean_for(run);
     std::vector<swap::SwapPool::PageIn> ins;
     ins.reserve(run.size());
     for (PageLock& lk : run) {
@@ -255,8 +261,6 @@ void Transitions::read_ahead(std::span<PageLock> run, io::Ring& ring) {  // 10'
         d_.counters.swap_in_pages.fetch_add(1, std::memory_order_relaxed);
         d_.counters.readahead_pages.fetch_add(1, std::memory_order_relaxed);
         const PageState now = k < mapped ? PageState::resident : PageState::inactive;
-        // Mapped write-protected with the batch's decision; a borrowed page that gets
-        // no clean copy after all takes one spare write fault (13 without a slot).
         if (keep_copy(lk.entry(), clean)) {
             lk.set(PageEntry::make(now, ins[k].vslot, Clean::yes));
         } else {
@@ -654,7 +658,7 @@ std::uint64_t Transitions::prefetch_image(std::span<PageLock> pages, io::Ring& r
 
 std::uint64_t Transitions::prefetch_swapped(std::span<PageLock> pages, io::Ring& ring) {  // 10', batched
     if (pages.empty() || !d_.pool) return 0;
-    const bool clean = d_.clean.want_clean();
+    const bool clean = want_clean_for(pages);
     std::vector<swap::SwapPool::PageIn> ins;
     ins.reserve(pages.size());
     for (PageLock& lk : pages) {

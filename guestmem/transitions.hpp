@@ -245,9 +245,11 @@ private:
     // Free e's slot unless it is borrowed (README#borrowed): what leaving a swapped or
     // reading entry does with its reference.
     void drop_slot(PageEntry e);
-    // Whether a page read in from e's slot keeps it as a clean copy: want_clean, and
-    // for a borrowed slot a hold of this VM's own taken now (refused: no copy).
+    // Whether a page read in from e's slot keeps it as a clean copy: want_clean and
+    // the slot this VM's own (a borrowed one never becomes a clean copy).
     bool keep_copy(PageEntry e, bool want_clean);
+    // The clean-copy decision of a batch read in together (10', 10' batched).
+    bool want_clean_for(std::span<const PageLock> run);
     // 5 for a page whose copy (and its checksum) is staged at `copy`.
     Writeback writeback_staged(PageLock&& lk, const std::byte* copy, std::uint32_t checksum,
                                const std::shared_ptr<StagingBuffer>& staging);

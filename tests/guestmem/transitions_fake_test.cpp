@@ -1313,7 +1313,9 @@ bool slot_holds(swap::SwapPool& pool, io::Ring& ring, swap::VSlot v, std::uint64
     return pool.read_in(ring, v, back).has_value() && holds(back, seed);
 }
 
-TEST_F(FakeTransitionsTest, RowRABorrowedPageReadInTakesItsOwnHoldForTheCleanCopyAndAWriteDropsOnlyThat) {
+TEST_F(FakeTransitionsTest, RowRABorrowedPageIsReadInWithoutACleanCopyAndTheSnapshotKeepsItsSlot) {
+    // Clean copies are on (clean_), yet a borrowed slot never becomes one: the VM
+    // would free it as its owner later (README#borrowed). Mapped writable, no slot.
     const swap::VSlot v = make_borrowed(pool_, *ring_, tr_, 5, 5);
     EXPECT_TRUE(table_.peek(P(5)).borrowed());
     EXPECT_EQ(tr_.referenced_vslots(), 0u);  // the snapshot's, not this VM's
@@ -1322,20 +1324,46 @@ TEST_F(FakeTransitionsTest, RowRABorrowedPageReadInTakesItsOwnHoldForTheCleanCop
         PageLock lk = tr_.lock(P(5));
         ASSERT_TRUE(tr_.fault_swapped(lk, *ring_));
     }
-    PageEntry e = table_.peek(P(5));
+    const PageEntry e = table_.peek(P(5));
     EXPECT_EQ(e.state(), PageState::resident);
-    EXPECT_TRUE(e.clean());
-    EXPECT_FALSE(e.borrowed());  // a clean copy is this VM's own reference now
-    EXPECT_EQ(e.vslot(), v);
-    EXPECT_EQ(tr_.referenced_vslots(), 1u);
+    EXPECT_FALSE(e.clean());
+    EXPECT_FALSE(e.borrowed());
+    EXPECT_EQ(e.vslot(), swap::kNoVSlot);
+    EXPECT_EQ(kernel_.view(P(5)), View::mapped);
     EXPECT_TRUE(holds(kernel_.vmm_page(P(5)), 5));
-    {
-        PageLock lk = tr_.lock(P(5));
-        ASSERT_TRUE(tr_.fault_write_protected(lk));  // 13: the VM's hold goes
-    }
     EXPECT_EQ(tr_.referenced_vslots(), 0u);
     EXPECT_EQ(pool_.allocated_vslots(), 1u);  // the snapshot's is still there
+    EXPECT_EQ(pool_.owner_of(v), swap::kSnapshotOwner);
     EXPECT_TRUE(slot_holds(pool_, *ring_, v, 5));
+    pool_.drop_hold(v);
+    expect_consistent();
+}
+
+TEST_F(FakeTransitionsTest, RaceACloneReadingAndWritingASlotItsRunningParentOwnsLeavesTheParentItsOwner) {
+    // A snapshot taken without --stop: the parent (page 8) still owns v, the snapshot
+    // holds it, a clone (page 9 here) borrows it. The clone reading the page in and
+    // writing it must not change whose v is: were it freed as the clone's own, the
+    // pool would call v the snapshot's alone, and a handover would take the parent's
+    // page away with the device.
+    const swap::VSlot v = make_swapped(8, 8);
+    ASSERT_TRUE(pool_.hold(v));  // the snapshot's
+    {
+        PageLock lk = tr_.lock(P(9));
+        ASSERT_TRUE(tr_.restore_entry(lk, PageEntry::make_borrowed(v)));
+    }
+    {
+        PageLock lk = tr_.lock(P(9));
+        ASSERT_TRUE(tr_.fault_swapped(lk, *ring_));
+    }
+    {
+        PageLock lk = tr_.lock(P(9));
+        if (lk.entry().clean()) {
+            ASSERT_TRUE(tr_.fault_write_protected(lk));  // the write (13)
+        }
+    }
+    EXPECT_EQ(pool_.owner_of(v), pack_owner(VmId(1), 8)) << "the parent's slot was relabelled";
+    EXPECT_EQ(pool_.extra_refs(v), 1u);  // the snapshot's, nothing of the clone's
+    EXPECT_TRUE(slot_holds(pool_, *ring_, v, 8));
     pool_.drop_hold(v);
     expect_consistent();
 }
@@ -1377,26 +1405,30 @@ TEST_F(FakeTransitionsTest, RowRBorrowedPagesLeavingWithoutACopyFreeNothingTheSn
     EXPECT_EQ(pool_.allocated_vslots(), 0u);
 }
 
-TEST_F(FakeTransitionsTest, Row10PrimeBatchedPrefetchOfBorrowedPagesHoldsEachCleanCopyOnce) {
+TEST_F(FakeTransitionsTest, Row10PrimeBatchedPrefetchAndReadaheadOfBorrowedPagesMapThemWritableWithNoSlot) {
     std::vector<swap::VSlot> snap;
-    for (std::uint64_t i : {20, 21, 22}) snap.push_back(make_borrowed(pool_, *ring_, tr_, i, i));
+    for (std::uint64_t i : {20, 21, 22, 40, 41}) snap.push_back(make_borrowed(pool_, *ring_, tr_, i, i));
     {
         std::vector<PageLock> locked;
         for (std::uint64_t i : {20, 21, 22}) locked.push_back(*tr_.try_lock(P(i)));
         EXPECT_EQ(tr_.prefetch_swapped(locked, *ring_), 3u);
     }
-    for (std::uint64_t i : {20, 21, 22}) {
+    {
+        std::vector<PageLock> run;
+        for (std::uint64_t i : {40, 41}) run.push_back(tr_.lock(P(i)));
+        tr_.read_ahead(run, *ring_);
+    }
+    for (std::uint64_t i : {20, 21, 22, 40, 41}) {
         const PageEntry e = table_.peek(P(i));
-        EXPECT_TRUE(e.clean() && !e.borrowed()) << i;
+        EXPECT_TRUE(e.present() && !e.clean() && !e.borrowed() && e.vslot() == swap::kNoVSlot) << i;
+        EXPECT_NE(kernel_.view(P(i)), View::mapped_wp) << i << ": no copy to protect";
         EXPECT_TRUE(holds(kernel_.vmm_page(P(i)), i)) << i;
     }
-    EXPECT_EQ(tr_.referenced_vslots(), 3u);
-    // The snapshot goes first: the clean copies keep the slots, teardown frees them.
-    for (swap::VSlot v : snap) pool_.drop_hold(v);
-    EXPECT_EQ(pool_.allocated_vslots(), 3u);
-    expect_consistent();
-    tr_.free_all_vslots();
+    EXPECT_EQ(tr_.referenced_vslots(), 0u);
+    EXPECT_EQ(pool_.allocated_vslots(), 5u);  // the snapshot's, untouched
+    for (std::size_t k = 0; k < snap.size(); ++k) pool_.drop_hold(snap[k]);
     EXPECT_EQ(pool_.allocated_vslots(), 0u);
+    expect_consistent();
 }
 
 }  // namespace
