@@ -1,5 +1,5 @@
-// Test helpers shared by the guestmem real-stack tests of the host-wide workers
-// (reclaim_service_test, fault_service_test): a host thread playing a guest writes a
+// Test helpers shared by real-stack tests (the host-wide workers' in guestmem, the
+// snapshot store's in vmm): a host thread playing a guest writes a
 // pass of pages whose every word depends on page, word and pass, reads them back
 // counting the wrong pages, and counts our threads by name.
 #pragma once

@@ -16,6 +16,7 @@
 #include "guestmem/snapshot.hpp"
 #include "io/ring.hpp"
 #include "swap/swap_pool.hpp"
+#include "tests/guestmem/page_pattern.hpp"
 #include "vmm/host/snapshot_store.hpp"
 
 using namespace swapvisor;
@@ -100,12 +101,6 @@ namespace {
 constexpr std::uint64_t kMem = 8ULL << 20;
 constexpr std::uint64_t kPages = kMem / guestmem::kPageSize;
 
-std::uint64_t pattern(std::uint64_t seed, std::uint64_t page, std::uint64_t word) {
-    std::uint64_t x = (page + 1) * 0x9E3779B97F4A7C15ULL ^ (word << 17) ^ (seed * 0xBF58476D1CE4E5B9ULL);
-    x ^= x >> 31;
-    return x | 1;
-}
-
 std::unique_ptr<guestmem::GuestMemory> half_swapped(swap::SwapPool& pool, guestmem::VmId id, std::uint64_t seed) {
     auto vm = guestmem::create_guest_memory(
         guestmem::MemoryConfig{.name = "vm" + std::to_string(id), .memory_bytes = kMem, .resident_limit = kMem / 2}, id,
@@ -113,28 +108,16 @@ std::unique_ptr<guestmem::GuestMemory> half_swapped(swap::SwapPool& pool, guestm
     EXPECT_TRUE(vm) << vm.error().message();
     if (!vm) return nullptr;
     EXPECT_TRUE((*vm)->start());
-    std::byte* base = (*vm)->regions()[0].guest_view;
-    for (std::uint64_t p = 0; p < kPages; ++p) {
-        auto* w = reinterpret_cast<volatile std::uint64_t*>(base + p * guestmem::kPageSize);
-        for (std::uint64_t i = 0; i < guestmem::kPageSize / 8; ++i) w[i] = pattern(seed, p, i);
-    }
+    swapvisor::testing::write_pass((*vm)->regions()[0].guest_view, 0, kPages, seed);
     for (int i = 0; i < 400 && (*vm)->stats().swapped_bytes < kMem / 4; ++i)
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
     EXPECT_GE((*vm)->stats().swapped_bytes, kMem / 4);
     return std::move(*vm);
 }
 
+// Pages that do not read as half_swapped(seed) wrote them.
 std::uint64_t bad_pages(const std::byte* base, std::uint64_t seed) {
-    std::uint64_t bad = 0;
-    for (std::uint64_t p = 0; p < kPages; ++p) {
-        auto* w = reinterpret_cast<const volatile std::uint64_t*>(base + p * guestmem::kPageSize);
-        for (std::uint64_t i = 0; i < guestmem::kPageSize / 8; ++i)
-            if (w[i] != pattern(seed, p, i)) {
-                ++bad;
-                break;
-            }
-    }
-    return bad;
+    return swapvisor::testing::verify_pass(base, kPages, seed);
 }
 
 }  // namespace
