@@ -11,7 +11,15 @@
 # ended before COMMAND did: it resets now and then, an emulator fault).
 #
 # Everything runs emulated: guest code ~100x slower than under hardware KVM, a
-# userfaultfd round trip ~5 ms. Good for correctness, never for figures. The kernel,
+# userfaultfd round trip ~5 ms. Good for correctness, never for figures.
+#
+# One idle KVM VM (with an in-kernel irqchip and one vCPU that never runs) is held
+# open for the whole command: KVM flips kernel static keys when the first VM or vCPU
+# appears and the last one goes (the preempt notifiers called from __schedule, the
+# LAPIC's software-disabled key), and the emulated kernel patching its own text
+# while the other emulated CPU runs it dies now and then under QEMU TCG ("Oops:
+# int3" in __schedule: a stale translation of the patch site). With one VM always
+# there those keys never flip back, whatever the tests create and destroy. The kernel,
 # its modules and busybox are downloaded once (apt-get download, no install) into
 # $SWV_NESTED_CACHE (default /var/cache/swapvisor-nested).
 set -euo pipefail
@@ -67,6 +75,18 @@ cp "$cache/busybox" "$r/bin/"; cp "$cache"/mods/*.ko "$r/mods/"
 printf '%s\n' "${modules[@]##*/}" >"$r/mods/order"
 # The command, quoted for bash, run in the caller's directory.
 { printf 'cd %q || exit 1\n' "$PWD"; printf '%q ' "$@"; echo; } >"$r/cmd"
+# The idle VM that keeps KVM's static keys from flipping (see the top): KVM_CREATE_VM,
+# KVM_CREATE_IRQCHIP, KVM_CREATE_VCPU (_IO(0xAE, 0x01 / 0x60 / 0x41)), then wait.
+cat >"$r/pin.py" <<'PIN'
+import fcntl, os, signal
+kvm = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+vm = fcntl.ioctl(kvm, 0xAE01, 0)
+fcntl.ioctl(vm, 0xAE60, 0)
+vcpu = fcntl.ioctl(vm, 0xAE41, 0)
+open("/run/nested-pin.ready", "w").close()
+while True:
+    signal.pause()
+PIN
 cat >"$r/init" <<'INIT'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -85,9 +105,13 @@ if [ -e /dev/kvm ] && mount -t ext4 /dev/vda /scratch &&
   mount -t tmpfs tmpfs /root/run
   mount -t cgroup2 none /root/sys/fs/cgroup 2>/dev/null
   cp /cmd /root/run/nested-cmd
+  cp /pin.py /root/run/nested-pin.py
   echo NESTED-BEGIN
   chroot /root /bin/bash -c 'export HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin TMPDIR=/tmp
-    ulimit -l unlimited; bash /run/nested-cmd' </dev/null >/dev/console 2>&1
+    ulimit -l unlimited; python3 /run/nested-pin.py & pin=$!
+    for _ in $(seq 600); do [ -e /run/nested-pin.ready ] || ! kill -0 $pin 2>/dev/null && break; sleep 0.1; done
+    [ -e /run/nested-pin.ready ] || echo "nested-kvm: the idle VM did not start; going on without it"
+    bash /run/nested-cmd; rc=$?; kill $pin 2>/dev/null; exit $rc' </dev/null >/dev/console 2>&1
   rc=$?
   sync
 else
