@@ -5,6 +5,10 @@
  * then `RESULT {"guest":"hello","ok":true,"cpus":N}` and exits 0 through the
  * debug-exit port. It proves the boot path (PVH entry, long mode, ring 3,
  * COM1, AP start-up, exit). `cpus=N` caps the CPUs probed (rt.h).
+ * `fault=ud|pf` with `fault-cpu=N` (default 0) then takes that exception on
+ * purpose on CPU N instead of exiting: the runtime's exception report
+ * (examples/README.md#exceptions) must name it and end the VM with
+ * RT_EXIT_EXCEPTION (112).
  */
 #include "runtime/rt.h"
 
@@ -41,6 +45,20 @@ static void report_in(unsigned cpu, void* arg) {
   g_report[cpu] = (struct cpu_report){cs & 3u, sp, apic >> 24, r[1]};
 }
 
+/* fault=ud: an invalid opcode (#UD, vector 6). fault=pf: a read of the first
+ * address past the identity map (#PF, vector 14, CR2 = that address). */
+struct fault_plan {
+  const char* kind;
+  unsigned cpu;
+};
+
+static void take_fault(unsigned cpu, void* arg) {
+  const struct fault_plan* plan = arg;
+  if (cpu != plan->cpu) return;
+  if (strcmp(plan->kind, "ud") == 0) __asm__ volatile("ud2");
+  if (strcmp(plan->kind, "pf") == 0) (void)*(volatile uint64_t*)(uintptr_t)rt_mapped_limit();
+}
+
 int main(void) {
   uint16_t cs;
   __asm__ volatile("mov %%cs, %0" : "=r"(cs));
@@ -72,6 +90,17 @@ int main(void) {
     rt_printf("hello: cpu %u: ring %u, stack 0x%lx, APIC id %u, CPUID.1 EBX 0x%x\n", c,
               g_report[c].ring, g_report[c].stack, g_report[c].apic_id, g_report[c].cpuid_ebx);
     if (g_report[c].ring != 3 || g_report[c].apic_id != c) ok = false;
+  }
+  const struct fault_plan plan = {arg_str("fault", ""), (unsigned)arg_u64("fault-cpu", 0)};
+  if (plan.kind[0] != '\0') {
+    if ((strcmp(plan.kind, "ud") != 0 && strcmp(plan.kind, "pf") != 0) || plan.cpu >= cpus) {
+      rt_printf("hello: error: fault=%s fault-cpu=%u: want ud or pf on one of %u CPUs\n", plan.kind, plan.cpu, cpus);
+      return 2;
+    }
+    rt_printf("hello: taking a #%s on cpu %u on purpose\n", plan.kind[0] == 'u' ? "UD" : "PF", plan.cpu);
+    rt_run_workers(plan.cpu + 1, take_fault, (void*)&plan);
+    rt_printf("hello: error: the exception did not end the VM\n");
+    return 1;
   }
   rt_printf("RESULT {\"guest\":\"hello\",\"ok\":%s,\"cpus\":%u}\n", ok ? "true" : "false", cpus);
   return ok ? 0 : 1;

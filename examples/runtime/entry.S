@@ -187,6 +187,7 @@ long_mode_entry:
         movl %eax, %ss
         movw $SEL_TSS, %ax
         ltr %ax
+        lidt idt_desc(%rip)             /* gates written later, by ring 3 (rt.c) */
         movl $SEL_UDATA, %eax
         movl %eax, %ds
         movl %eax, %es
@@ -210,6 +211,7 @@ ap_long_entry:
         movl %eax, %ss
         movw $SEL_TSS, %ax
         ltr %ax
+        lidt idt_desc(%rip)             /* the BSP's IDT, already filled */
         movl $SEL_UDATA, %eax
         movl %eax, %ds
         movl %eax, %es
@@ -290,6 +292,162 @@ rt_ap_user_entry:
 1:      pause
         jmp 1b
 
+/* ------------------------------------------------------------ exceptions */
+/*
+ * The IDT's 256 handlers (examples/README.md#exceptions). A guest of this
+ * runtime never enables interrupts and never expects an exception, so any
+ * vector that arrives is a defect (its own, or the VMM's: a page that came back
+ * wrong, an event nobody asked for). Instead of the triple fault an empty IDT
+ * gives, the handler prints what the CPU saw on COM1 and ends the VM with
+ * RT_EXIT_EXCEPTION through the debug-exit port:
+ *
+ *   rt: guest exception #PF vector 0x0e error 0x00000004 rip 0x... rsp 0x...
+ *       rflags 0x00003046 cs 0x0023 cr2 0x... kstack 0x...   (one line; 64-bit
+ *       values in 16 digits)
+ *
+ * Ring-0 code, entered on the CPU's TSS rsp0 (the BSP's __kstack_top, an AP's
+ * own block). It only reads its frame and its strings and writes ports, so it
+ * works whatever state the ring-3 program left memory in; it never returns.
+ * Stub v is at rt_trap_stubs + 16 * v (rt.c builds the gates from that): it
+ * pushes a zero where the CPU pushes no error code, then v.
+ */
+        .text
+        .balign 16
+        .globl rt_trap_stubs
+rt_trap_stubs:
+        .set vec, 0
+        .rept 256
+        .balign 16
+        .if !((vec == 8) || ((vec >= 10) && (vec <= 14)) || (vec == 17) || (vec == 21) || (vec == 29) || (vec == 30))
+        pushq $0
+        .endif
+        pushq $vec
+        jmp rt_trap_common
+        .set vec, vec + 1
+        .endr
+
+        /* (%rbp): vector, error code, then the CPU's RIP, CS, RFLAGS, RSP, SS. */
+rt_trap_common:
+        cld
+        movq %rsp, %rbp
+        leaq trap_head(%rip), %rsi
+        call trap_puts
+        movq 0(%rbp), %rax
+        cmpq $32, %rax
+        jae 1f
+        movb $' ', %al
+        call trap_putc
+        movq 0(%rbp), %rax
+        leaq trap_names(%rip), %rsi
+        leaq (%rsi, %rax, 4), %rsi
+        call trap_puts
+1:      leaq trap_vector(%rip), %rsi
+        movq 0(%rbp), %rax
+        movl $2, %edi
+        call trap_field
+        leaq trap_error(%rip), %rsi
+        movq 8(%rbp), %rax
+        movl $8, %edi
+        call trap_field
+        leaq trap_rip(%rip), %rsi
+        movq 16(%rbp), %rax
+        movl $16, %edi
+        call trap_field
+        leaq trap_rsp(%rip), %rsi
+        movq 40(%rbp), %rax
+        movl $16, %edi
+        call trap_field
+        leaq trap_rflags(%rip), %rsi
+        movq 32(%rbp), %rax
+        movl $8, %edi
+        call trap_field
+        leaq trap_cs(%rip), %rsi
+        movq 24(%rbp), %rax
+        movl $4, %edi
+        call trap_field
+        leaq trap_cr2(%rip), %rsi
+        movq %cr2, %rax
+        movl $16, %edi
+        call trap_field
+        leaq trap_kstack(%rip), %rsi
+        movq %rbp, %rax
+        movl $16, %edi
+        call trap_field
+        movb $'\n', %al
+        call trap_putc
+        movl $RT_EXIT_EXCEPTION, %eax
+        outl %eax, $0xf4
+2:      hlt
+        jmp 2b
+
+        /* trap_field: the text at RSI, then the low EDI (1-16) hex digits of RAX. */
+trap_field:
+        pushq %rax
+        call trap_puts
+        popq %rax
+        /* fall through */
+        /* trap_hex: the low EDI (1-16) hex digits of RAX. Clobbers RAX, RBX, ECX,
+         * EDX, EDI. */
+trap_hex:
+        movq %rax, %rbx
+        movl $16, %ecx
+        subl %edi, %ecx
+        shll $2, %ecx
+        shlq %cl, %rbx                  /* the first digit to print on top */
+1:      rolq $4, %rbx
+        movl %ebx, %eax
+        andl $15, %eax
+        cmpb $10, %al
+        jb 2f
+        addb $('a' - '0' - 10), %al
+2:      addb $'0', %al
+        call trap_putc
+        decl %edi
+        jnz 1b
+        ret
+
+        /* trap_puts: the NUL-terminated text at RSI. Clobbers RAX, ECX, EDX, RSI. */
+trap_puts:
+1:      movb (%rsi), %al
+        testb %al, %al
+        jz 2f
+        call trap_putc
+        incq %rsi
+        jmp 1b
+2:      ret
+
+        /* trap_putc: AL to COM1, after its transmitter is empty (bounded wait,
+         * as rt_putc). Clobbers AH, ECX, EDX. */
+trap_putc:
+        movb %al, %ah
+        movl $100000, %ecx
+1:      movw $(RT_COM1 + 5), %dx
+        inb %dx, %al
+        testb $0x20, %al
+        jnz 2f
+        pause
+        decl %ecx
+        jnz 1b
+2:      movb %ah, %al
+        movw $RT_COM1, %dx
+        outb %al, %dx
+        ret
+
+        .section .rodata
+trap_head:      .asciz "\nrt: guest exception"
+trap_vector:    .asciz " vector 0x"
+trap_error:     .asciz " error 0x"
+trap_rip:       .asciz " rip 0x"
+trap_rsp:       .asciz " rsp 0x"
+trap_rflags:    .asciz " rflags 0x"
+trap_cs:        .asciz " cs 0x"
+trap_cr2:       .asciz " cr2 0x"
+trap_kstack:    .asciz " kstack 0x"
+        .balign 4
+trap_names:                             /* vectors 0-31, 4 bytes each */
+        .ascii "#DE\0#DB\0NMI\0#BP\0#OF\0#BR\0#UD\0#NM\0#DF\0#09\0#TS\0#NP\0#SS\0#GP\0#PF\0#15\0"
+        .ascii "#MF\0#AC\0#MC\0#XM\0#VE\0#CP\0#22\0#23\0#24\0#25\0#26\0#27\0#HV\0#VC\0#SX\0#31\0"
+
 /* ------------------------------------------------------------ static tables */
         .section .data.tables, "aw", @progbits
         .balign 4096
@@ -346,6 +504,19 @@ gdt_desc:
         .word gdt_end - gdt - 1
         .quad gdt
 
+        .balign 16
+idt_desc:                               /* 256 gates of 16 bytes */
+        .word 256 * 16 - 1
+        .quad rt_idt
+
+        .bss
+        .balign 16
+        .globl rt_idt
+rt_idt:                                 /* zero (not present) until rt.c fills it */
+        .skip 256 * 16
+
+        .data
+
         /*
          * 64-bit TSS followed by an I/O permission bitmap that allows every
          * port. IOPL 3 alone should suffice, but the nested-KVM hosts this
@@ -358,7 +529,7 @@ gdt_desc:
         .globl rt_tss, rt_tss_end
 rt_tss:
         .long 0
-        .quad __kstack_top              /* rsp0, unused: nothing enters ring 0 */
+        .quad __kstack_top              /* rsp0: only the exception handlers use it */
         .fill 90, 1, 0
         .word rt_iobitmap - rt_tss      /* iomap_base = 104 */
 rt_iobitmap:

@@ -15,4 +15,10 @@
 #define RT_AP_TRAMP_ADDR 0x8000
 #define RT_MAX_CPUS 8
 
+/* RT_COM1: the UART's base port. RT_EXIT_EXCEPTION: the debug-exit value of a
+ * guest that took a CPU exception (entry.S prints what the CPU saw first;
+ * examples/README.md#exceptions). */
+#define RT_COM1 0x3f8
+#define RT_EXIT_EXCEPTION 112
+
 #endif

@@ -529,11 +529,30 @@ static void copy_cmdline(uint64_t paddr) {
   g_cmdline[n] = '\0';
 }
 
+/* ------------------------------------------------------------- exceptions */
+
+/* entry.S: 256 handler stubs of 16 bytes each, and the IDT its ring-0 code loaded. */
+extern char rt_trap_stubs[];
+extern uint64_t rt_idt[2 * 256];
+
+/* Fills the IDT (ring 3 may: every page is user-writable) with one 64-bit
+ * interrupt gate per stub: present, DPL 0, kernel code selector 0x08. From then on
+ * an exception prints what the CPU saw and ends the VM with RT_EXIT_EXCEPTION
+ * instead of a triple fault (examples/README.md#exceptions). */
+static void fill_idt(void) {
+  for (unsigned v = 0; v < 256; ++v) {
+    uint64_t h = (uint64_t)(uintptr_t)rt_trap_stubs + 16u * v;
+    rt_idt[2 * v] = (h & 0xffff) | (0x08ull << 16) | (0x8eull << 40) | (((h >> 16) & 0xffff) << 48);
+    rt_idt[2 * v + 1] = h >> 32;
+  }
+}
+
 /* Called from entry.S in ring 3 after .bss is zeroed. */
 __attribute__((noreturn)) void rt_start(const struct hvm_start_info* si, uint64_t free_start,
                                         uint64_t mapped_limit);
 
 void rt_start(const struct hvm_start_info* si, uint64_t free_start, uint64_t mapped_limit) {
+  fill_idt();
   g_free_start = rt_smp_reserve(free_start);
   g_mapped_limit = mapped_limit;
   if (!si || si->magic != HVM_START_MAGIC) {

@@ -13,7 +13,9 @@
  *  - physical == virtual; [0, rt_mapped_limit()) is identity mapped, RW, user.
  *  - memory below rt_free_start() belongs to the runtime (image, stacks,
  *    page tables); programs must not write it.
- *  - no interrupts. The BSP (CPU 0) runs main(); APs start only when the
+ *  - no interrupts, and no exceptions expected: any vector ends the VM with
+ *    RT_EXIT_EXCEPTION (runtime/layout.h) after a one-line report on COM1
+ *    (entry.S). The BSP (CPU 0) runs main(); APs start only when the
  *    program calls rt_smp_start() and then run rt_run_workers() jobs. Output
  *    (rt_printf, rt_puts) takes a spinlock, so lines from CPUs don't mix;
  *    rt_tsc_hz() is calibrated by rt_smp_start() before any AP runs; the rest

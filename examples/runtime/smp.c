@@ -48,11 +48,15 @@
  * One AP's block (RT_AP_BLOCK bytes, 4 KiB aligned):
  *   +0       struct ap_block (GDT, IRETQ frame, mailbox)
  *   +4 KiB   TSS (104 B) + I/O bitmap (8 KiB, all ports allowed) + 0xff
+ *   +12 KiB  ring-0 stack of the exception handlers (entry.S), top at +16 KiB
  *   +16 KiB  ring-3 stack, 64 KiB, top at the end of the block
  */
 #define RT_AP_BLOCK (80 * 1024)
 #define TSS_OFFSET 4096
 #define STACK_TOP_OFFSET RT_AP_BLOCK
+#define KSTACK_TOP_OFFSET (16 * 1024) /* above the TSS's I/O bitmap, which ends at ~12.1 KiB */
+_Static_assert(TSS_OFFSET + TSS_SIZE + IOBITMAP_BYTES + 1 + 1024 <= KSTACK_TOP_OFFSET,
+               "the exception handlers' stack needs 1 KiB above the I/O bitmap");
 
 struct ap_block {
   uint64_t gdt[GDT_SLOTS];
@@ -112,7 +116,7 @@ static void build_block(unsigned cpu) {
                           (((limit >> 16) & 0xf) << 48) | (((tss >> 24) & 0xff) << 56);
   b->gdt[SEL_TSS_INDEX + 1] = tss >> 32;
   unsigned char* t = (unsigned char*)(uintptr_t)tss;
-  uint64_t rsp0 = (uint64_t)(uintptr_t)b + TSS_OFFSET; /* unused: ring 0 is never re-entered */
+  uint64_t rsp0 = (uint64_t)(uintptr_t)b + KSTACK_TOP_OFFSET; /* the exception handlers' (entry.S) */
   memcpy(t + 4, &rsp0, 8);
   uint16_t iomap = TSS_SIZE;
   memcpy(t + 102, &iomap, 2);

@@ -89,6 +89,21 @@ TEST_F(PrivilegedBootTest, HelloWithSeveralVcpusAndHighMemory) {
     EXPECT_NE(r.out.find("0x0000000100000000 - 0x0000000140000000"), std::string::npos) << r.out;
 }
 
+// A CPU exception in the guest ends the VM with the runtime's one-line report and
+// exit 112 instead of a bare triple fault (examples/README.md#exceptions), on the BSP
+// and on an AP (its own ring-0 stack).
+TEST_F(PrivilegedBootTest, GuestExceptionIsReportedWithVectorAndAddresses) {
+    ProcessResult ud = run_swapvisor("run --kernel " + example("hello.elf").string() + " --cmdline fault=ud");
+    EXPECT_EQ(ud.status, 112) << ud.err;
+    EXPECT_NE(ud.out.find("rt: guest exception #UD vector 0x06 error 0x00000000 rip 0x"), std::string::npos) << ud.out;
+
+    ProcessResult pf = run_swapvisor("run --kernel " + example("hello.elf").string() +
+                                     " --vcpus 2 --cmdline 'fault=pf fault-cpu=1'");
+    EXPECT_EQ(pf.status, 112) << pf.err;
+    EXPECT_NE(pf.out.find("rt: guest exception #PF vector 0x0e error 0x00000004 rip 0x"), std::string::npos) << pf.out;
+    EXPECT_NE(pf.out.find(" cr2 0x0000008000000000 "), std::string::npos) << pf.out;
+}
+
 TEST_F(PrivilegedBootTest, MemtouchVerifiesEveryPage) {
     ProcessResult r = run_swapvisor("run --kernel " + example("memtouch.elf").string() + " --memory 128M");
     EXPECT_EQ(r.status, 0) << r.err;

@@ -114,6 +114,32 @@ else
   failures=$((failures + 1))
 fi
 
+# A CPU exception: the runtime's handler (examples/README.md#exceptions) prints what
+# the CPU saw and exits 112 (status 225 here) instead of a triple fault; on the BSP
+# and on an AP (its own ring-0 stack), for an invalid opcode and a page fault.
+# fault_boot <name> <cmdline> <report regex>
+fault_boot() {
+  local name=$1 cmdline=$2 want=$3
+  log=$log_dir/$name.log
+  timeout 60 "$qemu" -M microvm "${accel[@]}" -m 512M -smp 2 -nographic -no-reboot \
+    -kernel "$hello" -append "$cmdline" -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
+    </dev/null >"$log" 2>&1
+  status=$?
+  local report
+  report=$(grep -a '^rt: guest exception' "$log" | tr -d '\r')
+  if [[ $status -eq 225 && $report =~ $want ]]; then
+    echo "PASS [$name]: $report"
+  else
+    echo "FAIL [$name]: status $status (want 225: exit 112), report /$want/: '$report'" >&2
+    cat "$log" >&2
+    failures=$((failures + 1))
+  fi
+}
+fault_boot exception-ud "fault=ud" \
+  '^rt: guest exception #UD vector 0x06 error 0x00000000 rip 0x00000000001[0-9a-f]{5} .* cs 0x0023 '
+fault_boot exception-pf-ap "fault=pf fault-cpu=1" \
+  '^rt: guest exception #PF vector 0x0e error 0x00000004 .* cr2 0x0000008000000000 kstack 0x'
+
 if [[ $failures -ne 0 ]]; then
   echo "qemu_boot_test: $failures check(s) failed" >&2
   exit 1

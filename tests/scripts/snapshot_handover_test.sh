@@ -42,7 +42,10 @@ trap cleanup EXIT
 snaps=$work/snaps
 mkdir -p "$snaps"
 slow=${SWV_TEST_SLOW:-1}  # a factor for every wait (nested runs)
-fail() { echo "FAIL: $*" >&2; for f in "$work"/*.log; do echo "== $f" >&2; tail -15 "$f" >&2; done; exit 1; }
+fail() {  # also any guest's exception report (examples/README.md#exceptions)
+  echo "FAIL: $*" >&2; for f in "$work"/*.log; do echo "== $f" >&2; tail -15 "$f" >&2; done
+  grep -a 'rt: guest exception' "$work"/*.serial >&2 2>/dev/null; exit 1
+}
 ctl() { local d=$1; shift; timeout $((300 * slow)) "$bin" ctl --socket "$work/$d.sock" --timeout $((240 * slow)) "$@"; }
 py() {  # py <daemon> <expr over r, the last JSON line of a ctl --json command> <ctl args...>
   local d=$1 expr=$2; shift 2

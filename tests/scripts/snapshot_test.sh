@@ -39,7 +39,10 @@ sock=$work/control.sock
 snaps=$work/snaps
 mkdir -p "$snaps"
 slow=${SWV_TEST_SLOW:-1}  # a factor for every wait (nested runs)
-fail() { echo "FAIL: $*" >&2; tail -40 "$work/err.log" >&2; exit 1; }
+fail() {  # also any guest's exception report (examples/README.md#exceptions)
+  echo "FAIL: $*" >&2; tail -40 "$work/err.log" >&2
+  grep -a 'rt: guest exception' "$work"/*.serial >&2 2>/dev/null; exit 1
+}
 ctl() { timeout $((300 * slow)) "$bin" ctl --socket "$sock" --timeout $((240 * slow)) "$@"; }
 py() {  # py <expr over r, the last JSON line of a ctl --json command> <ctl args...>
   local expr=$1; shift
