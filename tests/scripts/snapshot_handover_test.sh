@@ -10,10 +10,12 @@
 #     local file, the snapshot's slots stay on the export, the snapshot is unloaded
 #     on A (a restore or snapshot-delete of it there is refused, naming the handover)
 #     and the lease is released;
-#   - B attaches the export (no takeover: it was handed over) with the snapshot under
-#     its --snapshots root: the slots are adopted, and a VM restored from the snapshot
-#     on B continues (no pass 1 again) and verifies every byte; the VM left on A
-#     verifies every byte too; snapshot-delete on B frees every slot.
+#   - B, running since step 2, reserves the snapshot's slots live (`ctl snapshot-load`),
+#     then attaches the export (`ctl swapon`, no takeover: it was handed over): the
+#     slots are adopted, and a VM restored from the snapshot on B continues (no pass 1
+#     again) and verifies every byte; the VM left on A verifies every byte too;
+#   - B restarted with the export and its --snapshots root finds the snapshot again
+#     (the other way to reserve them); snapshot-delete on B frees every slot.
 # Every wait is bounded. Exit 77 (skipped) without /dev/kvm or nbdkit.
 # Sizes are small on purpose: the test also runs nested (QEMU TCG, ~100x slower).
 set -u
@@ -53,9 +55,9 @@ py() {  # py <daemon> <expr over r, the last JSON line of a ctl --json command> 
 }
 vm_field() { py "$1" "[v for v in r['vms'] if v['name']=='$2'][0].get('$3','') if any(v['name']=='$2' for v in r['vms']) else ''" vm-list; }
 used_slots() { py "$1" "sum(d['used_slots'] for d in r['swap'])" stats; }
-start_serve() {  # start_serve <name> <args...>: its pid in the variable named <name>_pid
+start_serve() {  # start_serve <name> <args...>: its pid in <name>_pid; root=DIR: its --snapshots
   local name=$1; shift
-  "$bin" serve --control "$work/$name.sock" --snapshots "$snaps" --age-scan off --log-level info "$@" \
+  "$bin" serve --control "$work/$name.sock" --snapshots "${root:-$snaps}" --age-scan off --log-level info "$@" \
     >>"$work/$name.out" 2>>"$work/$name.log" &
   local pid=$!
   pids+=("$pid")
@@ -106,8 +108,10 @@ swapped=$(echo "$out" | python3 -c "import json,sys; print(json.loads(sys.stdin.
 wait_ended a alpha 120
 echo "ok: alpha snapshotted with $swapped swapped pages on the export"
 
-# 2. B cannot take the export while A holds it.
-start_serve b
+# 2. B cannot take the export while A holds it. B's --snapshots root is its own, as on
+#    another host: it has never seen s1.
+mkdir -p "$work/b-snaps"
+root=$work/b-snaps start_serve b
 out=$(ctl b swapon "$uri" 2>&1) && fail "B attached the export A holds"
 [[ $out == *device_busy* ]] || fail "B's refusal does not say device_busy: $out"
 
@@ -121,15 +125,18 @@ out=$(ctl a vm-create bad --restore "$snaps/s1" 2>&1) && fail "A restored a snap
 [[ $out == *'handed over'* ]] || fail "A's refusal does not name the handover: $out"
 out=$(ctl a snapshot-delete "$snaps/s1" 2>&1) && fail "A deleted a snapshot it handed over"
 [[ $out == *'handed over'* ]] || fail "A's snapshot-delete refusal does not name the handover: $out"
+out=$(ctl a snapshot-load "$snaps/s1" 2>&1) && fail "A loaded a snapshot it handed over"
+[[ $out == *bad_snapshot* ]] || fail "A's snapshot-load refusal is not bad_snapshot: $out"
 [[ -f $snaps/s1/manifest.json ]] || fail "the handed-over snapshot lost its manifest"
 
-# 4. B: the snapshot's slots reserved before the swapon (its --snapshots root is
-#    read at start: restart B), then the export attached without takeover.
-kill "${b_pid}"; wait "${b_pid}" 2>/dev/null
-rm -f "$work/b.sock"
-start_serve b --swap "$uri"
-[[ $(py b "r['snapshots']['loaded']" status) == 1 ]] || fail "B did not load the snapshot with the export"
-(($(used_slots b) == swapped)) || fail "B reserved $(used_slots b) slots, the snapshot holds $swapped"
+# 4. B, still running: the snapshot's slots reserved before the swapon
+#    (snapshot-load), then the export attached without takeover adopts them.
+out=$(ctl b --json snapshot-load "$snaps/s1") || fail "snapshot-load on B: $out"
+[[ $out == *'waiting for its swap devices'* ]] || fail "B's snapshot-load does not wait for the export: $out"
+out=$(ctl b snapshot-load "$snaps/s1" 2>&1) && fail "B reserved the snapshot's slots twice"
+[[ $out == *bad_snapshot* ]] || fail "B's second snapshot-load refusal is not bad_snapshot: $out"
+out=$(ctl b swapon "$uri" 2>&1) || fail "B could not attach the handed-over export: $out"
+(($(used_slots b) == swapped)) || fail "B adopted $(used_slots b) slots, the snapshot holds $swapped"
 ctl b vm-create beta --restore "$snaps/s1" --serial-log "$work/beta.serial" >/dev/null || fail "restore beta on B"
 wait_ended b beta 900
 check_result b beta
@@ -137,7 +144,15 @@ grep -aq 'pass 1/' "$work/beta.serial" && fail "the restored guest started over"
 wait_ended a omega 900
 check_result a omega
 
-# 5. B deletes it: nothing held at rest.
+# 5. The other way to reserve them: B restarted with the export and its --snapshots
+#    root loads the snapshot at start (beta's own slots went with the old process).
+kill "${b_pid}"; wait "${b_pid}" 2>/dev/null
+rm -f "$work/b.sock"
+start_serve b --swap "$uri"
+[[ $(py b "r['snapshots']['loaded']" status) == 1 ]] || fail "B did not load the snapshot with the export at start"
+(($(used_slots b) == swapped)) || fail "B reserved $(used_slots b) slots at start, the snapshot holds $swapped"
+
+# 6. B deletes it: nothing held at rest.
 ctl b snapshot-delete "$snaps/s1" >/dev/null || fail "snapshot-delete on B"
 (($(used_slots b) == 0)) || fail "$(used_slots b) slots still used on B after snapshot-delete"
 for d in a b; do
@@ -145,4 +160,4 @@ for d in a b; do
   kill "${!pid_var}"; wait "${!pid_var}"; rc=$?
   ((rc == 0)) || fail "serve $d exited with $rc"
 done
-echo "PASS: snapshot on daemon A, export handed over live (A's other VM kept its pages), restored on daemon B and verified, deleted there with every slot freed"
+echo "PASS: snapshot on daemon A, export handed over live (A's other VM kept its pages), loaded and attached on the running daemon B, restored there and verified, found again after B's restart, deleted with every slot freed"
