@@ -9,7 +9,8 @@
 //  +------------+--------------+----------------------------------+
 //
 // 32 bits of index cover 16 TiB of guest RAM; the largest guest the CLI accepts is
-// 3 GiB + 8 TiB - 2 MiB (vmm/cli/config.hpp), under 2^32 pages.
+// 3 GiB + 8 TiB - 2 MiB (vmm/cli/config.hpp), under 2^32 - 1 pages: index 2^32-1 is
+// swap's kSnapshotOwner's (swap/README.md#vslot-blocks), never a page's.
 #pragma once
 
 #include <cstdint>
@@ -28,7 +29,7 @@ inline constexpr std::uint64_t kOwnerIndexMask = (std::uint64_t{1} << kOwnerVmSh
 static_assert(kOwnerVmShift + 8 * sizeof(VmId) <= swap::kOwnerTagBits, "an owner tag fits swap's 48 bits");
 
 constexpr swap::OwnerTag pack_owner(VmId vm, std::uint64_t page_index) {
-    SWV_ASSERT(page_index <= kOwnerIndexMask, "pack_owner: stage-2 index beyond 32 bits");
+    SWV_ASSERT(page_index < kOwnerIndexMask, "pack_owner: stage-2 index beyond 2^32-2");
     return (std::uint64_t{vm} << kOwnerVmShift) | page_index;
 }
 constexpr VmId owner_vm(swap::OwnerTag tag) { return static_cast<VmId>(tag >> kOwnerVmShift); }

@@ -1,10 +1,14 @@
-// VSlotTable: chunked, packed descriptor storage (18 bytes per vslot), a LIFO free
-// list and striped locks (swap/README.md#vslots).
+// VSlotTable: chunked, packed descriptor storage (16 bytes per vslot), blocks of
+// vslots per owner group with a LIFO free list each, and striped locks
+// (swap/README.md#vslots).
 #include "swap/vslot_table.hpp"
+
+#include <algorithm>
 
 namespace swapvisor::swap {
 
-static_assert(VSlotTable::bytes_per_vslot() == 18, "the VSlot descriptor is 18 bytes (swap/README.md#vslots)");
+static_assert(VSlotTable::bytes_per_vslot() == 16, "the VSlot descriptor is 16 bytes (swap/README.md#vslots)");
+static_assert((kSnapshotOwner & 0xffff'ffffu) == 0xffff'ffffu, "kSnapshotOwner's index is the reserved one");
 static_assert(static_cast<unsigned>(VSlotState::valid) < 4, "a state fits the place word's 2 bits");
 
 // Constructor and destructor run with no other thread around: relaxed is enough.
@@ -37,8 +41,12 @@ VSlotState VSlotTable::place_state(std::uint64_t place) {
 
 VSlotInfo VSlotTable::unpack(const Descriptor& d) {
     const std::uint64_t place = d.place();
-    return VSlotInfo{place_pslot(place), d.chunk->checksum[d.i], place_generation(place),
-                     OwnerTag{d.chunk->owner_high[d.i]} << 32 | d.chunk->owner_low[d.i], place_state(place)};
+    const std::uint32_t index = d.chunk->index[d.i];
+    const OwnerTag owner =
+        index == kSnapshotIndex
+            ? kSnapshotOwner
+            : OwnerTag{d.chunk->group[d.i >> kBlockShift].load(std::memory_order_relaxed)} << kOwnerGroupShift | index;
+    return VSlotInfo{place_pslot(place), d.chunk->checksum[d.i], place_generation(place), owner, place_state(place)};
 }
 
 std::optional<VSlotTable::Descriptor> VSlotTable::find(VSlot v) const {
@@ -48,30 +56,73 @@ std::optional<VSlotTable::Descriptor> VSlotTable::find(VSlot v) const {
     return Descriptor{chunk, v.value() & (kChunkSize - 1)};
 }
 
+bool VSlotTable::take_block(std::uint16_t group, GroupSlots& slots) {
+    std::uint32_t block;
+    if (!free_blocks_.empty()) {
+        block = free_blocks_.back();
+        free_blocks_.pop_back();
+    } else {
+        if (next_block_ >= kMaxBlocks) return false;  // 32-bit space exhausted
+        block = static_cast<std::uint32_t>(next_block_++);
+        block_used_.push_back(0);
+        const std::uint32_t chunk = block / kBlocksPerChunk;
+        // Relaxed: chunks_ is only written under alloc_mutex_, which we hold.
+        if (chunks_[chunk].load(std::memory_order_relaxed) == nullptr) {
+            // Value-initialised: every place word 0 = free, generation 0.
+            // Release pairs with the acquire load in find().
+            chunks_[chunk].store(new Chunk(), std::memory_order_release);
+        }
+    }
+    Chunk* chunk = chunks_[block / kBlocksPerChunk].load(std::memory_order_relaxed);
+    chunk->group[block % kBlocksPerChunk].store(group, std::memory_order_relaxed);
+    // Highest first, so the LIFO hands the block out in ascending order; VSlot(0)
+    // (block 0's first) is never handed out.
+    const std::uint32_t first = block << kBlockShift;
+    for (std::uint32_t v = first + kBlockSize; v-- > first;)
+        if (v != kNoVSlot.value()) slots.free.push_back(v);
+    return true;
+}
+
+void VSlotTable::compact(GroupSlots& slots) {
+    // Every free vslot of a block with none in use is on this list (the block is this
+    // group's): drop them and give those blocks back, each once.
+    std::vector<std::uint32_t> returned;
+    std::erase_if(slots.free, [&](std::uint32_t v) {
+        const std::uint32_t block = v >> kBlockShift;
+        if (block_used_[block] != 0) return false;
+        if ((v & (kBlockSize - 1)) == (block == 0 ? 1u : 0u)) returned.push_back(block);
+        return true;
+    });
+    free_blocks_.insert(free_blocks_.end(), returned.begin(), returned.end());
+    slots.compact_at = std::max<std::size_t>(2 * kBlockSize, 2 * slots.free.size());
+}
+
 std::size_t VSlotTable::allocate(std::span<const OwnerTag> owners, std::span<VSlot> out) {
     SWV_ASSERT(out.size() >= owners.size(), "allocate: output span too short");
-    for (OwnerTag owner : owners) SWV_ASSERT(owner <= kMaxOwnerTag, "allocate: owner tag wider than kOwnerTagBits");
+    for (OwnerTag owner : owners) {
+        SWV_ASSERT(owner <= kMaxOwnerTag, "allocate: owner tag wider than kOwnerTagBits");
+        SWV_ASSERT(owner == kSnapshotOwner || (owner & 0xffff'ffffu) != kSnapshotIndex,
+                   "allocate: owner index 2^32-1 is kSnapshotOwner's");
+    }
     std::size_t got = 0;
     {
         std::lock_guard lock(alloc_mutex_);
+        GroupSlots* slots = nullptr;
+        std::uint16_t group = 0;
         while (got < owners.size()) {
-            std::uint32_t v;
-            if (!free_.empty()) {
-                v = free_.back();
-                free_.pop_back();
-            } else {
-                if (next_ > UINT32_MAX) break;  // 32-bit space exhausted
-                v = static_cast<std::uint32_t>(next_++);
-                std::uint32_t chunk = v >> kChunkShift;
-                // Relaxed: chunks_ is only written under alloc_mutex_, which we hold.
-                if (chunks_[chunk].load(std::memory_order_relaxed) == nullptr) {
-                    // Value-initialised: every place word 0 = free, generation 0.
-                    // Release pairs with the acquire load in find().
-                    chunks_[chunk].store(new Chunk(), std::memory_order_release);
-                }
+            const std::uint16_t want = owner_group(owners[got]);
+            if (slots == nullptr || want != group) {
+                group = want;
+                slots = &groups_[group];
             }
+            if (slots->free.empty() && !take_block(group, *slots)) break;
+            const std::uint32_t v = slots->free.back();
+            slots->free.pop_back();
+            ++block_used_[v >> kBlockShift];
+            ++slots->used;
             out[got++] = VSlot(v);
         }
+        if (slots != nullptr && slots->used == 0) groups_.erase(group);  // exhausted before its first
     }
     for (std::size_t i = 0; i < got; ++i) {
         Descriptor d = *find(out[i]);
@@ -79,8 +130,7 @@ std::size_t VSlotTable::allocate(std::span<const OwnerTag> owners, std::span<VSl
         const std::uint64_t place = d.place();
         SWV_ASSERT(place_state(place) == VSlotState::free, "allocate: vslot on the free list is in use");
         d.place() = pack_place(place_pslot(place), place_generation(place) + 1, VSlotState::writing);
-        d.chunk->owner_low[d.i] = static_cast<std::uint32_t>(owners[i]);
-        d.chunk->owner_high[d.i] = static_cast<std::uint16_t>(owners[i] >> 32);
+        d.chunk->index[d.i] = static_cast<std::uint32_t>(owners[i]);
         d.chunk->checksum[d.i] = 0;
     }
     allocated_.fetch_add(got);
@@ -122,8 +172,34 @@ std::optional<VSlotInfo> VSlotTable::retire(VSlot v) {
 }
 
 void VSlotTable::recycle(VSlot v) {
+    const std::uint32_t block = v.value() >> kBlockShift;
     std::lock_guard lock(alloc_mutex_);
-    free_.push_back(v.value());
+    // Relaxed: the block's group was written under alloc_mutex_, which we hold.
+    const std::uint16_t group =
+        chunks_[block / kBlocksPerChunk].load(std::memory_order_relaxed)->group[block % kBlocksPerChunk].load(
+            std::memory_order_relaxed);
+    auto it = groups_.find(group);
+    SWV_ASSERT(it != groups_.end() && block_used_[block] != 0, "recycle: vslot not allocated");
+    GroupSlots& slots = it->second;
+    slots.free.push_back(v.value());
+    --block_used_[block];
+    if (--slots.used == 0) {
+        // The group's last vslot: every block of it is free, give them all back.
+        compact(slots);
+        groups_.erase(it);
+    } else if (slots.free.size() >= slots.compact_at) {
+        compact(slots);  // amortised: the list doubled since the last one
+    }
+}
+
+std::uint64_t VSlotTable::blocks_in_use() const {
+    std::lock_guard lock(alloc_mutex_);
+    return next_block_ - free_blocks_.size();
+}
+
+std::uint64_t VSlotTable::blocks_made() const {
+    std::lock_guard lock(alloc_mutex_);
+    return next_block_;
 }
 
 VSlotInfo VSlotTable::lookup(VSlot v) const {
@@ -153,8 +229,11 @@ bool VSlotTable::set_owner(VSlot v, OwnerTag owner) {
     if (!d) return false;
     std::lock_guard lock(stripe(v));
     if (place_state(d->place()) != VSlotState::valid) return false;
-    d->chunk->owner_low[d->i] = static_cast<std::uint32_t>(owner);
-    d->chunk->owner_high[d->i] = static_cast<std::uint16_t>(owner >> 32);
+    SWV_ASSERT(owner == kSnapshotOwner ||
+                   ((owner & 0xffff'ffffu) != kSnapshotIndex &&
+                    owner_group(owner) == d->chunk->group[d->i >> kBlockShift].load(std::memory_order_relaxed)),
+               "set_owner: a vslot keeps its block's group (or becomes kSnapshotOwner's)");
+    d->chunk->index[d->i] = static_cast<std::uint32_t>(owner);
     return true;
 }
 

@@ -11,9 +11,13 @@
 //    table lives: a reader that got a descriptor's address keeps a valid address.
 //  - A descriptor's fields are read and written only under its stripe lock; a
 //    reader copies a snapshot (VSlotInfo) and lets go.
-//  - A vslot is on the free list iff its state is `free`.
+//  - A vslot is on its group's free list iff its state is `free` (a retired vslot
+//    not yet recycled is on none); a block belongs to at most one group, and its
+//    group changes only while every vslot of it is free.
+//  - Owner index 2^32-1 is kSnapshotOwner's: allocate() refuses it for any other
+//    owner (asserted); guestmem never makes one (guestmem/owner_tag.hpp).
 //
-// Packing (swap/README.md#vslots has the byte table): 18 bytes per vslot, kept as
+// Packing (swap/README.md#vslots has the byte table): 16 bytes per vslot, kept as
 // parallel arrays in each chunk so nothing is padded:
 //
 //   place (u64)
@@ -22,7 +26,13 @@
 //   | device (16)  | generation (14)|state |           slot (32)           |
 //   +--------------+----------------+------+-------------------------------+
 //   checksum (u32)  low 32 bits of xxh3-64 (page_checksum)
-//   owner    (u32 + u16)  the 48 bits of an OwnerTag (kOwnerTagBits)
+//   index    (u32)  the owner's bits 31-0; 2^32-1 means kSnapshotOwner
+//
+// The owner's group (bits 47-32, guestmem: the VM) is kept per *block*: 1024
+// consecutive vslots are handed out to one group only (its own free list), so the
+// group is stored once per block (2 bytes per 1024 vslots), not per vslot. A block
+// whose vslots are all free goes back to the table (when its group's last vslot is
+// freed, or by the amortised compaction of a group's free list) for any group to take.
 //
 // The generation is 14 bits and wraps: it still changes on every allocation and
 // every free. switch_pslot and SwapPool::copy_is_current also compare the place,
@@ -38,6 +48,7 @@
 #include <mutex>
 #include <optional>
 #include <span>
+#include <unordered_map>
 #include <vector>
 
 #include "swap/types.hpp"
@@ -71,7 +82,8 @@ public:
 
     // Allocate one vslot per owner, in state `writing`; returns how many were
     // allocated (fewer only when the 32-bit space is exhausted), written to out[0..k).
-    // Every owner must fit kOwnerTagBits (asserted).
+    // Every owner must fit kOwnerTagBits and must not have index 2^32-1 unless it is
+    // kSnapshotOwner (asserted). An owner gets a vslot of a block of its group's.
     std::size_t allocate(std::span<const OwnerTag> owners, std::span<VSlot> out);
     // Record where a `writing` vslot's data goes and its checksum.
     void set_target(VSlot v, PSlot pslot, std::uint32_t checksum);
@@ -81,7 +93,8 @@ public:
     // or nullopt if the vslot was not allocated. The vslot is NOT yet reusable:
     // call recycle() once its pslot is released.
     std::optional<VSlotInfo> retire(VSlot v);
-    // Put a retired vslot back on the free list.
+    // Put a retired vslot back on its group's free list (its block back to the table
+    // when the group holds no vslot any more, or at a compaction).
     void recycle(VSlot v);
     // Snapshot of a descriptor (state `free` for never-allocated vslots).
     VSlotInfo lookup(VSlot v) const;
@@ -89,31 +102,52 @@ public:
     // its generation is still `generation` and it still points at `from`.
     bool switch_pslot(VSlot v, std::uint32_t generation, PSlot from, PSlot to);
     // Give a `valid` vslot a new owner (a shared vslot whose owner's reference went:
-    // kSnapshotOwner, swap/README.md#held-vslots). False if it is not valid.
+    // kSnapshotOwner, swap/README.md#held-vslots), or another page of its own group
+    // (a new group is a broken invariant: the group is its block's). False if it is
+    // not valid.
     bool set_owner(VSlot v, OwnerTag owner);
 
     std::uint64_t allocated() const { return allocated_.load(); }
+    // Blocks handed to groups now (each kBlockSize vslots), and blocks ever made.
+    std::uint64_t blocks_in_use() const;
+    std::uint64_t blocks_made() const;
     // Memory per vslot ever allocated: its descriptor (chunks grow 64 Ki at a time,
-    // and a freed vslot keeps its descriptor and adds a free-list entry).
+    // and a free vslot of a group's block keeps its descriptor and a free-list entry;
+    // the per-block group, 128 bytes per chunk, rounds away).
     static constexpr std::size_t bytes_per_vslot();
+
+    static constexpr unsigned kBlockShift = 10;
+    static constexpr std::uint32_t kBlockSize = 1u << kBlockShift;
 
 private:
     static constexpr unsigned kChunkShift = 16;
     static constexpr std::uint32_t kChunkSize = 1u << kChunkShift;
     static constexpr std::uint32_t kMaxChunks = 1u << (32 - kChunkShift);
     static constexpr std::size_t kStripes = 1024;
+    static constexpr std::uint32_t kBlocksPerChunk = kChunkSize / kBlockSize;
+    static constexpr std::uint64_t kMaxBlocks = (std::uint64_t{1} << 32) / kBlockSize;
+    static constexpr std::uint32_t kSnapshotIndex = 0xffff'ffffu;  // kSnapshotOwner's index
 
     // The place word (diagram above).
     static constexpr unsigned kPlaceStateShift = 32;
     static constexpr unsigned kPlaceGenShift = 34;
     static constexpr unsigned kPlaceDeviceShift = 48;
 
-    // One chunk of descriptors as parallel arrays (18 bytes per vslot, no padding).
+    // One chunk of descriptors as parallel arrays (16 bytes per vslot, no padding),
+    // and the group of each of its blocks: written under alloc_mutex_ while the block
+    // is all free, read under a descriptor's stripe lock (relaxed: an allocated
+    // vslot's reader is ordered after the write by that stripe lock).
     struct Chunk {
         std::uint64_t place[kChunkSize];
         std::uint32_t checksum[kChunkSize];
-        std::uint32_t owner_low[kChunkSize];
-        std::uint16_t owner_high[kChunkSize];
+        std::uint32_t index[kChunkSize];
+        std::atomic<std::uint16_t> group[kBlocksPerChunk];
+    };
+    // A group's vslots to hand out (LIFO) and how many it holds.
+    struct GroupSlots {
+        std::vector<std::uint32_t> free;
+        std::uint64_t used = 0;
+        std::size_t compact_at = 2 * kBlockSize;  // compact the free list at this size
     };
     // A descriptor: its chunk and index there (valid while the table lives).
     struct Descriptor {
@@ -128,6 +162,11 @@ private:
     static VSlotInfo unpack(const Descriptor& d);
 
     std::optional<Descriptor> find(VSlot v) const;  // nullopt if beyond the grown part
+    // Under alloc_mutex_: give `group` a block (a returned one, else a new one);
+    // false if the 32-bit space is exhausted.
+    bool take_block(std::uint16_t group, GroupSlots& slots);
+    // Under alloc_mutex_: return the blocks of `slots` with no vslot in use.
+    void compact(GroupSlots& slots);
     std::mutex& stripe(VSlot v) const { return stripes_[v.value() % kStripes]; }
 
     // Chunk pointers: written once (release) under alloc_mutex_, read lock-free
@@ -138,10 +177,13 @@ private:
     // Order: leaf (nothing else is taken while one is held).
     mutable std::array<std::mutex, kStripes> stripes_;
 
-    // Protects: free_, next_, growth of chunks_; Order: leaf.
-    std::mutex alloc_mutex_;
-    std::vector<std::uint32_t> free_;
-    std::uint64_t next_ = 1;  // first never-used vslot
+    // Protects: groups_, block_used_, free_blocks_, next_block_, the blocks' groups
+    // (writes), growth of chunks_; Order: leaf.
+    mutable std::mutex alloc_mutex_;
+    std::unordered_map<std::uint16_t, GroupSlots> groups_;
+    std::vector<std::uint16_t> block_used_;   // per block made: its vslots not free
+    std::vector<std::uint32_t> free_blocks_;  // blocks no group has (all free)
+    std::uint64_t next_block_ = 0;            // first block never made
 
     std::atomic<std::uint64_t> allocated_{0};
 };

@@ -1,12 +1,14 @@
 // VSlotTable: allocation never yields VSlot(0), generations, retire/recycle, the
 // swapoff compare-and-swap, and growth across chunks while other threads read; the
 // packed descriptor's edges: fields at their widest, owner tags at kOwnerTagBits,
-// the 14-bit generation wrapping.
+// the 14-bit generation wrapping; blocks of vslots per owner group (the group kept
+// once per block), returned when free and taken by other groups.
 #include "swap/vslot_table.hpp"
 
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <map>
 #include <set>
 #include <thread>
 
@@ -110,7 +112,9 @@ TEST(VSlotTable, GrowsAcrossChunksWhileReadersLookUp) {
 // no field bleeds into another (swap/README.md#vslots).
 TEST(VSlotTable, PackedFieldsAtTheirLimitsSurviveEveryTransition) {
     VSlotTable table;
-    const std::vector<OwnerTag> owners{kMaxOwnerTag, OwnerTag{0xffff} << 32, 0xffff'ffffu, 0};
+    // kMaxOwnerTag is kSnapshotOwner; index 2^32-2 is the widest any other owner has.
+    const std::vector<OwnerTag> owners{kMaxOwnerTag, OwnerTag{0xffff} << 32, 0xffff'fffeu, 0,
+                                       OwnerTag{0xfffe} << 32 | 0xffff'fffeu};
     std::vector<VSlot> v(owners.size());
     ASSERT_EQ(table.allocate(owners, v), owners.size());
     const PSlot widest{DeviceId(0xffff), SlotIdx(0xffff'ffffu)};
@@ -157,6 +161,154 @@ TEST(VSlotTable, OwnerWiderThanKOwnerTagBitsIsABrokenInvariant) {
     EXPECT_DEATH((void)table.allocate(owners, v), "owner tag wider than kOwnerTagBits");
 }
 
+// Index 2^32-1 stands for kSnapshotOwner (the group is the block's): no other owner
+// may have it, and a vslot changes group only by becoming kSnapshotOwner's.
+TEST(VSlotTable, SnapshotOwnersIndexIsReservedAndAGroupIsTheBlocks) {
+    VSlotTable table;
+    std::vector<VSlot> v(1);
+    const std::vector<OwnerTag> reserved{OwnerTag{3} << 32 | 0xffff'ffffu};
+    EXPECT_DEATH((void)table.allocate(reserved, v), "owner index 2\\^32-1 is kSnapshotOwner's");
+    const std::vector<OwnerTag> mine{OwnerTag{3} << 32 | 17};
+    ASSERT_EQ(table.allocate(mine, v), 1u);
+    table.set_target(v[0], PSlot{DeviceId(1), SlotIdx(5)}, 77);
+    table.publish(v[0]);
+    EXPECT_DEATH((void)table.set_owner(v[0], OwnerTag{4} << 32 | 17), "keeps its block's group");
+    ASSERT_TRUE(table.set_owner(v[0], OwnerTag{3} << 32 | 18));  // same group: allowed
+    EXPECT_EQ(table.lookup(v[0]).owner, OwnerTag{3} << 32 | 18);
+    ASSERT_TRUE(table.set_owner(v[0], kSnapshotOwner));
+    EXPECT_EQ(table.lookup(v[0]).owner, kSnapshotOwner);
+    EXPECT_EQ(owner_group(table.lookup(v[0]).owner), 0xffff);  // a memory tier's share counts it there
+}
+
+// Each block of kBlockSize vslots serves one owner group: interleaved owners of
+// three groups never share a block, and each gets its own back from lookup.
+TEST(VSlotTable, OwnersOfDifferentGroupsNeverShareABlock) {
+    VSlotTable table;
+    constexpr std::size_t kN = 3 * VSlotTable::kBlockSize + 100;
+    std::vector<OwnerTag> owners(kN);
+    for (std::size_t i = 0; i < kN; ++i) owners[i] = OwnerTag{i % 3 + 1} << 32 | i;
+    std::vector<VSlot> v(kN);
+    ASSERT_EQ(table.allocate(owners, v), kN);
+    std::map<std::uint32_t, std::uint16_t> block_group;
+    std::set<std::uint32_t> seen;
+    for (std::size_t i = 0; i < kN; ++i) {
+        ASSERT_NE(v[i], kNoVSlot);
+        ASSERT_TRUE(seen.insert(v[i].value()).second) << "vslot handed out twice";
+        const std::uint32_t block = v[i].value() >> VSlotTable::kBlockShift;
+        auto [it, fresh] = block_group.emplace(block, owner_group(owners[i]));
+        EXPECT_EQ(it->second, owner_group(owners[i])) << "block " << block << " serves two groups";
+        EXPECT_EQ(table.lookup(v[i]).owner, owners[i]);
+    }
+    EXPECT_EQ(block_group.size(), 6u);  // 1124 vslots per group: two blocks each (block 0 has 1023)
+    EXPECT_EQ(table.blocks_in_use(), 6u);
+}
+
+// A group whose last vslot is freed gives its blocks back: another group then
+// reuses them, so the table does not grow with the number of groups over time
+// (VMs come and go).
+TEST(VSlotTable, AGroupsLastFreeReturnsItsBlocksToOtherGroups) {
+    VSlotTable table;
+    std::vector<VSlot> v(2 * VSlotTable::kBlockSize);
+    for (std::uint16_t group = 1; group <= 50; ++group) {
+        std::vector<OwnerTag> owners(v.size());
+        for (std::size_t i = 0; i < owners.size(); ++i) owners[i] = OwnerTag{group} << 32 | i;
+        ASSERT_EQ(table.allocate(owners, v), v.size());
+        for (VSlot x : v) {
+            ASSERT_TRUE(table.retire(x));
+            table.recycle(x);
+        }
+        EXPECT_EQ(table.blocks_in_use(), 0u) << "group " << group;
+    }
+    EXPECT_EQ(table.blocks_made(), 3u);  // 2048 vslots from 1: blocks 0-2, made once
+    EXPECT_EQ(table.allocated(), 0u);
+}
+
+// A group that keeps one vslot but frees the rest gives back its empty blocks too
+// (the amortised compaction of its free list), while the block it still uses stays
+// its own; a vslot freed there comes back to the same group.
+TEST(VSlotTable, CompactionReturnsAGroupsEmptyBlocksAndKeepsItsUsedOne) {
+    VSlotTable table;
+    constexpr std::size_t kN = 8 * VSlotTable::kBlockSize;
+    std::vector<OwnerTag> owners(kN);
+    for (std::size_t i = 0; i < kN; ++i) owners[i] = OwnerTag{1} << 32 | i;
+    std::vector<VSlot> v(kN);
+    ASSERT_EQ(table.allocate(owners, v), kN);
+    const std::uint64_t made = table.blocks_made();
+    for (std::size_t i = 1; i < kN; ++i) {  // keep v[0] (block 0)
+        ASSERT_TRUE(table.retire(v[i]));
+        table.recycle(v[i]);
+    }
+    // Its free list is compacted whenever it doubled (at 2048 entries at least): the
+    // block in use and fewer than 2048 free entries' worth of blocks stay, not 8.
+    EXPECT_LE(table.blocks_in_use(), 3u) << "a group of one vslot still holds " << table.blocks_in_use() << " blocks";
+    // Another group's vslots come from the returned blocks: nothing new is made.
+    std::vector<OwnerTag> other(4 * VSlotTable::kBlockSize, OwnerTag{2} << 32);
+    std::vector<VSlot> w(other.size());
+    ASSERT_EQ(table.allocate(other, w), w.size());
+    EXPECT_EQ(table.blocks_made(), made);
+    std::set<std::uint32_t> blocks_of_2;
+    for (VSlot x : w) blocks_of_2.insert(x.value() >> VSlotTable::kBlockShift);
+    EXPECT_FALSE(blocks_of_2.contains(v[0].value() >> VSlotTable::kBlockShift)) << "group 2 got group 1's used block";
+    EXPECT_EQ(table.lookup(v[0]).owner, owners[0]);
+    // Group 1 allocates again from a block it still holds: nothing new, none of 2's.
+    std::vector<OwnerTag> again(VSlotTable::kBlockSize, OwnerTag{1} << 32 | 5);
+    std::vector<VSlot> a(again.size());
+    ASSERT_EQ(table.allocate(again, a), a.size());
+    for (VSlot x : a) EXPECT_FALSE(blocks_of_2.contains(x.value() >> VSlotTable::kBlockShift));
+    EXPECT_EQ(table.blocks_made(), made);
+}
+
+// Threads of several groups allocate and free at once while a reader looks up:
+// no vslot is handed out twice, every lookup of a valid vslot names its owner's
+// group, and at rest no block is held.
+TEST(VSlotTable, ConcurrentGroupsAllocateAndFreeWithoutSharingAVslot) {
+    VSlotTable table;
+    constexpr int kThreads = 4;
+    constexpr int kRounds = 200;
+    std::atomic<bool> stop{false};
+    std::atomic<std::uint64_t> bad{0};
+    std::vector<std::atomic<std::uint8_t>> holder(16 * VSlotTable::kBlockSize);
+    std::thread reader([&] {
+        std::uint32_t x = 1;
+        while (!stop.load()) {
+            const VSlotInfo info = table.lookup(VSlot(x));
+            const std::uint64_t index = info.owner & 0xffff'ffffu;
+            const std::uint16_t group = owner_group(info.owner);
+            if (info.state == VSlotState::valid && ((index != 0 && index != x) || group < 1 || group > kThreads)) bad++;
+            x = x % static_cast<std::uint32_t>(holder.size() - 1) + 1;
+        }
+    });
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+        threads.emplace_back([&, t] {
+            const OwnerTag group = OwnerTag{static_cast<std::uint16_t>(t + 1)} << 32;
+            std::vector<VSlot> v(300);
+            std::vector<OwnerTag> owners(v.size(), group);
+            for (int r = 0; r < kRounds; ++r) {
+                const std::size_t n = table.allocate(owners, v);
+                if (n != v.size()) bad++;
+                for (std::size_t i = 0; i < n; ++i) {
+                    if (v[i].value() >= holder.size() || holder[v[i].value()].exchange(1) != 0) bad++;
+                    table.set_target(v[i], PSlot{DeviceId(1), SlotIdx(v[i].value())}, 0);
+                    table.publish(v[i]);
+                    ASSERT_TRUE(table.set_owner(v[i], group | v[i].value()));  // its own group: allowed
+                }
+                for (std::size_t i = 0; i < n; ++i) {
+                    ASSERT_TRUE(table.retire(v[i]));
+                    holder[v[i].value()].store(0);
+                    table.recycle(v[i]);
+                }
+            }
+        });
+    }
+    for (auto& th : threads) th.join();
+    stop = true;
+    reader.join();
+    EXPECT_EQ(bad.load(), 0u);
+    EXPECT_EQ(table.allocated(), 0u);
+    EXPECT_EQ(table.blocks_in_use(), 0u);
+}
+
 // The generation is 14 bits: it changes on every allocation and every free, and comes
 // back to a value after 2^14 changes (8192 allocate/free cycles of one vslot).
 TEST(VSlotTable, GenerationWrapsButChangesOnEveryAllocateAndFree) {
@@ -194,10 +346,10 @@ TEST(VSlotTable, GenerationWrapsButChangesOnEveryAllocateAndFree) {
     EXPECT_EQ(table.lookup(slot).pslot, (PSlot{DeviceId(5), SlotIdx(1)}));
 }
 
-TEST(VSlotTable, DescriptorIs18BytesPerVslot) {
+TEST(VSlotTable, DescriptorIs16BytesPerVslot) {
     // The figure bench/swap_bench reports as metadata per swapped page, with the
     // device's per-slot costs (swap/README.md#vslots).
-    EXPECT_EQ(VSlotTable::bytes_per_vslot(), 18u);
+    EXPECT_EQ(VSlotTable::bytes_per_vslot(), 16u);
 }
 
 }  // namespace
