@@ -4,6 +4,7 @@
 #include "swap/vslot_table.hpp"
 
 #include <algorithm>
+#include <utility>
 
 namespace swapvisor::swap {
 
@@ -12,7 +13,8 @@ static_assert((kSnapshotOwner & 0xffff'ffffu) == 0xffff'ffffu, "kSnapshotOwner's
 static_assert(static_cast<unsigned>(VSlotState::valid) < 4, "a state fits the place word's 2 bits");
 
 // Constructor and destructor run with no other thread around: relaxed is enough.
-VSlotTable::VSlotTable() : chunks_(new std::atomic<Chunk*>[kMaxChunks]) {
+VSlotTable::VSlotTable()
+    : chunks_(new std::atomic<Chunk*>[kMaxChunks]), groups_(new std::unique_ptr<GroupSlots>[kGroups]) {
     for (std::uint32_t i = 0; i < kMaxChunks; ++i) chunks_[i].store(nullptr, std::memory_order_relaxed);
 }
 
@@ -57,6 +59,19 @@ std::optional<VSlotTable::Descriptor> VSlotTable::find(VSlot v) const {
 }
 
 bool VSlotTable::take_block(std::uint16_t group, GroupSlots& slots) {
+    if (free_blocks_.empty()) {
+        // Before making a block, take back every block of the groups that hold no
+        // vslot now (a VM that ended, or shrank to nothing): each such group's list is
+        // dropped once, so this is paid for by the frees that emptied it.
+        for (const std::uint16_t idle : std::exchange(idle_groups_, {})) {
+            std::unique_ptr<GroupSlots>& other = groups_[idle];
+            if (!other) continue;
+            other->idle_listed = false;
+            if (other->used != 0 || idle == group) continue;  // busy again / the asker
+            compact(*other);
+            other.reset();
+        }
+    }
     std::uint32_t block;
     if (!free_blocks_.empty()) {
         block = free_blocks_.back();
@@ -113,7 +128,9 @@ std::size_t VSlotTable::allocate(std::span<const OwnerTag> owners, std::span<VSl
             const std::uint16_t want = owner_group(owners[got]);
             if (slots == nullptr || want != group) {
                 group = want;
-                slots = &groups_[group];
+                std::unique_ptr<GroupSlots>& entry = groups_[group];
+                if (!entry) entry = std::make_unique<GroupSlots>();
+                slots = entry.get();
             }
             if (slots->free.empty() && !take_block(group, *slots)) break;
             const std::uint32_t v = slots->free.back();
@@ -122,7 +139,7 @@ std::size_t VSlotTable::allocate(std::span<const OwnerTag> owners, std::span<VSl
             ++slots->used;
             out[got++] = VSlot(v);
         }
-        if (slots != nullptr && slots->used == 0) groups_.erase(group);  // exhausted before its first
+        if (slots != nullptr && slots->used == 0) groups_[group].reset();  // exhausted before its first
     }
     for (std::size_t i = 0; i < got; ++i) {
         Descriptor d = *find(out[i]);
@@ -178,15 +195,18 @@ void VSlotTable::recycle(VSlot v) {
     const std::uint16_t group =
         chunks_[block / kBlocksPerChunk].load(std::memory_order_relaxed)->group[block % kBlocksPerChunk].load(
             std::memory_order_relaxed);
-    auto it = groups_.find(group);
-    SWV_ASSERT(it != groups_.end() && block_used_[block] != 0, "recycle: vslot not allocated");
-    GroupSlots& slots = it->second;
+    SWV_ASSERT(groups_[group] != nullptr && block_used_[block] != 0, "recycle: vslot not allocated");
+    GroupSlots& slots = *groups_[group];
     slots.free.push_back(v.value());
     --block_used_[block];
     if (--slots.used == 0) {
-        // The group's last vslot: every block of it is free, give them all back.
-        compact(slots);
-        groups_.erase(it);
+        // The group's last vslot: its blocks stay its own (a VM that swaps a page out
+        // and in again does not pay for a block each time) until another group needs
+        // a block and none is free (take_block).
+        if (!slots.idle_listed) {
+            slots.idle_listed = true;
+            idle_groups_.push_back(group);
+        }
     } else if (slots.free.size() >= slots.compact_at) {
         compact(slots);  // amortised: the list doubled since the last one
     }

@@ -31,8 +31,9 @@
 // The owner's group (bits 47-32, guestmem: the VM) is kept per *block*: 1024
 // consecutive vslots are handed out to one group only (its own free list), so the
 // group is stored once per block (2 bytes per 1024 vslots), not per vslot. A block
-// whose vslots are all free goes back to the table (when its group's last vslot is
-// freed, or by the amortised compaction of a group's free list) for any group to take.
+// whose vslots are all free goes back to the table for any group to take: by the
+// amortised compaction of its group's free list, or, once its group holds no vslot at
+// all (a VM that ended), when another group needs a block and none is free.
 //
 // The generation is 14 bits and wraps: it still changes on every allocation and
 // every free. switch_pslot and SwapPool::copy_is_current also compare the place,
@@ -48,7 +49,6 @@
 #include <mutex>
 #include <optional>
 #include <span>
-#include <unordered_map>
 #include <vector>
 
 #include "swap/types.hpp"
@@ -94,7 +94,7 @@ public:
     // call recycle() once its pslot is released.
     std::optional<VSlotInfo> retire(VSlot v);
     // Put a retired vslot back on its group's free list (its block back to the table
-    // when the group holds no vslot any more, or at a compaction).
+    // at a compaction, or when the group holds no vslot and another group needs one).
     void recycle(VSlot v);
     // Snapshot of a descriptor (state `free` for never-allocated vslots).
     VSlotInfo lookup(VSlot v) const;
@@ -108,7 +108,8 @@ public:
     bool set_owner(VSlot v, OwnerTag owner);
 
     std::uint64_t allocated() const { return allocated_.load(); }
-    // Blocks handed to groups now (each kBlockSize vslots), and blocks ever made.
+    // Blocks groups hold now (each kBlockSize vslots; an idle group's count until
+    // they are taken back), and blocks ever made.
     std::uint64_t blocks_in_use() const;
     std::uint64_t blocks_made() const;
     // Memory per vslot ever allocated: its descriptor (chunks grow 64 Ki at a time,
@@ -127,6 +128,7 @@ private:
     static constexpr std::uint32_t kBlocksPerChunk = kChunkSize / kBlockSize;
     static constexpr std::uint64_t kMaxBlocks = (std::uint64_t{1} << 32) / kBlockSize;
     static constexpr std::uint32_t kSnapshotIndex = 0xffff'ffffu;  // kSnapshotOwner's index
+    static constexpr std::size_t kGroups = std::size_t{1} << 16;   // owner_group's range
 
     // The place word (diagram above).
     static constexpr unsigned kPlaceStateShift = 32;
@@ -148,6 +150,7 @@ private:
         std::vector<std::uint32_t> free;
         std::uint64_t used = 0;
         std::size_t compact_at = 2 * kBlockSize;  // compact the free list at this size
+        bool idle_listed = false;                 // on idle_groups_
     };
     // A descriptor: its chunk and index there (valid while the table lives).
     struct Descriptor {
@@ -180,9 +183,10 @@ private:
     // Protects: groups_, block_used_, free_blocks_, next_block_, the blocks' groups
     // (writes), growth of chunks_; Order: leaf.
     mutable std::mutex alloc_mutex_;
-    std::unordered_map<std::uint16_t, GroupSlots> groups_;
+    std::unique_ptr<std::unique_ptr<GroupSlots>[]> groups_;  // by group (65536), null: holds no block
     std::vector<std::uint16_t> block_used_;   // per block made: its vslots not free
     std::vector<std::uint32_t> free_blocks_;  // blocks no group has (all free)
+    std::vector<std::uint16_t> idle_groups_;  // groups that reached 0 vslots in use since the last take-back
     std::uint64_t next_block_ = 0;            // first block never made
 
     std::atomic<std::uint64_t> allocated_{0};
