@@ -106,6 +106,9 @@ struct GuestMemory::Impl final : ReclaimClient, ReclaimWaker, FaultClient, RoomL
     std::unique_ptr<PageImage> image;             // the snapshot's memory image (null: not restored)
     std::unique_ptr<FirstTouchLog> first_touch;   // its first faults, for the working-set file
     std::filesystem::path snapshot_dir;
+    // The snapshot's swap references this VM's borrowed entries use (README#borrowed):
+    // kept alive until the VM is gone, whatever happens to the snapshot meanwhile.
+    std::shared_ptr<const void> borrowed_refs;
     std::vector<std::uint32_t> prefetch_order;    // the recorded working set, read at restore
     bool fill_rest = false;                       // the filler reads every image page after it
     std::thread filler;                           // started by start(), joined first by stop()

@@ -267,10 +267,41 @@ Result<std::vector<std::uint32_t>> load_working_set(const fs::path& dir, std::ui
 
 MemorySnapshot::~MemorySnapshot() { release(); }
 
-void MemorySnapshot::release() {
-    if (pool_ != nullptr)
-        for (swap::VSlot v : vslots_) pool_->drop_hold(v);
-    vslots_.clear();
+MemorySnapshot::HeldRefs::~HeldRefs() {
+    if (pool != nullptr)
+        for (swap::VSlot v : vslots) pool->drop_hold(v);
+}
+
+void MemorySnapshot::release() { held_.reset(); }
+
+void MemorySnapshot::note_devices() {
+    std::vector<swap::DeviceUuid> devices;
+    for (const SlotRef& r : refs_)
+        if (std::find(devices.begin(), devices.end(), r.uuid) == devices.end()) devices.push_back(r.uuid);
+    std::lock_guard lock(devices_mutex_);
+    devices_ = std::move(devices);
+}
+
+std::vector<swap::DeviceUuid> MemorySnapshot::devices() const {
+    std::lock_guard lock(devices_mutex_);
+    return devices_;
+}
+
+Result<void> MemorySnapshot::prepare_restore(std::span<const swap::VSlot> vslots) {
+    note_devices();
+    if (counts_.image + counts_.swapped == 0) return {};
+    table_image_ = SWV_TRY(Stage2::make_image(kinds_.size(), [&](std::uint64_t* entries) {
+        std::size_t k = 0;
+        for (std::size_t i = 0; i < kinds_.size(); ++i) {
+            switch (static_cast<PageKind>(kinds_[i])) {
+                case PageKind::image: entries[i] = PageEntry::make(PageState::image).raw(); break;
+                case PageKind::swapped: entries[i] = PageEntry::make_borrowed(vslots[k++]).raw(); break;
+                case PageKind::zero:
+                case PageKind::lost: break;  // zero; a lost page is armed at each restore (its poison)
+            }
+        }
+    }));
+    return {};
 }
 
 Result<void> MemorySnapshot::write_page_table(const fs::path& to) const {
@@ -280,8 +311,9 @@ Result<void> MemorySnapshot::write_page_table(const fs::path& to) const {
 
 std::vector<swap::VSlot> MemorySnapshot::held_on(const swap::DeviceUuid& uuid) const {
     std::vector<swap::VSlot> out;
-    for (std::size_t k = 0; k < vslots_.size(); ++k)
-        if (refs_[k].uuid == uuid) out.push_back(vslots_[k]);
+    if (!held_) return out;
+    for (std::size_t k = 0; k < held_->vslots.size(); ++k)
+        if (refs_[k].uuid == uuid) out.push_back(held_->vslots[k]);
     return out;
 }
 
@@ -290,12 +322,13 @@ bool MemorySnapshot::refers_beyond(const swap::DeviceUuid& uuid) const {
 }
 
 Result<bool> MemorySnapshot::apply_moves(std::span<const swap::HeldSlotMove> moves) {
-    if (vslots_.empty() || moves.empty()) return false;
+    if (!held_ || held_->vslots.empty() || moves.empty()) return false;
+    const std::vector<swap::VSlot>& vslots = held_->vslots;
     std::map<std::uint32_t, const swap::HeldSlotMove*> by_vslot;
     for (const auto& m : moves) by_vslot[m.vslot.value()] = &m;
     bool changed = false;
-    for (std::size_t k = 0; k < vslots_.size(); ++k) {
-        auto it = by_vslot.find(vslots_[k].value());
+    for (std::size_t k = 0; k < vslots.size(); ++k) {
+        auto it = by_vslot.find(vslots[k].value());
         if (it == by_vslot.end()) continue;
         const swap::HeldSlotMove& m = *it->second;
         if (refs_[k].uuid != m.from_uuid || refs_[k].slot != m.from_slot) continue;
@@ -304,6 +337,7 @@ Result<bool> MemorySnapshot::apply_moves(std::span<const swap::HeldSlotMove> mov
         changed = true;
     }
     if (!changed) return false;
+    note_devices();  // the vslots (and so the table image) stay; their devices moved
     SWV_TRY(write_page_table(dir_));
     SWV_TRY(write_file_atomic(dir_, kMemoryManifest, encode_manifest(memory_bytes_, counts_, refs_)));
     SWV_TRY(fsync_dir(dir_));
@@ -340,7 +374,11 @@ Result<std::unique_ptr<MemorySnapshot>> MemorySnapshot::open(const fs::path& dir
     s->kinds_ = std::move(t.kinds);
     s->refs_ = std::move(t.refs);
     s->counts_ = t.counts;
-    s->vslots_ = std::move(vslots);  // takes over the adopted references
+    // Before the references are taken over: a failure here leaves them adopted (still
+    // reserved for this snapshot, which stays expected), as every error above does.
+    SWV_TRY(s->prepare_restore(vslots));
+    s->held_ = std::make_shared<HeldRefs>(pool);
+    s->held_->vslots = std::move(vslots);  // takes over the adopted references
     return s;
 }
 
@@ -393,6 +431,7 @@ Result<std::unique_ptr<MemorySnapshot>> GuestMemory::save(const fs::path& dir) {
     snap->dir_ = dir;
     snap->memory_bytes_ = config_.memory_bytes;
     snap->pool_ = impl.pool;
+    snap->held_ = std::make_shared<MemorySnapshot::HeldRefs>(impl.pool);
     snap->kinds_.assign(pages, static_cast<std::uint8_t>(PageKind::zero));
 
     const fs::path image_tmp = dir / (std::string(".") + kMemoryImage + ".tmp");
@@ -457,7 +496,7 @@ Result<std::unique_ptr<MemorySnapshot>> GuestMemory::save(const fs::path& dir) {
                 const auto info = impl.pool->descriptor(v);
                 SWV_ASSERT(info.has_value(), "save: a page refers to a vslot that is not valid");
                 SWV_TRY(impl.pool->hold(v));
-                snap->vslots_.push_back(v);
+                snap->held_->vslots.push_back(v);
                 snap->refs_.push_back(SlotRef{impl.pool->uuid_of(info->pslot.device).value_or(swap::DeviceUuid{}),
                                               info->pslot.slot, info->checksum});
             }
@@ -476,6 +515,7 @@ Result<std::unique_ptr<MemorySnapshot>> GuestMemory::save(const fs::path& dir) {
         }
     }
     SWV_TRY(flush());
+    SWV_TRY(snap->prepare_restore(snap->held_->vslots));  // before any final name: a failure leaves no snapshot
     SWV_TRY(fsync_fd(image.get(), image_tmp));
     image = io::UniqueFd();
     fs::rename(image_tmp, dir / kMemoryImage, ec);
@@ -505,6 +545,10 @@ Result<std::unique_ptr<GuestMemory>> restore_guest_memory(const MemoryConfig& co
         return std::unexpected(bad("the snapshot was released (deleted)", where));
     if (!snap.refs_.empty() && (pool == nullptr || pool != snap.pool_))
         return std::unexpected(bad("the snapshot's slots belong to another swap pool (or none)", where));
+    // Where hold() would refuse (a device being handed over), borrowing is refused
+    // too: the handover's check and this one cannot both miss each other (vmm).
+    if (const auto devices = snap.devices(); !devices.empty())
+        SWV_TRY(with_context(pool->check_borrow(devices), where));
     std::unique_ptr<PageImage> image;
     if (snap.counts().image != 0) {
         auto fd = SWV_TRY(open_image(snap.dir(), snap.kinds_));
@@ -513,39 +557,24 @@ Result<std::unique_ptr<GuestMemory>> restore_guest_memory(const MemoryConfig& co
     std::vector<std::uint32_t> order;
     if (options.prefetch) order = SWV_TRY(load_working_set(snap.dir(), snap.pages()));
 
-    // From here a failure destroys mem, which frees every reference its entries took.
     auto mem = SWV_TRY(create_guest_memory(config, id, host, pool, service, faults));
     GuestMemory::Impl& impl = *mem->impl_;
-    // Every swapped page's reference at once, under one lock of the pool (one hold
-    // per page was most of a restore's time, growing with memory: PERFORMANCE.md
-    // #snapshot-sweep); the entries below take them over one by one, and those not
-    // placed when a row fails are dropped here.
-    if (!snap.vslots_.empty()) SWV_TRY(with_context(pool->hold_all(snap.vslots_), where));
-    std::size_t k = 0;
-    auto drop_unplaced = [&] {
-        for (std::size_t j = k; j < snap.vslots_.size(); ++j) pool->drop_hold(snap.vslots_[j]);
-    };
-    if (snap.counts().image + snap.counts().swapped + snap.counts().lost != 0) impl.table.populate();
-    // No thread of this VM exists and HostMemory lists it only when this returns, so
-    // image and swapped entries are stored without the page lock (restore_unshared);
-    // a lost page arms its poison marker through the locked row.
-    for (std::uint64_t i = 0; i < snap.pages(); ++i) {
-        const PageKind kind = snap.kind(i);
-        switch (kind) {
-            case PageKind::zero: break;
-            case PageKind::image: impl.tr.restore_unshared(PageIdx(i), PageEntry::make(PageState::image)); break;
-            case PageKind::swapped:
-                impl.tr.restore_unshared(PageIdx(i), PageEntry::make(PageState::swapped, snap.vslots_[k]));
-                ++k;  // the entry owns this reference now
-                break;
-            case PageKind::lost: {
-                PageLock lk = impl.tr.lock(PageIdx(i));
-                if (auto r = impl.tr.restore_entry(lk, PageEntry::make(PageState::lost)); !r) {
-                    drop_unplaced();
-                    return std::unexpected(r.error());
-                }
-                break;
-            }
+    // No thread of this VM exists and HostMemory lists it only when this returns: the
+    // table becomes a private mapping of the snapshot's table image, every image and
+    // swapped entry in place without a store (its swapped entries borrow the
+    // snapshot's references, kept alive by this VM from here), whatever the memory
+    // size (docs/SNAPSHOT.md#restore-time).
+    if (snap.table_image_.valid()) {
+        impl.table = SWV_TRY(Stage2::map_image(snap.table_image_, snap.pages()));
+        impl.tr.restored_swapped(snap.counts().swapped);
+    }
+    impl.borrowed_refs = snap.held_;
+    // A lost page arms its poison marker through the locked row (only they are visited).
+    if (snap.counts().lost != 0) {
+        for (std::uint64_t i = 0; i < snap.pages(); ++i) {
+            if (snap.kind(i) != PageKind::lost) continue;
+            PageLock lk = impl.tr.lock(PageIdx(i));
+            SWV_TRY(impl.tr.restore_entry(lk, PageEntry::make(PageState::lost)));
         }
     }
     impl.image = std::move(image);

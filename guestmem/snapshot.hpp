@@ -7,8 +7,11 @@
 // vslot held (swap/README.md#held-vslots) for as long as the snapshot lives. A VM
 // restored from it starts with no page resident: `image` pages are read from the
 // image at their first touch (row 14), swapped ones are swapped in as any other (row
-// 10) from slots the new VM holds one more reference to. Clones share the image
-// (page cache) and the slots read-only; their writes are private.
+// 10) from slots it *borrows*: the snapshot's references, kept until the snapshot is
+// released and the last VM restored from it is gone (guestmem/README.md#borrowed).
+// Its stage-2 table starts as a private mapping of the snapshot's table image, so a
+// restore costs the same whatever the memory size. Clones share the image (page
+// cache), the table image and the slots read-only; their writes are private.
 //
 // Threads: save runs on the caller's thread while the VM's vCPUs are paused (its
 // reclaimer and writeback may run: each page is read under its page lock). A
@@ -19,11 +22,13 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <vector>
 
 #include "guestmem/guest_memory.hpp"
 #include "io/result.hpp"
+#include "io/unique_fd.hpp"
 #include "swap/swap_pool.hpp"
 
 namespace swapvisor::guestmem {
@@ -81,16 +86,17 @@ public:
     std::uint64_t memory_bytes() const { return memory_bytes_; }
     std::uint64_t pages() const { return kinds_.size(); }
     const SnapshotCounts& counts() const { return counts_; }
-    // Swap references this snapshot holds now (0 once released).
-    std::uint64_t held_vslots() const { return vslots_.size(); }
+    // Swap references this snapshot holds now (0 once released; VMs restored from it
+    // may still be borrowing them, which keeps them in the pool until they end).
+    std::uint64_t held_vslots() const { return held_ ? held_->vslots.size() : 0; }
     PageKind kind(std::uint64_t page) const { return static_cast<PageKind>(kinds_.at(page)); }
     // For a handover of a device (swap/README.md#handover): the held vslots whose
     // slots are on it, and whether a reference names any other device.
     std::vector<swap::VSlot> held_on(const swap::DeviceUuid& uuid) const;
     bool refers_beyond(const swap::DeviceUuid& uuid) const;
 
-    // Drop every slot reference (snapshot delete). Idempotent. VMs restored from it
-    // keep their own references.
+    // Drop every slot reference (snapshot delete). Idempotent. The references VMs
+    // restored from it borrow go when the last of them has gone.
     void release();
     // Swapoff moved held slots (a swap::HeldSlotObserver): rewrite the persisted
     // references of this snapshot that moved, once, atomically. Returns whether any did.
@@ -102,15 +108,39 @@ private:
                                                                       swap::SwapPool*, const MemorySnapshot&,
                                                                       const RestoreOptions&, ReclaimService*,
                                                                       FaultService*);
+    // The swap references of a snapshot: one per swapped page, held by the snapshot
+    // and borrowed by the VMs restored from it (shared with them; dropped when the
+    // snapshot is released and the last of those VMs has gone).
+    struct HeldRefs {
+        explicit HeldRefs(swap::SwapPool* p) : pool(p) {}
+        HeldRefs(const HeldRefs&) = delete;
+        HeldRefs& operator=(const HeldRefs&) = delete;
+        ~HeldRefs();
+        swap::SwapPool* pool;
+        std::vector<swap::VSlot> vslots;  // refs_[i]'s vslot
+    };
+
     MemorySnapshot() = default;
     Result<void> write_page_table(const std::filesystem::path& to) const;
+    // After the page table is complete (open, save): the devices it names and the
+    // stage-2 table image a restore maps (image entries, and swapped entries
+    // borrowing vslots[k], the k-th swapped page's).
+    Result<void> prepare_restore(std::span<const swap::VSlot> vslots);
+    // devices_ from refs_ (again after apply_moves, on a swapoff's thread), and a copy
+    // of it for a restore (on a control thread).
+    void note_devices();
+    std::vector<swap::DeviceUuid> devices() const;
 
     std::filesystem::path dir_;
     std::uint64_t memory_bytes_ = 0;
     swap::SwapPool* pool_ = nullptr;
     std::vector<std::uint8_t> kinds_;  // PageKind per page
     std::vector<SlotRef> refs_;        // one per swapped page, in page order
-    std::vector<swap::VSlot> vslots_;  // refs_[i]'s vslot, held (empty once released)
+    std::shared_ptr<HeldRefs> held_;   // refs_[i]'s vslots, held (null once released)
+    // Protects: devices_. Order: leaf.
+    mutable std::mutex devices_mutex_;
+    std::vector<swap::DeviceUuid> devices_;  // the distinct devices refs_ names
+    io::UniqueFd table_image_;         // Stage2::make_image's (none: no image or swapped page)
     SnapshotCounts counts_;
 };
 
@@ -123,9 +153,11 @@ Result<void> expect_snapshot_slots(const std::filesystem::path& dir, swap::SwapP
 Result<std::uint64_t> snapshot_slot_count(const std::filesystem::path& dir);
 
 // A VM whose memory is the snapshot's: no page resident, `image` pages read from the
-// image at first touch, swapped pages from the snapshot's slots (one more reference
-// each), lost pages lost. config.memory_bytes must be the snapshot's. Nothing is
-// half-created: on error no VM exists and no reference was added.
+// image at first touch, swapped pages from the snapshot's slots (borrowed: the VM
+// keeps the snapshot's references alive until it ends; a page read back from one
+// never keeps it as a clean copy), lost pages lost. config.memory_bytes must be the snapshot's.
+// Its time does not grow with memory size (the table is mapped, not written; only
+// lost pages are visited). Nothing is half-created: on error no VM exists.
 Result<std::unique_ptr<GuestMemory>> restore_guest_memory(const MemoryConfig& config, VmId id, HostBudget* host,
                                                           swap::SwapPool* pool, const MemorySnapshot& snapshot,
                                                           const RestoreOptions& options = {},

@@ -1,7 +1,9 @@
 // Stage2: see stage2.hpp.
 #include "guestmem/stage2.hpp"
 
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <optional>
 
@@ -32,12 +34,33 @@ Result<Stage2> Stage2::create(std::uint64_t pages) {
     return Stage2(io::Mapping(p, bytes), pages);
 }
 
-void Stage2::populate() {
-#ifdef MADV_POPULATE_WRITE
-    // Kernel contract: MADV_POPULATE_WRITE (5.14) faults every page of the range in,
-    // writable, as writes would; EINVAL on older kernels: the first stores do it.
-    (void)::madvise(entries_.data(), entries_.size(), MADV_POPULATE_WRITE);
-#endif
+Result<io::UniqueFd> Stage2::make_image(std::uint64_t pages, const std::function<void(std::uint64_t*)>& fill) {
+    if (pages == 0) return errno_error("stage-2 table image", EINVAL);
+    const std::size_t bytes = pages * bytes_per_page();
+    io::UniqueFd fd(::memfd_create("swv-stage2-image", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+    if (!fd.valid()) return errno_error("memfd_create stage-2 table image");
+    if (::ftruncate(fd.get(), static_cast<off_t>(bytes)) != 0) return errno_error("ftruncate stage-2 table image");
+    {
+        auto map = SWV_TRY(io::Mapping::shared(fd.get(), bytes));
+        fill(reinterpret_cast<std::uint64_t*>(map.data()));
+    }
+    // Kernel contract: with F_SEAL_WRITE (no writable shared mapping left: ours is
+    // gone) nobody can change the file, so a private mapping of it shows exactly these
+    // entries in every page it has not written itself.
+    if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0)
+        return errno_error("seal stage-2 table image");
+    return fd;
+}
+
+Result<Stage2> Stage2::map_image(const io::UniqueFd& image, std::uint64_t pages) {
+    if (pages == 0) return errno_error("stage-2 table", EINVAL);
+    const std::size_t bytes = pages * bytes_per_page();
+    // Kernel contract: a private file mapping reads the file's pages until one is
+    // written, then that page becomes an anonymous copy of its own (copy on write);
+    // MAP_NORESERVE: no charge for copies not made yet.
+    void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, image.get(), 0);
+    if (p == MAP_FAILED) return errno_error("mmap stage-2 table image");
+    return Stage2(io::Mapping(p, bytes), pages);
 }
 
 std::optional<PageEntry> Stage2::try_lock(PageIdx idx) {

@@ -5,10 +5,10 @@
 // (std::atomic::wait). Only guestmem/transitions.cpp takes and releases the lock
 // (through PageLock), so every state change is one of the README's transitions.
 //
-//   63                    32 31             6   5     4     3    2    0
-//  +------------------------+---------------+-----+-----+-----+-------+
-//  |         VSlot          |   reserved    | ACC | CLN | LCK | state |
-//  +------------------------+---------------+-----+-----+-----+-------+
+//   63                    32 31           7   6     5     4     3    2    0
+//  +------------------------+-------------+-----+-----+-----+-----+-------+
+//  |         VSlot          |  reserved   | BOR | ACC | CLN | LCK | state |
+//  +------------------------+-------------+-----+-----+-----+-----+-------+
 //   VSlot: swapped / reading -> where the content is; resident / inactive with CLN
 //          -> an identical copy still in swap (the page is write-protected), so
 //          evicting it again writes nothing. writeback -> the same 32 bits hold the
@@ -16,14 +16,19 @@
 //          the identity its completion must find to adopt the page
 //          (guestmem/README.md#writeback-identity).
 //   CLN:   clean copy valid (see above). ACC: reserved for hardware-assisted sampling.
+//   BOR:   swapped / reading only: the VSlot is *borrowed* from the snapshot this VM
+//          was restored from (row R): the snapshot's reference keeps it, this VM took
+//          none, so leaving the state frees nothing (guestmem/README.md#borrowed).
 //
-// The entries are one anonymous MAP_NORESERVE mapping: the kernel backs a 4 KiB
-// page of entries (512 guest pages) only when one of them is first written, so a
-// sparse 1 TiB guest costs only what it touches, not 2 GiB up front.
+// The entries are one MAP_NORESERVE mapping, anonymous (create) or a private mapping
+// of a restore's table image (map_image): the kernel backs (copies) a 4 KiB page of
+// entries (512 guest pages) only when one of them is first written, so a sparse
+// 1 TiB guest costs only what it touches, not 2 GiB up front.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <optional>
 
 #include "guestmem/addr.hpp"
@@ -59,6 +64,7 @@ public:
     static constexpr std::uint64_t kStateMask = 0x7;
     static constexpr std::uint64_t kLock = 1u << 3;
     static constexpr std::uint64_t kClean = 1u << 4;
+    static constexpr std::uint64_t kBorrowed = 1u << 6;
 
     constexpr PageEntry() = default;
     constexpr explicit PageEntry(std::uint64_t raw) : raw_(raw) {}
@@ -71,6 +77,14 @@ public:
         return PageEntry((std::uint64_t{epoch.value()} << 32) | static_cast<std::uint64_t>(PageState::writeback));
     }
 
+    // A swapped page whose slot v is the restore's snapshot's (row R: BOR set).
+    static constexpr PageEntry make_borrowed(swap::VSlot v) {
+        return PageEntry(make(PageState::swapped, v).raw() | kBorrowed);
+    }
+    // The same entry in the reading state (the swap-in's published value), BOR kept.
+    constexpr PageEntry as_reading() const {
+        return PageEntry(make(PageState::reading, vslot()).raw() | (raw_ & kBorrowed));
+    }
     constexpr PageState state() const { return static_cast<PageState>(raw_ & kStateMask); }
     // The slot of a swapped / reading page or of a clean copy; none in writeback.
     constexpr swap::VSlot vslot() const {
@@ -82,6 +96,7 @@ public:
     }
     constexpr bool locked() const { return raw_ & kLock; }
     constexpr bool clean() const { return raw_ & kClean; }
+    constexpr bool borrowed() const { return raw_ & kBorrowed; }
     constexpr std::uint64_t raw() const { return raw_; }
     // True if the page occupies memory (counts against the resident limit).
     constexpr bool present() const {
@@ -89,9 +104,10 @@ public:
         return s == PageState::resident || s == PageState::inactive || s == PageState::writeback ||
                s == PageState::reading;
     }
-    // True if the entry refers to a VSlot this VM must free some day.
+    // True if the entry refers to a VSlot this VM must free some day (a borrowed one
+    // is its snapshot's to free).
     constexpr bool holds_vslot() const {
-        return (state() == PageState::swapped || clean()) && vslot() != swap::kNoVSlot;
+        return (state() == PageState::swapped || clean()) && vslot() != swap::kNoVSlot && !borrowed();
     }
     friend constexpr bool operator==(PageEntry a, PageEntry b) = default;
 
@@ -103,12 +119,15 @@ class Stage2 {
 public:
     // Reserves (does not back) pages entries; errors only if the address space is short.
     static Result<Stage2> create(std::uint64_t pages);
+    // A table image (a restore's starting table, built once per snapshot): a sealed
+    // memfd of `pages` entries that fill(entries) writes once, all unlocked.
+    static Result<io::UniqueFd> make_image(std::uint64_t pages, const std::function<void(std::uint64_t*)>& fill);
+    // A table that starts as `image` (make_image's, `pages` entries), mapped privately:
+    // no entry is copied, whatever the size (issue #21: restore time does not grow with
+    // memory); the kernel copies a 4 KiB page of entries (512 guest pages) when one of
+    // them is first written, and clones of one snapshot share the pages none wrote.
+    static Result<Stage2> map_image(const io::UniqueFd& image, std::uint64_t pages);
     std::uint64_t pages() const { return pages_; }
-    // Back the whole table now, in one call (a restore fills most of it: one page fault
-    // per 512 entries would cost more than the stores, about 5 ms per GiB of guest
-    // memory on a shadow-paged host). Best effort: without MADV_POPULATE_WRITE
-    // (Linux < 5.14) the stores fault the pages in as before.
-    void populate();
     bool contains(PageIdx idx) const { return idx.value() < pages_; }
 
     PageEntry peek(PageIdx idx) const { return PageEntry(at(idx).load(std::memory_order_acquire)); }
@@ -121,9 +140,6 @@ public:
     void publish_locked(PageIdx idx, PageEntry value) {
         at(idx).store(value.raw() | PageEntry::kLock, std::memory_order_release);
     }
-    // An entry of a table no other thread can reach yet (a restore building it before
-    // the VM's threads exist; Transitions::restore_unshared): a plain store.
-    void init_unshared(PageIdx idx, PageEntry value) { at(idx).store(value.raw(), std::memory_order_relaxed); }
     // Publish a new value and release the lock; wakes waiters.
     void unlock(PageIdx idx, PageEntry value);
 

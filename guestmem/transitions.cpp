@@ -88,6 +88,25 @@ void Transitions::free_vslot(swap::VSlot v) {
     if (d_.pool && v != swap::kNoVSlot) d_.pool->free(v);
 }
 
+void Transitions::drop_slot(PageEntry e) {
+    // A borrowed slot is the snapshot's reference, not this VM's (README#borrowed).
+    if (!e.borrowed()) free_vslot(e.vslot());
+}
+
+bool Transitions::keep_copy(PageEntry e, bool want_clean) {
+    // A clean copy is a reference this VM owns and frees as the slot's owner; a
+    // borrowed slot is not its own, so it keeps no copy (README#borrowed).
+    return want_clean && !e.borrowed();
+}
+
+bool Transitions::want_clean_for(std::span<const PageLock> run) {
+    // One decision per batch (one mapping call); a batch with a borrowed page maps
+    // writable, or that page would take a write fault for a copy it does not keep.
+    const bool any_borrowed =
+        std::any_of(run.begin(), run.end(), [](const PageLock& lk) { return lk.entry().borrowed(); });
+    return !any_borrowed && d_.clean.want_clean();
+}
+
 // --- guest faults ----------------------------------------------------------------------
 
 Result<void> Transitions::fault_zero(PageLock& lk) {  // 1
@@ -143,16 +162,16 @@ Result<void> Transitions::fault_swapped(PageLock& lk, io::Ring& ring) {  // 10
     // into the memfd: no memfd page is allocated and pinned under the O_DIRECT read,
     // and one UFFDIO_COPY allocates, fills and maps the page once its checksum matched
     // (README#transitions row 10, docs/DESIGN-NOTES.md 41).
-    d_.table.publish_locked(lk.idx(), PageEntry::make(PageState::reading, e.vslot()));
+    d_.table.publish_locked(lk.idx(), e.as_reading());
     auto read = d_.pool->read_in(ring, e.vslot(), bounce.data());
     d_.counters.swap_in_pages.fetch_add(1, std::memory_order_relaxed);
     if (!read) {
         lose(lk, read.error());  // 12: resolved; the woken guest gets its memory error
         return {};
     }
-    const bool clean = d_.clean.want_clean();
+    const bool clean = keep_copy(e, d_.clean.want_clean());
     const swap::VSlot kept = clean ? e.vslot() : swap::kNoVSlot;
-    if (!clean) free_vslot(e.vslot());
+    if (!clean) drop_slot(e);
     Result<void> r = d_.kernel.copy_page(lk.idx(), bounce.data(), wp_if(clean), Wake::no);
     if (r) {
         lk.set(PageEntry::make(PageState::resident, kept, clean_if(clean)));
@@ -218,7 +237,7 @@ void Transitions::read_ahead(std::span<PageLock> run, io::Ring& ring) {  // 10'
     if (run.empty() || !d_.pool) return;
     // One decision per batch: clean copies mapped write-protected, or writable with
     // their slots freed (adaptive clean copies, limits.hpp).
-    const bool clean = d_.clean.want_clean();
+    const bool clean = want_clean_for(run);
     std::vector<swap::SwapPool::PageIn> ins;
     ins.reserve(run.size());
     for (PageLock& lk : run) {
@@ -242,10 +261,10 @@ void Transitions::read_ahead(std::span<PageLock> run, io::Ring& ring) {  // 10'
         d_.counters.swap_in_pages.fetch_add(1, std::memory_order_relaxed);
         d_.counters.readahead_pages.fetch_add(1, std::memory_order_relaxed);
         const PageState now = k < mapped ? PageState::resident : PageState::inactive;
-        if (clean) {
+        if (keep_copy(lk.entry(), clean)) {
             lk.set(PageEntry::make(now, ins[k].vslot, Clean::yes));
         } else {
-            free_vslot(ins[k].vslot);
+            drop_slot(lk.entry());
             lk.set(PageEntry::make(now));
         }
     }
@@ -261,17 +280,17 @@ Result<void> Transitions::swap_in(PageLock& lk, io::Ring& ring, Clean keep) {  /
     SWV_ASSERT(d_.pool != nullptr, "swapped page without a swap pool");
     // Read straight into the memfd through the VMM view: the guest cannot see the
     // page until it is mapped, after the checksum has been verified.
-    d_.table.publish_locked(lk.idx(), PageEntry::make(PageState::reading, e.vslot()));
+    d_.table.publish_locked(lk.idx(), e.as_reading());
     auto read = d_.pool->read_in(ring, e.vslot(), d_.kernel.vmm_page(lk.idx()));
     d_.counters.swap_in_pages.fetch_add(1, std::memory_order_relaxed);
     if (!read) {
         lose(lk, read.error());
         return make_error(Errc::page_lost, "swap-in", fmt::format("GPA {:#x}", d_.kernel.gpa_of(lk.idx()).value()));
     }
-    if (keep == Clean::yes && d_.clean.want_clean()) {
+    if (keep == Clean::yes && keep_copy(e, d_.clean.want_clean())) {
         lk.set(PageEntry::make(PageState::inactive, e.vslot(), Clean::yes));
     } else {
-        free_vslot(e.vslot());
+        drop_slot(e);
         lk.set(PageEntry::make(PageState::inactive));
     }
     return {};
@@ -286,7 +305,7 @@ void Transitions::lose(PageLock& lk, const Error& why) {  // 12
         spdlog::error("{}: poisoning the lost page at GPA {:#x}: {}", d_.name, d_.kernel.gpa_of(lk.idx()).value(),
                       r.error().message());
     d_.counters.lost_pages.fetch_add(1, std::memory_order_relaxed);
-    free_vslot(lk.entry().vslot());
+    drop_slot(lk.entry());
     lk.set(PageEntry::make(PageState::lost));
     spdlog::error("{}: guest page at GPA {:#x} lost: {}", d_.name, d_.kernel.gpa_of(lk.idx()).value(), why.message());
 }
@@ -485,7 +504,7 @@ Result<void> Transitions::discard(PageLock& lk) {  // D
             if (e.clean()) free_vslot(e.vslot());
             break;
         case PageState::swapped:
-            free_vslot(e.vslot());
+            drop_slot(e);
             break;
         case PageState::image:
             break;  // a hole here; the image keeps its copy for other restores
@@ -531,7 +550,7 @@ Result<bool> Transitions::bring_back(PageLock& lk, swap::VSlot vslot, const swap
         if (copy == nullptr || !d_.pool->copy_is_current(vslot, *copy)) return swap_in(lk, ring, Clean::no);
         std::memcpy(d_.kernel.vmm_page(lk.idx()), copy->bytes.data(), kPageSize);
         d_.counters.swap_in_pages.fetch_add(1, std::memory_order_relaxed);
-        free_vslot(vslot);
+        drop_slot(lk.entry());
         lk.set(PageEntry::make(PageState::inactive));
         return {};
     });
@@ -569,6 +588,7 @@ void Transitions::note_first_touch(PageIdx idx, PageState was) {
 
 Result<void> Transitions::restore_entry(PageLock& lk, PageEntry to) {  // R
     SWV_ASSERT(lk.entry().state() == PageState::zero, "restore_entry of a page that is not zero");
+    SWV_ASSERT(!to.borrowed() || to.state() == PageState::swapped, "restore_entry: only a swapped slot is borrowed");
     SWV_ASSERT(to.state() == PageState::image || to.state() == PageState::swapped || to.state() == PageState::lost,
                "restore_entry: only image, swapped or lost");
     if (to.state() == PageState::lost) SWV_TRY(arm_poison(lk.idx()));
@@ -576,13 +596,8 @@ Result<void> Transitions::restore_entry(PageLock& lk, PageEntry to) {  // R
     return {};
 }
 
-void Transitions::restore_unshared(PageIdx idx, PageEntry to) {  // R, unshared
-    SWV_ASSERT(d_.table.peek(idx).state() == PageState::zero && !d_.table.peek(idx).locked(),
-               "restore_unshared of a page that is not zero");
-    SWV_ASSERT(to.state() == PageState::image || to.state() == PageState::swapped,
-               "restore_unshared: only image or swapped");
-    d_.table.init_unshared(idx, to);
-    if (to.state() == PageState::swapped) d_.occupancy.swapped.fetch_add(1, std::memory_order_relaxed);
+void Transitions::restored_swapped(std::uint64_t pages) {  // R, a borrowed table
+    d_.occupancy.swapped.fetch_add(pages, std::memory_order_relaxed);
 }
 
 Result<void> Transitions::fill_image(PageLock& lk, Map map) {  // 14'
@@ -643,13 +658,13 @@ std::uint64_t Transitions::prefetch_image(std::span<PageLock> pages, io::Ring& r
 
 std::uint64_t Transitions::prefetch_swapped(std::span<PageLock> pages, io::Ring& ring) {  // 10', batched
     if (pages.empty() || !d_.pool) return 0;
-    const bool clean = d_.clean.want_clean();
+    const bool clean = want_clean_for(pages);
     std::vector<swap::SwapPool::PageIn> ins;
     ins.reserve(pages.size());
     for (PageLock& lk : pages) {
         const PageEntry e = lk.entry();
         SWV_ASSERT(e.state() == PageState::swapped, "prefetch_swapped of a page that is not swapped");
-        d_.table.publish_locked(lk.idx(), PageEntry::make(PageState::reading, e.vslot()));
+        d_.table.publish_locked(lk.idx(), e.as_reading());
         ins.push_back(swap::SwapPool::PageIn{e.vslot(), d_.kernel.vmm_page(lk.idx())});
     }
     const bool batch_ok = d_.pool->read_in(ring, ins).has_value();
@@ -672,10 +687,10 @@ std::uint64_t Transitions::prefetch_swapped(std::span<PageLock> pages, io::Ring&
             for (std::size_t j = k; j < end; ++j) {
                 const PageState now = j - k < mapped ? PageState::resident : PageState::inactive;
                 d_.counters.swap_in_pages.fetch_add(1, std::memory_order_relaxed);
-                if (clean) {
+                if (keep_copy(run[j].entry(), clean)) {
                     run[j].set(PageEntry::make(now, ins[base + j].vslot, Clean::yes));
                 } else {
-                    free_vslot(ins[base + j].vslot);
+                    drop_slot(run[j].entry());
                     run[j].set(PageEntry::make(now));
                 }
             }

@@ -196,16 +196,14 @@ public:
     void set_first_touch_log(FirstTouchLog* log) { first_touch_ = log; }
     // A fault found the page in `was`: log it if it is a restored page's first touch.
     void note_first_touch(PageIdx idx, PageState was);
-    // R: zero -> image / swapped(v) / lost, while a restore builds the table (no
-    // thread running, nothing mapped; the caller took the vslot's reference).
-    // A lost page gets its poison marker now, as row 12 leaves it.
+    // R: zero -> image / swapped(v) (borrowed or with the caller's reference) / lost,
+    // while a restore builds the table (no thread running, nothing mapped). A lost page
+    // gets its poison marker now, as row 12 leaves it.
     Result<void> restore_entry(PageLock& lk, PageEntry to);
-    // R for image and swapped(v) without the page lock: only while no other thread can
-    // reach this VM's table (restore_guest_memory, before the VM is listed or started:
-    // its threads, started later, see the entries through their creation). A plain
-    // store and the swapped count, for a restore's time not to grow with memory by a
-    // lock round trip per page (docs/PERFORMANCE.md#snapshot-sweep).
-    void restore_unshared(PageIdx idx, PageEntry to);
+    // R for a table mapped from its snapshot's table image (Stage2::map_image: every
+    // image and borrowed swapped entry there already, no store per page): count its
+    // swapped pages. Only before the VM's threads exist.
+    void restored_swapped(std::uint64_t pages);
     // 14: image -> resident: guest touch (MISSING): read the page from the image into
     // the memfd through the VMM view, UFFDIO_CONTINUE (no wake). A read that fails
     // makes the page lost (12 without a slot).
@@ -244,6 +242,14 @@ private:
     template <class Leave>
     Result<bool> slot_going(PageLock& lk, swap::VSlot vslot, Leave&& leave);
     void free_vslot(swap::VSlot v);
+    // Free e's slot unless it is borrowed (README#borrowed): what leaving a swapped or
+    // reading entry does with its reference.
+    void drop_slot(PageEntry e);
+    // Whether a page read in from e's slot keeps it as a clean copy: want_clean and
+    // the slot this VM's own (a borrowed one never becomes a clean copy).
+    bool keep_copy(PageEntry e, bool want_clean);
+    // The clean-copy decision of a batch read in together (10', 10' batched).
+    bool want_clean_for(std::span<const PageLock> run);
     // 5 for a page whose copy (and its checksum) is staged at `copy`.
     Writeback writeback_staged(PageLock&& lk, const std::byte* copy, std::uint32_t checksum,
                                const std::shared_ptr<StagingBuffer>& staging);

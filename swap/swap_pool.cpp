@@ -607,6 +607,18 @@ void SwapPool::drop_hold(VSlot vslot) {
     release(vslot);
 }
 
+Result<void> SwapPool::check_borrow(std::span<const DeviceUuid> devices) const {
+    std::vector<std::pair<std::uint16_t, DeviceUuid>> ids;
+    for (const DeviceUuid& uuid : devices)  // the device table's lock, before the leaf
+        if (const std::optional<DeviceId> id = device_by_uuid(uuid)) ids.emplace_back(id->value(), uuid);
+    std::lock_guard lock(refs_mutex_);
+    for (const auto& [id, uuid] : ids)
+        if (std::find(handing_over_.begin(), handing_over_.end(), id) != handing_over_.end())
+            return make_error(Errc::device_busy, "swap borrow: its device is being handed over",
+                              "device uuid " + uuid_text(uuid));
+    return {};
+}
+
 bool SwapPool::drop_reference(VSlot vslot, Drop who) {
     // The cheap check: nothing is shared (the common case), so this is the last reference.
     if (shared_count_.load() == 0) return true;
@@ -636,34 +648,6 @@ Result<void> SwapPool::hold(VSlot vslot) {
         }
     }
     return make_error(Errc::stale_slot, "swap hold", describe(vslot));
-}
-
-Result<void> SwapPool::hold_all(std::span<const VSlot> vslots) {
-    VSlot bad = kNoVSlot;
-    Errc why = Errc::stale_slot;
-    {
-        std::lock_guard lock(refs_mutex_);
-        for (const VSlot vslot : vslots) {
-            const VSlotInfo info = table_.lookup(vslot);
-            if (info.state != VSlotState::valid) {
-                bad = vslot;
-                break;
-            }
-            if (std::find(handing_over_.begin(), handing_over_.end(), info.pslot.device.value()) != handing_over_.end()) {
-                bad = vslot;
-                why = Errc::device_busy;
-                break;
-            }
-        }
-        if (bad == kNoVSlot) {
-            for (const VSlot vslot : vslots) ++extra_refs_[vslot.value()];
-            shared_count_.store(extra_refs_.size());
-            return {};
-        }
-    }
-    // Named outside refs_mutex_ (a leaf): describe takes the device table's lock.
-    return make_error(why, why == Errc::device_busy ? "swap hold: its device is being handed over" : "swap hold",
-                      describe(bad));
 }
 
 std::uint32_t SwapPool::extra_refs(VSlot vslot) const {

@@ -278,10 +278,11 @@ public:
     // page lock). Errc::stale_slot if vslot is not valid; Errc::device_busy if its
     // device is being handed over (swapoff with a Handover).
     Result<void> hold(VSlot vslot);
-    // hold() of every vslot in one go, under one lock (a restore holds every swapped
-    // page of its snapshot: issue #21's restore time): all or none. The first vslot
-    // that cannot be held is named in the error and nothing is held.
-    Result<void> hold_all(std::span<const VSlot> vslots);
+    // For a restore that borrows its snapshot's references instead of holding its own
+    // (guestmem/README.md#borrowed): Errc::device_busy, naming it, if one of these
+    // devices is being handed over (where hold() would refuse), else nothing. A device
+    // not attached is not this check's business (its slots are the snapshot's).
+    Result<void> check_borrow(std::span<const DeviceUuid> devices) const;
     // Drop a reference taken by hold() (or an adopted one): as free(), but the owner
     // is left as it is while other references remain.
     void drop_hold(VSlot vslot);

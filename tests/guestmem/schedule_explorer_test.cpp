@@ -43,8 +43,8 @@
 //
 // Half the schedules run on a *restored* VM (row R): each page starts as `image`
 // (its bytes in a real memory-image file), as `swapped` in a slot the snapshot holds
-// (written for a parent VM that has gone, held by the snapshot and by this VM, as
-// restore_guest_memory leaves it), or `zero`. Every other actor then races these
+// (written for a parent VM that has gone, held by the snapshot and *borrowed* by this
+// VM, as restore_guest_memory leaves it: README#borrowed), or `zero`. Every other actor then races these
 // states too: guest faults on image pages (14), VMM writes (14'), discards (D'),
 // swap-ins, bring-backs and whole swapoffs / demotions of the devices holding the
 // snapshot's slots (which move them).
@@ -58,8 +58,9 @@
 // and the used slots of all devices against the vslots (no page in two tiers or none).
 // On a restored VM also: every slot the snapshot holds is still allocated, owned by
 // the snapshot, and still holds the snapshot's bytes, whatever the VM did (its
-// writes take new slots); the pool's vslots are the table's, the batches' and the
-// snapshot's, no more.
+// writes take new slots); a borrowed entry is swapped, borrows one of the
+// snapshot's slots (no other entry borrows it) and reads its page's bytes there;
+// the pool's vslots are the table's own, the batches' and the snapshot's, no more.
 //
 // The second explorer runs two VMs on one pool (SharedPool) and one reclaim worker
 // (issue #18 item 1, reclaim_service.hpp): the worker's actors (scan, queue, write,
@@ -284,16 +285,14 @@ public:
                     SWV_ASSERT(tr_.restore_entry(lk, PageEntry::make(PageState::image)).has_value(), "explorer: R");
                     break;
                 case Restored::swapped: {
-                    // Written for the parent VM, held by the snapshot (save), held by
-                    // this VM (restore), then the parent goes: the snapshot owns it.
+                    // Written for the parent VM, held by the snapshot (save), then the
+                    // parent goes: the snapshot owns it; this VM borrows it (restore).
                     fill(page.data(), seed);
                     swap::PageOut out{page.data(), pack_owner(kParentVm, i)};
                     SWV_ASSERT(pool_.write_out(ring_, std::span(&out, 1)).has_value() && out.ok(), "explorer: write");
                     SWV_ASSERT(pool_.hold(out.vslot).has_value(), "explorer: snapshot hold");
-                    SWV_ASSERT(pool_.hold(out.vslot).has_value(), "explorer: VM hold");
                     pool_.free(out.vslot);
-                    SWV_ASSERT(tr_.restore_entry(lk, PageEntry::make(PageState::swapped, out.vslot)).has_value(),
-                               "explorer: R");
+                    SWV_ASSERT(tr_.restore_entry(lk, PageEntry::make_borrowed(out.vslot)).has_value(), "explorer: R");
                     snap_vslots_.push_back(out.vslot);
                     snap_seed_of_.push_back(seed);
                     last_vslot_[i] = out.vslot;
@@ -426,7 +425,7 @@ public:
     // shared pool the pool-wide counts are the owner's: `refs_out` gets this VM's.
     std::optional<std::string> check(SlotRefs* refs_out = nullptr) {
         std::uint64_t resident = 0, swapped = 0, referenced = 0;
-        std::set<std::uint32_t> slots;
+        std::set<std::uint32_t> slots, borrowed;
         for (std::uint32_t i = 0; i < pages_; ++i) {
             const PageIdx p(i);
             const PageEntry e = table_.peek(p);
@@ -445,6 +444,21 @@ public:
                 return fmt::format("page {} lost without any failed read", i);
             if (e.state() == PageState::image && seed_[i] != kSnapSeed + i)
                 return fmt::format("page {} still reads the image but was written (seed {})", i, seed_[i]);
+            if (e.borrowed()) {
+                const swap::VSlot v = e.vslot();
+                if (e.state() != PageState::swapped)
+                    return fmt::format("page {}: borrows vslot {} in state {}", i, v.value(), to_string(e.state()));
+                if (std::find(snap_vslots_.begin(), snap_vslots_.end(), v) == snap_vslots_.end())
+                    return fmt::format("page {}: borrows vslot {}, which the snapshot does not hold", i, v.value());
+                if (!borrowed.insert(v.value()).second) return fmt::format("vslot {} borrowed twice", v.value());
+                last_vslot_[i] = v;
+                if (auto r = pool_.read_in(ring_, v, buf_.data()); !r)
+                    return fmt::format("page {}: its borrowed slot {} cannot be read: {}", i, v.value(),
+                                       r.error().message());
+                if (!holds(buf_.data(), seed_[i]))
+                    return fmt::format("page {}: borrowed slot {} holds stale bytes (want seed {})", i, v.value(),
+                                       seed_[i]);
+            }
             if (e.holds_vslot()) {
                 referenced++;
                 const swap::VSlot v = e.vslot();

@@ -279,9 +279,13 @@ TEST_F(SnapshotTest, PrivilegedDeleteWhileACloneStillReferencesKeepsTheClonesPag
     vm.reset();
     auto clone = restore(**snap, 2);
     ASSERT_TRUE(clone);
+    const std::uint64_t held = (*snap)->held_vslots();
+    ASSERT_GT(held, 0u);
     ASSERT_TRUE(delete_memory_snapshot(std::move(*snap)));
-    // Its swapped pages are its own references now; its image pages... the image file
-    // was unlinked but the clone holds it open.
+    // Its swapped pages borrow the snapshot's references, which the clone keeps alive
+    // past the delete (README#borrowed); its image pages: the image file was unlinked
+    // but the clone holds it open.
+    EXPECT_EQ(pool_->allocated_vslots(), held);
     EXPECT_EQ(bad_pages(clone->regions()[0].guest_view, original_seed), 0u);
     clone->stop();
     clone.reset();

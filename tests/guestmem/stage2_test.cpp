@@ -69,6 +69,20 @@ TEST(PageEntryTest, AWritebackCarriesItsEpochAndNoSlot) {
     EXPECT_FALSE(e.clean());
 }
 
+TEST(PageEntryTest, ABorrowedSlotIsSwappedKeepsBorIntoReadingAndIsNotTheVmsToFree) {
+    const PageEntry e = PageEntry::make_borrowed(swap::VSlot(0x1234));
+    EXPECT_EQ(e.state(), PageState::swapped);
+    EXPECT_EQ(e.vslot(), swap::VSlot(0x1234));
+    EXPECT_TRUE(e.borrowed());
+    EXPECT_FALSE(e.holds_vslot()) << "the snapshot's reference, not the VM's";
+    const PageEntry r = e.as_reading();
+    EXPECT_EQ(r.state(), PageState::reading);
+    EXPECT_EQ(r.vslot(), swap::VSlot(0x1234));
+    EXPECT_TRUE(r.borrowed());
+    EXPECT_FALSE(PageEntry::make(PageState::swapped, swap::VSlot(0x1234)).as_reading().borrowed());
+    EXPECT_TRUE(PageEntry::make(PageState::swapped, swap::VSlot(0x1234)).holds_vslot());
+}
+
 TEST(PageEntryTest, PresentIsExactlyTheStatesHoldingMemory) {
     EXPECT_FALSE(PageEntry::make(PageState::zero).present());
     EXPECT_TRUE(PageEntry::make(PageState::resident).present());
@@ -240,3 +254,41 @@ TEST(Stage2Test, ASparseTerabyteGuestCostsOnlyTheEntriesItTouches) {
     EXPECT_EQ(t.peek(PageIdx(kPages / 2)).state(), PageState::resident);
     EXPECT_LT(rss_bytes() - std::min(before, rss_bytes()), 16ULL << 20) << "the table was backed up front";
 }
+
+namespace {
+
+// A restore's table (guestmem/README.md#borrowed): two tables mapped from one image
+// (two clones) start as the image, lock and change entries on pages of entries not
+// copied yet, never see each other's changes, and the sealed image stays as built.
+TEST(Stage2ImageTest, ClonesMappedFromOneImageStartAsItAndNeverSeeEachOthersWrites) {
+    constexpr std::uint64_t kPages = 4096;  // 8 pages of entries
+    const PageEntry image = PageEntry::make(PageState::image);
+    const PageEntry borrowed = PageEntry::make_borrowed(swap::VSlot(77));
+    auto fd = Stage2::make_image(kPages, [&](std::uint64_t* e) {
+        e[3] = image.raw();
+        e[1000] = borrowed.raw();
+    });
+    ASSERT_TRUE(fd) << fd.error().message();
+    auto a = Stage2::map_image(*fd, kPages);
+    auto b = Stage2::map_image(*fd, kPages);
+    ASSERT_TRUE(a && b);
+    EXPECT_EQ(a->peek(PageIdx(3)), image);
+    EXPECT_EQ(b->peek(PageIdx(1000)), borrowed);
+    EXPECT_EQ(a->peek(PageIdx(4095)), PageEntry{});
+    // Lock (a CAS) and publish on a page of entries neither has written yet.
+    EXPECT_EQ(a->lock(PageIdx(1000)), borrowed);
+    a->unlock(PageIdx(1000), PageEntry::make(PageState::resident));
+    EXPECT_EQ(a->peek(PageIdx(1000)), PageEntry::make(PageState::resident));
+    EXPECT_EQ(b->peek(PageIdx(1000)), borrowed) << "a clone's write reached another clone";
+    b->unlock(PageIdx(3), PageEntry::make(PageState::zero));
+    EXPECT_EQ(a->peek(PageIdx(3)), image);
+    auto c = Stage2::map_image(*fd, kPages);
+    ASSERT_TRUE(c);
+    EXPECT_EQ(c->peek(PageIdx(1000)), borrowed) << "the image changed";
+    EXPECT_EQ(c->peek(PageIdx(3)), image);
+    // Sealed: nobody can write the image itself.
+    const std::uint64_t junk = 1;
+    EXPECT_EQ(::pwrite(fd->get(), &junk, sizeof junk, 0), -1);
+}
+
+}  // namespace

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "guestmem/fault_service.hpp"
+#include "guestmem/owner_tag.hpp"
 #include "guestmem/snapshot_image.hpp"
 #include "guestmem/transitions.hpp"
 #include "io/fault_injection.hpp"
@@ -1287,3 +1288,147 @@ TEST_F(FakeTransitionsTest, Row10PrimeBatchedPrefetchReadsEverySlotAtOnceAndKeep
                                                                  C{Op::continue_, 31, 1}, C{Op::continue_, 32, 1}}));
     expect_consistent();
 }
+
+// --- borrowed slots (row R of a restore: README#borrowed) -------------------------------
+
+namespace {
+
+// Page i as a restore leaves it: swapped in a slot a snapshot holds (written for a
+// parent VM that has gone), borrowed by this VM, which took no reference of its own.
+swap::VSlot make_borrowed(swap::SwapPool& pool, io::Ring& ring, Transitions& tr, std::uint64_t i,
+                          std::uint64_t seed) {
+    alignas(4096) std::byte page[kPageSize];
+    fill(page, seed);
+    swap::PageOut out{page, pack_owner(VmId(7), static_cast<std::uint32_t>(i))};
+    EXPECT_TRUE(pool.write_out(ring, std::span(&out, 1)).has_value() && out.ok());
+    EXPECT_TRUE(pool.hold(out.vslot));  // the snapshot's
+    pool.free(out.vslot);               // the parent has gone
+    PageLock lk = tr.lock(P(i));
+    EXPECT_TRUE(tr.restore_entry(lk, PageEntry::make_borrowed(out.vslot)));
+    return out.vslot;
+}
+
+bool slot_holds(swap::SwapPool& pool, io::Ring& ring, swap::VSlot v, std::uint64_t seed) {
+    alignas(4096) std::byte back[kPageSize];
+    return pool.read_in(ring, v, back).has_value() && holds(back, seed);
+}
+
+TEST_F(FakeTransitionsTest, RowRABorrowedPageIsReadInWithoutACleanCopyAndTheSnapshotKeepsItsSlot) {
+    // Clean copies are on (clean_), yet a borrowed slot never becomes one: the VM
+    // would free it as its owner later (README#borrowed). Mapped writable, no slot.
+    const swap::VSlot v = make_borrowed(pool_, *ring_, tr_, 5, 5);
+    EXPECT_TRUE(table_.peek(P(5)).borrowed());
+    EXPECT_EQ(tr_.referenced_vslots(), 0u);  // the snapshot's, not this VM's
+    EXPECT_EQ(occupancy_.swapped.load(), 1u);
+    {
+        PageLock lk = tr_.lock(P(5));
+        ASSERT_TRUE(tr_.fault_swapped(lk, *ring_));
+    }
+    const PageEntry e = table_.peek(P(5));
+    EXPECT_EQ(e.state(), PageState::resident);
+    EXPECT_FALSE(e.clean());
+    EXPECT_FALSE(e.borrowed());
+    EXPECT_EQ(e.vslot(), swap::kNoVSlot);
+    EXPECT_EQ(kernel_.view(P(5)), View::mapped);
+    EXPECT_TRUE(holds(kernel_.vmm_page(P(5)), 5));
+    EXPECT_EQ(tr_.referenced_vslots(), 0u);
+    EXPECT_EQ(pool_.allocated_vslots(), 1u);  // the snapshot's is still there
+    EXPECT_EQ(pool_.owner_of(v), swap::kSnapshotOwner);
+    EXPECT_TRUE(slot_holds(pool_, *ring_, v, 5));
+    pool_.drop_hold(v);
+    expect_consistent();
+}
+
+TEST_F(FakeTransitionsTest, RaceACloneReadingAndWritingASlotItsRunningParentOwnsLeavesTheParentItsOwner) {
+    // A snapshot taken without --stop: the parent (page 8) still owns v, the snapshot
+    // holds it, a clone (page 9 here) borrows it. The clone reading the page in and
+    // writing it must not change whose v is: were it freed as the clone's own, the
+    // pool would call v the snapshot's alone, and a handover would take the parent's
+    // page away with the device.
+    const swap::VSlot v = make_swapped(8, 8);
+    ASSERT_TRUE(pool_.hold(v));  // the snapshot's
+    {
+        PageLock lk = tr_.lock(P(9));
+        ASSERT_TRUE(tr_.restore_entry(lk, PageEntry::make_borrowed(v)));
+    }
+    {
+        PageLock lk = tr_.lock(P(9));
+        ASSERT_TRUE(tr_.fault_swapped(lk, *ring_));
+    }
+    {
+        PageLock lk = tr_.lock(P(9));
+        if (lk.entry().clean()) {
+            ASSERT_TRUE(tr_.fault_write_protected(lk));  // the write (13)
+        }
+    }
+    EXPECT_EQ(pool_.owner_of(v), pack_owner(VmId(1), 8)) << "the parent's slot was relabelled";
+    EXPECT_EQ(pool_.extra_refs(v), 1u);  // the snapshot's, nothing of the clone's
+    EXPECT_TRUE(slot_holds(pool_, *ring_, v, 8));
+    pool_.drop_hold(v);
+    expect_consistent();
+}
+
+TEST_F(FakeTransitionsTest, RowRBorrowedPagesLeavingWithoutACopyFreeNothingTheSnapshotHolds) {
+    // A VMM write (11 without a copy), a discard (D), a failed read (12) and teardown:
+    // none of them may free a slot this VM only borrows.
+    const swap::VSlot a = make_borrowed(pool_, *ring_, tr_, 1, 1);
+    const swap::VSlot b = make_borrowed(pool_, *ring_, tr_, 2, 2);
+    const swap::VSlot c = make_borrowed(pool_, *ring_, tr_, 3, 3);
+    const swap::VSlot d = make_borrowed(pool_, *ring_, tr_, 4, 4);
+    {
+        PageLock lk = tr_.lock(P(1));
+        ASSERT_TRUE(tr_.vmm_swap_in(lk, *ring_, Access::write));
+    }
+    EXPECT_EQ(table_.peek(P(1)).state(), PageState::inactive);
+    EXPECT_TRUE(holds(kernel_.vmm_page(P(1)), 1));
+    {
+        PageLock lk = tr_.lock(P(2));
+        ASSERT_TRUE(tr_.discard(lk));
+    }
+    const auto rule = plan_->add(io::FaultRule{io::FaultMatch::read, {}, {}, 0, {}, io::fault::Eio{}});
+    {
+        PageLock lk = tr_.lock(P(3));
+        EXPECT_TRUE(tr_.fault_swapped(lk, *ring_));  // resolved as lost
+    }
+    plan_->remove(rule);
+    EXPECT_EQ(table_.peek(P(3)).state(), PageState::lost);
+    tr_.free_all_vslots();  // page 4 is still borrowed
+    EXPECT_TRUE(table_.peek(P(4)).borrowed());
+    EXPECT_EQ(pool_.allocated_vslots(), 4u);
+    const std::uint64_t seeds[] = {1, 2, 3, 4};
+    const swap::VSlot slots[] = {a, b, c, d};
+    for (int k = 0; k < 4; ++k) {
+        EXPECT_EQ(pool_.owner_of(slots[k]), swap::kSnapshotOwner) << k;
+        EXPECT_TRUE(slot_holds(pool_, *ring_, slots[k], seeds[k])) << k;
+        pool_.drop_hold(slots[k]);
+    }
+    EXPECT_EQ(pool_.allocated_vslots(), 0u);
+}
+
+TEST_F(FakeTransitionsTest, Row10PrimeBatchedPrefetchAndReadaheadOfBorrowedPagesMapThemWritableWithNoSlot) {
+    std::vector<swap::VSlot> snap;
+    for (std::uint64_t i : {20, 21, 22, 40, 41}) snap.push_back(make_borrowed(pool_, *ring_, tr_, i, i));
+    {
+        std::vector<PageLock> locked;
+        for (std::uint64_t i : {20, 21, 22}) locked.push_back(*tr_.try_lock(P(i)));
+        EXPECT_EQ(tr_.prefetch_swapped(locked, *ring_), 3u);
+    }
+    {
+        std::vector<PageLock> run;
+        for (std::uint64_t i : {40, 41}) run.push_back(tr_.lock(P(i)));
+        tr_.read_ahead(run, *ring_);
+    }
+    for (std::uint64_t i : {20, 21, 22, 40, 41}) {
+        const PageEntry e = table_.peek(P(i));
+        EXPECT_TRUE(e.present() && !e.clean() && !e.borrowed() && e.vslot() == swap::kNoVSlot) << i;
+        EXPECT_NE(kernel_.view(P(i)), View::mapped_wp) << i << ": no copy to protect";
+        EXPECT_TRUE(holds(kernel_.vmm_page(P(i)), i)) << i;
+    }
+    EXPECT_EQ(tr_.referenced_vslots(), 0u);
+    EXPECT_EQ(pool_.allocated_vslots(), 5u);  // the snapshot's, untouched
+    for (std::size_t k = 0; k < snap.size(); ++k) pool_.drop_hold(snap[k]);
+    EXPECT_EQ(pool_.allocated_vslots(), 0u);
+    expect_consistent();
+}
+
+}  // namespace

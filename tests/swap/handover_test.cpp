@@ -166,6 +166,34 @@ TEST(PrivilegedHandover, ARefusingCheckChangesNothingAndAPlainSwapoffStillMovesH
     for (std::size_t i = 0; i < t.v.size(); ++i) expect_reads_as(t.pool, ring, t.v[i], i);
 }
 
+// A restore borrows its snapshot's references instead of holding its own
+// (guestmem/README.md#borrowed): while a device is handed over, borrowing slots there
+// is refused as a hold is (the handover's check and a restore cannot both miss each
+// other); another device, or one no longer handed over, borrows freely.
+TEST(PrivilegedHandover, BorrowingSlotsOfADeviceBeingHandedOverIsRefusedAsAHoldIs) {
+    SWV_SWAP_RING_OR_SKIP(ring);
+    TwoDevices t;
+    ASSERT_NO_FATAL_FAILURE(t.set_up(ring));
+    const DeviceUuid other = *t.pool.uuid_of(*t.pool.find_device(t.dir.file("b")));
+    ASSERT_TRUE(t.pool.check_borrow(std::vector<DeviceUuid>{t.uuid, other}));
+    bool checked = false;
+    Handover h;
+    h.check = [&](const DeviceUuid&, std::span<const VSlot>) -> Result<void> {
+        checked = true;
+        auto refused = t.pool.check_borrow(std::vector<DeviceUuid>{other, t.uuid});
+        EXPECT_FALSE(refused.has_value());
+        if (!refused) {
+            EXPECT_TRUE(is(refused.error(), Errc::device_busy)) << refused.error().message();
+            EXPECT_NE(refused.error().message().find(uuid_text(t.uuid)), std::string::npos) << refused.error().message();
+        }
+        EXPECT_TRUE(t.pool.check_borrow(std::vector<DeviceUuid>{other}));
+        return make_error(Errc::held_slot, "test", "refused to end the handover here");
+    };
+    ASSERT_FALSE(t.pool.swapoff(t.dir.file("a"), ring, {}, Force::no, &h));
+    EXPECT_TRUE(checked);
+    EXPECT_TRUE(t.pool.check_borrow(std::vector<DeviceUuid>{t.uuid})) << "no handover runs any more";
+}
+
 TEST(PrivilegedHandover, WithoutSnapshotsItIsASwapoff) {
     SWV_SWAP_RING_OR_SKIP(ring);
     test::TempDir dir;

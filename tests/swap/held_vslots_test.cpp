@@ -75,34 +75,6 @@ TEST(PrivilegedHeldVSlots, TheLastReferenceFreesAndTheOwnerBecomesTheSnapshot) {
     EXPECT_EQ(pool.shared_vslots(), 0u);
 }
 
-// hold_all (a restore's references, under one lock) is all or none: a stale vslot
-// anywhere in the list holds nothing, and the error names it.
-TEST(PrivilegedHeldVSlots, HoldAllHoldsEveryVSlotOrNone) {
-    SWV_SWAP_RING_OR_SKIP(ring);
-    test::TempDir dir;
-    SwapPool pool;
-    ASSERT_TRUE(pool.swapon(dir.file("a"), 10, 2 * kClusterBytes));
-    auto v = write_pages(pool, ring, 4, 200);
-    pool.free(v[2]);  // stale from here
-    const std::vector<VSlot> with_stale{v[0], v[1], v[2], v[3]};
-    auto r = pool.hold_all(with_stale);
-    ASSERT_FALSE(r.has_value());
-    EXPECT_EQ(r.error().code, make_error_code(Errc::stale_slot));
-    EXPECT_NE(r.error().message().find(std::to_string(v[2].value())), std::string::npos) << r.error().message();
-    for (VSlot x : {v[0], v[1], v[3]}) EXPECT_EQ(pool.extra_refs(x), 0u) << "nothing held";
-    EXPECT_EQ(pool.shared_vslots(), 0u);
-
-    const std::vector<VSlot> good{v[0], v[1], v[3], v[0]};
-    ASSERT_TRUE(pool.hold_all(good).has_value());
-    EXPECT_EQ(pool.extra_refs(v[0]), 2u) << "a vslot listed twice is held twice";
-    EXPECT_EQ(pool.extra_refs(v[1]), 1u);
-    EXPECT_EQ(pool.shared_vslots(), 3u);
-    for (VSlot x : good) pool.drop_hold(x);
-    for (VSlot x : {v[0], v[1], v[3]}) pool.free(x);
-    EXPECT_EQ(pool.allocated_vslots(), 0u);
-    EXPECT_EQ(used_slots(pool), 0u);
-}
-
 TEST(PrivilegedHeldVSlots, SwapoffMovesHeldSlotsAndTellsTheObserverWhere) {
     SWV_SWAP_RING_OR_SKIP(ring);
     test::TempDir dir;
