@@ -341,38 +341,19 @@ rt_trap_common:
         leaq trap_names(%rip), %rsi
         leaq (%rsi, %rax, 4), %rsi
         call trap_puts
-1:      leaq trap_vector(%rip), %rsi
-        movq 0(%rbp), %rax
-        movl $2, %edi
+1:      movq %cr2, %rax
+        pushq %rax                      /* -8(%rbp): CR2 */
+        pushq %rbp                      /* -16(%rbp): this CPU's ring-0 stack */
+        leaq trap_fields(%rip), %r12
+        movl $(trap_fields_end - trap_fields) / 16, %r13d
+2:      movq 0(%r12), %rsi
+        movslq 8(%r12), %rax
+        movq (%rbp, %rax), %rax
+        movl 12(%r12), %edi
         call trap_field
-        leaq trap_error(%rip), %rsi
-        movq 8(%rbp), %rax
-        movl $8, %edi
-        call trap_field
-        leaq trap_rip(%rip), %rsi
-        movq 16(%rbp), %rax
-        movl $16, %edi
-        call trap_field
-        leaq trap_rsp(%rip), %rsi
-        movq 40(%rbp), %rax
-        movl $16, %edi
-        call trap_field
-        leaq trap_rflags(%rip), %rsi
-        movq 32(%rbp), %rax
-        movl $8, %edi
-        call trap_field
-        leaq trap_cs(%rip), %rsi
-        movq 24(%rbp), %rax
-        movl $4, %edi
-        call trap_field
-        leaq trap_cr2(%rip), %rsi
-        movq %cr2, %rax
-        movl $16, %edi
-        call trap_field
-        leaq trap_kstack(%rip), %rsi
-        movq %rbp, %rax
-        movl $16, %edi
-        call trap_field
+        addq $16, %r12
+        decl %r13d
+        jnz 2b
         movb $'\n', %al
         call trap_putc
         movl $RT_EXIT_EXCEPTION, %eax
@@ -443,6 +424,25 @@ trap_rflags:    .asciz " rflags 0x"
 trap_cs:        .asciz " cs 0x"
 trap_cr2:       .asciz " cr2 0x"
 trap_kstack:    .asciz " kstack 0x"
+        .balign 8
+trap_fields:                            /* text, offset from %rbp, hex digits */
+        .quad trap_vector
+        .long 0, 2
+        .quad trap_error
+        .long 8, 8
+        .quad trap_rip
+        .long 16, 16
+        .quad trap_rsp
+        .long 40, 16
+        .quad trap_rflags
+        .long 32, 8
+        .quad trap_cs
+        .long 24, 4
+        .quad trap_cr2
+        .long -8, 16
+        .quad trap_kstack
+        .long -16, 16
+trap_fields_end:
         .balign 4
 trap_names:                             /* vectors 0-31, 4 bytes each */
         .ascii "#DE\0#DB\0NMI\0#BP\0#OF\0#BR\0#UD\0#NM\0#DF\0#09\0#TS\0#NP\0#SS\0#GP\0#PF\0#15\0"
