@@ -42,7 +42,7 @@ namespace swapvisor::swap {
 
 // The checksum a VSlot descriptor keeps of one 4 KiB page: the low 32 bits of its
 // xxh3-64 (32 bits, like the crc32c of dm-integrity or btrfs: the descriptor's
-// 18 bytes, swap/README.md#vslots).
+// 16 bytes, swap/README.md#vslots).
 std::uint32_t page_checksum(const std::byte* page);
 // The name a device is stored and shown under: the absolute, weakly canonical path
 // (relative paths are taken against the current directory first, symlinks of the
