@@ -43,7 +43,7 @@ std::string canonical_swap_path(const std::filesystem::path& path) {
     return ec ? absolute.lexically_normal().string() : canonical.string();
 }
 
-SwapPool::SwapPool(SwapPoolConfig config) : config_(config) {
+SwapPool::SwapPool(SwapPoolConfig config) : config_(config), table_(config.vslot_block_shift) {
     SWV_ASSERT(config_.swapoff_batch_pages > 0 && config_.max_run_pages > 0, "SwapPool: zero batch size");
 }
 

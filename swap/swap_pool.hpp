@@ -205,6 +205,9 @@ struct SwapPoolConfig {
     std::uint32_t max_run_pages = 256;        // longest single write or read (1 MiB)
     DeviceHealthPolicy health{};              // when a device becomes degraded
     LeaseConfig lease{};                      // remote devices' leases and health probes
+    // log2 of the vslots per block of one VM (swap/README.md#vslot-blocks); tests
+    // make it small so that blocks change hands within a few pages.
+    unsigned vslot_block_shift = VSlotTable::kBlockShift;
 };
 
 class SwapPool {

@@ -13,8 +13,11 @@ static_assert((kSnapshotOwner & 0xffff'ffffu) == 0xffff'ffffu, "kSnapshotOwner's
 static_assert(static_cast<unsigned>(VSlotState::valid) < 4, "a state fits the place word's 2 bits");
 
 // Constructor and destructor run with no other thread around: relaxed is enough.
-VSlotTable::VSlotTable()
-    : chunks_(new std::atomic<Chunk*>[kMaxChunks]), groups_(new std::unique_ptr<GroupSlots>[kGroups]) {
+VSlotTable::VSlotTable(unsigned block_shift)
+    : chunks_(new std::atomic<Chunk*>[kMaxChunks]),
+      block_shift_(block_shift),
+      groups_(new std::unique_ptr<GroupSlots>[kGroups]) {
+    SWV_ASSERT(block_shift >= 1 && block_shift <= kBlockShift, "VSlotTable: block_shift out of range");
     for (std::uint32_t i = 0; i < kMaxChunks; ++i) chunks_[i].store(nullptr, std::memory_order_relaxed);
 }
 
@@ -41,13 +44,19 @@ VSlotState VSlotTable::place_state(std::uint64_t place) {
     return static_cast<VSlotState>((place >> kPlaceStateShift) & 3);
 }
 
-VSlotInfo VSlotTable::unpack(const Descriptor& d) {
+std::atomic<std::uint16_t>& VSlotTable::block_group(std::uint32_t block) const {
+    // Relaxed: chunks_ of a made block is published before the block is handed out
+    // (under alloc_mutex_, or ordered by the stripe lock of a vslot of it).
+    return chunks_[block / blocks_per_chunk()].load(std::memory_order_relaxed)->group[block % blocks_per_chunk()];
+}
+
+VSlotInfo VSlotTable::unpack(const Descriptor& d) const {
     const std::uint64_t place = d.place();
     const std::uint32_t index = d.chunk->index[d.i];
     const OwnerTag owner =
         index == kSnapshotIndex
             ? kSnapshotOwner
-            : OwnerTag{d.chunk->group[d.i >> kBlockShift].load(std::memory_order_relaxed)} << kOwnerGroupShift | index;
+            : OwnerTag{d.chunk->group[d.i >> block_shift_].load(std::memory_order_relaxed)} << kOwnerGroupShift | index;
     return VSlotInfo{place_pslot(place), d.chunk->checksum[d.i], place_generation(place), owner, place_state(place)};
 }
 
@@ -77,23 +86,22 @@ bool VSlotTable::take_block(std::uint16_t group, GroupSlots& slots) {
         block = free_blocks_.back();
         free_blocks_.pop_back();
     } else {
-        if (next_block_ >= kMaxBlocks) return false;  // 32-bit space exhausted
+        if (next_block_ >= (std::uint64_t{1} << (32 - block_shift_))) return false;  // 32-bit space exhausted
         block = static_cast<std::uint32_t>(next_block_++);
         block_used_.push_back(0);
-        const std::uint32_t chunk = block / kBlocksPerChunk;
+        const std::uint32_t chunk = block / blocks_per_chunk();
         // Relaxed: chunks_ is only written under alloc_mutex_, which we hold.
         if (chunks_[chunk].load(std::memory_order_relaxed) == nullptr) {
-            // Value-initialised: every place word 0 = free, generation 0.
+            // Every place word 0 = free, generation 0.
             // Release pairs with the acquire load in find().
-            chunks_[chunk].store(new Chunk(), std::memory_order_release);
+            chunks_[chunk].store(new Chunk(blocks_per_chunk()), std::memory_order_release);
         }
     }
-    Chunk* chunk = chunks_[block / kBlocksPerChunk].load(std::memory_order_relaxed);
-    chunk->group[block % kBlocksPerChunk].store(group, std::memory_order_relaxed);
+    block_group(block).store(group, std::memory_order_relaxed);
     // Highest first, so the LIFO hands the block out in ascending order; VSlot(0)
     // (block 0's first) is never handed out.
-    const std::uint32_t first = block << kBlockShift;
-    for (std::uint32_t v = first + kBlockSize; v-- > first;)
+    const std::uint32_t first = block << block_shift_;
+    for (std::uint32_t v = first + block_size(); v-- > first;)
         if (v != kNoVSlot.value()) slots.free.push_back(v);
     return true;
 }
@@ -103,13 +111,13 @@ void VSlotTable::compact(GroupSlots& slots) {
     // group's): drop them and give those blocks back, each once.
     std::vector<std::uint32_t> returned;
     std::erase_if(slots.free, [&](std::uint32_t v) {
-        const std::uint32_t block = v >> kBlockShift;
+        const std::uint32_t block = v >> block_shift_;
         if (block_used_[block] != 0) return false;
-        if ((v & (kBlockSize - 1)) == (block == 0 ? 1u : 0u)) returned.push_back(block);
+        if ((v & (block_size() - 1)) == (block == 0 ? 1u : 0u)) returned.push_back(block);
         return true;
     });
     free_blocks_.insert(free_blocks_.end(), returned.begin(), returned.end());
-    slots.compact_at = std::max<std::size_t>(2 * kBlockSize, 2 * slots.free.size());
+    slots.compact_at = std::max<std::size_t>(2 * block_size(), 2 * slots.free.size());
 }
 
 std::size_t VSlotTable::allocate(std::span<const OwnerTag> owners, std::span<VSlot> out) {
@@ -129,13 +137,16 @@ std::size_t VSlotTable::allocate(std::span<const OwnerTag> owners, std::span<VSl
             if (slots == nullptr || want != group) {
                 group = want;
                 std::unique_ptr<GroupSlots>& entry = groups_[group];
-                if (!entry) entry = std::make_unique<GroupSlots>();
+                if (!entry) {
+                    entry = std::make_unique<GroupSlots>();
+                    entry->compact_at = 2 * block_size();
+                }
                 slots = entry.get();
             }
             if (slots->free.empty() && !take_block(group, *slots)) break;
             const std::uint32_t v = slots->free.back();
             slots->free.pop_back();
-            ++block_used_[v >> kBlockShift];
+            ++block_used_[v >> block_shift_];
             ++slots->used;
             out[got++] = VSlot(v);
         }
@@ -189,12 +200,10 @@ std::optional<VSlotInfo> VSlotTable::retire(VSlot v) {
 }
 
 void VSlotTable::recycle(VSlot v) {
-    const std::uint32_t block = v.value() >> kBlockShift;
+    const std::uint32_t block = v.value() >> block_shift_;
     std::lock_guard lock(alloc_mutex_);
     // Relaxed: the block's group was written under alloc_mutex_, which we hold.
-    const std::uint16_t group =
-        chunks_[block / kBlocksPerChunk].load(std::memory_order_relaxed)->group[block % kBlocksPerChunk].load(
-            std::memory_order_relaxed);
+    const std::uint16_t group = block_group(block).load(std::memory_order_relaxed);
     SWV_ASSERT(groups_[group] != nullptr && block_used_[block] != 0, "recycle: vslot not allocated");
     GroupSlots& slots = *groups_[group];
     slots.free.push_back(v.value());
@@ -251,7 +260,7 @@ bool VSlotTable::set_owner(VSlot v, OwnerTag owner) {
     if (place_state(d->place()) != VSlotState::valid) return false;
     SWV_ASSERT(owner == kSnapshotOwner ||
                    ((owner & 0xffff'ffffu) != kSnapshotIndex &&
-                    owner_group(owner) == d->chunk->group[d->i >> kBlockShift].load(std::memory_order_relaxed)),
+                    owner_group(owner) == d->chunk->group[d->i >> block_shift_].load(std::memory_order_relaxed)),
                "set_owner: a vslot keeps its block's group (or becomes kSnapshotOwner's)");
     d->chunk->index[d->i] = static_cast<std::uint32_t>(owner);
     return true;

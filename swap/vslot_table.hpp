@@ -71,7 +71,9 @@ struct VSlotInfo {
 
 class VSlotTable {
 public:
-    VSlotTable();
+    // block_shift: log2 of the vslots per block (kBlockShift; tests use smaller blocks
+    // so that blocks are taken, compacted and given back within a few pages).
+    explicit VSlotTable(unsigned block_shift = kBlockShift);
     ~VSlotTable();
     VSlotTable(const VSlotTable&) = delete;
     VSlotTable& operator=(const VSlotTable&) = delete;
@@ -119,14 +121,13 @@ public:
 
     static constexpr unsigned kBlockShift = 10;
     static constexpr std::uint32_t kBlockSize = 1u << kBlockShift;
+    std::uint32_t block_size() const { return 1u << block_shift_; }
 
 private:
     static constexpr unsigned kChunkShift = 16;
     static constexpr std::uint32_t kChunkSize = 1u << kChunkShift;
     static constexpr std::uint32_t kMaxChunks = 1u << (32 - kChunkShift);
     static constexpr std::size_t kStripes = 1024;
-    static constexpr std::uint32_t kBlocksPerChunk = kChunkSize / kBlockSize;
-    static constexpr std::uint64_t kMaxBlocks = (std::uint64_t{1} << 32) / kBlockSize;
     static constexpr std::uint32_t kSnapshotIndex = 0xffff'ffffu;  // kSnapshotOwner's index
     static constexpr std::size_t kGroups = std::size_t{1} << 16;   // owner_group's range
 
@@ -136,20 +137,22 @@ private:
     static constexpr unsigned kPlaceDeviceShift = 48;
 
     // One chunk of descriptors as parallel arrays (16 bytes per vslot, no padding),
-    // and the group of each of its blocks: written under alloc_mutex_ while the block
-    // is all free, read under a descriptor's stripe lock (relaxed: an allocated
-    // vslot's reader is ordered after the write by that stripe lock).
+    // and the group of each of its blocks (kChunkSize >> block_shift_ of them):
+    // written under alloc_mutex_ while the block is all free, read under a
+    // descriptor's stripe lock (relaxed: an allocated vslot's reader is ordered after
+    // the write by that stripe lock).
     struct Chunk {
-        std::uint64_t place[kChunkSize];
-        std::uint32_t checksum[kChunkSize];
-        std::uint32_t index[kChunkSize];
-        std::atomic<std::uint16_t> group[kBlocksPerChunk];
+        explicit Chunk(std::uint32_t blocks) : group(new std::atomic<std::uint16_t>[blocks]()) {}
+        std::uint64_t place[kChunkSize]{};
+        std::uint32_t checksum[kChunkSize]{};
+        std::uint32_t index[kChunkSize]{};
+        std::unique_ptr<std::atomic<std::uint16_t>[]> group;
     };
     // A group's vslots to hand out (LIFO) and how many it holds.
     struct GroupSlots {
         std::vector<std::uint32_t> free;
         std::uint64_t used = 0;
-        std::size_t compact_at = 2 * kBlockSize;  // compact the free list at this size
+        std::size_t compact_at = 0;               // compact the free list at this size
         bool idle_listed = false;                 // on idle_groups_
     };
     // A descriptor: its chunk and index there (valid while the table lives).
@@ -162,7 +165,9 @@ private:
     static PSlot place_pslot(std::uint64_t place);
     static std::uint32_t place_generation(std::uint64_t place);
     static VSlotState place_state(std::uint64_t place);
-    static VSlotInfo unpack(const Descriptor& d);
+    VSlotInfo unpack(const Descriptor& d) const;
+    std::uint32_t blocks_per_chunk() const { return kChunkSize >> block_shift_; }
+    std::atomic<std::uint16_t>& block_group(std::uint32_t block) const;
 
     std::optional<Descriptor> find(VSlot v) const;  // nullopt if beyond the grown part
     // Under alloc_mutex_: give `group` a block (a returned one, else a new one);
@@ -175,6 +180,7 @@ private:
     // Chunk pointers: written once (release) under alloc_mutex_, read lock-free
     // (acquire, pairs with the release store in allocate()).
     std::unique_ptr<std::atomic<Chunk*>[]> chunks_;
+    const unsigned block_shift_;  // log2 of the vslots per block (kBlockShift but in tests)
 
     // Protects: the fields of descriptors whose vslot % kStripes is the index;
     // Order: leaf (nothing else is taken while one is held).

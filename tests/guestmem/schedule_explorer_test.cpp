@@ -76,6 +76,13 @@
 // per VM as above (its snapshot's slots included), and the pool's vslots against
 // both VMs' tables, batches in flight and snapshots together.
 //
+// Three schedules in four run on a pool whose vslot blocks hold 2 or 4 vslots
+// instead of 1024 (SwapPoolConfig::vslot_block_shift), so a VM's few pages span
+// blocks and every actor above also races the table's block bookkeeping: blocks
+// taken from an idle VM by the other, free lists compacted and blocks given back
+// (swap/README.md#vslot-blocks); the owner checks above then also check that a
+// vslot's block names its VM.
+//
 // SWV_EXPLORE_SECONDS (default 3) and SWV_EXPLORE_SEED (default: from the clock,
 // printed) set the run; a failure prints the seed and the schedule to replay.
 #include <gtest/gtest.h>
@@ -86,6 +93,7 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -186,7 +194,11 @@ struct SlotRefs {
 // The swap side every VM of a world shares: the pool (a memory tier and two disks
 // behind one FaultPlan) and the pool-wide actors (swapoff, demote, tier swapoff).
 struct SharedPool {
-    explicit SharedPool(io::Ring& r) : ring(r) {
+    // block_shift: the pool's vslots per block of one VM, log2 (small: blocks change
+    // hands within a few pages, so every schedule also races block take-back and
+    // compaction; swap/README.md#vslot-blocks).
+    SharedPool(io::Ring& r, unsigned block_shift)
+        : ring(r), pool(swap::SwapPoolConfig{.vslot_block_shift = block_shift}) {
         add_tier();
         for (int i = 0; i < 2; ++i) add_device();
     }
@@ -240,15 +252,15 @@ enum class Restored : std::uint8_t { zero, image, swapped };
 class World {
 public:
     // One VM with a pool of its own.
-    World(std::uint64_t pages, io::Ring& ring) : World(pages, ring, nullptr, kVm) {
+    World(std::uint64_t pages, io::Ring& ring, unsigned block_shift) : World(pages, ring, nullptr, kVm, block_shift) {
         pool_.set_eviction_sink(&sink_);
     }
     // VM `vm` of several on `shared` (whose owner routes swapoff's bring-backs).
-    World(std::uint64_t pages, io::Ring& ring, SharedPool* shared, VmId vm)
+    World(std::uint64_t pages, io::Ring& ring, SharedPool* shared, VmId vm, unsigned block_shift = 0)
         : pages_(pages),
           ring_(ring),
           vm_(vm),
-          own_(shared ? nullptr : std::make_unique<SharedPool>(ring)),
+          own_(shared ? nullptr : std::make_unique<SharedPool>(ring, block_shift)),
           shared_(shared ? *shared : *own_) {}
     ~World() {
         for (swap::VSlot v : snap_vslots_) pool_.drop_hold(v);
@@ -698,7 +710,8 @@ private:
 // bring-backs reach the VM that owns the slot, as HostMemory routes them.
 class TwoVms final : public swap::EvictionSink {
 public:
-    TwoVms(std::uint64_t pages_a, std::uint64_t pages_b, io::Ring& ring) : shared_(ring) {
+    TwoVms(std::uint64_t pages_a, std::uint64_t pages_b, io::Ring& ring, unsigned block_shift)
+        : shared_(ring, block_shift) {
         vms_[0] = std::make_unique<World>(pages_a, ring, &shared_, VmId(1));
         vms_[1] = std::make_unique<World>(pages_b, ring, &shared_, VmId(2));
         shared_.pool.set_eviction_sink(this);
@@ -802,6 +815,14 @@ std::string restore_randomly(World& w, std::uint64_t pages, std::mt19937_64& rng
     return r;
 }
 
+// The pool's vslot blocks: 2 or 4 vslots (a VM's few pages span blocks, and blocks
+// are taken back and compacted all the time) in three schedules of four, the real
+// size in the fourth.
+unsigned pick_block_shift(std::mt19937_64& rng) {
+    const unsigned pick = static_cast<unsigned>(rng() % 4);
+    return pick == 3 ? swap::VSlotTable::kBlockShift : 1 + pick % 2;
+}
+
 // One two-VM schedule from `seed` (swarm testing as run_schedule). Each VM starts
 // restored (row R, its own image and snapshot) half the time, so the worker's units
 // and swapoff also race the image state and the snapshots' slots of both VMs.
@@ -813,14 +834,15 @@ std::optional<std::string> run_two_vm_schedule(std::uint64_t seed, io::Ring& rin
         allowed[static_cast<std::size_t>(must)] = true;
     const std::uint64_t pages_a = 1 + rng() % kMaxPages, pages_b = 1 + rng() % kMaxPages;
     const std::uint64_t depth = 8 + rng() % 60;
-    TwoVms w(pages_a, pages_b, ring);
+    const unsigned block_shift = pick_block_shift(rng);
+    TwoVms w(pages_a, pages_b, ring, block_shift);
     std::vector<std::string> trace;
     const std::uint64_t pages[2] = {pages_a, pages_b};
     for (std::uint32_t v = 0; v < 2; ++v)
         if (rng() % 2 == 0) trace.push_back(fmt::format("vm{}:{}", v, restore_randomly(w.vm(v), pages[v], rng)));
     auto fail = [&](const std::string& why) {
-        std::string s = fmt::format("two VMs, seed {:#x}, {}+{} pages, after {} steps: {}\n  schedule:", seed, pages_a,
-                                    pages_b, trace.size(), why);
+        std::string s = fmt::format("two VMs, seed {:#x}, {}+{} pages, blocks of {} vslots, after {} steps: {}\n  schedule:",
+                                    seed, pages_a, pages_b, 1u << block_shift, trace.size(), why);
         for (const std::string& t : trace) s += " " + t;
         return s;
     };
@@ -855,11 +877,13 @@ std::optional<std::string> run_schedule(std::uint64_t seed, io::Ring& ring, std:
         allowed[static_cast<std::size_t>(must)] = true;  // the pipeline itself is always there
     const std::uint64_t pages = 1 + rng() % kMaxPages;
     const std::uint64_t depth = 8 + rng() % 40;
-    World w(pages, ring);
+    const unsigned block_shift = pick_block_shift(rng);
+    World w(pages, ring, block_shift);
     std::vector<std::string> trace;
     if (rng() % 2 == 0) trace.push_back(restore_randomly(w, pages, rng));
     auto fail = [&](const std::string& why) {
-        std::string s = fmt::format("seed {:#x}, {} pages, after {} steps: {}\n  schedule:", seed, pages, trace.size(), why);
+        std::string s = fmt::format("seed {:#x}, {} pages, blocks of {} vslots, after {} steps: {}\n  schedule:", seed,
+                                    pages, 1u << block_shift, trace.size(), why);
         for (const std::string& t : trace) s += " " + t;
         return s;
     };
@@ -913,6 +937,9 @@ TEST(ScheduleExplorer, RandomSchedulesOfEveryActorKeepEveryGuestByte) {
     spdlog::set_level(spdlog::level::off);
     const std::uint64_t seed = env_seed();
     const double seconds = env_seconds();
+    // The seed first: a broken invariant aborts the process before the summary.
+    std::printf("schedule explorer: base seed %#llx\n", static_cast<unsigned long long>(seed));
+    std::fflush(stdout);
     const auto t0 = std::chrono::steady_clock::now();
     Outcome out = explore(seed, std::chrono::duration<double>(seconds), *ring);
     const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -931,6 +958,8 @@ TEST(ScheduleExplorer, TwoVmsSharingOneReclaimWorkerKeepEveryGuestByte) {
     spdlog::set_level(spdlog::level::off);
     const std::uint64_t seed = env_seed();
     const double seconds = env_seconds();
+    std::printf("schedule explorer (two VMs, one worker): base seed %#llx\n", static_cast<unsigned long long>(seed));
+    std::fflush(stdout);
     const auto t0 = std::chrono::steady_clock::now();
     Outcome out = explore(seed, std::chrono::duration<double>(seconds), *ring, run_two_vm_schedule);
     const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

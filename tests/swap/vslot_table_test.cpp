@@ -8,7 +8,9 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cstdio>
 #include <map>
+#include <random>
 #include <set>
 #include <thread>
 
@@ -307,6 +309,54 @@ TEST(VSlotTable, ConcurrentGroupsAllocateAndFreeWithoutSharingAVslot) {
     EXPECT_EQ(bad.load(), 0u);
     EXPECT_EQ(table.allocated(), 0u);
     EXPECT_LE(table.blocks_made(), 2u * kThreads);  // 300 in use per group at most
+}
+
+// Blocks of 2 and 4 vslots (the explorer's sizes): random allocations and frees of
+// five groups, checked against a model after every operation. Blocks change hands
+// all the time here (taken back from idle groups, compacted), and still no vslot is
+// handed out twice, every allocated vslot names its owner, no two groups' allocated
+// vslots share a block, and the table holds no more blocks than the groups' vslots
+// in use could need plus what compaction is allowed to keep.
+TEST(VSlotTable, SmallBlocksChangeHandsWithoutMixingGroups) {
+    for (unsigned shift : {1u, 2u}) {
+        VSlotTable table(shift);
+        ASSERT_EQ(table.block_size(), 1u << shift);
+        std::mt19937_64 rng(shift);
+        std::map<std::uint32_t, OwnerTag> live;  // vslot -> owner
+        std::uint64_t next_index = 0;
+        for (int op = 0; op < 20000; ++op) {
+            const OwnerTag group = OwnerTag{1 + rng() % 5} << 32;
+            if (live.size() < 40 && (live.empty() || rng() % 2 == 0)) {  // 45 in use at most
+                std::vector<OwnerTag> owners(1 + rng() % 6);
+                for (OwnerTag& o : owners) o = group | (next_index++ % 0xffff'fff0u);
+                std::vector<VSlot> v(owners.size());
+                ASSERT_EQ(table.allocate(owners, v), v.size());
+                for (std::size_t i = 0; i < v.size(); ++i) {
+                    ASSERT_NE(v[i], kNoVSlot);
+                    ASSERT_TRUE(live.emplace(v[i].value(), owners[i]).second) << "vslot " << v[i].value() << " twice";
+                }
+            } else {
+                auto it = live.begin();
+                std::advance(it, static_cast<long>(rng() % live.size()));
+                ASSERT_TRUE(table.retire(VSlot(it->first)));
+                table.recycle(VSlot(it->first));
+                live.erase(it);
+            }
+            std::map<std::uint32_t, std::uint16_t> block_of;
+            for (const auto& [v, owner] : live) {
+                ASSERT_EQ(table.lookup(VSlot(v)).owner, owner) << "shift " << shift << ", op " << op;
+                auto [b, fresh] = block_of.emplace(v >> shift, owner_group(owner));
+                ASSERT_EQ(b->second, owner_group(owner)) << "block " << (v >> shift) << " serves two groups";
+            }
+        }
+        EXPECT_EQ(table.allocated(), live.size());
+        // With at most 45 vslots in use, the table stays small: blocks go back and are
+        // reused (a group keeps its used blocks and a compaction's slack at most).
+        EXPECT_LT(table.blocks_made(), 120u) << "blocks of " << table.block_size();
+        std::printf("blocks of %u: %llu made, %llu in use, %zu vslots in use\n", table.block_size(),
+                    static_cast<unsigned long long>(table.blocks_made()),
+                    static_cast<unsigned long long>(table.blocks_in_use()), live.size());
+    }
 }
 
 // A group that swaps one page out and in again, over and over, keeps its block:
