@@ -208,11 +208,13 @@ int main(int argc, char** argv) {
 // `run`: the VMs of the command line, then exit with the first non-zero guest code.
 int run_host(const cli::RunConfig& config) {
     spdlog::set_level(spdlog::level::from_str(config.log_level));
-    if (auto bad = cli::check_run_files(config)) return std::fputs(bad->err.c_str(), stderr), bad->status;
     // 2. SIGTERM / SIGINT stop the VMs and let the epilogue run (before any thread
-    // starts); the process then exits with 128 + the signal.
+    // starts); the process then exits with 128 + the signal. First of all: from here
+    // on a signal is held until the watcher reads it, whatever start-up is doing
+    // (vmm/README.md#shutdown).
     auto shutdown = Shutdown::install(SignalExit::signal_status);
     if (!shutdown) return fail(fmt::format("signal handling: {}", shutdown.error().message()));
+    if (auto bad = cli::check_run_files(config)) return std::fputs(bad->err.c_str(), stderr), bad->status;
     std::optional<daemon::LockFile> lock;
     if (config.control_socket) {
         auto taken = lock_control(*config.control_socket);
@@ -280,6 +282,13 @@ int run_host(const cli::RunConfig& config) {
     auto give_up = [&](const swv::Error& error) {
         vms.stop_all(VmEnd{EndReason::stopped, kExitStopped, 0, "another VM failed to start"});
         vms.wait_all();
+        // Asked to stop while VMs were still being started: that is the signal's
+        // doing, not a failure; it ends as a signal does at any other time.
+        if (const int sig = (*shutdown)->signal(); sig != 0) {
+            spdlog::warn("stopped by SIG{} before every VM had started", sigabbrev_np(sig));
+            if (config.stats_json) write_stats_json(*config.stats_json, host, device_stats, vms.ends());
+            return (*shutdown)->exit_status();
+        }
         return fail(error.message());
     };
     if (config.restore) {
