@@ -63,9 +63,10 @@ bash scripts/fuzz.sh 20
 # Pass 5 (tests/README.md#nested): without /dev/kvm, pass 1 skipped every test that
 # boots a guest. Run them again where a /dev/kvm exists: real KVM in a QEMU TCG
 # machine (scripts/nested-kvm.sh), ~100x slower than hardware, so only the C++ KVM
-# suites and the script tests in NESTED_SCRIPTS (the others boot guests too large to
-# finish there in CI's time; they run on hosts with /dev/kvm).
-NESTED_SCRIPTS='daemon_basics_test|memory_tier_test|snapshot_test|snapshot_handover_test'
+# suites and the script tests in NESTED_SCRIPTS, those with SWV_TEST_SMALL=1 sizes
+# (the others boot guests too large to finish there in CI's time; they run on hosts
+# with /dev/kvm).
+NESTED_SCRIPTS='daemon_basics_test|memory_tier_test|snapshot_test|snapshot_handover_test|live_swapoff_test|swapoff_stress_test|nbd_swap_test|operator_safety_test'
 if [ ! -e /dev/kvm ] && [ "${SWV_NESTED:-1}" != 0 ]; then
   all_skipped=$(sed -n 's/.*Test *#[0-9]*: \([^ ]*\) .*\*\*\*Skipped.*/\1/p' "$main_log")
   skipped=$(printf '%s\n' $all_skipped | grep -v '^script\.' || true)
@@ -76,13 +77,13 @@ if [ ! -e /dev/kvm ] && [ "${SWV_NESTED:-1}" != 0 ]; then
   else
     echo "test.sh: pass 5: $(printf '%s\n' $skipped $scripts | wc -l) tests under nested KVM"
     # Status 75: the emulated machine itself died before ctest ended (TCG's nested
-    # SVM resets it now and then), or it hung past 900 s: booted again once. Two in a
+    # SVM resets it now and then), or it hung past 1200 s: booted again once. Two in a
     # row are reported loudly as "could not run", like a missing /dev/kvm; a test
     # that fails (ctest's own status) fails the pass.
     nested_status=75
     for attempt in 1 2; do
       nested_status=0
-      bash scripts/nested-kvm.sh --timeout 900 -- env SWV_TEST_SLOW=3 ctest --test-dir build --output-on-failure \
+      bash scripts/nested-kvm.sh --timeout 1200 -- env SWV_TEST_SLOW=3 SWV_TEST_SMALL=1 ctest --test-dir build --output-on-failure \
         --timeout 600 --no-tests=error -R "^($names)\$" 2>&1 | tee "$main_log.nested" || nested_status=$?
       [ "$nested_status" = 75 ] || break
       echo "test.sh: pass 5: the emulated machine died or hung (attempt $attempt of 2)"
