@@ -7,7 +7,9 @@
 # and deflated again; a live swapoff of the fuller file while /metrics is scraped with
 # curl and every scrape parsed; then every VM must end with 0 data errors, and at rest
 # the pool must hold no VSlot and no VM's memory. Every wait is bounded.
-# Exit 77 (skipped) only when /dev/kvm is absent.
+# Exit 77 (skipped) only when /dev/kvm is absent. SWV_TEST_SMALL=1 (the nested pass,
+# tests/README.md#nested) gives alpha a 32 MiB working set at the 16 MiB floor of a
+# resident limit (and a swapoff that waits for 2000 slots, not 8000).
 set -u
 build=${1:?usage: daemon_test.sh <build dir>}
 bin=$build/swapvisor
@@ -35,6 +37,11 @@ sock=$work/control.sock
 metrics=$work/metrics.sock
 fail() { echo "FAIL: $*" >&2; tail -30 "$work/err.log" >&2; exit 1; }
 ctl() { timeout 120 "$bin" ctl --socket "$sock" "$@"; }
+if [[ ${SWV_TEST_SMALL:-0} == 1 ]]; then
+  alpha_limit=16M alpha_mib=32 fill=2000
+else
+  alpha_limit=48M alpha_mib=192 fill=8000
+fi
 # py <expr over r, the last JSON line of a ctl --json command> <ctl args...>
 py() {
   local expr=$1; shift
@@ -66,8 +73,8 @@ for _ in $(seq 1 100); do [[ -S $sock && -S $metrics ]] && break; sleep 0.1; don
 # Three VMs. A bad spec first: refused, naming the field, and nothing else changes.
 out=$(ctl vm-create bad --kernel "$memtouch" --memory 3M 2>&1) && fail "a 3 MiB VM was accepted"
 [[ $out == *'"memory"'* && $out == *bad_request* ]] || fail "bad memory not named: $out"
-ctl vm-create alpha --kernel "$memtouch" --memory 256M --resident-limit 48M --swap-quota 1G \
-  --serial-log "$work/alpha.serial" --cmdline "mib=192 passes=8 mode=seq" >/dev/null || fail "create alpha"
+ctl vm-create alpha --kernel "$memtouch" --memory 256M --resident-limit $alpha_limit --swap-quota 1G \
+  --serial-log "$work/alpha.serial" --cmdline "mib=$alpha_mib passes=8 mode=seq" >/dev/null || fail "create alpha"
 ctl vm-create endless --kernel "$memtouch" --memory 64M --serial-log "$work/endless-1.serial" \
   --cmdline "mib=32 passes=1000000" >/dev/null || fail "create endless"
 ctl vm-create bal --kernel "$balloon" --memory 160M --balloon --serial-log "$work/bal.serial" \
@@ -184,7 +191,7 @@ ctl set-balloon bal 0 >/dev/null || fail "deflate"
 
 # Live swapoff of the fuller file while /metrics is scraped and parsed.
 for _ in $(seq 1 300); do
-  [[ $(py "sum(d['used_slots'] for d in r['swap'] if d['path'].endswith('a.swap'))" status) -ge 8000 ]] && break
+  [[ $(py "sum(d['used_slots'] for d in r['swap'] if d['path'].endswith('a.swap'))" status) -ge $fill ]] && break
   sleep 0.1
 done
 (
@@ -211,7 +218,7 @@ echo "/metrics: $((scrapes - first)) scrapes parsed during the swapoff"
 for n in $(seq 0 "$scrapes"); do
   python3 "$work/parse.py" "$work/scrape.$n" >/dev/null || fail "scrape $n does not parse"
 done
-# alpha (192 MiB through a 48 MiB limit, 8 passes) swaps in from its second pass on:
+# alpha (192 MiB through a 48 MiB limit, 8 passes; small: 32 through 16) swaps in from its second pass on:
 # scrape until its swap-in histogram has samples (it is listed only while it runs).
 scraped=0
 for _ in $(seq 1 600); do
