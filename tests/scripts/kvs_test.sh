@@ -45,11 +45,17 @@ run_kvs() {
 
 # 2x: a 64 MiB table under a 32 MiB resident limit (the runtime and stacks
 # are a few hundred KiB more). --stats-json proves pages really went to swap.
-over="--memory 96M --resident-limit 32M"
+# SWV_TEST_SMALL=1 (the nested pass, tests/README.md#nested): a 32 MiB table at the
+# 16 MiB floor of a limit, and a tenth of the operations.
+if [[ ${SWV_TEST_SMALL:-0} == 1 ]]; then
+  over="--memory 48M --resident-limit 16M" mib=32 ops=3000 selftest_ops=5000
+else
+  over="--memory 96M --resident-limit 32M" mib=64 ops=30000 selftest_ops=20000
+fi
 for v in 1 2; do
   run_kvs "overcommit2x-${v}vcpu" "$v" 0 "$over --swap $work/s$v.swap,size=128M --stats-json $work/st$v.json" \
-    "mib=64 ops=30000 threads=$v seed=$v" \
-    '"guest":"kvs"' '"ok":true' '"ops":30000' '"errors":0' "\"threads\":$v" '"p99_us":[0-9]+\.[0-9]'
+    "mib=$mib ops=$ops threads=$v seed=$v" \
+    '"guest":"kvs"' '"ok":true' "\"ops\":$ops" '"errors":0' "\"threads\":$v" '"p99_us":[0-9]+\.[0-9]'
   if grep -Eq '"swap_out_pages": *[1-9]' "$work/st$v.json" 2>/dev/null && grep -Eq '"swap_in_pages": *[1-9]' "$work/st$v.json"; then
     echo "PASS [overcommit2x-${v}vcpu-swapped]: $(grep -Eo '"swap_(in|out)_pages": *[0-9]+' "$work/st$v.json" | tr '\n' ' ')"
   else
@@ -58,7 +64,7 @@ for v in 1 2; do
   fi
 done
 # Self-test: 3 damaged hot values must be seen (ok false, exit 1).
-run_kvs corrupt-selftest 2 1 "--memory 64M" "mib=16 ops=20000 threads=2 corrupt=3" \
+run_kvs corrupt-selftest 2 1 "--memory 64M" "mib=16 ops=$selftest_ops threads=2 corrupt=3" \
   '"ok":false' '"errors":[1-9]'
 
 if [[ $failures -ne 0 ]]; then
