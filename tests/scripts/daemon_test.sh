@@ -37,6 +37,7 @@ sock=$work/control.sock
 metrics=$work/metrics.sock
 fail() { echo "FAIL: $*" >&2; tail -30 "$work/err.log" >&2; exit 1; }
 ctl() { timeout 120 "$bin" ctl --socket "$sock" "$@"; }
+slow=${SWV_TEST_SLOW:-1}  # a factor for the waits on the guests (nested runs)
 if [[ ${SWV_TEST_SMALL:-0} == 1 ]]; then
   alpha_limit=16M alpha_mib=32 fill=2000
 else
@@ -169,11 +170,11 @@ for (name, labels), buckets in series.items():
 print(len(text.splitlines()))
 PY
 # The balloon: wait until the guest has written its pool, inflate, watch resident fall.
-for _ in $(seq 1 100); do grep -q 'round 2/2' "$work/bal.serial" 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 1 $((100 * slow))); do grep -q 'round 2/2' "$work/bal.serial" 2>/dev/null && break; sleep 0.1; done
 before=$(resident_of bal)
 ctl set-balloon bal 64M >/dev/null || fail "set-balloon"
 after=$before
-for _ in $(seq 1 100); do
+for _ in $(seq 1 $((100 * slow))); do
   after=$(resident_of bal)
   ((after <= before - 48 * 1048576)) && break
   sleep 0.1
@@ -190,7 +191,7 @@ ctl set-quota alpha 2G >/dev/null || fail "set-quota"
 ctl set-balloon bal 0 >/dev/null || fail "deflate"
 
 # Live swapoff of the fuller file while /metrics is scraped and parsed.
-for _ in $(seq 1 300); do
+for _ in $(seq 1 $((300 * slow))); do
   [[ $(py "sum(d['used_slots'] for d in r['swap'] if d['path'].endswith('a.swap'))" status) -ge $fill ]] && break
   sleep 0.1
 done
@@ -205,7 +206,7 @@ done
   done
 ) &
 scraper_pid=$!
-for _ in $(seq 1 100); do [[ -s $work/scrapes ]] && break; sleep 0.05; done
+for _ in $(seq 1 $((100 * slow))); do [[ -s $work/scrapes ]] && break; sleep 0.05; done
 [[ -s $work/scrapes ]] || fail "the first /metrics scrape did not complete"
 first=$(cat "$work/scrapes")
 out=$(ctl --json swapoff "$work/a.swap") || fail "swapoff a.swap: $out"
