@@ -66,7 +66,7 @@ bash scripts/fuzz.sh 20
 # suites and the script tests in NESTED_SCRIPTS, those with SWV_TEST_SMALL=1 sizes
 # (the others boot guests too large to finish there in CI's time; they run on hosts
 # with /dev/kvm).
-NESTED_SCRIPTS='daemon_basics_test|memory_tier_test|snapshot_test|snapshot_handover_test|live_swapoff_test|swapoff_stress_test|nbd_swap_test|operator_safety_test|daemon_test'
+NESTED_SCRIPTS='daemon_basics_test|memory_tier_test|snapshot_test|snapshot_handover_test|live_swapoff_test|swapoff_stress_test|nbd_swap_test|operator_safety_test'
 if [ ! -e /dev/kvm ] && [ "${SWV_NESTED:-1}" != 0 ]; then
   all_skipped=$(sed -n 's/.*Test *#[0-9]*: \([^ ]*\) .*\*\*\*Skipped.*/\1/p' "$main_log")
   skipped=$(printf '%s\n' $all_skipped | grep -v '^script\.' || true)
