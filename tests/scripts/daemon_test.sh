@@ -53,7 +53,15 @@ resident_of() { py "[v for v in r['vms'] if v['name']=='$1'][0]['resident_bytes'
 wait_ended() {  # wait_ended <vm> <seconds>
   local deadline=$((SECONDS + $2))
   while [[ $(vm_field "$1" state) != ended ]]; do
-    ((SECONDS < deadline)) || fail "$1 did not end within $2 s"
+    if ((SECONDS >= deadline)); then
+      # Evidence for a VM that stops making progress: its status, its guest's last
+      # lines, and where each thread of serve waits (with stacks where gdb exists).
+      ctl --json status | tail -n 1 >&2
+      tail -5 "$work/$1.serial" >&2
+      for t in /proc/"$serve_pid"/task/*; do echo "thread $(cat "$t/comm") waits in $(cat "$t/wchan")" >&2; done
+      command -v gdb >/dev/null && gdb -p "$serve_pid" -batch -ex 'thread apply all bt 25' 2>/dev/null | grep -E '^Thread|^#' >&2
+      fail "$1 did not end within $2 s"
+    fi
     kill -0 "$serve_pid" 2>/dev/null || fail "serve died"
     sleep 0.2
   done
@@ -211,6 +219,9 @@ for _ in $(seq 1 $((100 * slow))); do [[ -s $work/scrapes ]] && break; sleep 0.0
 first=$(cat "$work/scrapes")
 out=$(ctl --json swapoff "$work/a.swap") || fail "swapoff a.swap: $out"
 echo "$out" | tail -n 1
+# The scrape that was in flight when the swapoff began must complete (a small run's
+# swapoff, a few hundred ms, can be shorter than one scrape under emulation).
+for _ in $(seq 1 $((100 * slow))); do (($(cat "$work/scrapes") > first)) && break; sleep 0.05; done
 kill -0 "$scraper_pid" 2>/dev/null || { wait "$scraper_pid"; fail "a /metrics scrape failed (status $?)"; }
 kill "$scraper_pid"; wait "$scraper_pid" 2>/dev/null; scraper_pid=
 scrapes=$(cat "$work/scrapes" 2>/dev/null || echo -1)
