@@ -137,10 +137,7 @@ std::size_t VSlotTable::allocate(std::span<const OwnerTag> owners, std::span<VSl
             if (slots == nullptr || want != group) {
                 group = want;
                 std::unique_ptr<GroupSlots>& entry = groups_[group];
-                if (!entry) {
-                    entry = std::make_unique<GroupSlots>();
-                    entry->compact_at = 2 * block_size();
-                }
+                if (!entry) entry = std::make_unique<GroupSlots>(2 * block_size());
                 slots = entry.get();
             }
             if (slots->free.empty() && !take_block(group, *slots)) break;

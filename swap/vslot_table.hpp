@@ -150,9 +150,10 @@ private:
     };
     // A group's vslots to hand out (LIFO) and how many it holds.
     struct GroupSlots {
+        explicit GroupSlots(std::size_t first_compaction) : compact_at(first_compaction) {}
         std::vector<std::uint32_t> free;
         std::uint64_t used = 0;
-        std::size_t compact_at = 0;               // compact the free list at this size
+        std::size_t compact_at;                   // compact the free list at this size
         bool idle_listed = false;                 // on idle_groups_
     };
     // A descriptor: its chunk and index there (valid while the table lives).

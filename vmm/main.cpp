@@ -285,7 +285,7 @@ int run_host(const cli::RunConfig& config) {
         // Asked to stop while VMs were still being started: that is the signal's
         // doing, not a failure; it ends as a signal does at any other time.
         if (const int sig = (*shutdown)->signal(); sig != 0) {
-            spdlog::warn("stopped by SIG{} before every VM had started", sigabbrev_np(sig));
+            spdlog::warn("stopped by SIG{} before every VM had started ({})", sigabbrev_np(sig), error.message());
             if (config.stats_json) write_stats_json(*config.stats_json, host, device_stats, vms.ends());
             return (*shutdown)->exit_status();
         }
