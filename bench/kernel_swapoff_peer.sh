@@ -12,7 +12,7 @@
 #      swapoff brings every page back into RAM, its only mode, and charges it to the
 #      cgroup); then `swapoff FILE` is timed: ms and ns per page;
 #   5. memhog re-reads every page and checks it.
-# KERNEL_ZSWAP=1: the same with zswap (lz4, or KSWAP_ZSWAP_COMPRESSOR) in front of the
+# KERNEL_ZSWAP=1: the same with zswap (lz4, else lzo-rle; KSWAP_ZSWAP_COMPRESSOR) in front of the
 # swap file ("zswap" in the JSON names the compressor; exit 77 if the kernel lacks it); zswap's
 # parameters are saved first and restored on exit (a page zswap holds keeps its swap
 # slot, so used_pages counts it; swapoff then decompresses instead of reading it).
@@ -62,7 +62,7 @@ kswap_on "$file" $((mib + 64))
 zswap=0
 if [[ ${KERNEL_ZSWAP:-0} == 1 ]]; then
   kswap_zswap_on || exit 77
-  zswap=$KSWAP_ZSWAP_COMPRESSOR
+  zswap=$KSWAP_ZSWAP_USED
 fi
 cg_create "$cg" $((limit_mib << 20))
 cg_exec "$cg" "$memhog" "$mib" >"$log" 2>&1 &

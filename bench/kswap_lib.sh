@@ -222,16 +222,28 @@ cg_destroy() {
 }
 
 # ---- zswap ------------------------------------------------------------------------
-# The peer a production host would run: kernel swap with zswap (lz4) in front of the
-# swap file. kswap_zswap_on saves every writable /sys/module/zswap/parameters/* value
-# to KSWAP_ZSWAP_SAVED and sets compressor=lz4, enabled=Y; kswap_zswap_restore writes
-# the saved values back (enabled last) and is idempotent. KSWAP_ZSWAP_PARAMS
-# overrides the directory (tests/scripts/kswap_lib_test.sh uses a copy).
+# The peer a production host would run: kernel swap with zswap in front of the swap
+# file. kswap_zswap_on saves every writable /sys/module/zswap/parameters/* value to
+# KSWAP_ZSWAP_SAVED and sets the first compressor of KSWAP_ZSWAP_COMPRESSORS the
+# kernel has (lz4, else lzo-rle, else lzo: kernels built without CONFIG_CRYPTO_LZ4
+# exist, and a zswap peer with lzo-rle is still the peer such a host runs), then
+# enabled=Y. KSWAP_ZSWAP_USED names the compressor it runs with and KSWAP_ZSWAP_NOTE
+# why it is not the first choice. KSWAP_ZSWAP_COMPRESSOR=NAME allows only NAME.
+# kswap_zswap_restore writes the saved values back (enabled last) and is idempotent.
+# KSWAP_ZSWAP_PARAMS overrides the directory (tests/scripts/kswap_lib_test.sh uses a
+# copy, and overrides kswap_zswap_set to play a kernel without lz4).
 
 KSWAP_ZSWAP_PARAMS=${KSWAP_ZSWAP_PARAMS:-/sys/module/zswap/parameters}
-KSWAP_ZSWAP_COMPRESSOR=${KSWAP_ZSWAP_COMPRESSOR:-lz4}
+KSWAP_ZSWAP_COMPRESSORS=${KSWAP_ZSWAP_COMPRESSOR:-${KSWAP_ZSWAP_COMPRESSORS:-lz4 lzo-rle lzo}}
 KSWAP_ZSWAP_SAVED=""
 KSWAP_ZSWAP_WHY=""
+KSWAP_ZSWAP_USED=""
+KSWAP_ZSWAP_NOTE=""
+
+# kswap_zswap_set NAME VALUE: write one zswap parameter (1 when the kernel refuses it).
+kswap_zswap_set() {
+  echo "$2" >"$KSWAP_ZSWAP_PARAMS/$1" 2>/dev/null
+}
 
 # kswap_zswap_usable: zswap present and its parameters writable; else 1 with
 # KSWAP_ZSWAP_WHY. (Whether the compressor exists shows when kswap_zswap_on sets it.)
@@ -254,23 +266,29 @@ kswap_zswap_on() {
       [[ -f $p && -w $p ]] && printf '%s\t%s\n' "${p##*/}" "$(cat "$p")" >>"$KSWAP_ZSWAP_SAVED"
     done
   fi
-  if ! echo "$KSWAP_ZSWAP_COMPRESSOR" >"$KSWAP_ZSWAP_PARAMS/compressor" 2>/dev/null; then
-    KSWAP_ZSWAP_WHY="zswap refused compressor=$KSWAP_ZSWAP_COMPRESSOR (not in this kernel's crypto API)"
+  # A kernel without a compressor refuses its name, or takes it and falls back to its
+  # default when zswap first starts ("compressor lz4 not available, using default
+  # lzo"): read it back after enabling, so a peer never runs with another compressor
+  # than it says.
+  local want now refused=()
+  KSWAP_ZSWAP_USED="" KSWAP_ZSWAP_NOTE=""
+  for want in $KSWAP_ZSWAP_COMPRESSORS; do
+    kswap_zswap_set enabled N
+    if ! kswap_zswap_set compressor "$want"; then refused+=("$want"); continue; fi
+    kswap_zswap_set enabled Y
+    now=$(cat "$KSWAP_ZSWAP_PARAMS/compressor")
+    if [[ $now == "$want" ]]; then KSWAP_ZSWAP_USED=$want; break; fi
+    refused+=("$want (fell back to $now)")
+  done
+  if [[ -z $KSWAP_ZSWAP_USED ]]; then
+    KSWAP_ZSWAP_WHY="zswap took none of the compressors $KSWAP_ZSWAP_COMPRESSORS: ${refused[*]} not in this kernel's crypto API"
     echo "$0: $KSWAP_ZSWAP_WHY" >&2
     kswap_zswap_restore
     return 1
   fi
-  echo Y >"$KSWAP_ZSWAP_PARAMS/enabled"
-  # A kernel without the compressor may take the name and then fall back to its
-  # default when zswap first starts ("compressor lz4 not available, using default
-  # lzo"): read it back, so a peer never runs with another compressor than it says.
-  local now
-  now=$(cat "$KSWAP_ZSWAP_PARAMS/compressor")
-  if [[ $now != "$KSWAP_ZSWAP_COMPRESSOR" ]]; then
-    KSWAP_ZSWAP_WHY="zswap fell back to compressor=$now ($KSWAP_ZSWAP_COMPRESSOR not available in this kernel)"
-    echo "$0: $KSWAP_ZSWAP_WHY" >&2
-    kswap_zswap_restore
-    return 1
+  if ((${#refused[@]})); then
+    KSWAP_ZSWAP_NOTE="zswap runs with $KSWAP_ZSWAP_USED: this kernel has no ${refused[*]}"
+    echo "$0: $KSWAP_ZSWAP_NOTE" >&2
   fi
 }
 

@@ -122,6 +122,39 @@ echo 90 >"$params/accept_threshold_percent"; echo N >"$params/shrinker_enabled"
   kswap_zswap_restore   # idempotent
   expect_file "$params/compressor" lzo
 ) || exit 1
+# A kernel without lz4: one refuses the name, the other takes it and falls back to
+# lzo when zswap starts. Either way the peer runs lzo-rle and says why.
+for kind in refuses falls_back; do
+  (
+    KSWAP_ZSWAP_PARAMS=$params
+    source "$here/bench/kswap_lib.sh"
+    kswap_zswap_set() {
+      if [[ $1 == compressor && $2 == lz4 && $kind == refuses ]]; then return 1; fi
+      echo "$2" >"$KSWAP_ZSWAP_PARAMS/$1"
+      if [[ $1 == enabled && $2 == Y && $(cat "$KSWAP_ZSWAP_PARAMS/compressor") == lz4 ]]; then
+        echo lzo >"$KSWAP_ZSWAP_PARAMS/compressor"
+      fi
+    }
+    kswap_zswap_on 2>/dev/null || fail "zswap on without lz4 ($kind): $KSWAP_ZSWAP_WHY"
+    [[ $KSWAP_ZSWAP_USED == lzo-rle ]] || fail "$kind: runs with '$KSWAP_ZSWAP_USED', not lzo-rle"
+    [[ $KSWAP_ZSWAP_NOTE == *"no lz4"* ]] || fail "$kind: note '$KSWAP_ZSWAP_NOTE'"
+    expect_file "$params/compressor" lzo-rle
+    expect_file "$params/enabled" Y
+    kswap_zswap_restore
+    expect_file "$params/compressor" lzo
+    expect_file "$params/enabled" N
+  ) || exit 1
+done
+# A kernel with none of them: not measured, the reason names them, settings restored.
+(
+  KSWAP_ZSWAP_PARAMS=$params
+  source "$here/bench/kswap_lib.sh"
+  kswap_zswap_set() { [[ $1 != compressor ]] && echo "$2" >"$KSWAP_ZSWAP_PARAMS/$1"; }
+  kswap_zswap_on 2>/dev/null && fail "zswap on with no compressor"
+  [[ $KSWAP_ZSWAP_WHY == *"lz4 lzo-rle lzo"* ]] || fail "reason: $KSWAP_ZSWAP_WHY"
+  expect_file "$params/compressor" lzo
+  expect_file "$params/enabled" N
+) || exit 1
 (
   KSWAP_ZSWAP_PARAMS=$scratch/none
   source "$here/bench/kswap_lib.sh"
