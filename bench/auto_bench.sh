@@ -18,7 +18,11 @@
 # Their largest hot sets add up to ~0.9x the budget: an equal split starves steady
 # (and grow in its big phase) while a split by need fits everyone.
 # Work of a VM = sum over its phases of MiB swept (mib_per_s x seconds, from its
-# serial log); every page it touches is checked by the guest (errors count). A VM's
+# serial log); every page it touches is checked by the guest (errors count). Each
+# guest runs one cycle more than it counts: the VMs' fills end at different times, so
+# the first VM to finish would leave the others its memory for their last phase (an
+# uncontended phase sweeps from cache, thousands of times faster than one that
+# thrashes, and would outweigh everything else). A VM's
 # speed = its work / its work unlimited (small hot sets sweep from cache, so raw MiB
 # would weigh them most); throughput of a mode = the mean speed of its VMs, over all
 # phases and over the settled ones (cycles after the first: the working set is
@@ -68,7 +72,7 @@ hots=("$((9 * M / 16)),$((9 * M / 16))" "$((M / 16)),$((M / 16))" "$((M / 16)),$
 mem=$((M + 32))                     # guest memory: the hot sets' pages + the runtime's
 total=$((4 * mem))
 budget=$(( (total * 10 / 32) / 2 * 2 ))   # total / 3.2, whole MiB, even
-run_s=$((2 * period * cycles))
+run_s=$((2 * period * (cycles + 1)))
 avail_kib=$(awk '/MemAvailable/ {print $2}' /proc/meminfo)
 (( total * 1024 < avail_kib * 3 / 4 )) || { null_json "the mix needs ${total} MiB of free memory for its unlimited run"; exit 0; }
 
@@ -121,7 +125,7 @@ for mode in $modes; do
     lim=(); [[ -n ${limits[$i]} ]] && lim=(--resident-limit "${limits[$i]}M")
     if ! ctl vm-create "${names[$i]}" --kernel "$elf" --memory "${mem}M" "${lim[@]}" \
         --serial-log "$out/$mode-${names[$i]}.serial" \
-        --cmdline "mib=$M hot=${hots[$i]} period=$period cycles=$cycles seed=$((i + 1))" >>"$out/create-$mode.log" 2>&1; then
+        --cmdline "mib=$M hot=${hots[$i]} period=$period cycles=$((cycles + 1)) seed=$((i + 1))" >>"$out/create-$mode.log" 2>&1; then
       ok=0; log "$mode: vm-create ${names[$i]} failed: $(tail -n1 "$out/create-$mode.log")"; break
     fi
   done
@@ -147,10 +151,10 @@ PY
   log "$mode: done in $(( ($(date +%s%3N) - t0) / 1000 )) s"
 done
 
-python3 - "$out" "$modes" "$total" "$budget" "${AUTO_PLOT:-}" "${names[@]}" <<'PY'
+python3 - "$out" "$modes" "$total" "$budget" "${AUTO_PLOT:-}" "$cycles" "${names[@]}" <<'PY'
 import json, re, subprocess, sys
 out, modes, total, budget, plot = sys.argv[1], sys.argv[2].split(), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-names = sys.argv[6:]
+counted, names = int(sys.argv[6]), sys.argv[7:]
 PH = re.compile(r"phases: cycle=(\d+) phase=\d+ hot_mib=(\d+) seconds=(\d+) sweeps=\d+ mib_per_s=([\d.]+)")
 def guest(mode, name):
     """(work over all phases, work over cycles >= 1, errors, finished)"""
@@ -158,7 +162,7 @@ def guest(mode, name):
     try:
         for line in open(f"{out}/{mode}-{name}.serial", errors="replace"):
             m = PH.search(line)
-            if m:
+            if m and int(m.group(1)) < counted:  # the extra cycle is not counted
                 w = float(m.group(4)) * int(m.group(3))
                 work += w
                 settled += w if int(m.group(1)) >= 1 else 0

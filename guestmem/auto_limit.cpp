@@ -115,6 +115,11 @@ AutoDecision AutoLimit::decide(const AutoLimitInput& in) {
     return d;
 }
 
+BudgetClaim budget_claim(const AutoDecision& decision, const AutoLimitConfig& config, std::uint64_t memory_bytes) {
+    return BudgetClaim{decision.target_bytes, config.floor_bytes,
+                       config.ceiling_bytes ? config.ceiling_bytes : memory_bytes};
+}
+
 std::vector<std::uint64_t> split_budget(std::uint64_t budget, std::span<const BudgetClaim> claims, double headroom) {
     std::vector<std::uint64_t> want(claims.size()), floor(claims.size()), ceiling(claims.size());
     for (std::size_t i = 0; i < claims.size(); ++i) {

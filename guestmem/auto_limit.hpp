@@ -92,10 +92,17 @@ private:
 
 // One VM's claim on the host budget.
 struct BudgetClaim {
-    std::uint64_t need_bytes = 0;   // measured need (the auto target, at least the working set)
+    std::uint64_t need_bytes = 0;   // measured need: the engine's target (budget_claim)
     std::uint64_t floor_bytes = 0;
     std::uint64_t ceiling_bytes = 0;
 };
+
+// An auto VM's claim: its engine's target (AutoDecision::target_bytes, the
+// stall-driven estimate of what it needs), with its floor and its ceiling (0: its
+// memory size). Not the working set: measured over 120 s, it counts a page touched
+// once (a boot, a fill, a backup pass) for two minutes, and while every VM claims all
+// it touched the budget is split by memory size again (DESIGN-NOTES 54).
+BudgetClaim budget_claim(const AutoDecision& decision, const AutoLimitConfig& config, std::uint64_t memory_bytes);
 
 // Shares of `budget_bytes`, one per claim: need * (1 + headroom) clamped to
 // [floor, ceiling] is each VM's want. If the wants fit, each gets its want and the

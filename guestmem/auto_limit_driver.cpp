@@ -114,9 +114,7 @@ void AutoLimitDriver::step(MonoTime now) {
             for (Work& w : work) {
                 if (w.overridden) continue;
                 const AutoLimitConfig& c = vms_.at(w.stats.name).engine.config();
-                claims.push_back(BudgetClaim{std::max(w.decision.target_bytes, w.stats.working_set_bytes),
-                                             c.floor_bytes,
-                                             c.ceiling_bytes ? c.ceiling_bytes : w.stats.memory_bytes});
+                claims.push_back(budget_claim(w.decision, c, w.stats.memory_bytes));
                 auto_work.push_back(&w);
             }
             const std::uint64_t room = budget > others ? budget - others : 0;

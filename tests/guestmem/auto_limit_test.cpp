@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <deque>
 #include <numeric>
+#include <vector>
 
 #include "guestmem/auto_limit.hpp"
 
@@ -42,16 +43,25 @@ struct SimVm {
         if (n == 0) return 0;
         return std::accumulate(per_second.end() - static_cast<long>(n), per_second.end(), 0.0) / static_cast<double>(n);
     }
-    // One simulated second, then one decision applied.
-    AutoDecision step(AutoLimit& engine) {
+    // What the sweep reports as the working set, when not the true one (0): a VM that
+    // touched all its memory once within the window reports all of it.
+    std::uint64_t measured_working_set = 0;
+    // One simulated second, then the engine's decision (not applied).
+    AutoDecision decide(AutoLimit& engine) {
         per_second.push_back(stall_now());
         if (per_second.size() > 300) per_second.pop_front();
         stall_ns += static_cast<std::uint64_t>(per_second.back() * 1e9);
         now += 1s;
-        AutoLimitInput in{now, memory, limit, limit, working_set, stall_ns, average(10), average(60), 0, balloon};
+        const std::uint64_t ws = measured_working_set ? measured_working_set : working_set;
+        AutoLimitInput in{now, memory, limit, limit, ws, stall_ns, average(10), average(60), 0, balloon};
         AutoDecision d = engine.decide(in);
         EXPECT_GE(d.limit_bytes, std::min(engine.config().floor_bytes, memory)) << "below the floor";
         EXPECT_LE(d.limit_bytes, memory);
+        return d;
+    }
+    // One simulated second, then one decision applied.
+    AutoDecision step(AutoLimit& engine) {
+        AutoDecision d = decide(engine);
         limit = d.limit_bytes;
         if (d.balloon_bytes) balloon_bytes = *d.balloon_bytes;
         return d;
@@ -206,4 +216,49 @@ TEST(SplitBudgetTest, OverTheBudgetFloorsFirstThenByUnmetNeed) {
     const auto tight = split_budget(128 * MiB, claims, 0.0);
     EXPECT_EQ(tight[0], tight[1]);
     EXPECT_LE(tight[0] + tight[1], 128 * MiB);
+}
+
+// Four VMs on one host budget, as AutoLimitDriver runs them: each second every engine
+// decides, the budget is split over budget_claim()s and each limit is
+// min(decision, share). One VM needs 144 MiB; the three others need 16 MiB but touched
+// all their memory once within the working-set window (a boot, a fill), so the sweep
+// reports all of it. Their claims must not hide that: the VM that stalls gets the
+// budget the others do not use. (With the working set in the claim, every VM claimed
+// its whole memory, each got 90 MiB, and the first stalled all the time: auto_bench's
+// first runs, DESIGN-NOTES 54.)
+TEST(SplitBudgetTest, AStalledVmGetsWhatOthersTouchedOnceButDoNotUse) {
+    constexpr std::uint64_t kMemory = 288 * MiB;
+    constexpr std::uint64_t kBudget = 360 * MiB;
+    std::vector<SimVm> vms(4);
+    std::vector<AutoLimit> engines(4, AutoLimit(AutoLimitConfig{}));
+    for (SimVm& vm : vms) {
+        vm.memory = kMemory;
+        vm.limit = kBudget / 4;
+        vm.working_set = 16 * MiB;
+        vm.measured_working_set = kMemory;
+    }
+    vms[0].working_set = 144 * MiB;
+    double late_stall = 0;
+    for (int second = 0; second < 900; ++second) {
+        std::vector<AutoDecision> decisions;
+        std::vector<BudgetClaim> claims;
+        for (std::size_t i = 0; i < vms.size(); ++i) {
+            decisions.push_back(vms[i].decide(engines[i]));
+            claims.push_back(budget_claim(decisions[i], engines[i].config(), kMemory));
+        }
+        const std::vector<std::uint64_t> shares = split_budget(kBudget, claims, 0.1);
+        std::uint64_t total = 0;
+        for (std::size_t i = 0; i < vms.size(); ++i) {
+            vms[i].limit = std::min(decisions[i].limit_bytes, shares[i]);
+            total += vms[i].limit;
+        }
+        ASSERT_LE(total, kBudget) << "second " << second;
+        if (second >= 600) late_stall += vms[0].per_second.back();
+    }
+    EXPECT_GE(vms[0].limit, 144 * MiB) << "the VM that needs it does not get the budget";
+    EXPECT_LE(late_stall / 300, 0.03) << "its stall over the last 5 minutes";
+    for (std::size_t i = 1; i < vms.size(); ++i) {
+        EXPECT_GE(vms[i].limit, 64 * MiB) << "VM " << i << " below its floor";
+        EXPECT_EQ(vms[i].per_second.back(), 0.0) << "VM " << i << " stalls";
+    }
 }
