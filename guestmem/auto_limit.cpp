@@ -30,7 +30,7 @@ std::string mib(std::uint64_t bytes) { return fmt::format("{:.1f} MiB", static_c
 
 AutoDecision AutoLimit::decide(const AutoLimitInput& in) {
     const std::uint64_t ceiling = config_.ceiling_bytes ? std::min(config_.ceiling_bytes, in.memory_bytes) : in.memory_bytes;
-    const std::uint64_t floor = std::min(config_.floor_bytes, ceiling);
+    const std::uint64_t floor = std::min(effective_floor(config_, in.memory_bytes), ceiling);
     auto clamp = [&](std::uint64_t v) { return page_align(std::clamp(v, floor, ceiling)); };
 
     if (target_ == 0) {
@@ -115,8 +115,12 @@ AutoDecision AutoLimit::decide(const AutoLimitInput& in) {
     return d;
 }
 
+std::uint64_t effective_floor(const AutoLimitConfig& config, std::uint64_t memory_bytes) {
+    return config.floor_bytes ? config.floor_bytes : page_align(std::min(kDefaultFloor, memory_bytes / 8));
+}
+
 BudgetClaim budget_claim(const AutoDecision& decision, const AutoLimitConfig& config, std::uint64_t memory_bytes) {
-    return BudgetClaim{decision.target_bytes, config.floor_bytes,
+    return BudgetClaim{decision.target_bytes, effective_floor(config, memory_bytes),
                        config.ceiling_bytes ? config.ceiling_bytes : memory_bytes};
 }
 

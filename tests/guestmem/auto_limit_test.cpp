@@ -55,7 +55,7 @@ struct SimVm {
         const std::uint64_t ws = measured_working_set ? measured_working_set : working_set;
         AutoLimitInput in{now, memory, limit, limit, ws, stall_ns, average(10), average(60), 0, balloon};
         AutoDecision d = engine.decide(in);
-        EXPECT_GE(d.limit_bytes, std::min(engine.config().floor_bytes, memory)) << "below the floor";
+        EXPECT_GE(d.limit_bytes, std::min(effective_floor(engine.config(), memory), memory)) << "below the floor";
         EXPECT_LE(d.limit_bytes, memory);
         return d;
     }
@@ -112,6 +112,21 @@ TEST(AutoLimitTest, BacksOffFastOnAPhaseChangeAndProbesBackDown) {
     vm.run(engine, 1800);
     EXPECT_LE(vm.max_limit, 640 * MiB) << "did not probe back down";
     EXPECT_GE(engine.target_bytes(), 480 * MiB);
+}
+
+// The default floor is min(64 MiB, memory / 8): an idle 2 GiB VM stops at 64 MiB, an
+// idle 288 MiB one at 36 MiB (a fixed 64 MiB held auto_bench's small VMs at a fifth
+// of their memory, and their floors, served first, most of the host budget).
+TEST(AutoLimitTest, TheDefaultFloorIsAnEighthOfASmallVm) {
+    for (const auto& [memory, floor] : {std::pair{2048 * MiB, 64 * MiB}, std::pair{288 * MiB, 36 * MiB}}) {
+        SimVm vm;
+        vm.memory = memory;
+        vm.limit = memory;
+        vm.working_set = 0;
+        AutoLimit engine(AutoLimitConfig{});
+        vm.run(engine, 4 * 3600);
+        EXPECT_EQ(engine.target_bytes(), floor) << memory / MiB << " MiB";
+    }
 }
 
 // An idle phase (nothing in use): down to the floor, never below it.
@@ -258,7 +273,7 @@ TEST(SplitBudgetTest, AStalledVmGetsWhatOthersTouchedOnceButDoNotUse) {
     EXPECT_GE(vms[0].limit, 144 * MiB) << "the VM that needs it does not get the budget";
     EXPECT_LE(late_stall / 300, 0.03) << "its stall over the last 5 minutes";
     for (std::size_t i = 1; i < vms.size(); ++i) {
-        EXPECT_GE(vms[i].limit, 64 * MiB) << "VM " << i << " below its floor";
+        EXPECT_GE(vms[i].limit, effective_floor(engines[i].config(), kMemory)) << "VM " << i << " below its floor";
         EXPECT_EQ(vms[i].per_second.back(), 0.0) << "VM " << i << " stalls";
     }
 }
