@@ -116,7 +116,7 @@ AutoDecision AutoLimit::decide(const AutoLimitInput& in) {
 }
 
 std::uint64_t effective_floor(const AutoLimitConfig& config, std::uint64_t memory_bytes) {
-    return config.floor_bytes ? config.floor_bytes : page_align(std::min(kDefaultFloor, memory_bytes / 8));
+    return config.floor_bytes ? config.floor_bytes : std::max(kMinFloor, page_align(std::min(kDefaultFloor, memory_bytes / 8)));
 }
 
 BudgetClaim budget_claim(const AutoDecision& decision, const AutoLimitConfig& config, std::uint64_t memory_bytes) {

@@ -38,7 +38,7 @@ struct AutoLimitConfig {
     double stall_target = 0.01;              // `some` share of wall time over 60 s (1 %)
     std::optional<double> refault_target;    // refaults per minute / working-set pages
     // Never below (clamped to the ceiling); 0: effective_floor's default,
-    // min(64 MiB, memory / 8).
+    // min(64 MiB, memory / 8), at least 16 MiB.
     std::uint64_t floor_bytes = 0;
     std::uint64_t ceiling_bytes = 0;         // never above; 0: the VM's memory size
     std::chrono::seconds interval{5};        // one decision per interval
@@ -48,10 +48,13 @@ struct AutoLimitConfig {
 };
 
 // The floor a VM of `memory_bytes` gets under `config` (before the ceiling): its
-// floor_bytes, or by default min(kDefaultFloor, memory / 8). A fixed 64 MiB was a
-// fifth of a 288 MiB VM: auto_bench's three small VMs sat at it and, floors being
-// served first, held most of the host budget from the one that stalled.
+// floor_bytes, or by default min(kDefaultFloor, memory / 8), at least kMinFloor. A
+// fixed 64 MiB was a fifth of a 288 MiB VM: auto_bench's three small VMs sat at it
+// and, floors being served first, held most of the host budget from the one that
+// stalled. kMinFloor is the smallest limit vmm lets an operator set
+// (vmm::kMinMemoryLimit): below it a vCPU may livelock on its own page faults.
 inline constexpr std::uint64_t kDefaultFloor = 64ULL << 20;
+inline constexpr std::uint64_t kMinFloor = 16ULL << 20;
 std::uint64_t effective_floor(const AutoLimitConfig& config, std::uint64_t memory_bytes);
 
 struct AutoLimitInput {

@@ -118,7 +118,9 @@ TEST(AutoLimitTest, BacksOffFastOnAPhaseChangeAndProbesBackDown) {
 // idle 288 MiB one at 36 MiB (a fixed 64 MiB held auto_bench's small VMs at a fifth
 // of their memory, and their floors, served first, most of the host budget).
 TEST(AutoLimitTest, TheDefaultFloorIsAnEighthOfASmallVm) {
-    for (const auto& [memory, floor] : {std::pair{2048 * MiB, 64 * MiB}, std::pair{288 * MiB, 36 * MiB}}) {
+    // ... and never under 16 MiB (a 64 MiB VM), the smallest limit an operator may set.
+    for (const auto& [memory, floor] :
+         {std::pair{2048 * MiB, 64 * MiB}, std::pair{288 * MiB, 36 * MiB}, std::pair{64 * MiB, 16 * MiB}}) {
         SimVm vm;
         vm.memory = memory;
         vm.limit = memory;

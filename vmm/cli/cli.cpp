@@ -349,7 +349,7 @@ CliOutcome parse_command_line(const std::vector<std::string>& given) {
                     "over 60 s (default 1%; --vm takes auto-stall=)")
         ->type_name("PCT");
     run->add_option("--auto-floor", raw.auto_floor,
-                    "With --resident-limit auto: the limit never goes below SIZE (default the smaller of 64M and an eighth of the memory)")
+                    "With --resident-limit auto: the limit never goes below SIZE (default the smaller of 64M and an eighth of the memory, at least 16M)")
         ->type_name("SIZE");
     run->add_option("--auto-ceiling", raw.auto_ceiling,
                     "With --resident-limit auto: the limit never goes above SIZE (default: the VM's memory)")

@@ -465,7 +465,7 @@ void add_ctl_subcommand(CLI::App& app, CtlOptions& o) {
     create->add_option("--auto-stall", o.auto_stall_pct,
                        "With --resident-limit auto: the memory stall aimed for, percent of wall time over 60 s (1)")
         ->check(CLI::Range(0.0, 50.0));
-    create->add_option("--auto-floor", o.auto_floor, "With --resident-limit auto: never below SIZE (default min(64M, memory/8))")
+    create->add_option("--auto-floor", o.auto_floor, "With --resident-limit auto: never below SIZE (default min(64M, memory/8), at least 16M)")
         ->check(size_validator());
     create->add_option("--auto-ceiling", o.auto_ceiling, "With --resident-limit auto: never above SIZE (memory)")
         ->check(size_validator());
