@@ -12,7 +12,7 @@ namespace {
 void log_enabled(const std::string& vm, const AutoLimitConfig& config) {
     spdlog::info("{}: resident limit auto (stall target {:.2f}%, floor {}, ceiling {})", vm,
                  config.stall_target * 100,
-                 config.floor_bytes ? fmt::format("{} MiB", config.floor_bytes >> 20) : "min(64 MiB, memory / 8)",
+                 config.floor_bytes ? fmt::format("{} MiB", config.floor_bytes >> 20) : "min(64 MiB, memory / 8), at least 16 MiB",
                  config.ceiling_bytes ? fmt::format("{} MiB", config.ceiling_bytes >> 20) : "memory size");
 }
 
