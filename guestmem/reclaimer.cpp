@@ -355,7 +355,11 @@ GuestMemory::Impl::PassResult GuestMemory::Impl::reclaim_pass(WritebackQueue& wr
         if (!lk) continue;
         switch (lk->entry().state()) {
             case PageState::resident:
-                if (mode != PassMode::drop_only) demote.push_back(std::move(*lk));  // stays locked until zapped
+                if (mode == PassMode::drop_only) break;
+                // Used again since its last zap: pass it by this time (4a). The age
+                // scan zaps it anyway: it measures, and a zap is its sample.
+                if (mode == PassMode::full && tr.pass_active(*lk)) break;
+                demote.push_back(std::move(*lk));  // stays locked until zapped
                 break;
             case PageState::inactive:
                 if (mode == PassMode::age_only) break;  // the age scan evicts nothing

@@ -5,10 +5,10 @@
 // (std::atomic::wait). Only guestmem/transitions.cpp takes and releases the lock
 // (through PageLock), so every state change is one of the README's transitions.
 //
-//   63                    32 31           7   6     5     4     3    2    0
-//  +------------------------+-------------+-----+-----+-----+-----+-------+
-//  |         VSlot          |  reserved   | BOR | ACC | CLN | LCK | state |
-//  +------------------------+-------------+-----+-----+-----+-----+-------+
+//   63                    32 31       9 8   7   6     5     4     3    2    0
+//  +------------------------+----------+-----+-----+-----+-----+-----+-------+
+//  |         VSlot          | reserved | ACT | BOR | ACC | CLN | LCK | state |
+//  +------------------------+----------+-----+-----+-----+-----+-----+-------+
 //   VSlot: swapped / reading -> where the content is; resident / inactive with CLN
 //          -> an identical copy still in swap (the page is write-protected), so
 //          evicting it again writes nothing. writeback -> the same 32 bits hold the
@@ -16,6 +16,11 @@
 //          the identity its completion must find to adopt the page
 //          (guestmem/README.md#writeback-identity).
 //   CLN:   clean copy valid (see above). ACC: reserved for hardware-assisted sampling.
+//   ACT:   resident only: how many more times the CLOCK hand passes the page without
+//          zapping it (0-3). A MINOR fault sets it (the page was used again within a
+//          sweep of its zap: it is hot, and each zap would only cost another MINOR
+//          fault); each reclaim pass of the hand counts it down (row 4a,
+//          guestmem/README.md#reclaim). Every other transition clears it (make()).
 //   BOR:   swapped / reading only: the VSlot is *borrowed* from the snapshot this VM
 //          was restored from (row R): the snapshot's reference keeps it, this VM took
 //          none, so leaving the state frees nothing (guestmem/README.md#borrowed).
@@ -65,6 +70,9 @@ public:
     static constexpr std::uint64_t kLock = 1u << 3;
     static constexpr std::uint64_t kClean = 1u << 4;
     static constexpr std::uint64_t kBorrowed = 1u << 6;
+    static constexpr unsigned kActiveShift = 7;
+    static constexpr std::uint64_t kActiveMask = std::uint64_t{3} << kActiveShift;
+    static constexpr unsigned kMaxActive = 3;
 
     constexpr PageEntry() = default;
     constexpr explicit PageEntry(std::uint64_t raw) : raw_(raw) {}
@@ -97,6 +105,11 @@ public:
     constexpr bool locked() const { return raw_ & kLock; }
     constexpr bool clean() const { return raw_ & kClean; }
     constexpr bool borrowed() const { return raw_ & kBorrowed; }
+    // ACT (resident pages): hand passes left before the next zap.
+    constexpr unsigned active() const { return static_cast<unsigned>((raw_ & kActiveMask) >> kActiveShift); }
+    constexpr PageEntry with_active(unsigned n) const {
+        return PageEntry((raw_ & ~kActiveMask) | (std::uint64_t{n < kMaxActive ? n : kMaxActive} << kActiveShift));
+    }
     constexpr std::uint64_t raw() const { return raw_; }
     // True if the page occupies memory (counts against the resident limit).
     constexpr bool present() const {

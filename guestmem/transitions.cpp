@@ -128,7 +128,7 @@ Result<void> Transitions::fault_minor(PageLock& lk) {  // 3, 6
     Result<void> r = tolerate_exists(d_.kernel.continue_(lk.idx(), 1, wp_if(e.clean()), Wake::no).status);
     // From writeback the slot being written is not in the entry: the completion sees
     // the state (or the epoch, if the page is queued again) moved and frees it (6).
-    if (r) lk.set(PageEntry::make(PageState::resident, e.vslot(), clean_if(e.clean())));
+    if (r) lk.set(PageEntry::make(PageState::resident, e.vslot(), clean_if(e.clean())).with_active(kActiveSweeps));
     return r;
 }
 
@@ -348,6 +348,14 @@ void Transitions::deactivate(std::vector<PageLock>& resident) {  // 4
         }
     });
     resident.clear();
+}
+
+bool Transitions::pass_active(PageLock& lk) {  // 4a
+    const PageEntry e = lk.entry();
+    SWV_ASSERT(e.state() == PageState::resident, "pass_active on a page that is not resident");
+    if (e.active() == 0) return false;
+    lk.set(e.with_active(e.active() - 1));
+    return true;
 }
 
 bool Transitions::drop_cold(PageLock& lk) {  // 8, 9

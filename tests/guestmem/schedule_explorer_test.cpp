@@ -612,6 +612,7 @@ private:
         if (!lk) return;
         const PageEntry e = lk->entry();
         if (e.state() == PageState::resident) {
+            if (tr_.pass_active(*lk)) return;  // 4a: used again since its last zap
             std::vector<PageLock> run;
             run.push_back(std::move(*lk));
             tr_.deactivate(run);

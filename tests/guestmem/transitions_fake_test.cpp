@@ -211,6 +211,78 @@ TEST_F(FakeTransitionsTest, Row2And3VmmWriteMakesInactiveThenAMinorFaultMapsIt) 
     expect_consistent();
 }
 
+TEST_F(FakeTransitionsTest, Row3AMinorFaultMarksThePageActiveAndEveryOtherRowClearsIt) {
+    make_inactive(7, 7);
+    {
+        PageLock lk = tr_.lock(P(7));
+        ASSERT_TRUE(tr_.fault_minor(lk));
+    }
+    EXPECT_EQ(table_.peek(P(7)).state(), PageState::resident);
+    EXPECT_EQ(table_.peek(P(7)).active(), Transitions::kActiveSweeps) << "used again since its zap: hot";
+    // A first touch or a zap leaves no ACT behind.
+    {
+        PageLock lk = tr_.lock(P(8));
+        ASSERT_TRUE(tr_.fault_zero(lk));
+    }
+    EXPECT_EQ(table_.peek(P(8)).active(), 0u);
+    expect_consistent();
+}
+
+TEST_F(FakeTransitionsTest, Row4aTheHandPassesAnActivePageKActiveSweepsTimesThenZapsIt) {
+    make_inactive(7, 7);
+    {
+        PageLock lk = tr_.lock(P(7));
+        ASSERT_TRUE(tr_.fault_minor(lk));
+    }
+    kernel_.clear_history();
+    for (unsigned pass = 0; pass < Transitions::kActiveSweeps; ++pass) {
+        PageLock lk = tr_.lock(P(7));
+        ASSERT_TRUE(tr_.pass_active(lk)) << pass;
+        EXPECT_EQ(lk.entry().active(), Transitions::kActiveSweeps - pass - 1);
+    }
+    EXPECT_TRUE(kernel_.history().empty()) << "passing an active page makes no kernel call";
+    EXPECT_EQ(kernel_.view(P(7)), View::mapped);
+    expect_consistent();
+    std::vector<PageLock> batch;
+    batch.push_back(tr_.lock(P(7)));
+    EXPECT_FALSE(tr_.pass_active(batch.front())) << "ACT 0: the hand zaps it (4)";
+    tr_.deactivate(batch);
+    EXPECT_EQ(table_.peek(P(7)).state(), PageState::inactive);
+    EXPECT_EQ(table_.peek(P(7)).active(), 0u);
+    EXPECT_EQ(kernel_.history(), (std::vector<FakePageKernel::Call>{{Op::zap, 7, 1}}));
+    expect_consistent();
+}
+
+TEST_F(FakeTransitionsTest, Row4aACleanCopyKeepsItsSlotAndWriteProtectionWhileActive) {
+    // Swapped in clean (row 10, WP), zapped (4), used again (3: ACT set, still WP).
+    make_swapped(12, 12);
+    {
+        PageLock lk = tr_.lock(P(12));
+        ASSERT_TRUE(tr_.fault_swapped(lk, *ring_));
+    }
+    {
+        std::vector<PageLock> batch;
+        batch.push_back(tr_.lock(P(12)));
+        tr_.deactivate(batch);
+    }
+    {
+        PageLock lk = tr_.lock(P(12));
+        ASSERT_TRUE(tr_.fault_minor(lk));
+    }
+    const PageEntry e = table_.peek(P(12));
+    ASSERT_EQ(e.state(), PageState::resident);
+    ASSERT_TRUE(e.clean());
+    EXPECT_EQ(e.active(), Transitions::kActiveSweeps);
+    {
+        PageLock lk = tr_.lock(P(12));
+        ASSERT_TRUE(tr_.pass_active(lk));
+        EXPECT_TRUE(lk.entry().clean());
+        EXPECT_EQ(lk.entry().vslot(), e.vslot());
+    }
+    EXPECT_EQ(kernel_.view(P(12)), View::mapped_wp);
+    expect_consistent();
+}
+
 TEST_F(FakeTransitionsTest, Row4DeactivateZapsContiguousRunsButNeverAcrossARegion) {
     for (std::uint64_t i = 29; i < 36; ++i) make_resident(i, i);
     kernel_.clear_history();
