@@ -18,8 +18,11 @@
 #          snapshotted in: a pass over all M MiB, its resident limit lifted right
 #          after the restore, so that every swapped page comes in once: lazily, one
 #          fault at a time, or ahead of the guest in the recorded order). Not the
-#          issue's 10 % working set (memtouch touches everything; snapshot_bench
-#          measures the 10 % pass at the guestmem level).
+#          issue's 10 % working set (memtouch touches everything): that is
+#   ws     the same guest with hot=M/10 (after its first pass it sweeps only its
+#          first M/10 MiB, as a service does its working set), snapshotted at the
+#          same swapped fraction and restored the same three ways; each restore
+#          times the hot pass it was snapshotted in.
 # Keys (per M, lists indexed like snap_guest_mib):
 #   snap_guest_bytes_ratio_vs_full, snap_guest_ms_ratio_vs_full   swapped / full
 #   restore_first_insn_ms      median over the 3 restores of to_first_insn_us / 1000
@@ -27,6 +30,8 @@
 #   restore_guest_pass_lazy_ms, restore_guest_pass_prefetch_ms, restore_guest_prefetch_speedup
 #                              (the faster lazy pass / the prefetch pass)
 #   snap_guest_swapped_fraction   swapped pages / M at the snapshot
+#   restore_ws_pass_lazy_ms, restore_ws_pass_prefetch_ms, restore_ws_prefetch_speedup
+#                              the same for the working-set (hot=M/10) guest
 #   snap_guest_errors          VMs whose memtouch did not verify (must be 0)
 # Prints a table on stderr and, as the last line, `JSON {...}`; a figure that could
 # not be measured is null and `snap_guest_null_reason` says why (no /dev/kvm, ...).
@@ -48,7 +53,8 @@ log() { echo "[snapshot_guest $(date +%T)] $*" >&2; }
 
 keys=(snap_guest_mib snap_guest_bytes_ratio_vs_full snap_guest_ms_ratio_vs_full restore_first_insn_ms restore_ctl_ms
       restore_guest_pass_lazy_ms restore_guest_pass_prefetch_ms restore_guest_prefetch_speedup
-      snap_guest_swapped_fraction snap_guest_errors)
+      snap_guest_swapped_fraction snap_guest_errors restore_ws_pass_lazy_ms restore_ws_pass_prefetch_ms
+      restore_ws_prefetch_speedup)
 null_json() {  # every key null, with the reason
   local k out="JSON {"
   for k in "${keys[@]}"; do out+="\"$k\":null,"; done
@@ -106,11 +112,45 @@ wait_ended() {
 }
 stop_remove() { ctl vm-stop "$1" --timeout-ms 0 >/dev/null 2>&1; wait_ended "$1"; ctl vm-remove "$1" >/dev/null 2>&1; }
 
+# restores TAG SNAPDIR: lazy (records the working set), prefetch, lazy again; the
+# figures go to R[$m,TAG<mode>_*]. Returns 1 (with why) when one fails.
+restores() {
+  local tag=$1 snap=$2 i=0 mode name t0 us flags
+  for mode in lazy prefetch lazy2; do
+    i=$((i + 1))
+    flags=(--no-fill)
+    [[ $mode != prefetch ]] && flags+=(--no-prefetch)
+    name=${tag}r$i
+    t0=$(now_ms)
+    ctl vm-create "$name" --restore "$snap" "${flags[@]}" --serial-log "$work/$name.serial" >/dev/null ||
+      { why="restore $mode failed: $(tail -n 2 "$work/serve_$m.err")"; return 1; }
+    R[$m,${tag}${mode}_ctl]=$(( $(now_ms) - t0 ))
+    # The restored VM runs without the M/4 limit (set at once, the same for all three
+    # restores): under it, a pass over all M MiB would swap out what a prefetch
+    # brought in before the guest got there.
+    ctl set-limit "$name" 0 >/dev/null || log "set-limit $name 0 failed"
+    for _ in $(seq 1 $((300 * slow))); do
+      us=$(jget "next(v.get('restore', {}).get('to_first_insn_us', '') for v in r['vms'] if v['name'] == '$name')" stats 2>/dev/null)
+      [[ -n $us ]] && break
+      sleep 0.02
+    done
+    R[$m,${tag}${mode}_first_us]=${us:-}
+    # The restored guest's serial log starts empty: its first pass line ends the
+    # pass it was snapshotted in.
+    wait_line "$work/$name.serial" 1 || { why="restore $mode: the guest did not finish its pass"; return 1; }
+    R[$m,${tag}${mode}_pass]=$(( $(now_ms) - t0 ))
+    grep -a 'bad pages' "$work/$name.serial" | grep -avq ', 0 bad pages' && errors=$((errors + 1))
+    stop_remove "$name"
+    log "$m MiB: restore ${tag}$mode: first insn ${R[$m,${tag}${mode}_first_us]:-?} us, vm-create ${R[$m,${tag}${mode}_ctl]} ms, pass ${R[$m,${tag}${mode}_pass]} ms"
+  done
+}
+
 declare -A R
 errors=0 why=""
 for m in "${fit[@]}"; do
   log "$m MiB: serve with one $((m + 64)) MiB swap file"
-  rm -f "$sock"
+  # Serial logs are appended to: the previous size's would satisfy wait_line at once.
+  rm -f "$sock" "$work"/*.serial
   "${sv[@]}" serve --control "$sock" --swap "$work/a.swap,size=$((m + 64))M" --age-scan off --log-level info \
     >"$work/serve_$m.out" 2>"$work/serve_$m.err" &
   serve_pid=$!
@@ -138,35 +178,23 @@ for m in "${fit[@]}"; do
   done
   ctl snapshot-delete "$work/snap_full" >/dev/null || log "snapshot-delete of the full copy failed"
   # Restores of the swapped snapshot: lazy (records the working set), prefetch, lazy.
-  i=0
-  for mode in lazy prefetch lazy2; do
-    i=$((i + 1))
-    flags=(--no-fill)
-    [[ $mode != prefetch ]] && flags+=(--no-prefetch)
-    name=r$i
-    t0=$(now_ms)
-    ctl vm-create "$name" --restore "$work/snap_swapped" "${flags[@]}" --serial-log "$work/$name.serial" >/dev/null ||
-      { why="restore $mode failed: $(tail -n 2 "$work/serve_$m.err")"; break 2; }
-    R[$m,${mode}_ctl]=$(( $(now_ms) - t0 ))
-    # The restored VM runs without the M/4 limit (set at once, the same for all three
-    # restores): under it, a pass over all M MiB would swap out what a prefetch
-    # brought in before the guest got there.
-    ctl set-limit "$name" 0 >/dev/null || log "set-limit $name 0 failed"
-    for _ in $(seq 1 $((300 * slow))); do
-      us=$(jget "next(v.get('restore', {}).get('to_first_insn_us', '') for v in r['vms'] if v['name'] == '$name')" stats 2>/dev/null)
-      [[ -n $us ]] && break
-      sleep 0.02
-    done
-    R[$m,${mode}_first_us]=${us:-}
-    # The restored guest's serial log starts empty: its first pass line ends the
-    # pass it was snapshotted in.
-    wait_line "$work/$name.serial" 1 || { why="restore $mode: the guest did not finish its pass"; break 2; }
-    R[$m,${mode}_pass]=$(( $(now_ms) - t0 ))
-    grep -a 'bad pages' "$work/$name.serial" | grep -avq ', 0 bad pages' && errors=$((errors + 1))
-    stop_remove "$name"
-    log "$m MiB: restore $mode: first insn ${R[$m,${mode}_first_us]:-?} us, vm-create ${R[$m,${mode}_ctl]} ms, pass ${R[$m,${mode}_pass]} ms"
-  done
+  restores "" "$work/snap_swapped" || break
   ctl snapshot-delete "$work/snap_swapped" >/dev/null || log "snapshot-delete failed"
+  # The working set: the same guest with hot=M/10 (after pass 1 it sweeps only its
+  # first M/10 MiB), snapshotted at the same swapped fraction; each restore times
+  # the hot pass it was snapshotted in.
+  ctl vm-create ws --kernel "$elf" --memory $((m + 32))M --resident-limit $((m / 4))M --serial-log "$work/ws.serial" \
+    --cmdline "mib=$m passes=1000000 seed=5 hot=$((m / 10))" >"$work/create.txt" 2>&1 ||
+    { why="vm-create ws failed: $(tail -n 1 "$work/create.txt")"; break; }
+  wait_line "$work/ws.serial" 2 || { why="ws: pass 2 did not end"; break; }
+  for _ in $(seq 1 $((600 * slow))); do
+    (( $(vm_stat ws swapped_bytes) >= m * 7 / 10 * 1048576 )) && break
+    sleep 0.1
+  done
+  reply=$(ctl --json snapshot ws "$work/snap_ws" --stop | tail -n 1) || { why="snapshot of ws failed: $reply"; break; }
+  wait_ended ws && ctl vm-remove ws >/dev/null
+  restores ws_ "$work/snap_ws" || break
+  ctl snapshot-delete "$work/snap_ws" >/dev/null || log "snapshot-delete of ws failed"
   kill "$serve_pid"; wait "$serve_pid" 2>/dev/null; serve_pid=""
   rm -f "$work/a.swap"
 done
@@ -188,7 +216,8 @@ def ratio(a, b, nd=4):
     return round(a / b, nd) if a is not None and b else None
 J = {k: [] for k in ["snap_guest_mib", "snap_guest_bytes_ratio_vs_full", "snap_guest_ms_ratio_vs_full", "restore_first_insn_ms",
                      "restore_ctl_ms", "restore_guest_pass_lazy_ms", "restore_guest_pass_prefetch_ms",
-                     "restore_guest_prefetch_speedup", "snap_guest_swapped_fraction"]}
+                     "restore_guest_prefetch_speedup", "snap_guest_swapped_fraction",
+                     "restore_ws_pass_lazy_ms", "restore_ws_pass_prefetch_ms", "restore_ws_prefetch_speedup"]}
 for m in fit:
     if g(m, "swapped_bytes") is None:
         continue  # this size did not run (why says where it stopped)
@@ -203,6 +232,10 @@ for m in fit:
     J["restore_guest_pass_lazy_ms"].append(min(lazies) if lazies else None)
     J["restore_guest_pass_prefetch_ms"].append(g(m, "prefetch_pass"))
     J["restore_guest_prefetch_speedup"].append(ratio(min(lazies) if lazies else None, g(m, "prefetch_pass"), 2))
+    ws_lazies = [g(m, x) for x in ("ws_lazy_pass", "ws_lazy2_pass") if g(m, x) is not None]
+    J["restore_ws_pass_lazy_ms"].append(min(ws_lazies) if ws_lazies else None)
+    J["restore_ws_pass_prefetch_ms"].append(g(m, "ws_prefetch_pass"))
+    J["restore_ws_prefetch_speedup"].append(ratio(min(ws_lazies) if ws_lazies else None, g(m, "ws_prefetch_pass"), 2))
     sw = g(m, "swapped_swapped")
     J["snap_guest_swapped_fraction"].append(round(sw * 4096 / (m << 20), 3) if sw is not None else None)
 J = {k: (v if v else None) for k, v in J.items()}
@@ -211,11 +244,13 @@ if why:
     J["snap_guest_null_reason"] = why
 elif not J["snap_guest_mib"]:
     J["snap_guest_null_reason"] = "no size ran"
-print(f"{'MiB':>5} {'bytes ratio':>11} {'ms ratio':>8} {'first insn ms':>13} {'ctl ms':>7} {'pass lazy':>9} {'prefetch':>9} {'speedup':>7}",
-      file=sys.stderr)
+print(f"{'MiB':>5} {'bytes ratio':>11} {'ms ratio':>8} {'first insn ms':>13} {'ctl ms':>7} {'pass lazy':>9} {'prefetch':>9} {'speedup':>7}"
+      f" {'ws lazy':>8} {'ws pref':>8} {'ws sp':>6}", file=sys.stderr)
 for i, m in enumerate(J["snap_guest_mib"] or []):
     print(f"{m:>5} {J['snap_guest_bytes_ratio_vs_full'][i]!s:>11} {J['snap_guest_ms_ratio_vs_full'][i]!s:>8} "
           f"{J['restore_first_insn_ms'][i]!s:>13} {J['restore_ctl_ms'][i]!s:>7} {J['restore_guest_pass_lazy_ms'][i]!s:>9} "
-          f"{J['restore_guest_pass_prefetch_ms'][i]!s:>9} {J['restore_guest_prefetch_speedup'][i]!s:>7}", file=sys.stderr)
+          f"{J['restore_guest_pass_prefetch_ms'][i]!s:>9} {J['restore_guest_prefetch_speedup'][i]!s:>7}"
+          f" {J['restore_ws_pass_lazy_ms'][i]!s:>8} {J['restore_ws_pass_prefetch_ms'][i]!s:>8} {J['restore_ws_prefetch_speedup'][i]!s:>6}",
+          file=sys.stderr)
 print("JSON " + json.dumps(J, separators=(",", ":")))
 PY

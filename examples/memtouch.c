@@ -2,8 +2,13 @@
  * memtouch: the swapvisor memory workload and checker.
  *
  * Parameters (guest command line): mib=N passes=P mode=seq|rand seed=S
- * threads=T, defaults mib=64 passes=2 mode=seq seed=1 threads=1; corrupt=K is
- * a self-test that damages K pages after pass 1 (expect errors=K).
+ * threads=T hot=H, defaults mib=64 passes=2 mode=seq seed=1 threads=1 hot=N;
+ * corrupt=K is a self-test that damages K pages after pass 1 (expect errors=K).
+ *
+ * hot=H (MiB, 1..N) gives the guest a working set: passes after the first
+ * sweep only the first H MiB of each worker's share (H/N of it), the rest keeps
+ * pass 1's pattern, and the final sweep verifies both parts (a snapshot restore
+ * then has a working-set pass to finish: bench/snapshot_guest.sh).
  *
  * threads=T runs T workers, one per CPU (rt_run_workers): worker w owns the
  * page indices [w*pages/T, (w+1)*pages/T) and sweeps only those; all workers
@@ -20,9 +25,9 @@
  * Output: one progress line per sweep, then
  *   RESULT {"guest":"memtouch","ok":..,"pages":..,"passes":..,"threads":..,"errors":..,"mib_per_s":..}
  * Exit: 0 without errors, 1 with errors, 2 for bad parameters or too little RAM.
- * mib_per_s counts N MiB per sweep over P + 1 sweeps (P write sweeps and the
- * final verify) divided by the wall time of all sweeps; 0 if the TSC could not
- * be calibrated.
+ * mib_per_s counts the MiB swept over P + 1 sweeps (N for pass 1 and the final
+ * verify, H for each pass between) divided by the wall time of all sweeps; 0 if
+ * the TSC could not be calibrated.
  */
 #include "runtime/layout.h"
 #include "runtime/rt.h"
@@ -239,6 +244,8 @@ static void corrupt_pages(uint64_t pages) {
 struct job {
   uint64_t pages;
   uint64_t passes;
+  uint64_t hot_mib; /* passes 2..P sweep hot_mib/mib of each worker's share */
+  uint64_t mib;
   bool random;
   unsigned threads;
   uint64_t hz;
@@ -250,16 +257,24 @@ static void worker(unsigned cpu, void* arg) {
   struct job* job = arg;
   uint64_t lo = job->pages * cpu / job->threads;
   uint64_t hi = job->pages * (cpu + 1) / job->threads;
+  uint64_t hot_hi = lo + (hi - lo) * job->hot_mib / job->mib; /* [lo, hot_hi): the working set */
   uint64_t start = rt_rdtsc();
   for (uint64_t pass = 1; pass <= job->passes + 1; ++pass) {
     bool last = pass == job->passes + 1;
     uint64_t errors_before = __atomic_load_n(&g_errors, __ATOMIC_RELAXED);
     uint64_t t0 = rt_rdtsc();
-    sweep(lo, hi, job->random, pass, cpu, pass - 1, last ? 0 : pass);
+    if (pass == 1) {
+      sweep(lo, hi, job->random, pass, cpu, 0, last ? 0 : 1);
+    } else if (!last) {
+      sweep(lo, hot_hi, job->random, pass, cpu, pass - 1, pass);
+    } else {
+      sweep(lo, hot_hi, job->random, pass, cpu, pass - 1, 0);
+      sweep(hot_hi, hi, job->random, pass, cpu, 1, 0); /* the cold part: pass 1's pattern */
+    }
     rt_barrier_wait(&job->barrier); /* every slice done: the error count is complete */
     uint64_t t1 = rt_rdtsc();
     if (cpu == 0) {
-      uint64_t mib = job->pages / (RT_MIB / RT_PAGE_SIZE);
+      uint64_t mib = pass == 1 || last ? job->mib : job->hot_mib;
       if (last) {
         rt_printf("memtouch: final verify of pass %lu: ", job->passes);
       } else if (pass == 1) {
@@ -283,6 +298,7 @@ int main(void) {
   g_seed = arg_u64("seed", 1);
   g_corrupt = arg_u64("corrupt", 0);
   uint64_t threads64 = arg_u64("threads", 1);
+  uint64_t hot_mib = arg_u64("hot", mib);
   bool random = strcmp(mode, "rand") == 0;
   if (!random && strcmp(mode, "seq") != 0) {
     rt_printf("memtouch: error: mode=%s is not seq or rand\n", mode);
@@ -291,6 +307,10 @@ int main(void) {
   if (mib == 0 || passes == 0 || mib > (UINT64_MAX / RT_MIB) || passes > 1000000) {
     rt_printf("memtouch: error: need mib >= 1 and 1 <= passes <= 1000000 (mib=%lu passes=%lu)\n",
               mib, passes);
+    return 2;
+  }
+  if (hot_mib == 0 || hot_mib > mib) {
+    rt_printf("memtouch: error: hot=%lu is not in 1..mib (%lu)\n", hot_mib, mib);
     return 2;
   }
   if (threads64 == 0 || threads64 > RT_MAX_CPUS) {
@@ -307,8 +327,8 @@ int main(void) {
               mib, pages / (RT_MIB / RT_PAGE_SIZE), low, rt_mapped_limit());
     return 2;
   }
-  rt_printf("memtouch: mib=%lu passes=%lu mode=%s seed=%lu: %lu pages in %zu range(s)\n", mib,
-            passes, random ? "rand" : "seq", g_seed, pages, g_nseg);
+  rt_printf("memtouch: mib=%lu passes=%lu mode=%s seed=%lu hot=%lu: %lu pages in %zu range(s)\n", mib,
+            passes, random ? "rand" : "seq", g_seed, hot_mib, pages, g_nseg);
   for (size_t s = 0; s < g_nseg; ++s) {
     rt_printf("memtouch:   [0x%lx - 0x%lx)\n", g_seg[s].first_gfn * RT_PAGE_SIZE,
               (g_seg[s].first_gfn + g_seg[s].pages) * RT_PAGE_SIZE);
@@ -324,7 +344,7 @@ int main(void) {
     rt_printf("memtouch: %u workers on %u CPUs\n", threads, cpus);
   }
 
-  struct job job = {pages, passes, random, threads, hz, 0, {0}};
+  struct job job = {pages, passes, hot_mib, mib, random, threads, hz, 0, {0}};
   rt_barrier_init(&job.barrier, threads);
   rt_run_workers(threads, worker, &job);
   uint64_t cycles = job.cycles;
@@ -333,7 +353,7 @@ int main(void) {
   uint64_t rate10 = 0;
   if (hz && cycles) {
     /* mib * sweeps * 10 * hz may overflow for huge runs: divide first then. */
-    uint64_t total_mib = mib * sweeps;
+    uint64_t total_mib = mib * 2 + hot_mib * (sweeps - 2); /* pass 1, hot passes, final */
     if (total_mib < UINT64_MAX / 10 / hz) {
       rate10 = total_mib * 10 * hz / cycles;
     } else {

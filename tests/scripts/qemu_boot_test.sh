@@ -93,6 +93,10 @@ boot memtouch-rand "$memtouch" "mib=64 passes=2 mode=rand seed=3" 1 \
 # The checker must be able to fail: 5 damaged pages -> ok false, exit(1).
 boot memtouch-corrupt "$memtouch" "mib=16 passes=2 corrupt=5" 3 \
   '"ok":false' '"pages":4096' '"errors":5'
+# hot=: a working set (passes 2.. sweep the first H MiB, the final sweep checks both
+# parts against their own last pass); damage in either part is found.
+boot memtouch-hot "$memtouch" "mib=32 passes=4 hot=4" 1 '"ok":true' '"pages":8192' '"passes":4' '"errors":0'
+boot memtouch-hot-corrupt "$memtouch" "mib=16 passes=3 hot=2 corrupt=5" 3 '"ok":false' '"errors":5'
 # kvs: both value contents (issue #19: random values do not compress, text-like
 # ones do), and its checker must be able to fail too.
 boot kvs-random "$kvs" "mib=16 ops=20000 content=random" 1 '"guest":"kvs"' '"ok":true' '"errors":0'
