@@ -144,8 +144,12 @@ std::vector<std::uint8_t> encode_page_table(std::span<const std::uint8_t> kinds,
 
 std::vector<std::uint8_t> encode_manifest(std::uint64_t memory_bytes, const SnapshotCounts& c,
                                           std::span<const SlotRef> refs) {
+    // Distinct device UUIDs first, text last: formatting one per swapped page cost
+    // ~0.08 us each: 257-266 -> 244-249 ms for a 1 GiB VM with 198k swapped pages.
+    std::set<decltype(SlotRef::uuid)> uuids;
+    for (const SlotRef& r : refs) uuids.insert(r.uuid);
     std::set<std::string> devices;
-    for (const SlotRef& r : refs) devices.insert(swap::uuid_text(r.uuid));
+    for (const auto& u : uuids) devices.insert(swap::uuid_text(u));
     nlohmann::json j = {
         {"format", "swapvisor-memory-snapshot"},
         {"version", kMemorySnapshotVersion},
