@@ -115,6 +115,7 @@ Result<void> FaultService::attach(FaultClient& client, unsigned vcpus) {
     std::lock_guard lk(mutex_);
     SWV_ASSERT(client.id_ == 0, "a fault client attached twice");
     client.id_ = next_id_++;
+    client.leaving_.store(false, std::memory_order_release);
     client.cap_ = cap_for(vcpus);
     client.serving_ = client.active_ = client.parked_ = 0;
     epoll_event ev{.events = EPOLLIN | EPOLLONESHOT, .data = {.u64 = client.id_}};
@@ -136,6 +137,7 @@ void FaultService::detach(FaultClient& client) {
     clients_.erase(client.id_);
     std::erase(order_, &client);
     client.id_ = 0;
+    client.leaving_.store(true, std::memory_order_release);  // a worker polling it stops
     // Kernel contract: epoll_ctl(2) DEL; an event already returned to a worker names
     // the old id, which no longer finds the client.
     (void)::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, client.userfault_fd(), nullptr);
@@ -212,7 +214,9 @@ void FaultService::serve_event(std::uint64_t id, io::Ring& ring) {
         // Kernel contract: read(2) of a non-blocking userfaultfd returns whole
         // messages; EAGAIN when there is none (a spurious wake-up, or the end of a
         // streak).
-        const ssize_t got = ::read(c->userfault_fd(), &msg, sizeof msg);
+        ssize_t got = ::read(c->userfault_fd(), &msg, sizeof msg);
+        // None yet, after one of this VM's faults: its vCPU may fault again at once.
+        if (got < 0 && streak > 1) got = poll_next(*c, msg);
         const MonoTime seen = mono_now();  // the fault has waited since at least now (stall.hpp)
         const bool fault = got == static_cast<ssize_t>(sizeof msg) && msg.event == UFFD_EVENT_PAGEFAULT;
         {
@@ -237,6 +241,23 @@ void FaultService::serve_event(std::uint64_t id, io::Ring& ring) {
         leave_locked(*c);
         return;
     }
+}
+
+ssize_t FaultService::poll_next(FaultClient& client, uffd_msg& msg) {
+    const std::chrono::microseconds window(poll_us_.load(std::memory_order_relaxed));
+    if (window.count() <= 0 || polling_.exchange(true, std::memory_order_acquire)) return -1;
+    ssize_t got = -1;
+    const MonoTime until = mono_now() + window;
+    while (got < 0 && !client.leaving_.load(std::memory_order_acquire) && mono_now() < until) {
+#if defined(__x86_64__)
+        __builtin_ia32_pause();
+#endif
+        // Kernel contract: as serve_event's read (whole messages, EAGAIN when none).
+        got = ::read(client.userfault_fd(), &msg, sizeof msg);
+    }
+    polling_.store(false, std::memory_order_release);
+    if (got == static_cast<ssize_t>(sizeof msg)) polled_faults_.fetch_add(1, std::memory_order_relaxed);
+    return got;
 }
 
 void FaultService::worker_loop() {

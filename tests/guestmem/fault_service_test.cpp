@@ -252,6 +252,46 @@ TEST(FaultServiceTest, DetachWaitsForTheWorkerInsideAndTheUffdLeavesTheSet) {
     EXPECT_EQ(a.served(), 1u) << "a worker read a detached VM's uffd";
 }
 
+// After serving a VM's fault a worker reads that VM's uffd again for a while (the
+// poll window): the next fault is picked up without an epoll wake-up. A detach stops
+// the poll at once, and a window of 0 turns it off.
+TEST(FaultServiceTest, AWorkerPollsTheVmItJustServedAndDetachStopsThePoll) {
+    if (!ring_available()) GTEST_SKIP() << "SKIPPED LOUDLY: io_uring unavailable";
+    FaultService service(2);
+    service.set_poll_window(std::chrono::microseconds(5s));
+    FakeVm a(FakeVm::Mode::serve);
+    ASSERT_TRUE(service.attach(a, 1).has_value());
+    {
+        Attached guard{service, a};
+        a.fault(0);
+        ASSERT_TRUE(a.wait_for([](const FakeVm& v) { return v.served() == 1; }));
+        std::this_thread::sleep_for(50ms);  // the worker polls; epoll has nothing
+        a.fault(1 << 12);
+        ASSERT_TRUE(a.wait_for([](const FakeVm& v) { return v.served() == 2; }));
+        EXPECT_EQ(service.polled_faults(), 1u) << "the second fault came through epoll, not the poll";
+        // The worker polls again (5 s): detach must not wait for the window.
+        std::this_thread::sleep_for(50ms);
+        const auto t0 = std::chrono::steady_clock::now();
+        service.detach(a);
+        EXPECT_LT(std::chrono::steady_clock::now() - t0, 2s) << "detach waited for the poll window";
+    }
+    a.fault(2 << 12);  // detached: nobody reads it
+    std::this_thread::sleep_for(50ms);
+    EXPECT_EQ(a.served(), 2u);
+
+    FaultService off(2);
+    off.set_poll_window(std::chrono::microseconds(0));
+    FakeVm b(FakeVm::Mode::serve);
+    ASSERT_TRUE(off.attach(b, 1).has_value());
+    Attached guard_b{off, b};
+    b.fault(0);
+    ASSERT_TRUE(b.wait_for([](const FakeVm& v) { return v.served() == 1; }));
+    std::this_thread::sleep_for(20ms);
+    b.fault(1 << 12);
+    ASSERT_TRUE(b.wait_for([](const FakeVm& v) { return v.served() == 2; }));
+    EXPECT_EQ(off.polled_faults(), 0u);
+}
+
 TEST(FaultServiceTest, DefaultWorkersAreTwicePerCoreAtLeastFour) {
     const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
     EXPECT_EQ(FaultService::default_workers(), std::max(4u, 2 * cores));
