@@ -6,12 +6,14 @@
 // release leaving no slot used; the filler and recorded-order prefetch; bad input.
 #include <gtest/gtest.h>
 
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -152,6 +154,40 @@ TEST_F(SnapshotTest, PrivilegedSaveHalfSwappedDestroyRestoreReadsEveryByteAndRel
     EXPECT_EQ(used_slots(*pool_), 0u);
     EXPECT_EQ(pool_->shared_vslots(), 0u);
     EXPECT_FALSE(fs::exists(snap_dir_ / kMemoryManifest));
+}
+
+// A save whose image cannot be written (a full file system: ENOSPC from a writer
+// thread of one of the walkers) fails with that error, leaves no snapshot and no
+// temporary file, holds no slot (every walker's references are dropped), and the VM
+// runs on with every byte; a save elsewhere then works.
+TEST_F(SnapshotTest, PrivilegedASaveThatCannotWriteItsImageLeavesNoSnapshotAndHoldsNoSlot) {
+    const fs::path small = dir_ / "small";
+    fs::create_directories(small);
+    // Kernel contract: mount(2) of a tmpfs sized 256 KiB; EPERM without CAP_SYS_ADMIN.
+    if (::mount("swv-small", small.c_str(), "tmpfs", 0, "size=256k") != 0)
+        GTEST_SKIP() << "SKIPPED LOUDLY: cannot mount a small tmpfs (" << std::strerror(errno) << ")";
+    struct Unmount {
+        fs::path p;
+        ~Unmount() { ::umount2(p.c_str(), MNT_DETACH); }
+    } unmount{small};
+    auto vm = make_half_swapped(1);
+    const std::uint64_t allocated = pool_->allocated_vslots();
+    auto snap = vm->save(small / "snap");
+    ASSERT_FALSE(snap) << "a save into 256 KiB succeeded";
+    EXPECT_TRUE(snap.error().is(std::errc::no_space_on_device)) << snap.error().message();
+    EXPECT_FALSE(fs::exists(small / "snap" / kMemoryManifest));
+    EXPECT_FALSE(fs::exists(small / "snap" / ".memory.img.tmp"));
+    EXPECT_FALSE(fs::exists(small / "snap" / kMemoryImage));
+    EXPECT_EQ(pool_->shared_vslots(), 0u) << "a failed save still holds slots";
+    EXPECT_EQ(pool_->allocated_vslots(), allocated);
+    EXPECT_EQ(bad_pages(vm->regions()[0].guest_view, original_seed), 0u);
+    auto ok = vm->save(snap_dir_);
+    ASSERT_TRUE(ok) << ok.error().message();
+    EXPECT_EQ((*ok)->held_vslots(), (*ok)->counts().swapped);
+    vm->stop();
+    vm.reset();
+    ASSERT_TRUE(delete_memory_snapshot(std::move(*ok)));
+    EXPECT_EQ(used_slots(*pool_), 0u);
 }
 
 TEST_F(SnapshotTest, PrivilegedTwoClonesDivergeAndTheRunningVmsWritesNeverReachTheSnapshot) {
