@@ -28,6 +28,12 @@
 #          would decide the figure).
 # Keys (per M, lists indexed like snap_guest_mib):
 #   snap_guest_bytes_ratio_vs_full, snap_guest_ms_ratio_vs_full   swapped / full
+#   snap_guest_full_ms_vs_fio, snap_guest_swapped_ms_vs_fio   each snapshot's time over
+#                              fio writing the same bytes into a new file in DIR
+#                              (1 MiB O_DIRECT writes, depth 6, end_fsync; median of
+#                              SNAP_REPS), right after the snapshots: the disk's peer
+#   snap_guest_fio_ms_ratio    fio's swapped-size time / its full-size time: what the
+#                              disk alone gives the ms ratio (null without fio)
 #   restore_first_insn_ms      median over the 3 restores of to_first_insn_us / 1000
 #   restore_ctl_ms             median wall time of `ctl vm-create --restore`
 #   restore_guest_pass_lazy_ms, restore_guest_pass_prefetch_ms, restore_guest_prefetch_speedup
@@ -56,7 +62,8 @@ reps=${SNAP_REPS:-3}
 slow=${SWV_TEST_SLOW:-1}
 log() { echo "[snapshot_guest $(date +%T)] $*" >&2; }
 
-keys=(snap_guest_mib snap_guest_bytes_ratio_vs_full snap_guest_ms_ratio_vs_full restore_first_insn_ms restore_ctl_ms
+keys=(snap_guest_mib snap_guest_bytes_ratio_vs_full snap_guest_ms_ratio_vs_full snap_guest_fio_ms_ratio
+      snap_guest_full_ms_vs_fio snap_guest_swapped_ms_vs_fio restore_first_insn_ms restore_ctl_ms
       restore_guest_pass_lazy_ms restore_guest_pass_prefetch_ms restore_guest_prefetch_speedup
       snap_guest_swapped_fraction snap_guest_errors restore_ws_pass_lazy_ms restore_ws_pass_prefetch_ms
       restore_ws_prefetch_speedup)
@@ -152,7 +159,7 @@ restores() {
 }
 
 declare -A R
-errors=0 why=""
+errors=0 why="" fio_why=""
 for m in "${fit[@]}"; do
   log "$m MiB: serve with one $((m + 64)) MiB swap file"
   # Serial logs are appended to: the previous size's would satisfy wait_line at once.
@@ -194,6 +201,27 @@ for m in "${fit[@]}"; do
     log "$m MiB: snapshot of $kind: ${R[$m,${kind}_bytes]} bytes, ${R[$m,${kind}_ms]} ms (median of ${times[*]}), ${R[$m,${kind}_swapped]} pages swapped"
   done
   ctl snapshot-delete "$work/snap_full" >/dev/null || log "snapshot-delete of the full copy failed"
+  # The disk's peer: fio writing each snapshot's bytes the way the image writer does.
+  if command -v fio >/dev/null; then
+    for kind in full swapped; do
+      b=${R[$m,${kind}_bytes]}
+      fmib=$(( (b + 1048575) / 1048576 ))
+      times=()
+      for rep in $(seq 1 "$reps"); do
+        rm -f "$work/fio.dat"
+        t=$(fio --name=snap --filename="$work/fio.dat" --size=${fmib}M --rw=write --bs=1M --iodepth=6 --direct=1 \
+              --ioengine=io_uring --end_fsync=1 --output-format=json 2>/dev/null |
+            python3 -c "import json,sys; print(json.load(sys.stdin)['jobs'][0]['job_runtime'])") || t=""
+        [[ -n $t ]] && times+=("$t")
+      done
+      rm -f "$work/fio.dat"
+      [[ ${#times[@]} -gt 0 ]] &&
+        R[$m,fio_${kind}_ms]=$(python3 -c "import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))" "${times[@]}")
+      log "$m MiB: fio writing the $kind snapshot's ${fmib} MiB: ${R[$m,fio_${kind}_ms]:-?} ms (median of ${times[*]})"
+    done
+  else
+    fio_why="fio not installed: no disk peer for the snapshot times"
+  fi
   # Restores of the swapped snapshot: lazy (records the working set), prefetch, lazy.
   restores "" "$work/snap_swapped" 1 || break
   ctl snapshot-delete "$work/snap_swapped" >/dev/null || log "snapshot-delete failed"
@@ -220,10 +248,10 @@ done
 # The table and the JSON line (python: medians, ratios, nulls with the reason).
 args=()
 for k in "${!R[@]}"; do args+=("$k" "${R[$k]}"); done
-python3 - "$errors" "$why" "${fit[*]}" "${args[@]}" <<'PY'
+python3 - "$errors" "$why" "${fit[*]}" "$fio_why" "${args[@]}" <<'PY'
 import json, statistics, sys
-errors, why, fit = int(sys.argv[1]), sys.argv[2], [int(x) for x in sys.argv[3].split()]
-R = dict(zip(sys.argv[4::2], sys.argv[5::2]))
+errors, why, fit, fio_why = int(sys.argv[1]), sys.argv[2], [int(x) for x in sys.argv[3].split()], sys.argv[4]
+R = dict(zip(sys.argv[5::2], sys.argv[6::2]))
 def g(m, k):
     v = R.get(f"{m},{k}", "")
     try:
@@ -232,7 +260,8 @@ def g(m, k):
         return None
 def ratio(a, b, nd=4):
     return round(a / b, nd) if a is not None and b else None
-J = {k: [] for k in ["snap_guest_mib", "snap_guest_bytes_ratio_vs_full", "snap_guest_ms_ratio_vs_full", "restore_first_insn_ms",
+J = {k: [] for k in ["snap_guest_mib", "snap_guest_bytes_ratio_vs_full", "snap_guest_ms_ratio_vs_full",
+                     "snap_guest_fio_ms_ratio", "snap_guest_full_ms_vs_fio", "snap_guest_swapped_ms_vs_fio", "restore_first_insn_ms",
                      "restore_ctl_ms", "restore_guest_pass_lazy_ms", "restore_guest_pass_prefetch_ms",
                      "restore_guest_prefetch_speedup", "snap_guest_swapped_fraction",
                      "restore_ws_pass_lazy_ms", "restore_ws_pass_prefetch_ms", "restore_ws_prefetch_speedup"]}
@@ -242,6 +271,9 @@ for m in fit:
     J["snap_guest_mib"].append(m)
     J["snap_guest_bytes_ratio_vs_full"].append(ratio(g(m, "swapped_bytes"), g(m, "full_bytes")))
     J["snap_guest_ms_ratio_vs_full"].append(ratio(g(m, "swapped_ms"), g(m, "full_ms")))
+    J["snap_guest_fio_ms_ratio"].append(ratio(g(m, "fio_swapped_ms"), g(m, "fio_full_ms")))
+    J["snap_guest_full_ms_vs_fio"].append(ratio(g(m, "full_ms"), g(m, "fio_full_ms"), 3))
+    J["snap_guest_swapped_ms_vs_fio"].append(ratio(g(m, "swapped_ms"), g(m, "fio_swapped_ms"), 3))
     firsts = [g(m, f"{x}_first_us") for x in ("lazy", "prefetch", "lazy2") if g(m, f"{x}_first_us") is not None]
     J["restore_first_insn_ms"].append(round(statistics.median(firsts) / 1000, 2) if firsts else None)
     ctls = [g(m, f"{x}_ctl") for x in ("lazy", "prefetch", "lazy2") if g(m, f"{x}_ctl") is not None]
@@ -257,15 +289,19 @@ for m in fit:
     sw = g(m, "swapped_swapped")
     J["snap_guest_swapped_fraction"].append(round(sw * 4096 / (m << 20), 3) if sw is not None else None)
 J = {k: (v if v else None) for k, v in J.items()}
+if fio_why:
+    J["snap_guest_fio_null_reason"] = fio_why
 J["snap_guest_errors"] = errors if J["snap_guest_mib"] else None
 if why:
     J["snap_guest_null_reason"] = why
 elif not J["snap_guest_mib"]:
     J["snap_guest_null_reason"] = "no size ran"
-print(f"{'MiB':>5} {'bytes ratio':>11} {'ms ratio':>8} {'first insn ms':>13} {'ctl ms':>7} {'pass lazy':>9} {'prefetch':>9} {'speedup':>7}"
+print(f"{'MiB':>5} {'bytes ratio':>11} {'ms ratio':>8} {'fio ratio':>9} {'full/fio':>8} {'swp/fio':>7} {'first insn ms':>13} {'ctl ms':>7} {'pass lazy':>9} {'prefetch':>9} {'speedup':>7}"
       f" {'ws lazy':>8} {'ws pref':>8} {'ws sp':>6}", file=sys.stderr)
 for i, m in enumerate(J["snap_guest_mib"] or []):
+    fio3 = [(J[k] or [None] * (i + 1))[i] for k in ("snap_guest_fio_ms_ratio", "snap_guest_full_ms_vs_fio", "snap_guest_swapped_ms_vs_fio")]
     print(f"{m:>5} {J['snap_guest_bytes_ratio_vs_full'][i]!s:>11} {J['snap_guest_ms_ratio_vs_full'][i]!s:>8} "
+          f"{fio3[0]!s:>9} {fio3[1]!s:>8} {fio3[2]!s:>7} "
           f"{J['restore_first_insn_ms'][i]!s:>13} {J['restore_ctl_ms'][i]!s:>7} {J['restore_guest_pass_lazy_ms'][i]!s:>9} "
           f"{J['restore_guest_pass_prefetch_ms'][i]!s:>9} {J['restore_guest_prefetch_speedup'][i]!s:>7}"
           f" {J['restore_ws_pass_lazy_ms'][i]!s:>8} {J['restore_ws_pass_prefetch_ms'][i]!s:>8} {J['restore_ws_prefetch_speedup'][i]!s:>6}",
