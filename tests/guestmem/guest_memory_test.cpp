@@ -4,6 +4,8 @@
 // userfaultfd path as a vCPU's (the KVM path is covered in tests/integration).
 #include <gtest/gtest.h>
 
+#include <cstdio>
+
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -205,10 +207,21 @@ TEST_F(GuestMemoryTest, CleanTrackingFollowsTheWorkload) {
     EXPECT_GT(rw.swap_in_pages, 4 * pages);
     EXPECT_LT(rw.wp_faults, rw.swap_in_pages / 3) << "swap-ins " << rw.swap_in_pages;
     // Read-only passes: the sampled clean copies are reused, tracking resumes, and
-    // evictions become clean drops instead of writes.
-    for (int i = 0; i < 4; ++i) ASSERT_EQ(verify_pass(g, pages, 6), 0u);
-    MemStats ro = vm->stats();
-    EXPECT_GT(ro.clean_drops - rw.clean_drops, pages) << "clean drops did not come back";
+    // evictions become clean drops instead of writes. The policy decides per 1024
+    // outcomes of the one batch in 8 it still tracks, so how many passes the switch
+    // back takes depends on how far the reclaimer lags the reader (under TSan, on 2
+    // loaded cores, 4 passes once gave only 1046 drops): read until more than a pass
+    // worth of drops came back, at most 12 passes, and say how many it took.
+    MemStats ro = rw;
+    int passes = 0;
+    while (passes < 12 && ro.clean_drops - rw.clean_drops <= pages) {
+        ASSERT_EQ(verify_pass(g, pages, 6), 0u);
+        ++passes;
+        ro = vm->stats();
+    }
+    EXPECT_GT(ro.clean_drops - rw.clean_drops, pages) << "clean drops did not come back in " << passes << " read passes";
+    std::printf("clean drops came back within %d read-only passes (%llu drops)\n", passes,
+                static_cast<unsigned long long>(ro.clean_drops - rw.clean_drops));
     vm->stop();
     EXPECT_EQ(pool_->allocated_vslots(), vm->referenced_vslots());
 }
