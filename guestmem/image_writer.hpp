@@ -37,8 +37,11 @@ class ImageWriter {
 public:
     static constexpr std::size_t kBufferPages = 256;  // 1 MiB per staging buffer
     static constexpr std::size_t kBuffers = 6;
-    // Writes in flight at once: one O_DIRECT write at a time reached ~1.3 GB/s on
-    // an NVMe that takes ~2 GB/s at queue depth 2-3 (docs/PERFORMANCE.md#snapshot).
+    // Writes in flight per walker, so that the disk has a queue while the walker
+    // copies. On the development host's disk the snapshot ran at fio's speed for its
+    // bytes with 1 walker and with 2 (3 and 6 writes in flight) alike; a faster NVMe
+    // needs the depth (docs/PERFORMANCE.md, "Snapshot time, since the O_DIRECT image
+    // writer"; DESIGN-NOTES 57).
     static constexpr std::size_t kWriters = 3;
 
     // Writes into fd (borrowed; open for writing; O_DIRECT is set on it here where
