@@ -38,6 +38,7 @@ AutoDecision AutoLimit::decide(const AutoLimitInput& in) {
         target_ = clamp(in.limit_bytes ? in.limit_bytes : std::max(in.resident_bytes, floor));
         lagging_limit_ = target_;
         last_ = in.now;
+        started_ = in.now;
         last_stall_ns_ = in.stall_some_ns;
         last_backoff_ = in.now - std::chrono::hours(1);
         last_decision_ = AutoDecision{AutoAction::hold, target_, std::nullopt, target_,
@@ -66,6 +67,17 @@ AutoDecision AutoLimit::decide(const AutoLimitInput& in) {
     const bool settled = in.now - last_backoff_ >= std::chrono::seconds(60);
     const bool refaulting = config_.refault_target && in.refault_ws_per_min > *config_.refault_target;
     const bool over = p_now > t || refaulting;
+    // The need by the cold-age histogram (0: not fresh enough to size by).
+    const bool ages_fresh = config_.cold_age.count() > 0 && in.ages_age_ms > 0 &&
+                            std::chrono::milliseconds(in.ages_age_ms) <= 3 * config_.interval;
+    const std::uint64_t hot_need =
+        ages_fresh ? clamp(in.hot_bytes + std::max(static_cast<std::uint64_t>(static_cast<double>(in.hot_bytes) * config_.hot_margin),
+                                                   config_.hot_margin_bytes))
+                   : 0;
+    // A drop to the need waits until the histogram's window holds no time the VM spent
+    // under a limit a back-off found too small (it would have touched less then).
+    const bool calm = in.now - last_backoff_ >= config_.cold_age + config_.interval && p_now <= t &&
+                      in.stall_some_avg10 <= t;
 
     AutoDecision d;
     const std::uint64_t before = target_;
@@ -74,9 +86,20 @@ AutoDecision AutoLimit::decide(const AutoLimitInput& in) {
         // Full back-off from 11x the target (a VM thrashing); a stall a little over the
         // target (the probe just went below the working set) grows the limit a little.
         const double excess = p > t ? std::min(1.0, (p - t) / (10 * t)) : 1.0;  // refaults alone: fully
+        // The stall was measured under the limit in force: where the host budget held
+        // the VM under its target, it says nothing about the target, and growing the
+        // target on it only inflates the VM's claim (auto_bench: steady and grow
+        // climbed to their whole memory while their shares stayed at 100-135 MiB, and
+        // claimed the budget from the others). So grow from the limit in force.
+        const std::uint64_t base = in.limit_bytes && in.limit_bytes < target_ ? in.limit_bytes : target_;
         const auto grow = std::max<std::uint64_t>(
-            config_.min_backoff_bytes, static_cast<std::uint64_t>(static_cast<double>(target_) * config_.backoff_ratio * excess));
-        target_ = clamp(target_ + grow);
+            config_.min_backoff_bytes, static_cast<std::uint64_t>(static_cast<double>(base) * config_.backoff_ratio * excess));
+        std::uint64_t grown = clamp(base + grow);
+        // A VM that stalls touches its hot set within the window: where the histogram
+        // is fresh and the window no longer holds the VM's start (its boot and fill,
+        // which touch everything), that is what it needs, capped or not.
+        if (hot_need > 0 && in.now - started_ >= config_.cold_age + config_.interval) grown = std::max(grown, hot_need);
+        target_ = std::max(target_, grown);
         last_backoff_ = in.now;
         d.action = AutoAction::back_off;
         d.reason = refaulting && !(p_now > t)
@@ -84,13 +107,21 @@ AutoDecision AutoLimit::decide(const AutoLimitInput& in) {
                                      in.refault_ws_per_min, *config_.refault_target, mib(before), mib(target_))
                        : fmt::format("back-off: stall {:.2f}% over the last {:.0f} s, over {:.2f}%; {} -> {}",
                                      p_now * 100, span / 1e9, t * 100, mib(before), mib(target_));
+    } else if (hot_need > 0 && calm && hot_need < std::min(target_, std::max(page_align(in.resident_bytes), floor))) {
+        target_ = hot_need;
+        d.action = AutoAction::probe;
+        d.reason = fmt::format("probe: {} touched within {} s (+ margin), stall {:.2f}% under {:.2f}%; {} -> {}",
+                               mib(in.hot_bytes), config_.cold_age.count(), p_now * 100, t * 100, mib(before),
+                               mib(target_));
     } else if (p60 <= t && settled) {
         // A limit above what the VM holds is free to lower to it.
         const std::uint64_t base = std::min(target_, std::max(page_align(in.resident_bytes), floor));
         const double room = 1.0 - std::max(p_now, p60) / t;  // 1 with no stall, 0 at the target
         const auto shrink = std::max<std::uint64_t>(
             room > 0 ? kMinProbe : 0, static_cast<std::uint64_t>(static_cast<double>(base) * config_.probe_ratio * room));
-        target_ = clamp(base > shrink ? base - shrink : 0);
+        // A fresh histogram says what the VM touched within cold_age: the probe does
+        // not dip under it (that would be a stall by construction).
+        target_ = std::max(clamp(base > shrink ? base - shrink : 0), std::min(hot_need, before));
         d.action = target_ < before ? AutoAction::probe : AutoAction::hold;
         d.reason = d.action == AutoAction::probe
                        ? fmt::format("probe: stall {:.2f}% (60 s) under {:.2f}%; {} -> {}", p60 * 100, t * 100,
@@ -113,6 +144,13 @@ AutoDecision AutoLimit::decide(const AutoLimitInput& in) {
     d.fresh = true;
     last_decision_ = d;
     return d;
+}
+
+std::optional<std::uint64_t> pages_within(const AgeSnapshot& ages, std::chrono::seconds age) {
+    std::optional<std::uint64_t> pages;
+    for (std::size_t i = 0; i + 1 < kAgeBucketCount; ++i)
+        if (kAgeBuckets[i].le_seconds <= static_cast<std::uint64_t>(age.count())) pages = ages.cumulative[i];
+    return pages;
 }
 
 std::uint64_t effective_floor(const AutoLimitConfig& config, std::uint64_t memory_bytes) {

@@ -16,6 +16,15 @@
 //     10 s average would keep a burst in view for 10 s and back off on it ten times.)
 //   - never below floor, never above ceiling; a limit above what the VM uses costs
 //     nothing to lower, so a probe starts from min(limit, resident).
+//   - sized by the cold-age histogram where it is fresh (far memory's rule, DESIGN-NOTES
+//     58): what the VM touched within `cold_age` (30 s), plus a margin, is its need.
+//     With no back-off for cold_age + one interval and the last interval and 10 s under
+//     the target, the target drops to that need at once instead of 1 % per interval;
+//     the slow probe never goes under that need. A back-off grows by Senpai's step
+//     from the limit in force (where the host budget holds the VM under its target,
+//     the stall says nothing about the target), and to at least the need once the
+//     window no longer holds the VM's start (a boot or fill touches everything: sizing
+//     by it then gave every VM its whole memory as a claim; DESIGN-NOTES 58).
 //   - with a balloon, a probe first asks the guest (balloon = memory - new target)
 //     and lowers the resident limit one interval later, so the guest gives back
 //     pages it chooses before the host swaps any; a back-off deflates and raises at once.
@@ -45,7 +54,18 @@ struct AutoLimitConfig {
     double probe_ratio = 0.01;               // largest shrink per interval, of the limit
     double backoff_ratio = 0.25;             // largest growth per interval, of the limit
     std::uint64_t min_backoff_bytes = 16ULL << 20;  // smallest growth of a back-off
+    // The cold-age sizing: pages touched within cold_age (a bucket bound of
+    // kAgeBuckets; 0: off, Senpai's probe alone) are the need, plus
+    // max(hot_margin of it, hot_margin_bytes). Used only while the histogram's last
+    // sweep is at most 3 intervals old (the age scan runs every 5 s on auto VMs).
+    std::chrono::seconds cold_age{30};
+    double hot_margin = 0.1;
+    std::uint64_t hot_margin_bytes = 8ULL << 20;
 };
+
+// Touched pages accessed within `age` by the histogram: the cumulative count of the
+// largest bucket bound <= age (nullopt: age is below the first bound).
+std::optional<std::uint64_t> pages_within(const AgeSnapshot& ages, std::chrono::seconds age);
 
 // The floor a VM of `memory_bytes` gets under `config` (before the ceiling): its
 // floor_bytes, or by default min(kDefaultFloor, memory / 8), at least kMinFloor. A
@@ -68,9 +88,14 @@ struct AutoLimitInput {
     double stall_some_avg60 = 0;
     double refault_ws_per_min = 0;
     bool has_balloon = false;
+    // The cold-age histogram's view: bytes touched within config.cold_age (the driver
+    // reads them with pages_within) and how old its last full sweep is (0: none yet,
+    // then the engine probes as Senpai does).
+    std::uint64_t hot_bytes = 0;
+    std::uint64_t ages_age_ms = 0;
 };
 
-enum class AutoAction : std::uint8_t { hold, probe, back_off };
+enum class AutoAction : std::uint8_t { hold, probe, back_off };  // a cold-age drop is a probe
 const char* to_string(AutoAction a);
 
 struct AutoDecision {
@@ -97,6 +122,7 @@ private:
     std::uint64_t target_ = 0;          // 0: not started
     std::uint64_t lagging_limit_ = 0;   // with a balloon: the limit set one interval behind
     MonoTime last_{0};
+    MonoTime started_{0};               // the first decision
     std::uint64_t last_stall_ns_ = 0;   // the input's stall_some_ns at last_
     MonoTime last_backoff_{0};
     AutoDecision last_decision_;

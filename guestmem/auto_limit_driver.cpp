@@ -5,6 +5,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "guestmem/addr.hpp"
+
 namespace swapvisor::guestmem {
 
 namespace {
@@ -65,7 +67,11 @@ void AutoLimitDriver::step(MonoTime now) {
     {
         std::vector<VmRef> vms = host_.vms();
         std::vector<MemStats> stats;
-        for (const VmRef& vm : vms) stats.push_back(vm->stats());
+        std::vector<std::uint64_t> sets;  // read before the stats: a set after them shows next step
+        for (const VmRef& vm : vms) {
+            sets.push_back(vm->resident_limit_sets());
+            stats.push_back(vm->stats());
+        }
         std::lock_guard lock(mutex_);
         auto listed = [&](const std::string& name) {
             return std::any_of(vms.begin(), vms.end(), [&](const VmRef& v) { return v->name() == name; });
@@ -89,7 +95,10 @@ void AutoLimitDriver::step(MonoTime now) {
                 continue;
             }
             Vm& state = it->second;
-            if (state.applied_limit && s.resident_limit != *state.applied_limit) {
+            if (!state.limit_sets) state.limit_sets = sets[i];
+            // Set by hand: a set_resident_limit since the driver took the VM (even of the
+            // value the driver had set), or a limit other than the one it applied.
+            if (sets[i] != *state.limit_sets || (state.applied_limit && s.resident_limit != *state.applied_limit)) {
                 work.push_back(Work{vms[i], s, {}, {}, true});
                 vms_.erase(it);
                 continue;
@@ -104,7 +113,9 @@ void AutoLimitDriver::step(MonoTime now) {
                               s.stall_some_avg10,
                               s.stall_some_avg60,
                               s.refault_ws_per_min,
-                              balloon};
+                              balloon,
+                              pages_within(s.cold_age_seconds, state.engine.config().cold_age).value_or(0) * kPageSize,
+                              s.age_scan_age_ms};
             work.push_back(Work{vms[i], s, state.engine.decide(in), state.applied_balloon, false});
         }
         // The host budget, split among the auto VMs by measured need.
@@ -136,6 +147,7 @@ void AutoLimitDriver::step(MonoTime now) {
         }
     }
     // Apply, without the driver's lock.
+    if (hooks_.before_apply) hooks_.before_apply();
     for (const auto& [name, config] : adopted) log_enabled(name, config);
     for (Work& w : work) {
         const std::string& name = w.stats.name;
@@ -145,7 +157,10 @@ void AutoLimitDriver::step(MonoTime now) {
             continue;
         }
         const AutoDecision& d = w.decision;
-        if (d.limit_bytes != w.stats.resident_limit) w.vm->set_resident_limit(d.limit_bytes);
+        // Only over the limit this step read: one set by hand since stays, and the next
+        // step takes the VM off auto for it (it differs from applied_limit).
+        if (d.limit_bytes != w.stats.resident_limit && !w.vm->replace_resident_limit(w.stats.resident_limit, d.limit_bytes))
+            continue;
         if (d.balloon_bytes && d.balloon_bytes != w.applied_balloon && !hooks_.set_balloon(name, *d.balloon_bytes)) {
             std::lock_guard lock(mutex_);
             if (auto it = vms_.find(name); it != vms_.end()) it->second.balloon = false;  // none: limits only

@@ -5,7 +5,9 @@
 // the same path as `ctl set-limit` (GuestMemory::set_resident_limit), asking the
 // VM's balloon first where the caller says it has one. Every decision that changes
 // something is logged; the last one and limit_source "auto" are in the VM's stats.
-// A limit set by anyone else (ctl set-limit) takes the VM off auto, logged.
+// A limit set by anyone else (ctl set-limit) takes the VM off auto, logged: the driver
+// replaces only the limit it read (GuestMemory::replace_resident_limit), so a limit set
+// by hand while a step decides is never overwritten, and the next step sees it.
 //
 // Threads: step() on the driver thread (or a test's); enable/disable from any
 // thread. VMs are reached through HostMemory's VmRefs, one step at a time.
@@ -32,6 +34,9 @@ namespace swapvisor::guestmem {
 // asked again). Empty: no VM has a balloon.
 struct AutoLimitHooks {
     std::function<bool(const std::string& vm, std::uint64_t balloon_bytes)> set_balloon;
+    // Called by step() after it decided and before it applies, without the driver's
+    // lock (tests land a `ctl set-limit` there). Empty: nothing.
+    std::function<void()> before_apply;
 };
 
 class AutoLimitDriver {
@@ -64,6 +69,7 @@ private:
         std::optional<std::uint64_t> applied_limit;    // what the driver last set
         std::optional<std::uint64_t> applied_balloon;
         bool balloon = true;  // until set_balloon says the VM has none
+        std::optional<std::uint64_t> limit_sets;       // GuestMemory::resident_limit_sets when first seen
     };
     HostMemory& host_;
     AutoLimitHooks hooks_;

@@ -217,6 +217,12 @@ void GuestMemory::stop() {
 
 void GuestMemory::set_resident_limit(std::uint64_t bytes) { impl_->limits.set_limit_bytes(bytes); }
 
+bool GuestMemory::replace_resident_limit(std::uint64_t expected, std::uint64_t bytes) {
+    return impl_->limits.replace_limit_bytes(expected, bytes);
+}
+
+std::uint64_t GuestMemory::resident_limit_sets() const { return impl_->limits.limit_sets(); }
+
 void GuestMemory::set_swap_quota(std::uint64_t bytes) { impl_->limits.set_swap_quota_bytes(bytes); }
 
 MemStats GuestMemory::stats() const {

@@ -237,6 +237,11 @@ public:
     void stop();
 
     void set_resident_limit(std::uint64_t bytes);
+    // set_resident_limit only if the limit is still `expected` (what a controller read
+    // before deciding); false, with nothing changed, if it was set since (by hand).
+    bool replace_resident_limit(std::uint64_t expected, std::uint64_t bytes);
+    // How many times set_resident_limit ran (replace_resident_limit does not count).
+    std::uint64_t resident_limit_sets() const;
     // Per-VM swap quota on the shared pool (0 = none); at it, the VM stays resident
     // (over its limit if it must: limit_state "swap quota reached").
     void set_swap_quota(std::uint64_t bytes);

@@ -82,8 +82,17 @@ Limits::Limits(Occupancy& occupancy, HostBudget* host, std::uint64_t memory_byte
 
 void Limits::set_limit_bytes(std::uint64_t bytes) {
     limit_pages_ = bytes / kPageSize;
+    limit_sets_.fetch_add(1, std::memory_order_release);
     kicked_ = true;
     wake_all();
+}
+
+bool Limits::replace_limit_bytes(std::uint64_t expected, std::uint64_t bytes) {
+    std::uint64_t pages = expected / kPageSize;
+    if (!limit_pages_.compare_exchange_strong(pages, bytes / kPageSize)) return false;
+    kicked_ = true;
+    wake_all();
+    return true;
 }
 
 void Limits::set_swap_quota_bytes(std::uint64_t bytes) {

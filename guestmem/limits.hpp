@@ -143,6 +143,12 @@ public:
     Limits(Occupancy& occupancy, HostBudget* host, std::uint64_t memory_bytes, std::uint64_t limit_bytes);
 
     void set_limit_bytes(std::uint64_t bytes);
+    // set_limit_bytes only if the limit is still `expected` bytes; false (nothing
+    // changed) if someone set another one since it was read.
+    bool replace_limit_bytes(std::uint64_t expected, std::uint64_t bytes);
+    // How many times set_limit_bytes ran (not replace_limit_bytes): a controller that
+    // sets limits with replace tells by it that someone set one, even the same value.
+    std::uint64_t limit_sets() const { return limit_sets_.load(std::memory_order_acquire); }
     // Per-VM swap quota on the shared pool (0 = none): at most this many pages of the
     // VM live only in swap, so one VM cannot fill the pool for all.
     void set_swap_quota_bytes(std::uint64_t bytes);
@@ -212,6 +218,7 @@ private:
     HostBudget* host_;  // null for a VM outside a HostMemory (tests)
     const std::uint64_t memory_bytes_;
     std::atomic<std::uint64_t> limit_pages_;  // 0 = unlimited
+    std::atomic<std::uint64_t> limit_sets_{0};
     std::atomic<std::uint64_t> quota_pages_{0};  // 0 = no swap quota
     // Protects: retry_ and the throttle's wait (its predicate reads atomics);
     // notifies are made holding it so a wake-up between a waiter's check and its
