@@ -89,6 +89,12 @@ struct SimVm {
         if (d.balloon_bytes) balloon_bytes = *d.balloon_bytes;
         return d;
     }
+    // Steps until the limit holds the working set (at most 600 s); returns the seconds.
+    int seconds_until_held(AutoLimit& engine) {
+        int seconds = 0;
+        for (; limit < working_set && seconds < 600; ++seconds) step(engine);
+        return seconds;
+    }
     // Run `seconds`; returns the mean stall over them.
     double run(AutoLimit& engine, int seconds) {
         double sum = 0;
@@ -124,12 +130,7 @@ TEST(AutoLimitTest, BacksOffFastOnAPhaseChangeAndProbesBackDown) {
     vm.run(engine, 3600);
     ASSERT_LT(engine.target_bytes(), 700 * MiB);
     vm.working_set = 1024 * MiB;
-    int seconds = 0;
-    while (vm.limit < vm.working_set && seconds < 600) {
-        vm.step(engine);
-        ++seconds;
-    }
-    EXPECT_LE(seconds, 60) << "backed off too slowly";
+    EXPECT_LE(vm.seconds_until_held(engine), 60) << "backed off too slowly";
     vm.working_set = 512 * MiB;
     vm.run(engine, 3600);
     vm.run(engine, 1800);
@@ -186,12 +187,7 @@ TEST(AutoLimitTest, WithAgesTheDropWaitsForTheWindowAfterAPhaseChange) {
     vm.run(engine, 600);
     ASSERT_LT(engine.target_bytes(), 600 * MiB);
     vm.working_set = 1536 * MiB;
-    int seconds = 0;
-    while (vm.limit < vm.working_set && seconds < 600) {
-        vm.step(engine);
-        ++seconds;
-    }
-    EXPECT_LE(seconds, 60) << "backed off too slowly";
+    EXPECT_LE(vm.seconds_until_held(engine), 60) << "backed off too slowly";
     vm.working_set = 512 * MiB;
     for (int i = 0; i < 30; ++i) {
         vm.step(engine);
