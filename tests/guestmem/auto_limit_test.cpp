@@ -108,6 +108,25 @@ struct SimVm {
     }
 };
 
+// One simulated second of a host as AutoLimitDriver runs it: every engine decides, the
+// budget is split over their claims (10 % headroom), each limit is min(decision,
+// share). Returns the sum of the limits.
+std::uint64_t host_second(std::vector<SimVm>& vms, std::vector<AutoLimit>& engines, std::uint64_t budget) {
+    std::vector<AutoDecision> decisions;
+    std::vector<BudgetClaim> claims;
+    for (std::size_t i = 0; i < vms.size(); ++i) {
+        decisions.push_back(vms[i].decide(engines[i]));
+        claims.push_back(budget_claim(decisions[i], engines[i].config(), vms[i].memory));
+    }
+    const std::vector<std::uint64_t> shares = split_budget(budget, claims, 0.1);
+    std::uint64_t total = 0;
+    for (std::size_t i = 0; i < vms.size(); ++i) {
+        vms[i].limit = std::min(decisions[i].limit_bytes, shares[i]);
+        total += vms[i].limit;
+    }
+    return total;
+}
+
 }  // namespace
 
 // From a 2 GiB limit on a VM that needs 512 MiB, the probe comes down to the working
@@ -373,19 +392,7 @@ TEST(SplitBudgetTest, AStalledVmGetsWhatOthersTouchedOnceButDoNotUse) {
     vms[0].working_set = 144 * MiB;
     double late_stall = 0;
     for (int second = 0; second < 900; ++second) {
-        std::vector<AutoDecision> decisions;
-        std::vector<BudgetClaim> claims;
-        for (std::size_t i = 0; i < vms.size(); ++i) {
-            decisions.push_back(vms[i].decide(engines[i]));
-            claims.push_back(budget_claim(decisions[i], engines[i].config(), kMemory));
-        }
-        const std::vector<std::uint64_t> shares = split_budget(kBudget, claims, 0.1);
-        std::uint64_t total = 0;
-        for (std::size_t i = 0; i < vms.size(); ++i) {
-            vms[i].limit = std::min(decisions[i].limit_bytes, shares[i]);
-            total += vms[i].limit;
-        }
-        ASSERT_LE(total, kBudget) << "second " << second;
+        ASSERT_LE(host_second(vms, engines, kBudget), kBudget) << "second " << second;
         if (second >= 600) late_stall += vms[0].per_second.back();
     }
     EXPECT_GE(vms[0].limit, 144 * MiB) << "the VM that needs it does not get the budget";
@@ -417,21 +424,10 @@ TEST(SplitBudgetTest, PhasedVmsFollowTheirHotSetsByColdAge) {
         }
         std::vector<double> stall(4, 0.0);
         for (int second = 0; second < 600; ++second) {
-            std::vector<AutoDecision> decisions;
-            std::vector<BudgetClaim> claims;
-            for (std::size_t i = 0; i < vms.size(); ++i) {
-                vms[i].working_set = hot[i][second / 20 % 2];
-                decisions.push_back(vms[i].decide(engines[i]));
-                claims.push_back(budget_claim(decisions[i], engines[i].config(), kMemory));
-            }
-            const std::vector<std::uint64_t> shares = split_budget(kBudget, claims, 0.1);
-            std::uint64_t total = 0;
-            for (std::size_t i = 0; i < vms.size(); ++i) {
-                vms[i].limit = std::min(decisions[i].limit_bytes, shares[i]);
-                total += vms[i].limit;
+            for (std::size_t i = 0; i < vms.size(); ++i) vms[i].working_set = hot[i][second / 20 % 2];
+            ASSERT_LE(host_second(vms, engines, kBudget), kBudget) << "second " << second;
+            for (std::size_t i = 0; i < vms.size(); ++i)
                 if (second >= 120) stall[i] += vms[i].per_second.back() / 480;
-            }
-            ASSERT_LE(total, kBudget) << "second " << second;
         }
         for (std::size_t i = 0; i < vms.size(); ++i)
             std::printf("%s vm %zu: mean stall %.2f %%, limit %llu MiB\n", ages ? "cold ages" : "probe alone", i,
