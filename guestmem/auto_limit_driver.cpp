@@ -33,7 +33,7 @@ void AutoLimitDriver::set_defaults(AutoLimitConfig config, bool all_unlimited) {
 void AutoLimitDriver::enable(const std::string& vm, AutoLimitConfig config) {
     {
         std::lock_guard lock(mutex_);
-        vms_.insert_or_assign(vm, Vm{AutoLimit(config), std::nullopt, std::nullopt, true});
+        vms_.insert_or_assign(vm, Vm{AutoLimit(config), std::nullopt, true});
         seen_.insert(vm);
     }
     log_enabled(vm, config);
@@ -84,7 +84,7 @@ void AutoLimitDriver::step(MonoTime now) {
             if (!seen_.insert(name).second) continue;
             if (!vms[i]->auto_limit_requested() && !(all_unlimited_ && stats[i].resident_limit == 0)) continue;
             const AutoLimitConfig config = vms[i]->auto_limit_config().value_or(defaults_);
-            vms_.insert_or_assign(name, Vm{AutoLimit(config), std::nullopt, std::nullopt, true});
+            vms_.insert_or_assign(name, Vm{AutoLimit(config), std::nullopt, true});
             adopted.emplace_back(name, config);
         }
         for (std::size_t i = 0; i < vms.size(); ++i) {
@@ -96,9 +96,10 @@ void AutoLimitDriver::step(MonoTime now) {
             }
             Vm& state = it->second;
             if (!state.limit_sets) state.limit_sets = sets[i];
-            // Set by hand: a set_resident_limit since the driver took the VM (even of the
-            // value the driver had set), or a limit other than the one it applied.
-            if (sets[i] != *state.limit_sets || (state.applied_limit && s.resident_limit != *state.applied_limit)) {
+            // Set by hand: a set_resident_limit since the driver took the VM, even of the
+            // value the driver had set (the driver's own sets are replace_resident_limit,
+            // which does not count, so nothing else changes the limit).
+            if (sets[i] != *state.limit_sets) {
                 work.push_back(Work{vms[i], s, {}, {}, true});
                 vms_.erase(it);
                 continue;
@@ -141,9 +142,7 @@ void AutoLimitDriver::step(MonoTime now) {
         }
         for (Work& w : work) {
             if (w.overridden) continue;
-            Vm& state = vms_.at(w.stats.name);
-            state.applied_limit = w.decision.limit_bytes;
-            if (w.decision.balloon_bytes) state.applied_balloon = w.decision.balloon_bytes;
+            if (w.decision.balloon_bytes) vms_.at(w.stats.name).applied_balloon = w.decision.balloon_bytes;
         }
     }
     // Apply, without the driver's lock.
@@ -158,7 +157,7 @@ void AutoLimitDriver::step(MonoTime now) {
         }
         const AutoDecision& d = w.decision;
         // Only over the limit this step read: one set by hand since stays, and the next
-        // step takes the VM off auto for it (it differs from applied_limit).
+        // step takes the VM off auto for it (resident_limit_sets moved).
         if (d.limit_bytes != w.stats.resident_limit && !w.vm->replace_resident_limit(w.stats.resident_limit, d.limit_bytes))
             continue;
         if (d.balloon_bytes && d.balloon_bytes != w.applied_balloon && !hooks_.set_balloon(name, *d.balloon_bytes)) {

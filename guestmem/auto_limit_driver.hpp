@@ -66,7 +66,6 @@ public:
 private:
     struct Vm {
         AutoLimit engine;
-        std::optional<std::uint64_t> applied_limit;    // what the driver last set
         std::optional<std::uint64_t> applied_balloon;
         bool balloon = true;  // until set_balloon says the VM has none
         std::optional<std::uint64_t> limit_sets;       // GuestMemory::resident_limit_sets when first seen
