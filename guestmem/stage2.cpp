@@ -79,15 +79,33 @@ PageEntry Stage2::lock(PageIdx idx) {
     for (;;) {
         if (auto v = try_lock(idx)) return *v;
         std::uint64_t cur = e.load(std::memory_order_relaxed);
-        if (cur & PageEntry::kLock) e.wait(cur, std::memory_order_relaxed);
+        if (!(cur & PageEntry::kLock)) continue;
+        // Tell the owner someone sleeps here (its unlock() wakes only then); a change
+        // meanwhile (unlocked, republished, another waiter's bit) is looked at again.
+        if (!(cur & PageEntry::kWaiters) &&
+            !e.compare_exchange_strong(cur, cur | PageEntry::kWaiters, std::memory_order_relaxed))
+            continue;
+        e.wait(cur | PageEntry::kWaiters, std::memory_order_relaxed);
+    }
+}
+
+void Stage2::publish_locked(PageIdx idx, PageEntry value) {
+    auto& e = at(idx);
+    std::uint64_t cur = e.load(std::memory_order_relaxed);
+    const std::uint64_t next = (value.raw() & ~PageEntry::kWaiters) | PageEntry::kLock;
+    // release: observers that peek() the new value see what the owner wrote before it.
+    while (!e.compare_exchange_weak(cur, next | (cur & PageEntry::kWaiters), std::memory_order_release,
+                                    std::memory_order_relaxed)) {
     }
 }
 
 void Stage2::unlock(PageIdx idx, PageEntry value) {
     auto& e = at(idx);
-    // release pairs with the acquire CAS in try_lock().
-    e.store(value.raw() & ~PageEntry::kLock, std::memory_order_release);
-    e.notify_all();
+    // release pairs with the acquire CAS in try_lock(). The waiter bit goes with the
+    // lock; whoever set it sleeps (or is about to, on the value it set) and is woken.
+    const std::uint64_t old =
+        e.exchange(value.raw() & ~(PageEntry::kLock | PageEntry::kWaiters), std::memory_order_release);
+    if (old & PageEntry::kWaiters) e.notify_all();
 }
 
 }  // namespace swapvisor::guestmem

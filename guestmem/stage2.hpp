@@ -5,10 +5,10 @@
 // (std::atomic::wait). Only guestmem/transitions.cpp takes and releases the lock
 // (through PageLock), so every state change is one of the README's transitions.
 //
-//   63                    32 31       9 8   7   6     5     4     3    2    0
-//  +------------------------+----------+-----+-----+-----+-----+-----+-------+
-//  |         VSlot          | reserved | ACT | BOR | ACC | CLN | LCK | state |
-//  +------------------------+----------+-----+-----+-----+-----+-----+-------+
+//   63                    32 31      10   9   8   7   6     5     4     3    2    0
+//  +------------------------+----------+-----+-----+-----+-----+-----+-----+-------+
+//  |         VSlot          | reserved | WTR | ACT | BOR | ACC | CLN | LCK | state |
+//  +------------------------+----------+-----+-----+-----+-----+-----+-----+-------+
 //   VSlot: swapped / reading -> where the content is; resident / inactive with CLN
 //          -> an identical copy still in swap (the page is write-protected), so
 //          evicting it again writes nothing. writeback -> the same 32 bits hold the
@@ -21,6 +21,12 @@
 //          sweep of its zap: it is hot, and each zap would only cost another MINOR
 //          fault); each reclaim pass of the hand counts it down (row 4a,
 //          guestmem/README.md#reclaim). Every other transition clears it (make()).
+//   WTR:   set only while LCK is: a thread sleeps in lock() waiting for this entry,
+//          so unlock() must wake it. Without waiters an unlock is one store: a
+//          notify on a std::atomic<uint64_t> bumps one of the C++ library's 16 shared
+//          waiter counters, a cache line every unlocking thread of the process writes
+//          (80-90 ns per unlock on 2 threads, 10 ns without; DESIGN-NOTES 59). Never
+//          seen by peek() or in a value lock() returns.
 //   BOR:   swapped / reading only: the VSlot is *borrowed* from the snapshot this VM
 //          was restored from (row R): the snapshot's reference keeps it, this VM took
 //          none, so leaving the state frees nothing (guestmem/README.md#borrowed).
@@ -73,6 +79,7 @@ public:
     static constexpr unsigned kActiveShift = 7;
     static constexpr std::uint64_t kActiveMask = std::uint64_t{3} << kActiveShift;
     static constexpr unsigned kMaxActive = 3;
+    static constexpr std::uint64_t kWaiters = 1u << 9;  // Stage2's lock protocol only
 
     constexpr PageEntry() = default;
     constexpr explicit PageEntry(std::uint64_t raw) : raw_(raw) {}
@@ -143,17 +150,18 @@ public:
     std::uint64_t pages() const { return pages_; }
     bool contains(PageIdx idx) const { return idx.value() < pages_; }
 
-    PageEntry peek(PageIdx idx) const { return PageEntry(at(idx).load(std::memory_order_acquire)); }
+    PageEntry peek(PageIdx idx) const {
+        return PageEntry(at(idx).load(std::memory_order_acquire) & ~PageEntry::kWaiters);
+    }
 
     // Raw lock protocol; use PageLock (transitions.hpp), which also keeps the counters.
     // lock waits while another owner holds the entry; both return the unlocked value.
     PageEntry lock(PageIdx idx);
     std::optional<PageEntry> try_lock(PageIdx idx);
-    // Show a new value to observers (peek) while keeping the lock.
-    void publish_locked(PageIdx idx, PageEntry value) {
-        at(idx).store(value.raw() | PageEntry::kLock, std::memory_order_release);
-    }
-    // Publish a new value and release the lock; wakes waiters.
+    // Show a new value to observers (peek) while keeping the lock (and the waiter
+    // bit a sleeping locker set: a plain store would lose its wake-up).
+    void publish_locked(PageIdx idx, PageEntry value);
+    // Publish a new value and release the lock; wakes waiters (if any sleep).
     void unlock(PageIdx idx, PageEntry value);
 
     static constexpr std::size_t bytes_per_page() { return sizeof(std::atomic<std::uint64_t>); }

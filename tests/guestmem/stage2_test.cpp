@@ -193,6 +193,60 @@ TEST(Stage2Test, EveryWaiterIsWokenAndEachGetsItsTurn) {
     EXPECT_FALSE(t.peek(PageIdx(0)).locked());
 }
 
+TEST(Stage2Test, AValuePublishedWhileAWaiterSleepsKeepsItsWakeUp) {
+    // The owner shows a new value (publish_locked, as a swap-in publishes `reading`)
+    // while a locker sleeps on the entry: the unlock after it must still wake it, and
+    // nobody looking at the entry sees the waiter bit.
+    Stage2 t = Stage2::create(1).value();
+    t.lock(PageIdx(0));
+    std::atomic<pid_t> tid{0};
+    auto waiter = std::async(std::launch::async, [&] {
+        tid = current_tid();
+        PageEntry got = t.lock(PageIdx(0));
+        t.unlock(PageIdx(0), got);
+        return got;
+    });
+    ASSERT_TRUE(swapvisor::testing::wait_until([&] { return tid.load() != 0; }));
+    ASSERT_TRUE(wait_until_blocked(tid)) << "the waiter never went to sleep on the held entry";
+    const PageEntry reading = PageEntry::make(PageState::reading, swap::VSlot(9));
+    t.publish_locked(PageIdx(0), reading);
+    EXPECT_EQ(t.peek(PageIdx(0)).raw(), reading.raw() | PageEntry::kLock) << "peek shows the published value, locked";
+    EXPECT_EQ(waiter.wait_for(std::chrono::milliseconds(50)), std::future_status::timeout)
+        << "a publish let a waiter in while the owner still held the entry";
+    t.unlock(PageIdx(0), PageEntry::make(PageState::resident, swap::VSlot(9), Clean::yes));
+    ASSERT_EQ(waiter.wait_for(std::chrono::seconds(5)), std::future_status::ready)
+        << "the waiter's wake-up was lost when the owner published a value";
+    const PageEntry got = waiter.get();
+    EXPECT_EQ(got.raw(), PageEntry::make(PageState::resident, swap::VSlot(9), Clean::yes).raw())
+        << "lock() returns the value without the lock or waiter bits";
+    EXPECT_EQ(t.peek(PageIdx(0)).raw(), got.raw()) << "no waiter bit is left behind";
+}
+
+TEST(Stage2Test, ContendedLocksWithPublishesNeverLoseAWakeUp) {
+    // Threads contend on one entry with lock, publish_locked (between the lock and the
+    // unlock) and try_lock; each round must end (a lost wake-up hangs a locker: the
+    // test times out) and every update must be there at the end.
+    constexpr int kThreads = 4;
+    constexpr int kRounds = 20000;
+    Stage2 t = Stage2::create(1).value();
+    std::vector<std::future<void>> done;
+    for (int th = 0; th < kThreads; ++th) {
+        done.push_back(std::async(std::launch::async, [&, th] {
+            for (int r = 0; r < kRounds; ++r) {
+                std::optional<PageEntry> v = (r + th) % 4 == 0 ? t.try_lock(PageIdx(0)) : std::nullopt;
+                PageEntry e = v ? *v : t.lock(PageIdx(0));
+                EXPECT_EQ(e.raw() & (PageEntry::kLock | PageEntry::kWaiters), 0u);
+                const auto n = static_cast<std::uint32_t>(e.raw() >> 32) + 1;
+                if (r % 2 == 0) t.publish_locked(PageIdx(0), PageEntry::make(PageState::reading, swap::VSlot(n)));
+                t.unlock(PageIdx(0), PageEntry::make(PageState::swapped, swap::VSlot(n)));
+            }
+        }));
+    }
+    for (auto& f : done) ASSERT_EQ(f.wait_for(std::chrono::seconds(120)), std::future_status::ready) << "lost wake-up";
+    EXPECT_EQ(t.peek(PageIdx(0)).raw() >> 32, std::uint64_t{kThreads} * kRounds);
+    EXPECT_EQ(t.peek(PageIdx(0)).raw() & (PageEntry::kLock | PageEntry::kWaiters), 0u);
+}
+
 TEST(Stage2Test, ContendedUpdatesAreNeverLost) {
     // Several threads do read-modify-write through the lock on a few shared entries,
     // mixing lock() and try_lock(); neighbours of the contended entries must not move.
