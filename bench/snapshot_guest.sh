@@ -199,6 +199,9 @@ for m in "${fit[@]}"; do
     R[$m,${kind}_swapped]=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['pages']['swapped'])" "$reply")
     wait_ended "$kind" && ctl vm-remove "$kind" >/dev/null
     log "$m MiB: snapshot of $kind: ${R[$m,${kind}_bytes]} bytes, ${R[$m,${kind}_ms]} ms (median of ${times[*]}), ${R[$m,${kind}_swapped]} pages swapped"
+    # Where each one's time went, as the daemon logged it (pause, memory walk, fsyncs, ...).
+    grep -a ": snapshot $work/snap_${kind}.* ms: pause" "$work/serve_$m.err" | sed 's/.*swapped by reference, //' | tail -n "$reps" |
+      while read -r line; do log "  $kind: $line"; done
   done
   ctl snapshot-delete "$work/snap_full" >/dev/null || log "snapshot-delete of the full copy failed"
   # The disk's peer: fio writing each snapshot's bytes the way the image writer does.

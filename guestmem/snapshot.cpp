@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -456,6 +457,11 @@ Result<std::unique_ptr<MemorySnapshot>> GuestMemory::save(const fs::path& dir) {
         return errno_error("save: a memory snapshot exists there already", EEXIST, dir.string());
 
     const std::uint64_t pages = impl.table.pages();
+    using Clock = std::chrono::steady_clock;
+    auto lap = [at = Clock::now()]() mutable {
+        const auto now = Clock::now();
+        return std::chrono::duration<double, std::milli>(now - std::exchange(at, now)).count();
+    };
     std::unique_ptr<MemorySnapshot> snap(new MemorySnapshot());
     snap->dir_ = dir;
     snap->memory_bytes_ = config_.memory_bytes;
@@ -584,8 +590,11 @@ Result<std::unique_ptr<MemorySnapshot>> GuestMemory::save(const fs::path& dir) {
         snap->counts_.bytes_written += part.counts.bytes_written;
     }
     for (Part& part : parts) SWV_TRY(part.result);
+    snap->save_times_.walk_ms = lap();
     SWV_TRY(fsync_fd(image.get(), image_tmp));
+    snap->save_times_.image_sync_ms = lap();
     SWV_TRY(snap->prepare_restore(snap->held_->vslots));  // before any final name: a failure leaves no snapshot
+    snap->save_times_.table_image_ms = lap();
     image = io::UniqueFd();
     fs::rename(image_tmp, dir / kMemoryImage, ec);
     if (ec) return errno_error("rename", ec.value(), image_tmp.string());
@@ -595,6 +604,7 @@ Result<std::unique_ptr<MemorySnapshot>> GuestMemory::save(const fs::path& dir) {
     const auto manifest = encode_manifest(snap->memory_bytes_, snap->counts_, snap->refs_);
     SWV_TRY(write_file_atomic(dir, kMemoryManifest, manifest));  // last: its presence means complete
     SWV_TRY(fsync_dir(dir));
+    snap->save_times_.files_ms = lap();
     snap->counts_.bytes_written += table.size() + manifest.size();
     return snap;
 }

@@ -56,6 +56,14 @@ struct SnapshotCounts {
     std::uint64_t bytes_written = 0;  // image pages + page table + manifest
 };
 
+// Where GuestMemory::save's time went (ms), for the snapshot's log line: the walk
+// (page copies, slot references, the image writes overlapped with them), the
+// image's fsync, the table image for restores, the page table and manifest files
+// (each written, fsync'd, renamed; the directory fsync'd).
+struct SaveTimes {
+    double walk_ms = 0, image_sync_ms = 0, table_image_ms = 0, files_ms = 0;
+};
+
 struct RestoreOptions {
     // Read every image page not touched yet in the background, after the prefetch
     // (the filler). Stops at the VM's resident limit.
@@ -86,6 +94,7 @@ public:
     std::uint64_t memory_bytes() const { return memory_bytes_; }
     std::uint64_t pages() const { return kinds_.size(); }
     const SnapshotCounts& counts() const { return counts_; }
+    const SaveTimes& save_times() const { return save_times_; }  // zero unless made by save()
     // Swap references this snapshot holds now (0 once released; VMs restored from it
     // may still be borrowing them, which keeps them in the pool until they end).
     std::uint64_t held_vslots() const { return held_ ? held_->vslots.size() : 0; }
@@ -142,6 +151,7 @@ private:
     std::vector<swap::DeviceUuid> devices_;  // the distinct devices refs_ names
     io::UniqueFd table_image_;         // Stage2::make_image's (none: no image or swapped page)
     SnapshotCounts counts_;
+    SaveTimes save_times_;
 };
 
 // After a restart, before swapon: register the slots the snapshot in dir refers to,

@@ -366,6 +366,11 @@ Result<control::SnapshotInfo> VmHost::snapshot_vm(const std::string& name, const
         table_.set_state(*entry, Lifecycle::snapshotting);
     }
     BuiltVm& built = *entry->built;  // kept: the runner does not release a snapshotting VM
+    using Clock = std::chrono::steady_clock;
+    auto ms_since = [](Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); };
+    const double pause_ms = ms_since(started);
+    double memory_ms = 0, state_ms = 0;
+    guestmem::SaveTimes save_times;
 
     // 2. Save: vCPUs, VM state, devices, then guest memory; the manifest last.
     std::error_code ec;
@@ -379,11 +384,15 @@ Result<control::SnapshotInfo> VmHost::snapshot_vm(const std::string& name, const
         if (ec) return errno_error("snapshot: create the directory", ec.value(), dir_arg.string());
         const fs::path dir = SWV_TRY(snapshot_key(dir_arg));
         SaveMemory save_memory = [&](guestmem::GuestMemory& guest) -> Result<snapshot::Json> {
+            const auto t = Clock::now();
             memory = SWV_TRY(guest.save(dir));
+            memory_ms = ms_since(t);
             return read_memory_manifest(dir);
         };
+        const auto t = Clock::now();
         snapshot::Manifest manifest = SWV_TRY(built.save_state(save_memory));
         SWV_TRY(with_context(snapshot::write_manifest(dir, manifest), dir.string()));
+        state_ms = ms_since(t) - memory_ms;
         return dir;
     };
     Result<fs::path> saved = save();
@@ -396,6 +405,7 @@ Result<control::SnapshotInfo> VmHost::snapshot_vm(const std::string& name, const
         info.zero_pages = c.zero;
         info.lost_pages = c.lost;
         info.bytes_written = c.bytes_written;
+        save_times = memory->save_times();
         snapshots_->add(*saved, std::move(memory));
     } else {
         // No half snapshot: the memory side's files (and its slot references) go,
@@ -431,9 +441,13 @@ Result<control::SnapshotInfo> VmHost::snapshot_vm(const std::string& name, const
                      stop ? "is stopped" : "runs on", saved.error().message());
         return std::unexpected(std::move(saved.error()));
     }
-    spdlog::info("{}: snapshot {} ({} image, {} swapped by reference, {} zero pages; {} bytes, {} ms){}", name,
-                 info.dir.string(), info.image_pages, info.swapped_pages, info.zero_pages, info.bytes_written,
-                 info.elapsed_ms, stop ? ", stopped" : "");
+    const guestmem::SaveTimes& st = save_times;
+    spdlog::info("{}: snapshot {} ({} image, {} swapped by reference, {} zero pages; {} bytes, {} ms: pause {:.1f}, "
+                 "memory {:.1f} (walk {:.1f}, image fsync {:.1f}, table image {:.1f}, files {:.1f}), vCPUs, devices "
+                 "and manifest {:.1f}){}",
+                 name, info.dir.string(), info.image_pages, info.swapped_pages, info.zero_pages, info.bytes_written,
+                 info.elapsed_ms, pause_ms, memory_ms, st.walk_ms, st.image_sync_ms, st.table_image_ms, st.files_ms,
+                 state_ms, stop ? ", stopped" : "");
     return info;
 }
 
