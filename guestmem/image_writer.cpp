@@ -10,6 +10,7 @@
 #include "guestmem/image_writer.hpp"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -25,6 +26,10 @@ Result<std::unique_ptr<ImageWriter>> ImageWriter::start(int fd, std::filesystem:
     std::unique_ptr<ImageWriter> w(new ImageWriter(fd, std::move(path), direct));
     constexpr std::size_t kBufferBytes = kBufferPages * kPageSize;
     w->staging_ = SWV_TRY(io::Mapping::anonymous(kBuffers * kBufferBytes));
+    // Kernel contract: MADV_HUGEPAGE lets the kernel back the mapping with 2 MiB
+    // pages at the first touch of each (where THP is "madvise" or "always"); a
+    // kernel or host without THP answers EINVAL and 4 KiB pages back it as before.
+    (void)::madvise(w->staging_.data(), w->staging_.size(), MADV_HUGEPAGE);
     // Not populated up front: a snapshot of a mostly swapped VM uses little of it,
     // and populating every walker's buffers cost more than the whole walk there.
     w->buffers_.reserve(kBuffers);
