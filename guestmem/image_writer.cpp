@@ -83,6 +83,11 @@ Result<void> ImageWriter::hand_off() {
     return {};
 }
 
+bool ImageWriter::disk_bound() {
+    std::lock_guard lock(mutex_);
+    return free_.empty();
+}
+
 Result<std::uint64_t> ImageWriter::finish() {
     staged_.reset();
     std::unique_lock lock(mutex_);

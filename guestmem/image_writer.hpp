@@ -63,6 +63,10 @@ public:
     Result<std::uint64_t> finish();
 
     bool direct() const { return direct_.load(); }  // writes go around the page cache
+    // True while every staging buffer but the one being filled waits for the disk:
+    // staging more would soon wait too, so the saver may do work that writes nothing
+    // first (GuestMemory::save walks the chunks it holds slots in then).
+    bool disk_bound();
 
 private:
     struct Run {

@@ -500,7 +500,6 @@ Result<std::unique_ptr<MemorySnapshot>> GuestMemory::save(const fs::path& dir) {
     };
     constexpr std::uint64_t kChunkPages = 2048;
     std::vector<Chunk> chunks((pages + kChunkPages - 1) / kChunkPages);
-    std::atomic<std::uint64_t> next_chunk{0};
     std::atomic<bool> failed{false};
     auto walk_chunk = [&](std::uint64_t c, ImageWriter& writer, Part& part) -> Result<void> {
         Chunk& chunk = chunks[c];
@@ -554,10 +553,37 @@ Result<std::unique_ptr<MemorySnapshot>> GuestMemory::save(const fs::path& dir) {
         }
         return {};
     };
+    // The order of the chunks: those with pages to write first, as long as the
+    // walker's writer has a free buffer; while the disk is behind (every other buffer
+    // queued or in flight), a chunk that only refers to slots, so that the references
+    // are taken while the disk writes instead of before or after it. Sorted by a
+    // look at the entries without their locks: a guess only; walk_chunk decides each
+    // page under its lock, whichever list its chunk is in.
+    std::vector<std::uint64_t> write_chunks, ref_chunks;
+    for (std::uint64_t c = 0; c < chunks.size(); ++c) {
+        bool writes = false;
+        for (std::uint64_t i = c * kChunkPages; i < std::min(pages, (c + 1) * kChunkPages) && !writes; ++i) {
+            const PageEntry e = impl.table.peek(PageIdx(i));
+            writes = e.state() == PageState::writeback || e.state() == PageState::image ||
+                     ((e.state() == PageState::resident || e.state() == PageState::inactive) && !e.clean());
+        }
+        (writes ? write_chunks : ref_chunks).push_back(c);
+    }
+    std::atomic<std::size_t> next_write{0}, next_ref{0};
+    auto take = [](std::atomic<std::size_t>& next, const std::vector<std::uint64_t>& list) -> std::optional<std::uint64_t> {
+        if (next.load(std::memory_order_relaxed) >= list.size()) return std::nullopt;
+        const std::size_t k = next.fetch_add(1);
+        return k < list.size() ? std::optional(list[k]) : std::nullopt;
+    };
     auto walk = [&](Part& part) -> Result<void> {
         auto writer = SWV_TRY(ImageWriter::start(image.get(), image_tmp));
-        for (std::uint64_t c; !failed.load(std::memory_order_relaxed) && (c = next_chunk.fetch_add(1)) < chunks.size();) {
-            if (auto r = walk_chunk(c, *writer, part); !r) {
+        while (!failed.load(std::memory_order_relaxed)) {
+            std::optional<std::uint64_t> c;
+            if (writer->disk_bound()) c = take(next_ref, ref_chunks);
+            if (!c) c = take(next_write, write_chunks);
+            if (!c) c = take(next_ref, ref_chunks);
+            if (!c) break;
+            if (auto r = walk_chunk(*c, *writer, part); !r) {
                 failed = true;
                 return r;
             }
