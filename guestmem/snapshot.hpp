@@ -33,8 +33,11 @@
 
 namespace swapvisor::guestmem {
 
-// The memory part's format version (memory.json "version"; docs/SNAPSHOT.md#format).
-inline constexpr std::uint32_t kMemorySnapshotVersion = 1;
+// The memory part's format version (memory.json "version"; docs/SNAPSHOT.md#format):
+// what save writes. Version 1 (a 16-byte device uuid in every slot reference) is
+// still read.
+inline constexpr std::uint32_t kMemorySnapshotVersion = 2;
+inline constexpr std::uint32_t kOldestMemorySnapshotVersion = 1;
 
 // What the page table says of one guest page.
 enum class PageKind : std::uint8_t {
