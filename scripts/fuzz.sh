@@ -7,7 +7,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 seconds=${1:-30}
 build="$here/build-fuzz"
-targets=(virtqueue protocol elf cli manifest)
+targets=(virtqueue protocol elf cli manifest page_table)
 
 # clang's warnings differ from g++'s (swap/ has one g++ does not report): -Werror
 # stays for the g++ builds of scripts/test.sh.
