@@ -19,7 +19,8 @@ for b in "${bins[@]}"; do
   strip --strip-debug "$out/$b"  # RelWithDebInfo: the debug info is most of the size
 done
 cp "$build"/examples/*.elf "$out/examples/"
-cp "$here/host_check.sh" "$here/scale_bench.sh" "$out/bench/"
+# host_check.sh and every script it runs (they find each other beside themselves).
+cp "$here/host_check.sh" "$here/scale_bench.sh" "$here/snapshot_guest.sh" "$here/serve_lib.sh" "$out/bench/"
 # Every library the binaries load (ldd resolves the whole closure), and the loader.
 for b in "${bins[@]}"; do
   ldd "$build/$b" | awk '/=> \// {print $3} $1 ~ /^\/.*ld-linux/ {print $1}'

@@ -35,21 +35,8 @@ null_json() {
 [[ -e /dev/kvm ]] || { null_json "no /dev/kvm"; exit 0; }
 [[ -f $elf ]] || { null_json "no memtouch guest at $elf"; exit 0; }
 
-work=$(mktemp -d "$dir/swv-snapfrac.XXXXXX")
-sock=$work/control.sock
-serve_pid=""
-cleanup() {
-  [[ -n $serve_pid ]] && kill "$serve_pid" 2>/dev/null && wait "$serve_pid" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
-ctl() { timeout 600 "${sv[@]}" ctl --socket "$sock" --timeout 300 "$@"; }
-jget() {  # jget <python expr over r> <ctl args...>: one value from a --json reply
-  local expr=$1; shift
-  ctl --json "$@" | tail -n 1 | python3 -c "import json,sys; r=json.loads(sys.stdin.read()); print($expr)"
-}
-vm_stat() { jget "next((v.get('$2', 0) for v in r['vms'] if v['name'] == '$1'), 0)" stats 2>/dev/null || echo 0; }
-state_of() { jget "next((v['state'] for v in r['vms'] if v['name'] == '$1'), '')" vm-list 2>/dev/null; }
+. "$here/serve_lib.sh"
+serve_lib_init swv-snapfrac
 
 "${sv[@]}" serve --control "$sock" --swap "$work/a.swap,size=$((m + 64))M" --age-scan off --log-level info \
   >"$work/serve.out" 2>"$work/serve.err" &

@@ -94,21 +94,8 @@ for m in $mibs; do
 done
 [[ ${#fit[@]} -gt 0 ]] || { null_json "no size of $mibs fits this host's free memory or disk"; exit 0; }
 
-work=$(mktemp -d "$dir/swv-snapguest.XXXXXX")
-sock=$work/control.sock
-serve_pid=""
-cleanup() {
-  [[ -n $serve_pid ]] && kill "$serve_pid" 2>/dev/null && wait "$serve_pid" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
-ctl() { timeout $((600 * slow)) "${sv[@]}" ctl --socket "$sock" --timeout $((300 * slow)) "$@"; }
-jget() {  # jget <python expr over r> <ctl args...>: one value from a --json reply
-  local expr=$1; shift
-  ctl --json "$@" | tail -n 1 | python3 -c "import json,sys; r=json.loads(sys.stdin.read()); print($expr)"
-}
-vm_stat() { jget "next((v.get('$2', 0) for v in r['vms'] if v['name'] == '$1'), 0)" stats 2>/dev/null || echo 0; }
-state_of() { jget "next((v['state'] for v in r['vms'] if v['name'] == '$1'), '')" vm-list 2>/dev/null; }
+. "$here/serve_lib.sh"
+serve_lib_init swv-snapguest
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 wait_line() {  # wait_line <serial log> <count>: until the log has <count> memtouch pass lines
   local deadline=$((SECONDS + 1200 * slow))

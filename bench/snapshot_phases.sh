@@ -18,15 +18,8 @@ dir=${DIR:-/var/tmp}
 m=${MIB:-1024}
 reps=${REPS:-5}
 [[ -e /dev/kvm ]] || { echo "snapshot_phases: no /dev/kvm" >&2; exit 2; }
-work=$(mktemp -d "$dir/swv-snapphases.XXXXXX")
-sock=$work/control.sock
-serve_pid=""
-cleanup() {
-  [[ -n $serve_pid ]] && kill "$serve_pid" 2>/dev/null && wait "$serve_pid" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
-ctl() { timeout 600 "${sv[@]}" ctl --socket "$sock" --timeout 300 "$@"; }
+. "$here/serve_lib.sh"
+serve_lib_init swv-snapphases
 "${sv[@]}" serve --control "$sock" --swap "$work/a.swap,size=$((m + 64))M" --age-scan off --log-level info \
   >"$work/serve.out" 2>"$work/serve.err" &
 serve_pid=$!

@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include "guestmem/byte_io.hpp"
 #include "guestmem/errc.hpp"
 
 namespace swapvisor::guestmem {
@@ -27,23 +28,9 @@ Error bad(std::string what, const std::string& where) {
     return Error{make_error_code(Errc::bad_snapshot), "memory snapshot", where + ": " + std::move(what)};
 }
 
-// Append n raw bytes (resize + memcpy: g++ 12 warns falsely on insert of a char range).
-void put_bytes(std::vector<std::uint8_t>& out, const void* p, std::size_t n) {
-    if (n == 0) return;  // p may be null then (an empty vector's data()): memcpy's contract
-    const std::size_t at = out.size();
-    out.resize(at + n);
-    std::memcpy(out.data() + at, p, n);
-}
-template <class T>
-void put(std::vector<std::uint8_t>& out, T v) {
-    put_bytes(out, &v, sizeof v);
-}
-template <class T>
-T get(const std::uint8_t* p) {
-    T v;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-}
+using byte_io::get;
+using byte_io::put;
+using byte_io::put_bytes;
 std::uint64_t xxh3(std::span<const std::uint8_t> b) { return XXH3_64bits(b.data(), b.size()); }
 
 }  // namespace

@@ -25,6 +25,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "guestmem/byte_io.hpp"
 #include "guestmem/errc.hpp"
 #include "guestmem/guest_memory_impl.hpp"
 #include "guestmem/image_writer.hpp"
@@ -44,22 +45,9 @@ Error bad(std::string what, std::string where) {
     return Error{make_error_code(Errc::bad_snapshot), "memory snapshot", std::move(where) + ": " + std::move(what)};
 }
 
-// Append n raw bytes (resize + memcpy: g++ 12 warns falsely on insert of a char range).
-void put_bytes(std::vector<std::uint8_t>& out, const void* p, std::size_t n) {
-    const std::size_t at = out.size();
-    out.resize(at + n);
-    std::memcpy(out.data() + at, p, n);
-}
-template <class T>
-void put(std::vector<std::uint8_t>& out, T v) {
-    put_bytes(out, &v, sizeof v);
-}
-template <class T>
-T get(const std::uint8_t* p) {
-    T v;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-}
+using byte_io::get;
+using byte_io::put;
+using byte_io::put_bytes;
 
 Result<io::UniqueFd> open_fd(const fs::path& p, int flags, mode_t mode = 0644) {
     // Kernel contract: open(2); O_CLOEXEC so no child inherits the snapshot's files.

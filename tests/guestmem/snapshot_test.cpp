@@ -109,6 +109,15 @@ protected:
         EXPECT_GE((*vm)->stats().swapped_bytes, kMem / 4);
         return std::move(*vm);
     }
+    // make_half_swapped's VM saved into snap_dir_, then stopped and gone (its
+    // references with it: only the snapshot's remain).
+    std::unique_ptr<MemorySnapshot> saved_half_swapped() {
+        auto vm = make_half_swapped(1);
+        auto snap = vm->save(snap_dir_);
+        EXPECT_TRUE(snap) << snap.error().message();
+        vm->stop();
+        return snap ? std::move(*snap) : nullptr;
+    }
     std::unique_ptr<GuestMemory> restore(const MemorySnapshot& snap, VmId id, RestoreOptions opts = {.fill = false, .prefetch = false}) {
         auto vm = restore_guest_memory(config("clone" + std::to_string(id)), id, nullptr, pool_.get(), snap, opts);
         EXPECT_TRUE(vm) << vm.error().message();
@@ -235,17 +244,14 @@ TEST_F(SnapshotTest, PrivilegedTwoClonesDivergeAndTheRunningVmsWritesNeverReachT
 // later restore must still see only the snapshot's bytes; and at rest the slots
 // are the snapshot's again.
 TEST_F(SnapshotTest, PrivilegedClonesDivergeUnderEvictionEachReadsItsOwnBytesAndTheSnapshotStaysUntouched) {
-    auto vm = make_half_swapped(1);
-    auto snap = vm->save(snap_dir_);
-    ASSERT_TRUE(snap) << snap.error().message();
-    vm->stop();
-    vm.reset();
-    const std::uint64_t held = (*snap)->held_vslots();
+    std::unique_ptr<MemorySnapshot> snap = saved_half_swapped();
+    ASSERT_TRUE(snap);
+    const std::uint64_t held = snap->held_vslots();
     ASSERT_GT(held, 0u);
 
     // Fillers on, limited to a quarter: the clones keep evicting while they run.
     auto restore_limited = [&](VmId id) {
-        auto m = restore_guest_memory(config("div" + std::to_string(id), kMem / 4), id, nullptr, pool_.get(), **snap,
+        auto m = restore_guest_memory(config("div" + std::to_string(id), kMem / 4), id, nullptr, pool_.get(), *snap,
                                       RestoreOptions{.fill = true, .prefetch = true});
         EXPECT_TRUE(m) << m.error().message();
         if (m) {
@@ -297,7 +303,7 @@ TEST_F(SnapshotTest, PrivilegedClonesDivergeUnderEvictionEachReadsItsOwnBytesAnd
     EXPECT_EQ(a->stats().lost_pages + b->stats().lost_pages, 0u);
 
     // The snapshot saw none of it: a third VM restored now reads the original bytes.
-    auto c = restore(**snap, 4);
+    auto c = restore(*snap, 4);
     ASSERT_TRUE(c);
     EXPECT_EQ(bad_pages(c->regions()[0].guest_view, original_seed), 0u);
     for (auto* m : {a.get(), b.get(), c.get()}) m->stop();
@@ -305,7 +311,7 @@ TEST_F(SnapshotTest, PrivilegedClonesDivergeUnderEvictionEachReadsItsOwnBytesAnd
     b.reset();
     c.reset();
     EXPECT_EQ(pool_->allocated_vslots(), held);  // only the snapshot's slots are left
-    ASSERT_TRUE(delete_memory_snapshot(std::move(*snap)));
+    ASSERT_TRUE(delete_memory_snapshot(std::move(snap)));
     EXPECT_EQ(pool_->allocated_vslots(), 0u);
     EXPECT_EQ(used_slots(*pool_), 0u);
 }
@@ -596,13 +602,10 @@ std::vector<std::uint8_t> page_table_v2_to_v1(const std::vector<std::uint8_t>& b
 // error; a version this swapvisor does not know is named.
 TEST_F(SnapshotTest, PrivilegedAVersion1SnapshotIsStillReadAndABadDeviceRunIsNamed) {
     ASSERT_TRUE(pool_->swapon(dir_ / "b.swap", 10, kSwapBytes));  // two devices of one priority: refs on both
-    auto vm = make_half_swapped(1);
-    auto snap = vm->save(snap_dir_);
-    ASSERT_TRUE(snap) << snap.error().message();
-    vm->stop();
-    vm.reset();
-    const std::uint64_t held = (*snap)->held_vslots();
-    snap->reset();
+    std::unique_ptr<MemorySnapshot> snap = saved_half_swapped();
+    ASSERT_TRUE(snap);
+    const std::uint64_t held = snap->held_vslots();
+    snap.reset();
     const fs::path table = snap_dir_ / kMemoryPageTable, manifest = snap_dir_ / kMemoryManifest;
     const auto v2 = read_bytes(table);
     ASSERT_GE(v2.size(), 48u);
