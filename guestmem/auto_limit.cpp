@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "guestmem/addr.hpp"
+#include "guestmem/limits.hpp"
 
 namespace swapvisor::guestmem {
 
@@ -132,6 +133,7 @@ AutoDecision AutoLimit::decide(const AutoLimitInput& in) {
         d.reason = fmt::format("hold at {}: stall {:.2f}% (60 s) settling after a back-off", mib(target_), p60 * 100);
     }
     d.target_bytes = target_;
+    if (ages_fresh && in.now - started_ >= config_.cold_age + config_.interval) d.hot_bytes = in.hot_bytes;
     if (in.has_balloon) {
         // Ask the guest first: the balloon takes memory - target now; the resident
         // limit follows one interval later when it falls, at once when it rises.
@@ -158,8 +160,10 @@ std::uint64_t effective_floor(const AutoLimitConfig& config, std::uint64_t memor
 }
 
 BudgetClaim budget_claim(const AutoDecision& decision, const AutoLimitConfig& config, std::uint64_t memory_bytes) {
+    const std::uint64_t hot_pages = decision.hot_bytes / kPageSize;
+    const std::uint64_t core = decision.hot_bytes ? (hot_pages + slack_pages(hot_pages)) * kPageSize : 0;
     return BudgetClaim{decision.target_bytes, effective_floor(config, memory_bytes),
-                       config.ceiling_bytes ? config.ceiling_bytes : memory_bytes};
+                       config.ceiling_bytes ? config.ceiling_bytes : memory_bytes, core};
 }
 
 std::vector<std::uint64_t> split_budget(std::uint64_t budget, std::span<const BudgetClaim> claims, double headroom) {
@@ -198,9 +202,16 @@ std::vector<std::uint64_t> split_budget(std::uint64_t budget, std::span<const Bu
             rest -= given;
         }
     };
-    const std::uint64_t wants = sum(want), floors = sum(floor);
+    std::vector<std::uint64_t> base(claims.size());
+    for (std::size_t i = 0; i < claims.size(); ++i) base[i] = std::clamp(claims[i].core_bytes, floor[i], want[i]);
+    const std::uint64_t wants = sum(want), bases = sum(base), floors = sum(floor);
     if (wants <= budget) {
         fill(want, want, budget - wants);
+    } else if (bases <= budget) {
+        std::vector<std::uint64_t> margin(claims.size());
+        for (std::size_t i = 0; i < claims.size(); ++i) margin[i] = want[i] - base[i];
+        fill(base, margin, budget - bases);
+        for (std::size_t i = 0; i < claims.size(); ++i) share[i] = std::min(share[i], want[i]);
     } else if (floors <= budget) {
         std::vector<std::uint64_t> above(claims.size());
         for (std::size_t i = 0; i < claims.size(); ++i) above[i] = want[i] - floor[i];

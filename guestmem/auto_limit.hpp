@@ -105,6 +105,10 @@ struct AutoDecision {
     std::uint64_t target_bytes = 0;                  // the engine's target (limit lags it with a balloon)
     std::string reason;                              // one line, for logs and stats
     bool fresh = false;                              // made by this call (else the last one, repeated)
+    // What the VM touched within cold_age, without the margin, where the histogram is
+    // fresh and its window no longer holds the VM's start (0: not known). The budget
+    // split covers it first when the targets do not fit (split_budget).
+    std::uint64_t hot_bytes = 0;
 };
 
 class AutoLimit {
@@ -133,6 +137,9 @@ struct BudgetClaim {
     std::uint64_t need_bytes = 0;   // measured need: the engine's target (budget_claim)
     std::uint64_t floor_bytes = 0;
     std::uint64_t ceiling_bytes = 0;
+    // The hot set and the reclaimer's slack under a limit (a limit this much over the
+    // hot set keeps it resident: the reclaimer works down to limit - slack); 0: not known.
+    std::uint64_t core_bytes = 0;
 };
 
 // An auto VM's claim: its engine's target (AutoDecision::target_bytes, the
@@ -143,11 +150,15 @@ struct BudgetClaim {
 BudgetClaim budget_claim(const AutoDecision& decision, const AutoLimitConfig& config, std::uint64_t memory_bytes);
 
 // Shares of `budget_bytes`, one per claim: need * (1 + headroom) clamped to
-// [floor, ceiling] is each VM's want. If the wants fit, each gets its want and the
-// rest is split in proportion to the wants (up to each ceiling); if not, each gets its
-// floor and the rest in proportion to (want - floor); if even the floors do not fit,
-// the floors are scaled down alike. So a VM whose want the budget can hold is never
-// given less than it, whatever its memory size.
+// [floor, ceiling] is each VM's want, its core clamped to [floor, want] its base. If
+// the wants fit, each gets its want and the rest is split in proportion to the wants
+// (up to each ceiling); if not but the bases fit, each gets its base and the rest in
+// proportion to (want - base): the margins are what a tight budget takes, not the hot
+// sets (a sweeping guest a few MiB under its hot set runs as slowly as one far under
+// it: DESIGN-NOTES 61); if not even those fit, each gets its floor and the rest in
+// proportion to (want - floor); if even the floors do not fit, the floors are scaled
+// down alike. So a VM whose want the budget can hold is never given less than it,
+// whatever its memory size.
 std::vector<std::uint64_t> split_budget(std::uint64_t budget_bytes, std::span<const BudgetClaim> claims,
                                         double headroom);
 

@@ -370,6 +370,50 @@ TEST(SplitBudgetTest, OverTheBudgetFloorsFirstThenByUnmetNeed) {
     EXPECT_LE(tight[0] + tight[1], 128 * MiB);
 }
 
+// auto_bench's active phases in numbers: the targets (hot set + the cold-age
+// margin) do not fit the budget, the hot sets with the reclaimer's slack do. Each VM
+// keeps its hot set; the margins share what is left. Before, the shortfall was cut
+// from everyone in proportion to (want - floor), so steady (hot 144 MiB) got ~143
+// MiB and, a sweeping guest under its hot set, ran hundreds of times slower.
+TEST(SplitBudgetTest, TightBudgetTakesTheMarginsNotTheHotSets) {
+    const AutoLimitConfig config{.floor_bytes = 36 * MiB};
+    auto claim = [&](std::uint64_t hot, std::uint64_t target) {
+        AutoDecision d;
+        d.target_bytes = target;
+        d.hot_bytes = hot;
+        return budget_claim(d, config, 256 * MiB);
+    };
+    const BudgetClaim claims[] = {
+        claim(144 * MiB, 158 * MiB),  // steady
+        claim(101 * MiB, 111 * MiB),  // grow
+        claim(70 * MiB, 78 * MiB),    // burst
+        claim(20 * MiB, 36 * MiB),    // small: at its floor
+    };
+    for (const BudgetClaim& c : claims) EXPECT_GT(c.core_bytes, 0u);
+    EXPECT_EQ(claims[0].core_bytes, 144 * MiB + 1152 * 4096) << "the hot set and the reclaimer's slack (limit / 32)";
+    // The bases: 148.5 + 104.2 + 72.2 + 36 (small's floor) = 360.9 MiB.
+    const auto shares = split_budget(366 * MiB, claims, 0.1);
+    for (std::size_t i = 0; i < 4; ++i)
+        EXPECT_GE(shares[i], std::max(claims[i].core_bytes, 36 * MiB)) << "VM " << i << " is under its hot set";
+    std::uint64_t total = 0;
+    for (auto s : shares) total += s;
+    EXPECT_LE(total, 366 * MiB);
+    EXPECT_GE(total, 365 * MiB) << "the rest is handed out";
+    // Without a known hot set (stale histogram): as before, floors then unmet need.
+    const BudgetClaim blind[] = {{158 * MiB, 36 * MiB, 256 * MiB}, {111 * MiB, 36 * MiB, 256 * MiB},
+                                 {78 * MiB, 36 * MiB, 256 * MiB}, {36 * MiB, 36 * MiB, 256 * MiB}};
+    const auto before = split_budget(366 * MiB, blind, 0.1);
+    EXPECT_LT(before[0], claims[0].core_bytes) << "the old split cut steady under its hot set (the case this fixes)";
+    // Hot sets that do not fit either: floors first, as before.
+    const auto tight = split_budget(300 * MiB, claims, 0.1);
+    std::uint64_t tight_total = 0;
+    for (std::size_t i = 0; i < 4; ++i) {
+        EXPECT_GE(tight[i], 36 * MiB);
+        tight_total += tight[i];
+    }
+    EXPECT_LE(tight_total, 300 * MiB);
+}
+
 // Four VMs on one host budget, as AutoLimitDriver runs them: each second every engine
 // decides, the budget is split over budget_claim()s and each limit is
 // min(decision, share). One VM needs 144 MiB; the three others need 16 MiB but touched
