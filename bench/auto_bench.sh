@@ -40,6 +40,8 @@
 # proportional_worst_vm_slowdown, and `modes` with every figure; null with
 # `auto_null_reason` where a mode could not run.
 # AUTO_PLOT=FILE draws each VM's limit and stall over time under auto (gnuplot).
+# AUTO_AGE_SAMPLE=N gives the auto VMs `vm-create --age-sample N` (default: the
+# daemon's, 8 on auto; 1 is the full scan of before DESIGN-NOTES 61).
 #
 # Portable like scale_bench.sh: SWV (how to run swapvisor), ELF (phases.elf), DIR
 # (swap file; default /var/tmp), AUTO_MODES (default all five, in the order above).
@@ -123,6 +125,7 @@ for mode in $modes; do
   ok=1
   for i in 0 1 2 3; do
     lim=(); [[ -n ${limits[$i]} ]] && lim=(--resident-limit "${limits[$i]}M")
+    [[ $mode == auto && -n ${AUTO_AGE_SAMPLE:-} ]] && lim+=(--age-sample "$AUTO_AGE_SAMPLE")
     if ! ctl vm-create "${names[$i]}" --kernel "$elf" --memory "${mem}M" "${lim[@]}" \
         --serial-log "$out/$mode-${names[$i]}.serial" \
         --cmdline "mib=$M hot=${hots[$i]} period=$period cycles=$((cycles + 1)) seed=$((i + 1))" >>"$out/create-$mode.log" 2>&1; then

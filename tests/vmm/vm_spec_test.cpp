@@ -171,6 +171,13 @@ TEST_F(VmSpecTest, TuningIsTheSameFromEveryEntry) {
     EXPECT_EQ(age_scan_of(vms[1], kDefaultAgeScan), std::chrono::milliseconds(7000));
     EXPECT_EQ(age_scan_of(vms[2], kDefaultAgeScan), kAutoAgeScan);
     EXPECT_EQ(age_scan_of(good(), kDefaultAgeScan), kDefaultAgeScan);
+    // The sample: an auto VM's default zaps 1/8 of its pages per period; a spec's own
+    // sample wins, auto or not; otherwise every page.
+    EXPECT_EQ(age_sample_of(vms[2]), kAutoAgeSample);
+    EXPECT_EQ(age_sample_of(good()), 1u);
+    VmSpec sampled = vms[2];
+    sampled.tuning.age_sample = 1;
+    EXPECT_EQ(age_sample_of(sampled), 1u) << "an auto VM asked for a full scan gets one";
     EXPECT_EQ(kDefaultAgeScan, std::chrono::milliseconds(0)) << "off unless asked for (DESIGN-NOTES 44)";
 
     // Bad values are refused by name, before anything is built.

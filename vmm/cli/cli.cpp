@@ -362,7 +362,7 @@ CliOutcome parse_command_line(const std::vector<std::string>& given) {
     run->add_option("--age-sample", raw.age_sample,
                     "Each age-scan sweep zaps only a rotating 1/N of the resident pages (2 MiB groups) and "
                     "extrapolates: 1/N of the faults, ages beyond one period exact to within N periods (default 1: "
-                    "every page; 1..64)")
+                    "every page, 8 with --resident-limit auto; 1..64)")
         ->type_name("N");
     run->add_option("--swap", raw.swaps,
                     "Swap device or file, repeatable: PATH[,priority=N][,size=SIZE][,format=yes|force][,takeover=yes], "

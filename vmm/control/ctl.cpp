@@ -473,7 +473,8 @@ void add_ctl_subcommand(CLI::App& app, CtlOptions& o) {
                        "Seconds between working-set sweeps (0: off; default: the daemon's --age-scan, 5 with auto)")
         ->check(CLI::Range(0.0, 3600.0));
     create->add_option("--age-sample", o.age_sample,
-                       "Each working-set sweep zaps a rotating 1/N of the resident pages (1: all; 1..64)")
+                       "Each working-set sweep zaps a rotating 1/N of the resident pages (1: all; 1..64; default 1, 8 "
+                       "with auto)")
         ->check(CLI::Range(1u, vmm::kMaxAgeSample));
     create->add_option("--swap-quota", o.swap_quota, "Most of the shared swap pool it may fill")->check(size_validator());
     create->add_flag("--balloon", o.balloon, "Add a virtio-balloon device");

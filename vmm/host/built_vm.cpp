@@ -124,7 +124,7 @@ Result<void> BuiltVm::create_memory(const BuildContext& context, const RestoreMe
                                          .swap_quota = spec.swap_quota};
     // Access ages for the working set (guestmem/README.md#working-set): one MINOR fault per page in use per period.
     memory_config.age_scan_period = age_scan_of(spec, kDefaultAgeScan);
-    memory_config.age_scan_sample = spec.tuning.age_sample.value_or(1);
+    memory_config.age_scan_sample = age_sample_of(spec);
     static_assert(kMaxAgeSample == guestmem::AgeSampling::kMax);
     memory_config.auto_limit = spec.auto_limit;
     if (spec.auto_limit && (spec.tuning.auto_stall_target || spec.tuning.auto_floor || spec.tuning.auto_ceiling)) {

@@ -130,6 +130,11 @@ std::chrono::milliseconds age_scan_of(const VmSpec& spec, std::chrono::milliseco
     return spec.auto_limit ? kAutoAgeScan : host_default;
 }
 
+unsigned age_sample_of(const VmSpec& spec) {
+    if (spec.tuning.age_sample) return *spec.tuning.age_sample;
+    return spec.auto_limit ? kAutoAgeSample : 1;
+}
+
 Result<void> validate(const VmSpec& spec) {
     auto check = [](const char* field, std::string why) -> Result<void> {
         if (why.empty()) return {};

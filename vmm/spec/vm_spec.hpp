@@ -72,7 +72,8 @@ struct MemoryTuning {
     std::optional<std::chrono::milliseconds> age_scan;
     // The sampled age scan (guestmem AgeSampling): each sweep zaps a rotating
     // 1/age_sample of the resident pages, so it costs 1/N of the faults; ages above one
-    // period are then exact to within N periods. None: 1 (every page).
+    // period are then exact to within N periods. None: kAutoAgeSample for an auto VM,
+    // else 1 (every page).
     std::optional<unsigned> age_sample;
     bool operator==(const MemoryTuning&) const = default;
 };
@@ -83,6 +84,13 @@ struct MemoryTuning {
 // 1 GiB working set pays ~9k faults/s, ~0.3 of a vCPU (docs/DESIGN-NOTES.md 44).
 inline constexpr std::chrono::milliseconds kDefaultAgeScan{0};
 inline constexpr std::chrono::milliseconds kAutoAgeScan{5'000};
+// An auto VM's age scan zaps 1/8 of its resident pages per period (each group every
+// 40 s), unless its spec says otherwise. With every page zapped every 5 s, a guest
+// sweeping its hot set faster than the scan but slower than its faults (a 144 MiB
+// set on a host where a MINOR fault costs ~240 us: 8.8 s per sweep) never caught up:
+// every access was a fault, 4-5k per second, with no stall to show for it, and it ran
+// ~2800x slower than with the same limit and no scan (auto_bench, DESIGN-NOTES 61).
+inline constexpr unsigned kAutoAgeSample = 8;
 inline constexpr std::chrono::milliseconds kMaxAgeScan{3'600'000};
 inline constexpr unsigned kMaxAgeSample = 64;  // guestmem::AgeSampling::kMax
 inline constexpr double kMaxStallTarget = 0.5;
@@ -127,6 +135,9 @@ std::string check_balloon_stats_interval(std::chrono::milliseconds interval);
 std::string check_tuning(const MemoryTuning& tuning, bool auto_limit, std::uint64_t memory_bytes);
 // The age scan period a VM built from `spec` runs with, `host_default` when it names none.
 std::chrono::milliseconds age_scan_of(const VmSpec& spec, std::chrono::milliseconds host_default);
+// The age scan's sample N (MemoryTuning::age_sample): the spec's, else kAutoAgeSample
+// for an auto VM, else 1.
+unsigned age_sample_of(const VmSpec& spec);
 // An output file (a serial log, --stats-json): creatable or writable, its directory
 // there and writable, not a directory.
 std::string check_output_file(const std::filesystem::path& path);
