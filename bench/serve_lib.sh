@@ -3,13 +3,22 @@
 # Needs before sourcing: sv (the swapvisor command, an array), dir (where the work
 # directory goes), optionally slow (a factor on the ctl timeouts, default 1).
 # serve_lib_init PREFIX makes $work (removed at exit, with the daemon) and $sock, and
-# sets serve_pid="" for the caller to fill; then ctl, jget, vm_stat and state_of talk
-# to that daemon.
+# sets serve_pid="" (serve_lib_start, or the caller, fills it); then ctl, jget,
+# vm_stat and state_of talk to that daemon.
 serve_lib_init() {
   work=$(mktemp -d "$dir/$1.XXXXXX")
   sock=$work/control.sock
   serve_pid=""
   trap serve_lib_cleanup EXIT
+}
+# serve_lib_start MIB: `serve` on $sock with one MIB + 64 MiB swap file in $work, no
+# age scan, its log in $work/serve.{out,err}; returns 1 if it does not answer in 10 s.
+serve_lib_start() {
+  "${sv[@]}" serve --control "$sock" --swap "$work/a.swap,size=$(($1 + 64))M" --age-scan off --log-level info \
+    >"$work/serve.out" 2>"$work/serve.err" &
+  serve_pid=$!
+  for _ in $(seq 1 100); do [[ -S $sock ]] && ctl status >/dev/null 2>&1 && return 0; sleep 0.1; done
+  return 1
 }
 serve_lib_cleanup() {
   [[ -n $serve_pid ]] && kill "$serve_pid" 2>/dev/null && wait "$serve_pid" 2>/dev/null

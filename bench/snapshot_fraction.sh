@@ -38,11 +38,7 @@ null_json() {
 . "$here/serve_lib.sh"
 serve_lib_init swv-snapfrac
 
-"${sv[@]}" serve --control "$sock" --swap "$work/a.swap,size=$((m + 64))M" --age-scan off --log-level info \
-  >"$work/serve.out" 2>"$work/serve.err" &
-serve_pid=$!
-for _ in $(seq 1 100); do [[ -S $sock ]] && ctl status >/dev/null 2>&1 && break; sleep 0.1; done
-ctl status >/dev/null 2>&1 || { null_json "serve did not start: $(tail -n 1 "$work/serve.err")"; exit 0; }
+serve_lib_start "$m" || { null_json "serve did not start: $(tail -n 1 "$work/serve.err")"; exit 0; }
 
 : >"$work/runs.jsonl"
 i=0

@@ -20,10 +20,7 @@ reps=${REPS:-5}
 [[ -e /dev/kvm ]] || { echo "snapshot_phases: no /dev/kvm" >&2; exit 2; }
 . "$here/serve_lib.sh"
 serve_lib_init swv-snapphases
-"${sv[@]}" serve --control "$sock" --swap "$work/a.swap,size=$((m + 64))M" --age-scan off --log-level info \
-  >"$work/serve.out" 2>"$work/serve.err" &
-serve_pid=$!
-for _ in $(seq 1 100); do [[ -S $sock ]] && ctl status >/dev/null 2>&1 && break; sleep 0.1; done
+serve_lib_start "$m" || { echo "serve did not start: $(tail -n 1 "$work/serve.err")" >&2; exit 1; }
 ctl vm-create s --kernel "$elf" --memory $((m + 32))M --resident-limit $((m / 4))M --serial-log "$work/s.serial" \
   --cmdline "mib=$m passes=1000000 seed=3" >/dev/null || { echo "vm-create failed" >&2; exit 1; }
 deadline=$((SECONDS + 1200))

@@ -67,7 +67,7 @@ std::optional<PageEntry> Stage2::try_lock(PageIdx idx) {
     auto& e = at(idx);
     std::uint64_t cur = e.load(std::memory_order_relaxed);
     while (!(cur & PageEntry::kLock)) {
-        // acquire pairs with the release store in unlock(): we see the previous owner's writes.
+        // acquire pairs with the release exchange in unlock(): we see the previous owner's writes.
         if (e.compare_exchange_weak(cur, cur | PageEntry::kLock, std::memory_order_acquire, std::memory_order_relaxed))
             return PageEntry(cur);
     }
